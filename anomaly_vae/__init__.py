@@ -1,0 +1,12 @@
+"""anomaly-vae: anomaly detection with Variational Autoencoders.
+
+Public API: :class:`VAEDetector` (fit / score_samples / decision_function /
+predict / save / load) and the configuration dataclasses.
+"""
+
+__version__ = "0.1.0"
+
+from anomaly_vae.config import Config, DetectorConfig, load_config  # noqa: E402
+from anomaly_vae.detector import VAEDetector  # noqa: E402
+
+__all__ = ["Config", "DetectorConfig", "VAEDetector", "__version__", "load_config"]

@@ -1,0 +1,265 @@
+"""Typed configuration: dataclass defaults < YAML file < ``--set key=value`` overrides.
+
+Every default is written once, here, with its reason. ``configs/*.yaml`` hold
+overrides only. Unknown keys are an error that names the valid ones.
+
+>>> cfg = load_config(overrides=["model.latent_dim=4", "training.epochs=5"])
+>>> cfg.model.latent_dim, cfg.training.epochs
+(4, 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from anomaly_vae.errors import ConfigError
+
+SCORE_NAMES = ("negative_elbo", "negative_iwae_bound", "reconstruction_error")
+
+
+@dataclass
+class ModelConfig:
+    """The VAE architecture and objective."""
+
+    name: str = "vae"  # registry name, see `anomaly-vae models`
+    latent_dim: int = 8  # small tables rarely need more; larger latents weaken the KL bottleneck
+    hidden_dims: list[int] = field(default_factory=lambda: [128, 64])  # encoder; decoder mirrors it
+    beta: float = 1.0  # weight of the KL term (1 = the true ELBO)
+    likelihood: str = "auto"  # auto: Gaussian for real features, Bernoulli for binary ones; or
+    # "gaussian" / "bernoulli" for every feature (bernoulli needs data in [0, 1])
+    min_log_variance: float = -6.0  # floor of the learned decoder log-variance: stops variance
+    # collapse on near-constant features from dominating the likelihood
+    dropout: float = 0.0  # dropout in the hidden layers (regularises tiny data sets)
+
+
+@dataclass
+class TrainingConfig:
+    """The optimisation loop."""
+
+    epochs: int = 200  # upper bound; early stopping usually ends training sooner
+    batch_size: int = 128
+    learning_rate: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    patience: int = 15  # epochs without validation improvement before stopping
+    validation_fraction: float = 0.1  # share of normal rows held out for early stopping
+    seed: int = 0  # seeds weight init, shuffling, splits and scoring noise
+    progress: bool = False  # show a progress bar (the CLI turns it on)
+    num_threads: int = 0  # torch CPU threads; 0 = one per core
+
+
+@dataclass
+class ScoringConfig:
+    """How samples are scored."""
+
+    score: str = "negative_elbo"  # which score drives predict: negative_elbo,
+    # negative_iwae_bound or reconstruction_error (chosen on the dev data: docs/scores.md)
+    mc_samples: int = 16  # L, Monte Carlo samples of z per row for the ELBO estimate
+    batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
+    noise_bank_size: int = 4096  # distinct per-row noise draws; a row picks one by content hash
+
+
+@dataclass
+class CalibrationConfig:
+    """How the decision threshold is chosen."""
+
+    fraction: float = 0.15  # share of normal rows held out to calibrate the threshold
+    target_fpr: float = 0.01  # false-positive rate the threshold aims for on normal data
+
+
+@dataclass
+class DataConfig:
+    """How table columns are read."""
+
+    id_column: str | None = None  # passed through to the output, never a feature
+    label_column: str | None = None  # evaluation only: 1/True = anomaly; never trained on
+    categorical_columns: list[str] = field(default_factory=list)  # force these to categories
+    # (string and boolean columns are categorical anyway)
+    missing_indicators: bool = True  # NaN becomes the training median plus a binary
+    # "was missing" feature, so unseen missingness scores as unusual, not as normal
+    scaling: str = "standard"  # numeric columns: "standard" (mean/std) or "minmax" ([0, 1])
+    max_categories: int = 100  # more distinct text values than this is likely an id or free
+    # text column, which one-hot encoding would blow up: an error, not a silent explosion
+
+
+@dataclass
+class DetectorConfig:
+    """Everything a fitted detector needs to be rebuilt; saved with the model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass
+class EvaluationConfig:
+    """Labelled evaluation during `anomaly-vae fit`."""
+
+    fraction: float = 0.2  # share of labelled-normal rows held out for evaluation when the
+    # training data carries anomaly labels (AUROC/AUCPR need unseen normals too)
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking and registry."""
+
+    enabled: bool = True
+    experiment: str = "anomaly-vae"
+    registered_model_name: str = "anomaly-vae"
+    register_champion: bool = False  # move the `champion` alias to the new model version
+
+
+@dataclass
+class Config(DetectorConfig):
+    """A whole `fit` run: the detector plus evaluation and tracking."""
+
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def detector_config(self) -> DetectorConfig:
+        """The part of this config that belongs to the saved detector."""
+        return DetectorConfig(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(DetectorConfig)}
+        )
+
+
+def validate(cfg: DetectorConfig) -> None:
+    """Raise ConfigError for values that cannot work, naming the key."""
+    checks = [
+        (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
+        (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must be positive"),
+        (cfg.model.beta >= 0, "model.beta must be >= 0"),
+        (
+            cfg.model.likelihood in ("auto", "gaussian", "bernoulli"),
+            "model.likelihood must be auto, gaussian or bernoulli",
+        ),
+        (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (cfg.data.scaling in ("standard", "minmax"), "data.scaling must be standard or minmax"),
+        (cfg.data.max_categories >= 1, "data.max_categories must be >= 1"),
+        (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
+        (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),
+        (cfg.training.learning_rate > 0, "training.learning_rate must be > 0"),
+        (0 < cfg.training.validation_fraction < 1, "training.validation_fraction must be in (0, 1)"),
+        (cfg.scoring.score in SCORE_NAMES, f"scoring.score must be one of {', '.join(SCORE_NAMES)}"),
+        (cfg.scoring.mc_samples >= 1, "scoring.mc_samples must be >= 1"),
+        (cfg.scoring.noise_bank_size >= 1, "scoring.noise_bank_size must be >= 1"),
+        (0 < cfg.calibration.fraction < 1, "calibration.fraction must be in (0, 1)"),
+        (0 < cfg.calibration.target_fpr < 1, "calibration.target_fpr must be in (0, 1)"),
+        (
+            cfg.training.validation_fraction + cfg.calibration.fraction < 0.9,
+            "training.validation_fraction + calibration.fraction leave too little to train on",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Config as plain nested dicts (JSON/YAML-safe)."""
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: Any) -> dict[str, Any]:
+    """``{"model.latent_dim": 8, ...}``: the form logged as MLflow parameters."""
+    flat: dict[str, Any] = {}
+    for section, values in to_dict(cfg).items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def from_dict(data: dict[str, Any], cls: type = Config) -> Any:
+    """Build a config dataclass from nested dicts, rejecting unknown keys."""
+    return _build(cls, data or {}, prefix="")
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    cls: type = Config,
+) -> Any:
+    """Dataclass defaults, then the YAML file at ``path``, then ``key=value`` overrides.
+
+    Override values are parsed as YAML scalars, so ``training.epochs=5`` is an int,
+    ``model.hidden_dims=[32,16]`` a list and ``data.id_column=null`` None.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        data = loaded or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        section, name = key.strip().split(".", 1)
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"config section {section!r} must be a mapping")
+        data[section][name] = yaml.safe_load(raw) if raw.strip() else None
+    return from_dict(data, cls)
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.')!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]}; valid keys: "
+            + ", ".join(prefix + k for k in known)
+        )
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check (and gently convert) a value against its annotated type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, args[0], key) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"{key} must be of type {getattr(hint, '__name__', hint)}, got {value!r}")

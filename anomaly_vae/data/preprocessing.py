@@ -1,0 +1,204 @@
+"""From a table of mixed columns to a float feature matrix, and back to a saved schema.
+
+The schema fitted here is saved with the model as JSON and checked at scoring
+time: columns are matched by name (order does not matter), extra columns are
+ignored with a warning, and a missing or mistyped column is a DataError.
+
+Feature layout of the matrix, per input column in schema order:
+- numeric: one scaled value, then (with missing indicators) one 0/1 "was missing";
+- categorical: one 0/1 feature per category seen in training (an unseen category
+  or an unseen missing value is all zeros, which the model has never seen).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.config import DataConfig
+from anomaly_vae.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
+
+
+@dataclass
+class ColumnSchema:
+    """One input column: its kind and the parameters fitted on training data."""
+
+    name: str
+    kind: str  # "numeric" or "categorical"
+    center: float = 0.0  # numeric: subtracted before dividing by scale
+    scale: float = 1.0
+    fill: float = 0.0  # numeric: scaled value that stands in for a missing one (the median)
+    categories: list[str] = field(default_factory=list)  # categorical: in feature order
+
+    def feature_names(self, missing_indicators: bool) -> list[str]:
+        if self.kind == "numeric":
+            return [self.name] + ([f"{self.name}__missing"] if missing_indicators else [])
+        return [f"{self.name}={c}" for c in self.categories]
+
+
+class TablePreprocessor:
+    """Fits per-column scaling/encoding on training rows; turns frames into features.
+
+    Parameters
+    ----------
+    config : DataConfig
+        Which columns are ids, labels or forced categorical; how to scale; whether
+        missing values get indicator features.
+    """
+
+    def __init__(self, config: DataConfig) -> None:
+        self.config = config
+        self.columns: list[ColumnSchema] = []
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
+        """Learn the schema from training rows (id and label columns are skipped)."""
+        skipped = {self.config.id_column, self.config.label_column} - {None}
+        names = [c for c in frame.columns if c not in skipped]
+        if not names:
+            raise DataError("the data has no feature columns besides the id and label columns")
+        unknown_forced = sorted(set(self.config.categorical_columns) - set(map(str, frame.columns)))
+        if unknown_forced:
+            raise DataError(f"data.categorical_columns names missing columns: {unknown_forced}")
+        self.columns = [self._fit_column(frame[name], str(name)) for name in names]
+        return self
+
+    def _fit_column(self, values: pd.Series, name: str) -> ColumnSchema:
+        is_numeric = (
+            pd.api.types.is_numeric_dtype(values)
+            and not pd.api.types.is_bool_dtype(values)
+            and name not in self.config.categorical_columns
+        )
+        if is_numeric:
+            numbers = values.astype("float64")
+            if not np.isfinite(numbers.dropna()).all():
+                raise DataError(f"column {name!r} holds infinite values")
+            if numbers.isna().all():
+                raise DataError(f"column {name!r} is empty in every training row")
+            if numbers.isna().any() and not self.config.missing_indicators:
+                raise DataError(
+                    f"column {name!r} has missing values; set data.missing_indicators=true"
+                )
+            if self.config.scaling == "minmax":
+                center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
+            else:
+                center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
+            scale = spread if spread > 1e-12 else 1.0  # constant column: keep it, do not divide by 0
+            fill = (float(numbers.median()) - center) / scale
+            return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill)
+        text = _as_text(values)
+        categories = sorted(text.unique().tolist())
+        if len(categories) > self.config.max_categories:
+            raise DataError(
+                f"column {name!r} has {len(categories)} distinct text values (more than "
+                f"data.max_categories={self.config.max_categories}); pass it as the id column, "
+                "drop it, or raise data.max_categories"
+            )
+        return ColumnSchema(name, "categorical", categories=categories)
+
+    # -- applying ------------------------------------------------------------------------
+    @property
+    def feature_names(self) -> list[str]:
+        return [n for c in self.columns for n in c.feature_names(self.config.missing_indicators)]
+
+    @property
+    def binary_features(self) -> np.ndarray:
+        """``(d,)`` bool: which features are 0/1 (indicators, one-hot categories)."""
+        flags: list[bool] = []
+        for column in self.columns:
+            if column.kind == "numeric":
+                flags += [False] + ([True] if self.config.missing_indicators else [])
+            else:
+                flags += [True] * len(column.categories)
+        return np.array(flags, dtype=bool)
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Features of ``frame`` as ``(n, d)`` float32, in the fitted layout.
+
+        Raises DataError for a missing column or a column of the wrong type; warns
+        (once per call) about extra columns, which are ignored.
+        """
+        self.check_columns(frame)
+        blocks = [self._transform_column(frame[c.name], c) for c in self.columns]
+        return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+
+    def check_columns(self, frame: pd.DataFrame) -> None:
+        present = set(map(str, frame.columns))
+        missing = [c.name for c in self.columns if c.name not in present]
+        if missing:
+            raise DataError(
+                f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                "that the model was trained on"
+            )
+        expected = set(self.input_columns) | {self.config.id_column, self.config.label_column}
+        extra = [str(c) for c in frame.columns if str(c) not in expected]
+        if extra:
+            logger.warning("ignoring column%s not seen in training: %s",
+                           "s" if len(extra) > 1 else "", ", ".join(extra))
+
+    def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
+        if column.kind == "numeric":
+            numbers = _as_numbers(values, column.name)
+            missing = np.isnan(numbers)
+            if missing.any() and not self.config.missing_indicators:
+                raise DataError(
+                    f"column {column.name!r} has {int(missing.sum())} missing values and the "
+                    "model was trained without missing indicators"
+                )
+            scaled = np.where(missing, column.fill, (numbers - column.center) / column.scale)
+            if self.config.missing_indicators:
+                return np.stack([scaled, missing.astype(np.float64)], axis=1)
+            return scaled[:, None]
+        codes = pd.Categorical(_as_text(values), categories=column.categories).codes
+        one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
+        seen = codes >= 0  # -1: a category not seen in training, left all-zero
+        one_hot[np.flatnonzero(seen), codes[seen]] = 1.0
+        return one_hot
+
+    # -- persistence ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": [asdict(c) for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], config: DataConfig) -> TablePreprocessor:
+        pre = cls(config)
+        pre.columns = [ColumnSchema(**c) for c in data["columns"]]
+        return pre
+
+
+def _as_text(values: pd.Series) -> pd.Series:
+    """Categorical values as strings, with NaN as its own category."""
+    return values.astype(object).where(values.notna(), MISSING_CATEGORY).astype(str)
+
+
+def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
+    """A numeric column as ``(n,)`` float64 with NaN for missing; DataError for text."""
+    if pd.api.types.is_bool_dtype(values):
+        return values.astype("float64").to_numpy()
+    if pd.api.types.is_numeric_dtype(values):
+        numbers = values.astype("float64").to_numpy()
+    else:
+        coerced = pd.to_numeric(values, errors="coerce")
+        bad = coerced.isna() & values.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"column {name!r} should be numeric but holds {values.iloc[row]!r} "
+                f"(row {row + 1})"
+            )
+        numbers = coerced.astype("float64").to_numpy()
+    if np.isinf(numbers).any():
+        raise DataError(f"column {name!r} holds infinite values")
+    return numbers

@@ -1,0 +1,293 @@
+"""VAEDetector: the scikit-learn-style anomaly detector at the core of anomaly-vae."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from anomaly_vae import __version__
+from anomaly_vae.calibration import calibration_summary, quantile_threshold
+from anomaly_vae.config import DetectorConfig, from_dict, to_dict, validate
+from anomaly_vae.data import TablePreprocessor, as_frame
+from anomaly_vae.errors import DataError, ModelNotFoundError
+from anomaly_vae.models import get_model
+from anomaly_vae.noise import noise_bank, noise_for_rows
+from anomaly_vae.training import EpochCallback, TrainingHistory, train
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "detector.json"
+WEIGHTS_FILE = "weights.pt"
+SCORE_COLUMNS = ("reconstruction_error", "negative_elbo", "negative_iwae_bound")
+MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
+
+
+class VAEDetector(OutlierMixin, BaseEstimator):
+    """Anomaly detector: a VAE fit on normal rows, scored by how badly it explains a row.
+
+    Score direction, stated once: ``anomaly_score``, ``score_frame`` and
+    ``threshold_`` use **higher = more anomalous** (what the CLI and MLflow model
+    report). Following scikit-learn (as ``IsolationForest``), ``score_samples`` is
+    its negation (higher = more normal), ``decision_function = score_samples -
+    offset_`` is negative for anomalies, and ``predict`` returns -1 for anomalies,
+    +1 for normal rows. A row is an anomaly when ``anomaly_score > threshold_``.
+
+    Parameters
+    ----------
+    config : DetectorConfig, optional
+        Architecture, training, scoring, calibration and column handling. ``None``
+        means the documented defaults of :class:`~anomaly_vae.config.DetectorConfig`.
+
+    Attributes (after ``fit``)
+    --------------------------
+    threshold_ : float
+        Anomaly-score threshold: the ``1 - calibration.target_fpr`` quantile of
+        held-out normal scores.
+    offset_ : float
+        ``-threshold_``, so that ``decision_function`` is 0 at the threshold.
+    calibration_ : dict
+        How the threshold was chosen (method, target and observed FPR, quantiles).
+    history_ : TrainingHistory
+        Per-epoch training and validation losses.
+    model_ : BaseVAE
+        The fitted torch module.
+    preprocessor_ : TablePreprocessor
+        The column schema and scaling fitted on the training rows.
+    n_features_in_ : int
+        Number of input columns used as features.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from anomaly_vae import VAEDetector, DetectorConfig
+    >>> rng = np.random.default_rng(0)
+    >>> normal = rng.normal(size=(300, 4))
+    >>> config = DetectorConfig()
+    >>> config.training.epochs = 5
+    >>> detector = VAEDetector(config).fit(normal)
+    >>> detector.predict(np.full((1, 4), 8.0)).tolist()
+    [-1]
+    """
+
+    def __init__(self, config: DetectorConfig | None = None) -> None:
+        self.config = config
+
+    @property
+    def effective_config(self) -> DetectorConfig:
+        """``config``, or the defaults when it is None."""
+        return self.config if self.config is not None else DetectorConfig()
+
+    # -- fitting ----------------------------------------------------------------------------
+    def fit(
+        self,
+        X: pd.DataFrame | np.ndarray,
+        y: Any = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> VAEDetector:
+        """Fit on normal rows ``X`` (a DataFrame or an ``(n, d)`` array); ``y`` is ignored.
+
+        The rows are split (seeded) into training, validation (early stopping) and
+        calibration (threshold) parts. ``on_epoch(epoch, losses)`` is called after
+        every epoch. Id and label columns named in ``config.data`` are not features.
+        """
+        config = self.effective_config
+        validate(config)
+        frame = as_frame(X)
+        if len(frame) < MIN_TRAINING_ROWS:
+            raise DataError(f"need at least {MIN_TRAINING_ROWS} training rows, got {len(frame)}")
+        self._set_threads(config)
+        self.preprocessor_ = TablePreprocessor(config.data).fit(frame)
+        features = self.preprocessor_.transform(frame)
+        self.n_features_in_ = len(self.preprocessor_.columns)
+        if isinstance(X, pd.DataFrame):
+            self.feature_names_in_ = np.array(self.preprocessor_.input_columns, dtype=object)
+
+        train_rows, val_rows, cal_rows = self._split(len(features), config)
+        torch.manual_seed(config.training.seed)  # weight initialisation
+        self.model_ = self._build_model(config, features.shape[1:])
+        self.history_: TrainingHistory = train(
+            self.model_,
+            torch.from_numpy(features[train_rows]),
+            torch.from_numpy(features[val_rows]),
+            config.training,
+            on_epoch=on_epoch,
+        )
+        self.n_training_rows_ = {
+            "train": len(train_rows), "validation": len(val_rows), "calibration": len(cal_rows)
+        }
+        self._noise_bank = None
+        calibration_scores = self._scores_of_features(features[cal_rows])[config.scoring.score]
+        self.threshold_ = quantile_threshold(calibration_scores, config.calibration.target_fpr)
+        self.offset_ = -self.threshold_
+        self.calibration_ = calibration_summary(
+            calibration_scores, self.threshold_, config.calibration.target_fpr
+        ) | {"score": config.scoring.score}
+        self.calibration_scores_ = calibration_scores
+        return self
+
+    @staticmethod
+    def _split(n: int, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        order = np.random.default_rng(config.training.seed).permutation(n)
+        n_cal = max(1, round(config.calibration.fraction * n))
+        n_val = max(1, round(config.training.validation_fraction * n))
+        return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
+
+    def _build_model(self, config: DetectorConfig, input_shape: tuple[int, ...]) -> torch.nn.Module:
+        binary = torch.from_numpy(self.preprocessor_.binary_features)
+        return get_model(config.model.name)(tuple(input_shape), config.model, binary)
+
+    @staticmethod
+    def _set_threads(config: DetectorConfig) -> None:
+        if config.training.num_threads > 0:
+            torch.set_num_threads(config.training.num_threads)
+
+    # -- scoring ----------------------------------------------------------------------------
+
+    def transform_features(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The model's ``(n, d)`` float32 input for rows ``X`` (checks the column schema)."""
+        check_is_fitted(self, "model_")
+        frame = as_frame(X)
+        if isinstance(X, np.ndarray) and X.shape[1] != self.n_features_in_:
+            raise DataError(f"expected {self.n_features_in_} columns, got {X.shape[1]}")
+        return self.preprocessor_.transform(frame)
+
+    def _scores_of_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """All scores of preprocessed rows, in batches; each ``(n,)`` float64."""
+        cfg = self.effective_config.scoring
+        if getattr(self, "_noise_bank", None) is None:
+            self._noise_bank = noise_bank(
+                cfg.noise_bank_size, cfg.mc_samples, self.model_.latent_dim, self.effective_config.training.seed
+            )
+        self.model_.eval()
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_COLUMNS}
+        for start in range(0, len(features), cfg.batch_size):
+            batch = features[start : start + cfg.batch_size]
+            noise = noise_for_rows(batch, self._noise_bank)
+            scores = self.model_.scores(torch.from_numpy(batch), noise)
+            for name in SCORE_COLUMNS:
+                parts[name].append(scores[name].double().numpy())
+        return {
+            name: np.concatenate(values) if values else np.empty(0) for name, values in parts.items()
+        }
+
+    def score_frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Every score of every row, as the CLI and MLflow model report them.
+
+        Returns a DataFrame with one row per input row (same index): the id column
+        (when configured and present), ``reconstruction_error``, ``negative_elbo``,
+        ``negative_iwae_bound``, ``score`` (the configured one, higher = more
+        anomalous) and ``is_anomaly`` (``score > threshold_``).
+        """
+        frame = as_frame(X)
+        scores = self._scores_of_features(self.transform_features(X))
+        out = pd.DataFrame(scores, index=frame.index)
+        out["score"] = out[self.effective_config.scoring.score]
+        out["is_anomaly"] = out["score"] > self.threshold_
+        id_column = self.effective_config.data.id_column
+        if id_column is not None and id_column in frame.columns:
+            out.insert(0, id_column, frame[id_column])
+        return out
+
+    def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` configured score, higher = more anomalous."""
+        return self._scores_of_features(self.transform_features(X))[self.effective_config.scoring.score]
+
+    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal)."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` ``score_samples - offset_``: negative for anomalies, positive for normal rows."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` int: -1 for anomalies, +1 for normal rows."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def encode(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Latent means ``(n, latent_dim)`` float32 of rows ``X``."""
+        features = torch.from_numpy(self.transform_features(X))
+        self.model_.eval()
+        with torch.no_grad():
+            means = [self.model_.encode(batch)[0] for batch in features.split(self.effective_config.scoring.batch_size)]
+        return torch.cat(means).numpy() if means else np.empty((0, self.model_.latent_dim), np.float32)
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted detector to the folder ``path``: JSON + a weights state dict."""
+        check_is_fitted(self, "model_")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model_.state_dict(), path / WEIGHTS_FILE)
+        document = {
+            "format_version": FORMAT_VERSION,
+            "model": self.effective_config.model.name,
+            "config": to_dict(self.effective_config),
+            "input_shape": list(self.model_.input_shape),
+            "schema": self.preprocessor_.to_dict(),
+            "threshold": self.threshold_,
+            "calibration": self.calibration_,
+            "calibration_scores": [float(s) for s in self.calibration_scores_],
+            "training": {
+                "rows": self.n_training_rows_,
+                "best_epoch": self.history_.best_epoch,
+                "epochs_run": len(self.history_.epochs),
+                "stopped_early": self.history_.stopped_early,
+                "seconds": self.history_.seconds,
+                "history": self.history_.epochs,
+            },
+            "versions": {
+                "anomaly_vae": __version__,
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2, allow_nan=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> VAEDetector:
+        """Rebuild a detector saved by :meth:`save` (no pickle: JSON + ``weights_only``)."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise ModelNotFoundError(f"{path} is not a saved anomaly-vae model "
+                                     f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+        document = json.loads((path / CONFIG_FILE).read_text())
+        if document.get("format_version") != FORMAT_VERSION:
+            raise ModelNotFoundError(
+                f"{path} has model format {document.get('format_version')}; "
+                f"this anomaly-vae reads format {FORMAT_VERSION}"
+            )
+        config = from_dict(document["config"], DetectorConfig)
+        detector = cls(config)
+        detector.preprocessor_ = TablePreprocessor.from_dict(document["schema"], config.data)
+        detector.n_features_in_ = len(detector.preprocessor_.columns)
+        detector.model_ = detector._build_model(config, tuple(document["input_shape"]))
+        state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        detector.model_.load_state_dict(state)
+        detector.model_.eval()
+        detector.threshold_ = float(document["threshold"])
+        detector.offset_ = -detector.threshold_
+        detector.calibration_ = document["calibration"]
+        detector.calibration_scores_ = np.asarray(document["calibration_scores"])
+        training = document["training"]
+        detector.n_training_rows_ = training["rows"]
+        detector.history_ = TrainingHistory(
+            epochs=training["history"], best_epoch=training["best_epoch"],
+            stopped_early=training["stopped_early"], seconds=training["seconds"],
+        )
+        detector._noise_bank = None
+        if not math.isfinite(detector.threshold_):
+            raise ModelNotFoundError(f"{path} holds a non-finite threshold")
+        return detector

@@ -1,0 +1,36 @@
+"""MLP VAE (Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from anomaly_vae.config import ModelConfig
+from anomaly_vae.models import register
+from anomaly_vae.models.base import BaseVAE
+from anomaly_vae.nn import mlp
+
+
+@register("vae")
+class MLPVAE(BaseVAE):
+    """Fully connected encoder and mirrored decoder; inputs are flattened."""
+
+    description = "MLP VAE: fully connected Gaussian encoder/decoder"
+    data_kinds = ("table", "image")
+
+    def __init__(
+        self, input_shape: tuple[int, ...], config: ModelConfig, binary_features: Tensor | None = None
+    ) -> None:
+        super().__init__(input_shape, config, binary_features)
+        features = math.prod(self.input_shape)
+        hidden = list(config.hidden_dims)
+        self.encoder = mlp(features, hidden, 2 * config.latent_dim, config.dropout)
+        self.decoder = mlp(config.latent_dim, hidden[::-1], features, config.dropout)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
+        return mu, logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        return self.decoder(z).reshape(z.shape[0], *self.input_shape)

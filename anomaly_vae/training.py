@@ -1,0 +1,101 @@
+"""The training loop: Adam on mini-batches, early stopping on validation loss."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from anomaly_vae.config import TrainingConfig
+from anomaly_vae.models.base import BaseVAE
+
+logger = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+LOSS_TERMS = ("loss", "reconstruction", "kl")
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch losses (batch means, nats per row) and where training stopped."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)  # train_* and val_* per epoch
+    best_epoch: int = 0  # 1-based epoch whose weights were kept
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def best(self) -> dict[str, float]:
+        return self.epochs[self.best_epoch - 1]
+
+
+def train(
+    model: BaseVAE,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor,
+    config: TrainingConfig,
+    on_epoch: EpochCallback | None = None,
+) -> TrainingHistory:
+    """Fit ``model`` in place and restore the weights of the best validation epoch.
+
+    ``x_train (n, *shape)`` and ``x_val (m, *shape)`` float32. Seeded from
+    ``config.seed``: the same data and config give the same weights.
+    """
+    start = time.perf_counter()
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # dropout and the reparameterisation noise use the global RNG
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    # Fixed validation noise: epoch-to-epoch changes in val loss then reflect the model only.
+    val_noise = torch.randn(x_val.shape[0], 1, model.latent_dim, generator=generator)
+    history = TrainingHistory()
+    best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
+    batch_size = min(config.batch_size, x_train.shape[0])
+
+    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch",
+               disable=not config.progress, leave=True)
+    for epoch in bar:
+        model.train()
+        order = torch.randperm(x_train.shape[0], generator=generator)
+        totals = dict.fromkeys(LOSS_TERMS, 0.0)
+        # Drop a last batch smaller than half a batch: tiny batches give noisy steps.
+        n_batches = max(1, round(x_train.shape[0] / batch_size))
+        for batch_index in range(n_batches):
+            rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+            terms = model.loss_terms(x_train[rows])
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            for key in LOSS_TERMS:
+                totals[key] += terms[key].item()
+        model.eval()
+        with torch.no_grad():
+            val_terms = model.loss_terms(x_val, noise=val_noise)
+        metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
+        metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
+        history.epochs.append(metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        bar.set_postfix(loss=f"{metrics['train_loss']:.3g}", val=f"{metrics['val_loss']:.3g}",
+                        kl=f"{metrics['val_kl']:.3g}")
+        if metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
+            best_loss, best_state, stale = metrics["val_loss"], copy.deepcopy(model.state_dict()), 0
+            history.best_epoch = epoch
+        else:
+            stale += 1
+            if stale >= config.patience:
+                history.stopped_early = True
+                break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    logger.info("trained %d epochs in %.1fs (best epoch %d, val loss %.4g)",
+                len(history.epochs), history.seconds, history.best_epoch, best_loss)
+    return history
