@@ -6,19 +6,31 @@ its score is strictly above the threshold.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from sklearn import metrics
+
+logger = logging.getLogger(__name__)
 
 
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
     """The (1 - target_fpr) quantile of held-out normal scores.
 
     On fresh normal data from the same distribution, about ``target_fpr`` of rows
-    score above it. ``normal_scores (n,)``.
+    score above it. ``normal_scores (n,)``. The quantile is taken conservatively
+    (the next observed score up, not an interpolation), so at most ``target_fpr``
+    of the calibration rows lie above it even when they are few.
     """
-    return float(np.quantile(np.asarray(normal_scores, dtype=np.float64), 1.0 - target_fpr))
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size * target_fpr < 1:
+        logger.warning(
+            "%d calibration rows cannot resolve a %.2g%% false-positive rate (need %d); "
+            "the threshold is the highest calibration score",
+            scores.size, 100 * target_fpr, int(np.ceil(1 / target_fpr)),
+        )
+    return float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
 
 
 def calibration_summary(normal_scores: np.ndarray, threshold: float, target_fpr: float) -> dict[str, Any]:

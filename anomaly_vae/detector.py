@@ -66,6 +66,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         The column schema and scaling fitted on the training rows.
     n_features_in_ : int
         Number of input columns used as features.
+    split_rows_ : dict[str, ndarray]
+        Positions in ``X`` of the train / validation / calibration rows (not saved).
 
     Examples
     --------
@@ -123,9 +125,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             config.training,
             on_epoch=on_epoch,
         )
-        self.n_training_rows_ = {
-            "train": len(train_rows), "validation": len(val_rows), "calibration": len(cal_rows)
-        }
+        self.split_rows_ = {"train": train_rows, "validation": val_rows, "calibration": cal_rows}
+        self.n_training_rows_ = {name: len(rows) for name, rows in self.split_rows_.items()}
         self._noise_bank = None
         calibration_scores = self._scores_of_features(features[cal_rows])[config.scoring.score]
         self.threshold_ = quantile_threshold(calibration_scores, config.calibration.target_fpr)

@@ -58,8 +58,9 @@ def train(
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     batch_size = min(config.batch_size, x_train.shape[0])
 
+    # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean.
     bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch",
-               disable=not config.progress, leave=True)
+               disable=True if not config.progress else None, mininterval=0.25)
     for epoch in bar:
         model.train()
         order = torch.randperm(x_train.shape[0], generator=generator)
@@ -84,7 +85,8 @@ def train(
             on_epoch(epoch, metrics)
         bar.set_postfix(loss=f"{metrics['train_loss']:.3g}", val=f"{metrics['val_loss']:.3g}",
                         kl=f"{metrics['val_kl']:.3g}")
-        if metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
+        # An improvement must beat the best by a relative 1e-4, so noise does not reset patience.
+        if epoch == 1 or metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
             best_loss, best_state, stale = metrics["val_loss"], copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
         else:

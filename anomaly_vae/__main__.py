@@ -1,0 +1,3 @@
+from anomaly_vae.cli import main
+
+main()

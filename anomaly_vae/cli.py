@@ -1,0 +1,185 @@
+"""The `anomaly-vae` command line: a thin layer over fitting and scoring."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from anomaly_vae.config import Config, load_config
+from anomaly_vae.errors import AnomalyVAEError
+
+DEFAULTS = Config()
+
+
+def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the errors a user can fix into a one-line message and exit code 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except AnomalyVAEError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="anomaly-vae")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details (INFO level).")
+def main(verbose: bool) -> None:
+    """Anomaly detection with Variational Autoencoders.
+
+    Fit a detector on normal data, score new data with it, and review every run
+    in MLflow (`anomaly-vae ui`).
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        # MLflow's own progress bars and INFO lines would bury the summary.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
+                   "anomaly_vae/config.py.")
+@click.option("--label-col", help="Column with 0 = normal, 1 = anomaly. Anomalous rows never reach "
+                                  "training; they are used to evaluate (AUROC, AUCPR, curves).")
+@click.option("--id-col", help="Column passed through to score output; never a feature.")
+@click.option("--eval", "eval_file", type=click.Path(path_type=Path),
+              help="Extra labelled evaluation file (needs --label-col).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one config value, e.g. --set model.latent_dim=4 "
+                   "--set training.epochs=50 (repeatable; applied after --config).")
+@click.option("--register/--no-register", default=None,
+              help="Move the MLflow alias 'champion' to the new model version "
+                   f"[default: tracking.register_champion = {DEFAULTS.tracking.register_champion}].")
+@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where to save the model [default: mlruns/models/<timestamp>/].")
+@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def fit(
+    data: Path,
+    config_file: Path | None,
+    label_col: str | None,
+    id_col: str | None,
+    eval_file: Path | None,
+    overrides: tuple[str, ...],
+    register: bool | None,
+    model_dir: Path | None,
+    no_tracking: bool,
+    quiet: bool,
+) -> None:
+    """Fit a detector on the normal rows of DATA (CSV or Parquet), calibrate its
+    threshold, save it and log the run to MLflow."""
+    from anomaly_vae.fitting import fit_table
+
+    cli_overrides = [*overrides]
+    if label_col is not None:
+        cli_overrides.append(f"data.label_column={label_col}")
+    if id_col is not None:
+        cli_overrides.append(f"data.id_column={id_col}")
+    if no_tracking:
+        cli_overrides.append("tracking.enabled=false")
+    config = load_config(config_file, cli_overrides)
+    config.training.progress = not quiet
+    result = fit_table(data, config, eval_data=eval_file, model_dir=model_dir, register=register)
+    _print_fit_summary(result, config)
+
+
+def _print_fit_summary(result: Any, config: Config) -> None:
+    detector, rows = result.detector, result.rows
+    history, calibration = detector.history_, detector.calibration_
+    n_fit = rows["train"] + rows["validation"] + rows["calibration"]
+    click.echo(
+        f"Trained '{config.model.name}' on {n_fit:,} normal rows (train {rows['train']:,} / "
+        f"validation {rows['validation']:,} / calibration {rows['calibration']:,}): "
+        f"{len(history.epochs)} epochs, best {history.best_epoch}, {history.seconds:.1f} s"
+    )
+    if rows["labelled_anomalies_excluded"]:
+        click.echo(f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training.")
+    click.echo(
+        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} (target false-positive "
+        f"rate {100 * calibration['target_fpr']:.2f}%, {100 * calibration['calibration_fpr']:.2f}% "
+        f"on {calibration['n_calibration']:,} calibration rows)"
+    )
+    if result.evaluation is not None:
+        ev = result.evaluation
+        cm = ev["confusion_matrix"]
+        click.echo(
+            f"Evaluation on {ev['n_normal']:,} normal + {ev['n_anomalous']:,} anomalous held-out rows: "
+            f"AUROC {100 * ev['auroc']:.2f}%, AUCPR {100 * ev['aucpr']:.2f}%, "
+            f"F1-optimal threshold {ev['f1_optimal_threshold']:.6g} (F1 {ev['f1_optimal']:.3f})"
+        )
+        click.echo(
+            f"  at the threshold: precision {ev['precision']:.3f}, recall {ev['recall']:.3f}, "
+            f"false-positive rate {100 * ev['false_positive_rate']:.2f}% "
+            f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']})"
+        )
+    click.echo(f"Model saved to {result.model_dir}")
+    if result.run is not None:
+        from anomaly_vae.tracking import CHAMPION_ALIAS, tracking_uri
+
+        run = result.run
+        click.echo(f"MLflow run {run.run_id} in {tracking_uri()}")
+        click.echo(f"Plots and tables: {run.artifact_uri}")
+        alias = f" (alias '{CHAMPION_ALIAS}' moved to it)" if run.champion else ""
+        click.echo(f"Registered model {run.model_uri}{alias}")
+
+
+@main.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--model", "model_ref", metavar="REF",
+              help="A saved model folder, or an MLflow model URI such as "
+                   "models:/anomaly-vae@champion or runs:/<run_id>/model "
+                   "[default: the latest model fit in this project folder].")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Output file, CSV (or Parquet by suffix) [default: <DATA stem>_scores.csv].")
+@_user_errors
+def score(data: Path, model_ref: str | None, output: Path | None) -> None:
+    """Score every row of DATA (CSV or Parquet): id (or row number), reconstruction
+    error, negative ELBO, negative IWAE bound, the score used (higher = more
+    anomalous) and is_anomaly."""
+    from anomaly_vae.scoring import load_detector, score_table
+
+    detector = load_detector(model_ref)
+    output = output or Path(f"{data.stem}_scores.csv")
+    scores = score_table(data, detector, output)
+    flagged = int(scores["is_anomaly"].sum())
+    share = 100 * flagged / max(len(scores), 1)
+    click.echo(f"Scored {len(scores):,} rows; flagged {flagged:,} ({share:.2f}%) as anomalous "
+               f"({detector.effective_config.scoring.score} > {detector.threshold_:.6g}).")
+    click.echo(f"Scores written to {output}")
+
+
+@main.command()
+def models() -> None:
+    """List the VAE variants with the data kinds each accepts."""
+    from anomaly_vae.models import available_models, get_model
+
+    for name in available_models():
+        cls = get_model(name)
+        click.echo(f"{name:12s} {cls.description}  [data: {', '.join(cls.data_kinds)}]")
+
+
+@main.command()
+@click.option("--port", default=5000, help="Port on 127.0.0.1.")
+def ui(port: int) -> None:
+    """Start the MLflow UI on this project's tracking store, bound to localhost."""
+    from anomaly_vae.tracking import tracking_uri
+
+    uri = tracking_uri()
+    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    args = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    os.execvp(args[0], args)

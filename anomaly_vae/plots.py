@@ -1,0 +1,104 @@
+"""Matplotlib figures for review: score histogram, ROC/PR curves, latent scatter.
+
+Each function returns a Figure (Agg backend, no display needed); callers save it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are written to files, never shown
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.decomposition import PCA  # noqa: E402
+
+FIGSIZE = (6.4, 4.8)
+
+
+def score_histogram(
+    normal_scores: np.ndarray,
+    threshold: float,
+    score_name: str,
+    anomalous_scores: np.ndarray | None = None,
+    normal_label: str = "normal (calibration)",
+) -> Figure:
+    """Histogram of scores with the threshold drawn; anomalies overlaid when known."""
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    values = [normal_scores] + ([anomalous_scores] if anomalous_scores is not None else [])
+    low, high = np.percentile(np.concatenate(values), [0, 99.5])
+    high = max(high, threshold) * (1.05 if high > 0 else 0.95)
+    bins = np.linspace(low, high, 50)
+    ax.hist(np.clip(normal_scores, low, high), bins=bins, alpha=0.6, label=normal_label, color="tab:blue")
+    if anomalous_scores is not None and len(anomalous_scores):
+        ax.hist(np.clip(anomalous_scores, low, high), bins=bins, alpha=0.6,
+                label="anomalous (labelled)", color="tab:red")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
+    ax.set_title(f"Anomaly scores ({score_name}; higher = more anomalous)")
+    ax.set_xlabel(f"{score_name} (values above the 99.5th percentile shown at the right edge)")
+    ax.set_ylabel("rows")
+    ax.legend()
+    return fig
+
+
+def roc_curve(evaluation: dict[str, Any]) -> Figure:
+    """ROC curve from :func:`anomaly_vae.calibration.evaluate` output."""
+    roc = evaluation["curves"]["roc"]
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    ax.plot(roc["fpr"], roc["tpr"], label=f"detector (AUROC = {100 * evaluation['auroc']:.2f}%)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    ax.scatter([evaluation["false_positive_rate"]], [evaluation["recall"]], color="black", zorder=3,
+               label="chosen threshold")
+    ax.set(title="ROC curve (labelled evaluation rows)", xlabel="false-positive rate",
+           ylabel="true-positive rate (recall)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right")
+    return fig
+
+
+def pr_curve(evaluation: dict[str, Any]) -> Figure:
+    """Precision-recall curve from :func:`anomaly_vae.calibration.evaluate` output."""
+    pr = evaluation["curves"]["pr"]
+    base_rate = evaluation["n_anomalous"] / (evaluation["n_anomalous"] + evaluation["n_normal"])
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    ax.plot(pr["recall"], pr["precision"], label=f"detector (AUCPR = {100 * evaluation['aucpr']:.2f}%)")
+    ax.axhline(base_rate, color="grey", linestyle=":", label=f"chance ({100 * base_rate:.1f}% anomalous)")
+    ax.scatter([evaluation["recall"]], [evaluation["precision"]], color="black", zorder=3,
+               label="chosen threshold")
+    ax.set(title="Precision-recall curve (labelled evaluation rows)", xlabel="recall",
+           ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    return fig
+
+
+def latent_scatter(
+    latents: np.ndarray, groups: np.ndarray, title: str = "Latent means"
+) -> Figure:
+    """2-D scatter of latent means ``(n, k)``; PCA to 2-D when ``k > 2``.
+
+    ``groups (n,)`` holds a legend label per point (e.g. "normal", "anomalous").
+    """
+    if latents.shape[1] > 2:
+        projected = PCA(n_components=2).fit_transform(latents)
+        axes = ("first principal component", "second principal component")
+        title = f"{title} (PCA of {latents.shape[1]} dimensions)"
+    elif latents.shape[1] == 2:
+        projected, axes = latents, ("z[0]", "z[1]")
+    else:
+        projected = np.column_stack([latents[:, 0], np.zeros(len(latents))])
+        axes = ("z[0]", "(1-D latent)")
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    colours = {"normal": "tab:blue", "anomalous": "tab:red"}
+    for group in dict.fromkeys(groups.tolist()):
+        mask = groups == group
+        ax.scatter(projected[mask, 0], projected[mask, 1], s=8, alpha=0.6,
+                   color=colours.get(group), label=f"{group} ({int(mask.sum())})")
+    ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
+    ax.legend()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

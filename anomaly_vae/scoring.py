@@ -1,0 +1,85 @@
+"""The `score` workflow: find a model by reference, score a table, write it atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from anomaly_vae.data import read_table
+from anomaly_vae.data.tables import PARQUET_SUFFIXES
+from anomaly_vae.detector import CONFIG_FILE, VAEDetector
+from anomaly_vae.errors import ModelNotFoundError
+from anomaly_vae.fitting import latest_model_dir
+
+ROW_COLUMN = "row"  # 0-based data-row position, written when the model has no id column
+
+
+def load_detector(reference: str | None = None, project_dir: Path | None = None) -> VAEDetector:
+    """A detector from a local folder, an MLflow model URI, or (None) the latest local fit.
+
+    URIs are anything with a scheme, e.g. ``models:/anomaly-vae@champion``,
+    ``models:/anomaly-vae/3`` or ``runs:/<run_id>/model``.
+    """
+    if reference is None:
+        latest = latest_model_dir(project_dir)
+        if latest is None:
+            raise ModelNotFoundError(
+                "no model fit in this project yet; run `anomaly-vae fit DATA` or pass --model"
+            )
+        return VAEDetector.load(latest)
+    if "://" in reference or reference.startswith(("models:/", "runs:/")):
+        return VAEDetector.load(_download_mlflow_model(reference, project_dir))
+    return VAEDetector.load(Path(reference))
+
+
+def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_vae.tracking import use_tracking
+
+    use_tracking(project_dir=project_dir)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from exc
+    # A logged pyfunc model keeps the saved detector among its artifacts.
+    found = sorted(local.rglob(CONFIG_FILE))
+    if not found:
+        raise ModelNotFoundError(f"{uri} is not an anomaly-vae model")
+    return found[0].parent
+
+
+def score_table(
+    data: str | Path, detector: VAEDetector, output: str | Path
+) -> pd.DataFrame:
+    """Score every row of the file ``data``; write the result to ``output`` (CSV or Parquet).
+
+    The output appears whole or not at all: it is written to a temporary file in
+    the same folder and renamed into place. Returns the scores written.
+    """
+    frame = read_table(data)
+    scores = detector.score_frame(frame)
+    if detector.effective_config.data.id_column not in scores.columns:
+        scores.insert(0, ROW_COLUMN, range(len(scores)))
+    write_atomic(scores, Path(output))
+    return scores
+
+
+def write_atomic(frame: pd.DataFrame, path: Path) -> None:
+    """Write ``frame`` to ``path`` (Parquet for .parquet/.pq, else CSV) via rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            frame.to_parquet(temporary, index=False)
+        else:
+            frame.to_csv(temporary, index=False)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

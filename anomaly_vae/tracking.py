@@ -1,0 +1,239 @@
+"""MLflow: where runs go, what a fit run logs, and the pyfunc model.
+
+The tracking store defaults to SQLite inside ``<project>/mlruns/`` (database
+``mlruns/mlflow.db``, artifacts ``mlruns/artifacts/``); ``MLFLOW_TRACKING_URI``
+overrides it, e.g. with a tracking server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.entities import Metric
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+
+from anomaly_vae import plots
+from anomaly_vae.config import Config, flatten, to_dict
+from anomaly_vae.detector import VAEDetector
+
+STORE_DIR = "mlruns"
+CHAMPION_ALIAS = "champion"
+PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
+DETECTOR_ARTIFACT = "detector"  # key of the saved detector among the pyfunc model's artifacts
+
+
+def tracking_uri(project_dir: Path | None = None) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store in ``mlruns/``."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = (project_dir or Path.cwd()) / STORE_DIR
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(store / 'mlflow.db').resolve()}"
+
+
+def use_tracking(experiment: str | None = None, project_dir: Path | None = None) -> str:
+    """Point MLflow at the project's store; create ``experiment`` (if given) there.
+
+    A local SQLite store keeps the experiment's artifacts in ``artifacts/`` beside
+    the database, so the whole store lives in one folder. Returns the tracking URI.
+    """
+    uri = tracking_uri(project_dir)
+    mlflow.set_tracking_uri(uri)
+    if experiment is not None:
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=_local_artifact_root(uri))
+        mlflow.set_experiment(experiment)
+    return uri
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None  # a server or other store decides where artifacts go
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / "artifacts").resolve().as_uri()
+
+
+@dataclass
+class TrackedRun:
+    run_id: str
+    model_uri: str  # models:/<name>/<version> when registered, else the logged model's URI
+    model_version: str | None
+    artifact_uri: str  # where the run's plots and tables are
+    champion: bool  # whether the champion alias now points at this version
+
+
+class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
+    """Scores a pandas DataFrame with a saved VAEDetector.
+
+    ``predict(df)`` returns :meth:`VAEDetector.score_frame`: the id column (if
+    configured and present), the three scores, ``score`` (higher = more
+    anomalous) and the boolean ``is_anomaly``.
+    """
+
+    # We log an explicit signature; skip MLflow's type-hint validation of predict.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        self.detector = VAEDetector.load(context.artifacts[DETECTOR_ARTIFACT])
+
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (MLflow API)
+        return self.detector.score_frame(pd.DataFrame(model_input))
+
+
+def model_signature(detector: VAEDetector, example: pd.DataFrame) -> Any:
+    """Input/output schema of the pyfunc model; the id column is optional on input."""
+    signature = infer_signature(example, detector.score_frame(example))
+    id_column = detector.effective_config.data.id_column
+    for spec in signature.inputs.inputs:
+        if spec.name == id_column:
+            spec._required = False
+    return signature
+
+
+def input_example(detector: VAEDetector, frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
+    """A few rows of the model's input columns; integer columns as float, so that
+    scoring data with missing values (float in pandas) fits the signature."""
+    columns = list(detector.preprocessor_.input_columns)
+    id_column = detector.effective_config.data.id_column
+    if id_column is not None and id_column in frame.columns:
+        columns.insert(0, id_column)
+    example = frame[columns].head(rows).copy()
+    for name in detector.preprocessor_.input_columns:
+        if pd.api.types.is_integer_dtype(example[name]) and not pd.api.types.is_bool_dtype(example[name]):
+            example[name] = example[name].astype("float64")
+    return example
+
+
+def log_fit_run(
+    detector: VAEDetector,
+    config: Config,
+    model_dir: Path,
+    training_frame: pd.DataFrame,
+    evaluation: dict[str, Any] | None = None,
+    evaluation_frame: pd.DataFrame | None = None,
+    evaluation_labels: np.ndarray | None = None,
+    register: bool | None = None,
+) -> TrackedRun:
+    """Log one fit as one MLflow run in the current experiment; register the model.
+
+    ``register`` moves the ``champion`` alias to the new version (default:
+    ``config.tracking.register_champion``).
+    """
+    client = MlflowClient()
+    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as scratch:
+        run_id = run.info.run_id
+        mlflow.log_params({k: _param(v) for k, v in flatten(config).items()})
+        mlflow.set_tags({"model": config.model.name, "score": config.scoring.score})
+        _log_history(client, run_id, detector)
+        mlflow.log_metrics({
+            "threshold": detector.threshold_,
+            "calibration_fpr": detector.calibration_["calibration_fpr"],
+            "best_epoch": detector.history_.best_epoch,
+            "training_seconds": detector.history_.seconds,
+            **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
+        })
+        out = Path(scratch)
+        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        (out / "calibration.json").write_text(json.dumps(detector.calibration_, indent=2))
+        anomalous_scores = None
+        if evaluation is not None:
+            mlflow.log_metrics({k: evaluation[k] for k in (
+                "auroc", "aucpr", "f1_optimal_threshold", "f1_optimal", "precision", "recall",
+                "f1", "false_positive_rate")})
+            mlflow.log_metrics({f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()})
+            (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+            _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
+            _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
+            anomalous_scores = detector.anomaly_score(evaluation_frame[evaluation_labels])
+        _save(plots.score_histogram(detector.calibration_scores_, detector.threshold_,
+                                    config.scoring.score, anomalous_scores),
+              out / "plots" / "score_histogram.png")
+        _log_latents(detector, training_frame, evaluation_frame, evaluation_labels, out)
+        mlflow.log_artifacts(str(out))
+
+        example = input_example(detector, training_frame)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_ENTRY),
+            artifacts={DETECTOR_ARTIFACT: str(model_dir)},
+            signature=model_signature(detector, example),
+            input_example=example,
+            registered_model_name=config.tracking.registered_model_name,
+            pip_requirements=_requirements(),
+        )
+    version = str(info.registered_model_version) if info.registered_model_version else None
+    model_uri = info.model_uri
+    champion = config.tracking.register_champion if register is None else register
+    if version is not None:
+        model_uri = f"models:/{config.tracking.registered_model_name}/{version}"
+        if champion:
+            client.set_registered_model_alias(
+                config.tracking.registered_model_name, CHAMPION_ALIAS, version
+            )
+    return TrackedRun(run_id=run_id, model_uri=model_uri, model_version=version,
+                      artifact_uri=run.info.artifact_uri, champion=bool(champion and version))
+
+
+def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> None:
+    """Per-epoch losses as metric series (step = epoch), in one batched call per 1000."""
+    metrics = [
+        Metric(key=key, value=float(value), timestamp=0, step=epoch)
+        for epoch, losses in enumerate(detector.history_.epochs, start=1)
+        for key, value in losses.items()
+    ]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
+def _log_latents(
+    detector: VAEDetector,
+    training_frame: pd.DataFrame,
+    evaluation_frame: pd.DataFrame | None,
+    evaluation_labels: np.ndarray | None,
+    out: Path,
+) -> None:
+    """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
+    validation = training_frame.iloc[detector.split_rows_["validation"]]
+    latents = detector.encode(validation)
+    table = pd.DataFrame(latents, columns=[f"z{i}" for i in range(latents.shape[1])],
+                         index=validation.index)
+    groups = np.full(len(latents), "normal", dtype=object)
+    id_column = detector.effective_config.data.id_column
+    if id_column is not None and id_column in validation.columns:
+        table.insert(0, id_column, validation[id_column])
+    (out / "latents").mkdir(exist_ok=True)
+    table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
+    if evaluation_frame is not None and evaluation_labels is not None and evaluation_labels.any():
+        latents = np.vstack([latents, detector.encode(evaluation_frame[evaluation_labels])])
+        groups = np.concatenate([groups, np.full(int(evaluation_labels.sum()), "anomalous", dtype=object)])
+    _save(plots.latent_scatter(latents, groups, "Latent means: validation rows"),
+          out / "plots" / "latent_means.png")
+
+
+def _save(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plots.close(fig)
+
+
+def _param(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list) else value
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in
+            ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "pyyaml", "tqdm")]
