@@ -34,6 +34,9 @@ class ModelConfig:
     beta: float = 1.0  # weight of the KL term (1 = the true ELBO)
     likelihood: str = "auto"  # auto: Gaussian for real features, Bernoulli for binary ones; or
     # "gaussian" / "bernoulli" for every feature (bernoulli needs data in [0, 1])
+    decoder_variance: str = "calibrated"  # Gaussian variance per feature: "calibrated" sets
+    # it to the reconstruction MSE (its maximum-likelihood value; fast, stable); "learned"
+    # trains it by gradient descent like the other weights
     min_log_variance: float = -6.0  # floor of the learned decoder log-variance: stops variance
     # collapse on near-constant features from dominating the likelihood
     dropout: float = 0.0  # dropout in the hidden layers (regularises tiny data sets)
@@ -145,6 +148,10 @@ def validate(cfg: DetectorConfig) -> None:
             "model.likelihood must be auto, gaussian or bernoulli",
         ),
         (0 <= cfg.model.dropout < 1, "model.dropout must be in [0, 1)"),
+        (
+            cfg.model.decoder_variance in ("calibrated", "learned"),
+            "model.decoder_variance must be calibrated or learned",
+        ),
         (cfg.data.scaling in ("standard", "minmax"), "data.scaling must be standard or minmax"),
         (cfg.data.max_categories >= 1, "data.max_categories must be >= 1"),
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
@@ -256,6 +263,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint in (int, float) and isinstance(value, str):
+        try:  # YAML reads 3e-3 (no dot) as text
+            value = hint(value)
+        except ValueError:
+            pass
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

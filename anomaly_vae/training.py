@@ -47,6 +47,7 @@ def train(
     ``config.seed``: the same data and config give the same weights.
     """
     start = time.perf_counter()
+    model.initialise_from_data(x_train)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout and the reparameterisation noise use the global RNG
     optimizer = torch.optim.Adam(
@@ -97,6 +98,9 @@ def train(
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
+    model.calibrate_decoder(
+        x_train, torch.randn(x_train.shape[0], 1, model.latent_dim, generator=generator)
+    )
     history.seconds = time.perf_counter() - start
     logger.info("trained %d epochs in %.1fs (best epoch %d, val loss %.4g)",
                 len(history.epochs), history.seconds, history.best_epoch, best_loss)

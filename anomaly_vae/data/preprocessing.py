@@ -161,7 +161,7 @@ class TablePreprocessor:
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
-        codes = pd.Categorical(_as_text(values), categories=column.categories).codes
+        codes = pd.Index(column.categories).get_indexer(_as_text(values))
         one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
         seen = codes >= 0  # -1: a category not seen in training, left all-zero
         one_hot[np.flatnonzero(seen), codes[seen]] = 1.0

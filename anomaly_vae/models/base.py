@@ -21,6 +21,8 @@ from torch.nn import functional as F
 from anomaly_vae.config import ModelConfig
 
 LOG_2PI = math.log(2 * math.pi)
+BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3]
+VARIANCE_MOMENTUM = 0.1  # moving average of the calibrated decoder log-variance per step
 
 
 class BaseVAE(nn.Module):
@@ -52,9 +54,13 @@ class BaseVAE(nn.Module):
             flat_mask = torch.as_tensor(binary_features, dtype=torch.bool).reshape(self.input_shape)
         # Not learned, but saved with the weights so a loaded model uses the same likelihood.
         self.register_buffer("bernoulli_mask", flat_mask)
-        # One learned log-variance per feature makes the Gaussian ELBO a real likelihood
-        # (features the model reconstructs poorly get wide variances instead of dominating).
-        self.decoder_log_variance = nn.Parameter(torch.zeros(self.input_shape))
+        # One variance per feature makes the Gaussian ELBO a real likelihood (features the
+        # model reconstructs poorly get wide variances instead of dominating the score).
+        initial = torch.zeros(self.input_shape)
+        if config.decoder_variance == "learned":
+            self.decoder_log_variance = nn.Parameter(initial)
+        else:  # "calibrated": set from the reconstruction error, not by gradient steps
+            self.register_buffer("decoder_log_variance", initial)
 
     # -- the parts a variant provides ------------------------------------------------------
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -68,7 +74,26 @@ class BaseVAE(nn.Module):
         """
         raise NotImplementedError
 
+    def output_bias(self) -> Tensor | None:
+        """The decoder's final bias, ``(*input_shape)`` elements, if it has one per feature."""
+        return None
+
     # -- shared machinery --------------------------------------------------------------------
+    @torch.no_grad()
+    def initialise_from_data(self, x: Tensor) -> None:
+        """Start the decoder at the data mean: Gaussian features at their mean, Bernoulli
+        features at the logit of their rate. A rare or constant 0/1 feature (a missing
+        indicator, a one-hot category) then starts near its rate instead of at 50%,
+        which gradient steps of size ~learning-rate would take thousands of steps to reach.
+        """
+        bias = self.output_bias()
+        if bias is None:
+            return
+        mean = x.mean(0)
+        rate = mean.clamp(BERNOULLI_RATE_FLOOR, 1 - BERNOULLI_RATE_FLOOR)
+        start = torch.where(self.bernoulli_mask, torch.log(rate) - torch.log1p(-rate), mean)
+        bias.copy_(start.reshape(bias.shape))
+
     @staticmethod
     def reparameterize(mu: Tensor, logvar: Tensor, noise: Tensor) -> Tensor:
         """z = mu + sigma * noise. ``mu, logvar (n, k)``, ``noise (n, L, k)`` -> ``(n, L, k)``."""
@@ -78,13 +103,37 @@ class BaseVAE(nn.Module):
         """Decoder log-variance ``(*input_shape)``, floored at ``min_log_variance``."""
         return self.decoder_log_variance.clamp(min=self.config.min_log_variance)
 
-    def reconstruction_nll(self, x: Tensor, output: Tensor) -> Tensor:
+    def _calibrated_log_variance(self, x: Tensor, output: Tensor) -> Tensor:
+        """Per-feature maximum-likelihood log-variance of ``x`` around ``output``.
+
+        The "calibrated decoder" of Rybkin et al. (sigma-VAE, ICML 2021): the optimal
+        variance is the mean squared error, so it needs no slow gradient descent
+        (Adam moves a log-variance by about the learning rate per step).
+        """
+        error = (x.expand_as(output) - output).pow(2)
+        per_feature = error.reshape(-1, *self.input_shape).mean(0)
+        return torch.log(per_feature + 1e-12).clamp(min=self.config.min_log_variance)
+
+    @torch.no_grad()
+    def calibrate_decoder(self, x: Tensor, noise: Tensor) -> None:
+        """Set the calibrated decoder variance from rows ``x`` (one z per row in ``noise``).
+
+        Called once after training on the training rows; no-op for a learned variance.
+        """
+        if self.config.decoder_variance != "calibrated":
+            return
+        mu, logvar = self.encode(x)
+        output = self._decode_samples(self.reparameterize(mu, logvar, noise))
+        self.decoder_log_variance.copy_(self._calibrated_log_variance(x.unsqueeze(1), output))
+
+    def reconstruction_nll(self, x: Tensor, output: Tensor, logvar: Tensor | None = None) -> Tensor:
         """-log p(x | z) summed over features. ``x`` broadcasts against ``output (..., *shape)``.
 
-        Returns ``output.shape[:-len(input_shape)]``, in nats.
+        ``logvar`` defaults to the decoder's stored log-variance. Returns
+        ``output.shape[:-len(input_shape)]``, in nats.
         """
         x = x.expand_as(output)
-        logvar = self.log_variance()
+        logvar = self.log_variance() if logvar is None else logvar
         gaussian = 0.5 * (LOG_2PI + logvar + (x - output) ** 2 * torch.exp(-logvar))
         bernoulli = F.binary_cross_entropy_with_logits(output, x, reduction="none")
         per_feature = torch.where(self.bernoulli_mask, bernoulli, gaussian)
@@ -110,7 +159,13 @@ class BaseVAE(nn.Module):
             noise = torch.randn(x.shape[0], 1, self.latent_dim, device=x.device)
         z = self.reparameterize(mu, logvar, noise)
         output = self._decode_samples(z)
-        reconstruction = self.reconstruction_nll(x.unsqueeze(1), output).mean(1)
+        decoder_logvar = None
+        if self.training and self.config.decoder_variance == "calibrated":
+            # This batch's optimal variance for its loss; a moving average for evaluation.
+            decoder_logvar = self._calibrated_log_variance(x.unsqueeze(1), output.detach())
+            with torch.no_grad():
+                self.decoder_log_variance.lerp_(decoder_logvar, VARIANCE_MOMENTUM)
+        reconstruction = self.reconstruction_nll(x.unsqueeze(1), output, decoder_logvar).mean(1)
         kl = self.kl_divergence(mu, logvar)
         loss = reconstruction + self.kl_weight() * kl
         return {"loss": loss.mean(), "reconstruction": reconstruction.mean(), "kl": kl.mean()}

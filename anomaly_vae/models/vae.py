@@ -34,3 +34,6 @@ class MLPVAE(BaseVAE):
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z).reshape(z.shape[0], *self.input_shape)
+
+    def output_bias(self) -> Tensor:
+        return self.decoder[-1].bias

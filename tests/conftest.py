@@ -1,0 +1,88 @@
+"""Shared fixtures: tiny seeded data with planted anomalies, tiny fast configs,
+and MLflow pointed at a temporary store so tests never touch ./mlruns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.config import Config, load_config
+
+TINY = [
+    "model.hidden_dims=[32]",
+    "model.latent_dim=2",
+    "training.epochs=60",
+    "training.patience=10",
+    "training.batch_size=64",
+    "scoring.mc_samples=4",
+]
+
+
+def tiny_config(*overrides: str) -> Config:
+    """A small, fast configuration (seconds to fit on a few hundred rows)."""
+    return load_config(overrides=[*TINY, *overrides])
+
+
+def correlated_normal(n: int, seed: int) -> np.ndarray:
+    """``(n, 6)`` rows on a 2-D linear manifold plus small noise: what a VAE can learn."""
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 2))
+    mixing = np.array([[1.0, 0.5, -0.3, 0.8, 0.0, 1.2], [0.0, 1.0, 0.9, -0.5, 1.1, 0.3]])
+    return latent @ mixing + 0.1 * rng.normal(size=(n, 6))
+
+
+def planted_anomalies(n: int, seed: int) -> np.ndarray:
+    """``(n, 6)`` rows pushed off the manifold (15x the normal noise), within its range."""
+    rng = np.random.default_rng(seed)
+    return correlated_normal(n, seed) + rng.normal(scale=1.5, size=(n, 6))
+
+
+@pytest.fixture
+def normal_rows() -> np.ndarray:
+    return correlated_normal(600, seed=0)
+
+
+@pytest.fixture
+def test_rows() -> tuple[np.ndarray, np.ndarray]:
+    """Fresh normal rows followed by planted anomalies, and labels (True = anomaly)."""
+    X = np.vstack([correlated_normal(300, seed=1), planted_anomalies(30, seed=2)])
+    return X, np.r_[np.zeros(300, bool), np.ones(30, bool)]
+
+
+def mixed_table(n: int, seed: int, anomalies: int = 0) -> pd.DataFrame:
+    """A realistic table: id, numeric (with some missing), categorical, label columns.
+
+    Normal rows: ``load`` tracks ``temperature`` per ``machine``; anomalies break that.
+    """
+    rng = np.random.default_rng(seed)
+    machine = rng.choice(["press", "lathe", "drill"], size=n)
+    offset = pd.Series(machine).map({"press": 0.0, "lathe": 5.0, "drill": -5.0}).to_numpy()
+    temperature = rng.normal(60, 5, size=n)
+    load = 2.0 * (temperature - 60) + offset + rng.normal(0, 1, size=n)
+    vibration = rng.gamma(2.0, 1.0, size=n)
+    label = np.zeros(n, dtype=int)
+    if anomalies:
+        rows = rng.choice(n, size=anomalies, replace=False)
+        load[rows] = -2.0 * (temperature[rows] - 60) + rng.normal(0, 1, size=anomalies) + 25
+        label[rows] = 1
+    vibration[rng.random(n) < 0.05] = np.nan  # some readings are missing in normal operation
+    return pd.DataFrame({
+        "reading_id": [f"r{seed}-{i}" for i in range(n)],
+        "machine": machine,
+        "temperature": temperature,
+        "load": load,
+        "vibration": vibration,
+        "is_fault": label,
+    })
+
+
+@pytest.fixture
+def tracking_store(tmp_path, monkeypatch):
+    """A temporary MLflow SQLite store; the working directory is tmp_path too."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return uri

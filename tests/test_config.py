@@ -1,0 +1,56 @@
+import pytest
+
+from anomaly_vae.config import Config, DetectorConfig, flatten, load_config
+from anomaly_vae.errors import ConfigError
+
+
+def test_layers_defaults_then_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  latent_dim: 3\n  beta: 0.5\ntraining:\n  epochs: 7\n")
+    config = load_config(path, ["training.epochs=9", "model.hidden_dims=[16, 8]"])
+    assert config.model.latent_dim == 3
+    assert config.model.beta == 0.5
+    assert config.training.epochs == 9  # override beats the file
+    assert config.model.hidden_dims == [16, 8]
+    assert config.training.batch_size == Config().training.batch_size  # untouched default
+
+
+def test_unknown_key_names_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown config key model\.latnet_dim; valid keys: .*model\.latent_dim"):
+        load_config(overrides=["model.latnet_dim=3"])
+    with pytest.raises(ConfigError, match="unknown config key nosuchsection"):
+        load_config(overrides=["nosuchsection.x=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.epochs=many", "training.epochs must be of type int"),
+        ("tracking.enabled=maybe", "tracking.enabled must be true or false"),
+        ("scoring.score=vibes", "scoring.score must be one of"),
+        ("calibration.target_fpr=1.5", r"calibration.target_fpr must be in \(0, 1\)"),
+        ("epochs=3", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=[override])
+
+
+def test_shipped_yaml_configs_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert files, "configs/ should ship at least one example"
+    for path in files:
+        assert isinstance(load_config(path), Config)
+
+
+def test_flatten_and_detector_part():
+    config = load_config(overrides=["data.id_column=id"])
+    flat = flatten(config)
+    assert flat["data.id_column"] == "id"
+    assert "tracking.experiment" in flat
+    detector_config = config.detector_config()
+    assert type(detector_config) is DetectorConfig
+    assert detector_config.data.id_column == "id"

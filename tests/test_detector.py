@@ -1,0 +1,110 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae import VAEDetector
+from anomaly_vae.detector import SCORE_COLUMNS
+from anomaly_vae.errors import DataError
+from tests.conftest import correlated_normal, mixed_table, tiny_config
+
+
+@pytest.fixture(scope="module")
+def fitted() -> VAEDetector:
+    config = tiny_config().detector_config()
+    return VAEDetector(config).fit(correlated_normal(600, seed=0))
+
+
+def test_ranks_planted_anomalies_above_normals(fitted, test_rows):
+    X, y = test_rows
+    frame = fitted.score_frame(X)
+    for name in SCORE_COLUMNS:
+        assert roc_auc_score(y, frame[name]) > 0.9, name
+
+
+def test_scikit_learn_conventions(fitted, test_rows):
+    X, y = test_rows
+    anomaly = fitted.anomaly_score(X)
+    np.testing.assert_allclose(fitted.score_samples(X), -anomaly)
+    np.testing.assert_allclose(fitted.decision_function(X), fitted.threshold_ - anomaly)
+    predicted = fitted.predict(X)
+    assert set(np.unique(predicted)) <= {-1, 1}
+    np.testing.assert_array_equal(predicted == -1, anomaly > fitted.threshold_)
+    assert (predicted[y] == -1).mean() > 0.5  # most planted anomalies are flagged
+    assert fitted.offset_ == -fitted.threshold_
+    assert clone(fitted).config is not fitted.config  # clone copies params, not fitted state
+    assert not hasattr(clone(fitted), "threshold_")
+
+
+def test_scores_are_deterministic_in_any_batch_size_or_order(fitted, test_rows):
+    X, _ = test_rows
+    reference = fitted.score_frame(X)
+    order = np.random.default_rng(3).permutation(len(X))
+    shuffled = fitted.score_frame(X[order])
+    small_batches = clone(fitted)
+    small_batches.__dict__.update(fitted.__dict__)
+    small_batches.config = tiny_config("scoring.batch_size=7").detector_config()
+    # Same noise per row whatever the batch; float32 matrix products may still round
+    # differently with the batch shape, hence the float32-level tolerance.
+    for name in SCORE_COLUMNS:
+        np.testing.assert_allclose(shuffled[name].to_numpy(), reference[name].to_numpy()[order],
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(small_batches.score_frame(X)[name], reference[name], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(fitted.score_frame(X)["score"], reference["score"])
+
+
+def test_save_and_load_score_the_same(fitted, test_rows, tmp_path):
+    X, _ = test_rows
+    fitted.save(tmp_path / "model")
+    loaded = VAEDetector.load(tmp_path / "model")
+    pd.testing.assert_frame_equal(loaded.score_frame(X), fitted.score_frame(X))
+    assert loaded.threshold_ == fitted.threshold_
+    assert loaded.calibration_ == fitted.calibration_
+
+
+def test_saved_model_holds_no_pickle(fitted, tmp_path):
+    import torch
+
+    fitted.save(tmp_path / "model")
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["detector.json", "weights.pt"]
+    state = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def test_threshold_gives_about_the_target_fpr_on_fresh_normal_data():
+    config = tiny_config("calibration.target_fpr=0.05", "calibration.fraction=0.3").detector_config()
+    detector = VAEDetector(config).fit(correlated_normal(2000, seed=10))
+    fresh = correlated_normal(4000, seed=11)
+    fpr = (detector.anomaly_score(fresh) > detector.threshold_).mean()
+    # 600 calibration rows: the 95% quantile's sampling error is about +-1.5 points.
+    assert 0.02 < fpr < 0.09
+    assert detector.calibration_["target_fpr"] == 0.05
+
+
+def test_fits_mixed_tables_and_flags_broken_relations():
+    train = mixed_table(800, seed=0)
+    test = mixed_table(400, seed=1, anomalies=40)
+    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault").detector_config()
+    detector = VAEDetector(config).fit(train)
+    scores = detector.score_frame(test)
+    assert list(scores.columns[:1]) == ["reading_id"]
+    assert roc_auc_score(test["is_fault"], scores["score"]) > 0.9
+
+
+def test_unseen_missingness_scores_as_unusual_not_normal():
+    train = mixed_table(800, seed=0)
+    train["vibration"] = train["vibration"].fillna(1.0)  # never missing in training
+    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault").detector_config()
+    detector = VAEDetector(config).fit(train)
+    test = mixed_table(200, seed=1).fillna({"vibration": 1.0})
+    holes = test.copy()
+    holes["vibration"] = np.nan
+    assert np.median(detector.anomaly_score(holes)) > np.quantile(detector.anomaly_score(test), 0.99)
+
+
+def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):
+    with pytest.raises(DataError, match="at least 20 training rows"):
+        VAEDetector().fit(np.zeros((5, 3)))
+    with pytest.raises(DataError, match="expected 6 columns, got 4"):
+        fitted.score_samples(np.zeros((3, 4)))

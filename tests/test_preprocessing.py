@@ -1,0 +1,75 @@
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.config import DataConfig
+from anomaly_vae.data import TablePreprocessor
+from anomaly_vae.errors import DataError
+
+
+@pytest.fixture
+def fitted() -> TablePreprocessor:
+    frame = pd.DataFrame({
+        "id": ["a", "b", "c", "d"],
+        "x": [1.0, 2.0, np.nan, 5.0],
+        "colour": ["red", "blue", "red", None],
+        "y": [0, 0, 1, 0],
+    })
+    return TablePreprocessor(DataConfig(id_column="id", label_column="y")).fit(frame)
+
+
+def test_schema_skips_id_and_label_and_lays_out_features(fitted):
+    assert fitted.input_columns == ["x", "colour"]
+    assert fitted.feature_names == [
+        "x", "x__missing", "colour=<missing>", "colour=blue", "colour=red"
+    ]
+    np.testing.assert_array_equal(fitted.binary_features, [False, True, True, True, True])
+
+
+def test_missing_values_become_median_plus_indicator_not_zero(fitted):
+    features = fitted.transform(pd.DataFrame({"x": [np.nan, 1.0], "colour": ["red", "red"]}))
+    x = np.array([1.0, 2.0, 5.0])
+    median_scaled = (np.median(x) - x.mean()) / x.std()
+    assert features[0, 0] == pytest.approx(median_scaled)
+    assert features[0, 1] == 1.0 and features[1, 1] == 0.0  # the indicator marks it
+
+
+def test_unseen_category_is_all_zeros(fitted):
+    features = fitted.transform(pd.DataFrame({"x": [1.0], "colour": ["green"]}))
+    assert features[0, 2:].sum() == 0
+
+
+def test_reordered_and_extra_columns(fitted, caplog):
+    frame = pd.DataFrame({"colour": ["blue"], "extra": [1], "x": [2.0]})
+    with caplog.at_level(logging.WARNING):
+        reordered = fitted.transform(frame)
+    expected = fitted.transform(pd.DataFrame({"x": [2.0], "colour": ["blue"]}))
+    np.testing.assert_array_equal(reordered, expected)
+    assert "ignoring column not seen in training: extra" in caplog.text
+
+
+def test_missing_and_mistyped_columns_are_errors(fitted):
+    with pytest.raises(DataError, match="missing column 'colour'"):
+        fitted.transform(pd.DataFrame({"x": [1.0]}))
+    with pytest.raises(DataError, match=r"column 'x' should be numeric but holds 'hot' \(row 2\)"):
+        fitted.transform(pd.DataFrame({"x": ["1.5", "hot"], "colour": ["red", "red"]}))
+
+
+def test_round_trip_through_dict(fitted):
+    frame = pd.DataFrame({"x": [3.0, np.nan], "colour": ["blue", "pink"]})
+    rebuilt = TablePreprocessor.from_dict(fitted.to_dict(), fitted.config)
+    np.testing.assert_array_equal(rebuilt.transform(frame), fitted.transform(frame))
+
+
+def test_free_text_column_is_refused_with_advice():
+    frame = pd.DataFrame({"name": [f"n{i}" for i in range(200)], "x": np.arange(200.0)})
+    with pytest.raises(DataError, match="200 distinct text values .* id column"):
+        TablePreprocessor(DataConfig()).fit(frame)
+
+
+def test_minmax_scaling_maps_training_range_to_unit_interval():
+    frame = pd.DataFrame({"x": [2.0, 4.0, 6.0]})
+    pre = TablePreprocessor(DataConfig(scaling="minmax", missing_indicators=False)).fit(frame)
+    np.testing.assert_allclose(pre.transform(frame)[:, 0], [0.0, 0.5, 1.0])
