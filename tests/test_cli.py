@@ -1,0 +1,157 @@
+"""The command line end to end: fit then score a small CSV, and every bad input."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly_vae.cli import main
+from tests.conftest import TINY, mixed_table
+
+FAST = [arg for item in TINY for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder with a training CSV and one model fit by the real console script."""
+    root = tmp_path_factory.mktemp("project")
+    mixed_table(700, seed=0, anomalies=30).to_csv(root / "train.csv", index=False)
+    fresh = mixed_table(300, seed=1, anomalies=30)
+    fresh.drop(columns="is_fault").to_csv(root / "new.csv", index=False)
+    fresh[["is_fault"]].to_csv(root / "new_labels.csv", index=False)
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}", "PATH": ""}
+    command = [sys.executable, "-m", "anomaly_vae", "fit", "train.csv", "--label-col", "is_fault",
+               "--id-col", "reading_id", "--quiet", *FAST]
+    fit = subprocess.run(command, cwd=root, capture_output=True, text=True, env=_env(env))
+    assert fit.returncode == 0, fit.stderr
+    return root, fit
+
+
+def _env(extra):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update({k: v for k, v in extra.items() if k != "PATH"})
+    return env
+
+
+def test_fit_prints_a_summary(project):
+    _, fit = project
+    out = fit.stdout
+    assert "Kept 30 labelled anomalies out of training." in out
+    assert "Threshold: negative_elbo >" in out
+    assert "AUROC" in out and "AUCPR" in out
+    assert "Model saved to" in out and "MLflow run" in out and "models:/anomaly-vae/1" in out
+
+
+def test_score_writes_one_row_per_input_row_and_ranks_faults(project):
+    root, _ = project
+    result = subprocess.run(
+        [sys.executable, "-m", "anomaly_vae", "score", "new.csv", "-o", "scores.csv"],
+        cwd=root, capture_output=True, text=True, env=_env({"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}"}),
+    )
+    assert result.returncode == 0, result.stderr
+    scores = pd.read_csv(root / "scores.csv")
+    new = pd.read_csv(root / "new.csv")
+    assert list(scores.columns) == ["reading_id", "reconstruction_error", "negative_elbo",
+                                    "negative_iwae_bound", "score", "is_anomaly"]
+    assert scores["reading_id"].tolist() == new["reading_id"].tolist()
+    flagged = int(scores["is_anomaly"].sum())
+    assert f"flagged {flagged:,} (" in result.stdout
+    from sklearn.metrics import roc_auc_score
+
+    labels = pd.read_csv(root / "new_labels.csv")["is_fault"]
+    assert roc_auc_score(labels, scores["score"]) > 0.9
+
+
+def run_score(root, data, output="out.csv", *extra):
+    runner = CliRunner()
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        return runner.invoke(main, ["score", str(data), "-o", output, *extra])
+    finally:
+        os.chdir(cwd)
+
+
+def test_reordered_and_extra_columns_score_the_same(project):
+    root, _ = project
+    new = pd.read_csv(root / "new.csv")
+    shuffled = new[list(reversed(new.columns))].assign(comment="x")
+    shuffled.to_csv(root / "shuffled.csv", index=False)
+    assert run_score(root, "new.csv", "a.csv").exit_code == 0
+    assert run_score(root, "shuffled.csv", "b.csv").exit_code == 0
+    a, b = pd.read_csv(root / "a.csv"), pd.read_csv(root / "b.csv")
+    np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("nocol.csv", lambda f: f.drop(columns="load").to_csv, "missing column 'load'"),
+        ("text.csv", lambda f: f.assign(temperature="hot").to_csv, "column 'temperature' should be numeric"),
+        ("empty.csv", None, "is empty"),
+        ("garbage.csv", None, "not a readable CSV"),
+        ("absent.csv", "absent", "no such file"),
+    ],
+)
+def test_bad_input_is_one_line_error_with_no_output(project, name, make, message):
+    root, _ = project
+    path = root / name
+    if callable(make):
+        make(pd.read_csv(root / "new.csv"))(path, index=False)
+    elif name == "empty.csv":
+        path.write_text("")
+    elif name == "garbage.csv":
+        path.write_bytes(b"\x00\xff\xfe\x81garbage\x00\n\x81\x82,\x00")
+    output = root / f"{name}.scores.csv"
+    result = run_score(root, name, output.name)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert not output.exists()
+    assert not list(root.glob(f".{output.name}.*"))  # no temporary file left behind
+
+
+def test_unknown_model_reference_is_a_clear_error(project):
+    root, _ = project
+    result = run_score(root, "new.csv", "x.csv", "--model", "no/such/folder")
+    assert result.exit_code == 1 and "is not a saved anomaly-vae model" in result.output
+
+
+def test_score_without_any_fitted_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"a": [1.0]}).to_csv("d.csv", index=False)
+    result = CliRunner().invoke(main, ["score", "d.csv"])
+    assert result.exit_code == 1 and "no model fit in this project yet" in result.output
+
+
+def test_bad_config_override_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mixed_table(50, seed=0).to_csv("t.csv", index=False)
+    result = CliRunner().invoke(main, ["fit", "t.csv", "--set", "model.latnet=3"])
+    assert result.exit_code == 1 and "unknown config key model.latnet" in result.output
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["score"], ["models"], ["ui"]])
+def test_help_documents_options_with_defaults(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())  # help is wrapped to the terminal width
+    if command == ["fit"]:
+        assert "--label-col" in text and "--set KEY=VALUE" in text
+        assert "default: tracking.register_champion = False" in text
+    if command == ["score"]:
+        assert "default: the latest model fit in this project folder" in text
+    if command == ["ui"]:
+        assert "default: 5000" in text
+
+
+def test_models_lists_the_registry():
+    result = CliRunner().invoke(main, ["models"])
+    assert result.exit_code == 0 and result.output.startswith("vae ")
