@@ -28,12 +28,16 @@ def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
         logger.warning(
             "%d calibration rows cannot resolve a %.2g%% false-positive rate (need %d); "
             "the threshold is the highest calibration score",
-            scores.size, 100 * target_fpr, int(np.ceil(1 / target_fpr)),
+            scores.size,
+            100 * target_fpr,
+            int(np.ceil(1 / target_fpr)),
         )
     return float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
 
 
-def calibration_summary(normal_scores: np.ndarray, threshold: float, target_fpr: float) -> dict[str, Any]:
+def calibration_summary(
+    normal_scores: np.ndarray, threshold: float, target_fpr: float
+) -> dict[str, Any]:
     """How the threshold was chosen, as saved with the model and logged to MLflow."""
     scores = np.asarray(normal_scores, dtype=np.float64)
     return {
@@ -80,7 +84,11 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
         "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
         "false_positive_rate": float(fp / max(fp + tn, 1)),
         "curves": {
-            "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": roc_thresholds.tolist()},
+            "roc": {
+                "fpr": fpr.tolist(),
+                "tpr": tpr.tolist(),
+                "thresholds": roc_thresholds.tolist(),
+            },
             "pr": {"precision": precision.tolist(), "recall": recall.tolist()},
         },
     }

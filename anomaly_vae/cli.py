@@ -40,8 +40,11 @@ def main(verbose: bool) -> None:
     Fit a detector on normal data, score new data with it, and review every run
     in MLflow (`anomaly-vae ui`).
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
     if not verbose:
         # MLflow's own progress bars and INFO lines would bury the summary.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -50,23 +53,47 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
-                   "anomaly_vae/config.py.")
-@click.option("--label-col", help="Column with 0 = normal, 1 = anomaly. Anomalous rows never reach "
-                                  "training; they are used to evaluate (AUROC, AUCPR, curves).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
+    "anomaly_vae/config.py.",
+)
+@click.option(
+    "--label-col",
+    help="Column with 0 = normal, 1 = anomaly. Anomalous rows never reach "
+    "training; they are used to evaluate (AUROC, AUCPR, curves).",
+)
 @click.option("--id-col", help="Column passed through to score output; never a feature.")
-@click.option("--eval", "eval_file", type=click.Path(path_type=Path),
-              help="Extra labelled evaluation file (needs --label-col).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override one config value, e.g. --set model.latent_dim=4 "
-                   "--set training.epochs=50 (repeatable; applied after --config).")
-@click.option("--register/--no-register", default=None,
-              help="Move the MLflow alias 'champion' to the new model version "
-                   f"[default: tracking.register_champion = {DEFAULTS.tracking.register_champion}].")
-@click.option("--model-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to save the model [default: mlruns/models/<timestamp>/].")
-@click.option("--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved).")
+@click.option(
+    "--eval",
+    "eval_file",
+    type=click.Path(path_type=Path),
+    help="Extra labelled evaluation file (needs --label-col).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config value, e.g. --set model.latent_dim=4 "
+    "--set training.epochs=50 (repeatable; applied after --config).",
+)
+@click.option(
+    "--register/--no-register",
+    default=None,
+    help="Move the MLflow alias 'champion' to the new model version "
+    f"[default: tracking.register_champion = {DEFAULTS.tracking.register_champion}].",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to save the model [default: mlruns/models/<timestamp>/].",
+)
+@click.option(
+    "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def fit(
@@ -108,7 +135,9 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         f"{len(history.epochs)} epochs, best {history.best_epoch}, {history.seconds:.1f} s"
     )
     if rows["labelled_anomalies_excluded"]:
-        click.echo(f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training.")
+        click.echo(
+            f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training."
+        )
     click.echo(
         f"Threshold: {calibration['score']} > {detector.threshold_:.6g} (target false-positive "
         f"rate {100 * calibration['target_fpr']:.2f}%, {100 * calibration['calibration_fpr']:.2f}% "
@@ -118,7 +147,8 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         ev = result.evaluation
         cm = ev["confusion_matrix"]
         click.echo(
-            f"Evaluation on {ev['n_normal']:,} normal + {ev['n_anomalous']:,} anomalous held-out rows: "
+            f"Evaluation on {ev['n_normal']:,} normal + {ev['n_anomalous']:,} anomalous "
+            "held-out rows: "
             f"AUROC {100 * ev['auroc']:.2f}%, AUCPR {100 * ev['aucpr']:.2f}%, "
             f"F1-optimal threshold {ev['f1_optimal_threshold']:.6g} (F1 {ev['f1_optimal']:.3f})"
         )
@@ -140,12 +170,20 @@ def _print_fit_summary(result: Any, config: Config) -> None:
 
 @main.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--model", "model_ref", metavar="REF",
-              help="A saved model folder, or an MLflow model URI such as "
-                   "models:/anomaly-vae@champion or runs:/<run_id>/model "
-                   "[default: the latest model fit in this project folder].")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Output file, CSV (or Parquet by suffix) [default: <DATA stem>_scores.csv].")
+@click.option(
+    "--model",
+    "model_ref",
+    metavar="REF",
+    help="A saved model folder, or an MLflow model URI such as "
+    "models:/anomaly-vae@champion or runs:/<run_id>/model "
+    "[default: the latest model fit in this project folder].",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output file, CSV (or Parquet by suffix) [default: <DATA stem>_scores.csv].",
+)
 @_user_errors
 def score(data: Path, model_ref: str | None, output: Path | None) -> None:
     """Score every row of DATA (CSV or Parquet): id (or row number), reconstruction
@@ -158,8 +196,10 @@ def score(data: Path, model_ref: str | None, output: Path | None) -> None:
     scores = score_table(data, detector, output)
     flagged = int(scores["is_anomaly"].sum())
     share = 100 * flagged / max(len(scores), 1)
-    click.echo(f"Scored {len(scores):,} rows; flagged {flagged:,} ({share:.2f}%) as anomalous "
-               f"({detector.effective_config.scoring.score} > {detector.threshold_:.6g}).")
+    click.echo(
+        f"Scored {len(scores):,} rows; flagged {flagged:,} ({share:.2f}%) as anomalous "
+        f"({detector.effective_config.scoring.score} > {detector.threshold_:.6g})."
+    )
     click.echo(f"Scores written to {output}")
 
 

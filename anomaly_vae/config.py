@@ -10,6 +10,7 @@ overrides only. Unknown keys are an error that names the valid ones.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -157,8 +158,14 @@ def validate(cfg: DetectorConfig) -> None:
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
         (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),
         (cfg.training.learning_rate > 0, "training.learning_rate must be > 0"),
-        (0 < cfg.training.validation_fraction < 1, "training.validation_fraction must be in (0, 1)"),
-        (cfg.scoring.score in SCORE_NAMES, f"scoring.score must be one of {', '.join(SCORE_NAMES)}"),
+        (
+            0 < cfg.training.validation_fraction < 1,
+            "training.validation_fraction must be in (0, 1)",
+        ),
+        (
+            cfg.scoring.score in SCORE_NAMES,
+            f"scoring.score must be one of {', '.join(SCORE_NAMES)}",
+        ),
         (cfg.scoring.mc_samples >= 1, "scoring.mc_samples must be >= 1"),
         (cfg.scoring.noise_bank_size >= 1, "scoring.noise_bank_size must be >= 1"),
         (0 < cfg.calibration.fraction < 1, "calibration.fraction must be in (0, 1)"),
@@ -264,10 +271,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if hint in (int, float) and isinstance(value, str):
-        try:  # YAML reads 3e-3 (no dot) as text
+        with contextlib.suppress(ValueError):  # YAML reads 3e-3 (no dot) as text
             value = hint(value)
-        except ValueError:
-            pass
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):

@@ -168,7 +168,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         cfg = self.effective_config.scoring
         if getattr(self, "_noise_bank", None) is None:
             self._noise_bank = noise_bank(
-                cfg.noise_bank_size, cfg.mc_samples, self.model_.latent_dim, self.effective_config.training.seed
+                cfg.noise_bank_size,
+                cfg.mc_samples,
+                self.model_.latent_dim,
+                self.effective_config.training.seed,
             )
         self.model_.eval()
         parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_COLUMNS}
@@ -179,7 +182,8 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             for name in SCORE_COLUMNS:
                 parts[name].append(scores[name].double().numpy())
         return {
-            name: np.concatenate(values) if values else np.empty(0) for name, values in parts.items()
+            name: np.concatenate(values) if values else np.empty(0)
+            for name, values in parts.items()
         }
 
     def score_frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
@@ -202,14 +206,16 @@ class VAEDetector(OutlierMixin, BaseEstimator):
 
     def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """``(n,)`` configured score, higher = more anomalous."""
-        return self._scores_of_features(self.transform_features(X))[self.effective_config.scoring.score]
+        return self._scores_of_features(self.transform_features(X))[
+            self.effective_config.scoring.score
+        ]
 
     def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal)."""
         return -self.anomaly_score(X)
 
     def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``(n,)`` ``score_samples - offset_``: negative for anomalies, positive for normal rows."""
+        """``(n,)`` ``score_samples - offset_``: negative for anomalies, positive otherwise."""
         return self.score_samples(X) - self.offset_
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
@@ -221,8 +227,13 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         features = torch.from_numpy(self.transform_features(X))
         self.model_.eval()
         with torch.no_grad():
-            means = [self.model_.encode(batch)[0] for batch in features.split(self.effective_config.scoring.batch_size)]
-        return torch.cat(means).numpy() if means else np.empty((0, self.model_.latent_dim), np.float32)
+            means = [
+                self.model_.encode(batch)[0]
+                for batch in features.split(self.effective_config.scoring.batch_size)
+            ]
+        return (
+            torch.cat(means).numpy() if means else np.empty((0, self.model_.latent_dim), np.float32)
+        )
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -262,8 +273,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         """Rebuild a detector saved by :meth:`save` (no pickle: JSON + ``weights_only``)."""
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise ModelNotFoundError(f"{path} is not a saved anomaly-vae model "
-                                     f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})")
+            raise ModelNotFoundError(
+                f"{path} is not a saved anomaly-vae model "
+                f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
         document = json.loads((path / CONFIG_FILE).read_text())
         if document.get("format_version") != FORMAT_VERSION:
             raise ModelNotFoundError(
@@ -285,8 +298,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         training = document["training"]
         detector.n_training_rows_ = training["rows"]
         detector.history_ = TrainingHistory(
-            epochs=training["history"], best_epoch=training["best_epoch"],
-            stopped_early=training["stopped_early"], seconds=training["seconds"],
+            epochs=training["history"],
+            best_epoch=training["best_epoch"],
+            stopped_early=training["stopped_early"],
+            seconds=training["seconds"],
         )
         detector._noise_bank = None
         if not math.isfinite(detector.threshold_):

@@ -58,8 +58,12 @@ def fit_table(
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
         extra = read_table(eval_data)
         extra_labels = label_vector(extra, label_column)
-        eval_frame = extra if eval_frame is None else pd.concat([eval_frame, extra], ignore_index=True)
-        eval_labels = extra_labels if eval_labels is None else np.concatenate([eval_labels, extra_labels])
+        eval_frame = (
+            extra if eval_frame is None else pd.concat([eval_frame, extra], ignore_index=True)
+        )
+        eval_labels = (
+            extra_labels if eval_labels is None else np.concatenate([eval_labels, extra_labels])
+        )
 
     detector = VAEDetector(config.detector_config()).fit(train_frame, on_epoch=on_epoch)
     evaluation = None
@@ -72,7 +76,9 @@ def fit_table(
     detector.save(model_dir)
     _mark_latest(project_dir, model_dir)
     rows = dict(detector.n_training_rows_)
-    rows["labelled_anomalies_excluded"] = int(label_vector(frame, label_column).sum()) if label_column else 0
+    rows["labelled_anomalies_excluded"] = (
+        int(label_vector(frame, label_column).sum()) if label_column else 0
+    )
     rows["evaluation"] = 0 if eval_frame is None else len(eval_frame)
     result = FitResult(detector, model_dir, rows, evaluation)
 

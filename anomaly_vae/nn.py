@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from torch import nn
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0) -> nn.Sequential:
+def mlp(
+    in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0
+) -> nn.Sequential:
     """Linear -> SiLU (-> Dropout) blocks, then a final Linear with no activation.
 
     Input ``(..., in_features)``, output ``(..., out_features)``.

@@ -11,10 +11,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are written to files, never shown
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
 
 FIGSIZE = (6.4, 4.8)
 
@@ -32,10 +32,21 @@ def score_histogram(
     low, high = np.percentile(np.concatenate(values), [0, 99.5])
     high = max(high, threshold) * (1.05 if high > 0 else 0.95)
     bins = np.linspace(low, high, 50)
-    ax.hist(np.clip(normal_scores, low, high), bins=bins, alpha=0.6, label=normal_label, color="tab:blue")
+    ax.hist(
+        np.clip(normal_scores, low, high),
+        bins=bins,
+        alpha=0.6,
+        label=normal_label,
+        color="tab:blue",
+    )
     if anomalous_scores is not None and len(anomalous_scores):
-        ax.hist(np.clip(anomalous_scores, low, high), bins=bins, alpha=0.6,
-                label="anomalous (labelled)", color="tab:red")
+        ax.hist(
+            np.clip(anomalous_scores, low, high),
+            bins=bins,
+            alpha=0.6,
+            label="anomalous (labelled)",
+            color="tab:red",
+        )
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
     ax.set_title(f"Anomaly scores ({score_name}; higher = more anomalous)")
     ax.set_xlabel(f"{score_name} (values above the 99.5th percentile shown at the right edge)")
@@ -50,10 +61,20 @@ def roc_curve(evaluation: dict[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     ax.plot(roc["fpr"], roc["tpr"], label=f"detector (AUROC = {100 * evaluation['auroc']:.2f}%)")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.scatter([evaluation["false_positive_rate"]], [evaluation["recall"]], color="black", zorder=3,
-               label="chosen threshold")
-    ax.set(title="ROC curve (labelled evaluation rows)", xlabel="false-positive rate",
-           ylabel="true-positive rate (recall)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.scatter(
+        [evaluation["false_positive_rate"]],
+        [evaluation["recall"]],
+        color="black",
+        zorder=3,
+        label="chosen threshold",
+    )
+    ax.set(
+        title="ROC curve (labelled evaluation rows)",
+        xlabel="false-positive rate",
+        ylabel="true-positive rate (recall)",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="lower right")
     return fig
 
@@ -63,19 +84,31 @@ def pr_curve(evaluation: dict[str, Any]) -> Figure:
     pr = evaluation["curves"]["pr"]
     base_rate = evaluation["n_anomalous"] / (evaluation["n_anomalous"] + evaluation["n_normal"])
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    ax.plot(pr["recall"], pr["precision"], label=f"detector (AUCPR = {100 * evaluation['aucpr']:.2f}%)")
-    ax.axhline(base_rate, color="grey", linestyle=":", label=f"chance ({100 * base_rate:.1f}% anomalous)")
-    ax.scatter([evaluation["recall"]], [evaluation["precision"]], color="black", zorder=3,
-               label="chosen threshold")
-    ax.set(title="Precision-recall curve (labelled evaluation rows)", xlabel="recall",
-           ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.plot(
+        pr["recall"], pr["precision"], label=f"detector (AUCPR = {100 * evaluation['aucpr']:.2f}%)"
+    )
+    ax.axhline(
+        base_rate, color="grey", linestyle=":", label=f"chance ({100 * base_rate:.1f}% anomalous)"
+    )
+    ax.scatter(
+        [evaluation["recall"]],
+        [evaluation["precision"]],
+        color="black",
+        zorder=3,
+        label="chosen threshold",
+    )
+    ax.set(
+        title="Precision-recall curve (labelled evaluation rows)",
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     ax.legend(loc="lower left")
     return fig
 
 
-def latent_scatter(
-    latents: np.ndarray, groups: np.ndarray, title: str = "Latent means"
-) -> Figure:
+def latent_scatter(latents: np.ndarray, groups: np.ndarray, title: str = "Latent means") -> Figure:
     """2-D scatter of latent means ``(n, k)``; PCA to 2-D when ``k > 2``.
 
     ``groups (n,)`` holds a legend label per point (e.g. "normal", "anomalous").
@@ -93,8 +126,14 @@ def latent_scatter(
     colours = {"normal": "tab:blue", "anomalous": "tab:red"}
     for group in dict.fromkeys(groups.tolist()):
         mask = groups == group
-        ax.scatter(projected[mask, 0], projected[mask, 1], s=8, alpha=0.6,
-                   color=colours.get(group), label=f"{group} ({int(mask.sum())})")
+        ax.scatter(
+            projected[mask, 0],
+            projected[mask, 1],
+            s=8,
+            alpha=0.6,
+            color=colours.get(group),
+            label=f"{group} ({int(mask.sum())})",
+        )
     ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
     ax.legend()
     return fig

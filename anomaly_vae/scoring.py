@@ -53,9 +53,7 @@ def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
     return found[0].parent
 
 
-def score_table(
-    data: str | Path, detector: VAEDetector, output: str | Path
-) -> pd.DataFrame:
+def score_table(data: str | Path, detector: VAEDetector, output: str | Path) -> pd.DataFrame:
     """Score every row of the file ``data``; write the result to ``output`` (CSV or Parquet).
 
     The output appears whole or not at all: it is written to a temporary file in

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 import yaml
 from mlflow.entities import Metric
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
@@ -88,32 +89,38 @@ class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.detector = VAEDetector.load(context.artifacts[DETECTOR_ARTIFACT])
 
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201 (MLflow API)
+    def predict(self, context, model_input, params=None):
         return self.detector.score_frame(pd.DataFrame(model_input))
 
 
-def model_signature(detector: VAEDetector, example: pd.DataFrame) -> Any:
-    """Input/output schema of the pyfunc model; the id column is optional on input."""
-    signature = infer_signature(example, detector.score_frame(example))
+def model_signature(detector: VAEDetector, example: pd.DataFrame) -> ModelSignature:
+    """Input/output schema of the pyfunc model.
+
+    Numeric columns are declared ``Any``: MLflow would otherwise refuse integers for
+    a float column (or NaN for an integer one), while the model itself accepts
+    integers, floats and missing values and rejects text with a clear error. Text
+    columns are strings; the id column is optional.
+    """
     id_column = detector.effective_config.data.id_column
-    for spec in signature.inputs.inputs:
-        if spec.name == id_column:
-            spec._required = False
-    return signature
+    inputs = []
+    if id_column is not None and id_column in example.columns:
+        inputs.append(ColSpec(AnyType(), id_column, required=False))
+    for column in detector.preprocessor_.columns:
+        text = column.kind == "categorical" and not pd.api.types.is_numeric_dtype(
+            example[column.name]
+        )
+        inputs.append(ColSpec(DataType.string if text else AnyType(), column.name))
+    outputs = infer_signature(example, detector.score_frame(example)).outputs
+    return ModelSignature(inputs=Schema(inputs), outputs=outputs)
 
 
 def input_example(detector: VAEDetector, frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
-    """A few rows of the model's input columns; integer columns as float, so that
-    scoring data with missing values (float in pandas) fits the signature."""
+    """The first rows of the model's input columns (and the id column, if any)."""
     columns = list(detector.preprocessor_.input_columns)
     id_column = detector.effective_config.data.id_column
     if id_column is not None and id_column in frame.columns:
         columns.insert(0, id_column)
-    example = frame[columns].head(rows).copy()
-    for name in detector.preprocessor_.input_columns:
-        if pd.api.types.is_integer_dtype(example[name]) and not pd.api.types.is_bool_dtype(example[name]):
-            example[name] = example[name].astype("float64")
-    return example
+    return frame[columns].head(rows)
 
 
 def log_fit_run(
@@ -137,29 +144,51 @@ def log_fit_run(
         mlflow.log_params({k: _param(v) for k, v in flatten(config).items()})
         mlflow.set_tags({"model": config.model.name, "score": config.scoring.score})
         _log_history(client, run_id, detector)
-        mlflow.log_metrics({
-            "threshold": detector.threshold_,
-            "calibration_fpr": detector.calibration_["calibration_fpr"],
-            "best_epoch": detector.history_.best_epoch,
-            "training_seconds": detector.history_.seconds,
-            **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
-        })
+        mlflow.log_metrics(
+            {
+                "threshold": detector.threshold_,
+                "calibration_fpr": detector.calibration_["calibration_fpr"],
+                "best_epoch": detector.history_.best_epoch,
+                "training_seconds": detector.history_.seconds,
+                **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
+            }
+        )
         out = Path(scratch)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
         (out / "calibration.json").write_text(json.dumps(detector.calibration_, indent=2))
         anomalous_scores = None
         if evaluation is not None:
-            mlflow.log_metrics({k: evaluation[k] for k in (
-                "auroc", "aucpr", "f1_optimal_threshold", "f1_optimal", "precision", "recall",
-                "f1", "false_positive_rate")})
-            mlflow.log_metrics({f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()})
+            mlflow.log_metrics(
+                {
+                    k: evaluation[k]
+                    for k in (
+                        "auroc",
+                        "aucpr",
+                        "f1_optimal_threshold",
+                        "f1_optimal",
+                        "precision",
+                        "recall",
+                        "f1",
+                        "false_positive_rate",
+                    )
+                }
+            )
+            mlflow.log_metrics(
+                {f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()}
+            )
             (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
             _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
             _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
             anomalous_scores = detector.anomaly_score(evaluation_frame[evaluation_labels])
-        _save(plots.score_histogram(detector.calibration_scores_, detector.threshold_,
-                                    config.scoring.score, anomalous_scores),
-              out / "plots" / "score_histogram.png")
+        _save(
+            plots.score_histogram(
+                detector.calibration_scores_,
+                detector.threshold_,
+                config.scoring.score,
+                anomalous_scores,
+            ),
+            out / "plots" / "score_histogram.png",
+        )
         _log_latents(detector, training_frame, evaluation_frame, evaluation_labels, out)
         mlflow.log_artifacts(str(out))
 
@@ -182,8 +211,13 @@ def log_fit_run(
             client.set_registered_model_alias(
                 config.tracking.registered_model_name, CHAMPION_ALIAS, version
             )
-    return TrackedRun(run_id=run_id, model_uri=model_uri, model_version=version,
-                      artifact_uri=run.info.artifact_uri, champion=bool(champion and version))
+    return TrackedRun(
+        run_id=run_id,
+        model_uri=model_uri,
+        model_version=version,
+        artifact_uri=run.info.artifact_uri,
+        champion=bool(champion and version),
+    )
 
 
 def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> None:
@@ -207,8 +241,9 @@ def _log_latents(
     """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
     validation = training_frame.iloc[detector.split_rows_["validation"]]
     latents = detector.encode(validation)
-    table = pd.DataFrame(latents, columns=[f"z{i}" for i in range(latents.shape[1])],
-                         index=validation.index)
+    table = pd.DataFrame(
+        latents, columns=[f"z{i}" for i in range(latents.shape[1])], index=validation.index
+    )
     groups = np.full(len(latents), "normal", dtype=object)
     id_column = detector.effective_config.data.id_column
     if id_column is not None and id_column in validation.columns:
@@ -217,9 +252,13 @@ def _log_latents(
     table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
     if evaluation_frame is not None and evaluation_labels is not None and evaluation_labels.any():
         latents = np.vstack([latents, detector.encode(evaluation_frame[evaluation_labels])])
-        groups = np.concatenate([groups, np.full(int(evaluation_labels.sum()), "anomalous", dtype=object)])
-    _save(plots.latent_scatter(latents, groups, "Latent means: validation rows"),
-          out / "plots" / "latent_means.png")
+        groups = np.concatenate(
+            [groups, np.full(int(evaluation_labels.sum()), "anomalous", dtype=object)]
+        )
+    _save(
+        plots.latent_scatter(latents, groups, "Latent means: validation rows"),
+        out / "plots" / "latent_means.png",
+    )
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -235,5 +274,7 @@ def _param(value: Any) -> Any:
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{name}=={version(name)}" for name in
-            ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "pyyaml", "tqdm")]
+    return [
+        f"{name}=={version(name)}"
+        for name in ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "pyyaml", "tqdm")
+    ]

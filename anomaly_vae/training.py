@@ -60,8 +60,13 @@ def train(
     batch_size = min(config.batch_size, x_train.shape[0])
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean.
-    bar = tqdm(range(1, config.epochs + 1), desc="training", unit="epoch",
-               disable=True if not config.progress else None, mininterval=0.25)
+    bar = tqdm(
+        range(1, config.epochs + 1),
+        desc="training",
+        unit="epoch",
+        disable=True if not config.progress else None,
+        mininterval=0.25,
+    )
     for epoch in bar:
         model.train()
         order = torch.randperm(x_train.shape[0], generator=generator)
@@ -84,8 +89,11 @@ def train(
         history.epochs.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        bar.set_postfix(loss=f"{metrics['train_loss']:.3g}", val=f"{metrics['val_loss']:.3g}",
-                        kl=f"{metrics['val_kl']:.3g}")
+        bar.set_postfix(
+            loss=f"{metrics['train_loss']:.3g}",
+            val=f"{metrics['val_loss']:.3g}",
+            kl=f"{metrics['val_kl']:.3g}",
+        )
         # An improvement must beat the best by a relative 1e-4, so noise does not reset patience.
         if epoch == 1 or metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
             best_loss, best_state, stale = metrics["val_loss"], copy.deepcopy(model.state_dict()), 0
@@ -102,6 +110,11 @@ def train(
         x_train, torch.randn(x_train.shape[0], 1, model.latent_dim, generator=generator)
     )
     history.seconds = time.perf_counter() - start
-    logger.info("trained %d epochs in %.1fs (best epoch %d, val loss %.4g)",
-                len(history.epochs), history.seconds, history.best_epoch, best_loss)
+    logger.info(
+        "trained %d epochs in %.1fs (best epoch %d, val loss %.4g)",
+        len(history.epochs),
+        history.seconds,
+        history.best_epoch,
+        best_loss,
+    )
     return history

@@ -27,8 +27,13 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        help="config override key=value (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="config override key=value (repeatable)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -43,20 +48,31 @@ def main() -> None:
             fit_s = time.perf_counter() - start
             scores = detector.score_frame(X_test)
             for name in SCORE_COLUMNS:
-                rows.append({
-                    "dataset": path.stem, "seed": seed, "score": name,
-                    "aucroc": 100 * roc_auc_score(y_test, scores[name]),
-                    "aucpr": 100 * average_precision_score(y_test, scores[name]),
-                    "fit_s": fit_s, "epochs": len(detector.history_.epochs),
-                })
-            print(path.stem, seed, f"{fit_s:.1f}s",
-                  {r["score"]: round(r["aucroc"], 2) for r in rows[-len(SCORE_COLUMNS):]}, flush=True)
+                rows.append(
+                    {
+                        "dataset": path.stem,
+                        "seed": seed,
+                        "score": name,
+                        "aucroc": 100 * roc_auc_score(y_test, scores[name]),
+                        "aucpr": 100 * average_precision_score(y_test, scores[name]),
+                        "fit_s": fit_s,
+                        "epochs": len(detector.history_.epochs),
+                    }
+                )
+            print(
+                path.stem,
+                seed,
+                f"{fit_s:.1f}s",
+                {r["score"]: round(r["aucroc"], 2) for r in rows[-len(SCORE_COLUMNS) :]},
+                flush=True,
+            )
     results = pd.DataFrame(rows)
     results.round(2).to_csv(args.out / "results.csv", index=False)
     per_dataset = results.groupby(["dataset", "score"])[["aucroc", "aucpr"]].mean().unstack("score")
     overall = results.groupby("score")[["aucroc", "aucpr", "fit_s"]].mean()
     text = (
-        f"# Score comparison (T-clean, seeds {args.seeds}, overrides {args.overrides or 'none'})\n\n"
+        f"# Score comparison (T-clean, seeds {args.seeds}, "
+        f"overrides {args.overrides or 'none'})\n\n"
         f"## Mean over data sets\n\n```\n{overall.round(2).to_string()}\n```\n\n"
         f"## Per data set\n\n```\n{per_dataset.round(2).to_string()}\n```\n"
     )

@@ -44,13 +44,16 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("demo"))
     args = parser.parse_args()
     train, new = write_demo_files(args.workdir)
-    print(f"Wrote {train} (labelled) and {new} (to score) from scikit-learn's breast-cancer data.\n")
+    print(
+        f"Wrote {train} (labelled) and {new} (to score) from scikit-learn's breast-cancer data.\n"
+    )
     run("fit", str(train), "--label-col", "malignant", "--id-col", "patient_id", "--register")
     scores = args.workdir / "new_rows_scores.csv"
     print()
     run("score", str(new), "--output", str(scores))
-    print()
-    run("runs")
+    print(f"\nScores: {scores}")
+    print("Plots, tables and the model are in the MLflow run printed above; browse them with")
+    print("  make ui    (MLflow UI on http://127.0.0.1:5000)")
 
 
 if __name__ == "__main__":

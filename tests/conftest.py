@@ -68,14 +68,16 @@ def mixed_table(n: int, seed: int, anomalies: int = 0) -> pd.DataFrame:
         load[rows] += rng.choice([-12.0, 12.0], size=anomalies)  # 12 sd off the machine's line
         label[rows] = 1
     vibration[rng.random(n) < 0.05] = np.nan  # some readings are missing in normal operation
-    return pd.DataFrame({
-        "reading_id": [f"r{seed}-{i}" for i in range(n)],
-        "machine": machine,
-        "temperature": temperature,
-        "load": load,
-        "vibration": vibration,
-        "is_fault": label,
-    })
+    return pd.DataFrame(
+        {
+            "reading_id": [f"r{seed}-{i}" for i in range(n)],
+            "machine": machine,
+            "temperature": temperature,
+            "load": load,
+            "vibration": vibration,
+            "is_fault": label,
+        }
+    )
 
 
 @pytest.fixture

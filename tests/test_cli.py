@@ -23,8 +23,19 @@ def project(tmp_path_factory):
     fresh.drop(columns="is_fault").to_csv(root / "new.csv", index=False)
     fresh[["is_fault"]].to_csv(root / "new_labels.csv", index=False)
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}", "PATH": ""}
-    command = [sys.executable, "-m", "anomaly_vae", "fit", "train.csv", "--label-col", "is_fault",
-               "--id-col", "reading_id", "--quiet", *FAST]
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_vae",
+        "fit",
+        "train.csv",
+        "--label-col",
+        "is_fault",
+        "--id-col",
+        "reading_id",
+        "--quiet",
+        *FAST,
+    ]
     fit = subprocess.run(command, cwd=root, capture_output=True, text=True, env=_env(env))
     assert fit.returncode == 0, fit.stderr
     return root, fit
@@ -51,13 +62,22 @@ def test_score_writes_one_row_per_input_row_and_ranks_faults(project):
     root, _ = project
     result = subprocess.run(
         [sys.executable, "-m", "anomaly_vae", "score", "new.csv", "-o", "scores.csv"],
-        cwd=root, capture_output=True, text=True, env=_env({"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}"}),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=_env({"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store.db'}"}),
     )
     assert result.returncode == 0, result.stderr
     scores = pd.read_csv(root / "scores.csv")
     new = pd.read_csv(root / "new.csv")
-    assert list(scores.columns) == ["reading_id", "reconstruction_error", "negative_elbo",
-                                    "negative_iwae_bound", "score", "is_anomaly"]
+    assert list(scores.columns) == [
+        "reading_id",
+        "reconstruction_error",
+        "negative_elbo",
+        "negative_iwae_bound",
+        "score",
+        "is_anomaly",
+    ]
     assert scores["reading_id"].tolist() == new["reading_id"].tolist()
     flagged = int(scores["is_anomaly"].sum())
     assert f"flagged {flagged:,} (" in result.stdout
@@ -94,7 +114,11 @@ def test_reordered_and_extra_columns_score_the_same(project):
     ("name", "make", "message"),
     [
         ("nocol.csv", lambda f: f.drop(columns="load").to_csv, "missing column 'load'"),
-        ("text.csv", lambda f: f.assign(temperature="hot").to_csv, "column 'temperature' should be numeric"),
+        (
+            "text.csv",
+            lambda f: f.assign(temperature="hot").to_csv,
+            "column 'temperature' should be numeric",
+        ),
         ("empty.csv", None, "is empty"),
         ("garbage.csv", None, "not a readable CSV"),
         ("absent.csv", "absent", "no such file"),

@@ -16,7 +16,9 @@ def test_layers_defaults_then_yaml_then_overrides(tmp_path):
 
 
 def test_unknown_key_names_the_valid_ones():
-    with pytest.raises(ConfigError, match=r"unknown config key model\.latnet_dim; valid keys: .*model\.latent_dim"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key model\.latnet_dim; valid keys: .*model\.latent_dim"
+    ):
         load_config(overrides=["model.latnet_dim=3"])
     with pytest.raises(ConfigError, match="unknown config key nosuchsection"):
         load_config(overrides=["nosuchsection.x=1"])

@@ -48,9 +48,12 @@ def test_scores_are_deterministic_in_any_batch_size_or_order(fitted, test_rows):
     # Same noise per row whatever the batch; float32 matrix products may still round
     # differently with the batch shape, hence the float32-level tolerance.
     for name in SCORE_COLUMNS:
-        np.testing.assert_allclose(shuffled[name].to_numpy(), reference[name].to_numpy()[order],
-                                   rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(small_batches.score_frame(X)[name], reference[name], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            shuffled[name].to_numpy(), reference[name].to_numpy()[order], rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(
+            small_batches.score_frame(X)[name], reference[name], rtol=1e-5, atol=1e-5
+        )
     np.testing.assert_array_equal(fitted.score_frame(X)["score"], reference["score"])
 
 
@@ -73,7 +76,9 @@ def test_saved_model_holds_no_pickle(fitted, tmp_path):
 
 
 def test_threshold_gives_about_the_target_fpr_on_fresh_normal_data():
-    config = tiny_config("calibration.target_fpr=0.05", "calibration.fraction=0.3").detector_config()
+    config = tiny_config(
+        "calibration.target_fpr=0.05", "calibration.fraction=0.3"
+    ).detector_config()
     detector = VAEDetector(config).fit(correlated_normal(2000, seed=10))
     fresh = correlated_normal(4000, seed=11)
     fpr = (detector.anomaly_score(fresh) > detector.threshold_).mean()
@@ -85,7 +90,9 @@ def test_threshold_gives_about_the_target_fpr_on_fresh_normal_data():
 def test_fits_mixed_tables_and_flags_broken_relations():
     train = mixed_table(800, seed=0)
     test = mixed_table(400, seed=1, anomalies=40)
-    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault").detector_config()
+    config = tiny_config(
+        "data.id_column=reading_id", "data.label_column=is_fault"
+    ).detector_config()
     detector = VAEDetector(config).fit(train)
     scores = detector.score_frame(test)
     assert list(scores.columns[:1]) == ["reading_id"]
@@ -95,12 +102,16 @@ def test_fits_mixed_tables_and_flags_broken_relations():
 def test_unseen_missingness_scores_as_unusual_not_normal():
     train = mixed_table(800, seed=0)
     train["vibration"] = train["vibration"].fillna(1.0)  # never missing in training
-    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault").detector_config()
+    config = tiny_config(
+        "data.id_column=reading_id", "data.label_column=is_fault"
+    ).detector_config()
     detector = VAEDetector(config).fit(train)
     test = mixed_table(200, seed=1).fillna({"vibration": 1.0})
     holes = test.copy()
     holes["vibration"] = np.nan
-    assert np.median(detector.anomaly_score(holes)) > np.quantile(detector.anomaly_score(test), 0.99)
+    assert np.median(detector.anomaly_score(holes)) > np.quantile(
+        detector.anomaly_score(test), 0.99
+    )
 
 
 def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):

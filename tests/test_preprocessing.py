@@ -11,19 +11,25 @@ from anomaly_vae.errors import DataError
 
 @pytest.fixture
 def fitted() -> TablePreprocessor:
-    frame = pd.DataFrame({
-        "id": ["a", "b", "c", "d"],
-        "x": [1.0, 2.0, np.nan, 5.0],
-        "colour": ["red", "blue", "red", None],
-        "y": [0, 0, 1, 0],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d"],
+            "x": [1.0, 2.0, np.nan, 5.0],
+            "colour": ["red", "blue", "red", None],
+            "y": [0, 0, 1, 0],
+        }
+    )
     return TablePreprocessor(DataConfig(id_column="id", label_column="y")).fit(frame)
 
 
 def test_schema_skips_id_and_label_and_lays_out_features(fitted):
     assert fitted.input_columns == ["x", "colour"]
     assert fitted.feature_names == [
-        "x", "x__missing", "colour=<missing>", "colour=blue", "colour=red"
+        "x",
+        "x__missing",
+        "colour=<missing>",
+        "colour=blue",
+        "colour=red",
     ]
     np.testing.assert_array_equal(fitted.binary_features, [False, True, True, True, True])
 
@@ -65,7 +71,7 @@ def test_round_trip_through_dict(fitted):
 
 def test_free_text_column_is_refused_with_advice():
     frame = pd.DataFrame({"name": [f"n{i}" for i in range(200)], "x": np.arange(200.0)})
-    with pytest.raises(DataError, match="200 distinct text values .* id column"):
+    with pytest.raises(DataError, match=r"200 distinct text values .* id column"):
         TablePreprocessor(DataConfig()).fit(frame)
 
 

@@ -10,8 +10,9 @@ def test_reads_csv_and_parquet(tmp_path):
     frame = pd.DataFrame({"a": [1.0, 2.0], "b": ["x", "y"]})
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.to_parquet(tmp_path / "t.parquet")
-    pd.testing.assert_frame_equal(read_table(tmp_path / "t.csv"), read_table(tmp_path / "t.parquet"),
-                                  check_dtype=False)
+    pd.testing.assert_frame_equal(
+        read_table(tmp_path / "t.csv"), read_table(tmp_path / "t.parquet"), check_dtype=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -44,7 +45,7 @@ def test_label_vector_accepts_01_and_bool_and_rejects_others():
     frame = pd.DataFrame({"y": [0, 1, 1], "b": [True, False, True], "s": ["ok", "bad", "ok"]})
     np.testing.assert_array_equal(label_vector(frame, "y"), [False, True, True])
     np.testing.assert_array_equal(label_vector(frame, "b"), [True, False, True])
-    with pytest.raises(DataError, match="must hold 0 .* found 'ok'"):
+    with pytest.raises(DataError, match=r"must hold 0 .* found 'ok'"):
         label_vector(frame, "s")
     with pytest.raises(DataError, match="label column 'zz' is not in the data"):
         label_vector(frame, "zz")

@@ -91,7 +91,9 @@ class TablePreprocessor:
                 center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
             else:
                 center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
-            scale = spread if spread > 1e-12 else 1.0  # constant column: keep it, do not divide by 0
+            scale = (
+                spread if spread > 1e-12 else 1.0
+            )  # constant column: keep it, do not divide by 0
             fill = (float(numbers.median()) - center) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill)
         text = _as_text(values)
@@ -145,8 +147,11 @@ class TablePreprocessor:
         expected = set(self.input_columns) | {self.config.id_column, self.config.label_column}
         extra = [str(c) for c in frame.columns if str(c) not in expected]
         if extra:
-            logger.warning("ignoring column%s not seen in training: %s",
-                           "s" if len(extra) > 1 else "", ", ".join(extra))
+            logger.warning(
+                "ignoring column%s not seen in training: %s",
+                "s" if len(extra) > 1 else "",
+                ", ".join(extra),
+            )
 
     def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
         if column.kind == "numeric":
@@ -195,8 +200,7 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"column {name!r} should be numeric but holds {values.iloc[row]!r} "
-                f"(row {row + 1})"
+                f"column {name!r} should be numeric but holds {values.iloc[row]!r} (row {row + 1})"
             )
         numbers = coerced.astype("float64").to_numpy()
     if np.isinf(numbers).any():

@@ -49,7 +49,9 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         return data
     array = np.asarray(data)
     if array.ndim != 2:
-        raise DataError(f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}")
+        raise DataError(
+            f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}"
+        )
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
 

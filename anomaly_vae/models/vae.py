@@ -20,7 +20,10 @@ class MLPVAE(BaseVAE):
     data_kinds = ("table", "image")
 
     def __init__(
-        self, input_shape: tuple[int, ...], config: ModelConfig, binary_features: Tensor | None = None
+        self,
+        input_shape: tuple[int, ...],
+        config: ModelConfig,
+        binary_features: Tensor | None = None,
     ) -> None:
         super().__init__(input_shape, config, binary_features)
         features = math.prod(self.input_shape)

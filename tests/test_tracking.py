@@ -1,0 +1,137 @@
+"""An MLflow run in a temporary store holds what a reviewer needs, and the logged
+pyfunc model scores exactly like the detector it wraps."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from anomaly_vae.fitting import fit_table
+from anomaly_vae.scoring import load_detector
+from anomaly_vae.tracking import CHAMPION_ALIAS, tracking_uri, use_tracking
+from tests.conftest import mixed_table, tiny_config
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tracked")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'store' / 'mlflow.db'}")
+        (root / "store").mkdir()
+        mixed_table(600, seed=0, anomalies=25).to_csv(root / "train.csv", index=False)
+        config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault")
+        result = fit_table(root / "train.csv", config, project_dir=root, register=True)
+        use_tracking(project_dir=root)
+        yield root, result
+    mlflow.set_tracking_uri(None)
+
+
+def artifact_paths(client, run_id, path=None):
+    found = []
+    for item in client.list_artifacts(run_id, path):
+        found += artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
+    return found
+
+
+def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
+    _, result = fitted_run
+    client = MlflowClient()
+    run = client.get_run(result.run.run_id)
+    assert run.data.params["model.latent_dim"] == "2"
+    assert run.data.params["data.label_column"] == "is_fault"
+    epochs = len(result.detector.history_.epochs)
+    for key in (
+        "train_loss",
+        "train_reconstruction",
+        "train_kl",
+        "val_loss",
+        "val_reconstruction",
+        "val_kl",
+    ):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [m.step for m in history] == list(range(1, epochs + 1)), key
+    metrics = run.data.metrics
+    assert metrics["threshold"] == pytest.approx(result.detector.threshold_)
+    assert 0.9 < metrics["auroc"] <= 1.0 + 1e-9 and 0 < metrics["aucpr"] <= 1.0 + 1e-9
+    assert {
+        "confusion_tp",
+        "confusion_fp",
+        "confusion_fn",
+        "confusion_tn",
+        "f1_optimal_threshold",
+    } <= set(metrics)
+
+
+def test_run_has_every_review_artifact(fitted_run):
+    _, result = fitted_run
+    client = MlflowClient()
+    paths = set(artifact_paths(client, result.run.run_id))
+    assert {
+        "plots/roc_curve.png",
+        "plots/pr_curve.png",
+        "plots/score_histogram.png",
+        "plots/latent_means.png",
+        "latents/validation_latent_means.csv",
+        "calibration.json",
+        "evaluation.json",
+        "config.yaml",
+    } <= paths
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run.run_id, artifact_path="latents/validation_latent_means.csv"
+    )
+    latents = pd.read_csv(local)
+    assert len(latents) == result.detector.n_training_rows_["validation"]
+    assert {"reading_id", "z0", "z1"} <= set(latents.columns)
+    calibration_file = mlflow.artifacts.download_artifacts(
+        run_id=result.run.run_id, artifact_path="calibration.json"
+    )
+    calibration = json.loads(Path(calibration_file).read_text())
+    assert (
+        calibration["target_fpr"] == 0.01 and calibration["threshold"] == result.detector.threshold_
+    )
+
+
+def test_pyfunc_model_scores_like_the_detector(fitted_run):
+    _, result = fitted_run
+    fresh = mixed_table(120, seed=5, anomalies=10).drop(columns="is_fault")
+    expected = result.detector.score_frame(fresh)
+    model = mlflow.pyfunc.load_model(result.run.model_uri)
+    got = model.predict(fresh)
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+    # Integer-valued input columns and a missing id column still fit the signature.
+    no_id = fresh.drop(columns="reading_id").assign(
+        temperature=fresh["temperature"].round().astype(int)
+    )
+    assert len(model.predict(no_id)) == len(fresh)
+    assert model.metadata.signature is not None
+    assert model.metadata.get_input_schema().input_names()[0] == "reading_id"
+
+
+def test_model_is_registered_and_champion_alias_moves(fitted_run):
+    root, result = fitted_run
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("anomaly-vae", CHAMPION_ALIAS)
+    assert str(version.version) == result.run.model_version == "1"
+    champion = load_detector("models:/anomaly-vae@champion", project_dir=root)
+    fresh = mixed_table(50, seed=6)
+    np.testing.assert_array_equal(
+        champion.anomaly_score(fresh), result.detector.anomaly_score(fresh)
+    )
+    # The local "latest" model is the same detector.
+    np.testing.assert_array_equal(
+        load_detector(None, project_dir=root).anomaly_score(fresh),
+        result.detector.anomaly_score(fresh),
+    )
+
+
+def test_default_store_is_sqlite_inside_mlruns(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = tracking_uri(tmp_path)
+    assert uri == f"sqlite:///{(tmp_path / 'mlruns' / 'mlflow.db').resolve()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert tracking_uri(tmp_path) == "http://127.0.0.1:5999"
