@@ -24,33 +24,31 @@ def score_histogram(
     threshold: float,
     score_name: str,
     anomalous_scores: np.ndarray | None = None,
-    normal_label: str = "normal (calibration)",
+    normal_label: str = "normal (calibration rows)",
 ) -> Figure:
-    """Histogram of scores with the threshold drawn; anomalies overlaid when known."""
-    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    values = [normal_scores] + ([anomalous_scores] if anomalous_scores is not None else [])
-    low, high = np.percentile(np.concatenate(values), [0, 99.5])
-    high = max(high, threshold) * (1.05 if high > 0 else 0.95)
-    bins = np.linspace(low, high, 50)
-    ax.hist(
-        np.clip(normal_scores, low, high),
-        bins=bins,
-        alpha=0.6,
-        label=normal_label,
-        color="tab:blue",
-    )
+    """Score distributions with the threshold drawn; labelled anomalies overlaid.
+
+    Each group is normalised to a density, so a small normal group is not hidden by a
+    large anomalous one. The x-axis ends a little past the larger of the threshold,
+    the highest normal score and the 98th percentile of all scores; rows beyond it
+    are counted in the last bin.
+    """
+    groups = [(normal_scores, normal_label, "tab:blue")]
     if anomalous_scores is not None and len(anomalous_scores):
-        ax.hist(
-            np.clip(anomalous_scores, low, high),
-            bins=bins,
-            alpha=0.6,
-            label="anomalous (labelled)",
-            color="tab:red",
-        )
+        groups.insert(0, (anomalous_scores, "anomalous (labelled)", "tab:red"))
+    every = np.concatenate([g[0] for g in groups])
+    low = min(float(every.min()), threshold)
+    high = max(threshold, float(normal_scores.max()), float(np.quantile(every, 0.98)))
+    high += 0.05 * (high - low)
+    bins = np.linspace(low, high, 50)
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    for scores, label, colour in groups:
+        ax.hist(np.clip(scores, low, high), bins=bins, density=True, alpha=0.55, color=colour,
+                label=f"{label}, n = {len(scores):,}")
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
-    ax.set_title(f"Anomaly scores ({score_name}; higher = more anomalous)")
-    ax.set_xlabel(f"{score_name} (values above the 99.5th percentile shown at the right edge)")
-    ax.set_ylabel("rows")
+    ax.set_title(f"Anomaly scores: {score_name} (higher = more anomalous)")
+    ax.set_xlabel(f"{score_name} (larger values counted in the last bin)")
+    ax.set_ylabel("density (area 1 per group)")
     ax.legend()
     return fig
 

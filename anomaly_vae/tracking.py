@@ -255,8 +255,11 @@ def _log_latents(
         groups = np.concatenate(
             [groups, np.full(int(evaluation_labels.sum()), "anomalous", dtype=object)]
         )
+    title = "Latent means of validation rows" + (
+        " and labelled anomalies" if "anomalous" in groups else ""
+    )
     _save(
-        plots.latent_scatter(latents, groups, "Latent means: validation rows"),
+        plots.latent_scatter(latents, groups, title),
         out / "plots" / "latent_means.png",
     )
 

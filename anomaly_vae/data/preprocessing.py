@@ -61,6 +61,8 @@ class TablePreprocessor:
     # -- fitting -------------------------------------------------------------------------
     def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
         """Learn the schema from training rows (id and label columns are skipped)."""
+        if self.config.id_column is not None and self.config.id_column not in frame.columns:
+            raise DataError(f"id column {self.config.id_column!r} is not in the data")
         skipped = {self.config.id_column, self.config.label_column} - {None}
         names = [c for c in frame.columns if c not in skipped]
         if not names:

@@ -1,0 +1,65 @@
+"""The fit workflow's handling of labels and evaluation files (tracking off: fast)."""
+
+import pandas as pd
+import pytest
+
+from anomaly_vae.errors import DataError
+from anomaly_vae.fitting import fit_table, latest_model_dir
+from anomaly_vae.scoring import load_detector, score_table
+from tests.conftest import mixed_table, tiny_config
+
+
+@pytest.fixture
+def labelled_config():
+    return tiny_config(
+        "data.id_column=reading_id", "data.label_column=is_fault", "tracking.enabled=false"
+    )
+
+
+def test_labelled_anomalies_never_reach_training(tmp_path, labelled_config):
+    mixed_table(500, seed=0, anomalies=40).to_csv(tmp_path / "train.csv", index=False)
+    mixed_table(100, seed=3, anomalies=10).to_parquet(tmp_path / "extra.parquet")
+    result = fit_table(
+        tmp_path / "train.csv",
+        labelled_config,
+        eval_data=tmp_path / "extra.parquet",
+        project_dir=tmp_path,
+    )
+    normal = 460
+    held_out = round(labelled_config.evaluation.fraction * normal)
+    fitted_rows = sum(result.detector.n_training_rows_.values())
+    assert fitted_rows == normal - held_out
+    assert result.rows["labelled_anomalies_excluded"] == 40
+    assert result.evaluation["n_anomalous"] == 40 + 10
+    assert result.evaluation["n_normal"] == held_out + 90
+    assert result.evaluation["auroc"] > 0.9
+    assert result.run is None  # tracking disabled
+    assert latest_model_dir(tmp_path) == result.model_dir.resolve()
+
+
+def test_eval_file_needs_a_label_column(tmp_path):
+    mixed_table(100, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config("tracking.enabled=false", "data.id_column=reading_id")
+    with pytest.raises(DataError, match="--eval needs --label-col"):
+        fit_table(
+            tmp_path / "train.csv", config, eval_data=tmp_path / "train.csv", project_dir=tmp_path
+        )
+
+
+def test_unknown_id_column_is_an_error(tmp_path):
+    mixed_table(100, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config("tracking.enabled=false", "data.id_column=serial")
+    with pytest.raises(DataError, match="id column 'serial' is not in the data"):
+        fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+
+
+def test_parquet_in_and_out_without_id_gives_row_numbers(tmp_path):
+    table = mixed_table(300, seed=0).drop(columns=["reading_id", "is_fault"])
+    table.to_parquet(tmp_path / "train.parquet")
+    config = tiny_config("tracking.enabled=false")
+    fit_table(tmp_path / "train.parquet", config, project_dir=tmp_path)
+    detector = load_detector(None, project_dir=tmp_path)
+    score_table(tmp_path / "train.parquet", detector, tmp_path / "out.parquet")
+    scores = pd.read_parquet(tmp_path / "out.parquet")
+    assert scores["row"].tolist() == list(range(300))
+    assert scores["is_anomaly"].dtype == bool
