@@ -43,8 +43,14 @@ def score_histogram(
     bins = np.linspace(low, high, 50)
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     for scores, label, colour in groups:
-        ax.hist(np.clip(scores, low, high), bins=bins, density=True, alpha=0.55, color=colour,
-                label=f"{label}, n = {len(scores):,}")
+        ax.hist(
+            np.clip(scores, low, high),
+            bins=bins,
+            density=True,
+            alpha=0.55,
+            color=colour,
+            label=f"{label}, n = {len(scores):,}",
+        )
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
     ax.set_title(f"Anomaly scores: {score_name} (higher = more anomalous)")
     ax.set_xlabel(f"{score_name} (larger values counted in the last bin)")
