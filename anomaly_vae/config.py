@@ -41,6 +41,19 @@ class ModelConfig:
     min_log_variance: float = -6.0  # floor of the learned decoder log-variance: stops variance
     # collapse on near-constant features from dominating the likelihood
     dropout: float = 0.0  # dropout in the hidden layers (regularises tiny data sets)
+    conv_channels: list[int] = field(default_factory=lambda: [32, 64])  # conv-vae: channels
+    # of the stride-2 layers; image sides must divide by 2 ** len(conv_channels)
+    kl_warmup_epochs: int = 10  # beta-vae: the KL weight rises linearly from 0 to beta
+    # over these epochs, so the decoder learns to use z before the KL pulls q to the prior
+    capacity: float = 0.0  # beta-vae controlled capacity (Burgess et al. 2018), in nats;
+    # 0 = off. With capacity C the loss is reconstruction + beta * |KL - C(t)|, with C(t)
+    # rising linearly to C over capacity_epochs
+    capacity_epochs: int = 50
+    top_latent_dim: int = 4  # hvae: size of the top stochastic layer (latent_dim is the bottom)
+    codebook_size: int = 64  # vq-vae: number of code vectors
+    code_slots: int = 4  # vq-vae on tables: code vectors per row (images: one per position)
+    commitment_cost: float = 0.25  # vq-vae: weight of ||z_e - sg(e)||^2 (van den Oord et al.)
+    codebook_decay: float = 0.99  # vq-vae: EMA decay of codebook updates
 
 
 @dataclass
@@ -83,6 +96,8 @@ class DataConfig:
 
     id_column: str | None = None  # passed through to the output, never a feature
     label_column: str | None = None  # evaluation only: 1/True = anomaly; never trained on
+    condition_columns: list[str] = field(default_factory=list)  # cvae: context columns (e.g.
+    # machine id, hour of day) that a row is scored given; other models treat them as features
     categorical_columns: list[str] = field(default_factory=list)  # force these to categories
     # (string and boolean columns are categorical anyway)
     missing_indicators: bool = True  # NaN becomes the training median plus a binary
@@ -154,6 +169,14 @@ def validate(cfg: DetectorConfig) -> None:
             "model.decoder_variance must be calibrated or learned",
         ),
         (cfg.data.scaling in ("standard", "minmax"), "data.scaling must be standard or minmax"),
+        (all(c >= 1 for c in cfg.model.conv_channels), "model.conv_channels must be positive"),
+        (cfg.model.kl_warmup_epochs >= 0, "model.kl_warmup_epochs must be >= 0"),
+        (cfg.model.capacity >= 0, "model.capacity must be >= 0"),
+        (cfg.model.capacity_epochs >= 1, "model.capacity_epochs must be >= 1"),
+        (cfg.model.top_latent_dim >= 1, "model.top_latent_dim must be >= 1"),
+        (cfg.model.codebook_size >= 2, "model.codebook_size must be >= 2"),
+        (cfg.model.code_slots >= 1, "model.code_slots must be >= 1"),
+        (0 < cfg.model.codebook_decay < 1, "model.codebook_decay must be in (0, 1)"),
         (cfg.data.max_categories >= 1, "data.max_categories must be >= 1"),
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
         (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),

@@ -29,7 +29,6 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
-SCORE_COLUMNS = ("reconstruction_error", "negative_elbo", "negative_iwae_bound")
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
 
 
@@ -170,16 +169,16 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             self._noise_bank = noise_bank(
                 cfg.noise_bank_size,
                 cfg.mc_samples,
-                self.model_.latent_dim,
+                self.model_.noise_dim,
                 self.effective_config.training.seed,
             )
         self.model_.eval()
-        parts: dict[str, list[np.ndarray]] = {name: [] for name in SCORE_COLUMNS}
+        parts: dict[str, list[np.ndarray]] = {name: [] for name in self.model_.score_names}
         for start in range(0, len(features), cfg.batch_size):
             batch = features[start : start + cfg.batch_size]
             noise = noise_for_rows(batch, self._noise_bank)
             scores = self.model_.scores(torch.from_numpy(batch), noise)
-            for name in SCORE_COLUMNS:
+            for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
         return {
             name: np.concatenate(values) if values else np.empty(0)
@@ -228,7 +227,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self.model_.eval()
         with torch.no_grad():
             means = [
-                self.model_.encode(batch)[0]
+                self.model_.latent_mean(batch)
                 for batch in features.split(self.effective_config.scoring.batch_size)
             ]
         return (

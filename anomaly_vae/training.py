@@ -40,10 +40,13 @@ def train(
     x_val: torch.Tensor,
     config: TrainingConfig,
     on_epoch: EpochCallback | None = None,
+    condition_train: torch.Tensor | None = None,
+    condition_val: torch.Tensor | None = None,
 ) -> TrainingHistory:
     """Fit ``model`` in place and restore the weights of the best validation epoch.
 
-    ``x_train (n, *shape)`` and ``x_val (m, *shape)`` float32. Seeded from
+    ``x_train (n, *shape)`` and ``x_val (m, *shape)`` float32; conditional models
+    also take ``condition_train (n, c)`` and ``condition_val (m, c)``. Seeded from
     ``config.seed``: the same data and config give the same weights.
     """
     start = time.perf_counter()
@@ -54,7 +57,7 @@ def train(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     # Fixed validation noise: epoch-to-epoch changes in val loss then reflect the model only.
-    val_noise = torch.randn(x_val.shape[0], 1, model.latent_dim, generator=generator)
+    val_noise = torch.randn(x_val.shape[0], 1, model.noise_dim, generator=generator)
     history = TrainingHistory()
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     batch_size = min(config.batch_size, x_train.shape[0])
@@ -68,6 +71,7 @@ def train(
         mininterval=0.25,
     )
     for epoch in bar:
+        model.on_epoch_start(epoch, config.epochs)
         model.train()
         order = torch.randperm(x_train.shape[0], generator=generator)
         totals = dict.fromkeys(LOSS_TERMS, 0.0)
@@ -75,7 +79,8 @@ def train(
         n_batches = max(1, round(x_train.shape[0] / batch_size))
         for batch_index in range(n_batches):
             rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-            terms = model.loss_terms(x_train[rows])
+            condition = None if condition_train is None else condition_train[rows]
+            terms = model.loss_terms(x_train[rows], condition=condition)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -83,7 +88,7 @@ def train(
                 totals[key] += terms[key].item()
         model.eval()
         with torch.no_grad():
-            val_terms = model.loss_terms(x_val, noise=val_noise)
+            val_terms = model.loss_terms(x_val, noise=val_noise, condition=condition_val)
         metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
         metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
         history.epochs.append(metrics)
@@ -107,7 +112,9 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     model.calibrate_decoder(
-        x_train, torch.randn(x_train.shape[0], 1, model.latent_dim, generator=generator)
+        x_train,
+        torch.randn(x_train.shape[0], 1, model.noise_dim, generator=generator),
+        condition_train,
     )
     history.seconds = time.perf_counter() - start
     logger.info(

@@ -17,7 +17,6 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from anomaly_vae import VAEDetector, load_config
-from anomaly_vae.detector import SCORE_COLUMNS
 from anomaly_vae.protocols import load_npz, t_clean_split
 
 
@@ -47,7 +46,7 @@ def main() -> None:
             detector = VAEDetector(config.detector_config()).fit(X_train)
             fit_s = time.perf_counter() - start
             scores = detector.score_frame(X_test)
-            for name in SCORE_COLUMNS:
+            for name in detector.model_.score_names:
                 rows.append(
                     {
                         "dataset": path.stem,
@@ -63,7 +62,7 @@ def main() -> None:
                 path.stem,
                 seed,
                 f"{fit_s:.1f}s",
-                {r["score"]: round(r["aucroc"], 2) for r in rows[-len(SCORE_COLUMNS) :]},
+                {r["score"]: round(r["aucroc"], 2) for r in rows[-len(detector.model_.score_names) :]},
                 flush=True,
             )
     results = pd.DataFrame(rows)

@@ -5,7 +5,6 @@ from sklearn.base import clone
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector
-from anomaly_vae.detector import SCORE_COLUMNS
 from anomaly_vae.errors import DataError
 from tests.conftest import correlated_normal, mixed_table, tiny_config
 
@@ -19,7 +18,7 @@ def fitted() -> VAEDetector:
 def test_ranks_planted_anomalies_above_normals(fitted, test_rows):
     X, y = test_rows
     frame = fitted.score_frame(X)
-    for name in SCORE_COLUMNS:
+    for name in fitted.model_.score_names:
         assert roc_auc_score(y, frame[name]) > 0.9, name
 
 
@@ -47,7 +46,7 @@ def test_scores_are_deterministic_in_any_batch_size_or_order(fitted, test_rows):
     small_batches.config = tiny_config("scoring.batch_size=7").detector_config()
     # Same noise per row whatever the batch; float32 matrix products may still round
     # differently with the batch shape, hence the float32-level tolerance.
-    for name in SCORE_COLUMNS:
+    for name in fitted.model_.score_names:
         np.testing.assert_allclose(
             shuffled[name].to_numpy(), reference[name].to_numpy()[order], rtol=1e-5, atol=1e-5
         )

@@ -1,17 +1,19 @@
-"""BaseVAE: what every Gaussian-latent VAE variant shares, written once.
+"""BaseVAE: what every VAE variant shares, written once.
 
 A variant implements ``encode`` and ``decode`` (and overrides a loss term only
 where its objective differs). Everything else lives here: the reparameterisation,
 the decoder likelihood, the closed-form KL, the training loss and the scores.
 
-Shapes: ``x`` is ``(n, *input_shape)`` float32; latents are ``(n, latent_dim)``;
-Monte Carlo noise is ``(n, L, latent_dim)``. Scores are ``(n,)`` with higher =
-more anomalous; likelihood terms are in nats per row (summed over features).
+Shapes: ``x`` is ``(n, *input_shape)`` float32; ``condition`` (conditional
+variants only) is ``(n, condition_dim)``; latents are ``(n, latent_dim)``; Monte
+Carlo noise is ``(n, L, noise_dim)``. Scores are ``(n,)`` with higher = more
+anomalous; likelihood terms are in nats per row (summed over features).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -25,35 +27,79 @@ BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3
 VARIANCE_MOMENTUM = 0.1  # moving average of the calibrated decoder log-variance per step
 
 
+@dataclass
+class LatentSample:
+    """Samples of the latent(s) for a batch, with what the ELBO and IWAE need.
+
+    ``z (n, L, k)`` is what the decoder takes; ``kl (n,)`` is KL(q || p) in nats
+    (closed form where possible); ``log_weight_latent (n, L)`` is
+    log p(z) - log q(z | x) at each sample, for the importance-weighted bound.
+    """
+
+    z: Tensor
+    kl: Tensor
+    log_weight_latent: Tensor
+
+
+def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
+    return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def gaussian_kl(
+    mu: Tensor, logvar: Tensor, prior_mu: Tensor | None = None, prior_logvar: Tensor | None = None
+) -> Tensor:
+    """KL(N(mu, e^logvar) || N(prior_mu, e^prior_logvar)) summed over the last dim.
+
+    The prior defaults to N(0, I).
+    """
+    if prior_mu is None or prior_logvar is None:
+        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+    return 0.5 * (
+        prior_logvar
+        - logvar
+        + (logvar.exp() + (mu - prior_mu).pow(2)) * torch.exp(-prior_logvar)
+        - 1.0
+    ).sum(-1)
+
+
 class BaseVAE(nn.Module):
     """Gaussian encoder q(z|x) = N(mu, diag(exp(logvar))), prior N(0, I).
 
-    The decoder likelihood is chosen per feature: Gaussian with a learned
-    per-feature variance for real-valued features, Bernoulli (decoder output =
-    logit) for binary ones. ``binary_features`` marks the latter.
+    The decoder likelihood is chosen per feature: Gaussian with one variance per
+    feature for real-valued features, Bernoulli (decoder output = logit) for binary
+    ones. ``binary_features`` marks the latter.
     """
 
     registry_name: ClassVar[str] = ""  # set by @register
     description: ClassVar[str] = ""  # one line, shown by `anomaly-vae models`
     data_kinds: ClassVar[tuple[str, ...]] = ()  # "table" and/or "image"
+    uses_condition: ClassVar[bool] = False  # True: encode/decode take a condition vector
+    score_names: ClassVar[tuple[str, ...]] = (
+        "reconstruction_error",
+        "negative_elbo",
+        "negative_iwae_bound",
+    )
 
     def __init__(
         self,
         input_shape: tuple[int, ...],
         config: ModelConfig,
         binary_features: Tensor | None = None,
+        condition_dim: int = 0,
     ) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.config = config
         self.latent_dim = config.latent_dim
-        flat_mask = torch.zeros(self.input_shape, dtype=torch.bool)
+        self.condition_dim = condition_dim
+        mask = torch.zeros(self.input_shape, dtype=torch.bool)
         if config.likelihood == "bernoulli":
-            flat_mask[...] = True
+            mask[...] = True
         elif config.likelihood == "auto" and binary_features is not None:
-            flat_mask = torch.as_tensor(binary_features, dtype=torch.bool).reshape(self.input_shape)
+            mask = torch.as_tensor(binary_features, dtype=torch.bool).reshape(self.input_shape)
         # Not learned, but saved with the weights so a loaded model uses the same likelihood.
-        self.register_buffer("bernoulli_mask", flat_mask)
+        self.register_buffer("bernoulli_mask", mask)
         # One variance per feature makes the Gaussian ELBO a real likelihood (features the
         # model reconstructs poorly get wide variances instead of dominating the score).
         initial = torch.zeros(self.input_shape)
@@ -63,11 +109,11 @@ class BaseVAE(nn.Module):
             self.register_buffer("decoder_log_variance", initial)
 
     # -- the parts a variant provides ------------------------------------------------------
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x (n, *input_shape)`` -> ``(mu, logvar)``, each ``(n, latent_dim)``."""
         raise NotImplementedError
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
         """``z (n, latent_dim)`` -> decoder output ``(n, *input_shape)``.
 
         Gaussian features: the mean; Bernoulli features: the logit.
@@ -77,6 +123,23 @@ class BaseVAE(nn.Module):
     def output_bias(self) -> Tensor | None:
         """The decoder's final bias, ``(*input_shape)`` elements, if it has one per feature."""
         return None
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard-normal draws per Monte Carlo sample (the last dim of ``noise``)."""
+        return self.latent_dim
+
+    # -- hooks for variants with schedules ---------------------------------------------------
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch (1-based) of at most ``epochs``."""
+
+    def kl_weight(self) -> float:
+        """The weight of the KL term in the training loss (beta)."""
+        return self.config.beta
+
+    def objective(self, reconstruction: Tensor, kl: Tensor) -> Tensor:
+        """Per-row training loss from the reconstruction NLL and the KL, ``(n,)``."""
+        return reconstruction + self.kl_weight() * kl
 
     # -- shared machinery --------------------------------------------------------------------
     @torch.no_grad()
@@ -99,6 +162,20 @@ class BaseVAE(nn.Module):
         """z = mu + sigma * noise. ``mu, logvar (n, k)``, ``noise (n, L, k)`` -> ``(n, L, k)``."""
         return mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * noise
 
+    def sample_latent(
+        self, x: Tensor, noise: Tensor, condition: Tensor | None = None
+    ) -> LatentSample:
+        """Draw z ~ q(z | x) with the given noise; the KL and importance weights with it."""
+        mu, logvar = self.encode(x, condition)
+        z = self.reparameterize(mu, logvar, noise)
+        log_prior = gaussian_log_density(z, torch.zeros_like(z), torch.zeros_like(z))
+        log_posterior = gaussian_log_density(z, mu.unsqueeze(1), logvar.unsqueeze(1))
+        return LatentSample(z, gaussian_kl(mu, logvar), log_prior - log_posterior)
+
+    def latent_mean(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
+        """The posterior mean of the latent the decoder takes, ``(n, latent_dim)``."""
+        return self.encode(x, condition)[0]
+
     def log_variance(self) -> Tensor:
         """Decoder log-variance ``(*input_shape)``, floored at ``min_log_variance``."""
         return self.decoder_log_variance.clamp(min=self.config.min_log_variance)
@@ -115,15 +192,14 @@ class BaseVAE(nn.Module):
         return torch.log(per_feature + 1e-12).clamp(min=self.config.min_log_variance)
 
     @torch.no_grad()
-    def calibrate_decoder(self, x: Tensor, noise: Tensor) -> None:
+    def calibrate_decoder(self, x: Tensor, noise: Tensor, condition: Tensor | None = None) -> None:
         """Set the calibrated decoder variance from rows ``x`` (one z per row in ``noise``).
 
         Called once after training on the training rows; no-op for a learned variance.
         """
         if self.config.decoder_variance != "calibrated":
             return
-        mu, logvar = self.encode(x)
-        output = self._decode_samples(self.reparameterize(mu, logvar, noise))
+        output = self._decode_samples(self.sample_latent(x, noise, condition).z, condition)
         self.decoder_log_variance.copy_(self._calibrated_log_variance(x.unsqueeze(1), output))
 
     def reconstruction_nll(self, x: Tensor, output: Tensor, logvar: Tensor | None = None) -> Tensor:
@@ -142,23 +218,28 @@ class BaseVAE(nn.Module):
     @staticmethod
     def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
         """KL(q(z|x) || N(0, I)) in closed form, ``(n,)`` nats."""
-        return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+        return gaussian_kl(mu, logvar)
 
-    def kl_weight(self) -> float:
-        """The weight of the KL term in the training loss (beta)."""
-        return self.config.beta
+    def _decode_samples(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
+        """``z (n, L, k)`` -> outputs ``(n, L, *input_shape)`` in one decoder pass."""
+        n, samples, _ = z.shape
+        if condition is not None:
+            condition = condition.repeat_interleave(samples, dim=0)
+        flat = self.decode(z.reshape(n * samples, -1), condition)
+        return flat.reshape(n, samples, *self.input_shape)
 
-    def loss_terms(self, x: Tensor, noise: Tensor | None = None) -> dict[str, Tensor]:
+    def loss_terms(
+        self, x: Tensor, noise: Tensor | None = None, condition: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Training objective on a batch, one z sample per row unless ``noise`` says more.
 
-        Returns batch means: ``loss`` (reconstruction + beta * KL, what is minimised),
-        ``reconstruction`` (-log p(x|z)) and ``kl``.
+        Returns batch means: ``loss`` (what is minimised, by default reconstruction +
+        beta * KL), ``reconstruction`` (-log p(x|z)) and ``kl``.
         """
-        mu, logvar = self.encode(x)
         if noise is None:
-            noise = torch.randn(x.shape[0], 1, self.latent_dim, device=x.device)
-        z = self.reparameterize(mu, logvar, noise)
-        output = self._decode_samples(z)
+            noise = torch.randn(x.shape[0], 1, self.noise_dim, device=x.device)
+        latent = self.sample_latent(x, noise, condition)
+        output = self._decode_samples(latent.z, condition)
         decoder_logvar = None
         if self.training and self.config.decoder_variance == "calibrated":
             # This batch's optimal variance for its loss; a moving average for evaluation.
@@ -166,14 +247,12 @@ class BaseVAE(nn.Module):
             with torch.no_grad():
                 self.decoder_log_variance.lerp_(decoder_logvar, VARIANCE_MOMENTUM)
         reconstruction = self.reconstruction_nll(x.unsqueeze(1), output, decoder_logvar).mean(1)
-        kl = self.kl_divergence(mu, logvar)
-        loss = reconstruction + self.kl_weight() * kl
-        return {"loss": loss.mean(), "reconstruction": reconstruction.mean(), "kl": kl.mean()}
-
-    def _decode_samples(self, z: Tensor) -> Tensor:
-        """``z (n, L, k)`` -> outputs ``(n, L, *input_shape)`` in one decoder pass."""
-        n, samples, _ = z.shape
-        return self.decode(z.reshape(n * samples, -1)).reshape(n, samples, *self.input_shape)
+        loss = self.objective(reconstruction, latent.kl)
+        return {
+            "loss": loss.mean(),
+            "reconstruction": reconstruction.mean(),
+            "kl": latent.kl.mean(),
+        }
 
     def mean_output(self, output: Tensor) -> Tensor:
         """Decoder output -> expected x (Bernoulli logits become probabilities)."""
@@ -181,35 +260,31 @@ class BaseVAE(nn.Module):
 
     # -- scores (higher = more anomalous) ----------------------------------------------------
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Expected reconstruction at z = mu, ``(n, *input_shape)``."""
-        mu, _ = self.encode(x)
-        return self.mean_output(self.decode(mu))
+    def reconstruct(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
+        """Expected reconstruction at the posterior mean, ``(n, *input_shape)``."""
+        return self.mean_output(self.decode(self.latent_mean(x, condition), condition))
 
     @torch.no_grad()
-    def scores(self, x: Tensor, noise: Tensor) -> dict[str, Tensor]:
+    def scores(
+        self, x: Tensor, noise: Tensor, condition: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Every score of ``x`` at once, each ``(n,)``, higher = more anomalous.
 
-        - ``reconstruction_error``: mean squared error of the reconstruction at z = mu,
-          in (scaled) feature units squared;
+        - ``reconstruction_error``: mean squared error of the reconstruction at the
+          posterior mean, in (scaled) feature units squared;
         - ``negative_elbo``: -ELBO in nats, reconstruction term averaged over the
           ``L = noise.shape[1]`` samples of z, KL in closed form;
         - ``negative_iwae_bound``: -log (1/L) sum_l p(x, z_l) / q(z_l | x), the
-          importance-weighted bound on -log p(x) from the same samples (tighter
-          than the ELBO).
+          importance-weighted bound on -log p(x) from the same samples (Burda et al.,
+          2016; tighter than the ELBO).
         """
-        mu, logvar = self.encode(x)
-        reconstruction = self.mean_output(self.decode(mu))
-        error = (x - reconstruction).pow(2).flatten(1).mean(1)
-        z = self.reparameterize(mu, logvar, noise)
-        nll = self.reconstruction_nll(x.unsqueeze(1), self._decode_samples(z))  # (n, L)
-        kl = self.kl_divergence(mu, logvar)
-        log_prior = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-        log_posterior = -0.5 * (noise.pow(2) + LOG_2PI + logvar.unsqueeze(1)).sum(-1)
-        log_weights = -nll + log_prior - log_posterior
+        error = (x - self.reconstruct(x, condition)).pow(2).flatten(1).mean(1)
+        latent = self.sample_latent(x, noise, condition)
+        nll = self.reconstruction_nll(x.unsqueeze(1), self._decode_samples(latent.z, condition))
+        log_weights = -nll + latent.log_weight_latent
         iwae = torch.logsumexp(log_weights, dim=1) - math.log(noise.shape[1])
         return {
             "reconstruction_error": error,
-            "negative_elbo": nll.mean(1) + kl,
+            "negative_elbo": nll.mean(1) + latent.kl,
             "negative_iwae_bound": -iwae,
         }

@@ -24,18 +24,19 @@ class MLPVAE(BaseVAE):
         input_shape: tuple[int, ...],
         config: ModelConfig,
         binary_features: Tensor | None = None,
+        condition_dim: int = 0,
     ) -> None:
-        super().__init__(input_shape, config, binary_features)
+        super().__init__(input_shape, config, binary_features, condition_dim)
         features = math.prod(self.input_shape)
         hidden = list(config.hidden_dims)
         self.encoder = mlp(features, hidden, 2 * config.latent_dim, config.dropout)
         self.decoder = mlp(config.latent_dim, hidden[::-1], features, config.dropout)
 
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
         return mu, logvar
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
         return self.decoder(z).reshape(z.shape[0], *self.input_shape)
 
     def output_bias(self) -> Tensor:
