@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from torch import nn
@@ -26,7 +27,10 @@ def mlp(
 
 
 def conv_encoder(in_channels: int, channels: Sequence[int]) -> nn.Sequential:
-    """Stride-2 4x4 convolutions with SiLU: ``(n, C, H, W)`` -> ``(n, channels[-1], H/2^k, W/2^k)``."""
+    """Stride-2 4x4 convolutions with SiLU.
+
+    ``(n, C, H, W)`` -> ``(n, channels[-1], H / 2^k, W / 2^k)`` for ``k = len(channels)``.
+    """
     layers: list[nn.Module] = []
     width = in_channels
     for size in channels:
@@ -39,8 +43,8 @@ def conv_decoder(channels: Sequence[int], out_channels: int) -> nn.Sequential:
     """Mirror of :func:`conv_encoder` for the same ``channels``: ``(n, channels[-1], h, w)``
     -> ``(n, out_channels, h * 2^k, w * 2^k)``; no activation on the output."""
     layers: list[nn.Module] = []
-    widths = list(channels)[::-1] + [out_channels]
-    for index, (width, size) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    widths = [*reversed(channels), out_channels]
+    for index, (width, size) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.ConvTranspose2d(width, size, kernel_size=4, stride=2, padding=1))
         if index < len(widths) - 2:
             layers.append(nn.SiLU())

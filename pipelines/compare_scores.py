@@ -62,7 +62,11 @@ def main() -> None:
                 path.stem,
                 seed,
                 f"{fit_s:.1f}s",
-                {r["score"]: round(r["aucroc"], 2) for r in rows[-len(detector.model_.score_names) :]},
+                {
+                    r["score"]: round(r["aucroc"], 2)
+                    for r in rows
+                    if r["seed"] == seed and r["dataset"] == path.stem
+                },
                 flush=True,
             )
     results = pd.DataFrame(rows)
