@@ -99,8 +99,10 @@ def train(
             val=f"{metrics['val_loss']:.3g}",
             kl=f"{metrics['val_kl']:.3g}",
         )
+        if not model.schedule_finished:
+            continue  # the objective is still changing: no model selection yet
         # An improvement must beat the best by a relative 1e-4, so noise does not reset patience.
-        if epoch == 1 or metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
+        if history.best_epoch == 0 or metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
             best_loss, best_state, stale = metrics["val_loss"], copy.deepcopy(model.state_dict()), 0
             history.best_epoch = epoch
         else:

@@ -13,9 +13,30 @@ from anomaly_vae.models import available_models, get_model
 VARIANTS = available_models()
 
 
-def build(name: str, shape=(6,), **overrides):
-    config = ModelConfig(name=name, hidden_dims=[16], latent_dim=3, **overrides)
-    return get_model(name)(shape, config, torch.zeros(shape, dtype=torch.bool))
+IMAGE = (1, 8, 8)
+
+
+def build(name: str, shape=None, **overrides):
+    """A tiny model of variant ``name``: tables of 6 features, or 8x8 images for image-only
+    variants; conditional variants get a 2-dimensional condition."""
+    cls = get_model(name)
+    shape = shape or ((6,) if "table" in cls.data_kinds else IMAGE)
+    config = ModelConfig(
+        name=name,
+        hidden_dims=[16],
+        latent_dim=3,
+        **({"conv_channels": [4, 8], "kl_warmup_epochs": 0} | overrides),
+    )
+    condition_dim = 2 if cls.uses_condition else 0
+    return cls(shape, config, torch.zeros(shape, dtype=torch.bool), condition_dim)
+
+
+def inputs(model, n: int, samples: int = 4):
+    """``(x, noise, condition)`` of the right shapes for ``model``."""
+    x = torch.randn(n, *model.input_shape)
+    noise = torch.randn(n, samples, model.noise_dim)
+    condition = torch.randn(n, model.condition_dim) if model.condition_dim else None
+    return x, noise, condition
 
 
 def test_unknown_model_lists_the_available_ones():
@@ -23,15 +44,23 @@ def test_unknown_model_lists_the_available_ones():
         get_model("nope")
 
 
+def structured(model, n: int) -> torch.Tensor:
+    """Rows on a 2-D linear manifold in the model's input space (learnable, not noise)."""
+    generator = torch.Generator().manual_seed(0)
+    size = math.prod(model.input_shape)
+    basis = torch.randn(2, size, generator=generator)
+    return (torch.randn(n, 2, generator=generator) @ basis).reshape(n, *model.input_shape)
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_shapes(name):
     model = build(name)
-    x = torch.randn(5, 6)
-    mu, logvar = model.encode(x)
-    assert mu.shape == logvar.shape == (5, 3)
-    assert model.decode(mu).shape == (5, 6)
-    scores = model.scores(x, torch.randn(5, 4, 3))
-    assert set(scores) == {"reconstruction_error", "negative_elbo", "negative_iwae_bound"}
+    x, noise, condition = inputs(model, 5)
+    assert model.latent_mean(x, condition).shape[0] == 5
+    assert model.reconstruct(x, condition).shape == x.shape
+    scores = model.scores(x, noise, condition)
+    assert tuple(scores) == model.score_names
+    assert scores.keys() >= {"reconstruction_error", "negative_elbo"}
     assert all(s.shape == (5,) and torch.isfinite(s).all() for s in scores.values())
 
 
@@ -39,14 +68,16 @@ def test_shapes(name):
 def test_loss_falls_on_small_data(name):
     torch.manual_seed(0)
     model = build(name)
-    x = torch.randn(256, 2) @ torch.randn(2, 6)
+    x = structured(model, 256)
+    _, fixed_noise, condition = inputs(model, 256, samples=1)
+    fixed_noise = torch.zeros_like(fixed_noise)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    first = model.loss_terms(x, noise=torch.zeros(256, 1, 3))["loss"].item()
+    first = model.loss_terms(x, fixed_noise, condition)["loss"].item()
     for _ in range(150):
         optimizer.zero_grad()
-        model.loss_terms(x)["loss"].backward()
+        model.loss_terms(x, condition=condition)["loss"].backward()
         optimizer.step()
-    last = model.loss_terms(x, noise=torch.zeros(256, 1, 3))["loss"].item()
+    last = model.loss_terms(x, fixed_noise, condition)["loss"].item()
     assert math.isfinite(last) and last < first - 1.0
 
 
@@ -54,9 +85,9 @@ def test_loss_falls_on_small_data(name):
 def test_state_dict_round_trip_gives_same_scores(name):
     model, copy = build(name), build(name)
     copy.load_state_dict(model.state_dict())
-    x, noise = torch.randn(8, 6), torch.randn(8, 4, 3)
-    for key, value in model.scores(x, noise).items():
-        torch.testing.assert_close(copy.scores(x, noise)[key], value)
+    x, noise, condition = inputs(model, 8)
+    for key, value in model.scores(x, noise, condition).items():
+        torch.testing.assert_close(copy.scores(x, noise, condition)[key], value)
 
 
 def test_loss_is_reconstruction_plus_beta_times_kl():
@@ -92,6 +123,49 @@ def test_gaussian_and_bernoulli_likelihoods_are_exact_log_densities():
         + torch.distributions.Bernoulli(logits=torch.tensor(-1.0)).log_prob(torch.tensor(0.0))
     )
     torch.testing.assert_close(model.reconstruction_nll(x, output), expected.reshape(1))
+
+
+def test_beta_vae_warms_up_the_kl_weight_and_selects_only_after():
+    model = build("beta-vae", beta=4.0, kl_warmup_epochs=10)
+    weights = []
+    for epoch in (1, 6, 11, 30):
+        model.on_epoch_start(epoch, 100)
+        weights.append(model.kl_weight())
+    assert weights == [0.0, 2.0, 4.0, 4.0]
+    model.on_epoch_start(5, 100)
+    assert not model.schedule_finished
+    model.on_epoch_start(11, 100)
+    assert model.schedule_finished
+
+
+@pytest.mark.parametrize("beta", [0.25, 4.0])
+def test_beta_vae_controlled_capacity_objective(beta):
+    model = build("beta-vae", beta=beta, kl_warmup_epochs=0, capacity=5.0, capacity_epochs=10)
+    model.on_epoch_start(5, 100)
+    reconstruction, kl = torch.tensor([3.0]), torch.tensor([1.0])
+    expected = 3.0 + beta * abs(1.0 - 2.5)  # C(5) = 5 * 5/10
+    assert model.objective(reconstruction, kl).item() == pytest.approx(expected)
+
+
+def test_cvae_scores_depend_on_the_condition():
+    model = build("cvae")
+    x, noise, condition = inputs(model, 6)
+    other = model.scores(x, noise, condition + 3.0)["negative_elbo"]
+    assert not torch.allclose(model.scores(x, noise, condition)["negative_elbo"], other)
+    assert model.generate(4, condition[:4]).shape == (4, 6)
+    with pytest.raises(ValueError, match="needs a condition"):
+        model.encode(x)
+
+
+def test_conv_vae_rejects_sizes_that_do_not_divide_by_the_stride():
+    with pytest.raises(ConfigError, match="does not divide by the total stride 4"):
+        build("conv-vae", shape=(1, 10, 10))
+    assert build("conv-vae", shape=(3, 16, 12)).reconstruct(torch.rand(2, 3, 16, 12)).shape == (
+        2,
+        3,
+        16,
+        12,
+    )
 
 
 def test_iwae_bound_is_tighter_than_elbo_on_average():

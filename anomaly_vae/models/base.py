@@ -133,6 +133,12 @@ class BaseVAE(nn.Module):
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the training loop before each epoch (1-based) of at most ``epochs``."""
 
+    @property
+    def schedule_finished(self) -> bool:
+        """False while a training schedule (e.g. KL warm-up) still changes the loss,
+        so that early stopping does not compare losses of different objectives."""
+        return True
+
     def kl_weight(self) -> float:
         """The weight of the KL term in the training loss (beta)."""
         return self.config.beta
@@ -257,6 +263,14 @@ class BaseVAE(nn.Module):
     def mean_output(self, output: Tensor) -> Tensor:
         """Decoder output -> expected x (Bernoulli logits become probabilities)."""
         return torch.where(self.bernoulli_mask, torch.sigmoid(output), output)
+
+    @torch.no_grad()
+    def generate(
+        self, count: int, condition: Tensor | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Expected x for ``count`` draws of z from the prior, ``(count, *input_shape)``."""
+        z = torch.randn(count, self.latent_dim, generator=generator)
+        return self.mean_output(self.decode(z, condition))
 
     # -- scores (higher = more anomalous) ----------------------------------------------------
     @torch.no_grad()
