@@ -19,17 +19,26 @@ from anomaly_vae import __version__
 from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig, from_dict, to_dict, validate
 from anomaly_vae.data import TablePreprocessor, as_frame
+from anomaly_vae.data.images import ImagePreprocessor
 from anomaly_vae.errors import DataError, ModelNotFoundError
-from anomaly_vae.models import get_model
+from anomaly_vae.models import BaseVAE, get_model
 from anomaly_vae.noise import noise_bank, noise_for_rows
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
+
+
+def _is_image_array(X: Any) -> bool:
+    return isinstance(X, np.ndarray) and X.ndim >= 3
+
+
+def _width(conditions: np.ndarray | None) -> int:
+    return 0 if conditions is None else conditions.shape[1]
 
 
 class VAEDetector(OutlierMixin, BaseEstimator):
@@ -94,40 +103,67 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         self,
         X: pd.DataFrame | np.ndarray,
         y: Any = None,
+        condition: np.ndarray | None = None,
         on_epoch: EpochCallback | None = None,
     ) -> VAEDetector:
-        """Fit on normal rows ``X`` (a DataFrame or an ``(n, d)`` array); ``y`` is ignored.
+        """Fit on normal data ``X``; ``y`` is ignored (scikit-learn convention).
 
-        The rows are split (seeded) into training, validation (early stopping) and
-        calibration (threshold) parts. ``on_epoch(epoch, losses)`` is called after
-        every epoch. Id and label columns named in ``config.data`` are not features.
+        ``X`` is a table (DataFrame or ``(n, d)`` array) or images (``(n, C, H, W)`` or
+        ``(n, H, W)`` array, uint8 pixels or floats in [0, 1]). Conditional models take
+        their condition from ``config.data.condition_columns`` for tables and from
+        ``condition`` (``(n,)`` class indices) for images. The rows are split (seeded)
+        into training, validation (early stopping) and calibration (threshold) parts.
+        ``on_epoch(epoch, losses)`` is called after every epoch. Id and label columns
+        named in ``config.data`` are not features.
         """
         config = self.effective_config
         validate(config)
-        frame = as_frame(X)
-        if len(frame) < MIN_TRAINING_ROWS:
-            raise DataError(f"need at least {MIN_TRAINING_ROWS} training rows, got {len(frame)}")
+        model_class = get_model(config.model.name)
+        self.data_kind_ = "image" if _is_image_array(X) else "table"
+        if self.data_kind_ not in model_class.data_kinds:
+            raise DataError(
+                f"model {config.model.name!r} accepts {' and '.join(model_class.data_kinds)} "
+                f"data, not {self.data_kind_}s"
+            )
+        if len(X) < MIN_TRAINING_ROWS:
+            raise DataError(f"need at least {MIN_TRAINING_ROWS} training rows, got {len(X)}")
         self._set_threads(config)
-        self.preprocessor_ = TablePreprocessor(config.data).fit(frame)
-        features = self.preprocessor_.transform(frame)
-        self.n_features_in_ = len(self.preprocessor_.columns)
-        if isinstance(X, pd.DataFrame):
-            self.feature_names_in_ = np.array(self.preprocessor_.input_columns, dtype=object)
+        if self.data_kind_ == "image":
+            self.preprocessor_ = ImagePreprocessor().fit(X)
+            self.condition_classes_ = 0
+            if model_class.uses_condition and condition is not None:
+                self.condition_classes_ = int(np.max(condition)) + 1
+        else:
+            frame = as_frame(X)
+            self.preprocessor_ = TablePreprocessor(config.data).fit(frame)
+            self.n_features_in_ = len(self.preprocessor_.columns)
+            if isinstance(X, pd.DataFrame):
+                self.feature_names_in_ = np.array(self.preprocessor_.input_columns, dtype=object)
+        self._uses_condition = model_class.uses_condition
+        features, conditions = self._model_input(X, condition)
 
         train_rows, val_rows, cal_rows = self._split(len(features), config)
         torch.manual_seed(config.training.seed)  # weight initialisation
-        self.model_ = self._build_model(config, features.shape[1:])
+        self.model_ = self._build_model(config, features.shape[1:], _width(conditions))
+
+        def rows_of(array: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
+            return None if array is None else torch.from_numpy(array[rows])
+
         self.history_: TrainingHistory = train(
             self.model_,
             torch.from_numpy(features[train_rows]),
             torch.from_numpy(features[val_rows]),
             config.training,
             on_epoch=on_epoch,
+            condition_train=rows_of(conditions, train_rows),
+            condition_val=rows_of(conditions, val_rows),
         )
         self.split_rows_ = {"train": train_rows, "validation": val_rows, "calibration": cal_rows}
         self.n_training_rows_ = {name: len(rows) for name, rows in self.split_rows_.items()}
         self._noise_bank = None
-        calibration_scores = self._scores_of_features(features[cal_rows])[config.scoring.score]
+        calibration_scores = self._scores_of_features(
+            features[cal_rows], None if conditions is None else conditions[cal_rows]
+        )[config.scoring.score]
         self.threshold_ = quantile_threshold(calibration_scores, config.calibration.target_fpr)
         self.offset_ = -self.threshold_
         self.calibration_ = calibration_summary(
@@ -143,26 +179,64 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         n_val = max(1, round(config.training.validation_fraction * n))
         return order[n_cal + n_val :], order[n_cal : n_cal + n_val], order[:n_cal]
 
-    def _build_model(self, config: DetectorConfig, input_shape: tuple[int, ...]) -> torch.nn.Module:
-        binary = torch.from_numpy(self.preprocessor_.binary_features)
-        return get_model(config.model.name)(tuple(input_shape), config.model, binary)
+    def _build_model(
+        self, config: DetectorConfig, input_shape: tuple[int, ...], condition_dim: int
+    ) -> BaseVAE:
+        binary = self.preprocessor_.binary_features
+        if binary is not None and self.data_kind_ == "table":
+            binary = binary[~self._condition_mask()]
+        binary_tensor = None if binary is None else torch.from_numpy(binary)
+        model_class = get_model(config.model.name)
+        return model_class(tuple(input_shape), config.model, binary_tensor, condition_dim)
 
     @staticmethod
     def _set_threads(config: DetectorConfig) -> None:
         if config.training.num_threads > 0:
             torch.set_num_threads(config.training.num_threads)
 
-    # -- scoring ----------------------------------------------------------------------------
+    def _condition_mask(self) -> np.ndarray:
+        """``(d,)`` bool: table features that are the condition of a conditional model."""
+        if self.data_kind_ != "table" or not self._uses_condition:
+            return np.zeros(len(self.preprocessor_.feature_names), dtype=bool)
+        return self.preprocessor_.condition_mask
 
-    def transform_features(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """The model's ``(n, d)`` float32 input for rows ``X`` (checks the column schema)."""
-        check_is_fitted(self, "model_")
+    def _model_input(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(features (n, *input_shape) float32, condition (n, c) float32 or None)``."""
+        if self.data_kind_ == "image":
+            features = self.preprocessor_.transform(X)
+            if not self.condition_classes_:
+                return features, None
+            if condition is None:
+                raise DataError("this conditional model needs the class of every image")
+            labels = np.asarray(condition, dtype=np.int64)
+            if labels.min() < 0 or labels.max() >= self.condition_classes_:
+                raise DataError(f"image classes must be in 0..{self.condition_classes_ - 1}")
+            return features, np.eye(self.condition_classes_, dtype=np.float32)[labels]
         frame = as_frame(X)
         if isinstance(X, np.ndarray) and X.shape[1] != self.n_features_in_:
             raise DataError(f"expected {self.n_features_in_} columns, got {X.shape[1]}")
-        return self.preprocessor_.transform(frame)
+        features = self.preprocessor_.transform(frame)
+        mask = self._condition_mask()
+        if not mask.any():
+            return features, None
+        return np.ascontiguousarray(features[:, ~mask]), np.ascontiguousarray(features[:, mask])
 
-    def _scores_of_features(self, features: np.ndarray) -> dict[str, np.ndarray]:
+    # -- scoring ----------------------------------------------------------------------------
+    def transform_features(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The model's float32 input for ``X`` (checks the column schema or image shape)."""
+        check_is_fitted(self, "model_")
+        features, _ = (
+            self._model_input(X)
+            if self.data_kind_ == "table"
+            else (self.preprocessor_.transform(X), None)
+        )
+        return features
+
+    def _scores_of_features(
+        self, features: np.ndarray, conditions: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """All scores of preprocessed rows, in batches; each ``(n,)`` float64."""
         cfg = self.effective_config.scoring
         if getattr(self, "_noise_bank", None) is None:
@@ -176,8 +250,11 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.model_.score_names}
         for start in range(0, len(features), cfg.batch_size):
             batch = features[start : start + cfg.batch_size]
+            condition = None
+            if conditions is not None:
+                condition = torch.from_numpy(conditions[start : start + cfg.batch_size])
             noise = noise_for_rows(batch, self._noise_bank)
-            scores = self.model_.scores(torch.from_numpy(batch), noise)
+            scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
         return {
@@ -185,29 +262,38 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             for name, values in parts.items()
         }
 
-    def score_frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    def all_scores(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """Every score the model computes for ``X``, each ``(n,)``, higher = more anomalous."""
+        check_is_fitted(self, "model_")
+        return self._scores_of_features(*self._model_input(X, condition))
+
+    def score_frame(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """Every score of every row, as the CLI and MLflow model report them.
 
-        Returns a DataFrame with one row per input row (same index): the id column
-        (when configured and present), ``reconstruction_error``, ``negative_elbo``,
-        ``negative_iwae_bound``, ``score`` (the configured one, higher = more
-        anomalous) and ``is_anomaly`` (``score > threshold_``).
+        Returns a DataFrame with one row per input row (same index for tables): the id
+        column (when configured and present), the model's scores (``reconstruction_error``,
+        ``negative_elbo`` and the variant's own, e.g. ``negative_iwae_bound``), ``score``
+        (the configured one, higher = more anomalous) and ``is_anomaly``
+        (``score > threshold_``).
         """
-        frame = as_frame(X)
-        scores = self._scores_of_features(self.transform_features(X))
-        out = pd.DataFrame(scores, index=frame.index)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        out = pd.DataFrame(self.all_scores(X, condition), index=index)
         out["score"] = out[self.effective_config.scoring.score]
         out["is_anomaly"] = out["score"] > self.threshold_
         id_column = self.effective_config.data.id_column
-        if id_column is not None and id_column in frame.columns:
-            out.insert(0, id_column, frame[id_column])
+        if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
+            out.insert(0, id_column, X[id_column])
         return out
 
-    def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    def anomaly_score(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(n,)`` configured score, higher = more anomalous."""
-        return self._scores_of_features(self.transform_features(X))[
-            self.effective_config.scoring.score
-        ]
+        return self.all_scores(X, condition)[self.effective_config.scoring.score]
 
     def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal)."""
@@ -221,18 +307,41 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         """``(n,)`` int: -1 for anomalies, +1 for normal rows."""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    def encode(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """Latent means ``(n, latent_dim)`` float32 of rows ``X``."""
-        features = torch.from_numpy(self.transform_features(X))
+    def _batched(
+        self, function: Any, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None
+    ) -> np.ndarray:
+        """Apply ``function(features, condition)`` in scoring batches; concatenate."""
+        check_is_fitted(self, "model_")
+        features, conditions = self._model_input(X, condition)
+        size = self.effective_config.scoring.batch_size
         self.model_.eval()
+        outputs = []
         with torch.no_grad():
-            means = [
-                self.model_.latent_mean(batch)
-                for batch in features.split(self.effective_config.scoring.batch_size)
-            ]
-        return (
-            torch.cat(means).numpy() if means else np.empty((0, self.model_.latent_dim), np.float32)
-        )
+            for start in range(0, len(features), size):
+                batch = torch.from_numpy(features[start : start + size])
+                cond = None
+                if conditions is not None:
+                    cond = torch.from_numpy(conditions[start : start + size])
+                outputs.append(function(batch, cond).numpy())
+        return np.concatenate(outputs) if outputs else np.empty((0,), np.float32)
+
+    def encode(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Posterior latent means ``(n, latent_dim)`` float32."""
+        return self._batched(self.model_.latent_mean, X, condition)
+
+    def reconstruct(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Expected reconstructions in model input units, ``(n, *input_shape)`` float32."""
+        return self._batched(self.model_.reconstruct, X, condition)
+
+    def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
+        """Per-pixel ``|x - x_hat|`` of images, ``(n, C, H, W)`` float32 in [0, 1]."""
+        if self.data_kind_ != "image":
+            raise DataError("anomaly maps are for image models")
+        return np.abs(self.transform_features(X) - self.reconstruct(X, condition))
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -246,6 +355,9 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             "model": self.effective_config.model.name,
             "config": to_dict(self.effective_config),
             "input_shape": list(self.model_.input_shape),
+            "condition_dim": self.model_.condition_dim,
+            "data_kind": self.data_kind_,
+            "condition_classes": getattr(self, "condition_classes_", 0),
             "schema": self.preprocessor_.to_dict(),
             "threshold": self.threshold_,
             "calibration": self.calibration_,
@@ -284,9 +396,17 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             )
         config = from_dict(document["config"], DetectorConfig)
         detector = cls(config)
-        detector.preprocessor_ = TablePreprocessor.from_dict(document["schema"], config.data)
-        detector.n_features_in_ = len(detector.preprocessor_.columns)
-        detector.model_ = detector._build_model(config, tuple(document["input_shape"]))
+        detector.data_kind_ = document["data_kind"]
+        detector._uses_condition = get_model(config.model.name).uses_condition
+        if detector.data_kind_ == "image":
+            detector.preprocessor_ = ImagePreprocessor.from_dict(document["schema"])
+            detector.condition_classes_ = document["condition_classes"]
+        else:
+            detector.preprocessor_ = TablePreprocessor.from_dict(document["schema"], config.data)
+            detector.n_features_in_ = len(detector.preprocessor_.columns)
+        detector.model_ = detector._build_model(
+            config, tuple(document["input_shape"]), document["condition_dim"]
+        )
         state = torch.load(path / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         detector.model_.load_state_dict(state)
         detector.model_.eval()

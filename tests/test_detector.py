@@ -118,3 +118,23 @@ def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):
         VAEDetector().fit(np.zeros((5, 3)))
     with pytest.raises(DataError, match="expected 6 columns, got 4"):
         fitted.score_samples(np.zeros((3, 4)))
+
+
+def test_cvae_scores_a_row_given_its_context():
+    """The same sensor values are normal for one machine and anomalous for another."""
+    train = mixed_table(900, seed=0)
+    config = tiny_config(
+        "model.name=cvae",
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "data.condition_columns=[machine]",
+    ).detector_config()
+    detector = VAEDetector(config).fit(train)
+    assert detector.model_.condition_dim == 3  # one-hot of three machines
+    test = mixed_table(300, seed=1)
+    swapped = test.assign(
+        machine=test["machine"].map({"press": "lathe", "lathe": "drill", "drill": "press"})
+    )
+    labels = np.r_[np.zeros(len(test)), np.ones(len(test))]
+    scores = np.r_[detector.anomaly_score(test), detector.anomaly_score(swapped)]
+    assert roc_auc_score(labels, scores) > 0.9

@@ -67,9 +67,10 @@ class TablePreprocessor:
         names = [c for c in frame.columns if c not in skipped]
         if not names:
             raise DataError("the data has no feature columns besides the id and label columns")
-        unknown_forced = sorted(set(self.config.categorical_columns) - set(map(str, frame.columns)))
-        if unknown_forced:
-            raise DataError(f"data.categorical_columns names missing columns: {unknown_forced}")
+        for key in ("categorical_columns", "condition_columns"):
+            unknown = sorted(set(getattr(self.config, key)) - set(map(str, frame.columns)))
+            if unknown:
+                raise DataError(f"data.{key} names columns not in the data: {unknown}")
         self.columns = [self._fit_column(frame[name], str(name)) for name in names]
         return self
 
@@ -123,6 +124,19 @@ class TablePreprocessor:
             else:
                 flags += [True] * len(column.categories)
         return np.array(flags, dtype=bool)
+
+    @property
+    def condition_mask(self) -> np.ndarray:
+        """``(d,)`` bool: features that come from ``config.condition_columns``."""
+        condition = set(self.config.condition_columns)
+        return np.array(
+            [
+                c.name in condition
+                for c in self.columns
+                for _ in c.feature_names(self.config.missing_indicators)
+            ],
+            dtype=bool,
+        )
 
     @property
     def input_columns(self) -> list[str]:

@@ -1,0 +1,151 @@
+"""Images: reading a folder (torchvision ``ImageFolder`` layout) or a torchvision
+MNIST-style dataset from a local root, and turning images into model input.
+
+An image source is written as a string:
+- ``path/to/folder``: one subfolder per class, images inside (``ImageFolder``);
+- ``fashionmnist:ROOT`` or ``mnist:ROOT``: the torchvision dataset under ``ROOT``
+  (the folder holding ``FashionMNIST/`` or ``MNIST/``), never downloaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomaly_vae.errors import DataError
+
+TORCHVISION_SETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}
+
+
+@dataclass
+class ImageSet:
+    """Images as ``(n, C, H, W)`` uint8, their class indices ``(n,)`` and names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    names: list[str] = field(default_factory=list)  # file paths, or "test/123" indices
+
+    def select(self, rows: np.ndarray) -> ImageSet:
+        names = [self.names[i] for i in rows] if self.names else []
+        return ImageSet(self.images[rows], self.labels[rows], self.classes, names)
+
+    def class_index(self, name: str) -> int:
+        """The index of class ``name`` (a class name, or an index as text)."""
+        if name in self.classes:
+            return self.classes.index(name)
+        if name.isdigit() and int(name) < len(self.classes):
+            return int(name)
+        raise DataError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
+
+
+def is_image_source(source: str | Path) -> bool:
+    """True for ``mnist:``/``fashionmnist:`` sources and for folders (tables are files)."""
+    text = str(source)
+    return text.split(":", 1)[0].lower() in TORCHVISION_SETS or Path(text).is_dir()
+
+
+def read_images(source: str | Path, train: bool = True) -> ImageSet:
+    """Load an image source (see the module docstring); ``train`` picks the torchvision split."""
+    text = str(source)
+    prefix, _, root = text.partition(":")
+    if prefix.lower() in TORCHVISION_SETS and root:
+        return _read_torchvision(prefix.lower(), Path(root), train)
+    path = Path(text)
+    if not path.is_dir():
+        raise DataError(f"{path}: no such image folder")
+    return _read_folder(path)
+
+
+def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
+    import torchvision
+
+    dataset_class = getattr(torchvision.datasets, TORCHVISION_SETS[name])
+    try:
+        dataset = dataset_class(root=str(root), train=train, download=False)
+    except RuntimeError as exc:
+        raise DataError(
+            f"{TORCHVISION_SETS[name]} not found under {root} (expected "
+            f"{root / TORCHVISION_SETS[name] / 'raw'}); it is never downloaded"
+        ) from exc
+    images = dataset.data.numpy()[:, None, :, :]
+    split = "train" if train else "test"
+    names = [f"{split}/{i}" for i in range(len(images))]
+    return ImageSet(images, dataset.targets.numpy().astype(np.int64), list(dataset.classes), names)
+
+
+def _read_folder(path: Path) -> ImageSet:
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(path))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DataError(f"{path} holds no class subfolders with images: {exc}") from exc
+    modes = set()
+    arrays = []
+    for file, _ in folder.samples:  # decoding is per file; nothing to batch here
+        try:
+            with Image.open(file) as image:
+                modes.add("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
+                arrays.append(image.convert("RGB"))
+        except OSError as exc:
+            raise DataError(f"{file} is not a readable image: {exc}") from exc
+    mode = "L" if modes == {"L"} else "RGB"
+    pixels = [np.asarray(image.convert(mode)) for image in arrays]
+    sizes = {p.shape[:2] for p in pixels}
+    if len(sizes) > 1:
+        raise DataError(f"images in {path} have different sizes {sorted(sizes)}; resize them first")
+    images = np.stack(pixels)
+    images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
+    labels = np.array([label for _, label in folder.samples], dtype=np.int64)
+    return ImageSet(images, labels, list(folder.classes), [str(f) for f, _ in folder.samples])
+
+
+class ImagePreprocessor:
+    """Images -> ``(n, C, H, W)`` float32 in [0, 1]; checks the shape at scoring time."""
+
+    kind = "image"
+
+    def __init__(self) -> None:
+        self.shape: tuple[int, ...] = ()
+
+    def fit(self, images: np.ndarray) -> ImagePreprocessor:
+        self.shape = tuple(_as_nchw(images).shape[1:])
+        return self
+
+    def transform(self, images: np.ndarray) -> np.ndarray:
+        array = _as_nchw(images)
+        if tuple(array.shape[1:]) != self.shape:
+            raise DataError(f"expected images of shape {self.shape}, got {tuple(array.shape[1:])}")
+        if array.dtype == np.uint8:
+            return array.astype(np.float32) / 255.0
+        array = array.astype(np.float32)
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise DataError("float images must hold values in [0, 1] (or pass uint8 pixels)")
+        return array
+
+    @property
+    def binary_features(self) -> None:
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImagePreprocessor:
+        pre = cls()
+        pre.shape = tuple(data["shape"])
+        return pre
+
+
+def _as_nchw(images: np.ndarray) -> np.ndarray:
+    array = np.asarray(images)
+    if array.ndim == 3:  # (n, H, W) grayscale
+        array = array[:, None]
+    if array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise DataError(f"expected images of shape (n, 1 or 3, H, W), got {array.shape}")
+    return array

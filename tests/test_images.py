@@ -1,0 +1,92 @@
+"""Images: reading folders and torchvision datasets, fitting and scoring image models."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae import VAEDetector
+from anomaly_vae.data.images import is_image_source, read_images
+from anomaly_vae.errors import DataError
+from tests.conftest import tiny_config
+
+
+def bars(n: int, seed: int, vertical: bool = False, size: int = 16) -> np.ndarray:
+    """``(n, 1, size, size)`` uint8 images with one bright bar at a random position."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 30, size=(n, 1, size, size), dtype=np.uint8)
+    where = rng.integers(2, size - 2, size=n)
+    rows = np.arange(n)
+    if vertical:
+        images[rows, 0, :, where] = 230
+    else:
+        images[rows, 0, where, :] = 230
+    return images
+
+
+IMAGE_MODEL = ["model.conv_channels=[8, 16]", "model.latent_dim=4", "model.hidden_dims=[64]"]
+
+
+@pytest.mark.parametrize("name", ["conv-vae", "vae"])
+def test_image_models_rank_other_shapes_above_normal_images(name):
+    config = tiny_config(f"model.name={name}", *IMAGE_MODEL).detector_config()
+    detector = VAEDetector(config).fit(bars(400, seed=0))
+    test = np.concatenate([bars(100, seed=1), bars(20, seed=2, vertical=True)])
+    labels = np.r_[np.zeros(100), np.ones(20)]
+    scores = detector.score_frame(test)
+    assert roc_auc_score(labels, scores["score"]) > 0.9
+    maps = detector.anomaly_map(test)
+    assert maps.shape == test.shape and maps.min() >= 0
+    # The map points at the unexpected bar: brighter on anomalies than on normal images.
+    assert maps[100:].mean() > maps[:100].mean()
+
+
+def test_image_detector_saves_and_loads(tmp_path):
+    config = tiny_config("model.name=conv-vae", *IMAGE_MODEL, "training.epochs=3").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector.save(tmp_path / "m")
+    loaded = VAEDetector.load(tmp_path / "m")
+    test = bars(10, seed=3)
+    np.testing.assert_array_equal(loaded.anomaly_score(test), detector.anomaly_score(test))
+    with pytest.raises(DataError, match="expected images of shape"):
+        loaded.anomaly_score(bars(5, seed=0, size=8))
+
+
+def test_table_only_model_refuses_images_and_image_model_refuses_tables():
+    with pytest.raises(DataError, match="accepts image data, not tables"):
+        VAEDetector(tiny_config("model.name=conv-vae").detector_config()).fit(np.zeros((50, 3)))
+
+
+def test_reads_an_image_folder(tmp_path):
+    for label, vertical in (("good", False), ("scratch", True)):
+        (tmp_path / label).mkdir()
+        for i, image in enumerate(bars(3, seed=4, vertical=vertical)):
+            Image.fromarray(image[0]).save(tmp_path / label / f"{i}.png")
+    images = read_images(tmp_path)
+    assert images.images.shape == (6, 1, 16, 16) and images.images.dtype == np.uint8
+    assert images.classes == ["good", "scratch"]
+    assert images.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert images.class_index("scratch") == 1 and images.names[0].endswith("good/0.png")
+    assert is_image_source(tmp_path) and not is_image_source(tmp_path / "x.csv")
+    (tmp_path / "good" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="broken.png is not a readable image"):
+        read_images(tmp_path)
+
+
+def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
+    """Writes a tiny MNIST in the IDX format torchvision reads, then loads it."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = bars(12, seed=5, size=28)[:, 0]
+    labels = np.arange(12, dtype=np.uint8) % 10
+    for split, count in (("train", 12), ("t10k", 12)):
+        header = np.array([2051, count, 28, 28], dtype=">i4").tobytes()
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        header = np.array([2049, count], dtype=">i4").tobytes()
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+    loaded = read_images(f"mnist:{tmp_path}", train=False)
+    assert loaded.images.shape == (12, 1, 28, 28)
+    np.testing.assert_array_equal(loaded.images[:, 0], images)
+    assert loaded.labels.tolist() == labels.tolist()
+    with pytest.raises(DataError, match="FashionMNIST not found"):
+        read_images(f"fashionmnist:{tmp_path}")
