@@ -69,7 +69,7 @@ def test_reads_an_image_folder(tmp_path):
     assert images.class_index("scratch") == 1 and images.names[0].endswith("good/0.png")
     assert is_image_source(tmp_path) and not is_image_source(tmp_path / "x.csv")
     (tmp_path / "good" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png is not a readable image"):
+    with pytest.raises(DataError, match=r"broken\.png is not a readable image"):
         read_images(tmp_path)
 
 
