@@ -52,7 +52,7 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data")
 @click.option(
     "--config",
     "config_file",
@@ -66,6 +66,11 @@ def main(verbose: bool) -> None:
     "training; they are used to evaluate (AUROC, AUCPR, curves).",
 )
 @click.option("--id-col", help="Column passed through to score output; never a feature.")
+@click.option(
+    "--normal-class",
+    help="Images: the normal class (a class folder name or index). The other classes are "
+    "anomalies used only for evaluation.",
+)
 @click.option(
     "--eval",
     "eval_file",
@@ -97,10 +102,11 @@ def main(verbose: bool) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def fit(
-    data: Path,
+    data: str,
     config_file: Path | None,
     label_col: str | None,
     id_col: str | None,
+    normal_class: str | None,
     eval_file: Path | None,
     overrides: tuple[str, ...],
     register: bool | None,
@@ -108,9 +114,13 @@ def fit(
     no_tracking: bool,
     quiet: bool,
 ) -> None:
-    """Fit a detector on the normal rows of DATA (CSV or Parquet), calibrate its
-    threshold, save it and log the run to MLflow."""
-    from anomaly_vae.fitting import fit_table
+    """Fit a detector on the normal part of DATA, calibrate its threshold, save it and
+    log the run to MLflow.
+
+    DATA is a CSV or Parquet table, a folder of images (one subfolder per class), or
+    a torchvision dataset under a local root: fashionmnist:ROOT or mnist:ROOT.
+    """
+    from anomaly_vae.fitting import fit_source
 
     cli_overrides = [*overrides]
     if label_col is not None:
@@ -121,7 +131,14 @@ def fit(
         cli_overrides.append("tracking.enabled=false")
     config = load_config(config_file, cli_overrides)
     config.training.progress = not quiet
-    result = fit_table(data, config, eval_data=eval_file, model_dir=model_dir, register=register)
+    result = fit_source(
+        data,
+        config,
+        eval_source=eval_file,
+        normal_class=normal_class,
+        model_dir=model_dir,
+        register=register,
+    )
     _print_fit_summary(result, config)
 
 

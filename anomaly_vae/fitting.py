@@ -1,5 +1,5 @@
-"""The `fit` workflow: read a table, keep labelled anomalies out of training,
-fit and calibrate a detector, evaluate when labels allow, save, track in MLflow."""
+"""The `fit` workflow: read a table or images, keep labelled anomalies out of
+training, fit and calibrate a detector, evaluate when labels allow, save, track."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pandas as pd
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import Config
 from anomaly_vae.data import label_vector, read_table
+from anomaly_vae.data.images import is_image_source, read_images
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.training import EpochCallback
@@ -24,89 +25,180 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path("mlruns") / "models"  # local saved models, relative to the project folder
 LATEST_FILE = "LATEST"  # names the newest model folder in MODELS_DIR
 
+Data = pd.DataFrame | np.ndarray  # a table, or images (n, C, H, W)
+
+
+@dataclass
+class TrainingData:
+    """Normal data to fit on, and the labelled evaluation data set aside from it."""
+
+    train: Data
+    evaluation: Data | None = None
+    evaluation_labels: np.ndarray | None = None  # (m,) bool, True = anomaly
+    excluded_anomalies: int = 0  # labelled anomalies kept out of training
+    names: list[str] | None = None  # image names of `evaluation`, for reports
+
+    def has_evaluation(self) -> bool:
+        labels = self.evaluation_labels
+        return labels is not None and bool(labels.any()) and not bool(labels.all())
+
 
 @dataclass
 class FitResult:
-    detector: VAEDetector
+    detector: Any  # VAEDetector (or an ensemble from the family pipeline)
     model_dir: Path
     rows: dict[str, int]  # training rows per split, labelled anomalies excluded, evaluation rows
     evaluation: dict[str, Any] | None
+    data: TrainingData | None = None
     run: Any = None  # tracking.TrackedRun when the fit was logged to MLflow
 
 
-def fit_table(
-    data: str | Path,
+def load_training_data(
+    source: str | Path,
     config: Config,
-    eval_data: str | Path | None = None,
+    eval_source: str | Path | None = None,
+    normal_class: str | None = None,
+) -> TrainingData:
+    """Read ``source`` (a table file or an image source) and set evaluation data aside.
+
+    Tables: with ``config.data.label_column``, rows labelled 1 never reach training;
+    they and a held-out ``config.evaluation.fraction`` of the normal rows are the
+    evaluation set, to which every row of ``eval_source`` is added.
+    Images: ``normal_class`` names the normal class. For a torchvision dataset the
+    training split's normal images are trained on and the whole test split evaluates
+    (other classes = anomalies); for a folder, the other classes and a held-out
+    fraction of the normal class evaluate.
+    """
+    if is_image_source(source):
+        return _load_images(str(source), config, normal_class)
+    if normal_class is not None:
+        raise DataError("--normal-class is for image sources; tables use --label-col")
+    data = _load_table(source, config)
+    if eval_source is not None:
+        if config.data.label_column is None:
+            raise DataError("--eval needs --label-col: the evaluation file must be labelled")
+        extra = read_table(eval_source)
+        extra_labels = label_vector(extra, config.data.label_column)
+        if data.evaluation is None:
+            data.evaluation, data.evaluation_labels = extra, extra_labels
+        else:
+            data.evaluation = pd.concat([data.evaluation, extra], ignore_index=True)
+            data.evaluation_labels = np.concatenate([data.evaluation_labels, extra_labels])
+    return data
+
+
+def _load_table(source: str | Path, config: Config) -> TrainingData:
+    frame = read_table(source)
+    if config.data.label_column is None:
+        return TrainingData(frame)
+    labels = label_vector(frame, config.data.label_column)
+    if not labels.any():
+        return TrainingData(frame)
+    train_rows, eval_rows = _hold_out(labels, config)
+    return TrainingData(
+        frame.iloc[train_rows],
+        frame.iloc[eval_rows],
+        labels[eval_rows],
+        excluded_anomalies=int(labels.sum()),
+    )
+
+
+def _load_images(source: str, config: Config, normal_class: str | None) -> TrainingData:
+    images = read_images(source, train=True)
+    if normal_class is None:
+        if len(images.classes) > 1:
+            raise DataError(
+                f"{source} has classes {', '.join(images.classes)}: name the normal one "
+                "with --normal-class"
+            )
+        normal_class = images.classes[0]
+    normal = images.class_index(str(normal_class))
+    is_anomaly = images.labels != normal
+    if ":" in source and not Path(source).exists():  # a torchvision dataset: use its test split
+        test = read_images(source, train=False)
+        train_rows = np.flatnonzero(~is_anomaly)
+        return TrainingData(
+            images.images[train_rows],
+            test.images,
+            test.labels != normal,
+            excluded_anomalies=int(is_anomaly.sum()),
+            names=test.names,
+        )
+    if not is_anomaly.any():
+        return TrainingData(images.images)
+    train_rows, eval_rows = _hold_out(is_anomaly, config)
+    return TrainingData(
+        images.images[train_rows],
+        images.images[eval_rows],
+        is_anomaly[eval_rows],
+        excluded_anomalies=int(is_anomaly.sum()),
+        names=[images.names[i] for i in eval_rows],
+    )
+
+
+def _hold_out(is_anomaly: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows: normal minus a held-out fraction; evaluation rows: held-out normal
+    rows then every anomaly)."""
+    normal = np.flatnonzero(~is_anomaly)
+    rng = np.random.default_rng(config.training.seed)
+    held_out = rng.permutation(normal)[: round(config.evaluation.fraction * len(normal))]
+    train_rows = np.setdiff1d(normal, held_out)
+    return train_rows, np.concatenate([held_out, np.flatnonzero(is_anomaly)])
+
+
+def evaluate_detector(detector: Any, data: TrainingData) -> dict[str, Any] | None:
+    """AUROC, AUCPR, curves and the confusion matrix on the labelled evaluation data."""
+    if data.evaluation is None:
+        return None
+    if not data.has_evaluation():
+        logger.warning("no evaluation: the labelled evaluation rows are all of one class")
+        return None
+    scores = detector.anomaly_score(data.evaluation)
+    return evaluate(data.evaluation_labels, scores, detector.threshold_)
+
+
+def fit_source(
+    source: str | Path,
+    config: Config,
+    eval_source: str | Path | None = None,
+    normal_class: str | None = None,
     project_dir: Path | None = None,
     model_dir: Path | None = None,
     register: bool | None = None,
     on_epoch: EpochCallback | None = None,
 ) -> FitResult:
-    """Fit a detector on the normal rows of ``data`` and do everything around it.
-
-    With ``config.data.label_column``, rows labelled 1 never reach training: they
-    and a held-out ``config.evaluation.fraction`` of the labelled-normal rows form
-    the evaluation set, to which every row of ``eval_data`` is added.
-    """
+    """Fit one detector on ``source`` and do everything around it (see
+    :func:`load_training_data` for how labels and evaluation data are handled)."""
     project_dir = project_dir or Path.cwd()
-    frame = read_table(data)
-    label_column = config.data.label_column
-    train_frame, eval_frame, eval_labels = _split_labelled(frame, config)
-    if eval_data is not None:
-        if label_column is None:
-            raise DataError("--eval needs --label-col: the evaluation file must be labelled")
-        extra = read_table(eval_data)
-        extra_labels = label_vector(extra, label_column)
-        eval_frame = (
-            extra if eval_frame is None else pd.concat([eval_frame, extra], ignore_index=True)
-        )
-        eval_labels = (
-            extra_labels if eval_labels is None else np.concatenate([eval_labels, extra_labels])
-        )
-
-    detector = VAEDetector(config.detector_config()).fit(train_frame, on_epoch=on_epoch)
-    evaluation = None
-    if eval_frame is not None and eval_labels.any() and not eval_labels.all():
-        evaluation = evaluate(eval_labels, detector.anomaly_score(eval_frame), detector.threshold_)
-    elif eval_frame is not None:
-        logger.warning("no evaluation: the labelled evaluation rows are all of one class")
-
-    model_dir = model_dir or _new_model_dir(project_dir)
-    detector.save(model_dir)
-    _mark_latest(project_dir, model_dir)
-    rows = dict(detector.n_training_rows_)
-    rows["labelled_anomalies_excluded"] = (
-        int(label_vector(frame, label_column).sum()) if label_column else 0
-    )
-    rows["evaluation"] = 0 if eval_frame is None else len(eval_frame)
-    result = FitResult(detector, model_dir, rows, evaluation)
-
+    data = load_training_data(source, config, eval_source, normal_class)
+    detector = VAEDetector(config.detector_config()).fit(data.train, on_epoch=on_epoch)
+    evaluation = evaluate_detector(detector, data)
+    model_dir = save_model(detector, project_dir, model_dir)
+    result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:
         from anomaly_vae import tracking  # MLflow import is slow; only when tracking
 
         tracking.use_tracking(config.tracking.experiment, project_dir)
-        result.run = tracking.log_fit_run(
-            detector, config, model_dir, train_frame, evaluation, eval_frame, eval_labels, register
-        )
+        result.run = tracking.log_fit_run(detector, config, model_dir, data, evaluation, register)
     return result
 
 
-def _split_labelled(
-    frame: pd.DataFrame, config: Config
-) -> tuple[pd.DataFrame, pd.DataFrame | None, np.ndarray | None]:
-    """(training rows, evaluation rows or None, their labels or None)."""
-    if config.data.label_column is None:
-        return frame, None, None
-    labels = label_vector(frame, config.data.label_column)
-    normal = np.flatnonzero(~labels)
-    if not labels.any():
-        return frame, None, None
-    rng = np.random.default_rng(config.training.seed)
-    held_out = rng.permutation(normal)[: round(config.evaluation.fraction * len(normal))]
-    train_rows = np.setdiff1d(normal, held_out)
-    eval_rows = np.concatenate([held_out, np.flatnonzero(labels)])
-    return frame.iloc[train_rows], frame.iloc[eval_rows], labels[eval_rows]
+fit_table = fit_source  # the name used for tables
+
+
+def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
+    rows = dict(detector.n_training_rows_)
+    rows["labelled_anomalies_excluded"] = data.excluded_anomalies
+    rows["evaluation"] = 0 if data.evaluation is None else len(data.evaluation)
+    return rows
+
+
+def save_model(detector: Any, project_dir: Path, model_dir: Path | None = None) -> Path:
+    """Save ``detector`` (to a new timestamped folder by default) and mark it the latest."""
+    model_dir = model_dir or _new_model_dir(project_dir)
+    detector.save(model_dir)
+    _mark_latest(project_dir, model_dir)
+    return model_dir
 
 
 def _new_model_dir(project_dir: Path) -> Path:

@@ -11,13 +11,16 @@ import pandas as pd
 from anomaly_vae.data import read_table
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
+from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
 
 ROW_COLUMN = "row"  # 0-based data-row position, written when the model has no id column
 
 
-def load_detector(reference: str | None = None, project_dir: Path | None = None) -> VAEDetector:
+def load_detector(
+    reference: str | None = None, project_dir: Path | None = None
+) -> VAEDetector | EnsembleDetector:
     """A detector from a local folder, an MLflow model URI, or (None) the latest local fit.
 
     URIs are anything with a scheme, e.g. ``models:/anomaly-vae@champion``,
@@ -29,10 +32,10 @@ def load_detector(reference: str | None = None, project_dir: Path | None = None)
             raise ModelNotFoundError(
                 "no model fit in this project yet; run `anomaly-vae fit DATA` or pass --model"
             )
-        return VAEDetector.load(latest)
+        return load_saved(latest)
     if "://" in reference or reference.startswith(("models:/", "runs:/")):
-        return VAEDetector.load(_download_mlflow_model(reference, project_dir))
-    return VAEDetector.load(Path(reference))
+        return load_saved(_download_mlflow_model(reference, project_dir))
+    return load_saved(Path(reference))
 
 
 def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
@@ -46,11 +49,12 @@ def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as exc:
         raise ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from exc
-    # A logged pyfunc model keeps the saved detector among its artifacts.
-    found = sorted(local.rglob(CONFIG_FILE))
-    if not found:
-        raise ModelNotFoundError(f"{uri} is not an anomaly-vae model")
-    return found[0].parent
+    # A logged pyfunc model keeps the saved detector (or ensemble) among its artifacts.
+    for marker in (ENSEMBLE_FILE, CONFIG_FILE):
+        found = sorted(local.rglob(marker), key=lambda p: len(p.parts))
+        if found:
+            return found[0].parent
+    raise ModelNotFoundError(f"{uri} is not an anomaly-vae model")
 
 
 def score_table(data: str | Path, detector: VAEDetector, output: str | Path) -> pd.DataFrame:

@@ -27,11 +27,22 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
 from anomaly_vae.detector import VAEDetector
+from anomaly_vae.fitting import TrainingData
 
 STORE_DIR = "mlruns"
 CHAMPION_ALIAS = "champion"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 DETECTOR_ARTIFACT = "detector"  # key of the saved detector among the pyfunc model's artifacts
+EVALUATION_METRICS = (
+    "auroc",
+    "aucpr",
+    "f1_optimal_threshold",
+    "f1_optimal",
+    "precision",
+    "recall",
+    "f1",
+    "false_positive_rate",
+)
 
 
 def tracking_uri(project_dir: Path | None = None) -> str:
@@ -76,61 +87,77 @@ class TrackedRun:
 
 
 class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
-    """Scores a pandas DataFrame with a saved VAEDetector.
+    """Scores a pandas DataFrame (tables) or an ``(n, C, H, W)`` array (images) with a
+    saved detector or family ensemble.
 
-    ``predict(df)`` returns :meth:`VAEDetector.score_frame`: the id column (if
-    configured and present), the three scores, ``score`` (higher = more
-    anomalous) and the boolean ``is_anomaly``.
+    ``predict`` returns ``score_frame``: the id column (if configured and present),
+    the scores, ``score`` (higher = more anomalous) and the boolean ``is_anomaly``.
     """
 
     # We log an explicit signature; skip MLflow's type-hint validation of predict.
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        self.detector = VAEDetector.load(context.artifacts[DETECTOR_ARTIFACT])
+        from anomaly_vae.ensemble import load_saved
+
+        self.detector = load_saved(context.artifacts[DETECTOR_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
+        if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
+            return self.detector.score_frame(model_input)
         return self.detector.score_frame(pd.DataFrame(model_input))
 
 
-def model_signature(detector: VAEDetector, example: pd.DataFrame) -> ModelSignature:
+def _base_detector(detector: Any) -> VAEDetector:
+    """The detector whose input schema a model has (an ensemble's first member)."""
+    return getattr(detector, "first", detector)
+
+
+def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
     """Input/output schema of the pyfunc model.
 
-    Numeric columns are declared ``Any``: MLflow would otherwise refuse integers for
-    a float column (or NaN for an integer one), while the model itself accepts
-    integers, floats and missing values and rejects text with a clear error. Text
-    columns are strings; the id column is optional.
+    Tables: numeric columns are declared ``Any``: MLflow would otherwise refuse
+    integers for a float column (or NaN for an integer one), while the model itself
+    accepts integers, floats and missing values and rejects text with a clear error.
+    Text columns are strings; the id column is optional. Images: a uint8 tensor.
     """
-    id_column = detector.effective_config.data.id_column
+    outputs = infer_signature(example, detector.score_frame(example)).outputs
+    if isinstance(example, np.ndarray):
+        return ModelSignature(inputs=infer_signature(example).inputs, outputs=outputs)
+    base = _base_detector(detector)
+    id_column = base.effective_config.data.id_column
     inputs = []
     if id_column is not None and id_column in example.columns:
         inputs.append(ColSpec(AnyType(), id_column, required=False))
-    for column in detector.preprocessor_.columns:
+    for column in base.preprocessor_.columns:
         text = column.kind == "categorical" and not pd.api.types.is_numeric_dtype(
             example[column.name]
         )
         inputs.append(ColSpec(DataType.string if text else AnyType(), column.name))
-    outputs = infer_signature(example, detector.score_frame(example)).outputs
     return ModelSignature(inputs=Schema(inputs), outputs=outputs)
 
 
-def input_example(detector: VAEDetector, frame: pd.DataFrame, rows: int = 5) -> pd.DataFrame:
-    """The first rows of the model's input columns (and the id column, if any)."""
-    columns = list(detector.preprocessor_.input_columns)
-    id_column = detector.effective_config.data.id_column
-    if id_column is not None and id_column in frame.columns:
+def input_example(
+    detector: Any, data: pd.DataFrame | np.ndarray, rows: int = 5
+) -> pd.DataFrame | np.ndarray:
+    """The first rows of the model's input columns (and the id column, if any), or
+    the first images."""
+    if isinstance(data, np.ndarray):
+        return data[:2]
+    base = _base_detector(detector)
+    columns = list(base.preprocessor_.input_columns)
+    id_column = base.effective_config.data.id_column
+    if id_column is not None and id_column in data.columns:
         columns.insert(0, id_column)
-    return frame[columns].head(rows)
+    return data[columns].head(rows)
 
 
 def log_fit_run(
-    detector: VAEDetector,
+    detector: Any,
     config: Config,
     model_dir: Path,
-    training_frame: pd.DataFrame,
+    data: TrainingData,
     evaluation: dict[str, Any] | None = None,
-    evaluation_frame: pd.DataFrame | None = None,
-    evaluation_labels: np.ndarray | None = None,
     register: bool | None = None,
 ) -> TrackedRun:
     """Log one fit as one MLflow run in the current experiment; register the model.
@@ -138,81 +165,97 @@ def log_fit_run(
     ``register`` moves the ``champion`` alias to the new version (default:
     ``config.tracking.register_champion``).
     """
-    client = MlflowClient()
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as scratch:
-        run_id = run.info.run_id
-        mlflow.log_params({k: _param(v) for k, v in flatten(config).items()})
-        mlflow.set_tags({"model": config.model.name, "score": config.scoring.score})
-        _log_history(client, run_id, detector)
-        mlflow.log_metrics(
-            {
-                "threshold": detector.threshold_,
-                "calibration_fpr": detector.calibration_["calibration_fpr"],
-                "best_epoch": detector.history_.best_epoch,
-                "training_seconds": detector.history_.seconds,
-                **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
-            }
-        )
+    with mlflow.start_run() as run:
+        log_detector(detector, config, data, evaluation)
+        return log_model(detector, config, model_dir, data, run, register)
+
+
+def log_detector(
+    detector: Any,
+    config: Config,
+    data: TrainingData,
+    evaluation: dict[str, Any] | None,
+) -> None:
+    """Into the active run: config, losses per epoch, calibration, evaluation, plots."""
+    run_id = mlflow.active_run().info.run_id
+    mlflow.log_params({k: _param(v) for k, v in flatten(config).items()})
+    mlflow.set_tags({"model": config.model.name, "score": detector.calibration_["score"]})
+    with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-        (out / "calibration.json").write_text(json.dumps(detector.calibration_, indent=2))
-        anomalous_scores = None
-        if evaluation is not None:
+        log_calibration(detector, data, evaluation, out)
+        if isinstance(detector, VAEDetector):
+            _log_history(MlflowClient(), run_id, detector)
             mlflow.log_metrics(
                 {
-                    k: evaluation[k]
-                    for k in (
-                        "auroc",
-                        "aucpr",
-                        "f1_optimal_threshold",
-                        "f1_optimal",
-                        "precision",
-                        "recall",
-                        "f1",
-                        "false_positive_rate",
-                    )
+                    "best_epoch": detector.history_.best_epoch,
+                    "training_seconds": detector.history_.seconds,
                 }
             )
-            mlflow.log_metrics(
-                {f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()}
-            )
-            (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-            _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
-            _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
-            anomalous_scores = detector.anomaly_score(evaluation_frame[evaluation_labels])
-        _save(
-            plots.score_histogram(
-                detector.calibration_scores_,
-                detector.threshold_,
-                config.scoring.score,
-                anomalous_scores,
-            ),
-            out / "plots" / "score_histogram.png",
-        )
-        _log_latents(detector, training_frame, evaluation_frame, evaluation_labels, out)
+            _log_latents(detector, data, out)
         mlflow.log_artifacts(str(out))
 
-        example = input_example(detector, training_frame)
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(PYFUNC_ENTRY),
-            artifacts={DETECTOR_ARTIFACT: str(model_dir)},
-            signature=model_signature(detector, example),
-            input_example=example,
-            registered_model_name=config.tracking.registered_model_name,
-            pip_requirements=_requirements(),
-        )
+
+def log_calibration(
+    detector: Any, data: TrainingData, evaluation: dict[str, Any] | None, out: Path
+) -> None:
+    """Threshold and evaluation metrics; calibration/evaluation JSON and plots into ``out``."""
+    mlflow.log_metrics(
+        {
+            "threshold": detector.threshold_,
+            "calibration_fpr": detector.calibration_["calibration_fpr"],
+            **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
+        }
+    )
+    (out / "calibration.json").write_text(json.dumps(detector.calibration_, indent=2))
+    anomalous_scores = None
+    if evaluation is not None:
+        mlflow.log_metrics({k: evaluation[k] for k in EVALUATION_METRICS})
+        mlflow.log_metrics({f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()})
+        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
+        _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
+        anomalous_scores = detector.anomaly_score(_take(data.evaluation, data.evaluation_labels))
+    histogram = plots.score_histogram(
+        detector.calibration_scores_,
+        detector.threshold_,
+        detector.calibration_["score"],
+        anomalous_scores,
+    )
+    _save(histogram, out / "plots" / "score_histogram.png")
+
+
+def log_model(
+    detector: Any,
+    config: Config,
+    model_dir: Path,
+    data: TrainingData,
+    run: Any,
+    register: bool | None = None,
+) -> TrackedRun:
+    """Log the saved model in ``model_dir`` as a pyfunc model of the active run;
+    register it, and move the champion alias when asked."""
+    example = input_example(detector, data.train)
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(PYFUNC_ENTRY),
+        artifacts={DETECTOR_ARTIFACT: str(model_dir)},
+        signature=model_signature(detector, example),
+        input_example=example,
+        registered_model_name=config.tracking.registered_model_name,
+        pip_requirements=_requirements(),
+    )
     version = str(info.registered_model_version) if info.registered_model_version else None
     model_uri = info.model_uri
     champion = config.tracking.register_champion if register is None else register
     if version is not None:
         model_uri = f"models:/{config.tracking.registered_model_name}/{version}"
         if champion:
-            client.set_registered_model_alias(
+            MlflowClient().set_registered_model_alias(
                 config.tracking.registered_model_name, CHAMPION_ALIAS, version
             )
     return TrackedRun(
-        run_id=run_id,
+        run_id=run.info.run_id,
         model_uri=model_uri,
         model_version=version,
         artifact_uri=run.info.artifact_uri,
@@ -231,37 +274,33 @@ def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> No
         client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
-def _log_latents(
-    detector: VAEDetector,
-    training_frame: pd.DataFrame,
-    evaluation_frame: pd.DataFrame | None,
-    evaluation_labels: np.ndarray | None,
-    out: Path,
-) -> None:
+def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
-    validation = training_frame.iloc[detector.split_rows_["validation"]]
+    validation = _take(data.train, detector.split_rows_["validation"])
     latents = detector.encode(validation)
-    table = pd.DataFrame(
-        latents, columns=[f"z{i}" for i in range(latents.shape[1])], index=validation.index
-    )
+    index = validation.index if isinstance(validation, pd.DataFrame) else None
+    table = pd.DataFrame(latents, columns=[f"z{i}" for i in range(latents.shape[1])], index=index)
     groups = np.full(len(latents), "normal", dtype=object)
     id_column = detector.effective_config.data.id_column
-    if id_column is not None and id_column in validation.columns:
+    if isinstance(validation, pd.DataFrame) and id_column in validation.columns:
         table.insert(0, id_column, validation[id_column])
     (out / "latents").mkdir(exist_ok=True)
     table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
-    if evaluation_frame is not None and evaluation_labels is not None and evaluation_labels.any():
-        latents = np.vstack([latents, detector.encode(evaluation_frame[evaluation_labels])])
-        groups = np.concatenate(
-            [groups, np.full(int(evaluation_labels.sum()), "anomalous", dtype=object)]
-        )
+    if data.has_evaluation():
+        anomalies = _take(data.evaluation, data.evaluation_labels)
+        latents = np.vstack([latents, detector.encode(anomalies)])
+        groups = np.concatenate([groups, np.full(len(anomalies), "anomalous", dtype=object)])
     title = "Latent means of validation rows" + (
         " and labelled anomalies" if "anomalous" in groups else ""
     )
-    _save(
-        plots.latent_scatter(latents, groups, title),
-        out / "plots" / "latent_means.png",
-    )
+    _save(plots.latent_scatter(latents, groups, title), out / "plots" / "latent_means.png")
+
+
+def _take(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
+    """Rows of a table or image array by position or boolean mask."""
+    if isinstance(data, pd.DataFrame):
+        return data.iloc[np.flatnonzero(rows) if rows.dtype == bool else rows]
+    return data[rows]
 
 
 def _save(fig: Any, path: Path) -> None:

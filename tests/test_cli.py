@@ -176,6 +176,11 @@ def test_help_documents_options_with_defaults(command):
         assert "default: 5000" in text
 
 
-def test_models_lists_the_registry():
+def test_models_lists_the_registry_with_data_kinds():
+    from anomaly_vae.models import available_models
+
     result = CliRunner().invoke(main, ["models"])
-    assert result.exit_code == 0 and result.output.startswith("vae ")
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line for line in result.output.splitlines()}
+    assert set(lines) == set(available_models())
+    assert "[data: image]" in lines["conv-vae"] and "[data: table, image]" in lines["vae"]

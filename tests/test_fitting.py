@@ -22,7 +22,7 @@ def test_labelled_anomalies_never_reach_training(tmp_path, labelled_config):
     result = fit_table(
         tmp_path / "train.csv",
         labelled_config,
-        eval_data=tmp_path / "extra.parquet",
+        eval_source=tmp_path / "extra.parquet",
         project_dir=tmp_path,
     )
     normal = 460
@@ -42,7 +42,7 @@ def test_eval_file_needs_a_label_column(tmp_path):
     config = tiny_config("tracking.enabled=false", "data.id_column=reading_id")
     with pytest.raises(DataError, match="--eval needs --label-col"):
         fit_table(
-            tmp_path / "train.csv", config, eval_data=tmp_path / "train.csv", project_dir=tmp_path
+            tmp_path / "train.csv", config, eval_source=tmp_path / "train.csv", project_dir=tmp_path
         )
 
 

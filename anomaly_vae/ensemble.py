@@ -1,0 +1,140 @@
+"""A rank-averaged ensemble of fitted detectors (the family's extra candidate).
+
+Each member's score is turned into its percentile among that member's scores of
+the reference rows (normal rows none of the members trained on: the shared
+validation split), and the percentiles are averaged. The result, in [0, 1], has
+higher = more anomalous, and is calibrated like a single detector: the threshold
+is the ``1 - target_fpr`` quantile of the ensemble scores of the calibration rows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.calibration import calibration_summary, quantile_threshold
+from anomaly_vae.config import DetectorConfig
+from anomaly_vae.detector import VAEDetector
+from anomaly_vae.errors import ModelNotFoundError
+
+ENSEMBLE_FILE = "ensemble.json"
+SCORE_NAME = "ensemble_rank"
+
+
+class EnsembleDetector:
+    """Mean percentile of member scores. Same scoring API as :class:`VAEDetector`:
+    ``anomaly_score`` / ``score_frame`` / ``threshold_`` are higher = more anomalous;
+    ``score_samples`` negates; ``predict`` gives -1 for anomalies."""
+
+    def __init__(self, members: dict[str, VAEDetector], references: dict[str, np.ndarray]) -> None:
+        self.members = members
+        self.references = {name: np.sort(values) for name, values in references.items()}
+
+    @classmethod
+    def from_members(
+        cls, members: dict[str, VAEDetector], train: pd.DataFrame | np.ndarray
+    ) -> EnsembleDetector:
+        """Build from members fit on the same ``train`` data with the same split."""
+        first = next(iter(members.values()))
+        validation, calibration = (first.split_rows_[k] for k in ("validation", "calibration"))
+        references = {
+            name: member.anomaly_score(_take(train, validation)) for name, member in members.items()
+        }
+        ensemble = cls(members, references)
+        calibration_scores = ensemble.anomaly_score(_take(train, calibration))
+        target = first.effective_config.calibration.target_fpr
+        ensemble.threshold_ = quantile_threshold(calibration_scores, target)
+        ensemble.offset_ = -ensemble.threshold_
+        ensemble.calibration_scores_ = calibration_scores
+        ensemble.calibration_ = calibration_summary(
+            calibration_scores, ensemble.threshold_, target
+        ) | {"score": SCORE_NAME}
+        ensemble.n_training_rows_ = dict(first.n_training_rows_)
+        return ensemble
+
+    @property
+    def effective_config(self) -> DetectorConfig:
+        return next(iter(self.members.values())).effective_config
+
+    @property
+    def first(self) -> VAEDetector:
+        return next(iter(self.members.values()))
+
+    def all_scores(self, X: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
+        """Each member's configured score (``score_<name>``) and the ensemble's."""
+        scores = {f"score_{name}": m.anomaly_score(X) for name, m in self.members.items()}
+        percentiles = [
+            np.searchsorted(self.references[name], scores[f"score_{name}"], side="right")
+            / len(self.references[name])
+            for name in self.members
+        ]
+        scores[SCORE_NAME] = np.mean(percentiles, axis=0)
+        return scores
+
+    def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return self.all_scores(X)[SCORE_NAME]
+
+    def score_frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        out = pd.DataFrame(self.all_scores(X), index=index)
+        out["score"] = out[SCORE_NAME]
+        out["is_anomaly"] = out["score"] > self.threshold_
+        id_column = self.effective_config.data.id_column
+        if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
+            out.insert(0, id_column, X[id_column])
+        return out
+
+    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        for name, member in self.members.items():
+            member.save(path / "members" / name)
+        document = {
+            "kind": "ensemble",
+            "members": list(self.members),
+            "references": {name: values.tolist() for name, values in self.references.items()},
+            "threshold": self.threshold_,
+            "calibration": self.calibration_,
+            "calibration_scores": self.calibration_scores_.tolist(),
+            "rows": self.n_training_rows_,
+        }
+        (path / ENSEMBLE_FILE).write_text(json.dumps(document, indent=2, allow_nan=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> EnsembleDetector:
+        path = Path(path)
+        if not (path / ENSEMBLE_FILE).is_file():
+            raise ModelNotFoundError(f"{path} is not a saved anomaly-vae ensemble")
+        document = json.loads((path / ENSEMBLE_FILE).read_text())
+        members = {name: VAEDetector.load(path / "members" / name) for name in document["members"]}
+        ensemble = cls(members, {k: np.asarray(v) for k, v in document["references"].items()})
+        ensemble.threshold_ = float(document["threshold"])
+        ensemble.offset_ = -ensemble.threshold_
+        ensemble.calibration_ = document["calibration"]
+        ensemble.calibration_scores_ = np.asarray(document["calibration_scores"])
+        ensemble.n_training_rows_ = document["rows"]
+        return ensemble
+
+
+def load_saved(path: str | Path) -> VAEDetector | EnsembleDetector:
+    """Load a saved detector or ensemble folder, whichever it is."""
+    path = Path(path)
+    if (path / ENSEMBLE_FILE).is_file():
+        return EnsembleDetector.load(path)
+    return VAEDetector.load(path)
+
+
+def _take(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
+    return data.iloc[rows] if isinstance(data, pd.DataFrame) else data[rows]
