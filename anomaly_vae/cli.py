@@ -97,6 +97,12 @@ def main(verbose: bool) -> None:
     help="Where to save the model [default: mlruns/models/<timestamp>/].",
 )
 @click.option(
+    "--family",
+    is_flag=True,
+    help="Train every variant that suits the data (family.variants to choose), compare "
+    "them and their ensemble, keep the best (family.select_by).",
+)
+@click.option(
     "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -111,6 +117,7 @@ def fit(
     overrides: tuple[str, ...],
     register: bool | None,
     model_dir: Path | None,
+    family: bool,
     no_tracking: bool,
     quiet: bool,
 ) -> None:
@@ -131,25 +138,40 @@ def fit(
         cli_overrides.append("tracking.enabled=false")
     config = load_config(config_file, cli_overrides)
     config.training.progress = not quiet
-    result = fit_source(
-        data,
-        config,
-        eval_source=eval_file,
-        normal_class=normal_class,
-        model_dir=model_dir,
-        register=register,
-    )
+    arguments = {
+        "eval_source": eval_file,
+        "normal_class": normal_class,
+        "model_dir": model_dir,
+        "register": register,
+    }
+    if family:
+        from anomaly_vae.family import fit_family, format_comparison
+
+        def announce(name: str) -> None:
+            click.echo(f"Training {name} ...", err=True)
+
+        result = fit_family(data, config, progress=announce, **arguments)
+        click.echo(format_comparison(result))
+        click.echo(f"Family trained in {result.seconds:.1f} s.\n")
+        config.model.name = result.chosen
+    else:
+        result = fit_source(data, config, **arguments)
     _print_fit_summary(result, config)
 
 
 def _print_fit_summary(result: Any, config: Config) -> None:
     detector, rows = result.detector, result.rows
-    history, calibration = detector.history_, detector.calibration_
+    calibration = detector.calibration_
     n_fit = rows["train"] + rows["validation"] + rows["calibration"]
+    history = getattr(detector, "history_", None)
+    epochs = (
+        f": {len(history.epochs)} epochs, best {history.best_epoch}, {history.seconds:.1f} s"
+        if history is not None
+        else ""
+    )
     click.echo(
         f"Trained '{config.model.name}' on {n_fit:,} normal rows (train {rows['train']:,} / "
-        f"validation {rows['validation']:,} / calibration {rows['calibration']:,}): "
-        f"{len(history.epochs)} epochs, best {history.best_epoch}, {history.seconds:.1f} s"
+        f"validation {rows['validation']:,} / calibration {rows['calibration']:,}){epochs}"
     )
     if rows["labelled_anomalies_excluded"]:
         click.echo(

@@ -130,6 +130,17 @@ class EvaluationConfig:
 
 
 @dataclass
+class FamilyConfig:
+    """`anomaly-vae fit --family`: train every suitable variant and pick one."""
+
+    variants: list[str] = field(default_factory=list)  # registry names; empty = every
+    # variant that suits the data (conditional ones only when a condition is configured)
+    ensemble: bool = True  # also offer the rank-averaged ensemble of the variants
+    select_by: str = "auto"  # "criterion" (validation -ELBO, needs no labels), "auroc"
+    # (labelled evaluation data), or "auto": auroc when labels exist, else criterion
+
+
+@dataclass
 class TrackingConfig:
     """MLflow tracking and registry."""
 
@@ -144,7 +155,13 @@ class Config(DetectorConfig):
     """A whole `fit` run: the detector plus evaluation and tracking."""
 
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    family: FamilyConfig = field(default_factory=FamilyConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.family.select_by not in ("auto", "criterion", "auroc"):
+            raise ConfigError("family.select_by must be auto, criterion or auroc")
 
     def detector_config(self) -> DetectorConfig:
         """The part of this config that belongs to the saved detector."""

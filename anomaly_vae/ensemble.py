@@ -2,8 +2,8 @@
 
 Each member's score is turned into its percentile among that member's scores of
 the reference rows (normal rows none of the members trained on: the shared
-validation split), and the percentiles are averaged. The result, in [0, 1], has
-higher = more anomalous, and is calibrated like a single detector: the threshold
+validation split), and the percentiles are averaged. The result (in [0, 1] within
+the reference range, above 1 beyond it) has higher = more anomalous, and is calibrated like a single detector: the threshold
 is the ``1 - target_fpr`` quantile of the ensemble scores of the calibration rows.
 """
 
@@ -17,6 +17,7 @@ import pandas as pd
 
 from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig
+from anomaly_vae.data import take_rows
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import ModelNotFoundError
 
@@ -41,10 +42,11 @@ class EnsembleDetector:
         first = next(iter(members.values()))
         validation, calibration = (first.split_rows_[k] for k in ("validation", "calibration"))
         references = {
-            name: member.anomaly_score(_take(train, validation)) for name, member in members.items()
+            name: member.anomaly_score(take_rows(train, validation))
+            for name, member in members.items()
         }
         ensemble = cls(members, references)
-        calibration_scores = ensemble.anomaly_score(_take(train, calibration))
+        calibration_scores = ensemble.anomaly_score(take_rows(train, calibration))
         target = first.effective_config.calibration.target_fpr
         ensemble.threshold_ = quantile_threshold(calibration_scores, target)
         ensemble.offset_ = -ensemble.threshold_
@@ -67,8 +69,7 @@ class EnsembleDetector:
         """Each member's configured score (``score_<name>``) and the ensemble's."""
         scores = {f"score_{name}": m.anomaly_score(X) for name, m in self.members.items()}
         percentiles = [
-            np.searchsorted(self.references[name], scores[f"score_{name}"], side="right")
-            / len(self.references[name])
+            reference_percentile(self.references[name], scores[f"score_{name}"])
             for name in self.members
         ]
         scores[SCORE_NAME] = np.mean(percentiles, axis=0)
@@ -128,13 +129,23 @@ class EnsembleDetector:
         return ensemble
 
 
+def reference_percentile(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Share of the sorted ``reference`` scores at or below each score, ``(n,)``.
+
+    Above the largest reference score it goes on growing linearly (1 + excess /
+    reference range) instead of stopping at 1: rows more extreme than every reference
+    row must still rank among themselves, and a threshold must stay reachable.
+    """
+    percentile = np.searchsorted(reference, scores, side="right") / len(reference)
+    spread = max(float(reference[-1] - reference[0]), 1e-12)
+    beyond = scores > reference[-1]
+    percentile[beyond] = 1.0 + (scores[beyond] - reference[-1]) / spread
+    return percentile
+
+
 def load_saved(path: str | Path) -> VAEDetector | EnsembleDetector:
     """Load a saved detector or ensemble folder, whichever it is."""
     path = Path(path)
     if (path / ENSEMBLE_FILE).is_file():
         return EnsembleDetector.load(path)
     return VAEDetector.load(path)
-
-
-def _take(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
-    return data.iloc[rows] if isinstance(data, pd.DataFrame) else data[rows]

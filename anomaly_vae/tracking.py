@@ -26,6 +26,7 @@ from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
 
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
+from anomaly_vae.data import take_rows
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.fitting import TrainingData
 
@@ -178,7 +179,7 @@ def log_detector(
 ) -> None:
     """Into the active run: config, losses per epoch, calibration, evaluation, plots."""
     run_id = mlflow.active_run().info.run_id
-    mlflow.log_params({k: _param(v) for k, v in flatten(config).items()})
+    mlflow.log_params({k: param_value(v) for k, v in flatten(config).items()})
     mlflow.set_tags({"model": config.model.name, "score": detector.calibration_["score"]})
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
@@ -215,7 +216,9 @@ def log_calibration(
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
         _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
-        anomalous_scores = detector.anomaly_score(_take(data.evaluation, data.evaluation_labels))
+        anomalous_scores = detector.anomaly_score(
+            take_rows(data.evaluation, data.evaluation_labels)
+        )
     histogram = plots.score_histogram(
         detector.calibration_scores_,
         detector.threshold_,
@@ -276,7 +279,7 @@ def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> No
 
 def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
-    validation = _take(data.train, detector.split_rows_["validation"])
+    validation = take_rows(data.train, detector.split_rows_["validation"])
     latents = detector.encode(validation)
     index = validation.index if isinstance(validation, pd.DataFrame) else None
     table = pd.DataFrame(latents, columns=[f"z{i}" for i in range(latents.shape[1])], index=index)
@@ -287,7 +290,7 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     (out / "latents").mkdir(exist_ok=True)
     table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
     if data.has_evaluation():
-        anomalies = _take(data.evaluation, data.evaluation_labels)
+        anomalies = take_rows(data.evaluation, data.evaluation_labels)
         latents = np.vstack([latents, detector.encode(anomalies)])
         groups = np.concatenate([groups, np.full(len(anomalies), "anomalous", dtype=object)])
     title = "Latent means of validation rows" + (
@@ -296,20 +299,13 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     _save(plots.latent_scatter(latents, groups, title), out / "plots" / "latent_means.png")
 
 
-def _take(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
-    """Rows of a table or image array by position or boolean mask."""
-    if isinstance(data, pd.DataFrame):
-        return data.iloc[np.flatnonzero(rows) if rows.dtype == bool else rows]
-    return data[rows]
-
-
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plots.close(fig)
 
 
-def _param(value: Any) -> Any:
+def param_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list) else value
 
 

@@ -55,6 +55,14 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
 
+def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
+    """Rows of a table or an image array, by position or boolean mask."""
+    rows = np.asarray(rows)
+    if isinstance(data, pd.DataFrame):
+        return data.iloc[np.flatnonzero(rows) if rows.dtype == bool else rows]
+    return data[rows]
+
+
 def label_vector(frame: pd.DataFrame, column: str) -> np.ndarray:
     """The label column as ``(n,)`` bool, True = anomaly. Accepts 0/1 or booleans."""
     if column not in frame.columns:

@@ -1,0 +1,234 @@
+"""The family pipeline: train every suitable VAE variant on the same normal data with
+the same splits, compare them, offer their ensemble, and keep the best.
+
+The label-free criterion is the mean negative ELBO of the shared validation rows,
+in nats per row: every variant's ``negative_elbo`` bounds -log p(x) of the same
+features (for VQ-VAE the KL to its uniform code prior is the constant log K per
+code), so the numbers are on one footing. Variants that model p(x | c) rather than
+p(x) (conditional ones) and the ensemble have no such number; they can be chosen
+only by AUROC on labelled evaluation data.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.config import Config, flatten
+from anomaly_vae.data import take_rows
+from anomaly_vae.detector import VAEDetector
+from anomaly_vae.ensemble import EnsembleDetector
+from anomaly_vae.errors import ConfigError
+from anomaly_vae.fitting import (
+    FitResult,
+    TrainingData,
+    evaluate_detector,
+    fit_rows,
+    load_training_data,
+    save_model,
+)
+from anomaly_vae.models import available_models, get_model
+
+logger = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+
+
+@dataclass
+class Candidate:
+    name: str
+    detector: Any
+    config: Config
+    evaluation: dict[str, Any] | None
+    seconds: float
+    criterion: float = math.nan  # mean validation -ELBO, nats per row (nan: not comparable)
+
+
+@dataclass
+class FamilyResult(FitResult):
+    chosen: str = ""
+    comparison: pd.DataFrame = field(default_factory=pd.DataFrame)
+    select_by: str = ""
+    seconds: float = 0.0
+
+
+def suitable_variants(config: Config, data_kind: str) -> list[str]:
+    """Registry names that suit the data: the right data kind, and a condition
+    configured for conditional variants (images: never, from the CLI)."""
+    has_condition = data_kind == "table" and bool(config.data.condition_columns)
+    names = config.family.variants or available_models()
+    unknown = [n for n in names if n not in available_models()]
+    if unknown:
+        get_model(unknown[0])  # raises with the list of valid names
+    return [
+        name
+        for name in names
+        if data_kind in get_model(name).data_kinds
+        and (has_condition or not get_model(name).uses_condition)
+    ]
+
+
+def fit_family(
+    source: str | Path,
+    config: Config,
+    eval_source: str | Path | None = None,
+    normal_class: str | None = None,
+    project_dir: Path | None = None,
+    model_dir: Path | None = None,
+    register: bool | None = None,
+    progress: Any = None,
+) -> FamilyResult:
+    """Train the family on ``source`` and keep the best candidate (see module docstring).
+
+    ``progress(name)`` is called before each variant is trained.
+    """
+    start = time.perf_counter()
+    project_dir = project_dir or Path.cwd()
+    data = load_training_data(source, config, eval_source, normal_class)
+    kind = "image" if isinstance(data.train, np.ndarray) and data.train.ndim >= 3 else "table"
+    names = suitable_variants(config, kind)
+    if not names:
+        raise ConfigError(f"no variant in family.variants suits {kind} data")
+    candidates = [_fit_variant(name, config, data, progress) for name in names]
+    if config.family.ensemble and len(candidates) > 1:
+        candidates.append(_ensemble(candidates, data))
+    select_by = config.family.select_by
+    if select_by == "auto":
+        select_by = "auroc" if data.has_evaluation() else "criterion"
+    if select_by == "auroc" and not data.has_evaluation():
+        raise ConfigError("family.select_by=auroc needs labelled evaluation data (--label-col)")
+    chosen = _choose(candidates, select_by)
+    comparison = _comparison_table(candidates, chosen.name)
+    saved = save_model(chosen.detector, project_dir, model_dir)
+    result = FamilyResult(
+        detector=chosen.detector,
+        model_dir=saved,
+        rows=fit_rows(chosen.detector, data),
+        evaluation=chosen.evaluation,
+        data=data,
+        chosen=chosen.name,
+        comparison=comparison,
+        select_by=select_by,
+        seconds=time.perf_counter() - start,
+    )
+    if config.tracking.enabled:
+        result.run = _track(result, candidates, config, register, project_dir)
+    return result
+
+
+def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -> Candidate:
+    if progress is not None:
+        progress(name)
+    variant_config = copy.deepcopy(config)
+    variant_config.model.name = name
+    start = time.perf_counter()
+    detector = VAEDetector(variant_config.detector_config()).fit(data.train)
+    seconds = time.perf_counter() - start
+    criterion = math.nan
+    if not get_model(name).uses_condition:
+        validation = take_rows(data.train, detector.split_rows_["validation"])
+        criterion = float(np.mean(detector.all_scores(validation)["negative_elbo"]))
+    evaluation = evaluate_detector(detector, data)
+    logger.info("%s: %.1f s, validation -ELBO %.4g", name, seconds, criterion)
+    return Candidate(name, detector, variant_config, evaluation, seconds, criterion)
+
+
+def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
+    start = time.perf_counter()
+    members = {c.name: c.detector for c in candidates}
+    ensemble = EnsembleDetector.from_members(members, data.train)
+    seconds = time.perf_counter() - start + sum(c.seconds for c in candidates)
+    config = copy.deepcopy(candidates[0].config)
+    config.model.name = ENSEMBLE
+    return Candidate(ENSEMBLE, ensemble, config, evaluate_detector(ensemble, data), seconds)
+
+
+def _choose(candidates: list[Candidate], select_by: str) -> Candidate:
+    if select_by == "auroc":
+        return max(candidates, key=lambda c: (c.evaluation or {}).get("auroc", -1.0))
+    comparable = [c for c in candidates if math.isfinite(c.criterion)]
+    return min(comparable, key=lambda c: c.criterion)
+
+
+def _comparison_table(candidates: list[Candidate], chosen: str) -> pd.DataFrame:
+    rows = []
+    for c in candidates:
+        evaluation = c.evaluation or {}
+        history = getattr(c.detector, "history_", None)
+        rows.append(
+            {
+                "variant": c.name,
+                "validation_neg_elbo_nats": c.criterion,
+                "auroc": 100 * evaluation["auroc"] if evaluation else math.nan,
+                "aucpr": 100 * evaluation["aucpr"] if evaluation else math.nan,
+                "threshold": c.detector.threshold_,
+                "fit_seconds": c.seconds,
+                "epochs": len(history.epochs) if history is not None else None,
+                "chosen": c.name == chosen,
+            }
+        )
+    return pd.DataFrame(rows).astype({"epochs": "Int64"})
+
+
+def _track(
+    result: FamilyResult,
+    candidates: list[Candidate],
+    config: Config,
+    register: bool | None,
+    project_dir: Path,
+) -> Any:
+    """One parent run (comparison table, chosen model) with a child run per candidate."""
+    import tempfile
+
+    import mlflow
+
+    from anomaly_vae import tracking
+
+    tracking.use_tracking(config.tracking.experiment, project_dir)
+    with mlflow.start_run(run_name="family") as parent:
+        for candidate in candidates:
+            with mlflow.start_run(run_name=candidate.name, nested=True):
+                tracking.log_detector(
+                    candidate.detector, candidate.config, result.data, candidate.evaluation
+                )
+                mlflow.log_metric("fit_seconds", candidate.seconds)
+        mlflow.set_tags({"chosen_variant": result.chosen, "selected_by": result.select_by})
+        mlflow.log_params(
+            {k: tracking.param_value(v) for k, v in flatten(config).items() if k != "model.name"}
+        )
+        mlflow.log_metric("family_seconds", result.seconds)
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch)
+            result.comparison.to_csv(out / "comparison.csv", index=False)
+            (out / "comparison.md").write_text(format_comparison(result) + "\n")
+            tracking.log_calibration(result.detector, result.data, result.evaluation, out)
+            mlflow.log_artifacts(str(out))
+        chosen_config = next(c.config for c in candidates if c.name == result.chosen)
+        return tracking.log_model(
+            result.detector, chosen_config, result.model_dir, result.data, parent, register
+        )
+
+
+def format_comparison(result: FamilyResult) -> str:
+    """The comparison table as aligned text, the chosen row marked."""
+    table = result.comparison.copy()
+    table["chosen"] = np.where(table["chosen"], "<-", "")
+    text = table.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-")
+    caveat = (
+        "; chosen on the same evaluation rows, so its AUROC is optimistic"
+        if result.select_by == "auroc"
+        else ""
+    )
+    return (
+        f"{text}\n\nchosen: {result.chosen} (by {result.select_by}{caveat}). "
+        "validation -ELBO in nats per row, lower is better; AUROC/AUCPR in % on the "
+        "labelled evaluation rows"
+    )
