@@ -3,8 +3,9 @@
 Each member's score is turned into its percentile among that member's scores of
 the reference rows (normal rows none of the members trained on: the shared
 validation split), and the percentiles are averaged. The result (in [0, 1] within
-the reference range, above 1 beyond it) has higher = more anomalous, and is calibrated like a single detector: the threshold
-is the ``1 - target_fpr`` quantile of the ensemble scores of the calibration rows.
+the reference range, above 1 beyond it) has higher = more anomalous, and is
+calibrated like a single detector: the threshold is the ``1 - target_fpr`` quantile
+of the ensemble scores of the calibration rows.
 """
 
 from __future__ import annotations
