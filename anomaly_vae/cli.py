@@ -208,7 +208,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
 
 
 @main.command()
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data")
 @click.option(
     "--model",
     "model_ref",
@@ -223,23 +223,41 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Output file, CSV (or Parquet by suffix) [default: <DATA stem>_scores.csv].",
 )
+@click.option(
+    "--maps",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Images: also write one anomaly-map PNG per image (|x - x_hat|) into this folder.",
+)
 @_user_errors
-def score(data: Path, model_ref: str | None, output: Path | None) -> None:
-    """Score every row of DATA (CSV or Parquet): id (or row number), reconstruction
-    error, negative ELBO, negative IWAE bound, the score used (higher = more
-    anomalous) and is_anomaly."""
-    from anomaly_vae.scoring import load_detector, score_table
+def score(data: str, model_ref: str | None, output: Path | None, maps: Path | None) -> None:
+    """Score every row of DATA: id (or row number), reconstruction error, negative
+    ELBO, the variant's own scores, the score used (higher = more anomalous) and
+    is_anomaly.
+
+    DATA is a CSV or Parquet table, a folder of images (flat, or one subfolder per
+    class), or fashionmnist:ROOT / mnist:ROOT (its test split); images get one row each.
+    """
+    from anomaly_vae.data.images import is_image_source
+    from anomaly_vae.scoring import load_detector, score_images, score_table
 
     detector = load_detector(model_ref)
-    output = output or Path(f"{data.stem}_scores.csv")
-    scores = score_table(data, detector, output)
+    stem = Path(data.rsplit(":", 1)[-1]).name if ":" in data else Path(data).stem
+    output = output or Path(f"{stem}_scores.csv")
+    if is_image_source(data):
+        scores = score_images(data, detector, output, maps)
+    else:
+        if maps is not None:
+            raise click.UsageError("--maps is for image data")
+        scores = score_table(data, detector, output)
     flagged = int(scores["is_anomaly"].sum())
     share = 100 * flagged / max(len(scores), 1)
     click.echo(
         f"Scored {len(scores):,} rows; flagged {flagged:,} ({share:.2f}%) as anomalous "
-        f"({detector.effective_config.scoring.score} > {detector.threshold_:.6g})."
+        f"({detector.calibration_['score']} > {detector.threshold_:.6g})."
     )
     click.echo(f"Scores written to {output}")
+    if maps is not None:
+        click.echo(f"Anomaly maps (|x - x_hat|, brighter = worse) written to {maps}/")
 
 
 @main.command()

@@ -79,6 +79,8 @@ class ScoringConfig:
     # negative_iwae_bound or reconstruction_error (chosen on the dev data: docs/scores.md)
     mc_samples: int = 16  # L, Monte Carlo samples of z per row for the ELBO estimate
     batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
+    max_batch_values: int = 2**22  # and at most this many decoded values (rows x L x
+    # features) per pass: keeps image scoring within a few hundred MB
     noise_bank_size: int = 4096  # distinct per-row noise draws; a row picks one by content hash
 
 
@@ -208,6 +210,8 @@ def validate(cfg: DetectorConfig) -> None:
         ),
         (cfg.scoring.mc_samples >= 1, "scoring.mc_samples must be >= 1"),
         (cfg.scoring.noise_bank_size >= 1, "scoring.noise_bank_size must be >= 1"),
+        (cfg.scoring.batch_size >= 1, "scoring.batch_size must be >= 1"),
+        (cfg.scoring.max_batch_values >= 1, "scoring.max_batch_values must be >= 1"),
         (0 < cfg.calibration.fraction < 1, "calibration.fraction must be in (0, 1)"),
         (0 < cfg.calibration.target_fpr < 1, "calibration.target_fpr must be in (0, 1)"),
         (

@@ -248,11 +248,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             )
         self.model_.eval()
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.model_.score_names}
-        for start in range(0, len(features), cfg.batch_size):
-            batch = features[start : start + cfg.batch_size]
+        size = self._batch_rows()
+        for start in range(0, len(features), size):
+            batch = features[start : start + size]
             condition = None
             if conditions is not None:
-                condition = torch.from_numpy(conditions[start : start + cfg.batch_size])
+                condition = torch.from_numpy(conditions[start : start + size])
             noise = noise_for_rows(batch, self._noise_bank)
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
@@ -261,6 +262,12 @@ class VAEDetector(OutlierMixin, BaseEstimator):
             name: np.concatenate(values) if values else np.empty(0)
             for name, values in parts.items()
         }
+
+    def _batch_rows(self) -> int:
+        """Rows per scoring pass: ``scoring.batch_size``, fewer for wide inputs."""
+        cfg = self.effective_config.scoring
+        values_per_row = cfg.mc_samples * math.prod(self.model_.input_shape)
+        return max(1, min(cfg.batch_size, cfg.max_batch_values // values_per_row))
 
     def all_scores(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
@@ -313,7 +320,7 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         """Apply ``function(features, condition)`` in scoring batches; concatenate."""
         check_is_fitted(self, "model_")
         features, conditions = self._model_input(X, condition)
-        size = self.effective_config.scoring.batch_size
+        size = self._batch_rows()
         self.model_.eval()
         outputs = []
         with torch.no_grad():

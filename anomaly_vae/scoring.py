@@ -6,13 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from anomaly_vae.data import read_table
+from anomaly_vae.data.images import read_images
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
-from anomaly_vae.errors import ModelNotFoundError
+from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
 
 ROW_COLUMN = "row"  # 0-based data-row position, written when the model has no id column
@@ -69,6 +71,42 @@ def score_table(data: str | Path, detector: VAEDetector, output: str | Path) -> 
         scores.insert(0, ROW_COLUMN, range(len(scores)))
     write_atomic(scores, Path(output))
     return scores
+
+
+def score_images(
+    source: str | Path,
+    detector: VAEDetector | EnsembleDetector,
+    output: str | Path,
+    maps_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """Score every image of ``source`` (a folder, or ``mnist:``/``fashionmnist:ROOT``,
+    whose test split is scored); one output row per image, with its name and class.
+
+    ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
+    brighter = worse reconstructed (single-model detectors only).
+    """
+    images = read_images(source, train=False)
+    scores = detector.score_frame(images.images)
+    scores.insert(0, "image", images.names)
+    if len(images.classes) > 1:
+        scores.insert(1, "class", [images.classes[i] for i in images.labels])
+    if maps_dir is not None:
+        if not isinstance(detector, VAEDetector):
+            raise DataError("anomaly maps need a single model, not an ensemble")
+        save_anomaly_maps(detector.anomaly_map(images.images), images.names, Path(maps_dir))
+    write_atomic(scores, Path(output))
+    return scores
+
+
+def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> None:
+    """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs named after the images."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = (np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)  # channels averaged
+    for name, image in zip(names, pixels, strict=True):
+        stem = Path(name).stem if "/" not in name or Path(name).suffix else name.replace("/", "_")
+        Image.fromarray(image).save(folder / f"{stem}.png")
 
 
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:

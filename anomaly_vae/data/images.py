@@ -78,16 +78,26 @@ def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
 
 
 def _read_folder(path: Path) -> ImageSet:
-    from PIL import Image
+    """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class "")."""
     from torchvision.datasets import ImageFolder
+    from torchvision.datasets.folder import IMG_EXTENSIONS
 
+    flat = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+    if flat:
+        return _decode([(str(p), 0) for p in flat], [""], path)
     try:
         folder = ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{path} holds no class subfolders with images: {exc}") from exc
+        raise DataError(f"{path} holds no images and no class subfolders with images") from exc
+    return _decode(folder.samples, list(folder.classes), path)
+
+
+def _decode(samples: list[tuple[str, int]], classes: list[str], path: Path) -> ImageSet:
+    from PIL import Image
+
     modes = set()
     arrays = []
-    for file, _ in folder.samples:  # decoding is per file; nothing to batch here
+    for file, _ in samples:  # decoding is per file; nothing to batch here
         try:
             with Image.open(file) as image:
                 modes.add("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
@@ -101,8 +111,8 @@ def _read_folder(path: Path) -> ImageSet:
         raise DataError(f"images in {path} have different sizes {sorted(sizes)}; resize them first")
     images = np.stack(pixels)
     images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
-    labels = np.array([label for _, label in folder.samples], dtype=np.int64)
-    return ImageSet(images, labels, list(folder.classes), [str(f) for f, _ in folder.samples])
+    labels = np.array([label for _, label in samples], dtype=np.int64)
+    return ImageSet(images, labels, classes, [str(f) for f, _ in samples])
 
 
 class ImagePreprocessor:

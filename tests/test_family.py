@@ -1,0 +1,128 @@
+"""The family pipeline: every suitable variant on the same splits, compared, the
+ensemble offered, the best kept and tracked as a parent run with child runs."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percentile
+from anomaly_vae.family import fit_family, format_comparison, suitable_variants
+from anomaly_vae.models import available_models, get_model
+from tests.conftest import mixed_table, tiny_config
+
+
+def test_suitable_variants_follow_what_models_declare():
+    config = tiny_config()
+    tables = suitable_variants(config, "table")
+    images = suitable_variants(config, "image")
+    assert "conv-vae" not in tables and "conv-vae" in images
+    assert "cvae" not in tables  # no condition columns configured
+    assert "cvae" in suitable_variants(tiny_config("data.condition_columns=[machine]"), "table")
+    for name in available_models():
+        cls = get_model(name)
+        if "table" in cls.data_kinds and not cls.uses_condition:
+            assert name in tables
+
+
+@pytest.fixture(scope="module")
+def family_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("family")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mixed_table(600, seed=0, anomalies=30).to_csv(root / "train.csv", index=False)
+        config = tiny_config(
+            "data.id_column=reading_id",
+            "data.label_column=is_fault",
+            "data.condition_columns=[machine]",
+        )
+        yield root, fit_family(root / "train.csv", config, project_dir=root, register=True)
+
+
+def test_family_compares_every_variant_and_the_ensemble(family_run):
+    _, result = family_run
+    table = result.comparison
+    expected = suitable_variants(tiny_config("data.condition_columns=[machine]"), "table")
+    assert table["variant"].tolist() == [*expected, "ensemble"]
+    assert table["chosen"].sum() == 1
+    assert table.loc[table["chosen"], "variant"].item() == result.chosen
+    assert result.select_by == "auroc"  # labels were given
+    assert table.loc[table["chosen"], "auroc"].item() == table["auroc"].max()
+    # Label-free criterion: finite for p(x) models, absent for p(x | c) and the ensemble.
+    criterion = table.set_index("variant")["validation_neg_elbo_nats"]
+    assert np.isfinite(criterion["vae"]) and np.isnan(criterion["cvae"])
+    assert np.isnan(criterion["ensemble"])
+    assert (table["auroc"] > 90).all()
+    assert "chosen: " in format_comparison(result)
+
+
+def test_family_is_tracked_as_parent_with_children(family_run):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    _, result = family_run
+    client = MlflowClient()
+    parent = client.get_run(result.run.run_id)
+    assert parent.data.tags["chosen_variant"] == result.chosen
+    children = mlflow.search_runs(
+        experiment_ids=[parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    assert sorted(children["tags.mlflow.runName"]) == sorted(result.comparison["variant"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"comparison.csv", "comparison.md", "plots"} <= artifacts
+    version = client.get_model_version_by_alias("anomaly-vae", "champion")
+    assert str(version.version) == result.run.model_version
+
+
+def test_chosen_model_loads_and_scores_the_same(family_run):
+    import mlflow
+
+    root, result = family_run
+    fresh = mixed_table(100, seed=7, anomalies=10)
+    expected = result.detector.anomaly_score(fresh)
+    np.testing.assert_allclose(load_saved(result.model_dir).anomaly_score(fresh), expected)
+    pyfunc = mlflow.pyfunc.load_model(result.run.model_uri)
+    np.testing.assert_allclose(pyfunc.predict(fresh)["score"].to_numpy(), expected)
+
+
+def test_without_labels_the_lowest_validation_elbo_wins(tmp_path):
+    mixed_table(400, seed=0).drop(columns="is_fault").to_csv(tmp_path / "t.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id", "tracking.enabled=false", "family.variants=[vae, beta-vae]"
+    )
+    result = fit_family(tmp_path / "t.csv", config, project_dir=tmp_path)
+    assert result.select_by == "criterion"
+    table = result.comparison.set_index("variant")
+    assert result.chosen == table["validation_neg_elbo_nats"].idxmin()
+    assert table.index.tolist() == ["vae", "beta-vae", "ensemble"]
+
+
+def test_ensemble_ranks_and_round_trips(tmp_path):
+    from anomaly_vae import VAEDetector
+
+    train = mixed_table(500, seed=0)
+    members = {
+        name: VAEDetector(
+            tiny_config(
+                f"model.name={name}", "data.id_column=reading_id", "data.label_column=is_fault"
+            ).detector_config()
+        ).fit(train)
+        for name in ("vae", "beta-vae")
+    }
+    ensemble = EnsembleDetector.from_members(members, train)
+    test = mixed_table(200, seed=1, anomalies=20)
+    scores = ensemble.score_frame(test)
+    assert {"score_vae", "score_beta-vae", "ensemble_rank", "score", "is_anomaly"} <= set(scores)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test["is_fault"], scores["score"]) > 0.9
+    ensemble.save(tmp_path / "e")
+    loaded = load_saved(tmp_path / "e")
+    pd.testing.assert_frame_equal(loaded.score_frame(test), scores)
+
+
+def test_reference_percentile_keeps_ranking_beyond_the_reference():
+    reference = np.array([1.0, 2.0, 3.0, 4.0])
+    got = reference_percentile(reference, np.array([0.5, 2.0, 4.0, 6.0, 10.0]))
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 1 + 2 / 3, 1 + 6 / 3])
