@@ -78,7 +78,7 @@ def test_family_is_tracked_as_parent_with_children(family_run):
 def test_chosen_model_loads_and_scores_the_same(family_run):
     import mlflow
 
-    root, result = family_run
+    _, result = family_run
     fresh = mixed_table(100, seed=7, anomalies=10)
     expected = result.detector.anomaly_score(fresh)
     np.testing.assert_allclose(load_saved(result.model_dir).anomaly_score(fresh), expected)

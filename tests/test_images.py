@@ -90,3 +90,34 @@ def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
     assert loaded.labels.tolist() == labels.tolist()
     with pytest.raises(DataError, match="FashionMNIST not found"):
         read_images(f"fashionmnist:{tmp_path}")
+
+
+def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for label, vertical, count in (("good", False, 150), ("scratch", True, 15)):
+        (tmp_path / "train" / label).mkdir(parents=True)
+        for i, image in enumerate(bars(count, seed=6 if vertical else 7, vertical=vertical)):
+            Image.fromarray(image[0]).save(tmp_path / "train" / label / f"{label}{i}.png")
+    (tmp_path / "new").mkdir()
+    for i, image in enumerate(np.concatenate([bars(4, seed=8), bars(2, seed=9, vertical=True)])):
+        Image.fromarray(image[0]).save(tmp_path / "new" / f"n{i}.png")
+    options = [f"--set={item}" for item in (*IMAGE_MODEL, "model.name=conv-vae")]
+    fit = CliRunner().invoke(
+        main, ["fit", "train", "--normal-class", "good", "--no-tracking", "--quiet", *options]
+    )
+    assert fit.exit_code == 0, fit.output
+    assert "Kept 15 labelled anomalies out of training." in fit.output and "AUROC" in fit.output
+    scored = CliRunner().invoke(main, ["score", "new", "-o", "s.csv", "--maps", "maps"])
+    assert scored.exit_code == 0, scored.output
+    import pandas as pd
+
+    scores = pd.read_csv(tmp_path / "s.csv")
+    assert [name.split("/")[-1] for name in scores["image"]] == [f"n{i}.png" for i in range(6)]
+    assert scores["score"][4:].min() > scores["score"][:4].max()  # vertical bars stand out
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [f"n{i}.png" for i in range(6)]
+    unnamed = CliRunner().invoke(main, ["fit", "train", "--no-tracking", *options])
+    assert unnamed.exit_code == 1 and "name the normal one with --normal-class" in unnamed.output
