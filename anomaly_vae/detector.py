@@ -20,7 +20,7 @@ from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig, from_dict, to_dict, validate
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.images import ImagePreprocessor
-from anomaly_vae.errors import DataError, ModelNotFoundError
+from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError
 from anomaly_vae.models import BaseVAE, get_model
 from anomaly_vae.noise import noise_bank, noise_for_rows
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
@@ -119,6 +119,11 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         config = self.effective_config
         validate(config)
         model_class = get_model(config.model.name)
+        if config.scoring.score not in model_class.score_names:
+            raise ConfigError(
+                f"model {config.model.name!r} has no score {config.scoring.score!r}; "
+                f"its scores: {', '.join(model_class.score_names)}"
+            )
         self.data_kind_ = "image" if _is_image_array(X) else "table"
         if self.data_kind_ not in model_class.data_kinds:
             raise DataError(

@@ -129,6 +129,8 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
         progress(name)
     variant_config = copy.deepcopy(config)
     variant_config.model.name = name
+    if config.scoring.score not in get_model(name).score_names:
+        variant_config.scoring.score = "negative_elbo"  # every variant has this one
     start = time.perf_counter()
     detector = VAEDetector(variant_config.detector_config()).fit(data.train)
     seconds = time.perf_counter() - start

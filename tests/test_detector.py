@@ -138,3 +138,11 @@ def test_cvae_scores_a_row_given_its_context():
     labels = np.r_[np.zeros(len(test)), np.ones(len(test))]
     scores = np.r_[detector.anomaly_score(test), detector.anomaly_score(swapped)]
     assert roc_auc_score(labels, scores) > 0.9
+
+
+def test_a_score_the_model_does_not_have_is_a_config_error():
+    from anomaly_vae.errors import ConfigError
+
+    config = tiny_config("model.name=vq-vae", "scoring.score=negative_iwae_bound")
+    with pytest.raises(ConfigError, match="has no score 'negative_iwae_bound'; its scores: "):
+        VAEDetector(config.detector_config()).fit(correlated_normal(100, seed=0))

@@ -43,6 +43,6 @@ def available_models() -> list[str]:
 
 
 # Variants register themselves on import.
-from anomaly_vae.models import beta_vae, conv_vae, cvae, hvae, vae  # noqa: E402, F401
+from anomaly_vae.models import beta_vae, conv_vae, cvae, hvae, vae, vq_vae  # noqa: E402, F401
 
 __all__ = ["BaseVAE", "available_models", "get_model", "register"]
