@@ -154,8 +154,14 @@ def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
 
 
 def _choose(candidates: list[Candidate], select_by: str) -> Candidate:
-    if select_by == "auroc":
-        return max(candidates, key=lambda c: (c.evaluation or {}).get("auroc", -1.0))
+    if select_by == "auroc":  # ties go to the better (lower) label-free criterion
+        return max(
+            candidates,
+            key=lambda c: (
+                (c.evaluation or {}).get("auroc", -1.0),
+                -c.criterion if math.isfinite(c.criterion) else -math.inf,
+            ),
+        )
     comparable = [c for c in candidates if math.isfinite(c.criterion)]
     return min(comparable, key=lambda c: c.criterion)
 

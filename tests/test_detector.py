@@ -6,6 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector
 from anomaly_vae.errors import DataError
+from anomaly_vae.models import available_models
 from tests.conftest import correlated_normal, mixed_table, tiny_config
 
 
@@ -146,3 +147,28 @@ def test_a_score_the_model_does_not_have_is_a_config_error():
     config = tiny_config("model.name=vq-vae", "scoring.score=negative_iwae_bound")
     with pytest.raises(ConfigError, match="has no score 'negative_iwae_bound'; its scores: "):
         VAEDetector(config.detector_config()).fit(correlated_normal(100, seed=0))
+
+
+def _variant_data(name: str):
+    """(training data, test data, labels) of the kind the variant takes."""
+    from anomaly_vae.models import get_model
+    from tests.conftest import planted_anomalies
+    from tests.test_images import bars
+
+    if "table" in get_model(name).data_kinds:
+        test = np.vstack([correlated_normal(200, seed=1), planted_anomalies(20, seed=2)])
+        return correlated_normal(600, seed=0), test, np.r_[np.zeros(200), np.ones(20)]
+    test = np.concatenate([bars(100, seed=1), bars(20, seed=2, vertical=True)])
+    return bars(400, seed=0), test, np.r_[np.zeros(100), np.ones(20)]
+
+
+@pytest.mark.parametrize("name", sorted(set(available_models()) - {"cvae"}))
+def test_every_variant_ranks_planted_anomalies_and_reloads_the_same(name, tmp_path):
+    """The registry contract through the detector (cvae: see the context test above)."""
+    train, test, labels = _variant_data(name)
+    config = tiny_config(f"model.name={name}", "model.conv_channels=[8, 16]")
+    detector = VAEDetector(config.detector_config()).fit(train)
+    scores = detector.score_frame(test)
+    assert roc_auc_score(labels, scores["score"]) > 0.9, name
+    detector.save(tmp_path / name)
+    pd.testing.assert_frame_equal(VAEDetector.load(tmp_path / name).score_frame(test), scores)

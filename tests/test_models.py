@@ -52,9 +52,17 @@ def structured(model, n: int) -> torch.Tensor:
     return (torch.randn(n, 2, generator=generator) @ basis).reshape(n, *model.input_shape)
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-def test_shapes(name):
-    model = build(name)
+SHAPES = [
+    (name, shape)
+    for name in VARIANTS
+    for kind, shape in (("table", (6,)), ("image", IMAGE))
+    if kind in get_model(name).data_kinds
+]
+
+
+@pytest.mark.parametrize(("name", "shape"), SHAPES)
+def test_shapes(name, shape):
+    model = build(name, shape=shape)
     x, noise, condition = inputs(model, 5)
     assert model.latent_mean(x, condition).shape[0] == 5
     assert model.reconstruct(x, condition).shape == x.shape
@@ -62,6 +70,8 @@ def test_shapes(name):
     assert tuple(scores) == model.score_names
     assert scores.keys() >= {"reconstruction_error", "negative_elbo"}
     assert all(s.shape == (5,) and torch.isfinite(s).all() for s in scores.values())
+    generated = model.generate(3, None if condition is None else condition[:3])
+    assert generated.shape == (3, *shape)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
