@@ -41,7 +41,61 @@ def _width(conditions: np.ndarray | None) -> int:
     return 0 if conditions is None else conditions.shape[1]
 
 
-class VAEDetector(OutlierMixin, BaseEstimator):
+class ThresholdedScores:
+    """The scikit-learn scoring methods, from ``all_scores``, ``score_name`` and
+    ``threshold_`` (shared by :class:`VAEDetector` and the family ensemble).
+
+    ``anomaly_score`` / ``score_frame`` / ``threshold_``: higher = more anomalous;
+    ``score_samples`` is the negation; ``predict`` gives -1 for anomalies.
+    """
+
+    score_name: str
+    threshold_: float
+    offset_: float
+
+    def all_scores(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def score_frame(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """Every score of every row, as the CLI and MLflow model report them.
+
+        One row per input row (same index for tables): the id column (when configured
+        and present), every score, ``score`` (the one in use, higher = more anomalous)
+        and ``is_anomaly`` (``score > threshold_``).
+        """
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        out = pd.DataFrame(self.all_scores(X, condition), index=index)
+        out["score"] = out[self.score_name]
+        out["is_anomaly"] = out["score"] > self.threshold_
+        id_column = self.effective_config.data.id_column
+        if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
+            out.insert(0, id_column, X[id_column])
+        return out
+
+    def anomaly_score(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(n,)`` the score in use, higher = more anomalous."""
+        return self.all_scores(X, condition)[self.score_name]
+
+    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal)."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` ``score_samples - offset_``: negative for anomalies, positive otherwise."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """``(n,)`` int: -1 for anomalies, +1 for normal rows."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+
+class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     """Anomaly detector: a VAE fit on normal rows, scored by how badly it explains a row.
 
     Score direction, stated once: ``anomaly_score``, ``score_frame`` and
@@ -281,43 +335,10 @@ class VAEDetector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         return self._scores_of_features(*self._model_input(X, condition))
 
-    def score_frame(
-        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
-    ) -> pd.DataFrame:
-        """Every score of every row, as the CLI and MLflow model report them.
-
-        Returns a DataFrame with one row per input row (same index for tables): the id
-        column (when configured and present), the model's scores (``reconstruction_error``,
-        ``negative_elbo`` and the variant's own, e.g. ``negative_iwae_bound``), ``score``
-        (the configured one, higher = more anomalous) and ``is_anomaly``
-        (``score > threshold_``).
-        """
-        index = X.index if isinstance(X, pd.DataFrame) else None
-        out = pd.DataFrame(self.all_scores(X, condition), index=index)
-        out["score"] = out[self.effective_config.scoring.score]
-        out["is_anomaly"] = out["score"] > self.threshold_
-        id_column = self.effective_config.data.id_column
-        if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
-            out.insert(0, id_column, X[id_column])
-        return out
-
-    def anomaly_score(
-        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
-    ) -> np.ndarray:
-        """``(n,)`` configured score, higher = more anomalous."""
-        return self.all_scores(X, condition)[self.effective_config.scoring.score]
-
-    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal)."""
-        return -self.anomaly_score(X)
-
-    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``(n,)`` ``score_samples - offset_``: negative for anomalies, positive otherwise."""
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``(n,)`` int: -1 for anomalies, +1 for normal rows."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
+    @property
+    def score_name(self) -> str:
+        """The score that drives the threshold and ``predict``."""
+        return self.effective_config.scoring.score
 
     def _batched(
         self, function: Any, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None

@@ -19,17 +19,19 @@ import pandas as pd
 from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig
 from anomaly_vae.data import take_rows
-from anomaly_vae.detector import VAEDetector
+from anomaly_vae.detector import ThresholdedScores, VAEDetector
 from anomaly_vae.errors import ModelNotFoundError
 
 ENSEMBLE_FILE = "ensemble.json"
 SCORE_NAME = "ensemble_rank"
 
 
-class EnsembleDetector:
+class EnsembleDetector(ThresholdedScores):
     """Mean percentile of member scores. Same scoring API as :class:`VAEDetector`:
     ``anomaly_score`` / ``score_frame`` / ``threshold_`` are higher = more anomalous;
     ``score_samples`` negates; ``predict`` gives -1 for anomalies."""
+
+    score_name = SCORE_NAME
 
     def __init__(self, members: dict[str, VAEDetector], references: dict[str, np.ndarray]) -> None:
         self.members = members
@@ -66,7 +68,9 @@ class EnsembleDetector:
     def first(self) -> VAEDetector:
         return next(iter(self.members.values()))
 
-    def all_scores(self, X: pd.DataFrame | np.ndarray) -> dict[str, np.ndarray]:
+    def all_scores(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         """Each member's configured score (``score_<name>``) and the ensemble's."""
         scores = {f"score_{name}": m.anomaly_score(X) for name, m in self.members.items()}
         percentiles = [
@@ -75,28 +79,6 @@ class EnsembleDetector:
         ]
         scores[SCORE_NAME] = np.mean(percentiles, axis=0)
         return scores
-
-    def anomaly_score(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        return self.all_scores(X)[SCORE_NAME]
-
-    def score_frame(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
-        index = X.index if isinstance(X, pd.DataFrame) else None
-        out = pd.DataFrame(self.all_scores(X), index=index)
-        out["score"] = out[SCORE_NAME]
-        out["is_anomaly"] = out["score"] > self.threshold_
-        id_column = self.effective_config.data.id_column
-        if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
-            out.insert(0, id_column, X[id_column])
-        return out
-
-    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        return -self.anomaly_score(X)
-
-    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        return np.where(self.decision_function(X) < 0, -1, 1)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
