@@ -65,6 +65,9 @@ class TrainingConfig:
     learning_rate: float = 1e-3  # Adam
     weight_decay: float = 0.0
     patience: int = 15  # epochs without validation improvement before stopping
+    min_steps: int = 2000  # small data sets have few batches per epoch: when epochs x
+    # batches is below this, epochs and patience are stretched by the same factor so
+    # training can run this many optimizer steps (2 batches x 200 epochs did not converge)
     validation_fraction: float = 0.1  # share of normal rows held out for early stopping
     seed: int = 0  # seeds weight init, shuffling, splits and scoring noise
     progress: bool = False  # show a progress bar (the CLI turns it on)
@@ -201,6 +204,8 @@ def validate(cfg: DetectorConfig) -> None:
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
         (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),
         (cfg.training.learning_rate > 0, "training.learning_rate must be > 0"),
+        (cfg.training.min_steps >= 0, "training.min_steps must be >= 0"),
+        (cfg.training.patience >= 1, "training.patience must be >= 1"),
         (
             0 < cfg.training.validation_fraction < 1,
             "training.validation_fraction must be in (0, 1)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,19 @@ class TrainingHistory:
         return self.epochs[self.best_epoch - 1]
 
 
+def stretched_schedule(config: TrainingConfig, batches_per_epoch: int) -> tuple[int, int]:
+    """``(epochs, patience)``, both multiplied by the smallest whole factor that gives at
+    least ``config.min_steps`` optimizer steps (factor 1 when there are enough already).
+
+    >>> stretched_schedule(TrainingConfig(epochs=200, patience=15, min_steps=2000), 2)
+    (1000, 75)
+    >>> stretched_schedule(TrainingConfig(epochs=200, patience=15, min_steps=2000), 80)
+    (200, 15)
+    """
+    factor = max(1, math.ceil(config.min_steps / (config.epochs * batches_per_epoch)))
+    return config.epochs * factor, config.patience * factor
+
+
 def train(
     model: BaseVAE,
     x_train: torch.Tensor,
@@ -61,22 +75,23 @@ def train(
     history = TrainingHistory()
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     batch_size = min(config.batch_size, x_train.shape[0])
+    # Drop a last batch smaller than half a batch: tiny batches give noisy steps.
+    n_batches = max(1, round(x_train.shape[0] / batch_size))
+    epochs, patience = stretched_schedule(config, n_batches)
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean.
     bar = tqdm(
-        range(1, config.epochs + 1),
+        range(1, epochs + 1),
         desc="training",
         unit="epoch",
         disable=True if not config.progress else None,
         mininterval=0.25,
     )
     for epoch in bar:
-        model.on_epoch_start(epoch, config.epochs)
+        model.on_epoch_start(epoch, epochs)
         model.train()
         order = torch.randperm(x_train.shape[0], generator=generator)
         totals = dict.fromkeys(LOSS_TERMS, 0.0)
-        # Drop a last batch smaller than half a batch: tiny batches give noisy steps.
-        n_batches = max(1, round(x_train.shape[0] / batch_size))
         for batch_index in range(n_batches):
             rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
             condition = None if condition_train is None else condition_train[rows]
@@ -107,7 +122,7 @@ def train(
             history.best_epoch = epoch
         else:
             stale += 1
-            if stale >= config.patience:
+            if stale >= patience:
                 history.stopped_early = True
                 break
     bar.close()

@@ -14,6 +14,7 @@ TINY = [
     "model.latent_dim=2",
     "training.epochs=150",
     "training.learning_rate=0.003",
+    "training.min_steps=0",
     "training.patience=10",
     "training.batch_size=64",
     "scoring.mc_samples=4",
