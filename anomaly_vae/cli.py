@@ -260,6 +260,82 @@ def score(data: str, model_ref: str | None, output: Path | None, maps: Path | No
         click.echo(f"Anomaly maps (|x - x_hat|, brighter = worse) written to {maps}/")
 
 
+VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "interpolation", "all")
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(VIEW_KINDS))
+@click.argument("data", required=False)
+@click.option(
+    "--model",
+    "model_ref",
+    metavar="REF",
+    help="A saved model folder or an MLflow model URI [default: the latest model fit here].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("views"),
+    help="Folder for the PNG (and CSV) files.",
+)
+@click.option("--label-col", help="Tables: colour the latent scatter by this 0/1 column.")
+@click.option("--count", default=64, help="generate: how many samples.")
+@click.option(
+    "--log", "log_to_run", is_flag=True, help="Also log the views to the model's MLflow run."
+)
+@_user_errors
+def view(
+    kind: str,
+    data: str | None,
+    model_ref: str | None,
+    out_dir: Path,
+    label_col: str | None,
+    count: int,
+    log_to_run: bool,
+) -> None:
+    """Draw a classic VAE view of a model: samples from the prior (generate), the most
+    anomalous inputs of DATA beside their reconstructions (reconstruct), latent means
+    (latents), the decoded latent grid (manifold), single-dimension traversals and an
+    interpolation between the first two rows of DATA. DATA: as for `score`."""
+    from anomaly_vae import views
+    from anomaly_vae.data import label_vector, read_table
+    from anomaly_vae.data.images import is_image_source, read_images
+    from anomaly_vae.scoring import load_detector
+
+    detector = load_detector(model_ref)
+    if not hasattr(detector, "model_"):
+        raise click.UsageError("views need a single model, not a family ensemble")
+    frame, labels = None, None
+    if data is not None:
+        if is_image_source(data):
+            images = read_images(data, train=False)
+            frame = images.images
+        else:
+            frame = read_table(data)
+            labels = label_vector(frame, label_col) if label_col else None
+    needs_data = {"reconstruct", "latents", "traversal", "interpolation", "all"}
+    if frame is None and kind in needs_data:
+        raise click.UsageError(f"the {kind} view needs DATA")
+    makers = {
+        "generate": lambda: [views.generation(detector, count)],
+        "reconstruct": lambda: [views.reconstructions(detector, frame)],
+        "latents": lambda: [views.latent_scatter(detector, frame, labels)],
+        "manifold": lambda: [views.manifold(detector, frame)],
+        "traversal": lambda: [views.traversal(detector, frame)],
+        "interpolation": lambda: [views.interpolation(detector, frame)],
+        "all": lambda: views.standard_views(detector, frame, labels),
+    }
+    written = [path for item in makers[kind]() for path in views.save_view(item, out_dir)]
+    for path in written:
+        click.echo(f"wrote {path}")
+    if log_to_run:
+        from anomaly_vae.tracking import log_files_to_run
+
+        run_id = log_files_to_run(model_ref, out_dir)
+        click.echo(f"logged to MLflow run {run_id}")
+
+
 @main.command()
 def models() -> None:
     """List the VAE variants with the data kinds each accepts."""

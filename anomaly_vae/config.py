@@ -154,6 +154,9 @@ class TrackingConfig:
     experiment: str = "anomaly-vae"
     registered_model_name: str = "anomaly-vae"
     register_champion: bool = False  # move the `champion` alias to the new model version
+    log_views: bool = True  # log the standard views (generation, reconstructions, latents,
+    # manifold, traversal, interpolation) with every fit
+    view_rows: int = 2000  # at most this many rows (or images) feed the logged views
 
 
 @dataclass

@@ -370,6 +370,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Expected reconstructions in model input units, ``(n, *input_shape)`` float32."""
         return self._batched(self.model_.reconstruct, X, condition)
 
+    def feature_surprise(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Per-feature surprise in nats, ``(n, *input_shape)`` (see BaseVAE.feature_surprise)."""
+        return self._batched(self.model_.feature_surprise, X, condition)
+
     def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
         """Per-pixel ``|x - x_hat|`` of images, ``(n, C, H, W)`` float32 in [0, 1]."""
         if self.data_kind_ != "image":

@@ -33,6 +33,7 @@ from anomaly_vae.fitting import (
     evaluate_detector,
     fit_rows,
     load_training_data,
+    record_run,
     save_model,
 )
 from anomaly_vae.models import available_models, get_model
@@ -121,6 +122,7 @@ def fit_family(
     )
     if config.tracking.enabled:
         result.run = _track(result, candidates, config, register, project_dir)
+        record_run(result.model_dir, result.run.run_id)
     return result
 
 

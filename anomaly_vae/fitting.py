@@ -180,7 +180,16 @@ def fit_source(
 
         tracking.use_tracking(config.tracking.experiment, project_dir)
         result.run = tracking.log_fit_run(detector, config, model_dir, data, evaluation, register)
+        record_run(model_dir, result.run.run_id)
     return result
+
+
+RUN_FILE = "mlflow_run_id"  # in a saved model folder: the MLflow run that logged it
+
+
+def record_run(model_dir: Path, run_id: str) -> None:
+    """Note in the model folder which MLflow run logged it (for `view --log`)."""
+    (Path(model_dir) / RUN_FILE).write_text(run_id + "\n")
 
 
 fit_table = fit_source  # the name used for tables

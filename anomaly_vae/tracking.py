@@ -194,6 +194,8 @@ def log_detector(
                 }
             )
             _log_latents(detector, data, out)
+            if config.tracking.log_views:
+                _log_views(detector, data, config.tracking.view_rows, out)
         mlflow.log_artifacts(str(out))
 
 
@@ -299,6 +301,24 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     _save(plots.latent_scatter(latents, groups, title), out / "plots" / "latent_means.png")
 
 
+def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) -> None:
+    """The standard views on (a seeded sample of) the labelled evaluation data, or on
+    the validation rows when there is none."""
+    from anomaly_vae import views
+
+    if data.has_evaluation():
+        source, labels = data.evaluation, data.evaluation_labels
+    else:
+        source = take_rows(data.train, detector.split_rows_["validation"])
+        labels = None
+    if len(source) > rows:
+        chosen = np.sort(np.random.default_rng(0).choice(len(source), rows, replace=False))
+        source = take_rows(source, chosen)
+        labels = None if labels is None else labels[chosen]
+    for view in views.standard_views(detector, source, labels):
+        views.save_view(view, out)
+
+
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -316,3 +336,33 @@ def _requirements() -> list[str]:
         f"{name}=={version(name)}"
         for name in ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "pyyaml", "tqdm")
     ]
+
+
+def run_of_model(reference: str | None, project_dir: Path | None = None) -> str:
+    """The MLflow run that logged a model: from a models:/ or runs:/ URI, or the
+    ``mlflow_run_id`` note in a local model folder (default: the latest fit)."""
+    from anomaly_vae.errors import ModelNotFoundError
+    from anomaly_vae.fitting import RUN_FILE, latest_model_dir
+
+    use_tracking(project_dir=project_dir)
+    if reference is not None and reference.startswith("runs:/"):
+        return reference.removeprefix("runs:/").split("/")[0]
+    if reference is not None and reference.startswith("models:/"):
+        name, _, rest = reference.removeprefix("models:/").partition("/")
+        client = MlflowClient()
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        return client.get_model_version(name, rest).run_id
+    folder = Path(reference) if reference is not None else latest_model_dir(project_dir)
+    note = None if folder is None else folder / RUN_FILE
+    if note is None or not note.is_file():
+        raise ModelNotFoundError(f"no MLflow run is recorded for model {reference or folder}")
+    return note.read_text().strip()
+
+
+def log_files_to_run(reference: str | None, folder: Path) -> str:
+    """Log every file under ``folder`` to the run of model ``reference``; its run id."""
+    run_id = run_of_model(reference)
+    MlflowClient().log_artifacts(run_id, str(folder), artifact_path=None)
+    return run_id

@@ -80,6 +80,13 @@ def test_run_has_every_review_artifact(fitted_run):
         "calibration.json",
         "evaluation.json",
         "config.yaml",
+        "views/01_generated.png",
+        "views/01_generated.csv",
+        "views/02_reconstructions.png",
+        "views/03_latent_scatter.png",
+        "views/04_manifold.png",
+        "views/05_traversal.png",
+        "views/06_interpolation.png",
     } <= paths
     local = mlflow.artifacts.download_artifacts(
         run_id=result.run.run_id, artifact_path="latents/validation_latent_means.csv"

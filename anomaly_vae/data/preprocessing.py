@@ -94,9 +94,8 @@ class TablePreprocessor:
                 center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
             else:
                 center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
-            scale = (
-                spread if spread > 1e-12 else 1.0
-            )  # constant column: keep it, do not divide by 0
+            # A constant column is kept, but not divided by its zero spread.
+            scale = spread if spread > 1e-12 else 1.0
             fill = (float(numbers.median()) - center) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill)
         text = _as_text(values)
@@ -187,6 +186,28 @@ class TablePreprocessor:
         seen = codes >= 0  # -1: a category not seen in training, left all-zero
         one_hot[np.flatnonzero(seen), codes[seen]] = 1.0
         return one_hot
+
+    def inverse_transform(self, features: np.ndarray) -> pd.DataFrame:
+        """Features ``(n, d)`` (e.g. decoded means) back to a table in the original units.
+
+        Numeric columns are unscaled (NaN where the missing indicator is above 0.5);
+        categorical columns take their most likely category (NaN for the missing one).
+        """
+        out: dict[str, Any] = {}
+        start = 0
+        for column in self.columns:
+            width = len(column.feature_names(self.config.missing_indicators))
+            block = features[:, start : start + width]
+            start += width
+            if column.kind == "numeric":
+                values = block[:, 0] * column.scale + column.center
+                if self.config.missing_indicators:
+                    values = np.where(block[:, 1] > 0.5, np.nan, values)
+                out[column.name] = values
+            else:
+                chosen = np.asarray(column.categories, dtype=object)[block.argmax(axis=1)]
+                out[column.name] = np.where(chosen == MISSING_CATEGORY, None, chosen)
+        return pd.DataFrame(out)
 
     # -- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,17 @@ BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3
 VARIANCE_MOMENTUM = 0.1  # moving average of the calibrated decoder log-variance per step
 
 
+LOGVAR_LIMIT = 8.0  # Gaussian log-variances are squashed softly into (-8, 8): variances
+# within e^±8 (std 0.018 to 55) keep exp(logvar) and exp(-logvar) finite even for
+# inputs far outside the training data; tanh keeps a gradient where a clamp would not
+
+
+def bounded_logvar(raw: Tensor) -> Tensor:
+    """Map a network output to a log-variance in (-LOGVAR_LIMIT, LOGVAR_LIMIT), about
+    the identity near 0."""
+    return LOGVAR_LIMIT * torch.tanh(raw / LOGVAR_LIMIT)
+
+
 @dataclass
 class LatentSample:
     """Samples of the latent(s) for a batch, with what the ELBO and IWAE need.
@@ -75,6 +86,7 @@ class BaseVAE(nn.Module):
     description: ClassVar[str] = ""  # one line, shown by `anomaly-vae models`
     data_kinds: ClassVar[tuple[str, ...]] = ()  # "table" and/or "image"
     uses_condition: ClassVar[bool] = False  # True: encode/decode take a condition vector
+    continuous_latent: ClassVar[bool] = True  # False: no manifold, traversal or interpolation
     score_names: ClassVar[tuple[str, ...]] = (
         "reconstruction_error",
         "negative_elbo",
@@ -277,6 +289,17 @@ class BaseVAE(nn.Module):
     def reconstruct(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
         """Expected reconstruction at the posterior mean, ``(n, *input_shape)``."""
         return self.mean_output(self.decode(self.latent_mean(x, condition), condition))
+
+    @torch.no_grad()
+    def feature_surprise(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
+        """Per-feature share of -log p(x | z) at the posterior mean, ``(n, *input_shape)``
+        nats, without the part that is the same for every row: (x - mean)^2 / (2 var) for
+        Gaussian features, the cross-entropy for Bernoulli ones. Shows which features
+        make a row anomalous under the ELBO."""
+        output = self.decode(self.latent_mean(x, condition), condition)
+        gaussian = 0.5 * (x - output).pow(2) * torch.exp(-self.log_variance())
+        bernoulli = F.binary_cross_entropy_with_logits(output, x, reduction="none")
+        return torch.where(self.bernoulli_mask, bernoulli, gaussian)
 
     @torch.no_grad()
     def scores(

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
-from anomaly_vae.models.base import BaseVAE
+from anomaly_vae.models.base import BaseVAE, bounded_logvar
 from anomaly_vae.nn import conv_decoder, conv_encoder, downsampled_shape
 
 
@@ -46,7 +46,7 @@ class ConvVAE(BaseVAE):
 
     def encode(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
-        return mu, logvar
+        return mu, bounded_logvar(logvar)
 
     def decode(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
         features = self.decoder_input(z).reshape(z.shape[0], *self.feature_shape)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
-from anomaly_vae.models.base import BaseVAE
+from anomaly_vae.models.base import BaseVAE, bounded_logvar
 from anomaly_vae.nn import mlp
 
 
@@ -52,7 +52,7 @@ class ConditionalVAE(BaseVAE):
 
     def encode(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(self._with_condition(x.flatten(1), condition)).chunk(2, dim=-1)
-        return mu, logvar
+        return mu, bounded_logvar(logvar)
 
     def decode(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
         return self.decoder(self._with_condition(z, condition)).reshape(

@@ -26,18 +26,14 @@ from torch import Tensor, nn
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.models import register
-from anomaly_vae.models.base import BaseVAE, LatentSample, gaussian_kl, gaussian_log_density
+from anomaly_vae.models.base import (
+    BaseVAE,
+    LatentSample,
+    bounded_logvar,
+    gaussian_kl,
+    gaussian_log_density,
+)
 from anomaly_vae.nn import mlp
-
-LOGVAR_LIMIT = 8.0  # Gaussian log-variances are squashed softly into (-8, 8): variances
-# within e^±8 (std 0.018 to 55) keep the precisions of the combination and exp(-logvar) in
-# the log-densities finite early in training; tanh keeps a gradient where a clamp would not
-
-
-def bounded_logvar(raw: Tensor) -> Tensor:
-    """Map a network output to a log-variance in (-LOGVAR_LIMIT, LOGVAR_LIMIT), about
-    the identity near 0."""
-    return LOGVAR_LIMIT * torch.tanh(raw / LOGVAR_LIMIT)
 
 
 def precision_weighted(

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
-from anomaly_vae.models.base import BaseVAE
+from anomaly_vae.models.base import BaseVAE, bounded_logvar
 from anomaly_vae.nn import mlp
 
 
@@ -34,7 +34,7 @@ class MLPVAE(BaseVAE):
 
     def encode(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         mu, logvar = self.encoder(x.flatten(1)).chunk(2, dim=-1)
-        return mu, logvar
+        return mu, bounded_logvar(logvar)
 
     def decode(self, z: Tensor, condition: Tensor | None = None) -> Tensor:
         return self.decoder(z).reshape(z.shape[0], *self.input_shape)

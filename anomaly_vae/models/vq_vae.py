@@ -51,6 +51,7 @@ class VQVAE(BaseVAE):
     description = "VQ-VAE: discrete codebook latent, scored by reconstruction and code distance"
     data_kinds = ("table", "image")
     score_names = ("reconstruction_error", "negative_elbo", "code_distance")
+    continuous_latent = False  # a discrete codebook: nothing to traverse between codes
 
     codebook: Tensor
     ema_count: Tensor

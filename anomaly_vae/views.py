@@ -1,0 +1,337 @@
+"""The classic VAE views of a fitted detector, for people to look at.
+
+Each function returns a :class:`View`: a named matplotlib figure and, where it fits,
+a table (generated rows in the original units, per-feature reconstruction errors).
+Names start with a number so the views sort in a sensible order in a folder or in
+the MLflow UI. Images are drawn pixel for pixel (nearest-neighbour upscaling, no blur).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
+
+from anomaly_vae import plots
+from anomaly_vae.errors import DataError
+
+plt = plots.plt
+MAX_TABLE_FEATURES = 6  # table views plot at most this many numeric columns, to stay legible
+
+
+@dataclass
+class View:
+    name: str  # file stem, e.g. "views/02_reconstructions"
+    figure: Figure
+    table: pd.DataFrame | None = None
+
+
+def save_view(view: View, folder: Path) -> list[Path]:
+    """Write ``<folder>/<name>.png`` (and ``.csv`` with a table); return the paths."""
+    png = folder / f"{view.name}.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    view.figure.savefig(png, dpi=110)
+    plots.close(view.figure)
+    paths = [png]
+    if view.table is not None:
+        csv = folder / f"{view.name}.csv"
+        view.table.to_csv(csv, index=False)
+        paths.append(csv)
+    return paths
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _is_image(detector: Any) -> bool:
+    return detector.data_kind_ == "image"
+
+
+def _decode(detector: Any, z: torch.Tensor, condition: torch.Tensor | None = None) -> np.ndarray:
+    """Expected x for latents ``z (n, k)``, in model-input units, ``(n, *input_shape)``."""
+    model = detector.model_
+    model.eval()
+    with torch.no_grad():
+        return model.mean_output(model.decode(z, condition)).numpy()
+
+
+def _require_continuous(detector: Any, view: str) -> None:
+    if not getattr(detector.model_, "continuous_latent", True):
+        raise DataError(f"{detector.effective_config.model.name} has a discrete latent: no {view}")
+
+
+def _image_grid(images: np.ndarray, title: str, columns: int) -> Figure:
+    """Images ``(n, C, H, W)`` in [0, 1] as one grid, drawn pixel for pixel."""
+    from torchvision.utils import make_grid
+
+    grid = make_grid(torch.from_numpy(images).float(), nrow=columns, padding=2, pad_value=1.0)
+    pixels = grid.permute(1, 2, 0).numpy()
+    height, width = pixels.shape[:2]
+    scale = max(1.0, 480 / max(height, width))  # small images are blown up, not blurred
+    fig = plt.figure(figsize=(width * scale / 100, height * scale / 100 + 0.45), dpi=100)
+    ax = fig.add_axes((0, 0, 1, height * scale / (height * scale + 45)))
+    ax.imshow(
+        pixels if pixels.shape[2] == 3 else pixels[..., 0],
+        cmap="gray",
+        interpolation="nearest",
+        vmin=0,
+        vmax=1,
+    )
+    ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _numeric_columns(detector: Any) -> list[str]:
+    return [c.name for c in detector.preprocessor_.columns if c.kind == "numeric"][
+        :MAX_TABLE_FEATURES
+    ]
+
+
+def _to_rows(detector: Any, features: np.ndarray) -> pd.DataFrame:
+    """Model features of a table model back to rows in the original units."""
+    return detector.preprocessor_.inverse_transform(features)
+
+
+# -- views ---------------------------------------------------------------------------------
+def generation(
+    detector: Any, count: int = 64, condition: np.ndarray | None = None, seed: int = 0
+) -> View:
+    """Samples from the prior, decoded: an image grid, or table rows (a CSV in the
+    original units, and histograms of them). ``condition``: one condition vector
+    ``(c,)`` for conditional models."""
+    cond = None
+    if detector.model_.condition_dim:
+        if condition is None:
+            raise DataError("a conditional model generates for a condition: pass one")
+        cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1).repeat(count, 1)
+    generator = torch.Generator().manual_seed(seed)
+    samples = detector.model_.generate(count, cond, generator=generator).numpy()
+    if _is_image(detector):
+        figure = _image_grid(
+            np.clip(samples, 0, 1),
+            f"{count} samples from the prior",
+            columns=math.ceil(math.sqrt(count)),
+        )
+        return View("views/01_generated", figure)
+    rows = _to_rows(detector, samples)
+    columns = _numeric_columns(detector)
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(columns)),
+        figsize=(3 * max(1, len(columns)), 3),
+        layout="constrained",
+        squeeze=False,
+    )
+    for ax, column in zip(axes[0], columns, strict=False):
+        ax.hist(rows[column].dropna(), bins=20, color="tab:purple", alpha=0.8)
+        ax.set(title=column, xlabel="value (original units)", ylabel="generated rows")
+    fig.suptitle(f"{count} rows generated from the prior")
+    return View("views/01_generated", fig, rows)
+
+
+def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
+    """The ``count`` most anomalous inputs beside their reconstructions, worst first.
+
+    Tables get, per feature, the surprise (its share of -log p(x|z) in nats beyond what
+    every row pays) that made the row anomalous, and the reconstruction in original units.
+    """
+    scores = detector.anomaly_score(X)
+    order = np.argsort(-scores)[:count]
+    features = detector.transform_features(X)[order]
+    rebuilt = detector.reconstruct(_take(X, order))
+    if _is_image(detector):
+        pairs = np.stack([features, np.clip(rebuilt, 0, 1)], axis=1).reshape(
+            -1, *features.shape[1:]
+        )
+        figure = _image_grid(
+            pairs,
+            "Most anomalous inputs (left) and reconstructions (right), worst first",
+            columns=min(8, 2 * len(order)) // 2 * 2,
+        )
+        return View("views/02_reconstructions", figure)
+    names = detector.preprocessor_.feature_names
+    mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(names), bool))()
+    names = [n for n, skip in zip(names, mask, strict=True) if not skip]
+    surprise = detector.feature_surprise(_take(X, order))
+    table = pd.concat(
+        [
+            pd.DataFrame({"row": order, "score": scores[order]}),
+            pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in names]),
+            _to_rows(detector, rebuilt).add_prefix("reconstructed:"),
+        ],
+        axis=1,
+    )
+    fig, ax = plt.subplots(
+        figsize=(max(6, 0.5 * len(names) + 2), max(3, 0.35 * len(order) + 1.5)),
+        layout="constrained",
+    )
+    image = ax.imshow(surprise, aspect="auto", cmap="magma", interpolation="nearest")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(
+        range(len(order)),
+        [f"row {r} ({s:.3g})" for r, s in zip(order, scores[order], strict=True)],
+        fontsize=8,
+    )
+    ax.set_title("What makes the most anomalous rows anomalous (worst on top)")
+    fig.colorbar(image, ax=ax, label="per-feature surprise, nats (-log p(x|z) share)")
+    return View("views/02_reconstructions", fig, table)
+
+
+def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> View:
+    """Latent means in 2-D (PCA above 2 dimensions), coloured by label when known,
+    otherwise by anomaly score."""
+    latents = detector.encode(X)
+    if labels is not None:
+        groups = np.where(np.asarray(labels, bool), "anomalous", "normal").astype(object)
+        return View(
+            "views/03_latent_scatter", plots.latent_scatter(latents, groups, "Latent means")
+        )
+    scores = detector.anomaly_score(X)
+    projected = PCA(n_components=2).fit_transform(latents) if latents.shape[1] > 2 else latents
+    fig, ax = plt.subplots(figsize=plots.FIGSIZE, layout="constrained")
+    points = ax.scatter(
+        projected[:, 0],
+        projected[:, 1] if projected.shape[1] > 1 else 0 * projected[:, 0],
+        c=scores,
+        cmap="viridis",
+        s=8,
+    )
+    fig.colorbar(points, ax=ax, label=f"{detector.calibration_['score']} (higher = more anomalous)")
+    which = "PCA of latent means" if latents.shape[1] > 2 else "latent means"
+    ax.set(
+        title=f"Latent means coloured by anomaly score ({which})",
+        xlabel="component 1" if latents.shape[1] > 2 else "z[0]",
+        ylabel="component 2" if latents.shape[1] > 2 else "z[1]",
+    )
+    return View("views/03_latent_scatter", fig)
+
+
+def _leading_directions(detector: Any, X: Any | None) -> np.ndarray:
+    """``(2, k)`` unit directions: the latent axes for k = 2, else the two leading
+    principal directions of the latent means of ``X`` (the first two axes without X)."""
+    k = detector.model_.latent_dim
+    if k <= 2 or X is None:
+        return np.eye(k)[:2] if k >= 2 else np.eye(1)
+    return PCA(n_components=2).fit(detector.encode(X)).components_
+
+
+def manifold(detector: Any, X: Any | None = None, steps: int = 15, extent: float = 3.0) -> View:
+    """Decoded grid over [-extent, extent]^2 of the latent (or its two leading directions)."""
+    _require_continuous(detector, "manifold")
+    directions = _leading_directions(detector, X)
+    values = np.linspace(-extent, extent, steps)
+    grid = np.array([(a, b) for b in values[::-1] for a in values], dtype=np.float32)
+    z = torch.from_numpy(grid[:, : len(directions)] @ directions.astype(np.float32))
+    decoded = _decode(detector, z)
+    title = f"Decoded latent grid over [-{extent:g}, {extent:g}]^2"
+    if _is_image(detector):
+        return View("views/04_manifold", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
+    rows = _to_rows(detector, decoded)
+    columns = _numeric_columns(detector)
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(columns)),
+        figsize=(3.2 * max(1, len(columns)), 3.2),
+        layout="constrained",
+        squeeze=False,
+    )
+    for ax, column in zip(axes[0], columns, strict=False):
+        image = ax.imshow(
+            rows[column].to_numpy().reshape(steps, steps),
+            cmap="coolwarm",
+            extent=(-extent, extent, -extent, extent),
+            interpolation="nearest",
+        )
+        ax.set(title=column, xlabel="direction 1", ylabel="direction 2")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(f"{title}: decoded value of each column")
+    return View("views/04_manifold", fig, rows)
+
+
+def traversal(
+    detector: Any, X: Any, steps: int = 9, extent: float = 3.0, dimensions: int = 8
+) -> View:
+    """Vary one latent dimension at a time around the first row's latent mean."""
+    _require_continuous(detector, "traversal")
+    base = detector.encode(_take(X, np.array([0])))[0]
+    k = min(dimensions, len(base))
+    values = np.linspace(-extent, extent, steps, dtype=np.float32)
+    z = np.repeat(base[None], k * steps, axis=0).reshape(k, steps, -1)
+    z[np.arange(k), :, np.arange(k)] = values
+    decoded = _decode(detector, torch.from_numpy(z.reshape(k * steps, -1)))
+    title = (
+        f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] (one per row)"
+    )
+    if _is_image(detector):
+        return View("views/05_traversal", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
+    rows = _to_rows(detector, decoded)
+    rows.insert(0, "value", np.tile(values, k))
+    rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
+    columns = _numeric_columns(detector)
+    fig, axes = plt.subplots(
+        1,
+        max(1, len(columns)),
+        figsize=(3.2 * max(1, len(columns)), 3.2),
+        layout="constrained",
+        squeeze=False,
+    )
+    for ax, column in zip(axes[0], columns, strict=False):
+        for dim in range(k):
+            part = rows[rows["dimension"] == dim]
+            ax.plot(part["value"], part[column], label=f"z[{dim}]")
+        ax.set(title=column, xlabel="latent value", ylabel="decoded (original units)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return View("views/05_traversal", fig, rows)
+
+
+def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
+    """Decode the straight line between the latent means of the first two rows of X."""
+    _require_continuous(detector, "interpolation")
+    ends = detector.encode(_take(X, np.array([0, 1])))
+    weights = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
+    decoded = _decode(detector, torch.from_numpy((1 - weights) * ends[0] + weights * ends[1]))
+    title = f"Interpolation between two inputs in latent space ({steps} steps)"
+    if _is_image(detector):
+        return View(
+            "views/06_interpolation", _image_grid(np.clip(decoded, 0, 1), title, columns=steps)
+        )
+    rows = _to_rows(detector, decoded)
+    rows.insert(0, "weight", weights[:, 0])
+    columns = _numeric_columns(detector)
+    fig, ax = plt.subplots(figsize=plots.FIGSIZE, layout="constrained")
+    for column in columns:
+        values = rows[column].to_numpy(dtype=float)
+        spread = np.ptp(values) or 1.0
+        ax.plot(rows["weight"], (values - values[0]) / spread, label=column)
+    ax.set(
+        title=title,
+        xlabel="position (0 = first input, 1 = second)",
+        ylabel="change from the first input (share of its range)",
+    )
+    ax.legend(fontsize=8)
+    return View("views/06_interpolation", fig, rows)
+
+
+def standard_views(detector: Any, X: Any, labels: np.ndarray | None = None) -> list[View]:
+    """The views logged with every fit: generation, reconstructions, latent scatter and,
+    for continuous latents, manifold, traversal and interpolation."""
+    views = []
+    if not detector.model_.condition_dim:
+        views.append(generation(detector))
+    views += [reconstructions(detector, X), latent_scatter(detector, X, labels)]
+    if getattr(detector.model_, "continuous_latent", True) and not detector.model_.condition_dim:
+        views += [manifold(detector, X), traversal(detector, X), interpolation(detector, X)]
+    return views
+
+
+def _take(X: Any, rows: np.ndarray) -> Any:
+    from anomaly_vae.data import take_rows
+
+    return take_rows(X, rows)
