@@ -282,6 +282,14 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.option("--label-col", help="Tables: colour the latent scatter by this 0/1 column.")
 @click.option("--count", default=64, help="generate: how many samples.")
 @click.option(
+    "--condition",
+    "conditions",
+    multiple=True,
+    metavar="COLUMN=VALUE",
+    help="generate with a conditional model: the condition, e.g. --condition machine=press "
+    "(tables, repeat per condition column) or --condition class=3 (images).",
+)
+@click.option(
     "--log", "log_to_run", is_flag=True, help="Also log the views to the model's MLflow run."
 )
 @_user_errors
@@ -292,6 +300,7 @@ def view(
     out_dir: Path,
     label_col: str | None,
     count: int,
+    conditions: tuple[str, ...],
     log_to_run: bool,
 ) -> None:
     """Draw a classic VAE view of a model: samples from the prior (generate), the most
@@ -317,8 +326,17 @@ def view(
     needs_data = {"reconstruct", "latents", "traversal", "interpolation", "all"}
     if frame is None and kind in needs_data:
         raise click.UsageError(f"the {kind} view needs DATA")
+    condition = None
+    if conditions:
+        import yaml
+
+        pairs = dict(item.partition("=")[::2] for item in conditions)
+        parsed = {key: yaml.safe_load(value) for key, value in pairs.items()}
+        condition = detector.condition_vector(
+            parsed.get("class", 0) if detector.data_kind_ == "image" else parsed
+        )
     makers = {
-        "generate": lambda: [views.generation(detector, count)],
+        "generate": lambda: [views.generation(detector, count, condition)],
         "reconstruct": lambda: [views.reconstructions(detector, frame)],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
         "manifold": lambda: [views.manifold(detector, frame)],

@@ -370,6 +370,23 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Expected reconstructions in model input units, ``(n, *input_shape)`` float32."""
         return self._batched(self.model_.reconstruct, X, condition)
 
+    def condition_vector(self, values: dict[str, Any] | int) -> np.ndarray:
+        """The ``(c,)`` condition of a conditional model: from ``{column: value}`` for
+        tables (the ``data.condition_columns``), or a class index for images."""
+        if not self.model_.condition_dim:
+            raise DataError("this model takes no condition")
+        if self.data_kind_ == "image":
+            return np.eye(self.condition_classes_, dtype=np.float32)[int(values)]
+        missing = set(self.effective_config.data.condition_columns) - set(values)
+        if missing:
+            raise DataError(f"give a value for every condition column; missing: {sorted(missing)}")
+        row = {
+            c.name: values.get(c.name, c.center if c.kind == "numeric" else c.categories[0])
+            for c in self.preprocessor_.columns
+        }
+        features = self.preprocessor_.transform(pd.DataFrame([row]))
+        return features[0, self._condition_mask()]
+
     def feature_surprise(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> np.ndarray:

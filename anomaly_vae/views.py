@@ -93,8 +93,17 @@ def _numeric_columns(detector: Any) -> list[str]:
     ]
 
 
-def _to_rows(detector: Any, features: np.ndarray) -> pd.DataFrame:
-    """Model features of a table model back to rows in the original units."""
+def _to_rows(
+    detector: Any, features: np.ndarray, condition: np.ndarray | None = None
+) -> pd.DataFrame:
+    """Model features of a table model back to rows in the original units; a conditional
+    model's condition features ``(n, c)`` are put back in their columns."""
+    mask = detector._condition_mask()
+    if mask.any():
+        full = np.zeros((len(features), len(mask)), dtype=np.float32)
+        full[:, ~mask] = features
+        full[:, mask] = condition
+        features = full
     return detector.preprocessor_.inverse_transform(features)
 
 
@@ -163,7 +172,9 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
         [
             pd.DataFrame({"row": order, "score": scores[order]}),
             pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in names]),
-            _to_rows(detector, rebuilt).add_prefix("reconstructed:"),
+            _to_rows(detector, rebuilt, detector._model_input(_take(X, order))[1]).add_prefix(
+                "reconstructed:"
+            ),
         ],
         axis=1,
     )

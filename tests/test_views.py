@@ -91,3 +91,22 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     assert logged == {"views/02_reconstructions.png", "views/02_reconstructions.csv"}
     missing = CliRunner().invoke(main, ["view", "latents"])
     assert missing.exit_code == 2 and "needs DATA" in missing.output
+
+
+def test_cvae_generates_for_a_chosen_condition():
+    train = mixed_table(600, seed=0)
+    config = tiny_config(
+        "model.name=cvae",
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "data.condition_columns=[machine]",
+    )
+    detector = VAEDetector(config.detector_config()).fit(train)
+    loads = {}
+    for machine in ("drill", "lathe"):
+        rows = views.generation(detector, 200, detector.condition_vector({"machine": machine}))
+        loads[machine] = rows.table["load"].mean()
+    # Normal loads sit 10 units apart between drills and lathes (offsets -5 and +5).
+    assert loads["lathe"] - loads["drill"] > 5
+    with pytest.raises(DataError, match="generates for a condition"):
+        views.generation(detector)
