@@ -280,7 +280,8 @@ def traversal(
         f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] (one per row)"
     )
     if _is_image(detector):
-        return View("views/05_traversal", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
+        figure = _image_grid(np.clip(decoded, 0, 1), f"{title} (one row per dimension)", steps)
+        return View("views/05_traversal", figure)
     rows = _to_rows(detector, decoded)
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
@@ -298,7 +299,7 @@ def traversal(
             ax.plot(part["value"], part[column], label=f"z[{dim}]")
         ax.set(title=column, xlabel="latent value", ylabel="decoded (original units)")
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(f"{title} (one line per dimension)")
     return View("views/05_traversal", fig, rows)
 
 
