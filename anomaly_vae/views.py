@@ -87,6 +87,12 @@ def _image_grid(images: np.ndarray, title: str, columns: int) -> Figure:
     return fig
 
 
+def _panels(count: int, size: float) -> tuple[Figure, np.ndarray]:
+    """One row of ``count`` square panels of ``size`` inches; axes as a ``(1, count)`` array."""
+    count = max(1, count)
+    return plt.subplots(1, count, figsize=(size * count, size), layout="constrained", squeeze=False)
+
+
 def _numeric_columns(detector: Any) -> list[str]:
     return [c.name for c in detector.preprocessor_.columns if c.kind == "numeric"][
         :MAX_TABLE_FEATURES
@@ -128,15 +134,9 @@ def generation(
             columns=math.ceil(math.sqrt(count)),
         )
         return View("views/01_generated", figure)
-    rows = _to_rows(detector, samples)
+    rows = _to_rows(detector, samples, None if cond is None else cond.numpy())
     columns = _numeric_columns(detector)
-    fig, axes = plt.subplots(
-        1,
-        max(1, len(columns)),
-        figsize=(3 * max(1, len(columns)), 3),
-        layout="constrained",
-        squeeze=False,
-    )
+    fig, axes = _panels(len(columns), 3)
     for ax, column in zip(axes[0], columns, strict=False):
         ax.hist(rows[column].dropna(), bins=20, color="tab:purple", alpha=0.8)
         ax.set(title=column, xlabel="value (original units)", ylabel="generated rows")
@@ -245,13 +245,7 @@ def manifold(detector: Any, X: Any | None = None, steps: int = 15, extent: float
         return View("views/04_manifold", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
     rows = _to_rows(detector, decoded)
     columns = _numeric_columns(detector)
-    fig, axes = plt.subplots(
-        1,
-        max(1, len(columns)),
-        figsize=(3.2 * max(1, len(columns)), 3.2),
-        layout="constrained",
-        squeeze=False,
-    )
+    fig, axes = _panels(len(columns), 3.2)
     for ax, column in zip(axes[0], columns, strict=False):
         image = ax.imshow(
             rows[column].to_numpy().reshape(steps, steps),
@@ -286,13 +280,7 @@ def traversal(
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
     columns = _numeric_columns(detector)
-    fig, axes = plt.subplots(
-        1,
-        max(1, len(columns)),
-        figsize=(3.2 * max(1, len(columns)), 3.2),
-        layout="constrained",
-        squeeze=False,
-    )
+    fig, axes = _panels(len(columns), 3.2)
     for ax, column in zip(axes[0], columns, strict=False):
         for dim in range(k):
             part = rows[rows["dimension"] == dim]

@@ -106,6 +106,7 @@ def test_cvae_generates_for_a_chosen_condition():
     for machine in ("drill", "lathe"):
         rows = views.generation(detector, 200, detector.condition_vector({"machine": machine}))
         loads[machine] = rows.table["load"].mean()
+        assert set(rows.table["machine"]) == {machine}  # the condition is written back
     # Normal loads sit 10 units apart between drills and lathes (offsets -5 and +5).
     assert loads["lathe"] - loads["drill"] > 5
     with pytest.raises(DataError, match="generates for a condition"):
