@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from anomaly_vae.config import Config, load_config
 from anomaly_vae.errors import AnomalyVAEError
@@ -258,6 +259,78 @@ def score(data: str, model_ref: str | None, output: Path | None, maps: Path | No
     click.echo(f"Scores written to {output}")
     if maps is not None:
         click.echo(f"Anomaly maps (|x - x_hat|, brighter = worse) written to {maps}/")
+
+
+@main.command()
+@click.argument("source")
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for one output per input file (same base name), the ledger and the lock.",
+)
+@click.option(
+    "--model",
+    "model_ref",
+    default="models:/anomaly-vae@champion",
+    metavar="REF",
+    help="A saved model folder or an MLflow model URI.",
+)
+@click.option(
+    "--chunk-rows", default=100_000, help="Rows read and scored at a time (memory bound)."
+)
+@click.option("--no-tracking", is_flag=True, help="Do not log the batch run to MLflow.")
+@_user_errors
+def batch(
+    source: str, output_dir: Path, model_ref: str, chunk_rows: int, no_tracking: bool
+) -> None:
+    """Score every CSV/Parquet file in SOURCE (a folder or a glob) that this model version
+    has not scored yet; safe to run on a schedule (see README: batch scoring)."""
+    from anomaly_vae.batch import DRIFT_WARNING, drift_statistic, model_identity, run_batch
+    from anomaly_vae.fitting import latest_model_dir
+    from anomaly_vae.scoring import load_detector
+
+    detector = load_detector(model_ref)
+    is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
+    folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
+    model_id = model_identity(model_ref, folder)
+    report = run_batch(source, output_dir, detector, model_id, chunk_rows)
+    scores = np.concatenate(report.scores) if report.scores else np.empty(0)
+    drift = drift_statistic(scores, detector.calibration_scores_)
+    click.echo(
+        f"Model {model_id}: scored {len(report.scored)} files ({report.rows:,} rows, "
+        f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} already "
+        f"scored, {len(report.failed)} failed."
+    )
+    if report.rows:
+        note = (
+            " (above the warning level: the scored data may have drifted)"
+            if drift > DRIFT_WARNING
+            else ""
+        )
+        click.echo(f"Score drift against calibration (KS statistic): {drift:.3f}{note}")
+    if not no_tracking and (report.scored or report.failed):
+        import mlflow
+
+        from anomaly_vae.tracking import use_tracking
+
+        use_tracking("anomaly-vae-batch")
+        with mlflow.start_run(run_name="batch"):
+            mlflow.set_tags({"model": model_id, "source": str(source)})
+            mlflow.log_metrics(
+                {
+                    "files_scored": len(report.scored),
+                    "files_failed": len(report.failed),
+                    "files_skipped": len(report.skipped),
+                    "rows_scored": report.rows,
+                    "anomaly_rate": report.anomaly_rate,
+                    **({"drift_ks": drift} if report.rows else {}),
+                }
+            )
+    for path, reason in report.failed.items():
+        click.echo(f"failed: {path}: {reason}", err=True)
+    if report.failed:
+        raise click.exceptions.Exit(1)
 
 
 VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "interpolation", "all")

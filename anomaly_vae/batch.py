@@ -1,0 +1,277 @@
+"""Scheduled batch scoring: every input file is scored exactly once per model version.
+
+- Each output is written to a temporary name in the output folder and renamed into
+  place, so a file is there whole or not at all.
+- A ledger (SQLite, ``.anomaly-vae-ledger.sqlite`` in the output folder) records which
+  input (path, size, SHA-256 of its bytes) was scored by which model, when, with how
+  many rows. It is written after the rename: a run killed in between scores that
+  input again on the next run and replaces the output with identical content, so no
+  row is lost or duplicated. A changed input (new hash) is scored again.
+- A lock file (``.anomaly-vae.lock``, ``flock``) lets one run at a time work on an
+  output folder; a second run started meanwhile exits with a clear message.
+- A bad input (unreadable, wrong schema) is recorded as failed with its reason and left
+  untouched; the other inputs are still scored, and the run reports the failure.
+- Large files are read in chunks of ``chunk_rows`` rows, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import logging
+import os
+import sqlite3
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.data.tables import PARQUET_SUFFIXES
+from anomaly_vae.errors import AnomalyVAEError, DataError
+
+logger = logging.getLogger(__name__)
+
+LEDGER_FILE = ".anomaly-vae-ledger.sqlite"
+LOCK_FILE = ".anomaly-vae.lock"
+INPUT_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
+CHUNK_ROWS = 100_000  # rows read and scored at a time: bounds memory whatever the file size
+HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input
+
+
+class BatchLockedError(AnomalyVAEError):
+    """Another batch run is working on the same output folder."""
+
+
+@dataclass
+class BatchReport:
+    scored: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already scored by this model
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    rows: int = 0
+    flagged: int = 0
+    scores: list[np.ndarray] = field(default_factory=list)  # per scored file, for drift
+
+    @property
+    def anomaly_rate(self) -> float:
+        return self.flagged / self.rows if self.rows else 0.0
+
+
+def input_files(source: str | Path) -> list[Path]:
+    """A folder's CSV/Parquet files, or the files a glob pattern matches, sorted."""
+    path = Path(source)
+    if path.is_dir():
+        found = [p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES]
+    else:
+        found = [Path(p) for p in glob.glob(str(source))]
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of the file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Ledger:
+    """What was scored, by which model, in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.connection = sqlite3.connect(path)
+        self.connection.execute(
+            "CREATE TABLE IF NOT EXISTS scored (input TEXT, size INTEGER, sha256 TEXT, "
+            "model TEXT, status TEXT, rows INTEGER, output TEXT, reason TEXT, at TEXT)"
+        )
+        self.connection.commit()
+
+    def is_done(self, digest: str, model: str, input_path: str) -> bool:
+        row = self.connection.execute(
+            "SELECT 1 FROM scored WHERE sha256 = ? AND model = ? AND input = ? AND status = 'done'",
+            (digest, model, input_path),
+        ).fetchone()
+        return row is not None
+
+    def record(self, **values: Any) -> None:
+        values["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        columns = ("input", "size", "sha256", "model", "status", "rows", "output", "reason", "at")
+        self.connection.execute(
+            f"INSERT INTO scored ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            tuple(values.get(c) for c in columns),
+        )
+        self.connection.commit()
+
+    def entries(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM scored ORDER BY at", self.connection)
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@contextlib.contextmanager
+def output_lock(folder: Path) -> Iterator[None]:
+    """Hold the output folder's lock for the duration; BatchLockedError if taken."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise BatchLockedError(
+                f"another batch run is scoring into {folder}; this one exits without scoring"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """The rows of a CSV or Parquet file, ``chunk_rows`` at a time."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+            yield batch.to_pandas()
+        return
+    try:
+        yield from pd.read_csv(path, chunksize=chunk_rows)
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(f"{path} is empty") from exc
+
+
+def score_file(
+    detector: Any, source: Path, output: Path, chunk_rows: int
+) -> tuple[int, np.ndarray]:
+    """Score ``source`` chunk by chunk into ``output`` (atomically); ``(rows, scores)``."""
+    id_column = detector.effective_config.data.id_column
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent
+    )
+    os.close(handle)
+    rows, scores, writer = 0, [], None
+    try:
+        for chunk in read_chunks(source, chunk_rows):
+            frame = detector.score_frame(chunk)
+            if id_column is None or id_column not in frame.columns:
+                frame.insert(0, "row", np.arange(rows, rows + len(frame)))
+            if output.suffix.lower() in PARQUET_SUFFIXES:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                writer = writer or pq.ParquetWriter(temporary, table.schema)
+                writer.write_table(table)
+            else:
+                frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
+            rows += len(frame)
+            scores.append(frame["score"].to_numpy())
+        if writer is not None:
+            writer.close()
+        if rows == 0:
+            raise DataError(f"{source} has a header but no data rows")
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return rows, np.concatenate(scores)
+
+
+def run_batch(
+    source: str | Path,
+    output_dir: Path,
+    detector: Any,
+    model_id: str,
+    chunk_rows: int = CHUNK_ROWS,
+) -> BatchReport:
+    """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``."""
+    report = BatchReport()
+    with output_lock(output_dir):
+        # Under the lock no other run writes here: temporary files are from a killed run.
+        for stale in output_dir.glob(".*.tmp"):
+            stale.unlink()
+        ledger = Ledger(output_dir / LEDGER_FILE)
+        try:
+            for path in input_files(source):
+                _score_one(path, output_dir, detector, model_id, chunk_rows, ledger, report)
+        finally:
+            ledger.close()
+    return report
+
+
+def _score_one(
+    path: Path,
+    output_dir: Path,
+    detector: Any,
+    model_id: str,
+    chunk_rows: int,
+    ledger: Ledger,
+    report: BatchReport,
+) -> None:
+    size, digest = path.stat().st_size, file_digest(path)
+    key = str(path.resolve())
+    if ledger.is_done(digest, model_id, key):
+        report.skipped.append(str(path))
+        return
+    output = output_dir / path.name
+    try:
+        rows, scores = score_file(detector, path, output, chunk_rows)
+    except (AnomalyVAEError, ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ledger.record(
+            input=key, size=size, sha256=digest, model=model_id, status="failed", reason=reason
+        )
+        report.failed[str(path)] = reason
+        logger.warning("%s failed: %s", path, reason)
+        return
+    ledger.record(
+        input=key,
+        size=size,
+        sha256=digest,
+        model=model_id,
+        status="done",
+        rows=rows,
+        output=str(output),
+    )
+    report.scored.append(str(path))
+    report.rows += rows
+    report.flagged += int((scores > detector.threshold_).sum())
+    report.scores.append(scores)
+
+
+DRIFT_WARNING = 0.1  # KS statistic above which the batch's scores are reported as drifted:
+# a 10-point gap between the score CDFs of the batch and of the calibration rows
+
+
+def drift_statistic(batch_scores: np.ndarray, calibration_scores: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic between batch and calibration scores."""
+    from scipy.stats import ks_2samp
+
+    if len(batch_scores) == 0 or len(calibration_scores) == 0:
+        return float("nan")
+    return float(ks_2samp(batch_scores, calibration_scores).statistic)
+
+
+def model_identity(reference: str | None, detector_dir: Path | None = None) -> str:
+    """A stable name of the model version: ``name/version`` for registry URIs (aliases
+    resolved), else ``sha256:`` of the saved detector's description."""
+    if reference is not None and reference.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        name, _, version = reference.removeprefix("models:/").partition("/")
+        if "@" in name:
+            name, alias = name.split("@", 1)
+            version = MlflowClient().get_model_version_by_alias(name, alias).version
+        return f"{name}/{version}"
+    if detector_dir is not None:
+        files = sorted(detector_dir.glob("*.json"))
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+        return f"sha256:{digest[:16]}"
+    return str(reference)

@@ -1,0 +1,126 @@
+"""Batch scoring: exactly once per input and model, whatever happens."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly_vae import VAEDetector
+from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock
+from anomaly_vae.cli import main
+from tests.conftest import mixed_table, tiny_config
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault")
+    VAEDetector(config.detector_config()).fit(mixed_table(500, seed=0)).save(folder)
+    return folder
+
+
+def batch(model_dir, inputs, out, *extra):
+    return CliRunner().invoke(
+        main,
+        [
+            "batch",
+            str(inputs),
+            "--output-dir",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--no-tracking",
+            *extra,
+        ],
+    )
+
+
+def test_scores_each_input_once_and_a_changed_input_again(model_dir, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(120, seed=1).to_csv(inputs / "a.csv", index=False)
+    mixed_table(80, seed=2).to_parquet(inputs / "b.parquet")
+    first = batch(model_dir, inputs, out, "--chunk-rows", "50")
+    assert first.exit_code == 0, first.output
+    assert "scored 2 files (200 rows" in first.output
+    a = pd.read_csv(out / "a.csv")
+    assert a["reading_id"].tolist() == mixed_table(120, seed=1)["reading_id"].tolist()
+    assert len(pd.read_parquet(out / "b.parquet")) == 80
+    again = batch(model_dir, inputs, out)
+    assert "scored 0 files" in again.output and "skipped 2 already scored" in again.output
+    mixed_table(30, seed=3).to_csv(inputs / "a.csv", index=False)  # the input changes
+    changed = batch(model_dir, inputs, out)
+    assert "scored 1 files (30 rows" in changed.output
+    assert len(pd.read_csv(out / "a.csv")) == 30
+    ledger = Ledger(out / LEDGER_FILE).entries()
+    assert ledger["status"].tolist() == ["done"] * 3 and ledger["rows"].tolist() == [120, 80, 30]
+
+
+def test_a_bad_input_is_recorded_and_the_others_still_scored(model_dir, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "good.csv", index=False)
+    mixed_table(50, seed=1).drop(columns="load").to_csv(inputs / "bad.csv", index=False)
+    before = (inputs / "bad.csv").read_bytes()
+    result = batch(model_dir, inputs, out)
+    assert result.exit_code == 1
+    assert "1 failed" in result.output and "missing column 'load'" in result.output
+    assert (out / "good.csv").is_file() and not (out / "bad.csv").exists()
+    assert (inputs / "bad.csv").read_bytes() == before  # left untouched
+    ledger = Ledger(out / LEDGER_FILE).entries().set_index("status")
+    assert "missing column 'load'" in ledger.loc["failed", "reason"]
+
+
+def test_a_second_run_on_the_same_output_folder_exits(model_dir, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "a.csv", index=False)
+    with output_lock(out):
+        result = batch(model_dir, inputs, out)
+    assert result.exit_code == 1 and "another batch run is scoring into" in result.output
+    assert not (out / "a.csv").exists()
+
+
+def test_killed_mid_file_and_restarted_every_row_exactly_once(model_dir, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    big = pd.concat([mixed_table(5000, seed=s) for s in range(8)], ignore_index=True)
+    big.to_csv(inputs / "big.csv", index=False)
+    mixed_table(100, seed=9).to_csv(inputs / "small.csv", index=False)
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_vae",
+        "batch",
+        str(inputs),
+        "--output-dir",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--no-tracking",
+        "--chunk-rows",
+        "500",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".big.csv.*.tmp")):  # wait until it is writing the big file
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "big.csv").exists()  # never half-written under its real name
+    subprocess.run(command, check=True, capture_output=True)
+    scored = pd.read_csv(out / "big.csv")
+    assert len(scored) == len(big) and scored["reading_id"].is_unique
+    assert scored["reading_id"].tolist() == big["reading_id"].tolist()
+    assert not list(out.glob(".*.tmp"))
+    done = Ledger(out / LEDGER_FILE).entries()
+    assert sorted(done["input"].map(lambda p: p.split("/")[-1])) == ["big.csv", "small.csv"]
+    np.testing.assert_array_equal(done["status"], ["done", "done"])
