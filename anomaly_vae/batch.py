@@ -22,6 +22,7 @@ import glob
 import hashlib
 import logging
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -190,25 +191,45 @@ def run_batch(
     detector: Any,
     model_id: str,
     chunk_rows: int = CHUNK_ROWS,
+    scorer: Any = None,
 ) -> BatchReport:
-    """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``."""
+    """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``.
+
+    ``scorer.score_file(source, output, chunk_rows)`` does the scoring when given (the
+    Spark engine); by default :func:`score_file` with ``detector`` (the local engine).
+    """
+    if scorer is None:
+        scorer = LocalScorer(detector)
     report = BatchReport()
     with output_lock(output_dir):
         # Under the lock no other run writes here: temporary files are from a killed run.
         for stale in output_dir.glob(".*.tmp"):
             stale.unlink()
+        for stale in output_dir.glob(".*.spark"):
+            shutil.rmtree(stale, ignore_errors=True)
         ledger = Ledger(output_dir / LEDGER_FILE)
         try:
             for path in input_files(source):
-                _score_one(path, output_dir, detector, model_id, chunk_rows, ledger, report)
+                _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
         finally:
             ledger.close()
     return report
 
 
+class LocalScorer:
+    """The local engine: pandas chunks through the detector in this process."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+
+    def score_file(self, source: Path, output: Path, chunk_rows: int) -> tuple[int, np.ndarray]:
+        return score_file(self.detector, source, output, chunk_rows)
+
+
 def _score_one(
     path: Path,
     output_dir: Path,
+    scorer: Any,
     detector: Any,
     model_id: str,
     chunk_rows: int,
@@ -222,7 +243,7 @@ def _score_one(
         return
     output = output_dir / path.name
     try:
-        rows, scores = score_file(detector, path, output, chunk_rows)
+        rows, scores = scorer.score_file(path, output, chunk_rows)
     except (AnomalyVAEError, ValueError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         ledger.record(

@@ -282,7 +282,12 @@ def score(data: str, model_ref: str | None, output: Path | None, maps: Path | No
 @click.option("--no-tracking", is_flag=True, help="Do not log the batch run to MLflow.")
 @_user_errors
 def batch(
-    source: str, output_dir: Path, model_ref: str, chunk_rows: int, no_tracking: bool
+    source: str,
+    output_dir: Path,
+    model_ref: str,
+    chunk_rows: int,
+    engine: str,
+    no_tracking: bool,
 ) -> None:
     """Score every CSV/Parquet file in SOURCE (a folder or a glob) that this model version
     has not scored yet; safe to run on a schedule (see README: batch scoring)."""
@@ -294,7 +299,18 @@ def batch(
     is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
     folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
     model_id = model_identity(model_ref, folder)
-    report = run_batch(source, output_dir, detector, model_id, chunk_rows)
+    scorer = None
+    if engine == "spark":
+        if not is_uri:
+            raise click.UsageError("the Spark engine needs an MLflow model URI (models:/...)")
+        try:
+            from anomaly_vae.spark_engine import SparkScorer
+        except ImportError as exc:
+            raise click.UsageError(
+                "the Spark engine needs PySpark: pip install anomaly-vae[spark]"
+            ) from exc
+        scorer = SparkScorer(model_ref, detector)
+    report = run_batch(source, output_dir, detector, model_id, chunk_rows, scorer)
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
     click.echo(
