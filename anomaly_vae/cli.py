@@ -279,6 +279,13 @@ def score(data: str, model_ref: str | None, output: Path | None, maps: Path | No
 @click.option(
     "--chunk-rows", default=100_000, help="Rows read and scored at a time (memory bound)."
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    help="local: this process; spark: a Spark UDF of the registered model (needs the "
+    "spark extra and Java 17+; local[2] unless run through spark-submit).",
+)
 @click.option("--no-tracking", is_flag=True, help="Do not log the batch run to MLflow.")
 @_user_errors
 def batch(

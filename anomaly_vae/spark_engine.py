@@ -23,14 +23,20 @@ ROW_COLUMN = "row"
 
 
 def spark_session(master: str = "local[2]") -> Any:
-    """A Spark session whose Python workers run this interpreter (the virtual env's)."""
+    """A Spark session whose Python workers run this interpreter (the virtual env's).
+
+    Under ``spark-submit`` (which sets SPARK_ENV_LOADED) the master given there is
+    kept; otherwise ``master`` (a local session by default).
+    """
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    if "SPARK_ENV_LOADED" not in os.environ:
+        builder = builder.master(master)
     return (
-        SparkSession.builder.master(master)
-        .appName("anomaly-vae-batch")
+        builder.appName("anomaly-vae-batch")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "2")
         .getOrCreate()
