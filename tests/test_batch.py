@@ -124,3 +124,27 @@ def test_killed_mid_file_and_restarted_every_row_exactly_once(model_dir, tmp_pat
     done = Ledger(out / LEDGER_FILE).entries()
     assert sorted(done["input"].map(lambda p: p.split("/")[-1])) == ["big.csv", "small.csv"]
     np.testing.assert_array_equal(done["status"], ["done", "done"])
+
+
+def test_each_batch_run_is_logged_to_mlflow_with_drift(model_dir, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(200, seed=1).to_csv(inputs / "same.csv", index=False)
+    shifted = mixed_table(200, seed=2)
+    shifted["load"] += 15  # every row off the normal relation: the scores drift
+    shifted.to_csv(inputs / "shifted.csv", index=False)
+    result = CliRunner().invoke(
+        main, ["batch", str(inputs), "--output-dir", "out", "--model", str(model_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "above the warning level" in result.output
+    runs = mlflow.search_runs(experiment_names=["anomaly-vae-batch"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["metrics.files_scored"] == 2 and run["metrics.rows_scored"] == 400
+    assert 0.4 < run["metrics.anomaly_rate"] <= 0.6  # the shifted half is flagged
+    assert run["metrics.drift_ks"] > 0.1
