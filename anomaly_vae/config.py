@@ -83,8 +83,8 @@ class ScoringConfig:
     # (vq-vae); negative_elbo ranked best on the dev data: docs/scores.md
     mc_samples: int = 16  # L, Monte Carlo samples of z per row for the ELBO estimate
     batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
-    max_batch_values: int = 2**22  # and at most this many decoded values (rows x L x
-    # features) per pass: keeps image scoring within a few hundred MB
+    max_batch_values: int = 2**20  # and at most this many decoded values (rows x L x
+    # features) per pass: keeps the working memory of scoring to about 100 MB
     noise_bank_size: int = 4096  # distinct per-row noise draws; a row picks one by content hash
 
 
