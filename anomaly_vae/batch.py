@@ -43,6 +43,8 @@ LEDGER_FILE = ".anomaly-vae-ledger.sqlite"
 LOCK_FILE = ".anomaly-vae.lock"
 INPUT_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
 CHUNK_ROWS = 100_000  # rows read and scored at a time: bounds memory whatever the file size
+DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic (an even
+# subsample): the statistic needs a sample, and keeping every score would grow with the file
 HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input
 
 
@@ -57,7 +59,7 @@ class BatchReport:
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
     rows: int = 0
     flagged: int = 0
-    scores: list[np.ndarray] = field(default_factory=list)  # per scored file, for drift
+    scores: list[np.ndarray] = field(default_factory=list)  # per file, a sample for drift
 
     @property
     def anomaly_rate(self) -> float:
@@ -148,16 +150,24 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
         raise DataError(f"{path} is empty") from exc
 
 
+def drift_sample(scores: np.ndarray) -> np.ndarray:
+    """An even subsample of at most DRIFT_SAMPLE_PER_CHUNK of ``scores``."""
+    return scores[:: max(1, len(scores) // DRIFT_SAMPLE_PER_CHUNK)]
+
+
 def score_file(
     detector: Any, source: Path, output: Path, chunk_rows: int
-) -> tuple[int, np.ndarray]:
-    """Score ``source`` chunk by chunk into ``output`` (atomically); ``(rows, scores)``."""
+) -> tuple[int, int, np.ndarray]:
+    """Score ``source`` chunk by chunk into ``output`` (atomically).
+
+    Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
+    """
     id_column = detector.effective_config.data.id_column
     handle, temporary = tempfile.mkstemp(
         prefix=f".{output.name}.", suffix=".tmp", dir=output.parent
     )
     os.close(handle)
-    rows, scores, writer = 0, [], None
+    rows, flagged, sample, writer = 0, 0, [], None
     try:
         for chunk in read_chunks(source, chunk_rows):
             frame = detector.score_frame(chunk)
@@ -173,7 +183,8 @@ def score_file(
             else:
                 frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
             rows += len(frame)
-            scores.append(frame["score"].to_numpy())
+            flagged += int(frame["is_anomaly"].sum())
+            sample.append(drift_sample(frame["score"].to_numpy()))
         if writer is not None:
             writer.close()
         if rows == 0:
@@ -182,7 +193,7 @@ def score_file(
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return rows, np.concatenate(scores)
+    return rows, flagged, np.concatenate(sample)
 
 
 def run_batch(
@@ -222,7 +233,9 @@ class LocalScorer:
     def __init__(self, detector: Any) -> None:
         self.detector = detector
 
-    def score_file(self, source: Path, output: Path, chunk_rows: int) -> tuple[int, np.ndarray]:
+    def score_file(
+        self, source: Path, output: Path, chunk_rows: int
+    ) -> tuple[int, int, np.ndarray]:
         return score_file(self.detector, source, output, chunk_rows)
 
 
@@ -243,7 +256,7 @@ def _score_one(
         return
     output = output_dir / path.name
     try:
-        rows, scores = scorer.score_file(path, output, chunk_rows)
+        rows, flagged, sample = scorer.score_file(path, output, chunk_rows)
     except (AnomalyVAEError, ValueError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         ledger.record(
@@ -263,8 +276,8 @@ def _score_one(
     )
     report.scored.append(str(path))
     report.rows += rows
-    report.flagged += int((scores > detector.threshold_).sum())
-    report.scores.append(scores)
+    report.flagged += flagged
+    report.scores.append(sample)
 
 
 DRIFT_WARNING = 0.1  # KS statistic above which the batch's scores are reported as drifted:

@@ -20,6 +20,7 @@ from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.errors import DataError
 
 ROW_COLUMN = "row"
+DRIFT_SAMPLE_ROWS = 100_000  # scores per file brought back to the driver for the drift test
 
 
 def spark_session(master: str = "local[2]") -> Any:
@@ -62,7 +63,9 @@ class SparkScorer:
             self.spark, model_uri, result_type=types, env_manager="local"
         )
 
-    def score_file(self, source: Path, output: Path, chunk_rows: int) -> tuple[int, np.ndarray]:
+    def score_file(
+        self, source: Path, output: Path, chunk_rows: int
+    ) -> tuple[int, int, np.ndarray]:
         from pyspark.sql import functions as F
 
         reader = self.spark.read
@@ -107,8 +110,12 @@ class SparkScorer:
             os.replace(part, output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        scores = np.array([r[0] for r in ordered.select("score").collect()], dtype=np.float64)
-        return len(scores), scores
+        counts = ordered.agg(
+            F.count("*").alias("rows"), F.sum(F.when(F.col("is_anomaly") == "True", 1).otherwise(0))
+        ).collect()[0]
+        fraction = min(1.0, DRIFT_SAMPLE_ROWS / max(counts[0], 1))
+        sample = ordered.select("score").sample(fraction=fraction, seed=0).collect()
+        return int(counts[0]), int(counts[1] or 0), np.array([r[0] for r in sample], np.float64)
 
 
 def _example(detector: Any) -> Any:
