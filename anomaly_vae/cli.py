@@ -19,6 +19,24 @@ from anomaly_vae.errors import AnomalyVAEError
 DEFAULTS = Config()
 
 
+# The config options of every command that builds a detector (fit, benchmark).
+CONFIG_OPTION = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
+    "anomaly_vae/config.py.",
+)
+SET_OPTION = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config value, e.g. --set model.latent_dim=4 "
+    "--set training.epochs=50 (repeatable; applied after --config).",
+)
+
+
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a user can fix into a one-line message and exit code 1."""
 
@@ -54,13 +72,7 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.argument("data")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
-    "anomaly_vae/config.py.",
-)
+@CONFIG_OPTION
 @click.option(
     "--label-col",
     help="Column with 0 = normal, 1 = anomaly. Anomalous rows never reach "
@@ -78,14 +90,7 @@ def main(verbose: bool) -> None:
     type=click.Path(path_type=Path),
     help="Extra labelled evaluation file (needs --label-col).",
 )
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one config value, e.g. --set model.latent_dim=4 "
-    "--set training.epochs=50 (repeatable; applied after --config).",
-)
+@SET_OPTION
 @click.option(
     "--register/--no-register",
     default=None,
@@ -448,6 +453,151 @@ def view(
 
         run_id = log_files_to_run(model_ref, out_dir)
         click.echo(f"logged to MLflow run {run_id}")
+
+
+def _comma_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """``a,b,c`` -> ``["a", "b", "c"]``; None when the option is not given."""
+    if value is None:
+        return None
+    names = [part.strip() for part in value.split(",") if part.strip()]
+    if not names:
+        raise click.BadParameter("give at least one name")
+    return names
+
+
+def _comma_ints(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    names = _comma_names(ctx, param, value)
+    if names is None:
+        return None
+    try:
+        numbers = [int(name) for name in names]
+    except ValueError:
+        raise click.BadParameter(f"expected whole numbers like 0,1,2, got {value!r}") from None
+    if any(number < 0 for number in numbers):
+        raise click.BadParameter("numbers must be >= 0")
+    return numbers
+
+
+def _method_names(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[str] | None:
+    from anomaly_vae.benchmark.methods import check_method_names
+
+    names = _comma_names(ctx, param, value)
+    if names is not None:
+        try:
+            check_method_names(names)
+        except AnomalyVAEError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return names
+
+
+@main.command()
+@click.option(
+    "--protocol",
+    required=True,
+    # benchmark.tasks.PROTOCOLS, written out: importing it here would load torch for --help
+    type=click.Choice(["t-clean", "t-contaminated", "i-oneclass"]),
+    help="The evaluation protocol of shared/PROTOCOL.md: t-clean (tables, trained on half "
+    "the normal rows), t-contaminated (tables, ADBench's unsupervised 70/30 split with "
+    "anomalies in training) or i-oneclass (images, one class is normal).",
+)
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Tables: a folder of ADBench-format .npz files (arrays X and y). i-oneclass: a "
+    "torchvision root holding FashionMNIST/ and/or MNIST/ (raw files, never downloaded).",
+)
+@click.option(
+    "--datasets",
+    callback=_comma_names,
+    metavar="NAME,...",
+    help="Data sets to run: .npz file stems (e.g. 4_breastw) or FashionMNIST / MNIST "
+    "[default: every one in --data-dir].",
+)
+@click.option(
+    "--classes",
+    callback=_comma_ints,
+    metavar="C,...",
+    help="i-oneclass: the normal classes, one run each [default: 0,1,...,9].",
+)
+@click.option(
+    "--seeds",
+    callback=_comma_ints,
+    metavar="S,...",
+    help="Seeds of the splits (tables) and of every method [default: 0,1,2 for tables, "
+    "0 for i-oneclass].",
+)
+@click.option(
+    "--methods",
+    callback=_method_names,
+    metavar="NAME,...",
+    help="Methods to compare: anomaly-vae (our default detector), a variant by registry "
+    "name (see `anomaly-vae models`), ensemble (rank average of the variants), iforest, "
+    "knn, pca, pyod-vae, pyod-ae [default: every one that suits the data].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for results.csv, summary.md, failures.csv, warnings.csv. Rows already in "
+    "its results.csv are not run again (resume).",
+)
+@CONFIG_OPTION
+@SET_OPTION
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="Cap torch and BLAS threads at N (0: the libraries' default, one per core).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def benchmark(
+    protocol: str,
+    data_dir: Path,
+    datasets: list[str] | None,
+    classes: list[int] | None,
+    seeds: list[int] | None,
+    methods: list[str] | None,
+    out_dir: Path,
+    config_file: Path | None,
+    overrides: tuple[str, ...],
+    threads: int,
+    quiet: bool,
+) -> None:
+    """Compare our detector, its family and baselines on a published protocol.
+
+    Every method runs on the same splits; results.csv gets one row per data set (and
+    class), seed and method as soon as it is done (AUROC and AUCPR in percent), and
+    summary.md the means per data set and method, best per row in bold. A failure is
+    recorded in failures.csv and the run goes on; the exit code is then 1.
+    """
+    from anomaly_vae.benchmark import run_benchmark
+
+    outcome = run_benchmark(
+        protocol,
+        data_dir,
+        out_dir,
+        datasets=datasets,
+        classes=classes,
+        seeds=seeds,
+        methods=methods,
+        config_path=config_file,
+        overrides=overrides,
+        threads=threads,
+        progress=not quiet,
+    )
+    click.echo(outcome.summary.read_text())
+    click.echo(
+        f"{outcome.rows_new} new rows, {outcome.rows_done_before} already done, "
+        f"{len(outcome.failures)} failed; results in {out_dir / 'results.csv'}"
+    )
+    if outcome.failures:
+        raise click.exceptions.Exit(1)
 
 
 @main.command()

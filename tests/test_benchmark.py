@@ -1,0 +1,407 @@
+"""The benchmark harness: protocol splits, methods, results files, resume, failures,
+the summary and the CLI. Our own detector runs only with tiny configs."""
+
+from __future__ import annotations
+
+import csv
+import re
+import runpy
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from anomaly_vae.benchmark import methods as bench_methods
+from anomaly_vae.benchmark import run_benchmark
+from anomaly_vae.benchmark.report import RunInfo, write_summary
+from anomaly_vae.benchmark.results import RESULT_COLUMNS
+from anomaly_vae.benchmark.tasks import PROTOCOLS
+from anomaly_vae.cli import main
+from anomaly_vae.data.images import ImageSet
+from anomaly_vae.detector import VAEDetector
+from anomaly_vae.errors import DataError
+from anomaly_vae.protocols import MAX_ROWS, MIN_ROWS, i_oneclass_split, t_contaminated_split
+from tests.conftest import TINY, correlated_normal, planted_anomalies
+
+FAST = [*TINY, "training.epochs=5"]  # our detector: seconds, not minutes
+BASELINES = ["iforest", "knn", "pca"]
+
+
+def write_npz(path: Path, seed: int, normal: int = 200, anomalies: int = 20) -> None:
+    X = np.vstack([correlated_normal(normal, seed), planted_anomalies(anomalies, seed + 100)])
+    y = np.r_[np.zeros(normal), np.ones(anomalies)].astype(int)
+    np.savez(path, X=X, y=y)
+
+
+@pytest.fixture
+def table_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "adbench"
+    folder.mkdir()
+    write_npz(folder / "1_first.npz", seed=0)
+    write_npz(folder / "2_second.npz", seed=1)
+    return folder
+
+
+def read_rows(out: Path, name: str = "results.csv") -> list[dict[str, str]]:
+    with (out / name).open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# -- splits -----------------------------------------------------------------------------------
+
+
+def labelled_table(n: int, anomaly_share: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Column 0 is the label and column 1 a row id, so a split's rows can be traced."""
+    y = (np.arange(n) < round(anomaly_share * n)).astype(int)
+    X = np.column_stack([y, np.arange(n), np.random.default_rng(0).normal(size=n)])
+    return X.astype(float), y
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected", "unique"),
+    [(200, MIN_ROWS, False), (3000, 3000, True), (12_000, MAX_ROWS, True)],
+)
+def test_t_contaminated_split_resizes_then_splits_70_30(rows, expected, unique):
+    X, y = labelled_table(rows)
+    X_train, X_test, y_test = t_contaminated_split(X, y, seed=0)
+    assert len(X_train) + len(X_test) == expected
+    assert len(X_test) == int(np.ceil(0.3 * expected))
+    np.testing.assert_array_equal(X_test[:, 0], y_test)  # rows and labels stay together
+    assert X_train[:, 0].sum() > 0  # training rows hold anomalies (labels ignored)
+    ids = np.r_[X_train[:, 1], X_test[:, 1]]
+    assert (len(np.unique(ids)) == len(ids)) == unique  # with replacement only when small
+
+
+def test_t_contaminated_split_is_stratified_and_seeded():
+    X, y = labelled_table(3000)  # 150 anomalies, no resizing
+    _, _, y_test = t_contaminated_split(X, y, seed=0)
+    assert y_test.sum() == 45  # exactly 30% of the anomalies
+    again = t_contaminated_split(X, y, seed=0)
+    other = t_contaminated_split(X, y, seed=1)
+    np.testing.assert_array_equal(again[0], t_contaminated_split(X, y, seed=0)[0])
+    assert not np.array_equal(again[0][:, 1], other[0][:, 1])
+    small = labelled_table(200)
+    first, second = (t_contaminated_split(*small, seed=s)[0] for s in (0, 1))
+    assert not np.array_equal(np.sort(first[:, 1]), np.sort(second[:, 1]))  # resampled by seed
+
+
+def test_i_oneclass_split_trains_on_one_class_and_labels_the_rest():
+    images = np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1)
+    train = ImageSet(images, np.array([0, 1, 2] * 4), ["a", "b", "c"])
+    test = ImageSet(images[:6], np.array([0, 1, 2, 0, 1, 2]), ["a", "b", "c"])
+    X_train, X_test, y_test = i_oneclass_split(train, test, 1)
+    assert X_train.ravel().tolist() == [1, 4, 7, 10]
+    assert len(X_test) == 6
+    assert y_test.tolist() == [1, 0, 1, 1, 0, 1]
+    with pytest.raises(DataError, match="no training images of class 5"):
+        i_oneclass_split(train, test, 5)
+
+
+# -- methods ----------------------------------------------------------------------------------
+
+
+def test_knn_scores_a_planted_far_point_highest_and_copes_with_a_constant_column():
+    rng = np.random.default_rng(0)
+    train = np.column_stack([rng.normal(size=(200, 3)), np.ones(200)])  # last column constant
+    test = np.column_stack([rng.normal(size=(50, 3)), np.ones(50)])
+    test[17, :3] = [6.0, -6.0, 6.0]
+    test[3, 3] = 1.2  # off the constant value (a constant column scales by 1)
+    scores = bench_methods.KNNMethod().fit(train).score(test)
+    assert np.isfinite(scores).all()
+    assert np.argmax(scores) == 17
+    assert scores[3] > np.median(scores)
+
+
+def test_baselines_flatten_images_to_unit_pixels():
+    images = np.full((4, 1, 2, 2), 255, dtype=np.uint8)
+    flat = bench_methods.flat_features(images)
+    assert flat.shape == (4, 4) and flat.max() == 1.0
+
+
+def test_pyod_methods_get_the_seed_and_no_epoch_bar(monkeypatch):
+    pyod_ae = pytest.importorskip("pyod.models.auto_encoder")
+    monkeypatch.setattr(bench_methods, "_warm_up_pyod", lambda detector_class: None)
+    method = bench_methods.PyODMethod(pyod_ae.AutoEncoder, seed=3)
+    assert method.model_.random_state == 3
+    assert method.model_.verbose == 0
+    assert method.model_.epoch_num == pyod_ae.AutoEncoder().epoch_num  # defaults otherwise
+
+
+# -- runs -------------------------------------------------------------------------------------
+
+
+def test_results_csv_has_the_protocol_columns(table_dir, tmp_path):
+    out = tmp_path / "out"
+    outcome = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=BASELINES)
+    assert not outcome.failures
+    with (out / "results.csv").open() as file:
+        assert file.readline().strip() == ",".join(RESULT_COLUMNS)
+    rows = read_rows(out)
+    assert len(rows) == 2 * len(BASELINES)
+    assert {r["dataset"] for r in rows} == {"1_first", "2_second"}
+    for row in rows:
+        assert row["protocol"] == "t-clean" and row["class"] == "" and row["seed"] == "0"
+        assert re.fullmatch(r"\d{1,3}\.\d{2}", row["aucroc"]), row
+        assert re.fullmatch(r"\d{1,3}\.\d{2}", row["aucpr"]), row
+        assert (int(row["n_train"]), int(row["n_test"])) == (100, 120)  # half the normals
+        assert float(row["fit_s"]) >= 0 and float(row["score_s"]) >= 0
+    assert min(float(r["aucroc"]) for r in rows if r["method"] == "knn") > 90
+
+
+def test_resume_runs_only_the_missing_rows(table_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn", "pca"], progress=False)
+    first = read_rows(out)
+    fits = []
+    original = bench_methods.KNNMethod.fit
+
+    def counting_fit(self, X_train):
+        fits.append(len(X_train))
+        return original(self, X_train)
+
+    monkeypatch.setattr(bench_methods.KNNMethod, "fit", counting_fit)
+    again = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn", "pca"])
+    assert fits == [] and again.rows_new == 0 and again.rows_done_before == 4
+    assert read_rows(out) == first
+    more = run_benchmark("t-clean", table_dir, out, seeds=[0, 1], methods=["knn", "pca"])
+    assert len(fits) == 2 and more.rows_new == 4  # seed 1 only, both files
+    assert read_rows(out)[:4] == first
+
+
+def test_failures_are_recorded_and_the_run_goes_on(table_dir, tmp_path, monkeypatch):
+    (table_dir / "0_broken.npz").write_bytes(b"not a zip file")
+    out = tmp_path / "out"
+
+    def broken_fit(self, X_train):
+        raise RuntimeError("pca exploded")
+
+    monkeypatch.setattr(bench_methods.PCAMethod, "fit", broken_fit)
+    args = ["benchmark", "--protocol", "t-clean", "--data-dir", str(table_dir), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--seeds", "0", "--methods", "knn,pca", "--quiet"])
+    assert result.exit_code == 1, result.output
+    failures = read_rows(out, "failures.csv")
+    assert {(f["dataset"], f["method"]) for f in failures} == {
+        ("0_broken", ""),
+        ("1_first", "pca"),
+        ("2_second", "pca"),
+    }
+    assert "RuntimeError: pca exploded" in failures[1]["error"]
+    assert {(r["dataset"], r["method"]) for r in read_rows(out)} == {
+        ("1_first", "knn"),
+        ("2_second", "knn"),
+    }
+    summary = (out / "summary.md").read_text()
+    assert "## Failures (3" in summary and "pca exploded" in summary
+    assert "pca exploded" in (out / "failures.log").read_text()
+
+    monkeypatch.undo()  # the next run retries the failures
+    (table_dir / "0_broken.npz").unlink()
+    result = CliRunner().invoke(main, [*args, "--seeds", "0", "--methods", "knn,pca", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert read_rows(out, "failures.csv") == []
+    assert len(read_rows(out)) == 4
+
+
+def test_warnings_are_recorded_in_warnings_csv(table_dir, tmp_path, monkeypatch):
+    original = bench_methods.KNNMethod.fit
+
+    def warning_fit(self, X_train):
+        import warnings
+
+        warnings.warn("calibration looks odd", UserWarning, stacklevel=1)
+        return original(self, X_train)
+
+    monkeypatch.setattr(bench_methods.KNNMethod, "fit", warning_fit)
+    out = tmp_path / "out"
+    outcome = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
+    assert not outcome.failures and outcome.rows_new == 2
+    warned = read_rows(out, "warnings.csv")
+    assert [(w["dataset"], w["message"], w["count"]) for w in warned] == [
+        ("1_first", "calibration looks odd", "1"),
+        ("2_second", "calibration looks odd", "1"),
+    ]
+    assert "UserWarning x2 (knn): calibration looks odd" in (out / "summary.md").read_text()
+
+
+def test_summary_bolds_the_best_mean_per_row(tmp_path):
+    rows = [  # dataset, seed, method, aucroc
+        ("A", 0, "iforest", "94.00"),
+        ("A", 1, "iforest", "96.00"),
+        ("A", 0, "knn", "90.00"),
+        ("A", 1, "knn", "90.00"),
+        ("B", 0, "iforest", "70.00"),
+        ("B", 0, "knn", "80.00"),
+    ]
+    with (tmp_path / "results.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(RESULT_COLUMNS)
+        for dataset, seed, method, auc in rows:
+            writer.writerow(["t-clean", dataset, "", seed, method, auc, auc, 1, 1, 10, 10])
+    text = write_summary(tmp_path, RunInfo("t-clean", "data", [0, 1])).read_text()
+    auroc = text.split("mean AUROC (%)")[1].split("##")[0]
+    cells = {
+        line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+        for line in auroc.strip().splitlines()[2:]
+    }
+    assert cells == {
+        "A": ["**95.00**", "90.00"],
+        "B": ["70.00", "**80.00**"],
+        "mean": ["82.50", "**85.00**"],
+    }
+    assert "| method  | fits |" in text and "python" in text and "CPUs" in text
+
+
+def test_pyod_is_skipped_with_a_note_when_missing(table_dir, tmp_path, monkeypatch):
+    for name in ("pyod", "pyod.models", "pyod.models.vae", "pyod.models.auto_encoder"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails as if not installed
+    out = tmp_path / "out"
+    outcome = run_benchmark(
+        "t-clean",
+        table_dir,
+        out,
+        datasets=["1_first"],
+        seeds=[0],
+        overrides=[*FAST, "family.variants=[vae]"],
+    )
+    assert set(outcome.skipped) == {"pyod-vae", "pyod-ae"}
+    assert not outcome.failures
+    methods = {r["method"] for r in read_rows(out)}
+    assert {"knn", "anomaly-vae", "vae"} <= methods and not methods & {"pyod-vae", "pyod-ae"}
+    summary = (out / "summary.md").read_text()
+    assert "## Skipped methods" in summary
+    assert "- pyod-vae: PyOD is not installed" in summary
+
+
+def test_pyod_autoencoder_runs_when_installed(table_dir, tmp_path, capsys):
+    pytest.importorskip("pyod")
+    out = tmp_path / "out"
+    outcome = run_benchmark(
+        "t-clean", table_dir, out, datasets=["1_first"], seeds=[0], methods=["pyod-ae"], threads=1
+    )
+    assert not outcome.failures
+    (row,) = read_rows(out)
+    assert row["method"] == "pyod-ae" and float(row["aucroc"]) > 70
+    assert "Training" not in capsys.readouterr().err  # PyOD's per-epoch bar is off
+
+
+def test_ensemble_reuses_the_variant_fits_and_counts_their_time(table_dir, tmp_path, monkeypatch):
+    fits = []
+    original = VAEDetector.fit
+
+    def counting_fit(self, X, *args, **kwargs):
+        fits.append(self.config.model.name)
+        return original(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(VAEDetector, "fit", counting_fit)
+    out = tmp_path / "out"
+    outcome = run_benchmark(
+        "t-clean",
+        table_dir,
+        out,
+        datasets=["1_first"],
+        seeds=[0],
+        methods=["vae", "beta-vae", "ensemble"],
+        overrides=[*FAST, "family.variants=[vae,beta-vae]"],
+    )
+    assert not outcome.failures
+    assert sorted(fits) == ["beta-vae", "vae"]
+    fit_s = {r["method"]: float(r["fit_s"]) for r in read_rows(out)}
+    assert fit_s["ensemble"] >= fit_s["vae"] + fit_s["beta-vae"] - 0.002  # 3-decimal rounding
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An idx-ubyte file as torchvision's MNIST readers expect (magic: uint8, ndim)."""
+    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def fake_fashion_mnist(root: Path, per_class: tuple[int, int] = (40, 20)) -> None:
+    """Two classes of 28x28 images: bright top half (0) or bright bottom half (1)."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", per_class[0]), ("t10k", per_class[1])):
+        labels = np.repeat([0, 1], n)
+        images = rng.integers(0, 60, size=(2 * n, 28, 28))
+        images[labels == 0, :14] += 180
+        images[labels == 1, 14:] += 180
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+
+
+def test_i_oneclass_on_a_tiny_fashion_mnist(tmp_path):
+    root = tmp_path / "torchvision"
+    fake_fashion_mnist(root)
+    out = tmp_path / "out"
+    methods = ["anomaly-vae", *BASELINES]
+    outcome = run_benchmark(
+        "i-oneclass", root, out, classes=[0, 1], methods=methods, overrides=FAST
+    )
+    assert not outcome.failures, outcome.failures
+    rows = read_rows(out)
+    assert sorted((r["class"], r["method"]) for r in rows) == sorted(
+        (c, m) for c in ("0", "1") for m in methods
+    )
+    for row in rows:
+        assert row["dataset"] == "FashionMNIST" and row["seed"] == "0"
+        assert (row["n_train"], row["n_test"]) == ("40", "40")
+        if row["method"] != "anomaly-vae":
+            assert float(row["aucroc"]) > 95, row
+    summary = (out / "summary.md").read_text()
+    assert "i-oneclass, FashionMNIST: mean AUROC" in summary
+    assert re.search(r"^\| 1 +\|", summary, re.MULTILINE)  # one row per class
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_cli_names_the_valid_methods_and_datasets(table_dir, tmp_path):
+    base = ["benchmark", "--protocol", "t-clean", "--data-dir", str(table_dir)]
+    base += ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [*base, "--methods", "knn,nope"])
+    assert result.exit_code == 2
+    assert "unknown method 'nope'" in result.output
+    assert "anomaly-vae" in result.output and "pyod-ae" in result.output
+    result = CliRunner().invoke(main, [*base, "--datasets", "1_first,3_third"])
+    assert result.exit_code == 1
+    assert "no data set '3_third'" in result.output and "1_first, 2_second" in result.output
+    images = ["benchmark", "--protocol", "i-oneclass", "--data-dir", str(table_dir)]
+    result = CliRunner().invoke(main, [*images, "--out", str(tmp_path / "o2")])
+    assert result.exit_code == 1 and "FashionMNIST" in result.output
+
+
+def test_cli_protocols_are_the_runners():
+    choices = next(p for p in main.commands["benchmark"].params if p.name == "protocol")
+    assert tuple(choices.type.choices) == PROTOCOLS
+
+
+def test_pipeline_script_calls_the_same_runner(table_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    script = Path(__file__).parents[1] / "pipelines" / "benchmark.py"
+    argv = [str(script), "--protocol", "t-contaminated", "--data-dir", str(table_dir)]
+    argv += ["--out", str(out), "--seeds", "1", "--methods", "knn", "--quiet"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    rows = read_rows(out)
+    assert [(r["protocol"], r["seed"], r["n_train"], r["n_test"]) for r in rows] == [
+        ("t-contaminated", "1", "700", "300"),  # 220 rows resampled to 1,000
+        ("t-contaminated", "1", "700", "300"),
+    ]
+    assert "mean AUROC" in capsys.readouterr().out
+
+
+def test_help_explains_every_option():
+    result = CliRunner().invoke(main, ["benchmark", "--help"])
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    for option in ("--protocol", "--data-dir", "--datasets", "--classes", "--seeds"):
+        assert option in text
+    for option in ("--methods", "--out", "--config", "--set KEY=VALUE", "--threads N"):
+        assert option in text
+    assert "default: 0,1,2 for tables, 0 for i-oneclass" in text
+    assert "pyod-vae, pyod-ae" in text and "resume" in text
