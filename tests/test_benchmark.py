@@ -205,13 +205,15 @@ def test_failures_are_recorded_and_the_run_goes_on(table_dir, tmp_path, monkeypa
     assert len(read_rows(out)) == 4
 
 
-def test_warnings_are_recorded_in_warnings_csv(table_dir, tmp_path, monkeypatch):
+def test_warnings_are_recorded_in_warnings_csv(table_dir, tmp_path, monkeypatch, caplog):
     original = bench_methods.KNNMethod.fit
 
     def warning_fit(self, X_train):
+        import logging
         import warnings
 
         warnings.warn("calibration looks odd", UserWarning, stacklevel=1)
+        logging.getLogger("anomaly_vae.detector").warning("too few calibration rows")
         return original(self, X_train)
 
     monkeypatch.setattr(bench_methods.KNNMethod, "fit", warning_fit)
@@ -219,11 +221,15 @@ def test_warnings_are_recorded_in_warnings_csv(table_dir, tmp_path, monkeypatch)
     outcome = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
     assert not outcome.failures and outcome.rows_new == 2
     warned = read_rows(out, "warnings.csv")
-    assert [(w["dataset"], w["message"], w["count"]) for w in warned] == [
-        ("1_first", "calibration looks odd", "1"),
-        ("2_second", "calibration looks odd", "1"),
+    assert [(w["dataset"], w["category"], w["message"]) for w in warned] == [
+        ("1_first", "UserWarning", "calibration looks odd"),
+        ("1_first", "log WARNING", "too few calibration rows"),
+        ("2_second", "UserWarning", "calibration looks odd"),
+        ("2_second", "log WARNING", "too few calibration rows"),
     ]
-    assert "UserWarning x2 (knn): calibration looks odd" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "UserWarning x2 (knn): calibration looks odd" in summary
+    assert "too few calibration rows" not in caplog.text  # recorded, not printed
 
 
 def test_summary_bolds_the_best_mean_per_row(tmp_path):

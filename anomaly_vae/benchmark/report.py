@@ -238,7 +238,16 @@ def _protocol_section(results: pd.DataFrame, protocol: str) -> list[str]:
         for metric, metric_name in METRICS.items():
             lines += [f"## {title}: mean {metric_name} (%)", ""]
             lines += [format_table(mean_table(part, rows, metric), label), ""]
-    lines += [f"## {protocol}: time per method (seconds, all rows)", "", time_table(results), ""]
+    lines += [
+        f"## {protocol}: time per method (seconds, all rows)",
+        "",
+        time_table(results),
+        "",
+        "fit_s is what a method costs on its own: a variant whose config equals the default "
+        "detector's shares that fit (same fit_s), and the ensemble's is its members' fits "
+        "plus its own build.",
+        "",
+    ]
     return lines
 
 

@@ -3,13 +3,14 @@
 Each finished row is appended to results.csv at once; rows already there are not run
 again (resume). A failure (one method, or loading or splitting a data set) is recorded
 in failures.csv and the run goes on; failures are retried by the next run. Warnings
-raised while a method fits and scores are collected into warnings.csv instead of
-being printed through the progress bar.
+raised or logged (by this library) while a method fits and scores are collected into
+warnings.csv instead of being printed through the progress bar.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 import traceback
@@ -205,15 +206,19 @@ class _Run:
             import torch
 
             torch.set_num_threads(self.threads)
-        try:
-            scores, fit_s, score_s, caught = measure(method, context, X_train, X_test)
-            aucroc = roc_auc_score(y_test, scores)
-            aucpr = average_precision_score(y_test, scores)
-        except Exception as exc:
-            self.fail(key, exc)
-            return
+        failure = None
+        with collect_warnings() as caught:
+            try:
+                scores, fit_s, score_s = measure(method, context, X_train, X_test)
+                aucroc = roc_auc_score(y_test, scores)
+                aucpr = average_precision_score(y_test, scores)
+            except Exception as exc:
+                failure = exc
         if caught:
             self.files.add_warnings(key, caught)
+        if failure is not None:
+            self.fail(key, failure)
+            return
         self.files.add_result(key, aucroc, aucpr, fit_s, score_s, len(X_train), len(X_test))
         self.outcome.rows_new += 1
 
@@ -246,26 +251,54 @@ def _threads(threads: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+class _LogRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[Counter[tuple[str, str]]]:
+    """Count Python warnings and our library's logged warnings by (category, message)
+    instead of printing them; the counts are filled in when the block ends."""
+    counts: Counter[tuple[str, str]] = Counter()
+    library = logging.getLogger("anomaly_vae")
+    handler, propagate = _LogRecords(), library.propagate
+    library.addHandler(handler)
+    library.propagate = False
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield counts
+    finally:
+        library.removeHandler(handler)
+        library.propagate = propagate
+        counts.update((w.category.__name__, str(w.message).strip()) for w in caught)
+        counts.update((f"log {r.levelname}", r.getMessage().strip()) for r in handler.records)
+
+
 def measure(
     method_name: str, context: Context, X_train: np.ndarray, X_test: np.ndarray
-) -> tuple[np.ndarray, float, float, Counter[tuple[str, str]]]:
-    """Build, fit and score one method: ``(scores, fit_s, score_s, warnings)``.
+) -> tuple[np.ndarray, float, float]:
+    """Build, fit and score one method: ``(scores (n_test,) float64, fit_s, score_s)``.
 
     ``fit_s`` is the method's own ``fit_seconds_`` when it sets one (reused fits and
-    the ensemble), else the wall time of ``fit``. Warnings are counted, not shown.
+    the ensemble), else the wall time of ``fit``. ValueError for missing or
+    non-finite scores.
     """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        method = registry()[method_name].build(context)
-        start = time.perf_counter()
-        method.fit(X_train)
-        fit_s = getattr(method, "fit_seconds_", time.perf_counter() - start)
-        start = time.perf_counter()
-        scores = np.asarray(method.score(X_test), dtype=np.float64)
-        score_s = time.perf_counter() - start
-    counts = Counter((w.category.__name__, str(w.message).strip()) for w in caught)
+    method = registry()[method_name].build(context)
+    start = time.perf_counter()
+    method.fit(X_train)
+    fit_s = getattr(method, "fit_seconds_", time.perf_counter() - start)
+    start = time.perf_counter()
+    scores = np.asarray(method.score(X_test), dtype=np.float64)
+    score_s = time.perf_counter() - start
     if scores.shape != (len(X_test),):
         raise ValueError(f"expected {len(X_test)} scores, got shape {scores.shape}")
     if not np.isfinite(scores).all():
         raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN or infinite")
-    return scores, fit_s, score_s, counts
+    return scores, fit_s, score_s
