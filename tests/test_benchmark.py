@@ -230,6 +230,8 @@ def test_warnings_are_recorded_in_warnings_csv(table_dir, tmp_path, monkeypatch,
     summary = (out / "summary.md").read_text()
     assert "UserWarning x2 (knn): calibration looks odd" in summary
     assert "too few calibration rows" not in caplog.text  # recorded, not printed
+    run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
+    assert read_rows(out, "warnings.csv") == warned  # resumed rows keep their warnings
 
 
 def test_summary_bolds_the_best_mean_per_row(tmp_path):

@@ -188,7 +188,7 @@ def summary_text(out: Path, run: RunInfo | None = None) -> str:
             lines.append(f"- {where}: {row['error']}")
         lines.append("")
     if len(warned):
-        lines += ["## Warnings of the latest run (warnings.csv)", ""]
+        lines += ["## Warnings (warnings.csv)", ""]
         grouped = warned.groupby(["category", "message"], sort=False)
         for (category, message), group in grouped:
             methods = ", ".join(_method_order(list(group["method"].unique())))

@@ -1,7 +1,7 @@
 """The files of a benchmark run, written row by row so that a killed run keeps what it
 finished: ``results.csv`` (one row per data set, class, seed and method),
-``failures.csv`` and ``warnings.csv`` (both of the latest run) and ``failures.log``
-(the tracebacks)."""
+``warnings.csv`` (of the rows in results.csv), ``failures.csv`` and ``failures.log``
+(the latest run's failures and their tracebacks)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,8 @@ class CsvLog:
 
 
 class RunFiles:
-    """results.csv (kept across runs: resume), failures.csv and warnings.csv (this run)."""
+    """results.csv and warnings.csv (kept across runs: resume), failures.csv and
+    failures.log (this run)."""
 
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
@@ -87,13 +88,20 @@ class RunFiles:
         self.traceback_log = self.out / "failures.log"
 
     def start(self) -> set[Key]:
-        """Create the files; return the keys of the rows already done."""
+        """Create the files; return the keys of the rows already done.
+
+        Failures start afresh (they are retried); warnings are kept for the rows done.
+        """
         self.out.mkdir(parents=True, exist_ok=True)
         self.results.start(fresh=False)
-        self.failures.start(fresh=True)
+        done = {tuple(row[c] for c in KEY_COLUMNS) for row in self.results.rows()}
+        kept = [r for r in self.warnings.rows() if tuple(r[c] for c in KEY_COLUMNS) in done]
         self.warnings.start(fresh=True)
+        for row in kept:
+            self.warnings.append(row)
+        self.failures.start(fresh=True)
         self.traceback_log.write_text("")
-        return {tuple(row[c] for c in KEY_COLUMNS) for row in self.results.rows()}
+        return done
 
     def add_result(
         self,
