@@ -552,7 +552,17 @@ def _method_names(
     type=click.IntRange(min=0),
     default=0,
     metavar="N",
-    help="Cap torch and BLAS threads at N (0: the libraries' default, one per core).",
+    help="Cap torch and BLAS threads at N, per job with --jobs (0: the libraries' default, "
+    "one per core; with --jobs > 1, the cores shared out among the jobs).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    metavar="N",
+    help="Run the (data set, class, seed) units in N worker processes side by side, all "
+    "methods of a unit in one worker (one progress bar over units). Only this process "
+    "writes the files, each unit's rows as soon as it is done.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @_user_errors
@@ -567,6 +577,7 @@ def benchmark(
     config_file: Path | None,
     overrides: tuple[str, ...],
     threads: int,
+    jobs: int,
     quiet: bool,
 ) -> None:
     """Compare our detector, its family and baselines on a published protocol.
@@ -589,6 +600,7 @@ def benchmark(
         config_path=config_file,
         overrides=overrides,
         threads=threads,
+        jobs=jobs,
         progress=not quiet,
     )
     click.echo(outcome.summary.read_text())

@@ -3,7 +3,7 @@
 
     python pipelines/benchmark.py --protocol t-clean --data-dir ../shared/data/adbench \
         --out results/bench-t-clean [--datasets 4_breastw,6_cardio] [--seeds 0,1,2] \
-        [--methods anomaly-vae,knn] [--config FILE] [--set key=value ...] [--threads N]
+        [--methods anomaly-vae,knn] [--config FILE] [--set key=value ...] [--threads N] [--jobs N]
     python pipelines/benchmark.py --protocol i-oneclass --data-dir ../shared/data \
         --datasets FashionMNIST --out results/bench-fmnist
 
@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--config")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     outcome = run_benchmark(
@@ -53,6 +54,7 @@ def main() -> int:
         config_path=args.config,
         overrides=args.overrides,
         threads=args.threads,
+        jobs=args.jobs,
         progress=not args.quiet,
     )
     print(outcome.summary.read_text())

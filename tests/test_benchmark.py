@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly_vae.benchmark import methods as bench_methods
-from anomaly_vae.benchmark import run_benchmark
+from anomaly_vae.benchmark import run_benchmark, runner
 from anomaly_vae.benchmark.report import RunInfo, write_summary
 from anomaly_vae.benchmark.results import RESULT_COLUMNS
 from anomaly_vae.benchmark.tasks import PROTOCOLS
@@ -320,6 +320,48 @@ def test_ensemble_reuses_the_variant_fits_and_counts_their_time(table_dir, tmp_p
     assert fit_s["ensemble"] >= fit_s["vae"] + fit_s["beta-vae"] - 0.002  # 3-decimal rounding
 
 
+def test_jobs_2_gives_the_rows_of_jobs_1(table_dir, tmp_path):
+    """Units in two worker processes: the same rows and AUROCs as in one process (one torch
+    thread either way, so the fits do the same arithmetic), written by this process; a
+    data set that fails to load is one failure, as in one process."""
+    (table_dir / "0_broken.npz").write_bytes(b"not a zip file")
+    methods = [*BASELINES, "anomaly-vae"]
+    args = ["benchmark", "--protocol", "t-clean", "--data-dir", str(table_dir)]
+    args += ["--seeds", "0,1", "--methods", ",".join(methods), "--threads", "1", "--quiet"]
+    for override in FAST:
+        args += ["--set", override]
+    rows, failures = {}, {}
+    for jobs in (1, 2):
+        out = tmp_path / f"jobs{jobs}"
+        result = CliRunner().invoke(main, [*args, "--out", str(out), "--jobs", str(jobs)])
+        assert result.exit_code == 1, result.output  # the broken file
+        failures[jobs] = read_rows(out, "failures.csv")
+        rows[jobs] = {
+            (r["dataset"], r["seed"], r["method"]): (r["aucroc"], r["aucpr"], r["n_train"])
+            for r in read_rows(out)
+        }
+        assert len(rows[jobs]) == len(read_rows(out)) == 2 * 2 * len(methods)
+    assert rows[2] == rows[1]
+    assert failures[2] == failures[1]
+    assert [(f["dataset"], f["seed"], f["method"]) for f in failures[2]] == [("0_broken", "", "")]
+    summary = (tmp_path / "jobs2" / "summary.md").read_text()
+    assert "2 jobs (worker processes) side by side, 1 torch thread each" in summary
+    assert "1 job, 1 torch thread" in (tmp_path / "jobs1" / "summary.md").read_text()
+    again = run_benchmark(
+        "t-clean", table_dir, tmp_path / "jobs2", seeds=[0, 1], methods=methods, jobs=2
+    )
+    assert again.rows_new == 0 and again.rows_done_before == 2 * 2 * len(methods)  # resumed
+    assert list(again.failures) == [("t-clean", "0_broken", "", "", "")]
+
+
+def test_workers_share_out_the_cpus_unless_threads_is_set(monkeypatch):
+    monkeypatch.setattr(runner, "available_cpus", lambda: 8)
+    assert runner.worker_threads(0, 2) == 4
+    assert runner.worker_threads(0, 3) == 2
+    assert runner.worker_threads(0, 16) == 1
+    assert runner.worker_threads(3, 2) == 3
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """An idx-ubyte file as torchvision's MNIST readers expect (magic: uint8, ndim)."""
     header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
@@ -409,7 +451,7 @@ def test_help_explains_every_option():
     text = " ".join(result.output.split())
     for option in ("--protocol", "--data-dir", "--datasets", "--classes", "--seeds"):
         assert option in text
-    for option in ("--methods", "--out", "--config", "--set KEY=VALUE", "--threads N"):
+    for option in ("--methods", "--out", "--config", "--set KEY=VALUE", "--threads N", "--jobs N"):
         assert option in text
     assert "default: 0,1,2 for tables, 0 for i-oneclass" in text
     assert "pyod-vae, pyod-ae" in text and "resume" in text

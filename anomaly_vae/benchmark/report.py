@@ -36,7 +36,8 @@ class RunInfo:
     seeds: list[int]
     classes: list[int] | None = None
     config: str = "defaults"
-    threads: int = 0  # torch threads during the run
+    threads: int = 0  # torch threads during the run (per worker with jobs > 1)
+    jobs: int = 1  # worker processes running (data set, class, seed) units side by side
     rows_new: int = 0  # rows this run added to results.csv
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -211,8 +212,7 @@ def _setting(results: pd.DataFrame, run: RunInfo | None) -> list[str]:
         f"- seeds in results.csv: {', '.join(map(str, seeds)) or '-'}; rows: {len(results)}"
         + (f" ({run.rows_new} from this run)" if run is not None else ""),
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- machine: {machine()}"
-        + (f"; torch threads: {run.threads}" if run is not None and run.threads else ""),
+        f"- machine: {machine()}" + (_parallelism(run) if run is not None else ""),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
         "",
         "AUROC and AUCPR in percent, mean over seeds; the mean row is the mean over the rows. "
@@ -220,6 +220,17 @@ def _setting(results: pd.DataFrame, run: RunInfo | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def _parallelism(run: RunInfo) -> str:
+    threads = f"{run.threads} torch thread{'s' if run.threads != 1 else ''}" if run.threads else ""
+    if run.jobs == 1:
+        return f"; 1 job, {threads}" if threads else "; 1 job"
+    return (
+        f"; {run.jobs} jobs (worker processes) side by side, {threads or 'default threads'} "
+        "each; fit_s and score_s are timed per fit inside the workers, so their totals "
+        "can exceed the run's wall time"
+    )
 
 
 def _protocol_section(results: pd.DataFrame, protocol: str) -> list[str]:

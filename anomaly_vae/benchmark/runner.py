@@ -5,27 +5,43 @@ again (resume). A failure (one method, or loading or splitting a data set) is re
 in failures.csv and the run goes on; failures are retried by the next run. Warnings
 raised or logged (by this library) while a method fits and scores are collected into
 warnings.csv instead of being printed through the progress bar.
+
+With ``jobs`` > 1 the work is split into units, one per (data set, class, seed) with
+every pending method of it (the ensemble reuses the variant fits of its split), run
+in that many worker processes. Workers send their rows, warnings and failures back;
+only this process writes the files, a unit's rows as soon as the unit is done.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import multiprocessing
+import os
 import sys
 import time
 import traceback
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from anomaly_vae.benchmark.methods import Context, FitCache, plan_methods, registry
+from anomaly_vae.benchmark.methods import (
+    BASELINES,
+    Context,
+    FitCache,
+    plan_methods,
+    registry,
+)
 from anomaly_vae.benchmark.report import RunInfo, write_summary
 from anomaly_vae.benchmark.results import Key, RunFiles, row_key
 from anomaly_vae.benchmark.tasks import (
@@ -38,6 +54,10 @@ from anomaly_vae.benchmark.tasks import (
 )
 from anomaly_vae.config import Config, load_config
 from anomaly_vae.errors import ConfigError
+
+# Imported on first use, inside the first timed fit of a process: the forkserver imports
+# them for every worker (building a torch optimizer imports torch._dynamo: seconds).
+WORKER_PRELOAD = ("torch._dynamo", "sklearn.ensemble", "sklearn.neighbors", "sklearn.decomposition")
 
 
 @dataclass
@@ -64,6 +84,19 @@ def detector_config(
     return config
 
 
+def available_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def worker_threads(threads: int, jobs: int) -> int:
+    """Torch and BLAS threads per worker with ``jobs`` > 1: ``threads`` if set, else the
+    CPUs shared out among the workers (at least one each)."""
+    return threads or max(1, available_cpus() // jobs)
+
+
 def run_benchmark(
     protocol: str,
     data_dir: str | Path,
@@ -76,6 +109,7 @@ def run_benchmark(
     config_path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     threads: int = 0,
+    jobs: int = 1,
     progress: bool = True,
 ) -> BenchmarkOutcome:
     """Run ``protocol`` on the data sets in ``data_dir``, writing into ``out``.
@@ -85,11 +119,17 @@ def run_benchmark(
     0, 1, 2 for tables and 0 for images; ``methods``: names as in results.csv, default
     every one that suits the data; ``config_path`` and ``overrides`` (``key=value``)
     configure our detector as `anomaly-vae fit` does; ``threads`` > 0 caps torch and
-    BLAS threads. Writes results.csv, failures.csv, warnings.csv, failures.log and
-    summary.md. Raises ConfigError/DataError for bad arguments before anything runs.
+    BLAS threads (per worker with ``jobs`` > 1, where 0 means CPUs // jobs); ``jobs``
+    > 1 runs the (data set, class, seed) units in that many worker processes. Writes
+    results.csv, failures.csv, warnings.csv, failures.log and summary.md. Raises
+    ConfigError/DataError for bad arguments before anything runs.
     """
     kind = data_kind(protocol)
     out = Path(out)
+    if jobs < 1:
+        raise ConfigError(f"jobs must be 1 or more, got {jobs}")
+    if threads < 0:
+        raise ConfigError(f"threads must be 0 (default) or more, got {threads}")
     seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS[protocol])
     classes = (
         (list(classes) if classes is not None else list(DEFAULT_CLASSES))
@@ -118,52 +158,220 @@ def run_benchmark(
         seeds,
         classes if protocol == IMAGE_PROTOCOL else None,
         config_text or "defaults",
+        jobs=jobs,
         skipped=skipped,
     )
-    state = _Run(files, done, outcome, config_path, overrides, threads, progress)
+    units: list[Unit] = []
+    for dataset in found:
+        pending = pending_units(dataset, classes, seeds, chosen, done)
+        units += pending
+        total = len(classes) * len(seeds) * len(chosen)
+        outcome.rows_done_before += total - sum(len(unit.methods) for unit in pending)
+    state = _Run(files, outcome, progress)
     try:
-        with _threads(threads) as used, logging_redirect_tqdm():
-            run.threads = used
-            for dataset in found:
-                state.run_dataset(dataset, classes, seeds, chosen)
+        if jobs == 1:
+            settings = Settings(config_path, tuple(overrides), threads)
+            with _threads(threads) as used, logging_redirect_tqdm():
+                run.threads = used
+                if units and set(chosen) - set(BASELINES):  # our detectors train
+                    warm_up_torch()
+                for dataset in found:
+                    state.run_dataset(dataset, [u for u in units if u.dataset is dataset], settings)
+        else:
+            run.threads = worker_threads(threads, jobs)
+            settings = Settings(config_path, tuple(overrides), run.threads)
+            with logging_redirect_tqdm():
+                state.run_parallel(units, settings, jobs, protocol)
     finally:
         run.rows_new = outcome.rows_new
         outcome.summary = write_summary(out, run)
     return outcome
 
 
+@dataclass(frozen=True)
+class Settings:
+    """How every split configures our detector; sent to the workers."""
+
+    config_path: Path | None
+    overrides: tuple[str, ...]
+    threads: int  # 0: leave torch's threads as they are
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Every pending method of one (data set, class, seed): run together, in one process,
+    because the ensemble reuses the variant fits of its split."""
+
+    dataset: Dataset
+    cls: int | None
+    seed: int
+    methods: tuple[str, ...]
+
+    def key(self, method: str) -> Key:
+        return row_key(self.dataset.protocol, self.dataset.name, self.cls, self.seed, method)
+
+    def dataset_key(self) -> Key:
+        """The key of a failure to load the data set."""
+        return row_key(self.dataset.protocol, self.dataset.name, None, None, "")
+
+    @property
+    def where(self) -> str:
+        return f"seed {self.seed}" if self.cls is None else f"class {self.cls}, seed {self.seed}"
+
+
+def pending_units(
+    dataset: Dataset,
+    classes: list[int | None],
+    seeds: list[int],
+    methods: list[str],
+    done: set[Key],
+) -> list[Unit]:
+    """The units of ``dataset`` with methods whose rows are not in ``done``."""
+    units = []
+    for cls in classes:
+        for seed in seeds:
+            key = functools.partial(row_key, dataset.protocol, dataset.name, cls, seed)
+            todo = tuple(m for m in methods if key(m) not in done)
+            if todo:
+                units.append(Unit(dataset, cls, seed, todo))
+    return units
+
+
+class Sink(Protocol):
+    """Where a split's outcomes go: the run files (in this process) or a record (in a
+    worker, sent back)."""
+
+    def result(
+        self,
+        key: Key,
+        aucroc: float,
+        aucpr: float,
+        fit_s: float,
+        score_s: float,
+        n_train: int,
+        n_test: int,
+    ) -> None: ...
+
+    def warnings(self, key: Key, counts: Counter[tuple[str, str]]) -> None: ...
+
+    def failure(self, key: Key, error: str, traceback_text: str) -> None: ...
+
+
+@dataclass
+class UnitRecord:
+    """What a worker did on one unit, in order: ``(sink method, arguments)``."""
+
+    events: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def result(self, *args: Any) -> None:
+        self.events.append(("result", args))
+
+    def warnings(self, *args: Any) -> None:
+        self.events.append(("warnings", args))
+
+    def failure(self, *args: Any) -> None:
+        self.events.append(("failure", args))
+
+    def replay(self, sink: Sink) -> None:
+        for name, args in self.events:
+            getattr(sink, name)(*args)
+
+
+def describe(exc: BaseException) -> tuple[str, str]:
+    """A failure as ``(one-line error, traceback)``."""
+    error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    return error, "".join(traceback.format_exception(exc))
+
+
+def run_split(
+    unit: Unit,
+    loaded: Any,
+    settings: Settings,
+    sink: Sink,
+    started: Callable[[str], None] = lambda method: None,
+    finished: Callable[[int], None] = lambda count: None,
+) -> None:
+    """Split ``loaded`` for ``unit`` and run its methods; ``started(method)`` before each
+    method, ``finished(count)`` after each (or once for all when the split fails)."""
+    try:
+        X_train, X_test, y_test = unit.dataset.split(loaded, unit.cls, unit.seed)
+    except Exception as exc:
+        sink.failure(unit.key(""), *describe(exc))
+        finished(len(unit.methods))
+        return
+    config = detector_config(settings.config_path, settings.overrides, unit.seed, settings.threads)
+    context = Context(unit.seed, config, data_kind(unit.dataset.protocol), FitCache())
+    for method in unit.methods:
+        started(method)
+        run_method(method, context, X_train, X_test, y_test, unit.key(method), settings, sink)
+        finished(1)
+
+
+def run_method(
+    method: str,
+    context: Context,
+    X_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    key: Key,
+    settings: Settings,
+    sink: Sink,
+) -> None:
+    """Fit and score one method; its warnings, then its row or its failure, to ``sink``."""
+    if settings.threads:  # a detector may have set torch threads for itself
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    failure = None
+    with collect_warnings() as caught:
+        try:
+            scores, fit_s, score_s = measure(method, context, X_train, X_test)
+            aucroc = roc_auc_score(y_test, scores)
+            aucpr = average_precision_score(y_test, scores)
+        except Exception as exc:
+            failure = exc
+    if caught:
+        sink.warnings(key, caught)
+    if failure is not None:
+        sink.failure(key, *describe(failure))
+        return
+    sink.result(key, aucroc, aucpr, fit_s, score_s, len(X_train), len(X_test))
+
+
 @dataclass
 class _Run:
-    """The state one run shares across data sets: its files, the rows done, the outcome
-    and how to configure our detector."""
+    """The run in this process: its files and outcome; the sink of every split."""
 
     files: RunFiles
-    done: set[Key]
     outcome: BenchmarkOutcome
-    config_path: Path | None
-    overrides: list[str]
-    threads: int
     progress: bool
 
-    def run_dataset(
+    def result(
         self,
-        dataset: Dataset,
-        classes: list[int | None],
-        seeds: list[int],
-        methods: list[str],
+        key: Key,
+        aucroc: float,
+        aucpr: float,
+        fit_s: float,
+        score_s: float,
+        n_train: int,
+        n_test: int,
     ) -> None:
-        """Every pending (class, seed, method) of ``dataset``, under one progress bar."""
+        self.files.add_result(key, aucroc, aucpr, fit_s, score_s, n_train, n_test)
+        self.outcome.rows_new += 1
 
-        def key(cls: int | None, seed: int | None, method: str) -> Key:
-            return row_key(dataset.protocol, dataset.name, cls, seed, method)
+    def warnings(self, key: Key, counts: Counter[tuple[str, str]]) -> None:
+        self.files.add_warnings(key, counts)
 
-        pending = {
-            (cls, seed): [m for m in methods if key(cls, seed, m) not in self.done]
-            for cls in classes
-            for seed in seeds
-        }
-        total = sum(len(todo) for todo in pending.values())
-        self.outcome.rows_done_before += len(classes) * len(seeds) * len(methods) - total
+    def failure(self, key: Key, error: str, traceback_text: str) -> None:
+        if key in self.outcome.failures:  # a data set failing to load, told by each unit
+            return
+        self.files.add_failure(key, error, traceback_text)
+        self.outcome.failures[key] = error
+        _note(f"FAILED {' / '.join(part for part in key[1:] if part)}: {error}")
+
+    def run_dataset(self, dataset: Dataset, units: list[Unit], settings: Settings) -> None:
+        """``units`` of ``dataset`` in this process, under one progress bar."""
+        total = sum(len(unit.methods) for unit in units)
         if not total:
             return
         bar = tqdm(total=total, desc=dataset.name, disable=not self.progress, file=sys.stderr)
@@ -171,62 +379,119 @@ class _Run:
             try:
                 loaded = dataset.load()
             except Exception as exc:
-                self.fail(key(None, None, ""), exc)
+                self.failure(units[0].dataset_key(), *describe(exc))
                 return
-            for (cls, seed), todo in pending.items():
-                if not todo:
-                    continue
-                where = f"seed {seed}" if cls is None else f"class {cls}, seed {seed}"
-                try:
-                    X_train, X_test, y_test = dataset.split(loaded, cls, seed)
-                except Exception as exc:
-                    self.fail(key(cls, seed, ""), exc)
-                    bar.update(len(todo))
-                    continue
-                config = detector_config(self.config_path, self.overrides, seed, self.threads)
-                context = Context(seed, config, data_kind(dataset.protocol), FitCache())
-                for method in todo:
-                    bar.set_postfix_str(f"{where}: {method}")
-                    self.run_method(
-                        method, context, X_train, X_test, y_test, key(cls, seed, method)
-                    )
-                    bar.update(1)
+            for unit in units:
+                run_split(
+                    unit,
+                    loaded,
+                    settings,
+                    self,
+                    started=lambda method, u=unit: bar.set_postfix_str(f"{u.where}: {method}"),
+                    finished=bar.update,
+                )
 
-    def run_method(
-        self,
-        method: str,
-        context: Context,
-        X_train: np.ndarray,
-        X_test: np.ndarray,
-        y_test: np.ndarray,
-        key: Key,
-    ) -> None:
-        """Fit and score one method; append its row, or record its failure."""
-        if self.threads:  # a detector may have set torch threads for itself
-            import torch
-
-            torch.set_num_threads(self.threads)
-        failure = None
-        with collect_warnings() as caught:
-            try:
-                scores, fit_s, score_s = measure(method, context, X_train, X_test)
-                aucroc = roc_auc_score(y_test, scores)
-                aucpr = average_precision_score(y_test, scores)
-            except Exception as exc:
-                failure = exc
-        if caught:
-            self.files.add_warnings(key, caught)
-        if failure is not None:
-            self.fail(key, failure)
+    def run_parallel(self, units: list[Unit], settings: Settings, jobs: int, label: str) -> None:
+        """``units`` in ``jobs`` worker processes, under one progress bar over units; each
+        unit's rows are written when it is done."""
+        if not units:
             return
-        self.files.add_result(key, aucroc, aucpr, fit_s, score_s, len(X_train), len(X_test))
-        self.outcome.rows_new += 1
+        bar = tqdm(
+            total=len(units),
+            desc=f"{label}, {jobs} jobs",
+            unit="unit",
+            disable=not self.progress,
+            file=sys.stderr,
+        )
+        executor = ProcessPoolExecutor(
+            max_workers=min(jobs, len(units)),
+            mp_context=worker_context(),
+            initializer=_start_worker,
+            initargs=(settings.threads,),
+        )
+        try:
+            with bar:
+                futures = {executor.submit(run_unit, unit, settings): unit for unit in units}
+                for future in as_completed(futures):
+                    unit = futures[future]
+                    try:
+                        record = future.result()
+                    except Exception as exc:  # the worker died (e.g. out of memory)
+                        self.failure(unit.key(""), *describe(exc))
+                    else:
+                        record.replay(self)
+                    bar.set_postfix_str(f"{unit.dataset.name}, {unit.where}")
+                    bar.update(1)
+        except BaseException:
+            executor.shutdown(wait=False, cancel_futures=True)
+            raise
+        executor.shutdown()
 
-    def fail(self, key: Key, exc: BaseException) -> None:
-        error = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-        self.files.add_failure(key, error, "".join(traceback.format_exception(exc)))
-        self.outcome.failures[key] = error
-        _note(f"FAILED {' / '.join(part for part in key[1:] if part)}: {error}")
+
+# -- in a worker process ----------------------------------------------------------------------
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How workers start: forked from a fresh server process ("forkserver") that has
+    imported this module, torch included, and run nothing; never from this process,
+    where torch has run (forking that is unsafe). The server imports once (seconds)
+    and stays for later runs. "spawn" where there is no forkserver (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__, *WORKER_PRELOAD])
+    return context
+
+
+def _start_worker(threads: int) -> None:
+    """Cap torch and BLAS/OpenMP threads for the worker's life; warm torch up."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _limit_native_threads(threads)
+    warm_up_torch()
+
+
+def _limit_native_threads(threads: int) -> None:
+    """Cap the BLAS/OpenMP libraries loaded so far (threadpoolctl sees only those)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # kept: the limits stay until the worker ends
+
+
+def _load(dataset: Dataset) -> Any:
+    """The last data set a worker loaded is kept: consecutive units of one data set (the
+    classes and seeds of an image set) load it once per worker."""
+    return _load_cached(dataset.protocol, dataset.name, dataset.location)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(protocol: str, name: str, location: Path) -> Any:
+    return Dataset(protocol, name, location).load()
+
+
+def run_unit(unit: Unit, settings: Settings) -> UnitRecord:
+    """Run one unit in a worker; what it did comes back as a record."""
+    _limit_native_threads(settings.threads)  # also libraries loaded by earlier units
+    record = UnitRecord()
+    try:
+        loaded = _load(unit.dataset)
+    except Exception as exc:
+        record.failure(unit.dataset_key(), *describe(exc))
+        return record
+    run_split(unit, loaded, settings, record)
+    return record
+
+
+# -- shared -----------------------------------------------------------------------------------
+
+
+def warm_up_torch() -> None:
+    """Build a throw-away Adam optimizer, as training does, so that torch's lazy imports
+    happen here and not in the first timed fit of a process."""
+    import torch
+
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
 
 def _note(message: str) -> None:
