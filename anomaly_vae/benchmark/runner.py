@@ -491,7 +491,7 @@ def warm_up_torch() -> None:
     happen here and not in the first timed fit of a process."""
     import torch
 
-    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], fused=True)
 
 
 def _note(message: str) -> None:
