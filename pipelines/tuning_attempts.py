@@ -1,7 +1,8 @@
-"""Measure one tuning attempt of the default detector on the T-clean protocol.
+"""Measure one tuning attempt of the default detector on a tabular protocol.
 
 Fits ``VAEDetector`` with the given ``--set`` overrides on every (file, seed) of a
-folder of ADBench-format ``.npz`` files and reports the mean AUROC/AUCPR (percent)
+folder of ADBench-format ``.npz`` files, split by ``--protocol`` (T-clean unless
+``t-contaminated``), and reports the mean AUROC/AUCPR (percent)
 of each score, next to reference scores computed from the same fit:
 
 - ``negative_elbo``, ``negative_iwae_bound``, ``reconstruction_error``: the detector's;
@@ -43,6 +44,7 @@ DETECTOR_SCORES = ("negative_elbo", "negative_iwae_bound", "reconstruction_error
 class Unit:
     path: Path
     seed: int
+    protocol: str
     overrides: tuple[str, ...]
     transform: str
     seed_ensemble: int
@@ -58,12 +60,13 @@ def run_unit(unit: Unit) -> list[dict]:
     import torch
 
     from anomaly_vae import VAEDetector, load_config
-    from anomaly_vae.protocols import load_npz, t_clean_split
+    from anomaly_vae.protocols import load_npz, t_clean_split, t_contaminated_split
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     X, y = load_npz(unit.path)
-    X_train, X_test, y_test = t_clean_split(X, y, unit.seed)
+    split = t_contaminated_split if unit.protocol == "t-contaminated" else t_clean_split
+    X_train, X_test, y_test = split(X, y, unit.seed)
     if unit.transform == "power":
         transformer = PowerTransformer().fit(X_train)
         X_train, X_test = transformer.transform(X_train), transformer.transform(X_test)
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="name of the attempt (output file stem)")
     parser.add_argument("--datasets", default="", help="file stems; default: every .npz")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--protocol", choices=["t-clean", "t-contaminated"], default="t-clean")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--transform", choices=["none", "power"], default="none")
     parser.add_argument("--seed-ensemble", type=int, default=1)
@@ -112,7 +116,14 @@ def main() -> None:
         wanted = set(args.datasets.split(","))
         paths = [p for p in paths if p.stem in wanted]
     units = [
-        Unit(path, int(seed), tuple(args.overrides), args.transform, args.seed_ensemble)
+        Unit(
+            path,
+            int(seed),
+            args.protocol,
+            tuple(args.overrides),
+            args.transform,
+            args.seed_ensemble,
+        )
         for path in sorted(paths, key=lambda p: -p.stat().st_size)  # big first: balance
         for seed in args.seeds.split(",")
     ]

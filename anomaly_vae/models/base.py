@@ -252,7 +252,8 @@ class BaseVAE(nn.Module):
         """Training objective on a batch, one z sample per row unless ``noise`` says more.
 
         Returns batch means: ``loss`` (what is minimised, by default reconstruction +
-        beta * KL), ``reconstruction`` (-log p(x|z)) and ``kl``.
+        beta * KL), ``reconstruction`` (-log p(x|z)) and ``kl``; and ``row_loss``, the
+        ``(n,)`` per-row loss whose mean is ``loss`` (training may trim its largest).
         """
         if noise is None:
             noise = torch.randn(x.shape[0], 1, self.noise_dim, device=x.device)
@@ -270,6 +271,7 @@ class BaseVAE(nn.Module):
             "loss": loss.mean(),
             "reconstruction": reconstruction.mean(),
             "kl": latent.kl.mean(),
+            "row_loss": loss,
         }
 
     def mean_output(self, output: Tensor) -> Tensor:

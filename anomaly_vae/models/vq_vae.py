@@ -194,7 +194,8 @@ class VQVAE(BaseVAE):
     def loss_terms(
         self, x: Tensor, noise: Tensor | None = None, condition: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Batch means of ``loss`` = ``reconstruction`` + commitment_cost * ``kl``.
+        """Batch means of ``loss`` = ``reconstruction`` + commitment_cost * ``kl``, and
+        ``row_loss``, the ``(n,)`` per-row loss.
 
         ``reconstruction`` is -log p(x | z_q) in nats; ``kl`` holds, for VQ-VAE, the
         commitment term ||z_e - sg(e)||^2 summed over the S * D latent elements of a
@@ -222,6 +223,7 @@ class VQVAE(BaseVAE):
             "loss": loss.mean(),
             "reconstruction": reconstruction.mean(),
             "kl": commitment.mean(),
+            "row_loss": loss,
         }
 
     @torch.no_grad()
