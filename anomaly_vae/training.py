@@ -35,19 +35,6 @@ class TrainingHistory:
         return self.epochs[self.best_epoch - 1]
 
 
-def trimmed_mean(row_loss: torch.Tensor, fraction: float) -> torch.Tensor:
-    """Mean of ``row_loss (n,)`` without its ``fraction`` largest entries (at least one
-    entry is kept); the plain mean when ``fraction`` is 0.
-
-    >>> trimmed_mean(torch.tensor([1.0, 2.0, 3.0, 100.0]), 0.25).item()
-    2.0
-    """
-    keep = max(1, math.ceil((1 - fraction) * row_loss.shape[0] - 1e-9))
-    if keep >= row_loss.shape[0]:
-        return row_loss.mean()
-    return torch.topk(row_loss, keep, largest=False, sorted=False).values.mean()
-
-
 def stretched_schedule(config: TrainingConfig, batches_per_epoch: int) -> tuple[int, int]:
     """``(epochs, patience)``, both multiplied by the smallest whole factor that gives at
     least ``config.min_steps`` optimizer steps (factor 1 when there are enough already).
@@ -111,7 +98,6 @@ def train(
             rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
             condition = None if condition_train is None else condition_train[rows]
             terms = model.loss_terms(x_train[rows], condition=condition)
-            terms["loss"] = trimmed_mean(terms["row_loss"], config.trim_fraction)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -120,7 +106,6 @@ def train(
         model.eval()
         with torch.no_grad():
             val_terms = model.loss_terms(x_val, noise=val_noise, condition=condition_val)
-            val_terms["loss"] = trimmed_mean(val_terms["row_loss"], config.trim_fraction)
         metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
         metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
         history.epochs.append(metrics)

@@ -52,6 +52,20 @@ class LatentSample:
     log_weight_latent: Tensor
 
 
+def trimmed_mean(values: Tensor, fraction: float, dim: int = 0) -> Tensor:
+    """Mean over ``dim`` without the ``fraction`` largest entries (at least one is kept);
+    the plain mean when ``fraction`` is 0.
+
+    >>> trimmed_mean(torch.tensor([1.0, 2.0, 3.0, 100.0]), 0.25).item()
+    2.0
+    """
+    count = values.shape[dim]
+    keep = max(1, math.ceil((1 - fraction) * count - 1e-9))
+    if keep >= count:
+        return values.mean(dim)
+    return torch.topk(values, keep, dim=dim, largest=False, sorted=False).values.mean(dim)
+
+
 def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     """log N(z; mu, diag(exp(logvar))) summed over the last dimension."""
     return -0.5 * (LOG_2PI + logvar + (z - mu).pow(2) * torch.exp(-logvar)).sum(-1)
@@ -203,10 +217,12 @@ class BaseVAE(nn.Module):
 
         The "calibrated decoder" of Rybkin et al. (sigma-VAE, ICML 2021): the optimal
         variance is the mean squared error, so it needs no slow gradient descent
-        (Adam moves a log-variance by about the learning rate per step).
+        (Adam moves a log-variance by about the learning rate per step). With
+        ``trim_fraction`` each feature's largest squared errors are left out, so rows the
+        model cannot explain (anomalies in the training data) do not widen it.
         """
         error = (x.expand_as(output) - output).pow(2)
-        per_feature = error.reshape(-1, *self.input_shape).mean(0)
+        per_feature = trimmed_mean(error.reshape(-1, *self.input_shape), self.config.trim_fraction)
         return torch.log(per_feature + 1e-12).clamp(min=self.config.min_log_variance)
 
     @torch.no_grad()
@@ -252,8 +268,8 @@ class BaseVAE(nn.Module):
         """Training objective on a batch, one z sample per row unless ``noise`` says more.
 
         Returns batch means: ``loss`` (what is minimised, by default reconstruction +
-        beta * KL), ``reconstruction`` (-log p(x|z)) and ``kl``; and ``row_loss``, the
-        ``(n,)`` per-row loss whose mean is ``loss`` (training may trim its largest).
+        beta * KL, without the ``trim_fraction`` rows of largest loss), ``reconstruction``
+        (-log p(x|z)) and ``kl``.
         """
         if noise is None:
             noise = torch.randn(x.shape[0], 1, self.noise_dim, device=x.device)
@@ -268,10 +284,9 @@ class BaseVAE(nn.Module):
         reconstruction = self.reconstruction_nll(x.unsqueeze(1), output, decoder_logvar).mean(1)
         loss = self.objective(reconstruction, latent.kl)
         return {
-            "loss": loss.mean(),
+            "loss": trimmed_mean(loss, self.config.trim_fraction),
             "reconstruction": reconstruction.mean(),
             "kl": latent.kl.mean(),
-            "row_loss": loss,
         }
 
     def mean_output(self, output: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
-from anomaly_vae.models.base import VARIANCE_MOMENTUM, BaseVAE, LatentSample
+from anomaly_vae.models.base import VARIANCE_MOMENTUM, BaseVAE, LatentSample, trimmed_mean
 from anomaly_vae.nn import conv_decoder, conv_encoder, downsampled_shape, mlp
 
 LAPLACE_EPSILON = 1e-5  # smoothing of the EMA code counts (as in Sonnet's VectorQuantizerEMA):
@@ -194,8 +194,8 @@ class VQVAE(BaseVAE):
     def loss_terms(
         self, x: Tensor, noise: Tensor | None = None, condition: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Batch means of ``loss`` = ``reconstruction`` + commitment_cost * ``kl``, and
-        ``row_loss``, the ``(n,)`` per-row loss.
+        """Batch means of ``loss`` = ``reconstruction`` + commitment_cost * ``kl`` (without
+        the ``trim_fraction`` rows of largest loss), ``reconstruction`` and ``kl``.
 
         ``reconstruction`` is -log p(x | z_q) in nats; ``kl`` holds, for VQ-VAE, the
         commitment term ||z_e - sg(e)||^2 summed over the S * D latent elements of a
@@ -220,10 +220,9 @@ class VQVAE(BaseVAE):
         reconstruction = self.reconstruction_nll(x, output, decoder_logvar)
         loss = self.objective(reconstruction, commitment)
         return {
-            "loss": loss.mean(),
+            "loss": trimmed_mean(loss, self.config.trim_fraction),
             "reconstruction": reconstruction.mean(),
             "kl": commitment.mean(),
-            "row_loss": loss,
         }
 
     @torch.no_grad()
