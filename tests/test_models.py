@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from anomaly_vae.config import ModelConfig
+from anomaly_vae.config import TABLE_TRIM_FRACTION, ModelConfig
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.models import available_models, get_model
 
@@ -185,3 +185,10 @@ def test_iwae_bound_is_tighter_than_elbo_on_average():
     scores = model.scores(x, torch.randn(200, 64, 3))
     # -IWAE <= -ELBO in expectation (Burda et al., 2016).
     assert scores["negative_iwae_bound"].mean() <= scores["negative_elbo"].mean()
+
+
+def test_trim_fraction_auto_trims_tables_only_and_a_set_value_wins():
+    assert build("vae").trim_fraction == TABLE_TRIM_FRACTION > 0  # build: trim_fraction=None
+    assert build("conv-vae").trim_fraction == 0.0  # a near-constant pixel must keep its variance
+    assert build("vae", trim_fraction=0.2).trim_fraction == 0.2
+    assert build("conv-vae", trim_fraction=0.2).trim_fraction == 0.2

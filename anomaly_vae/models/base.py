@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from anomaly_vae.config import ModelConfig
+from anomaly_vae.config import TABLE_TRIM_FRACTION, ModelConfig
 
 LOG_2PI = math.log(2 * math.pi)
 BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3]
@@ -151,6 +151,14 @@ class BaseVAE(nn.Module):
         return None
 
     @property
+    def trim_fraction(self) -> float:
+        """``model.trim_fraction``, with None resolved: ``TABLE_TRIM_FRACTION`` for tables,
+        0 for images."""
+        if self.config.trim_fraction is not None:
+            return self.config.trim_fraction
+        return TABLE_TRIM_FRACTION if len(self.input_shape) == 1 else 0.0
+
+    @property
     def noise_dim(self) -> int:
         """Standard-normal draws per Monte Carlo sample (the last dim of ``noise``)."""
         return self.latent_dim
@@ -222,7 +230,7 @@ class BaseVAE(nn.Module):
         model cannot explain (anomalies in the training data) do not widen it.
         """
         error = (x.expand_as(output) - output).pow(2)
-        per_feature = trimmed_mean(error.reshape(-1, *self.input_shape), self.config.trim_fraction)
+        per_feature = trimmed_mean(error.reshape(-1, *self.input_shape), self.trim_fraction)
         return torch.log(per_feature + 1e-12).clamp(min=self.config.min_log_variance)
 
     @torch.no_grad()
@@ -284,7 +292,7 @@ class BaseVAE(nn.Module):
         reconstruction = self.reconstruction_nll(x.unsqueeze(1), output, decoder_logvar).mean(1)
         loss = self.objective(reconstruction, latent.kl)
         return {
-            "loss": trimmed_mean(loss, self.config.trim_fraction),
+            "loss": trimmed_mean(loss, self.trim_fraction),
             "reconstruction": reconstruction.mean(),
             "kl": latent.kl.mean(),
         }

@@ -220,7 +220,7 @@ class VQVAE(BaseVAE):
         reconstruction = self.reconstruction_nll(x, output, decoder_logvar)
         loss = self.objective(reconstruction, commitment)
         return {
-            "loss": trimmed_mean(loss, self.config.trim_fraction),
+            "loss": trimmed_mean(loss, self.trim_fraction),
             "reconstruction": reconstruction.mean(),
             "kl": commitment.mean(),
         }
