@@ -1,5 +1,6 @@
 """Batch scoring: exactly once per input and model, whatever happens."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,7 +91,7 @@ def test_a_second_run_on_the_same_output_folder_exits(model_dir, tmp_path):
 def test_killed_mid_file_and_restarted_every_row_exactly_once(model_dir, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
-    big = pd.concat([mixed_table(5000, seed=s) for s in range(8)], ignore_index=True)
+    big = pd.concat([mixed_table(5000, seed=s) for s in range(12)], ignore_index=True)
     big.to_csv(inputs / "big.csv", index=False)
     mixed_table(100, seed=9).to_csv(inputs / "small.csv", index=False)
     command = [
@@ -109,10 +110,17 @@ def test_killed_mid_file_and_restarted_every_row_exactly_once(model_dir, tmp_pat
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(out.glob(".big.csv.*.tmp")):  # wait until it is writing the big file
+
+    # Kill it as soon as the big file is part written: on a fast machine the whole file
+    # is scored within half a second, so any wait here races the rename.
+    def part_written() -> bool:
+        with contextlib.suppress(FileNotFoundError):  # renamed between glob and stat
+            return any(path.stat().st_size for path in out.glob(".big.csv.*.tmp"))
+        return False
+
+    while not part_written():
         assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "big.csv").exists()  # never half-written under its real name
