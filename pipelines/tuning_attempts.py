@@ -1,8 +1,10 @@
-"""Measure one tuning attempt of the default detector on a tabular protocol.
+"""Measure one tuning attempt of the default detector on a protocol.
 
 Fits ``VAEDetector`` with the given ``--set`` overrides on every (file, seed) of a
 folder of ADBench-format ``.npz`` files, split by ``--protocol`` (T-clean unless
-``t-contaminated``), and reports the mean AUROC/AUCPR (percent)
+``t-contaminated``), or on every class of a torchvision image set (``--protocol
+i-oneclass``, ``--data-dir`` the torchvision root, ``--datasets`` the set, ``--classes``
+the normal classes, seed 0), and reports the mean AUROC/AUCPR (percent)
 of each score, next to reference scores computed from the same fit:
 
 - ``negative_elbo``, ``negative_iwae_bound``, ``reconstruction_error``: the detector's;
@@ -42,8 +44,9 @@ DETECTOR_SCORES = ("negative_elbo", "negative_iwae_bound", "reconstruction_error
 
 @dataclass(frozen=True)
 class Unit:
-    path: Path
+    path: Path  # an .npz file, or ROOT/NAME of a torchvision image set
     seed: int
+    normal_class: int | None  # i-oneclass only
     protocol: str
     overrides: tuple[str, ...]
     transform: str
@@ -60,13 +63,27 @@ def run_unit(unit: Unit) -> list[dict]:
     import torch
 
     from anomaly_vae import VAEDetector, load_config
-    from anomaly_vae.protocols import load_npz, t_clean_split, t_contaminated_split
+    from anomaly_vae.protocols import (
+        i_oneclass_split,
+        load_image_dataset,
+        load_npz,
+        t_clean_split,
+        t_contaminated_split,
+    )
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    X, y = load_npz(unit.path)
-    split = t_contaminated_split if unit.protocol == "t-contaminated" else t_clean_split
-    X_train, X_test, y_test = split(X, y, unit.seed)
+    if unit.normal_class is not None:
+        dataset = unit.path.name
+        X_train, X_test, y_test = i_oneclass_split(
+            *load_image_dataset(unit.path.parent, dataset), unit.normal_class
+        )
+        dataset = f"{dataset}-{unit.normal_class}"
+    else:
+        dataset = unit.path.stem
+        X, y = load_npz(unit.path)
+        split = t_contaminated_split if unit.protocol == "t-contaminated" else t_clean_split
+        X_train, X_test, y_test = split(X, y, unit.seed)
     if unit.transform == "power":
         transformer = PowerTransformer().fit(X_train)
         X_train, X_test = transformer.transform(X_train), transformer.transform(X_test)
@@ -83,11 +100,11 @@ def run_unit(unit: Unit) -> list[dict]:
     scores["elbo+rec"] = scores["negative_elbo"] + scores["reconstruction_error"]
     scores["latent_knn"] = kth_neighbour_distance(detector.encode(X_train), detector.encode(X_test))
     scores["std_knn"] = kth_neighbour_distance(
-        detector.transform_features(X_train), detector.transform_features(X_test)
+        *(detector.transform_features(X).reshape(len(X), -1) for X in (X_train, X_test))
     )
     return [
         {
-            "dataset": unit.path.stem,
+            "dataset": dataset,
             "seed": unit.seed,
             "score": name,
             "aucroc": 100 * roc_auc_score(y_test, values),
@@ -105,28 +122,33 @@ def main() -> None:
     parser.add_argument("--tag", required=True, help="name of the attempt (output file stem)")
     parser.add_argument("--datasets", default="", help="file stems; default: every .npz")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--protocol", choices=["t-clean", "t-contaminated"], default="t-clean")
+    parser.add_argument(
+        "--protocol", choices=["t-clean", "t-contaminated", "i-oneclass"], default="t-clean"
+    )
+    parser.add_argument("--classes", default="0,1,2,3,4,5,6,7,8,9", help="i-oneclass only")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--transform", choices=["none", "power"], default="none")
     parser.add_argument("--seed-ensemble", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    paths = sorted(args.data_dir.glob("*.npz"))
-    if args.datasets:
-        wanted = set(args.datasets.split(","))
-        paths = [p for p in paths if p.stem in wanted]
-    units = [
-        Unit(
-            path,
-            int(seed),
-            args.protocol,
-            tuple(args.overrides),
-            args.transform,
-            args.seed_ensemble,
-        )
-        for path in sorted(paths, key=lambda p: -p.stat().st_size)  # big first: balance
-        for seed in args.seeds.split(",")
-    ]
+    common = (args.protocol, tuple(args.overrides), args.transform, args.seed_ensemble)
+    if args.protocol == "i-oneclass":
+        names = args.datasets.split(",") if args.datasets else ["FashionMNIST"]
+        units = [
+            Unit(args.data_dir / name, 0, int(normal_class), *common)
+            for name in names
+            for normal_class in args.classes.split(",")
+        ]
+    else:
+        paths = sorted(args.data_dir.glob("*.npz"))
+        if args.datasets:
+            wanted = set(args.datasets.split(","))
+            paths = [p for p in paths if p.stem in wanted]
+        units = [
+            Unit(path, int(seed), None, *common)
+            for path in sorted(paths, key=lambda p: -p.stat().st_size)  # big first: balance
+            for seed in args.seeds.split(",")
+        ]
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         rows = [row for unit_rows in pool.map(run_unit, units) for row in unit_rows]
     frame = pd.DataFrame(rows)

@@ -134,6 +134,11 @@ class BaseVAE(nn.Module):
         else:  # "calibrated": set from the reconstruction error, not by gradient steps
             self.register_buffer("decoder_log_variance", initial)
 
+    @classmethod
+    def image_side_multiple(cls, config: ModelConfig) -> int:
+        """Image sides (after pooling) must divide by this (the total conv stride)."""
+        return 1
+
     # -- the parts a variant provides ------------------------------------------------------
     def encode(self, x: Tensor, condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x (n, *input_shape)`` -> ``(mu, logvar)``, each ``(n, latent_dim)``."""

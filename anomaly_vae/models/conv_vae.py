@@ -23,6 +23,10 @@ class ConvVAE(BaseVAE):
     description = "Convolutional VAE for images (1 or 3 channels)"
     data_kinds = ("image",)
 
+    @classmethod
+    def image_side_multiple(cls, config: ModelConfig) -> int:
+        return 2 ** len(config.conv_channels)
+
     def __init__(
         self,
         input_shape: tuple[int, ...],

@@ -57,6 +57,10 @@ class VQVAE(BaseVAE):
     ema_count: Tensor
     ema_sum: Tensor
 
+    @classmethod
+    def image_side_multiple(cls, config: ModelConfig) -> int:
+        return 2 ** len(config.conv_channels)
+
     def __init__(
         self,
         input_shape: tuple[int, ...],
