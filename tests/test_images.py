@@ -6,7 +6,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector
-from anomaly_vae.data.images import is_image_source, read_images
+from anomaly_vae.data.images import ImagePreprocessor, is_image_source, read_images
 from anomaly_vae.errors import DataError
 from tests.conftest import tiny_config
 
@@ -46,10 +46,38 @@ def test_image_detector_saves_and_loads(tmp_path):
     detector = VAEDetector(config).fit(bars(100, seed=0))
     detector.save(tmp_path / "m")
     loaded = VAEDetector.load(tmp_path / "m")
+    assert loaded.preprocessor_.pool == detector.preprocessor_.pool == 2  # auto, 16 / 2 / 4
     test = bars(10, seed=3)
     np.testing.assert_array_equal(loaded.anomaly_score(test), detector.anomaly_score(test))
     with pytest.raises(DataError, match="expected images of shape"):
         loaded.anomaly_score(bars(5, seed=0, size=8))
+
+
+def test_pooling_averages_pixel_blocks_and_maps_return_at_input_size():
+    images = np.arange(2 * 16, dtype=np.uint8).reshape(2, 1, 4, 4) * 8
+    pre = ImagePreprocessor(pool=2).fit(images)
+    pooled = pre.transform(images)
+    assert pooled.shape == (2, 1, 2, 2) and pre.model_shape == (1, 2, 2)
+    np.testing.assert_allclose(pooled[0, 0, 0, 0], images[0, 0, :2, :2].mean() / 255, rtol=1e-6)
+    assert pre.upsample(pooled).shape == images.shape
+    assert (
+        ImagePreprocessor.from_dict(pre.to_dict()).transform(images).tobytes() == pooled.tobytes()
+    )
+    with pytest.raises(DataError, match=r"does not divide by data\.image_pool=3"):
+        ImagePreprocessor(pool=3).fit(images)
+
+
+def test_auto_pool_halves_images_where_the_model_still_fits_them():
+    images = bars(60, seed=0, size=12)
+    mlp = VAEDetector(tiny_config(*IMAGE_MODEL, "training.epochs=1").detector_config())
+    assert mlp.fit(images).model_.input_shape == (1, 6, 6)
+    # 12 / 2 = 6 does not divide by the conv-vae's stride 4: it keeps the full resolution.
+    conv = tiny_config("model.name=conv-vae", *IMAGE_MODEL, "training.epochs=1")
+    assert VAEDetector(conv.detector_config()).fit(images).model_.input_shape == (1, 12, 12)
+    full = tiny_config(*IMAGE_MODEL, "training.epochs=1", "data.image_pool=1")
+    detector = VAEDetector(full.detector_config()).fit(images)
+    assert detector.model_.input_shape == (1, 12, 12)
+    assert detector.anomaly_map(images[:2]).shape == (2, 1, 12, 12)
 
 
 def test_table_only_model_refuses_images_and_image_model_refuses_tables():
