@@ -131,6 +131,8 @@ def main() -> None:
     parser.add_argument("--seed-ensemble", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
+    if args.protocol == "i-oneclass" and args.transform != "none":
+        parser.error("--transform is for tables")
     common = (args.protocol, tuple(args.overrides), args.transform, args.seed_ensemble)
     if args.protocol == "i-oneclass":
         names = args.datasets.split(",") if args.datasets else ["FashionMNIST"]
