@@ -19,7 +19,7 @@ from anomaly_vae import __version__
 from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig, from_dict, to_dict, validate
 from anomaly_vae.data import TablePreprocessor, as_frame
-from anomaly_vae.data.images import ImagePreprocessor, as_nchw, auto_pool
+from anomaly_vae.data.images import ImagePreprocessor
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError
 from anomaly_vae.models import BaseVAE, get_model
 from anomaly_vae.noise import noise_bank, noise_for_rows
@@ -188,12 +188,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             raise DataError(f"need at least {MIN_TRAINING_ROWS} training rows, got {len(X)}")
         self._set_threads(config)
         if self.data_kind_ == "image":
-            pool = config.data.image_pool
-            if pool is None:
-                pool = auto_pool(
-                    as_nchw(X).shape[1:], model_class.image_side_multiple(config.model)
-                )
-            self.preprocessor_ = ImagePreprocessor(pool).fit(X)
+            self.preprocessor_ = ImagePreprocessor(config.data.image_pool).fit(
+                X, model_class.image_side_multiple(config.model)
+            )
             self.condition_classes_ = 0
             if model_class.uses_condition and condition is not None:
                 self.condition_classes_ = int(np.max(condition)) + 1

@@ -139,12 +139,16 @@ class ImagePreprocessor:
 
     kind = "image"
 
-    def __init__(self, pool: int = 1) -> None:
+    def __init__(self, pool: int | None = 1) -> None:
         self.shape: tuple[int, ...] = ()  # (C, H, W) of the input images
-        self.pool = pool
+        self.pool = pool  # None: chosen by fit with auto_pool
 
-    def fit(self, images: np.ndarray) -> ImagePreprocessor:
-        shape = tuple(as_nchw(images).shape[1:])
+    def fit(self, images: np.ndarray, side_multiple: int = 1) -> ImagePreprocessor:
+        """Record the image shape; ``side_multiple`` is the model's total stride, which
+        the pooled sides must divide by when the pool is chosen automatically."""
+        shape = tuple(_as_nchw(images).shape[1:])
+        if self.pool is None:
+            self.pool = auto_pool(shape, side_multiple)
         if shape[1] % self.pool or shape[2] % self.pool:
             raise DataError(
                 f"image size {shape[1]}x{shape[2]} does not divide by data.image_pool={self.pool}"
@@ -159,7 +163,7 @@ class ImagePreprocessor:
         return channels, height // self.pool, width // self.pool
 
     def transform(self, images: np.ndarray) -> np.ndarray:
-        array = as_nchw(images)
+        array = _as_nchw(images)
         if tuple(array.shape[1:]) != self.shape:
             raise DataError(f"expected images of shape {self.shape}, got {tuple(array.shape[1:])}")
         if array.dtype == np.uint8:
@@ -192,7 +196,7 @@ class ImagePreprocessor:
         return pre
 
 
-def as_nchw(images: np.ndarray) -> np.ndarray:
+def _as_nchw(images: np.ndarray) -> np.ndarray:
     array = np.asarray(images)
     if array.ndim == 3:  # (n, H, W) grayscale
         array = array[:, None]
