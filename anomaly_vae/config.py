@@ -22,11 +22,40 @@ import yaml
 
 from anomaly_vae.errors import ConfigError
 
-SCORE_NAMES = ("negative_elbo", "negative_iwae_bound", "reconstruction_error", "code_distance")
+SCORE_NAMES = (
+    "negative_elbo",
+    "negative_iwae_bound",
+    "reconstruction_error",
+    "code_distance",
+    "latent_knn_distance",
+    "elbo_latent_knn",
+)
 
 
 TABLE_TRIM_FRACTION = 0.05  # what model.trim_fraction=None (auto) means for tables
-IMAGE_POOL = 2  # what data.image_pool=None (auto) means where the pooled images fit the model
+IMAGE_POOL = 4  # what data.image_pool=None (auto) means where the pooled images fit the model
+MIN_POOLED_SIDE = 7  # auto pooling never makes an image side shorter than this (28 -> 7)
+TABLE_SCORE = "negative_elbo"  # what scoring.score=None (auto) means for tables
+IMAGE_SCORE = "elbo_latent_knn"  # and for images with at least IMAGE_SCORE_MIN_ROWS rows
+IMAGE_SCORE_MIN_ROWS = 500  # below this the k-NN distance among few latent means is noise
+# (I-oneclass Fashion-MNIST, 7x7: against the ELBO alone, -0.8 AUROC when trained on 150
+# images per class, +0.4 on 500, +1.3 on all 6,000; docs/benchmarks.md)
+
+
+def resolve_score(score: str | None, data_kind: str, rows: int) -> str:
+    """``scoring.score`` with None (auto) resolved for ``data_kind`` ("table" or "image")
+    and the number of training rows.
+
+    >>> resolve_score(None, "table", 6000), resolve_score(None, "image", 6000)
+    ('negative_elbo', 'elbo_latent_knn')
+    >>> resolve_score(None, "image", 150), resolve_score("reconstruction_error", "image", 6000)
+    ('negative_elbo', 'reconstruction_error')
+    """
+    if score is not None:
+        return score
+    if data_kind == "image" and rows >= IMAGE_SCORE_MIN_ROWS:
+        return IMAGE_SCORE
+    return TABLE_SCORE
 
 
 @dataclass
@@ -91,14 +120,20 @@ class TrainingConfig:
 class ScoringConfig:
     """How samples are scored."""
 
-    score: str = "negative_elbo"  # which score drives predict: negative_elbo,
-    # negative_iwae_bound (Gaussian latents), reconstruction_error, or code_distance
-    # (vq-vae); negative_elbo ranked best on the dev data: docs/scores.md
+    score: str | None = None  # which score drives predict: negative_elbo, negative_iwae_bound
+    # (Gaussian latents), reconstruction_error, code_distance (vq-vae), latent_knn_distance
+    # or elbo_latent_knn (latent_density.py). None = auto: elbo_latent_knn for images with
+    # at least IMAGE_SCORE_MIN_ROWS (500) training images (docs/benchmarks.md), else
+    # negative_elbo (it ranked best on tables, docs/scores.md)
     mc_samples: int = 16  # L, Monte Carlo samples of z per row for the ELBO estimate
     batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
     max_batch_values: int = 2**20  # and at most this many decoded values (rows x L x
     # features) per pass: keeps the working memory of scoring to about 100 MB
     noise_bank_size: int = 4096  # distinct per-row noise draws; a row picks one by content hash
+    latent_neighbours: int = 5  # k of the latent scores: distance to the k-th nearest
+    # training latent mean (5, as the k-NN baseline of the benchmark)
+    latent_reference_rows: int = 10000  # the latent scores keep at most this many training
+    # rows' latent means (a seeded sample) with the model: bounds its size and scoring time
 
 
 @dataclass
@@ -126,9 +161,10 @@ class DataConfig:
     # text column, which one-hot encoding would blow up: an error, not a silent explosion
     image_pool: int | None = None  # images: average each pool x pool block of pixels into
     # one before the model (1 = full resolution; sides must divide by it). None = auto:
-    # IMAGE_POOL (2) when the pooled sides still divide by the model's total stride, else 1
-    # (MLP VAE on I-oneclass Fashion-MNIST: class-mean AUROC 93.01 at 14x14 against 92.58
-    # at 28x28, docs/benchmarks.md); anomaly maps are repeated back to the input size
+    # IMAGE_POOL (4) when the pooled sides are at least MIN_POOLED_SIDE (7) and still divide
+    # by the model's total stride, else 1 (MLP VAE with elbo_latent_knn on I-oneclass
+    # Fashion-MNIST ranks best at 7x7, docs/benchmarks.md); anomaly maps are repeated
+    # back to the input size
 
 
 @dataclass
@@ -240,8 +276,13 @@ def validate(cfg: DetectorConfig) -> None:
             "training.validation_fraction must be in (0, 1)",
         ),
         (
-            cfg.scoring.score in SCORE_NAMES,
-            f"scoring.score must be one of {', '.join(SCORE_NAMES)}",
+            cfg.scoring.score is None or cfg.scoring.score in SCORE_NAMES,
+            f"scoring.score must be one of {', '.join(SCORE_NAMES)} (or null for auto)",
+        ),
+        (cfg.scoring.latent_neighbours >= 1, "scoring.latent_neighbours must be >= 1"),
+        (
+            cfg.scoring.latent_reference_rows >= cfg.scoring.latent_neighbours,
+            "scoring.latent_reference_rows must be >= scoring.latent_neighbours",
         ),
         (cfg.scoring.mc_samples >= 1, "scoring.mc_samples must be >= 1"),
         (cfg.scoring.noise_bank_size >= 1, "scoring.noise_bank_size must be >= 1"),

@@ -17,10 +17,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import calibration_summary, quantile_threshold
-from anomaly_vae.config import DetectorConfig, from_dict, to_dict, validate
+from anomaly_vae.config import DetectorConfig, from_dict, resolve_score, to_dict, validate
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.images import ImagePreprocessor
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError
+from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import BaseVAE, get_model
 from anomaly_vae.noise import noise_bank, noise_for_rows
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
@@ -30,7 +31,14 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
+LATENT_FILE = "latent_reference.pt"  # training latent means of the latent scores
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
+
+
+def available_scores(model_name: str) -> tuple[str, ...]:
+    """Every score a detector with this model can drive ``predict`` by: the model's own
+    and the latent scores the detector adds (latent_density.py)."""
+    return get_model(model_name).score_names + LATENT_SCORES
 
 
 def _is_image_array(X: Any) -> bool:
@@ -173,12 +181,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         config = self.effective_config
         validate(config)
         model_class = get_model(config.model.name)
-        if config.scoring.score not in model_class.score_names:
-            raise ConfigError(
-                f"model {config.model.name!r} has no score {config.scoring.score!r}; "
-                f"its scores: {', '.join(model_class.score_names)}"
-            )
         self.data_kind_ = "image" if _is_image_array(X) else "table"
+        score = resolve_score(config.scoring.score, self.data_kind_, len(X))
+        if score not in available_scores(config.model.name):
+            raise ConfigError(
+                f"model {config.model.name!r} has no score {score!r}; "
+                f"its scores: {', '.join(available_scores(config.model.name))}"
+            )
         if self.data_kind_ not in model_class.data_kinds:
             raise DataError(
                 f"model {config.model.name!r} accepts {' and '.join(model_class.data_kinds)} "
@@ -222,16 +231,64 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self.split_rows_ = {"train": train_rows, "validation": val_rows, "calibration": cal_rows}
         self.n_training_rows_ = {name: len(rows) for name, rows in self.split_rows_.items()}
         self._noise_bank = None
-        calibration_scores = self._scores_of_features(
-            features[cal_rows], None if conditions is None else conditions[cal_rows]
-        )[config.scoring.score]
+        self.latent_neighbours_: LatentNeighbours | None = None
+        cal_conditions = None if conditions is None else conditions[cal_rows]
+        calibration = self._scores_of_features(features[cal_rows], cal_conditions)
+        if score in LATENT_SCORES:
+            self.latent_neighbours_ = self._fit_latent_neighbours(
+                features, conditions, train_rows, cal_rows, calibration["negative_elbo"]
+            )
+            calibration = self._scores_of_features(features[cal_rows], cal_conditions)
+        self.score_name_ = score
+        calibration_scores = calibration[score]
         self.threshold_ = quantile_threshold(calibration_scores, config.calibration.target_fpr)
         self.offset_ = -self.threshold_
         self.calibration_ = calibration_summary(
             calibration_scores, self.threshold_, config.calibration.target_fpr
-        ) | {"score": config.scoring.score}
+        ) | {"score": score}
         self.calibration_scores_ = calibration_scores
         return self
+
+    def _fit_latent_neighbours(
+        self,
+        features: np.ndarray,
+        conditions: np.ndarray | None,
+        train_rows: np.ndarray,
+        cal_rows: np.ndarray,
+        cal_negative_elbo: np.ndarray,
+    ) -> LatentNeighbours:
+        """The latent scores' reference (latent means of at most
+        ``scoring.latent_reference_rows`` training rows) and their calibration-row scales."""
+        cfg = self.effective_config
+        rng = np.random.default_rng(cfg.training.seed)
+        reference_rows = train_rows
+        if len(train_rows) > cfg.scoring.latent_reference_rows:
+            reference_rows = np.sort(
+                rng.choice(train_rows, cfg.scoring.latent_reference_rows, replace=False)
+            )
+
+        def means(rows: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(
+                self._latent_means(features[rows], None if conditions is None else conditions[rows])
+            )
+
+        neighbours = LatentNeighbours(means(reference_rows), cfg.scoring.latent_neighbours)
+        neighbours.calibrate(cal_negative_elbo, neighbours.distance(means(cal_rows)))
+        return neighbours
+
+    def _latent_means(self, features: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
+        """Posterior means ``(n, latent_dim)`` float32 of preprocessed rows, in batches."""
+        self.model_.eval()
+        size = self._batch_rows()
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(features), size):
+                condition = None
+                if conditions is not None:
+                    condition = torch.from_numpy(conditions[start : start + size])
+                batch = torch.from_numpy(features[start : start + size])
+                parts.append(self.model_.latent_mean(batch, condition).numpy())
+        return np.concatenate(parts) if parts else np.empty((0, self.model_.latent_dim), np.float32)
 
     @staticmethod
     def _split(n: int, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -319,10 +376,15 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
-        return {
+        scores = {
             name: np.concatenate(values) if values else np.empty(0)
             for name, values in parts.items()
         }
+        neighbours = getattr(self, "latent_neighbours_", None)
+        if neighbours is not None:
+            latents = torch.from_numpy(self._latent_means(features, conditions))
+            scores |= neighbours.scores(scores["negative_elbo"], neighbours.distance(latents))
+        return scores
 
     def _batch_rows(self) -> int:
         """Rows per scoring pass: ``scoring.batch_size``, fewer for wide inputs."""
@@ -339,8 +401,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
     @property
     def score_name(self) -> str:
-        """The score that drives the threshold and ``predict``."""
-        return self.effective_config.scoring.score
+        """The score that drives the threshold and ``predict`` (``scoring.score``, with
+        auto resolved at fit)."""
+        check_is_fitted(self, "score_name_")
+        return self.score_name_
 
     def _batched(
         self, function: Any, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None
@@ -410,6 +474,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.model_.state_dict(), path / WEIGHTS_FILE)
+        neighbours = getattr(self, "latent_neighbours_", None)
+        if neighbours is not None:
+            torch.save({"reference": neighbours.reference}, path / LATENT_FILE)
+        else:
+            (path / LATENT_FILE).unlink(missing_ok=True)
         document = {
             "format_version": FORMAT_VERSION,
             "model": self.effective_config.model.name,
@@ -422,6 +491,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             "threshold": self.threshold_,
             "calibration": self.calibration_,
             "calibration_scores": [float(s) for s in self.calibration_scores_],
+            "latent_neighbours": None if neighbours is None else neighbours.to_dict(),
             "training": {
                 "rows": self.n_training_rows_,
                 "best_epoch": self.history_.best_epoch,
@@ -473,7 +543,16 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         detector.threshold_ = float(document["threshold"])
         detector.offset_ = -detector.threshold_
         detector.calibration_ = document["calibration"]
+        detector.score_name_ = detector.calibration_["score"]
         detector.calibration_scores_ = np.asarray(document["calibration_scores"])
+        detector.latent_neighbours_ = None
+        if document.get("latent_neighbours") is not None:
+            if not (path / LATENT_FILE).is_file():
+                raise ModelNotFoundError(f"{path} lacks {LATENT_FILE}, which its scores need")
+            reference = torch.load(path / LATENT_FILE, map_location="cpu", weights_only=True)
+            detector.latent_neighbours_ = LatentNeighbours.from_dict(
+                document["latent_neighbours"], reference["reference"]
+            )
         training = document["training"]
         detector.n_training_rows_ = training["rows"]
         detector.history_ = TrainingHistory(

@@ -24,7 +24,7 @@ import pandas as pd
 
 from anomaly_vae.config import Config, flatten
 from anomaly_vae.data import take_rows
-from anomaly_vae.detector import VAEDetector
+from anomaly_vae.detector import VAEDetector, available_scores
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.fitting import (
@@ -131,7 +131,7 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
         progress(name)
     variant_config = copy.deepcopy(config)
     variant_config.model.name = name
-    if config.scoring.score not in get_model(name).score_names:
+    if config.scoring.score not in (None, *available_scores(name)):
         variant_config.scoring.score = "negative_elbo"  # every variant has this one
     start = time.perf_counter()
     detector = VAEDetector(variant_config.detector_config()).fit(data.train)

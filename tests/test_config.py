@@ -33,6 +33,8 @@ def test_unknown_key_names_the_valid_ones():
         ("calibration.target_fpr=1.5", r"calibration.target_fpr must be in \(0, 1\)"),
         ("model.trim_fraction=0.5", r"model.trim_fraction must be in \[0, 0.5\)"),
         ("data.image_pool=0", "data.image_pool must be >= 1"),
+        ("scoring.latent_neighbours=0", "scoring.latent_neighbours must be >= 1"),
+        ("scoring.latent_reference_rows=2", "scoring.latent_reference_rows must be >= "),
         ("epochs=3", "must look like section.key=value"),
     ],
 )

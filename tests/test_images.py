@@ -1,6 +1,7 @@
 """Images: reading folders and torchvision datasets, fitting and scoring image models."""
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -41,16 +42,28 @@ def test_image_models_rank_other_shapes_above_normal_images(name):
     assert maps[100:].mean() > maps[:100].mean()
 
 
-def test_image_detector_saves_and_loads(tmp_path):
-    config = tiny_config("model.name=conv-vae", *IMAGE_MODEL, "training.epochs=3").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+@pytest.mark.parametrize(("name", "pool"), [("conv-vae", 1), ("vae", 4)])
+def test_image_detector_saves_and_loads(tmp_path, name, pool):
+    # Auto pool: 28 / 4 = 7 fits the MLP VAE; 7 does not divide by conv-vae's stride 4.
+    config = tiny_config(
+        f"model.name={name}", *IMAGE_MODEL, "training.epochs=3", "scoring.score=elbo_latent_knn"
+    )
+    detector = VAEDetector(config.detector_config()).fit(bars(100, seed=0, size=28))
     detector.save(tmp_path / "m")
     loaded = VAEDetector.load(tmp_path / "m")
-    assert loaded.preprocessor_.pool == detector.preprocessor_.pool == 2  # auto, 16 / 2 / 4
-    test = bars(10, seed=3)
-    np.testing.assert_array_equal(loaded.anomaly_score(test), detector.anomaly_score(test))
+    assert loaded.preprocessor_.pool == detector.preprocessor_.pool == pool
+    test = bars(10, seed=3, size=28)
+    pd.testing.assert_frame_equal(loaded.score_frame(test), detector.score_frame(test))
     with pytest.raises(DataError, match="expected images of shape"):
         loaded.anomaly_score(bars(5, seed=0, size=8))
+
+
+def test_auto_score_adds_latent_density_for_images_with_enough_rows():
+    config = tiny_config(*IMAGE_MODEL, "training.epochs=1").detector_config()
+    assert VAEDetector(config).fit(bars(499, seed=0)).score_name == "negative_elbo"
+    detector = VAEDetector(config).fit(bars(500, seed=0))
+    assert detector.score_name == detector.calibration_["score"] == "elbo_latent_knn"
+    assert {"latent_knn_distance", "elbo_latent_knn"} <= set(detector.score_frame(bars(3, 1)))
 
 
 def test_pooling_averages_pixel_blocks_and_maps_return_at_input_size():
@@ -67,17 +80,19 @@ def test_pooling_averages_pixel_blocks_and_maps_return_at_input_size():
         ImagePreprocessor(pool=3).fit(images)
 
 
-def test_auto_pool_halves_images_where_the_model_still_fits_them():
-    images = bars(60, seed=0, size=12)
+def test_auto_pool_quarters_images_where_the_model_still_fits_them():
+    images = bars(60, seed=0, size=28)
     mlp = VAEDetector(tiny_config(*IMAGE_MODEL, "training.epochs=1").detector_config())
-    assert mlp.fit(images).model_.input_shape == (1, 6, 6)
-    # 12 / 2 = 6 does not divide by the conv-vae's stride 4: it keeps the full resolution.
+    assert mlp.fit(images).model_.input_shape == (1, 7, 7)
+    # 28 / 4 = 7 does not divide by the conv-vae's stride 4: it keeps the full resolution.
     conv = tiny_config("model.name=conv-vae", *IMAGE_MODEL, "training.epochs=1")
-    assert VAEDetector(conv.detector_config()).fit(images).model_.input_shape == (1, 12, 12)
-    full = tiny_config(*IMAGE_MODEL, "training.epochs=1", "data.image_pool=1")
-    detector = VAEDetector(full.detector_config()).fit(images)
-    assert detector.model_.input_shape == (1, 12, 12)
-    assert detector.anomaly_map(images[:2]).shape == (2, 1, 12, 12)
+    assert VAEDetector(conv.detector_config()).fit(images).model_.input_shape == (1, 28, 28)
+    # 12 / 4 = 3 pixels a side would lose the shapes: small images are not pooled.
+    assert mlp.fit(images[:, :, :12, :12]).model_.input_shape == (1, 12, 12)
+    chosen = tiny_config(*IMAGE_MODEL, "training.epochs=1", "data.image_pool=2")
+    detector = VAEDetector(chosen.detector_config()).fit(images)
+    assert detector.model_.input_shape == (1, 14, 14)
+    assert detector.anomaly_map(images[:2]).shape == (2, 1, 28, 28)
 
 
 def test_table_only_model_refuses_images_and_image_model_refuses_tables():

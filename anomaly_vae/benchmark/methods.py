@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from anomaly_vae.config import Config, to_dict
-from anomaly_vae.detector import VAEDetector
+from anomaly_vae.detector import VAEDetector, available_scores
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.family import suitable_variants
@@ -101,7 +101,7 @@ def variant_config(config: Config, name: str) -> Config:
     ``negative_elbo``, which every variant computes (as the family pipeline does)."""
     variant = copy.deepcopy(config)
     variant.model.name = name
-    if variant.scoring.score not in get_model(name).score_names:
+    if variant.scoring.score not in (None, *available_scores(name)):
         variant.scoring.score = "negative_elbo"
     return variant
 
