@@ -238,6 +238,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             self.latent_neighbours_ = self._fit_latent_neighbours(
                 features, conditions, train_rows, cal_rows, calibration["negative_elbo"]
             )
+            # Again, now with the latent scores, exactly as new rows will be scored.
             calibration = self._scores_of_features(features[cal_rows], cal_conditions)
         self.score_name_ = score
         calibration_scores = calibration[score]
@@ -278,17 +279,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
     def _latent_means(self, features: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
         """Posterior means ``(n, latent_dim)`` float32 of preprocessed rows, in batches."""
-        self.model_.eval()
-        size = self._batch_rows()
-        parts = []
-        with torch.no_grad():
-            for start in range(0, len(features), size):
-                condition = None
-                if conditions is not None:
-                    condition = torch.from_numpy(conditions[start : start + size])
-                batch = torch.from_numpy(features[start : start + size])
-                parts.append(self.model_.latent_mean(batch, condition).numpy())
-        return np.concatenate(parts) if parts else np.empty((0, self.model_.latent_dim), np.float32)
+        return self._batched_features(self.model_.latent_mean, features, conditions)
 
     @staticmethod
     def _split(n: int, config: DetectorConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -409,9 +400,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     def _batched(
         self, function: Any, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None
     ) -> np.ndarray:
-        """Apply ``function(features, condition)`` in scoring batches; concatenate."""
+        """Apply ``function(features, condition)`` to ``X`` in scoring batches; concatenate."""
         check_is_fitted(self, "model_")
-        features, conditions = self._model_input(X, condition)
+        return self._batched_features(function, *self._model_input(X, condition))
+
+    def _batched_features(
+        self, function: Any, features: np.ndarray, conditions: np.ndarray | None
+    ) -> np.ndarray:
+        """:meth:`_batched` on preprocessed rows."""
         size = self._batch_rows()
         self.model_.eval()
         outputs = []

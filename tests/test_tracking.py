@@ -142,3 +142,24 @@ def test_default_store_is_sqlite_inside_mlruns(tmp_path, monkeypatch):
     assert uri == f"sqlite:///{(tmp_path / 'mlruns' / 'mlflow.db').resolve()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking_uri(tmp_path) == "http://127.0.0.1:5999"
+
+
+def test_pyfunc_model_carries_the_latent_scores_reference(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mixed_table(300, seed=0, anomalies=10).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "training.epochs=5",
+        "scoring.score=elbo_latent_knn",
+    )
+    try:
+        result = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+        fresh = mixed_table(50, seed=5, anomalies=5).drop(columns="is_fault")
+        got = mlflow.pyfunc.load_model(result.run.model_uri).predict(fresh)
+    finally:
+        mlflow.set_tracking_uri(None)
+    expected = result.detector.score_frame(fresh)
+    assert "elbo_latent_knn" in got
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))

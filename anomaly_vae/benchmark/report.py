@@ -40,6 +40,8 @@ class RunInfo:
     jobs: int = 1  # worker processes running (data set, class, seed) units side by side
     rows_new: int = 0  # rows this run added to results.csv
     skipped: dict[str, str] = field(default_factory=dict)
+    # Read when the run starts: the code that ran, not what the checkout holds at the end.
+    versions: dict[str, str] = field(default_factory=lambda: versions())
 
 
 def versions() -> dict[str, str]:
@@ -213,7 +215,8 @@ def _setting(results: pd.DataFrame, run: RunInfo | None) -> list[str]:
         + (f" ({run.rows_new} from this run)" if run is not None else ""),
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {machine()}" + (_parallelism(run) if run is not None else ""),
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()),
+        "- versions: "
+        + ", ".join(f"{k} {v}" for k, v in (run.versions if run else versions()).items()),
         "",
         "AUROC and AUCPR in percent, mean over seeds; the mean row is the mean over the rows. "
         f"Best per row in **bold**; `{PARTIAL}`: the method lacks some rows.",
