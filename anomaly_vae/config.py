@@ -38,8 +38,8 @@ MIN_POOLED_SIDE = 7  # auto pooling never makes an image side shorter than this 
 TABLE_SCORE = "negative_elbo"  # what scoring.score=None (auto) means for tables
 IMAGE_SCORE = "elbo_latent_knn"  # and for images with at least IMAGE_SCORE_MIN_ROWS rows
 IMAGE_SCORE_MIN_ROWS = 500  # below this the k-NN distance among few latent means is noise
-# (I-oneclass Fashion-MNIST, 7x7: against the ELBO alone, -0.8 AUROC when trained on 150
-# images per class, +0.4 on 500, +1.3 on all 6,000; docs/benchmarks.md)
+# (I-oneclass Fashion-MNIST, 7x7: against the ELBO alone, -0.4 AUROC when trained on 150
+# images per class, +0.5 on 500, +1.3 on all 6,000; docs/benchmarks.md)
 
 
 def resolve_score(score: str | None, data_kind: str, rows: int) -> str:
