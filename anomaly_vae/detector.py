@@ -235,11 +235,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         cal_conditions = None if conditions is None else conditions[cal_rows]
         calibration = self._scores_of_features(features[cal_rows], cal_conditions)
         if score in LATENT_SCORES:
-            self.latent_neighbours_ = self._fit_latent_neighbours(
-                features, conditions, train_rows, cal_rows, calibration["negative_elbo"]
-            )
-            # Again, now with the latent scores, exactly as new rows will be scored.
-            calibration = self._scores_of_features(features[cal_rows], cal_conditions)
+            neighbours = self._latent_reference(features, conditions, train_rows)
+            cal_latents = self._latent_means(features[cal_rows], cal_conditions)
+            cal_distance = neighbours.distance(torch.from_numpy(cal_latents))
+            neighbours.calibrate(calibration["negative_elbo"], cal_distance)
+            calibration |= neighbours.scores(calibration["negative_elbo"], cal_distance)
+            self.latent_neighbours_ = neighbours
         self.score_name_ = score
         calibration_scores = calibration[score]
         self.threshold_ = quantile_threshold(calibration_scores, config.calibration.target_fpr)
@@ -250,32 +251,18 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self.calibration_scores_ = calibration_scores
         return self
 
-    def _fit_latent_neighbours(
-        self,
-        features: np.ndarray,
-        conditions: np.ndarray | None,
-        train_rows: np.ndarray,
-        cal_rows: np.ndarray,
-        cal_negative_elbo: np.ndarray,
+    def _latent_reference(
+        self, features: np.ndarray, conditions: np.ndarray | None, train_rows: np.ndarray
     ) -> LatentNeighbours:
-        """The latent scores' reference (latent means of at most
-        ``scoring.latent_reference_rows`` training rows) and their calibration-row scales."""
+        """The latent scores' reference: latent means of at most
+        ``scoring.latent_reference_rows`` training rows (a seeded sample), not yet calibrated."""
         cfg = self.effective_config
-        rng = np.random.default_rng(cfg.training.seed)
-        reference_rows = train_rows
+        rows = train_rows
         if len(train_rows) > cfg.scoring.latent_reference_rows:
-            reference_rows = np.sort(
-                rng.choice(train_rows, cfg.scoring.latent_reference_rows, replace=False)
-            )
-
-        def means(rows: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(
-                self._latent_means(features[rows], None if conditions is None else conditions[rows])
-            )
-
-        neighbours = LatentNeighbours(means(reference_rows), cfg.scoring.latent_neighbours)
-        neighbours.calibrate(cal_negative_elbo, neighbours.distance(means(cal_rows)))
-        return neighbours
+            rng = np.random.default_rng(cfg.training.seed)
+            rows = np.sort(rng.choice(train_rows, cfg.scoring.latent_reference_rows, replace=False))
+        means = self._latent_means(features[rows], None if conditions is None else conditions[rows])
+        return LatentNeighbours(torch.from_numpy(means), cfg.scoring.latent_neighbours)
 
     def _latent_means(self, features: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
         """Posterior means ``(n, latent_dim)`` float32 of preprocessed rows, in batches."""

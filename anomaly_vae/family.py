@@ -126,15 +126,22 @@ def fit_family(
     return result
 
 
+def variant_config(config: Config, name: str) -> Config:
+    """``config`` with ``model.name = name``; a score the variant lacks falls back to
+    ``negative_elbo``, which every variant computes."""
+    variant = copy.deepcopy(config)
+    variant.model.name = name
+    if variant.scoring.score not in (None, *available_scores(name)):
+        variant.scoring.score = "negative_elbo"
+    return variant
+
+
 def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -> Candidate:
     if progress is not None:
         progress(name)
-    variant_config = copy.deepcopy(config)
-    variant_config.model.name = name
-    if config.scoring.score not in (None, *available_scores(name)):
-        variant_config.scoring.score = "negative_elbo"  # every variant has this one
+    config = variant_config(config, name)
     start = time.perf_counter()
-    detector = VAEDetector(variant_config.detector_config()).fit(data.train)
+    detector = VAEDetector(config.detector_config()).fit(data.train)
     seconds = time.perf_counter() - start
     criterion = math.nan
     if not get_model(name).uses_condition:
@@ -142,7 +149,7 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
         criterion = float(np.mean(detector.all_scores(validation)["negative_elbo"]))
     evaluation = evaluate_detector(detector, data)
     logger.info("%s: %.1f s, validation -ELBO %.4g", name, seconds, criterion)
-    return Candidate(name, detector, variant_config, evaluation, seconds, criterion)
+    return Candidate(name, detector, config, evaluation, seconds, criterion)
 
 
 def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:

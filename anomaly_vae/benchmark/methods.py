@@ -12,7 +12,6 @@ baselines ``iforest``, ``knn``, ``pca``, ``pyod-vae``, ``pyod-ae``.
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
 import inspect
@@ -25,10 +24,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from anomaly_vae.config import Config, to_dict
-from anomaly_vae.detector import VAEDetector, available_scores
+from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import ConfigError
-from anomaly_vae.family import suitable_variants
+from anomaly_vae.family import suitable_variants, variant_config
 from anomaly_vae.models import available_models, get_model
 
 DEFAULT_DETECTOR = "anomaly-vae"
@@ -94,16 +93,6 @@ class Context:
     config: Config
     kind: str  # "table" or "image"
     cache: FitCache = field(default_factory=FitCache)
-
-
-def variant_config(config: Config, name: str) -> Config:
-    """``config`` with ``model.name = name``; a score the variant lacks falls back to
-    ``negative_elbo``, which every variant computes (as the family pipeline does)."""
-    variant = copy.deepcopy(config)
-    variant.model.name = name
-    if variant.scoring.score not in (None, *available_scores(name)):
-        variant.scoring.score = "negative_elbo"
-    return variant
 
 
 class DetectorMethod:
