@@ -283,7 +283,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             binary = binary[~self._condition_mask()]
         binary_tensor = None if binary is None else torch.from_numpy(binary)
         model_class = get_model(config.model.name)
-        return model_class(tuple(input_shape), config.model, binary_tensor, condition_dim)
+        model = model_class(tuple(input_shape), config.model, binary_tensor, condition_dim)
+        if self.data_kind_ == "table" and config.model.quantisation_floor:
+            steps = self.preprocessor_.feature_steps[~self._condition_mask()]
+            model.set_feature_steps(torch.from_numpy(steps))
+        return model
 
     @staticmethod
     def _set_threads(config: DetectorConfig) -> None:

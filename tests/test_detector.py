@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
+from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from anomaly_vae import VAEDetector
+from anomaly_vae import VAEDetector, load_config
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import available_models
 from tests.conftest import correlated_normal, mixed_table, tiny_config
@@ -191,3 +192,23 @@ def test_trimmed_training_resists_anomalies_hidden_in_the_training_data():
         config = tiny_config(f"model.trim_fraction={trim}").detector_config()
         auroc[trim] = roc_auc_score(y, VAEDetector(config).fit(contaminated).anomaly_score(X))
     assert auroc[0.15] > 0.99 and auroc[0.15] > auroc[0.0] + 0.02, auroc
+
+
+def test_rarely_set_pixels_do_not_outweigh_the_shape(tmp_path):
+    """model.quantisation_floor: scikit-learn's 8x8 digits as a table of 0/1 ink features,
+    digit 0 the anomaly. Most pixels are rarely inked; without the floor their decoder
+    variance shrinks to min_log_variance and one stray inked pixel outweighs a row's shape.
+    The floor is rebuilt from the saved schema, so a loaded model scores the same."""
+    digits = load_digits()
+    ink = (digits.data > 7).astype(np.float64)
+    normal, zeros = ink[digits.target != 0], ink[digits.target == 0]
+    X = np.vstack([normal[1::2], zeros[:80]])
+    y = np.r_[np.zeros(len(normal[1::2])), np.ones(80)]
+    auroc, detectors = {}, {}
+    for floor in (True, False):
+        config = load_config(overrides=[f"model.quantisation_floor={floor}"])
+        detectors[floor] = VAEDetector(config.detector_config()).fit(normal[::2])
+        auroc[floor] = roc_auc_score(y, detectors[floor].score_samples(X) * -1)
+    assert auroc[True] > 0.9 and auroc[True] > auroc[False] + 0.1, auroc
+    reloaded = VAEDetector.load(detectors[True].save(tmp_path / "model"))
+    np.testing.assert_allclose(reloaded.score_samples(X), detectors[True].score_samples(X))

@@ -192,3 +192,14 @@ def test_trim_fraction_auto_trims_tables_only_and_a_set_value_wins():
     assert build("conv-vae").trim_fraction == 0.0  # a near-constant pixel must keep its variance
     assert build("vae", trim_fraction=0.2).trim_fraction == 0.2
     assert build("conv-vae", trim_fraction=0.2).trim_fraction == 0.2
+
+
+def test_quantisation_floor_bounds_the_decoder_variance_per_feature():
+    model = build("vae")  # min_log_variance -6
+    model.set_feature_steps(torch.tensor([0.0, 1e-4, 1.0, 2.0, 0.0, 0.0]))
+    expected = torch.tensor([-6.0, -6.0, math.log(1 / 12), math.log(4 / 12), -6.0, -6.0])
+    with torch.no_grad():
+        model.decoder_log_variance.fill_(-20.0)  # what a perfect reconstruction would set
+    torch.testing.assert_close(model.log_variance(), expected)
+    output = torch.zeros(50, 1, 6)
+    torch.testing.assert_close(model._calibrated_log_variance(output, output), expected)

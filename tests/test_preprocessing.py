@@ -79,3 +79,20 @@ def test_minmax_scaling_maps_training_range_to_unit_interval():
     frame = pd.DataFrame({"x": [2.0, 4.0, 6.0]})
     pre = TablePreprocessor(DataConfig(scaling="minmax", missing_indicators=False)).fit(frame)
     np.testing.assert_allclose(pre.transform(frame)[:, 0], [0.0, 0.5, 1.0])
+
+
+def test_quantisation_step_is_the_smallest_gap_in_scaled_units():
+    frame = pd.DataFrame(
+        {
+            "count": [0.0, 2.0, 3.0, 3.0, 7.0],  # integer-coded: gap 1
+            "level": [0.5, 0.5, 0.5, 0.5, 0.5],  # constant: no step
+            "colour": ["red", "blue", "red", "red", "blue"],
+        }
+    )
+    pre = TablePreprocessor(DataConfig(missing_indicators=True)).fit(frame)
+    std = frame["count"].std(ddof=0)
+    np.testing.assert_allclose(pre.feature_steps, [1 / std, 0.0, 0.0, 0.0, 0.0, 0.0])
+    old_schema = pre.to_dict()
+    for column in old_schema["columns"]:  # schemas saved before steps existed
+        column.pop("step")
+    assert not TablePreprocessor.from_dict(old_schema, pre.config).feature_steps.any()

@@ -36,6 +36,8 @@ class ColumnSchema:
     center: float = 0.0  # numeric: subtracted before dividing by scale
     scale: float = 1.0
     fill: float = 0.0  # numeric: scaled value that stands in for a missing one (the median)
+    step: float = 0.0  # numeric: smallest gap between distinct training values, scaled (the
+    # quantisation step of integer-coded data); 0 for a constant column
     categories: list[str] = field(default_factory=list)  # categorical: in feature order
 
     def feature_names(self, missing_indicators: bool) -> list[str]:
@@ -97,7 +99,9 @@ class TablePreprocessor:
             # A constant column is kept, but not divided by its zero spread.
             scale = spread if spread > 1e-12 else 1.0
             fill = (float(numbers.median()) - center) / scale
-            return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill)
+            distinct = np.unique(numbers.dropna().to_numpy())
+            step = float(np.diff(distinct).min()) / scale if len(distinct) > 1 else 0.0
+            return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
         if len(categories) > self.config.max_categories:
@@ -123,6 +127,18 @@ class TablePreprocessor:
             else:
                 flags += [True] * len(column.categories)
         return np.array(flags, dtype=bool)
+
+    @property
+    def feature_steps(self) -> np.ndarray:
+        """``(d,)`` float: each feature's quantisation step in scaled units (0: none known,
+        as for indicators and one-hot categories)."""
+        steps: list[float] = []
+        for column in self.columns:
+            if column.kind == "numeric":
+                steps += [column.step] + ([0.0] if self.config.missing_indicators else [])
+            else:
+                steps += [0.0] * len(column.categories)
+        return np.array(steps, dtype=np.float64)
 
     @property
     def condition_mask(self) -> np.ndarray:

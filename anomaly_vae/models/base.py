@@ -129,10 +129,30 @@ class BaseVAE(nn.Module):
         # One variance per feature makes the Gaussian ELBO a real likelihood (features the
         # model reconstructs poorly get wide variances instead of dominating the score).
         initial = torch.zeros(self.input_shape)
+        # Per-feature floor of the decoder log-variance; tables raise it where the data are
+        # quantised (set_feature_steps). Rebuilt from the saved schema, not saved itself.
+        self.register_buffer(
+            "log_variance_floor",
+            torch.full(self.input_shape, float(config.min_log_variance)),
+            persistent=False,
+        )
         if config.decoder_variance == "learned":
             self.decoder_log_variance = nn.Parameter(initial)
         else:  # "calibrated": set from the reconstruction error, not by gradient steps
             self.register_buffer("decoder_log_variance", initial)
+
+    @torch.no_grad()
+    def set_feature_steps(self, steps: Tensor) -> None:
+        """Floor each feature's decoder variance at ``step^2 / 12`` (the variance of a
+        uniform over one quantisation step), never below ``min_log_variance``.
+
+        ``steps`` is ``(*input_shape)`` in the model's (scaled) units; 0 = no step known.
+        Dequantising so keeps a Gaussian from putting unbounded density on the few values
+        an integer-coded feature takes (Theis et al., ICLR 2016).
+        """
+        steps = steps.reshape(self.input_shape).to(self.log_variance_floor)
+        floor = torch.log(steps.pow(2) / 12).nan_to_num(neginf=self.config.min_log_variance)
+        self.log_variance_floor.copy_(floor.clamp(min=self.config.min_log_variance))
 
     @classmethod
     def image_side_multiple(cls, config: ModelConfig) -> int:
@@ -222,8 +242,9 @@ class BaseVAE(nn.Module):
         return self.encode(x, condition)[0]
 
     def log_variance(self) -> Tensor:
-        """Decoder log-variance ``(*input_shape)``, floored at ``min_log_variance``."""
-        return self.decoder_log_variance.clamp(min=self.config.min_log_variance)
+        """Decoder log-variance ``(*input_shape)``, floored per feature (at
+        ``min_log_variance`` or the quantisation floor)."""
+        return torch.maximum(self.decoder_log_variance, self.log_variance_floor)
 
     def _calibrated_log_variance(self, x: Tensor, output: Tensor) -> Tensor:
         """Per-feature maximum-likelihood log-variance of ``x`` around ``output``.
@@ -236,7 +257,7 @@ class BaseVAE(nn.Module):
         """
         error = (x.expand_as(output) - output).pow(2)
         per_feature = trimmed_mean(error.reshape(-1, *self.input_shape), self.trim_fraction)
-        return torch.log(per_feature + 1e-12).clamp(min=self.config.min_log_variance)
+        return torch.maximum(torch.log(per_feature + 1e-12), self.log_variance_floor)
 
     @torch.no_grad()
     def calibrate_decoder(self, x: Tensor, noise: Tensor, condition: Tensor | None = None) -> None:
