@@ -77,7 +77,8 @@ class ModelConfig:
     # step^2 / 12, the variance of a uniform spread over one quantisation step of the
     # feature (data.ColumnSchema.step). A Gaussian on integer-coded or rarely non-zero
     # features otherwise shrinks its variance to the floor above and lets one such feature
-    # outweigh all others (sklearn digits as a table, T-clean: AUROC 61 without, 81 with)
+    # outweigh all others (held-out scikit-learn tables, pipelines/sklearn_tables.py:
+    # T-clean AUROC 76.1 without, 91.8 with; development files 93.20 -> 93.33)
     dropout: float = 0.0  # dropout in the hidden layers (regularises tiny data sets)
     trim_fraction: float | None = None  # share of each batch's rows with the largest loss
     # left out of the training (and validation) loss, and of each feature's largest squared
