@@ -79,6 +79,8 @@ def train(
     batch_size = min(config.batch_size, x_train.shape[0])
     # Drop a last batch smaller than half a batch: tiny batches give noisy steps.
     n_batches = max(1, round(x_train.shape[0] / batch_size))
+    if config.max_epoch_batches > 0:
+        n_batches = min(n_batches, config.max_epoch_batches)
     epochs, patience = stretched_schedule(config, n_batches)
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean.

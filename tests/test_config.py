@@ -35,6 +35,7 @@ def test_unknown_key_names_the_valid_ones():
         ("data.image_pool=0", "data.image_pool must be >= 1"),
         ("scoring.latent_neighbours=0", "scoring.latent_neighbours must be >= 1"),
         ("scoring.latent_reference_rows=2", "scoring.latent_reference_rows must be >= "),
+        ("training.max_epoch_batches=-1", "training.max_epoch_batches must be >= 0"),
         ("epochs=3", "must look like section.key=value"),
     ],
 )

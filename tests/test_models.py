@@ -6,9 +6,10 @@ import math
 import pytest
 import torch
 
-from anomaly_vae.config import TABLE_TRIM_FRACTION, ModelConfig
+from anomaly_vae.config import TABLE_TRIM_FRACTION, ModelConfig, TrainingConfig
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.models import available_models, get_model
+from anomaly_vae.training import train
 
 VARIANTS = available_models()
 
@@ -203,3 +204,22 @@ def test_quantisation_floor_bounds_the_decoder_variance_per_feature():
     torch.testing.assert_close(model.log_variance(), expected)
     output = torch.zeros(50, 1, 6)
     torch.testing.assert_close(model._calibrated_log_variance(output, output), expected)
+
+
+@pytest.mark.parametrize(("cap", "steps_per_epoch"), [(3, 3), (0, 20), (50, 20)])
+def test_an_epoch_is_at_most_max_epoch_batches(cap, steps_per_epoch):
+    """training.max_epoch_batches: 200 rows in batches of 10 are 20 steps an epoch; a cap
+    of 3 makes each epoch 3 steps (a fresh random subset), 0 or a larger cap does not."""
+    model = build("vae")
+    steps = 0
+    loss_terms = model.loss_terms
+
+    def counted(*args, **kwargs):
+        nonlocal steps
+        steps += model.training
+        return loss_terms(*args, **kwargs)
+
+    model.loss_terms = counted
+    config = TrainingConfig(epochs=2, batch_size=10, min_steps=0, patience=5, max_epoch_batches=cap)
+    history = train(model, structured(model, 200), structured(model, 20), config)
+    assert len(history.epochs) == 2 and steps == 2 * steps_per_epoch
