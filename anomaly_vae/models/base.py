@@ -126,9 +126,6 @@ class BaseVAE(nn.Module):
             mask = torch.as_tensor(binary_features, dtype=torch.bool).reshape(self.input_shape)
         # Not learned, but saved with the weights so a loaded model uses the same likelihood.
         self.register_buffer("bernoulli_mask", mask)
-        # One variance per feature makes the Gaussian ELBO a real likelihood (features the
-        # model reconstructs poorly get wide variances instead of dominating the score).
-        initial = torch.zeros(self.input_shape)
         # Per-feature floor of the decoder log-variance; tables raise it where the data are
         # quantised (set_feature_steps). Rebuilt from the saved schema, not saved itself.
         self.register_buffer(
@@ -136,6 +133,9 @@ class BaseVAE(nn.Module):
             torch.full(self.input_shape, float(config.min_log_variance)),
             persistent=False,
         )
+        # One variance per feature makes the Gaussian ELBO a real likelihood (features the
+        # model reconstructs poorly get wide variances instead of dominating the score).
+        initial = torch.zeros(self.input_shape)
         if config.decoder_variance == "learned":
             self.decoder_log_variance = nn.Parameter(initial)
         else:  # "calibrated": set from the reconstruction error, not by gradient steps
