@@ -7,7 +7,7 @@ noise of ``NOISE_SHARE`` of each feature's standard deviation, so no row repeats
 test split is the file's own (T-clean, seed 0). One torch thread. For each value of
 ``training.max_epoch_batches`` given, writes a row to ``OUT/results.csv``.
 
-    python pipelines/time_large_table.py --data-dir ../shared/data/adbench \
+    python pipelines/time_large_table.py --data-dir ../shared/data/adbench \\
         --dataset 32_shuttle --copies 13 --caps 200,0 --out results/large-table
 """
 
