@@ -1,6 +1,6 @@
-"""Fit time and detection on a large table: one ADBench file's T-clean training rows,
-copied with small noise until the table is large.
+"""Fit time and detection on a large table made of noisy copies of an ADBench file's rows.
 
+The table is the file's T-clean training rows, copied with small noise until it is large.
 The development files have at most 23,000 training rows; tables of users (and ADBench
 files such as census or donors) reach hundreds of thousands. Each copy adds Gaussian
 noise of ``NOISE_SHARE`` of each feature's standard deviation, so no row repeats; the
