@@ -39,7 +39,7 @@ TABLE_SCORE = "negative_elbo"  # what scoring.score=None (auto) means for tables
 IMAGE_SCORE = "elbo_latent_knn"  # and for images with at least IMAGE_SCORE_MIN_ROWS rows
 IMAGE_SCORE_MIN_ROWS = 500  # below this the k-NN distance among few latent means is noise
 # (I-oneclass Fashion-MNIST, 7x7: against the ELBO alone, -0.4 AUROC when trained on 150
-# images per class, +0.5 on 500, +1.3 on all 6,000; docs/benchmarks.md)
+# images per class, +0.5 on 500, +1.3 on all 6,000; docs/tuning.md)
 
 
 def resolve_score(score: str | None, data_kind: str, rows: int) -> str:
@@ -133,7 +133,7 @@ class ScoringConfig:
     score: str | None = None  # which score drives predict: negative_elbo, negative_iwae_bound
     # (Gaussian latents), reconstruction_error, code_distance (vq-vae), latent_knn_distance
     # or elbo_latent_knn (latent_density.py). None = auto: elbo_latent_knn for images with
-    # at least IMAGE_SCORE_MIN_ROWS (500) training images (docs/benchmarks.md), else
+    # at least IMAGE_SCORE_MIN_ROWS (500) training images (docs/tuning.md), else
     # negative_elbo (it ranked best on tables, docs/scores.md)
     mc_samples: int = 16  # L, Monte Carlo samples of z per row for the ELBO estimate
     batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
@@ -173,7 +173,7 @@ class DataConfig:
     # one before the model (1 = full resolution; sides must divide by it). None = auto:
     # IMAGE_POOL (4) when the pooled sides are at least MIN_POOLED_SIDE (7) and still divide
     # by the model's total stride, else 1 (MLP VAE with elbo_latent_knn on I-oneclass
-    # Fashion-MNIST ranks best at 7x7, docs/benchmarks.md); anomaly maps are repeated
+    # Fashion-MNIST ranks best at 7x7, docs/tuning.md); anomaly maps are repeated
     # back to the input size
 
 

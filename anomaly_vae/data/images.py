@@ -139,7 +139,7 @@ class ImagePreprocessor:
     ``pool`` averages each ``pool x pool`` block of pixels into one (1 = full resolution).
     The model then sees shapes rather than pixel-level texture: on I-oneclass
     Fashion-MNIST the MLP VAE ranks anomalies better at 14x14 and 7x7 than at 28x28
-    (docs/benchmarks.md).
+    (docs/tuning.md).
     """
 
     kind = "image"
