@@ -131,7 +131,7 @@ def fit(
     log the run to MLflow.
 
     DATA is a CSV or Parquet table, a folder of images (one subfolder per class), or
-    a torchvision dataset under a local root: fashionmnist:ROOT or mnist:ROOT.
+    a torchvision dataset under a local root: fashionmnist:ROOT, mnist:ROOT or kmnist:ROOT.
     """
     from anomaly_vae.fitting import fit_source
 
@@ -241,7 +241,8 @@ def score(data: str, model_ref: str | None, output: Path | None, maps: Path | No
     is_anomaly.
 
     DATA is a CSV or Parquet table, a folder of images (flat, or one subfolder per
-    class), or fashionmnist:ROOT / mnist:ROOT (its test split); images get one row each.
+    class), or fashionmnist:ROOT / mnist:ROOT / kmnist:ROOT (its test split); images get
+    one row each.
     """
     from anomaly_vae.data.images import is_image_source
     from anomaly_vae.scoring import load_detector, score_images, score_table
@@ -507,7 +508,8 @@ def _method_names(
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Tables: a folder of ADBench-format .npz files (arrays X and y). i-oneclass: a "
-    "torchvision root holding FashionMNIST/ and/or MNIST/ (raw files, never downloaded).",
+    "torchvision root holding data sets in the MNIST layout, e.g. FashionMNIST/ or MNIST/ "
+    "(NAME/raw/ with the idx files; any NAME; never downloaded).",
 )
 @click.option(
     "--datasets",

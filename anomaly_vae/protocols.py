@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_vae.data.images import ImageSet, read_images
+from anomaly_vae.data.images import (
+    TORCHVISION_SETS,
+    ImageSet,
+    holds_idx_files,
+    read_idx_set,
+    read_images,
+)
 from anomaly_vae.errors import DataError
 
 
@@ -63,19 +69,24 @@ def t_contaminated_split(
     return X_train, X_test, y_test
 
 
-# I-oneclass data sets: the torchvision folder name and the source prefix of read_images.
-IMAGE_DATASETS = {"FashionMNIST": "fashionmnist", "MNIST": "mnist"}
-
-
 def image_datasets_under(root: str | Path) -> list[str]:
-    """The names in ``IMAGE_DATASETS`` that have a folder under the torchvision ``root``."""
-    return [name for name in IMAGE_DATASETS if (Path(root) / name).is_dir()]
+    """The folders under the torchvision ``root`` that hold a data set in the MNIST layout
+    (``NAME/raw/`` with the idx files): FashionMNIST, MNIST, KMNIST or any other name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(path.name for path in root.iterdir() if holds_idx_files(path))
 
 
 def load_image_dataset(root: str | Path, name: str) -> tuple[ImageSet, ImageSet]:
-    """The training and test split of torchvision data set ``name`` under ``root``."""
-    source = f"{IMAGE_DATASETS[name]}:{root}"
-    return read_images(source, train=True), read_images(source, train=False)
+    """The training and test split of the MNIST-layout data set ``root/name``; torchvision's
+    class names where torchvision knows the set, the label values otherwise."""
+    prefixes = {folder: prefix for prefix, folder in TORCHVISION_SETS.items()}
+    if name in prefixes:
+        source = f"{prefixes[name]}:{root}"
+        return read_images(source, train=True), read_images(source, train=False)
+    folder = Path(root) / name
+    return read_idx_set(folder, train=True), read_idx_set(folder, train=False)
 
 
 def i_oneclass_split(

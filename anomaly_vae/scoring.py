@@ -79,7 +79,7 @@ def score_images(
     output: str | Path,
     maps_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Score every image of ``source`` (a folder, or ``mnist:``/``fashionmnist:ROOT``,
+    """Score every image of ``source`` (a folder, or a torchvision source such as ``mnist:ROOT``,
     whose test split is scored); one output row per image, with its name and class.
 
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,

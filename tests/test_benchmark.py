@@ -18,7 +18,7 @@ from anomaly_vae.benchmark import methods as bench_methods
 from anomaly_vae.benchmark import run_benchmark, runner
 from anomaly_vae.benchmark.report import RunInfo, write_summary
 from anomaly_vae.benchmark.results import RESULT_COLUMNS
-from anomaly_vae.benchmark.tasks import PROTOCOLS
+from anomaly_vae.benchmark.tasks import PROTOCOLS, find_datasets
 from anomaly_vae.cli import main
 from anomaly_vae.data.images import ImageSet
 from anomaly_vae.detector import VAEDetector
@@ -368,9 +368,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
-def fake_fashion_mnist(root: Path, per_class: tuple[int, int] = (40, 20)) -> None:
-    """Two classes of 28x28 images: bright top half (0) or bright bottom half (1)."""
-    raw = root / "FashionMNIST" / "raw"
+def fake_fashion_mnist(
+    root: Path, per_class: tuple[int, int] = (40, 20), name: str = "FashionMNIST"
+) -> None:
+    """Two classes of 28x28 images: bright top half (0) or bright bottom half (1), in
+    torchvision's MNIST layout under ``root/name``."""
+    raw = root / name / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n in (("train", per_class[0]), ("t10k", per_class[1])):
@@ -403,6 +406,26 @@ def test_i_oneclass_on_a_tiny_fashion_mnist(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "i-oneclass, FashionMNIST: mean AUROC" in summary
     assert re.search(r"^\| 1 +\|", summary, re.MULTILINE)  # one row per class
+
+
+def test_i_oneclass_takes_any_mnist_layout_folder_by_its_name(tmp_path):
+    """A torchvision root may hold sets torchvision does not know by name (data we do not
+    have are checked in the same layout); folders without the idx files are not sets."""
+    root = tmp_path / "torchvision"
+    fake_fashion_mnist(root, name="NotMNIST")
+    fake_fashion_mnist(root, name="KMNIST")
+    (root / "notes" / "raw").mkdir(parents=True)
+    assert [d.name for d in find_datasets("i-oneclass", root)] == ["KMNIST", "NotMNIST"]
+    out = tmp_path / "out"
+    outcome = run_benchmark(
+        "i-oneclass", root, out, datasets=["NotMNIST"], classes=[0, 1], methods=["knn"]
+    )
+    assert not outcome.failures, outcome.failures
+    rows = read_rows(out)
+    assert [(r["dataset"], r["class"]) for r in rows] == [("NotMNIST", "0"), ("NotMNIST", "1")]
+    assert all(float(r["aucroc"]) > 95 for r in rows), rows
+    with pytest.raises(DataError, match=r"no data set 'MNIST'.*KMNIST, NotMNIST"):
+        find_datasets("i-oneclass", root, ["MNIST"])
 
 
 # -- the command line -------------------------------------------------------------------------

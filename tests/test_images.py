@@ -7,7 +7,12 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector
-from anomaly_vae.data.images import ImagePreprocessor, is_image_source, read_images
+from anomaly_vae.data.images import (
+    ImagePreprocessor,
+    is_image_source,
+    read_idx_set,
+    read_images,
+)
 from anomaly_vae.errors import DataError
 from tests.conftest import tiny_config
 
@@ -133,6 +138,31 @@ def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
     assert loaded.labels.tolist() == labels.tolist()
     with pytest.raises(DataError, match="FashionMNIST not found"):
         read_images(f"fashionmnist:{tmp_path}")
+
+
+def test_reads_any_mnist_layout_folder_and_rejects_broken_idx_files(tmp_path):
+    """KMNIST gets torchvision's class names; an unknown set gets its label values."""
+    images = bars(6, seed=1, size=28)[:, 0]
+    labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.uint8)
+    for name in ("KMNIST", "Glyphs"):
+        raw = tmp_path / name / "raw"
+        raw.mkdir(parents=True)
+        for split in ("train", "t10k"):
+            header = np.array([2051, 6, 28, 28], dtype=">i4").tobytes()
+            (raw / f"{split}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+            header = np.array([2049, 6], dtype=">i4").tobytes()
+            (raw / f"{split}-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+    kmnist = read_images(f"kmnist:{tmp_path}")
+    assert kmnist.classes[:3] == ["o", "ki", "su"] and kmnist.images.shape == (6, 1, 28, 28)
+    glyphs = read_idx_set(tmp_path / "Glyphs", train=False)
+    assert glyphs.classes == ["0", "1", "2"] and glyphs.labels.tolist() == labels.tolist()
+    np.testing.assert_array_equal(glyphs.images[:, 0], images)
+    (tmp_path / "Glyphs" / "raw" / "t10k-images-idx3-ubyte").write_bytes(b"not an idx file")
+    with pytest.raises(DataError, match="not an idx file of the MNIST layout"):
+        read_idx_set(tmp_path / "Glyphs", train=False)
+    (tmp_path / "Glyphs" / "raw" / "train-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte: missing"):
+        read_idx_set(tmp_path / "Glyphs", train=True)
 
 
 def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeypatch):

@@ -114,7 +114,7 @@ def run_benchmark(
 ) -> BenchmarkOutcome:
     """Run ``protocol`` on the data sets in ``data_dir``, writing into ``out``.
 
-    ``datasets``: file stems (tables) or torchvision names (images), default all found;
+    ``datasets``: file stems (tables) or folder names (images), default all found;
     ``classes``: the normal classes of i-oneclass (default 0..9); ``seeds``: default
     0, 1, 2 for tables and 0 for images; ``methods``: names as in results.csv, default
     every one that suits the data; ``config_path`` and ``overrides`` (``key=value``)

@@ -13,7 +13,6 @@ import numpy as np
 
 from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.protocols import (
-    IMAGE_DATASETS,
     i_oneclass_split,
     image_datasets_under,
     load_image_dataset,
@@ -74,14 +73,17 @@ class Dataset:
 
 def find_datasets(protocol: str, data_dir: Path, names: list[str] | None = None) -> list[Dataset]:
     """The data sets of ``protocol`` in ``data_dir``: the ``.npz`` files by stem (tables) or
-    the torchvision folders (images); ``names`` picks some. DataError lists what is there."""
+    the MNIST-layout folders (images); ``names`` picks some. DataError lists what is there."""
     check_protocol(protocol)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: no such data folder")
     if protocol == IMAGE_PROTOCOL:
         available = {name: data_dir for name in image_datasets_under(data_dir)}
-        what = f"torchvision data sets ({', '.join(IMAGE_DATASETS)})"
+        what = (
+            "data sets in torchvision's MNIST layout "
+            "(NAME/raw/ with the idx files, e.g. FashionMNIST)"
+        )
     else:
         available = {path.stem: path for path in data_dir.glob("*.npz")}
         what = ".npz files"

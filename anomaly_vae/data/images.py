@@ -3,8 +3,13 @@ MNIST-style dataset from a local root, and turning images into model input.
 
 An image source is written as a string:
 - ``path/to/folder``: one subfolder per class, images inside (``ImageFolder``);
-- ``fashionmnist:ROOT`` or ``mnist:ROOT``: the torchvision dataset under ``ROOT``
-  (the folder holding ``FashionMNIST/`` or ``MNIST/``), never downloaded.
+- ``fashionmnist:ROOT``, ``mnist:ROOT`` or ``kmnist:ROOT``: the torchvision dataset
+  under ``ROOT`` (the folder holding ``FashionMNIST/``, ``MNIST/`` or ``KMNIST/``), never
+  downloaded.
+
+Data sets in torchvision's MNIST layout (``NAME/raw/`` with the uncompressed idx files
+of the ``train`` and ``t10k`` splits) are read by ``read_idx_set`` whatever their name,
+so the benchmark takes any such set without code changes.
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ import numpy as np
 from anomaly_vae.config import IMAGE_POOL, MIN_POOLED_SIDE
 from anomaly_vae.errors import DataError
 
-TORCHVISION_SETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST"}
+# Source prefix -> folder name of the torchvision data sets in the MNIST layout.
+TORCHVISION_SETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "kmnist": "KMNIST"}
+# Split -> (images, labels) file names in ``NAME/raw/``, as torchvision's MNIST reads them.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 @dataclass
@@ -44,7 +55,7 @@ class ImageSet:
 
 
 def is_image_source(source: str | Path) -> bool:
-    """True for ``mnist:``/``fashionmnist:`` sources and for folders (tables are files)."""
+    """True for torchvision sources (``mnist:``, ...) and for folders (tables are files)."""
     text = str(source)
     return text.split(":", 1)[0].lower() in TORCHVISION_SETS or Path(text).is_dir()
 
@@ -64,18 +75,47 @@ def read_images(source: str | Path, train: bool = True) -> ImageSet:
 def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
     import torchvision
 
-    dataset_class = getattr(torchvision.datasets, TORCHVISION_SETS[name])
-    try:
-        dataset = dataset_class(root=str(root), train=train, download=False)
-    except RuntimeError as exc:
+    folder_name = TORCHVISION_SETS[name]
+    if not holds_idx_files(root / folder_name):
         raise DataError(
-            f"{TORCHVISION_SETS[name]} not found under {root} (expected "
-            f"{root / TORCHVISION_SETS[name] / 'raw'}); it is never downloaded"
-        ) from exc
-    images = dataset.data.numpy()[:, None, :, :]
+            f"{folder_name} not found under {root} (expected the idx files of "
+            f"{', '.join(IDX_FILES)} in {root / folder_name / 'raw'}); it is never downloaded"
+        )
+    classes = list(getattr(torchvision.datasets, folder_name).classes)
+    return read_idx_set(root / folder_name, train, classes)
+
+
+def holds_idx_files(folder: Path) -> bool:
+    """True when ``folder/raw`` holds the four idx files of the MNIST layout."""
+    raw = Path(folder) / "raw"
+    return all((raw / name).is_file() for names in IDX_FILES.values() for name in names)
+
+
+def read_idx_set(folder: Path, train: bool, classes: list[str] | None = None) -> ImageSet:
+    """One split of a data set in torchvision's MNIST layout (``folder/raw/`` holding the
+    uncompressed idx files), whatever the set is called: MNIST, Fashion-MNIST, KMNIST or
+    another set written the same way. Images ``(n, 1, H, W)`` uint8; ``classes`` defaults
+    to the label values as text ("0" ... the largest label)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     split = "train" if train else "test"
+    image_file, label_file = (Path(folder) / "raw" / name for name in IDX_FILES[split])
+    try:
+        images = read_image_file(str(image_file)).numpy()[:, None, :, :]
+        labels = read_label_file(str(label_file)).numpy().astype(np.int64)
+    except FileNotFoundError as exc:
+        raise DataError(f"{exc.filename}: missing; the {split} split needs it") from exc
+    except (AssertionError, ValueError, RuntimeError) as exc:
+        # torchvision asserts on the idx header (type, dimensions, size).
+        raise DataError(
+            f"{image_file} or {label_file} is not an idx file of the MNIST layout"
+        ) from exc
+    if len(images) != len(labels):
+        raise DataError(f"{image_file}: {len(images)} images but {len(labels)} labels")
+    if classes is None:
+        classes = [str(label) for label in range(int(labels.max(initial=0)) + 1)]
     names = [f"{split}/{i}" for i in range(len(images))]
-    return ImageSet(images, dataset.targets.numpy().astype(np.int64), list(dataset.classes), names)
+    return ImageSet(images, labels, classes, names)
 
 
 def _read_folder(path: Path) -> ImageSet:
