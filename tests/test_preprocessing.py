@@ -85,13 +85,14 @@ def test_quantisation_step_is_the_smallest_gap_in_scaled_units():
     frame = pd.DataFrame(
         {
             "count": [0.0, 2.0, 3.0, 3.0, 7.0],  # integer-coded: gap 1
-            "level": [0.5, 0.5, 0.5, 0.5, 0.5],  # constant: no step
+            "level": [0.5, 0.5, 0.5, 0.5, 0.5],  # constant, not whole: no step known
+            "never_set": [0.0, 0.0, 0.0, 0.0, 0.0],  # constant whole number: the integer grid
             "colour": ["red", "blue", "red", "red", "blue"],
         }
     )
     pre = TablePreprocessor(DataConfig(missing_indicators=True)).fit(frame)
     std = frame["count"].std(ddof=0)
-    np.testing.assert_allclose(pre.feature_steps, [1 / std, 0.0, 0.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(pre.feature_steps, [1 / std, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
     old_schema = pre.to_dict()
     for column in old_schema["columns"]:  # schemas saved before steps existed
         column.pop("step")

@@ -37,13 +37,32 @@ class ColumnSchema:
     scale: float = 1.0
     fill: float = 0.0  # numeric: scaled value that stands in for a missing one (the median)
     step: float = 0.0  # numeric: smallest gap between distinct training values, scaled (the
-    # quantisation step of integer-coded data); 0 for a constant column
+    # quantisation step of integer-coded data); a constant column has no gap: 1 raw unit
+    # (the integer grid) when its value is a whole number, else 0 (no step known)
     categories: list[str] = field(default_factory=list)  # categorical: in feature order
 
     def feature_names(self, missing_indicators: bool) -> list[str]:
         if self.kind == "numeric":
             return [self.name] + ([f"{self.name}__missing"] if missing_indicators else [])
         return [f"{self.name}={c}" for c in self.categories]
+
+
+def _quantisation_step(distinct: np.ndarray) -> float:
+    """The step of sorted distinct values ``(k,)`` in raw units, 0 when none is known.
+
+    A constant whole-number column (a pixel never inked in training, a flag never set)
+    is taken to live on the integer grid like other integer-coded columns; without a step
+    its variance would sit at ``model.min_log_variance`` and one unit of change would
+    cost hundreds of nats, outweighing every other feature.
+
+    >>> _quantisation_step(np.array([0.0, 2.0, 3.0])), _quantisation_step(np.array([4.0]))
+    (1.0, 1.0)
+    >>> _quantisation_step(np.array([0.5]))
+    0.0
+    """
+    if len(distinct) > 1:
+        return float(np.diff(distinct).min())
+    return 1.0 if float(distinct[0]).is_integer() else 0.0
 
 
 class TablePreprocessor:
@@ -100,7 +119,7 @@ class TablePreprocessor:
             scale = spread if spread > 1e-12 else 1.0
             fill = (float(numbers.median()) - center) / scale
             distinct = np.unique(numbers.dropna().to_numpy())
-            step = float(np.diff(distinct).min()) / scale if len(distinct) > 1 else 0.0
+            step = _quantisation_step(distinct) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
