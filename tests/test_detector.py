@@ -212,3 +212,22 @@ def test_rarely_set_pixels_do_not_outweigh_the_shape(tmp_path):
     assert auroc[True] > 0.9 and auroc[True] > auroc[False] + 0.1, auroc
     reloaded = VAEDetector.load(detectors[True].save(tmp_path / "model"))
     np.testing.assert_allclose(reloaded.score_samples(X), detectors[True].score_samples(X))
+
+
+def test_a_flag_never_set_in_training_costs_a_bounded_penalty():
+    """A column constant at 0 in training lives on the integer grid (step 1, variance
+    1/12): setting it costs about (1 / 2) / (1 / 12) = 6 nats, like a rare 0/1 value,
+    not the ~200 nats of a variance at the e^-6 floor, which would outrank every row
+    that is wrong in its real features."""
+    normal = correlated_normal(600, seed=0)
+    with_flag = np.column_stack([normal, np.zeros(len(normal))])
+    detector = VAEDetector(tiny_config().detector_config()).fit(with_flag)
+    rows = np.column_stack([correlated_normal(50, seed=1), np.zeros(50)])
+    flagged = rows.copy()
+    flagged[:, -1] = 1.0
+    extra = detector.anomaly_score(flagged) - detector.anomaly_score(rows)
+    assert 4 < np.median(extra) < 9 and extra.max() < 20, (np.median(extra), extra.max())
+    # A row far off the manifold in its real features still outranks a set flag.
+    far = rows.copy()
+    far[:, 0] += 3.0
+    assert np.median(detector.anomaly_score(far)) > np.median(detector.anomaly_score(flagged))
