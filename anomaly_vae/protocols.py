@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_vae.data.images import (
-    TORCHVISION_SETS,
     ImageSet,
     holds_idx_files,
     read_idx_set,
-    read_images,
+    torchvision_classes,
 )
 from anomaly_vae.errors import DataError
 
@@ -81,12 +80,8 @@ def image_datasets_under(root: str | Path) -> list[str]:
 def load_image_dataset(root: str | Path, name: str) -> tuple[ImageSet, ImageSet]:
     """The training and test split of the MNIST-layout data set ``root/name``; torchvision's
     class names where torchvision knows the set, the label values otherwise."""
-    prefixes = {folder: prefix for prefix, folder in TORCHVISION_SETS.items()}
-    if name in prefixes:
-        source = f"{prefixes[name]}:{root}"
-        return read_images(source, train=True), read_images(source, train=False)
-    folder = Path(root) / name
-    return read_idx_set(folder, train=True), read_idx_set(folder, train=False)
+    folder, classes = Path(root) / name, torchvision_classes(name)
+    return read_idx_set(folder, True, classes), read_idx_set(folder, False, classes)
 
 
 def i_oneclass_split(

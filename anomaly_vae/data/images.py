@@ -73,16 +73,23 @@ def read_images(source: str | Path, train: bool = True) -> ImageSet:
 
 
 def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
-    import torchvision
-
     folder_name = TORCHVISION_SETS[name]
     if not holds_idx_files(root / folder_name):
         raise DataError(
             f"{folder_name} not found under {root} (expected the idx files of "
             f"{', '.join(IDX_FILES)} in {root / folder_name / 'raw'}); it is never downloaded"
         )
-    classes = list(getattr(torchvision.datasets, folder_name).classes)
-    return read_idx_set(root / folder_name, train, classes)
+    return read_idx_set(root / folder_name, train, torchvision_classes(folder_name))
+
+
+def torchvision_classes(folder_name: str) -> list[str] | None:
+    """torchvision's class names for the MNIST-layout set in ``folder_name``, or None for
+    a set torchvision does not know."""
+    if folder_name not in TORCHVISION_SETS.values():
+        return None
+    import torchvision
+
+    return list(getattr(torchvision.datasets, folder_name).classes)
 
 
 def holds_idx_files(folder: Path) -> bool:
