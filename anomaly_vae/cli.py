@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -80,6 +81,14 @@ def main(verbose: bool) -> None:
 )
 @click.option("--id-col", help="Column passed through to score output; never a feature.")
 @click.option(
+    "--ignore-col",
+    "ignore_cols",
+    multiple=True,
+    metavar="COLUMN",
+    help="Column that is not a feature and not needed to score, e.g. a timestamp or free "
+    "text (repeatable; data.ignore_columns).",
+)
+@click.option(
     "--normal-class",
     help="Images: the normal class (a class folder name or index). The other classes are "
     "anomalies used only for evaluation.",
@@ -118,6 +127,7 @@ def fit(
     config_file: Path | None,
     label_col: str | None,
     id_col: str | None,
+    ignore_cols: tuple[str, ...],
     normal_class: str | None,
     eval_file: Path | None,
     overrides: tuple[str, ...],
@@ -136,10 +146,13 @@ def fit(
     from anomaly_vae.fitting import fit_source
 
     cli_overrides = [*overrides]
+    # Column names quoted, so that one named "yes" or "2024" stays a string in YAML.
     if label_col is not None:
-        cli_overrides.append(f"data.label_column={label_col}")
+        cli_overrides.append(f"data.label_column={json.dumps(label_col)}")
     if id_col is not None:
-        cli_overrides.append(f"data.id_column={id_col}")
+        cli_overrides.append(f"data.id_column={json.dumps(id_col)}")
+    if ignore_cols:
+        cli_overrides.append(f"data.ignore_columns={json.dumps(list(ignore_cols))}")
     if no_tracking:
         cli_overrides.append("tracking.enabled=false")
     config = load_config(config_file, cli_overrides)

@@ -160,6 +160,8 @@ class DataConfig:
 
     id_column: str | None = None  # passed through to the output, never a feature
     label_column: str | None = None  # evaluation only: 1/True = anomaly; never trained on
+    ignore_columns: list[str] = field(default_factory=list)  # never features and not
+    # needed to score (timestamps, free text, columns derived from the label)
     condition_columns: list[str] = field(default_factory=list)  # cvae: context columns (e.g.
     # machine id, hour of day) that a row is scored given; other models treat them as features
     categorical_columns: list[str] = field(default_factory=list)  # force these to categories

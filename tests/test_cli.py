@@ -162,6 +162,36 @@ def test_bad_config_override_is_a_clear_error(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "unknown config key model.latnet" in result.output
 
 
+def test_ignored_column_and_a_yaml_like_id_name_round_trip(tmp_path, monkeypatch):
+    """--ignore-col keeps a free-text column out of the model; an id column named "yes"
+    (YAML's True) is still a column name and reaches the scores."""
+    monkeypatch.chdir(tmp_path)
+    table = mixed_table(300, seed=0).drop(columns="is_fault").rename(columns={"reading_id": "yes"})
+    table["note"] = [f"operator note {i}" for i in range(len(table))]
+    table.to_csv("t.csv", index=False)
+    fit = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "t.csv",
+            "--id-col",
+            "yes",
+            "--ignore-col",
+            "note",
+            "--no-tracking",
+            "--quiet",
+            "--model-dir",
+            "model",
+            *FAST,
+        ],
+    )
+    assert fit.exit_code == 0, fit.output
+    table.drop(columns="note").head(20).to_csv("new.csv", index=False)
+    score = CliRunner().invoke(main, ["score", "new.csv", "--model", "model", "-o", "s.csv"])
+    assert score.exit_code == 0, score.output
+    assert pd.read_csv("s.csv")["yes"].tolist() == table["yes"].head(20).tolist()
+
+
 @pytest.mark.parametrize("command", [[], ["fit"], ["score"], ["models"], ["ui"]])
 def test_help_documents_options_with_defaults(command):
     result = CliRunner().invoke(main, [*command, "--help"])

@@ -75,6 +75,32 @@ def test_free_text_column_is_refused_with_advice():
         TablePreprocessor(DataConfig()).fit(frame)
 
 
+def test_ignored_columns_are_neither_features_nor_needed_to_score(caplog):
+    frame = pd.DataFrame({"note": [f"free text {i}" for i in range(200)], "x": np.arange(200.0)})
+    pre = TablePreprocessor(DataConfig(ignore_columns=["note"])).fit(frame)
+    assert pre.input_columns == ["x"]
+    with caplog.at_level(logging.WARNING):
+        with_note = pre.transform(frame.head(3))
+    assert caplog.text == ""  # an ignored column is expected, not "not seen in training"
+    np.testing.assert_array_equal(with_note, pre.transform(frame[["x"]].head(3)))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (DataConfig(ignore_columns=["nope"]), r"ignore_columns names columns not in the data"),
+        (
+            DataConfig(ignore_columns=["x"], categorical_columns=["x"]),
+            r"ignore_columns also names feature columns: \['x'\]",
+        ),
+        (DataConfig(ignore_columns=["x"]), "no feature columns besides"),
+    ],
+)
+def test_ignore_columns_mistakes_are_errors(config, message):
+    with pytest.raises(DataError, match=message):
+        TablePreprocessor(config).fit(pd.DataFrame({"x": [1.0, 2.0]}))
+
+
 def test_minmax_scaling_maps_training_range_to_unit_interval():
     frame = pd.DataFrame({"x": [2.0, 4.0, 6.0]})
     pre = TablePreprocessor(DataConfig(scaling="minmax", missing_indicators=False)).fit(frame)

@@ -79,16 +79,31 @@ class TablePreprocessor:
         self.config = config
         self.columns: list[ColumnSchema] = []
 
+    @property
+    def not_features(self) -> set[str]:
+        """Names of the columns that are never features: id, label and ignored columns."""
+        named = {self.config.id_column, self.config.label_column} - {None}
+        return {str(name) for name in named} | set(self.config.ignore_columns)
+
     # -- fitting -------------------------------------------------------------------------
     def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
-        """Learn the schema from training rows (id and label columns are skipped)."""
+        """Learn the schema from training rows (id, label and ignored columns are skipped)."""
         if self.config.id_column is not None and self.config.id_column not in frame.columns:
             raise DataError(f"id column {self.config.id_column!r} is not in the data")
-        skipped = {self.config.id_column, self.config.label_column} - {None}
-        names = [c for c in frame.columns if c not in skipped]
+        features_named_ignored = sorted(
+            set(self.config.ignore_columns)
+            & set(self.config.categorical_columns + self.config.condition_columns)
+        )
+        if features_named_ignored:
+            raise DataError(
+                f"data.ignore_columns also names feature columns: {features_named_ignored}"
+            )
+        names = [c for c in frame.columns if str(c) not in self.not_features]
         if not names:
-            raise DataError("the data has no feature columns besides the id and label columns")
-        for key in ("categorical_columns", "condition_columns"):
+            raise DataError(
+                "the data has no feature columns besides the id, label and ignored columns"
+            )
+        for key in ("categorical_columns", "condition_columns", "ignore_columns"):
             unknown = sorted(set(getattr(self.config, key)) - set(map(str, frame.columns)))
             if unknown:
                 raise DataError(f"data.{key} names columns not in the data: {unknown}")
@@ -127,7 +142,7 @@ class TablePreprocessor:
             raise DataError(
                 f"column {name!r} has {len(categories)} distinct text values (more than "
                 f"data.max_categories={self.config.max_categories}); pass it as the id column, "
-                "drop it, or raise data.max_categories"
+                "ignore it (data.ignore_columns, --ignore-col), or raise data.max_categories"
             )
         return ColumnSchema(name, "categorical", categories=categories)
 
@@ -194,7 +209,7 @@ class TablePreprocessor:
                 f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
                 "that the model was trained on"
             )
-        expected = set(self.input_columns) | {self.config.id_column, self.config.label_column}
+        expected = set(self.input_columns) | self.not_features
         extra = [str(c) for c in frame.columns if str(c) not in expected]
         if extra:
             logger.warning(
