@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.data.tables import PARQUET_SUFFIXES
+from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks
 from anomaly_vae.errors import AnomalyVAEError, DataError
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             yield batch.to_pandas()
         return
     try:
-        yield from pd.read_csv(path, chunksize=chunk_rows)
+        yield from read_csv_chunks(path, chunk_rows)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
 

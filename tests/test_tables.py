@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 
 from anomaly_vae.data import label_vector, read_table
+from anomaly_vae.data.tables import read_csv_chunks
 from anomaly_vae.errors import DataError
 
 
@@ -13,6 +14,39 @@ def test_reads_csv_and_parquet(tmp_path):
     pd.testing.assert_frame_equal(
         read_table(tmp_path / "t.csv"), read_table(tmp_path / "t.parquet"), check_dtype=False
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        # A spreadsheet saved in a decimal-comma locale: ';' between columns.
+        (
+            "temp;state;load\n1,5;ok;3\n-0,25;ok;1e3\n;bad;4\n",
+            {"temp": [1.5, -0.25, np.nan], "state": ["ok", "ok", "bad"], "load": [3, 1e3, 4]},
+        ),
+        # ';' with decimal points; a column with a text value stays text.
+        (
+            "temp;code\n1.5;1,5\n2.5;x\n3.5;y\n",
+            {"temp": [1.5, 2.5, 3.5], "code": ["1,5", "x", "y"]},
+        ),
+        (
+            "temp\tstate\n1.5\tok\n2.5\tbad\n3.5\tok\n",
+            {"temp": [1.5, 2.5, 3.5], "state": ["ok", "bad", "ok"]},
+        ),
+        # A comma anywhere in the header: a plain CSV, whatever the values hold.
+        (
+            'temp,note\n1.5,"a;b"\n2.5,c\n3.5,d\n',
+            {"temp": [1.5, 2.5, 3.5], "note": ["a;b", "c", "d"]},
+        ),
+    ],
+)
+def test_csv_separator_and_decimal_commas_are_recognised(tmp_path, content, expected):
+    path = tmp_path / "t.csv"
+    path.write_text(content)
+    expected = pd.DataFrame(expected)
+    pd.testing.assert_frame_equal(read_table(path), expected, check_dtype=False)
+    chunks = pd.concat(read_csv_chunks(path, chunk_rows=2), ignore_index=True)
+    pd.testing.assert_frame_equal(chunks, expected, check_dtype=False)
 
 
 @pytest.mark.parametrize(

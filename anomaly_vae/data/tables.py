@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,56 @@ import pandas as pd
 from anomaly_vae.errors import DataError
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
+OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
+HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
+DECIMAL_COMMA_NUMBER = r"[+-]?\d*,?\d+(?:[eE][+-]?\d+)?"  # "1,5", "-0,25", "3"
+
+
+def csv_separator(path: str | Path) -> str:
+    """The column separator of a CSV file: a comma, unless the header line has none and
+    holds semicolons, tabs or bars (spreadsheets in many locales save ';'-separated
+    files, with ',' as the decimal mark)."""
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        header = handle.readline(HEADER_BYTES)
+    if "," in header:
+        return ","
+    counts = {separator: header.count(separator) for separator in OTHER_SEPARATORS}
+    most = max(counts, key=counts.__getitem__)
+    return most if counts[most] else ","
+
+
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """``pd.read_csv`` with the separator of :func:`csv_separator` (see :func:`_numbers_of`)."""
+    separator = csv_separator(path)
+    return _numbers_of(pd.read_csv(path, sep=separator), separator)
+
+
+def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """:func:`read_csv`, ``chunk_rows`` rows at a time."""
+    separator = csv_separator(path)
+    for chunk in pd.read_csv(path, sep=separator, chunksize=chunk_rows):
+        yield _numbers_of(chunk, separator)
+
+
+def _numbers_of(frame: pd.DataFrame, separator: str) -> pd.DataFrame:
+    """In a ';'-separated file, a text column whose every value is a number written with
+    a decimal comma ("1,5") becomes numeric."""
+    if separator != ";":
+        return frame
+    for name in frame.columns:
+        values = frame[name]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            continue
+        text = values.dropna().astype(str)
+        if text.empty or not text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
+            continue
+        frame[name] = pd.to_numeric(values.str.replace(",", ".", regex=False))
+    return frame
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (any other suffix) or Parquet (``.parquet``/``.pq``) file.
+    """Read a CSV (any other suffix; comma-separated, or see :func:`csv_separator`) or
+    Parquet (``.parquet``/``.pq``) file.
 
     Raises DataError, naming the file, when it is missing, unreadable, empty or
     has no data rows.
@@ -24,10 +71,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a CSV or Parquet file")
     try:
-        if path.suffix.lower() in PARQUET_SUFFIXES:
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
+        parquet = path.suffix.lower() in PARQUET_SUFFIXES
+        frame = pd.read_parquet(path) if parquet else read_csv(path)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
