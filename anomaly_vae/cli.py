@@ -463,9 +463,9 @@ def view(
     for path in written:
         click.echo(f"wrote {path}")
     if log_to_run:
-        from anomaly_vae.tracking import log_files_to_run
+        from anomaly_vae.tracking import log_views_to_run
 
-        run_id = log_files_to_run(model_ref, out_dir)
+        run_id = log_views_to_run(model_ref, out_dir)
         click.echo(f"logged to MLflow run {run_id}")
 
 

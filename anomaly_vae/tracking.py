@@ -34,6 +34,7 @@ STORE_DIR = "mlruns"
 CHAMPION_ALIAS = "champion"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 DETECTOR_ARTIFACT = "detector"  # key of the saved detector among the pyfunc model's artifacts
+VIEWS_ARTIFACT_PATH = "views"  # run artifact folder of the classic VAE views
 EVALUATION_METRICS = (
     "auroc",
     "aucpr",
@@ -316,7 +317,7 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
         source = take_rows(source, chosen)
         labels = None if labels is None else labels[chosen]
     for view in views.standard_views(detector, source, labels):
-        views.save_view(view, out)
+        views.save_view(view, out / VIEWS_ARTIFACT_PATH)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -361,8 +362,9 @@ def run_of_model(reference: str | None, project_dir: Path | None = None) -> str:
     return note.read_text().strip()
 
 
-def log_files_to_run(reference: str | None, folder: Path) -> str:
-    """Log every file under ``folder`` to the run of model ``reference``; its run id."""
+def log_views_to_run(reference: str | None, folder: Path) -> str:
+    """Log every file under ``folder`` to the ``views/`` artifacts of the run of model
+    ``reference`` (beside the views logged at fit); its run id."""
     run_id = run_of_model(reference)
-    MlflowClient().log_artifacts(run_id, str(folder), artifact_path=None)
+    MlflowClient().log_artifacts(run_id, str(folder), artifact_path=VIEWS_ARTIFACT_PATH)
     return run_id

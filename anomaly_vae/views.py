@@ -28,7 +28,7 @@ MAX_TABLE_FEATURES = 6  # table views plot at most this many numeric columns, to
 
 @dataclass
 class View:
-    name: str  # file stem, e.g. "views/02_reconstructions"
+    name: str  # file stem, e.g. "02_reconstructions"
     figure: Figure
     table: pd.DataFrame | None = None
 
@@ -133,7 +133,7 @@ def generation(
             f"{count} samples from the prior",
             columns=math.ceil(math.sqrt(count)),
         )
-        return View("views/01_generated", figure)
+        return View("01_generated", figure)
     rows = _to_rows(detector, samples, None if cond is None else cond.numpy())
     columns = _numeric_columns(detector)
     fig, axes = _panels(len(columns), 3)
@@ -141,7 +141,7 @@ def generation(
         ax.hist(rows[column].dropna(), bins=20, color="tab:purple", alpha=0.8)
         ax.set(title=column, xlabel="value (original units)", ylabel="generated rows")
     fig.suptitle(f"{count} rows generated from the prior")
-    return View("views/01_generated", fig, rows)
+    return View("01_generated", fig, rows)
 
 
 def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
@@ -163,7 +163,7 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
             "Most anomalous inputs (left) and reconstructions (right), worst first",
             columns=min(8, 2 * len(order)) // 2 * 2,
         )
-        return View("views/02_reconstructions", figure)
+        return View("02_reconstructions", figure)
     names = detector.preprocessor_.feature_names
     mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(names), bool))()
     names = [n for n, skip in zip(names, mask, strict=True) if not skip]
@@ -191,7 +191,7 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     )
     ax.set_title("What makes the most anomalous rows anomalous (worst on top)")
     fig.colorbar(image, ax=ax, label="per-feature surprise, nats (-log p(x|z) share)")
-    return View("views/02_reconstructions", fig, table)
+    return View("02_reconstructions", fig, table)
 
 
 def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> View:
@@ -200,9 +200,7 @@ def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> V
     latents = detector.encode(X)
     if labels is not None:
         groups = np.where(np.asarray(labels, bool), "anomalous", "normal").astype(object)
-        return View(
-            "views/03_latent_scatter", plots.latent_scatter(latents, groups, "Latent means")
-        )
+        return View("03_latent_scatter", plots.latent_scatter(latents, groups, "Latent means"))
     scores = detector.anomaly_score(X)
     projected = PCA(n_components=2).fit_transform(latents) if latents.shape[1] > 2 else latents
     fig, ax = plt.subplots(figsize=plots.FIGSIZE, layout="constrained")
@@ -220,7 +218,7 @@ def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> V
         xlabel="component 1" if latents.shape[1] > 2 else "z[0]",
         ylabel="component 2" if latents.shape[1] > 2 else "z[1]",
     )
-    return View("views/03_latent_scatter", fig)
+    return View("03_latent_scatter", fig)
 
 
 def _leading_directions(detector: Any, X: Any | None) -> np.ndarray:
@@ -242,7 +240,7 @@ def manifold(detector: Any, X: Any | None = None, steps: int = 15, extent: float
     decoded = _decode(detector, z)
     title = f"Decoded latent grid over [-{extent:g}, {extent:g}]^2"
     if _is_image(detector):
-        return View("views/04_manifold", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
+        return View("04_manifold", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
     rows = _to_rows(detector, decoded)
     columns = _numeric_columns(detector)
     fig, axes = _panels(len(columns), 3.2)
@@ -256,7 +254,7 @@ def manifold(detector: Any, X: Any | None = None, steps: int = 15, extent: float
         ax.set(title=column, xlabel="direction 1", ylabel="direction 2")
         fig.colorbar(image, ax=ax, shrink=0.8)
     fig.suptitle(f"{title}: decoded value of each column")
-    return View("views/04_manifold", fig, rows)
+    return View("04_manifold", fig, rows)
 
 
 def traversal(
@@ -275,7 +273,7 @@ def traversal(
     )
     if _is_image(detector):
         figure = _image_grid(np.clip(decoded, 0, 1), f"{title} (one row per dimension)", steps)
-        return View("views/05_traversal", figure)
+        return View("05_traversal", figure)
     rows = _to_rows(detector, decoded)
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
@@ -288,7 +286,7 @@ def traversal(
         ax.set(title=column, xlabel="latent value", ylabel="decoded (original units)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{title} (one line per dimension)")
-    return View("views/05_traversal", fig, rows)
+    return View("05_traversal", fig, rows)
 
 
 def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
@@ -299,9 +297,7 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
     decoded = _decode(detector, torch.from_numpy((1 - weights) * ends[0] + weights * ends[1]))
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
     if _is_image(detector):
-        return View(
-            "views/06_interpolation", _image_grid(np.clip(decoded, 0, 1), title, columns=steps)
-        )
+        return View("06_interpolation", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
     rows = _to_rows(detector, decoded)
     rows.insert(0, "weight", weights[:, 0])
     columns = _numeric_columns(detector)
@@ -316,7 +312,7 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
         ylabel="change from the first input (share of its range)",
     )
     ax.legend(fontsize=8)
-    return View("views/06_interpolation", fig, rows)
+    return View("06_interpolation", fig, rows)
 
 
 def standard_views(detector: Any, X: Any, labels: np.ndarray | None = None) -> list[View]:

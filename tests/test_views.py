@@ -30,7 +30,7 @@ def test_every_table_view_is_written_with_tables_in_original_units(table_detecto
     assert names == sorted(names) and len(names) == 6
     paths = [p for v in made for p in views.save_view(v, tmp_path)]
     assert all(p.stat().st_size > 1000 for p in paths if p.suffix == ".png")
-    generated = pd.read_csv(tmp_path / "views" / "01_generated.csv")
+    generated = pd.read_csv(tmp_path / "01_generated.csv")
     assert list(generated.columns) == ["machine", "temperature", "load", "vibration"]
     assert set(generated["machine"]) <= {"press", "lathe", "drill"}
     assert 40 < generated["temperature"].median() < 80  # original units (training mean 60)
@@ -85,7 +85,7 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     assert fit.exit_code == 0, fit.output
     result = CliRunner().invoke(main, ["view", "reconstruct", "train.csv", "--out", "v", "--log"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "v" / "views" / "02_reconstructions.png").is_file()
+    assert (tmp_path / "v" / "02_reconstructions.png").is_file()
     run_id = result.output.strip().split()[-1]
     logged = {a.path for a in MlflowClient().list_artifacts(run_id, "views")}
     assert logged == {"views/02_reconstructions.png", "views/02_reconstructions.csv"}
