@@ -186,11 +186,13 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
     ax.set_yticks(
         range(len(order)),
-        [f"row {r} ({s:.3g})" for r, s in zip(order, scores[order], strict=True)],
+        [f"row {r} (score {s:.3g})" for r, s in zip(order, scores[order], strict=True)],
         fontsize=8,
     )
     ax.set_title("What makes the most anomalous rows anomalous (worst on top)")
-    fig.colorbar(image, ax=ax, label="per-feature surprise, nats (-log p(x|z) share)")
+    # The score also holds the KL term and the spread of z, so a row's surprises need
+    # not add up to its score; the labels say which is which.
+    fig.colorbar(image, ax=ax, label="surprise at the posterior mean, nats per feature")
     return View("02_reconstructions", fig, table)
 
 
