@@ -271,7 +271,8 @@ def traversal(
     z[np.arange(k), :, np.arange(k)] = values
     decoded = _decode(detector, torch.from_numpy(z.reshape(k * steps, -1)))
     title = (
-        f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] (one per row)"
+        f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] "
+        "around the first row"
     )
     if _is_image(detector):
         figure = _image_grid(np.clip(decoded, 0, 1), f"{title} (one row per dimension)", steps)
