@@ -182,6 +182,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     detector, rows = result.detector, result.rows
     calibration = detector.calibration_
     n_fit = rows["train"] + rows["validation"] + rows["calibration"]
+    unit = "images" if detector.data_kind_ == "image" else "rows"
     history = getattr(detector, "history_", None)
     epochs = (
         f": {len(history.epochs)} epochs, best {history.best_epoch}, {history.seconds:.1f} s"
@@ -189,7 +190,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         else ""
     )
     click.echo(
-        f"Trained '{config.model.name}' on {n_fit:,} normal rows (train {rows['train']:,} / "
+        f"Trained '{config.model.name}' on {n_fit:,} normal {unit} (train {rows['train']:,} / "
         f"validation {rows['validation']:,} / calibration {rows['calibration']:,}){epochs}"
     )
     if rows["labelled_anomalies_excluded"]:
@@ -199,14 +200,14 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     click.echo(
         f"Threshold: {calibration['score']} > {detector.threshold_:.6g} (target false-positive "
         f"rate {100 * calibration['target_fpr']:.2f}%, {100 * calibration['calibration_fpr']:.2f}% "
-        f"on {calibration['n_calibration']:,} calibration rows)"
+        f"on {calibration['n_calibration']:,} calibration {unit})"
     )
     if result.evaluation is not None:
         ev = result.evaluation
         cm = ev["confusion_matrix"]
         click.echo(
             f"Evaluation on {ev['n_normal']:,} normal + {ev['n_anomalous']:,} anomalous "
-            "held-out rows: "
+            f"held-out {unit}: "
             f"AUROC {100 * ev['auroc']:.2f}%, AUCPR {100 * ev['aucpr']:.2f}%, "
             f"F1-optimal threshold {ev['f1_optimal_threshold']:.6g} (F1 {ev['f1_optimal']:.3f})"
         )

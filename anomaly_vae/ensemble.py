@@ -68,6 +68,11 @@ class EnsembleDetector(ThresholdedScores):
     def first(self) -> VAEDetector:
         return next(iter(self.members.values()))
 
+    @property
+    def data_kind_(self) -> str:
+        """``"table"`` or ``"image"``, as the members'."""
+        return self.first.data_kind_
+
     def all_scores(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:

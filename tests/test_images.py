@@ -184,6 +184,7 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     )
     assert fit.exit_code == 0, fit.output
     assert "Kept 15 labelled anomalies out of training." in fit.output and "AUROC" in fit.output
+    assert "on 120 normal images (train" in fit.output and "held-out images" in fit.output
     scored = CliRunner().invoke(main, ["score", "new", "-o", "s.csv", "--maps", "maps"])
     assert scored.exit_code == 0, scored.output
     import pandas as pd
