@@ -248,8 +248,11 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Images: also write one anomaly-map PNG per image (|x - x_hat|) into this folder.",
 )
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def score(data: str, model_ref: str | None, output: Path | None, maps: Path | None) -> None:
+def score(
+    data: str, model_ref: str | None, output: Path | None, maps: Path | None, quiet: bool
+) -> None:
     """Score every row of DATA: id (or row number), reconstruction error, negative
     ELBO, the variant's own scores, the score used (higher = more anomalous) and
     is_anomaly.
@@ -269,7 +272,7 @@ def score(data: str, model_ref: str | None, output: Path | None, maps: Path | No
     else:
         if maps is not None:
             raise click.UsageError("--maps is for image data")
-        scores = score_table(data, detector, output)
+        scores = score_table(data, detector, output, progress=not quiet)
     flagged = int(scores["is_anomaly"].sum())
     share = 100 * flagged / max(len(scores), 1)
     click.echo(

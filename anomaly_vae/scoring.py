@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from anomaly_vae.data import read_table
 from anomaly_vae.data.images import read_images
@@ -18,6 +19,7 @@ from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
 
 ROW_COLUMN = "row"  # 0-based data-row position, written when the model has no id column
+PROGRESS_CHUNK_ROWS = 50_000  # rows scored per step of the progress bar
 
 
 def load_detector(
@@ -59,14 +61,28 @@ def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
     raise ModelNotFoundError(f"{uri} is not an anomaly-vae model")
 
 
-def score_table(data: str | Path, detector: VAEDetector, output: str | Path) -> pd.DataFrame:
+def score_table(
+    data: str | Path,
+    detector: VAEDetector | EnsembleDetector,
+    output: str | Path,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Score every row of the file ``data``; write the result to ``output`` (CSV or Parquet).
 
     The output appears whole or not at all: it is written to a temporary file in
-    the same folder and renamed into place. Returns the scores written.
+    the same folder and renamed into place. Returns the scores written. ``progress``
+    shows a bar over the rows on a terminal.
     """
     frame = read_table(data)
-    scores = detector.score_frame(frame)
+    starts = range(0, len(frame), PROGRESS_CHUNK_ROWS)
+    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean.
+    bar = tqdm(total=len(frame), desc="scoring", unit="row", disable=None if progress else True)
+    parts = []
+    with bar:
+        for start in starts:
+            parts.append(detector.score_frame(frame.iloc[start : start + PROGRESS_CHUNK_ROWS]))
+            bar.update(len(parts[-1]))
+    scores = pd.concat(parts)
     if detector.effective_config.data.id_column not in scores.columns:
         scores.insert(0, ROW_COLUMN, range(len(scores)))
     write_atomic(scores, Path(output))

@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from anomaly_vae import scoring
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import fit_table, latest_model_dir
 from anomaly_vae.scoring import load_detector, score_table
@@ -53,7 +54,7 @@ def test_unknown_id_column_is_an_error(tmp_path):
         fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
 
 
-def test_parquet_in_and_out_without_id_gives_row_numbers(tmp_path):
+def test_parquet_in_and_out_without_id_gives_row_numbers(tmp_path, monkeypatch):
     table = mixed_table(300, seed=0).drop(columns=["reading_id", "is_fault"])
     table.to_parquet(tmp_path / "train.parquet")
     config = tiny_config("tracking.enabled=false")
@@ -63,3 +64,7 @@ def test_parquet_in_and_out_without_id_gives_row_numbers(tmp_path):
     scores = pd.read_parquet(tmp_path / "out.parquet")
     assert scores["row"].tolist() == list(range(300))
     assert scores["is_anomaly"].dtype == bool
+    # Scored in steps of the progress bar, the rows come out the same as in one pass.
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 70)
+    score_table(tmp_path / "train.parquet", detector, tmp_path / "steps.parquet", progress=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "steps.parquet"), scores)
