@@ -437,7 +437,7 @@ def view(
     frame, labels = None, None
     if data is not None:
         if is_image_source(data):
-            images = read_images(data, train=False)
+            images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images
         else:
             frame = read_table(data)

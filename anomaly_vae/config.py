@@ -34,6 +34,7 @@ SCORE_NAMES = (
 
 TABLE_TRIM_FRACTION = 0.05  # what model.trim_fraction=None (auto) means for tables
 IMAGE_POOL = 4  # what data.image_pool=None (auto) means where the pooled images fit the model
+MIN_IMAGE_SIDE = 4  # smallest data.image_size: below it no shape is left to model
 MIN_POOLED_SIDE = 7  # auto pooling never makes an image side shorter than this (28 -> 7)
 TABLE_SCORE = "negative_elbo"  # what scoring.score=None (auto) means for tables
 IMAGE_SCORE = "elbo_latent_knn"  # and for images with at least IMAGE_SCORE_MIN_ROWS rows
@@ -171,6 +172,10 @@ class DataConfig:
     scaling: str = "standard"  # numeric columns: "standard" (mean/std) or "minmax" ([0, 1])
     max_categories: int = 100  # more distinct text values than this is likely an id or free
     # text column, which one-hot encoding would blow up: an error, not a silent explosion
+    image_size: int | None = None  # image folders and sets: resize every image to
+    # image_size x image_size pixels as it is read (bilinear), for folders whose images
+    # differ in size; saved with the model, so scoring resizes the same way. None: keep
+    # the images as they are (they must then share one size)
     image_pool: int | None = None  # images: average each pool x pool block of pixels into
     # one before the model (1 = full resolution; sides must divide by it). None = auto:
     # IMAGE_POOL (4) when the pooled sides are at least MIN_POOLED_SIDE (7) and still divide
@@ -273,6 +278,10 @@ def validate(cfg: DetectorConfig) -> None:
         (
             cfg.data.image_pool is None or cfg.data.image_pool >= 1,
             "data.image_pool must be >= 1 (or null for auto)",
+        ),
+        (
+            cfg.data.image_size is None or cfg.data.image_size >= MIN_IMAGE_SIDE,
+            f"data.image_size must be >= {MIN_IMAGE_SIDE} (or null to keep the size)",
         ),
         (cfg.training.epochs >= 1, "training.epochs must be >= 1"),
         (cfg.training.batch_size >= 1, "training.batch_size must be >= 1"),

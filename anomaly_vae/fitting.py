@@ -104,7 +104,7 @@ def _load_table(source: str | Path, config: Config) -> TrainingData:
 
 
 def _load_images(source: str, config: Config, normal_class: str | None) -> TrainingData:
-    images = read_images(source, train=True)
+    images = read_images(source, train=True, size=config.data.image_size)
     if normal_class is None:
         if len(images.classes) > 1:
             raise DataError(
@@ -115,7 +115,7 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
     normal = images.class_index(str(normal_class))
     is_anomaly = images.labels != normal
     if ":" in source and not Path(source).exists():  # a torchvision dataset: use its test split
-        test = read_images(source, train=False)
+        test = read_images(source, train=False, size=config.data.image_size)
         train_rows = np.flatnonzero(~is_anomaly)
         return TrainingData(
             images.images[train_rows],

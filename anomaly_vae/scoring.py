@@ -101,7 +101,7 @@ def score_images(
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
     brighter = worse reconstructed (single-model detectors only).
     """
-    images = read_images(source, train=False)
+    images = read_images(source, train=False, size=detector.effective_config.data.image_size)
     scores = detector.score_frame(images.images)
     scores.insert(0, "image", images.names)
     if len(images.classes) > 1:

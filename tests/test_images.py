@@ -14,7 +14,7 @@ from anomaly_vae.data.images import (
     read_images,
 )
 from anomaly_vae.errors import DataError
-from tests.conftest import tiny_config
+from tests.conftest import TINY, tiny_config
 
 
 def bars(n: int, seed: int, vertical: bool = False, size: int = 16) -> np.ndarray:
@@ -121,6 +121,41 @@ def test_reads_an_image_folder(tmp_path):
         read_images(tmp_path)
 
 
+def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(tmp_path):
+    for i, image in enumerate(bars(2, seed=4)):
+        Image.fromarray(image[0]).save(tmp_path / f"small{i}.png")
+    for i, image in enumerate(bars(2, seed=5, size=32)):
+        Image.fromarray(image[0]).save(tmp_path / f"large{i}.png")
+    with pytest.raises(DataError, match=r"different sizes .* data\.image_size"):
+        read_images(tmp_path)
+    images = read_images(tmp_path, size=16)
+    assert images.images.shape == (4, 1, 16, 16) and images.images.dtype == np.uint8
+    # A resized horizontal bar is still a bright row, not a blur over the whole image.
+    large = images.images[[n.endswith("large0.png") for n in images.names]][0, 0]
+    assert large.mean(axis=1).max() > 2 * large.mean(axis=0).max()
+
+
+def test_cli_resizes_images_with_the_size_saved_in_the_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train").mkdir()
+    for size in (16, 32):
+        for i, image in enumerate(bars(60, seed=size, size=size)):
+            Image.fromarray(image[0]).save(tmp_path / "train" / f"t{size}_{i}.png")
+    (tmp_path / "new").mkdir()
+    for i, image in enumerate(bars(3, seed=3, size=24)):
+        Image.fromarray(image[0]).save(tmp_path / "new" / f"n{i}.png")
+    options = [f"--set={item}" for item in ("data.image_size=16", *TINY)]
+    fit = CliRunner().invoke(main, ["fit", "train", "--no-tracking", "--quiet", *options])
+    assert fit.exit_code == 0, fit.output
+    scored = CliRunner().invoke(main, ["score", "new", "-o", "s.csv", "--quiet"])
+    assert scored.exit_code == 0, scored.output
+    assert len(pd.read_csv(tmp_path / "s.csv")) == 3
+
+
 def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
     """Writes a tiny MNIST in the IDX format torchvision reads, then loads it."""
     raw = tmp_path / "MNIST" / "raw"
@@ -136,6 +171,7 @@ def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
     assert loaded.images.shape == (12, 1, 28, 28)
     np.testing.assert_array_equal(loaded.images[:, 0], images)
     assert loaded.labels.tolist() == labels.tolist()
+    assert read_images(f"mnist:{tmp_path}", size=14).images.shape == (12, 1, 14, 14)
     with pytest.raises(DataError, match="FashionMNIST not found"):
         read_images(f"fashionmnist:{tmp_path}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from anomaly_vae.config import IMAGE_POOL, MIN_POOLED_SIDE
 from anomaly_vae.errors import DataError
@@ -60,16 +61,21 @@ def is_image_source(source: str | Path) -> bool:
     return text.split(":", 1)[0].lower() in TORCHVISION_SETS or Path(text).is_dir()
 
 
-def read_images(source: str | Path, train: bool = True) -> ImageSet:
-    """Load an image source (see the module docstring); ``train`` picks the torchvision split."""
+def read_images(source: str | Path, train: bool = True, size: int | None = None) -> ImageSet:
+    """Load an image source (see the module docstring); ``train`` picks the torchvision
+    split; ``size`` (``data.image_size``) resizes every image to ``size x size`` pixels."""
     text = str(source)
     prefix, _, root = text.partition(":")
     if prefix.lower() in TORCHVISION_SETS and root:
-        return _read_torchvision(prefix.lower(), Path(root), train)
+        images = _read_torchvision(prefix.lower(), Path(root), train)
+        if size is not None:  # one grayscale channel in the MNIST layout
+            resized = [_pixels(Image.fromarray(image[0]), size) for image in images.images]
+            images.images = np.stack(resized)[:, None]
+        return images
     path = Path(text)
     if not path.is_dir():
         raise DataError(f"{path}: no such image folder")
-    return _read_folder(path)
+    return _read_folder(path, size)
 
 
 def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
@@ -125,24 +131,31 @@ def read_idx_set(folder: Path, train: bool, classes: list[str] | None = None) ->
     return ImageSet(images, labels, classes, names)
 
 
-def _read_folder(path: Path) -> ImageSet:
+def _read_folder(path: Path, size: int | None) -> ImageSet:
     """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class "")."""
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     flat = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
     if flat:
-        return _decode([(str(p), 0) for p in flat], [""], path)
+        return _decode([(str(p), 0) for p in flat], [""], path, size)
     try:
         folder = ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path} holds no images and no class subfolders with images") from exc
-    return _decode(folder.samples, list(folder.classes), path)
+    return _decode(folder.samples, list(folder.classes), path, size)
 
 
-def _decode(samples: list[tuple[str, int]], classes: list[str], path: Path) -> ImageSet:
-    from PIL import Image
+def _pixels(image: Image.Image, size: int | None) -> np.ndarray:
+    """The pixels of ``image``, resized to ``size x size`` (bilinear) unless ``size`` is None."""
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image)
 
+
+def _decode(
+    samples: list[tuple[str, int]], classes: list[str], path: Path, size: int | None
+) -> ImageSet:
     modes = set()
     arrays = []
     for file, _ in samples:  # decoding is per file; nothing to batch here
@@ -153,10 +166,13 @@ def _decode(samples: list[tuple[str, int]], classes: list[str], path: Path) -> I
         except OSError as exc:
             raise DataError(f"{file} is not a readable image: {exc}") from exc
     mode = "L" if modes == {"L"} else "RGB"
-    pixels = [np.asarray(image.convert(mode)) for image in arrays]
+    pixels = [_pixels(image.convert(mode), size) for image in arrays]
     sizes = {p.shape[:2] for p in pixels}
     if len(sizes) > 1:
-        raise DataError(f"images in {path} have different sizes {sorted(sizes)}; resize them first")
+        raise DataError(
+            f"images in {path} have different sizes {sorted(sizes)[:4]}; resize them when read "
+            "with data.image_size (e.g. --set data.image_size=64)"
+        )
     images = np.stack(pixels)
     images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
     labels = np.array([label for _, label in samples], dtype=np.int64)
