@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_vae.data.tables import PARQUET_SUFFIXES
+from anomaly_vae.data.tables import DECIMAL_COMMA_NUMBER, PARQUET_SUFFIXES, csv_separator
 from anomaly_vae.errors import DataError
 
 ROW_COLUMN = "row"
@@ -72,7 +72,15 @@ class SparkScorer:
         if source.suffix.lower() in PARQUET_SUFFIXES:
             frame = reader.parquet(str(source))
         else:
-            frame = reader.option("header", True).option("inferSchema", True).csv(str(source))
+            separator = csv_separator(source)
+            frame = (
+                reader.option("header", True)
+                .option("inferSchema", True)
+                .option("sep", separator)
+                .csv(str(source))
+            )
+            if separator == ";":
+                frame = _decimal_commas(frame)
         base = self.detector.first if hasattr(self.detector, "first") else self.detector
         inputs = list(base.preprocessor_.input_columns)
         missing = [c for c in inputs if c not in frame.columns]
@@ -116,6 +124,25 @@ class SparkScorer:
         fraction = min(1.0, DRIFT_SAMPLE_ROWS / max(counts[0], 1))
         sample = ordered.select("score").sample(fraction=fraction, seed=0).collect()
         return int(counts[0]), int(counts[1] or 0), np.array([r[0] for r in sample], np.float64)
+
+
+def _decimal_commas(frame: Any) -> Any:
+    """The Spark twin of the local reader's rule (``tables._numbers_of``): a text column
+    whose every value is a number written with a decimal comma becomes a double."""
+    from pyspark.sql import functions as F
+
+    text = [name for name, kind in frame.dtypes if kind == "string"]
+    if not text:
+        return frame
+    pattern = f"^{DECIMAL_COMMA_NUMBER}$"
+    totals = frame.agg(
+        *[F.count(name).alias(f"values:{name}") for name in text],
+        *[F.count_if(~F.col(name).rlike(pattern)).alias(f"other:{name}") for name in text],
+    ).collect()[0]
+    for name in text:
+        if totals[f"values:{name}"] and not totals[f"other:{name}"]:
+            frame = frame.withColumn(name, F.regexp_replace(name, ",", ".").cast("double"))
+    return frame
 
 
 def _example(detector: Any) -> Any:

@@ -27,7 +27,8 @@ def test_spark_engine_gives_the_local_engines_outputs(tmp_path, monkeypatch):
     inputs = tmp_path / "in"
     inputs.mkdir()
     mixed_table(150, seed=1).to_csv(inputs / "a.csv", index=False)
-    mixed_table(90, seed=2).to_csv(inputs / "b.csv", index=False)
+    # Saved by a spreadsheet in a decimal-comma locale: both engines must read it alike.
+    mixed_table(90, seed=2).to_csv(inputs / "b.csv", sep=";", decimal=",", index=False)
     outputs = {}
     for engine in ("local", "spark"):
         result = CliRunner().invoke(
