@@ -15,7 +15,7 @@ import click
 import numpy as np
 
 from anomaly_vae.config import Config, load_config
-from anomaly_vae.errors import AnomalyVAEError
+from anomaly_vae.errors import AnomalyVAEError, DataError
 
 DEFAULTS = Config()
 
@@ -49,6 +49,16 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
+
+
+def _check_data_kind(detector: Any, data: str, is_images: bool) -> None:
+    """A one-line error when DATA is images for a table model, or the other way round."""
+    given = "image" if is_images else "table"
+    if detector.data_kind_ != given:
+        raise DataError(
+            f"this model was fit on {detector.data_kind_}s, but {data} is "
+            f"{'an image source' if is_images else 'a table'}"
+        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -267,6 +277,7 @@ def score(
     detector = load_detector(model_ref)
     stem = Path(data.rsplit(":", 1)[-1]).name if ":" in data else Path(data).stem
     output = output or Path(f"{stem}_scores.csv")
+    _check_data_kind(detector, data, is_image_source(data))
     if is_image_source(data):
         scores = score_images(data, detector, output, maps)
     else:
@@ -326,6 +337,7 @@ def batch(
     from anomaly_vae.scoring import load_detector
 
     detector = load_detector(model_ref)
+    _check_data_kind(detector, source, is_images=False)  # batch reads CSV and Parquet files
     is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
     folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
     model_id = model_identity(model_ref, folder)
@@ -436,6 +448,7 @@ def view(
         raise click.UsageError("views need a single model, not a family ensemble")
     frame, labels = None, None
     if data is not None:
+        _check_data_kind(detector, data, is_image_source(data))
         if is_image_source(data):
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images

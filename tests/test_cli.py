@@ -148,6 +148,18 @@ def test_unknown_model_reference_is_a_clear_error(project):
     assert result.exit_code == 1 and "is not a saved anomaly-vae model" in result.output
 
 
+def test_images_for_a_table_model_are_a_clear_error(project):
+    from PIL import Image
+
+    root, _ = project
+    (root / "photos").mkdir(exist_ok=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "photos" / "p.png")
+    result = run_score(root, "photos", "photo_scores.csv")
+    assert result.exit_code == 1
+    assert "this model was fit on tables, but photos is an image source" in result.output
+    assert not (root / "photo_scores.csv").exists()
+
+
 def test_score_without_any_fitted_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pd.DataFrame({"a": [1.0]}).to_csv("d.csv", index=False)

@@ -101,6 +101,14 @@ def test_ignore_columns_mistakes_are_errors(config, message):
         TablePreprocessor(config).fit(pd.DataFrame({"x": [1.0, 2.0]}))
 
 
+def test_a_datetime_column_is_refused_with_advice():
+    frame = pd.DataFrame({"when": pd.date_range("2026-01-01", periods=5), "x": np.arange(5.0)})
+    with pytest.raises(DataError, match=r"'when' holds dates or times.*--ignore-col"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    pre = TablePreprocessor(DataConfig(ignore_columns=["when"])).fit(frame)
+    assert pre.input_columns == ["x"]
+
+
 def test_minmax_scaling_maps_training_range_to_unit_interval():
     frame = pd.DataFrame({"x": [2.0, 4.0, 6.0]})
     pre = TablePreprocessor(DataConfig(scaling="minmax", missing_indicators=False)).fit(frame)

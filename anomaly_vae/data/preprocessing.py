@@ -136,6 +136,12 @@ class TablePreprocessor:
             distinct = np.unique(numbers.dropna().to_numpy())
             step = _quantisation_step(distinct) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
+        if pd.api.types.is_datetime64_any_dtype(values) or isinstance(values.dtype, pd.PeriodDtype):
+            raise DataError(
+                f"column {name!r} holds dates or times, which are not features as they are "
+                "(a fresh timestamp would be unseen): ignore it (data.ignore_columns, "
+                "--ignore-col), or add what matters of it (hour, weekday) as columns"
+            )
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
         if len(categories) > self.config.max_categories:
