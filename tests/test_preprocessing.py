@@ -109,6 +109,18 @@ def test_a_datetime_column_is_refused_with_advice():
     assert pre.input_columns == ["x"]
 
 
+def test_integer_codes_match_whether_read_as_integers_or_floats():
+    """A missing value turns a column of integer codes into floats: 2.0 is still code 2."""
+    config = DataConfig(categorical_columns=["machine"])
+    with_gap = pd.DataFrame({"machine": [1, 2, np.nan, 2], "x": [0.0, 1.0, 2.0, 3.0]})
+    pre = TablePreprocessor(config).fit(with_gap)
+    assert pre.columns[0].categories == ["1", "2", "<missing>"]
+    as_integers = pd.DataFrame({"machine": [2, 1], "x": [1.0, 1.0]})
+    as_floats = pd.DataFrame({"machine": [2.0, 1.0], "x": [1.0, 1.0]})
+    np.testing.assert_array_equal(pre.transform(as_integers), pre.transform(as_floats))
+    assert pre.transform(as_integers)[:, :3].sum() == 2  # both rows hit a known category
+
+
 def test_minmax_scaling_maps_training_range_to_unit_interval():
     frame = pd.DataFrame({"x": [2.0, 4.0, 6.0]})
     pre = TablePreprocessor(DataConfig(scaling="minmax", missing_indicators=False)).fit(frame)

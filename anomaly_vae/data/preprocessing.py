@@ -25,6 +25,7 @@ from anomaly_vae.errors import DataError
 logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
+WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
 
 
 @dataclass
@@ -237,7 +238,9 @@ class TablePreprocessor:
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
-        codes = pd.Index(column.categories).get_indexer(_as_text(values))
+        # Canonical on both sides, so that models saved with "2.0" categories still match.
+        known = _canonical_text(pd.Series(column.categories, dtype=object))
+        codes = pd.Index(known).get_indexer(_as_text(values))
         one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
         seen = codes >= 0  # -1: a category not seen in training, left all-zero
         one_hot[np.flatnonzero(seen), codes[seen]] = 1.0
@@ -277,8 +280,18 @@ class TablePreprocessor:
 
 
 def _as_text(values: pd.Series) -> pd.Series:
-    """Categorical values as strings, with NaN as its own category."""
-    return values.astype(object).where(values.notna(), MISSING_CATEGORY).astype(str)
+    """Categorical values as strings, with NaN as its own category (see _canonical_text)."""
+    return _canonical_text(values.astype(object).where(values.notna(), MISSING_CATEGORY))
+
+
+def _canonical_text(values: pd.Series) -> pd.Series:
+    """Values as strings, a whole number written as an integer: a column of integer codes
+    becomes floats wherever one value is missing, and 2.0 must stay the category 2.
+
+    >>> _canonical_text(pd.Series([2, 2.0, "2.50", "a", -3.0], dtype=object)).tolist()
+    ['2', '2', '2.50', 'a', '-3']
+    """
+    return values.astype(str).str.replace(WHOLE_FLOAT_TEXT, r"\1", regex=True)
 
 
 def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
