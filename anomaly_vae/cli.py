@@ -277,8 +277,9 @@ def score(
     detector = load_detector(model_ref)
     stem = Path(data.rsplit(":", 1)[-1]).name if ":" in data else Path(data).stem
     output = output or Path(f"{stem}_scores.csv")
-    _check_data_kind(detector, data, is_image_source(data))
-    if is_image_source(data):
+    images_given = is_image_source(data)
+    _check_data_kind(detector, data, images_given)
+    if images_given:
         scores = score_images(data, detector, output, maps)
     else:
         if maps is not None:
@@ -448,8 +449,9 @@ def view(
         raise click.UsageError("views need a single model, not a family ensemble")
     frame, labels = None, None
     if data is not None:
-        _check_data_kind(detector, data, is_image_source(data))
-        if is_image_source(data):
+        images_given = is_image_source(data)
+        _check_data_kind(detector, data, images_given)
+        if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images
         else:

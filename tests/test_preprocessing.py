@@ -119,6 +119,10 @@ def test_integer_codes_match_whether_read_as_integers_or_floats():
     as_floats = pd.DataFrame({"machine": [2.0, 1.0], "x": [1.0, 1.0]})
     np.testing.assert_array_equal(pre.transform(as_integers), pre.transform(as_floats))
     assert pre.transform(as_integers)[:, :3].sum() == 2  # both rows hit a known category
+    saved = pre.to_dict()  # as a model saved before whole numbers were canonical
+    saved["columns"][0]["categories"] = ["1.0", "2.0", "<missing>"]
+    old = TablePreprocessor.from_dict(saved, config)
+    np.testing.assert_array_equal(old.transform(as_integers), pre.transform(as_integers))
 
 
 def test_minmax_scaling_maps_training_range_to_unit_interval():

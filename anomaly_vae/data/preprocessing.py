@@ -238,9 +238,7 @@ class TablePreprocessor:
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
-        # Canonical on both sides, so that models saved with "2.0" categories still match.
-        known = _canonical_text(pd.Series(column.categories, dtype=object))
-        codes = pd.Index(known).get_indexer(_as_text(values))
+        codes = pd.Index(column.categories).get_indexer(_as_text(values))
         one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
         seen = codes >= 0  # -1: a category not seen in training, left all-zero
         one_hot[np.flatnonzero(seen), codes[seen]] = 1.0
@@ -276,6 +274,8 @@ class TablePreprocessor:
     def from_dict(cls, data: dict[str, Any], config: DataConfig) -> TablePreprocessor:
         pre = cls(config)
         pre.columns = [ColumnSchema(**c) for c in data["columns"]]
+        for column in pre.columns:  # models saved before _canonical_text may hold "2.0"
+            column.categories = _canonical_text(pd.Series(column.categories, dtype=object)).tolist()
         return pre
 
 
