@@ -2,6 +2,10 @@
 
 Scores here are anomaly scores: higher = more anomalous; a row is flagged when
 its score is strictly above the threshold.
+
+Threshold methods (``calibration.method``): ``quantile`` needs only normal rows (the
+held-out calibration rows of a fit); ``f1`` and ``recall`` choose the threshold on
+labelled rows, from the precision-recall and the ROC curve.
 """
 
 from __future__ import annotations
@@ -12,7 +16,16 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
+from anomaly_vae.config import LABELLED_THRESHOLD_METHODS as LABELLED_METHODS
+from anomaly_vae.config import QUANTILE_THRESHOLD as QUANTILE
+
 logger = logging.getLogger(__name__)
+
+METHOD_DESCRIPTIONS = {
+    QUANTILE: "quantile of held-out normal scores",
+    "f1": "F1-optimal on the precision-recall curve",
+    "recall": "the highest reaching the target recall on the ROC curve",
+}
 
 
 def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
@@ -41,7 +54,8 @@ def calibration_summary(
     """How the threshold was chosen, as saved with the model and logged to MLflow."""
     scores = np.asarray(normal_scores, dtype=np.float64)
     return {
-        "method": "quantile of held-out normal scores",
+        "method": QUANTILE,
+        "description": METHOD_DESCRIPTIONS[QUANTILE],
         "target_fpr": target_fpr,
         "threshold": threshold,
         "n_calibration": int(scores.size),
@@ -52,20 +66,87 @@ def calibration_summary(
     }
 
 
+def labelled_threshold(
+    labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float
+) -> float:
+    """A threshold chosen on labelled rows. ``labels (n,)`` bool, True = anomaly, both
+    classes present; ``scores (n,)``.
+
+    ``f1``: the threshold of highest F1 on the precision-recall curve. ``recall``: the
+    highest threshold that flags at least ``target_recall`` of the anomalies (the ROC
+    point of lowest false-positive rate at that recall). The curves flag ``score >= t``;
+    the threshold returned lies halfway between ``t`` and the next lower score, so that
+    ``score > threshold`` flags the same rows and new scores between them split evenly.
+    """
+    labels, scores = _checked(labels, scores)
+    if method == "f1":
+        precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
+        flag_from = thresholds[int(np.argmax(_f1(precision[:-1], recall[:-1])))]
+    elif method == "recall":
+        _, true_positive_rate, thresholds = metrics.roc_curve(
+            labels, scores, drop_intermediate=False
+        )
+        flag_from = thresholds[int(np.argmax(true_positive_rate >= target_recall))]
+    else:
+        raise ValueError(f"no labelled threshold method {method!r}: use one of {LABELLED_METHODS}")
+    below = scores[scores < flag_from]
+    return float((flag_from + below.max()) / 2 if below.size else np.nextafter(flag_from, -np.inf))
+
+
+def labelled_summary(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    method: str,
+    target_recall: float,
+    normal_scores: np.ndarray,
+    target_fpr: float,
+) -> dict[str, Any]:
+    """How a labelled threshold was chosen, and what it gives: precision, recall and
+    false-positive rate on the labelled rows that chose it (optimistic), and the
+    false-positive rate on the held-out normal ``normal_scores``, which took no part."""
+    labels, scores = _checked(labels, scores)
+    flagged = scores > threshold
+    summary = calibration_summary(normal_scores, threshold, target_fpr)
+    summary |= {
+        "method": method,
+        "description": METHOD_DESCRIPTIONS[method],
+        "n_labelled": int(labels.size),
+        "n_labelled_anomalous": int(labels.sum()),
+        "labelled_precision": float(metrics.precision_score(labels, flagged, zero_division=0)),
+        "labelled_recall": float(metrics.recall_score(labels, flagged, zero_division=0)),
+        "labelled_fpr": float(flagged[~labels].mean()),
+    }
+    if method == "recall":
+        summary["target_recall"] = target_recall
+    return summary
+
+
+def _checked(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.size} labels for {scores.size} scores")
+    if labels.all() or not labels.any():
+        raise ValueError("labelled rows of both classes are needed (normal and anomalous)")
+    return labels, scores
+
+
+def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    return 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+
+
 def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
     """Labelled evaluation. ``labels (n,)`` bool, True = anomaly; ``scores (n,)``.
 
     Returns AUROC, AUCPR (average precision), the ROC and PR curves, the F1-optimal
     threshold, and the confusion matrix and rates at ``threshold``.
     """
-    labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    if labels.all() or not labels.any():
-        raise ValueError("evaluation needs both normal and anomalous rows")
+    labels, scores = _checked(labels, scores)
     fpr, tpr, roc_thresholds = metrics.roc_curve(labels, scores)
     precision, recall, pr_thresholds = metrics.precision_recall_curve(labels, scores)
     # precision/recall have one more entry than thresholds (the end point recall = 0).
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    f1 = _f1(precision[:-1], recall[:-1])
     best = int(np.argmax(f1))
     predicted = scores > threshold
     tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[False, True]).ravel()

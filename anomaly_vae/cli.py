@@ -207,10 +207,18 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         click.echo(
             f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training."
         )
+    held_out_fpr = (
+        f"{100 * calibration['calibration_fpr']:.2f}% of {calibration['n_calibration']:,} "
+        f"held-out normal {unit} above it"
+    )
+    if calibration.get("method", "quantile") == "quantile":
+        how = f"target false-positive rate {100 * calibration['target_fpr']:.2f}%"
+    else:
+        how = f"{calibration['description']} of {calibration['n_labelled']:,} labelled {unit}"
+        if "target_recall" in calibration:
+            how += f", target recall {100 * calibration['target_recall']:.0f}%"
     click.echo(
-        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} (target false-positive "
-        f"rate {100 * calibration['target_fpr']:.2f}%, {100 * calibration['calibration_fpr']:.2f}% "
-        f"on {calibration['n_calibration']:,} calibration {unit})"
+        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} ({how}; {held_out_fpr})"
     )
     if result.evaluation is not None:
         ev = result.evaluation
@@ -221,8 +229,14 @@ def _print_fit_summary(result: Any, config: Config) -> None:
             f"AUROC {100 * ev['auroc']:.2f}%, AUCPR {100 * ev['aucpr']:.2f}%, "
             f"F1-optimal threshold {ev['f1_optimal_threshold']:.6g} (F1 {ev['f1_optimal']:.3f})"
         )
+        chosen_here = (
+            " (chosen on these rows, so optimistic)"
+            if ev.get("threshold_chosen_on_these_rows")
+            else ""
+        )
         click.echo(
-            f"  at the threshold: precision {ev['precision']:.3f}, recall {ev['recall']:.3f}, "
+            f"  at the threshold{chosen_here}: precision {ev['precision']:.3f}, "
+            f"recall {ev['recall']:.3f}, "
             f"false-positive rate {100 * ev['false_positive_rate']:.2f}% "
             f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']})"
         )

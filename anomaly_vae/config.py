@@ -147,12 +147,22 @@ class ScoringConfig:
     # rows' latent means (a seeded sample) with the model: bounds its size and scoring time
 
 
+QUANTILE_THRESHOLD = "quantile"
+LABELLED_THRESHOLD_METHODS = ("f1", "recall")  # calibration.method values that need labels
+
+
 @dataclass
 class CalibrationConfig:
     """How the decision threshold is chosen."""
 
     fraction: float = 0.15  # share of normal rows held out to calibrate the threshold
     target_fpr: float = 0.01  # false-positive rate the threshold aims for on normal data
+    method: str = QUANTILE_THRESHOLD  # "quantile": the 1 - target_fpr quantile of the
+    # held-out normal rows' scores (no labels needed). With labelled rows (fit --label-col,
+    # or VAEDetector.calibrate_threshold): "f1", the F1-optimal threshold (precision-recall
+    # curve), or "recall", the highest threshold that flags target_recall of the labelled
+    # anomalies (ROC curve)
+    target_recall: float = 0.9  # for method "recall": share of labelled anomalies to flag
 
 
 @dataclass
@@ -312,6 +322,12 @@ def validate(cfg: DetectorConfig) -> None:
         (cfg.scoring.max_batch_values >= 1, "scoring.max_batch_values must be >= 1"),
         (0 < cfg.calibration.fraction < 1, "calibration.fraction must be in (0, 1)"),
         (0 < cfg.calibration.target_fpr < 1, "calibration.target_fpr must be in (0, 1)"),
+        (
+            cfg.calibration.method in (QUANTILE_THRESHOLD, *LABELLED_THRESHOLD_METHODS),
+            "calibration.method must be one of "
+            + ", ".join((QUANTILE_THRESHOLD, *LABELLED_THRESHOLD_METHODS)),
+        ),
+        (0 < cfg.calibration.target_recall <= 1, "calibration.target_recall must be in (0, 1]"),
         (
             cfg.training.validation_fraction + cfg.calibration.fraction < 0.9,
             "training.validation_fraction + calibration.fraction leave too little to train on",

@@ -13,10 +13,16 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from anomaly_vae import __version__
-from anomaly_vae.calibration import calibration_summary, quantile_threshold
+from anomaly_vae.calibration import (
+    calibration_summary,
+    labelled_summary,
+    labelled_threshold,
+    quantile_threshold,
+)
 from anomaly_vae.config import DetectorConfig, from_dict, resolve_score, to_dict, validate
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.images import ImagePreprocessor
@@ -60,6 +66,8 @@ class ThresholdedScores:
     score_name: str
     threshold_: float
     offset_: float
+    calibration_: dict[str, Any]
+    calibration_scores_: np.ndarray  # (n_calibration,) held-out normal rows' scores
 
     def all_scores(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
@@ -102,6 +110,47 @@ class ThresholdedScores:
         """``(n,)`` int: -1 for anomalies, +1 for normal rows."""
         return np.where(self.decision_function(X) < 0, -1, 1)
 
+    def calibrate_threshold(
+        self,
+        X: pd.DataFrame | np.ndarray,
+        y: Any,
+        method: str = "f1",
+        target_recall: float = 0.9,
+        condition: np.ndarray | None = None,
+    ) -> ThresholdedScores:
+        """Move ``threshold_`` to one chosen on labelled rows; returns ``self``.
+
+        ``X``: rows (or images) of both classes; ``y (n,)``: 1 or True = anomaly, 0 or
+        False = normal. ``method``: ``"f1"`` (F1-optimal, precision-recall curve) or
+        ``"recall"`` (the highest threshold flagging ``target_recall`` of the anomalies,
+        ROC curve); `fit --label-col` passes ``calibration.method`` and
+        ``calibration.target_recall``. ``calibration_`` then holds the precision, recall and
+        false-positive rate on these rows (optimistic: they chose the threshold) and the
+        false-positive rate on the fit's held-out normal calibration rows (not optimistic).
+        """
+        if not hasattr(self, "threshold_"):
+            raise NotFittedError("fit the detector before calibrating its threshold")
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1], not {target_recall}")
+        labels = np.asarray(y)
+        if not np.isin(labels, (0, 1)).all():
+            raise DataError("labels must be 0/1 or False/True (1 = anomaly)")
+        labels = labels.astype(bool)
+        scores = self.anomaly_score(X, condition)
+        threshold = labelled_threshold(labels, scores, method, target_recall)
+        self.threshold_ = threshold
+        self.offset_ = -threshold
+        self.calibration_ = labelled_summary(
+            labels,
+            scores,
+            threshold,
+            method,
+            target_recall,
+            self.calibration_scores_,
+            self.calibration_["target_fpr"],
+        ) | {"score": self.calibration_["score"]}
+        return self
+
 
 class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     """Anomaly detector: a VAE fit on normal rows, scored by how badly it explains a row.
@@ -123,7 +172,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     --------------------------
     threshold_ : float
         Anomaly-score threshold: the ``1 - calibration.target_fpr`` quantile of
-        held-out normal scores.
+        held-out normal scores, or one chosen on labelled rows by
+        :meth:`calibrate_threshold`.
     offset_ : float
         ``-threshold_``, so that ``decision_function`` is 0 at the threshold.
     calibration_ : dict

@@ -30,7 +30,8 @@ from anomaly_vae.errors import ConfigError
 from anomaly_vae.fitting import (
     FitResult,
     TrainingData,
-    evaluate_detector,
+    calibrate_and_evaluate,
+    check_threshold_labels,
     fit_rows,
     load_training_data,
     record_run,
@@ -94,6 +95,7 @@ def fit_family(
     start = time.perf_counter()
     project_dir = project_dir or Path.cwd()
     data = load_training_data(source, config, eval_source, normal_class)
+    check_threshold_labels(config, data)
     kind = "image" if isinstance(data.train, np.ndarray) and data.train.ndim >= 3 else "table"
     names = suitable_variants(config, kind)
     if not names:
@@ -147,7 +149,7 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
     if not get_model(name).uses_condition:
         validation = take_rows(data.train, detector.split_rows_["validation"])
         criterion = float(np.mean(detector.all_scores(validation)["negative_elbo"]))
-    evaluation = evaluate_detector(detector, data)
+    evaluation = calibrate_and_evaluate(detector, data)
     logger.info("%s: %.1f s, validation -ELBO %.4g", name, seconds, criterion)
     return Candidate(name, detector, config, evaluation, seconds, criterion)
 
@@ -159,7 +161,7 @@ def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
     seconds = time.perf_counter() - start + sum(c.seconds for c in candidates)
     config = copy.deepcopy(candidates[0].config)
     config.model.name = ENSEMBLE
-    return Candidate(ENSEMBLE, ensemble, config, evaluate_detector(ensemble, data), seconds)
+    return Candidate(ENSEMBLE, ensemble, config, calibrate_and_evaluate(ensemble, data), seconds)
 
 
 def _choose(candidates: list[Candidate], select_by: str) -> Candidate:

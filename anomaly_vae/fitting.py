@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.calibration import evaluate
-from anomaly_vae.config import Config
+from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import is_image_source, read_images
 from anomaly_vae.detector import VAEDetector
@@ -146,15 +146,37 @@ def _hold_out(is_anomaly: np.ndarray, config: Config) -> tuple[np.ndarray, np.nd
     return train_rows, np.concatenate([held_out, np.flatnonzero(is_anomaly)])
 
 
-def evaluate_detector(detector: Any, data: TrainingData) -> dict[str, Any] | None:
-    """AUROC, AUCPR, curves and the confusion matrix on the labelled evaluation data."""
+def check_threshold_labels(config: Config, data: TrainingData) -> None:
+    """Before any training: a labelled ``calibration.method`` needs labelled rows of
+    both classes."""
+    method = config.calibration.method
+    if method in LABELLED_THRESHOLD_METHODS and not data.has_evaluation():
+        raise DataError(
+            f"calibration.method={method} chooses the threshold on labelled rows: give "
+            "--label-col with anomalous rows (or --eval FILE; images: --normal-class with "
+            "other classes present), or use calibration.method=quantile"
+        )
+
+
+def calibrate_and_evaluate(detector: Any, data: TrainingData) -> dict[str, Any] | None:
+    """Move the threshold to the labelled evaluation rows when ``calibration.method``
+    asks for it, then report AUROC, AUCPR, curves and the confusion matrix on them."""
     if data.evaluation is None:
         return None
     if not data.has_evaluation():
         logger.warning("no evaluation: the labelled evaluation rows are all of one class")
         return None
+    settings = detector.effective_config.calibration
+    chosen_here = settings.method in LABELLED_THRESHOLD_METHODS
+    if chosen_here:
+        detector.calibrate_threshold(
+            data.evaluation, data.evaluation_labels, settings.method, settings.target_recall
+        )
     scores = detector.anomaly_score(data.evaluation)
-    return evaluate(data.evaluation_labels, scores, detector.threshold_)
+    evaluation = evaluate(data.evaluation_labels, scores, detector.threshold_)
+    # A threshold chosen on these rows flatters the confusion matrix at it (not AUROC/AUCPR).
+    evaluation["threshold_chosen_on_these_rows"] = chosen_here
+    return evaluation
 
 
 def fit_source(
@@ -171,8 +193,9 @@ def fit_source(
     :func:`load_training_data` for how labels and evaluation data are handled)."""
     project_dir = project_dir or Path.cwd()
     data = load_training_data(source, config, eval_source, normal_class)
+    check_threshold_labels(config, data)
     detector = VAEDetector(config.detector_config()).fit(data.train, on_epoch=on_epoch)
-    evaluation = evaluate_detector(detector, data)
+    evaluation = calibrate_and_evaluate(detector, data)
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:

@@ -211,6 +211,7 @@ def log_calibration(
             **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
         }
     )
+    mlflow.set_tag("threshold_method", detector.calibration_.get("method", "quantile"))
     (out / "calibration.json").write_text(json.dumps(detector.calibration_, indent=2))
     anomalous_scores = None
     if evaluation is not None:

@@ -1,7 +1,9 @@
 """The command line end to end: fit then score a small CSV, and every bad input."""
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly_vae.cli import main
+from anomaly_vae.fitting import latest_model_dir
 from tests.conftest import TINY, mixed_table
 
 FAST = [arg for item in TINY for arg in ("--set", item)]
@@ -56,6 +59,31 @@ def test_fit_prints_a_summary(project):
     assert "Threshold: negative_elbo >" in out
     assert "AUROC" in out and "AUCPR" in out
     assert "Model saved to" in out and "MLflow run" in out and "models:/anomaly-vae/1" in out
+
+
+def test_fit_can_choose_the_threshold_on_labelled_rows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mixed_table(500, seed=0, anomalies=40).to_csv("train.csv", index=False)
+    recall = ["--set", "calibration.method=recall", "--set", "calibration.target_recall=0.8"]
+    arguments = ["fit", "train.csv", "--id-col", "reading_id", "--quiet", *FAST, *recall]
+    runner = CliRunner()
+    without_labels = runner.invoke(main, [*arguments, "--set", "tracking.enabled=false"])
+    assert without_labels.exit_code == 1
+    assert "calibration.method=recall chooses the threshold on labelled rows" in (
+        without_labels.output
+    )
+    assert not (tmp_path / "mlruns" / "models").exists()  # refused before any training
+    fit = runner.invoke(
+        main, [*arguments, "--label-col", "is_fault", "--set", "tracking.enabled=false"]
+    )
+    assert fit.exit_code == 0, fit.output
+    assert "target recall 80%" in fit.output and "(chosen on these rows, so optimistic)" in (
+        fit.output
+    )
+    saved = json.loads((Path(latest_model_dir(tmp_path)) / "detector.json").read_text())[
+        "calibration"
+    ]
+    assert saved["method"] == "recall" and saved["labelled_recall"] >= 0.8
 
 
 def test_score_writes_one_row_per_input_row_and_ranks_faults(project):

@@ -31,6 +31,8 @@ def test_unknown_key_names_the_valid_ones():
         ("tracking.enabled=maybe", "tracking.enabled must be true or false"),
         ("scoring.score=vibes", "scoring.score must be one of"),
         ("calibration.target_fpr=1.5", r"calibration.target_fpr must be in \(0, 1\)"),
+        ("calibration.method=youden", "calibration.method must be one of quantile, f1, recall"),
+        ("calibration.target_recall=0", r"calibration.target_recall must be in \(0, 1\]"),
         ("model.trim_fraction=0.5", r"model.trim_fraction must be in \[0, 0.5\)"),
         ("data.image_pool=0", "data.image_pool must be >= 1"),
         ("scoring.latent_neighbours=0", "scoring.latent_neighbours must be >= 1"),

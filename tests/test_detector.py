@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly_vae import VAEDetector, load_config
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import available_models
-from tests.conftest import correlated_normal, mixed_table, tiny_config
+from tests.conftest import correlated_normal, mixed_table, planted_anomalies, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,28 @@ def test_threshold_gives_about_the_target_fpr_on_fresh_normal_data():
     # 600 calibration rows: the 95% quantile's sampling error is about +-1.5 points.
     assert 0.02 < fpr < 0.09
     assert detector.calibration_["target_fpr"] == 0.05
+
+
+def test_threshold_chosen_on_labelled_rows_is_saved_and_honest_about_its_rows(tmp_path):
+    detector = VAEDetector(tiny_config().detector_config()).fit(correlated_normal(600, seed=0))
+    quantile = detector.threshold_
+    X = np.vstack([correlated_normal(300, seed=1), planted_anomalies(60, seed=2)])
+    y = np.r_[np.zeros(300, int), np.ones(60, int)]
+    detector.calibrate_threshold(X, y, method="recall", target_recall=0.95)
+    flagged = detector.predict(X) == -1
+    assert flagged[y == 1].mean() >= 0.95
+    assert detector.threshold_ != quantile and detector.offset_ == -detector.threshold_
+    calibration = detector.calibration_
+    assert calibration["method"] == "recall" and calibration["n_labelled"] == 360
+    assert calibration["labelled_recall"] == flagged[y == 1].mean()
+    held_out = detector.calibration_scores_
+    assert calibration["calibration_fpr"] == (held_out > detector.threshold_).mean()
+    detector.save(tmp_path / "model")
+    loaded = VAEDetector.load(tmp_path / "model")
+    assert loaded.threshold_ == detector.threshold_ and loaded.calibration_ == calibration
+    np.testing.assert_array_equal(loaded.predict(X), detector.predict(X))
+    with pytest.raises(DataError, match="0/1"):
+        detector.calibrate_threshold(X, np.where(y == 1, 2, 0))
 
 
 def test_fits_mixed_tables_and_flags_broken_relations():

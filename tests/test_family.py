@@ -120,6 +120,11 @@ def test_ensemble_ranks_and_round_trips(tmp_path):
     ensemble.save(tmp_path / "e")
     loaded = load_saved(tmp_path / "e")
     pd.testing.assert_frame_equal(loaded.score_frame(test), scores)
+    # The ensemble's threshold can also be chosen on labelled rows, and is saved.
+    ensemble.calibrate_threshold(test, test["is_fault"], method="recall", target_recall=0.9)
+    assert ensemble.score_frame(test)["is_anomaly"][test["is_fault"] == 1].mean() >= 0.9
+    ensemble.save(tmp_path / "e2")
+    assert load_saved(tmp_path / "e2").threshold_ == ensemble.threshold_
 
 
 def test_reference_percentile_keeps_ranking_beyond_the_reference():
