@@ -16,11 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from anomaly_vae.data.tables import DECIMAL_COMMA_NUMBER, PARQUET_SUFFIXES, csv_separator
+from anomaly_vae.data.tables import (
+    DECIMAL_COMMA_NUMBER,
+    PARQUET_SUFFIXES,
+    csv_encoding,
+    csv_separator,
+)
 from anomaly_vae.errors import DataError
 
 ROW_COLUMN = "row"
 DRIFT_SAMPLE_ROWS = 100_000  # scores per file brought back to the driver for the drift test
+JAVA_CHARSETS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1"}  # of tables.csv_encoding's names
 
 
 def spark_session(master: str = "local[2]") -> Any:
@@ -77,6 +83,7 @@ class SparkScorer:
                 reader.option("header", True)
                 .option("inferSchema", True)
                 .option("sep", separator)
+                .option("encoding", JAVA_CHARSETS[csv_encoding(source)])
                 .csv(str(source))
             )
             if separator == ";":

@@ -15,20 +15,31 @@ from anomaly_vae.cli import main
 from anomaly_vae.fitting import fit_source
 from tests.conftest import mixed_table, tiny_config
 
+FILES = ("a.csv", "b.csv", "c.csv")
+
+
+def accented(n: int, seed: int) -> pd.DataFrame:
+    """:func:`mixed_table` with a category that is not ASCII."""
+    table = mixed_table(n, seed)
+    table["machine"] = table["machine"].replace("press", "presse à chaud")
+    return table
+
 
 def test_spark_engine_gives_the_local_engines_outputs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mixed_table(400, seed=0).to_csv("train.csv", index=False)
+    accented(400, seed=0).to_csv("train.csv", index=False)
     config = tiny_config(
         "data.id_column=reading_id", "data.label_column=is_fault", "tracking.log_views=false"
     )
     fit_source(tmp_path / "train.csv", config, project_dir=tmp_path)
     inputs = tmp_path / "in"
     inputs.mkdir()
-    mixed_table(150, seed=1).to_csv(inputs / "a.csv", index=False)
+    accented(150, seed=1).to_csv(inputs / "a.csv", index=False)
     # Saved by a spreadsheet in a decimal-comma locale: both engines must read it alike.
-    mixed_table(90, seed=2).to_csv(inputs / "b.csv", sep=";", decimal=",", index=False)
+    accented(90, seed=2).to_csv(inputs / "b.csv", sep=";", decimal=",", index=False)
+    # Saved by a spreadsheet on Windows: the accented category must still match.
+    accented(60, seed=3).to_csv(inputs / "c.csv", index=False, encoding="cp1252")
     outputs = {}
     for engine in ("local", "spark"):
         result = CliRunner().invoke(
@@ -46,11 +57,9 @@ def test_spark_engine_gives_the_local_engines_outputs(tmp_path, monkeypatch):
             ],
         )
         assert result.exit_code == 0, result.output
-        assert "scored 2 files (240 rows" in result.output
-        outputs[engine] = {
-            name: pd.read_csv(tmp_path / f"out_{engine}" / name) for name in ("a.csv", "b.csv")
-        }
-    for name in ("a.csv", "b.csv"):
+        assert "scored 3 files (300 rows" in result.output
+        outputs[engine] = {name: pd.read_csv(tmp_path / f"out_{engine}" / name) for name in FILES}
+    for name in FILES:
         local, spark = outputs["local"][name], outputs["spark"][name]
         assert list(spark.columns) == list(local.columns)
         assert spark["reading_id"].tolist() == local["reading_id"].tolist()

@@ -49,6 +49,16 @@ def test_csv_separator_and_decimal_commas_are_recognised(tmp_path, content, expe
     pd.testing.assert_frame_equal(chunks, expected, check_dtype=False)
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])
+def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
+    frame = pd.DataFrame({"site": ["café", "Zürich", "señal"] * 2, "x": np.arange(6.0)})
+    frame.to_csv(tmp_path / "t.csv", index=False, encoding=encoding)
+    pd.testing.assert_frame_equal(read_table(tmp_path / "t.csv"), frame)
+    chunks = pd.concat(read_csv_chunks(tmp_path / "t.csv", chunk_rows=4), ignore_index=True)
+    pd.testing.assert_frame_equal(chunks, frame)
+    assert ("not UTF-8" in caplog.text) == (encoding != "utf-8-sig")
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

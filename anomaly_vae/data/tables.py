@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +12,16 @@ import pandas as pd
 
 from anomaly_vae.errors import DataError
 
+logger = logging.getLogger(__name__)
+
 PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 DECIMAL_COMMA_NUMBER = r"[+-]?\d*,?\d+(?:[eE][+-]?\d+)?"  # "1,5", "-0,25", "3"
+LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
+# so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
+# categories apart and matches between fit and score (Spark's CSV reader accepts it too,
+# where it refuses Windows-1252; the two differ only in rarely used characters such as €)
 
 
 def csv_separator(path: str | Path) -> str:
@@ -29,16 +37,38 @@ def csv_separator(path: str | Path) -> str:
     return most if counts[most] else ","
 
 
+def csv_encoding(path: str | Path) -> str:
+    """The text encoding of a CSV file, judged on its first ``HEADER_BYTES``: UTF-8 when
+    they decode as such, else Latin-1 with a warning. A file that changes encoding later
+    still fails to read; one with NUL bytes (binary, or UTF-16) is refused."""
+    with open(path, "rb") as handle:
+        start = handle.read(HEADER_BYTES)
+    try:  # incremental: a character cut at the end of the sample is not an error
+        codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    if b"\x00" in start:
+        raise DataError(
+            f"{path} is not a readable CSV file: it holds NUL bytes (binary, or "
+            "UTF-16 text); save it as UTF-8"
+        )
+    logger.warning("%s is not UTF-8; reading it as Latin-1", Path(path).name)
+    return LATIN_1
+
+
 def read_csv(path: str | Path) -> pd.DataFrame:
-    """``pd.read_csv`` with the separator of :func:`csv_separator` (see :func:`_numbers_of`)."""
+    """``pd.read_csv`` with the separator of :func:`csv_separator` and the encoding of
+    :func:`csv_encoding` (see :func:`_numbers_of`)."""
     separator = csv_separator(path)
-    return _numbers_of(pd.read_csv(path, sep=separator), separator)
+    frame = pd.read_csv(path, sep=separator, encoding=csv_encoding(path))
+    return _numbers_of(frame, separator)
 
 
 def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
-    separator = csv_separator(path)
-    for chunk in pd.read_csv(path, sep=separator, chunksize=chunk_rows):
+    separator, encoding = csv_separator(path), csv_encoding(path)
+    for chunk in pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows):
         yield _numbers_of(chunk, separator)
 
 
