@@ -301,8 +301,9 @@ def score(
         scores = score_table(data, detector, output, progress=not quiet)
     flagged = int(scores["is_anomaly"].sum())
     share = 100 * flagged / max(len(scores), 1)
+    unit = "images" if images_given else "rows"
     click.echo(
-        f"Scored {len(scores):,} rows; flagged {flagged:,} ({share:.2f}%) as anomalous "
+        f"Scored {len(scores):,} {unit}; flagged {flagged:,} ({share:.2f}%) as anomalous "
         f"({detector.calibration_['score']} > {detector.threshold_:.6g})."
     )
     click.echo(f"Scores written to {output}")

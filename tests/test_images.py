@@ -223,6 +223,7 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert "on 120 normal images (train" in fit.output and "held-out images" in fit.output
     scored = CliRunner().invoke(main, ["score", "new", "-o", "s.csv", "--maps", "maps"])
     assert scored.exit_code == 0, scored.output
+    assert "Scored 6 images; flagged" in scored.output
     import pandas as pd
 
     scores = pd.read_csv(tmp_path / "s.csv")
