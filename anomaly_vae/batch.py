@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks
 from anomaly_vae.errors import AnomalyVAEError, DataError
@@ -156,9 +157,10 @@ def drift_sample(scores: np.ndarray) -> np.ndarray:
 
 
 def score_file(
-    detector: Any, source: Path, output: Path, chunk_rows: int
+    detector: Any, source: Path, output: Path, chunk_rows: int, progress: bool = False
 ) -> tuple[int, int, np.ndarray]:
-    """Score ``source`` chunk by chunk into ``output`` (atomically).
+    """Score ``source`` chunk by chunk into ``output`` (atomically); ``progress`` counts
+    the rows on a terminal.
 
     Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
     """
@@ -168,6 +170,8 @@ def score_file(
     )
     os.close(handle)
     rows, flagged, sample, writer = 0, 0, [], None
+    # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
+    bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
     try:
         for chunk in read_chunks(source, chunk_rows):
             frame = detector.score_frame(chunk)
@@ -183,6 +187,7 @@ def score_file(
             else:
                 frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
             rows += len(frame)
+            bar.update(len(frame))
             flagged += int(frame["is_anomaly"].sum())
             sample.append(drift_sample(frame["score"].to_numpy()))
         if writer is not None:
@@ -193,6 +198,8 @@ def score_file(
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    finally:
+        bar.close()
     return rows, flagged, np.concatenate(sample)
 
 
@@ -203,14 +210,17 @@ def run_batch(
     model_id: str,
     chunk_rows: int = CHUNK_ROWS,
     scorer: Any = None,
+    progress: bool = False,
 ) -> BatchReport:
     """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``.
 
     ``scorer.score_file(source, output, chunk_rows)`` does the scoring when given (the
     Spark engine); by default :func:`score_file` with ``detector`` (the local engine).
+    ``progress``: a bar over the input files (and, locally, one over each file's rows)
+    on a terminal.
     """
     if scorer is None:
-        scorer = LocalScorer(detector)
+        scorer = LocalScorer(detector, progress)
     report = BatchReport()
     with output_lock(output_dir):
         # Under the lock no other run writes here: temporary files are from a killed run.
@@ -220,7 +230,8 @@ def run_batch(
             shutil.rmtree(stale, ignore_errors=True)
         ledger = Ledger(output_dir / LEDGER_FILE)
         try:
-            for path in input_files(source):
+            paths = input_files(source)
+            for path in tqdm(paths, desc="batch", unit="file", disable=None if progress else True):
                 _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
         finally:
             ledger.close()
@@ -230,13 +241,14 @@ def run_batch(
 class LocalScorer:
     """The local engine: pandas chunks through the detector in this process."""
 
-    def __init__(self, detector: Any) -> None:
+    def __init__(self, detector: Any, progress: bool = False) -> None:
         self.detector = detector
+        self.progress = progress
 
     def score_file(
         self, source: Path, output: Path, chunk_rows: int
     ) -> tuple[int, int, np.ndarray]:
-        return score_file(self.detector, source, output, chunk_rows)
+        return score_file(self.detector, source, output, chunk_rows, self.progress)
 
 
 def _score_one(

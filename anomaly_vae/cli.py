@@ -337,6 +337,7 @@ def score(
     "spark extra and Java 17+; local[2] unless run through spark-submit).",
 )
 @click.option("--no-tracking", is_flag=True, help="Do not log the batch run to MLflow.")
+@click.option("--quiet", is_flag=True, help="No progress bars (none are drawn off a terminal).")
 @_user_errors
 def batch(
     source: str,
@@ -345,6 +346,7 @@ def batch(
     chunk_rows: int,
     engine: str,
     no_tracking: bool,
+    quiet: bool,
 ) -> None:
     """Score every CSV/Parquet file in SOURCE (a folder or a glob) that this model version
     has not scored yet; safe to run on a schedule (see README: batch scoring)."""
@@ -368,7 +370,9 @@ def batch(
                 "the Spark engine needs PySpark: pip install anomaly-vae[spark]"
             ) from exc
         scorer = SparkScorer(model_ref, detector)
-    report = run_batch(source, output_dir, detector, model_id, chunk_rows, scorer)
+    report = run_batch(
+        source, output_dir, detector, model_id, chunk_rows, scorer, progress=not quiet
+    )
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
     click.echo(

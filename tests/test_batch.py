@@ -1,6 +1,7 @@
 """Batch scoring: exactly once per input and model, whatever happens."""
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly_vae import VAEDetector
-from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock
+from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock, run_batch
 from anomaly_vae.cli import main
 from tests.conftest import mixed_table, tiny_config
 
@@ -61,6 +62,34 @@ def test_scores_each_input_once_and_a_changed_input_again(model_dir, tmp_path):
     assert len(pd.read_csv(out / "a.csv")) == 30
     ledger = Ledger(out / LEDGER_FILE).entries()
     assert ledger["status"].tolist() == ["done"] * 3 and ledger["rows"].tolist() == [120, 80, 30]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_on_a_terminal_only_and_not_when_quiet(model_dir, tmp_path, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(120, seed=1).to_csv(inputs / "a.csv", index=False)
+    mixed_table(80, seed=2).to_csv(inputs / "b.csv", index=False)
+    detector = VAEDetector.load(model_dir)
+    drawn = {}
+    for run, progress in (("terminal", True), ("quiet", False)):
+        terminal = Terminal()
+        monkeypatch.setattr(sys, "stderr", terminal)  # tqdm draws where stderr is a terminal
+        report = run_batch(inputs, tmp_path / run, detector, "m", chunk_rows=50, progress=progress)
+        monkeypatch.undo()
+        assert report.rows == 200
+        drawn[run] = terminal.getvalue()
+    assert "2/2" in drawn["terminal"] and "file" in drawn["terminal"]  # files done
+    assert "a.csv: 0 rows" in drawn["terminal"]  # a row counter per file
+    assert drawn["quiet"] == ""
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "terminal" / "a.csv"), pd.read_csv(tmp_path / "quiet" / "a.csv")
+    )
+    assert "--quiet" in CliRunner().invoke(main, ["batch", "--help"]).output
 
 
 def test_a_bad_input_is_recorded_and_the_others_still_scored(model_dir, tmp_path):
