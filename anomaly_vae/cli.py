@@ -14,7 +14,7 @@ from typing import Any
 import click
 import numpy as np
 
-from anomaly_vae.config import Config, load_config
+from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, load_config
 from anomaly_vae.errors import AnomalyVAEError, DataError
 
 DEFAULTS = Config()
@@ -412,6 +412,104 @@ def batch(
 
 
 VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "interpolation", "all")
+
+
+@main.command()
+@click.argument("data")
+@click.option(
+    "--model",
+    "model_ref",
+    metavar="REF",
+    help="A saved model folder or an MLflow model URI [default: the latest model fit here].",
+)
+@click.option("--label-col", help="Tables: the column of 0 (normal) and 1 (anomaly) labels.")
+@click.option("--normal-class", help="Images: the normal class; the other classes are anomalies.")
+@click.option(
+    "--method",
+    type=click.Choice(LABELLED_THRESHOLD_METHODS),
+    default="f1",
+    help="f1: the F1-optimal threshold (precision-recall curve); recall: the highest "
+    "threshold that flags --target-recall of the labelled anomalies (ROC curve).",
+)
+@click.option(
+    "--target-recall",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=DEFAULTS.calibration.target_recall,
+    help="For --method recall: the share of labelled anomalies to flag.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to save the recalibrated model [default: mlruns/models/<timestamp>/].",
+)
+@click.option(
+    "--register", is_flag=True, help="Move the MLflow alias 'champion' to the new version."
+)
+@click.option(
+    "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
+)
+@_user_errors
+def calibrate(
+    data: str,
+    model_ref: str | None,
+    label_col: str | None,
+    normal_class: str | None,
+    method: str,
+    target_recall: float,
+    model_dir: Path | None,
+    register: bool,
+    no_tracking: bool,
+) -> None:
+    """Choose a fitted model's threshold again on labelled DATA, without retraining, and
+    save the result as a new model (the source model is not changed).
+
+    For when labelled data arrive after the fit: alarms reviewed in operation, say.
+    DATA is a labelled CSV or Parquet table (--label-col), or labelled images: a folder
+    with one subfolder per class, or fashionmnist:ROOT / mnist:ROOT (its test split),
+    with --normal-class. The printed precision and recall are measured on the rows that
+    chose the threshold, so they are optimistic; the false-positive rate on the fit's
+    held-out normal rows is not.
+    """
+    from anomaly_vae.recalibration import calibrate_model
+
+    result = calibrate_model(
+        data,
+        model_ref,
+        method,
+        target_recall,
+        label_column=label_col,
+        normal_class=normal_class,
+        model_dir=model_dir,
+        track=not no_tracking,
+        register=register,
+    )
+    detector, calibration = result.detector, result.detector.calibration_
+    ev = result.evaluation
+    cm = ev["confusion_matrix"]
+    target = f", target recall {100 * target_recall:.0f}%" if method == "recall" else ""
+    unit = "images" if detector.data_kind_ == "image" else "rows"
+    click.echo(
+        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} (was "
+        f"{result.previous_threshold:.6g}; {calibration['description']} of "
+        f"{calibration['n_labelled']:,} labelled {unit}{target})"
+    )
+    click.echo(
+        f"On those {unit} (optimistic): precision {ev['precision']:.3f}, recall "
+        f"{ev['recall']:.3f}, false-positive rate {100 * ev['false_positive_rate']:.2f}% "
+        f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']}); AUROC "
+        f"{100 * ev['auroc']:.2f}%"
+    )
+    click.echo(
+        f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
+        f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
+    )
+    click.echo(f"Model saved to {result.model_dir}")
+    if result.run is not None:
+        from anomaly_vae.tracking import CHAMPION_ALIAS
+
+        run = result.run
+        alias = f" (alias '{CHAMPION_ALIAS}' moved to it)" if run.champion else ""
+        click.echo(f"MLflow run {run.run_id}; registered model {run.model_uri}{alias}")
 
 
 @main.command()

@@ -235,3 +235,11 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert table.exit_code == 1 and "fit on images, but table.csv is a table" in table.output
     unnamed = CliRunner().invoke(main, ["fit", "train", "--no-tracking", *options])
     assert unnamed.exit_code == 1 and "name the normal one with --normal-class" in unnamed.output
+    # Labelled images set the threshold of the fitted model again (anomaly-vae calibrate).
+    recalibrated = CliRunner().invoke(
+        main, ["calibrate", "train", "--normal-class", "good", "--no-tracking"]
+    )
+    assert recalibrated.exit_code == 0, recalibrated.output
+    assert "of 165 labelled images" in recalibrated.output
+    rescored = CliRunner().invoke(main, ["score", "new", "-o", "s2.csv", "--quiet"])
+    assert pd.read_csv(tmp_path / "s2.csv")["is_anomaly"].tolist() == [False] * 4 + [True] * 2

@@ -1,0 +1,120 @@
+"""The `calibrate` workflow: choose a saved model's threshold again on labelled data,
+without retraining, and save the result as a new model (the source model is left as it
+is: a schedule may be scoring with it, and registered versions do not change)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from anomaly_vae.config import Config, load_config
+from anomaly_vae.data import label_vector, read_table
+from anomaly_vae.data.images import is_image_source, read_images
+from anomaly_vae.errors import DataError
+from anomaly_vae.fitting import (
+    TrainingData,
+    calibrate_and_evaluate,
+    record_run,
+    save_model,
+)
+from anomaly_vae.scoring import load_detector
+
+REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)[/@]")  # models:/NAME/3, models:/NAME@alias
+
+
+@dataclass
+class CalibrationResult:
+    detector: Any  # VAEDetector or EnsembleDetector, its threshold moved
+    model_dir: Path  # where the recalibrated model was saved
+    previous_threshold: float
+    evaluation: dict[str, Any]  # on the labelled rows that chose the threshold
+    run: Any = None  # tracking.TrackedRun when logged to MLflow
+
+
+def labelled_data(
+    source: str | Path, detector: Any, label_column: str | None, normal_class: str | None
+) -> TrainingData:
+    """Every row of a labelled table (``label_column``: 1 = anomaly), or every image of a
+    folder or torchvision test split (classes other than ``normal_class`` are anomalies),
+    as the evaluation part of a :class:`TrainingData`."""
+    if is_image_source(source):
+        if normal_class is None:
+            raise DataError("--normal-class names the normal class of the labelled images")
+        size = detector.effective_config.data.image_size
+        images = read_images(str(source), train=False, size=size)
+        labels = images.labels != images.class_index(str(normal_class))
+        return TrainingData(images.images, images.images, labels, names=images.names)
+    if label_column is None:
+        raise DataError("--label-col names the column of 0 (normal) and 1 (anomaly) labels")
+    frame = read_table(source)
+    return TrainingData(frame, frame, label_vector(frame, label_column))
+
+
+def calibrate_model(
+    source: str | Path,
+    model_ref: str | None,
+    method: str,
+    target_recall: float,
+    label_column: str | None = None,
+    normal_class: str | None = None,
+    project_dir: Path | None = None,
+    model_dir: Path | None = None,
+    track: bool = True,
+    register: bool = False,
+) -> CalibrationResult:
+    """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
+    threshold on the labelled ``source`` by ``method`` (``f1`` or ``recall``), save it
+    as a new model and, with ``track``, log and register it as a new version (of the
+    registered model that ``model_ref`` names, else ``tracking.registered_model_name``);
+    ``register`` moves the champion alias to it."""
+    project_dir = project_dir or Path.cwd()
+    detector = load_detector(model_ref, project_dir)
+    data = labelled_data(source, detector, label_column, normal_class)
+    if not data.has_evaluation():
+        raise DataError(f"{source} needs labelled rows of both classes (normal and anomalous)")
+    previous = detector.threshold_
+    settings = detector.effective_config.calibration  # saved with the model: how it was chosen
+    settings.method, settings.target_recall = method, target_recall
+    evaluation = calibrate_and_evaluate(detector, data)
+    saved = save_model(detector, project_dir, model_dir)
+    result = CalibrationResult(detector, saved, previous, evaluation)
+    if track:
+        result.run = _track(result, data, model_ref, project_dir, register)
+        record_run(saved, result.run.run_id)
+    return result
+
+
+def _track(
+    result: CalibrationResult,
+    data: TrainingData,
+    model_ref: str | None,
+    project_dir: Path,
+    register: bool,
+) -> Any:
+    """One MLflow run: the source model, the old and new threshold, the labelled
+    evaluation and its plots, and the recalibrated model as a new registered version."""
+    import tempfile
+
+    import mlflow
+
+    from anomaly_vae import tracking
+
+    config: Config = load_config()
+    match = REGISTRY_URI.match(model_ref or "")
+    if match:
+        config.tracking.registered_model_name = match["name"]
+    tracking.use_tracking(config.tracking.experiment, project_dir)
+    calibration = result.detector.calibration_
+    with mlflow.start_run(run_name="calibrate") as run:
+        mlflow.set_tags({"source_model": model_ref or "latest local fit", "kind": "calibrate"})
+        mlflow.log_params(
+            {k: calibration[k] for k in ("method", "target_recall") if k in calibration}
+        )
+        mlflow.log_metric("previous_threshold", result.previous_threshold)
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch)
+            tracking.log_calibration(result.detector, data, result.evaluation, out)
+            mlflow.log_artifacts(str(out))
+        return tracking.log_model(result.detector, config, result.model_dir, data, run, register)

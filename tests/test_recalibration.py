@@ -1,0 +1,111 @@
+"""`anomaly-vae calibrate`: a fitted model's threshold chosen again on labelled data."""
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from anomaly_vae.cli import main
+from anomaly_vae.fitting import latest_model_dir
+from tests.conftest import TINY, mixed_table
+
+FAST = [arg for item in TINY for arg in ("--set", item)]
+
+
+def _fit(folder: str, *extra: str) -> None:
+    mixed_table(500, seed=0).drop(columns="is_fault").to_csv("train.csv", index=False)
+    arguments = ["fit", "train.csv", "--id-col", "reading_id", "--quiet", *FAST, *extra]
+    result = CliRunner().invoke(main, [*arguments, "--model-dir", folder])
+    assert result.exit_code == 0, result.output
+
+
+def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    source_document = (tmp_path / "source" / "detector.json").read_text()
+    mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "labelled.csv",
+            "--label-col",
+            "is_fault",
+            "--model",
+            "source",
+            "--method",
+            "recall",
+            "--target-recall",
+            "0.9",
+            "--no-tracking",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "target recall 90%" in result.output and "(optimistic)" in result.output
+    new_model = latest_model_dir(tmp_path)
+    assert new_model != tmp_path / "source"
+    assert (tmp_path / "source" / "detector.json").read_text() == source_document
+    saved = json.loads((new_model / "detector.json").read_text())
+    assert saved["calibration"]["method"] == "recall"
+    assert saved["config"]["calibration"]["method"] == "recall"
+    assert saved["threshold"] != json.loads(source_document)["threshold"]
+    scored = CliRunner().invoke(main, ["score", "labelled.csv", "-o", "s.csv", "--quiet"])
+    assert scored.exit_code == 0, scored.output
+    scores = pd.read_csv("s.csv")
+    labels = pd.read_csv("labelled.csv")["is_fault"] == 1
+    assert scores["is_anomaly"][labels].mean() >= 0.9  # the new model is the latest
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ([], "--label-col names the column"),
+        (["--label-col", "machine"], "label column 'machine' must hold 0"),
+        (["--label-col", "is_fault", "--target-recall", "1.5"], "1.5 is not in the range"),
+    ],
+)
+def test_bad_labels_are_a_clear_error_and_save_nothing(tmp_path, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    mixed_table(100, seed=1, anomalies=10).to_csv("labelled.csv", index=False)
+    result = CliRunner().invoke(
+        main, ["calibrate", "labelled.csv", "--model", "source", "--no-tracking", *arguments]
+    )
+    assert result.exit_code != 0
+    assert message in result.output
+    assert latest_model_dir(tmp_path) == (tmp_path / "source").resolve()
+
+
+def test_a_registered_model_gets_a_new_version_and_the_champion_alias(tracking_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    _fit("source", "--set", "tracking.log_views=false")
+    mixed_table(300, seed=1, anomalies=30).to_csv("labelled.csv", index=False)
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            "labelled.csv",
+            "--label-col",
+            "is_fault",
+            "--model",
+            "models:/anomaly-vae/1",
+            "--register",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "models:/anomaly-vae/2 (alias 'champion' moved to it)" in result.output
+    mlflow.set_tracking_uri(tracking_store)
+    champion = MlflowClient().get_model_version_by_alias("anomaly-vae", "champion")
+    assert str(champion.version) == "2"
+    run = MlflowClient().get_run(champion.run_id)
+    assert run.data.tags["source_model"] == "models:/anomaly-vae/1"
+    assert run.data.params["method"] == "f1" and "previous_threshold" in run.data.metrics
+    loaded = mlflow.pyfunc.load_model("models:/anomaly-vae@champion")
+    labelled = pd.read_csv("labelled.csv")
+    flagged = loaded.predict(labelled.drop(columns="is_fault"))["is_anomaly"]
+    assert flagged[labelled["is_fault"] == 1].mean() > 0.8
