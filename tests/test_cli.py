@@ -232,7 +232,9 @@ def test_ignored_column_and_a_yaml_like_id_name_round_trip(tmp_path, monkeypatch
     assert pd.read_csv("s.csv")["yes"].tolist() == table["yes"].head(20).tolist()
 
 
-@pytest.mark.parametrize("command", [[], ["fit"], ["score"], ["models"], ["ui"]])
+@pytest.mark.parametrize(
+    "command", [[], ["fit"], ["score"], ["calibrate"], ["batch"], ["models"], ["ui"]]
+)
 def test_help_documents_options_with_defaults(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0
@@ -244,6 +246,10 @@ def test_help_documents_options_with_defaults(command):
         assert "default: the latest model fit in this project folder" in text
     if command == ["ui"]:
         assert "default: 5000" in text
+    if command == ["calibrate"]:
+        assert "--method [f1|recall]" in text and "default: 0.9" in text
+    if command == ["batch"]:
+        assert "--quiet" in text and "default: 100000" in text
 
 
 def test_models_lists_the_registry_with_data_kinds():

@@ -242,4 +242,5 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert recalibrated.exit_code == 0, recalibrated.output
     assert "of 165 labelled images" in recalibrated.output
     rescored = CliRunner().invoke(main, ["score", "new", "-o", "s2.csv", "--quiet"])
+    assert rescored.exit_code == 0, rescored.output
     assert pd.read_csv(tmp_path / "s2.csv")["is_anomaly"].tolist() == [False] * 4 + [True] * 2
