@@ -28,6 +28,14 @@ CONFIG_OPTION = click.option(
     help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
     "anomaly_vae/config.py.",
 )
+MODEL_OPTION = click.option(
+    "--model",
+    "model_ref",
+    metavar="REF",
+    help="A saved model folder, or an MLflow model URI such as "
+    "models:/anomaly-vae@champion or runs:/<run_id>/model "
+    "[default: the latest model fit in this project folder].",
+)
 SET_OPTION = click.option(
     "--set",
     "overrides",
@@ -253,14 +261,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
 
 @main.command()
 @click.argument("data")
-@click.option(
-    "--model",
-    "model_ref",
-    metavar="REF",
-    help="A saved model folder, or an MLflow model URI such as "
-    "models:/anomaly-vae@champion or runs:/<run_id>/model "
-    "[default: the latest model fit in this project folder].",
-)
+@MODEL_OPTION
 @click.option(
     "--output",
     "-o",
@@ -416,12 +417,7 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 
 @main.command()
 @click.argument("data")
-@click.option(
-    "--model",
-    "model_ref",
-    metavar="REF",
-    help="A saved model folder or an MLflow model URI [default: the latest model fit here].",
-)
+@MODEL_OPTION
 @click.option("--label-col", help="Tables: the column of 0 (normal) and 1 (anomaly) labels.")
 @click.option("--normal-class", help="Images: the normal class; the other classes are anomalies.")
 @click.option(
@@ -515,12 +511,7 @@ def calibrate(
 @main.command()
 @click.argument("kind", type=click.Choice(VIEW_KINDS))
 @click.argument("data", required=False)
-@click.option(
-    "--model",
-    "model_ref",
-    metavar="REF",
-    help="A saved model folder or an MLflow model URI [default: the latest model fit here].",
-)
+@MODEL_OPTION
 @click.option(
     "--out",
     "out_dir",

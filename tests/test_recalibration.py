@@ -20,6 +20,12 @@ def _fit(folder: str, *extra: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+def _calibrate(model: str, *extra: str):
+    """`anomaly-vae calibrate labelled.csv --label-col is_fault --model MODEL ...`"""
+    arguments = ["calibrate", "labelled.csv", "--label-col", "is_fault", "--model", model]
+    return CliRunner().invoke(main, [*arguments, *extra])
+
+
 def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
     tmp_path, monkeypatch
 ):
@@ -27,22 +33,7 @@ def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
     _fit("source", "--no-tracking")
     source_document = (tmp_path / "source" / "detector.json").read_text()
     mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
-    result = CliRunner().invoke(
-        main,
-        [
-            "calibrate",
-            "labelled.csv",
-            "--label-col",
-            "is_fault",
-            "--model",
-            "source",
-            "--method",
-            "recall",
-            "--target-recall",
-            "0.9",
-            "--no-tracking",
-        ],
-    )
+    result = _calibrate("source", "--method", "recall", "--target-recall", "0.9", "--no-tracking")
     assert result.exit_code == 0, result.output
     assert "target recall 90%" in result.output and "(optimistic)" in result.output
     new_model = latest_model_dir(tmp_path)
@@ -85,18 +76,7 @@ def test_a_registered_model_gets_a_new_version_and_the_champion_alias(tracking_s
 
     _fit("source", "--set", "tracking.log_views=false")
     mixed_table(300, seed=1, anomalies=30).to_csv("labelled.csv", index=False)
-    result = CliRunner().invoke(
-        main,
-        [
-            "calibrate",
-            "labelled.csv",
-            "--label-col",
-            "is_fault",
-            "--model",
-            "models:/anomaly-vae/1",
-            "--register",
-        ],
-    )
+    result = _calibrate("models:/anomaly-vae/1", "--register")
     assert result.exit_code == 0, result.output
     assert "models:/anomaly-vae/2 (alias 'champion' moved to it)" in result.output
     mlflow.set_tracking_uri(tracking_store)
