@@ -94,8 +94,9 @@ def main(verbose: bool) -> None:
 @CONFIG_OPTION
 @click.option(
     "--label-col",
-    help="Column with 0 = normal, 1 = anomaly. Anomalous rows never reach "
-    "training; they are used to evaluate (AUROC, AUCPR, curves).",
+    help="Column with 0 = normal, 1 = anomaly (text labels: --set data.anomaly_label=VALUE "
+    "names the anomaly value). Anomalous rows never reach training; they are used to "
+    "evaluate (AUROC, AUCPR, curves).",
 )
 @click.option("--id-col", help="Column passed through to score output; never a feature.")
 @click.option(
@@ -419,6 +420,11 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.argument("data")
 @MODEL_OPTION
 @click.option("--label-col", help="Tables: the column of 0 (normal) and 1 (anomaly) labels.")
+@click.option(
+    "--anomaly-label",
+    help="Tables whose label column holds text: the value that marks an anomaly "
+    "[default: the model's data.anomaly_label, else 0/1 labels].",
+)
 @click.option("--normal-class", help="Images: the normal class; the other classes are anomalies.")
 @click.option(
     "--method",
@@ -449,6 +455,7 @@ def calibrate(
     data: str,
     model_ref: str | None,
     label_col: str | None,
+    anomaly_label: str | None,
     normal_class: str | None,
     method: str,
     target_recall: float,
@@ -474,6 +481,7 @@ def calibrate(
         method,
         target_recall,
         label_column=label_col,
+        anomaly_label=anomaly_label,
         normal_class=normal_class,
         model_dir=model_dir,
         track=not no_tracking,
@@ -564,7 +572,8 @@ def view(
             frame = images.images
         else:
             frame = read_table(data)
-            labels = label_vector(frame, label_col) if label_col else None
+            anomaly_label = detector.effective_config.data.anomaly_label
+            labels = label_vector(frame, label_col, anomaly_label) if label_col else None
     needs_data = {"reconstruct", "latents", "traversal", "interpolation", "all"}
     if frame is None and kind in needs_data:
         raise click.UsageError(f"the {kind} view needs DATA")

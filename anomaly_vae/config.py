@@ -171,6 +171,8 @@ class DataConfig:
 
     id_column: str | None = None  # passed through to the output, never a feature
     label_column: str | None = None  # evaluation only: 1/True = anomaly; never trained on
+    anomaly_label: str | None = None  # a label column of text (e.g. "anomaly"/"normal"):
+    # the value that marks an anomaly, every other value is normal. None: 0/1 or booleans
     ignore_columns: list[str] = field(default_factory=list)  # never features and not
     # needed to score (timestamps, free text, columns derived from the label)
     condition_columns: list[str] = field(default_factory=list)  # cvae: context columns (e.g.
@@ -386,8 +388,20 @@ def load_config(
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
-        data[section][name] = yaml.safe_load(raw) if raw.strip() else None
+        data[section][name] = _override_value(raw)
     return from_dict(data, cls)
+
+
+def _override_value(raw: str) -> Any:
+    """A ``--set`` value as YAML, except that yes/no/on/off stay words (YAML 1.1 would
+    read them as booleans, turning a label such as ``yes`` into True); booleans are
+    written true/false."""
+    if not raw.strip():
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        return raw.strip()
+    return value
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -437,4 +451,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return value
     if hint is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
+    if hint is str and isinstance(value, bool):
+        raise ConfigError(
+            f"{key} must be text, got the boolean {value!r}: quote it, e.g. '\"true\"'"
+        )
     raise ConfigError(f"{key} must be of type {getattr(hint, '__name__', hint)}, got {value!r}")

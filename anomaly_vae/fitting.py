@@ -78,7 +78,7 @@ def load_training_data(
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
         extra = read_table(eval_source)
-        extra_labels = label_vector(extra, config.data.label_column)
+        extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
         if data.evaluation is None:
             data.evaluation, data.evaluation_labels = extra, extra_labels
         else:
@@ -91,7 +91,7 @@ def _load_table(source: str | Path, config: Config) -> TrainingData:
     frame = read_table(source)
     if config.data.label_column is None:
         return TrainingData(frame)
-    labels = label_vector(frame, config.data.label_column)
+    labels = label_vector(frame, config.data.label_column, config.data.anomaly_label)
     if not labels.any():
         return TrainingData(frame)
     train_rows, eval_rows = _hold_out(labels, config)

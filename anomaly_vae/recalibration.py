@@ -34,9 +34,14 @@ class CalibrationResult:
 
 
 def labelled_data(
-    source: str | Path, detector: Any, label_column: str | None, normal_class: str | None
+    source: str | Path,
+    detector: Any,
+    label_column: str | None,
+    normal_class: str | None,
+    anomaly_label: str | None = None,
 ) -> TrainingData:
-    """Every row of a labelled table (``label_column``: 1 = anomaly), or every image of a
+    """Every row of a labelled table (``label_column``: 1 = anomaly, or the rows holding
+    ``anomaly_label``, by default the model's ``data.anomaly_label``), or every image of a
     folder or torchvision test split (classes other than ``normal_class`` are anomalies),
     as the evaluation part of a :class:`TrainingData`."""
     if is_image_source(source):
@@ -49,7 +54,8 @@ def labelled_data(
     if label_column is None:
         raise DataError("--label-col names the column of 0 (normal) and 1 (anomaly) labels")
     frame = read_table(source)
-    return TrainingData(frame, frame, label_vector(frame, label_column))
+    anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
+    return TrainingData(frame, frame, label_vector(frame, label_column, anomaly_label))
 
 
 def calibrate_model(
@@ -58,6 +64,7 @@ def calibrate_model(
     method: str,
     target_recall: float,
     label_column: str | None = None,
+    anomaly_label: str | None = None,
     normal_class: str | None = None,
     project_dir: Path | None = None,
     model_dir: Path | None = None,
@@ -71,7 +78,7 @@ def calibrate_model(
     ``register`` moves the champion alias to it."""
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
-    data = labelled_data(source, detector, label_column, normal_class)
+    data = labelled_data(source, detector, label_column, normal_class, anomaly_label)
     if not data.has_evaluation():
         raise DataError(f"{source} needs labelled rows of both classes (normal and anomalous)")
     previous = detector.threshold_

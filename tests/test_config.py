@@ -46,6 +46,16 @@ def test_bad_values_are_rejected_with_the_key(override, message):
         load_config(overrides=[override])
 
 
+def test_yes_and_no_stay_words_where_text_is_expected():
+    assert load_config(overrides=["data.anomaly_label=yes"]).data.anomaly_label == "yes"
+    assert load_config(overrides=["data.id_column=No"]).data.id_column == "No"
+    assert load_config(overrides=["tracking.enabled=false"]).tracking.enabled is False
+    with pytest.raises(ConfigError, match=r"tracking\.enabled must be true or false"):
+        load_config(overrides=["tracking.enabled=yes"])
+    with pytest.raises(ConfigError, match="must be text, got the boolean True: quote it"):
+        load_config(overrides=["data.anomaly_label=true"])
+
+
 def test_shipped_yaml_configs_load():
     from pathlib import Path
 

@@ -89,3 +89,21 @@ def test_a_registered_model_gets_a_new_version_and_the_champion_alias(tracking_s
     labelled = pd.read_csv("labelled.csv")
     flagged = loaded.predict(labelled.drop(columns="is_fault"))["is_anomaly"]
     assert flagged[labelled["is_fault"] == 1].mean() > 0.8
+
+
+def test_text_labels_fit_and_calibrate_with_the_anomaly_label(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    table = mixed_table(500, seed=0, anomalies=40)
+    table["is_fault"] = table["is_fault"].map({0: "ok", 1: "yes"})
+    table.to_csv("labelled.csv", index=False)
+    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    arguments += ["--quiet", "--no-tracking"]
+    refused = CliRunner().invoke(main, [*arguments, *FAST])
+    assert refused.exit_code == 1 and "--set data.anomaly_label=VALUE" in refused.output
+    fit = CliRunner().invoke(main, [*arguments, *FAST, "--set", "data.anomaly_label=yes"])
+    assert fit.exit_code == 0, fit.output
+    assert "Kept 40 labelled anomalies out of training." in fit.output
+    # calibrate takes the model's anomaly label unless told otherwise
+    result = _calibrate(str(latest_model_dir(tmp_path)), "--no-tracking")
+    assert result.exit_code == 0, result.output
+    assert "of 500 labelled rows" in result.output

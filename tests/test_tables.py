@@ -93,3 +93,13 @@ def test_label_vector_accepts_01_and_bool_and_rejects_others():
         label_vector(frame, "s")
     with pytest.raises(DataError, match="label column 'zz' is not in the data"):
         label_vector(frame, "zz")
+
+
+def test_text_labels_need_the_value_that_marks_an_anomaly():
+    frame = pd.DataFrame({"s": ["ok", "bad ", "ok", "yes"], "n": [2, 7, 2, 2]})
+    with pytest.raises(DataError, match=r"--set data\.anomaly_label=VALUE"):
+        label_vector(frame, "s")
+    np.testing.assert_array_equal(label_vector(frame, "s", "bad"), [False, True, False, False])
+    np.testing.assert_array_equal(label_vector(frame, "n", "7"), [False, True, False, False])
+    with pytest.raises(DataError, match=r"never holds the anomaly label 'fault'.*'bad', 'ok'"):
+        label_vector(frame, "s", "fault")

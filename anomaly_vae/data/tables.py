@@ -138,20 +138,33 @@ def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame
     return data[rows]
 
 
-def label_vector(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """The label column as ``(n,)`` bool, True = anomaly. Accepts 0/1 or booleans."""
+def label_vector(frame: pd.DataFrame, column: str, anomaly_value: str | None = None) -> np.ndarray:
+    """The label column as ``(n,)`` bool, True = anomaly. Accepts 0/1 or booleans, or,
+    with ``anomaly_value`` (``data.anomaly_label``), any values: the rows that hold it
+    (compared as text) are anomalies, every other row is normal."""
     if column not in frame.columns:
         raise DataError(f"label column {column!r} is not in the data; columns: {_names(frame)}")
     values = frame[column]
     if values.isna().any():
         raise DataError(f"label column {column!r} has {int(values.isna().sum())} empty values")
+    if anomaly_value is not None:
+        text = values.astype(str).str.strip()
+        if not (text == str(anomaly_value)).any():
+            seen = ", ".join(map(repr, sorted(text.unique())[:10]))
+            raise DataError(
+                f"label column {column!r} never holds the anomaly label {anomaly_value!r} "
+                f"(data.anomaly_label); it holds {seen}"
+            )
+        return (text == str(anomaly_value)).to_numpy()
     if pd.api.types.is_bool_dtype(values):
         return values.to_numpy(dtype=bool)
     numeric = pd.to_numeric(values, errors="coerce")
     if numeric.isna().any() or not numeric.isin([0, 1]).all():
         bad = values[numeric.isna() | ~numeric.isin([0, 1])].iloc[0]
         raise DataError(
-            f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found {bad!r}"
+            f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found {bad!r}. "
+            "If it holds text, name the value that marks an anomaly: "
+            "--set data.anomaly_label=VALUE"
         )
     return numeric.to_numpy() == 1
 
