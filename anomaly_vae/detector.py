@@ -130,13 +130,19 @@ class ThresholdedScores:
         """
         if not hasattr(self, "threshold_"):
             raise NotFittedError("fit the detector before calibrating its threshold")
-        if not 0 < target_recall <= 1:
-            raise ValueError(f"target_recall must be in (0, 1], not {target_recall}")
         labels = np.asarray(y)
         if not np.isin(labels, (0, 1)).all():
             raise DataError("labels must be 0/1 or False/True (1 = anomaly)")
-        labels = labels.astype(bool)
         scores = self.anomaly_score(X, condition)
+        return self.threshold_from_scores(labels.astype(bool), scores, method, target_recall)
+
+    def threshold_from_scores(
+        self, labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float
+    ) -> ThresholdedScores:
+        """:meth:`calibrate_threshold` for rows already scored: ``labels (n,)`` bool,
+        ``scores (n,)`` from :meth:`anomaly_score`; returns ``self``."""
+        if not 0 < target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1], not {target_recall}")
         threshold = labelled_threshold(labels, scores, method, target_recall)
         self.threshold_ = threshold
         self.offset_ = -threshold

@@ -168,11 +168,11 @@ def calibrate_and_evaluate(detector: Any, data: TrainingData) -> dict[str, Any] 
         return None
     settings = detector.effective_config.calibration
     chosen_here = settings.method in LABELLED_THRESHOLD_METHODS
-    if chosen_here:
-        detector.calibrate_threshold(
-            data.evaluation, data.evaluation_labels, settings.method, settings.target_recall
-        )
     scores = detector.anomaly_score(data.evaluation)
+    if chosen_here:
+        detector.threshold_from_scores(
+            data.evaluation_labels, scores, settings.method, settings.target_recall
+        )
     evaluation = evaluate(data.evaluation_labels, scores, detector.threshold_)
     # A threshold chosen on these rows flatters the confusion matrix at it (not AUROC/AUCPR).
     evaluation["threshold_chosen_on_these_rows"] = chosen_here

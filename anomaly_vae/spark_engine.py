@@ -19,14 +19,13 @@ import numpy as np
 from anomaly_vae.data.tables import (
     DECIMAL_COMMA_NUMBER,
     PARQUET_SUFFIXES,
-    csv_encoding,
-    csv_separator,
+    csv_format,
 )
 from anomaly_vae.errors import DataError
 
 ROW_COLUMN = "row"
 DRIFT_SAMPLE_ROWS = 100_000  # scores per file brought back to the driver for the drift test
-JAVA_CHARSETS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1"}  # of tables.csv_encoding's names
+JAVA_CHARSETS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1"}  # of tables.csv_format's encodings
 
 
 def spark_session(master: str = "local[2]") -> Any:
@@ -78,12 +77,12 @@ class SparkScorer:
         if source.suffix.lower() in PARQUET_SUFFIXES:
             frame = reader.parquet(str(source))
         else:
-            separator = csv_separator(source)
+            separator, encoding = csv_format(source)
             frame = (
                 reader.option("header", True)
                 .option("inferSchema", True)
                 .option("sep", separator)
-                .option("encoding", JAVA_CHARSETS[csv_encoding(source)])
+                .option("encoding", JAVA_CHARSETS[encoding])
                 .csv(str(source))
             )
             if separator == ";":

@@ -24,50 +24,46 @@ LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte 
 # where it refuses Windows-1252; the two differ only in rarely used characters such as €)
 
 
-def csv_separator(path: str | Path) -> str:
-    """The column separator of a CSV file: a comma, unless the header line has none and
-    holds semicolons, tabs or bars (spreadsheets in many locales save ';'-separated
-    files, with ',' as the decimal mark)."""
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        header = handle.readline(HEADER_BYTES)
-    if "," in header:
-        return ","
-    counts = {separator: header.count(separator) for separator in OTHER_SEPARATORS}
-    most = max(counts, key=counts.__getitem__)
-    return most if counts[most] else ","
+def csv_format(path: str | Path) -> tuple[str, str]:
+    """``(separator, encoding)`` of a CSV file, judged on its first ``HEADER_BYTES``.
 
-
-def csv_encoding(path: str | Path) -> str:
-    """The text encoding of a CSV file, judged on its first ``HEADER_BYTES``: UTF-8 when
-    they decode as such, else Latin-1 with a warning. A file that changes encoding later
-    still fails to read; one with NUL bytes (binary, or UTF-16) is refused."""
+    Encoding: UTF-8 when they decode as such, else Latin-1 with a warning (a file that
+    changes encoding later still fails to read; one with NUL bytes, binary or UTF-16, is
+    refused). Separator: a comma, unless the header line has none and holds semicolons,
+    tabs or bars (spreadsheets in many locales save ';'-separated files, with ',' as the
+    decimal mark).
+    """
     with open(path, "rb") as handle:
         start = handle.read(HEADER_BYTES)
     try:  # incremental: a character cut at the end of the sample is not an error
-        codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
-        return "utf-8"
+        text = codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
+        encoding = "utf-8"
     except UnicodeDecodeError:
-        pass
-    if b"\x00" in start:
-        raise DataError(
-            f"{path} is not a readable CSV file: it holds NUL bytes (binary, or "
-            "UTF-16 text); save it as UTF-8"
-        )
-    logger.warning("%s is not UTF-8; reading it as Latin-1", Path(path).name)
-    return LATIN_1
+        if b"\x00" in start:
+            raise DataError(
+                f"{path} is not a readable CSV file: it holds NUL bytes (binary, or "
+                "UTF-16 text); save it as UTF-8"
+            ) from None
+        logger.warning("%s is not UTF-8; reading it as Latin-1", Path(path).name)
+        text, encoding = start.decode(LATIN_1), LATIN_1
+    header = text.splitlines()[0] if text else ""
+    if "," in header:
+        return ",", encoding
+    counts = {separator: header.count(separator) for separator in OTHER_SEPARATORS}
+    most = max(counts, key=counts.__getitem__)
+    return (most if counts[most] else ","), encoding
 
 
 def read_csv(path: str | Path) -> pd.DataFrame:
-    """``pd.read_csv`` with the separator of :func:`csv_separator` and the encoding of
-    :func:`csv_encoding` (see :func:`_numbers_of`)."""
-    separator = csv_separator(path)
-    frame = pd.read_csv(path, sep=separator, encoding=csv_encoding(path))
-    return _numbers_of(frame, separator)
+    """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
+    :func:`_numbers_of`)."""
+    separator, encoding = csv_format(path)
+    return _numbers_of(pd.read_csv(path, sep=separator, encoding=encoding), separator)
 
 
 def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
-    separator, encoding = csv_separator(path), csv_encoding(path)
+    separator, encoding = csv_format(path)
     for chunk in pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows):
         yield _numbers_of(chunk, separator)
 
@@ -89,7 +85,7 @@ def _numbers_of(frame: pd.DataFrame, separator: str) -> pd.DataFrame:
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (any other suffix; comma-separated, or see :func:`csv_separator`) or
+    """Read a CSV (any other suffix; comma-separated, or see :func:`csv_format`) or
     Parquet (``.parquet``/``.pq``) file.
 
     Raises DataError, naming the file, when it is missing, unreadable, empty or
