@@ -763,6 +763,22 @@ def benchmark(
         raise click.exceptions.Exit(1)
 
 
+@main.command("config")
+@CONFIG_OPTION
+@SET_OPTION
+@_user_errors
+def show_config(config_file: Path | None, overrides: tuple[str, ...]) -> None:
+    """Print every setting with its value and what it does, as YAML.
+
+    The values are the defaults, then --config, then --set, exactly as fit would use
+    them; the output loads back with --config, so `anomaly-vae config > my.yaml` starts
+    a config file. An unknown key or a bad value is reported without training anything.
+    """
+    from anomaly_vae.config_listing import config_yaml
+
+    click.echo(config_yaml(load_config(config_file, overrides)), nl=False)
+
+
 @main.command()
 def models() -> None:
     """List the VAE variants with the data kinds each accepts."""

@@ -233,7 +233,7 @@ def test_ignored_column_and_a_yaml_like_id_name_round_trip(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["fit"], ["score"], ["calibrate"], ["batch"], ["models"], ["ui"]]
+    "command", [[], ["fit"], ["score"], ["calibrate"], ["batch"], ["models"], ["ui"], ["config"]]
 )
 def test_help_documents_options_with_defaults(command):
     result = CliRunner().invoke(main, [*command, "--help"])
@@ -250,6 +250,8 @@ def test_help_documents_options_with_defaults(command):
         assert "--method [f1|recall]" in text and "default: 0.9" in text
     if command == ["batch"]:
         assert "--quiet" in text and "default: 100000" in text
+    if command == ["config"]:
+        assert "--config FILE" in text and "--set KEY=VALUE" in text
 
 
 def test_models_lists_the_registry_with_data_kinds():
