@@ -17,7 +17,9 @@ of each score, next to reference scores computed from the same fit:
 ``--transform power`` applies scikit-learn's Yeo-Johnson ``PowerTransformer`` (fit on the
 training rows) before the detector; ``--seed-ensemble N`` averages the ranks of N fits
 with different seeds; ``--train-rows N`` fits on a seeded sample of N training rows (how
-a choice behaves on small training sets). Work units run in ``--jobs`` processes with one
+a choice behaves on small training sets); ``--refit-drop Q`` fits twice, the second time
+without the share Q of training rows that the first fit scores worst (against anomalies
+in the training data). Work units run in ``--jobs`` processes with one
 torch thread each.
 
     python pipelines/tuning_attempts.py --data-dir ../shared/data/adbench \
@@ -55,6 +57,7 @@ class Unit:
     transform: str
     seed_ensemble: int
     train_rows: int  # 0 = all
+    refit_drop: float  # 0 = one fit
 
 
 def kth_neighbour_distance(train: np.ndarray, test: np.ndarray) -> np.ndarray:
@@ -100,6 +103,10 @@ def run_unit(unit: Unit) -> list[dict]:
         seed = unit.seed + 1000 * member
         config = load_config(overrides=[f"training.seed={seed}", *unit.overrides])
         detector = VAEDetector(config.detector_config()).fit(X_train)
+        if unit.refit_drop:
+            train_scores = detector.anomaly_score(X_train)
+            kept = train_scores <= np.quantile(train_scores, 1 - unit.refit_drop)
+            detector = VAEDetector(config.detector_config()).fit(X_train[kept])
         for name, values in detector.all_scores(X_test).items():
             scores[name] = scores.get(name, 0) + rankdata(values)
     fit_s = time.perf_counter() - start
@@ -136,6 +143,7 @@ def main() -> None:
     parser.add_argument("--transform", choices=["none", "power"], default="none")
     parser.add_argument("--seed-ensemble", type=int, default=1)
     parser.add_argument("--train-rows", type=int, default=0, help="0 = every training row")
+    parser.add_argument("--refit-drop", type=float, default=0.0, help="0 = one fit")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
     if args.protocol == "i-oneclass" and args.transform != "none":
@@ -146,6 +154,7 @@ def main() -> None:
         args.transform,
         args.seed_ensemble,
         args.train_rows,
+        args.refit_drop,
     )
     if args.protocol == "i-oneclass":
         names = args.datasets.split(",") if args.datasets else ["FashionMNIST"]
