@@ -59,8 +59,8 @@ def config_yaml(config: DetectorConfig) -> str:
     values = to_dict(config)
     for section in dataclasses.fields(config):
         section_class = type(getattr(config, section.name))
-        doc = (section_class.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"{section.name}:  # {doc}")
+        summary = (section_class.__doc__ or "").strip().split("\n")[0]
+        lines.append(f"{section.name}:  # {summary}" if summary else f"{section.name}:")
         comments = field_comments(section_class)
         for key, value in values[section.name].items():
             comment = comments.get(key)
