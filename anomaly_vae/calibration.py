@@ -140,14 +140,14 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
     """Labelled evaluation. ``labels (n,)`` bool, True = anomaly; ``scores (n,)``.
 
     Returns AUROC, AUCPR (average precision), the ROC and PR curves, the F1-optimal
-    threshold, and the confusion matrix and rates at ``threshold``.
+    threshold (as ``calibration.method`` f1 would choose it: ``score >`` it flags the
+    rows of best F1), and the confusion matrix and rates at ``threshold``.
     """
     labels, scores = _checked(labels, scores)
     fpr, tpr, roc_thresholds = metrics.roc_curve(labels, scores)
-    precision, recall, pr_thresholds = metrics.precision_recall_curve(labels, scores)
+    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
     # precision/recall have one more entry than thresholds (the end point recall = 0).
-    f1 = _f1(precision[:-1], recall[:-1])
-    best = int(np.argmax(f1))
+    best_f1 = float(_f1(precision[:-1], recall[:-1]).max())
     predicted = scores > threshold
     tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[False, True]).ravel()
     return {
@@ -155,9 +155,9 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
         "n_anomalous": int(labels.sum()),
         "auroc": float(metrics.roc_auc_score(labels, scores)),
         "aucpr": float(metrics.average_precision_score(labels, scores)),
-        # precision_recall_curve flags score >= t, so the F1-optimal rule is "score >= t".
-        "f1_optimal_threshold": float(pr_thresholds[best]),
-        "f1_optimal": float(f1[best]),
+        # the value calibration.method f1 would choose: "score > it" reaches best_f1
+        "f1_optimal_threshold": labelled_threshold(labels, scores, "f1", target_recall=1.0),
+        "f1_optimal": best_f1,
         "threshold": float(threshold),
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         "precision": float(tp / max(tp + fp, 1)),

@@ -63,3 +63,14 @@ def test_one_class_or_an_unknown_method_is_an_error():
         labelled_threshold(np.zeros(4, bool), scores, "f1", 0.9)
     with pytest.raises(ValueError, match="no labelled threshold method"):
         labelled_threshold(np.array([0, 0, 1, 1], bool), scores, "youden", 0.9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_evaluation_reports_the_f1_threshold_under_the_flagging_rule(seed):
+    from anomaly_vae.calibration import evaluate
+
+    labels, scores = _overlapping(seed)  # ties: a ">=" cut would flag more rows than ">"
+    report = evaluate(labels, scores, threshold=0.0)
+    flagged = scores > report["f1_optimal_threshold"]  # how the detector flags
+    assert f1_score(labels, flagged) == pytest.approx(report["f1_optimal"])
+    assert report["f1_optimal_threshold"] == labelled_threshold(labels, scores, "f1", 0.9)
