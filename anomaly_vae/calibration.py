@@ -80,8 +80,7 @@ def labelled_threshold(
     """
     labels, scores = _checked(labels, scores)
     if method == "f1":
-        precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
-        flag_from = thresholds[int(np.argmax(_f1(precision[:-1], recall[:-1])))]
+        flag_from, _ = _best_f1_cut(*metrics.precision_recall_curve(labels, scores))
     elif method == "recall":
         _, true_positive_rate, thresholds = metrics.roc_curve(
             labels, scores, drop_intermediate=False
@@ -89,6 +88,23 @@ def labelled_threshold(
         flag_from = thresholds[int(np.argmax(true_positive_rate >= target_recall))]
     else:
         raise ValueError(f"no labelled threshold method {method!r}: use one of {LABELLED_METHODS}")
+    return _threshold_below(scores, flag_from)
+
+
+def _best_f1_cut(
+    precision: np.ndarray, recall: np.ndarray, thresholds: np.ndarray
+) -> tuple[float, float]:
+    """``(t, F1)``: the cut of best F1 on a precision-recall curve (as
+    ``metrics.precision_recall_curve`` returns it, flagging ``score >= t``), and that F1."""
+    # precision/recall have one more entry than thresholds (the end point recall = 0).
+    f1 = _f1(precision[:-1], recall[:-1])
+    best = int(np.argmax(f1))
+    return float(thresholds[best]), float(f1[best])
+
+
+def _threshold_below(scores: np.ndarray, flag_from: float) -> float:
+    """The threshold for ``score > threshold`` that flags what ``score >= flag_from``
+    flags: halfway between ``flag_from`` and the next lower score."""
     below = scores[scores < flag_from]
     return float((flag_from + below.max()) / 2 if below.size else np.nextafter(flag_from, -np.inf))
 
@@ -145,9 +161,8 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
     """
     labels, scores = _checked(labels, scores)
     fpr, tpr, roc_thresholds = metrics.roc_curve(labels, scores)
-    precision, recall, _ = metrics.precision_recall_curve(labels, scores)
-    # precision/recall have one more entry than thresholds (the end point recall = 0).
-    best_f1 = float(_f1(precision[:-1], recall[:-1]).max())
+    precision, recall, pr_thresholds = metrics.precision_recall_curve(labels, scores)
+    f1_flag_from, best_f1 = _best_f1_cut(precision, recall, pr_thresholds)
     predicted = scores > threshold
     tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[False, True]).ravel()
     return {
@@ -156,7 +171,7 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
         "auroc": float(metrics.roc_auc_score(labels, scores)),
         "aucpr": float(metrics.average_precision_score(labels, scores)),
         # the value calibration.method f1 would choose: "score > it" reaches best_f1
-        "f1_optimal_threshold": labelled_threshold(labels, scores, "f1", target_recall=1.0),
+        "f1_optimal_threshold": _threshold_below(scores, f1_flag_from),
         "f1_optimal": best_f1,
         "threshold": float(threshold),
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
