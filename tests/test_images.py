@@ -85,13 +85,20 @@ def test_pooling_averages_pixel_blocks_and_maps_return_at_input_size():
         ImagePreprocessor(pool=3).fit(images)
 
 
-def test_auto_pool_quarters_images_where_the_model_still_fits_them():
+def test_auto_pool_shrinks_images_as_far_as_the_model_still_fits_them():
     images = bars(60, seed=0, size=28)
     mlp = VAEDetector(tiny_config(*IMAGE_MODEL, "training.epochs=1").detector_config())
     assert mlp.fit(images).model_.input_shape == (1, 7, 7)
-    # 28 / 4 = 7 does not divide by the conv-vae's stride 4: it keeps the full resolution.
-    conv = tiny_config("model.name=conv-vae", *IMAGE_MODEL, "training.epochs=1")
-    assert VAEDetector(conv.detector_config()).fit(images).model_.input_shape == (1, 28, 28)
+    # 28 / 4 = 7 does not divide by a conv-vae's stride 2 or 4: it gets 14 x 14 when 14
+    # divides by its stride, else the full resolution.
+    for channels, side in (("[8]", 14), ("[8, 16]", 28)):
+        conv = tiny_config(
+            "model.name=conv-vae",
+            *IMAGE_MODEL,
+            f"model.conv_channels={channels}",
+            "training.epochs=1",
+        )
+        assert VAEDetector(conv.detector_config()).fit(images).model_.input_shape == (1, side, side)
     # 12 / 4 = 3 pixels a side would lose the shapes: small images are not pooled.
     assert mlp.fit(images[:, :, :12, :12]).model_.input_shape == (1, 12, 12)
     chosen = tiny_config(*IMAGE_MODEL, "training.epochs=1", "data.image_pool=2")

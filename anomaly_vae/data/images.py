@@ -180,19 +180,23 @@ def _decode(
 
 
 def auto_pool(shape: tuple[int, ...], side_multiple: int) -> int:
-    """``data.image_pool=None``: ``IMAGE_POOL`` when the pooled sides of ``(C, H, W)``
-    images are at least ``MIN_POOLED_SIDE`` and still divide by ``side_multiple`` (a
-    model's total stride), else 1.
+    """``data.image_pool=None``: the largest divisor of ``IMAGE_POOL`` whose pooled sides of
+    ``(C, H, W)`` images are whole, at least ``MIN_POOLED_SIDE`` and divide by
+    ``side_multiple`` (a model's total stride); 1 when none is.
 
-    >>> auto_pool((1, 28, 28), 1), auto_pool((1, 28, 28), 4), auto_pool((3, 27, 27), 1)
-    (4, 1, 1)
-    >>> auto_pool((1, 8, 8), 1)  # 2 x 2 would lose the shapes
-    1
+    >>> auto_pool((1, 28, 28), 1), auto_pool((1, 28, 28), 2), auto_pool((1, 28, 28), 4)
+    (4, 2, 1)
+    >>> auto_pool((3, 27, 27), 1), auto_pool((1, 8, 8), 1)  # 2 x 2 would lose the shapes
+    (1, 1)
     """
-    block = IMAGE_POOL * side_multiple
-    fits = shape[1] % block == 0 and shape[2] % block == 0
-    large = min(shape[1], shape[2]) >= IMAGE_POOL * MIN_POOLED_SIDE
-    return IMAGE_POOL if fits and large else 1
+    for pool in range(IMAGE_POOL, 1, -1):
+        if IMAGE_POOL % pool:
+            continue
+        sides = shape[1:3]
+        whole = all(side % (pool * side_multiple) == 0 for side in sides)
+        if whole and min(sides) >= pool * MIN_POOLED_SIDE:
+            return pool
+    return 1
 
 
 class ImagePreprocessor:
