@@ -196,7 +196,8 @@ class DataConfig:
     # the largest divisor of IMAGE_POOL (4, 2) whose pooled sides are at least
     # MIN_POOLED_SIDE (7) and still divide by the model's total stride, else 1 (MLP VAE
     # with elbo_latent_knn on I-oneclass Fashion-MNIST ranks best at 7x7, docs/tuning.md;
-    # conv-vae and vq-vae get 14x14); anomaly maps are repeated back to the input size
+    # with one stride-2 layer conv-vae and vq-vae get 14x14 there); anomaly maps are
+    # repeated back to the input size
 
 
 @dataclass

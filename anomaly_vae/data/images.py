@@ -186,13 +186,13 @@ def auto_pool(shape: tuple[int, ...], side_multiple: int) -> int:
 
     >>> auto_pool((1, 28, 28), 1), auto_pool((1, 28, 28), 2), auto_pool((1, 28, 28), 4)
     (4, 2, 1)
-    >>> auto_pool((3, 27, 27), 1), auto_pool((1, 8, 8), 1)  # 2 x 2 would lose the shapes
+    >>> auto_pool((3, 27, 27), 1), auto_pool((1, 8, 8), 1)  # 8 -> 4 or 2 would lose the shapes
     (1, 1)
     """
+    sides = shape[1:3]
     for pool in range(IMAGE_POOL, 1, -1):
         if IMAGE_POOL % pool:
             continue
-        sides = shape[1:3]
         whole = all(side % (pool * side_multiple) == 0 for side in sides)
         if whole and min(sides) >= pool * MIN_POOLED_SIDE:
             return pool
