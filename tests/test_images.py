@@ -47,9 +47,9 @@ def test_image_models_rank_other_shapes_above_normal_images(name):
     assert maps[100:].mean() > maps[:100].mean()
 
 
-@pytest.mark.parametrize(("name", "pool"), [("conv-vae", 1), ("vae", 4)])
+@pytest.mark.parametrize(("name", "pool"), [("conv-vae", 1), ("vae", 2)])
 def test_image_detector_saves_and_loads(tmp_path, name, pool):
-    # Auto pool: 28 / 4 = 7 fits the MLP VAE; 7 does not divide by conv-vae's stride 4.
+    # Auto pool: 28 / 2 = 14 fits the MLP VAE; 14 does not divide by conv-vae's stride 4.
     config = tiny_config(
         f"model.name={name}", *IMAGE_MODEL, "training.epochs=3", "scoring.score=elbo_latent_knn"
     )
@@ -88,9 +88,8 @@ def test_pooling_averages_pixel_blocks_and_maps_return_at_input_size():
 def test_auto_pool_shrinks_images_as_far_as_the_model_still_fits_them():
     images = bars(60, seed=0, size=28)
     mlp = VAEDetector(tiny_config(*IMAGE_MODEL, "training.epochs=1").detector_config())
-    assert mlp.fit(images).model_.input_shape == (1, 7, 7)
-    # 28 / 4 = 7 does not divide by a conv-vae's stride 2 or 4: it gets 14 x 14 when 14
-    # divides by its stride, else the full resolution.
+    assert mlp.fit(images).model_.input_shape == (1, 14, 14)
+    # A conv-vae gets 14 x 14 when 14 divides by its stride, else the full resolution.
     for channels, side in (("[8]", 14), ("[8, 16]", 28)):
         conv = tiny_config(
             "model.name=conv-vae",
@@ -99,11 +98,11 @@ def test_auto_pool_shrinks_images_as_far_as_the_model_still_fits_them():
             "training.epochs=1",
         )
         assert VAEDetector(conv.detector_config()).fit(images).model_.input_shape == (1, side, side)
-    # 12 / 4 = 3 pixels a side would lose the shapes: small images are not pooled.
+    # 12 / 2 = 6 pixels a side would lose the shapes: small images are not pooled.
     assert mlp.fit(images[:, :, :12, :12]).model_.input_shape == (1, 12, 12)
-    chosen = tiny_config(*IMAGE_MODEL, "training.epochs=1", "data.image_pool=2")
+    chosen = tiny_config(*IMAGE_MODEL, "training.epochs=1", "data.image_pool=4")
     detector = VAEDetector(chosen.detector_config()).fit(images)
-    assert detector.model_.input_shape == (1, 14, 14)
+    assert detector.model_.input_shape == (1, 7, 7)
     assert detector.anomaly_map(images[:2]).shape == (2, 1, 28, 28)
 
 

@@ -6,7 +6,13 @@ import math
 import pytest
 import torch
 
-from anomaly_vae.config import TABLE_TRIM_FRACTION, ModelConfig, TrainingConfig
+from anomaly_vae.config import (
+    IMAGE_MIN_LOG_VARIANCE,
+    TABLE_MIN_LOG_VARIANCE,
+    TABLE_TRIM_FRACTION,
+    ModelConfig,
+    TrainingConfig,
+)
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.models import available_models, get_model
 from anomaly_vae.training import train
@@ -186,6 +192,15 @@ def test_iwae_bound_is_tighter_than_elbo_on_average():
     scores = model.scores(x, torch.randn(200, 64, 3))
     # -IWAE <= -ELBO in expectation (Burda et al., 2016).
     assert scores["negative_iwae_bound"].mean() <= scores["negative_elbo"].mean()
+
+
+def test_min_log_variance_auto_is_lower_for_tables_and_a_set_value_wins():
+    assert build("vae").min_log_variance == TABLE_MIN_LOG_VARIANCE  # build: None = auto
+    assert build("conv-vae").min_log_variance == IMAGE_MIN_LOG_VARIANCE > TABLE_MIN_LOG_VARIANCE
+    floor = build("conv-vae").log_variance_floor
+    assert torch.all(floor == IMAGE_MIN_LOG_VARIANCE)
+    assert torch.all(build("conv-vae", min_log_variance=-2.0).log_variance_floor == -2.0)
+    assert torch.all(build("vae", min_log_variance=-3.0).log_variance_floor == -3.0)
 
 
 def test_trim_fraction_auto_trims_tables_only_and_a_set_value_wins():

@@ -185,8 +185,8 @@ def auto_pool(shape: tuple[int, ...], side_multiple: int) -> int:
     ``side_multiple`` (a model's total stride); 1 when none is.
 
     >>> auto_pool((1, 28, 28), 1), auto_pool((1, 28, 28), 2), auto_pool((1, 28, 28), 4)
-    (4, 2, 1)
-    >>> auto_pool((3, 27, 27), 1), auto_pool((1, 8, 8), 1)  # 8 -> 4 or 2 would lose the shapes
+    (2, 2, 1)
+    >>> auto_pool((3, 27, 27), 1), auto_pool((1, 12, 12), 1)  # 12 -> 6 would lose the shapes
     (1, 1)
     """
     sides = shape[1:3]
@@ -205,7 +205,7 @@ class ImagePreprocessor:
 
     ``pool`` averages each ``pool x pool`` block of pixels into one (1 = full resolution).
     The model then sees shapes rather than pixel-level texture: on I-oneclass
-    Fashion-MNIST the MLP VAE ranks anomalies better at 14x14 and 7x7 than at 28x28
+    Fashion-MNIST and MNIST the MLP VAE ranks anomalies better at 14x14 than at 28x28
     (docs/tuning.md).
     """
 

@@ -20,7 +20,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from anomaly_vae.config import TABLE_TRIM_FRACTION, ModelConfig
+from anomaly_vae.config import (
+    IMAGE_MIN_LOG_VARIANCE,
+    TABLE_MIN_LOG_VARIANCE,
+    TABLE_TRIM_FRACTION,
+    ModelConfig,
+)
 
 LOG_2PI = math.log(2 * math.pi)
 BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3]
@@ -130,7 +135,7 @@ class BaseVAE(nn.Module):
         # quantised (set_feature_steps). Rebuilt from the saved schema, not saved itself.
         self.register_buffer(
             "log_variance_floor",
-            torch.full(self.input_shape, float(config.min_log_variance)),
+            torch.full(self.input_shape, self.min_log_variance),
             persistent=False,
         )
         # One variance per feature makes the Gaussian ELBO a real likelihood (features the
@@ -151,8 +156,8 @@ class BaseVAE(nn.Module):
         an integer-coded feature takes (Theis et al., ICLR 2016).
         """
         steps = steps.reshape(self.input_shape).to(self.log_variance_floor)
-        floor = torch.log(steps.pow(2) / 12).nan_to_num(neginf=self.config.min_log_variance)
-        self.log_variance_floor.copy_(floor.clamp(min=self.config.min_log_variance))
+        floor = torch.log(steps.pow(2) / 12).nan_to_num(neginf=self.min_log_variance)
+        self.log_variance_floor.copy_(floor.clamp(min=self.min_log_variance))
 
     @classmethod
     def image_side_multiple(cls, config: ModelConfig) -> int:
@@ -174,6 +179,14 @@ class BaseVAE(nn.Module):
     def output_bias(self) -> Tensor | None:
         """The decoder's final bias, ``(*input_shape)`` elements, if it has one per feature."""
         return None
+
+    @property
+    def min_log_variance(self) -> float:
+        """``model.min_log_variance``, with None resolved: ``TABLE_MIN_LOG_VARIANCE`` for
+        tables, ``IMAGE_MIN_LOG_VARIANCE`` for images."""
+        if self.config.min_log_variance is not None:
+            return float(self.config.min_log_variance)
+        return TABLE_MIN_LOG_VARIANCE if len(self.input_shape) == 1 else IMAGE_MIN_LOG_VARIANCE
 
     @property
     def trim_fraction(self) -> float:
