@@ -76,9 +76,10 @@ class ModelConfig:
     # trains it by gradient descent like the other weights
     min_log_variance: float | None = None  # floor of the decoder log-variance: stops
     # variance collapse on near-constant features from dominating the likelihood. None =
-    # auto: -6 for tables, -4 for images, where a floor of e^-6 lets the few pixels that
-    # are dark in every training image outweigh the shape (I-oneclass, MLP VAE at 14x14:
-    # MNIST 94.86 -> 97.23 AUROC, Fashion-MNIST 93.55 -> 93.88; docs/tuning.md)
+    # auto: -6 for tables, -4 for images, where pixels that are dark in almost every
+    # training image would otherwise get so small a variance that a faint stroke there
+    # outweighs the shape (I-oneclass, MLP VAE at 14x14 against -6: MNIST 94.86 -> 97.23
+    # AUROC, Fashion-MNIST 93.55 -> 93.88; docs/tuning.md)
     quantisation_floor: bool = True  # tables: no feature's decoder variance below
     # step^2 / 12, the variance of a uniform spread over one quantisation step of the
     # feature (data.ColumnSchema.step). A Gaussian on integer-coded or rarely non-zero
