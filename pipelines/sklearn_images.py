@@ -20,32 +20,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from anomaly_vae.data.images import IDX_FILES
+from anomaly_vae.data.images import write_idx_set
 
 DATASET = "Digits"  # folder name, the benchmark's --datasets
 MAX_COUNT = 16  # load_digits pixels count ink in 4x4 blocks: 0-16
-IDX_IMAGES_MAGIC = 2051  # idx3 header: unsigned bytes, three dimensions
-IDX_LABELS_MAGIC = 2049  # idx1 header: unsigned bytes, one dimension
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
-    """``array`` of uint8 as an idx file: big-endian magic, then each dimension's size."""
-    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
-    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+GREY_MAX = 255  # grey level of a full count
 
 
 def write_digits(root: Path) -> dict[str, int]:
     """Write ``root/Digits/raw/``; returns the number of images per split."""
     digits = load_digits()
-    grey = np.rint(digits.images * (255 / MAX_COUNT)).astype(np.uint8)  # (1797, 8, 8)
-    raw = root / DATASET / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    grey = np.rint(digits.images * (GREY_MAX / MAX_COUNT)).astype(np.uint8)  # (1797, 8, 8)
     counts = {}
-    for split, rows in (("train", slice(0, None, 2)), ("test", slice(1, None, 2))):
-        images_file, labels_file = IDX_FILES[split]
-        write_idx(raw / images_file, grey[rows], IDX_IMAGES_MAGIC)
-        write_idx(raw / labels_file, digits.target[rows].astype(np.uint8), IDX_LABELS_MAGIC)
-        counts[split] = len(grey[rows])
+    for train, rows in ((True, slice(0, None, 2)), (False, slice(1, None, 2))):
+        write_idx_set(root / DATASET, train, grey[rows], digits.target[rows])
+        counts["train" if train else "test"] = len(grey[rows])
     return counts
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import re
 import runpy
-import struct
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from anomaly_vae.benchmark.report import RunInfo, write_summary
 from anomaly_vae.benchmark.results import RESULT_COLUMNS
 from anomaly_vae.benchmark.tasks import PROTOCOLS, find_datasets
 from anomaly_vae.cli import main
-from anomaly_vae.data.images import ImageSet
+from anomaly_vae.data.images import ImageSet, write_idx_set
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.protocols import MAX_ROWS, MIN_ROWS, i_oneclass_split, t_contaminated_split
@@ -362,27 +361,18 @@ def test_workers_share_out_the_cpus_unless_threads_is_set(monkeypatch):
     assert runner.worker_threads(3, 2) == 3
 
 
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """An idx-ubyte file as torchvision's MNIST readers expect (magic: uint8, ndim)."""
-    header = struct.pack(">I", 0x0800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
 def fake_fashion_mnist(
     root: Path, per_class: tuple[int, int] = (40, 20), name: str = "FashionMNIST"
 ) -> None:
     """Two classes of 28x28 images: bright top half (0) or bright bottom half (1), in
     torchvision's MNIST layout under ``root/name``."""
-    raw = root / name / "raw"
-    raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", per_class[0]), ("t10k", per_class[1])):
+    for train, n in ((True, per_class[0]), (False, per_class[1])):
         labels = np.repeat([0, 1], n)
         images = rng.integers(0, 60, size=(2 * n, 28, 28))
         images[labels == 0, :14] += 180
         images[labels == 1, 14:] += 180
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        write_idx_set(root / name, train, images, labels)
 
 
 def test_i_oneclass_on_a_tiny_fashion_mnist(tmp_path):

@@ -1,9 +1,13 @@
 """Images: reading folders and torchvision datasets, fitting and scoring image models."""
 
+import runpy
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector
@@ -12,6 +16,7 @@ from anomaly_vae.data.images import (
     is_image_source,
     read_idx_set,
     read_images,
+    write_idx_set,
 )
 from anomaly_vae.errors import DataError
 from tests.conftest import TINY, tiny_config
@@ -163,16 +168,11 @@ def test_cli_resizes_images_with_the_size_saved_in_the_model(tmp_path, monkeypat
 
 
 def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
-    """Writes a tiny MNIST in the IDX format torchvision reads, then loads it."""
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
+    """Writes a tiny MNIST in the idx format, then loads it with torchvision's reader."""
     images = bars(12, seed=5, size=28)[:, 0]
     labels = np.arange(12, dtype=np.uint8) % 10
-    for split, count in (("train", 12), ("t10k", 12)):
-        header = np.array([2051, count, 28, 28], dtype=">i4").tobytes()
-        (raw / f"{split}-images-idx3-ubyte").write_bytes(header + images.tobytes())
-        header = np.array([2049, count], dtype=">i4").tobytes()
-        (raw / f"{split}-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+    for train in (True, False):
+        write_idx_set(tmp_path / "MNIST", train, images, labels)
     loaded = read_images(f"mnist:{tmp_path}", train=False)
     assert loaded.images.shape == (12, 1, 28, 28)
     np.testing.assert_array_equal(loaded.images[:, 0], images)
@@ -187,13 +187,8 @@ def test_reads_any_mnist_layout_folder_and_rejects_broken_idx_files(tmp_path):
     images = bars(6, seed=1, size=28)[:, 0]
     labels = np.array([0, 1, 2, 0, 1, 2], dtype=np.uint8)
     for name in ("KMNIST", "Glyphs"):
-        raw = tmp_path / name / "raw"
-        raw.mkdir(parents=True)
-        for split in ("train", "t10k"):
-            header = np.array([2051, 6, 28, 28], dtype=">i4").tobytes()
-            (raw / f"{split}-images-idx3-ubyte").write_bytes(header + images.tobytes())
-            header = np.array([2049, 6], dtype=">i4").tobytes()
-            (raw / f"{split}-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+        for train in (True, False):
+            write_idx_set(tmp_path / name, train, images, labels)
     kmnist = read_images(f"kmnist:{tmp_path}")
     assert kmnist.classes[:3] == ["o", "ki", "su"] and kmnist.images.shape == (6, 1, 28, 28)
     glyphs = read_idx_set(tmp_path / "Glyphs", train=False)
@@ -205,6 +200,33 @@ def test_reads_any_mnist_layout_folder_and_rejects_broken_idx_files(tmp_path):
     (tmp_path / "Glyphs" / "raw" / "train-labels-idx1-ubyte").unlink()
     with pytest.raises(DataError, match="train-labels-idx1-ubyte: missing"):
         read_idx_set(tmp_path / "Glyphs", train=True)
+
+
+def test_idx_writer_refuses_what_unsigned_bytes_cannot_hold(tmp_path):
+    images = bars(4, seed=2, size=8)
+    with pytest.raises(ValueError, match="grey-scale"):
+        write_idx_set(tmp_path, True, np.repeat(images, 3, axis=1), np.zeros(4))
+    with pytest.raises(ValueError, match="do not pair up"):
+        write_idx_set(tmp_path, True, images, np.zeros(3))
+    with pytest.raises(ValueError, match="outside 0-255"):
+        write_idx_set(tmp_path, True, images.astype(int) * 2, np.zeros(4))
+    assert not (tmp_path / "raw").exists()  # nothing half-written
+
+
+def test_sklearn_digits_pipeline_writes_a_set_the_benchmark_reads(tmp_path):
+    """pipelines/sklearn_images.py: even rows train, odd rows test, counts 0-16 as grey."""
+    script = Path(__file__).parents[1] / "pipelines" / "sklearn_images.py"
+    write_digits = runpy.run_path(str(script))["write_digits"]
+    assert write_digits(tmp_path) == {"train": 899, "test": 898}
+    digits = load_digits()
+    train = read_idx_set(tmp_path / "Digits", train=True)
+    test = read_idx_set(tmp_path / "Digits", train=False)
+    assert train.images.shape == (899, 1, 8, 8) and test.images.shape == (898, 1, 8, 8)
+    assert train.labels.tolist() == digits.target[::2].tolist()
+    assert test.labels.tolist() == digits.target[1::2].tolist()
+    assert train.classes == [str(d) for d in range(10)]
+    np.testing.assert_array_equal(train.images[:, 0] == 255, digits.images[::2] == 16)
+    np.testing.assert_array_equal(test.images[:, 0] == 0, digits.images[1::2] == 0)
 
 
 def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeypatch):

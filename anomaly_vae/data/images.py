@@ -31,6 +31,8 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+IDX_UBYTE = 0x08  # idx type code of unsigned bytes, the only type of the MNIST layout
+UINT8_MAX = 255
 
 
 @dataclass
@@ -129,6 +131,32 @@ def read_idx_set(folder: Path, train: bool, classes: list[str] | None = None) ->
         classes = [str(label) for label in range(int(labels.max(initial=0)) + 1)]
     names = [f"{split}/{i}" for i in range(len(images))]
     return ImageSet(images, labels, classes, names)
+
+
+def write_idx_set(folder: Path, train: bool, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write one split in the layout ``read_idx_set`` reads: ``folder/raw/`` with the idx
+    files of ``IDX_FILES``. ``images`` ``(n, H, W)`` or ``(n, 1, H, W)``, grey levels
+    0-255; ``labels`` ``(n,)`` class indices 0-255. Lets any grey-scale set be benchmarked
+    like MNIST."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        if images.shape[1] != 1:
+            raise ValueError(f"idx files hold grey-scale images, not {images.shape[1]} channels")
+        images = images[:, 0]
+    labels = np.asarray(labels)
+    if images.ndim != 3 or labels.shape != (len(images),):
+        raise ValueError(f"images {images.shape} and labels {labels.shape} do not pair up")
+    names = IDX_FILES["train" if train else "test"]
+    for array, name in zip((images, labels), names, strict=True):
+        if array.min(initial=0) < 0 or array.max(initial=0) > UINT8_MAX:
+            raise ValueError(f"{name}: values outside 0-{UINT8_MAX} do not fit unsigned bytes")
+    raw = Path(folder) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for array, name in zip((images, labels), names, strict=True):
+        # Header: two zero bytes, the type code of unsigned bytes, the number of
+        # dimensions, then each dimension's size as a big-endian int32.
+        header = bytes([0, 0, IDX_UBYTE, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+        (raw / name).write_bytes(header + np.ascontiguousarray(array, np.uint8).tobytes())
 
 
 def _read_folder(path: Path, size: int | None) -> ImageSet:
