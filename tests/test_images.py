@@ -205,11 +205,14 @@ def test_reads_any_mnist_layout_folder_and_rejects_broken_idx_files(tmp_path):
 def test_idx_writer_refuses_what_unsigned_bytes_cannot_hold(tmp_path):
     images = bars(4, seed=2, size=8)
     with pytest.raises(ValueError, match="grey-scale"):
-        write_idx_set(tmp_path, True, np.repeat(images, 3, axis=1), np.zeros(4))
+        write_idx_set(tmp_path, True, np.repeat(images, 3, axis=1), np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match="do not pair up"):
-        write_idx_set(tmp_path, True, images, np.zeros(3))
+        write_idx_set(tmp_path, True, images, np.zeros(3, np.uint8))
+    labels = np.zeros(4, dtype=np.uint8)
     with pytest.raises(ValueError, match="outside 0-255"):
-        write_idx_set(tmp_path, True, images.astype(int) * 2, np.zeros(4))
+        write_idx_set(tmp_path, True, images.astype(int) * 2, labels)
+    with pytest.raises(ValueError, match="whole numbers"):
+        write_idx_set(tmp_path, True, images / 255, labels)
     assert not (tmp_path / "raw").exists()  # nothing half-written
 
 

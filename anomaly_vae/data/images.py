@@ -148,6 +148,8 @@ def write_idx_set(folder: Path, train: bool, images: np.ndarray, labels: np.ndar
         raise ValueError(f"images {images.shape} and labels {labels.shape} do not pair up")
     names = IDX_FILES["train" if train else "test"]
     for array, name in zip((images, labels), names, strict=True):
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"{name}: needs whole numbers, not {array.dtype}")
         if array.min(initial=0) < 0 or array.max(initial=0) > UINT8_MAX:
             raise ValueError(f"{name}: values outside 0-{UINT8_MAX} do not fit unsigned bytes")
     raw = Path(folder) / "raw"
