@@ -4,6 +4,7 @@ the summary and the CLI. Our own detector runs only with tiny configs."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import re
 import runpy
 import sys
@@ -280,6 +281,48 @@ def test_pyod_is_skipped_with_a_note_when_missing(table_dir, tmp_path, monkeypat
     summary = (out / "summary.md").read_text()
     assert "## Skipped methods" in summary
     assert "- pyod-vae: PyOD is not installed" in summary
+
+
+def test_missing_values_in_a_table_run_every_method(tmp_path):
+    folder = tmp_path / "adbench"
+    folder.mkdir()
+    write_npz(folder / "1_gaps.npz", seed=0)
+    with np.load(folder / "1_gaps.npz") as data:
+        X, y = data["X"].copy(), data["y"]
+    X[::9, 4] = np.nan  # a gap in every 9th row, normal and anomalous alike
+    X[1::5, 0] = np.nan
+    np.savez(folder / "1_gaps.npz", X=X, y=y)
+    out = tmp_path / "out"
+    methods = ["anomaly-vae", *BASELINES, "pyod-ae"]
+    outcome = run_benchmark(
+        "t-clean", folder, out, seeds=[0], methods=methods, overrides=FAST, threads=1
+    )
+    assert not outcome.failures
+    aucroc = {row["method"]: float(row["aucroc"]) for row in read_rows(out)}
+    expected = set(methods) if importlib.util.find_spec("pyod") else set(methods) - {"pyod-ae"}
+    assert set(aucroc) == expected
+    assert min(aucroc[name] for name in ("knn", "pca")) > 80, aucroc  # the gaps are filled
+
+
+def test_median_imputation_uses_the_training_medians_and_leaves_images_alone():
+    seen = []
+
+    class Recorder:
+        def fit(self, X):
+            seen.append(X)
+            return self
+
+        def score(self, X):
+            seen.append(X)
+            return np.zeros(len(X))
+
+    train = np.array([[1.0, np.nan], [3.0, np.nan], [np.nan, np.nan], [10.0, np.nan]])
+    bench_methods.MedianImputed(Recorder()).fit(train).score(np.array([[np.nan, 7.0]]))
+    np.testing.assert_array_equal(seen[0][:, 0], [1.0, 3.0, 3.0, 10.0])  # median of 1, 3, 10
+    np.testing.assert_array_equal(seen[1], [[3.0, 7.0]])  # an empty column is kept
+    images = np.zeros((2, 1, 2, 2), dtype=np.uint8)
+    bench_methods.MedianImputed(Recorder()).fit(images)
+    assert seen[2] is images
 
 
 def test_pyod_autoencoder_runs_when_installed(table_dir, tmp_path, capsys):

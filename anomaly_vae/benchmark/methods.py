@@ -3,7 +3,9 @@
 A method is built fresh for every (data set, class, seed) from a :class:`Context`,
 then ``fit(X_train) -> self`` and ``score(X_test) -> (n,) float``, **higher = more
 anomalous**. ``X`` is a table ``(n, d)`` float64 or images ``(n, C, H, W)`` uint8;
-the baselines see images as flattened pixels in [0, 1].
+the baselines see images as flattened pixels in [0, 1]. A table may hold NaN: our
+detectors and IsolationForest take it as it is; the other baselines, which reject it,
+get the training rows' column medians in its place.
 
 Names (as written to results.csv): ``anomaly-vae`` (the default detector), each VAE
 variant by its registry name, ``ensemble`` (rank-averaged variants), and the
@@ -148,8 +150,34 @@ def flat_features(X: np.ndarray) -> np.ndarray:
     return flat.astype(np.float32) / 255.0 if flat.dtype == np.uint8 else flat.astype(np.float32)
 
 
+class MedianImputed:
+    """A baseline that rejects NaN (k-NN, PCA, PyOD's detectors), given each column's
+    median over the training rows in place of a missing value, as its users would do
+    (scikit-learn's ``SimpleImputer``). A column with no value in training gets 0.
+    Images pass through: ``uint8`` pixels cannot be missing."""
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+
+    def fit(self, X_train: np.ndarray) -> MedianImputed:
+        from sklearn.impute import SimpleImputer
+
+        self.imputer_ = None
+        if X_train.ndim <= 2:
+            self.imputer_ = SimpleImputer(strategy="median", keep_empty_features=True)
+            X_train = self.imputer_.fit_transform(X_train)
+        self.method.fit(X_train)
+        return self
+
+    def score(self, X_test: np.ndarray) -> np.ndarray:
+        if self.imputer_ is not None:
+            X_test = self.imputer_.transform(X_test)
+        return self.method.score(X_test)
+
+
 class IForestMethod:
-    """scikit-learn IsolationForest; score = ``-score_samples``."""
+    """scikit-learn IsolationForest; score = ``-score_samples``. Takes NaN as it is
+    (scikit-learn's trees accept missing values)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -278,7 +306,7 @@ def _variant_spec(name: str) -> MethodSpec:
 def _pyod_spec(name: str, module: str, class_name: str) -> MethodSpec:
     return MethodSpec(
         name,
-        lambda c: PyODMethod(import_pyod_class(module, class_name), c.seed),
+        lambda c: MedianImputed(PyODMethod(import_pyod_class(module, class_name), c.seed)),
         check=lambda: import_pyod_class(module, class_name),
     )
 
@@ -294,8 +322,8 @@ def registry() -> dict[str, MethodSpec]:
             lambda config, kind: len(suitable_variants(config, kind)) > 1,
         ),
         MethodSpec("iforest", lambda c: IForestMethod(c.seed)),
-        MethodSpec("knn", lambda c: KNNMethod()),
-        MethodSpec("pca", lambda c: PCAMethod(c.seed)),
+        MethodSpec("knn", lambda c: MedianImputed(KNNMethod())),
+        MethodSpec("pca", lambda c: MedianImputed(PCAMethod(c.seed))),
         _pyod_spec("pyod-vae", "vae", "VAE"),
         _pyod_spec("pyod-ae", "auto_encoder", "AutoEncoder"),
     ]
