@@ -101,6 +101,14 @@ def test_ignore_columns_mistakes_are_errors(config, message):
         TablePreprocessor(config).fit(pd.DataFrame({"x": [1.0, 2.0]}))
 
 
+def test_an_empty_column_is_refused_with_advice():
+    frame = pd.DataFrame({"unused": [np.nan] * 5, "x": np.arange(5.0)})
+    with pytest.raises(DataError, match=r"'unused' is empty in every training row.*--ignore-col"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    pre = TablePreprocessor(DataConfig(ignore_columns=["unused"])).fit(frame)
+    assert pre.input_columns == ["x"]
+
+
 def test_a_datetime_column_is_refused_with_advice():
     frame = pd.DataFrame({"when": pd.date_range("2026-01-01", periods=5), "x": np.arange(5.0)})
     with pytest.raises(DataError, match=r"'when' holds dates or times.*--ignore-col"):

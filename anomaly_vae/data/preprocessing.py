@@ -122,7 +122,10 @@ class TablePreprocessor:
             if not np.isfinite(numbers.dropna()).all():
                 raise DataError(f"column {name!r} holds infinite values")
             if numbers.isna().all():
-                raise DataError(f"column {name!r} is empty in every training row")
+                raise DataError(
+                    f"column {name!r} is empty in every training row, so there is nothing "
+                    "to learn from it: ignore it (data.ignore_columns, --ignore-col)"
+                )
             if numbers.isna().any() and not self.config.missing_indicators:
                 raise DataError(
                     f"column {name!r} has missing values; set data.missing_indicators=true"
