@@ -25,6 +25,7 @@ from anomaly_vae.calibration import (
 )
 from anomaly_vae.config import DetectorConfig, from_dict, resolve_score, to_dict, validate
 from anomaly_vae.data import TablePreprocessor, as_frame
+from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
@@ -275,6 +276,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         def rows_of(array: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
             return None if array is None else torch.from_numpy(array[rows])
 
+        batch_input = None
+        if self.data_kind_ == "image":
+            side = min(self.preprocessor_.shape[1:])
+            shift = round(config.training.image_shift * side)
+            if shift >= 1:
+                images = np.asarray(X)[train_rows]
+                batch_input = ShiftedImages(images, self.preprocessor_, shift).batch
+
         self.history_: TrainingHistory = train(
             self.model_,
             torch.from_numpy(features[train_rows]),
@@ -283,6 +292,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             on_epoch=on_epoch,
             condition_train=rows_of(conditions, train_rows),
             condition_val=rows_of(conditions, val_rows),
+            batch_input=batch_input,
         )
         self.split_rows_ = {"train": train_rows, "validation": val_rows, "calibration": cal_rows}
         self.n_training_rows_ = {name: len(rows) for name, rows in self.split_rows_.items()}

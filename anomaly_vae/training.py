@@ -18,6 +18,8 @@ from anomaly_vae.models.base import BaseVAE
 logger = logging.getLogger(__name__)
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+# (row indices (b,) into x_train, the loop's generator) -> the model's input of those rows
+BatchInput = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 LOSS_TERMS = ("loss", "reconstruction", "kl")
 
 
@@ -56,11 +58,15 @@ def train(
     on_epoch: EpochCallback | None = None,
     condition_train: torch.Tensor | None = None,
     condition_val: torch.Tensor | None = None,
+    batch_input: BatchInput | None = None,
 ) -> TrainingHistory:
     """Fit ``model`` in place and restore the weights of the best validation epoch.
 
     ``x_train (n, *shape)`` and ``x_val (m, *shape)`` float32; conditional models
-    also take ``condition_train (n, c)`` and ``condition_val (m, c)``. Seeded from
+    also take ``condition_train (n, c)`` and ``condition_val (m, c)``. ``batch_input``,
+    when given, makes each training batch from its row indices (augmentation such as
+    data.augmentation.ShiftedImages); ``x_train`` itself still initialises the model and
+    calibrates the decoder. Seeded from
     ``config.seed``: the same data and config give the same weights.
     """
     start = time.perf_counter()
@@ -99,7 +105,8 @@ def train(
         for batch_index in range(n_batches):
             rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
             condition = None if condition_train is None else condition_train[rows]
-            terms = model.loss_terms(x_train[rows], condition=condition)
+            x = x_train[rows] if batch_input is None else batch_input(rows, generator)
+            terms = model.loss_terms(x, condition=condition)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()

@@ -248,7 +248,7 @@ class ImagePreprocessor:
     def fit(self, images: np.ndarray, side_multiple: int = 1) -> ImagePreprocessor:
         """Record the image shape; ``side_multiple`` is the model's total stride, which
         the pooled sides must divide by when the pool is chosen automatically."""
-        shape = tuple(_as_nchw(images).shape[1:])
+        shape = tuple(as_nchw(images).shape[1:])
         if self.pool is None:
             self.pool = auto_pool(shape, side_multiple)
         if shape[1] % self.pool or shape[2] % self.pool:
@@ -265,7 +265,7 @@ class ImagePreprocessor:
         return channels, height // self.pool, width // self.pool
 
     def transform(self, images: np.ndarray) -> np.ndarray:
-        array = _as_nchw(images)
+        array = as_nchw(images)
         if tuple(array.shape[1:]) != self.shape:
             raise DataError(f"expected images of shape {self.shape}, got {tuple(array.shape[1:])}")
         if array.dtype == np.uint8:
@@ -298,7 +298,7 @@ class ImagePreprocessor:
         return pre
 
 
-def _as_nchw(images: np.ndarray) -> np.ndarray:
+def as_nchw(images: np.ndarray) -> np.ndarray:
     array = np.asarray(images)
     if array.ndim == 3:  # (n, H, W) grayscale
         array = array[:, None]
