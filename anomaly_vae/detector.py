@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -23,7 +24,14 @@ from anomaly_vae.calibration import (
     labelled_threshold,
     quantile_threshold,
 )
-from anomaly_vae.config import DetectorConfig, from_dict, resolve_score, to_dict, validate
+from anomaly_vae.config import (
+    DetectorConfig,
+    from_dict,
+    resolve_patience,
+    resolve_score,
+    to_dict,
+    validate,
+)
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor
@@ -284,11 +292,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 images = np.asarray(X)[train_rows]
                 batch_input = ShiftedImages(images, self.preprocessor_, shift).batch
 
+        patience = resolve_patience(config.training.patience, self.data_kind_)
         self.history_: TrainingHistory = train(
             self.model_,
             torch.from_numpy(features[train_rows]),
             torch.from_numpy(features[val_rows]),
-            config.training,
+            dataclasses.replace(config.training, patience=patience),
             on_epoch=on_epoch,
             condition_train=rows_of(conditions, train_rows),
             condition_val=rows_of(conditions, val_rows),

@@ -46,6 +46,8 @@ def stretched_schedule(config: TrainingConfig, batches_per_epoch: int) -> tuple[
     >>> stretched_schedule(TrainingConfig(epochs=200, patience=15, min_steps=2000), 80)
     (200, 15)
     """
+    if config.patience is None:
+        raise ValueError("training.patience is auto (None): resolve it with resolve_patience")
     factor = max(1, math.ceil(config.min_steps / (config.epochs * batches_per_epoch)))
     return config.epochs * factor, config.patience * factor
 

@@ -253,3 +253,15 @@ def test_a_flag_never_set_in_training_costs_a_bounded_penalty():
     far = rows.copy()
     far[:, 0] += 3.0
     assert np.median(detector.anomaly_score(far)) > np.median(detector.anomaly_score(flagged))
+
+
+def test_auto_patience_waits_longer_for_images_than_for_tables():
+    config = tiny_config("training.patience=null", "training.epochs=1000").detector_config()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(300, 1, 8, 8), dtype=np.uint8)
+    stale_epochs = {}
+    for kind, X in (("table", correlated_normal(300, seed=0)), ("image", images)):
+        history = VAEDetector(config).fit(X).history_
+        assert history.stopped_early, kind
+        stale_epochs[kind] = len(history.epochs) - history.best_epoch
+    assert stale_epochs == {"table": 10, "image": 30}
