@@ -138,9 +138,9 @@ class TrainingConfig:
     weight_decay: float = 0.0
     patience: int | None = None  # epochs without validation improvement before stopping.
     # None = auto: 10 for tables (against 15: the same AUROC on T-clean and
-    # T-contaminated, shorter fits on large tables), 30 for images (moved training images
-    # keep improving the model for longer: I-oneclass Fashion-MNIST, training seeds 0, 1,
-    # 2, against 10: 94.20 -> 94.28, 93.83 -> 94.00, 93.82 -> 94.06 AUROC; docs/tuning.md)
+    # T-contaminated, shorter fits on large tables), 30 for images (Fashion-MNIST fits
+    # then ran to the epochs cap. I-oneclass Fashion-MNIST, training seeds 0, 1, 2,
+    # against 10: 94.20 -> 94.28, 93.83 -> 94.00, 93.82 -> 94.06 AUROC; docs/tuning.md)
     min_steps: int = 1000  # small data sets have few batches per epoch: when epochs x
     # batches is below this, epochs and patience are stretched by the same factor so
     # training can run this many optimizer steps (2 batches x 200 epochs did not converge)
