@@ -68,8 +68,9 @@ def train(
     also take ``condition_train (n, c)`` and ``condition_val (m, c)``. ``batch_input``,
     when given, makes each training batch from its row indices (augmentation such as
     data.augmentation.ShiftedImages); ``x_train`` itself still initialises the model and
-    calibrates the decoder. Seeded from
-    ``config.seed``: the same data and config give the same weights.
+    calibrates the decoder. ``config.patience`` must be a number (the detector resolves
+    auto with ``config.resolve_patience``). Seeded from ``config.seed``: the same data
+    and config give the same weights.
     """
     start = time.perf_counter()
     model.initialise_from_data(x_train)
