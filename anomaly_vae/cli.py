@@ -212,6 +212,11 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         f"Trained '{config.model.name}' on {n_fit:,} normal {unit} (train {rows['train']:,} / "
         f"validation {rows['validation']:,} / calibration {rows['calibration']:,}){epochs}"
     )
+    if history is not None and not history.stopped_early:
+        click.echo(
+            "The epoch limit ended training before early stopping did; the model may "
+            "still have been improving (raise it with --set training.epochs=N)."
+        )
     if rows["labelled_anomalies_excluded"]:
         click.echo(
             f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training."

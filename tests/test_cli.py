@@ -59,6 +59,19 @@ def test_fit_prints_a_summary(project):
     assert "Threshold: negative_elbo >" in out
     assert "AUROC" in out and "AUCPR" in out
     assert "Model saved to" in out and "MLflow run" in out and "models:/anomaly-vae/1" in out
+    assert "The epoch limit ended training" not in out  # early stopping ended this one
+
+
+def test_fit_says_when_the_epoch_limit_ended_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mixed_table(300, seed=0).to_csv("train.csv", index=False)
+    arguments = ["fit", "train.csv", "--id-col", "reading_id", "--quiet", *FAST]
+    arguments += ["--set", "tracking.enabled=false"]
+    short = CliRunner().invoke(main, [*arguments, "--set", "training.epochs=3"])
+    assert short.exit_code == 0, short.output
+    assert "3 epochs" in short.output
+    assert "The epoch limit ended training" in short.output
+    assert "--set training.epochs=N" in short.output
 
 
 def test_fit_can_choose_the_threshold_on_labelled_rows(tmp_path, monkeypatch):
