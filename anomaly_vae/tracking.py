@@ -188,12 +188,17 @@ def log_detector(
         log_calibration(detector, data, evaluation, out)
         if isinstance(detector, VAEDetector):
             _log_history(MlflowClient(), run_id, detector)
+            history = detector.history_
             mlflow.log_metrics(
                 {
-                    "best_epoch": detector.history_.best_epoch,
-                    "training_seconds": detector.history_.seconds,
+                    "epochs": len(history.epochs),
+                    "best_epoch": history.best_epoch,
+                    "training_seconds": history.seconds,
                 }
             )
+            # A fit ended by the epoch limit may still have been improving: worth a look.
+            ended_by = "early stopping" if history.stopped_early else "epoch limit"
+            mlflow.set_tag("training_ended_by", ended_by)
             _log_latents(detector, data, out)
             if config.tracking.log_views:
                 _log_views(detector, data, config.tracking.view_rows, out)

@@ -56,6 +56,10 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == list(range(1, epochs + 1)), key
     metrics = run.data.metrics
+    assert metrics["epochs"] == epochs
+    assert metrics["best_epoch"] == result.detector.history_.best_epoch
+    ended_by = "early stopping" if result.detector.history_.stopped_early else "epoch limit"
+    assert run.data.tags["training_ended_by"] == ended_by
     assert metrics["threshold"] == pytest.approx(result.detector.threshold_)
     assert 0.9 < metrics["auroc"] <= 1.0 + 1e-9 and 0 < metrics["aucpr"] <= 1.0 + 1e-9
     assert {
