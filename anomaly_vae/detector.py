@@ -457,6 +457,28 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         return self._scores_of_features(*self._model_input(X, condition))
 
     @property
+    def auto_settings(self) -> dict[str, Any]:
+        """``{config key: value in effect}`` for every setting whose config value is None
+        (auto), as fit resolved it for this data (the config keeps None)."""
+        check_is_fitted(self, "model_")
+        config = self.effective_config
+        resolved = {
+            "scoring.score": (config.scoring.score, self.score_name_),
+            "training.patience": (
+                config.training.patience,
+                resolve_patience(config.training.patience, self.data_kind_),
+            ),
+            "model.trim_fraction": (config.model.trim_fraction, self.model_.trim_fraction),
+            "model.min_log_variance": (
+                config.model.min_log_variance,
+                self.model_.min_log_variance,
+            ),
+        }
+        if self.data_kind_ == "image":
+            resolved["data.image_pool"] = (config.data.image_pool, self.preprocessor_.pool)
+        return {key: value for key, (setting, value) in resolved.items() if setting is None}
+
+    @property
     def score_name(self) -> str:
         """The score that drives the threshold and ``predict`` (``scoring.score``, with
         auto resolved at fit)."""

@@ -181,6 +181,9 @@ def log_detector(
     """Into the active run: config, losses per epoch, calibration, evaluation, plots."""
     run_id = mlflow.active_run().info.run_id
     mlflow.log_params({k: param_value(v) for k, v in flatten(config).items()})
+    if isinstance(detector, VAEDetector):
+        # The config logs auto settings as None; a reviewer needs the values used.
+        mlflow.log_params({f"auto.{k}": v for k, v in detector.auto_settings.items()})
     mlflow.set_tags({"model": config.model.name, "score": detector.calibration_["score"]})
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)

@@ -65,6 +65,7 @@ def test_save_and_load_score_the_same(fitted, test_rows, tmp_path):
     pd.testing.assert_frame_equal(loaded.score_frame(X), fitted.score_frame(X))
     assert loaded.threshold_ == fitted.threshold_
     assert loaded.calibration_ == fitted.calibration_
+    assert loaded.auto_settings == fitted.auto_settings
 
 
 def test_saved_model_holds_no_pickle(fitted, tmp_path):
@@ -259,9 +260,12 @@ def test_auto_patience_waits_longer_for_images_than_for_tables():
     config = tiny_config("training.patience=null", "training.epochs=1000").detector_config()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(300, 1, 8, 8), dtype=np.uint8)
-    stale_epochs = {}
+    stale_epochs, reported = {}, {}
     for kind, X in (("table", correlated_normal(300, seed=0)), ("image", images)):
-        history = VAEDetector(config).fit(X).history_
+        detector = VAEDetector(config).fit(X)
+        history = detector.history_
         assert history.stopped_early, kind
         stale_epochs[kind] = len(history.epochs) - history.best_epoch
+        reported[kind] = detector.auto_settings["training.patience"]
     assert stale_epochs == {"table": 10, "image": 30}
+    assert reported == stale_epochs  # what the detector reports is what training did

@@ -44,6 +44,11 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     run = client.get_run(result.run.run_id)
     assert run.data.params["model.latent_dim"] == "2"
     assert run.data.params["data.label_column"] == "is_fault"
+    # min_log_variance is auto in this config; the value in effect is logged beside it
+    assert run.data.params["model.min_log_variance"] == "None"
+    assert run.data.params["auto.model.min_log_variance"] == "-6.0"
+    assert run.data.params["auto.scoring.score"] == "negative_elbo"
+    assert "auto.model.latent_dim" not in run.data.params  # not an auto setting
     epochs = len(result.detector.history_.epochs)
     for key in (
         "train_loss",
