@@ -21,10 +21,9 @@ import fcntl
 import glob
 import hashlib
 import logging
-import os
 import shutil
 import sqlite3
-import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,12 +36,13 @@ from tqdm.auto import tqdm
 
 from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks
 from anomaly_vae.errors import AnomalyVAEError, DataError
+from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output
 
 logger = logging.getLogger(__name__)
 
 LEDGER_FILE = ".anomaly-vae-ledger.sqlite"
 LOCK_FILE = ".anomaly-vae.lock"
-INPUT_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
+INPUT_SUFFIXES = OUTPUT_SUFFIXES  # each input is scored into a file of its own kind
 CHUNK_ROWS = 100_000  # rows read and scored at a time: bounds memory whatever the file size
 DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic (an even
 # subsample): the statistic needs a sample, and keeping every score would grow with the file
@@ -165,14 +165,10 @@ def score_file(
     Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
     """
     id_column = detector.effective_config.data.id_column
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{output.name}.", suffix=".tmp", dir=output.parent
-    )
-    os.close(handle)
     rows, flagged, sample, writer = 0, 0, [], None
     # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
     bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
-    try:
+    with bar, atomic_output(output) as temporary:
         for chunk in read_chunks(source, chunk_rows):
             frame = detector.score_frame(chunk)
             if id_column is None or id_column not in frame.columns:
@@ -194,12 +190,6 @@ def score_file(
             writer.close()
         if rows == 0:
             raise DataError(f"{source} has a header but no data rows")
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    finally:
-        bar.close()
     return rows, flagged, np.concatenate(sample)
 
 
@@ -221,6 +211,12 @@ def run_batch(
     """
     if scorer is None:
         scorer = LocalScorer(detector, progress)
+    paths = input_files(source)
+    if any(path.parent.resolve() == output_dir.resolve() for path in paths):
+        raise DataError(
+            f"the output folder {output_dir} holds the inputs: their scores would replace "
+            "them; choose another --output-dir"
+        )
     report = BatchReport()
     with output_lock(output_dir):
         # Under the lock no other run writes here: temporary files are from a killed run.
@@ -229,9 +225,17 @@ def run_batch(
         for stale in output_dir.glob(".*.spark"):
             shutil.rmtree(stale, ignore_errors=True)
         ledger = Ledger(output_dir / LEDGER_FILE)
+        namesakes = Counter(path.name for path in paths)
         try:
-            paths = input_files(source)
             for path in tqdm(paths, desc="batch", unit="file", disable=None if progress else True):
+                if namesakes[path.name] > 1:
+                    # One output per input name: scoring both would keep only the last.
+                    reason = (
+                        f"{namesakes[path.name]} inputs are named {path.name}; their outputs "
+                        "would overwrite each other (score them into separate folders)"
+                    )
+                    _record_failure(path, model_id, reason, ledger, report)
+                    continue
                 _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
         finally:
             ledger.close()
@@ -271,11 +275,7 @@ def _score_one(
         rows, flagged, sample = scorer.score_file(path, output, chunk_rows)
     except (AnomalyVAEError, ValueError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        ledger.record(
-            input=key, size=size, sha256=digest, model=model_id, status="failed", reason=reason
-        )
-        report.failed[str(path)] = reason
-        logger.warning("%s failed: %s", path, reason)
+        _record_failure(path, model_id, reason, ledger, report, size, digest)
         return
     ledger.record(
         input=key,
@@ -290,6 +290,28 @@ def _score_one(
     report.rows += rows
     report.flagged += flagged
     report.scores.append(sample)
+
+
+def _record_failure(
+    path: Path,
+    model_id: str,
+    reason: str,
+    ledger: Ledger,
+    report: BatchReport,
+    size: int | None = None,
+    digest: str | None = None,
+) -> None:
+    """Note in the ledger and the report that ``path`` was not scored, and why."""
+    ledger.record(
+        input=str(path.resolve()),
+        size=size,
+        sha256=digest,
+        model=model_id,
+        status="failed",
+        reason=reason,
+    )
+    report.failed[str(path)] = reason
+    logger.warning("%s failed: %s", path, reason)
 
 
 DRIFT_WARNING = 0.1  # KS statistic above which the batch's scores are reported as drifted:

@@ -293,11 +293,16 @@ def score(
     one row each.
     """
     from anomaly_vae.data.images import is_image_source
+    from anomaly_vae.outputs import OUTPUT_SUFFIXES
     from anomaly_vae.scoring import load_detector, score_images, score_table
 
     detector = load_detector(model_ref)
     stem = Path(data.rsplit(":", 1)[-1]).name if ":" in data else Path(data).stem
     output = output or Path(f"{stem}_scores.csv")
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise click.UsageError(
+            f"--output {output}: scores are written as .csv, .parquet or .pq files"
+        )
     images_given = is_image_source(data)
     _check_data_kind(detector, data, images_given)
     if images_given:
@@ -606,8 +611,8 @@ def view(
     if log_to_run:
         from anomaly_vae.tracking import log_views_to_run
 
-        run_id = log_views_to_run(model_ref, out_dir)
-        click.echo(f"logged to MLflow run {run_id}")
+        run_id, artifact_path = log_views_to_run(model_ref, written)
+        click.echo(f"logged to MLflow run {run_id}, artifacts {artifact_path}/")
 
 
 def _comma_names(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
+from anomaly_vae.outputs import atomic_output, refuse_overwriting_input
 
 ROW_COLUMN = "row"  # 0-based data-row position, written when the model has no id column
 PROGRESS_CHUNK_ROWS = 50_000  # rows scored per step of the progress bar
@@ -73,6 +72,7 @@ def score_table(
     the same folder and renamed into place. Returns the scores written. ``progress``
     shows a bar over the rows on a terminal.
     """
+    refuse_overwriting_input(Path(output), Path(data))
     frame = read_table(data)
     starts = range(0, len(frame), PROGRESS_CHUNK_ROWS)
     # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean.
@@ -127,15 +127,8 @@ def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> None:
 
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:
     """Write ``frame`` to ``path`` (Parquet for .parquet/.pq, else CSV) via rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             frame.to_parquet(temporary, index=False)
         else:
             frame.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

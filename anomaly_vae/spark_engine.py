@@ -22,6 +22,7 @@ from anomaly_vae.data.tables import (
     csv_format,
 )
 from anomaly_vae.errors import DataError
+from anomaly_vae.outputs import atomic_output
 
 ROW_COLUMN = "row"
 DRIFT_SAMPLE_ROWS = 100_000  # scores per file brought back to the driver for the drift test
@@ -121,7 +122,8 @@ class SparkScorer:
             else:
                 ordered.write.mode("overwrite").option("header", True).csv(str(staging / "data"))
                 (part,) = (staging / "data").glob("part-*.csv")
-            os.replace(part, output)
+            with atomic_output(output) as temporary:
+                os.replace(part, temporary)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         counts = ordered.agg(

@@ -7,6 +7,7 @@ overrides it, e.g. with a tracking server.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import tempfile
@@ -371,9 +372,17 @@ def run_of_model(reference: str | None, project_dir: Path | None = None) -> str:
     return note.read_text().strip()
 
 
-def log_views_to_run(reference: str | None, folder: Path) -> str:
-    """Log every file under ``folder`` to the ``views/`` artifacts of the run of model
-    ``reference`` (beside the views logged at fit); its run id."""
+def log_views_to_run(reference: str | None, paths: list[Path]) -> tuple[str, str]:
+    """Log the view files ``paths`` to the run of model ``reference``; ``(run id, artifact
+    folder)``.
+
+    Only these files go up, each into ``views/added-<UTC time>/``: other files in their
+    folder may belong to another model, and the views logged at fit keep their names.
+    """
     run_id = run_of_model(reference)
-    MlflowClient().log_artifacts(run_id, str(folder), artifact_path=VIEWS_ARTIFACT_PATH)
-    return run_id
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    artifact_path = f"{VIEWS_ARTIFACT_PATH}/added-{stamp}"
+    client = MlflowClient()
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+    return run_id, artifact_path

@@ -185,3 +185,43 @@ def test_each_batch_run_is_logged_to_mlflow_with_drift(model_dir, tmp_path, monk
     assert run["metrics.files_scored"] == 2 and run["metrics.rows_scored"] == 400
     assert 0.4 < run["metrics.anomaly_rate"] <= 0.6  # the shifted half is flagged
     assert run["metrics.drift_ks"] > 0.1
+
+
+def test_inputs_with_the_same_name_fail_instead_of_overwriting(model_dir, tmp_path):
+    out = tmp_path / "out"
+    for folder, rows in (("A", 19), ("B", 40), ("C", 25)):
+        (tmp_path / folder).mkdir()
+        name = "own.csv" if folder == "C" else "x.csv"
+        mixed_table(rows, seed=rows).to_csv(tmp_path / folder / name, index=False)
+    result = batch(model_dir, tmp_path / "[ABC]" / "*.csv", out)
+    assert result.exit_code == 1
+    assert "scored 1 files (25 rows" in result.output and "2 failed" in result.output
+    assert "2 inputs are named x.csv" in result.output
+    assert sorted(p.name for p in out.glob("*.csv")) == ["own.csv"]
+    ledger = Ledger(out / LEDGER_FILE).entries()
+    assert sorted(ledger["status"]) == ["done", "failed", "failed"]
+
+
+def test_an_output_folder_holding_the_inputs_is_refused(model_dir, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "a.csv", index=False)
+    before = (inputs / "a.csv").read_bytes()
+    result = batch(model_dir, inputs, inputs)
+    assert result.exit_code == 1 and "holds the inputs" in result.output
+    assert (inputs / "a.csv").read_bytes() == before
+    assert sorted(p.name for p in inputs.iterdir()) == ["a.csv"]  # no ledger or lock either
+
+
+def test_outputs_get_the_permissions_of_any_new_file(model_dir, tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "a.csv", index=False)
+    mixed_table(50, seed=2).to_parquet(inputs / "b.parquet")
+    previous = os.umask(0o022)
+    try:
+        assert batch(model_dir, inputs, out).exit_code == 0
+    finally:
+        os.umask(previous)
+    for name in ("a.csv", "b.parquet"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0o600

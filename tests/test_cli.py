@@ -183,6 +183,17 @@ def test_bad_input_is_one_line_error_with_no_output(project, name, make, message
     assert not list(root.glob(f".{output.name}.*"))  # no temporary file left behind
 
 
+def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
+    root, _ = project
+    before = (root / "new.csv").read_bytes()
+    same = run_score(root, "new.csv", "new.csv")
+    assert same.exit_code == 1 and "is the input file" in same.output
+    assert (root / "new.csv").read_bytes() == before
+    excel = run_score(root, "new.csv", "scores.xlsx")
+    assert excel.exit_code == 2 and ".csv, .parquet or .pq" in excel.output
+    assert not (root / "scores.xlsx").exists()
+
+
 def test_unknown_model_reference_is_a_clear_error(project):
     root, _ = project
     result = run_score(root, "new.csv", "x.csv", "--model", "no/such/folder")

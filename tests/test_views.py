@@ -83,12 +83,19 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
         ],
     )
     assert fit.exit_code == 0, fit.output
+    # A file of another model already in the folder must not reach this model's run.
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "01_generated.png").write_bytes(b"another model's view")
     result = CliRunner().invoke(main, ["view", "reconstruct", "train.csv", "--out", "v", "--log"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "v" / "02_reconstructions.png").is_file()
-    run_id = result.output.strip().split()[-1]
-    logged = {a.path for a in MlflowClient().list_artifacts(run_id, "views")}
-    assert logged == {"views/02_reconstructions.png", "views/02_reconstructions.csv"}
+    run_id, folder = result.output.strip().split()[-3].rstrip(","), result.output.split()[-1]
+    assert folder.startswith("views/added-")
+    client = MlflowClient()
+    assert [a.path for a in client.list_artifacts(run_id, "views")] == [folder.rstrip("/")]
+    logged = {a.path for a in client.list_artifacts(run_id, folder.rstrip("/"))}
+    added = {f"{folder}02_reconstructions.png", f"{folder}02_reconstructions.csv"}
+    assert logged == added
     missing = CliRunner().invoke(main, ["view", "latents"])
     assert missing.exit_code == 2 and "needs DATA" in missing.output
 
