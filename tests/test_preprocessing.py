@@ -42,6 +42,15 @@ def test_missing_values_become_median_plus_indicator_not_zero(fitted):
     assert features[0, 1] == 1.0 and features[1, 1] == 0.0  # the indicator marks it
 
 
+def test_a_column_empty_in_every_scored_row_is_warned_about(fitted, caplog):
+    with caplog.at_level(logging.WARNING):
+        fitted.transform(pd.DataFrame({"x": [np.nan, 1.0], "colour": ["red", "red"]}))
+    assert "empty in all" not in caplog.text  # one missing reading is ordinary
+    with caplog.at_level(logging.WARNING):
+        fitted.transform(pd.DataFrame({"x": [np.nan, np.nan], "colour": ["red", "red"]}))
+    assert "column 'x' is empty in all 2 rows scored" in caplog.text
+
+
 def test_unseen_category_is_all_zeros(fitted):
     features = fitted.transform(pd.DataFrame({"x": [1.0], "colour": ["green"]}))
     assert features[0, 2:].sum() == 0
@@ -107,6 +116,20 @@ def test_an_empty_column_is_refused_with_advice():
         TablePreprocessor(DataConfig()).fit(frame)
     pre = TablePreprocessor(DataConfig(ignore_columns=["unused"])).fit(frame)
     assert pre.input_columns == ["x"]
+
+
+def test_a_numeric_column_with_stray_text_is_refused_not_made_categories():
+    values = [str(v) for v in np.arange(40.0)]
+    values[3] = "abc"  # one typo in 40 readings
+    frame = pd.DataFrame({"reading": values, "x": np.arange(40.0)})
+    with pytest.raises(
+        DataError, match=r"'reading' holds numbers but for 1 text cell.*'abc' \(row 4\)"
+    ):
+        TablePreprocessor(DataConfig()).fit(frame)
+    forced = TablePreprocessor(DataConfig(categorical_columns=["reading"])).fit(frame)
+    assert forced.columns[0].kind == "categorical"
+    codes = pd.DataFrame({"grade": ["1", "2", "A", "B"] * 10, "x": np.arange(40.0)})
+    assert TablePreprocessor(DataConfig()).fit(codes).columns[0].kind == "categorical"
 
 
 def test_a_datetime_column_is_refused_with_advice():

@@ -26,6 +26,8 @@ logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
+STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
+# this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
 
 @dataclass
@@ -146,6 +148,7 @@ class TablePreprocessor:
                 "(a fresh timestamp would be unseen): ignore it (data.ignore_columns, "
                 "--ignore-col), or add what matters of it (hour, weekday) as columns"
             )
+        _refuse_stray_text(values, name, forced=name in self.config.categorical_columns)
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
         if len(categories) > self.config.max_categories:
@@ -237,6 +240,13 @@ class TablePreprocessor:
                     f"column {column.name!r} has {int(missing.sum())} missing values and the "
                     "model was trained without missing indicators"
                 )
+            if len(missing) > 1 and missing.all():
+                logger.warning(
+                    "column %r is empty in all %d rows scored: each row is scored on its "
+                    "missingness, not on a value (a dead sensor?)",
+                    column.name,
+                    len(missing),
+                )
             scaled = np.where(missing, column.fill, (numbers - column.center) / column.scale)
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
@@ -295,6 +305,28 @@ def _canonical_text(values: pd.Series) -> pd.Series:
     ['2', '2', '2.50', 'a', '-3']
     """
     return values.astype(str).str.replace(WHOLE_FLOAT_TEXT, r"\1", regex=True)
+
+
+def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
+    """DataError when a text column is numbers but for a few cells (``"abc"``, ``"?"``).
+
+    Such a column is almost always a numeric one with a typo or a missing-value marker;
+    taken as categories, every distinct number would become a category of its own and
+    a new number at scoring time an unseen one. A column in data.categorical_columns
+    (``forced``) is taken as categories whatever it holds.
+    """
+    if forced or pd.api.types.is_bool_dtype(values):
+        return
+    present = values.notna()
+    stray = present & pd.to_numeric(values, errors="coerce").isna()
+    if not stray.any() or stray.sum() > STRAY_TEXT_SHARE * present.sum():
+        return
+    row = int(np.flatnonzero(stray.to_numpy())[0])
+    raise DataError(
+        f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
+        f"{values.iloc[row]!r} (row {row + 1}): correct or empty those cells, or list the "
+        "column in data.categorical_columns if it is a category"
+    )
 
 
 def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
