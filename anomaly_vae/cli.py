@@ -197,6 +197,28 @@ def fit(
     _print_fit_summary(result, config)
 
 
+def _print_schedule_notes(history: Any, config: Config) -> None:
+    """Say when training.min_steps stretched the schedule, and when the epoch limit (not
+    early stopping) ended training."""
+    training = config.training
+    stretched = history.epoch_limit and history.epoch_limit != training.epochs
+    if stretched:
+        click.echo(
+            f"training.epochs {training.epochs} and the patience were stretched to "
+            f"{history.epoch_limit} and {history.patience} epochs: at "
+            f"{history.batches_per_epoch} batches an epoch, that lets training take "
+            f"training.min_steps={training.min_steps} optimizer steps "
+            "(--set training.min_steps=0 keeps the epochs as given)."
+        )
+    if not history.stopped_early:
+        limit = history.epoch_limit or training.epochs
+        above = f", N above {limit}" if stretched else ""
+        click.echo(
+            "The epoch limit ended training before early stopping did; the model may "
+            f"still have been improving (raise it with --set training.epochs=N{above})."
+        )
+
+
 def _print_fit_summary(result: Any, config: Config) -> None:
     detector, rows = result.detector, result.rows
     calibration = detector.calibration_
@@ -212,11 +234,8 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         f"Trained '{config.model.name}' on {n_fit:,} normal {unit} (train {rows['train']:,} / "
         f"validation {rows['validation']:,} / calibration {rows['calibration']:,}){epochs}"
     )
-    if history is not None and not history.stopped_early:
-        click.echo(
-            "The epoch limit ended training before early stopping did; the model may "
-            "still have been improving (raise it with --set training.epochs=N)."
-        )
+    if history is not None:
+        _print_schedule_notes(history, config)
     if rows["labelled_anomalies_excluded"]:
         click.echo(
             f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training."

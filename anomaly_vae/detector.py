@@ -582,6 +582,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 "epochs_run": len(self.history_.epochs),
                 "stopped_early": self.history_.stopped_early,
                 "seconds": self.history_.seconds,
+                "epoch_limit": self.history_.epoch_limit,
+                "patience": self.history_.patience,
+                "batches_per_epoch": self.history_.batches_per_epoch,
                 "history": self.history_.epochs,
             },
             "versions": {
@@ -644,6 +647,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             best_epoch=training["best_epoch"],
             stopped_early=training["stopped_early"],
             seconds=training["seconds"],
+            epoch_limit=training.get("epoch_limit", 0),
+            patience=training.get("patience", 0),
+            batches_per_epoch=training.get("batches_per_epoch", 0),
         )
         detector._noise_bank = None
         if not math.isfinite(detector.threshold_):

@@ -198,6 +198,10 @@ def log_detector(
                     "epochs": len(history.epochs),
                     "best_epoch": history.best_epoch,
                     "training_seconds": history.seconds,
+                    # the schedule in effect, after training.min_steps stretched it
+                    "epoch_limit": history.epoch_limit,
+                    "patience_epochs": history.patience,
+                    "batches_per_epoch": history.batches_per_epoch,
                 }
             )
             # A fit ended by the epoch limit may still have been improving: worth a look.

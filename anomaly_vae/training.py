@@ -31,6 +31,11 @@ class TrainingHistory:
     best_epoch: int = 0  # 1-based epoch whose weights were kept
     stopped_early: bool = False
     seconds: float = 0.0
+    # The schedule in effect: training.epochs and patience after stretched_schedule
+    # (0 in models saved before these were recorded), and the batches of one epoch.
+    epoch_limit: int = 0
+    patience: int = 0
+    batches_per_epoch: int = 0
 
     @property
     def best(self) -> dict[str, float]:
@@ -91,6 +96,7 @@ def train(
     if config.max_epoch_batches > 0:
         n_batches = min(n_batches, config.max_epoch_batches)
     epochs, patience = stretched_schedule(config, n_batches)
+    history.epoch_limit, history.patience, history.batches_per_epoch = epochs, patience, n_batches
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean.
     bar = tqdm(

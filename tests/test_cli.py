@@ -72,6 +72,28 @@ def test_fit_says_when_the_epoch_limit_ended_training(tmp_path, monkeypatch):
     assert "3 epochs" in short.output
     assert "The epoch limit ended training" in short.output
     assert "--set training.epochs=N" in short.output
+    assert "stretched" not in short.output  # FAST sets training.min_steps=0
+
+
+def test_fit_says_when_min_steps_stretched_the_epochs(tmp_path, monkeypatch):
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    mixed_table(300, seed=0).to_csv("train.csv", index=False)
+    arguments = ["fit", "train.csv", "--id-col", "reading_id", "--quiet", *FAST]
+    arguments += ["--set", "tracking.enabled=false", "--set", "training.epochs=3"]
+    result = CliRunner().invoke(main, [*arguments, "--set", "training.min_steps=60"])
+    assert result.exit_code == 0, result.output
+    found = re.search(
+        r"training.epochs 3 and the patience were stretched to (\d+) and (\d+) "
+        r"epochs: at (\d+) batches an epoch",
+        result.output,
+    )
+    assert found, result.output
+    limit, patience, batches = map(int, found.groups())
+    assert limit * batches >= 60 > (limit - 3) * batches and patience == 10 * limit // 3
+    assert f": {limit} epochs, best" in result.output  # the stretched limit ended it
+    assert f"N above {limit}" in result.output
 
 
 def test_fit_can_choose_the_threshold_on_labelled_rows(tmp_path, monkeypatch):

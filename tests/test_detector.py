@@ -269,3 +269,20 @@ def test_auto_patience_waits_longer_for_images_than_for_tables():
         reported[kind] = detector.auto_settings["training.patience"]
     assert stale_epochs == {"table": 10, "image": 30}
     assert reported == stale_epochs  # what the detector reports is what training did
+
+
+def test_min_steps_stretches_epochs_and_patience_and_the_history_says_so(tmp_path):
+    config = tiny_config("training.epochs=4", "training.min_steps=40", "training.patience=2")
+    detector = VAEDetector(config.detector_config()).fit(correlated_normal(300, seed=0))
+    history = detector.history_
+    factor = history.epoch_limit // 4
+    assert factor > 1 and history.patience == 2 * factor
+    assert history.epoch_limit * history.batches_per_epoch >= 40
+    assert len(history.epochs) <= history.epoch_limit
+    detector.save(tmp_path / "model")
+    loaded = VAEDetector.load(tmp_path / "model").history_
+    assert (loaded.epoch_limit, loaded.patience, loaded.batches_per_epoch) == (
+        history.epoch_limit,
+        history.patience,
+        history.batches_per_epoch,
+    )

@@ -63,6 +63,8 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     metrics = run.data.metrics
     assert metrics["epochs"] == epochs
     assert metrics["best_epoch"] == result.detector.history_.best_epoch
+    assert metrics["epoch_limit"] == result.detector.history_.epoch_limit >= epochs
+    assert metrics["patience_epochs"] == result.detector.history_.patience > 0
     ended_by = "early stopping" if result.detector.history_.stopped_early else "epoch limit"
     assert run.data.tags["training_ended_by"] == ended_by
     assert metrics["threshold"] == pytest.approx(result.detector.threshold_)
