@@ -804,8 +804,12 @@ def show_config(config_file: Path | None, overrides: tuple[str, ...]) -> None:
     a config file. An unknown key or a bad value is reported without training anything.
     """
     from anomaly_vae.config_listing import config_yaml
+    from anomaly_vae.models import get_model
 
-    click.echo(config_yaml(load_config(config_file, overrides)), nl=False)
+    config = load_config(config_file, overrides)
+    for name in [config.model.name, *config.family.variants]:
+        get_model(name)  # an unknown name is a ConfigError listing the registry
+    click.echo(config_yaml(config), nl=False)
 
 
 @main.command()

@@ -275,6 +275,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             if isinstance(X, pd.DataFrame):
                 self.feature_names_in_ = np.array(self.preprocessor_.input_columns, dtype=object)
         self._uses_condition = model_class.uses_condition
+        needs_context = model_class.uses_condition and self.data_kind_ == "table"
+        if needs_context and not config.data.condition_columns:
+            raise DataError(
+                f"{config.model.name} scores a row given its context, and "
+                "data.condition_columns names none: name them (e.g. --set "
+                "'data.condition_columns=[machine]') or use model.name=vae"
+            )
         features, conditions = self._model_input(X, condition)
 
         train_rows, val_rows, cal_rows = self._split(len(features), config)
@@ -534,6 +541,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             c.name: values.get(c.name, c.center if c.kind == "numeric" else c.categories[0])
             for c in self.preprocessor_.columns
         }
+        for column in self.preprocessor_.columns:
+            if column.name in values and not self.preprocessor_.is_known(
+                column, values[column.name]
+            ):
+                raise DataError(
+                    f"{column.name}={values[column.name]!r} was not seen in training; "
+                    f"known values: {', '.join(column.categories)}"
+                )
         features = self.preprocessor_.transform(pd.DataFrame([row]))
         return features[0, self._condition_mask()]
 

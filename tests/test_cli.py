@@ -246,6 +246,9 @@ def test_bad_config_override_is_a_clear_error(tmp_path, monkeypatch):
     mixed_table(50, seed=0).to_csv("t.csv", index=False)
     result = CliRunner().invoke(main, ["fit", "t.csv", "--set", "model.latnet=3"])
     assert result.exit_code == 1 and "unknown config key model.latnet" in result.output
+    for key in ("model.name=vea", "family.variants=[vae,vea]"):
+        shown = CliRunner().invoke(main, ["config", "--set", key])
+        assert shown.exit_code == 1 and "unknown model 'vea'; available: " in shown.output
 
 
 def test_ignored_column_and_a_yaml_like_id_name_round_trip(tmp_path, monkeypatch):

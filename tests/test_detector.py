@@ -163,6 +163,11 @@ def test_cvae_scores_a_row_given_its_context():
     labels = np.r_[np.zeros(len(test)), np.ones(len(test))]
     scores = np.r_[detector.anomaly_score(test), detector.anomaly_score(swapped)]
     assert roc_auc_score(labels, scores) > 0.9
+    with pytest.raises(DataError, match="was not seen in training; known values: drill"):
+        detector.condition_vector({"machine": "nosuch"})
+    without_context = tiny_config("model.name=cvae").detector_config()
+    with pytest.raises(DataError, match=r"data\.condition_columns names none"):
+        VAEDetector(without_context).fit(correlated_normal(100, seed=0))
 
 
 def test_a_score_the_model_does_not_have_is_a_config_error():

@@ -160,6 +160,17 @@ class TablePreprocessor:
         return ColumnSchema(name, "categorical", categories=categories)
 
     # -- applying ------------------------------------------------------------------------
+    @staticmethod
+    def is_known(column: ColumnSchema, value: Any) -> bool:
+        """Whether ``value`` is a category seen in training (always True for numbers).
+
+        >>> TablePreprocessor.is_known(ColumnSchema("m", "categorical", categories=["2"]), 2.0)
+        True
+        """
+        if column.kind == "numeric":
+            return True
+        return _as_text(pd.Series([value], dtype=object)).iloc[0] in column.categories
+
     @property
     def feature_names(self) -> list[str]:
         return [n for c in self.columns for n in c.feature_names(self.config.missing_indicators)]
