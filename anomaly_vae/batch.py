@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks
 from anomaly_vae.errors import AnomalyVAEError, DataError
-from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output
+from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output, identify_rows
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +171,7 @@ def score_file(
     with bar, atomic_output(output) as temporary:
         for chunk in read_chunks(source, chunk_rows):
             frame = detector.score_frame(chunk)
-            if id_column is None or id_column not in frame.columns:
-                frame.insert(0, "row", np.arange(rows, rows + len(frame)))
+            identify_rows(frame, id_column, first_row=rows)
             if output.suffix.lower() in PARQUET_SUFFIXES:
                 import pyarrow as pa
                 import pyarrow.parquet as pq

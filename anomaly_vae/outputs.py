@@ -8,15 +8,22 @@ place, so a reader (or a killed run) never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.errors import DataError
 
+logger = logging.getLogger(__name__)
+
 OUTPUT_SUFFIXES = (".csv", *PARQUET_SUFFIXES)  # what score outputs can be written as
+ROW_COLUMN = "row"  # 0-based data-row position, written when the rows have no id column
 
 
 def refuse_overwriting_input(output: Path, source: Path) -> None:
@@ -56,3 +63,19 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def identify_rows(scores: pd.DataFrame, id_column: str | None, first_row: int = 0) -> None:
+    """Give ``scores`` a ``row`` column (0-based positions from ``first_row``) in front
+    when they carry no id column; warn, once per file (``first_row`` 0), when the model
+    has an id column that the data lacks."""
+    if id_column is not None and id_column in scores.columns:
+        return
+    if id_column is not None and first_row == 0:
+        logger.warning(
+            "the id column %r is not in the data: rows are identified by their number "
+            "(column %r) instead",
+            id_column,
+            ROW_COLUMN,
+        )
+    scores.insert(0, ROW_COLUMN, np.arange(first_row, first_row + len(scores)))

@@ -15,9 +15,8 @@ from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
-from anomaly_vae.outputs import atomic_output, refuse_overwriting_input
+from anomaly_vae.outputs import atomic_output, identify_rows, refuse_overwriting_input
 
-ROW_COLUMN = "row"  # 0-based data-row position, written when the model has no id column
 PROGRESS_CHUNK_ROWS = 50_000  # rows scored per step of the progress bar
 
 
@@ -83,8 +82,7 @@ def score_table(
             parts.append(detector.score_frame(frame.iloc[start : start + PROGRESS_CHUNK_ROWS]))
             bar.update(len(parts[-1]))
     scores = pd.concat(parts)
-    if detector.effective_config.data.id_column not in scores.columns:
-        scores.insert(0, ROW_COLUMN, range(len(scores)))
+    identify_rows(scores, detector.effective_config.data.id_column)
     write_atomic(scores, Path(output))
     return scores
 

@@ -22,9 +22,8 @@ from anomaly_vae.data.tables import (
     csv_format,
 )
 from anomaly_vae.errors import DataError
-from anomaly_vae.outputs import atomic_output
+from anomaly_vae.outputs import ROW_COLUMN, atomic_output
 
-ROW_COLUMN = "row"
 DRIFT_SAMPLE_ROWS = 100_000  # scores per file brought back to the driver for the drift test
 JAVA_CHARSETS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1"}  # of tables.csv_format's encodings
 

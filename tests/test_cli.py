@@ -216,6 +216,17 @@ def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
     assert not (root / "scores.xlsx").exists()
 
 
+def test_rows_without_the_id_column_are_numbered_with_a_warning(project, caplog):
+    root, _ = project
+    pd.read_csv(root / "new.csv").drop(columns="reading_id").to_csv(root / "noid.csv", index=False)
+    with caplog.at_level("WARNING"):
+        result = run_score(root, "noid.csv", "noid_scores.csv")
+    assert result.exit_code == 0, result.output
+    assert "the id column 'reading_id' is not in the data" in caplog.text
+    scores = pd.read_csv(root / "noid_scores.csv")
+    assert scores.columns[0] == "row" and scores["row"].tolist() == list(range(300))
+
+
 def test_unknown_model_reference_is_a_clear_error(project):
     root, _ = project
     result = run_score(root, "new.csv", "x.csv", "--model", "no/such/folder")
