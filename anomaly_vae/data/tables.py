@@ -158,7 +158,7 @@ def label_vector(frame: pd.DataFrame, column: str, anomaly_value: str | None = N
     if numeric.isna().any() or not numeric.isin([0, 1]).all():
         bad = values[numeric.isna() | ~numeric.isin([0, 1])].iloc[0]
         raise DataError(
-            f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found {bad!r}. "
+            f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found {str(bad)!r}. "
             "If it holds text, name the value that marks an anomaly: "
             "--set data.anomaly_label=VALUE"
         )
