@@ -203,12 +203,13 @@ def _print_schedule_notes(history: Any, config: Config) -> None:
     training = config.training
     stretched = history.epoch_limit and history.epoch_limit != training.epochs
     if stretched:
+        factor = history.epoch_limit // training.epochs
         click.echo(
-            f"training.epochs {training.epochs} and the patience were stretched to "
-            f"{history.epoch_limit} and {history.patience} epochs: at "
-            f"{history.batches_per_epoch} batches an epoch, that lets training take "
-            f"training.min_steps={training.min_steps} optimizer steps "
-            "(--set training.min_steps=0 keeps the epochs as given)."
+            f"Small data, {history.batches_per_epoch} batches an epoch: the epoch limit and "
+            f"patience were stretched from {training.epochs} and {history.patience // factor} "
+            f"to {history.epoch_limit} and {history.patience} epochs, so that training can "
+            f"take training.min_steps={training.min_steps} optimizer steps "
+            "(--set training.min_steps=0 keeps them as given)."
         )
     if not history.stopped_early:
         limit = history.epoch_limit or training.epochs

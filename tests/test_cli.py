@@ -85,12 +85,12 @@ def test_fit_says_when_min_steps_stretched_the_epochs(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, [*arguments, "--set", "training.min_steps=60"])
     assert result.exit_code == 0, result.output
     found = re.search(
-        r"training.epochs 3 and the patience were stretched to (\d+) and (\d+) "
-        r"epochs: at (\d+) batches an epoch",
+        r"Small data, (\d+) batches an epoch: the epoch limit and patience were stretched "
+        r"from 3 and 10 to (\d+) and (\d+) epochs",
         result.output,
     )
     assert found, result.output
-    limit, patience, batches = map(int, found.groups())
+    batches, limit, patience = map(int, found.groups())
     assert limit * batches >= 60 > (limit - 3) * batches and patience == 10 * limit // 3
     assert f": {limit} epochs, best" in result.output  # the stretched limit ended it
     assert f"N above {limit}" in result.output
