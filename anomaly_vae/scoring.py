@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,16 @@ def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from anomaly_vae.tracking import use_tracking
+    from anomaly_vae.tracking import STORE_DIR, STORE_FILE, use_tracking
 
+    store = (project_dir or Path.cwd()) / STORE_DIR / STORE_FILE
+    local_reference = uri.startswith(("models:/", "runs:/"))
+    if local_reference and not os.environ.get("MLFLOW_TRACKING_URI") and not store.is_file():
+        # Opening the store would create an empty one here and then fail to find the model.
+        raise ModelNotFoundError(
+            f"cannot load model {uri}: there is no MLflow store in this folder ({store}); "
+            "run anomaly-vae here, set MLFLOW_TRACKING_URI, or pass --model FOLDER"
+        )
     use_tracking(project_dir=project_dir)
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))

@@ -32,6 +32,7 @@ from anomaly_vae.detector import VAEDetector
 from anomaly_vae.fitting import TrainingData
 
 STORE_DIR = "mlruns"
+STORE_FILE = "mlflow.db"  # the embedded SQLite store, in STORE_DIR
 CHAMPION_ALIAS = "champion"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 DETECTOR_ARTIFACT = "detector"  # key of the saved detector among the pyfunc model's artifacts
@@ -54,7 +55,7 @@ def tracking_uri(project_dir: Path | None = None) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     store = (project_dir or Path.cwd()) / STORE_DIR
     store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(store / 'mlflow.db').resolve()}"
+    return f"sqlite:///{(store / STORE_FILE).resolve()}"
 
 
 def use_tracking(experiment: str | None = None, project_dir: Path | None = None) -> str:

@@ -250,6 +250,12 @@ def test_score_without_any_fitted_model(tmp_path, monkeypatch):
     pd.DataFrame({"a": [1.0]}).to_csv("d.csv", index=False)
     result = CliRunner().invoke(main, ["score", "d.csv"])
     assert result.exit_code == 1 and "no model fit in this project yet" in result.output
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    champion = CliRunner().invoke(
+        main, ["score", "d.csv", "--model", "models:/anomaly-vae@champion"]
+    )
+    assert champion.exit_code == 1 and "there is no MLflow store in this folder" in champion.output
+    assert not (tmp_path / "mlruns").exists()  # no empty store left behind
 
 
 def test_bad_config_override_is_a_clear_error(tmp_path, monkeypatch):
