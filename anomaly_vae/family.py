@@ -11,10 +11,12 @@ only by AUROC on labelled evaluation data.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,9 +102,10 @@ def fit_family(
     names = suitable_variants(config, kind)
     if not names:
         raise ConfigError(f"no variant in family.variants suits {kind} data")
-    candidates = [_fit_variant(name, config, data, progress) for name in names]
-    if config.family.ensemble and len(candidates) > 1:
-        candidates.append(_ensemble(candidates, data))
+    with _each_message_once():  # every variant meets the same data, and the same warnings
+        candidates = [_fit_variant(name, config, data, progress) for name in names]
+        if config.family.ensemble and len(candidates) > 1:
+            candidates.append(_ensemble(candidates, data))
     select_by = config.family.select_by
     if select_by == "auto":
         select_by = "auroc" if data.has_evaluation() else "criterion"
@@ -126,6 +129,39 @@ def fit_family(
         result.run = _track(result, candidates, config, register, project_dir)
         record_run(result.model_dir, result.run.run_id)
     return result
+
+
+class _FirstOccurrence(logging.Filter):
+    """Passes each distinct message once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+
+@contextlib.contextmanager
+def _each_message_once() -> Iterator[None]:
+    """Log each distinct message of the package's loggers once for the duration."""
+    once = _FirstOccurrence()
+    loggers = [
+        logging.getLogger(name)
+        for name in list(logging.Logger.manager.loggerDict)
+        if name.startswith("anomaly_vae.")
+    ]
+    for logger_ in loggers:
+        logger_.addFilter(once)
+    try:
+        yield
+    finally:
+        for logger_ in loggers:
+            logger_.removeFilter(once)
 
 
 def variant_config(config: Config, name: str) -> Config:

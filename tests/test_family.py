@@ -131,3 +131,21 @@ def test_reference_percentile_keeps_ranking_beyond_the_reference():
     reference = np.array([1.0, 2.0, 3.0, 4.0])
     got = reference_percentile(reference, np.array([0.5, 2.0, 4.0, 6.0, 10.0]))
     np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 1 + 2 / 3, 1 + 6 / 3])
+
+
+def test_variants_repeat_no_warning_of_the_shared_data(caplog):
+    import logging
+
+    from anomaly_vae.calibration import quantile_threshold
+    from anomaly_vae.family import _each_message_once
+
+    few_rows = np.arange(20.0)  # too few to resolve a 1% false-positive rate
+    with caplog.at_level(logging.WARNING), _each_message_once():
+        for _ in range(3):
+            quantile_threshold(few_rows, 0.01)
+    assert caplog.text.count("cannot resolve") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            quantile_threshold(few_rows, 0.01)
+    assert caplog.text.count("cannot resolve") == 2  # the filter is gone afterwards
