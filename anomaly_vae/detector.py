@@ -35,7 +35,7 @@ from anomaly_vae.config import (
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor
-from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError
+from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import BaseVAE, get_model
 from anomaly_vae.noise import noise_bank, noise_for_rows
@@ -245,6 +245,24 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """
         config = self.effective_config
         validate(config)
+        threads = torch.get_num_threads()
+        # Seeding and thread settings stay inside the fit: a caller's own torch random
+        # stream and thread count are as they were before.
+        with torch.random.fork_rng(devices=[]):
+            try:
+                return self._fit(config, X, condition, on_epoch)
+            finally:
+                torch.set_num_threads(threads)
+
+    def _fit(
+        self,
+        config: DetectorConfig,
+        X: pd.DataFrame | np.ndarray,
+        condition: np.ndarray | None,
+        on_epoch: EpochCallback | None,
+    ) -> VAEDetector:
+        for stale in ("n_features_in_", "feature_names_in_"):  # from an earlier fit
+            self.__dict__.pop(stale, None)
         model_class = get_model(config.model.name)
         self.data_kind_ = "image" if _is_image_array(X) else "table"
         score = resolve_score(config.scoring.score, self.data_kind_, len(X))
@@ -587,6 +605,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             "data_kind": self.data_kind_,
             "condition_classes": getattr(self, "condition_classes_", 0),
             "schema": self.preprocessor_.to_dict(),
+            "feature_names_in": (
+                None
+                if getattr(self, "feature_names_in_", None) is None
+                else [str(name) for name in self.feature_names_in_]
+            ),
             "threshold": self.threshold_,
             "calibration": self.calibration_,
             "calibration_scores": [float(s) for s in self.calibration_scores_],
@@ -613,13 +636,21 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path: str | Path) -> VAEDetector:
-        """Rebuild a detector saved by :meth:`save` (no pickle: JSON + ``weights_only``)."""
+        """Rebuild a detector saved by :meth:`save` (no pickle: JSON + ``weights_only``).
+
+        ModelNotFoundError when ``path`` is not a saved model or is damaged.
+        """
         path = Path(path)
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise ModelNotFoundError(
                 f"{path} is not a saved anomaly-vae model "
                 f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})"
             )
+        with reading_model(path):
+            return cls._load(path)
+
+    @classmethod
+    def _load(cls, path: Path) -> VAEDetector:
         document = json.loads((path / CONFIG_FILE).read_text())
         if document.get("format_version") != FORMAT_VERSION:
             raise ModelNotFoundError(
@@ -636,6 +667,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         else:
             detector.preprocessor_ = TablePreprocessor.from_dict(document["schema"], config.data)
             detector.n_features_in_ = len(detector.preprocessor_.columns)
+            if document.get("feature_names_in") is not None:
+                detector.feature_names_in_ = np.array(document["feature_names_in"], dtype=object)
         detector.model_ = detector._build_model(
             config, tuple(document["input_shape"]), document["condition_dim"]
         )

@@ -20,7 +20,7 @@ from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import ThresholdedScores, VAEDetector
-from anomaly_vae.errors import ModelNotFoundError
+from anomaly_vae.errors import ModelNotFoundError, reading_model
 
 ENSEMBLE_FILE = "ensemble.json"
 SCORE_NAME = "ensemble_rank"
@@ -106,14 +106,17 @@ class EnsembleDetector(ThresholdedScores):
         path = Path(path)
         if not (path / ENSEMBLE_FILE).is_file():
             raise ModelNotFoundError(f"{path} is not a saved anomaly-vae ensemble")
-        document = json.loads((path / ENSEMBLE_FILE).read_text())
-        members = {name: VAEDetector.load(path / "members" / name) for name in document["members"]}
-        ensemble = cls(members, {k: np.asarray(v) for k, v in document["references"].items()})
-        ensemble.threshold_ = float(document["threshold"])
-        ensemble.offset_ = -ensemble.threshold_
-        ensemble.calibration_ = document["calibration"]
-        ensemble.calibration_scores_ = np.asarray(document["calibration_scores"])
-        ensemble.n_training_rows_ = document["rows"]
+        with reading_model(path):
+            document = json.loads((path / ENSEMBLE_FILE).read_text())
+            members = {
+                name: VAEDetector.load(path / "members" / name) for name in document["members"]
+            }
+            ensemble = cls(members, {k: np.asarray(v) for k, v in document["references"].items()})
+            ensemble.threshold_ = float(document["threshold"])
+            ensemble.offset_ = -ensemble.threshold_
+            ensemble.calibration_ = document["calibration"]
+            ensemble.calibration_scores_ = np.asarray(document["calibration_scores"])
+            ensemble.n_training_rows_ = document["rows"]
         return ensemble
 
 

@@ -68,6 +68,38 @@ def test_save_and_load_score_the_same(fitted, test_rows, tmp_path):
     assert loaded.auto_settings == fitted.auto_settings
 
 
+def test_a_frame_with_integer_column_names_fits_scores_and_reloads(tmp_path):
+    X = correlated_normal(300, seed=0)
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
+    detector.fit(pd.DataFrame(X))  # pd.DataFrame(array) names its columns 0, 1, ...
+    assert detector.feature_names_in_.tolist() == [str(i) for i in range(6)]
+    scores = detector.anomaly_score(pd.DataFrame(X[:20]))
+    detector.save(tmp_path / "model")
+    loaded = VAEDetector.load(tmp_path / "model")
+    assert loaded.feature_names_in_.tolist() == detector.feature_names_in_.tolist()
+    np.testing.assert_array_equal(loaded.anomaly_score(pd.DataFrame(X[:20])), scores)
+
+
+def test_a_second_fit_leaves_nothing_of_the_first():
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
+    detector.fit(pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef")))
+    detector.fit(correlated_normal(300, seed=0)[:, :4])
+    assert not hasattr(detector, "feature_names_in_") and detector.n_features_in_ == 4
+
+
+def test_fit_leaves_the_callers_torch_random_stream_and_threads_alone():
+    import torch
+
+    threads = torch.get_num_threads()
+    config = tiny_config("training.epochs=3", "training.num_threads=1").detector_config()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    VAEDetector(config).fit(correlated_normal(300, seed=0))
+    assert torch.equal(torch.rand(3), expected)  # as if the fit had not drawn anything
+    assert torch.get_num_threads() == threads
+
+
 def test_saved_model_holds_no_pickle(fitted, tmp_path):
     import torch
 
@@ -75,6 +107,44 @@ def test_saved_model_holds_no_pickle(fitted, tmp_path):
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["detector.json", "weights.pt"]
     state = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+class _Planted:
+    """Unpickling this would run code: a damaged or malicious weights file."""
+
+    def __reduce__(self):
+        return (print, ("planted code ran",))
+
+
+@pytest.mark.parametrize("damage", ["json", "key", "shape", "pickle"])
+def test_a_damaged_model_is_a_one_line_error_and_runs_no_code(fitted, tmp_path, damage, capsys):
+    import json
+    import pickle
+
+    import torch
+
+    from anomaly_vae.errors import ModelNotFoundError
+
+    folder = tmp_path / "model"
+    fitted.save(folder)
+    document = json.loads((folder / "detector.json").read_text())
+    if damage == "json":
+        (folder / "detector.json").write_text("{not json")
+    elif damage == "key":
+        del document["schema"]
+        (folder / "detector.json").write_text(json.dumps(document))
+    elif damage == "shape":
+        state = torch.load(folder / "weights.pt", weights_only=True)
+        name = next(iter(state))
+        state[name] = torch.zeros(5)
+        torch.save(state, folder / "weights.pt")
+    else:
+        (folder / "weights.pt").write_bytes(pickle.dumps(_Planted(), protocol=2))
+    expected = "not plain tensors" if damage == "pickle" else "is a damaged anomaly-vae model"
+    with pytest.raises(ModelNotFoundError, match=expected) as raised:
+        VAEDetector.load(folder)
+    assert "weights_only=False" not in str(raised.value)
+    assert "planted code ran" not in capsys.readouterr().out
 
 
 def test_threshold_gives_about_the_target_fpr_on_fresh_normal_data():

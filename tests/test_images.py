@@ -68,6 +68,16 @@ def test_image_detector_saves_and_loads(tmp_path, name, pool):
         loaded.anomaly_score(bars(5, seed=0, size=8))
 
 
+def test_nan_or_out_of_range_pixels_are_refused_not_scored():
+    config = tiny_config("training.epochs=2", *IMAGE_MODEL).detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    blank = np.zeros((1, 1, 16, 16), np.float32)
+    with pytest.raises(DataError, match="NaN or infinite"):
+        detector.predict(np.full_like(blank, np.nan))
+    with pytest.raises(DataError, match=r"uint8 pixels \(0 to 255\) or floats in \[0, 1\]"):
+        detector.predict((blank + 200).astype(np.int64))
+
+
 def test_auto_score_adds_latent_density_for_images_with_enough_rows():
     config = tiny_config(*IMAGE_MODEL, "training.epochs=1").detector_config()
     assert VAEDetector(config).fit(bars(499, seed=0)).score_name == "negative_elbo"

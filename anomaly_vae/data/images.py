@@ -271,9 +271,15 @@ class ImagePreprocessor:
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         else:
+            given = array.dtype
             array = array.astype(np.float32)
+            if not np.isfinite(array).all():
+                raise DataError("images hold NaN or infinite pixel values")
             if array.size and (array.min() < 0 or array.max() > 1):
-                raise DataError("float images must hold values in [0, 1] (or pass uint8 pixels)")
+                raise DataError(
+                    "images must be uint8 pixels (0 to 255) or floats in [0, 1]; got values "
+                    f"from {array.min():g} to {array.max():g} as {given}"
+                )
         if self.pool == 1:
             return array
         channels, height, width = self.model_shape

@@ -115,9 +115,18 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
-    """A DataFrame view of ``data``; arrays get the column names ``x0, x1, ...``."""
+    """A DataFrame view of ``data``; arrays get the column names ``x0, x1, ...``.
+
+    Column names are text, as the saved schema keeps them: ``pd.DataFrame(array)``
+    names its columns 0, 1, ..., which become "0", "1", ...
+    """
     if isinstance(data, pd.DataFrame):
-        return data
+        if all(isinstance(name, str) for name in data.columns):
+            return data
+        renamed = data.rename(columns=str)
+        if renamed.columns.duplicated().any():
+            raise DataError("column names must stay distinct as text (e.g. 1 and '1' clash)")
+        return renamed
     array = np.asarray(data)
     if array.ndim != 2:
         raise DataError(
