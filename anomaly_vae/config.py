@@ -173,7 +173,6 @@ class ScoringConfig:
     batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
     max_batch_values: int = 2**20  # and at most this many decoded values (rows x L x
     # features) per pass: keeps the working memory of scoring to about 100 MB
-    noise_bank_size: int = 4096  # distinct per-row noise draws; a row picks one by content hash
     latent_neighbours: int = 5  # k of the latent scores: distance to the k-th nearest
     # training latent mean (5, as the k-NN baseline of the benchmark)
     latent_reference_rows: int = 10000  # the latent scores keep at most this many training
@@ -359,7 +358,6 @@ def validate(cfg: DetectorConfig) -> None:
             "scoring.latent_reference_rows must be >= scoring.latent_neighbours",
         ),
         (cfg.scoring.mc_samples >= 1, "scoring.mc_samples must be >= 1"),
-        (cfg.scoring.noise_bank_size >= 1, "scoring.noise_bank_size must be >= 1"),
         (cfg.scoring.batch_size >= 1, "scoring.batch_size must be >= 1"),
         (cfg.scoring.max_batch_values >= 1, "scoring.max_batch_values must be >= 1"),
         (0 < cfg.calibration.fraction < 1, "calibration.fraction must be in (0, 1)"),

@@ -38,7 +38,7 @@ from anomaly_vae.data.images import ImagePreprocessor
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import BaseVAE, get_model
-from anomaly_vae.noise import noise_bank, noise_for_rows
+from anomaly_vae.noise import noise_for_rows, scoring_noise
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
 
 logger = logging.getLogger(__name__)
@@ -330,7 +330,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         )
         self.split_rows_ = {"train": train_rows, "validation": val_rows, "calibration": cal_rows}
         self.n_training_rows_ = {name: len(rows) for name, rows in self.split_rows_.items()}
-        self._noise_bank = None
+        self._noise = None
         self.latent_neighbours_: LatentNeighbours | None = None
         cal_conditions = None if conditions is None else conditions[cal_rows]
         calibration = self._scores_of_features(features[cal_rows], cal_conditions)
@@ -439,12 +439,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     ) -> dict[str, np.ndarray]:
         """All scores of preprocessed rows, in batches; each ``(n,)`` float64."""
         cfg = self.effective_config.scoring
-        if getattr(self, "_noise_bank", None) is None:
-            self._noise_bank = noise_bank(
-                cfg.noise_bank_size,
-                cfg.mc_samples,
-                self.model_.noise_dim,
-                self.effective_config.training.seed,
+        if getattr(self, "_noise", None) is None:
+            self._noise = scoring_noise(
+                cfg.mc_samples, self.model_.noise_dim, self.effective_config.training.seed
             )
         self.model_.eval()
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.model_.score_names}
@@ -454,7 +451,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             condition = None
             if conditions is not None:
                 condition = torch.from_numpy(conditions[start : start + size])
-            noise = noise_for_rows(batch, self._noise_bank)
+            noise = noise_for_rows(len(batch), self._noise)
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
@@ -657,6 +654,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"{path} has model format {document.get('format_version')}; "
                 f"this anomaly-vae reads format {FORMAT_VERSION}"
             )
+        # Saved before scoring noise was shared by all rows (noise.py); no longer a setting.
+        document["config"].get("scoring", {}).pop("noise_bank_size", None)
         config = from_dict(document["config"], DetectorConfig)
         detector = cls(config)
         detector.data_kind_ = document["data_kind"]
@@ -699,7 +698,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             patience=training.get("patience", 0),
             batches_per_epoch=training.get("batches_per_epoch", 0),
         )
-        detector._noise_bank = None
+        detector._noise = None
         if not math.isfinite(detector.threshold_):
             raise ModelNotFoundError(f"{path} holds a non-finite threshold")
         return detector
