@@ -204,8 +204,11 @@ def _print_schedule_notes(history: Any, config: Config) -> None:
     stretched = history.epoch_limit and history.epoch_limit != training.epochs
     if stretched:
         factor = history.epoch_limit // training.epochs
+        batches = (
+            f"{history.batches_per_epoch} batch{'es' if history.batches_per_epoch > 1 else ''}"
+        )
         click.echo(
-            f"Small data, {history.batches_per_epoch} batches an epoch: the epoch limit and "
+            f"Small data, {batches} an epoch: the epoch limit and "
             f"patience were stretched from {training.epochs} and {history.patience // factor} "
             f"to {history.epoch_limit} and {history.patience} epochs, so that training can "
             f"take training.min_steps={training.min_steps} optimizer steps "

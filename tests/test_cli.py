@@ -85,7 +85,7 @@ def test_fit_says_when_min_steps_stretched_the_epochs(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, [*arguments, "--set", "training.min_steps=60"])
     assert result.exit_code == 0, result.output
     found = re.search(
-        r"Small data, (\d+) batches an epoch: the epoch limit and patience were stretched "
+        r"Small data, (\d+) batch(?:es)? an epoch: the epoch limit and patience were stretched "
         r"from 3 and 10 to (\d+) and (\d+) epochs",
         result.output,
     )
