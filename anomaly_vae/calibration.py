@@ -21,6 +21,9 @@ from anomaly_vae.config import QUANTILE_THRESHOLD as QUANTILE
 
 logger = logging.getLogger(__name__)
 
+FEW_LABELLED_ROWS = 10  # fewer labelled rows of a class than this get a warning: one
+# more row can move an F1- or recall-chosen threshold past many scores
+
 METHOD_DESCRIPTIONS = {
     QUANTILE: "quantile of held-out normal scores",
     "f1": "F1-optimal on the precision-recall curve",
@@ -79,6 +82,16 @@ def labelled_threshold(
     ``score > threshold`` flags the same rows and new scores between them split evenly.
     """
     labels, scores = _checked(labels, scores)
+    counts = {"anomalous": int(labels.sum()), "normal": int((~labels).sum())}
+    if min(counts.values()) < FEW_LABELLED_ROWS:
+        logger.warning(
+            "the %s threshold is chosen on %d anomalous and %d normal labelled rows; with "
+            "fewer than %d of a class it can move far with one more row",
+            method,
+            counts["anomalous"],
+            counts["normal"],
+            FEW_LABELLED_ROWS,
+        )
     if method == "f1":
         flag_from, _ = _best_f1_cut(*metrics.precision_recall_curve(labels, scores))
     elif method == "recall":

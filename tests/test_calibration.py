@@ -45,6 +45,19 @@ def test_separable_scores_are_cut_between_the_classes():
     assert labelled_threshold(labels, scores, "recall", 1.0) == 7.0
 
 
+def test_a_threshold_chosen_on_few_labelled_rows_is_warned_about(caplog):
+    import logging
+
+    labels, scores = _overlapping(0)  # 200 normal and 40 anomalous rows: no warning
+    with caplog.at_level(logging.WARNING):
+        labelled_threshold(labels, scores, "f1", 0.9)
+    assert "labelled rows" not in caplog.text
+    few = np.r_[np.zeros(5, bool), np.ones(3, bool)]
+    with caplog.at_level(logging.WARNING):
+        labelled_threshold(few, np.arange(8.0), "recall", 0.9)
+    assert "chosen on 3 anomalous and 5 normal labelled rows" in caplog.text
+
+
 def test_summary_separates_the_labelled_rows_from_the_held_out_normals():
     labels = np.r_[np.zeros(5, bool), np.ones(3, bool)]
     scores = np.array([0.0, 1, 2, 8, 4, 10, 11, 6])

@@ -126,6 +126,24 @@ def test_table_only_model_refuses_images_and_image_model_refuses_tables():
         VAEDetector(tiny_config("model.name=conv-vae").detector_config()).fit(np.zeros((50, 3)))
 
 
+def test_a_flat_folder_with_subfolders_says_what_it_does_not_read(tmp_path, caplog):
+    (tmp_path / "square").mkdir()
+    for i, image in enumerate(bars(3, seed=4)):
+        Image.fromarray(image[0]).save(tmp_path / "square" / f"{i}.png")
+    Image.fromarray(bars(1, seed=5)[0, 0]).save(tmp_path / "top.png")
+    with caplog.at_level("WARNING"):
+        images = read_images(tmp_path)
+    assert len(images.images) == 1
+    assert "its subfolders (square) are not read" in caplog.text
+
+
+def test_channel_last_arrays_are_refused_with_the_transpose_to_use():
+    config = tiny_config("training.epochs=2", *IMAGE_MODEL).detector_config()
+    channel_last = bars(40, seed=0).transpose(0, 2, 3, 1)  # (n, H, W, 1), as PIL gives
+    with pytest.raises(DataError, match=r"channel-last .* images.transpose\(0, 3, 1, 2\)"):
+        VAEDetector(config).fit(channel_last)
+
+
 def test_reads_an_image_folder(tmp_path):
     for label, vertical in (("good", False), ("scratch", True)):
         (tmp_path / label).mkdir()

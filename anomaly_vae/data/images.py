@@ -14,6 +14,7 @@ so the benchmark takes any such set without code changes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from PIL import Image
 
 from anomaly_vae.config import IMAGE_POOL, MIN_POOLED_SIDE
 from anomaly_vae.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 # Source prefix -> folder name of the torchvision data sets in the MNIST layout.
 TORCHVISION_SETS = {"mnist": "MNIST", "fashionmnist": "FashionMNIST", "kmnist": "KMNIST"}
@@ -168,6 +171,14 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
 
     flat = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
     if flat:
+        subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
+        if subfolders:
+            logger.warning(
+                "%s holds images of its own, so it is read as one flat folder; its "
+                "subfolders (%s) are not read",
+                path,
+                ", ".join(subfolders),
+            )
         return _decode([(str(p), 0) for p in flat], [""], path, size)
     try:
         folder = ImageFolder(str(path))
@@ -308,6 +319,11 @@ def as_nchw(images: np.ndarray) -> np.ndarray:
     array = np.asarray(images)
     if array.ndim == 3:  # (n, H, W) grayscale
         array = array[:, None]
+    if array.ndim == 4 and array.shape[1] not in (1, 3) and array.shape[3] in (1, 3):
+        raise DataError(
+            f"expected images of shape (n, 1 or 3, H, W), got {array.shape}, which looks "
+            "channel-last (as PIL gives): pass images.transpose(0, 3, 1, 2)"
+        )
     if array.ndim != 4 or array.shape[1] not in (1, 3):
         raise DataError(f"expected images of shape (n, 1 or 3, H, W), got {array.shape}")
     return array
