@@ -557,9 +557,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             for c in self.preprocessor_.columns
         }
         for column in self.preprocessor_.columns:
-            if column.name in values and not self.preprocessor_.is_known(
-                column, values[column.name]
-            ):
+            if column.name in values and not column.is_known(values[column.name]):
                 raise DataError(
                     f"{column.name}={values[column.name]!r} was not seen in training; "
                     f"known values: {', '.join(column.categories)}"

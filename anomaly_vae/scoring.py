@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +44,11 @@ def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from anomaly_vae.tracking import STORE_DIR, STORE_FILE, use_tracking
+    from anomaly_vae.tracking import embedded_store, use_tracking
 
-    store = (project_dir or Path.cwd()) / STORE_DIR / STORE_FILE
+    store = embedded_store(project_dir)
     local_reference = uri.startswith(("models:/", "runs:/"))
-    if local_reference and not os.environ.get("MLFLOW_TRACKING_URI") and not store.is_file():
+    if local_reference and store is not None and not store.is_file():
         # Opening the store would create an empty one here and then fail to find the model.
         raise ModelNotFoundError(
             f"cannot load model {uri}: there is no MLflow store in this folder ({store}); "

@@ -51,11 +51,19 @@ EVALUATION_METRICS = (
 
 def tracking_uri(project_dir: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store in ``mlruns/``."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    store = embedded_store(project_dir)
+    if store is None:
         return os.environ["MLFLOW_TRACKING_URI"]
-    store = (project_dir or Path.cwd()) / STORE_DIR
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(store / STORE_FILE).resolve()}"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store.resolve()}"
+
+
+def embedded_store(project_dir: Path | None = None) -> Path | None:
+    """The embedded SQLite store's file (it may not exist yet); None when
+    ``MLFLOW_TRACKING_URI`` names another store."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (project_dir or Path.cwd()) / STORE_DIR / STORE_FILE
 
 
 def use_tracking(experiment: str | None = None, project_dir: Path | None = None) -> str:

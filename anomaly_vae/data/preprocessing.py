@@ -44,6 +44,16 @@ class ColumnSchema:
     # (the integer grid) when its value is a whole number, else 0 (no step known)
     categories: list[str] = field(default_factory=list)  # categorical: in feature order
 
+    def is_known(self, value: Any) -> bool:
+        """Whether ``value`` is a category seen in training (always True for numbers).
+
+        >>> ColumnSchema("m", "categorical", categories=["2"]).is_known(2.0)
+        True
+        """
+        if self.kind == "numeric":
+            return True
+        return _as_text(pd.Series([value], dtype=object)).iloc[0] in self.categories
+
     def feature_names(self, missing_indicators: bool) -> list[str]:
         if self.kind == "numeric":
             return [self.name] + ([f"{self.name}__missing"] if missing_indicators else [])
@@ -160,17 +170,6 @@ class TablePreprocessor:
         return ColumnSchema(name, "categorical", categories=categories)
 
     # -- applying ------------------------------------------------------------------------
-    @staticmethod
-    def is_known(column: ColumnSchema, value: Any) -> bool:
-        """Whether ``value`` is a category seen in training (always True for numbers).
-
-        >>> TablePreprocessor.is_known(ColumnSchema("m", "categorical", categories=["2"]), 2.0)
-        True
-        """
-        if column.kind == "numeric":
-            return True
-        return _as_text(pd.Series([value], dtype=object)).iloc[0] in column.categories
-
     @property
     def feature_names(self) -> list[str]:
         return [n for c in self.columns for n in c.feature_names(self.config.missing_indicators)]
