@@ -14,7 +14,12 @@ from typing import Any
 import click
 import numpy as np
 
-from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, load_config
+from anomaly_vae.config import (
+    LABELLED_THRESHOLD_METHODS,
+    QUANTILE_THRESHOLD,
+    Config,
+    load_config,
+)
 from anomaly_vae.errors import AnomalyVAEError, DataError
 
 DEFAULTS = Config()
@@ -461,16 +466,24 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.option("--normal-class", help="Images: the normal class; the other classes are anomalies.")
 @click.option(
     "--method",
-    type=click.Choice(LABELLED_THRESHOLD_METHODS),
+    type=click.Choice((*LABELLED_THRESHOLD_METHODS, QUANTILE_THRESHOLD)),
     default="f1",
     help="f1: the F1-optimal threshold (precision-recall curve); recall: the highest "
-    "threshold that flags --target-recall of the labelled anomalies (ROC curve).",
+    "threshold that flags --target-recall of the labelled anomalies (ROC curve); "
+    "quantile: the 1 - --target-fpr quantile of the normal rows of DATA (all of them "
+    "without --label-col), as at fit.",
 )
 @click.option(
     "--target-recall",
     type=click.FloatRange(0, 1, min_open=True),
     default=DEFAULTS.calibration.target_recall,
     help="For --method recall: the share of labelled anomalies to flag.",
+)
+@click.option(
+    "--target-fpr",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="For --method quantile: the share of normal rows to flag [default: the model's "
+    "calibration.target_fpr].",
 )
 @click.option(
     "--model-dir",
@@ -492,22 +505,27 @@ def calibrate(
     normal_class: str | None,
     method: str,
     target_recall: float,
+    target_fpr: float | None,
     model_dir: Path | None,
     register: bool,
     no_tracking: bool,
 ) -> None:
-    """Choose a fitted model's threshold again on labelled DATA, without retraining, and
-    save the result as a new model (the source model is not changed).
+    """Choose a fitted model's threshold again on new DATA, without retraining, and save
+    the result as a new model (the source model is not changed).
 
-    For when labelled data arrive after the fit: alarms reviewed in operation, say.
-    DATA is a labelled CSV or Parquet table (--label-col), or labelled images: a folder
-    with one subfolder per class, or fashionmnist:ROOT / mnist:ROOT (its test split),
-    with --normal-class. The printed precision and recall are measured on the rows that
-    chose the threshold, so they are optimistic; the false-positive rate on the fit's
-    held-out normal rows is not.
+    For when labels arrive after the fit (alarms reviewed in operation, say: --method f1
+    or recall), or when the fit's held-out normal rows no longer stand for normal
+    operation (--method quantile on recent normal rows the model did not train on).
+    DATA is a CSV or Parquet table (labelled with --label-col), or images: a folder with
+    one subfolder per class, or fashionmnist:ROOT / mnist:ROOT (its test split), with
+    --normal-class; for --method quantile also a flat folder of normal images. Figures
+    on the rows that chose the threshold are optimistic; the false-positive rate on the
+    fit's held-out normal rows (f1, recall) is not.
     """
     from anomaly_vae.recalibration import calibrate_model
 
+    if target_fpr is not None and method != QUANTILE_THRESHOLD:
+        raise click.UsageError("--target-fpr is for --method quantile")
     result = calibrate_model(
         data,
         model_ref,
@@ -519,27 +537,42 @@ def calibrate(
         model_dir=model_dir,
         track=not no_tracking,
         register=register,
+        target_fpr=target_fpr,
     )
     detector, calibration = result.detector, result.detector.calibration_
-    ev = result.evaluation
-    cm = ev["confusion_matrix"]
-    target = f", target recall {100 * target_recall:.0f}%" if method == "recall" else ""
     unit = "images" if detector.data_kind_ == "image" else "rows"
-    click.echo(
-        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} (was "
-        f"{result.previous_threshold:.6g}; {calibration['description']} of "
-        f"{calibration['n_labelled']:,} labelled {unit}{target})"
-    )
-    click.echo(
-        f"On those {unit} (optimistic): precision {ev['precision']:.3f}, recall "
-        f"{ev['recall']:.3f}, false-positive rate {100 * ev['false_positive_rate']:.2f}% "
-        f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']}); AUROC "
-        f"{100 * ev['auroc']:.2f}%"
-    )
-    click.echo(
-        f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
-        f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
-    )
+    previous = f"was {result.previous_threshold:.6g}"
+    threshold = f"Threshold: {calibration['score']} > {detector.threshold_:.6g}"
+    if method == QUANTILE_THRESHOLD:
+        target = 100 * calibration["target_fpr"]
+        click.echo(
+            f"{threshold} ({previous}; the {100 - target:g}% quantile of "
+            f"{calibration['n_calibration']:,} normal {unit})"
+        )
+        click.echo(
+            f"On those {unit}: {100 * calibration['calibration_fpr']:.2f}% above the "
+            f"threshold (target {target:g}%)"
+        )
+    else:
+        target = f", target recall {100 * target_recall:.0f}%" if method == "recall" else ""
+        click.echo(
+            f"{threshold} ({previous}; {calibration['description']} of "
+            f"{calibration['n_labelled']:,} labelled {unit}{target})"
+        )
+    ev = result.evaluation
+    if ev is not None:
+        cm = ev["confusion_matrix"]
+        click.echo(
+            f"On the labelled {unit} (optimistic): precision {ev['precision']:.3f}, recall "
+            f"{ev['recall']:.3f}, false-positive rate {100 * ev['false_positive_rate']:.2f}% "
+            f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']}); AUROC "
+            f"{100 * ev['auroc']:.2f}%"
+        )
+    if method != QUANTILE_THRESHOLD:
+        click.echo(
+            f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
+            f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
+        )
     click.echo(f"Model saved to {result.model_dir}")
     if result.run is not None:
         from anomaly_vae.tracking import CHAMPION_ALIAS

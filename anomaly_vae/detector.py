@@ -25,6 +25,7 @@ from anomaly_vae.calibration import (
     quantile_threshold,
 )
 from anomaly_vae.config import (
+    QUANTILE_THRESHOLD,
     DetectorConfig,
     from_dict,
     resolve_patience,
@@ -122,28 +123,59 @@ class ThresholdedScores:
     def calibrate_threshold(
         self,
         X: pd.DataFrame | np.ndarray,
-        y: Any,
+        y: Any = None,
         method: str = "f1",
         target_recall: float = 0.9,
         condition: np.ndarray | None = None,
+        target_fpr: float | None = None,
     ) -> ThresholdedScores:
-        """Move ``threshold_`` to one chosen on labelled rows; returns ``self``.
+        """Move ``threshold_`` to one chosen on new rows, without retraining; returns ``self``.
 
-        ``X``: rows (or images) of both classes; ``y (n,)``: 1 or True = anomaly, 0 or
-        False = normal. ``method``: ``"f1"`` (F1-optimal, precision-recall curve) or
-        ``"recall"`` (the highest threshold flagging ``target_recall`` of the anomalies,
-        ROC curve); `fit --label-col` passes ``calibration.method`` and
-        ``calibration.target_recall``. ``calibration_`` then holds the precision, recall and
-        false-positive rate on these rows (optimistic: they chose the threshold) and the
+        ``X``: rows (or images); ``y (n,)``: 1 or True = anomaly, 0 or False = normal.
+        ``method``: ``"f1"`` (F1-optimal, precision-recall curve) or ``"recall"`` (the
+        highest threshold flagging ``target_recall`` of the anomalies, ROC curve), both on
+        labelled rows of both classes; `fit --label-col` passes ``calibration.method`` and
+        ``calibration.target_recall``. ``calibration_`` then holds the precision, recall
+        and false-positive rate on these rows (optimistic: they chose the threshold) and the
         false-positive rate on the fit's held-out normal calibration rows (not optimistic).
+
+        ``"quantile"``: the ``1 - target_fpr`` quantile (default: the model's
+        ``calibration.target_fpr``) of the normal rows' scores, every row of ``X`` when
+        ``y`` is None. They must be rows the model did not train on, from the operation the
+        threshold is for; they replace ``calibration_scores_``, the fit's held-out rows.
         """
         if not hasattr(self, "threshold_"):
             raise NotFittedError("fit the detector before calibrating its threshold")
-        labels = np.asarray(y)
-        if not np.isin(labels, (0, 1)).all():
+        labels = None if y is None else np.asarray(y)
+        if labels is not None and not np.isin(labels, (0, 1)).all():
             raise DataError("labels must be 0/1 or False/True (1 = anomaly)")
+        if labels is None and method != QUANTILE_THRESHOLD:
+            raise DataError(f"method {method!r} chooses the threshold on labelled rows: pass y")
         scores = self.anomaly_score(X, condition)
+        if method == QUANTILE_THRESHOLD:
+            normal = scores if labels is None else scores[~labels.astype(bool)]
+            return self.threshold_from_normal_scores(normal, target_fpr)
         return self.threshold_from_scores(labels.astype(bool), scores, method, target_recall)
+
+    def threshold_from_normal_scores(
+        self, normal_scores: np.ndarray, target_fpr: float | None = None
+    ) -> ThresholdedScores:
+        """:meth:`calibrate_threshold` by quantile, for normal rows already scored:
+        ``normal_scores (n,)`` from :meth:`anomaly_score`; returns ``self``."""
+        if target_fpr is None:
+            target_fpr = self.calibration_["target_fpr"]
+        if not 0 < target_fpr < 1:
+            raise ValueError(f"target_fpr must be in (0, 1), not {target_fpr}")
+        scores = np.asarray(normal_scores, dtype=np.float64)
+        if scores.size == 0:
+            raise DataError("no normal rows to take the quantile of")
+        self.threshold_ = quantile_threshold(scores, target_fpr)
+        self.offset_ = -self.threshold_
+        self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr) | {
+            "score": self.score_name
+        }
+        self.calibration_scores_ = scores
+        return self
 
     def threshold_from_scores(
         self, labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float
@@ -342,14 +374,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             calibration |= neighbours.scores(calibration["negative_elbo"], cal_distance)
             self.latent_neighbours_ = neighbours
         self.score_name_ = score
-        calibration_scores = calibration[score]
-        self.threshold_ = quantile_threshold(calibration_scores, config.calibration.target_fpr)
-        self.offset_ = -self.threshold_
-        self.calibration_ = calibration_summary(
-            calibration_scores, self.threshold_, config.calibration.target_fpr
-        ) | {"score": score}
-        self.calibration_scores_ = calibration_scores
-        return self
+        return self.threshold_from_normal_scores(calibration[score], config.calibration.target_fpr)
 
     def _latent_reference(
         self, features: np.ndarray, conditions: np.ndarray | None, train_rows: np.ndarray

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.calibration import calibration_summary, quantile_threshold
 from anomaly_vae.config import DetectorConfig
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import ThresholdedScores, VAEDetector
@@ -51,12 +50,7 @@ class EnsembleDetector(ThresholdedScores):
         ensemble = cls(members, references)
         calibration_scores = ensemble.anomaly_score(take_rows(train, calibration))
         target = first.effective_config.calibration.target_fpr
-        ensemble.threshold_ = quantile_threshold(calibration_scores, target)
-        ensemble.offset_ = -ensemble.threshold_
-        ensemble.calibration_scores_ = calibration_scores
-        ensemble.calibration_ = calibration_summary(
-            calibration_scores, ensemble.threshold_, target
-        ) | {"score": SCORE_NAME}
+        ensemble.threshold_from_normal_scores(calibration_scores, target)
         ensemble.n_training_rows_ = dict(first.n_training_rows_)
         return ensemble
 

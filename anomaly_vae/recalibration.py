@@ -1,6 +1,9 @@
-"""The `calibrate` workflow: choose a saved model's threshold again on labelled data,
-without retraining, and save the result as a new model (the source model is left as it
-is: a schedule may be scoring with it, and registered versions do not change)."""
+"""The `calibrate` workflow: choose a saved model's threshold again on new data, without
+retraining, and save the result as a new model (the source model is left as it is: a
+schedule may be scoring with it, and registered versions do not change).
+
+The new data are labelled rows (methods ``f1`` and ``recall``), or normal rows from
+operation (method ``quantile``: their ``1 - target_fpr`` quantile, as at fit)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from anomaly_vae.config import Config, load_config
+import numpy as np
+
+from anomaly_vae.calibration import evaluate
+from anomaly_vae.config import QUANTILE_THRESHOLD, Config, load_config
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import is_image_source, read_images
 from anomaly_vae.errors import DataError
@@ -29,7 +35,7 @@ class CalibrationResult:
     detector: Any  # VAEDetector or EnsembleDetector, its threshold moved
     model_dir: Path  # where the recalibrated model was saved
     previous_threshold: float
-    evaluation: dict[str, Any]  # on the labelled rows that chose the threshold
+    evaluation: dict[str, Any] | None  # on the labelled rows (None: no labelled anomalies)
     run: Any = None  # tracking.TrackedRun when logged to MLflow
 
 
@@ -39,21 +45,32 @@ def labelled_data(
     label_column: str | None,
     normal_class: str | None,
     anomaly_label: str | None = None,
+    labels_required: bool = True,
 ) -> TrainingData:
-    """Every row of a labelled table (``label_column``: 1 = anomaly, or the rows holding
-    ``anomaly_label``, by default the model's ``data.anomaly_label``), or every image of a
-    folder or torchvision test split (classes other than ``normal_class`` are anomalies),
-    as the evaluation part of a :class:`TrainingData`."""
+    """Every row of a table, or every image of a folder or torchvision test split, as the
+    evaluation part of a :class:`TrainingData`, with its labels (True = anomaly).
+
+    Tables: ``label_column`` (1 = anomaly, or the rows holding ``anomaly_label``, by
+    default the model's ``data.anomaly_label``). Images: classes other than
+    ``normal_class`` are anomalies. Without ``labels_required`` a table without
+    ``label_column``, or a flat folder of images, is all normal rows.
+    """
     if is_image_source(source):
-        if normal_class is None:
-            raise DataError("--normal-class names the normal class of the labelled images")
         size = detector.effective_config.data.image_size
         images = read_images(str(source), train=False, size=size)
-        labels = images.labels != images.class_index(str(normal_class))
+        if normal_class is None and (labels_required or len(images.classes) > 1):
+            raise DataError(
+                "--normal-class names the normal class of the images"
+                + ("" if labels_required else " (or give a flat folder of normal images)")
+            )
+        normal = 0 if normal_class is None else images.class_index(str(normal_class))
+        labels = images.labels != normal
         return TrainingData(images.images, images.images, labels, names=images.names)
-    if label_column is None:
+    if label_column is None and labels_required:
         raise DataError("--label-col names the column of 0 (normal) and 1 (anomaly) labels")
     frame = read_table(source)
+    if label_column is None:
+        return TrainingData(frame, frame, np.zeros(len(frame), dtype=bool))
     anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
     return TrainingData(frame, frame, label_vector(frame, label_column, anomaly_label))
 
@@ -70,21 +87,44 @@ def calibrate_model(
     model_dir: Path | None = None,
     track: bool = True,
     register: bool = False,
+    target_fpr: float | None = None,
 ) -> CalibrationResult:
     """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
-    threshold on the labelled ``source`` by ``method`` (``f1`` or ``recall``), save it
-    as a new model and, with ``track``, log and register it as a new version (of the
-    registered model that ``model_ref`` names, else ``tracking.registered_model_name``);
-    ``register`` moves the champion alias to it."""
+    threshold on ``source`` by ``method``, save it as a new model and, with ``track``,
+    log and register it as a new version (of the registered model that ``model_ref``
+    names, else ``tracking.registered_model_name``); ``register`` moves the champion
+    alias to it.
+
+    ``f1`` and ``recall`` choose on labelled rows of both classes. ``quantile`` takes the
+    ``1 - target_fpr`` quantile (default: the model's) of the normal rows of ``source``
+    (every row when it has no labels), which become the model's calibration rows.
+    """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
-    data = labelled_data(source, detector, label_column, normal_class, anomaly_label)
-    if not data.has_evaluation():
+    by_quantile = method == QUANTILE_THRESHOLD
+    data = labelled_data(
+        source, detector, label_column, normal_class, anomaly_label, not by_quantile
+    )
+    if not by_quantile and not data.has_evaluation():
         raise DataError(f"{source} needs labelled rows of both classes (normal and anomalous)")
     previous = detector.threshold_
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
-    settings.method, settings.target_recall = method, target_recall
-    evaluation = calibrate_and_evaluate(detector, data)
+    settings.method = method
+    if by_quantile:
+        labels = data.evaluation_labels
+        if labels.all():
+            raise DataError(f"{source} has no normal rows to take the quantile of")
+        scores = detector.anomaly_score(data.evaluation)
+        detector.threshold_from_normal_scores(scores[~labels], target_fpr)
+        settings.target_fpr = detector.calibration_["target_fpr"]
+        evaluation = None
+        if data.has_evaluation():
+            evaluation = evaluate(labels, scores, detector.threshold_)
+            # Its normal rows chose the threshold: the false-positive rate there flatters.
+            evaluation["threshold_chosen_on_these_rows"] = True
+    else:
+        settings.target_recall = target_recall
+        evaluation = calibrate_and_evaluate(detector, data)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if track:
@@ -116,9 +156,8 @@ def _track(
     calibration = result.detector.calibration_
     with mlflow.start_run(run_name="calibrate") as run:
         mlflow.set_tags({"source_model": model_ref or "latest local fit", "kind": "calibrate"})
-        mlflow.log_params(
-            {k: calibration[k] for k in ("method", "target_recall") if k in calibration}
-        )
+        target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
+        mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})
         mlflow.log_metric("previous_threshold", result.previous_threshold)
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)

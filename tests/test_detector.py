@@ -190,6 +190,30 @@ def test_threshold_chosen_on_labelled_rows_is_saved_and_honest_about_its_rows(tm
         detector.calibrate_threshold(X, np.where(y == 1, 2, 0))
 
 
+def test_quantile_threshold_on_new_normal_rows_follows_drift_and_is_saved(tmp_path):
+    detector = VAEDetector(tiny_config().detector_config()).fit(correlated_normal(600, seed=0))
+    drifted = correlated_normal(3000, seed=1) * 1.5  # normal operation, wider than at fit
+    recent, later = drifted[:1500], drifted[1500:]
+    assert (detector.predict(later) == -1).mean() > 0.15  # the fit's threshold: many alarms
+    labels = np.r_[np.zeros(1500, int), np.ones(60, int)]
+    labelled = np.vstack([recent, planted_anomalies(60, seed=2)])
+    detector.calibrate_threshold(labelled, labels, method="quantile", target_fpr=0.05)
+    # Only the normal rows chose it; they are now the calibration rows.
+    assert detector.calibration_["n_calibration"] == 1500
+    np.testing.assert_allclose(detector.calibration_scores_, detector.anomaly_score(recent))
+    assert 0.02 < (detector.predict(later) == -1).mean() < 0.09
+    assert detector.calibration_["method"] == "quantile"
+    assert detector.calibration_["target_fpr"] == 0.05
+    detector.save(tmp_path / "model")
+    loaded = VAEDetector.load(tmp_path / "model")
+    assert loaded.threshold_ == detector.threshold_
+    np.testing.assert_array_equal(loaded.calibration_scores_, detector.calibration_scores_)
+    with pytest.raises(DataError, match="pass y"):
+        detector.calibrate_threshold(recent, method="f1")
+    with pytest.raises(ValueError, match="target_fpr"):
+        detector.calibrate_threshold(recent, method="quantile", target_fpr=1.5)
+
+
 def test_fits_mixed_tables_and_flags_broken_relations():
     train = mixed_table(800, seed=0)
     test = mixed_table(400, seed=1, anomalies=40)

@@ -107,3 +107,53 @@ def test_text_labels_fit_and_calibrate_with_the_anomaly_label(tmp_path, monkeypa
     result = _calibrate(str(latest_model_dir(tmp_path)), "--no-tracking")
     assert result.exit_code == 0, result.output
     assert "of 500 labelled rows" in result.output
+
+
+def _drifted(n: int, seed: int) -> pd.DataFrame:
+    """Normal operation after the fit: every machine runs 15 degrees hotter, load following."""
+    table = mixed_table(n, seed=seed)
+    table["temperature"] += 15.0
+    table["load"] += 30.0
+    return table
+
+
+def test_quantile_on_recent_normal_rows_sets_the_false_positive_rate_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    _drifted(800, seed=1).drop(columns="is_fault").to_csv("recent.csv", index=False)
+    _drifted(800, seed=2).drop(columns="is_fault").to_csv("later.csv", index=False)
+
+    def flagged_share(model: str) -> float:
+        scored = CliRunner().invoke(
+            main, ["score", "later.csv", "--model", model, "-o", "s.csv", "--quiet"]
+        )
+        assert scored.exit_code == 0, scored.output
+        return pd.read_csv("s.csv")["is_anomaly"].mean()
+
+    assert flagged_share("source") > 0.15
+    arguments = ["calibrate", "recent.csv", "--model", "source", "--method", "quantile"]
+    result = CliRunner().invoke(main, [*arguments, "--target-fpr", "0.05", "--no-tracking"])
+    assert result.exit_code == 0, result.output
+    assert "the 95% quantile of 800 normal rows" in result.output
+    assert "(optimistic)" not in result.output  # no labels, no labelled evaluation
+    assert 0.02 < flagged_share(str(latest_model_dir(tmp_path))) < 0.09
+    saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
+    assert saved["config"]["calibration"]["target_fpr"] == 0.05
+    assert saved["calibration"]["n_calibration"] == 800
+
+
+def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tracking_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    _fit("source", "--set", "tracking.log_views=false")
+    mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
+    result = _calibrate("models:/anomaly-vae/1", "--method", "quantile")
+    assert result.exit_code == 0, result.output
+    assert "quantile of 360 normal rows" in result.output
+    assert "On the labelled rows (optimistic)" in result.output
+    mlflow.set_tracking_uri(tracking_store)
+    run = MlflowClient().get_run(MlflowClient().get_model_version("anomaly-vae", "2").run_id)
+    assert run.data.params == {"method": "quantile", "target_fpr": "0.01"}
+    refused = _calibrate("source", "--method", "f1", "--target-fpr", "0.05")
+    assert refused.exit_code != 0 and "--target-fpr is for --method quantile" in refused.output
