@@ -303,3 +303,13 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     rescored = CliRunner().invoke(main, ["score", "new", "-o", "s2.csv", "--quiet"])
     assert rescored.exit_code == 0, rescored.output
     assert pd.read_csv(tmp_path / "s2.csv")["is_anomaly"].tolist() == [False] * 4 + [True] * 2
+    # A flat folder of normal images takes the quantile again; a labelled one needs its class.
+    (tmp_path / "normal").mkdir()
+    for i, image in enumerate(bars(40, seed=10)):
+        Image.fromarray(image[0]).save(tmp_path / "normal" / f"ok{i}.png")
+    arguments = ["calibrate", "--method", "quantile", "--target-fpr", "0.05", "--no-tracking"]
+    by_quantile = CliRunner().invoke(main, [*arguments, "normal"])
+    assert by_quantile.exit_code == 0, by_quantile.output
+    assert "the 95% quantile of 40 normal images" in by_quantile.output
+    unnamed_class = CliRunner().invoke(main, [*arguments, "train"])
+    assert unnamed_class.exit_code == 1 and "or give a flat folder" in unnamed_class.output
