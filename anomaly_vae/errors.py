@@ -25,6 +25,10 @@ class ModelNotFoundError(AnomalyVAEError, FileNotFoundError):
     """A model reference does not point at a saved detector."""
 
 
+class TrackingError(AnomalyVAEError):
+    """The MLflow tracking store cannot be reached, or refused what was logged."""
+
+
 @contextlib.contextmanager
 def reading_model(path: Path) -> Iterator[None]:
     """Turn what a damaged or edited model folder raises while it is read into a

@@ -102,6 +102,10 @@ def fit_family(
     names = suitable_variants(config, kind)
     if not names:
         raise ConfigError(f"no variant in family.variants suits {kind} data")
+    if config.tracking.enabled:
+        from anomaly_vae import tracking  # MLflow import is slow; only when tracking
+
+        tracking.check_store(config.tracking.experiment, project_dir)
     with _each_message_once():  # every variant meets the same data, and the same warnings
         candidates = [_fit_variant(name, config, data, progress) for name in names]
         if config.family.ensemble and len(candidates) > 1:
@@ -126,7 +130,8 @@ def fit_family(
         seconds=time.perf_counter() - start,
     )
     if config.tracking.enabled:
-        result.run = _track(result, candidates, config, register, project_dir)
+        with tracking.logging_after_save(saved):
+            result.run = _track(result, candidates, config, register, project_dir)
         record_run(result.model_dir, result.run.run_id)
     return result
 

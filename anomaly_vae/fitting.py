@@ -194,15 +194,20 @@ def fit_source(
     project_dir = project_dir or Path.cwd()
     data = load_training_data(source, config, eval_source, normal_class)
     check_threshold_labels(config, data)
+    if config.tracking.enabled:
+        from anomaly_vae import tracking  # MLflow import is slow; only when tracking
+
+        tracking.check_store(config.tracking.experiment, project_dir)
     detector = VAEDetector(config.detector_config()).fit(data.train, on_epoch=on_epoch)
     evaluation = calibrate_and_evaluate(detector, data)
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:
-        from anomaly_vae import tracking  # MLflow import is slow; only when tracking
-
-        tracking.use_tracking(config.tracking.experiment, project_dir)
-        result.run = tracking.log_fit_run(detector, config, model_dir, data, evaluation, register)
+        with tracking.logging_after_save(model_dir):
+            tracking.use_tracking(config.tracking.experiment, project_dir)
+            result.run = tracking.log_fit_run(
+                detector, config, model_dir, data, evaluation, register
+            )
         record_run(model_dir, result.run.run_id)
     return result
 

@@ -7,7 +7,6 @@ operation (method ``quantile``: their ``1 - target_fpr`` quantile, as at fit).""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ from anomaly_vae.fitting import (
     save_model,
 )
 from anomaly_vae.scoring import load_detector
-
-REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)[/@]")  # models:/NAME/3, models:/NAME@alias
 
 
 @dataclass
@@ -101,6 +98,7 @@ def calibrate_model(
     """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
+    origin = _origin(model_ref, project_dir) if track else None  # before any alias moves
     by_quantile = method == QUANTILE_THRESHOLD
     data = labelled_data(
         source, detector, label_column, normal_class, anomaly_label, not by_quantile
@@ -128,20 +126,62 @@ def calibrate_model(
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if track:
-        result.run = _track(result, data, model_ref, project_dir, register)
+        from anomaly_vae import tracking
+
+        with tracking.logging_after_save(saved):
+            result.run = _track(result, data, source, origin, project_dir, register)
         record_run(saved, result.run.run_id)
     return result
+
+
+@dataclass
+class _Origin:
+    """What the calibrate run records of its source model, and where it logs."""
+
+    description: str  # the reference given, or the local folder of the latest fit
+    experiment: str  # the source run's experiment, else tracking.experiment
+    registered_name: str  # the source's registered model, else tracking.registered_model_name
+    tags: dict[str, str]  # source run id and registered version, where known
+
+
+def _origin(model_ref: str | None, project_dir: Path) -> _Origin:
+    """Resolve the source model in MLflow (aliases to the version they point at now), and
+    check the tracking store can be reached, before the threshold is chosen."""
+    from mlflow import MlflowClient
+
+    from anomaly_vae import tracking
+    from anomaly_vae.errors import ModelNotFoundError
+    from anomaly_vae.fitting import latest_model_dir
+
+    defaults = load_config().tracking
+    tracking.check_store(defaults.experiment, project_dir)
+    description = model_ref or f"latest local fit ({latest_model_dir(project_dir)})"
+    origin = _Origin(description, defaults.experiment, defaults.registered_model_name, {})
+    try:
+        source = tracking.source_of_model(model_ref, project_dir)
+    except (ModelNotFoundError, *tracking.STORE_FAILURES):
+        return origin  # fit without tracking, or a reference MLflow cannot trace
+    client = MlflowClient()
+    experiment_id = client.get_run(source.run_id).info.experiment_id
+    origin.experiment = client.get_experiment(experiment_id).name
+    origin.tags["source_run_id"] = source.run_id
+    if source.registered_name is not None:
+        origin.registered_name = source.registered_name
+        origin.tags["source_model_version"] = f"{source.registered_name}/{source.version}"
+    return origin
 
 
 def _track(
     result: CalibrationResult,
     data: TrainingData,
-    model_ref: str | None,
+    source: str | Path,
+    origin: _Origin,
     project_dir: Path,
     register: bool,
 ) -> Any:
-    """One MLflow run: the source model, the old and new threshold, the labelled
-    evaluation and its plots, and the recalibrated model as a new registered version."""
+    """One MLflow run, in the source model's experiment: the source model, the data, the
+    old and new threshold, the evaluation and its plots, and the recalibrated model as a
+    new version of the source's registered model."""
     import tempfile
 
     import mlflow
@@ -149,16 +189,17 @@ def _track(
     from anomaly_vae import tracking
 
     config: Config = load_config()
-    match = REGISTRY_URI.match(model_ref or "")
-    if match:
-        config.tracking.registered_model_name = match["name"]
-    tracking.use_tracking(config.tracking.experiment, project_dir)
+    config.tracking.registered_model_name = origin.registered_name
+    tracking.use_tracking(origin.experiment, project_dir)
     calibration = result.detector.calibration_
     with mlflow.start_run(run_name="calibrate") as run:
-        mlflow.set_tags({"source_model": model_ref or "latest local fit", "kind": "calibrate"})
+        tags = {"source_model": origin.description, "kind": "calibrate", "data": str(source)}
+        mlflow.set_tags(tags | origin.tags)
         target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
         mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})
-        mlflow.log_metric("previous_threshold", result.previous_threshold)
+        mlflow.log_metrics(
+            {"previous_threshold": result.previous_threshold, "data_rows": len(data.evaluation)}
+        )
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)
             tracking.log_calibration(result.detector, data, result.evaluation, out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +37,13 @@ def load_detector(
             )
         return load_saved(latest)
     if "://" in reference or reference.startswith(("models:/", "runs:/")):
-        return load_saved(_download_mlflow_model(reference, project_dir))
+        # A remote store's artifacts are copied here; the loaded detector needs no files.
+        with tempfile.TemporaryDirectory(prefix="anomaly-vae-model-") as scratch:
+            return load_saved(_download_mlflow_model(reference, project_dir, Path(scratch)))
     return load_saved(Path(reference))
 
 
-def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
+def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -56,7 +59,9 @@ def _download_mlflow_model(uri: str, project_dir: Path | None) -> Path:
         )
     use_tracking(project_dir=project_dir)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination))
+        )
     except MlflowException as exc:
         raise ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from exc
     # A logged pyfunc model keeps the saved detector (or ensemble) among its artifacts.

@@ -7,10 +7,12 @@ overrides it, e.g. with a tracking server.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,10 @@ from urllib.parse import urlparse
 import mlflow
 import numpy as np
 import pandas as pd
+import requests
 import yaml
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
@@ -29,6 +33,7 @@ from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import VAEDetector
+from anomaly_vae.errors import TrackingError
 from anomaly_vae.fitting import TrainingData
 
 STORE_DIR = "mlruns"
@@ -81,6 +86,48 @@ def use_tracking(experiment: str | None = None, project_dir: Path | None = None)
     return uri
 
 
+STORE_FAILURES = (MlflowException, requests.RequestException, OSError)  # what logging raises
+PREFLIGHT_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def check_store(experiment: str, project_dir: Path | None = None) -> str:
+    """Before any training: reach the tracking store and create ``experiment`` there, once
+    and with a short timeout (MLflow's own retries take minutes against a server that is
+    down), so that a wrong ``MLFLOW_TRACKING_URI`` costs seconds, not a fit. Returns the
+    tracking URI; raises TrackingError."""
+    uri = tracking_uri(project_dir)
+    saved = {key: os.environ.get(key) for key in PREFLIGHT_HTTP}
+    os.environ.update({k: v for k, v in PREFLIGHT_HTTP.items() if saved[k] is None})
+    try:
+        return use_tracking(experiment, project_dir)
+    except STORE_FAILURES as exc:
+        raise TrackingError(
+            f"cannot use the MLflow tracking store {uri}: {_first_line(exc)} (check "
+            "MLFLOW_TRACKING_URI, or pass --no-tracking)"
+        ) from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def logging_after_save(model_dir: Path) -> Iterator[None]:
+    """Around what is logged once the model is saved: a failure names where the model is."""
+    try:
+        yield
+    except STORE_FAILURES as exc:
+        raise TrackingError(
+            f"the model is saved in {model_dir}, but logging it to MLflow "
+            f"({mlflow.get_tracking_uri()}) failed: {_first_line(exc)}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.strip().splitlines()[0]
+
+
 def _local_artifact_root(uri: str) -> str | None:
     parsed = urlparse(uri)
     if parsed.scheme != "sqlite":
@@ -115,9 +162,17 @@ class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
         self.detector = load_saved(context.artifacts[DETECTOR_ARTIFACT])
 
     def predict(self, context, model_input, params=None):
-        if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
-            return self.detector.score_frame(model_input)
-        return self.detector.score_frame(pd.DataFrame(model_input))
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        from anomaly_vae.errors import DataError
+
+        try:
+            if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
+                return self.detector.score_frame(model_input)
+            return self.detector.score_frame(pd.DataFrame(model_input))
+        except DataError as exc:
+            # A served model answers 400 with this message, not a 500 with a stack trace.
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
 
 
 def _base_detector(detector: Any) -> VAEDetector:
@@ -362,27 +417,50 @@ def _requirements() -> list[str]:
     ]
 
 
-def run_of_model(reference: str | None, project_dir: Path | None = None) -> str:
-    """The MLflow run that logged a model: from a models:/ or runs:/ URI, or the
-    ``mlflow_run_id`` note in a local model folder (default: the latest fit)."""
+@dataclass
+class ModelSource:
+    """Where a model came from in MLflow: the run that logged it and, when registered,
+    its registered name and version (None where unknown)."""
+
+    run_id: str
+    registered_name: str | None = None
+    version: str | None = None
+
+
+def source_of_model(reference: str | None, project_dir: Path | None = None) -> ModelSource:
+    """The MLflow origin of a model: from a models:/ or runs:/ URI, or the
+    ``mlflow_run_id`` note in a local model folder (default: the latest fit); aliases
+    are resolved to the version they point at now."""
     from anomaly_vae.errors import ModelNotFoundError
     from anomaly_vae.fitting import RUN_FILE, latest_model_dir
 
     use_tracking(project_dir=project_dir)
-    if reference is not None and reference.startswith("runs:/"):
-        return reference.removeprefix("runs:/").split("/")[0]
+    client = MlflowClient()
     if reference is not None and reference.startswith("models:/"):
-        name, _, rest = reference.removeprefix("models:/").partition("/")
-        client = MlflowClient()
+        name, _, version = reference.removeprefix("models:/").partition("/")
         if "@" in name:
             name, alias = name.split("@", 1)
-            return client.get_model_version_by_alias(name, alias).run_id
-        return client.get_model_version(name, rest).run_id
-    folder = Path(reference) if reference is not None else latest_model_dir(project_dir)
-    note = None if folder is None else folder / RUN_FILE
-    if note is None or not note.is_file():
-        raise ModelNotFoundError(f"no MLflow run is recorded for model {reference or folder}")
-    return note.read_text().strip()
+            found = client.get_model_version_by_alias(name, alias)
+        else:
+            found = client.get_model_version(name, version)
+        return ModelSource(found.run_id, name, str(found.version))
+    if reference is not None and reference.startswith("runs:/"):
+        run_id = reference.removeprefix("runs:/").split("/")[0]
+    else:
+        folder = Path(reference) if reference is not None else latest_model_dir(project_dir)
+        note = None if folder is None else folder / RUN_FILE
+        if note is None or not note.is_file():
+            raise ModelNotFoundError(f"no MLflow run is recorded for model {reference or folder}")
+        run_id = note.read_text().strip()
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    if not versions:
+        return ModelSource(run_id)
+    return ModelSource(run_id, versions[0].name, str(versions[0].version))
+
+
+def run_of_model(reference: str | None, project_dir: Path | None = None) -> str:
+    """The MLflow run that logged a model (see :func:`source_of_model`)."""
+    return source_of_model(reference, project_dir).run_id
 
 
 def log_views_to_run(reference: str | None, paths: list[Path]) -> tuple[str, str]:

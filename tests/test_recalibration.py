@@ -157,3 +157,32 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     assert run.data.params == {"method": "quantile", "target_fpr": "0.01"}
     refused = _calibrate("source", "--method", "f1", "--target-fpr", "0.05")
     assert refused.exit_code != 0 and "--target-fpr is for --method quantile" in refused.output
+
+
+def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(tracking_store):
+    import mlflow
+    from mlflow import MlflowClient
+
+    named = ["--set", "tracking.registered_model_name=pumps", "--set", "tracking.experiment=plant"]
+    _fit("source", "--set", "tracking.log_views=false", *named, "--register")
+    mixed_table(300, seed=1, anomalies=30).to_csv("labelled.csv", index=False)
+    # The latest local fit: no registry reference given, yet the source's name is kept.
+    result = CliRunner().invoke(
+        main, ["calibrate", "labelled.csv", "--label-col", "is_fault", "--register"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "models:/pumps/2 (alias 'champion' moved to it)" in result.output
+    mlflow.set_tracking_uri(tracking_store)
+    client = MlflowClient()
+    source_run = client.get_model_version("pumps", "1").run_id
+    run = client.get_run(client.get_model_version("pumps", "2").run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "plant"
+    assert run.data.tags["source_run_id"] == source_run
+    assert run.data.tags["source_model_version"] == "pumps/1"
+    assert run.data.tags["data"] == "labelled.csv"
+    assert client.search_registered_models(filter_string="name = 'anomaly-vae'") == []
+    # An alias is recorded as the version it pointed at before it moved.
+    again = _calibrate("models:/pumps@champion", "--register")
+    assert again.exit_code == 0, again.output
+    run = client.get_run(client.get_model_version("pumps", "3").run_id)
+    assert run.data.tags["source_model_version"] == "pumps/2"

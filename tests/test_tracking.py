@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from anomaly_vae.fitting import fit_table
+from anomaly_vae.fitting import fit_table, latest_model_dir
 from anomaly_vae.scoring import load_detector
 from anomaly_vae.tracking import CHAMPION_ALIAS, tracking_uri, use_tracking
 from tests.conftest import mixed_table, tiny_config
@@ -128,6 +128,14 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run):
     assert len(model.predict(no_id)) == len(fresh)
     assert model.metadata.signature is not None
     assert model.metadata.get_input_schema().input_names()[0] == "reading_id"
+    # The model's own message on bad input, as an MLflow error a server answers 400 with.
+    from mlflow.exceptions import MlflowException
+
+    broken = fresh.astype({"temperature": object})
+    broken.loc[broken.index[1], "temperature"] = "hot"
+    with pytest.raises(MlflowException, match="temperature.*'hot'") as error:
+        model.predict(broken)
+    assert error.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
 def test_model_is_registered_and_champion_alias_moves(fitted_run):
@@ -174,3 +182,45 @@ def test_pyfunc_model_carries_the_latent_scores_reference(tmp_path, monkeypatch)
     expected = result.detector.score_frame(fresh)
     assert "elbo_latent_knn" in got
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
+
+
+def test_an_unreachable_store_fails_before_training_and_a_failed_log_names_the_model(
+    tmp_path, monkeypatch
+):
+    import socket
+    import time
+
+    from click.testing import CliRunner
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_vae import tracking
+    from anomaly_vae.cli import main
+    from tests.conftest import TINY
+
+    monkeypatch.chdir(tmp_path)
+    mixed_table(300, seed=0).drop(columns="reading_id").to_csv("train.csv", index=False)
+    with socket.socket() as probe:  # a free port: nothing answers there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    options = [arg for item in TINY for arg in ("--set", item)]
+    start = time.perf_counter()
+    refused = CliRunner().invoke(main, ["fit", "train.csv", "--quiet", *options])
+    assert time.perf_counter() - start < 30  # not MLflow's minutes of retries
+    assert refused.exit_code == 1
+    assert f"cannot use the MLflow tracking store http://127.0.0.1:{port}" in refused.output
+    assert "--no-tracking" in refused.output and "Traceback" not in refused.output
+    assert not (tmp_path / "mlruns" / "models").exists()  # nothing was trained
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def server_gone(*args, **kwargs):
+        raise MlflowException("API request to endpoint /api/2.0/mlflow/runs/create failed")
+
+    monkeypatch.setattr(tracking, "log_fit_run", server_gone)
+    failed = CliRunner().invoke(main, ["fit", "train.csv", "--quiet", *options])
+    assert failed.exit_code == 1, failed.output
+    saved = latest_model_dir(tmp_path)
+    assert f"the model is saved in {saved}" in failed.output
+    assert "runs/create failed" in failed.output
+    assert (saved / "detector.json").is_file()
