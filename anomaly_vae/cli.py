@@ -863,9 +863,21 @@ def models() -> None:
 @click.option("--port", default=5000, help="Port on 127.0.0.1.")
 def ui(port: int) -> None:
     """Start the MLflow UI on this project's tracking store, bound to localhost."""
-    from anomaly_vae.tracking import tracking_uri
+    from anomaly_vae.tracking import embedded_store, tracking_uri
 
+    remote = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if remote.startswith(("http://", "https://", "databricks")):
+        raise click.UsageError(
+            f"MLFLOW_TRACKING_URI names a tracking server ({remote}): open the UI it serves"
+        )
+    store = embedded_store()
+    if store is not None and not store.is_file():
+        raise click.UsageError(
+            f"no MLflow store in this folder ({store}): run `anomaly-vae ui` in the project "
+            "folder where you ran `anomaly-vae fit`"
+        )
     uri = tracking_uri()
     click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
-    args = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    os.execvp(args[0], args)
+    # This interpreter's mlflow, so that the UI starts without the environment on PATH.
+    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    os.execv(sys.executable, [*args, "--host", "127.0.0.1", "--port", str(port)])

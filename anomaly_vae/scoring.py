@@ -63,7 +63,15 @@ def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination))
         )
     except MlflowException as exc:
-        raise ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from exc
+        hint = ""
+        if "@" in uri and "alias" in exc.message.lower():
+            hint = (
+                " (`fit --register` or `calibrate --register` sets the champion alias; "
+                "or name a version, models:/NAME/1)"
+            )
+        raise ModelNotFoundError(
+            f"cannot load model {uri}: {exc.message.splitlines()[0]}{hint}"
+        ) from exc
     # A logged pyfunc model keeps the saved detector (or ensemble) among its artifacts.
     for marker in (ENSEMBLE_FILE, CONFIG_FILE):
         found = sorted(local.rglob(marker), key=lambda p: len(p.parts))

@@ -313,11 +313,22 @@ def test_help_documents_options_with_defaults(command):
     if command == ["ui"]:
         assert "default: 5000" in text
     if command == ["calibrate"]:
-        assert "--method [f1|recall]" in text and "default: 0.9" in text
+        assert "--method [f1|recall|quantile]" in text and "default: 0.9" in text
     if command == ["batch"]:
         assert "--quiet" in text and "default: 100000" in text
     if command == ["config"]:
         assert "--config FILE" in text and "--set KEY=VALUE" in text
+
+
+def test_ui_refuses_a_folder_without_a_store_and_a_tracking_server(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    empty = CliRunner().invoke(main, ["ui"])
+    assert empty.exit_code == 2 and "no MLflow store in this folder" in empty.output
+    assert not (tmp_path / "mlruns").exists()  # no empty store left behind
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5077")
+    server = CliRunner().invoke(main, ["ui"])
+    assert server.exit_code == 2 and "open the UI it serves" in server.output
 
 
 def test_models_lists_the_registry_with_data_kinds():

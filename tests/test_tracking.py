@@ -133,7 +133,7 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run):
 
     broken = fresh.astype({"temperature": object})
     broken.loc[broken.index[1], "temperature"] = "hot"
-    with pytest.raises(MlflowException, match="temperature.*'hot'") as error:
+    with pytest.raises(MlflowException, match=r"temperature.*'hot'") as error:
         model.predict(broken)
     assert error.value.error_code == "INVALID_PARAMETER_VALUE"
 
@@ -148,6 +148,10 @@ def test_model_is_registered_and_champion_alias_moves(fitted_run):
     np.testing.assert_array_equal(
         champion.anomaly_score(fresh), result.detector.anomaly_score(fresh)
     )
+    from anomaly_vae.errors import ModelNotFoundError
+
+    with pytest.raises(ModelNotFoundError, match=r"--register. sets the champion alias"):
+        load_detector("models:/anomaly-vae@nosuch", project_dir=root)
     # The local "latest" model is the same detector.
     np.testing.assert_array_equal(
         load_detector(None, project_dir=root).anomaly_score(fresh),
