@@ -68,13 +68,34 @@ class BatchReport:
 
 
 def input_files(source: str | Path) -> list[Path]:
-    """A folder's CSV/Parquet files, or the files a glob pattern matches, sorted."""
+    """A folder's CSV/Parquet files, or the files a glob pattern matches, sorted.
+
+    A folder that does not exist, or a pattern whose fixed part names none, is a
+    DataError: on a schedule a typo or an unmounted share must not pass as "nothing new".
+    """
     path = Path(source)
     if path.is_dir():
         found = [p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES]
-    else:
+    elif glob.has_magic(str(source)):
+        fixed = Path(*_parts_before_magic(path))
+        if not fixed.is_dir():
+            raise DataError(f"{source}: there is no folder {fixed}")
         found = [Path(p) for p in glob.glob(str(source))]
+    elif path.is_file():
+        found = [path]
+    else:
+        raise DataError(f"{source}: no such folder or file")
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+
+
+def _parts_before_magic(path: Path) -> list[str]:
+    """The leading parts of a glob pattern without wildcards (at least the root or ".")."""
+    parts = []
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return parts or ["."]
 
 
 def file_digest(path: Path) -> str:
@@ -97,12 +118,13 @@ class Ledger:
         )
         self.connection.commit()
 
-    def is_done(self, digest: str, model: str, input_path: str) -> bool:
-        row = self.connection.execute(
-            "SELECT 1 FROM scored WHERE sha256 = ? AND model = ? AND input = ? AND status = 'done'",
-            (digest, model, input_path),
+    def last_written(self, output: str) -> tuple[str, str, str] | None:
+        """``(input, sha256, model)`` of the latest run that wrote ``output``, if any."""
+        return self.connection.execute(
+            "SELECT input, sha256, model FROM scored WHERE output = ? AND status = 'done' "
+            "ORDER BY rowid DESC LIMIT 1",
+            (output,),
         ).fetchone()
-        return row is not None
 
     def record(self, **values: Any) -> None:
         values["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -142,8 +164,13 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if path.suffix.lower() in PARQUET_SUFFIXES:
         import pyarrow.parquet as pq
 
+        start = 0
         for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
-            yield batch.to_pandas()
+            chunk = batch.to_pandas()
+            # The file's running row index, as pandas gives CSV chunks: errors name file rows.
+            chunk.index = pd.RangeIndex(start, start + len(chunk))
+            start += len(chunk)
+            yield chunk
         return
     try:
         yield from read_csv_chunks(path, chunk_rows)
@@ -264,12 +291,26 @@ def _score_one(
     ledger: Ledger,
     report: BatchReport,
 ) -> None:
-    size, digest = path.stat().st_size, file_digest(path)
     key = str(path.resolve())
-    if ledger.is_done(digest, model_id, key):
+    output = output_dir / path.name
+    try:
+        size, digest = path.stat().st_size, file_digest(path)
+    except OSError as exc:  # removed or made unreadable since the folder was listed
+        _record_failure(path, model_id, f"cannot read it: {exc.strerror}", ledger, report)
+        return
+    last = ledger.last_written(str(output))
+    # Only the latest write counts: an input changed back, or a model rolled back, is
+    # scored again, since the output holds the scores of whatever came in between.
+    if last == (key, digest, model_id) and output.is_file():
         report.skipped.append(str(path))
         return
-    output = output_dir / path.name
+    if last is not None and last[0] != key and Path(last[0]).is_file():
+        reason = (
+            f"{output} holds the scores of {last[0]}, another input of that name (score "
+            "this one into a separate folder)"
+        )
+        _record_failure(path, model_id, reason, ledger, report, size, digest)
+        return
     try:
         rows, flagged, sample = scorer.score_file(path, output, chunk_rows)
     except (AnomalyVAEError, ValueError, OSError) as exc:
@@ -332,10 +373,14 @@ def model_identity(reference: str | None, detector_dir: Path | None = None) -> s
     if reference is not None and reference.startswith("models:/"):
         from mlflow.tracking import MlflowClient
 
+        client = MlflowClient()
         name, _, version = reference.removeprefix("models:/").partition("/")
         if "@" in name:
             name, alias = name.split("@", 1)
-            version = MlflowClient().get_model_version_by_alias(name, alias).version
+            version = client.get_model_version_by_alias(name, alias).version
+        elif version.lower() == "latest":  # moves with every registered fit: pin it
+            versions = client.search_model_versions(f"name = '{name}'")
+            version = str(max((int(v.version) for v in versions), default=0))
         return f"{name}/{version}"
     if detector_dir is not None:
         files = sorted(detector_dir.glob("*.json"))

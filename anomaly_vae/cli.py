@@ -367,7 +367,10 @@ def score(
     help="A saved model folder or an MLflow model URI.",
 )
 @click.option(
-    "--chunk-rows", default=100_000, help="Rows read and scored at a time (memory bound)."
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=100_000,
+    help="Rows read and scored at a time (memory bound).",
 )
 @click.option(
     "--engine",
@@ -390,10 +393,17 @@ def batch(
 ) -> None:
     """Score every CSV/Parquet file in SOURCE (a folder or a glob) that this model version
     has not scored yet; safe to run on a schedule (see README: batch scoring)."""
-    from anomaly_vae.batch import DRIFT_WARNING, drift_statistic, model_identity, run_batch
+    from anomaly_vae.batch import (
+        DRIFT_WARNING,
+        drift_statistic,
+        input_files,
+        model_identity,
+        run_batch,
+    )
     from anomaly_vae.fitting import latest_model_dir
     from anomaly_vae.scoring import load_detector
 
+    input_files(source)  # a missing folder fails before the model is loaded
     detector = load_detector(model_ref)
     _check_data_kind(detector, source, is_images=False)  # batch reads CSV and Parquet files
     is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
@@ -415,10 +425,11 @@ def batch(
     )
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
+    files = len(report.scored)
     click.echo(
-        f"Model {model_id}: scored {len(report.scored)} files ({report.rows:,} rows, "
-        f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} already "
-        f"scored, {len(report.failed)} failed."
+        f"Model {model_id}: scored {files} file{'' if files == 1 else 's'} ({report.rows:,} "
+        f"rows, {100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
+        f"already scored, {len(report.failed)} failed."
     )
     if report.rows:
         note = (
@@ -427,26 +438,27 @@ def batch(
             else ""
         )
         click.echo(f"Score drift against calibration (KS statistic): {drift:.3f}{note}")
+    for path, reason in report.failed.items():
+        click.echo(f"failed: {path}: {reason}", err=True)
     if not no_tracking and (report.scored or report.failed):
         import mlflow
 
-        from anomaly_vae.tracking import use_tracking
+        from anomaly_vae.tracking import logging_after, use_tracking
 
-        use_tracking("anomaly-vae-batch")
-        with mlflow.start_run(run_name="batch"):
-            mlflow.set_tags({"model": model_id, "source": str(source)})
-            mlflow.log_metrics(
-                {
-                    "files_scored": len(report.scored),
-                    "files_failed": len(report.failed),
-                    "files_skipped": len(report.skipped),
-                    "rows_scored": report.rows,
-                    "anomaly_rate": report.anomaly_rate,
-                    **({"drift_ks": drift} if report.rows else {}),
-                }
-            )
-    for path, reason in report.failed.items():
-        click.echo(f"failed: {path}: {reason}", err=True)
+        with logging_after(f"the scores are written to {output_dir}"):
+            use_tracking("anomaly-vae-batch")
+            with mlflow.start_run(run_name="batch"):
+                mlflow.set_tags({"model": model_id, "source": str(source)})
+                mlflow.log_metrics(
+                    {
+                        "files_scored": len(report.scored),
+                        "files_failed": len(report.failed),
+                        "files_skipped": len(report.skipped),
+                        "rows_scored": report.rows,
+                        "anomaly_rate": report.anomaly_rate,
+                        **({"drift_ks": drift} if report.rows else {}),
+                    }
+                )
     if report.failed:
         raise click.exceptions.Exit(1)
 

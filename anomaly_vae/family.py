@@ -130,7 +130,7 @@ def fit_family(
         seconds=time.perf_counter() - start,
     )
     if config.tracking.enabled:
-        with tracking.logging_after_save(saved):
+        with tracking.logging_after(f"the model is saved in {saved}"):
             result.run = _track(result, candidates, config, register, project_dir)
         record_run(result.model_dir, result.run.run_id)
     return result

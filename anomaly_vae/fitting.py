@@ -203,7 +203,7 @@ def fit_source(
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:
-        with tracking.logging_after_save(model_dir):
+        with tracking.logging_after(f"the model is saved in {model_dir}"):
             tracking.use_tracking(config.tracking.experiment, project_dir)
             result.run = tracking.log_fit_run(
                 detector, config, model_dir, data, evaluation, register

@@ -128,7 +128,7 @@ def calibrate_model(
     if track:
         from anomaly_vae import tracking
 
-        with tracking.logging_after_save(saved):
+        with tracking.logging_after(f"the model is saved in {saved}"):
             result.run = _track(result, data, source, origin, project_dir, register)
         record_run(saved, result.run.run_id)
     return result

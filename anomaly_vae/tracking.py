@@ -112,14 +112,15 @@ def check_store(experiment: str, project_dir: Path | None = None) -> str:
 
 
 @contextlib.contextmanager
-def logging_after_save(model_dir: Path) -> Iterator[None]:
-    """Around what is logged once the model is saved: a failure names where the model is."""
+def logging_after(done: str) -> Iterator[None]:
+    """Around what is logged once the work is done and kept: a failure says what was
+    kept (``done``, e.g. "the model is saved in DIR") before what failed."""
     try:
         yield
     except STORE_FAILURES as exc:
         raise TrackingError(
-            f"the model is saved in {model_dir}, but logging it to MLflow "
-            f"({mlflow.get_tracking_uri()}) failed: {_first_line(exc)}"
+            f"{done}, but logging to MLflow ({mlflow.get_tracking_uri()}) failed: "
+            f"{_first_line(exc)}"
         ) from exc
 
 

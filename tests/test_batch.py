@@ -58,10 +58,17 @@ def test_scores_each_input_once_and_a_changed_input_again(model_dir, tmp_path):
     assert "scored 0 files" in again.output and "skipped 2 already scored" in again.output
     mixed_table(30, seed=3).to_csv(inputs / "a.csv", index=False)  # the input changes
     changed = batch(model_dir, inputs, out)
-    assert "scored 1 files (30 rows" in changed.output
+    assert "scored 1 file (30 rows" in changed.output
     assert len(pd.read_csv(out / "a.csv")) == 30
     ledger = Ledger(out / LEDGER_FILE).entries()
     assert ledger["status"].tolist() == ["done"] * 3 and ledger["rows"].tolist() == [120, 80, 30]
+    # Changed back: scored again, since the output holds the 30 rows' scores by now.
+    mixed_table(120, seed=1).to_csv(inputs / "a.csv", index=False)
+    back = batch(model_dir, inputs, out)
+    assert "scored 1 file (120 rows" in back.output and "skipped 1 already" in back.output
+    assert len(pd.read_csv(out / "a.csv")) == 120
+    (out / "b.parquet").unlink()  # an output deleted by hand is written again
+    assert "scored 1 file (80 rows" in batch(model_dir, inputs, out).output
 
 
 class Terminal(io.StringIO):
@@ -195,7 +202,7 @@ def test_inputs_with_the_same_name_fail_instead_of_overwriting(model_dir, tmp_pa
         mixed_table(rows, seed=rows).to_csv(tmp_path / folder / name, index=False)
     result = batch(model_dir, tmp_path / "[ABC]" / "*.csv", out)
     assert result.exit_code == 1
-    assert "scored 1 files (25 rows" in result.output and "2 failed" in result.output
+    assert "scored 1 file (25 rows" in result.output and "2 failed" in result.output
     assert "2 inputs are named x.csv" in result.output
     assert sorted(p.name for p in out.glob("*.csv")) == ["own.csv"]
     ledger = Ledger(out / LEDGER_FILE).entries()
@@ -225,3 +232,46 @@ def test_outputs_get_the_permissions_of_any_new_file(model_dir, tmp_path):
         os.umask(previous)
     for name in ("a.csv", "b.parquet"):
         assert (out / name).stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0o600
+
+
+def test_an_input_named_like_an_earlier_ones_output_does_not_replace_it(model_dir, tmp_path):
+    out = tmp_path / "out"
+    for folder, rows in (("A", 19), ("B", 40)):
+        (tmp_path / folder).mkdir()
+        mixed_table(rows, seed=rows).to_csv(tmp_path / folder / "x.csv", index=False)
+    assert batch(model_dir, tmp_path / "A", out).exit_code == 0
+    later = batch(model_dir, tmp_path / "B", out)
+    assert later.exit_code == 1 and "holds the scores of" in later.output
+    assert len(pd.read_csv(out / "x.csv")) == 19  # A's scores stay
+    (tmp_path / "A" / "x.csv").unlink()  # A's input is gone: B's may take the name
+    assert batch(model_dir, tmp_path / "B", out).exit_code == 0
+    assert len(pd.read_csv(out / "x.csv")) == 40
+
+
+def test_a_missing_source_fails_and_row_numbers_count_from_the_file_start(model_dir, tmp_path):
+    missing = batch(model_dir, tmp_path / "nosuch", tmp_path / "out")
+    assert missing.exit_code == 1 and "no such folder or file" in missing.output
+    typo = batch(model_dir, tmp_path / "nosuch" / "*.csv", tmp_path / "out")
+    assert typo.exit_code == 1 and f"there is no folder {tmp_path / 'nosuch'}" in typo.output
+    assert not (tmp_path / "out").exists()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    table = mixed_table(60, seed=1).astype({"load": str})
+    table.loc[57, "load"] = "oops"  # the 58th data row
+    table.to_csv(inputs / "a.csv", index=False)
+    table.to_parquet(inputs / "b.parquet")
+    result = batch(model_dir, inputs, tmp_path / "out", "--chunk-rows", "10")
+    assert result.exit_code == 1
+    assert result.output.count("holds 'oops' (row 58)") == 2  # a.csv and b.parquet
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert batch(model_dir, empty, tmp_path / "out2").exit_code == 0  # nothing new: fine
+
+
+def test_date_times_in_a_numeric_column_are_refused_not_scored(model_dir, tmp_path):
+    from anomaly_vae.errors import DataError
+
+    table = mixed_table(20, seed=1)
+    table["temperature"] = pd.Timestamp("2024-01-01")
+    with pytest.raises(DataError, match="'temperature' should be numeric but holds dates"):
+        VAEDetector.load(model_dir).score_frame(table)

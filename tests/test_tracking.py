@@ -148,7 +148,12 @@ def test_model_is_registered_and_champion_alias_moves(fitted_run):
     np.testing.assert_array_equal(
         champion.anomaly_score(fresh), result.detector.anomaly_score(fresh)
     )
+    from anomaly_vae.batch import model_identity
     from anomaly_vae.errors import ModelNotFoundError
+
+    # batch's ledger pins the version that "latest" and an alias name today
+    assert model_identity("models:/anomaly-vae/latest") == "anomaly-vae/1"
+    assert model_identity("models:/anomaly-vae@champion") == "anomaly-vae/1"
 
     with pytest.raises(ModelNotFoundError, match=r"--register. sets the champion alias"):
         load_detector("models:/anomaly-vae@nosuch", project_dir=root)

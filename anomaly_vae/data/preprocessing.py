@@ -152,7 +152,7 @@ class TablePreprocessor:
             distinct = np.unique(numbers.dropna().to_numpy())
             step = _quantisation_step(distinct) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
-        if pd.api.types.is_datetime64_any_dtype(values) or isinstance(values.dtype, pd.PeriodDtype):
+        if _is_time(values):
             raise DataError(
                 f"column {name!r} holds dates or times, which are not features as they are "
                 "(a fresh timestamp would be unseen): ignore it (data.ignore_columns, "
@@ -331,11 +331,28 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     stray = present & pd.to_numeric(values, errors="coerce").isna()
     if not stray.any() or stray.sum() > STRAY_TEXT_SHARE * present.sum():
         return
-    row = int(np.flatnonzero(stray.to_numpy())[0])
+    position = int(np.flatnonzero(stray.to_numpy())[0])
     raise DataError(
         f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
-        f"{values.iloc[row]!r} (row {row + 1}): correct or empty those cells, or list the "
-        "column in data.categorical_columns if it is a category"
+        f"{values.iloc[position]!r} (row {row_number(values, position)}): correct or empty "
+        "those cells, or list the column in data.categorical_columns if it is a category"
+    )
+
+
+def row_number(values: pd.Series, position: int) -> int:
+    """The 1-based data row of ``values.iloc[position]`` in its file: a chunk of a file
+    read in parts keeps the file's running row index, other frames count from 1."""
+    index = values.index
+    if isinstance(index, pd.RangeIndex) and index.step == 1:
+        return int(index[position]) + 1
+    return position + 1
+
+
+def _is_time(values: pd.Series) -> bool:
+    return (
+        pd.api.types.is_datetime64_any_dtype(values)
+        or pd.api.types.is_timedelta64_dtype(values)
+        or isinstance(values.dtype, pd.PeriodDtype)
     )
 
 
@@ -343,15 +360,19 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
     """A numeric column as ``(n,)`` float64 with NaN for missing; DataError for text."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype("float64").to_numpy()
+    if _is_time(values):
+        # pd.to_numeric would turn them into nanoseconds since 1970, scored as huge numbers.
+        raise DataError(f"column {name!r} should be numeric but holds dates or times")
     if pd.api.types.is_numeric_dtype(values):
         numbers = values.astype("float64").to_numpy()
     else:
         coerced = pd.to_numeric(values, errors="coerce")
         bad = coerced.isna() & values.notna()
         if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
+            position = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"column {name!r} should be numeric but holds {values.iloc[row]!r} (row {row + 1})"
+                f"column {name!r} should be numeric but holds {values.iloc[position]!r} "
+                f"(row {row_number(values, position)})"
             )
         numbers = coerced.astype("float64").to_numpy()
     if np.isinf(numbers).any():
