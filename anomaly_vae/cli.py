@@ -169,6 +169,8 @@ def fit(
     """
     from anomaly_vae.fitting import fit_source
 
+    if no_tracking and register:
+        raise click.UsageError("--register needs tracking: the alias lives in MLflow")
     cli_overrides = [*overrides]
     # Column names quoted, so that one named "yes" or "2024" stays a string in YAML.
     if label_col is not None:
@@ -538,6 +540,8 @@ def calibrate(
 
     if target_fpr is not None and method != QUANTILE_THRESHOLD:
         raise click.UsageError("--target-fpr is for --method quantile")
+    if no_tracking and register:
+        raise click.UsageError("--register needs tracking: the alias lives in MLflow")
     result = calibrate_model(
         data,
         model_ref,

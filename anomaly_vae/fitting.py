@@ -4,7 +4,7 @@ training, fit and calibrate a detector, evaluate when labels allow, save, track.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ class TrainingData:
     evaluation_labels: np.ndarray | None = None  # (m,) bool, True = anomaly
     excluded_anomalies: int = 0  # labelled anomalies kept out of training
     names: list[str] | None = None  # image names of `evaluation`, for reports
+    sources: dict[str, str] = field(default_factory=dict)  # "data"/"eval_data": where read
 
     def has_evaluation(self) -> bool:
         labels = self.evaluation_labels
@@ -70,14 +71,18 @@ def load_training_data(
     fraction of the normal class evaluate.
     """
     if is_image_source(source):
-        return _load_images(str(source), config, normal_class)
+        data = _load_images(str(source), config, normal_class)
+        data.sources["data"] = str(source)
+        return data
     if normal_class is not None:
         raise DataError("--normal-class is for image sources; tables use --label-col")
     data = _load_table(source, config)
+    data.sources["data"] = str(source)
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
         extra = read_table(eval_source)
+        data.sources["eval_data"] = str(eval_source)
         extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
         if data.evaluation is None:
             data.evaluation, data.evaluation_labels = extra, extra_labels
@@ -247,11 +252,18 @@ def _mark_latest(project_dir: Path, model_dir: Path) -> None:
     models = project_dir / MODELS_DIR
     models.mkdir(parents=True, exist_ok=True)
     temporary = models / f".{LATEST_FILE}.tmp"
-    temporary.write_text(str(model_dir.resolve()) + "\n")
+    target = model_dir.resolve()
+    # Relative inside the project, so that a project folder moved or copied keeps it.
+    if target.is_relative_to(models.resolve()):
+        target = target.relative_to(models.resolve())
+    temporary.write_text(f"{target}\n")
     temporary.replace(models / LATEST_FILE)
 
 
 def latest_model_dir(project_dir: Path | None = None) -> Path | None:
     """The folder of the newest model fit in ``project_dir`` (None if there is none)."""
-    marker = (project_dir or Path.cwd()) / MODELS_DIR / LATEST_FILE
-    return Path(marker.read_text().strip()) if marker.is_file() else None
+    models = (project_dir or Path.cwd()) / MODELS_DIR
+    marker = models / LATEST_FILE
+    if not marker.is_file():
+        return None
+    return (models / marker.read_text().strip()).resolve()  # an absolute path stays as it is

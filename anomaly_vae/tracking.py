@@ -12,6 +12,8 @@ import datetime
 import json
 import os
 import tempfile
+import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +253,7 @@ def log_detector(
         # The config logs auto settings as None; a reviewer needs the values used.
         mlflow.log_params({f"auto.{k}": v for k, v in detector.auto_settings.items()})
     mlflow.set_tags({"model": config.model.name, "score": detector.calibration_["score"]})
+    log_sources(data)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -276,6 +279,19 @@ def log_detector(
             if config.tracking.log_views:
                 _log_views(detector, data, config.tracking.view_rows, out)
         mlflow.log_artifacts(str(out))
+
+
+def log_sources(data: TrainingData) -> None:
+    """Which files the run read (tags ``data``, ``eval_data``), and for a table the
+    training rows as an MLflow dataset input (schema, digest, source; the UI's Datasets)."""
+    mlflow.set_tags(data.sources)
+    source = data.sources.get("data")
+    if isinstance(data.train, pd.DataFrame) and source is not None:
+        with warnings.catch_warnings():
+            # MLflow registers two equivalent source kinds for a local path and says so.
+            warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+            dataset = mlflow.data.from_pandas(data.train, source=source, name=Path(source).name)
+        mlflow.log_input(dataset, context="training")
 
 
 def log_calibration(
@@ -350,9 +366,18 @@ def log_model(
 
 def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> None:
     """Per-epoch losses as metric series (step = epoch), in one batched call per 1000."""
+    history = detector.history_
+    # Epoch end times, spread evenly over the training that has just ended (the history
+    # keeps the total only), so that MLflow's wall-time axis shows when training ran.
+    end_ms, epoch_ms = time.time() * 1000, history.seconds * 1000 / max(len(history.epochs), 1)
     metrics = [
-        Metric(key=key, value=float(value), timestamp=0, step=epoch)
-        for epoch, losses in enumerate(detector.history_.epochs, start=1)
+        Metric(
+            key=key,
+            value=float(value),
+            timestamp=int(end_ms - (len(history.epochs) - epoch) * epoch_ms),
+            step=epoch,
+        )
+        for epoch, losses in enumerate(history.epochs, start=1)
         for key, value in losses.items()
     ]
     for start in range(0, len(metrics), 1000):
@@ -414,7 +439,16 @@ def _requirements() -> list[str]:
 
     return [
         f"{name}=={version(name)}"
-        for name in ("torch", "scikit-learn", "pandas", "numpy", "mlflow", "pyyaml", "tqdm")
+        for name in (
+            "torch",
+            "scikit-learn",
+            "pandas",
+            "numpy",
+            "mlflow",
+            "pyyaml",
+            "tqdm",
+            "matplotlib",  # the pyfunc module's imports load the plots module
+        )
     ]
 
 

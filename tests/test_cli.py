@@ -320,6 +320,31 @@ def test_help_documents_options_with_defaults(command):
         assert "--config FILE" in text and "--set KEY=VALUE" in text
 
 
+@pytest.mark.parametrize("command", ["fit", "calibrate"])
+def test_register_without_tracking_is_refused(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"x": [1.0, 2.0]}).to_csv("data.csv", index=False)
+    result = CliRunner().invoke(main, [command, "data.csv", "--no-tracking", "--register"])
+    assert result.exit_code == 2 and "--register needs tracking" in result.output
+
+
+def test_a_copied_project_finds_its_own_latest_model(tmp_path, monkeypatch):
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    mixed_table(200, seed=0).to_csv("train.csv", index=False)
+    fit = CliRunner().invoke(
+        main, ["fit", "train.csv", "--id-col", "reading_id", "--no-tracking", "--quiet", *FAST]
+    )
+    assert fit.exit_code == 0, fit.output
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    shutil.rmtree(tmp_path / "a")  # the original is gone: the copy must not point at it
+    monkeypatch.chdir(tmp_path / "b")
+    scored = CliRunner().invoke(main, ["score", "train.csv", "-o", "s.csv", "--quiet"])
+    assert scored.exit_code == 0, scored.output
+
+
 def test_ui_refuses_a_folder_without_a_store_and_a_tracking_server(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

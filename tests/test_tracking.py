@@ -60,6 +60,11 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     ):
         history = client.get_metric_history(run.info.run_id, key)
         assert [m.step for m in history] == list(range(1, epochs + 1)), key
+        stamps = [m.timestamp for m in history]  # when training ran, not 1970
+        assert stamps == sorted(stamps) and stamps[0] > run.info.start_time - 600_000, key
+    assert run.data.tags["data"] == str(fitted_run[0] / "train.csv")
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "train.csv" and dataset.tags[0].value == "training"
     metrics = run.data.metrics
     assert metrics["epochs"] == epochs
     assert metrics["best_epoch"] == result.detector.history_.best_epoch
