@@ -29,7 +29,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, ColSpec, Schema
 
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
@@ -186,10 +186,11 @@ def _base_detector(detector: Any) -> VAEDetector:
 def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
     """Input/output schema of the pyfunc model.
 
-    Tables: numeric columns are declared ``Any``: MLflow would otherwise refuse
-    integers for a float column (or NaN for an integer one), while the model itself
-    accepts integers, floats and missing values and rejects text with a clear error.
-    Text columns are strings; the id column is optional. Images: a uint8 tensor.
+    Tables: every column is declared ``Any``, with its name. MLflow's type checks would
+    refuse what the model accepts, as `anomaly-vae score` does: integers for a float
+    column, NaN for an integer one, a text column empty in every row (float NaN) or
+    holding integer codes. The model checks the values itself and answers bad ones with
+    a clear error. The id column is optional. Images: a uint8 tensor.
     """
     outputs = infer_signature(example, detector.score_frame(example)).outputs
     if isinstance(example, np.ndarray):
@@ -199,11 +200,7 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
     inputs = []
     if id_column is not None and id_column in example.columns:
         inputs.append(ColSpec(AnyType(), id_column, required=False))
-    for column in base.preprocessor_.columns:
-        text = column.kind == "categorical" and not pd.api.types.is_numeric_dtype(
-            example[column.name]
-        )
-        inputs.append(ColSpec(DataType.string if text else AnyType(), column.name))
+    inputs += [ColSpec(AnyType(), column.name) for column in base.preprocessor_.columns]
     return ModelSignature(inputs=Schema(inputs), outputs=outputs)
 
 

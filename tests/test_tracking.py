@@ -131,6 +131,11 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run):
         temperature=fresh["temperature"].round().astype(int)
     )
     assert len(model.predict(no_id)) == len(fresh)
+    # A text column empty in every row, or holding integer codes, scores as with the CLI.
+    for machine in (np.nan, 7):
+        odd = fresh.assign(machine=machine)
+        got = model.predict(odd).reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, result.detector.score_frame(odd).reset_index(drop=True))
     assert model.metadata.signature is not None
     assert model.metadata.get_input_schema().input_names()[0] == "reading_id"
     # The model's own message on bad input, as an MLflow error a server answers 400 with.
