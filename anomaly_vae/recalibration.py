@@ -88,9 +88,10 @@ def calibrate_model(
 ) -> CalibrationResult:
     """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
     threshold on ``source`` by ``method``, save it as a new model and, with ``track``,
-    log and register it as a new version (of the registered model that ``model_ref``
-    names, else ``tracking.registered_model_name``); ``register`` moves the champion
-    alias to it.
+    log it in the source's experiment and register it as a new version of the source's
+    registered model (both traced through the run that logged the source; else
+    ``tracking.experiment`` and ``tracking.registered_model_name``); ``register`` moves
+    the champion alias to it.
 
     ``f1`` and ``recall`` choose on labelled rows of both classes. ``quantile`` takes the
     ``1 - target_fpr`` quantile (default: the model's) of the normal rows of ``source``
