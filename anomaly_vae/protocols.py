@@ -14,11 +14,67 @@ from anomaly_vae.data.images import (
 )
 from anomaly_vae.errors import DataError
 
+# What an error about a table file says the file should be.
+NPZ_FORMAT = (
+    "a NumPy .npz archive of numeric arrays X (n, d) and y (n,) with 0 = normal, 1 = anomaly"
+)
+
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """An ADBench-format file: ``X (n, d)`` float64 and ``y (n,)`` int (1 = anomaly)."""
-    with np.load(path, allow_pickle=False) as data:
-        return data["X"].astype(np.float64), data["y"].astype(np.int64)
+    """An ADBench-format file: ``X (n, d)`` float64 and ``y (n,)`` int (1 = anomaly).
+
+    DataError naming the file when it is not one: not an .npz archive, an array missing,
+    not numeric (or Python objects, which are never loaded), or labels other than 0/1.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [name for name in ("X", "y") if name not in data.files]
+            if missing:
+                found = ", ".join(data.files) or "none"
+                raise DataError(
+                    f"{path} is not a valid ADBench .npz file: no array {missing[0]!r} "
+                    f"(arrays there: {found}); expected {NPZ_FORMAT}"
+                )
+            X, y = data["X"].astype(np.float64), data["y"]  # read on access: in the block
+    except DataError:
+        raise
+    except Exception as exc:
+        # numpy's message for a file that is not an archive, or for an array of Python
+        # objects, advises allow_pickle=True, which would run code from the file.
+        message = str(exc)
+        if "pickle" in message:
+            reason = (
+                "arrays of Python objects" if "Object arrays" in message else "not a zip archive"
+            )
+        else:
+            reason = f"{type(exc).__name__}: {message}"
+        raise DataError(
+            f"{path} is not a valid ADBench .npz file ({reason}); expected {NPZ_FORMAT}"
+        ) from None
+    if X.ndim != 2 or y.shape != (len(X),):
+        raise DataError(f"{path}: X must be (n, d) and y (n,), got X {X.shape} and y {y.shape}")
+    return X, check_labels(y, str(path))
+
+
+def check_labels(y: np.ndarray, where: str = "y") -> np.ndarray:
+    """``y`` as int64 when every label is 0 (normal) or 1 (anomaly) and both occur.
+
+    DataError otherwise, naming ``where``: other codes (e.g. ADBench-like files with -1
+    for anomalies) would silently leave the test set without anomalies, whose AUROC is
+    then undefined; casting first would turn 0.5 into a normal row.
+    """
+    valid = np.isin(y, (0, 1))
+    if not valid.all():
+        others = np.unique(y[~valid])
+        shown = ", ".join(str(v) for v in others[:5]) + (", ..." if len(others) > 5 else "")
+        raise DataError(
+            f"{where}: labels must be 0 (normal) or 1 (anomaly), found {shown} "
+            f"in {int((~valid).sum())} of {len(y)} rows"
+        )
+    labels = y.astype(np.int64)
+    if labels.min(initial=1) == 1 or labels.max(initial=0) == 0:
+        raise DataError(f"{where}: needs both normal (0) and anomalous (1) rows")
+    return labels
 
 
 def t_clean_split(
@@ -27,8 +83,9 @@ def t_clean_split(
     """T-clean: half the normal rows (shuffled with ``default_rng(seed)``) train.
 
     Returns ``(X_train, X_test, y_test)``; the test set is the other half of the
-    normal rows followed by every anomaly.
+    normal rows followed by every anomaly. DataError for labels other than 0/1.
     """
+    y = check_labels(y)
     normal = np.flatnonzero(y == 0)
     anomalous = np.flatnonzero(y == 1)
     shuffled = normal[np.random.default_rng(seed).permutation(len(normal))]
@@ -51,10 +108,12 @@ def t_contaminated_split(
     ``default_rng(seed)``), then a stratified 70/30 split with ``random_state=seed``.
 
     Returns ``(X_train, X_test, y_test)``; the training rows hold anomalies too, and
-    their labels are not returned because the detector must not see them.
+    their labels are not returned because the detector must not see them. DataError for
+    labels other than 0/1.
     """
     from sklearn.model_selection import train_test_split
 
+    y = check_labels(y)
     rng = np.random.default_rng(seed)
     if len(X) < MIN_ROWS:
         rows = rng.choice(len(X), size=MIN_ROWS, replace=True)

@@ -1,69 +1,35 @@
-"""Compare our detector, its family and baselines on a protocol of shared/PROTOCOL.md
-(the pipeline behind `anomaly-vae benchmark`; see its --help for every option).
+"""Compare our detector, its family and baselines on a protocol of shared/PROTOCOL.md:
+`anomaly-vae benchmark` under another name. This script runs that very command, so its
+options, --help, defaults, errors and exit codes are the command's.
 
     python pipelines/benchmark.py --protocol t-clean --data-dir ../shared/data/adbench \
         --out results/bench-t-clean [--datasets 4_breastw,6_cardio] [--seeds 0,1,2] \
         [--methods anomaly-vae,knn] [--config FILE] [--set key=value ...] [--threads N] [--jobs N]
     python pipelines/benchmark.py --protocol i-oneclass --data-dir ../shared/data \
         --datasets FashionMNIST --out results/bench-fmnist
+    python pipelines/benchmark.py --help
 
-Writes OUT/results.csv (resumable), OUT/summary.md, OUT/failures.csv; exit code 1 if
-anything failed.
+Writes into OUT: results.csv (one row per data set or class, seed and method; a rerun
+skips the rows there), unrounded.csv (their AUROC and AUCPR unrounded), summary.md,
+warnings.csv, failures.csv with the tracebacks in failures.log, and run.json (the
+protocol, config and data the rows were made with: a rerun with others is refused).
+Exit code 1 if anything failed or an argument is wrong (2 for a bad option value).
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
+from anomaly_vae import cli
 
-from anomaly_vae.benchmark import run_benchmark
-from anomaly_vae.benchmark.tasks import PROTOCOLS
+PROG = "python pipelines/benchmark.py"  # how usage lines and error hints name this script
 
 
-def _names(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(part) for part in _names(text)]
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", required=True, choices=PROTOCOLS)
-    parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--datasets", type=_names)
-    parser.add_argument("--classes", type=_ints)
-    parser.add_argument("--seeds", type=_ints)
-    parser.add_argument("--methods", type=_names)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
-    outcome = run_benchmark(
-        args.protocol,
-        args.data_dir,
-        args.out,
-        datasets=args.datasets,
-        classes=args.classes,
-        seeds=args.seeds,
-        methods=args.methods,
-        config_path=args.config,
-        overrides=args.overrides,
-        threads=args.threads,
-        jobs=args.jobs,
-        progress=not args.quiet,
-    )
-    print(outcome.summary.read_text())
-    print(
-        f"{outcome.rows_new} new rows, {outcome.rows_done_before} already done, "
-        f"{len(outcome.failures)} failed; results in {outcome.out / 'results.csv'}"
-    )
-    return 1 if outcome.failures else 0
+def main(argv: list[str] | None = None) -> None:
+    """Run `anomaly-vae benchmark` with ``argv`` (default: this script's arguments) and
+    exit with its exit code."""
+    cli.main.callback(verbose=False)  # the logging set-up of `anomaly-vae` (no -v here)
+    # The settings of the `anomaly-vae` group (-h, [default: ...] in the help) as well.
+    cli.benchmark.main(args=argv, prog_name=PROG, **cli.main.context_settings)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

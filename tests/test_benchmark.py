@@ -3,10 +3,13 @@ the summary and the CLI. Our own detector runs only with tiny configs."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
+import json
 import re
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,15 +18,22 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly_vae.benchmark import methods as bench_methods
-from anomaly_vae.benchmark import run_benchmark, runner
+from anomaly_vae.benchmark import run_benchmark, runner, tasks
 from anomaly_vae.benchmark.report import RunInfo, write_summary
 from anomaly_vae.benchmark.results import RESULT_COLUMNS
 from anomaly_vae.benchmark.tasks import PROTOCOLS, find_datasets
 from anomaly_vae.cli import main
 from anomaly_vae.data.images import ImageSet, write_idx_set
 from anomaly_vae.detector import VAEDetector
-from anomaly_vae.errors import DataError
-from anomaly_vae.protocols import MAX_ROWS, MIN_ROWS, i_oneclass_split, t_contaminated_split
+from anomaly_vae.errors import ConfigError, DataError
+from anomaly_vae.protocols import (
+    MAX_ROWS,
+    MIN_ROWS,
+    i_oneclass_split,
+    load_npz,
+    t_clean_split,
+    t_contaminated_split,
+)
 from tests.conftest import TINY, correlated_normal, planted_anomalies
 
 FAST = [*TINY, "training.epochs=5"]  # our detector: seconds, not minutes
@@ -100,6 +110,44 @@ def test_i_oneclass_split_trains_on_one_class_and_labels_the_rest():
         i_oneclass_split(train, test, 5)
 
 
+@pytest.mark.parametrize(
+    ("labels", "found"), [((0, -1), "found -1 in 20"), ((0.0, 0.5), "found 0.5 in 20")]
+)
+def test_labels_other_than_0_and_1_are_refused(tmp_path, labels, found):
+    """ADBench-like files coding anomalies as -1 (or 0.5, which a cast makes 0) would
+    leave the test split without anomalies, and every AUROC of the file undefined."""
+    X = correlated_normal(220, seed=0)
+    y = np.r_[np.full(200, labels[0]), np.full(20, labels[1])]
+    np.savez(tmp_path / "coded.npz", X=X, y=y)
+    with pytest.raises(DataError, match=rf"coded.npz: labels must be 0 \(normal\) or 1.*{found}"):
+        load_npz(tmp_path / "coded.npz")
+    with pytest.raises(DataError, match="labels must be 0"):
+        t_clean_split(X, y, seed=0)
+    with pytest.raises(DataError, match="labels must be 0"):
+        t_contaminated_split(X, y, seed=0)
+    np.savez(tmp_path / "normal.npz", X=X, y=np.zeros(220, int))
+    with pytest.raises(DataError, match=r"needs both normal \(0\) and anomalous \(1\) rows"):
+        load_npz(tmp_path / "normal.npz")
+
+
+def test_a_corrupt_npz_is_not_a_valid_adbench_file_and_is_never_unpickled(tmp_path):
+    """numpy's own message advises allow_pickle=True, which would run the file's code."""
+    np.savez(tmp_path / "objects.npz", X=np.array([{"a": 1}], dtype=object), y=np.array([0]))
+    (tmp_path / "text.npz").write_bytes(b"not a zip file")
+    np.savez(tmp_path / "no_y.npz", X=np.zeros((3, 2)))
+    expected = {
+        "objects": "arrays of Python objects",
+        "text": "not a zip archive",
+        "no_y": "no array 'y' .arrays there: X.",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(DataError) as error:
+            load_npz(tmp_path / f"{name}.npz")
+        message = str(error.value)
+        assert re.search(rf"{name}.npz is not a valid ADBench .npz file.*{reason}", message)
+        assert "pickle" not in message and error.value.__cause__ is None
+
+
 # -- methods ----------------------------------------------------------------------------------
 
 
@@ -149,6 +197,13 @@ def test_results_csv_has_the_protocol_columns(table_dir, tmp_path):
         assert (int(row["n_train"]), int(row["n_test"])) == (100, 120)  # half the normals
         assert float(row["fit_s"]) >= 0 and float(row["score_s"]) >= 0
     assert min(float(r["aucroc"]) for r in rows if r["method"] == "knn") > 90
+    exact = read_rows(out, "unrounded.csv")  # the same rows, every digit
+    assert [(e["dataset"], e["method"]) for e in exact] == [
+        (r["dataset"], r["method"]) for r in rows
+    ]
+    for row, unrounded in zip(rows, exact, strict=True):
+        assert f"{float(unrounded['aucroc']):.2f}" == row["aucroc"]
+        assert f"{float(unrounded['aucpr']):.2f}" == row["aucpr"]
 
 
 def test_resume_runs_only_the_missing_rows(table_dir, tmp_path, monkeypatch):
@@ -171,6 +226,123 @@ def test_resume_runs_only_the_missing_rows(table_dir, tmp_path, monkeypatch):
     assert read_rows(out)[:4] == first
 
 
+def test_resume_refuses_rows_made_with_another_config_or_data(table_dir, tmp_path):
+    """Rows are done only for the protocol, config and data they were made with (run.json);
+    otherwise the run stops with one line naming the difference, changing nothing."""
+    out = tmp_path / "out"
+
+    def run(data=table_dir, overrides=("training.epochs=5",), protocol="t-clean", **kwargs):
+        return run_benchmark(
+            protocol, data, out, seeds=[0], methods=["knn"], overrides=overrides, **kwargs
+        )
+
+    run()
+    rows = read_rows(out)
+    again = run(jobs=1, threads=1)  # how a run is spread over cores is no difference
+    assert again.rows_new == 0 and again.rows_done_before == 2
+    with pytest.raises(ConfigError, match=r"config \(training.epochs: 5 there, 6 now\); use a new"):
+        run(overrides=["training.epochs=6"])
+    with pytest.raises(ConfigError, match=r"config \(model.latent_dim: 8 there, 2 now\); use"):
+        run(overrides=["training.epochs=5", "model.latent_dim=2"])
+    copy = shutil.copytree(table_dir, tmp_path / "copy")
+    with pytest.raises(ConfigError, match=f"data in {re.escape(str(table_dir.resolve()))}, not in"):
+        run(data=copy)
+    with pytest.raises(ConfigError, match="made with protocol t-clean, not t-contaminated"):
+        run(protocol="t-contaminated")
+    write_npz(table_dir / "2_second.npz", seed=7)  # the same name, other rows
+    with pytest.raises(ConfigError, match="other contents of 2_second"):
+        run()
+    assert read_rows(out) == rows  # refused runs changed nothing
+    description = json.loads((out / "run.json").read_text())
+    assert description["protocol"] == "t-clean" and description["data_dir"] == str(table_dir)
+    assert (
+        description["config"]["training.epochs"] == 5
+        and "training.seed" not in description["config"]
+    )
+    assert set(description["data"]) == {"1_first", "2_second"}
+    args = ["benchmark", "--protocol", "t-clean", "--data-dir", str(table_dir), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--seeds", "0", "--methods", "knn", "--quiet"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"Error: {out} holds 2 rows made with")
+
+
+def test_a_results_folder_without_run_json_resumes_with_a_note(table_dir, tmp_path, capsys):
+    """A folder of an older version: its rows are resumed, said to be of unknown settings."""
+    out = tmp_path / "out"
+    run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
+    (out / "run.json").unlink()
+    (out / "unrounded.csv").unlink()
+    capsys.readouterr()
+    again = run_benchmark(
+        "t-clean",
+        table_dir,
+        out,
+        seeds=[0],
+        methods=["knn", "pca"],
+        overrides=["training.epochs=6"],
+    )
+    assert again.rows_done_before == 2 and again.rows_new == 2
+    assert "has no run.json (written by an older version): its 2 rows are resumed" in (
+        capsys.readouterr().err
+    )
+    assert json.loads((out / "run.json").read_text())["unchecked_rows"] == 2
+    summary = (out / "summary.md").read_text()
+    assert "- 2 rows were in results.csv before run.json" in summary
+    assert "for 2 rows of an older version: of the two-decimal values" in summary
+
+
+def test_labels_other_than_0_and_1_fail_that_data_set_and_the_run_goes_on(table_dir, tmp_path):
+    X = correlated_normal(100, seed=3)
+    np.savez(table_dir / "0_coded.npz", X=X, y=np.r_[np.zeros(90), -np.ones(10)])
+    out = tmp_path / "out"
+    outcome = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
+    assert list(outcome.failures) == [("t-clean", "0_coded", "", "", "")]
+    assert (
+        "labels must be 0 (normal) or 1 (anomaly), found -1"
+        in outcome.failures[("t-clean", "0_coded", "", "", "")]
+    )
+    assert {r["dataset"] for r in read_rows(out)} == {"1_first", "2_second"}
+
+
+def test_a_metric_that_is_not_finite_is_a_failure_retried_next_run(
+    table_dir, tmp_path, monkeypatch
+):
+    def only_normals(X, y, seed):  # a test split without anomalies: AUROC undefined (NaN)
+        return X[y == 0][:50], X[y == 0][50:], np.zeros(int((y == 0).sum()) - 50, int)
+
+    monkeypatch.setitem(tasks.TABLE_SPLITS, "t-clean", only_normals)
+    out = tmp_path / "out"
+    outcome = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
+    assert read_rows(out) == []  # no row with aucroc nan counted as done
+    assert len(outcome.failures) == 2
+    assert all("not finite (test labels present: 0;" in e for e in outcome.failures.values())
+    monkeypatch.undo()
+    again = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
+    assert again.rows_new == 2 and not again.failures
+
+
+def test_seeds_and_classes_are_checked_before_anything_runs(table_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="seeds must be 0 or more, got -1"):
+        run_benchmark("t-clean", table_dir, out, seeds=[0, -1], methods=["knn"])
+    with pytest.raises(ConfigError, match="classes must be 0 or more, got -2"):
+        run_benchmark("i-oneclass", table_dir, out, classes=[-2], methods=["knn"])
+    assert not out.exists()
+    outcome = run_benchmark("t-clean", table_dir, out, seeds=[0, 0], methods=["knn"])
+    assert outcome.rows_new == 2 and len(read_rows(out)) == 2  # a repeated seed runs once
+
+
+def test_methods_that_suit_none_of_the_data_are_an_error(table_dir, tmp_path):
+    out = tmp_path / "out"
+    args = ["benchmark", "--protocol", "t-clean", "--data-dir", str(table_dir), "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--methods", "conv-vae", "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "none of the requested methods can run on table data (conv-vae: accepts image" in (
+        result.output
+    )
+    assert not out.exists()
+
+
 def test_failures_are_recorded_and_the_run_goes_on(table_dir, tmp_path, monkeypatch):
     (table_dir / "0_broken.npz").write_bytes(b"not a zip file")
     out = tmp_path / "out"
@@ -188,6 +360,7 @@ def test_failures_are_recorded_and_the_run_goes_on(table_dir, tmp_path, monkeypa
         ("1_first", "pca"),
         ("2_second", "pca"),
     }
+    assert "not a valid ADBench .npz file (not a zip archive)" in failures[0]["error"]
     assert "RuntimeError: pca exploded" in failures[1]["error"]
     assert {(r["dataset"], r["method"]) for r in read_rows(out)} == {
         ("1_first", "knn"),
@@ -232,6 +405,31 @@ def test_warnings_are_recorded_in_warnings_csv(table_dir, tmp_path, monkeypatch,
     assert "too few calibration rows" not in caplog.text  # recorded, not printed
     run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], progress=False)
     assert read_rows(out, "warnings.csv") == warned  # resumed rows keep their warnings
+
+
+def test_summary_means_are_of_the_unrounded_values(tmp_path):
+    """results.csv holds two decimals; the means come from unrounded.csv where it has the
+    row (its last row of a key), else from results.csv, and the summary says so."""
+    exact = {0: 90.0051, 1: 90.0051, 2: 90.0001}  # as rounded: 90.01, 90.01, 90.00
+    with (tmp_path / "results.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(RESULT_COLUMNS)
+        for seed, auc in exact.items():
+            writer.writerow(
+                ["t-clean", "A", "", seed, "knn", f"{auc:.2f}", f"{auc:.2f}", 1, 1, 9, 9]
+            )
+        writer.writerow(["t-clean", "B", "", 0, "knn", "80.00", "70.00", 1, 1, 9, 9])
+    with (tmp_path / "unrounded.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["protocol", "dataset", "class", "seed", "method", "aucroc", "aucpr"])
+        writer.writerow(["t-clean", "A", "", 0, "knn", 1.0, 1.0])  # superseded by a rerun
+        for seed, auc in exact.items():
+            writer.writerow(["t-clean", "A", "", seed, "knn", repr(auc), repr(auc)])
+    text = write_summary(tmp_path, RunInfo("t-clean", "data", [0, 1, 2])).read_text()
+    auroc = text.split("mean AUROC (%)")[1].split("##")[0]
+    assert re.search(r"^\| A +\| +\*\*90\.00\*\* \|$", auroc, re.MULTILINE), auroc  # not 90.01
+    assert re.search(r"^\| B +\| +\*\*80\.00\*\* \|$", auroc, re.MULTILINE), auroc
+    assert "mean over seeds of the unrounded values (for 1 row of an older version" in text
 
 
 def test_summary_bolds_the_best_mean_per_row(tmp_path):
@@ -390,7 +588,13 @@ def test_jobs_2_gives_the_rows_of_jobs_1(table_dir, tmp_path):
     assert "2 jobs (worker processes) side by side, 1 torch thread each" in summary
     assert "1 job, 1 torch thread" in (tmp_path / "jobs1" / "summary.md").read_text()
     again = run_benchmark(
-        "t-clean", table_dir, tmp_path / "jobs2", seeds=[0, 1], methods=methods, jobs=2
+        "t-clean",
+        table_dir,
+        tmp_path / "jobs2",
+        seeds=[0, 1],
+        methods=methods,
+        jobs=2,
+        overrides=FAST,
     )
     assert again.rows_new == 0 and again.rows_done_before == 2 * 2 * len(methods)  # resumed
     assert list(again.failures) == [("t-clean", "0_broken", "", "", "")]
@@ -482,6 +686,40 @@ def test_cli_names_the_valid_methods_and_datasets(table_dir, tmp_path):
 def test_cli_protocols_are_the_runners():
     choices = next(p for p in main.commands["benchmark"].params if p.name == "protocol")
     assert tuple(choices.type.choices) == PROTOCOLS
+
+
+def run_pipeline_script(monkeypatch, *args: str) -> int | str | None:
+    """``python pipelines/benchmark.py ARGS`` in this process; its exit code."""
+    script = Path(__file__).parents[1] / "pipelines" / "benchmark.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    return exit_info.value.code
+
+
+def test_pipeline_script_is_the_cli_command(table_dir, tmp_path, monkeypatch, capsys):
+    """Its options, help and errors are those of `anomaly-vae benchmark`: no tracebacks."""
+    base = ["--protocol", "t-clean", "--data-dir", str(table_dir), "--out", str(tmp_path / "o")]
+    assert run_pipeline_script(monkeypatch, *base, "--methods", "knn,nope") == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for '--methods': unknown method 'nope'; available: anomaly-vae" in err
+    assert "Traceback" not in err and "Usage: python pipelines/benchmark.py [OPTIONS]" in err
+    missing = ["--protocol", "t-clean", "--data-dir", str(tmp_path / "nowhere"), "--out", "o"]
+    assert run_pipeline_script(monkeypatch, *missing) == 2
+    assert "'--data-dir': Directory" in capsys.readouterr().err
+    assert run_pipeline_script(monkeypatch, *base, "--seeds", "-1") == 2
+    assert "numbers must be >= 0" in capsys.readouterr().err
+    assert run_pipeline_script(monkeypatch, *base, "--datasets", "3_third") == 1
+    assert "Error: no data set '3_third'" in capsys.readouterr().err
+    assert run_pipeline_script(monkeypatch, "--help") == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    cli_help = " ".join(CliRunner().invoke(main, ["benchmark", "--help"]).output.split())
+    assert help_text.split("[OPTIONS]", 1)[1] == cli_help.split("[OPTIONS]", 1)[1]
+    script = Path(__file__).parents[1] / "pipelines" / "benchmark.py"
+    docstring = ast.get_docstring(ast.parse(script.read_text()))
+    for name in ("results.csv", "unrounded.csv", "summary.md", "warnings.csv", "failures.csv"):
+        assert name in docstring
+    assert "failures.log" in docstring and "run.json" in docstring
 
 
 def test_pipeline_script_calls_the_same_runner(table_dir, tmp_path, monkeypatch, capsys):

@@ -1,9 +1,9 @@
 """summary.md: the run's setting, mean AUROC/AUCPR per data set (or class) and method
 with the best per row in bold, times per method, skipped methods, failures and warnings.
 
-Built from results.csv alone (plus the latest run's failures and warnings), so it
-covers rows of resumed runs too. Tables are Markdown with padded columns, readable in
-a terminal as well.
+Built from results.csv (with the unrounded AUROC and AUCPR of unrounded.csv, and the
+latest run's failures and warnings), so it covers rows of resumed runs too. Tables are
+Markdown with padded columns, readable in a terminal as well.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.benchmark.methods import registry
+from anomaly_vae.benchmark.results import KEY_COLUMNS
 from anomaly_vae.benchmark.tasks import IMAGE_PROTOCOL, natural_key
 
 SUMMARY_FILE = "summary.md"
@@ -39,6 +40,7 @@ class RunInfo:
     threads: int = 0  # torch threads during the run (per worker with jobs > 1)
     jobs: int = 1  # worker processes running (data set, class, seed) units side by side
     rows_new: int = 0  # rows this run added to results.csv
+    unchecked_rows: int = 0  # rows from before run.json: made with unknown settings
     skipped: dict[str, str] = field(default_factory=dict)
     # Read when the run starts: the code that ran, not what the checkout holds at the end.
     versions: dict[str, str] = field(default_factory=lambda: versions())
@@ -166,9 +168,30 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"class": str, "seed": str}, keep_default_na=False)
 
 
+def read_results(out: Path) -> pd.DataFrame:
+    """results.csv with each row's AUROC and AUCPR unrounded where unrounded.csv has them
+    (its last row of a key: a row killed before results.csv was written is run again),
+    so that means are not means of values already rounded to two decimals. Column
+    ``unrounded``: whether the row had them (rows of older versions do not)."""
+    results = _read(out / "results.csv")
+    exact = _read(out / "unrounded.csv")
+    if not len(results):
+        return results
+    results["unrounded"] = False
+    if not len(exact):
+        return results
+    exact = exact.drop_duplicates(KEY_COLUMNS, keep="last")
+    merged = results.merge(exact, on=KEY_COLUMNS, how="left", suffixes=("", "_exact"))
+    found = merged["aucroc_exact"].notna()
+    for metric in METRICS:
+        results[metric] = merged[f"{metric}_exact"].where(found, merged[metric])
+    results["unrounded"] = found.to_numpy()
+    return results
+
+
 def summary_text(out: Path, run: RunInfo | None = None) -> str:
     """The text of summary.md for the run folder ``out``."""
-    results = _read(out / "results.csv")
+    results = read_results(out)
     failures = _read(out / "failures.csv")
     warned = _read(out / "warnings.csv")
     protocols = sorted(results["protocol"].unique()) if len(results) else []
@@ -210,6 +233,18 @@ def _setting(results: pd.DataFrame, run: RunInfo | None) -> list[str]:
             + (f"; classes: {', '.join(map(str, run.classes))}" if run.classes else ""),
             f"- anomaly-vae config: {run.config}",
         ]
+        if run.unchecked_rows:
+            lines.append(
+                f"- {run.unchecked_rows} rows were in results.csv before run.json recorded "
+                "what rows are made with: their config and data are unknown"
+            )
+    rounded = int((~results["unrounded"]).sum()) if len(results) else 0
+    means = "mean over seeds of the unrounded values"
+    if rounded:
+        means += (
+            f" (for {rounded} row{'s' if rounded != 1 else ''} of an older version: of the "
+            "two-decimal values in results.csv)"
+        )
     lines += [
         f"- seeds in results.csv: {', '.join(map(str, seeds)) or '-'}; rows: {len(results)}"
         + (f" ({run.rows_new} from this run)" if run is not None else ""),
@@ -218,7 +253,7 @@ def _setting(results: pd.DataFrame, run: RunInfo | None) -> list[str]:
         "- versions: "
         + ", ".join(f"{k} {v}" for k, v in (run.versions if run else versions()).items()),
         "",
-        "AUROC and AUCPR in percent, mean over seeds; the mean row is the mean over the rows. "
+        f"AUROC and AUCPR in percent, {means}; the mean row is the mean over the rows. "
         f"Best per row in **bold**; `{PARTIAL}`: the method lacks some rows.",
         "",
     ]

@@ -1,16 +1,22 @@
 """The files of a benchmark run, written row by row so that a killed run keeps what it
-finished: ``results.csv`` (one row per data set, class, seed and method),
-``warnings.csv`` (of the rows in results.csv), ``failures.csv`` and ``failures.log``
-(the latest run's failures and their tracebacks)."""
+finished: ``results.csv`` (one row per data set, class, seed and method, AUROC and
+AUCPR in percent to two decimals), ``unrounded.csv`` (the same rows' AUROC and AUCPR
+unrounded, which the summary's means are taken from), ``warnings.csv`` (of the rows in
+results.csv), ``failures.csv`` and ``failures.log`` (the latest run's failures and their
+tracebacks), and ``run.json`` (what the rows were made with: a resume with another
+protocol, config or data is refused)."""
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from anomaly_vae.errors import DataError
+from anomaly_vae.errors import ConfigError, DataError
 
 RESULT_COLUMNS = [
     "protocol",
@@ -28,6 +34,10 @@ RESULT_COLUMNS = [
 KEY_COLUMNS = RESULT_COLUMNS[:5]  # a row is done when this key is in results.csv
 FAILURE_COLUMNS = [*KEY_COLUMNS, "error"]
 WARNING_COLUMNS = [*KEY_COLUMNS, "category", "message", "count"]
+UNROUNDED_COLUMNS = [*KEY_COLUMNS, "aucroc", "aucpr"]  # percent, every digit a float has
+RUN_FILE = "run.json"
+MAX_SHOWN = 3  # differing config values an error names (it stays one line)
+RUN_FILE_FORMAT = 1  # bumped when run.json changes in a way older readers cannot follow
 
 Key = tuple[str, str, str, str, str]  # protocol, dataset, class ("" for tables), seed, method
 
@@ -76,25 +86,131 @@ class CsvLog:
             return list(csv.DictReader(file))
 
 
+@dataclass
+class RunDescription:
+    """What the rows of a results folder were made with, kept in its ``run.json``.
+
+    A run that resumes into the folder must match it, so that rows made with another
+    config or other data are never counted as done (nor summarised under this run's
+    settings). ``data_dir`` is the resolved data folder; ``config`` the settings rows
+    depend on, flat (``"training.epochs": 5``); ``config_text`` how they were given (for
+    people, not compared); ``data`` each data set's digest (``Dataset.digest``, "" when
+    unreadable); ``unchecked_rows`` the rows results.csv had before the folder had this
+    file (written by an older version: their settings are unknown).
+    """
+
+    protocol: str
+    data_dir: str
+    config: dict[str, Any]
+    config_text: str = "defaults"
+    data: dict[str, str] = field(default_factory=dict)
+    unchecked_rows: int = 0
+
+    def conflict(self, earlier: RunDescription, datasets_with_rows: set[str]) -> str | None:
+        """How this run differs from ``earlier`` in what its rows are made with, as the
+        end of "rows made with ...", or None when it may resume. Only the data sets that
+        have rows must have kept their digest."""
+        if self.protocol != earlier.protocol:
+            return f"protocol {earlier.protocol}, not {self.protocol}"
+        if self.data_dir != earlier.data_dir:
+            return f"the data in {earlier.data_dir}, not in {self.data_dir}"
+        changed = [
+            name
+            for name in sorted(datasets_with_rows)
+            if earlier.data.get(name)
+            and self.data.get(name)  # "": unknown, not compared
+            and earlier.data[name] != self.data[name]
+        ]
+        if changed:
+            return f"other contents of {', '.join(changed)} (the data have changed since)"
+        # A key only one side has is a setting a newer version added (or removed): its
+        # default is meant to keep the old behaviour, so it does not block a resume.
+        differing = [
+            key
+            for key in self.config
+            if key in earlier.config and earlier.config[key] != self.config[key]
+        ]
+        if differing:
+            then, now = earlier.config, self.config
+            shown = "; ".join(
+                f"{key}: {json.dumps(then[key])} there, {json.dumps(now[key])} now"
+                for key in differing[:MAX_SHOWN]
+            )
+            more = len(differing) - MAX_SHOWN
+            return f"another anomaly-vae config ({shown}{f'; {more} more' if more > 0 else ''})"
+        return None
+
+
+def read_description(path: Path) -> RunDescription | None:
+    """The description in ``path``; None when there is none (a new folder, or one made
+    by an older version). DataError when it cannot be read."""
+    if not path.exists():
+        return None
+    names = {f.name for f in dataclasses.fields(RunDescription)}
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format", 0) > RUN_FILE_FORMAT:
+            raise ValueError(f"format {data['format']}, newer than this version reads")
+        description = RunDescription(**{k: v for k, v in data.items() if k in names})
+        if not isinstance(description.config, dict) or not isinstance(description.data, dict):
+            raise ValueError("its config and data must be mappings")
+        return description
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise DataError(
+            f"{path} cannot be read ({type(exc).__name__}: {exc}); use a new --out folder, "
+            f"or delete {path.name} to resume its rows without checking how they were made"
+        ) from exc
+
+
+def write_description(path: Path, description: RunDescription) -> None:
+    """Write ``path`` whole or not at all (a killed run must not leave half a file)."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    text = json.dumps({"format": RUN_FILE_FORMAT, **dataclasses.asdict(description)}, indent=2)
+    temporary.write_text(text + "\n")
+    os.replace(temporary, path)
+
+
 class RunFiles:
-    """results.csv and warnings.csv (kept across runs: resume), failures.csv and
-    failures.log (this run)."""
+    """results.csv, unrounded.csv, warnings.csv and run.json (kept across runs: resume),
+    failures.csv and failures.log (this run)."""
 
     def __init__(self, out: Path) -> None:
         self.out = Path(out)
         self.results = CsvLog(self.out / "results.csv", RESULT_COLUMNS)
+        self.unrounded = CsvLog(self.out / "unrounded.csv", UNROUNDED_COLUMNS)
         self.failures = CsvLog(self.out / "failures.csv", FAILURE_COLUMNS)
         self.warnings = CsvLog(self.out / "warnings.csv", WARNING_COLUMNS)
         self.traceback_log = self.out / "failures.log"
+        self.description_path = self.out / RUN_FILE
+        self.adopted_rows = 0  # rows of an older version's folder, now under run.json
 
-    def start(self) -> set[Key]:
-        """Create the files; return the keys of the rows already done.
+    def start(self, description: RunDescription) -> set[Key]:
+        """Check that the rows already in the folder were made as ``description`` says,
+        record it in run.json, create the files; return the keys of the rows done.
 
+        ConfigError naming the difference when they were not, before any file changes.
         Failures start afresh (they are retried); warnings are kept for the rows done.
         """
         self.out.mkdir(parents=True, exist_ok=True)
         self.results.start(fresh=False)
-        done = {tuple(row[c] for c in KEY_COLUMNS) for row in self.results.rows()}
+        rows = self.results.rows()
+        earlier = read_description(self.description_path)
+        if earlier is None:
+            self.adopted_rows = description.unchecked_rows = len(rows)
+        elif rows:
+            with_rows = {r["dataset"] for r in rows if r["protocol"] == description.protocol}
+            conflict = description.conflict(earlier, with_rows)
+            if conflict:
+                raise ConfigError(
+                    f"{self.out} holds {len(rows)} rows made with {conflict}; use a new "
+                    f"--out folder (or delete {self.out} to start over)"
+                )
+            known = {name: digest for name, digest in description.data.items() if digest}
+            description.data = earlier.data | known
+            description.unchecked_rows = earlier.unchecked_rows
+        write_description(self.description_path, description)
+        self.unrounded.start(fresh=not rows)
+        done = {tuple(row[c] for c in KEY_COLUMNS) for row in rows}
         kept = [r for r in self.warnings.rows() if tuple(r[c] for c in KEY_COLUMNS) in done]
         self.warnings.start(fresh=True)
         for row in kept:
@@ -113,7 +229,12 @@ class RunFiles:
         n_train: int,
         n_test: int,
     ) -> None:
-        """One finished row; AUROC/AUCPR as fractions, written in percent."""
+        """One finished row; AUROC/AUCPR as fractions, written in percent: unrounded
+        first, so that a row in results.csv nearly always has its unrounded values."""
+        self.unrounded.append(
+            dict(zip(KEY_COLUMNS, key, strict=True))
+            | {"aucroc": repr(100 * float(aucroc)), "aucpr": repr(100 * float(aucpr))}
+        )
         self.results.append(
             dict(zip(KEY_COLUMNS, key, strict=True))
             | {

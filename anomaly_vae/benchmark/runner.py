@@ -1,9 +1,11 @@
 """The benchmark loop: data sets (and classes) x seeds x methods on the protocol's splits.
 
 Each finished row is appended to results.csv at once; rows already there are not run
-again (resume). A failure (one method, or loading or splitting a data set) is recorded
-in failures.csv and the run goes on; failures are retried by the next run. Warnings
-raised or logged (by this library) while a method fits and scores are collected into
+again (resume), provided they were made with the same protocol, config and data: run.json
+records these, and a resume with others is refused. A failure (one method, or loading or
+splitting a data set, or a metric that is not a finite number) is recorded in
+failures.csv and the run goes on; failures are retried by the next run. Warnings raised
+or logged (by this library) while a method fits and scores are collected into
 warnings.csv instead of being printed through the progress bar.
 
 With ``jobs`` > 1 the work is split into units, one per (data set, class, seed) with
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import multiprocessing
 import os
@@ -43,7 +46,7 @@ from anomaly_vae.benchmark.methods import (
     registry,
 )
 from anomaly_vae.benchmark.report import RunInfo, write_summary
-from anomaly_vae.benchmark.results import Key, RunFiles, row_key
+from anomaly_vae.benchmark.results import Key, RunDescription, RunFiles, row_key
 from anomaly_vae.benchmark.tasks import (
     DEFAULT_CLASSES,
     DEFAULT_SEEDS,
@@ -52,7 +55,7 @@ from anomaly_vae.benchmark.tasks import (
     data_kind,
     find_datasets,
 )
-from anomaly_vae.config import Config, load_config
+from anomaly_vae.config import Config, flatten, load_config
 from anomaly_vae.errors import ConfigError
 
 # Imported on first use, inside the first timed fit of a process: the forkserver imports
@@ -82,6 +85,24 @@ def detector_config(
     config = load_config(config_path, [*base, *overrides])
     config.training.progress = False  # the benchmark has its own progress bar
     return config
+
+
+# Settings that do not change a row's numbers: those the benchmark sets itself (each
+# row's seed, torch threads from --threads, no progress bar) and the config sections it
+# does not use (`fit`'s labelled evaluation, MLflow).
+PER_RUN_SETTINGS = ("training.seed", "training.num_threads", "training.progress")
+UNUSED_SECTIONS = ("evaluation.", "tracking.")
+
+
+def row_settings(config: Config) -> dict[str, Any]:
+    """The settings a row's numbers depend on, flat (``{"training.epochs": 5, ...}``) and
+    as JSON gives them back, so that they compare equal to those read from run.json."""
+    settings = {
+        key: value
+        for key, value in flatten(config).items()
+        if key not in PER_RUN_SETTINGS and not key.startswith(UNUSED_SECTIONS)
+    }
+    return json.loads(json.dumps(settings, default=str))
 
 
 def available_cpus() -> int:
@@ -121,8 +142,9 @@ def run_benchmark(
     configure our detector as `anomaly-vae fit` does; ``threads`` > 0 caps torch and
     BLAS threads (per worker with ``jobs`` > 1, where 0 means CPUs // jobs); ``jobs``
     > 1 runs the (data set, class, seed) units in that many worker processes. Writes
-    results.csv, failures.csv, warnings.csv, failures.log and summary.md. Raises
-    ConfigError/DataError for bad arguments before anything runs.
+    results.csv, unrounded.csv, warnings.csv, failures.csv, failures.log, run.json and
+    summary.md. Raises ConfigError/DataError for bad arguments, and when ``out`` holds
+    rows made with another protocol, config or data folder or file, before anything runs.
     """
     kind = data_kind(protocol)
     out = Path(out)
@@ -130,36 +152,58 @@ def run_benchmark(
         raise ConfigError(f"jobs must be 1 or more, got {jobs}")
     if threads < 0:
         raise ConfigError(f"threads must be 0 (default) or more, got {threads}")
-    seeds = list(seeds) if seeds is not None else list(DEFAULT_SEEDS[protocol])
+    # Repeats dropped: a repeated seed would run (and write) its rows twice.
+    seeds = list(dict.fromkeys(seeds if seeds is not None else DEFAULT_SEEDS[protocol]))
     classes = (
-        (list(classes) if classes is not None else list(DEFAULT_CLASSES))
+        list(dict.fromkeys(classes if classes is not None else DEFAULT_CLASSES))
         if protocol == IMAGE_PROTOCOL
         else [None]
     )
     if not seeds or not classes:
         raise ConfigError("give at least one seed (and one class for i-oneclass)")
+    # numpy's generators take no negative seed: every row would fail, one by one.
+    for what, numbers in (("seeds", seeds), ("classes", classes)):
+        negative = [n for n in numbers if n is not None and n < 0]
+        if negative:
+            raise ConfigError(f"{what} must be 0 or more, got {negative[0]}")
     config_path = Path(config_path) if config_path is not None else None
     overrides = list(overrides)
     planning_config = detector_config(config_path, overrides, seeds[0], threads)
     found = find_datasets(protocol, Path(data_dir), datasets)
     chosen, skipped = plan_methods(methods, planning_config, kind)
+    if not chosen:  # only when methods were named: the baselines suit any data
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise ConfigError(f"none of the requested methods can run on {kind} data ({reasons})")
     for name, reason in skipped.items():
         _note(f"skipping {name}: {reason}")
 
-    files = RunFiles(out)
-    done = files.start()
-    outcome = BenchmarkOutcome(out, skipped=skipped)
     config_text = ", ".join(
         ([f"file {config_path}"] if config_path else []) + [f"--set {o}" for o in overrides]
     )
+    description = RunDescription(
+        protocol,
+        str(Path(data_dir).resolve()),
+        row_settings(planning_config),
+        config_text or "defaults",
+        {dataset.name: dataset.digest() for dataset in found},
+    )
+    files = RunFiles(out)
+    done = files.start(description)
+    if files.adopted_rows:
+        _note(
+            f"{out} has no run.json (written by an older version): its {files.adopted_rows} "
+            "rows are resumed, but what config and data they were made with is unknown"
+        )
+    outcome = BenchmarkOutcome(out, skipped=skipped)
     run = RunInfo(
         protocol,
         str(data_dir),
         seeds,
         classes if protocol == IMAGE_PROTOCOL else None,
-        config_text or "defaults",
+        description.config_text,
         jobs=jobs,
         skipped=skipped,
+        unchecked_rows=description.unchecked_rows,
     )
     units: list[Unit] = []
     for dataset in found:
@@ -326,8 +370,7 @@ def run_method(
     with collect_warnings() as caught:
         try:
             scores, fit_s, score_s = measure(method, context, X_train, X_test)
-            aucroc = roc_auc_score(y_test, scores)
-            aucpr = average_precision_score(y_test, scores)
+            aucroc, aucpr = metrics(y_test, scores)
         except Exception as exc:
             failure = exc
     if caught:
@@ -336,6 +379,21 @@ def run_method(
         sink.failure(key, *describe(failure))
         return
     sink.result(key, aucroc, aucpr, fit_s, score_s, len(X_train), len(X_test))
+
+
+def metrics(y_test: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
+    """``(AUROC, AUCPR)`` as fractions of ``scores (n,)``, higher = more anomalous, against
+    ``y_test (n,)`` (1 = anomaly). ValueError when either is not a finite number (a test
+    split with one class only): such a row is a failure, retried, never a finished row."""
+    aucroc = float(roc_auc_score(y_test, scores))
+    aucpr = float(average_precision_score(y_test, scores))
+    if not (np.isfinite(aucroc) and np.isfinite(aucpr)):
+        labels = ", ".join(str(v) for v in np.unique(y_test))
+        raise ValueError(
+            f"AUROC {aucroc}, AUCPR {aucpr}: not finite (test labels present: {labels}; "
+            "both 0 = normal and 1 = anomaly are needed)"
+        )
+    return aucroc, aucpr
 
 
 @dataclass

@@ -3,6 +3,7 @@ the splits of each (see shared/PROTOCOL.md and :mod:`anomaly_vae.protocols`)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_vae.data.images import IDX_FILES
 from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.protocols import (
     i_oneclass_split,
@@ -29,6 +31,8 @@ IMAGE_PROTOCOL = "i-oneclass"
 PROTOCOLS = (*TABLE_SPLITS, IMAGE_PROTOCOL)
 DEFAULT_SEEDS = {"t-clean": (0, 1, 2), "t-contaminated": (0, 1, 2), IMAGE_PROTOCOL: (0,)}
 DEFAULT_CLASSES = tuple(range(10))  # the ten classes of MNIST-like image sets
+
+HASH_CHUNK = 1 << 20  # bytes read at a time to hash a data file (large ones need not fit)
 
 Split = tuple[np.ndarray, np.ndarray, np.ndarray]  # X_train, X_test, y_test (1 = anomaly)
 
@@ -62,6 +66,27 @@ class Dataset:
         if self.protocol == IMAGE_PROTOCOL:
             return load_image_dataset(self.location, self.name)
         return load_npz(self.location)
+
+    def files(self) -> list[Path]:
+        """The files ``load()`` reads: the .npz file, or the four idx files of an image set."""
+        if self.protocol == IMAGE_PROTOCOL:
+            raw = self.location / self.name / "raw"
+            return [raw / name for names in IDX_FILES.values() for name in names]
+        return [self.location]
+
+    def digest(self) -> str:
+        """SHA-256 of the bytes of ``files()`` (hex), so that a results folder can tell
+        whether its rows were made from these data; "" when a file cannot be read (then
+        ``load()`` fails too, and the failure is recorded)."""
+        digest = hashlib.sha256()
+        try:
+            for path in self.files():
+                with path.open("rb") as file:
+                    for chunk in iter(lambda f=file: f.read(HASH_CHUNK), b""):
+                        digest.update(chunk)
+        except OSError:
+            return ""
+        return digest.hexdigest()
 
     def split(self, loaded: Any, cls: int | None, seed: int) -> Split:
         if self.protocol == IMAGE_PROTOCOL:
