@@ -1,161 +1,277 @@
 """The Spark engine of batch scoring: the registered model as a Spark UDF
 (``mlflow.pyfunc.spark_udf``), one output file per input in the local engine's layout.
 
+The driver reads each input and writes its output with the local engine's code
+(:func:`anomaly_vae.batch.score_file`), ``chunk_rows`` rows at a time; only the model
+runs on the Spark executors, once per row. So both engines read a file alike (types,
+missing values, empty files, decimal commas), number its rows alike and write the same
+columns with the same types, and a bad file fails with the local engine's message.
+
 Needs the ``spark`` extra (PySpark) and Java 17+. On a cluster, run the batch through
-``spark-submit`` with the model URI and input/output paths on shared storage.
+``spark-submit`` with the model URI; the input and output folders need only be
+readable and writable by the driver.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import sys
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from anomaly_vae.data.tables import (
-    DECIMAL_COMMA_NUMBER,
-    PARQUET_SUFFIXES,
-    csv_format,
-)
-from anomaly_vae.errors import DataError
-from anomaly_vae.outputs import ROW_COLUMN, atomic_output
+from anomaly_vae.batch import score_file
+from anomaly_vae.errors import ConfigError, DataError
 
-DRIFT_SAMPLE_ROWS = 100_000  # scores per file brought back to the driver for the drift test
-JAVA_CHARSETS = {"utf-8": "UTF-8", "latin-1": "ISO-8859-1"}  # of tables.csv_format's encodings
+SPARK_TYPES = {"float64": "double", "float32": "float", "bool": "boolean", "int64": "bigint"}
+# the Spark SQL type of each pandas dtype the model's output columns can have
+POSITION = "__position"  # row position within a chunk, carried through Spark
+WORKER_MODULES = ("pandas", "pyarrow", "mlflow", "torch", "anomaly_vae")  # the workers
+# import these to run the model (mlflow's models-from-code entry imports anomaly_vae)
+EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
+# the "Type: message" line that ends a Python traceback (the worker's, inside Spark's error)
 
 
 def spark_session(master: str = "local[2]") -> Any:
     """A Spark session whose Python workers run this interpreter (the virtual env's).
 
     Under ``spark-submit`` (which sets SPARK_ENV_LOADED) the master given there is
-    kept; otherwise ``master`` (a local session by default).
+    kept; otherwise ``master`` (a local session by default). Raises ConfigError when
+    PySpark is not installed or Java cannot start.
     """
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.errors import PySparkRuntimeError
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ConfigError("the Spark engine needs PySpark: pip install anomaly-vae[spark]") from exc
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = SparkSession.builder
     if "SPARK_ENV_LOADED" not in os.environ:
         builder = builder.master(master)
+    try:
+        return (
+            builder.appName("anomaly-vae-batch")
+            .config("spark.ui.enabled", "false")
+            .config("spark.sql.shuffle.partitions", "2")
+            # Chunks travel to the executors and their scores back as Arrow batches, not
+            # row by row.
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .getOrCreate()
+        )
+    except PySparkRuntimeError as exc:
+        if exc.getCondition() != "JAVA_GATEWAY_EXITED":
+            raise
+        raise ConfigError(_java_problem()) from exc
+
+
+def _java_problem() -> str:
+    """Why Spark's Java process did not start, in one line (spark-class runs
+    ``$JAVA_HOME/bin/java``, else the ``java`` on PATH)."""
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home, "bin", "java") if java_home else shutil.which("java")
+    if java is None or not Path(java).is_file():
+        where = f"JAVA_HOME={java_home} has no bin/java" if java_home else "no java on PATH"
+        return f"the Spark engine needs Java 17 or newer, and none was found ({where})"
     return (
-        builder.appName("anomaly-vae-batch")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", "2")
-        .getOrCreate()
+        f"Spark's Java process ({java}) exited at start (its output is above); the Spark "
+        "engine needs Java 17 or newer"
     )
+
+
+def check_workers(spark: Any) -> None:
+    """ConfigError unless Spark's Python workers can import what the model needs.
+
+    A worker Python without them (``PYSPARK_PYTHON`` naming another environment) would
+    otherwise fail every file with a worker traceback.
+    """
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    modules = WORKER_MODULES
+
+    # Defined here so that cloudpickle ships the function itself: a worker without
+    # anomaly_vae could not import it by name.
+    def absent(_: Any) -> list[str]:
+        import importlib.util
+
+        return [name for name in modules if importlib.util.find_spec(name) is None]
+
+    python = spark.sparkContext.pythonExec
+    hint = f"set PYSPARK_PYTHON to this environment's Python, {sys.executable}"
+    try:
+        missing = spark.sparkContext.parallelize([0], 1).flatMap(absent).collect()
+    except (PySparkException, Py4JError) as exc:
+        raise ConfigError(
+            f"Spark's Python workers ({python}) cannot start: {_one_line(exc)}; {hint}"
+        ) from exc
+    if missing:
+        raise ConfigError(
+            f"Spark's Python workers ({python}) lack {', '.join(missing)}, which the model "
+            f"needs; {hint}"
+        )
 
 
 class SparkScorer:
     """Scores files with a model URI through a Spark UDF; ``score_file`` has the same
-    contract as :func:`anomaly_vae.batch.score_file` (rows, scores; atomic output)."""
+    contract as :func:`anomaly_vae.batch.score_file` (rows, scores; atomic output).
 
-    def __init__(self, model_uri: str, detector: Any, spark: Any = None) -> None:
+    It stands in for the detector there: :meth:`score_frame` gives the detector's
+    ``score_frame`` of a chunk, computed by the model's UDF on the executors.
+    """
+
+    def __init__(
+        self, model_uri: str, detector: Any, spark: Any = None, progress: bool = False
+    ) -> None:
         import mlflow.pyfunc
 
         self.spark = spark or spark_session()
+        check_workers(self.spark)
         self.detector = detector
-        names = list(detector.score_frame(_example(detector)).columns)
-        id_column = detector.effective_config.data.id_column
-        self.output_columns = [c for c in names if c != id_column]
+        self.progress = progress
+        self.base = getattr(detector, "first", detector)  # an ensemble's input schema
+        example = detector.score_frame(_example(detector))
+        id_column = self.effective_config.data.id_column
+        self.output_types = example.drop(columns=[id_column], errors="ignore").dtypes
         types = ", ".join(
-            f"`{c}` {'boolean' if c == 'is_anomaly' else 'double'}" for c in self.output_columns
+            f"{_quoted(name)} {SPARK_TYPES[str(kind)]}" for name, kind in self.output_types.items()
         )
         self.udf = mlflow.pyfunc.spark_udf(
             self.spark, model_uri, result_type=types, env_manager="local"
         )
 
+    @property
+    def effective_config(self) -> Any:
+        return self.detector.effective_config
+
     def score_file(
         self, source: Path, output: Path, chunk_rows: int
     ) -> tuple[int, int, np.ndarray]:
-        from pyspark.sql import functions as F
+        """Score ``source`` into ``output`` with the local engine's reader and writer and
+        this scorer's :meth:`score_frame`; returns ``(rows, rows flagged, drift sample)``."""
+        return score_file(self, source, output, chunk_rows, self.progress)
 
-        reader = self.spark.read
-        if source.suffix.lower() in PARQUET_SUFFIXES:
-            frame = reader.parquet(str(source))
+    def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The detector's ``score_frame(frame)``, computed on the Spark executors: one row
+        per row of ``frame`` (same index), the id column when present, every score and
+        ``is_anomaly``, with the local engine's dtypes.
+
+        Raises DataError for data the model refuses, with the local engine's message.
+        """
+        # Checked here first: a bad cell is reported as the local engine reports it, with
+        # its row number in the chunk (a worker's message would count within its batch).
+        self.base.transform_features(frame)
+        if len(frame):
+            scores = self._spark_scores(frame)
         else:
-            separator, encoding = csv_format(source)
-            frame = (
-                reader.option("header", True)
-                .option("inferSchema", True)
-                .option("sep", separator)
-                .option("encoding", JAVA_CHARSETS[encoding])
-                .csv(str(source))
+            scores = pd.DataFrame(
+                {name: pd.Series(dtype=kind) for name, kind in self.output_types.items()}
             )
-            if separator == ";":
-                frame = _decimal_commas(frame)
-        base = self.detector.first if hasattr(self.detector, "first") else self.detector
-        inputs = list(base.preprocessor_.input_columns)
-        missing = [c for c in inputs if c not in frame.columns]
-        if missing:
-            raise DataError(f"missing column{'s' if len(missing) > 1 else ''} {missing}")
-        id_column = base.effective_config.data.id_column
-        # zipWithIndex numbers rows in file order, like the local engine's row column.
-        indexed = frame.rdd.zipWithIndex().map(lambda pair: (*pair[0], pair[1]))
-        frame = indexed.toDF([*frame.columns, "__row"])
-        keep = id_column if id_column in frame.columns else "__row"
-        scored = frame.select(
-            keep, "__row", self.udf(F.struct(*[F.col(c) for c in inputs])).alias("s")
-        ).select(keep, "__row", "s.*")
-        if keep == "__row":
-            scored = scored.withColumnRenamed("__row", ROW_COLUMN).withColumn(
-                "__row", F.col(ROW_COLUMN)
+        scores.index = frame.index
+        id_column = self.effective_config.data.id_column
+        if id_column is not None and id_column in frame.columns:
+            scores.insert(0, id_column, frame[id_column])
+        return scores
+
+    def _spark_scores(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The UDF's output for the model's columns of ``frame`` (``len(frame)`` rows in
+        its order, a fresh index); DataError when the Spark job fails."""
+        from pyspark.sql import functions as F
+        from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+
+        columns = self.base.preprocessor_.columns
+        # Explicit types (Spark cannot infer one for a column empty in every row), and
+        # plain names: Spark would read a dot in "Sepal.Length" as a struct field.
+        names = [f"c{i}" for i in range(len(columns))]
+        values = {
+            name: _numbers(frame[c.name]) if c.kind == "numeric" else _texts(frame[c.name])
+            for name, c in zip(names, columns, strict=True)
+        }
+        schema = StructType(
+            [
+                StructField(POSITION, LongType(), nullable=False),
+                *[
+                    StructField(name, DoubleType() if c.kind == "numeric" else StringType())
+                    for name, c in zip(names, columns, strict=True)
+                ],
+            ]
+        )
+        chunk = pd.DataFrame({POSITION: np.arange(len(frame), dtype=np.int64), **values})
+        model_input = F.struct(
+            *[F.col(name).alias(c.name) for name, c in zip(names, columns, strict=True)]
+        )
+        with spark_job_errors():
+            scored = (
+                self.spark.createDataFrame(chunk, schema)
+                .select(POSITION, self.udf(model_input).alias("scores"))
+                .select(POSITION, "scores.*")
+                .toPandas()  # the one Spark job of this chunk: the model runs once per row
             )
-            keep = ROW_COLUMN
-        # pandas writes booleans as True/False: keep the local engine's layout.
-        scored = scored.withColumn(
-            "is_anomaly", F.when(F.col("is_anomaly"), "True").otherwise("False")
-        )
-        ordered = scored.repartition(1).sortWithinPartitions("__row").drop("__row")
-        ordered = ordered.select(keep, *self.output_columns)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".spark", dir=output.parent)
-        )
-        try:
-            if output.suffix.lower() in PARQUET_SUFFIXES:
-                ordered.write.mode("overwrite").parquet(str(staging / "data"))
-                (part,) = (staging / "data").glob("part-*.parquet")
-            else:
-                ordered.write.mode("overwrite").option("header", True).csv(str(staging / "data"))
-                (part,) = (staging / "data").glob("part-*.csv")
-            with atomic_output(output) as temporary:
-                os.replace(part, temporary)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        counts = ordered.agg(
-            F.count("*").alias("rows"), F.sum(F.when(F.col("is_anomaly") == "True", 1).otherwise(0))
-        ).collect()[0]
-        fraction = min(1.0, DRIFT_SAMPLE_ROWS / max(counts[0], 1))
-        sample = ordered.select("score").sample(fraction=fraction, seed=0).collect()
-        return int(counts[0]), int(counts[1] or 0), np.array([r[0] for r in sample], np.float64)
+        # collect keeps this plan's row order; the position makes that explicit.
+        scored = scored.sort_values(POSITION, kind="stable").drop(columns=POSITION)
+        return scored.astype(self.output_types.to_dict()).reset_index(drop=True)
 
 
-def _decimal_commas(frame: Any) -> Any:
-    """The Spark twin of the local reader's rule (``tables._numbers_of``): a text column
-    whose every value is a number written with a decimal comma becomes a double."""
-    from pyspark.sql import functions as F
-
-    text = [name for name, kind in frame.dtypes if kind == "string"]
-    if not text:
-        return frame
-    pattern = f"^{DECIMAL_COMMA_NUMBER}$"
-    totals = frame.agg(
-        *[F.count(name).alias(f"values:{name}") for name in text],
-        *[F.count_if(~F.col(name).rlike(pattern)).alias(f"other:{name}") for name in text],
-    ).collect()[0]
-    for name in text:
-        if totals[f"values:{name}"] and not totals[f"other:{name}"]:
-            frame = frame.withColumn(name, F.regexp_replace(name, ",", ".").cast("double"))
-    return frame
+def _numbers(values: pd.Series) -> pd.Series:
+    """A numeric column as float64, NaN where missing, as the model reads it
+    (``preprocessing._as_numbers``; its text cells were refused before)."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.astype("float64")
+    return pd.to_numeric(values, errors="coerce").astype("float64")
 
 
-def _example(detector: Any) -> Any:
+def _texts(values: pd.Series) -> pd.Series:
+    """A categorical column as text, None where missing: each value as the model makes
+    it text (``preprocessing._as_text``), so the worker sees the local engine's
+    categories whatever type the reader gave the column."""
+    present = values.notna().to_numpy()
+    text = np.full(len(values), None, dtype=object)
+    text[present] = values.astype(object)[present].astype(str).to_numpy(dtype=object)
+    return pd.Series(text, index=values.index, dtype=object)
+
+
+@contextlib.contextmanager
+def spark_job_errors() -> Iterator[None]:
+    """Turn a failed Spark job into a DataError of one line: the model's own message
+    when a worker raised one, else the first line of Spark's error."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as exc:
+        raise DataError(_one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """The gist of a Spark error: the last ``Type: message`` line of the Python traceback
+    it carries (the message alone for the model's refusals), else its first line."""
+    text = str(getattr(exc, "java_exception", None) or exc).split("\nJVM stacktrace:")[0]
+    found = EXCEPTION_LINE.findall(text)
+    if found:
+        kind, message = found[-1]
+        # The served model turns the library's errors into MlflowExceptions, same message.
+        if kind.startswith("anomaly_vae.") or kind.endswith("MlflowException"):
+            return message.strip()
+        return f"{kind.rsplit('.', 1)[-1]}: {message.strip()}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _quoted(name: str) -> str:
+    """``name`` as a Spark SQL identifier (backquoted)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _example(detector: Any) -> pd.DataFrame:
     """A one-row input for discovering the output columns."""
-    import pandas as pd
-
     base = detector.first if hasattr(detector, "first") else detector
     row = {
         c.name: c.center if c.kind == "numeric" else c.categories[0]

@@ -1,6 +1,10 @@
 """The Spark engine scores like the local engine, through a local[2] Spark session."""
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,11 +15,18 @@ pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'an
 if shutil.which("java") is None:
     pytest.skip("Java is missing: the Spark engine needs Java 17+", allow_module_level=True)
 
+from anomaly_vae.batch import run_batch
 from anomaly_vae.cli import main
+from anomaly_vae.errors import ConfigError
 from anomaly_vae.fitting import fit_source
+from anomaly_vae.scoring import load_detector
+from anomaly_vae.spark_engine import SparkScorer, spark_session
 from tests.conftest import mixed_table, tiny_config
 
-FILES = ("a.csv", "b.csv", "c.csv")
+ROOT = Path(__file__).resolve().parents[1]
+SCORED = ("a.csv", "b.csv", "c.csv", "d.csv", "e.csv", "f.parquet")
+WITH_IDS = "models:/anomaly-vae/1"
+WITHOUT_IDS = "models:/no-ids/1"
 
 
 def accented(n: int, seed: int) -> pd.DataFrame:
@@ -25,43 +36,213 @@ def accented(n: int, seed: int) -> pd.DataFrame:
     return table
 
 
-def test_spark_engine_gives_the_local_engines_outputs(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    accented(400, seed=0).to_csv("train.csv", index=False)
-    config = tiny_config(
-        "data.id_column=reading_id", "data.label_column=is_fault", "tracking.log_views=false"
+def unlabelled(n: int, seed: int) -> pd.DataFrame:
+    """:func:`mixed_table` without id and label columns, with no missing values and a
+    column named like R's iris columns (a dot in the name)."""
+    table = mixed_table(n, seed).drop(columns=["reading_id", "is_fault"])
+    return table.fillna(1.0).rename(columns={"load": "load.kN"})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder whose MLflow store holds two models: ``anomaly-vae`` (id column
+    ``reading_id``) and ``no-ids`` (no id column, a dotted column name, no missing
+    indicators). The working directory for the module's tests."""
+    folder = tmp_path_factory.mktemp("spark")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{folder / 'mlflow.db'}")
+        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # Spark's Python workers (started with the session, below) import this checkout's
+        # anomaly_vae, as the driver does, not whichever one the environment installed.
+        paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        patch.setenv("PYTHONPATH", os.pathsep.join(paths))
+        accented(400, seed=0).to_csv("train.csv", index=False)
+        # The engines are compared, not the models: a few epochs will do.
+        config = tiny_config(
+            "training.epochs=20",
+            "data.id_column=reading_id",
+            "data.label_column=is_fault",
+            "tracking.log_views=false",
+        )
+        fit_source(folder / "train.csv", config, project_dir=folder)
+        unlabelled(400, seed=0).to_csv("plain.csv", index=False)
+        config = tiny_config(
+            "training.epochs=20",
+            "data.missing_indicators=false",
+            "tracking.log_views=false",
+            "tracking.registered_model_name=no-ids",
+        )
+        fit_source(folder / "plain.csv", config, project_dir=folder)
+        yield folder
+
+
+def batch(source: Path, output_dir: str, model: str, engine: str):
+    return CliRunner().invoke(
+        main,
+        [
+            "batch",
+            str(source),
+            "--output-dir",
+            output_dir,
+            "--model",
+            model,
+            "--engine",
+            engine,
+            "--no-tracking",
+        ],
     )
-    fit_source(tmp_path / "train.csv", config, project_dir=tmp_path)
-    inputs = tmp_path / "in"
+
+
+def read(path: Path) -> pd.DataFrame:
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+@pytest.fixture(scope="module")
+def both_engines(project):
+    """Both engines' CLI results and outputs for a folder of good and bad inputs."""
+    inputs = project / "in"
     inputs.mkdir()
     accented(150, seed=1).to_csv(inputs / "a.csv", index=False)
     # Saved by a spreadsheet in a decimal-comma locale: both engines must read it alike.
     accented(90, seed=2).to_csv(inputs / "b.csv", sep=";", decimal=",", index=False)
     # Saved by a spreadsheet on Windows: the accented category must still match.
     accented(60, seed=3).to_csv(inputs / "c.csv", index=False, encoding="cp1252")
+    # Without the id column: rows are identified by their number.
+    accented(40, seed=4).drop(columns=["reading_id"]).to_csv(inputs / "d.csv", index=False)
+    # "NA" and empty cells are missing values; a column empty in every row has no type.
+    table = accented(30, seed=5).astype({"temperature": object, "machine": object})
+    table.loc[1, "temperature"] = "NA"
+    table.loc[2, "machine"] = None
+    table["vibration"] = None
+    table.to_csv(inputs / "e.csv", index=False)
+    accented(50, seed=6).to_parquet(inputs / "f.parquet", index=False)
+    # Bad inputs: each fails alone, with the local engine's reason.
+    table = accented(20, seed=7).astype({"load": object})
+    table.loc[2, "load"] = "oops"
+    table.to_csv(inputs / "text.csv", index=False)
+    accented(20, seed=8).drop(columns=["vibration"]).to_csv(inputs / "short.csv", index=False)
+    (inputs / "empty.csv").write_text("")
+    accented(5, seed=9).head(0).to_csv(inputs / "header.csv", index=False)
+    (inputs / "corrupt.parquet").write_bytes(b"PAR1 not a parquet file PAR1")
+    results = {
+        engine: batch(inputs, f"out_{engine}", WITH_IDS, engine) for engine in ("local", "spark")
+    }
+    outputs = {
+        engine: {name: project / f"out_{engine}" / name for name in SCORED} for engine in results
+    }
+    return {
+        engine: (
+            result,
+            {name: read(path) for name, path in outputs[engine].items() if path.exists()},
+        )
+        for engine, result in results.items()
+    }
+
+
+def test_spark_engine_gives_the_local_engines_outputs(both_engines):
+    for engine, (result, _) in both_engines.items():
+        assert f"scored {len(SCORED)} files (" in result.output, (engine, result.output)
+    local, spark = both_engines["local"][1], both_engines["spark"][1]
+    assert sorted(spark) == sorted(local) == sorted(SCORED)
+    for name in SCORED:
+        # Same columns (id, or row number), same types (bool is_anomaly), same scores.
+        pd.testing.assert_frame_equal(spark[name], local[name], rtol=1e-5, atol=1e-5)
+    assert list(spark["d.csv"]["row"]) == list(range(40))
+    assert spark["f.parquet"]["is_anomaly"].dtype == bool
+
+
+def test_spark_engine_fails_bad_files_alone_with_the_local_engines_reasons(both_engines):
+    failures = {}
+    for engine, (result, _) in both_engines.items():
+        assert result.exit_code == 1, result.output
+        failures[engine] = sorted(
+            line for line in result.stderr.splitlines() if line.startswith("failed:")
+        )
+    assert failures["spark"] == failures["local"]
+    reasons = "\n".join(failures["spark"])
+    assert len(failures["spark"]) == 5, reasons
+    assert "column 'load' should be numeric but holds 'oops' (row 3)" in reasons
+    assert "missing column 'vibration' that the model was trained on" in reasons
+    assert "empty.csv is empty" in reasons
+    assert "header.csv has a header but no data rows" in reasons
+    assert "corrupt.parquet: Parquet file size is" in reasons
+
+
+def test_spark_engine_scores_for_a_model_without_an_id_column(project):
+    inputs = project / "plain_in"
+    inputs.mkdir()
+    unlabelled(70, seed=1).to_csv(inputs / "iris-like.csv", index=False)
     outputs = {}
     for engine in ("local", "spark"):
-        result = CliRunner().invoke(
-            main,
-            [
-                "batch",
-                str(inputs),
-                "--output-dir",
-                f"out_{engine}",
-                "--model",
-                "models:/anomaly-vae/1",
-                "--engine",
-                engine,
-                "--no-tracking",
-            ],
-        )
+        result = batch(inputs, f"plain_{engine}", WITHOUT_IDS, engine)
         assert result.exit_code == 0, result.output
-        assert "scored 3 files (300 rows" in result.output
-        outputs[engine] = {name: pd.read_csv(tmp_path / f"out_{engine}" / name) for name in FILES}
-    for name in FILES:
-        local, spark = outputs["local"][name], outputs["spark"][name]
-        assert list(spark.columns) == list(local.columns)
-        assert spark["reading_id"].tolist() == local["reading_id"].tolist()
-        np.testing.assert_allclose(spark["score"], local["score"], rtol=1e-5, atol=1e-5)
-        assert spark["is_anomaly"].tolist() == local["is_anomaly"].tolist()
+        outputs[engine] = pd.read_csv(project / f"plain_{engine}" / "iris-like.csv")
+    pd.testing.assert_frame_equal(outputs["spark"], outputs["local"], rtol=1e-5, atol=1e-5)
+    assert list(outputs["spark"]["row"]) == list(range(70))
+
+
+def test_the_model_runs_once_per_chunk_in_one_spark_job(project):
+    detector = load_detector(WITHOUT_IDS)
+    scorer = SparkScorer(WITHOUT_IDS, detector)
+    unlabelled(60, seed=2).to_csv("jobs.csv", index=False)
+    context = scorer.spark.sparkContext
+    context.setJobGroup("jobs-test", "scoring jobs.csv")
+    try:
+        scorer.score_file(Path("jobs.csv"), project / "jobs_out" / "jobs.csv", chunk_rows=25)
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)  # no job group from here
+    # Three chunks of at most 25 rows: one job each, where writing, counting and sampling
+    # a Spark output each ran the model again.
+    assert len(context.statusTracker().getJobIdsForGroup("jobs-test")) == 3
+
+
+def test_a_workers_refusal_reaches_the_failure_reason(project, monkeypatch):
+    detector = load_detector(WITHOUT_IDS)
+    scorer = SparkScorer(WITHOUT_IDS, detector)
+    # The driver checks each chunk first; without that check the model refuses the row
+    # on an executor, and its message must still be the reason, in one line.
+    monkeypatch.setattr(detector, "transform_features", lambda frame: None)
+    table = unlabelled(20, seed=3)
+    table.loc[4, "vibration"] = np.nan
+    (project / "gap").mkdir()
+    table.to_csv(project / "gap" / "gap.csv", index=False)
+    report = run_batch(project / "gap", project / "gap_out", detector, "no-ids/1", scorer=scorer)
+    assert list(report.failed.values()) == [
+        "column 'vibration' has 1 missing values and the model was trained without missing "
+        "indicators"
+    ]
+
+
+def test_spark_setup_errors_are_one_line_config_errors(project, monkeypatch, tmp_path):
+    # Workers whose Python lacks the model's packages (PYSPARK_PYTHON set to another env).
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    session = spark_session()
+    monkeypatch.setattr(session.sparkContext, "pythonExec", str(bare / "bin" / "python"))
+    with pytest.raises(ConfigError, match="lack pandas") as raised:
+        SparkScorer(WITHOUT_IDS, load_detector(WITHOUT_IDS), spark=session)
+    assert f"set PYSPARK_PYTHON to this environment's Python, {sys.executable}" in str(raised.value)
+    # No Java (a new process: this one's session is running).
+    started = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from anomaly_vae.spark_engine import spark_session\n"
+            "from anomaly_vae.errors import ConfigError\n"
+            "try:\n    spark_session()\nexcept ConfigError as exc:\n    print(exc)",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "JAVA_HOME": str(tmp_path / "no-java")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "the Spark engine needs Java 17 or newer, and none was found" in started.stdout, (
+        started.stderr
+    )
+    # No PySpark.
+    for name in [m for m in sys.modules if m.split(".")[0] in ("pyspark", "py4j")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ConfigError, match=r"pip install anomaly-vae\[spark\]"):
+        SparkScorer(WITHOUT_IDS, None)
