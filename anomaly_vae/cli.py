@@ -415,13 +415,9 @@ def batch(
     if engine == "spark":
         if not is_uri:
             raise click.UsageError("the Spark engine needs an MLflow model URI (models:/...)")
-        try:
-            from anomaly_vae.spark_engine import SparkScorer
-        except ImportError as exc:
-            raise click.UsageError(
-                "the Spark engine needs PySpark: pip install anomaly-vae[spark]"
-            ) from exc
-        scorer = SparkScorer(model_ref, detector)
+        from anomaly_vae.spark_engine import SparkScorer
+
+        scorer = SparkScorer(model_ref, detector, progress=not quiet)
     report = run_batch(
         source, output_dir, detector, model_id, chunk_rows, scorer, progress=not quiet
     )

@@ -20,8 +20,8 @@ HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 DECIMAL_COMMA_NUMBER = r"[+-]?\d*,?\d+(?:[eE][+-]?\d+)?"  # "1,5", "-0,25", "3"
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
 # so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
-# categories apart and matches between fit and score (Spark's CSV reader accepts it too,
-# where it refuses Windows-1252; the two differ only in rarely used characters such as €)
+# categories apart and matches between fit and score (the two differ only in rarely used
+# characters such as €)
 
 
 def csv_format(path: str | Path) -> tuple[str, str]:
