@@ -260,7 +260,14 @@ def _track(
                     candidate.detector, candidate.config, result.data, candidate.evaluation
                 )
                 mlflow.log_metric("fit_seconds", candidate.seconds)
-        mlflow.set_tags({"chosen_variant": result.chosen, "selected_by": result.select_by})
+        mlflow.set_tags(
+            {
+                "chosen_variant": result.chosen,
+                "selected_by": result.select_by,
+                "model": result.chosen,  # as a fit run tags its model, for the runs table
+                "score": result.detector.calibration_["score"],
+            }
+        )
         mlflow.log_params(
             {k: tracking.param_value(v) for k, v in flatten(config).items() if k != "model.name"}
         )

@@ -232,7 +232,7 @@ def log_fit_run(
     ``register`` moves the ``champion`` alias to the new version (default:
     ``config.tracking.register_champion``).
     """
-    with mlflow.start_run() as run:
+    with mlflow.start_run(run_name=f"fit {config.model.name}") as run:
         log_detector(detector, config, data, evaluation)
         return log_model(detector, config, model_dir, data, run, register)
 

@@ -63,7 +63,8 @@ def test_family_is_tracked_as_parent_with_children(family_run):
     _, result = family_run
     client = MlflowClient()
     parent = client.get_run(result.run.run_id)
-    assert parent.data.tags["chosen_variant"] == result.chosen
+    assert parent.data.tags["chosen_variant"] == result.chosen == parent.data.tags["model"]
+    assert parent.data.tags["score"] == result.detector.calibration_["score"]
     children = mlflow.search_runs(
         experiment_ids=[parent.info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",

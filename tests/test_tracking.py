@@ -63,6 +63,7 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
         stamps = [m.timestamp for m in history]  # when training ran, not 1970
         assert stamps == sorted(stamps) and stamps[0] > run.info.start_time - 600_000, key
     assert run.data.tags["data"] == str(fitted_run[0] / "train.csv")
+    assert run.info.run_name == "fit vae"
     (dataset,) = run.inputs.dataset_inputs
     assert dataset.dataset.name == "train.csv" and dataset.tags[0].value == "training"
     metrics = run.data.metrics
