@@ -771,8 +771,10 @@ def _method_names(
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for results.csv, summary.md, failures.csv, warnings.csv. Rows already in "
-    "its results.csv are not run again (resume).",
+    help="Folder for results.csv, unrounded.csv, summary.md, failures.csv, failures.log, "
+    "warnings.csv and run.json. Rows already in its results.csv are not run again "
+    "(resume); a resume with another protocol, config, data folder or data file is "
+    "refused (use a new --out).",
 )
 @CONFIG_OPTION
 @SET_OPTION
@@ -813,8 +815,9 @@ def benchmark(
 
     Every method runs on the same splits; results.csv gets one row per data set (and
     class), seed and method as soon as it is done (AUROC and AUCPR in percent), and
-    summary.md the means per data set and method, best per row in bold. A failure is
-    recorded in failures.csv and the run goes on; the exit code is then 1.
+    summary.md the means per data set and method, best per row in bold. A failure (a
+    data file that is not valid, labels other than 0/1, a metric that is not a finite
+    number) is recorded in failures.csv and the run goes on; the exit code is then 1.
     """
     from anomaly_vae.benchmark import run_benchmark
 
