@@ -298,7 +298,7 @@ def _score_one(
     except OSError as exc:  # removed or made unreadable since the folder was listed
         _record_failure(path, model_id, f"cannot read it: {exc.strerror}", ledger, report)
         return
-    last = ledger.last_written(str(output))
+    last = ledger.last_written(str(output.resolve()))
     # Only the latest write counts: an input changed back, or a model rolled back, is
     # scored again, since the output holds the scores of whatever came in between.
     if last == (key, digest, model_id) and output.is_file():
@@ -324,7 +324,7 @@ def _score_one(
         model=model_id,
         status="done",
         rows=rows,
-        output=str(output),
+        output=str(output.resolve()),
     )
     report.scored.append(str(path))
     report.rows += rows

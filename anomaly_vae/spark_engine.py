@@ -60,6 +60,8 @@ def spark_session(master: str = "local[2]") -> Any:
         return (
             builder.appName("anomaly-vae-batch")
             .config("spark.ui.enabled", "false")
+            # Stage bars would fill scheduled runs' logs; batch draws its own on a terminal.
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.sql.shuffle.partitions", "2")
             # Chunks travel to the executors and their scores back as Arrow batches, not
             # row by row.

@@ -275,3 +275,13 @@ def test_date_times_in_a_numeric_column_are_refused_not_scored(model_dir, tmp_pa
     table["temperature"] = pd.Timestamp("2024-01-01")
     with pytest.raises(DataError, match="'temperature' should be numeric but holds dates"):
         VAEDetector.load(model_dir).score_frame(table)
+
+
+def test_the_ledger_knows_an_output_however_its_folder_was_named(model_dir, tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    mixed_table(40, seed=1).to_csv(tmp_path / "in" / "a.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    assert "scored 1 file" in batch(model_dir, "in", "out").output  # relative names
+    monkeypatch.chdir(tmp_path / "in")
+    again = batch(model_dir, tmp_path / "in", tmp_path / "out")  # absolute, elsewhere
+    assert again.exit_code == 0 and "skipped 1 already scored" in again.output
