@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -284,8 +285,21 @@ class Config(DetectorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.family.select_by not in ("auto", "criterion", "auroc"):
-            raise ConfigError("family.select_by must be auto, criterion or auroc")
+        checks = [
+            (
+                self.family.select_by in ("auto", "criterion", "auroc"),
+                "family.select_by must be auto, criterion or auroc",
+            ),
+            (
+                len(set(self.family.variants)) == len(self.family.variants),
+                "family.variants names a variant twice",
+            ),
+            (0 < self.evaluation.fraction < 1, "evaluation.fraction must be in (0, 1)"),
+            (self.tracking.view_rows >= 1, "tracking.view_rows must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
 
     def detector_config(self) -> DetectorConfig:
         """The part of this config that belongs to the saved detector."""
@@ -296,6 +310,9 @@ class Config(DetectorConfig):
 
 def validate(cfg: DetectorConfig) -> None:
     """Raise ConfigError for values that cannot work, naming the key."""
+    for key, value in flatten(cfg).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, not {value}")
     checks = [
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must be positive"),
@@ -310,7 +327,14 @@ def validate(cfg: DetectorConfig) -> None:
             "model.decoder_variance must be calibrated or learned",
         ),
         (cfg.data.scaling in ("standard", "minmax"), "data.scaling must be standard or minmax"),
-        (all(c >= 1 for c in cfg.model.conv_channels), "model.conv_channels must be positive"),
+        (
+            len(cfg.model.conv_channels) >= 1 and all(c >= 1 for c in cfg.model.conv_channels),
+            "model.conv_channels must be one or more positive channel counts",
+        ),
+        (cfg.model.commitment_cost >= 0, "model.commitment_cost must be >= 0"),
+        (cfg.training.weight_decay >= 0, "training.weight_decay must be >= 0"),
+        (cfg.training.seed >= 0, "training.seed must be >= 0"),
+        (cfg.training.num_threads >= 0, "training.num_threads must be >= 0 (0: one per core)"),
         (cfg.model.kl_warmup_epochs >= 0, "model.kl_warmup_epochs must be >= 0"),
         (cfg.model.capacity >= 0, "model.capacity must be >= 0"),
         (cfg.model.capacity_epochs >= 1, "model.capacity_epochs must be >= 1"),

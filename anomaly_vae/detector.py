@@ -51,6 +51,13 @@ LATENT_FILE = "latent_reference.pt"  # training latent means of the latent score
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
 
 
+def _save_atomic(target: Path, write: Any) -> None:
+    """``write(temporary_path)``, then rename the temporary file to ``target``."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    write(temporary)
+    temporary.replace(target)
+
+
 def available_scores(model_name: str) -> tuple[str, ...]:
     """Every score a detector with this model can drive ``predict`` by: the model's own
     and the latent scores the detector adds (latent_density.py)."""
@@ -169,6 +176,11 @@ class ThresholdedScores:
         scores = np.asarray(normal_scores, dtype=np.float64)
         if scores.size == 0:
             raise DataError("no normal rows to take the quantile of")
+        if not np.isfinite(scores).all():
+            raise DataError(
+                f"{int((~np.isfinite(scores)).sum())} of {scores.size} normal rows score "
+                "NaN or infinity: the model cannot set a threshold on them"
+            )
         self.threshold_ = quantile_threshold(scores, target_fpr)
         self.offset_ = -self.threshold_
         self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr) | {
@@ -316,7 +328,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 X, model_class.image_side_multiple(config.model)
             )
             self.condition_classes_ = 0
-            if model_class.uses_condition and condition is not None:
+            if model_class.uses_condition and condition is None:
+                # Without one it would train as a plain VAE under a conditional name.
+                raise DataError(
+                    f"{config.model.name} scores an image given its class, and none was "
+                    "given: in Python, fit(images, condition=classes); `anomaly-vae fit` "
+                    "trains on one normal class, so use model.name=vae or conv-vae there"
+                )
+            if model_class.uses_condition:
                 self.condition_classes_ = int(np.max(condition)) + 1
         else:
             frame = as_frame(X)
@@ -609,13 +628,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Write the fitted detector to the folder ``path``: JSON + a weights state dict."""
         check_is_fitted(self, "model_")
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model_.state_dict(), path / WEIGHTS_FILE)
         neighbours = getattr(self, "latent_neighbours_", None)
-        if neighbours is not None:
-            torch.save({"reference": neighbours.reference}, path / LATENT_FILE)
-        else:
-            (path / LATENT_FILE).unlink(missing_ok=True)
         document = {
             "format_version": FORMAT_VERSION,
             "model": self.effective_config.model.name,
@@ -651,7 +664,19 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 "python": platform.python_version(),
             },
         }
-        (path / CONFIG_FILE).write_text(json.dumps(document, indent=2, allow_nan=False))
+        # Serialised before any file is written: a value JSON cannot hold (NaN) fails here,
+        # not after the weights have replaced those of a model saved in this folder before.
+        text = json.dumps(document, indent=2, allow_nan=False)
+        path.mkdir(parents=True, exist_ok=True)
+        # Each file is written whole under a temporary name, then renamed into place,
+        # the description last: a reader never sees a half-written file.
+        _save_atomic(path / WEIGHTS_FILE, lambda f: torch.save(self.model_.state_dict(), f))
+        if neighbours is not None:
+            reference = {"reference": neighbours.reference}
+            _save_atomic(path / LATENT_FILE, lambda f: torch.save(reference, f))
+        else:
+            (path / LATENT_FILE).unlink(missing_ok=True)
+        _save_atomic(path / CONFIG_FILE, lambda f: f.write_text(text))
         return path
 
     @classmethod

@@ -102,6 +102,11 @@ def fit_family(
     names = suitable_variants(config, kind)
     if not names:
         raise ConfigError(f"no variant in family.variants suits {kind} data")
+    select_by = config.family.select_by
+    if select_by == "auto":
+        select_by = "auroc" if data.has_evaluation() else "criterion"
+    if select_by == "auroc" and not data.has_evaluation():  # before any training
+        raise ConfigError("family.select_by=auroc needs labelled evaluation data (--label-col)")
     if config.tracking.enabled:
         from anomaly_vae import tracking  # MLflow import is slow; only when tracking
 
@@ -110,11 +115,6 @@ def fit_family(
         candidates = [_fit_variant(name, config, data, progress) for name in names]
         if config.family.ensemble and len(candidates) > 1:
             candidates.append(_ensemble(candidates, data))
-    select_by = config.family.select_by
-    if select_by == "auto":
-        select_by = "auroc" if data.has_evaluation() else "criterion"
-    if select_by == "auroc" and not data.has_evaluation():
-        raise ConfigError("family.select_by=auroc needs labelled evaluation data (--label-col)")
     chosen = _choose(candidates, select_by)
     comparison = _comparison_table(candidates, chosen.name)
     saved = save_model(chosen.detector, project_dir, model_dir)
@@ -215,6 +215,13 @@ def _choose(candidates: list[Candidate], select_by: str) -> Candidate:
             ),
         )
     comparable = [c for c in candidates if math.isfinite(c.criterion)]
+    if not comparable:  # no variant has a validation -ELBO (e.g. cvae or vq-vae alone)
+        if len(candidates) > 1:
+            logger.warning(
+                "no variant has a comparable validation -ELBO; keeping %s, the first",
+                candidates[0].name,
+            )
+        return candidates[0]
     return min(comparable, key=lambda c: c.criterion)
 
 

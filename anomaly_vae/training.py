@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anomaly_vae.config import TrainingConfig
+from anomaly_vae.errors import ConfigError
 from anomaly_vae.models.base import BaseVAE
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,12 @@ def train(
             val_terms = model.loss_terms(x_val, noise=val_noise, condition=condition_val)
         metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
         metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
+        if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+            raise ConfigError(
+                f"training diverged at epoch {epoch} (train loss {metrics['train_loss']}, "
+                f"validation loss {metrics['val_loss']}): lower training.learning_rate "
+                f"(now {config.learning_rate:g}) or model.beta (now {model.config.beta:g})"
+            )
         history.epochs.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)

@@ -394,3 +394,26 @@ def test_min_steps_stretches_epochs_and_patience_and_the_history_says_so(tmp_pat
         history.patience,
         history.batches_per_epoch,
     )
+
+
+def test_a_diverging_fit_stops_and_leaves_a_model_saved_there_before_intact(tmp_path):
+    from anomaly_vae.errors import ConfigError
+
+    detector = VAEDetector(tiny_config().detector_config()).fit(correlated_normal(300, seed=0))
+    detector.save(tmp_path / "model")
+    before = {f.name: f.read_bytes() for f in (tmp_path / "model").iterdir()}
+    wild = tiny_config("training.learning_rate=1e6").detector_config()
+    with pytest.raises(ConfigError, match="training diverged at epoch"):
+        VAEDetector(wild).fit(correlated_normal(300, seed=0))
+    # A fitted model whose state JSON cannot hold (NaN) writes nothing over the old one.
+    detector.threshold_ = float("nan")
+    with pytest.raises(ValueError, match="JSON"):
+        detector.save(tmp_path / "model")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "model").iterdir()} == before
+
+
+def test_a_conditional_model_on_images_needs_the_classes():
+    images = np.random.default_rng(0).integers(0, 255, (40, 1, 8, 8), dtype=np.uint8)
+    config = tiny_config("model.name=cvae").detector_config()
+    with pytest.raises(DataError, match="scores an image given its class, and none was given"):
+        VAEDetector(config).fit(images)

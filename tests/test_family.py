@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percentile
+from anomaly_vae.errors import ConfigError
 from anomaly_vae.family import fit_family, format_comparison, suitable_variants
 from anomaly_vae.models import available_models, get_model
 from tests.conftest import mixed_table, tiny_config
@@ -150,3 +151,29 @@ def test_variants_repeat_no_warning_of_the_shared_data(caplog):
         for _ in range(2):
             quantile_threshold(few_rows, 0.01)
     assert caplog.text.count("cannot resolve") == 2  # the filter is gone afterwards
+
+
+def test_a_family_setting_that_cannot_work_stops_before_training(tmp_path, monkeypatch):
+    from anomaly_vae import family
+
+    mixed_table(300, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    trained = []
+    monkeypatch.setattr(family, "_fit_variant", lambda name, *args: trained.append(name))
+    config = tiny_config(
+        "data.id_column=reading_id", "tracking.enabled=false", "family.select_by=auroc"
+    )
+    with pytest.raises(ConfigError, match="select_by=auroc needs labelled evaluation data"):
+        fit_family(tmp_path / "train.csv", config, project_dir=tmp_path)
+    assert trained == []
+
+
+def test_a_family_of_one_variant_without_a_criterion_keeps_it(tmp_path):
+    mixed_table(300, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "tracking.enabled=false",
+        "family.variants=[cvae]",
+        "data.condition_columns=[machine]",
+    )
+    result = fit_family(tmp_path / "train.csv", config, project_dir=tmp_path)
+    assert result.chosen == "cvae"
