@@ -465,7 +465,29 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         mask = self._condition_mask()
         if not mask.any():
             return features, None
+        self._warn_unseen_conditions(frame)
         return np.ascontiguousarray(features[:, ~mask]), np.ascontiguousarray(features[:, mask])
+
+    def _warn_unseen_conditions(self, frame: pd.DataFrame) -> None:
+        """Warn about condition values not seen in training: such a row is scored given an
+        empty context (no category set), against which its score means little."""
+        conditions = set(self.effective_config.data.condition_columns)
+        for column in self.preprocessor_.columns:
+            if column.name not in conditions or column.name not in frame.columns:
+                continue
+            values = frame[column.name]
+            unseen = [v for v in values.dropna().unique() if not column.is_known(v)]
+            if unseen:
+                rows = int(values.isin(unseen).sum())
+                logger.warning(
+                    "%d row(s) have a %s not seen in training (%s); they are scored given "
+                    "no %s, so their scores are not comparable (known: %s)",
+                    rows,
+                    column.name,
+                    ", ".join(repr(v) for v in unseen[:3]),
+                    column.name,
+                    ", ".join(column.categories),
+                )
 
     # -- scoring ----------------------------------------------------------------------------
     def transform_features(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

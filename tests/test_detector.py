@@ -248,7 +248,7 @@ def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):
         fitted.score_samples(np.zeros((3, 4)))
 
 
-def test_cvae_scores_a_row_given_its_context():
+def test_cvae_scores_a_row_given_its_context(caplog):
     """The same sensor values are normal for one machine and anomalous for another."""
     train = mixed_table(900, seed=0)
     config = tiny_config(
@@ -268,6 +268,9 @@ def test_cvae_scores_a_row_given_its_context():
     assert roc_auc_score(labels, scores) > 0.9
     with pytest.raises(DataError, match="was not seen in training; known values: drill"):
         detector.condition_vector({"machine": "nosuch"})
+    caplog.clear()
+    detector.anomaly_score(test.assign(machine=np.where(test.index < 7, "mill", test["machine"])))
+    assert "7 row(s) have a machine not seen in training ('mill')" in caplog.text
     without_context = tiny_config("model.name=cvae").detector_config()
     with pytest.raises(DataError, match=r"data\.condition_columns names none"):
         VAEDetector(without_context).fit(correlated_normal(100, seed=0))
