@@ -26,9 +26,20 @@ DEFAULTS = Config()
 
 
 # The config options of every command that builds a detector (fit, benchmark).
+def _one_config_file(
+    context: click.Context, parameter: click.Parameter, files: tuple[Path, ...]
+) -> Path | None:
+    """The --config file; given twice, click would keep the last one without a word."""
+    if len(files) > 1:
+        raise click.BadParameter("give one config file (combine them, or use --set)")
+    return files[0] if files else None
+
+
 CONFIG_OPTION = click.option(
     "--config",
     "config_file",
+    multiple=True,
+    callback=_one_config_file,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="YAML file of config overrides (see configs/). Defaults: the dataclasses in "
     "anomaly_vae/config.py.",

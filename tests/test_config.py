@@ -136,3 +136,17 @@ def test_config_command_reports_a_bad_key_without_training():
     result = CliRunner().invoke(main, ["config", "--set", "model.latnet_dim=3"])
     assert result.exit_code == 1
     assert "unknown config key model.latnet_dim" in result.output
+
+
+def test_a_second_config_file_is_refused_not_silently_preferred(tmp_path):
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    (tmp_path / "a.yaml").write_text("model:\n  latent_dim: 3\n")
+    (tmp_path / "b.yaml").write_text("training:\n  epochs: 7\n")
+    one = CliRunner().invoke(main, ["config", "--config", str(tmp_path / "a.yaml")])
+    assert one.exit_code == 0 and "latent_dim: 3" in one.output
+    both = ["config", "--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.yaml")]
+    refused = CliRunner().invoke(main, both)
+    assert refused.exit_code == 2 and "give one config file" in refused.output
