@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -133,15 +134,55 @@ def score_images(
     return scores
 
 
-def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> None:
-    """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs named after the images."""
+def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[Path]:
+    """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs named after the images (see
+    ``map_names``), one per image; returns the ``n`` files written, in the images' order."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels = (np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)  # channels averaged
-    for name, image in zip(names, pixels, strict=True):
-        stem = Path(name).stem if "/" not in name or Path(name).suffix else name.replace("/", "_")
-        Image.fromarray(image).save(folder / f"{stem}.png")
+    files = [folder / f"{stem}.png" for stem in map_names(names)]
+    for file, image in zip(files, pixels, strict=True):
+        Image.fromarray(image).save(file)
+    return files
+
+
+def map_names(names: list[str]) -> list[str]:
+    """One distinct file stem per image name, for its anomaly map.
+
+    - the image's file stem (``good/001.png`` -> ``001``; ``test/123`` -> ``test_123``)
+      when no other image has it;
+    - else its folder (the class) before it: ``good/001.png`` and ``bad/001.png`` ->
+      ``good_001`` and ``bad_001``;
+    - a name still taken (``001.png`` and ``001.jpg`` in one folder) gets ``-2``, ``-3``,
+      ... in the images' order, the first keeping it.
+
+    Names are compared ignoring case, as some file systems do.
+    """
+    paths = [Path(name) for name in names]
+    stems = [
+        path.stem if "/" not in name or path.suffix else name.replace("/", "_")
+        for name, path in zip(names, paths, strict=True)
+    ]
+    counts = Counter(stem.casefold() for stem in stems)
+    wanted = [
+        stem
+        if counts[stem.casefold()] == 1 or not path.parent.name
+        else f"{path.parent.name}_{stem}"
+        for stem, path in zip(stems, paths, strict=True)
+    ]
+    # Suffixes must not take a stem a later image wants, hence all of them reserved.
+    reserved = {stem.casefold() for stem in wanted}
+    used: set[str] = set()
+    chosen = []
+    for stem in wanted:
+        unique, number = stem, 1
+        while unique.casefold() in used or (number > 1 and unique.casefold() in reserved):
+            number += 1
+            unique = f"{stem}-{number}"
+        used.add(unique.casefold())
+        chosen.append(unique)
+    return chosen
 
 
 def write_atomic(frame: pd.DataFrame, path: Path) -> None:

@@ -19,6 +19,7 @@ from anomaly_vae.data.images import (
     write_idx_set,
 )
 from anomaly_vae.errors import DataError
+from anomaly_vae.scoring import map_names, save_anomaly_maps
 from tests.conftest import TINY, tiny_config
 
 
@@ -160,6 +161,45 @@ def test_reads_an_image_folder(tmp_path):
         read_images(tmp_path)
 
 
+def test_a_picture_reads_the_same_whatever_png_mode_it_was_saved_in(tmp_path):
+    grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
+    colour = np.stack([grey, 255 - grey, grey // 2], axis=-1)  # (16, 16, 3)
+    (tmp_path / "grey").mkdir()
+    Image.fromarray(grey).save(tmp_path / "grey" / "l.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey" / "i16.png")
+    Image.fromarray(grey).convert("LA").save(tmp_path / "grey" / "la.png")
+    Image.fromarray(grey).convert("P").save(tmp_path / "grey" / "p.png")  # grey palette
+    assert [Image.open(tmp_path / "grey" / f"{m}.png").mode for m in ("i16", "la", "p")] == [
+        "I;16",
+        "LA",
+        "P",
+    ]
+    images = read_images(tmp_path / "grey")
+    assert images.images.shape == (4, 1, 16, 16) and images.images.dtype == np.uint8
+    for image in images.images:
+        np.testing.assert_array_equal(image[0], grey)
+    # A 16-bit level v reads as round(v / 257): the brightest level is 255, none saturate.
+    (tmp_path / "levels").mkdir()
+    levels = np.array([[0, 128, 129, 65535]], np.uint16)
+    Image.fromarray(levels).save(tmp_path / "levels" / "i16.png")
+    assert read_images(tmp_path / "levels").images.ravel().tolist() == [0, 0, 1, 255]
+    (tmp_path / "colour").mkdir()
+    Image.fromarray(colour).save(tmp_path / "colour" / "rgb.png")
+    Image.fromarray(colour).convert("RGBA").save(tmp_path / "colour" / "rgba.png")
+    palette = Image.fromarray(colour).quantize(64)
+    palette.save(tmp_path / "colour" / "p.png")
+    images = read_images(tmp_path / "colour")
+    assert images.images.shape == (3, 3, 16, 16)
+    by_palette, rgb, rgba = images.images.transpose(0, 2, 3, 1)  # in file name order
+    np.testing.assert_array_equal(rgb, colour)
+    np.testing.assert_array_equal(rgba, colour)
+    np.testing.assert_array_equal(by_palette, np.asarray(palette.convert("RGB")))
+    # A grey image beside a colour one: 3 channels, the grey level in each.
+    Image.fromarray(grey).convert("LA").save(tmp_path / "colour" / "z.png")
+    mixed = read_images(tmp_path / "colour").images
+    assert mixed.shape == (4, 3, 16, 16) and (mixed[3] == grey).all()
+
+
 def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(tmp_path):
     for i, image in enumerate(bars(2, seed=4)):
         Image.fromarray(image[0]).save(tmp_path / f"small{i}.png")
@@ -172,6 +212,28 @@ def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(
     # A resized horizontal bar is still a bright row, not a blur over the whole image.
     large = images.images[[n.endswith("large0.png") for n in images.names]][0, 0]
     assert large.mean(axis=1).max() > 2 * large.mean(axis=0).max()
+
+
+def test_images_sharing_a_file_name_in_different_classes_get_a_map_each(tmp_path):
+    for label in ("good", "bad"):
+        (tmp_path / "collide" / label).mkdir(parents=True)
+    for file in ("good/001.png", "bad/001.png", "good/002.png"):
+        Image.fromarray(bars(1, seed=4)[0, 0]).save(tmp_path / "collide" / file)
+    names = read_images(tmp_path / "collide").names  # bad/001, good/001, good/002
+    maps = np.linspace(0, 1, 3)[:, None, None, None] * np.ones((3, 1, 16, 16))
+    files = save_anomaly_maps(maps, names, tmp_path / "maps")
+    written = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert [f.name for f in files] == ["bad_001.png", "good_001.png", "002.png"]
+    assert written == sorted(f.name for f in files)  # one map per image, none overwritten
+    assert np.asarray(Image.open(tmp_path / "maps" / "bad_001.png")).max() == 0  # its own
+    # Still one each where the class does not part them (one folder, two extensions),
+    # and case does not count, as on file systems that ignore it.
+    assert map_names(["f/a.png", "f/a.jpg", "g/A.png", "test/1"]) == [
+        "f_a",
+        "f_a-2",
+        "g_A",
+        "test_1",
+    ]
 
 
 def test_cli_resizes_images_with_the_size_saved_in_the_model(tmp_path, monkeypatch):

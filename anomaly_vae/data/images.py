@@ -36,6 +36,10 @@ IDX_FILES = {
 }
 IDX_UBYTE = 0x08  # idx type code of unsigned bytes, the only type of the MNIST layout
 UINT8_MAX = 255
+# Divisors taking 16- and 32-bit grey levels onto 0-255: (2**16 - 1) / 255 and
+# (2**32 - 1) / 255, so that the brightest level stays the brightest.
+GREY_16BIT = 257
+GREY_32BIT = 16843009
 
 
 @dataclass
@@ -194,20 +198,51 @@ def _pixels(image: Image.Image, size: int | None) -> np.ndarray:
     return np.asarray(image)
 
 
+def to_8bit(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit grey (mode ``L``) or 8-bit colour (mode ``RGB``), whatever its
+    file's mode, so that a picture reads the same however it was saved:
+
+    - ``1`` and ``L``: grey; ``LA`` (and ``La``): grey, the alpha dropped;
+    - 16-bit grey (``I;16``, ``I;16B``, ...; ``I`` read from a PNG, whose grey samples
+      hold at most 16 bits): level ``v`` (0-65535) reads as ``round(v / 257)`` (0-255);
+    - 32-bit integer grey (``I`` from other files): ``round(v / 16843009)``, that is
+      0 to 2**32 - 1 onto 0-255, negative levels as 0;
+    - palette (``P``, ``PA``): the palette's colours, alpha dropped; grey when every
+      colour the pixels use is grey;
+    - anything else (``RGB``, ``RGBA``, ``CMYK``, ...): colour, any alpha dropped.
+    """
+    mode = image.mode
+    if mode in ("1", "L", "LA", "La"):
+        return image.convert("L")
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):
+        levels = np.asarray(image).astype(np.float64) / GREY_16BIT
+        return Image.fromarray(np.rint(levels).astype(np.uint8), "L")
+    if mode == "I":
+        levels = np.clip(np.asarray(image).astype(np.float64), 0, None) / GREY_32BIT
+        return Image.fromarray(np.rint(levels).astype(np.uint8), "L")
+    if mode in ("P", "PA"):
+        # Through RGBA, which takes a palette's transparency too, then the alpha dropped.
+        rgb = np.ascontiguousarray(np.asarray(image.convert("RGBA"))[..., :3])
+        if (rgb == rgb[..., :1]).all():  # grey colours: one channel, as an L file gives
+            return Image.fromarray(np.ascontiguousarray(rgb[..., 0]), "L")
+        return Image.fromarray(rgb, "RGB")
+    return image.convert("RGB")
+
+
 def _decode(
     samples: list[tuple[str, int]], classes: list[str], path: Path, size: int | None
 ) -> ImageSet:
-    modes = set()
-    arrays = []
+    """Read ``samples`` (file, class index) as ``(n, C, H, W)`` uint8: ``C`` = 1 when every
+    image is grey (see ``to_8bit``), else 3 with the grey images repeated in R, G and B."""
+    images = []
     for file, _ in samples:  # decoding is per file; nothing to batch here
         try:
             with Image.open(file) as image:
-                modes.add("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
-                arrays.append(image.convert("RGB"))
+                images.append(to_8bit(image))
         except OSError as exc:
             raise DataError(f"{file} is not a readable image: {exc}") from exc
-    mode = "L" if modes == {"L"} else "RGB"
-    pixels = [_pixels(image.convert(mode), size) for image in arrays]
+    mode = "L" if all(image.mode == "L" for image in images) else "RGB"
+    pixels = [_pixels(image.convert(mode), size) for image in images]
     sizes = {p.shape[:2] for p in pixels}
     if len(sizes) > 1:
         raise DataError(
