@@ -617,13 +617,14 @@ def calibrate(
     help="Folder for the PNG (and CSV) files.",
 )
 @click.option("--label-col", help="Tables: colour the latent scatter by this 0/1 column.")
-@click.option("--count", default=64, help="generate: how many samples.")
+@click.option("--count", default=64, type=click.IntRange(min=1), help="generate: how many samples.")
 @click.option(
     "--condition",
     "conditions",
     multiple=True,
     metavar="COLUMN=VALUE",
-    help="generate with a conditional model: the condition, e.g. --condition machine=press "
+    help="generate (and manifold) with a conditional model: the condition, e.g. "
+    "--condition machine=press "
     "(tables, repeat per condition column) or --condition class=3 (images).",
 )
 @click.option(
@@ -652,6 +653,29 @@ def view(
     detector = load_detector(model_ref)
     if not hasattr(detector, "model_"):
         raise click.UsageError("views need a single model, not a family ensemble")
+    if log_to_run:
+        # Before drawing, so a run that cannot be found costs no files; and with no
+        # embedded store here, say so rather than create an empty one.
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        from anomaly_vae.errors import ModelNotFoundError
+        from anomaly_vae.tracking import embedded_store, run_of_model
+
+        advice = (
+            "run the command in the project folder where the model was fit (with tracking), "
+            "or set MLFLOW_TRACKING_URI to its tracking store"
+        )
+        store = embedded_store()
+        if store is not None and not store.is_file():
+            raise ModelNotFoundError(f"--log: no MLflow tracking store at {store}: {advice}")
+        run_id = run_of_model(model_ref)
+        try:
+            MlflowClient().get_run(run_id)
+        except MlflowException as exc:
+            raise ModelNotFoundError(
+                f"--log: the model's MLflow run {run_id} is not in this tracking store: {advice}"
+            ) from exc
     frame, labels = None, None
     if data is not None:
         images_given = is_image_source(data)
@@ -679,12 +703,17 @@ def view(
         "generate": lambda: [views.generation(detector, count, condition)],
         "reconstruct": lambda: [views.reconstructions(detector, frame)],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
-        "manifold": lambda: [views.manifold(detector, frame)],
+        "manifold": lambda: [views.manifold(detector, frame, condition=condition)],
         "traversal": lambda: [views.traversal(detector, frame)],
         "interpolation": lambda: [views.interpolation(detector, frame)],
-        "all": lambda: views.standard_views(detector, frame, labels),
     }
-    written = [path for item in makers[kind]() for path in views.save_view(item, out_dir)]
+    if kind == "all":
+        made, skipped = views.views_and_skips(detector, frame, labels, condition)
+        for reason in skipped:
+            click.echo(f"skipped {reason}")
+    else:
+        made = makers[kind]()
+    written = [path for item in made for path in views.save_view(item, out_dir)]
     for path in written:
         click.echo(f"wrote {path}")
     if log_to_run:

@@ -93,6 +93,24 @@ def _panels(count: int, size: float) -> tuple[Figure, np.ndarray]:
     return plt.subplots(1, count, figsize=(size * count, size), layout="constrained", squeeze=False)
 
 
+def _require_rows(X: Any, view: str, needed: int = 2) -> None:
+    """A one-line error when DATA has fewer than ``needed`` rows (or images)."""
+    if len(X) < needed:
+        raise DataError(f"the {view} view needs at least {needed} rows of DATA, got {len(X)}")
+
+
+def _row_conditions(detector: Any, X: Any, rows: np.ndarray, view: str) -> np.ndarray | None:
+    """The conditions ``(len(rows), c)`` of the chosen rows of X for a conditional model
+    (None for other models): the views of a conditional model decode for the data's own
+    conditions, as the decoder cannot run without one."""
+    if not detector.model_.condition_dim:
+        return None
+    if _is_image(detector):
+        # An image's class is not part of the image: the view has no way to know it.
+        raise DataError(f"the {view} view of a conditional image model needs image classes")
+    return detector._model_input(_take(X, rows))[1]
+
+
 def _numeric_columns(detector: Any) -> list[str]:
     return [c.name for c in detector.preprocessor_.columns if c.kind == "numeric"][
         :MAX_TABLE_FEATURES
@@ -199,6 +217,7 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
 def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> View:
     """Latent means in 2-D (PCA above 2 dimensions), coloured by label when known,
     otherwise by anomaly score."""
+    _require_rows(X, "latents")  # PCA and a scatter need two points
     latents = detector.encode(X)
     if labels is not None:
         groups = np.where(np.asarray(labels, bool), "anomalous", "normal").astype(object)
@@ -225,28 +244,58 @@ def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> V
 
 def _leading_directions(detector: Any, X: Any | None) -> np.ndarray:
     """``(2, k)`` unit directions: the latent axes for k = 2, else the two leading
-    principal directions of the latent means of ``X`` (the first two axes without X)."""
+    principal directions of the latent means of ``X`` (the first two axes without X);
+    ``(1, 1)`` for a 1-D latent."""
     k = detector.model_.latent_dim
     if k <= 2 or X is None:
         return np.eye(k)[:2] if k >= 2 else np.eye(1)
+    _require_rows(X, "manifold")  # PCA needs two points
     return PCA(n_components=2).fit(detector.encode(X)).components_
 
 
-def manifold(detector: Any, X: Any | None = None, steps: int = 15, extent: float = 3.0) -> View:
-    """Decoded grid over [-extent, extent]^2 of the latent (or its two leading directions)."""
+def manifold(
+    detector: Any,
+    X: Any | None = None,
+    steps: int = 15,
+    extent: float = 3.0,
+    condition: np.ndarray | None = None,
+) -> View:
+    """Decoded grid over [-extent, extent]^2 of the latent (or its two leading directions);
+    one line of ``steps`` points along z[0] for a 1-D latent. The table starts with the
+    grid coordinates: ``z0, z1`` on the latent axes, ``pc1, pc2`` on principal directions.
+    ``condition``: one condition ``(c,)`` for a conditional model (default: the first row's)."""
     _require_continuous(detector, "manifold")
     directions = _leading_directions(detector, X)
+    principal = detector.model_.latent_dim > 2 and X is not None
+    names = ["pc1", "pc2"] if principal else ["z0", "z1"][: len(directions)]
     values = np.linspace(-extent, extent, steps)
-    grid = np.array([(a, b) for b in values[::-1] for a in values], dtype=np.float32)
-    z = torch.from_numpy(grid[:, : len(directions)] @ directions.astype(np.float32))
-    decoded = _decode(detector, z)
-    title = f"Decoded latent grid over [-{extent:g}, {extent:g}]^2"
+    if len(directions) == 1:
+        grid = values[:, None].astype(np.float32)
+    else:
+        grid = np.array([(a, b) for b in values[::-1] for a in values], dtype=np.float32)
+    z = torch.from_numpy(grid @ directions.astype(np.float32))
+    cond = None
+    if detector.model_.condition_dim:
+        if condition is None and X is None:
+            raise DataError("a conditional model's manifold needs a condition: pass DATA")
+        if condition is None:
+            condition = _row_conditions(detector, X, np.array([0]), "manifold")[0]
+        cond = np.repeat(np.asarray(condition, np.float32).reshape(1, -1), len(grid), axis=0)
+    decoded = _decode(detector, z, None if cond is None else torch.from_numpy(cond))
+    span = f"[-{extent:g}, {extent:g}]" + ("^2" if len(directions) > 1 else " along z[0]")
+    title = f"Decoded latent grid over {span}"
     if _is_image(detector):
         return View("04_manifold", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
-    rows = _to_rows(detector, decoded)
+    rows = _to_rows(detector, decoded, cond)
+    for position, name in reversed(list(enumerate(names))):
+        rows.insert(0, name, grid[:, position])
     columns = _numeric_columns(detector)
     fig, axes = _panels(len(columns), 3.2)
     for ax, column in zip(axes[0], columns, strict=False):
+        if len(directions) == 1:
+            ax.plot(values, rows[column], color="tab:purple")
+            ax.set(title=column, xlabel="z[0]", ylabel="decoded (original units)")
+            continue
         image = ax.imshow(
             rows[column].to_numpy().reshape(steps, steps),
             cmap="coolwarm",
@@ -262,14 +311,22 @@ def manifold(detector: Any, X: Any | None = None, steps: int = 15, extent: float
 def traversal(
     detector: Any, X: Any, steps: int = 9, extent: float = 3.0, dimensions: int = 8
 ) -> View:
-    """Vary one latent dimension at a time around the first row's latent mean."""
+    """Vary one latent dimension at a time around the first row's latent mean (a
+    conditional model decodes for the first row's condition)."""
     _require_continuous(detector, "traversal")
+    _require_rows(X, "traversal", needed=1)
+    first = _row_conditions(detector, X, np.array([0]), "traversal")
     base = detector.encode(_take(X, np.array([0])))[0]
     k = min(dimensions, len(base))
     values = np.linspace(-extent, extent, steps, dtype=np.float32)
     z = np.repeat(base[None], k * steps, axis=0).reshape(k, steps, -1)
     z[np.arange(k), :, np.arange(k)] = values
-    decoded = _decode(detector, torch.from_numpy(z.reshape(k * steps, -1)))
+    cond = None if first is None else np.repeat(first, k * steps, axis=0)
+    decoded = _decode(
+        detector,
+        torch.from_numpy(z.reshape(k * steps, -1)),
+        None if cond is None else torch.from_numpy(cond),
+    )
     title = (
         f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] "
         "around the first row"
@@ -277,7 +334,7 @@ def traversal(
     if _is_image(detector):
         figure = _image_grid(np.clip(decoded, 0, 1), f"{title} (one row per dimension)", steps)
         return View("05_traversal", figure)
-    rows = _to_rows(detector, decoded)
+    rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
     columns = _numeric_columns(detector)
@@ -293,15 +350,27 @@ def traversal(
 
 
 def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
-    """Decode the straight line between the latent means of the first two rows of X."""
+    """Decode the straight line between the latent means of the first two rows of X (a
+    conditional model's condition moves along the line between the rows' own conditions,
+    so both ends decode as their row)."""
     _require_continuous(detector, "interpolation")
-    ends = detector.encode(_take(X, np.array([0, 1])))
+    _require_rows(X, "interpolation")
+    pair = np.array([0, 1])
+    conditions = _row_conditions(detector, X, pair, "interpolation")
+    ends = detector.encode(_take(X, pair))
     weights = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
-    decoded = _decode(detector, torch.from_numpy((1 - weights) * ends[0] + weights * ends[1]))
+    cond = None
+    if conditions is not None:
+        cond = (1 - weights) * conditions[0] + weights * conditions[1]
+    decoded = _decode(
+        detector,
+        torch.from_numpy((1 - weights) * ends[0] + weights * ends[1]),
+        None if cond is None else torch.from_numpy(cond),
+    )
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
     if _is_image(detector):
         return View("06_interpolation", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
-    rows = _to_rows(detector, decoded)
+    rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "weight", weights[:, 0])
     columns = _numeric_columns(detector)
     fig, ax = plt.subplots(figsize=plots.FIGSIZE, layout="constrained")
@@ -320,14 +389,36 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
 
 def standard_views(detector: Any, X: Any, labels: np.ndarray | None = None) -> list[View]:
     """The views logged with every fit: generation, reconstructions, latent scatter and,
-    for continuous latents, manifold, traversal and interpolation."""
-    views = []
-    if not detector.model_.condition_dim:
-        views.append(generation(detector))
-    views += [reconstructions(detector, X), latent_scatter(detector, X, labels)]
-    if getattr(detector.model_, "continuous_latent", True) and not detector.model_.condition_dim:
-        views += [manifold(detector, X), traversal(detector, X), interpolation(detector, X)]
-    return views
+    for continuous latents, manifold, traversal and interpolation (those that cannot be
+    drawn are left out; :func:`views_and_skips` says why)."""
+    return views_and_skips(detector, X, labels)[0]
+
+
+def views_and_skips(
+    detector: Any, X: Any, labels: np.ndarray | None = None, condition: np.ndarray | None = None
+) -> tuple[list[View], list[str]]:
+    """The standard views that can be drawn, and ``"<name>: <why not>"`` for the others.
+    ``condition``: ``(c,)`` for a conditional model's generation (without it, none) and
+    manifold (without it, the first row's)."""
+    made: list[View] = []
+    skipped: list[str] = []
+    if detector.model_.condition_dim and condition is None:
+        skipped.append("01_generated: a conditional model generates for a condition (--condition)")
+    else:
+        made.append(generation(detector, condition=condition))
+    makers = [
+        ("02_reconstructions", lambda: reconstructions(detector, X)),
+        ("03_latent_scatter", lambda: latent_scatter(detector, X, labels)),
+        ("04_manifold", lambda: manifold(detector, X, condition=condition)),
+        ("05_traversal", lambda: traversal(detector, X)),
+        ("06_interpolation", lambda: interpolation(detector, X)),
+    ]
+    for name, make in makers:
+        try:
+            made.append(make())
+        except DataError as exc:  # e.g. a discrete latent, or a single row
+            skipped.append(f"{name}: {exc}")
+    return made, skipped
 
 
 def _take(X: Any, rows: np.ndarray) -> Any:

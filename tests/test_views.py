@@ -1,5 +1,7 @@
 """The classic VAE views: every kind for tables and images, the CLI, logging to a run."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -63,6 +65,7 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from anomaly_vae.cli import main
+    from anomaly_vae.fitting import latest_model_dir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -98,17 +101,47 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     assert logged == added
     missing = CliRunner().invoke(main, ["view", "latents"])
     assert missing.exit_code == 2 and "needs DATA" in missing.output
+    for count in ("0", "-3"):
+        bad = CliRunner().invoke(main, ["view", "generate", "--count", count])
+        assert bad.exit_code == 2 and "--count" in bad.output
+
+    # --log finds the run before drawing: no files, one line, when it cannot.
+    model = latest_model_dir(tmp_path)
+    untracked = tmp_path / "untracked"
+    shutil.copytree(model, untracked)
+    (untracked / "mlflow_run_id").unlink()  # as a fit with --no-tracking leaves it
+    args = ["view", "reconstruct", "train.csv", "--out", "w", "--log"]
+    result = CliRunner().invoke(main, [*args, "--model", str(untracked)])
+    assert result.exit_code == 1 and "no MLflow run is recorded" in result.output
+    assert not (tmp_path / "w").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    args[2] = str(tmp_path / "train.csv")
+    result = CliRunner().invoke(main, [*args, "--model", str(model)])
+    assert result.exit_code == 1 and "project folder where the model was fit" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert list(elsewhere.iterdir()) == []  # neither views nor an empty mlruns/ store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere / 'other.db'}")
+    result = CliRunner().invoke(main, [*args, "--model", str(model)])
+    assert result.exit_code == 1 and "is not in this tracking store" in result.output
+    assert not (elsewhere / "w").exists()
 
 
-def test_cvae_generates_for_a_chosen_condition():
-    train = mixed_table(600, seed=0)
+@pytest.fixture(scope="module")
+def cvae_detector():
     config = tiny_config(
         "model.name=cvae",
         "data.id_column=reading_id",
         "data.label_column=is_fault",
         "data.condition_columns=[machine]",
     )
-    detector = VAEDetector(config.detector_config()).fit(train)
+    return VAEDetector(config.detector_config()).fit(mixed_table(600, seed=0))
+
+
+def test_cvae_generates_for_a_chosen_condition(cvae_detector):
+    detector = cvae_detector
     loads = {}
     for machine in ("drill", "lathe"):
         rows = views.generation(detector, 200, detector.condition_vector({"machine": machine}))
@@ -118,3 +151,52 @@ def test_cvae_generates_for_a_chosen_condition():
     assert loads["lathe"] - loads["drill"] > 5
     with pytest.raises(DataError, match="generates for a condition"):
         views.generation(detector)
+
+
+def test_cvae_views_decode_for_the_datas_conditions(cvae_detector):
+    test = mixed_table(50, seed=1)
+    # The first two rows on two machines, so the interpolation moves between conditions.
+    other = int(np.argmax(test["machine"] != test["machine"].iloc[0]))
+    test = test.iloc[[0, other, *range(1, other), *range(other + 1, len(test))]]
+    first, second = test["machine"].iloc[0], test["machine"].iloc[1]
+    made, skipped = views.views_and_skips(cvae_detector, test)
+    assert [v.name for v in made] == [
+        "02_reconstructions",
+        "03_latent_scatter",
+        "04_manifold",
+        "05_traversal",
+        "06_interpolation",
+    ]
+    assert skipped == ["01_generated: a conditional model generates for a condition (--condition)"]
+    tables = {v.name: v.table for v in made}
+    assert set(tables["04_manifold"]["machine"]) == {first}  # the first row's condition
+    assert set(tables["05_traversal"]["machine"]) == {first}
+    ends = tables["06_interpolation"]["machine"]
+    assert (ends.iloc[0], ends.iloc[-1]) == (first, second)  # each row's own condition
+    with pytest.raises(DataError, match="needs a condition: pass DATA"):
+        views.manifold(cvae_detector)
+    chosen = cvae_detector.condition_vector({"machine": "drill"})
+    assert set(views.manifold(cvae_detector, condition=chosen).table["machine"]) == {"drill"}
+
+
+def test_views_of_one_row_say_they_need_two(table_detector):
+    one = mixed_table(5, seed=1).iloc[:1]
+    for view in (views.interpolation, views.latent_scatter):
+        with pytest.raises(DataError, match="at least 2 rows of DATA, got 1"):
+            view(table_detector, one)
+    assert len(views.traversal(table_detector, one).table) == 2 * 9  # one row is enough
+    _, skipped = views.views_and_skips(table_detector, one)
+    assert [s.split(":")[0] for s in skipped] == ["03_latent_scatter", "06_interpolation"]
+
+
+def test_manifold_tables_hold_grid_coordinates_and_a_1d_latent_is_one_line(table_detector):
+    grid = views.manifold(table_detector, steps=5).table
+    assert list(grid.columns[:2]) == ["z0", "z1"] and len(grid) == 25
+    assert set(grid["z0"]) == set(grid["z1"]) == {-3.0, -1.5, 0.0, 1.5, 3.0}
+    config = tiny_config("model.latent_dim=1", "training.epochs=2", "data.id_column=reading_id")
+    line = VAEDetector(config.detector_config()).fit(
+        mixed_table(100, seed=0).drop(columns="is_fault")
+    )
+    table = views.manifold(line, steps=7).table
+    assert list(table.columns[:2]) == ["z0", "machine"] and len(table) == 7
+    assert table["z0"].is_monotonic_increasing
