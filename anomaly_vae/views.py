@@ -8,6 +8,7 @@ the MLflow UI. Images are drawn pixel for pixel (nearest-neighbour upscaling, no
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from sklearn.decomposition import PCA
 
 from anomaly_vae import plots
 from anomaly_vae.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 plt = plots.plt
 MAX_TABLE_FEATURES = 6  # table views plot at most this many numeric columns, to stay legible
@@ -391,7 +394,10 @@ def standard_views(detector: Any, X: Any, labels: np.ndarray | None = None) -> l
     """The views logged with every fit: generation, reconstructions, latent scatter and,
     for continuous latents, manifold, traversal and interpolation (those that cannot be
     drawn are left out; :func:`views_and_skips` says why)."""
-    return views_and_skips(detector, X, labels)[0]
+    made, skipped = views_and_skips(detector, X, labels)
+    for reason in skipped:
+        logger.info("view not logged, %s", reason)
+    return made
 
 
 def views_and_skips(
