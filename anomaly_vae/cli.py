@@ -25,7 +25,6 @@ from anomaly_vae.errors import AnomalyVAEError, DataError
 DEFAULTS = Config()
 
 
-# The config options of every command that builds a detector (fit, benchmark).
 def _one_config_file(
     context: click.Context, parameter: click.Parameter, files: tuple[Path, ...]
 ) -> Path | None:
@@ -35,6 +34,7 @@ def _one_config_file(
     return files[0] if files else None
 
 
+# The config options of every command that builds a detector (fit, benchmark).
 CONFIG_OPTION = click.option(
     "--config",
     "config_file",
