@@ -574,8 +574,14 @@ def calibrate(
         )
         click.echo(
             f"On those {unit}: {100 * calibration['calibration_fpr']:.2f}% above the "
-            f"threshold (target {target:g}%)"
+            f"threshold (target {target:g}%); {100 * result.above_previous:.2f}% were above "
+            "the previous one"
         )
+        if result.above_previous > 2 * calibration["target_fpr"]:
+            click.echo(
+                f"Check that these {unit} are all normal: an anomaly among them raises the "
+                "threshold above others like it"
+            )
     else:
         target = f", target recall {100 * target_recall:.0f}%" if method == "recall" else ""
         click.echo(

@@ -34,6 +34,8 @@ class CalibrationResult:
     previous_threshold: float
     evaluation: dict[str, Any] | None  # on the labelled rows (None: no labelled anomalies)
     run: Any = None  # tracking.TrackedRun when logged to MLflow
+    above_previous: float | None = None  # quantile: share of the normal rows above the
+    # previous threshold (far above the target: drift, or anomalies among them)
 
 
 def labelled_data(
@@ -114,6 +116,7 @@ def calibrate_model(
         if labels.all():
             raise DataError(f"{source} has no normal rows to take the quantile of")
         scores = detector.anomaly_score(data.evaluation)
+        above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr)
         settings.target_fpr = detector.calibration_["target_fpr"]
         evaluation = None
@@ -126,6 +129,8 @@ def calibrate_model(
         evaluation = calibrate_and_evaluate(detector, data)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
+    if by_quantile:
+        result.above_previous = above_previous
     if track:
         from anomaly_vae import tracking
 

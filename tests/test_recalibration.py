@@ -135,6 +135,9 @@ def test_quantile_on_recent_normal_rows_sets_the_false_positive_rate_again(tmp_p
     result = CliRunner().invoke(main, [*arguments, "--target-fpr", "0.05", "--no-tracking"])
     assert result.exit_code == 0, result.output
     assert "the 95% quantile of 800 normal rows" in result.output
+    # Most of them were above the old threshold: the drift, and a reminder to check them.
+    above = float(result.output.split("; ")[-1].split("%")[0])
+    assert above > 15 and "Check that these rows are all normal" in result.output
     assert "(optimistic)" not in result.output  # no labels, no labelled evaluation
     assert 0.02 < flagged_share(str(latest_model_dir(tmp_path))) < 0.09
     saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
