@@ -160,7 +160,7 @@ def _origin(model_ref: str | None, project_dir: Path) -> _Origin:
     from anomaly_vae.fitting import latest_model_dir
 
     defaults = load_config().tracking
-    tracking.check_store(defaults.experiment, project_dir)
+    tracking.check_store(project_dir=project_dir)  # the experiment is the source's, if known
     description = model_ref or f"latest local fit ({latest_model_dir(project_dir)})"
     origin = _Origin(description, defaults.experiment, defaults.registered_model_name, {})
     try:

@@ -92,16 +92,19 @@ STORE_FAILURES = (MlflowException, requests.RequestException, OSError)  # what l
 PREFLIGHT_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
-def check_store(experiment: str, project_dir: Path | None = None) -> str:
-    """Before any training: reach the tracking store and create ``experiment`` there, once
-    and with a short timeout (MLflow's own retries take minutes against a server that is
-    down), so that a wrong ``MLFLOW_TRACKING_URI`` costs seconds, not a fit. Returns the
-    tracking URI; raises TrackingError."""
+def check_store(experiment: str | None = None, project_dir: Path | None = None) -> str:
+    """Before any training: reach the tracking store and create ``experiment`` there (or,
+    without one, list an experiment), once and with a short timeout (MLflow's own retries
+    take minutes against a server that is down), so that a wrong ``MLFLOW_TRACKING_URI``
+    costs seconds, not a fit. Returns the tracking URI; raises TrackingError."""
     uri = tracking_uri(project_dir)
     saved = {key: os.environ.get(key) for key in PREFLIGHT_HTTP}
     os.environ.update({k: v for k, v in PREFLIGHT_HTTP.items() if saved[k] is None})
     try:
-        return use_tracking(experiment, project_dir)
+        use_tracking(experiment, project_dir)
+        if experiment is None:  # setting the URI alone does not reach the store
+            MlflowClient().search_experiments(max_results=1)
+        return uri
     except STORE_FAILURES as exc:
         raise TrackingError(
             f"cannot use the MLflow tracking store {uri}: {_first_line(exc)} (check "

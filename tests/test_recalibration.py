@@ -184,6 +184,7 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     assert run.data.tags["source_model_version"] == "pumps/1"
     assert run.data.tags["data"] == "labelled.csv"
     assert client.search_registered_models(filter_string="name = 'anomaly-vae'") == []
+    assert client.get_experiment_by_name("anomaly-vae") is None  # nothing logged there
     # An alias is recorded as the version it pointed at before it moved.
     again = _calibrate("models:/pumps@champion", "--register")
     assert again.exit_code == 0, again.output
