@@ -228,43 +228,65 @@ def run_batch(
     scorer: Any = None,
     progress: bool = False,
 ) -> BatchReport:
-    """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``.
+    """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``,
+    holding the folder's lock (:func:`output_lock`) meanwhile.
 
     ``scorer.score_file(source, output, chunk_rows)`` does the scoring when given (the
     Spark engine); by default :func:`score_file` with ``detector`` (the local engine).
     ``progress``: a bar over the input files (and, locally, one over each file's rows)
     on a terminal.
     """
-    if scorer is None:
-        scorer = LocalScorer(detector, progress)
+    paths = batch_inputs(source, output_dir)
+    with output_lock(output_dir):
+        return score_inputs(paths, output_dir, detector, model_id, chunk_rows, scorer, progress)
+
+
+def batch_inputs(source: str | Path, output_dir: Path) -> list[Path]:
+    """The input files of ``source`` (:func:`input_files`); DataError if ``output_dir``
+    holds them, since their scores would replace them."""
     paths = input_files(source)
     if any(path.parent.resolve() == output_dir.resolve() for path in paths):
         raise DataError(
             f"the output folder {output_dir} holds the inputs: their scores would replace "
             "them; choose another --output-dir"
         )
+    return paths
+
+
+def score_inputs(
+    paths: list[Path],
+    output_dir: Path,
+    detector: Any,
+    model_id: str,
+    chunk_rows: int = CHUNK_ROWS,
+    scorer: Any = None,
+    progress: bool = False,
+) -> BatchReport:
+    """:func:`run_batch` of the files ``paths`` (from :func:`batch_inputs`), for a caller
+    that already holds the output folder's lock."""
+    if scorer is None:
+        scorer = LocalScorer(detector, progress)
     report = BatchReport()
-    with output_lock(output_dir):
-        # Under the lock no other run writes here: temporary files are from a killed run.
-        for stale in output_dir.glob(".*.tmp"):
-            stale.unlink()
-        for stale in output_dir.glob(".*.spark"):
-            shutil.rmtree(stale, ignore_errors=True)
-        ledger = Ledger(output_dir / LEDGER_FILE)
-        namesakes = Counter(path.name for path in paths)
-        try:
-            for path in tqdm(paths, desc="batch", unit="file", disable=None if progress else True):
-                if namesakes[path.name] > 1:
-                    # One output per input name: scoring both would keep only the last.
-                    reason = (
-                        f"{namesakes[path.name]} inputs are named {path.name}; their outputs "
-                        "would overwrite each other (score them into separate folders)"
-                    )
-                    _record_failure(path, model_id, reason, ledger, report)
-                    continue
-                _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
-        finally:
-            ledger.close()
+    # Under the lock no other run writes here: temporary files are from a killed run.
+    for stale in output_dir.glob(".*.tmp"):
+        stale.unlink()
+    for stale in output_dir.glob(".*.spark"):
+        shutil.rmtree(stale, ignore_errors=True)
+    ledger = Ledger(output_dir / LEDGER_FILE)
+    namesakes = Counter(path.name for path in paths)
+    try:
+        for path in tqdm(paths, desc="batch", unit="file", disable=None if progress else True):
+            if namesakes[path.name] > 1:
+                # One output per input name: scoring both would keep only the last.
+                reason = (
+                    f"{namesakes[path.name]} inputs are named {path.name}; their outputs "
+                    "would overwrite each other (score them into separate folders)"
+                )
+                _record_failure(path, model_id, reason, ledger, report)
+                continue
+            _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
+    finally:
+        ledger.close()
     return report
 
 
@@ -351,7 +373,8 @@ def _record_failure(
         reason=reason,
     )
     report.failed[str(path)] = reason
-    logger.warning("%s failed: %s", path, reason)
+    # INFO: the caller lists every failure at the end of the run; --verbose shows them live.
+    logger.info("%s failed: %s", path, reason)
 
 
 DRIFT_WARNING = 0.1  # KS statistic above which the batch's scores are reported as drifted:

@@ -408,30 +408,33 @@ def batch(
     has not scored yet; safe to run on a schedule (see README: batch scoring)."""
     from anomaly_vae.batch import (
         DRIFT_WARNING,
+        batch_inputs,
         drift_statistic,
-        input_files,
         model_identity,
-        run_batch,
+        output_lock,
+        score_inputs,
     )
     from anomaly_vae.fitting import latest_model_dir
     from anomaly_vae.scoring import load_detector
 
-    input_files(source)  # a missing folder fails before the model is loaded
-    detector = load_detector(model_ref)
-    _check_data_kind(detector, source, is_images=False)  # batch reads CSV and Parquet files
+    paths = batch_inputs(source, output_dir)  # a missing folder fails before loading
     is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
-    folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
-    model_id = model_identity(model_ref, folder)
-    scorer = None
-    if engine == "spark":
-        if not is_uri:
-            raise click.UsageError("the Spark engine needs an MLflow model URI (models:/...)")
-        from anomaly_vae.spark_engine import SparkScorer
+    if engine == "spark" and not is_uri:
+        raise click.UsageError("the Spark engine needs an MLflow model URI (models:/...)")
+    # The lock first: a run that finds another at work exits before loading the model.
+    with output_lock(output_dir):
+        detector = load_detector(model_ref)
+        _check_data_kind(detector, source, is_images=False)  # CSV and Parquet files only
+        folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
+        model_id = model_identity(model_ref, folder)
+        scorer = None
+        if engine == "spark":
+            from anomaly_vae.spark_engine import SparkScorer
 
-        scorer = SparkScorer(model_ref, detector, progress=not quiet)
-    report = run_batch(
-        source, output_dir, detector, model_id, chunk_rows, scorer, progress=not quiet
-    )
+            scorer = SparkScorer(model_ref, detector, progress=not quiet)
+        report = score_inputs(
+            paths, output_dir, detector, model_id, chunk_rows, scorer, progress=not quiet
+        )
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
     files = len(report.scored)

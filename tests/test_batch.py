@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import logging
 import os
 import signal
 import subprocess
@@ -99,7 +100,7 @@ def test_progress_bars_on_a_terminal_only_and_not_when_quiet(model_dir, tmp_path
     assert "--quiet" in CliRunner().invoke(main, ["batch", "--help"]).output
 
 
-def test_a_bad_input_is_recorded_and_the_others_still_scored(model_dir, tmp_path):
+def test_a_bad_input_is_recorded_and_the_others_still_scored(model_dir, tmp_path, caplog):
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     mixed_table(50, seed=1).to_csv(inputs / "good.csv", index=False)
@@ -108,6 +109,9 @@ def test_a_bad_input_is_recorded_and_the_others_still_scored(model_dir, tmp_path
     result = batch(model_dir, inputs, out)
     assert result.exit_code == 1
     assert "1 failed" in result.output and "missing column 'load'" in result.output
+    # Listed once, at the end: not also as a warning while the run goes.
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in warned if "missing column" in r.getMessage()]
     assert (out / "good.csv").is_file() and not (out / "bad.csv").exists()
     assert (inputs / "bad.csv").read_bytes() == before  # left untouched
     ledger = Ledger(out / LEDGER_FILE).entries().set_index("status")
@@ -120,7 +124,11 @@ def test_a_second_run_on_the_same_output_folder_exits(model_dir, tmp_path):
     mixed_table(50, seed=1).to_csv(inputs / "a.csv", index=False)
     with output_lock(out):
         result = batch(model_dir, inputs, out)
+        # The lock is checked before the model is loaded (a slow load from a tracking
+        # server would keep a run that cannot score waiting): a missing model is not read.
+        no_model = batch(tmp_path / "no-such-model", inputs, out)
     assert result.exit_code == 1 and "another batch run is scoring into" in result.output
+    assert no_model.exit_code == 1 and "another batch run is scoring into" in no_model.output
     assert not (out / "a.csv").exists()
 
 
