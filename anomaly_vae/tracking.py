@@ -186,6 +186,9 @@ def _base_detector(detector: Any) -> VAEDetector:
     return getattr(detector, "first", detector)
 
 
+INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer"  # start of an MLflow warning
+
+
 def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
     """Input/output schema of the pyfunc model.
 
@@ -195,7 +198,11 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
     holding integer codes. The model checks the values itself and answers bad ones with
     a clear error. The id column is optional. Images: a uint8 tensor.
     """
-    outputs = infer_signature(example, detector.score_frame(example)).outputs
+    with warnings.catch_warnings():
+        # MLflow's hint that integer columns cannot hold NaN is moot: inputs are Any, and
+        # the integer outputs (row numbers) are never missing.
+        warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
+        outputs = infer_signature(example, detector.score_frame(example)).outputs
     if isinstance(example, np.ndarray):
         return ModelSignature(inputs=infer_signature(example).inputs, outputs=outputs)
     base = _base_detector(detector)
@@ -290,8 +297,11 @@ def log_sources(data: TrainingData) -> None:
         with warnings.catch_warnings():
             # MLflow registers two equivalent source kinds for a local path and says so.
             warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+            # Its hint that integer columns cannot hold NaN is about model signatures;
+            # this schema only describes the training rows.
+            warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
             dataset = mlflow.data.from_pandas(data.train, source=source, name=Path(source).name)
-        mlflow.log_input(dataset, context="training")
+            mlflow.log_input(dataset, context="training")
 
 
 def log_calibration(
@@ -326,6 +336,22 @@ def log_calibration(
     _save(histogram, out / "plots" / "score_histogram.png")
 
 
+@contextlib.contextmanager
+def _registration_messages_off() -> Iterator[None]:
+    """Silence MLflow's registration messages ("Successfully registered model",
+    "Created version"), printed past logging and ``--quiet``; the commands' summaries
+    name the registered version themselves."""
+    from mlflow.utils import logging_utils
+
+    stream = logging_utils.MLFLOW_LOGGING_STREAM
+    was_enabled = stream.enabled
+    stream.enabled = False
+    try:
+        yield
+    finally:
+        stream.enabled = was_enabled
+
+
 def log_model(
     detector: Any,
     config: Config,
@@ -337,15 +363,16 @@ def log_model(
     """Log the saved model in ``model_dir`` as a pyfunc model of the active run;
     register it, and move the champion alias when asked."""
     example = input_example(detector, data.train)
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(PYFUNC_ENTRY),
-        artifacts={DETECTOR_ARTIFACT: str(model_dir)},
-        signature=model_signature(detector, example),
-        input_example=example,
-        registered_model_name=config.tracking.registered_model_name,
-        pip_requirements=_requirements(),
-    )
+    with _registration_messages_off():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(PYFUNC_ENTRY),
+            artifacts={DETECTOR_ARTIFACT: str(model_dir)},
+            signature=model_signature(detector, example),
+            input_example=example,
+            registered_model_name=config.tracking.registered_model_name,
+            pip_requirements=_requirements(),
+        )
     version = str(info.registered_model_version) if info.registered_model_version else None
     model_uri = info.model_uri
     champion = config.tracking.register_champion if register is None else register

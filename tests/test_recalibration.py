@@ -175,6 +175,7 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     )
     assert result.exit_code == 0, result.output
     assert "models:/pumps/2 (alias 'champion' moved to it)" in result.output
+    assert "Created version" not in result.output  # MLflow's own words, said once by ours
     mlflow.set_tracking_uri(tracking_store)
     client = MlflowClient()
     source_run = client.get_model_version("pumps", "1").run_id
