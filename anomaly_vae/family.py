@@ -56,6 +56,9 @@ class Candidate:
     criterion: float = math.nan  # mean validation -ELBO, nats per row (nan: not comparable)
 
 
+CRITERION_METRIC = "validation_neg_elbo_nats"  # comparison column and child-run metric
+
+
 @dataclass
 class FamilyResult(FitResult):
     chosen: str = ""
@@ -233,7 +236,7 @@ def _comparison_table(candidates: list[Candidate], chosen: str) -> pd.DataFrame:
         rows.append(
             {
                 "variant": c.name,
-                "validation_neg_elbo_nats": c.criterion,
+                CRITERION_METRIC: c.criterion,
                 "auroc": 100 * evaluation["auroc"] if evaluation else math.nan,
                 "aucpr": 100 * evaluation["aucpr"] if evaluation else math.nan,
                 "threshold": c.detector.threshold_,
@@ -267,6 +270,8 @@ def _track(
                     candidate.detector, candidate.config, result.data, candidate.evaluation
                 )
                 mlflow.log_metric("fit_seconds", candidate.seconds)
+                if math.isfinite(candidate.criterion):  # the label-free selection criterion
+                    mlflow.log_metric(CRITERION_METRIC, candidate.criterion)
         mlflow.set_tags(
             {
                 "chosen_variant": result.chosen,

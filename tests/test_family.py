@@ -71,6 +71,10 @@ def test_family_is_tracked_as_parent_with_children(family_run):
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
     assert sorted(children["tags.mlflow.runName"]) == sorted(result.comparison["variant"])
+    # Each child carries the label-free criterion the table compares (where it has one).
+    logged = children.set_index("tags.mlflow.runName")["metrics.validation_neg_elbo_nats"]
+    expected = result.comparison.set_index("variant")["validation_neg_elbo_nats"]
+    pd.testing.assert_series_equal(logged.sort_index(), expected.sort_index(), check_names=False)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.csv", "comparison.md", "plots"} <= artifacts
     version = client.get_model_version_by_alias("anomaly-vae", "champion")
