@@ -157,7 +157,7 @@ class TrainingConfig:
     # images, where one pixel is an eighth of the image). I-oneclass, MLP VAE, against
     # 0: Fashion-MNIST 93.88 -> 94.20 AUROC, MNIST 97.23 -> 97.52 (docs/tuning.md)
     seed: int = 0  # seeds weight init, shuffling, splits and scoring noise
-    progress: bool = False  # show a progress bar (the CLI turns it on)
+    progress: bool = False  # show a progress bar (Python API; the CLI sets it from --quiet)
     num_threads: int = 0  # torch CPU threads; 0 = one per core
 
 
