@@ -98,12 +98,13 @@ class ThresholdedScores:
 
         One row per input row (same index for tables): the id column (when configured
         and present), every score, ``score`` (the one in use, higher = more anomalous)
-        and ``is_anomaly`` (``score > threshold_``).
+        and ``is_anomaly`` (``score > threshold_``, or a score that is NaN).
         """
         index = X.index if isinstance(X, pd.DataFrame) else None
         out = pd.DataFrame(self.all_scores(X, condition), index=index)
         out["score"] = out[self.score_name]
-        out["is_anomaly"] = out["score"] > self.threshold_
+        # A row the model cannot score (NaN) is not shown to be normal: flag it.
+        out["is_anomaly"] = ~(out["score"] <= self.threshold_)
         id_column = self.effective_config.data.id_column
         if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
             out.insert(0, id_column, X[id_column])
@@ -124,8 +125,8 @@ class ThresholdedScores:
         return self.score_samples(X) - self.offset_
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``(n,)`` int: -1 for anomalies, +1 for normal rows."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
+        """``(n,)`` int: -1 for anomalies (and rows whose score is NaN), +1 for normal rows."""
+        return np.where(self.decision_function(X) >= 0, 1, -1)
 
     def calibrate_threshold(
         self,

@@ -42,7 +42,15 @@ def reading_model(path: Path) -> Iterator[None]:
         raise ModelNotFoundError(
             f"{path} holds weights that are not plain tensors; they were not loaded"
         ) from exc
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except (
+        json.JSONDecodeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        RuntimeError,
+        OSError,
+        EOFError,
+    ) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise ModelNotFoundError(
             f"{path} is a damaged anomaly-vae model ({type(exc).__name__}: {first_line})"

@@ -38,6 +38,15 @@ def test_scikit_learn_conventions(fitted, test_rows):
     assert not hasattr(clone(fitted), "threshold_")
 
 
+def test_a_row_whose_score_is_nan_is_flagged_not_passed_as_normal(fitted, test_rows, monkeypatch):
+    rows = test_rows[0][:3]
+    scores = fitted.all_scores(rows)
+    scores[fitted.score_name][1] = np.nan  # e.g. a model edited by hand
+    monkeypatch.setattr(fitted, "all_scores", lambda X, condition=None: scores)
+    assert fitted.score_frame(rows)["is_anomaly"].iloc[1]
+    assert fitted.predict(rows)[1] == -1
+
+
 def test_scores_are_deterministic_in_any_batch_size_or_order(fitted, test_rows):
     X, _ = test_rows
     reference = fitted.score_frame(X)
@@ -125,7 +134,7 @@ class _Planted:
         return (print, ("planted code ran",))
 
 
-@pytest.mark.parametrize("damage", ["json", "key", "shape", "pickle"])
+@pytest.mark.parametrize("damage", ["json", "key", "shape", "truncated", "pickle"])
 def test_a_damaged_model_is_a_one_line_error_and_runs_no_code(fitted, tmp_path, damage, capsys):
     import json
     import pickle
@@ -147,6 +156,9 @@ def test_a_damaged_model_is_a_one_line_error_and_runs_no_code(fitted, tmp_path, 
         name = next(iter(state))
         state[name] = torch.zeros(5)
         torch.save(state, folder / "weights.pt")
+    elif damage == "truncated":  # a copy cut short
+        weights = (folder / "weights.pt").read_bytes()
+        (folder / "weights.pt").write_bytes(weights[: len(weights) // 2])
     else:
         (folder / "weights.pt").write_bytes(pickle.dumps(_Planted(), protocol=2))
     expected = "not plain tensors" if damage == "pickle" else "is a damaged anomaly-vae model"

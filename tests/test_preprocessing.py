@@ -72,6 +72,17 @@ def test_missing_and_mistyped_columns_are_errors(fitted):
         fitted.transform(pd.DataFrame({"x": ["1.5", "hot"], "colour": ["red", "red"]}))
 
 
+def test_values_the_model_cannot_hold_are_errors_naming_the_row(fitted):
+    # Beyond float32 after scaling they would become infinite, and their scores NaN.
+    for value in (1e39, -1e300):
+        with pytest.raises(DataError, match=r"column 'x' holds .* \(row 2\), too far"):
+            fitted.transform(pd.DataFrame({"x": [1.0, value], "colour": ["red", "red"]}))
+    with pytest.raises(DataError, match=r"column 'x' holds infinite values \(row 2\)"):
+        fitted.transform(pd.DataFrame({"x": [1.0, np.inf], "colour": ["red", "red"]}))
+    large = fitted.transform(pd.DataFrame({"x": [1e30], "colour": ["red"]}))
+    assert np.isfinite(large).all()  # far out, yet within range: scored (as unusual)
+
+
 def test_round_trip_through_dict(fitted):
     frame = pd.DataFrame({"x": [3.0, np.nan], "colour": ["blue", "pink"]})
     rebuilt = TablePreprocessor.from_dict(fitted.to_dict(), fitted.config)

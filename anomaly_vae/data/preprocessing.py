@@ -258,6 +258,7 @@ class TablePreprocessor:
                     len(missing),
                 )
             scaled = np.where(missing, column.fill, (numbers - column.center) / column.scale)
+            _check_float32_range(scaled, values, column.name)
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
@@ -375,6 +376,26 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
                 f"(row {row_number(values, position)})"
             )
         numbers = coerced.astype("float64").to_numpy()
-    if np.isinf(numbers).any():
-        raise DataError(f"column {name!r} holds infinite values")
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        position = int(np.flatnonzero(infinite)[0])
+        raise DataError(
+            f"column {name!r} holds infinite values (row {row_number(values, position)})"
+        )
     return numbers
+
+
+FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+
+
+def _check_float32_range(scaled: np.ndarray, values: pd.Series, name: str) -> None:
+    """DataError for a value whose scaled form (``(n,)`` float64) does not fit the model's
+    float32: it would become infinite in the cast, and its scores NaN."""
+    beyond = np.abs(scaled) > FLOAT32_LIMIT
+    if beyond.any():
+        position = int(np.flatnonzero(beyond)[0])
+        raise DataError(
+            f"column {name!r} holds {values.iloc[position]!r} (row "
+            f"{row_number(values, position)}), too far from the training values to score "
+            "in float32"
+        )
