@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -251,6 +253,29 @@ def test_unseen_missingness_scores_as_unusual_not_normal():
     assert np.median(detector.anomaly_score(holes)) > np.quantile(
         detector.anomaly_score(test), 0.99
     )
+
+
+def test_an_unseen_category_scores_above_the_known_one_and_is_warned_about(caplog):
+    # The hard case: a category the other columns do not predict, so the model expects
+    # each about equally. Left all-zero, an unseen value scored below every known one.
+    rng = np.random.default_rng(0)
+    temperature = rng.normal(60, 5, size=900)
+    table = pd.DataFrame(
+        {
+            "temperature": temperature,
+            "load": 2 * temperature + rng.normal(0, 1, size=900),
+            "machine": rng.choice(["press", "lathe", "drill"], size=900),
+        }
+    )
+    detector = VAEDetector(tiny_config().detector_config()).fit(table.iloc[:700])
+    rows = table.iloc[700:]
+    known = detector.anomaly_score(rows)
+    for value in ("mill", "Press", None):  # new, a case variant, missing (never in training)
+        with caplog.at_level(logging.WARNING):
+            unseen = detector.anomaly_score(rows.assign(machine=value))
+        assert (unseen > known).all(), value
+        assert "column 'machine' holds" in caplog.text and "200 rows" in caplog.text
+        caplog.clear()
 
 
 def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):

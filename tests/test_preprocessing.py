@@ -51,9 +51,11 @@ def test_a_column_empty_in_every_scored_row_is_warned_about(fitted, caplog):
     assert "column 'x' is empty in all 2 rows scored" in caplog.text
 
 
-def test_unseen_category_is_all_zeros(fitted):
-    features = fitted.transform(pd.DataFrame({"x": [1.0], "colour": ["green"]}))
-    assert features[0, 2:].sum() == 0
+def test_unseen_category_is_every_category_at_once_and_warned_about(fitted, caplog):
+    with caplog.at_level(logging.WARNING):
+        features = fitted.transform(pd.DataFrame({"x": [1.0, 2.0], "colour": ["green", "red"]}))
+    np.testing.assert_array_equal(features[:, 2:], [[1, 1, 1], [0, 0, 1]])
+    assert "column 'colour' holds 'green' not seen in training (1 row)" in caplog.text
 
 
 def test_reordered_and_extra_columns(fitted, caplog):

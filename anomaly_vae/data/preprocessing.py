@@ -262,10 +262,27 @@ class TablePreprocessor:
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
-        codes = pd.Index(column.categories).get_indexer(_as_text(values))
+        text = _as_text(values)
+        codes = pd.Index(column.categories).get_indexer(text)
         one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
-        seen = codes >= 0  # -1: a category not seen in training, left all-zero
+        seen = codes >= 0  # -1: a category not seen in training
         one_hot[np.flatnonzero(seen), codes[seen]] = 1.0
+        if seen.all() or column.name in self.config.condition_columns:
+            return one_hot  # a condition's unseen value is no context at all (cvae warns)
+        # Every category at once, a pattern no training row has: it costs more than the
+        # category the model expects. All zeros could cost less, for a column the other
+        # columns do not predict (independent Bernoulli features).
+        one_hot[~seen] = 1.0
+        unseen = text[~seen].unique()
+        logger.warning(
+            "column %r holds %s not seen in training (%d row%s): encoded as unlike every known "
+            "category, which raises their scores",
+            column.name,
+            ", ".join("a missing value" if v == MISSING_CATEGORY else repr(v) for v in unseen[:3])
+            + (f" and {len(unseen) - 3} more" if len(unseen) > 3 else ""),
+            int((~seen).sum()),
+            "" if (~seen).sum() == 1 else "s",
+        )
         return one_hot
 
     def inverse_transform(self, features: np.ndarray) -> pd.DataFrame:
