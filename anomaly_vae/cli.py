@@ -20,7 +20,7 @@ from anomaly_vae.config import (
     Config,
     load_config,
 )
-from anomaly_vae.errors import AnomalyVAEError, DataError
+from anomaly_vae.errors import AnomalyVAEError
 
 DEFAULTS = Config()
 
@@ -73,16 +73,6 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
-
-
-def _check_data_kind(detector: Any, data: str, is_images: bool) -> None:
-    """A one-line error when DATA is images for a table model, or the other way round."""
-    given = "image" if is_images else "table"
-    if detector.data_kind_ != given:
-        raise DataError(
-            f"this model was fit on {detector.data_kind_}s, but {data} is "
-            f"{'an image source' if is_images else 'a table'}"
-        )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -335,7 +325,7 @@ def score(
     """
     from anomaly_vae.data.images import is_image_source
     from anomaly_vae.outputs import OUTPUT_SUFFIXES
-    from anomaly_vae.scoring import load_detector, score_images, score_table
+    from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
 
     detector = load_detector(model_ref)
     stem = Path(data.rsplit(":", 1)[-1]).name if ":" in data else Path(data).stem
@@ -345,7 +335,7 @@ def score(
             f"--output {output}: scores are written as .csv, .parquet or .pq files"
         )
     images_given = is_image_source(data)
-    _check_data_kind(detector, data, images_given)
+    check_data_kind(detector, data, images_given)
     if images_given:
         scores = score_images(data, detector, output, maps)
     else:
@@ -415,7 +405,7 @@ def batch(
         score_inputs,
     )
     from anomaly_vae.fitting import latest_model_dir
-    from anomaly_vae.scoring import load_detector
+    from anomaly_vae.scoring import check_data_kind, load_detector
 
     paths = batch_inputs(source, output_dir)  # a missing folder fails before loading
     is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
@@ -424,7 +414,7 @@ def batch(
     # The lock first: a run that finds another at work exits before loading the model.
     with output_lock(output_dir):
         detector = load_detector(model_ref)
-        _check_data_kind(detector, source, is_images=False)  # CSV and Parquet files only
+        check_data_kind(detector, source, is_images=False)  # CSV and Parquet files only
         folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
         model_id = model_identity(model_ref, folder)
         scorer = None
@@ -657,7 +647,7 @@ def view(
     from anomaly_vae import views
     from anomaly_vae.data import label_vector, read_table
     from anomaly_vae.data.images import is_image_source, read_images
-    from anomaly_vae.scoring import load_detector
+    from anomaly_vae.scoring import check_data_kind, load_detector
 
     detector = load_detector(model_ref)
     if not hasattr(detector, "model_"):
@@ -688,7 +678,7 @@ def view(
     frame, labels = None, None
     if data is not None:
         images_given = is_image_source(data)
-        _check_data_kind(detector, data, images_given)
+        check_data_kind(detector, data, images_given)
         if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images

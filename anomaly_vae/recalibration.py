@@ -24,7 +24,7 @@ from anomaly_vae.fitting import (
     record_run,
     save_model,
 )
-from anomaly_vae.scoring import load_detector
+from anomaly_vae.scoring import check_data_kind, load_detector
 
 
 @dataclass
@@ -54,6 +54,7 @@ def labelled_data(
     ``normal_class`` are anomalies. Without ``labels_required`` a table without
     ``label_column``, or a flat folder of images, is all normal rows.
     """
+    check_data_kind(detector, source, is_image_source(source))
     if is_image_source(source):
         size = detector.effective_config.data.image_size
         images = read_images(str(source), train=False, size=size)
@@ -71,7 +72,11 @@ def labelled_data(
     if label_column is None:
         return TrainingData(frame, frame, np.zeros(len(frame), dtype=bool))
     anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
-    return TrainingData(frame, frame, label_vector(frame, label_column, anomaly_label))
+    labels = label_vector(frame, label_column, anomaly_label)
+    if label_column not in getattr(detector, "first", detector).preprocessor_.input_columns:
+        # Labels that came after the fit: not a column the model knows, nor one to warn of.
+        frame = frame.drop(columns=label_column)
+    return TrainingData(frame, frame, labels)
 
 
 def calibrate_model(

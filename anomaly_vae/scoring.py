@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,16 @@ def load_detector(
         with tempfile.TemporaryDirectory(prefix="anomaly-vae-model-") as scratch:
             return load_saved(_download_mlflow_model(reference, project_dir, Path(scratch)))
     return load_saved(Path(reference))
+
+
+def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
+    """A one-line error when DATA is images for a table model, or the other way round."""
+    given = "image" if is_images else "table"
+    if detector.data_kind_ != given:
+        raise DataError(
+            f"this model was fit on {detector.data_kind_}s, but {data} is "
+            f"{'an image source' if is_images else 'a table'}"
+        )
 
 
 def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path) -> Path:

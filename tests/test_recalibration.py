@@ -27,7 +27,7 @@ def _calibrate(model: str, *extra: str):
 
 
 def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, caplog
 ):
     monkeypatch.chdir(tmp_path)
     _fit("source", "--no-tracking")
@@ -35,6 +35,8 @@ def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
     mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
     result = _calibrate("source", "--method", "recall", "--target-recall", "0.9", "--no-tracking")
     assert result.exit_code == 0, result.output
+    # The labels came after the fit: the column named by --label-col is not "unseen".
+    assert "not seen in training" not in caplog.text
     assert "target recall 90%" in result.output and "(optimistic)" in result.output
     new_model = latest_model_dir(tmp_path)
     assert new_model != tmp_path / "source"
@@ -68,6 +70,19 @@ def test_bad_labels_are_a_clear_error_and_save_nothing(tmp_path, monkeypatch, ar
     assert result.exit_code != 0
     assert message in result.output
     assert latest_model_dir(tmp_path) == (tmp_path / "source").resolve()
+
+
+def test_data_of_the_other_kind_is_named_before_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    result = CliRunner().invoke(
+        main,
+        ["calibrate", "fashionmnist:nowhere", "--normal-class", "0", "--model", "source"],
+    )
+    assert result.exit_code == 1
+    assert "this model was fit on tables, but fashionmnist:nowhere is an image source" in (
+        result.output
+    )
 
 
 def test_a_registered_model_gets_a_new_version_and_the_champion_alias(tracking_store):
