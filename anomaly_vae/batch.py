@@ -44,13 +44,17 @@ LEDGER_FILE = ".anomaly-vae-ledger.sqlite"
 LOCK_FILE = ".anomaly-vae.lock"
 INPUT_SUFFIXES = OUTPUT_SUFFIXES  # each input is scored into a file of its own kind
 CHUNK_ROWS = 100_000  # rows read and scored at a time: bounds memory whatever the file size
-DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic (an even
+DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic (a random
 # subsample): the statistic needs a sample, and keeping every score would grow with the file
 HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input
 
 
 class BatchLockedError(AnomalyVAEError):
     """Another batch run is working on the same output folder."""
+
+    # EX_TEMPFAIL (sysexits.h): try again later; lets a scheduler tell an overlap, which
+    # is expected, from a failure.
+    exit_code = 75
 
 
 @dataclass
@@ -179,8 +183,13 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
 
 
 def drift_sample(scores: np.ndarray) -> np.ndarray:
-    """An even subsample of at most DRIFT_SAMPLE_PER_CHUNK of ``scores``."""
-    return scores[:: max(1, len(scores) // DRIFT_SAMPLE_PER_CHUNK)]
+    """A random subsample of at most DRIFT_SAMPLE_PER_CHUNK of ``scores`` ``(n,)``, the
+    same for the same ``n``. Random, not every k-th: data with a period (hourly rows, a
+    fixed sensor order) would line up with a stride and bias the sample."""
+    if len(scores) <= DRIFT_SAMPLE_PER_CHUNK:
+        return scores
+    rows = np.random.default_rng(len(scores)).choice(len(scores), DRIFT_SAMPLE_PER_CHUNK, False)
+    return scores[np.sort(rows)]
 
 
 def score_file(

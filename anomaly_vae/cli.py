@@ -63,14 +63,17 @@ SET_OPTION = click.option(
 
 
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the errors a user can fix into a one-line message and exit code 1."""
+    """Turn the errors a user can fix into a one-line message and the error's exit code
+    (1, or 75 for a batch run that found another at work)."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except AnomalyVAEError as exc:
-            raise click.ClickException(str(exc)) from exc
+            error = click.ClickException(str(exc))
+            error.exit_code = exc.exit_code
+            raise error from exc
 
     return wrapper
 

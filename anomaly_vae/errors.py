@@ -12,6 +12,8 @@ from pathlib import Path
 class AnomalyVAEError(Exception):
     """Base of the errors caused by input, configuration or a model reference."""
 
+    exit_code = 1  # the CLI's exit status for this error
+
 
 class ConfigError(AnomalyVAEError, ValueError):
     """A configuration value or key is invalid."""

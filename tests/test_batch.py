@@ -127,8 +127,8 @@ def test_a_second_run_on_the_same_output_folder_exits(model_dir, tmp_path):
         # The lock is checked before the model is loaded (a slow load from a tracking
         # server would keep a run that cannot score waiting): a missing model is not read.
         no_model = batch(tmp_path / "no-such-model", inputs, out)
-    assert result.exit_code == 1 and "another batch run is scoring into" in result.output
-    assert no_model.exit_code == 1 and "another batch run is scoring into" in no_model.output
+    assert result.exit_code == 75 and "another batch run is scoring into" in result.output
+    assert no_model.exit_code == 75 and "another batch run is scoring into" in no_model.output
     assert not (out / "a.csv").exists()
 
 
@@ -293,3 +293,16 @@ def test_the_ledger_knows_an_output_however_its_folder_was_named(model_dir, tmp_
     monkeypatch.chdir(tmp_path / "in")
     again = batch(model_dir, tmp_path / "in", tmp_path / "out")  # absolute, elsewhere
     assert again.exit_code == 0 and "skipped 1 already scored" in again.output
+
+
+def test_the_drift_sample_follows_the_scores_of_periodic_data():
+    from scipy.stats import ks_2samp
+
+    from anomaly_vae.batch import DRIFT_SAMPLE_PER_CHUNK, drift_sample
+
+    # A chunk of a file that repeats 300 rows: every 50th row would see 6 of them.
+    scores = np.tile(np.arange(300.0), 334)[:100_000]
+    sample = drift_sample(scores)
+    assert len(sample) == DRIFT_SAMPLE_PER_CHUNK
+    assert ks_2samp(sample, scores).statistic < 0.05
+    np.testing.assert_array_equal(drift_sample(scores), sample)  # the same run to run
