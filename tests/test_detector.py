@@ -248,6 +248,15 @@ def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):
         fitted.score_samples(np.zeros((3, 4)))
 
 
+def test_a_frame_naming_a_column_twice_is_a_clear_error(fitted):
+    rows = correlated_normal(40, seed=5)
+    with pytest.raises(DataError, match=r"more than one column named 'a'"):
+        VAEDetector(tiny_config().detector_config()).fit(pd.DataFrame(rows, columns=[*"abcdea"]))
+    names = [f"x{i}" for i in range(6)] + ["x0"]
+    with pytest.raises(DataError, match=r"more than one column named 'x0'"):
+        fitted.score_samples(pd.DataFrame(np.c_[rows, rows[:, 0]], columns=names))
+
+
 def test_cvae_scores_a_row_given_its_context(caplog):
     """The same sensor values are normal for one machine and anomalous for another."""
     train = mixed_table(900, seed=0)

@@ -72,6 +72,14 @@ def test_missing_and_mistyped_columns_are_errors(fitted):
         fitted.transform(pd.DataFrame({"x": ["1.5", "hot"], "colour": ["red", "red"]}))
 
 
+def test_a_column_name_given_twice_is_an_error_naming_it(fitted):
+    twice = pd.DataFrame([[1.0, "red", 2.0]], columns=["x", "colour", "x"])
+    with pytest.raises(DataError, match=r"more than one column named 'x'; give each"):
+        TablePreprocessor(DataConfig()).fit(twice)
+    with pytest.raises(DataError, match=r"more than one column named 'x'; give each"):
+        fitted.transform(twice)
+
+
 def test_round_trip_through_dict(fitted):
     frame = pd.DataFrame({"x": [3.0, np.nan], "colour": ["blue", "pink"]})
     rebuilt = TablePreprocessor.from_dict(fitted.to_dict(), fitted.config)

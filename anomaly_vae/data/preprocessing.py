@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
+from anomaly_vae.data.tables import refuse_repeated_names
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class TablePreprocessor:
     # -- fitting -------------------------------------------------------------------------
     def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
         """Learn the schema from training rows (id, label and ignored columns are skipped)."""
+        refuse_repeated_names(frame.columns)
         if self.config.id_column is not None and self.config.id_column not in frame.columns:
             raise DataError(f"id column {self.config.id_column!r} is not in the data")
         features_named_ignored = sorted(
@@ -225,6 +227,8 @@ class TablePreprocessor:
         return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
 
     def check_columns(self, frame: pd.DataFrame) -> None:
+        """DataError for a column missing or named twice; warns about extra columns."""
+        refuse_repeated_names(frame.columns)
         present = set(map(str, frame.columns))
         missing = [c.name for c in self.columns if c.name not in present]
         if missing:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +121,7 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     names its columns 0, 1, ..., which become "0", "1", ...
     """
     if isinstance(data, pd.DataFrame):
+        refuse_repeated_names(data.columns)
         if all(isinstance(name, str) for name in data.columns):
             return data
         renamed = data.rename(columns=str)
@@ -133,6 +134,18 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
             f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}"
         )
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+
+
+def refuse_repeated_names(names: Iterable[object], where: str = "the data") -> None:
+    """DataError naming the column names that occur more than once in ``names``: which of
+    two columns of one name is meant cannot be told (pandas would hand back both)."""
+    repeated = pd.Index(list(names))
+    repeated = repeated[repeated.duplicated()].unique()
+    if len(repeated):
+        raise DataError(
+            f"{where} has more than one column named {', '.join(map(repr, repeated))}; "
+            "give each column its own name"
+        )
 
 
 def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
