@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks
+from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks, refuse_repeated_names
 from anomaly_vae.errors import AnomalyVAEError, DataError
 from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output, identify_rows
 
@@ -164,8 +164,10 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if path.suffix.lower() in PARQUET_SUFFIXES:
         import pyarrow.parquet as pq
 
+        parquet = pq.ParquetFile(path)
+        refuse_repeated_names(parquet.schema_arrow.names, where=str(path))
         start = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
             chunk = batch.to_pandas()
             # The file's running row index, as pandas gives CSV chunks: errors name file rows.
             chunk.index = pd.RangeIndex(start, start + len(chunk))

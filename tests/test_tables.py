@@ -1,5 +1,7 @@
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from anomaly_vae.data import label_vector, read_table
@@ -76,6 +78,24 @@ def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
         read_table(path)
     assert "\n" not in str(info.value)
     assert name in str(info.value)
+
+
+def test_a_header_naming_a_column_twice_is_refused_not_renamed(tmp_path):
+    """pandas would read 'a,b,a' as a, b, a.1, and a.1 would train as a column of its own."""
+    path = tmp_path / "dup.csv"
+    path.write_text("a,b,a\n1,2,3\n4,5,6\n")
+    message = r"dup\.csv has more than one column named 'a'; give each column its own name"
+    with pytest.raises(DataError, match=message):
+        read_table(path)
+    with pytest.raises(DataError, match=message):
+        next(read_csv_chunks(path, chunk_rows=1))
+    path.write_text("a,,\n1,2,3\n")  # unnamed columns are not a name given twice
+    assert read_table(path).shape == (1, 3)
+    # Parquet files can repeat a name too (pyarrow writes them).
+    table = pa.table([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])], names=["a", "b", "a"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match=r"dup\.parquet has more than one column named 'a'"):
+        read_table(tmp_path / "dup.parquet")
 
 
 def test_missing_file_and_folder(tmp_path):

@@ -58,14 +58,24 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
     :func:`_numbers_of`)."""
     separator, encoding = csv_format(path)
+    _refuse_repeated_header(path, separator, encoding)
     return _numbers_of(pd.read_csv(path, sep=separator, encoding=encoding), separator)
 
 
 def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
+    _refuse_repeated_header(path, separator, encoding)
     for chunk in pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows):
         yield _numbers_of(chunk, separator)
+
+
+def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> None:
+    """DataError when the header line names a column twice: pandas would rename the second
+    ('a' -> 'a.1') and it would train, or be ignored at scoring, as a column of its own."""
+    header = pd.read_csv(path, sep=separator, encoding=encoding, header=None, nrows=1, dtype=str)
+    if not header.empty:  # empty header cells are not names (pandas calls them "Unnamed: i")
+        refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
 def _numbers_of(frame: pd.DataFrame, separator: str) -> pd.DataFrame:
@@ -97,8 +107,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a CSV or Parquet file")
     try:
-        parquet = path.suffix.lower() in PARQUET_SUFFIXES
-        frame = pd.read_parquet(path) if parquet else read_csv(path)
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            # Parquet can hold two columns of one name, which pyarrow reads as a riddle.
+            refuse_repeated_names(parquet_column_names(path), where=str(path))
+            frame = pd.read_parquet(path)
+        else:
+            frame = read_csv(path)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -112,6 +128,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if frame.shape[0] == 0:
         raise DataError(f"{path} has a header but no data rows")
     return frame
+
+
+def parquet_column_names(path: str | Path) -> list[str]:
+    """The column names in a Parquet file's schema, in order (read without its data)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
 
 
 def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
