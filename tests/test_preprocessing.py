@@ -1,4 +1,5 @@
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,24 @@ def test_missing_and_mistyped_columns_are_errors(fitted):
         fitted.transform(pd.DataFrame({"x": [1.0]}))
     with pytest.raises(DataError, match=r"column 'x' should be numeric but holds 'hot' \(row 2\)"):
         fitted.transform(pd.DataFrame({"x": ["1.5", "hot"], "colour": ["red", "red"]}))
+
+
+@pytest.mark.parametrize(
+    ("columns", "hint"),
+    [
+        (["x", "Colour"], r"\(the data has 'Colour': names are case- and space-sensitive\)$"),
+        ([" x", " colour"], r"\(the data has ' x', ' colour': names are case- and space-"),
+        (["x", "color"], r"\(similar names in the data: 'color'\)$"),
+        (["x", "weight"], r"trained on$"),
+    ],
+)
+def test_a_missing_column_names_a_near_identical_one_the_data_has(fitted, columns, hint):
+    frame = pd.DataFrame([[1.0, "red"]], columns=columns)
+    with pytest.raises(
+        DataError, match=r"^missing columns? .*'colour' that the model was "
+    ) as info:
+        fitted.transform(frame)
+    assert re.search(hint, str(info.value)), str(info.value)
 
 
 def test_a_column_name_given_twice_is_an_error_naming_it(fitted):

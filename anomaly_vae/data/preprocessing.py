@@ -12,6 +12,7 @@ Feature layout of the matrix, per input column in schema order:
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,13 +21,15 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
-from anomaly_vae.data.tables import refuse_repeated_names
+from anomaly_vae.data.tables import quoted_names, refuse_repeated_names
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
+SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
+# of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
 STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
@@ -230,14 +233,14 @@ class TablePreprocessor:
         """DataError for a column missing or named twice; warns about extra columns."""
         refuse_repeated_names(frame.columns)
         present = set(map(str, frame.columns))
+        expected = set(self.input_columns) | self.not_features
+        extra = [str(c) for c in frame.columns if str(c) not in expected]
         missing = [c.name for c in self.columns if c.name not in present]
         if missing:
             raise DataError(
-                f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                "that the model was trained on"
+                f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
+                f"that the model was trained on{_similar_names_hint(missing, extra)}"
             )
-        expected = set(self.input_columns) | self.not_features
-        extra = [str(c) for c in frame.columns if str(c) not in expected]
         if extra:
             logger.warning(
                 "ignoring column%s not seen in training: %s",
@@ -304,6 +307,33 @@ class TablePreprocessor:
         for column in pre.columns:  # models saved before _canonical_text may hold "2.0"
             column.categories = _canonical_text(pd.Series(column.categories, dtype=object)).tolist()
         return pre
+
+
+def _similar_names_hint(missing: list[str], unknown: list[str]) -> str:
+    """A parenthesis naming the ``unknown`` columns of the data that are likely the
+    ``missing`` ones under another spelling, or "" when none is.
+
+    >>> _similar_names_hint(["temp"], ["Temp ", "x"])
+    " (the data has 'Temp ': names are case- and space-sensitive)"
+    >>> _similar_names_hint(["temperature"], ["temprature"])
+    " (similar names in the data: 'temprature')"
+    """
+
+    def key(name: str) -> str:
+        return "".join(name.split()).casefold()
+
+    spelled = {key(name): name for name in reversed(unknown)}  # the first of equal keys
+    variants = [spelled[key(name)] for name in missing if key(name) in spelled]
+    if variants:
+        return f" (the data has {quoted_names(variants)}: names are case- and space-sensitive)"
+    similar = [
+        close
+        for name in missing
+        for close in difflib.get_close_matches(name, unknown, n=1, cutoff=SIMILAR_NAME)
+    ]
+    if similar:
+        return f" (similar names in the data: {quoted_names(similar)})"
+    return ""
 
 
 def _as_text(values: pd.Series) -> pd.Series:

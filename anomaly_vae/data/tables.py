@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 DECIMAL_COMMA_NUMBER = r"[+-]?\d*,?\d+(?:[eE][+-]?\d+)?"  # "1,5", "-0,25", "3"
+NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
 # so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
 # categories apart and matches between fit and score (the two differ only in rarely used
@@ -169,6 +170,16 @@ def refuse_repeated_names(names: Iterable[object], where: str = "the data") -> N
             f"{where} has more than one column named {', '.join(map(repr, repeated))}; "
             "give each column its own name"
         )
+
+
+def quoted_names(names: Sequence[str], limit: int = NAMES_SHOWN) -> str:
+    """``'a', 'b', 'c'``, the first ``limit`` only when there are more, then their count.
+
+    >>> quoted_names([f"f{i}" for i in range(30)], limit=3)
+    "'f0', 'f1', 'f2', ... (30 in all)"
+    """
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(map(repr, names[:limit])) + more
 
 
 def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
