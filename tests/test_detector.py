@@ -89,6 +89,21 @@ def test_a_frame_with_integer_column_names_fits_scores_and_reloads(tmp_path):
     np.testing.assert_array_equal(loaded.anomaly_score(pd.DataFrame(X[:20])), scores)
 
 
+def test_an_array_for_a_frame_model_and_the_reverse_say_what_to_pass(fitted, tmp_path):
+    X = correlated_normal(300, seed=0)
+    on_frame = VAEDetector(tiny_config("training.epochs=3").detector_config())
+    on_frame.fit(pd.DataFrame(X, columns=[f"f{i}" for i in range(6)]))
+    named = r"fit on a table with named columns \('f0', 'f1', 'f2', 'f3', \.\.\. \(6 in all\)\)"
+    for model in (on_frame, VAEDetector.load(on_frame.save(tmp_path / "model"))):
+        with pytest.raises(DataError, match=rf"^the model was {named} and an array has none: pass"):
+            model.score_samples(X[:5])
+    # fitted: on an array
+    with pytest.raises(DataError, match=r"fit on an array, whose columns are named 'x0', .*"):
+        fitted.score_samples(pd.DataFrame(X[:5], columns=[f"f{i}" for i in range(6)]))
+    as_array = pd.DataFrame(X[:5], columns=[f"x{i}" for i in range(6)])
+    np.testing.assert_array_equal(fitted.score_samples(as_array), fitted.score_samples(X[:5]))
+
+
 def test_a_second_fit_leaves_nothing_of_the_first():
     detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
     detector.fit(pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef")))
