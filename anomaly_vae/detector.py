@@ -36,6 +36,7 @@ from anomaly_vae.config import (
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor
+from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
 from anomaly_vae.data.tables import quoted_names
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
@@ -501,17 +502,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 continue
             values = frame[column.name]
             unseen = [v for v in values.dropna().unique() if not column.is_known(v)]
-            if unseen:
-                rows = int(values.isin(unseen).sum())
-                logger.warning(
-                    "%d row(s) have a %s not seen in training (%s); they are scored given "
-                    "no %s, so their scores are not comparable (known: %s)",
-                    rows,
-                    column.name,
-                    ", ".join(repr(v) for v in unseen[:3]),
-                    column.name,
-                    ", ".join(column.categories),
-                )
+            if not unseen:
+                continue
+            rows = int(values.isin(unseen).sum())
+            gathered = gathered_warnings()
+            if gathered is None:
+                warn_unseen_condition(column.name, unseen, rows, column.categories)
+            else:
+                gathered.add_unseen_condition(column.name, unseen, rows, column.categories, self)
 
     # -- scoring ----------------------------------------------------------------------------
     def transform_features(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

@@ -173,6 +173,23 @@ def test_reordered_and_extra_columns_score_the_same(project):
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5, atol=1e-5)
 
 
+def test_a_file_scored_in_steps_warns_once_judged_over_the_whole_file(project, caplog, monkeypatch):
+    monkeypatch.setattr("anomaly_vae.scoring.PROGRESS_CHUNK_ROWS", 100)  # 3 steps of 300 rows
+    root, _ = project
+    new = pd.read_csv(root / "new.csv").assign(comment="x")
+    new.loc[100:199, "vibration"] = np.nan  # empty in the second step only
+    new.to_csv(root / "steps.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert run_score(root, "steps.csv", "steps_scores.csv").exit_code == 0
+    assert caplog.text.count("ignoring column not seen in training: comment") == 1
+    assert "empty in all" not in caplog.text
+    caplog.clear()
+    new.assign(vibration=np.nan).to_csv(root / "dead.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert run_score(root, "dead.csv", "dead_scores.csv").exit_code == 0
+    assert caplog.text.count("column 'vibration' is empty in all 300 rows scored") == 1
+
+
 @pytest.mark.parametrize(
     ("name", "make", "message"),
     [

@@ -7,6 +7,7 @@ import pytest
 
 from anomaly_vae.config import DataConfig
 from anomaly_vae.data import TablePreprocessor
+from anomaly_vae.data.preprocessing import GatheredWarnings, warnings_per_file
 from anomaly_vae.errors import DataError
 
 
@@ -50,6 +51,39 @@ def test_a_column_empty_in_every_scored_row_is_warned_about(fitted, caplog):
     with caplog.at_level(logging.WARNING):
         fitted.transform(pd.DataFrame({"x": [np.nan, np.nan], "colour": ["red", "red"]}))
     assert "column 'x' is empty in all 2 rows scored" in caplog.text
+
+
+def test_a_file_scored_in_parts_warns_once_judged_over_all_its_rows(fitted, caplog):
+    parts = [
+        pd.DataFrame({"x": [np.nan, np.nan], "colour": ["red", "red"], "note": ["a", "b"]}),
+        pd.DataFrame({"x": [np.nan, 2.0], "colour": ["red", "red"], "note": ["c", "d"]}),
+    ]
+    with caplog.at_level(logging.WARNING):
+        with warnings_per_file() as gathered:
+            for part in parts:
+                fitted.transform(part)
+        assert caplog.text == ""  # gathered, not logged per part
+        gathered.log(rows=4)
+    assert caplog.text.count("ignoring column not seen in training: note") == 1
+    assert "empty in all" not in caplog.text  # x has a value in the second part
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        with warnings_per_file() as gathered:
+            for part in parts:
+                fitted.transform(part.assign(x=np.nan))
+        gathered.log(rows=4)
+    assert caplog.text.count("column 'x' is empty in all 4 rows scored") == 1
+
+
+def test_unseen_conditions_gathered_over_parts_count_each_row_once(caplog):
+    gathered = GatheredWarnings()
+    first, second = object(), object()  # two models of an ensemble see the same rows
+    for model in (first, second):
+        gathered.add_unseen_condition("machine", ["Z"], 3, ["A", "B"], model)
+        gathered.add_unseen_condition("machine", ["Y", "Z"], 2, ["A", "B"], model)
+    with caplog.at_level(logging.WARNING):
+        gathered.log(rows=10)
+    assert caplog.text.count("5 row(s) have a machine not seen in training ('Z', 'Y')") == 1
 
 
 def test_unseen_category_is_all_zeros(fitted):

@@ -12,8 +12,11 @@ Feature layout of the matrix, per input column in schema order:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -223,7 +226,8 @@ class TablePreprocessor:
         """Features of ``frame`` as ``(n, d)`` float32, in the fitted layout.
 
         Raises DataError for a missing column or a column of the wrong type; warns
-        (once per call) about extra columns, which are ignored.
+        about extra columns, which are ignored, and about a numeric column empty in every
+        row: once per call, or once per file within :func:`warnings_per_file`.
         """
         self.check_columns(frame)
         blocks = [self._transform_column(frame[c.name], c) for c in self.columns]
@@ -241,12 +245,11 @@ class TablePreprocessor:
                 f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
                 f"that the model was trained on{_similar_names_hint(missing, extra)}"
             )
-        if extra:
-            logger.warning(
-                "ignoring column%s not seen in training: %s",
-                "s" if len(extra) > 1 else "",
-                ", ".join(extra),
-            )
+        gathered = _GATHERED.get()
+        if gathered is not None:
+            gathered.extra_columns.update(dict.fromkeys(extra))
+        elif extra:
+            _warn_extra_columns(extra)
 
     def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
         if column.kind == "numeric":
@@ -257,13 +260,13 @@ class TablePreprocessor:
                     f"column {column.name!r} has {int(missing.sum())} missing values and the "
                     "model was trained without missing indicators"
                 )
-            if len(missing) > 1 and missing.all():
-                logger.warning(
-                    "column %r is empty in all %d rows scored: each row is scored on its "
-                    "missingness, not on a value (a dead sensor?)",
-                    column.name,
-                    len(missing),
-                )
+            gathered = _GATHERED.get()
+            if gathered is not None:
+                gathered.numeric_columns.setdefault(column.name, None)
+                if not missing.all():
+                    gathered.filled_columns.add(column.name)
+            elif len(missing) > 1 and missing.all():
+                _warn_empty_column(column.name, len(missing))
             scaled = np.where(missing, column.fill, (numbers - column.center) / column.scale)
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
@@ -307,6 +310,98 @@ class TablePreprocessor:
         for column in pre.columns:  # models saved before _canonical_text may hold "2.0"
             column.categories = _canonical_text(pd.Series(column.categories, dtype=object)).tolist()
         return pre
+
+
+@dataclass
+class GatheredWarnings:
+    """What :meth:`TablePreprocessor.transform` found worth a warning, over every part
+    of one file scored within :func:`warnings_per_file`."""
+
+    extra_columns: dict[str, None] = field(default_factory=dict)  # in order of appearance
+    numeric_columns: dict[str, None] = field(default_factory=dict)
+    filled_columns: set[str] = field(default_factory=set)  # numeric, a value in some row
+    unseen_conditions: dict[str, dict[Any, None]] = field(default_factory=dict)  # values
+    unseen_condition_rows: dict[tuple[str, int], int] = field(default_factory=dict)  # (column,
+    # model): rows; per model, as each model of an ensemble sees the same rows
+    known_conditions: dict[str, list[str]] = field(default_factory=dict)
+
+    def add_unseen_condition(
+        self, name: str, unseen: list[Any], rows: int, known: list[str], model: object
+    ) -> None:
+        """Note ``rows`` rows of one part whose condition ``name`` was unseen by ``model``."""
+        self.unseen_conditions.setdefault(name, {}).update(dict.fromkeys(unseen))
+        key = (name, id(model))
+        self.unseen_condition_rows[key] = self.unseen_condition_rows.get(key, 0) + rows
+        self.known_conditions[name] = known
+
+    def log(self, rows: int) -> None:
+        """Log each warning once, for a file of ``rows`` rows."""
+        if self.extra_columns:
+            _warn_extra_columns(list(self.extra_columns))
+        for name in self.numeric_columns:
+            if name not in self.filled_columns and rows > 1:
+                _warn_empty_column(name, rows)
+        for name, values in self.unseen_conditions.items():
+            counts = [n for (column, _), n in self.unseen_condition_rows.items() if column == name]
+            warn_unseen_condition(name, list(values), max(counts), self.known_conditions[name])
+
+
+_GATHERED: ContextVar[GatheredWarnings | None] = ContextVar("gathered_warnings", default=None)
+
+
+@contextlib.contextmanager
+def warnings_per_file() -> Iterator[GatheredWarnings]:
+    """Gather, rather than log, the warnings of every transform within it.
+
+    A file scored in parts (progress steps, batch chunks) would otherwise warn once per
+    part, and call a column empty "in all rows" when it is so in one part only. The
+    caller logs them once at the end, with the file's row count::
+
+        with warnings_per_file() as gathered:
+            for part in parts:
+                detector.score_frame(part)
+        gathered.log(rows)
+    """
+    token = _GATHERED.set(GatheredWarnings())
+    try:
+        yield _GATHERED.get()
+    finally:
+        _GATHERED.reset(token)
+
+
+def gathered_warnings() -> GatheredWarnings | None:
+    """The warnings being gathered by :func:`warnings_per_file`, or None outside it."""
+    return _GATHERED.get()
+
+
+def _warn_extra_columns(names: list[str]) -> None:
+    logger.warning(
+        "ignoring column%s not seen in training: %s",
+        "s" if len(names) > 1 else "",
+        ", ".join(names),
+    )
+
+
+def _warn_empty_column(name: str, rows: int) -> None:
+    logger.warning(
+        "column %r is empty in all %d rows scored: each row is scored on its "
+        "missingness, not on a value (a dead sensor?)",
+        name,
+        rows,
+    )
+
+
+def warn_unseen_condition(name: str, unseen: list[Any], rows: int, known: list[str]) -> None:
+    """Warn that ``rows`` rows hold condition values of column ``name`` not seen in training."""
+    logger.warning(
+        "%d row(s) have a %s not seen in training (%s); they are scored given "
+        "no %s, so their scores are not comparable (known: %s)",
+        rows,
+        name,
+        ", ".join(repr(v) for v in unseen[:3]),
+        name,
+        ", ".join(known),
+    )
 
 
 def _similar_names_hint(missing: list[str], unknown: list[str]) -> str:
