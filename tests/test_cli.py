@@ -222,6 +222,18 @@ def test_bad_input_is_one_line_error_with_no_output(project, name, make, message
     assert not list(root.glob(f".{output.name}.*"))  # no temporary file left behind
 
 
+def test_the_default_output_of_a_file_with_a_colon_is_named_after_the_whole_file(
+    project, monkeypatch
+):
+    root, _ = project
+    monkeypatch.chdir(root)
+    (root / "readings_12:00.csv").write_bytes((root / "new.csv").read_bytes())
+    result = CliRunner().invoke(main, ["score", "readings_12:00.csv", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (root / "readings_12:00_scores.csv").is_file()
+    assert not (root / "00.csv_scores.csv").exists()
+
+
 def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
     root, _ = project
     before = (root / "new.csv").read_bytes()
