@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -60,15 +62,70 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     :func:`_numbers_of`)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    return _numbers_of(pd.read_csv(path, sep=separator, encoding=encoding), separator)
+    with _reading(path, encoding):
+        frame = pd.read_csv(path, sep=separator, encoding=encoding)
+    return _numbers_of(frame, separator)
 
 
 def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    for chunk in pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows):
-        yield _numbers_of(chunk, separator)
+    with _reading(path, encoding):
+        reader = pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows)
+    with reader:
+        while True:
+            # Only around pandas' own work: a filter held across a yield would reach the
+            # caller's code too.
+            with _reading(path, encoding):
+                chunk = next(reader, None)
+            if chunk is None:
+                return
+            yield _numbers_of(chunk, separator)
+
+
+@contextlib.contextmanager
+def _reading(path: str | Path, encoding: str) -> Iterator[None]:
+    """Around ``pd.read_csv``: its DtypeWarning silenced, and a byte that is not
+    ``encoding`` turned into a DataError naming its offset and line.
+
+    pandas parses a large file in parts and warns, in several lines with its own source
+    line, when a column is typed differently in two of them (a stray "oops" among
+    numbers); the column is then text, which the schema checks, naming the row.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            yield
+    except UnicodeDecodeError as exc:
+        # The codec's position counts from the part pandas was decoding, not the file.
+        where = _first_undecodable(path, encoding)
+        if where is None:
+            raise DataError(f"{path} is not a readable CSV file: {_first_line(exc)}") from exc
+        offset, line, byte = where
+        raise DataError(
+            f"{path} is not a readable CSV file: byte 0x{byte:02x} at offset {offset:,} "
+            f"(line {line:,}) is not {encoding.upper()}, unlike the start of the file; "
+            "save it as UTF-8"
+        ) from exc
+
+
+def _first_undecodable(path: str | Path, encoding: str) -> tuple[int, int, int] | None:
+    """``(byte offset, 1-based line, byte value)`` of the first byte of ``path`` that
+    ``encoding`` cannot decode, or None when every byte decodes (read in blocks)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, line = 0, 1  # of the block's first byte
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HEADER_BYTES), b""):
+            pending = decoder.getstate()[0]  # the start of a character cut by the last block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                data = pending + block  # what exc.start counts in; pending holds no newline
+                newlines = block[: max(exc.start - len(pending), 0)].count(b"\n")
+                return offset - len(pending) + exc.start, line + newlines, data[exc.start]
+            offset, line = offset + len(block), line + block.count(b"\n")
+    return None
 
 
 def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> None:
