@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks
+from anomaly_vae.data.preprocessing import warnings_per_file
+from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks, refuse_repeated_names
 from anomaly_vae.errors import AnomalyVAEError, DataError
 from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output, identify_rows
 
@@ -168,8 +169,10 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     if path.suffix.lower() in PARQUET_SUFFIXES:
         import pyarrow.parquet as pq
 
+        parquet = pq.ParquetFile(path)
+        refuse_repeated_names(parquet.schema_arrow.names, where=str(path))
         start = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+        for batch in parquet.iter_batches(batch_size=chunk_rows):
             chunk = batch.to_pandas()
             # The file's running row index, as pandas gives CSV chunks: errors name file rows.
             chunk.index = pd.RangeIndex(start, start + len(chunk))
@@ -204,7 +207,8 @@ def score_file(
     rows, flagged, sample, writer = 0, 0, [], None
     # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
     bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
-    with bar, atomic_output(output) as temporary:
+    # Warnings once per file, judged over all its rows, not once per chunk.
+    with bar, atomic_output(output) as temporary, warnings_per_file() as gathered:
         for chunk in read_chunks(source, chunk_rows):
             frame = detector.score_frame(chunk)
             identify_rows(frame, id_column, first_row=rows)
@@ -225,6 +229,7 @@ def score_file(
             writer.close()
         if rows == 0:
             raise DataError(f"{source} has a header but no data rows")
+    gathered.log(rows)
     return rows, flagged, np.concatenate(sample)
 
 

@@ -326,12 +326,13 @@ def score(
     class), or fashionmnist:ROOT / mnist:ROOT / kmnist:ROOT (its test split); images get
     one row each.
     """
-    from anomaly_vae.data.images import is_image_source
+    from anomaly_vae.data.images import is_image_source, torchvision_source
     from anomaly_vae.outputs import OUTPUT_SUFFIXES
     from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
 
     detector = load_detector(model_ref)
-    stem = Path(data.rsplit(":", 1)[-1]).name if ":" in data else Path(data).stem
+    torchvision = torchvision_source(data)  # NAME:ROOT is named after ROOT's folder
+    stem = torchvision[1].name if torchvision is not None else Path(data).stem
     output = output or Path(f"{stem}_scores.csv")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise click.UsageError(

@@ -36,6 +36,8 @@ from anomaly_vae.config import (
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor
+from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
+from anomaly_vae.data.tables import quoted_names
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import BaseVAE, get_model
@@ -460,14 +462,37 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 raise DataError(f"image classes must be in 0..{self.condition_classes_ - 1}")
             return features, np.eye(self.condition_classes_, dtype=np.float32)[labels]
         frame = as_frame(X)
-        if isinstance(X, np.ndarray) and X.shape[1] != self.n_features_in_:
-            raise DataError(f"expected {self.n_features_in_} columns, got {X.shape[1]}")
+        self._refuse_other_kind_of_table(X, frame)
         features = self.preprocessor_.transform(frame)
         mask = self._condition_mask()
         if not mask.any():
             return features, None
         self._warn_unseen_conditions(frame)
         return np.ascontiguousarray(features[:, ~mask]), np.ascontiguousarray(features[:, mask])
+
+    def _refuse_other_kind_of_table(self, X: Any, frame: pd.DataFrame) -> None:
+        """DataError for an array given to a model fit on named columns, or a DataFrame
+        without the names ``x0, x1, ...`` given to a model fit on an array (``frame`` is
+        ``as_frame(X)``): the schema check would list every column as missing."""
+        expected = self.preprocessor_.input_columns
+        array_names = [f"x{i}" for i in range(len(expected))]
+        has_all = set(expected) <= set(map(str, frame.columns))
+        if isinstance(X, pd.DataFrame):
+            fit_on_array = getattr(self, "feature_names_in_", None) is None
+            if fit_on_array and expected == array_names and not has_all:
+                raise DataError(
+                    f"the model was fit on an array, whose columns are named "
+                    f"{quoted_names(expected)}: a DataFrame must have exactly these names; "
+                    "or pass an array"
+                )
+            return
+        if not has_all and expected != array_names:
+            raise DataError(
+                f"the model was fit on a table with named columns ({quoted_names(expected)}) "
+                "and an array has none: pass a DataFrame with these columns"
+            )
+        if frame.shape[1] != self.n_features_in_:
+            raise DataError(f"expected {self.n_features_in_} columns, got {frame.shape[1]}")
 
     def _warn_unseen_conditions(self, frame: pd.DataFrame) -> None:
         """Warn about condition values not seen in training: such a row is scored given an
@@ -478,17 +503,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 continue
             values = frame[column.name]
             unseen = [v for v in values.dropna().unique() if not column.is_known(v)]
-            if unseen:
-                rows = int(values.isin(unseen).sum())
-                logger.warning(
-                    "%d row(s) have a %s not seen in training (%s); they are scored given "
-                    "no %s, so their scores are not comparable (known: %s)",
-                    rows,
-                    column.name,
-                    ", ".join(repr(v) for v in unseen[:3]),
-                    column.name,
-                    ", ".join(column.categories),
-                )
+            if not unseen:
+                continue
+            rows = int(values.isin(unseen).sum())
+            gathered = gathered_warnings()
+            if gathered is None:
+                warn_unseen_condition(column.name, unseen, rows, column.categories)
+            else:
+                gathered.add_unseen_condition(column.name, unseen, rows, column.categories, self)
 
     # -- scoring ----------------------------------------------------------------------------
     def transform_features(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:

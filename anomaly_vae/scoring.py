@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from anomaly_vae.data import read_table
 from anomaly_vae.data.images import read_images
+from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
@@ -110,10 +111,11 @@ def score_table(
     # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean.
     bar = tqdm(total=len(frame), desc="scoring", unit="row", disable=None if progress else True)
     parts = []
-    with bar:
+    with bar, warnings_per_file() as gathered:  # once per file, not per step
         for start in starts:
             parts.append(detector.score_frame(frame.iloc[start : start + PROGRESS_CHUNK_ROWS]))
             bar.update(len(parts[-1]))
+    gathered.log(len(frame))
     scores = pd.concat(parts)
     identify_rows(scores, detector.effective_config.data.id_column)
     write_atomic(scores, Path(output))

@@ -276,6 +276,36 @@ def test_a_missing_source_fails_and_row_numbers_count_from_the_file_start(model_
     assert batch(model_dir, empty, tmp_path / "out2").exit_code == 0  # nothing new: fine
 
 
+def test_a_file_read_in_chunks_warns_once_judged_over_the_whole_file(model_dir, tmp_path, caplog):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    table = mixed_table(30, seed=1).assign(comment="x")
+    table.loc[10:19, "vibration"] = np.nan  # empty in the second chunk only
+    table.to_csv(inputs / "a.csv", index=False)
+    table.assign(vibration=np.nan).to_parquet(inputs / "b.parquet")
+    with caplog.at_level(logging.WARNING):
+        result = batch(model_dir, inputs, tmp_path / "out", "--chunk-rows", "10")
+    assert result.exit_code == 0, result.output
+    assert caplog.text.count("ignoring column not seen in training: comment") == 2  # a, b
+    assert caplog.text.count("empty in all") == 1
+    assert "column 'vibration' is empty in all 30 rows scored" in caplog.text  # b.parquet
+
+
+def test_an_input_naming_a_column_twice_fails_naming_it(model_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    table = mixed_table(30, seed=1)
+    table.to_csv(inputs / "a.csv", index=False, header=[*table.columns[:-1], "load"])
+    arrays = [pa.array(table[name]) for name in table.columns]
+    pq.write_table(pa.Table.from_arrays(arrays, [*table.columns[:-1], "load"]), inputs / "b.pq")
+    result = batch(model_dir, inputs, tmp_path / "out", "--chunk-rows", "10")
+    assert result.exit_code == 1
+    assert result.output.count("has more than one column named 'load'") == 2
+
+
 def test_date_times_in_a_numeric_column_are_refused_not_scored(model_dir, tmp_path):
     from anomaly_vae.errors import DataError
 

@@ -173,6 +173,23 @@ def test_reordered_and_extra_columns_score_the_same(project):
     np.testing.assert_allclose(a["score"], b["score"], rtol=1e-5, atol=1e-5)
 
 
+def test_a_file_scored_in_steps_warns_once_judged_over_the_whole_file(project, caplog, monkeypatch):
+    monkeypatch.setattr("anomaly_vae.scoring.PROGRESS_CHUNK_ROWS", 100)  # 3 steps of 300 rows
+    root, _ = project
+    new = pd.read_csv(root / "new.csv").assign(comment="x")
+    new.loc[100:199, "vibration"] = np.nan  # empty in the second step only
+    new.to_csv(root / "steps.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert run_score(root, "steps.csv", "steps_scores.csv").exit_code == 0
+    assert caplog.text.count("ignoring column not seen in training: comment") == 1
+    assert "empty in all" not in caplog.text
+    caplog.clear()
+    new.assign(vibration=np.nan).to_csv(root / "dead.csv", index=False)
+    with caplog.at_level("WARNING"):
+        assert run_score(root, "dead.csv", "dead_scores.csv").exit_code == 0
+    assert caplog.text.count("column 'vibration' is empty in all 300 rows scored") == 1
+
+
 @pytest.mark.parametrize(
     ("name", "make", "message"),
     [
@@ -203,6 +220,18 @@ def test_bad_input_is_one_line_error_with_no_output(project, name, make, message
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert not output.exists()
     assert not list(root.glob(f".{output.name}.*"))  # no temporary file left behind
+
+
+def test_the_default_output_of_a_file_with_a_colon_is_named_after_the_whole_file(
+    project, monkeypatch
+):
+    root, _ = project
+    monkeypatch.chdir(root)
+    (root / "readings_12:00.csv").write_bytes((root / "new.csv").read_bytes())
+    result = CliRunner().invoke(main, ["score", "readings_12:00.csv", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert (root / "readings_12:00_scores.csv").is_file()
+    assert not (root / "00.csv_scores.csv").exists()
 
 
 def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):

@@ -100,6 +100,21 @@ def test_a_frame_with_integer_column_names_fits_scores_and_reloads(tmp_path):
     np.testing.assert_array_equal(loaded.anomaly_score(pd.DataFrame(X[:20])), scores)
 
 
+def test_an_array_for_a_frame_model_and_the_reverse_say_what_to_pass(fitted, tmp_path):
+    X = correlated_normal(300, seed=0)
+    on_frame = VAEDetector(tiny_config("training.epochs=3").detector_config())
+    on_frame.fit(pd.DataFrame(X, columns=[f"f{i}" for i in range(6)]))
+    named = r"fit on a table with named columns \('f0', 'f1', 'f2', 'f3', \.\.\. \(6 in all\)\)"
+    for model in (on_frame, VAEDetector.load(on_frame.save(tmp_path / "model"))):
+        with pytest.raises(DataError, match=rf"^the model was {named} and an array has none: pass"):
+            model.score_samples(X[:5])
+    # fitted: on an array
+    with pytest.raises(DataError, match=r"fit on an array, whose columns are named 'x0', .*"):
+        fitted.score_samples(pd.DataFrame(X[:5], columns=[f"f{i}" for i in range(6)]))
+    as_array = pd.DataFrame(X[:5], columns=[f"x{i}" for i in range(6)])
+    np.testing.assert_array_equal(fitted.score_samples(as_array), fitted.score_samples(X[:5]))
+
+
 def test_a_second_fit_leaves_nothing_of_the_first():
     detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
     detector.fit(pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef")))
@@ -283,6 +298,15 @@ def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):
         VAEDetector().fit(np.zeros((5, 3)))
     with pytest.raises(DataError, match="expected 6 columns, got 4"):
         fitted.score_samples(np.zeros((3, 4)))
+
+
+def test_a_frame_naming_a_column_twice_is_a_clear_error(fitted):
+    rows = correlated_normal(40, seed=5)
+    with pytest.raises(DataError, match=r"more than one column named 'a'"):
+        VAEDetector(tiny_config().detector_config()).fit(pd.DataFrame(rows, columns=[*"abcdea"]))
+    names = [f"x{i}" for i in range(6)] + ["x0"]
+    with pytest.raises(DataError, match=r"more than one column named 'x0'"):
+        fitted.score_samples(pd.DataFrame(np.c_[rows, rows[:, 0]], columns=names))
 
 
 def test_cvae_scores_a_row_given_its_context(caplog):

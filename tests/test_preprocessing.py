@@ -1,4 +1,5 @@
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -6,6 +7,7 @@ import pytest
 
 from anomaly_vae.config import DataConfig
 from anomaly_vae.data import TablePreprocessor
+from anomaly_vae.data.preprocessing import GatheredWarnings, warnings_per_file
 from anomaly_vae.errors import DataError
 
 
@@ -51,6 +53,53 @@ def test_a_column_empty_in_every_scored_row_is_warned_about(fitted, caplog):
     assert "column 'x' is empty in all 2 rows scored" in caplog.text
 
 
+def test_a_file_scored_in_parts_warns_once_judged_over_all_its_rows(fitted, caplog):
+    parts = [
+        pd.DataFrame({"x": [np.nan, np.nan], "colour": ["red", "red"], "note": ["a", "b"]}),
+        pd.DataFrame({"x": [np.nan, 2.0], "colour": ["red", "red"], "note": ["c", "d"]}),
+    ]
+    with caplog.at_level(logging.WARNING):
+        with warnings_per_file() as gathered:
+            for part in parts:
+                fitted.transform(part)
+        assert caplog.text == ""  # gathered, not logged per part
+        gathered.log(rows=4)
+    assert caplog.text.count("ignoring column not seen in training: note") == 1
+    assert "empty in all" not in caplog.text  # x has a value in the second part
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        with warnings_per_file() as gathered:
+            for part in parts:
+                fitted.transform(part.assign(x=np.nan))
+        gathered.log(rows=4)
+    assert caplog.text.count("column 'x' is empty in all 4 rows scored") == 1
+
+
+def test_unseen_conditions_gathered_over_parts_count_each_row_once(caplog):
+    gathered = GatheredWarnings()
+    first, second = object(), object()  # two models of an ensemble see the same rows
+    for model in (first, second):
+        gathered.add_unseen_condition("machine", ["Z"], 3, ["A", "B"], model)
+        gathered.add_unseen_condition("machine", ["Y", "Z"], 2, ["A", "B"], model)
+    with caplog.at_level(logging.WARNING):
+        gathered.log(rows=10)
+    assert caplog.text.count("5 row(s) have a machine not seen in training ('Z', 'Y')") == 1
+
+
+def test_unseen_categories_of_a_file_in_parts_are_warned_about_once(fitted, caplog):
+    parts = [pd.DataFrame({"x": [1.0], "colour": [c]}) for c in ("green", "green", "pink")]
+    with caplog.at_level(logging.WARNING):
+        with warnings_per_file() as gathered:
+            for part in parts:
+                fitted.transform(part)
+        assert caplog.text == ""
+        gathered.log(rows=3)
+    assert (
+        caplog.text.count("column 'colour' holds 'green', 'pink' not seen in training (3 rows)")
+        == 1
+    )
+
+
 def test_unseen_category_is_every_category_at_once_and_warned_about(fitted, caplog):
     with caplog.at_level(logging.WARNING):
         features = fitted.transform(pd.DataFrame({"x": [1.0, 2.0], "colour": ["green", "red"]}))
@@ -83,6 +132,32 @@ def test_values_the_model_cannot_hold_are_errors_naming_the_row(fitted):
         fitted.transform(pd.DataFrame({"x": [1.0, np.inf], "colour": ["red", "red"]}))
     large = fitted.transform(pd.DataFrame({"x": [1e30], "colour": ["red"]}))
     assert np.isfinite(large).all()  # far out, yet within range: scored (as unusual)
+
+
+@pytest.mark.parametrize(
+    ("columns", "hint"),
+    [
+        (["x", "Colour"], r"\(the data has 'Colour': names are case- and space-sensitive\)$"),
+        ([" x", " colour"], r"\(the data has ' x', ' colour': names are case- and space-"),
+        (["x", "color"], r"\(similar names in the data: 'color'\)$"),
+        (["x", "weight"], r"trained on$"),
+    ],
+)
+def test_a_missing_column_names_a_near_identical_one_the_data_has(fitted, columns, hint):
+    frame = pd.DataFrame([[1.0, "red"]], columns=columns)
+    with pytest.raises(
+        DataError, match=r"^missing columns? .*'colour' that the model was "
+    ) as info:
+        fitted.transform(frame)
+    assert re.search(hint, str(info.value)), str(info.value)
+
+
+def test_a_column_name_given_twice_is_an_error_naming_it(fitted):
+    twice = pd.DataFrame([[1.0, "red", 2.0]], columns=["x", "colour", "x"])
+    with pytest.raises(DataError, match=r"more than one column named 'x'; give each"):
+        TablePreprocessor(DataConfig()).fit(twice)
+    with pytest.raises(DataError, match=r"more than one column named 'x'; give each"):
+        fitted.transform(twice)
 
 
 def test_round_trip_through_dict(fitted):

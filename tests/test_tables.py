@@ -1,9 +1,13 @@
+import warnings
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from anomaly_vae.data import label_vector, read_table
-from anomaly_vae.data.tables import read_csv_chunks
+from anomaly_vae.data.tables import _first_undecodable, read_csv_chunks
 from anomaly_vae.errors import DataError
 
 
@@ -76,6 +80,57 @@ def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
         read_table(path)
     assert "\n" not in str(info.value)
     assert name in str(info.value)
+
+
+def test_a_header_naming_a_column_twice_is_refused_not_renamed(tmp_path):
+    """pandas would read 'a,b,a' as a, b, a.1, and a.1 would train as a column of its own."""
+    path = tmp_path / "dup.csv"
+    path.write_text("a,b,a\n1,2,3\n4,5,6\n")
+    message = r"dup\.csv has more than one column named 'a'; give each column its own name"
+    with pytest.raises(DataError, match=message):
+        read_table(path)
+    with pytest.raises(DataError, match=message):
+        next(read_csv_chunks(path, chunk_rows=1))
+    path.write_text("a,,\n1,2,3\n")  # unnamed columns are not a name given twice
+    assert read_table(path).shape == (1, 3)
+    # Parquet files can repeat a name too (pyarrow writes them).
+    table = pa.table([pa.array([1.0]), pa.array([2.0]), pa.array([3.0])], names=["a", "b", "a"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(DataError, match=r"dup\.parquet has more than one column named 'a'"):
+        read_table(tmp_path / "dup.parquet")
+
+
+def test_a_stray_text_cell_late_in_a_large_csv_brings_no_pandas_warning(tmp_path):
+    """pandas types a large file in parts (here 1,024 rows of 512 columns each) and warns,
+    in several lines, when a column is numbers in one part and text in another."""
+    width, rows = 512, 1_100
+    numbers = ",".join(["1.5"] * width)
+    header = ",".join(f"c{i}" for i in range(width))
+    stray = ",".join(["oops"] + ["1.5"] * (width - 1))
+    path = tmp_path / "late.csv"
+    path.write_text("\n".join([header, *[numbers] * (rows - 1), stray]) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the DtypeWarning would fail the test
+        frame = read_table(path)
+        chunks = list(read_csv_chunks(path, chunk_rows=rows))
+    assert frame["c0"].iloc[-1] == "oops" and frame.shape == (rows, width)
+    pd.testing.assert_frame_equal(pd.concat(chunks), frame)
+
+
+def test_a_late_byte_that_is_not_utf8_is_named_by_offset_and_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("anomaly_vae.data.tables.HEADER_BYTES", 64)  # the part judged UTF-8
+    path = tmp_path / "late.csv"
+    lines = [b"site,x", *[b"z\xc3\xbcrich,1" for _ in range(30)], b"caf\xe9,2"]  # UTF-8, Latin-1
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    offset = path.read_bytes().index(b"\xe9")
+    message = rf"byte 0xe9 at offset {offset:,} \(line 32\) is not UTF-8, unlike the start"
+    with pytest.raises(DataError, match=message):
+        read_table(path)
+    with pytest.raises(DataError, match=message):
+        list(read_csv_chunks(path, chunk_rows=5))
+    for block in (7, 8, 9):  # the offset whatever block boundary cuts a character
+        monkeypatch.setattr("anomaly_vae.data.tables.HEADER_BYTES", block)
+        assert _first_undecodable(path, "utf-8") == (offset, 32, 0xE9)
 
 
 def test_missing_file_and_folder(tmp_path):

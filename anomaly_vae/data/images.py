@@ -64,6 +64,20 @@ class ImageSet:
         raise DataError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
 
 
+def torchvision_source(source: str | Path) -> tuple[str, Path] | None:
+    """``(set name, ROOT)`` of a torchvision source ``NAME:ROOT`` (NAME one of
+    ``TORCHVISION_SETS``, any case), else None: ``readings_12:00.csv`` is a file name.
+
+    >>> torchvision_source("FashionMNIST:../data"), torchvision_source("readings_12:00.csv")
+    (('fashionmnist', PosixPath('../data')), None)
+    """
+    text = str(source)
+    prefix, _, root = text.partition(":")
+    if prefix.lower() in TORCHVISION_SETS and root and not Path(text).is_file():
+        return prefix.lower(), Path(root)
+    return None
+
+
 def is_image_source(source: str | Path) -> bool:
     """True for torchvision sources (``mnist:``, ...) and for folders (tables are files)."""
     text = str(source)
@@ -74,9 +88,9 @@ def read_images(source: str | Path, train: bool = True, size: int | None = None)
     """Load an image source (see the module docstring); ``train`` picks the torchvision
     split; ``size`` (``data.image_size``) resizes every image to ``size x size`` pixels."""
     text = str(source)
-    prefix, _, root = text.partition(":")
-    if prefix.lower() in TORCHVISION_SETS and root:
-        images = _read_torchvision(prefix.lower(), Path(root), train)
+    torchvision = torchvision_source(text)
+    if torchvision is not None:
+        images = _read_torchvision(*torchvision, train)
         if size is not None:  # one grayscale channel in the MNIST layout
             resized = [_pixels(Image.fromarray(image[0]), size) for image in images.images]
             images.images = np.stack(resized)[:, None]

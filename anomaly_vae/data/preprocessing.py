@@ -12,7 +12,11 @@ Feature layout of the matrix, per input column in schema order:
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import logging
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,12 +24,15 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
+from anomaly_vae.data.tables import quoted_names, refuse_repeated_names
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
+SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
+# of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
 STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
@@ -101,6 +108,7 @@ class TablePreprocessor:
     # -- fitting -------------------------------------------------------------------------
     def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
         """Learn the schema from training rows (id, label and ignored columns are skipped)."""
+        refuse_repeated_names(frame.columns)
         if self.config.id_column is not None and self.config.id_column not in frame.columns:
             raise DataError(f"id column {self.config.id_column!r} is not in the data")
         features_named_ignored = sorted(
@@ -218,28 +226,30 @@ class TablePreprocessor:
         """Features of ``frame`` as ``(n, d)`` float32, in the fitted layout.
 
         Raises DataError for a missing column or a column of the wrong type; warns
-        (once per call) about extra columns, which are ignored.
+        about extra columns, which are ignored, and about a numeric column empty in every
+        row: once per call, or once per file within :func:`warnings_per_file`.
         """
         self.check_columns(frame)
         blocks = [self._transform_column(frame[c.name], c) for c in self.columns]
         return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
 
     def check_columns(self, frame: pd.DataFrame) -> None:
+        """DataError for a column missing or named twice; warns about extra columns."""
+        refuse_repeated_names(frame.columns)
         present = set(map(str, frame.columns))
+        expected = set(self.input_columns) | self.not_features
+        extra = [str(c) for c in frame.columns if str(c) not in expected]
         missing = [c.name for c in self.columns if c.name not in present]
         if missing:
             raise DataError(
-                f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
-                "that the model was trained on"
+                f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
+                f"that the model was trained on{_similar_names_hint(missing, extra)}"
             )
-        expected = set(self.input_columns) | self.not_features
-        extra = [str(c) for c in frame.columns if str(c) not in expected]
-        if extra:
-            logger.warning(
-                "ignoring column%s not seen in training: %s",
-                "s" if len(extra) > 1 else "",
-                ", ".join(extra),
-            )
+        gathered = _GATHERED.get()
+        if gathered is not None:
+            gathered.extra_columns.update(dict.fromkeys(extra))
+        elif extra:
+            _warn_extra_columns(extra)
 
     def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
         if column.kind == "numeric":
@@ -250,13 +260,13 @@ class TablePreprocessor:
                     f"column {column.name!r} has {int(missing.sum())} missing values and the "
                     "model was trained without missing indicators"
                 )
-            if len(missing) > 1 and missing.all():
-                logger.warning(
-                    "column %r is empty in all %d rows scored: each row is scored on its "
-                    "missingness, not on a value (a dead sensor?)",
-                    column.name,
-                    len(missing),
-                )
+            gathered = _GATHERED.get()
+            if gathered is not None:
+                gathered.numeric_columns.setdefault(column.name, None)
+                if not missing.all():
+                    gathered.filled_columns.add(column.name)
+            elif len(missing) > 1 and missing.all():
+                _warn_empty_column(column.name, len(missing))
             scaled = np.where(missing, column.fill, (numbers - column.center) / column.scale)
             _check_float32_range(scaled, values, column.name)
             if self.config.missing_indicators:
@@ -273,16 +283,12 @@ class TablePreprocessor:
         # category the model expects. All zeros could cost less, for a column the other
         # columns do not predict (independent Bernoulli features).
         one_hot[~seen] = 1.0
-        unseen = text[~seen].unique()
-        logger.warning(
-            "column %r holds %s not seen in training (%d row%s): encoded as unlike every known "
-            "category, which raises their scores",
-            column.name,
-            ", ".join("a missing value" if v == MISSING_CATEGORY else repr(v) for v in unseen[:3])
-            + (f" and {len(unseen) - 3} more" if len(unseen) > 3 else ""),
-            int((~seen).sum()),
-            "" if (~seen).sum() == 1 else "s",
-        )
+        unseen, rows = list(text[~seen].unique()), int((~seen).sum())
+        gathered = _GATHERED.get()
+        if gathered is None:
+            warn_unseen_category(column.name, unseen, rows)
+        else:
+            gathered.add_unseen_category(column.name, unseen, rows, self)
         return one_hot
 
     def inverse_transform(self, features: np.ndarray) -> pd.DataFrame:
@@ -318,6 +324,150 @@ class TablePreprocessor:
         for column in pre.columns:  # models saved before _canonical_text may hold "2.0"
             column.categories = _canonical_text(pd.Series(column.categories, dtype=object)).tolist()
         return pre
+
+
+@dataclass
+class GatheredWarnings:
+    """What :meth:`TablePreprocessor.transform` found worth a warning, over every part
+    of one file scored within :func:`warnings_per_file`."""
+
+    extra_columns: dict[str, None] = field(default_factory=dict)  # in order of appearance
+    numeric_columns: dict[str, None] = field(default_factory=dict)
+    filled_columns: set[str] = field(default_factory=set)  # numeric, a value in some row
+    unseen_conditions: dict[str, dict[Any, None]] = field(default_factory=dict)  # values
+    unseen_condition_rows: dict[tuple[str, int], int] = field(default_factory=dict)  # (column,
+    # model): rows; per model, as each model of an ensemble sees the same rows
+    known_conditions: dict[str, list[str]] = field(default_factory=dict)
+    unseen_categories: dict[str, dict[Any, None]] = field(default_factory=dict)  # values
+    unseen_category_rows: dict[tuple[str, int], int] = field(default_factory=dict)  # as above
+
+    def add_unseen_category(self, name: str, unseen: list[Any], rows: int, owner: object) -> None:
+        """Note ``rows`` rows of one part whose category in ``name`` ``owner`` never saw."""
+        self.unseen_categories.setdefault(name, {}).update(dict.fromkeys(unseen))
+        key = (name, id(owner))
+        self.unseen_category_rows[key] = self.unseen_category_rows.get(key, 0) + rows
+
+    def add_unseen_condition(
+        self, name: str, unseen: list[Any], rows: int, known: list[str], model: object
+    ) -> None:
+        """Note ``rows`` rows of one part whose condition ``name`` was unseen by ``model``."""
+        self.unseen_conditions.setdefault(name, {}).update(dict.fromkeys(unseen))
+        key = (name, id(model))
+        self.unseen_condition_rows[key] = self.unseen_condition_rows.get(key, 0) + rows
+        self.known_conditions[name] = known
+
+    def log(self, rows: int) -> None:
+        """Log each warning once, for a file of ``rows`` rows."""
+        if self.extra_columns:
+            _warn_extra_columns(list(self.extra_columns))
+        for name in self.numeric_columns:
+            if name not in self.filled_columns and rows > 1:
+                _warn_empty_column(name, rows)
+        for name, values in self.unseen_conditions.items():
+            counts = [n for (column, _), n in self.unseen_condition_rows.items() if column == name]
+            warn_unseen_condition(name, list(values), max(counts), self.known_conditions[name])
+        for name, values in self.unseen_categories.items():
+            counts = [n for (column, _), n in self.unseen_category_rows.items() if column == name]
+            warn_unseen_category(name, list(values), max(counts))
+
+
+_GATHERED: ContextVar[GatheredWarnings | None] = ContextVar("gathered_warnings", default=None)
+
+
+@contextlib.contextmanager
+def warnings_per_file() -> Iterator[GatheredWarnings]:
+    """Gather, rather than log, the warnings of every transform within it.
+
+    A file scored in parts (progress steps, batch chunks) would otherwise warn once per
+    part, and call a column empty "in all rows" when it is so in one part only. The
+    caller logs them once at the end, with the file's row count::
+
+        with warnings_per_file() as gathered:
+            for part in parts:
+                detector.score_frame(part)
+        gathered.log(rows)
+    """
+    token = _GATHERED.set(GatheredWarnings())
+    try:
+        yield _GATHERED.get()
+    finally:
+        _GATHERED.reset(token)
+
+
+def gathered_warnings() -> GatheredWarnings | None:
+    """The warnings being gathered by :func:`warnings_per_file`, or None outside it."""
+    return _GATHERED.get()
+
+
+def _warn_extra_columns(names: list[str]) -> None:
+    logger.warning(
+        "ignoring column%s not seen in training: %s",
+        "s" if len(names) > 1 else "",
+        ", ".join(names),
+    )
+
+
+def _warn_empty_column(name: str, rows: int) -> None:
+    logger.warning(
+        "column %r is empty in all %d rows scored: each row is scored on its "
+        "missingness, not on a value (a dead sensor?)",
+        name,
+        rows,
+    )
+
+
+def warn_unseen_condition(name: str, unseen: list[Any], rows: int, known: list[str]) -> None:
+    """Warn that ``rows`` rows hold condition values of column ``name`` not seen in training."""
+    logger.warning(
+        "%d row(s) have a %s not seen in training (%s); they are scored given "
+        "no %s, so their scores are not comparable (known: %s)",
+        rows,
+        name,
+        ", ".join(repr(v) for v in unseen[:3]),
+        name,
+        ", ".join(known),
+    )
+
+
+def warn_unseen_category(name: str, unseen: list[Any], rows: int) -> None:
+    """Warn that ``rows`` rows hold categories of column ``name`` not seen in training."""
+    named = [("a missing value" if v == MISSING_CATEGORY else repr(v)) for v in unseen[:3]]
+    more = f" and {len(unseen) - 3} more" if len(unseen) > 3 else ""
+    logger.warning(
+        "column %r holds %s not seen in training (%d row%s): encoded as unlike every known "
+        "category, which raises their scores",
+        name,
+        ", ".join(named) + more,
+        rows,
+        "" if rows == 1 else "s",
+    )
+
+
+def _similar_names_hint(missing: list[str], unknown: list[str]) -> str:
+    """A parenthesis naming the ``unknown`` columns of the data that are likely the
+    ``missing`` ones under another spelling, or "" when none is.
+
+    >>> _similar_names_hint(["temp"], ["Temp ", "x"])
+    " (the data has 'Temp ': names are case- and space-sensitive)"
+    >>> _similar_names_hint(["temperature"], ["temprature"])
+    " (similar names in the data: 'temprature')"
+    """
+
+    def key(name: str) -> str:
+        return "".join(name.split()).casefold()
+
+    spelled = {key(name): name for name in reversed(unknown)}  # the first of equal keys
+    variants = [spelled[key(name)] for name in missing if key(name) in spelled]
+    if variants:
+        return f" (the data has {quoted_names(variants)}: names are case- and space-sensitive)"
+    similar = [
+        close
+        for name in missing
+        for close in difflib.get_close_matches(name, unknown, n=1, cutoff=SIMILAR_NAME)
+    ]
+    if similar:
+        return f" (similar names in the data: {quoted_names(similar)})"
+    return ""
 
 
 def _as_text(values: pd.Series) -> pd.Series:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 DECIMAL_COMMA_NUMBER = r"[+-]?\d*,?\d+(?:[eE][+-]?\d+)?"  # "1,5", "-0,25", "3"
+NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
 # so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
 # categories apart and matches between fit and score (the two differ only in rarely used
@@ -58,14 +61,79 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
     :func:`_numbers_of`)."""
     separator, encoding = csv_format(path)
-    return _numbers_of(pd.read_csv(path, sep=separator, encoding=encoding), separator)
+    _refuse_repeated_header(path, separator, encoding)
+    with _reading(path, encoding):
+        frame = pd.read_csv(path, sep=separator, encoding=encoding)
+    return _numbers_of(frame, separator)
 
 
 def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
-    for chunk in pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows):
-        yield _numbers_of(chunk, separator)
+    _refuse_repeated_header(path, separator, encoding)
+    with _reading(path, encoding):
+        reader = pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows)
+    with reader:
+        while True:
+            # Only around pandas' own work: a filter held across a yield would reach the
+            # caller's code too.
+            with _reading(path, encoding):
+                chunk = next(reader, None)
+            if chunk is None:
+                return
+            yield _numbers_of(chunk, separator)
+
+
+@contextlib.contextmanager
+def _reading(path: str | Path, encoding: str) -> Iterator[None]:
+    """Around ``pd.read_csv``: its DtypeWarning silenced, and a byte that is not
+    ``encoding`` turned into a DataError naming its offset and line.
+
+    pandas parses a large file in parts and warns, in several lines with its own source
+    line, when a column is typed differently in two of them (a stray "oops" among
+    numbers); the column is then text, which the schema checks, naming the row.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            yield
+    except UnicodeDecodeError as exc:
+        # The codec's position counts from the part pandas was decoding, not the file.
+        where = _first_undecodable(path, encoding)
+        if where is None:
+            raise DataError(f"{path} is not a readable CSV file: {_first_line(exc)}") from exc
+        offset, line, byte = where
+        raise DataError(
+            f"{path} is not a readable CSV file: byte 0x{byte:02x} at offset {offset:,} "
+            f"(line {line:,}) is not {encoding.upper()}, unlike the start of the file; "
+            "save it as UTF-8"
+        ) from exc
+
+
+def _first_undecodable(path: str | Path, encoding: str) -> tuple[int, int, int] | None:
+    """``(byte offset, 1-based line, byte value)`` of the first byte of ``path`` that
+    ``encoding`` cannot decode, or None when every byte decodes (read in blocks)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, line = 0, 1  # of the block's first byte
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(HEADER_BYTES), b""):
+            pending = decoder.getstate()[0]  # the start of a character cut by the last block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                data = pending + block  # what exc.start counts in; pending holds no newline
+                newlines = block[: max(exc.start - len(pending), 0)].count(b"\n")
+                return offset - len(pending) + exc.start, line + newlines, data[exc.start]
+            offset, line = offset + len(block), line + block.count(b"\n")
+    return None
+
+
+def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> None:
+    """DataError when the header line names a column twice: pandas would rename the second
+    ('a' -> 'a.1') and it would train, or be ignored at scoring, as a column of its own."""
+    header = pd.read_csv(path, sep=separator, encoding=encoding, header=None, nrows=1, dtype=str)
+    if not header.empty:  # empty header cells are not names (pandas calls them "Unnamed: i")
+        refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
 def _numbers_of(frame: pd.DataFrame, separator: str) -> pd.DataFrame:
@@ -97,8 +165,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a CSV or Parquet file")
     try:
-        parquet = path.suffix.lower() in PARQUET_SUFFIXES
-        frame = pd.read_parquet(path) if parquet else read_csv(path)
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            # Parquet can hold two columns of one name, which pyarrow reads as a riddle.
+            refuse_repeated_names(parquet_column_names(path), where=str(path))
+            frame = pd.read_parquet(path)
+        else:
+            frame = read_csv(path)
+    except DataError:
+        raise
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -114,6 +188,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def parquet_column_names(path: str | Path) -> list[str]:
+    """The column names in a Parquet file's schema, in order (read without its data)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)
+
+
 def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     """A DataFrame view of ``data``; arrays get the column names ``x0, x1, ...``.
 
@@ -121,6 +202,7 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     names its columns 0, 1, ..., which become "0", "1", ...
     """
     if isinstance(data, pd.DataFrame):
+        refuse_repeated_names(data.columns)
         if all(isinstance(name, str) for name in data.columns):
             return data
         renamed = data.rename(columns=str)
@@ -133,6 +215,28 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
             f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}"
         )
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+
+
+def refuse_repeated_names(names: Iterable[object], where: str = "the data") -> None:
+    """DataError naming the column names that occur more than once in ``names``: which of
+    two columns of one name is meant cannot be told (pandas would hand back both)."""
+    repeated = pd.Index(list(names))
+    repeated = repeated[repeated.duplicated()].unique()
+    if len(repeated):
+        raise DataError(
+            f"{where} has more than one column named {', '.join(map(repr, repeated))}; "
+            "give each column its own name"
+        )
+
+
+def quoted_names(names: Sequence[str], limit: int = NAMES_SHOWN) -> str:
+    """``'a', 'b', 'c'``, the first ``limit`` only when there are more, then their count.
+
+    >>> quoted_names([f"f{i}" for i in range(30)], limit=3)
+    "'f0', 'f1', 'f2', ... (30 in all)"
+    """
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(map(repr, names[:limit])) + more
 
 
 def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:
