@@ -617,7 +617,7 @@ def calibrate(
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("views"),
-    help="Folder for the PNG (and CSV) files.",
+    help="Folder for the PNG files (and, for table models, CSV files).",
 )
 @click.option("--label-col", help="Tables: colour the latent scatter by this 0/1 column.")
 @click.option("--count", default=64, type=click.IntRange(min=1), help="generate: how many samples.")

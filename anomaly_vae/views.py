@@ -403,27 +403,28 @@ def standard_views(detector: Any, X: Any, labels: np.ndarray | None = None) -> l
 def views_and_skips(
     detector: Any, X: Any, labels: np.ndarray | None = None, condition: np.ndarray | None = None
 ) -> tuple[list[View], list[str]]:
-    """The standard views that can be drawn, and ``"<name>: <why not>"`` for the others.
+    """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
+    (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
     ``condition``: ``(c,)`` for a conditional model's generation (without it, none) and
     manifold (without it, the first row's)."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None:
-        skipped.append("01_generated: a conditional model generates for a condition (--condition)")
+        skipped.append("generate: a conditional model generates for a condition (--condition)")
     else:
         made.append(generation(detector, condition=condition))
     makers = [
-        ("02_reconstructions", lambda: reconstructions(detector, X)),
-        ("03_latent_scatter", lambda: latent_scatter(detector, X, labels)),
-        ("04_manifold", lambda: manifold(detector, X, condition=condition)),
-        ("05_traversal", lambda: traversal(detector, X)),
-        ("06_interpolation", lambda: interpolation(detector, X)),
+        ("reconstruct", lambda: reconstructions(detector, X)),
+        ("latents", lambda: latent_scatter(detector, X, labels)),
+        ("manifold", lambda: manifold(detector, X, condition=condition)),
+        ("traversal", lambda: traversal(detector, X)),
+        ("interpolation", lambda: interpolation(detector, X)),
     ]
-    for name, make in makers:
+    for kind, make in makers:
         try:
             made.append(make())
         except DataError as exc:  # e.g. a discrete latent, or a single row
-            skipped.append(f"{name}: {exc}")
+            skipped.append(f"{kind}: {exc}")
     return made, skipped
 
 
