@@ -4,10 +4,12 @@ import contextlib
 import io
 import logging
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -336,3 +338,13 @@ def test_the_drift_sample_follows_the_scores_of_periodic_data():
     assert len(sample) == DRIFT_SAMPLE_PER_CHUNK
     assert ks_2samp(sample, scores).statistic < 0.05
     np.testing.assert_array_equal(drift_sample(scores), sample)  # the same run to run
+
+
+def test_the_pipeline_script_is_the_batch_command(monkeypatch, capsys):
+    """Its usage line names the script, without the `batch` of `anomaly-vae batch`."""
+    script = Path(__file__).parents[1] / "pipelines" / "batch_score.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith("Usage: pipelines/batch_score.py [OPTIONS] SOURCE")

@@ -1,6 +1,10 @@
 """The family pipeline: every suitable variant on the same splits, compared, the
 ensemble offered, the best kept and tracked as a parent run with child runs."""
 
+import runpy
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -181,3 +185,44 @@ def test_a_family_of_one_variant_without_a_criterion_keeps_it(tmp_path):
     )
     result = fit_family(tmp_path / "train.csv", config, project_dir=tmp_path)
     assert result.chosen == "cvae"
+
+
+def run_family_script(monkeypatch, *args: str) -> int | str | None:
+    """``python pipelines/family.py ARGS`` in this process; its exit code."""
+    script = Path(__file__).parents[1] / "pipelines" / "family.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    return exit_info.value.code
+
+
+def test_the_pipeline_script_is_fit_family(tmp_path, monkeypatch, capsys):
+    """Its options, help and output are those of `anomaly-vae fit --family`."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+    from anomaly_vae.scoring import load_detector
+    from tests.conftest import TINY
+
+    monkeypatch.chdir(tmp_path)
+    mixed_table(300, seed=0).to_csv("train.csv", index=False)
+    settings = [f"--set={item}" for item in (*TINY, "family.variants=[vae,beta-vae]")]
+    args = ["train.csv", "--id-col", "reading_id", "--ignore-col", "vibration", *settings]
+    code = run_family_script(monkeypatch, *args, "--model-dir", "m", "--no-tracking", "--quiet")
+    assert code == 0
+    out = capsys.readouterr()
+    assert (
+        "chosen: " in out.out and "Family trained in" in out.out and "Model saved to m" in out.out
+    )
+    assert out.err.split() == ["Training", "vae", "...", "Training", "beta-vae", "..."]
+    assert "vibration" not in load_detector("m").preprocessor_.feature_names
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # --no-tracking
+    assert run_family_script(monkeypatch, "--help") == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert help_text.startswith("Usage: python pipelines/family.py [OPTIONS] DATA")
+    cli_help = " ".join(CliRunner().invoke(main, ["fit", "--help"]).output.split())
+    options = cli_help.split("Options:", 1)[1]
+    family_flag = options[options.index("--family") : options.index("--no-tracking")]
+    assert help_text.split("Options:", 1)[1] == options.replace(family_flag, "")
+    assert run_family_script(monkeypatch, "train.csv", "--nope") == 2
+    assert "No such option '--nope'" in capsys.readouterr().err
