@@ -263,6 +263,8 @@ def _track(
     from anomaly_vae import tracking
 
     tracking.use_tracking(config.tracking.experiment, project_dir)
+    # The chosen candidate's config: the family settings, with the model it kept.
+    chosen_config = next(c.config for c in candidates if c.name == result.chosen)
     with mlflow.start_run(run_name="family") as parent:
         for candidate in candidates:
             with mlflow.start_run(run_name=candidate.name, nested=True):
@@ -284,13 +286,16 @@ def _track(
             {k: tracking.param_value(v) for k, v in flatten(config).items() if k != "model.name"}
         )
         mlflow.log_metric("family_seconds", result.seconds)
+        # What every fit run records of its data (tags data, eval_data; the dataset input),
+        # so that the registered model's run says what it was trained on.
+        tracking.log_sources(result.data)
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)
+            tracking.write_config(chosen_config, out)
             result.comparison.to_csv(out / "comparison.csv", index=False)
             (out / "comparison.md").write_text(format_comparison(result) + "\n")
             tracking.log_calibration(result.detector, result.data, result.evaluation, out)
             mlflow.log_artifacts(str(out))
-        chosen_config = next(c.config for c in candidates if c.name == result.chosen)
         return tracking.log_model(
             result.detector, chosen_config, result.model_dir, result.data, parent, register
         )

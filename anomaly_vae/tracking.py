@@ -263,7 +263,7 @@ def log_detector(
     log_sources(data)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_config(config, out)
         log_calibration(detector, data, evaluation, out)
         if isinstance(detector, VAEDetector):
             _log_history(MlflowClient(), run_id, detector)
@@ -286,6 +286,11 @@ def log_detector(
             if config.tracking.log_views:
                 _log_views(detector, data, config.tracking.view_rows, out)
         mlflow.log_artifacts(str(out))
+
+
+def write_config(config: Config, out: Path) -> None:
+    """``out/config.yaml``: the resolved config as YAML (it loads back with --config)."""
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def log_sources(data: TrainingData) -> None:

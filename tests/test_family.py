@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percentile
 from anomaly_vae.errors import ConfigError
@@ -36,12 +37,22 @@ def family_run(tmp_path_factory):
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         mixed_table(600, seed=0, anomalies=30).to_csv(root / "train.csv", index=False)
+        mixed_table(100, seed=3, anomalies=10).to_csv(root / "eval.csv", index=False)
         config = tiny_config(
             "data.id_column=reading_id",
             "data.label_column=is_fault",
             "data.condition_columns=[machine]",
         )
-        yield root, fit_family(root / "train.csv", config, project_dir=root, register=True)
+        yield (
+            root,
+            fit_family(
+                root / "train.csv",
+                config,
+                eval_source=root / "eval.csv",
+                project_dir=root,
+                register=True,
+            ),
+        )
 
 
 def test_family_compares_every_variant_and_the_ensemble(family_run):
@@ -80,7 +91,18 @@ def test_family_is_tracked_as_parent_with_children(family_run):
     expected = result.comparison.set_index("variant")["validation_neg_elbo_nats"]
     pd.testing.assert_series_equal(logged.sort_index(), expected.sort_index(), check_names=False)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"comparison.csv", "comparison.md", "plots"} <= artifacts
+    assert {"comparison.csv", "comparison.md", "plots", "config.yaml"} <= artifacts
+    # What every fit run records of its data, on the run that holds the registered model.
+    root, _ = family_run
+    assert parent.data.tags["data"] == str(root / "train.csv")
+    assert parent.data.tags["eval_data"] == str(root / "eval.csv")
+    (dataset,) = parent.inputs.dataset_inputs
+    assert dataset.dataset.name == "train.csv" and dataset.tags[0].value == "training"
+    config = yaml.safe_load(
+        Path(client.download_artifacts(parent.info.run_id, "config.yaml")).read_text()
+    )
+    assert config["model"]["name"] == result.chosen
+    assert config["data"]["condition_columns"] == ["machine"]
     version = client.get_model_version_by_alias("anomaly-vae", "champion")
     assert str(version.version) == result.run.model_version
 
