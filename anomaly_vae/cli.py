@@ -917,11 +917,21 @@ def models() -> None:
         click.echo(f"{name:12s} {cls.description}  [data: {', '.join(cls.data_kinds)}]")
 
 
+# Environment of `anomaly-vae ui`'s MLflow server (a variable already set is kept).
+UI_ENVIRONMENT = {
+    # MLflow's job runner (a huey consumer pool) runs GenAI scorers and trace jobs, which
+    # this project has none of; it adds processes that compete with start-up.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # MLflow's own import of a deprecated Starlette module warns once per worker.
+    "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated",
+}
+
+
 @main.command()
 @click.option("--port", default=5000, help="Port on 127.0.0.1.")
 def ui(port: int) -> None:
     """Start the MLflow UI on this project's tracking store, bound to localhost."""
-    from anomaly_vae.tracking import embedded_store, tracking_uri
+    from anomaly_vae.store import embedded_store, tracking_uri
 
     remote = os.environ.get("MLFLOW_TRACKING_URI", "")
     if remote.startswith(("http://", "https://", "databricks")):
@@ -935,7 +945,13 @@ def ui(port: int) -> None:
             "folder where you ran `anomaly-vae fit`"
         )
     uri = tracking_uri()
-    click.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port} (Ctrl-C stops it)")
+    click.echo(
+        f"MLflow UI for {uri} on http://127.0.0.1:{port} (ready in some seconds; Ctrl-C stops it)"
+    )
+    # One reviewer needs one worker, not MLflow's 4: each one imports MLflow and its web
+    # stack, which took 20-30 s before the page answered on a busy 2-core machine.
+    for name, value in UI_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     # This interpreter's mlflow, so that the UI starts without the environment on PATH.
-    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--workers", "1"]
     os.execv(sys.executable, [*args, "--host", "127.0.0.1", "--port", str(port)])

@@ -38,8 +38,12 @@ from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import TrackingError
 from anomaly_vae.fitting import TrainingData
 
-STORE_DIR = "mlruns"
-STORE_FILE = "mlflow.db"  # the embedded SQLite store, in STORE_DIR
+# Where runs go, also importable from here as before (store.py keeps `ui` light).
+from anomaly_vae.store import STORE_DIR as STORE_DIR
+from anomaly_vae.store import STORE_FILE as STORE_FILE
+from anomaly_vae.store import embedded_store as embedded_store
+from anomaly_vae.store import tracking_uri as tracking_uri
+
 CHAMPION_ALIAS = "champion"
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 DETECTOR_ARTIFACT = "detector"  # key of the saved detector among the pyfunc model's artifacts
@@ -54,23 +58,6 @@ EVALUATION_METRICS = (
     "f1",
     "false_positive_rate",
 )
-
-
-def tracking_uri(project_dir: Path | None = None) -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else the embedded SQLite store in ``mlruns/``."""
-    store = embedded_store(project_dir)
-    if store is None:
-        return os.environ["MLFLOW_TRACKING_URI"]
-    store.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store.resolve()}"
-
-
-def embedded_store(project_dir: Path | None = None) -> Path | None:
-    """The embedded SQLite store's file (it may not exist yet); None when
-    ``MLFLOW_TRACKING_URI`` names another store."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None
-    return (project_dir or Path.cwd()) / STORE_DIR / STORE_FILE
 
 
 def use_tracking(experiment: str | None = None, project_dir: Path | None = None) -> str:

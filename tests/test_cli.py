@@ -385,6 +385,30 @@ def test_ui_refuses_a_folder_without_a_store_and_a_tracking_server(tmp_path, mon
     assert server.exit_code == 2 and "open the UI it serves" in server.output
 
 
+def test_ui_starts_one_mlflow_worker_without_the_job_runner(tmp_path, monkeypatch):
+    """A local review UI needs one worker; MLflow's 4 and its job runner took 20-35 s
+    to answer on a busy 2-core machine."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "PYTHONWARNINGS"):
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores what `ui` sets
+        monkeypatch.delenv(name)
+    (tmp_path / "mlruns").mkdir()
+    (tmp_path / "mlruns" / "mlflow.db").touch()
+    started = []
+    monkeypatch.setattr(os, "execv", lambda path, args: started.append(args))
+    result = CliRunner().invoke(main, ["ui", "--port", "5099"])
+    assert result.exit_code == 0, result.output
+    (args,) = started
+    assert args[1:4] == ["-m", "mlflow", "ui"]
+    assert args[args.index("--workers") + 1] == "1"
+    assert args[args.index("--host") + 1] == "127.0.0.1" and args[-1] == "5099"
+    assert os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    assert "starlette.middleware.wsgi" in os.environ["PYTHONWARNINGS"]
+
+
 def test_models_lists_the_registry_with_data_kinds():
     from anomaly_vae.models import available_models
 
