@@ -15,10 +15,12 @@ readable and writable by the driver.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,33 @@ WORKER_MODULES = ("pandas", "pyarrow", "mlflow", "torch", "anomaly_vae")  # the 
 # import these to run the model (mlflow's models-from-code entry imports anomaly_vae)
 EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception)): (.+)$", re.MULTILINE)
 # the "Type: message" line that ends a Python traceback (the worker's, inside Spark's error)
+
+# PySpark 4.x warns at each of its pandas conversions that it does not yet fully support
+# pandas 3 (some 20 lines a run); the engine checks its outputs against the local engine's
+# (tests/test_spark.py), so the warning tells an operator nothing.
+PANDAS_3_WARNING = "PySpark does not yet fully support pandas >= 3.0.0"
+# MLflow warns that spark_udf(env_manager="local") does not recreate the training
+# environment: the engine means it (workers run this environment, see check_workers).
+LOCAL_ENV_WARNING = 'Calling `spark_udf()` with `env_manager="local"`'
+
+
+@contextlib.contextmanager
+def _without_pandas_3_warning() -> Iterator[None]:
+    """PySpark's pandas-3 FutureWarning ignored for the duration; other warnings stand."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", re.escape(PANDAS_3_WARNING), FutureWarning)
+        yield
+
+
+class _DropMessage(logging.Filter):
+    """Drops the log records whose message starts with ``start``."""
+
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.start)
 
 
 def spark_session(master: str = "local[2]") -> Any:
@@ -57,17 +86,19 @@ def spark_session(master: str = "local[2]") -> Any:
     if "SPARK_ENV_LOADED" not in os.environ:
         builder = builder.master(master)
     try:
-        return (
-            builder.appName("anomaly-vae-batch")
-            .config("spark.ui.enabled", "false")
-            # Stage bars would fill scheduled runs' logs; batch draws its own on a terminal.
-            .config("spark.ui.showConsoleProgress", "false")
-            .config("spark.sql.shuffle.partitions", "2")
-            # Chunks travel to the executors and their scores back as Arrow batches, not
-            # row by row.
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-            .getOrCreate()
-        )
+        with _without_pandas_3_warning():  # PySpark checks the pandas version at start
+            return (
+                builder.appName("anomaly-vae-batch")
+                .config("spark.ui.enabled", "false")
+                # Stage bars would fill scheduled runs' logs; batch draws its own on a
+                # terminal.
+                .config("spark.ui.showConsoleProgress", "false")
+                .config("spark.sql.shuffle.partitions", "2")
+                # Chunks travel to the executors and their scores back as Arrow batches,
+                # not row by row.
+                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+                .getOrCreate()
+            )
     except PySparkRuntimeError as exc:
         if exc.getCondition() != "JAVA_GATEWAY_EXITED":
             raise
@@ -135,7 +166,8 @@ class SparkScorer:
         import mlflow.pyfunc
 
         self.spark = spark or spark_session()
-        check_workers(self.spark)
+        with _without_pandas_3_warning():
+            check_workers(self.spark)
         self.detector = detector
         self.progress = progress
         self.base = getattr(detector, "first", detector)  # an ensemble's input schema
@@ -145,9 +177,16 @@ class SparkScorer:
         types = ", ".join(
             f"{_quoted(name)} {SPARK_TYPES[str(kind)]}" for name, kind in self.output_types.items()
         )
-        self.udf = mlflow.pyfunc.spark_udf(
-            self.spark, model_uri, result_type=types, env_manager="local"
-        )
+        mlflow_log = logging.getLogger("mlflow.pyfunc")
+        drop = _DropMessage(LOCAL_ENV_WARNING)
+        mlflow_log.addFilter(drop)
+        try:
+            with _without_pandas_3_warning():
+                self.udf = mlflow.pyfunc.spark_udf(
+                    self.spark, model_uri, result_type=types, env_manager="local"
+                )
+        finally:
+            mlflow_log.removeFilter(drop)
 
     @property
     def effective_config(self) -> Any:
@@ -209,7 +248,7 @@ class SparkScorer:
         model_input = F.struct(
             *[F.col(name).alias(c.name) for name, c in zip(names, columns, strict=True)]
         )
-        with spark_job_errors():
+        with spark_job_errors(), _without_pandas_3_warning():
             scored = (
                 self.spark.createDataFrame(chunk, schema)
                 .select(POSITION, self.udf(model_input).alias("scores"))
