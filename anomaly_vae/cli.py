@@ -20,9 +20,25 @@ from anomaly_vae.config import (
     Config,
     load_config,
 )
+from anomaly_vae.data.images import TORCHVISION_SETS
 from anomaly_vae.errors import AnomalyVAEError
 
 DEFAULTS = Config()
+# The torchvision sources DATA may name, as the help texts list them ("mnist:ROOT, ...
+# or kmnist:ROOT"), from the reader's own list so that --help names every one it accepts.
+_SOURCES = [f"{prefix}:ROOT" for prefix in TORCHVISION_SETS]
+TORCHVISION_SOURCES = f"{', '.join(_SOURCES[:-1])} or {_SOURCES[-1]}"
+
+
+def _help_names_torchvision_sources(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Put :data:`TORCHVISION_SOURCES` where the command's docstring says {torchvision}."""
+    command.__doc__ = (command.__doc__ or "").replace("{torchvision}", TORCHVISION_SOURCES)
+    return command
+
+
+def _counted(count: int, noun: str) -> str:
+    """``1 row``, ``2 rows``, ``1,000 images``: ``noun`` is the plural."""
+    return f"{count:,} {noun if count != 1 else noun.removesuffix('s')}"
 
 
 def _one_config_file(
@@ -150,6 +166,7 @@ def main(verbose: bool) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
+@_help_names_torchvision_sources
 def fit(
     data: str,
     config_file: Path | None,
@@ -169,7 +186,7 @@ def fit(
     log the run to MLflow.
 
     DATA is a CSV or Parquet table, a folder of images (one subfolder per class), or
-    a torchvision dataset under a local root: fashionmnist:ROOT, mnist:ROOT or kmnist:ROOT.
+    a torchvision dataset under a local root: {torchvision}.
     """
     from anomaly_vae.fitting import fit_source
 
@@ -315,6 +332,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
+@_help_names_torchvision_sources
 def score(
     data: str, model_ref: str | None, output: Path | None, maps: Path | None, quiet: bool
 ) -> None:
@@ -323,8 +341,7 @@ def score(
     is_anomaly.
 
     DATA is a CSV or Parquet table, a folder of images (flat, or one subfolder per
-    class), or fashionmnist:ROOT / mnist:ROOT / kmnist:ROOT (its test split); images get
-    one row each.
+    class), or {torchvision} (its test split); images get one row each.
     """
     from anomaly_vae.data.images import is_image_source, torchvision_source
     from anomaly_vae.outputs import OUTPUT_SUFFIXES
@@ -350,7 +367,7 @@ def score(
     share = 100 * flagged / max(len(scores), 1)
     unit = "images" if images_given else "rows"
     click.echo(
-        f"Scored {len(scores):,} {unit}; flagged {flagged:,} ({share:.2f}%) as anomalous "
+        f"Scored {_counted(len(scores), unit)}; flagged {flagged:,} ({share:.2f}%) as anomalous "
         f"({detector.calibration_['score']} > {detector.threshold_:.6g})."
     )
     click.echo(f"Scores written to {output}")
@@ -433,8 +450,8 @@ def batch(
     drift = drift_statistic(scores, detector.calibration_scores_)
     files = len(report.scored)
     click.echo(
-        f"Model {model_id}: scored {files} file{'' if files == 1 else 's'} ({report.rows:,} "
-        f"rows, {100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
+        f"Model {model_id}: scored {_counted(files, 'files')} ({_counted(report.rows, 'rows')}, "
+        f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
         f"already scored, {len(report.failed)} failed."
     )
     if report.rows:
@@ -515,6 +532,7 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
 )
 @_user_errors
+@_help_names_torchvision_sources
 def calibrate(
     data: str,
     model_ref: str | None,
@@ -535,7 +553,7 @@ def calibrate(
     or recall), or when the fit's held-out normal rows no longer stand for normal
     operation (--method quantile on recent normal rows the model did not train on).
     DATA is a CSV or Parquet table (labelled with --label-col), or images: a folder with
-    one subfolder per class, or fashionmnist:ROOT / mnist:ROOT (its test split), with
+    one subfolder per class, or {torchvision} (its test split), with
     --normal-class; for --method quantile also a flat folder of normal images. Figures
     on the rows that chose the threshold are optimistic; the false-positive rate on the
     fit's held-out normal rows (f1, recall) is not.

@@ -162,6 +162,14 @@ def run_score(root, data, output="out.csv", *extra):
         os.chdir(cwd)
 
 
+def test_scoring_one_row_says_row(project):
+    root, _ = project
+    pd.read_csv(root / "new.csv").head(1).to_csv(root / "one.csv", index=False)
+    result = run_score(root, "one.csv", "one_scores.csv")
+    assert result.exit_code == 0, result.output
+    assert "Scored 1 row; flagged" in result.output
+
+
 def test_reordered_and_extra_columns_score_the_same(project):
     root, _ = project
     new = pd.read_csv(root / "new.csv")
@@ -347,6 +355,11 @@ def test_help_documents_options_with_defaults(command):
         assert "--quiet" in text and "default: 100000" in text
     if command == ["config"]:
         assert "--config FILE" in text and "--set KEY=VALUE" in text
+    if command in (["fit"], ["score"], ["calibrate"]):
+        # Every torchvision source the reader accepts, from its own list.
+        from anomaly_vae.data.images import TORCHVISION_SETS
+
+        assert all(f"{prefix}:ROOT" in text for prefix in TORCHVISION_SETS), text
 
 
 @pytest.mark.parametrize("command", ["fit", "calibrate"])
