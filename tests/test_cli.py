@@ -170,6 +170,22 @@ def test_scoring_one_row_says_row(project):
     assert "Scored 1 row; flagged" in result.output
 
 
+def test_threads_option_sets_the_scoring_threads_and_keeps_the_scores(project):
+    import torch
+
+    root, _ = project
+    before = torch.get_num_threads()
+    try:
+        result = run_score(root, "new.csv", "one_thread.csv", "--threads", "1")
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert run_score(root, "new.csv", "default_threads.csv").exit_code == 0
+    one, default = pd.read_csv(root / "one_thread.csv"), pd.read_csv(root / "default_threads.csv")
+    np.testing.assert_allclose(one["score"], default["score"], rtol=1e-5)
+
+
 def test_reordered_and_extra_columns_score_the_same(project):
     root, _ = project
     new = pd.read_csv(root / "new.csv")
