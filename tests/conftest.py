@@ -3,6 +3,10 @@ and MLflow pointed at a temporary store so tests never touch ./mlruns."""
 
 from __future__ import annotations
 
+import runpy
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -93,3 +97,12 @@ def tracking_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return uri
+
+
+def run_pipeline_script(monkeypatch, name: str, *args: str) -> int | str | None:
+    """``python pipelines/NAME ARGS`` in this process; its exit code."""
+    script = Path(__file__).parents[1] / "pipelines" / name
+    monkeypatch.setattr(sys, "argv", [str(script), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    return exit_info.value.code

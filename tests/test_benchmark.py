@@ -34,7 +34,7 @@ from anomaly_vae.protocols import (
     t_clean_split,
     t_contaminated_split,
 )
-from tests.conftest import TINY, correlated_normal, planted_anomalies
+from tests.conftest import TINY, correlated_normal, planted_anomalies, run_pipeline_script
 
 FAST = [*TINY, "training.epochs=5"]  # our detector: seconds, not minutes
 BASELINES = ["iforest", "knn", "pca"]
@@ -688,30 +688,21 @@ def test_cli_protocols_are_the_runners():
     assert tuple(choices.type.choices) == PROTOCOLS
 
 
-def run_pipeline_script(monkeypatch, *args: str) -> int | str | None:
-    """``python pipelines/benchmark.py ARGS`` in this process; its exit code."""
-    script = Path(__file__).parents[1] / "pipelines" / "benchmark.py"
-    monkeypatch.setattr(sys, "argv", [str(script), *args])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(script), run_name="__main__")
-    return exit_info.value.code
-
-
 def test_pipeline_script_is_the_cli_command(table_dir, tmp_path, monkeypatch, capsys):
     """Its options, help and errors are those of `anomaly-vae benchmark`: no tracebacks."""
     base = ["--protocol", "t-clean", "--data-dir", str(table_dir), "--out", str(tmp_path / "o")]
-    assert run_pipeline_script(monkeypatch, *base, "--methods", "knn,nope") == 2
+    assert run_pipeline_script(monkeypatch, "benchmark.py", *base, "--methods", "knn,nope") == 2
     err = capsys.readouterr().err
     assert "Invalid value for '--methods': unknown method 'nope'; available: anomaly-vae" in err
     assert "Traceback" not in err and "Usage: python pipelines/benchmark.py [OPTIONS]" in err
     missing = ["--protocol", "t-clean", "--data-dir", str(tmp_path / "nowhere"), "--out", "o"]
-    assert run_pipeline_script(monkeypatch, *missing) == 2
+    assert run_pipeline_script(monkeypatch, "benchmark.py", *missing) == 2
     assert "'--data-dir': Directory" in capsys.readouterr().err
-    assert run_pipeline_script(monkeypatch, *base, "--seeds", "-1") == 2
+    assert run_pipeline_script(monkeypatch, "benchmark.py", *base, "--seeds", "-1") == 2
     assert "numbers must be >= 0" in capsys.readouterr().err
-    assert run_pipeline_script(monkeypatch, *base, "--datasets", "3_third") == 1
+    assert run_pipeline_script(monkeypatch, "benchmark.py", *base, "--datasets", "3_third") == 1
     assert "Error: no data set '3_third'" in capsys.readouterr().err
-    assert run_pipeline_script(monkeypatch, "--help") == 0
+    assert run_pipeline_script(monkeypatch, "benchmark.py", "--help") == 0
     help_text = " ".join(capsys.readouterr().out.split())
     cli_help = " ".join(CliRunner().invoke(main, ["benchmark", "--help"]).output.split())
     assert help_text.split("[OPTIONS]", 1)[1] == cli_help.split("[OPTIONS]", 1)[1]

@@ -1,8 +1,6 @@
 """The family pipeline: every suitable variant on the same splits, compared, the
 ensemble offered, the best kept and tracked as a parent run with child runs."""
 
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percent
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.family import fit_family, format_comparison, suitable_variants
 from anomaly_vae.models import available_models, get_model
-from tests.conftest import mixed_table, tiny_config
+from tests.conftest import mixed_table, run_pipeline_script, tiny_config
 
 
 def test_suitable_variants_follow_what_models_declare():
@@ -209,15 +207,6 @@ def test_a_family_of_one_variant_without_a_criterion_keeps_it(tmp_path):
     assert result.chosen == "cvae"
 
 
-def run_family_script(monkeypatch, *args: str) -> int | str | None:
-    """``python pipelines/family.py ARGS`` in this process; its exit code."""
-    script = Path(__file__).parents[1] / "pipelines" / "family.py"
-    monkeypatch.setattr(sys, "argv", [str(script), *args])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(script), run_name="__main__")
-    return exit_info.value.code
-
-
 def test_the_pipeline_script_is_fit_family(tmp_path, monkeypatch, capsys):
     """Its options, help and output are those of `anomaly-vae fit --family`."""
     from click.testing import CliRunner
@@ -230,7 +219,9 @@ def test_the_pipeline_script_is_fit_family(tmp_path, monkeypatch, capsys):
     mixed_table(300, seed=0).to_csv("train.csv", index=False)
     settings = [f"--set={item}" for item in (*TINY, "family.variants=[vae,beta-vae]")]
     args = ["train.csv", "--id-col", "reading_id", "--ignore-col", "vibration", *settings]
-    code = run_family_script(monkeypatch, *args, "--model-dir", "m", "--no-tracking", "--quiet")
+    code = run_pipeline_script(
+        monkeypatch, "family.py", *args, "--model-dir", "m", "--no-tracking", "--quiet"
+    )
     assert code == 0
     out = capsys.readouterr()
     assert (
@@ -239,12 +230,12 @@ def test_the_pipeline_script_is_fit_family(tmp_path, monkeypatch, capsys):
     assert out.err.split() == ["Training", "vae", "...", "Training", "beta-vae", "..."]
     assert "vibration" not in load_detector("m").preprocessor_.feature_names
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()  # --no-tracking
-    assert run_family_script(monkeypatch, "--help") == 0
+    assert run_pipeline_script(monkeypatch, "family.py", "--help") == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert help_text.startswith("Usage: python pipelines/family.py [OPTIONS] DATA")
     cli_help = " ".join(CliRunner().invoke(main, ["fit", "--help"]).output.split())
     options = cli_help.split("Options:", 1)[1]
     family_flag = options[options.index("--family") : options.index("--no-tracking")]
     assert help_text.split("Options:", 1)[1] == options.replace(family_flag, "")
-    assert run_family_script(monkeypatch, "train.csv", "--nope") == 2
+    assert run_pipeline_script(monkeypatch, "family.py", "train.csv", "--nope") == 2
     assert "No such option '--nope'" in capsys.readouterr().err
