@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 # (row indices (b,) into x_train, the loop's generator) -> the model's input of those rows
 BatchInput = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 LOSS_TERMS = ("loss", "reconstruction", "kl")
+PROGRESS_LINE_SECONDS = 60.0  # off a terminal, with progress on: a line this often
 
 
 @dataclass
@@ -107,6 +109,9 @@ def train(
         disable=True if not config.progress else None,
         mininterval=0.25,
     )
+    # Off a terminal (a log, a container) a long fit would say nothing for minutes.
+    progress_lines = config.progress and bar.disable
+    last_line = start
     for epoch in bar:
         model.on_epoch_start(epoch, epochs)
         model.train()
@@ -141,6 +146,14 @@ def train(
             val=f"{metrics['val_loss']:.3g}",
             kl=f"{metrics['val_kl']:.3g}",
         )
+        if progress_lines and time.perf_counter() - last_line >= PROGRESS_LINE_SECONDS:
+            last_line = time.perf_counter()
+            print(
+                f"training: epoch {epoch}/{epochs}, loss {metrics['train_loss']:.3g}, "
+                f"val {metrics['val_loss']:.3g} ({last_line - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
         if not model.schedule_finished:
             continue  # the objective is still changing: no model selection yet
         # An improvement must beat the best by a relative 1e-4, so noise does not reset patience.

@@ -238,3 +238,19 @@ def test_an_epoch_is_at_most_max_epoch_batches(cap, steps_per_epoch):
     config = TrainingConfig(epochs=2, batch_size=10, min_steps=0, patience=5, max_epoch_batches=cap)
     history = train(model, structured(model, 200), structured(model, 20), config)
     assert len(history.epochs) == 2 and steps == 2 * steps_per_epoch
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_fit_off_a_terminal_says_how_it_goes_in_lines(progress, capsys, monkeypatch):
+    """No bar is drawn off a terminal (pytest's stderr is not one): with progress on, a
+    line every PROGRESS_LINE_SECONDS (here, every epoch) says so instead."""
+    import anomaly_vae.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    model = build("vae")
+    config = TrainingConfig(epochs=3, batch_size=10, min_steps=0, patience=5, progress=progress)
+    train(model, structured(model, 60), structured(model, 20), config)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training:")]
+    assert len(lines) == (3 if progress else 0)
+    if progress:
+        assert lines[-1].startswith("training: epoch 3/3, loss ")
