@@ -254,3 +254,23 @@ def test_a_fit_off_a_terminal_says_how_it_goes_in_lines(progress, capsys, monkey
     assert len(lines) == (3 if progress else 0)
     if progress:
         assert lines[-1].startswith("training: epoch 3/3, loss ")
+
+
+@pytest.mark.parametrize("binary", ["none", "some", "all"])
+def test_the_likelihood_takes_each_feature_from_its_own_distribution(binary):
+    """-log p(x|z) = the Gaussian term for Gaussian features plus the cross-entropy of
+    the logits for Bernoulli ones, however the features are mixed."""
+    mask = {"none": [False] * 6, "some": [True, False] * 3, "all": [True] * 6}[binary]
+    model = get_model("vae")(
+        (6,), ModelConfig(hidden_dims=[8], latent_dim=2), torch.tensor(mask), 0
+    )
+    torch.manual_seed(0)
+    x = (torch.rand(5, 1, 6) > 0.5).float()
+    output = torch.randn(5, 3, 6)
+    logvar = model.log_variance()
+    gaussian = 0.5 * (math.log(2 * math.pi) + logvar + (x - output) ** 2 * torch.exp(-logvar))
+    bernoulli = torch.nn.functional.binary_cross_entropy_with_logits(
+        output, x.expand_as(output), reduction="none"
+    )
+    expected = torch.where(torch.tensor(mask), bernoulli, gaussian).sum(-1)
+    torch.testing.assert_close(model.reconstruction_nll(x, output), expected)

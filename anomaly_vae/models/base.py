@@ -292,9 +292,22 @@ class BaseVAE(nn.Module):
         x = x.expand_as(output)
         logvar = self.log_variance() if logvar is None else logvar
         gaussian = 0.5 * (LOG_2PI + logvar + (x - output) ** 2 * torch.exp(-logvar))
-        bernoulli = F.binary_cross_entropy_with_logits(output, x, reduction="none")
-        per_feature = torch.where(self.bernoulli_mask, bernoulli, gaussian)
+        per_feature = self._with_bernoulli_features(gaussian, output, x)
         return per_feature.flatten(start_dim=output.dim() - len(self.input_shape)).sum(-1)
+
+    def _with_bernoulli_features(self, gaussian: Tensor, output: Tensor, x: Tensor) -> Tensor:
+        """``gaussian`` (per-feature terms, ``(..., *input_shape)``) with the Bernoulli
+        features' cross-entropy of logits ``output`` and targets ``x`` in their place.
+
+        The cross-entropy is computed only when some feature is Bernoulli: computed and
+        masked away for Gaussian images, it took half their scoring time. (For tables,
+        which mix both, computing it for their binary features alone saved nothing.)
+        """
+        mask = self.bernoulli_mask
+        if not mask.any():
+            return gaussian
+        bernoulli = F.binary_cross_entropy_with_logits(output, x, reduction="none")
+        return bernoulli if mask.all() else torch.where(mask, bernoulli, gaussian)
 
     @staticmethod
     def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -362,8 +375,7 @@ class BaseVAE(nn.Module):
         make a row anomalous under the ELBO."""
         output = self.decode(self.latent_mean(x, condition), condition)
         gaussian = 0.5 * (x - output).pow(2) * torch.exp(-self.log_variance())
-        bernoulli = F.binary_cross_entropy_with_logits(output, x, reduction="none")
-        return torch.where(self.bernoulli_mask, bernoulli, gaussian)
+        return self._with_bernoulli_features(gaussian, output, x)
 
     @torch.no_grad()
     def scores(
