@@ -7,7 +7,8 @@ ignored with a warning, and a missing or mistyped column is a DataError.
 Feature layout of the matrix, per input column in schema order:
 - numeric: one scaled value, then (with missing indicators) one 0/1 "was missing";
 - categorical: one 0/1 feature per category seen in training (an unseen category
-  or an unseen missing value is all zeros, which the model has never seen).
+  or an unseen missing value is every category at once, which no training row is, and
+  is warned about; of a cvae's condition columns, no category: a context of its own).
 """
 
 from __future__ import annotations
