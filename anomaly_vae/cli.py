@@ -381,15 +381,15 @@ def score(
     check_data_kind(detector, data, images_given)
     if images_given:
         scores = score_images(data, detector, output, maps)
+        rows, flagged = len(scores), int(scores["is_anomaly"].sum())
     else:
         if maps is not None:
             raise click.UsageError("--maps is for image data")
-        scores = score_table(data, detector, output, progress=not quiet)
-    flagged = int(scores["is_anomaly"].sum())
-    share = 100 * flagged / max(len(scores), 1)
+        rows, flagged = score_table(data, detector, output, progress=not quiet)
+    share = 100 * flagged / max(rows, 1)
     unit = "images" if images_given else "rows"
     click.echo(
-        f"Scored {_counted(len(scores), unit)}; flagged {flagged:,} ({share:.2f}%) as anomalous "
+        f"Scored {_counted(rows, unit)}; flagged {flagged:,} ({share:.2f}%) as anomalous "
         f"({detector.calibration_['score']} > {detector.threshold_:.6g})."
     )
     click.echo(f"Scores written to {output}")

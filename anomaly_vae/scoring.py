@@ -9,19 +9,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from anomaly_vae.data import read_table
 from anomaly_vae.data.images import read_images
-from anomaly_vae.data.preprocessing import warnings_per_file
-from anomaly_vae.data.tables import PARQUET_SUFFIXES
+from anomaly_vae.data.tables import PARQUET_SUFFIXES, table_errors
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
-from anomaly_vae.outputs import atomic_output, identify_rows, refuse_overwriting_input
+from anomaly_vae.outputs import atomic_output, refuse_overwriting_input
 
-PROGRESS_CHUNK_ROWS = 50_000  # rows scored per step of the progress bar
+PROGRESS_CHUNK_ROWS = 50_000  # rows read and scored at a time: bounds memory; a progress step
 
 
 def load_detector(
@@ -98,28 +95,21 @@ def score_table(
     detector: VAEDetector | EnsembleDetector,
     output: str | Path,
     progress: bool = False,
-) -> pd.DataFrame:
+) -> tuple[int, int]:
     """Score every row of the file ``data``; write the result to ``output`` (CSV or Parquet).
 
-    The output appears whole or not at all: it is written to a temporary file in
-    the same folder and renamed into place. Returns the scores written. ``progress``
-    shows a bar over the rows on a terminal.
+    The file is read and scored ``PROGRESS_CHUNK_ROWS`` rows at a time, so memory does
+    not grow with it (as ``anomaly-vae batch`` does). The output appears whole or not at
+    all: it is written to a temporary file in the same folder and renamed into place.
+    Returns ``(rows scored, rows flagged)``. ``progress`` counts the rows on a terminal.
     """
-    refuse_overwriting_input(Path(output), Path(data))
-    frame = read_table(data)
-    starts = range(0, len(frame), PROGRESS_CHUNK_ROWS)
-    # disable=None: tqdm draws only on a terminal, so logs and pipes stay clean.
-    bar = tqdm(total=len(frame), desc="scoring", unit="row", disable=None if progress else True)
-    parts = []
-    with bar, warnings_per_file() as gathered:  # once per file, not per step
-        for start in starts:
-            parts.append(detector.score_frame(frame.iloc[start : start + PROGRESS_CHUNK_ROWS]))
-            bar.update(len(parts[-1]))
-    gathered.log(len(frame))
-    scores = pd.concat(parts)
-    identify_rows(scores, detector.effective_config.data.id_column)
-    write_atomic(scores, Path(output))
-    return scores
+    from anomaly_vae.batch import score_file
+
+    path = Path(data)
+    refuse_overwriting_input(Path(output), path)
+    with table_errors(path):
+        rows, flagged, _ = score_file(detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress)
+    return rows, flagged
 
 
 def score_images(

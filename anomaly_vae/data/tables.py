@@ -160,17 +160,28 @@ def read_table(path: str | Path) -> pd.DataFrame:
     has no data rows.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder; expected a CSV or Parquet file")
-    try:
+    with table_errors(path):
         if path.suffix.lower() in PARQUET_SUFFIXES:
             # Parquet can hold two columns of one name, which pyarrow reads as a riddle.
             refuse_repeated_names(parquet_column_names(path), where=str(path))
             frame = pd.read_parquet(path)
         else:
             frame = read_csv(path)
+    if frame.shape[0] == 0:
+        raise DataError(f"{path} has a header but no data rows")
+    return frame
+
+
+@contextlib.contextmanager
+def table_errors(path: Path) -> Iterator[None]:
+    """Around reading the table file ``path``: DataError, naming it, when it is missing,
+    a folder, empty, or not a readable CSV or Parquet file."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected a CSV or Parquet file")
+    try:
+        yield
     except DataError:
         raise
     except pd.errors.EmptyDataError as exc:
@@ -180,12 +191,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or _first_line(exc)}") from exc
     except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
-        if path.suffix.lower() in PARQUET_SUFFIXES:
+        if path.suffix.lower() in PARQUET_SUFFIXES and type(exc).__module__.startswith("pyarrow"):
             raise DataError(f"{path} is not a readable Parquet file: {_first_line(exc)}") from exc
         raise
-    if frame.shape[0] == 0:
-        raise DataError(f"{path} has a header but no data rows")
-    return frame
 
 
 def parquet_column_names(path: str | Path) -> list[str]:
