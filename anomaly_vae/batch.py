@@ -218,7 +218,7 @@ def score_file(
 
                 table = pa.Table.from_pandas(frame, preserve_index=False)
                 writer = writer or pq.ParquetWriter(temporary, table.schema)
-                writer.write_table(table)
+                writer.write_table(_as_schema(table, writer.schema, source, rows))
             else:
                 frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
             rows += len(frame)
@@ -231,6 +231,24 @@ def score_file(
             raise DataError(f"{source} has a header but no data rows")
     gathered.log(rows)
     return rows, flagged, np.concatenate(sample)
+
+
+def _as_schema(table: Any, schema: Any, source: Path, first_row: int) -> Any:
+    """``table`` (a chunk's scores, pyarrow) in the Parquet output's ``schema``, set by
+    the first chunk: a column typed otherwise in this chunk (an id column empty in all
+    its rows reads as floats) is cast; DataError when it cannot be."""
+    if table.schema.equals(schema):
+        return table
+    try:
+        return table.cast(schema)
+    except (ValueError, TypeError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid
+        # is a ValueError
+        changed = [f.name for f in table.schema if f.type != schema.field(f.name).type]
+        raise DataError(
+            f"{source}: column {', '.join(map(repr, changed))} holds other types from row "
+            f"{first_row + 1} on than before (empty in all earlier rows?), which a Parquet "
+            "output cannot hold; write CSV"
+        ) from exc
 
 
 def run_batch(

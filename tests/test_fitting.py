@@ -68,3 +68,24 @@ def test_parquet_in_and_out_without_id_gives_row_numbers(tmp_path, monkeypatch):
     monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 70)
     score_table(tmp_path / "train.parquet", detector, tmp_path / "steps.parquet", progress=True)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "steps.parquet"), scores)
+
+
+def test_parquet_output_holds_an_id_column_empty_in_a_later_part(tmp_path, monkeypatch):
+    """Scored in parts, an id column empty in every row of a later part reads as floats
+    there; the Parquet output keeps the first part's type. The other way round (empty
+    first) cannot be written, and says so."""
+    config = tiny_config("tracking.enabled=false", "data.id_column=reading_id")
+    mixed_table(300, seed=0).drop(columns="is_fault").to_csv(tmp_path / "train.csv", index=False)
+    fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    detector = load_detector(None, project_dir=tmp_path)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 60)
+    new = mixed_table(120, seed=1).drop(columns="is_fault")
+    new.loc[60:, "reading_id"] = None
+    new.to_csv(tmp_path / "new.csv", index=False)
+    assert score_table(tmp_path / "new.csv", detector, tmp_path / "new.parquet")[0] == 120
+    ids = pd.read_parquet(tmp_path / "new.parquet")["reading_id"]
+    assert ids.iloc[0] == new["reading_id"].iloc[0] and ids.iloc[60:].isna().all()
+    pd.concat([new.iloc[60:], new.iloc[:60]]).to_csv(tmp_path / "empty_first.csv", index=False)
+    with pytest.raises(DataError, match=r"column 'reading_id' holds other types from row 61"):
+        score_table(tmp_path / "empty_first.csv", detector, tmp_path / "empty_first.parquet")
+    assert not (tmp_path / "empty_first.parquet").exists()
