@@ -149,9 +149,15 @@ class Ledger:
 
 @contextlib.contextmanager
 def output_lock(folder: Path) -> Iterator[None]:
-    """Hold the output folder's lock for the duration; BatchLockedError if taken."""
+    """Hold the output folder's lock for the duration; BatchLockedError if taken.
+
+    A folder it created is removed again when the run fails before writing anything
+    into it (a mistyped --model leaves no empty output folder behind).
+    """
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    with (folder / LOCK_FILE).open("a") as handle:
+    lock = folder / LOCK_FILE
+    with lock.open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -160,6 +166,11 @@ def output_lock(folder: Path) -> Iterator[None]:
             ) from exc
         try:
             yield
+        except BaseException:
+            if created and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                lock.unlink()
+                folder.rmdir()
+            raise
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -134,6 +134,15 @@ def test_a_second_run_on_the_same_output_folder_exits(model_dir, tmp_path):
     assert not (out / "a.csv").exists()
 
 
+def test_a_run_that_fails_before_scoring_leaves_no_output_folder(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "new" / "out"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "a.csv", index=False)
+    result = batch(tmp_path / "no-such-model", inputs, out)  # a mistyped --model
+    assert result.exit_code == 1 and "no-such-model" in result.output
+    assert not out.exists()
+
+
 def test_killed_mid_file_and_restarted_every_row_exactly_once(model_dir, tmp_path):
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
