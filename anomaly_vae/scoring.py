@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from anomaly_vae.batch import score_file
 from anomaly_vae.data.images import read_images
 from anomaly_vae.data.tables import PARQUET_SUFFIXES, table_errors
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
@@ -103,8 +104,6 @@ def score_table(
     all: it is written to a temporary file in the same folder and renamed into place.
     Returns ``(rows scored, rows flagged)``. ``progress`` counts the rows on a terminal.
     """
-    from anomaly_vae.batch import score_file
-
     path = Path(data)
     refuse_overwriting_input(Path(output), path)
     with table_errors(path):

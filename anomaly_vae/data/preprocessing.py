@@ -328,6 +328,23 @@ class TablePreprocessor:
 
 
 @dataclass
+class UnseenValues:
+    """Values of one column not seen in training, over the parts of one file."""
+
+    values: dict[Any, None] = field(default_factory=dict)  # in order of appearance
+    rows: dict[int, int] = field(default_factory=dict)  # id(model) -> rows: per model,
+    # as each model of an ensemble sees the same rows
+
+    def add(self, unseen: list[Any], rows: int, model: object) -> None:
+        self.values.update(dict.fromkeys(unseen))
+        self.rows[id(model)] = self.rows.get(id(model), 0) + rows
+
+    @property
+    def row_count(self) -> int:
+        return max(self.rows.values())
+
+
+@dataclass
 class GatheredWarnings:
     """What :meth:`TablePreprocessor.transform` found worth a warning, over every part
     of one file scored within :func:`warnings_per_file`."""
@@ -335,26 +352,19 @@ class GatheredWarnings:
     extra_columns: dict[str, None] = field(default_factory=dict)  # in order of appearance
     numeric_columns: dict[str, None] = field(default_factory=dict)
     filled_columns: set[str] = field(default_factory=set)  # numeric, a value in some row
-    unseen_conditions: dict[str, dict[Any, None]] = field(default_factory=dict)  # values
-    unseen_condition_rows: dict[tuple[str, int], int] = field(default_factory=dict)  # (column,
-    # model): rows; per model, as each model of an ensemble sees the same rows
+    unseen_conditions: dict[str, UnseenValues] = field(default_factory=dict)  # by column
     known_conditions: dict[str, list[str]] = field(default_factory=dict)
-    unseen_categories: dict[str, dict[Any, None]] = field(default_factory=dict)  # values
-    unseen_category_rows: dict[tuple[str, int], int] = field(default_factory=dict)  # as above
+    unseen_categories: dict[str, UnseenValues] = field(default_factory=dict)  # by column
 
     def add_unseen_category(self, name: str, unseen: list[Any], rows: int, owner: object) -> None:
         """Note ``rows`` rows of one part whose category in ``name`` ``owner`` never saw."""
-        self.unseen_categories.setdefault(name, {}).update(dict.fromkeys(unseen))
-        key = (name, id(owner))
-        self.unseen_category_rows[key] = self.unseen_category_rows.get(key, 0) + rows
+        self.unseen_categories.setdefault(name, UnseenValues()).add(unseen, rows, owner)
 
     def add_unseen_condition(
         self, name: str, unseen: list[Any], rows: int, known: list[str], model: object
     ) -> None:
         """Note ``rows`` rows of one part whose condition ``name`` was unseen by ``model``."""
-        self.unseen_conditions.setdefault(name, {}).update(dict.fromkeys(unseen))
-        key = (name, id(model))
-        self.unseen_condition_rows[key] = self.unseen_condition_rows.get(key, 0) + rows
+        self.unseen_conditions.setdefault(name, UnseenValues()).add(unseen, rows, model)
         self.known_conditions[name] = known
 
     def log(self, rows: int) -> None:
@@ -364,12 +374,12 @@ class GatheredWarnings:
         for name in self.numeric_columns:
             if name not in self.filled_columns and rows > 1:
                 _warn_empty_column(name, rows)
-        for name, values in self.unseen_conditions.items():
-            counts = [n for (column, _), n in self.unseen_condition_rows.items() if column == name]
-            warn_unseen_condition(name, list(values), max(counts), self.known_conditions[name])
-        for name, values in self.unseen_categories.items():
-            counts = [n for (column, _), n in self.unseen_category_rows.items() if column == name]
-            warn_unseen_category(name, list(values), max(counts))
+        for name, seen in self.unseen_conditions.items():
+            warn_unseen_condition(
+                name, list(seen.values), seen.row_count, self.known_conditions[name]
+            )
+        for name, seen in self.unseen_categories.items():
+            warn_unseen_category(name, list(seen.values), seen.row_count)
 
 
 _GATHERED: ContextVar[GatheredWarnings | None] = ContextVar("gathered_warnings", default=None)
