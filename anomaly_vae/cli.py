@@ -149,8 +149,9 @@ def main(verbose: bool) -> None:
 )
 @click.option(
     "--normal-class",
-    help="Images: the normal class (a class folder name or index). The other classes are "
-    "anomalies used only for evaluation.",
+    help="Images: the normal class (a class folder name or index), or several separated "
+    "by commas (a,b), which a cvae is conditioned on. The other classes are anomalies "
+    "used only for evaluation.",
 )
 @click.option(
     "--eval",
@@ -524,7 +525,11 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     help="Tables whose label column holds text: the value that marks an anomaly "
     "[default: the model's data.anomaly_label, else 0/1 labels].",
 )
-@click.option("--normal-class", help="Images: the normal class; the other classes are anomalies.")
+@click.option(
+    "--normal-class",
+    help="Images: the normal class, or several separated by commas; the other classes "
+    "are anomalies.",
+)
 @click.option(
     "--method",
     type=click.Choice((*LABELLED_THRESHOLD_METHODS, QUANTILE_THRESHOLD)),
@@ -672,7 +677,8 @@ def calibrate(
     metavar="COLUMN=VALUE",
     help="generate (and manifold) with a conditional model: the condition, e.g. "
     "--condition machine=press "
-    "(tables, repeat per condition column) or --condition class=3 (images).",
+    "(tables, repeat per condition column) or --condition class=NAME (images: a trained "
+    "normal class, by name or index).",
 )
 @click.option(
     "--log", "log_to_run", is_flag=True, help="Also log the views to the model's MLflow run."

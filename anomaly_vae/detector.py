@@ -285,7 +285,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         ``X`` is a table (DataFrame or ``(n, d)`` array) or images (``(n, C, H, W)`` or
         ``(n, H, W)`` array, uint8 pixels or floats in [0, 1]). Conditional models take
         their condition from ``config.data.condition_columns`` for tables and from
-        ``condition`` (``(n,)`` class indices) for images. The rows are split (seeded)
+        ``condition`` for images: ``(n,)`` class names (the classes are the distinct
+        names, in sorted order) or class indices 0 to K - 1. The rows are split (seeded)
         into training, validation (early stopping) and calibration (threshold) parts.
         ``on_epoch(epoch, losses)`` is called after every epoch. Id and label columns
         named in ``config.data`` are not features.
@@ -331,15 +332,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 X, model_class.image_side_multiple(config.model)
             )
             self.condition_classes_ = 0
-            if model_class.uses_condition and condition is None:
-                # Without one it would train as a plain VAE under a conditional name.
-                raise DataError(
-                    f"{config.model.name} scores an image given its class, and none was "
-                    "given: in Python, fit(images, condition=classes); `anomaly-vae fit` "
-                    "trains on one normal class, so use model.name=vae or conv-vae there"
-                )
+            self.condition_names_: list[str] = []
             if model_class.uses_condition:
-                self.condition_classes_ = int(np.max(condition)) + 1
+                self._set_image_classes(config.model.name, condition, len(X))
         else:
             frame = as_frame(X)
             self.preprocessor_ = TablePreprocessor(config.data).fit(frame)
@@ -398,6 +393,65 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self.score_name_ = score
         return self.threshold_from_normal_scores(calibration[score], config.calibration.target_fpr)
 
+    def _set_image_classes(self, model_name: str, condition: Any, n: int) -> None:
+        """The classes of a conditional image model, from the training images' ``condition``."""
+        if condition is None:
+            # Without one it would train as a plain VAE under a conditional name.
+            raise DataError(
+                f"{model_name} scores an image given its class, and none was given: in "
+                "Python, fit(images, condition=classes); with `anomaly-vae fit`, name two "
+                "or more normal classes (--normal-class a,b)"
+            )
+        values = np.asarray(condition)
+        if values.shape != (n,):
+            raise DataError(f"condition needs one class per image ({n}), got shape {values.shape}")
+        if pd.isna(values).any():
+            raise DataError("every training image needs its class; some have none")
+        if values.dtype.kind in "iu":
+            if values.min() < 0:
+                raise DataError("image class indices start at 0")
+            self.condition_names_ = [str(i) for i in range(int(values.max()) + 1)]
+        else:
+            self.condition_names_ = sorted({str(v) for v in pd.unique(values)})
+        self.condition_classes_ = len(self.condition_names_)
+
+    def _class_indices(self, condition: Any, n: int) -> np.ndarray:
+        """``(n,)`` int64 class index of every image, -1 where unknown: ``condition`` None,
+        -1, or a name not among ``condition_names_``."""
+        if condition is None:
+            return np.full(n, -1, dtype=np.int64)
+        values = np.asarray(condition)
+        if values.ndim == 0:
+            values = np.full(n, values)
+        if values.shape != (n,):
+            raise DataError(f"condition needs one class per image ({n}), got shape {values.shape}")
+        if values.dtype.kind in "iu":
+            if values.min(initial=0) < -1 or values.max(initial=0) >= self.condition_classes_:
+                raise DataError(
+                    f"image classes must be in 0..{self.condition_classes_ - 1} (-1: unknown)"
+                )
+            return values.astype(np.int64)
+        names = pd.Series(values, dtype=object).map(str, na_action="ignore")
+        return pd.Index(self.condition_names_).get_indexer(names).astype(np.int64)
+
+    def _image_conditions(self, features: np.ndarray, condition: Any) -> np.ndarray | None:
+        """``(n, K)`` one-hot class of every image for a conditional image model (None for
+        other models). An image of unknown class is given the class under which its
+        negative ELBO is lowest: it is as normal as the class that explains it best."""
+        if not self.condition_classes_:
+            return None
+        classes = np.eye(self.condition_classes_, dtype=np.float32)
+        indices = self._class_indices(condition, len(features))
+        unknown = np.flatnonzero(indices < 0)
+        if len(unknown):
+            elbos = [
+                self._model_scores(features[unknown], np.repeat(one_hot[None], len(unknown), 0))
+                for one_hot in classes
+            ]
+            stacked = np.stack([elbo["negative_elbo"] for elbo in elbos], axis=1)
+            indices[unknown] = np.argmin(np.nan_to_num(stacked, nan=np.inf), axis=1)
+        return classes[indices]
+
     def _latent_reference(
         self, features: np.ndarray, conditions: np.ndarray | None, train_rows: np.ndarray
     ) -> LatentNeighbours:
@@ -453,14 +507,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """``(features (n, *input_shape) float32, condition (n, c) float32 or None)``."""
         if self.data_kind_ == "image":
             features = self.preprocessor_.transform(X)
-            if not self.condition_classes_:
-                return features, None
-            if condition is None:
-                raise DataError("this conditional model needs the class of every image")
-            labels = np.asarray(condition, dtype=np.int64)
-            if labels.min() < 0 or labels.max() >= self.condition_classes_:
-                raise DataError(f"image classes must be in 0..{self.condition_classes_ - 1}")
-            return features, np.eye(self.condition_classes_, dtype=np.float32)[labels]
+            return features, self._image_conditions(features, condition)
         frame = as_frame(X)
         self._refuse_other_kind_of_table(X, frame)
         features = self.preprocessor_.transform(frame)
@@ -527,6 +574,17 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self, features: np.ndarray, conditions: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """All scores of preprocessed rows, in batches; each ``(n,)`` float64."""
+        scores = self._model_scores(features, conditions)
+        neighbours = getattr(self, "latent_neighbours_", None)
+        if neighbours is not None:
+            latents = torch.from_numpy(self._latent_means(features, conditions))
+            scores |= neighbours.scores(scores["negative_elbo"], neighbours.distance(latents))
+        return scores
+
+    def _model_scores(
+        self, features: np.ndarray, conditions: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
+        """The model's own scores of preprocessed rows, in batches; each ``(n,)`` float64."""
         cfg = self.effective_config.scoring
         if getattr(self, "_noise", None) is None:
             self._noise = scoring_noise(
@@ -544,15 +602,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
-        scores = {
+        return {
             name: np.concatenate(values) if values else np.empty(0)
             for name, values in parts.items()
         }
-        neighbours = getattr(self, "latent_neighbours_", None)
-        if neighbours is not None:
-            latents = torch.from_numpy(self._latent_means(features, conditions))
-            scores |= neighbours.scores(scores["negative_elbo"], neighbours.distance(latents))
-        return scores
 
     def _batch_rows(self) -> int:
         """Rows per scoring pass: ``scoring.batch_size``, fewer for wide inputs."""
@@ -631,13 +684,21 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Expected reconstructions in model input units, ``(n, *input_shape)`` float32."""
         return self._batched(self.model_.reconstruct, X, condition)
 
-    def condition_vector(self, values: dict[str, Any] | int) -> np.ndarray:
+    def condition_vector(self, values: dict[str, Any] | int | str) -> np.ndarray:
         """The ``(c,)`` condition of a conditional model: from ``{column: value}`` for
-        tables (the ``data.condition_columns``), or a class index for images."""
+        tables (the ``data.condition_columns``), or a class name or index for images."""
         if not self.model_.condition_dim:
             raise DataError("this model takes no condition")
         if self.data_kind_ == "image":
-            return np.eye(self.condition_classes_, dtype=np.float32)[int(values)]
+            if isinstance(values, dict):
+                raise DataError("an image model's condition is its class: give class=NAME")
+            index = self._class_indices(np.array([values]), 1)[0]
+            if index < 0:
+                raise DataError(
+                    f"class {values!r} was not seen in training; known classes: "
+                    f"{', '.join(self.condition_names_)}"
+                )
+            return np.eye(self.condition_classes_, dtype=np.float32)[index]
         missing = set(self.effective_config.data.condition_columns) - set(values)
         if missing:
             raise DataError(f"give a value for every condition column; missing: {sorted(missing)}")
@@ -682,6 +743,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             "condition_dim": self.model_.condition_dim,
             "data_kind": self.data_kind_,
             "condition_classes": getattr(self, "condition_classes_", 0),
+            "condition_names": getattr(self, "condition_names_", []),
             "schema": self.preprocessor_.to_dict(),
             "feature_names_in": (
                 None
@@ -756,6 +818,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if detector.data_kind_ == "image":
             detector.preprocessor_ = ImagePreprocessor.from_dict(document["schema"])
             detector.condition_classes_ = document["condition_classes"]
+            detector.condition_names_ = document.get("condition_names") or [
+                str(i) for i in range(detector.condition_classes_)
+            ]
         else:
             detector.preprocessor_ = TablePreprocessor.from_dict(document["schema"], config.data)
             detector.n_features_in_ = len(detector.preprocessor_.columns)

@@ -38,17 +38,24 @@ class EnsembleDetector(ThresholdedScores):
 
     @classmethod
     def from_members(
-        cls, members: dict[str, VAEDetector], train: pd.DataFrame | np.ndarray
+        cls,
+        members: dict[str, VAEDetector],
+        train: pd.DataFrame | np.ndarray,
+        condition: np.ndarray | None = None,
     ) -> EnsembleDetector:
-        """Build from members fit on the same ``train`` data with the same split."""
+        """Build from members fit on the same ``train`` data (``condition``: the images'
+        classes, as the members were given them) with the same split."""
         first = next(iter(members.values()))
         validation, calibration = (first.split_rows_[k] for k in ("validation", "calibration"))
+
+        def part(rows: np.ndarray) -> tuple[pd.DataFrame | np.ndarray, np.ndarray | None]:
+            return take_rows(train, rows), None if condition is None else condition[rows]
+
         references = {
-            name: member.anomaly_score(take_rows(train, validation))
-            for name, member in members.items()
+            name: member.anomaly_score(*part(validation)) for name, member in members.items()
         }
         ensemble = cls(members, references)
-        calibration_scores = ensemble.anomaly_score(take_rows(train, calibration))
+        calibration_scores = ensemble.anomaly_score(*part(calibration))
         target = first.effective_config.calibration.target_fpr
         ensemble.threshold_from_normal_scores(calibration_scores, target)
         ensemble.n_training_rows_ = dict(first.n_training_rows_)
@@ -71,7 +78,9 @@ class EnsembleDetector(ThresholdedScores):
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
         """Each member's configured score (``score_<name>``) and the ensemble's."""
-        scores = {f"score_{name}": m.anomaly_score(X) for name, m in self.members.items()}
+        scores = {
+            f"score_{name}": m.anomaly_score(X, condition) for name, m in self.members.items()
+        }
         percentiles = [
             reference_percentile(self.references[name], scores[f"score_{name}"])
             for name in self.members

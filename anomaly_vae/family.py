@@ -67,10 +67,14 @@ class FamilyResult(FitResult):
     seconds: float = 0.0
 
 
-def suitable_variants(config: Config, data_kind: str) -> list[str]:
-    """Registry names that suit the data: the right data kind, and a condition
-    configured for conditional variants (images: never, from the CLI)."""
-    has_condition = data_kind == "table" and bool(config.data.condition_columns)
+def suitable_variants(config: Config, data_kind: str, image_classes: int = 0) -> list[str]:
+    """Registry names that suit the data: the right data kind, and for conditional
+    variants a condition: ``data.condition_columns`` for tables, two or more normal
+    classes (``image_classes``) for images."""
+    if data_kind == "table":
+        has_condition = bool(config.data.condition_columns)
+    else:
+        has_condition = image_classes >= 2
     names = config.family.variants or available_models()
     unknown = [n for n in names if n not in available_models()]
     if unknown:
@@ -102,7 +106,8 @@ def fit_family(
     data = load_training_data(source, config, eval_source, normal_class)
     check_threshold_labels(config, data)
     kind = "image" if isinstance(data.train, np.ndarray) and data.train.ndim >= 3 else "table"
-    names = suitable_variants(config, kind)
+    classes = 0 if data.train_condition is None else len(set(data.train_condition))
+    names = suitable_variants(config, kind, classes)
     if not names:
         raise ConfigError(f"no variant in family.variants suits {kind} data")
     select_by = config.family.select_by
@@ -187,7 +192,7 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
         progress(name)
     config = variant_config(config, name)
     start = time.perf_counter()
-    detector = VAEDetector(config.detector_config()).fit(data.train)
+    detector = VAEDetector(config.detector_config()).fit(data.train, condition=data.train_condition)
     seconds = time.perf_counter() - start
     criterion = math.nan
     if not get_model(name).uses_condition:
@@ -201,7 +206,7 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
 def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
     start = time.perf_counter()
     members = {c.name: c.detector for c in candidates}
-    ensemble = EnsembleDetector.from_members(members, data.train)
+    ensemble = EnsembleDetector.from_members(members, data.train, data.train_condition)
     seconds = time.perf_counter() - start + sum(c.seconds for c in candidates)
     config = copy.deepcopy(candidates[0].config)
     config.model.name = ENSEMBLE

@@ -18,6 +18,7 @@ from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import is_image_source, read_images
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
+from anomaly_vae.models import get_model
 from anomaly_vae.training import EpochCallback
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,10 @@ class TrainingData:
     evaluation_labels: np.ndarray | None = None  # (m,) bool, True = anomaly
     excluded_anomalies: int = 0  # labelled anomalies kept out of training
     names: list[str] | None = None  # image names of `evaluation`, for reports
+    # Images: the class name of every image of `train` / `evaluation` (n,), the condition
+    # of a conditional model; None for tables, whose conditions are columns.
+    train_condition: np.ndarray | None = None
+    evaluation_condition: np.ndarray | None = None
     sources: dict[str, str] = field(default_factory=dict)  # "data"/"eval_data": where read
 
     def has_evaluation(self) -> bool:
@@ -65,10 +70,10 @@ def load_training_data(
     Tables: with ``config.data.label_column``, rows labelled 1 never reach training;
     they and a held-out ``config.evaluation.fraction`` of the normal rows are the
     evaluation set, to which every row of ``eval_source`` is added.
-    Images: ``normal_class`` names the normal class. For a torchvision dataset the
-    training split's normal images are trained on and the whole test split evaluates
-    (other classes = anomalies); for a folder, the other classes and a held-out
-    fraction of the normal class evaluate.
+    Images: ``normal_class`` names the normal class, or several separated by commas
+    (``"bag,coat"``). For a torchvision dataset the training split's normal images are
+    trained on and the whole test split evaluates (other classes = anomalies); for a
+    folder, the other classes and a held-out fraction of the normal classes evaluate.
     """
     if is_image_source(source):
         data = _load_images(str(source), config, normal_class)
@@ -114,23 +119,27 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
         if len(images.classes) > 1:
             raise DataError(
                 f"{source} has classes {', '.join(images.classes)}: name the normal one "
-                "with --normal-class"
+                "with --normal-class (several: --normal-class a,b)"
             )
         normal_class = images.classes[0]
-    normal = images.class_index(str(normal_class))
-    is_anomaly = images.labels != normal
+    normal = images.class_indices(str(normal_class))
+    _check_conditional_classes(config, [images.classes[i] for i in normal])
+    is_anomaly = ~np.isin(images.labels, normal)
+    classes = images.label_names()
     if ":" in source and not Path(source).exists():  # a torchvision dataset: use its test split
         test = read_images(source, train=False, size=config.data.image_size)
         train_rows = np.flatnonzero(~is_anomaly)
         return TrainingData(
             images.images[train_rows],
             test.images,
-            test.labels != normal,
+            ~np.isin(test.labels, normal),
             excluded_anomalies=int(is_anomaly.sum()),
             names=test.names,
+            train_condition=classes[train_rows],
+            evaluation_condition=test.label_names(),
         )
     if not is_anomaly.any():
-        return TrainingData(images.images)
+        return TrainingData(images.images, train_condition=classes)
     train_rows, eval_rows = _hold_out(is_anomaly, config)
     return TrainingData(
         images.images[train_rows],
@@ -138,7 +147,19 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
         is_anomaly[eval_rows],
         excluded_anomalies=int(is_anomaly.sum()),
         names=[images.names[i] for i in eval_rows],
+        train_condition=classes[train_rows],
+        evaluation_condition=classes[eval_rows],
     )
+
+
+def _check_conditional_classes(config: Config, normal_classes: list[str]) -> None:
+    """A conditional image model learns p(image | class): refuse it one class to learn."""
+    if get_model(config.model.name).uses_condition and len(normal_classes) < 2:
+        raise DataError(
+            f"{config.model.name} models an image given its class and needs two or more "
+            f"normal classes (--normal-class a,b); {', '.join(normal_classes) or 'the folder'} "
+            "alone is one: use model.name=vae"
+        )
 
 
 def _hold_out(is_anomaly: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +194,7 @@ def calibrate_and_evaluate(detector: Any, data: TrainingData) -> dict[str, Any] 
         return None
     settings = detector.effective_config.calibration
     chosen_here = settings.method in LABELLED_THRESHOLD_METHODS
-    scores = detector.anomaly_score(data.evaluation)
+    scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
     if chosen_here:
         detector.threshold_from_scores(
             data.evaluation_labels, scores, settings.method, settings.target_recall
@@ -203,7 +224,9 @@ def fit_source(
         from anomaly_vae import tracking  # MLflow import is slow; only when tracking
 
         tracking.check_store(config.tracking.experiment, project_dir)
-    detector = VAEDetector(config.detector_config()).fit(data.train, on_epoch=on_epoch)
+    detector = VAEDetector(config.detector_config()).fit(
+        data.train, condition=data.train_condition, on_epoch=on_epoch
+    )
     evaluation = calibrate_and_evaluate(detector, data)
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)

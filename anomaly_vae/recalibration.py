@@ -51,8 +51,9 @@ def labelled_data(
 
     Tables: ``label_column`` (1 = anomaly, or the rows holding ``anomaly_label``, by
     default the model's ``data.anomaly_label``). Images: classes other than
-    ``normal_class`` are anomalies. Without ``labels_required`` a table without
-    ``label_column``, or a flat folder of images, is all normal rows.
+    ``normal_class`` (one, or several separated by commas) are anomalies. Without
+    ``labels_required`` a table without ``label_column``, or a flat folder of images, is
+    all normal rows.
     """
     check_data_kind(detector, source, is_image_source(source))
     if is_image_source(source):
@@ -63,9 +64,17 @@ def labelled_data(
                 "--normal-class names the normal class of the images"
                 + ("" if labels_required else " (or give a flat folder of normal images)")
             )
-        normal = 0 if normal_class is None else images.class_index(str(normal_class))
-        labels = images.labels != normal
-        return TrainingData(images.images, images.images, labels, names=images.names)
+        normal = [0] if normal_class is None else images.class_indices(str(normal_class))
+        labels = ~np.isin(images.labels, normal)
+        classes = images.label_names()
+        return TrainingData(
+            images.images,
+            images.images,
+            labels,
+            names=images.names,
+            train_condition=classes,
+            evaluation_condition=classes,
+        )
     if label_column is None and labels_required:
         raise DataError("--label-col names the column of 0 (normal) and 1 (anomaly) labels")
     frame = read_table(source)
@@ -120,7 +129,7 @@ def calibrate_model(
         labels = data.evaluation_labels
         if labels.all():
             raise DataError(f"{source} has no normal rows to take the quantile of")
-        scores = detector.anomaly_score(data.evaluation)
+        scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr)
         settings.target_fpr = detector.calibration_["target_fpr"]

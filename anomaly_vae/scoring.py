@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -18,6 +19,8 @@ from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
 from anomaly_vae.outputs import atomic_output, refuse_overwriting_input
+
+logger = logging.getLogger(__name__)
 
 PROGRESS_CHUNK_ROWS = 50_000  # rows read and scored at a time: bounds memory; a progress step
 
@@ -124,16 +127,41 @@ def score_images(
     brighter = worse reconstructed (single-model detectors only).
     """
     images = read_images(source, train=False, size=detector.effective_config.data.image_size)
-    scores = detector.score_frame(images.images)
+    classes = images.label_names()
+    _warn_unknown_classes(detector, classes)
+    scores = detector.score_frame(images.images, classes)
     scores.insert(0, "image", images.names)
     if len(images.classes) > 1:
         scores.insert(1, "class", [images.classes[i] for i in images.labels])
     if maps_dir is not None:
         if not isinstance(detector, VAEDetector):
             raise DataError("anomaly maps need a single model, not an ensemble")
-        save_anomaly_maps(detector.anomaly_map(images.images), images.names, Path(maps_dir))
+        maps = detector.anomaly_map(images.images, classes)
+        save_anomaly_maps(maps, images.names, Path(maps_dir))
     write_atomic(scores, Path(output))
     return scores
+
+
+def _warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.ndarray) -> None:
+    """A conditional image model scores an image given its class (its subfolder, or its
+    torchvision label); say which images it had no such class for."""
+    members = getattr(detector, "members", {"model": detector}).values()
+    known = {name for member in members for name in getattr(member, "condition_names_", [])}
+    if not known:
+        return
+    names = pd.Series(classes, dtype=object).astype(str)
+    unknown = names[~names.isin(known)].value_counts(sort=False)
+    if len(unknown):
+        named = ", ".join(f"{name or '(no class folder)'}: {n}" for name, n in unknown.items())
+        logger.warning(
+            "%d of %d images are not of a class the conditional model was trained on (%s); "
+            "each is scored given the trained class that explains it best (lowest "
+            "negative ELBO). Trained classes: %s",
+            int(unknown.sum()),
+            len(classes),
+            named,
+            ", ".join(sorted(known)),
+        )
 
 
 def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[Path]:

@@ -102,15 +102,13 @@ def _require_rows(X: Any, view: str, needed: int = 2) -> None:
         raise DataError(f"the {view} view needs at least {needed} rows of DATA, got {len(X)}")
 
 
-def _row_conditions(detector: Any, X: Any, rows: np.ndarray, view: str) -> np.ndarray | None:
+def _row_conditions(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
     """The conditions ``(len(rows), c)`` of the chosen rows of X for a conditional model
     (None for other models): the views of a conditional model decode for the data's own
-    conditions, as the decoder cannot run without one."""
+    conditions, as the decoder cannot run without one. An image's class is not part of
+    the image: it is the trained class that explains the image best."""
     if not detector.model_.condition_dim:
         return None
-    if _is_image(detector):
-        # An image's class is not part of the image: the view has no way to know it.
-        raise DataError(f"the {view} view of a conditional image model needs image classes")
     return detector._model_input(_take(X, rows))[1]
 
 
@@ -282,7 +280,7 @@ def manifold(
         if condition is None and X is None:
             raise DataError("a conditional model's manifold needs a condition: pass DATA")
         if condition is None:
-            condition = _row_conditions(detector, X, np.array([0]), "manifold")[0]
+            condition = _row_conditions(detector, X, np.array([0]))[0]
         cond = np.repeat(np.asarray(condition, np.float32).reshape(1, -1), len(grid), axis=0)
     decoded = _decode(detector, z, None if cond is None else torch.from_numpy(cond))
     span = f"[-{extent:g}, {extent:g}]" + ("^2" if len(directions) > 1 else " along z[0]")
@@ -318,7 +316,7 @@ def traversal(
     conditional model decodes for the first row's condition)."""
     _require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
-    first = _row_conditions(detector, X, np.array([0]), "traversal")
+    first = _row_conditions(detector, X, np.array([0]))
     base = detector.encode(_take(X, np.array([0])))[0]
     k = min(dimensions, len(base))
     values = np.linspace(-extent, extent, steps, dtype=np.float32)
@@ -359,7 +357,7 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
     _require_continuous(detector, "interpolation")
     _require_rows(X, "interpolation")
     pair = np.array([0, 1])
-    conditions = _row_conditions(detector, X, pair, "interpolation")
+    conditions = _row_conditions(detector, X, pair)
     ends = detector.encode(_take(X, pair))
     weights = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
     cond = None

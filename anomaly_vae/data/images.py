@@ -63,6 +63,26 @@ class ImageSet:
             return int(name)
         raise DataError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
 
+    def class_indices(self, names: str) -> list[int]:
+        """The indices of the classes in ``names``: one class (a name, or an index as
+        text), or several separated by commas (``"bag,coat"``, ``"0,4"``).
+
+        >>> images = ImageSet(np.zeros((0, 1, 2, 2)), np.zeros(0), ["bag", "coat", "a,b"])
+        >>> images.class_indices("coat, 0"), images.class_indices("a,b")
+        ([1, 0], [2])
+        """
+        if names in self.classes:  # a class whose own name holds a comma
+            return [self.classes.index(names)]
+        return list(dict.fromkeys(self.class_index(part.strip()) for part in names.split(",")))
+
+    def of_classes(self, names: str) -> np.ndarray:
+        """``(n,)`` bool: the images of the classes in ``names`` (see :meth:`class_indices`)."""
+        return np.isin(self.labels, self.class_indices(names))
+
+    def label_names(self) -> np.ndarray:
+        """``(n,)`` the class name of every image (object array of str)."""
+        return np.asarray(self.classes, dtype=object)[self.labels]
+
 
 def torchvision_source(source: str | Path) -> tuple[str, Path] | None:
     """``(set name, ROOT)`` of a torchvision source ``NAME:ROOT`` (NAME one of

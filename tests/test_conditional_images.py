@@ -1,0 +1,150 @@
+"""Images of several normal classes: fitting on them, and a conditional VAE that scores an
+image given its class, in Python and through the CLI."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae import VAEDetector
+from anomaly_vae.cli import main
+from anomaly_vae.errors import DataError
+from anomaly_vae.family import suitable_variants
+from tests.conftest import tiny_config
+from tests.test_images import bars
+
+CVAE = ["model.name=cvae", "model.hidden_dims=[64]", "model.latent_dim=4"]
+
+
+def two_classes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` horizontal-bar images of class "h", then ``n`` vertical-bar images of "v"."""
+    images = np.concatenate([bars(n, seed), bars(n, seed + 1, vertical=True)])
+    return images, np.array(["h"] * n + ["v"] * n, dtype=object)
+
+
+@pytest.fixture(scope="module")
+def cvae() -> VAEDetector:
+    images, classes = two_classes(200, seed=0)
+    return VAEDetector(tiny_config(*CVAE).detector_config()).fit(images, condition=classes)
+
+
+def test_a_conditional_image_model_scores_an_image_given_its_class(cvae):
+    images, classes = two_classes(40, seed=10)
+    swapped = np.where(classes == "h", "v", "h").astype(object)
+    own = cvae.anomaly_score(images, classes)
+    other = cvae.anomaly_score(images, swapped)
+    # A vertical bar is normal for class v and anomalous for class h, and the other way.
+    labels = np.r_[np.zeros(len(own)), np.ones(len(other))]
+    assert roc_auc_score(labels, np.r_[own, other]) > 0.95
+    # An image of no known class is scored under the class that explains it best.
+    for unknown in (None, np.array(["?"] * len(images), dtype=object), np.full(len(images), -1)):
+        best = cvae.all_scores(images, unknown)["negative_elbo"]
+        np.testing.assert_allclose(best, np.minimum(own, other), rtol=1e-5)
+    assert cvae.condition_names_ == ["h", "v"]
+    # Class indices are the sorted names' positions.
+    np.testing.assert_allclose(cvae.anomaly_score(images, (classes == "v").astype(int)), own)
+
+
+def test_a_conditional_image_model_keeps_its_class_names_when_saved(cvae, tmp_path):
+    images, classes = two_classes(10, seed=20)
+    loaded = VAEDetector.load(cvae.save(tmp_path / "model"))
+    assert loaded.condition_names_ == ["h", "v"]
+    np.testing.assert_array_equal(
+        loaded.anomaly_score(images, classes), cvae.anomaly_score(images, classes)
+    )
+    np.testing.assert_array_equal(loaded.condition_vector("v"), [0.0, 1.0])
+    with pytest.raises(DataError, match="class 'x' was not seen in training; known classes: h, v"):
+        loaded.condition_vector("x")
+    with pytest.raises(DataError, match="one class per image"):
+        loaded.anomaly_score(images, classes[:3])
+    with pytest.raises(DataError, match=r"image classes must be in 0\.\.1"):
+        loaded.anomaly_score(images, np.full(len(images), 2))
+
+
+def test_every_training_image_of_a_conditional_model_needs_its_class():
+    images, classes = two_classes(30, seed=30)
+    classes[3] = None
+    config = tiny_config(*CVAE).detector_config()
+    with pytest.raises(DataError, match="every training image needs its class"):
+        VAEDetector(config).fit(images, condition=classes)
+
+
+def test_the_family_includes_the_cvae_for_images_of_two_or_more_normal_classes():
+    config = tiny_config()
+    assert "cvae" not in suitable_variants(config, "image", 1)
+    assert "cvae" in suitable_variants(config, "image", 2)
+
+
+def _write(folder, images, prefix):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"{prefix}{i}.png")
+
+
+def test_cli_fits_several_normal_classes_and_a_cvae_on_them(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "train" / "h", bars(150, seed=40), "h")
+    _write(tmp_path / "train" / "v", bars(150, seed=41, vertical=True), "v")
+    noise = np.random.default_rng(42).integers(0, 255, (15, 1, 16, 16), dtype=np.uint8)
+    _write(tmp_path / "train" / "noise", noise, "n")
+    options = ["--no-tracking", "--quiet", *(f"--set={item}" for item in CVAE)]
+    one = CliRunner().invoke(main, ["fit", "train", "--normal-class", "h", *options])
+    assert one.exit_code == 1
+    assert "needs two or more normal classes (--normal-class a,b)" in one.output
+
+    fit = CliRunner().invoke(main, ["fit", "train", "--normal-class", "h,v", *options])
+    assert fit.exit_code == 0, fit.output
+    assert "Kept 15 labelled anomalies out of training." in fit.output
+    assert "on 240 normal images" in fit.output and "AUROC" in fit.output
+
+    # New images in class folders: a vertical bar filed under h is the anomaly.
+    _write(tmp_path / "new" / "h", np.concatenate([bars(5, 43), bars(3, 44, True)]), "h")
+    _write(tmp_path / "new" / "v", bars(5, seed=45, vertical=True), "v")
+    scored = CliRunner().invoke(main, ["score", "new", "-o", "s.csv", "--quiet"])
+    assert scored.exit_code == 0, scored.output
+    assert "not of a class" not in scored.output
+    scores = pd.read_csv(tmp_path / "s.csv").set_index("image")["score"]
+    misfiled = scores[[name for name in scores.index if "/h/h" in name and name[-5] in "567"]]
+    filed = scores.drop(misfiled.index)
+    assert misfiled.min() > filed.max()
+
+    # A flat folder has no classes: each image is scored under its best class, and told.
+    _write(tmp_path / "flat", bars(4, seed=46), "f")
+    with caplog.at_level("WARNING"):
+        flat = CliRunner().invoke(main, ["score", "flat", "-o", "f.csv", "--quiet"])
+    assert flat.exit_code == 0, flat.output
+    assert "4 of 4 images are not of a class the conditional model was trained on" in caplog.text
+    assert "Trained classes: h, v" in caplog.text
+
+    generated = CliRunner().invoke(
+        main, ["view", "generate", "--condition", "class=v", "--out", "views"]
+    )
+    assert generated.exit_code == 0, generated.output
+    assert (tmp_path / "views" / "01_generated.png").is_file()
+    unknown = CliRunner().invoke(main, ["view", "generate", "--condition", "class=x"])
+    assert unknown.exit_code == 1 and "known classes: h, v" in unknown.output
+
+
+def test_cli_fits_a_plain_vae_on_several_normal_classes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "train" / "h", bars(60, seed=50), "h")
+    _write(tmp_path / "train" / "v", bars(60, seed=51, vertical=True), "v")
+    _write(tmp_path / "train" / "w", bars(60, seed=52, size=16), "w")
+    fit = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "train",
+            "--normal-class",
+            "h, v",
+            "--no-tracking",
+            "--quiet",
+            "--set=training.epochs=2",
+        ],
+    )
+    assert fit.exit_code == 0, fit.output
+    assert "Kept 60 labelled anomalies out of training." in fit.output
+    bad = CliRunner().invoke(main, ["fit", "train", "--normal-class", "h,x", "--no-tracking"])
+    assert bad.exit_code == 1 and "unknown class 'x'; classes: h, v, w" in bad.output
