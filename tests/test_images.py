@@ -200,6 +200,22 @@ def test_a_picture_reads_the_same_whatever_png_mode_it_was_saved_in(tmp_path):
     assert mixed.shape == (4, 3, 16, 16) and (mixed[3] == grey).all()
 
 
+def test_float_images_read_as_grey_levels_and_unscaled_ones_are_refused(tmp_path):
+    grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
+    (tmp_path / "float").mkdir()
+    Image.fromarray(grey.astype(np.float32) / 255, "F").save(tmp_path / "float" / "unit.tif")
+    Image.fromarray(grey.astype(np.float32), "F").save(tmp_path / "float" / "levels.tif")
+    assert Image.open(tmp_path / "float" / "unit.tif").mode == "F"
+    images = read_images(tmp_path / "float")
+    assert images.images.shape == (2, 1, 16, 16)
+    for image in images.images:
+        np.testing.assert_array_equal(image[0], grey)
+    (tmp_path / "wide").mkdir()
+    Image.fromarray(grey.astype(np.float32) * 4 - 2, "F").save(tmp_path / "wide" / "w.tif")
+    with pytest.raises(DataError, match=r"w\.tif: float grey levels from -2 to 918; expected"):
+        read_images(tmp_path / "wide")
+
+
 def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(tmp_path):
     for i, image in enumerate(bars(2, seed=4)):
         Image.fromarray(image[0]).save(tmp_path / f"small{i}.png")

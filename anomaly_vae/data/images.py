@@ -243,6 +243,9 @@ def to_8bit(image: Image.Image) -> Image.Image:
       0 to 2**32 - 1 onto 0-255, negative levels as 0;
     - palette (``P``, ``PA``): the palette's colours, alpha dropped; grey when every
       colour the pixels use is grey;
+    - 32-bit float grey (``F``, e.g. from a TIFF): levels in [0, 1] are scaled by 255,
+      levels up to 255 rounded; others (negative, above 255, NaN) are refused, as no
+      scale can be read off them;
     - anything else (``RGB``, ``RGBA``, ``CMYK``, ...): colour, any alpha dropped.
     """
     mode = image.mode
@@ -254,6 +257,8 @@ def to_8bit(image: Image.Image) -> Image.Image:
     if mode == "I":
         levels = np.clip(np.asarray(image).astype(np.float64), 0, None) / GREY_32BIT
         return Image.fromarray(np.rint(levels).astype(np.uint8), "L")
+    if mode == "F":
+        return _float_grey(np.asarray(image, dtype=np.float64))
     if mode in ("P", "PA"):
         # Through RGBA, which takes a palette's transparency too, then the alpha dropped.
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGBA"))[..., :3])
@@ -261,6 +266,20 @@ def to_8bit(image: Image.Image) -> Image.Image:
             return Image.fromarray(np.ascontiguousarray(rgb[..., 0]), "L")
         return Image.fromarray(rgb, "RGB")
     return image.convert("RGB")
+
+
+def _float_grey(levels: np.ndarray) -> Image.Image:
+    """Float grey levels in [0, 1] or [0, 255] as an 8-bit grey image (see ``to_8bit``)."""
+    if not np.isfinite(levels).all():
+        raise DataError("a float image with NaN or infinite levels")
+    low, high = levels.min(initial=0.0), levels.max(initial=0.0)
+    if low < 0 or high > UINT8_MAX:
+        raise DataError(
+            f"float grey levels from {low:g} to {high:g}; expected 0 to 1 or 0 to "
+            f"{UINT8_MAX}: save the images as 8- or 16-bit"
+        )
+    scale = UINT8_MAX if high <= 1 else 1
+    return Image.fromarray(np.rint(levels * scale).astype(np.uint8), "L")
 
 
 def _decode(
@@ -275,6 +294,8 @@ def _decode(
                 images.append(to_8bit(image))
         except OSError as exc:
             raise DataError(f"{file} is not a readable image: {exc}") from exc
+        except DataError as exc:
+            raise DataError(f"{file}: {exc}") from exc
     mode = "L" if all(image.mode == "L" for image in images) else "RGB"
     pixels = [_pixels(image.convert(mode), size) for image in images]
     sizes = {p.shape[:2] for p in pixels}
