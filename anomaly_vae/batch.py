@@ -1,5 +1,8 @@
 """Scheduled batch scoring: every input file is scored exactly once per model version.
 
+The inputs of a table model are CSV/Parquet files; those of an image model are folders
+of images (each read as `anomaly-vae score` reads a folder), scored into one CSV each.
+
 - Each output is written to a temporary name in the output folder and renamed into
   place, so a file is there whole or not at all.
 - A ledger (SQLite, ``.anomaly-vae-ledger.sqlite`` in the output folder) records which
@@ -93,6 +96,27 @@ def input_files(source: str | Path) -> list[Path]:
     return sorted(p for p in found if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
 
 
+def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
+    """The input folders of an image model, sorted: the folders a glob pattern matches, or
+    a folder itself when it holds image files, else its subfolders (one per batch, e.g.
+    one a day). ``output_dir`` is never an input. DataError as :func:`input_files`."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    path = Path(source)
+    if glob.has_magic(str(source)):
+        fixed = Path(*_parts_before_magic(path))
+        if not fixed.is_dir():
+            raise DataError(f"{source}: there is no folder {fixed}")
+        found = [Path(p) for p in glob.glob(str(source))]
+    elif path.is_dir():
+        holds_images = any(p.suffix.lower() in IMG_EXTENSIONS for p in path.iterdir())
+        found = [path] if holds_images else list(path.iterdir())
+    else:
+        raise DataError(f"{source}: no such folder (an image model scores folders of images)")
+    output = output_dir.resolve()
+    return sorted(p for p in found if p.is_dir() and p.resolve() != output)
+
+
 def _parts_before_magic(path: Path) -> list[str]:
     """The leading parts of a glob pattern without wildcards (at least the root or ".")."""
     parts = []
@@ -110,6 +134,24 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def input_fingerprint(path: Path) -> tuple[int, str]:
+    """``(size in bytes, SHA-256)`` of an input file, or of a folder's files (their
+    names relative to it and their digests, in name order): an image added, removed,
+    renamed or changed makes a folder a new input."""
+    if not path.is_dir():
+        return path.stat().st_size, file_digest(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
+    return sum(file.stat().st_size for file in files), digest.hexdigest()
+
+
+def output_path(output_dir: Path, source: Path) -> Path:
+    """The output of an input: the same name for a file, ``<name>.csv`` for a folder."""
+    return output_dir / (f"{source.name}.csv" if source.is_dir() else source.name)
 
 
 class Ledger:
@@ -357,9 +399,9 @@ def _score_one(
     report: BatchReport,
 ) -> None:
     key = str(path.resolve())
-    output = output_dir / path.name
+    output = output_path(output_dir, path)
     try:
-        size, digest = path.stat().st_size, file_digest(path)
+        size, digest = input_fingerprint(path)
     except OSError as exc:  # removed or made unreadable since the folder was listed
         _record_failure(path, model_id, f"cannot read it: {exc.strerror}", ledger, report)
         return

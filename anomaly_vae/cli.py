@@ -404,7 +404,8 @@ def score(
     "--output-dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for one output per input file (same base name), the ledger and the lock.",
+    help="Folder for one output per input (a file's base name; <folder>.csv for a folder "
+    "of images), the ledger and the lock.",
 )
 @click.option(
     "--model",
@@ -441,17 +442,20 @@ def batch(
     quiet: bool,
 ) -> None:
     """Score every CSV/Parquet file in SOURCE (a folder or a glob) that this model version
-    has not scored yet; safe to run on a schedule (see README: batch scoring)."""
+    has not scored yet, or for an image model every folder of images (SOURCE itself when
+    it holds images, else its subfolders, or the folders a glob matches); safe to run on
+    a schedule (see README: batch scoring)."""
     from anomaly_vae.batch import (
         DRIFT_WARNING,
         batch_inputs,
         drift_statistic,
+        image_folders,
         model_identity,
         output_lock,
         score_inputs,
     )
     from anomaly_vae.fitting import latest_model_dir
-    from anomaly_vae.scoring import check_data_kind, load_detector
+    from anomaly_vae.scoring import ImageFolderScorer, load_detector
 
     _set_threads(threads)  # the local engine's; Spark's executors keep their own
 
@@ -462,11 +466,15 @@ def batch(
     # The lock first: a run that finds another at work exits before loading the model.
     with output_lock(output_dir):
         detector = load_detector(model_ref)
-        check_data_kind(detector, source, is_images=False)  # CSV and Parquet files only
         folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
         model_id = model_identity(model_ref, folder)
         scorer = None
-        if engine == "spark":
+        if detector.data_kind_ == "image":
+            if engine == "spark":
+                raise click.UsageError("the Spark engine scores tables; use the local engine")
+            paths = image_folders(source, output_dir)
+            scorer = ImageFolderScorer(detector)
+        elif engine == "spark":
             from anomaly_vae.spark_engine import SparkScorer
 
             scorer = SparkScorer(model_ref, detector, progress=not quiet)
@@ -475,9 +483,10 @@ def batch(
         )
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
-    files = len(report.scored)
+    inputs, unit = ("folders", "images") if detector.data_kind_ == "image" else ("files", "rows")
     click.echo(
-        f"Model {model_id}: scored {_counted(files, 'files')} ({_counted(report.rows, 'rows')}, "
+        f"Model {model_id}: scored {_counted(len(report.scored), inputs)} "
+        f"({_counted(report.rows, unit)}, "
         f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
         f"already scored, {len(report.failed)} failed."
     )

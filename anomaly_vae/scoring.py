@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.batch import score_file
+from anomaly_vae.batch import drift_sample, score_file
 from anomaly_vae.data.images import read_images
 from anomaly_vae.data.tables import PARQUET_SUFFIXES, table_errors
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
@@ -140,6 +140,26 @@ def score_images(
         save_anomaly_maps(maps, images.names, Path(maps_dir))
     write_atomic(scores, Path(output))
     return scores
+
+
+class ImageFolderScorer:
+    """The batch scorer of an image model (``anomaly_vae.batch``): each input is a folder
+    of images, scored whole as :func:`score_images` does, into one CSV."""
+
+    def __init__(self, detector: VAEDetector | EnsembleDetector) -> None:
+        self.detector = detector
+
+    def score_file(
+        self, source: Path, output: Path, chunk_rows: int
+    ) -> tuple[int, int, np.ndarray]:
+        """``(images, images flagged, a sample of the scores)``; ``chunk_rows`` is unused:
+        a folder is read whole."""
+        scores = score_images(source, self.detector, output)
+        return (
+            len(scores),
+            int(scores["is_anomaly"].sum()),
+            drift_sample(scores["score"].to_numpy()),
+        )
 
 
 def _warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.ndarray) -> None:

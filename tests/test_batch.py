@@ -357,3 +357,64 @@ def test_the_pipeline_script_is_the_batch_command(monkeypatch, capsys):
         runpy.run_path(str(script), run_name="__main__")
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith("Usage: pipelines/batch_score.py [OPTIONS] SOURCE")
+
+
+@pytest.fixture(scope="module")
+def image_model_dir(tmp_path_factory):
+    from tests.test_images import IMAGE_MODEL, bars
+
+    folder = tmp_path_factory.mktemp("image-model")
+    config = tiny_config("model.name=vae", *IMAGE_MODEL[1:])
+    VAEDetector(config.detector_config()).fit(bars(300, seed=0)).save(folder)
+    return folder
+
+
+def _images(folder: Path, images: np.ndarray, prefix: str = "i") -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"{prefix}{i}.png")
+
+
+def test_an_image_model_scores_each_folder_once_and_a_changed_folder_again(
+    image_model_dir, tmp_path
+):
+    from tests.test_images import bars
+
+    inputs, out = tmp_path / "incoming", tmp_path / "incoming" / "scored"
+    _images(inputs / "day1", np.concatenate([bars(6, seed=1), bars(2, seed=2, vertical=True)]))
+    _images(inputs / "day2", bars(5, seed=3))
+    first = batch(image_model_dir, inputs, out)
+    assert first.exit_code == 0, first.output
+    assert "scored 2 folders (13 images" in first.output
+    day1 = pd.read_csv(out / "day1.csv")
+    assert [Path(name).name for name in day1["image"]] == [f"i{i}.png" for i in range(8)]
+    assert day1["score"][6:].min() > day1["score"][:6].max()  # the vertical bars
+    # The output folder inside the source is not taken for an input.
+    again = batch(image_model_dir, inputs, out)
+    assert again.exit_code == 0 and "skipped 2 already scored" in again.output
+    _images(inputs / "day2", bars(1, seed=4), prefix="late")  # an image arrives late
+    changed = batch(image_model_dir, inputs, out)
+    assert "scored 1 folder (6 images" in changed.output and "skipped 1" in changed.output
+    assert len(pd.read_csv(out / "day2.csv")) == 6
+    # One folder given: itself, as it holds images.
+    alone = batch(image_model_dir, inputs / "day2", tmp_path / "alone")
+    assert alone.exit_code == 0 and "scored 1 folder (6 images" in alone.output
+    assert (tmp_path / "alone" / "day2.csv").is_file()
+
+
+def test_an_image_folder_that_cannot_be_read_fails_and_the_others_are_scored(
+    image_model_dir, tmp_path
+):
+    from tests.test_images import bars
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    _images(inputs / "good", bars(3, seed=5))
+    _images(inputs / "bad", bars(2, seed=6))
+    (inputs / "bad" / "broken.png").write_bytes(b"not a png")
+    result = batch(image_model_dir, f"{inputs}/*", out)
+    assert result.exit_code == 1
+    assert "scored 1 folder (3 images" in result.output and "1 failed" in result.output
+    assert "broken.png is not a readable image" in result.output
+    assert (out / "good.csv").is_file() and not (out / "bad.csv").exists()
