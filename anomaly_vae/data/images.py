@@ -75,10 +75,6 @@ class ImageSet:
             return [self.classes.index(names)]
         return list(dict.fromkeys(self.class_index(part.strip()) for part in names.split(",")))
 
-    def of_classes(self, names: str) -> np.ndarray:
-        """``(n,)`` bool: the images of the classes in ``names`` (see :meth:`class_indices`)."""
-        return np.isin(self.labels, self.class_indices(names))
-
     def label_names(self) -> np.ndarray:
         """``(n,)`` the class name of every image (object array of str)."""
         return np.asarray(self.classes, dtype=object)[self.labels]
