@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.config import Config, flatten
+from anomaly_vae.config import Config
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import VAEDetector, available_scores
 from anomaly_vae.ensemble import EnsembleDetector
@@ -287,9 +287,11 @@ def _track(
                 "score": result.detector.calibration_["score"],
             }
         )
-        mlflow.log_params(
-            {k: tracking.param_value(v) for k, v in flatten(config).items() if k != "model.name"}
-        )
+        # The model settings that any candidate reads (the family config's model.name is
+        # none of them in particular).
+        variants = [name for c in candidates for name in tracking.variants_of(c.detector)]
+        params = tracking.run_params(config, variants)
+        mlflow.log_params({k: v for k, v in params.items() if k != "model.name"})
         mlflow.log_metric("family_seconds", result.seconds)
         # What every fit run records of its data (tags data, eval_data; the dataset input),
         # so that the registered model's run says what it was trained on.

@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,10 @@ from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import VAEDetector
+from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import TrackingError
 from anomaly_vae.fitting import TrainingData
+from anomaly_vae.models import get_model
 
 # Where runs go, also importable from here as before (store.py keeps `ui` light).
 from anomaly_vae.store import STORE_DIR as STORE_DIR
@@ -242,7 +244,7 @@ def log_detector(
 ) -> None:
     """Into the active run: config, losses per epoch, calibration, evaluation, plots."""
     run_id = mlflow.active_run().info.run_id
-    mlflow.log_params({k: param_value(v) for k, v in flatten(config).items()})
+    mlflow.log_params(run_params(config, variants_of(detector)))
     if isinstance(detector, VAEDetector):
         # The config logs auto settings as None; a reviewer needs the values used.
         mlflow.log_params({f"auto.{k}": v for k, v in detector.auto_settings.items()})
@@ -451,6 +453,24 @@ def _save(fig: Any, path: Path) -> None:
 
 def param_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, list) else value
+
+
+def variants_of(detector: Any) -> list[str]:
+    """Registry names of the models in ``detector``: its own, or an ensemble's members'."""
+    members = detector.members.values() if isinstance(detector, EnsembleDetector) else [detector]
+    return [member.effective_config.model.name for member in members]
+
+
+def run_params(config: Config, variants: Iterable[str]) -> dict[str, Any]:
+    """``config`` flat as MLflow parameters, with only the ``model.*`` settings that one of
+    ``variants`` (registry names) reads (their ``config_fields``): a vae run shows no
+    codebook size. ``config.yaml`` keeps every setting, to reproduce the run."""
+    used = {f"model.{name}" for variant in variants for name in get_model(variant).config_fields}
+    return {
+        key: param_value(value)
+        for key, value in flatten(config).items()
+        if not key.startswith("model.") or key in used
+    }
 
 
 def _requirements() -> list[str]:

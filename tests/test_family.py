@@ -88,6 +88,11 @@ def test_family_is_tracked_as_parent_with_children(family_run):
     logged = children.set_index("tags.mlflow.runName")["metrics.validation_neg_elbo_nats"]
     expected = result.comparison.set_index("variant")["validation_neg_elbo_nats"]
     pd.testing.assert_series_equal(logged.sort_index(), expected.sort_index(), check_names=False)
+    # Each child logs the model settings its variant reads (an ensemble its members'); the
+    # parent those any candidate reads.
+    codebook = children.set_index("tags.mlflow.runName")["params.model.codebook_size"]
+    assert codebook["vq-vae"] == codebook["ensemble"] == "64" and pd.isna(codebook["vae"])
+    assert parent.data.params["model.codebook_size"] == "64"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"comparison.csv", "comparison.md", "plots", "config.yaml"} <= artifacts
     # What every fit run records of its data, on the run that holds the registered model.

@@ -1,6 +1,7 @@
 """Contract over the registry: every variant gets the same checks (shapes, loss
 falls, losses built as stated, save/load). Per-variant tests only for what differs."""
 
+import dataclasses
 import math
 
 import pytest
@@ -28,12 +29,8 @@ def build(name: str, shape=None, **overrides):
     variants; conditional variants get a 2-dimensional condition."""
     cls = get_model(name)
     shape = shape or ((6,) if "table" in cls.data_kinds else IMAGE)
-    config = ModelConfig(
-        name=name,
-        hidden_dims=[16],
-        latent_dim=3,
-        **({"conv_channels": [4, 8], "kl_warmup_epochs": 0} | overrides),
-    )
+    tiny = {"hidden_dims": [16], "latent_dim": 3, "conv_channels": [4, 8], "kl_warmup_epochs": 0}
+    config = ModelConfig(name=name, **(tiny | overrides))
     condition_dim = 2 if cls.uses_condition else 0
     return cls(shape, config, torch.zeros(shape, dtype=torch.bool), condition_dim)
 
@@ -105,6 +102,60 @@ def test_state_dict_round_trip_gives_same_scores(name):
     x, noise, condition = inputs(model, 8)
     for key, value in model.scores(x, noise, condition).items():
         torch.testing.assert_close(copy.scores(x, noise, condition)[key], value)
+
+
+def test_declared_config_fields_are_model_config_fields_and_cover_it():
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    declared = [set(get_model(name).config_fields) for name in VARIANTS]
+    assert all(names <= fields for names in declared)
+    assert set().union(*declared) == fields  # a new field is logged for the runs it affects
+
+
+# A value for each ModelConfig field some variant does not read, unlike build()'s.
+OTHER_VALUES = {
+    "beta": 3.0,
+    "hidden_dims": [5, 7],
+    "dropout": 0.5,
+    "conv_channels": [2],
+    "kl_warmup_epochs": 3,
+    "capacity": 4.0,
+    "capacity_epochs": 2,
+    "top_latent_dim": 2,
+    "codebook_size": 3,
+    "code_slots": 2,
+    "commitment_cost": 0.9,
+    "codebook_decay": 0.5,
+}
+
+
+def _fingerprint(name, shape, **overrides):
+    """Weights, a training step's loss terms and the scores of a seeded tiny model."""
+    torch.manual_seed(0)
+    model = build(name, shape=shape, **overrides)
+    x, noise, condition = inputs(model, 16)
+    weights = {key: value.clone() for key, value in model.state_dict().items()}
+    model.on_epoch_start(2, 10)
+    terms = model.loss_terms(x, condition=condition)
+    model.eval()
+    return weights, terms, model.scores(x, noise, condition)
+
+
+@pytest.mark.parametrize(("name", "shape"), SHAPES)
+def test_a_model_setting_a_variant_does_not_declare_changes_nothing(name, shape):
+    # Runs log only the declared settings (tracking.run_params): an undeclared one must
+    # have no effect, or a run would hide a setting that shaped it.
+    undeclared = sorted(
+        {f.name for f in dataclasses.fields(ModelConfig)} - set(get_model(name).config_fields)
+    )
+    weights, terms, scores = _fingerprint(name, shape)
+    for field in undeclared:
+        other_weights, other_terms, other_scores = _fingerprint(
+            name, shape, **{field: OTHER_VALUES[field]}
+        )
+        for mine, other in ((weights, other_weights), (terms, other_terms), (scores, other_scores)):
+            assert mine.keys() == other.keys(), field
+            for key in mine:
+                torch.testing.assert_close(other[key], mine[key], msg=f"{field}: {key}")
 
 
 def test_untrimmed_loss_is_reconstruction_plus_beta_times_kl():

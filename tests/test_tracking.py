@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from anomaly_vae.fitting import fit_table, latest_model_dir
@@ -184,6 +185,36 @@ def test_model_is_registered_and_champion_alias_moves(fitted_run):
         load_detector(None, project_dir=root).anomaly_score(fresh),
         result.detector.anomaly_score(fresh),
     )
+
+
+def test_a_run_logs_only_the_model_settings_its_variant_reads(fitted_run, tmp_path, monkeypatch):
+    _, result = fitted_run
+    vae_params = MlflowClient().get_run(result.run.run_id).data.params
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mixed_table(300, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config(
+        "model.name=vq-vae",
+        "data.id_column=reading_id",
+        "training.epochs=2",
+        "tracking.log_views=false",
+    )
+    try:
+        vq = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+        vq_params = MlflowClient().get_run(vq.run.run_id).data.params
+        logged = yaml.safe_load(
+            Path(
+                mlflow.artifacts.download_artifacts(vq.run.artifact_uri + "/config.yaml")
+            ).read_text()
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert "model.codebook_size" not in vae_params and "model.top_latent_dim" not in vae_params
+    assert "model.conv_channels" not in vae_params and "model.capacity" not in vae_params
+    assert vae_params["model.hidden_dims"] == "[32]" and vae_params["model.beta"] == "1.0"
+    assert vq_params["model.codebook_size"] == "64" and "model.beta" not in vq_params
+    assert vq_params["training.epochs"] == "2"  # every other section as it was
+    assert logged["model"]["beta"] == 1.0  # the artifact keeps every setting
 
 
 def test_default_store_is_sqlite_inside_mlruns(tmp_path, monkeypatch):

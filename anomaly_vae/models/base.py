@@ -30,6 +30,16 @@ from anomaly_vae.config import (
 LOG_2PI = math.log(2 * math.pi)
 BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3]
 VARIANCE_MOMENTUM = 0.1  # moving average of the calibrated decoder log-variance per step
+SHARED_CONFIG_FIELDS = (  # the ModelConfig fields every variant reads through this class
+    # (likelihood, decoder variance, trimmed loss) or the detector (quantisation floor)
+    "name",
+    "latent_dim",
+    "likelihood",
+    "decoder_variance",
+    "min_log_variance",
+    "quantisation_floor",
+    "trim_fraction",
+)
 
 
 LOGVAR_LIMIT = 8.0  # Gaussian log-variances are squashed softly into (-8, 8): variances
@@ -106,6 +116,10 @@ class BaseVAE(nn.Module):
     data_kinds: ClassVar[tuple[str, ...]] = ()  # "table" and/or "image"
     uses_condition: ClassVar[bool] = False  # True: encode/decode take a condition vector
     continuous_latent: ClassVar[bool] = True  # False: no manifold, traversal or interpolation
+    # The ModelConfig fields this variant reads; a run logs only these model.* settings as
+    # MLflow parameters, so a reviewer comparing runs sees no setting that had no effect.
+    # A variant adds what its own code reads; "beta" is read by kl_weight below.
+    config_fields: ClassVar[tuple[str, ...]] = (*SHARED_CONFIG_FIELDS, "beta")
     score_names: ClassVar[tuple[str, ...]] = (
         "reconstruction_error",
         "negative_elbo",

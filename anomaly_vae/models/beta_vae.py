@@ -27,6 +27,7 @@ class BetaVAE(MLPVAE):
 
     description = "beta-VAE: KL weight beta with warm-up (optional controlled capacity)"
     data_kinds = ("table", "image")
+    config_fields = (*MLPVAE.config_fields, "kl_warmup_epochs", "capacity", "capacity_epochs")
 
     epoch: int = 10**9  # outside training (e.g. after loading) the schedule has finished
 

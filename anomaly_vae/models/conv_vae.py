@@ -22,6 +22,7 @@ class ConvVAE(BaseVAE):
 
     description = "Convolutional VAE for images (1 or 3 channels)"
     data_kinds = ("image",)
+    config_fields = (*BaseVAE.config_fields, "conv_channels")  # no MLP: not hidden_dims
 
     @classmethod
     def image_side_multiple(cls, config: ModelConfig) -> int:

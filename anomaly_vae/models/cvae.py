@@ -27,6 +27,7 @@ class ConditionalVAE(BaseVAE):
     description = "Conditional VAE: scores a row given its context columns (or image class)"
     data_kinds = ("table", "image")
     uses_condition = True
+    config_fields = (*BaseVAE.config_fields, "hidden_dims", "dropout")
 
     def __init__(
         self,

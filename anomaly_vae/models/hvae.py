@@ -89,6 +89,7 @@ class HierarchicalVAE(BaseVAE):
 
     description = "Hierarchical VAE: two stochastic layers, ladder (top-down) inference"
     data_kinds = ("table", "image")
+    config_fields = (*BaseVAE.config_fields, "hidden_dims", "dropout", "top_latent_dim")
 
     def __init__(
         self,

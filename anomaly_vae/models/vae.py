@@ -18,6 +18,7 @@ class MLPVAE(BaseVAE):
 
     description = "MLP VAE: fully connected Gaussian encoder/decoder"
     data_kinds = ("table", "image")
+    config_fields = (*BaseVAE.config_fields, "hidden_dims", "dropout")
 
     def __init__(
         self,

@@ -23,7 +23,13 @@ from torch.nn import functional as F
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
-from anomaly_vae.models.base import VARIANCE_MOMENTUM, BaseVAE, LatentSample, trimmed_mean
+from anomaly_vae.models.base import (
+    SHARED_CONFIG_FIELDS,
+    VARIANCE_MOMENTUM,
+    BaseVAE,
+    LatentSample,
+    trimmed_mean,
+)
 from anomaly_vae.nn import conv_decoder, conv_encoder, downsampled_shape, mlp
 
 LAPLACE_EPSILON = 1e-5  # smoothing of the EMA code counts (as in Sonnet's VectorQuantizerEMA):
@@ -52,6 +58,18 @@ class VQVAE(BaseVAE):
     data_kinds = ("table", "image")
     score_names = ("reconstruction_error", "negative_elbo", "code_distance")
     continuous_latent = False  # a discrete codebook: nothing to traverse between codes
+    # Not "beta": kl_weight is the commitment cost. Tables read hidden_dims, dropout and
+    # code_slots, images conv_channels.
+    config_fields = (
+        *SHARED_CONFIG_FIELDS,
+        "hidden_dims",
+        "dropout",
+        "code_slots",
+        "conv_channels",
+        "codebook_size",
+        "commitment_cost",
+        "codebook_decay",
+    )
 
     codebook: Tensor
     ema_count: Tensor
