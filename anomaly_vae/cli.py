@@ -958,11 +958,11 @@ def show_config(config_file: Path | None, overrides: tuple[str, ...]) -> None:
     a config file. An unknown key or a bad value is reported without training anything.
     """
     from anomaly_vae.config_listing import config_yaml
-    from anomaly_vae.models import get_model
+    from anomaly_vae.models import check_model_name
 
     config = load_config(config_file, overrides)
     for name in [config.model.name, *config.family.variants]:
-        get_model(name)  # an unknown name is a ConfigError listing the registry
+        check_model_name(name)  # a ConfigError listing the registry; no torch imported
     click.echo(config_yaml(config), nl=False)
 
 

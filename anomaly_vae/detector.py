@@ -40,7 +40,8 @@ from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condit
 from anomaly_vae.data.tables import quoted_names
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
-from anomaly_vae.models import BaseVAE, get_model
+from anomaly_vae.models import get_model
+from anomaly_vae.models.base import BaseVAE
 from anomaly_vae.noise import noise_for_rows, scoring_noise
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
 

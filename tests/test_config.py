@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 
 from anomaly_vae.config import Config, DetectorConfig, flatten, load_config
@@ -136,6 +139,22 @@ def test_config_command_reports_a_bad_key_without_training():
     result = CliRunner().invoke(main, ["config", "--set", "model.latnet_dim=3"])
     assert result.exit_code == 1
     assert "unknown config key model.latnet_dim" in result.output
+
+
+def test_config_command_checks_model_names_without_importing_torch():
+    # torch takes seconds to import; a config check needs only the registry's names.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from anomaly_vae.cli import main\n"
+        "for name in ('vq-vae', 'nope'):\n"
+        "    result = CliRunner().invoke(main, ['config', '--set', f'model.name={name}',"
+        " '--set', 'family.variants=[hvae]'])\n"
+        "    print(result.exit_code, 'unknown model' in result.output, 'torch' in sys.modules)\n"
+    )
+    checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines() == ["0 False False", "1 True False"]
 
 
 def test_a_second_config_file_is_refused_not_silently_preferred(tmp_path):

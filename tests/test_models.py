@@ -15,7 +15,7 @@ from anomaly_vae.config import (
     TrainingConfig,
 )
 from anomaly_vae.errors import ConfigError
-from anomaly_vae.models import available_models, get_model
+from anomaly_vae.models import BaseVAE, available_models, get_model, register
 from anomaly_vae.training import train
 
 VARIANTS = available_models()
@@ -46,6 +46,14 @@ def inputs(model, n: int, samples: int = 4):
 def test_unknown_model_lists_the_available_ones():
     with pytest.raises(ConfigError, match=r"unknown model 'nope'; available: .*vae"):
         get_model("nope")
+
+
+def test_a_variant_registers_only_under_its_listed_name_and_module():
+    # The name list is read without importing the variants; it must match what they register.
+    assert [get_model(name).registry_name for name in VARIANTS] == VARIANTS
+    for name in ("unlisted", "vae"):  # "vae" is listed, but with the module vae.py
+        with pytest.raises(ValueError, match="VARIANT_MODULES"):
+            register(name)(type("Toy", (BaseVAE,), {}))
 
 
 def structured(model, n: int) -> torch.Tensor:
