@@ -253,7 +253,12 @@ class SparkScorer:
                 self.spark.createDataFrame(chunk, schema)
                 .select(POSITION, self.udf(model_input).alias("scores"))
                 .select(POSITION, "scores.*")
-                .toPandas()  # the one Spark job of this chunk: the model runs once per row
+                # The one Spark job of this chunk: the model runs once per row. Arrow to
+                # pandas by pyarrow, not toPandas: PySpark's conversion casts every column
+                # with astype(copy=False), which pandas 3 deprecates (a Pandas4Warning per
+                # column and chunk); the types are set below either way.
+                .toArrow()
+                .to_pandas()
             )
         # collect keeps this plan's row order; the position makes that explicit.
         scored = scored.sort_values(POSITION, kind="stable").drop(columns=POSITION)
