@@ -33,6 +33,9 @@ SCORE_NAMES = (
 )
 
 
+# Field metadata of the settings whose None means "chosen at fit from the data": such a
+# setting is written `auto` in YAML and the listing (null is read the same way).
+AUTO = {"auto": True}
 TABLE_TRIM_FRACTION = 0.05  # what model.trim_fraction=None (auto) means for tables
 TABLE_MIN_LOG_VARIANCE = -6.0  # what model.min_log_variance=None (auto) means for tables
 IMAGE_MIN_LOG_VARIANCE = -4.0  # and for images
@@ -90,7 +93,9 @@ class ModelConfig:
     decoder_variance: str = "calibrated"  # Gaussian variance per feature: "calibrated" sets
     # it to the reconstruction MSE (its maximum-likelihood value; fast, stable); "learned"
     # trains it by gradient descent like the other weights
-    min_log_variance: float | None = None  # floor of the decoder log-variance: stops
+    min_log_variance: float | None = field(
+        default=None, metadata=AUTO
+    )  # floor of the decoder log-variance: stops
     # variance collapse on near-constant features from dominating the likelihood. None =
     # auto: -6 for tables, -4 for images, where pixels that are dark in almost every
     # training image would otherwise get so small a variance that a faint stroke there
@@ -103,7 +108,9 @@ class ModelConfig:
     # outweigh all others (held-out scikit-learn tables, pipelines/sklearn_tables.py:
     # T-clean AUROC 76.1 without, 91.8 with; development files 93.20 -> 93.33)
     dropout: float = 0.0  # dropout in the hidden layers (regularises tiny data sets)
-    trim_fraction: float | None = None  # share of each batch's rows with the largest loss
+    trim_fraction: float | None = field(
+        default=None, metadata=AUTO
+    )  # share of each batch's rows with the largest loss
     # left out of the training (and validation) loss, and of each feature's largest squared
     # errors left out of the calibrated decoder variance: anomalies hidden in the training
     # data, and heavy tails of normal features, then shape the model less (trimmed
@@ -137,7 +144,9 @@ class TrainingConfig:
     learning_rate: float = 3e-3  # Adam; against 1e-3 (with min_steps 2000): the same
     # T-clean AUROC in three quarters of the fit time (docs/benchmarks.md)
     weight_decay: float = 0.0
-    patience: int | None = None  # epochs without validation improvement before stopping.
+    patience: int | None = field(
+        default=None, metadata=AUTO
+    )  # epochs without validation improvement before stopping.
     # None = auto: 10 for tables (against 15: the same AUROC on T-clean and
     # T-contaminated, shorter fits on large tables), 30 for images (Fashion-MNIST fits
     # then ran to the epochs cap. I-oneclass Fashion-MNIST, training seeds 0, 1, 2,
@@ -165,7 +174,9 @@ class TrainingConfig:
 class ScoringConfig:
     """How samples are scored."""
 
-    score: str | None = None  # which score drives predict: negative_elbo, negative_iwae_bound
+    score: str | None = field(
+        default=None, metadata=AUTO
+    )  # which score drives predict: negative_elbo, negative_iwae_bound
     # (Gaussian latents), reconstruction_error, code_distance (vq-vae), latent_knn_distance
     # or elbo_latent_knn (latent_density.py). None = auto: elbo_latent_knn for images with
     # at least IMAGE_SCORE_MIN_ROWS (500) training images (docs/tuning.md), else
@@ -221,7 +232,9 @@ class DataConfig:
     # image_size x image_size pixels as it is read (bilinear), for folders whose images
     # differ in size; saved with the model, so scoring resizes the same way. None: keep
     # the images as they are (they must then share one size)
-    image_pool: int | None = None  # images: average each pool x pool block of pixels into
+    image_pool: int | None = field(
+        default=None, metadata=AUTO
+    )  # images: average each pool x pool block of pixels into
     # one before the model (1 = full resolution; sides must divide by it). None = auto:
     # the largest divisor of IMAGE_POOL (2) whose pooled sides are at least
     # MIN_POOLED_SIDE (7) and still divide by the model's total stride, else 1 (I-oneclass,
@@ -345,7 +358,7 @@ def validate(cfg: DetectorConfig) -> None:
         (cfg.data.max_categories >= 1, "data.max_categories must be >= 1"),
         (
             cfg.data.image_pool is None or cfg.data.image_pool >= 1,
-            "data.image_pool must be >= 1 (or null for auto)",
+            "data.image_pool must be >= 1 (or auto)",
         ),
         (
             cfg.data.image_size is None or cfg.data.image_size >= MIN_IMAGE_SIDE,
@@ -370,7 +383,7 @@ def validate(cfg: DetectorConfig) -> None:
         ),
         (
             cfg.scoring.score is None or cfg.scoring.score in SCORE_NAMES,
-            f"scoring.score must be one of {', '.join(SCORE_NAMES)} (or null for auto)",
+            f"scoring.score must be one of {', '.join(SCORE_NAMES)} (or auto)",
         ),
         (cfg.scoring.latent_neighbours >= 1, "scoring.latent_neighbours must be >= 1"),
         (
@@ -480,6 +493,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        if known[name].metadata.get("auto") and str(value).lower() == "auto":
+            value = None
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
         else:

@@ -62,7 +62,12 @@ def config_yaml(config: DetectorConfig) -> str:
         summary = (section_class.__doc__ or "").strip().split("\n")[0]
         lines.append(f"{section.name}:  # {summary}" if summary else f"{section.name}:")
         comments = field_comments(section_class)
+        chosen_at_fit = {
+            f.name for f in dataclasses.fields(section_class) if f.metadata.get("auto")
+        }
         for key, value in values[section.name].items():
+            if value is None and key in chosen_at_fit:
+                value = "auto"  # reads back as None; says what None means here
             comment = comments.get(key)
             if comment:
                 for text in textwrap.wrap(comment, COMMENT_WIDTH - 4, break_on_hyphens=False):

@@ -169,3 +169,17 @@ def test_a_second_config_file_is_refused_not_silently_preferred(tmp_path):
     both = ["config", "--config", str(tmp_path / "a.yaml"), "--config", str(tmp_path / "b.yaml")]
     refused = CliRunner().invoke(main, both)
     assert refused.exit_code == 2 and "give one config file" in refused.output
+
+
+def test_settings_chosen_at_fit_are_written_auto_and_read_back():
+    from anomaly_vae.config_listing import config_yaml
+
+    config = load_config(overrides=["model.trim_fraction=auto", "training.patience=AUTO"])
+    assert config.model.trim_fraction is None and config.training.patience is None
+    listing = config_yaml(config.detector_config())
+    assert "  trim_fraction: auto\n" in listing and "  image_pool: auto\n" in listing
+    assert "  id_column: null\n" in listing  # None there means no id column, not auto
+    # A column may well be named "auto": only settings chosen at fit take the word.
+    assert load_config(overrides=["data.id_column=auto"]).data.id_column == "auto"
+    with pytest.raises(ConfigError, match=r"model\.latent_dim must be of type int"):
+        load_config(overrides=["model.latent_dim=auto"])
