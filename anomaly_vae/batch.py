@@ -85,10 +85,7 @@ def input_files(source: str | Path) -> list[Path]:
     if path.is_dir():
         found = [p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES]
     elif glob.has_magic(str(source)):
-        fixed = Path(*_parts_before_magic(path))
-        if not fixed.is_dir():
-            raise DataError(f"{source}: there is no folder {fixed}")
-        found = [Path(p) for p in glob.glob(str(source))]
+        found = _glob_matches(source)
     elif path.is_file():
         found = [path]
     else:
@@ -104,10 +101,7 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
 
     path = Path(source)
     if glob.has_magic(str(source)):
-        fixed = Path(*_parts_before_magic(path))
-        if not fixed.is_dir():
-            raise DataError(f"{source}: there is no folder {fixed}")
-        found = [Path(p) for p in glob.glob(str(source))]
+        found = _glob_matches(source)
     elif path.is_dir():
         holds_images = any(p.suffix.lower() in IMG_EXTENSIONS for p in path.iterdir())
         found = [path] if holds_images else list(path.iterdir())
@@ -115,6 +109,14 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         raise DataError(f"{source}: no such folder (an image model scores folders of images)")
     output = output_dir.resolve()
     return sorted(p for p in found if p.is_dir() and p.resolve() != output)
+
+
+def _glob_matches(pattern: str | Path) -> list[Path]:
+    """The paths a glob pattern matches; DataError when its fixed part is no folder."""
+    fixed = Path(*_parts_before_magic(Path(pattern)))
+    if not fixed.is_dir():
+        raise DataError(f"{pattern}: there is no folder {fixed}")
+    return [Path(p) for p in glob.glob(str(pattern))]
 
 
 def _parts_before_magic(path: Path) -> list[str]:
