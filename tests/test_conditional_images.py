@@ -148,3 +148,27 @@ def test_cli_fits_a_plain_vae_on_several_normal_classes(tmp_path, monkeypatch):
     assert "Kept 60 labelled anomalies out of training." in fit.output
     bad = CliRunner().invoke(main, ["fit", "train", "--normal-class", "h,x", "--no-tracking"])
     assert bad.exit_code == 1 and "unknown class 'x'; classes: h, v, w" in bad.output
+
+
+def test_the_conditional_images_pipeline_measures_misfiled_images(tmp_path, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from anomaly_vae.data.images import write_idx_set
+    from tests.conftest import TINY
+
+    noise = np.random.default_rng(60).integers(0, 255, (30, 1, 16, 16), dtype=np.uint8)
+    for train, seed in ((True, 61), (False, 62)):
+        images, classes = two_classes(150 if train else 40, seed)
+        labels = np.r_[(classes == "v").astype(np.uint8), np.full(len(noise), 2, np.uint8)]
+        write_idx_set(tmp_path / "Bars", train, np.concatenate([images, noise]), labels)
+    script = Path(__file__).parents[1] / "pipelines" / "conditional_images.py"
+    arguments = ["--data-dir", str(tmp_path), "--dataset", "Bars", "--classes", "0,1"]
+    overrides = [f"--set={item}" for item in (*TINY, "model.hidden_dims=[64]")]
+    monkeypatch.setattr(sys, "argv", [str(script), *arguments, *overrides, "--out", str(tmp_path)])
+    runpy.run_path(str(script), run_name="__main__")
+    results = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    assert results.loc["vae", "other_classes_auroc"] > 90  # noise is no bar image
+    assert results.loc["cvae", "misfiled_auroc"] > 90  # a vertical bar filed as horizontal
+    assert results.loc["cvae", "misfiled_flagged_pct"] > results.loc["cvae", "filed_flagged_pct"]
