@@ -51,6 +51,7 @@ CHUNK_ROWS = 100_000  # rows read and scored at a time: bounds memory whatever t
 DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic (a random
 # subsample): the statistic needs a sample, and keeping every score would grow with the file
 HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input
+STAGING_SUFFIX = ".tmp"  # a folder of images still being filled: not an input until renamed
 
 
 class BatchLockedError(AnomalyVAEError):
@@ -96,19 +97,44 @@ def input_files(source: str | Path) -> list[Path]:
 def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
     """The input folders of an image model, sorted: the folders a glob pattern matches, or
     a folder itself when it holds image files, else its subfolders (one per batch, e.g.
-    one a day). ``output_dir`` is never an input. DataError as :func:`input_files`."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
+    one a day). Folders being filled (a name starting with "." or ending in ".tmp") and
+    folders without images (such as ``output_dir`` beside them) are not inputs (yet).
+    DataError as :func:`input_files`, and when ``output_dir`` is or lies inside an input
+    folder: its files would be written among that input's images."""
     path = Path(source)
     if glob.has_magic(str(source)):
         found = _glob_matches(source)
     elif path.is_dir():
-        holds_images = any(p.suffix.lower() in IMG_EXTENSIONS for p in path.iterdir())
-        found = [path] if holds_images else list(path.iterdir())
+        found = [path] if any(_is_image(p) for p in path.iterdir()) else list(path.iterdir())
     else:
         raise DataError(f"{source}: no such folder (an image model scores folders of images)")
     output = output_dir.resolve()
-    return sorted(p for p in found if p.is_dir() and p.resolve() != output)
+    folders = sorted(
+        p
+        for p in found
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and not p.name.endswith(STAGING_SUFFIX)
+        and _image_files(p)
+    )
+    for folder in folders:
+        if output.is_relative_to(folder.resolve()):
+            raise DataError(
+                f"the output folder {output_dir} is inside the input folder {folder}: choose "
+                "an --output-dir outside it (e.g. beside the folders scored)"
+            )
+    return folders
+
+
+def _is_image(path: Path) -> bool:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files in ``folder`` and its subfolders (class folders), in name order."""
+    return sorted(p for p in folder.rglob("*") if _is_image(p))
 
 
 def _glob_matches(pattern: str | Path) -> list[Path]:
@@ -139,12 +165,12 @@ def file_digest(path: Path) -> str:
 
 
 def input_fingerprint(path: Path) -> tuple[int, str]:
-    """``(size in bytes, SHA-256)`` of an input file, or of a folder's files (their
+    """``(size in bytes, SHA-256)`` of an input file, or of a folder's image files (their
     names relative to it and their digests, in name order): an image added, removed,
-    renamed or changed makes a folder a new input."""
+    renamed or changed makes a folder a new input; other files (``.DS_Store``) do not."""
     if not path.is_dir():
         return path.stat().st_size, file_digest(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
+    files = _image_files(path)
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())
@@ -413,7 +439,7 @@ def _score_one(
     if last == (key, digest, model_id) and output.is_file():
         report.skipped.append(str(path))
         return
-    if last is not None and last[0] != key and Path(last[0]).is_file():
+    if last is not None and last[0] != key and Path(last[0]).exists():
         reason = (
             f"{output} holds the scores of {last[0]}, another input of that name (score "
             "this one into a separate folder)"

@@ -418,3 +418,30 @@ def test_an_image_folder_that_cannot_be_read_fails_and_the_others_are_scored(
     assert "scored 1 folder (3 images" in result.output and "1 failed" in result.output
     assert "broken.png is not a readable image" in result.output
     assert (out / "good.csv").is_file() and not (out / "bad.csv").exists()
+
+
+def test_image_batch_inputs_are_complete_folders_of_images_outside_the_output(
+    image_model_dir, tmp_path
+):
+    from tests.test_images import bars
+
+    inputs, out = tmp_path / "incoming", tmp_path / "incoming" / "scored"
+    _images(inputs / "day1", bars(3, seed=11))
+    (inputs / "new-empty").mkdir()  # a day folder just created
+    _images(inputs / ".day2", bars(2, seed=12))  # still being filled, then renamed
+    _images(inputs / "day3.tmp", bars(2, seed=13))
+    first = batch(image_model_dir, inputs, out)
+    assert first.exit_code == 0, first.output
+    assert "scored 1 folder (3 images" in first.output and "0 failed" in first.output
+    (inputs / "day1" / ".DS_Store").write_bytes(b"not an image")  # not part of the input
+    again = batch(image_model_dir, inputs, out)
+    assert "skipped 1 already scored" in again.output
+    # An output folder among an input's images would be read with them, or change it.
+    for output in (inputs / "day1", inputs / "day1" / "scored"):
+        refused = batch(image_model_dir, inputs / "day1", output)
+        assert refused.exit_code == 1 and "is inside the input folder" in refused.output
+    # Folders of one name from two sources, run by run into one output folder.
+    _images(tmp_path / "other" / "day1", bars(2, seed=14))
+    clash = batch(image_model_dir, tmp_path / "other", out)
+    assert clash.exit_code == 1 and "holds the scores of" in clash.output
+    assert len(pd.read_csv(out / "day1.csv")) == 3
