@@ -522,6 +522,25 @@ def batch(
         raise click.exceptions.Exit(1)
 
 
+def _view_condition(items: tuple[str, ...], data_kind: str) -> dict[str, Any] | str:
+    """``--condition KEY=VALUE`` items: ``{column: value}`` (values read as YAML) for a
+    table model; the class (text as given: a name, else an index) for an image model."""
+    pairs = dict(item.partition("=")[::2] for item in items)
+    if data_kind == "image":
+        if set(pairs) != {"class"}:
+            raise click.UsageError(
+                "an image model's condition is its class: --condition class=NAME"
+            )
+        return pairs["class"]
+    import yaml
+
+    try:
+        return {key: yaml.safe_load(value) for key, value in pairs.items()}
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or "not YAML"
+        raise click.UsageError(f"--condition {' '.join(items)}: {problem}") from None
+
+
 VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "interpolation", "all")
 
 
@@ -754,13 +773,7 @@ def view(
         raise click.UsageError(f"the {kind} view needs DATA")
     condition = None
     if conditions:
-        import yaml
-
-        pairs = dict(item.partition("=")[::2] for item in conditions)
-        parsed = {key: yaml.safe_load(value) for key, value in pairs.items()}
-        condition = detector.condition_vector(
-            parsed.get("class", 0) if detector.data_kind_ == "image" else parsed
-        )
+        condition = detector.condition_vector(_view_condition(conditions, detector.data_kind_))
     makers = {
         "generate": lambda: [views.generation(detector, count, condition)],
         "reconstruct": lambda: [views.reconstructions(detector, frame)],

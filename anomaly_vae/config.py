@@ -269,7 +269,8 @@ class FamilyConfig:
     """`anomaly-vae fit --family`: train every suitable variant and pick one."""
 
     variants: list[str] = field(default_factory=list)  # registry names; empty = every
-    # variant that suits the data (conditional ones only when a condition is configured)
+    # variant that suits the data (conditional ones only with a condition: for tables
+    # data.condition_columns, for images two or more normal classes)
     ensemble: bool = True  # also offer the rank-averaged ensemble of the variants
     select_by: str = "auto"  # "criterion" (validation -ELBO, needs no labels), "auroc"
     # (labelled evaluation data), or "auto": auroc when labels exist, else criterion

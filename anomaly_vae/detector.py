@@ -26,6 +26,7 @@ from anomaly_vae.calibration import (
 )
 from anomaly_vae.config import (
     QUANTILE_THRESHOLD,
+    Config,
     DetectorConfig,
     from_dict,
     resolve_patience,
@@ -35,7 +36,7 @@ from anomaly_vae.config import (
 )
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
-from anomaly_vae.data.images import ImagePreprocessor
+from anomaly_vae.data.images import ImagePreprocessor, class_list
 from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
 from anomaly_vae.data.tables import quoted_names
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
@@ -69,6 +70,15 @@ def available_scores(model_name: str) -> tuple[str, ...]:
 
 def _is_image_array(X: Any) -> bool:
     return isinstance(X, np.ndarray) and X.ndim >= 3
+
+
+def _refuse_ambiguous_classes(values: np.ndarray) -> None:
+    """Image classes are names or integer indices; floats (an integer column with a gap
+    reads as float) and booleans would silently become names no image was trained on."""
+    if values.dtype.kind in "fbc":
+        raise DataError(
+            f"image classes must be names or integer indices, not {values.dtype} values"
+        )
 
 
 def _width(conditions: np.ndarray | None) -> int:
@@ -293,6 +303,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         named in ``config.data`` are not features.
         """
         config = self.effective_config
+        if isinstance(config, Config):
+            # A whole Config would fit, and then not load: its saved sections differ.
+            raise ConfigError(
+                f"VAEDetector takes a DetectorConfig, not {type(config).__name__}: pass "
+                "config.detector_config()"
+            )
         validate(config)
         threads = torch.get_num_threads()
         # Seeding and thread settings stay inside the fit: a caller's own torch random
@@ -406,11 +422,18 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         values = np.asarray(condition)
         if values.shape != (n,):
             raise DataError(f"condition needs one class per image ({n}), got shape {values.shape}")
+        _refuse_ambiguous_classes(values)
         if pd.isna(values).any():
             raise DataError("every training image needs its class; some have none")
         if values.dtype.kind in "iu":
             if values.min() < 0:
                 raise DataError("image class indices start at 0")
+            absent = sorted(set(range(int(values.max()) + 1)) - set(np.unique(values).tolist()))
+            if absent:
+                raise DataError(
+                    f"no training image has class index {absent[0]}: give indices 0 to K - 1 "
+                    "with images of each, or class names"
+                )
             self.condition_names_ = [str(i) for i in range(int(values.max()) + 1)]
         else:
             self.condition_names_ = sorted({str(v) for v in pd.unique(values)})
@@ -426,6 +449,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             values = np.full(n, values)
         if values.shape != (n,):
             raise DataError(f"condition needs one class per image ({n}), got shape {values.shape}")
+        _refuse_ambiguous_classes(values)
         if values.dtype.kind in "iu":
             if values.min(initial=0) < -1 or values.max(initial=0) >= self.condition_classes_:
                 raise DataError(
@@ -693,11 +717,18 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if self.data_kind_ == "image":
             if isinstance(values, dict):
                 raise DataError("an image model's condition is its class: give class=NAME")
-            index = self._class_indices(np.array([values]), 1)[0]
+            # By name first, as --normal-class names classes at fit; else by index.
+            text = str(values)
+            index = -1
+            if text in self.condition_names_:
+                index = self.condition_names_.index(text)
+            elif text.isdigit() and int(text) < self.condition_classes_:
+                index = int(text)
             if index < 0:
                 raise DataError(
                     f"class {values!r} was not seen in training; known classes: "
-                    f"{', '.join(self.condition_names_)}"
+                    f"{class_list(self.condition_names_)} (or their indices, 0 to "
+                    f"{self.condition_classes_ - 1})"
                 )
             return np.eye(self.condition_classes_, dtype=np.float32)[index]
         missing = set(self.effective_config.data.condition_columns) - set(values)

@@ -109,7 +109,11 @@ def fit_family(
     classes = 0 if data.train_condition is None else len(set(data.train_condition))
     names = suitable_variants(config, kind, classes)
     if not names:
-        raise ConfigError(f"no variant in family.variants suits {kind} data")
+        conditional = "data.condition_columns" if kind == "table" else "two or more normal classes"
+        raise ConfigError(
+            f"no variant in family.variants suits {kind} data (a conditional one needs "
+            f"{conditional})"
+        )
     select_by = config.family.select_by
     if select_by == "auto":
         select_by = "auroc" if data.has_evaluation() else "criterion"

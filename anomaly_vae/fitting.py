@@ -15,7 +15,7 @@ import pandas as pd
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config
 from anomaly_vae.data import label_vector, read_table
-from anomaly_vae.data.images import is_image_source, read_images
+from anomaly_vae.data.images import class_list, is_image_source, read_images
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
@@ -42,7 +42,9 @@ class TrainingData:
     # of a conditional model; None for tables, whose conditions are columns.
     train_condition: np.ndarray | None = None
     evaluation_condition: np.ndarray | None = None
-    sources: dict[str, str] = field(default_factory=dict)  # "data"/"eval_data": where read
+    # What the run read, as MLflow tags: "data"/"eval_data" (where), "normal_classes"
+    # (images: the classes trained on)
+    sources: dict[str, str] = field(default_factory=dict)
 
     def has_evaluation(self) -> bool:
         labels = self.evaluation_labels
@@ -78,6 +80,8 @@ def load_training_data(
     if is_image_source(source):
         data = _load_images(str(source), config, normal_class)
         data.sources["data"] = str(source)
+        if data.train_condition is not None:
+            data.sources["normal_classes"] = class_list(sorted(set(data.train_condition)))
         return data
     if normal_class is not None:
         raise DataError("--normal-class is for image sources; tables use --label-col")
@@ -118,7 +122,7 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
     if normal_class is None:
         if len(images.classes) > 1:
             raise DataError(
-                f"{source} has classes {', '.join(images.classes)}: name the normal one "
+                f"{source} has classes {class_list(images.classes)}: name the normal one "
                 "with --normal-class (several: --normal-class a,b)"
             )
         normal_class = images.classes[0]
@@ -157,8 +161,8 @@ def _check_conditional_classes(config: Config, normal_classes: list[str]) -> Non
     if get_model(config.model.name).uses_condition and len(normal_classes) < 2:
         raise DataError(
             f"{config.model.name} models an image given its class and needs two or more "
-            f"normal classes (--normal-class a,b); {', '.join(normal_classes) or 'the folder'} "
-            "alone is one: use model.name=vae"
+            f"normal classes (--normal-class a,b); {class_list(normal_classes)} alone is one: "
+            "use model.name=vae"
         )
 
 

@@ -24,7 +24,7 @@ from anomaly_vae.fitting import (
     record_run,
     save_model,
 )
-from anomaly_vae.scoring import check_data_kind, load_detector
+from anomaly_vae.scoring import check_data_kind, load_detector, warn_unknown_classes
 
 
 @dataclass
@@ -67,6 +67,7 @@ def labelled_data(
         normal = [0] if normal_class is None else images.class_indices(str(normal_class))
         labels = ~np.isin(images.labels, normal)
         classes = images.label_names()
+        warn_unknown_classes(detector, classes)
         return TrainingData(
             images.images,
             images.images,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.batch import drift_sample, score_file
-from anomaly_vae.data.images import read_images
+from anomaly_vae.data.images import class_list, read_images
 from anomaly_vae.data.tables import PARQUET_SUFFIXES, table_errors
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
@@ -128,8 +128,8 @@ def score_images(
     """
     images = read_images(source, train=False, size=detector.effective_config.data.image_size)
     classes = images.label_names()
-    _warn_unknown_classes(detector, classes)
-    scores = detector.score_frame(images.images, classes)
+    scores = detector.score_frame(images.images, classes)  # checks the images first
+    warn_unknown_classes(detector, classes)
     scores.insert(0, "image", images.names)
     if len(images.classes) > 1:
         scores.insert(1, "class", [images.classes[i] for i in images.labels])
@@ -162,17 +162,25 @@ class ImageFolderScorer:
         )
 
 
-def _warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.ndarray) -> None:
+def conditional_classes(detector: VAEDetector | EnsembleDetector) -> list[str]:
+    """The classes a conditional image model (or an ensemble's) was trained on, sorted;
+    empty for other models."""
+    members = getattr(detector, "members", {"model": detector}).values()
+    return sorted({name for member in members for name in getattr(member, "condition_names_", [])})
+
+
+def warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.ndarray) -> None:
     """A conditional image model scores an image given its class (its subfolder, or its
     torchvision label); say which images it had no such class for."""
-    members = getattr(detector, "members", {"model": detector}).values()
-    known = {name for member in members for name in getattr(member, "condition_names_", [])}
+    known = conditional_classes(detector)
     if not known:
         return
     names = pd.Series(classes, dtype=object).astype(str)
     unknown = names[~names.isin(known)].value_counts(sort=False)
     if len(unknown):
-        named = ", ".join(f"{name or '(no class folder)'}: {n}" for name, n in unknown.items())
+        named = ", ".join(
+            f"{class_list([name]) or '(no class given)'}: {n}" for name, n in unknown.items()
+        )
         logger.warning(
             "%d of %d images are not of a class the conditional model was trained on (%s); "
             "each is scored given the trained class that explains it best (lowest "
@@ -180,7 +188,7 @@ def _warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.
             int(unknown.sum()),
             len(classes),
             named,
-            ", ".join(sorted(known)),
+            class_list(known),
         )
 
 

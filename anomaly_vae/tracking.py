@@ -29,7 +29,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
@@ -39,6 +39,7 @@ from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import TrackingError
 from anomaly_vae.fitting import TrainingData
 from anomaly_vae.models import get_model
+from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
 
 # Where runs go, also importable from here as before (store.py keeps `ui` light).
 from anomaly_vae.store import STORE_DIR as STORE_DIR
@@ -145,7 +146,10 @@ class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
     saved detector or family ensemble.
 
     ``predict`` returns ``score_frame``: the id column (if configured and present),
-    the scores, ``score`` (higher = more anomalous) and the boolean ``is_anomaly``.
+    the scores, ``score`` (higher = more anomalous) and the boolean ``is_anomaly``. A
+    conditional image model takes the images' class as the parameter ``image_class``
+    (one class per request); without it, or with a class it was not trained on, each
+    image is scored under the trained class that explains it best, with a warning.
     """
 
     # We log an explicit signature; skip MLflow's type-hint validation of predict.
@@ -163,7 +167,11 @@ class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
 
         try:
             if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
-                return self.detector.score_frame(model_input)
+                image_class = (params or {}).get(IMAGE_CLASS_PARAM) or ""
+                classes = np.full(len(model_input), image_class, dtype=object)
+                scores = self.detector.score_frame(model_input, classes)
+                warn_unknown_classes(self.detector, classes)
+                return scores
             return self.detector.score_frame(pd.DataFrame(model_input))
         except DataError as exc:
             # A served model answers 400 with this message, not a 500 with a stack trace.
@@ -176,6 +184,7 @@ def _base_detector(detector: Any) -> VAEDetector:
 
 
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer"  # start of an MLflow warning
+IMAGE_CLASS_PARAM = "image_class"  # the served conditional image model's class parameter
 
 
 def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
@@ -193,7 +202,11 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
         warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
         outputs = infer_signature(example, detector.score_frame(example)).outputs
     if isinstance(example, np.ndarray):
-        return ModelSignature(inputs=infer_signature(example).inputs, outputs=outputs)
+        params = None
+        if conditional_classes(detector):
+            params = ParamSchema([ParamSpec(IMAGE_CLASS_PARAM, "string", "")])
+        inputs = infer_signature(example).inputs
+        return ModelSignature(inputs=inputs, outputs=outputs, params=params)
     base = _base_detector(detector)
     id_column = base.effective_config.data.id_column
     inputs = []
@@ -283,7 +296,8 @@ def write_config(config: Config, out: Path) -> None:
 
 
 def log_sources(data: TrainingData) -> None:
-    """Which files the run read (tags ``data``, ``eval_data``), and for a table the
+    """Which files the run read (tags ``data``, ``eval_data``; ``normal_classes`` for
+    images), and for a table the
     training rows as an MLflow dataset input (schema, digest, source; the UI's Datasets)."""
     mlflow.set_tags(data.sources)
     source = data.sources.get("data")

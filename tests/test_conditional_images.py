@@ -172,3 +172,83 @@ def test_the_conditional_images_pipeline_measures_misfiled_images(tmp_path, monk
     assert results.loc["vae", "other_classes_auroc"] > 90  # noise is no bar image
     assert results.loc["cvae", "misfiled_auroc"] > 90  # a vertical bar filed as horizontal
     assert results.loc["cvae", "misfiled_flagged_pct"] > results.loc["cvae", "filed_flagged_pct"]
+
+
+def test_classes_are_named_by_name_first_and_mixed_up_names_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("1", 70), ("2", 71)):
+        _write(tmp_path / "num" / name, bars(40, seed, vertical=name == "2"), "i")
+    _write(tmp_path / "comma" / "bag, big", bars(40, 72), "i")
+    _write(tmp_path / "comma" / "coat", bars(40, 73, vertical=True), "i")
+    quick = ["--no-tracking", "--quiet", "--set=training.epochs=2", "--set=training.min_steps=0"]
+    # "0" is no folder name, so the index of folder "1"; "1" is folder "1" by name.
+    twice = CliRunner().invoke(main, ["fit", "num", "--normal-class", "0,1", *quick])
+    assert twice.exit_code == 1 and "'0' and '1' both name class '1'" in twice.output
+    comma = CliRunner().invoke(main, ["fit", "comma", "--normal-class", "bag, big,coat", *quick])
+    assert comma.exit_code == 1
+    assert "classes: 'bag, big', coat (or their indices, 0 to 1)" in comma.output
+    fit = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "num",
+            "--normal-class",
+            "1,2",
+            "--model-dir",
+            "m",
+            *quick,
+            "--set=model.name=cvae",
+        ],
+    )
+    assert fit.exit_code == 0, fit.output
+    detector = VAEDetector.load(tmp_path / "m")
+    np.testing.assert_array_equal(detector.condition_vector("1"), [1.0, 0.0])  # the name
+    np.testing.assert_array_equal(detector.condition_vector(1), [1.0, 0.0])
+    view = ["view", "generate", "--model", "m", "--out", "v"]
+    typo = CliRunner().invoke(main, [*view, "--condition", "klass=1"])
+    assert typo.exit_code == 2 and "--condition class=NAME" in typo.output
+    odd = CliRunner().invoke(main, [*view, "--condition", "class=[x"])
+    assert odd.exit_code == 1 and "class '[x' was not seen in training" in odd.output
+    # A flat folder named like a trained class is that class: no warning, own-class scores.
+    _write(tmp_path / "new" / "2", bars(3, seed=74, vertical=True), "n")
+    flat = CliRunner().invoke(main, ["score", "new/2", "--model", "m", "-o", "s.csv", "--quiet"])
+    assert flat.exit_code == 0 and "not of a class" not in flat.output
+    own = detector.anomaly_score(bars(3, seed=74, vertical=True), np.array(["2"] * 3))
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "s.csv")["score"], own, rtol=1e-5)
+
+
+def test_float_or_boolean_classes_and_indices_without_images_are_refused(cvae):
+    images, classes = two_classes(10, seed=80)
+    for ambiguous in (np.zeros(len(images)), np.ones(len(images), dtype=bool)):
+        with pytest.raises(DataError, match="names or integer indices, not"):
+            cvae.anomaly_score(images, ambiguous)
+    config = tiny_config(*CVAE).detector_config()
+    with pytest.raises(DataError, match="no training image has class index 1"):
+        VAEDetector(config).fit(images, condition=np.where(classes == "h", 0, 2))
+
+
+def test_a_served_conditional_image_model_takes_the_class_as_a_parameter(tracking_store, tmp_path):
+    import mlflow
+
+    from anomaly_vae.fitting import fit_source
+
+    _write(tmp_path / "train" / "h", bars(150, seed=90), "h")
+    _write(tmp_path / "train" / "v", bars(150, seed=91, vertical=True), "v")
+    config = tiny_config(*CVAE, "tracking.log_views=false")
+    result = fit_source(tmp_path / "train", config, normal_class="h,v", project_dir=tmp_path)
+    run = mlflow.get_run(result.run.run_id)
+    assert run.data.tags["normal_classes"] == "h, v"
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run.run_id}/model")
+    vertical = bars(5, seed=92, vertical=True)
+    as_v = model.predict(vertical, params={"image_class": "v"})["score"].to_numpy()
+    as_h = model.predict(vertical, params={"image_class": "h"})["score"].to_numpy()
+    best = model.predict(vertical)["score"].to_numpy()
+    assert as_h.min() > as_v.max()  # a vertical bar filed as horizontal
+    np.testing.assert_allclose(best, np.minimum(as_v, as_h), rtol=1e-5)
+
+
+def test_a_whole_config_is_refused_with_the_call_to_make():
+    from anomaly_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pass config\.detector_config\(\)"):
+        VAEDetector(tiny_config()).fit(bars(30, seed=0))

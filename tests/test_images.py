@@ -65,8 +65,10 @@ def test_image_detector_saves_and_loads(tmp_path, name, pool):
     assert loaded.preprocessor_.pool == detector.preprocessor_.pool == pool
     test = bars(10, seed=3, size=28)
     pd.testing.assert_frame_equal(loaded.score_frame(test), detector.score_frame(test))
-    with pytest.raises(DataError, match="expected images of shape"):
+    with pytest.raises(DataError, match="takes grey 28 x 28 images, these are grey 8 x 8"):
         loaded.anomaly_score(bars(5, seed=0, size=8))
+    with pytest.raises(DataError, match=r"these are colour 28 x 28 \(shape \(3, 28, 28\)\): conv"):
+        loaded.anomaly_score(np.repeat(test, 3, axis=1))
 
 
 def test_nan_or_out_of_range_pixels_are_refused_not_scored():

@@ -61,7 +61,10 @@ class ImageSet:
             return self.classes.index(name)
         if name.isdigit() and int(name) < len(self.classes):
             return int(name)
-        raise DataError(f"unknown class {name!r}; classes: {', '.join(self.classes)}")
+        raise DataError(
+            f"unknown class {name!r}; classes: {class_list(self.classes)} (or their indices, "
+            f"0 to {len(self.classes) - 1})"
+        )
 
     def class_indices(self, names: str) -> list[int]:
         """The indices of the classes in ``names``: one class (a name, or an index as
@@ -73,11 +76,29 @@ class ImageSet:
         """
         if names in self.classes:  # a class whose own name holds a comma
             return [self.classes.index(names)]
-        return list(dict.fromkeys(self.class_index(part.strip()) for part in names.split(",")))
+        parts = [part.strip() for part in names.split(",")]
+        indices = [self.class_index(part) for part in parts]
+        for i, index in enumerate(indices):
+            if index in indices[:i]:  # e.g. "0,1" where the folder "1" is class 0
+                first = parts[indices.index(index)]
+                raise DataError(
+                    f"{first!r} and {parts[i]!r} both name class {self.classes[index]!r} "
+                    "(a class is named first by its name, else by its index)"
+                )
+        return indices
 
     def label_names(self) -> np.ndarray:
         """``(n,)`` the class name of every image (object array of str)."""
         return np.asarray(self.classes, dtype=object)[self.labels]
+
+
+def class_list(names: list[str]) -> str:
+    """Class names for a message, comma-separated; a name holding a comma is quoted.
+
+    >>> class_list(["bag", "bag, big", "7"])
+    "bag, 'bag, big', 7"
+    """
+    return ", ".join(repr(name) if "," in name else name for name in names)
 
 
 def torchvision_source(source: str | Path) -> tuple[str, Path] | None:
@@ -199,7 +220,8 @@ def write_idx_set(folder: Path, train: bool, images: np.ndarray, labels: np.ndar
 
 
 def _read_folder(path: Path, size: int | None) -> ImageSet:
-    """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class "")."""
+    """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class, the
+    folder's name)."""
     from torchvision.datasets import ImageFolder
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -213,7 +235,9 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
                 path,
                 ", ".join(subfolders),
             )
-        return _decode([(str(p), 0) for p in flat], [""], path, size)
+        # One class, named after the folder: a folder named like a trained class is that
+        # class to a conditional model.
+        return _decode([(str(p), 0) for p in flat], [path.resolve().name], path, size)
     try:
         folder = ImageFolder(str(path))
     except (FileNotFoundError, RuntimeError) as exc:
@@ -364,7 +388,17 @@ class ImagePreprocessor:
     def transform(self, images: np.ndarray) -> np.ndarray:
         array = as_nchw(images)
         if tuple(array.shape[1:]) != self.shape:
-            raise DataError(f"expected images of shape {self.shape}, got {tuple(array.shape[1:])}")
+            given = tuple(array.shape[1:])
+            fix = (
+                "convert them to " + ("grey" if self.shape[0] == 1 else "colour")
+                if given[0] != self.shape[0]
+                else f"resize them to {self.shape[1]} x {self.shape[2]}, or fit with "
+                "--set data.image_size=N, which resizes images at fit and when scoring"
+            )
+            raise DataError(
+                f"the model takes {_described(self.shape)} images, these are "
+                f"{_described(given)} (shape {given}): {fix}"
+            )
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         else:
@@ -399,6 +433,11 @@ class ImagePreprocessor:
         pre = cls(data.get("pool", 1))
         pre.shape = tuple(data["shape"])
         return pre
+
+
+def _described(shape: tuple[int, ...]) -> str:
+    """``(C, H, W)`` in words: ``grey 28 x 28``, ``colour 64 x 64``."""
+    return f"{'grey' if shape[0] == 1 else 'colour'} {shape[1]} x {shape[2]}"
 
 
 def as_nchw(images: np.ndarray) -> np.ndarray:
