@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 from anomaly_vae import plots
+from anomaly_vae.data.images import class_list
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -138,20 +139,26 @@ def generation(
 ) -> View:
     """Samples from the prior, decoded: an image grid, or table rows (a CSV in the
     original units, and histograms of them). ``condition``: one condition vector
-    ``(c,)`` for conditional models."""
+    ``(c,)`` for conditional models; without one a conditional image model generates a
+    row of ``count / K`` samples for each of its K classes."""
     cond = None
+    title, columns = f"{count} samples from the prior", math.ceil(math.sqrt(count))
     if detector.model_.condition_dim:
-        if condition is None:
+        if condition is not None:
+            cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1)
+            cond = cond.repeat(count, 1)
+        elif _is_image(detector):
+            classes = detector.condition_names_
+            columns = max(1, count // len(classes))
+            cond = torch.eye(len(classes)).repeat_interleave(columns, dim=0)
+            count = len(cond)
+            title = f"{columns} samples from the prior per class, a row each: {class_list(classes)}"
+        else:
             raise DataError("a conditional model generates for a condition: pass one")
-        cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1).repeat(count, 1)
     generator = torch.Generator().manual_seed(seed)
     samples = detector.model_.generate(count, cond, generator=generator).numpy()
     if _is_image(detector):
-        figure = _image_grid(
-            np.clip(samples, 0, 1),
-            f"{count} samples from the prior",
-            columns=math.ceil(math.sqrt(count)),
-        )
+        figure = _image_grid(np.clip(samples, 0, 1), title, columns=columns)
         return View("01_generated", figure)
     rows = _to_rows(detector, samples, None if cond is None else cond.numpy())
     columns = _numeric_columns(detector)
@@ -403,11 +410,11 @@ def views_and_skips(
 ) -> tuple[list[View], list[str]]:
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
-    ``condition``: ``(c,)`` for a conditional model's generation (without it, none) and
-    manifold (without it, the first row's)."""
+    ``condition``: ``(c,)`` for a conditional model's generation (without it, none for
+    tables and a row per class for images) and manifold (without it, the first row's)."""
     made: list[View] = []
     skipped: list[str] = []
-    if detector.model_.condition_dim and condition is None:
+    if detector.model_.condition_dim and condition is None and not _is_image(detector):
         skipped.append("generate: a conditional model generates for a condition (--condition)")
     else:
         made.append(generation(detector, condition=condition))

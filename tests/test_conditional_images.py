@@ -252,3 +252,16 @@ def test_a_whole_config_is_refused_with_the_call_to_make():
 
     with pytest.raises(ConfigError, match=r"pass config\.detector_config\(\)"):
         VAEDetector(tiny_config()).fit(bars(30, seed=0))
+
+
+def test_a_conditional_image_model_generates_a_row_per_class_without_a_condition(cvae):
+    from anomaly_vae import views
+
+    images, _ = two_classes(5, seed=95)
+    made, skipped = views.views_and_skips(cvae, images)
+    generated = next(view for view in made if view.name == "01_generated")
+    title = generated.figure._suptitle.get_text()
+    assert title == "32 samples from the prior per class, a row each: h, v"
+    assert not [reason for reason in skipped if reason.startswith("generate")]
+    for view in made:
+        views.plots.close(view.figure)

@@ -322,7 +322,8 @@ def _decode(
     if len(sizes) > 1:
         raise DataError(
             f"images in {path} have different sizes {sorted(sizes)[:4]}; resize them when read "
-            "with data.image_size (e.g. --set data.image_size=64)"
+            "with data.image_size (at fit, e.g. --set data.image_size=64; the model then "
+            "resizes what it scores)"
         )
     images = np.stack(pixels)
     images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
