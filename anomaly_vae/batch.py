@@ -115,7 +115,7 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         if p.is_dir()
         and not p.name.startswith(".")
         and not p.name.endswith(STAGING_SUFFIX)
-        and _image_files(p)
+        and any(_is_image(file) for file in p.rglob("*"))
     )
     for folder in folders:
         if output.is_relative_to(folder.resolve()):
@@ -349,9 +349,21 @@ def run_batch(
     ``progress``: a bar over the input files (and, locally, one over each file's rows)
     on a terminal.
     """
-    paths = batch_inputs(source, output_dir)
+    if detector.data_kind_ == "image":
+        paths, image_scorer = image_batch(source, output_dir, detector)
+        scorer = scorer or image_scorer
+    else:
+        paths = batch_inputs(source, output_dir)
     with output_lock(output_dir):
         return score_inputs(paths, output_dir, detector, model_id, chunk_rows, scorer, progress)
+
+
+def image_batch(source: str | Path, output_dir: Path, detector: Any) -> tuple[list[Path], Any]:
+    """An image model's inputs (:func:`image_folders`) and its scorer, which reads each
+    folder whole into one CSV."""
+    from anomaly_vae.scoring import ImageFolderScorer  # scoring builds on this module
+
+    return image_folders(source, output_dir), ImageFolderScorer(detector)
 
 
 def batch_inputs(source: str | Path, output_dir: Path) -> list[Path]:

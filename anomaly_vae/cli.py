@@ -449,13 +449,13 @@ def batch(
         DRIFT_WARNING,
         batch_inputs,
         drift_statistic,
-        image_folders,
+        image_batch,
         model_identity,
         output_lock,
         score_inputs,
     )
     from anomaly_vae.fitting import latest_model_dir
-    from anomaly_vae.scoring import ImageFolderScorer, load_detector
+    from anomaly_vae.scoring import load_detector
 
     _set_threads(threads)  # the local engine's; Spark's executors keep their own
 
@@ -472,8 +472,7 @@ def batch(
         if detector.data_kind_ == "image":
             if engine == "spark":
                 raise click.UsageError("the Spark engine scores tables; use the local engine")
-            paths = image_folders(source, output_dir)
-            scorer = ImageFolderScorer(detector)
+            paths, scorer = image_batch(source, output_dir, detector)
         elif engine == "spark":
             from anomaly_vae.spark_engine import SparkScorer
 

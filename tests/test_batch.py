@@ -445,3 +445,13 @@ def test_image_batch_inputs_are_complete_folders_of_images_outside_the_output(
     clash = batch(image_model_dir, tmp_path / "other", out)
     assert clash.exit_code == 1 and "holds the scores of" in clash.output
     assert len(pd.read_csv(out / "day1.csv")) == 3
+
+
+def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp_path):
+    from tests.test_images import bars
+
+    _images(tmp_path / "in" / "day1", bars(4, seed=15))
+    detector = VAEDetector.load(image_model_dir)
+    report = run_batch(tmp_path / "in", tmp_path / "out", detector, "m1")
+    assert report.rows == 4 and report.scored == [str(tmp_path / "in" / "day1")]
+    assert len(pd.read_csv(tmp_path / "out" / "day1.csv")) == 4
