@@ -28,6 +28,24 @@ def test_reads_csv_and_parquet(tmp_path):
             "temp;state;load\n1,5;ok;3\n-0,25;ok;1e3\n;bad;4\n",
             {"temp": [1.5, -0.25, np.nan], "state": ["ok", "ok", "bad"], "load": [3, 1e3, 4]},
         ),
+        # Dots between groups of thousands, beside decimal commas.
+        (
+            "amount;count\n3.366,33;1.234.567\n684,38;12\n-1.000;3\n",
+            {"amount": [3366.33, 684.38, -1000.0], "count": [1234567, 12, 3]},
+        ),
+        # Dots between groups of thousands, beside decimal commas, read alike in every
+        # chunk (the last chunk's "-1.000" alone would read as -1.0); in such a file
+        # "1.250" is 1250 even in a column without commas.
+        (
+            "amount;count;weight\n3.366,33;1.234.567;1.250\n684,38;12;2\n-1.000;3;3.000\n",
+            {
+                "amount": [3366.33, 684.38, -1000.0],
+                "count": [1234567, 12, 3],
+                "weight": [1250, 2, 3000],
+            },
+        ),
+        # Without decimal commas anywhere, a dot is a decimal point.
+        ("weight;code\n1.250;a\n2;b\n3.000;c\n", {"weight": [1.25, 2, 3], "code": ["a", "b", "c"]}),
         # ';' with decimal points; a column with a text value stays text.
         (
             "temp;code\n1.5;1,5\n2.5;x\n3.5;y\n",

@@ -19,7 +19,11 @@ logger = logging.getLogger(__name__)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
-DECIMAL_COMMA_NUMBER = r"[+-]?\d*,?\d+(?:[eE][+-]?\d+)?"  # "1,5", "-0,25", "3"
+# In a ';'-separated file: "1,5", "-0,25", "3", and with dots between groups of
+# thousands "1.234,5", "1.234.567"
+DECIMAL_COMMA_NUMBER = r"[+-]?(?:\d{1,3}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
+GROUPED_INTEGER = r"[+-]?\d{1,3}(?:\.\d{3})+"  # "1.234": 1234 in a file of decimal commas
+SAMPLE_ROWS = 10_000  # rows of a ';'-separated file read to judge how it writes numbers
 NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
 # so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
@@ -62,17 +66,21 @@ def read_csv(path: str | Path) -> pd.DataFrame:
     :func:`_numbers_of`)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
+    comma_columns = _decimal_comma_columns(path, separator, encoding)
     with _reading(path, encoding):
-        frame = pd.read_csv(path, sep=separator, encoding=encoding)
-    return _numbers_of(frame, separator)
+        frame = pd.read_csv(path, sep=separator, encoding=encoding, dtype=comma_columns)
+    return _numbers_of(frame, comma_columns)
 
 
 def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
+    comma_columns = _decimal_comma_columns(path, separator, encoding)
     with _reading(path, encoding):
-        reader = pd.read_csv(path, sep=separator, encoding=encoding, chunksize=chunk_rows)
+        reader = pd.read_csv(
+            path, sep=separator, encoding=encoding, dtype=comma_columns, chunksize=chunk_rows
+        )
     with reader:
         while True:
             # Only around pandas' own work: a filter held across a yield would reach the
@@ -81,7 +89,7 @@ def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]
                 chunk = next(reader, None)
             if chunk is None:
                 return
-            yield _numbers_of(chunk, separator)
+            yield _numbers_of(chunk, comma_columns)
 
 
 @contextlib.contextmanager
@@ -136,19 +144,42 @@ def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> 
         refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
-def _numbers_of(frame: pd.DataFrame, separator: str) -> pd.DataFrame:
-    """In a ';'-separated file, a text column whose every value is a number written with
-    a decimal comma ("1,5") becomes numeric."""
+def _decimal_comma_columns(path: str | Path, separator: str, encoding: str) -> dict[str, type]:
+    """The columns of a ';'-separated file that write numbers with decimal commas, as a
+    pandas ``dtype`` mapping that reads them as text (for :func:`_numbers_of`).
+
+    Judged once per file, on its first ``SAMPLE_ROWS`` rows, so that every chunk of a
+    large file is read alike. A column qualifies when every value there is such a number
+    (:data:`DECIMAL_COMMA_NUMBER`) and one holds a comma or several dots. In a file with
+    such a column a dot groups thousands, so a column of integers written "1.234" (which
+    pandas alone reads as 1.234) qualifies too.
+    """
     if separator != ";":
-        return frame
-    for name in frame.columns:
-        values = frame[name]
-        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-            continue
-        text = values.dropna().astype(str)
+        return {}
+    with _reading(path, encoding):
+        sample = pd.read_csv(path, sep=separator, encoding=encoding, dtype=str, nrows=SAMPLE_ROWS)
+    commas, groups = [], []
+    for name in sample.columns:
+        text = sample[name].dropna()
         if text.empty or not text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
             continue
-        frame[name] = pd.to_numeric(values.str.replace(",", ".", regex=False))
+        if text.str.contains(",", regex=False).any() or text.str.count(r"\.").gt(1).any():
+            commas.append(name)
+        elif text.str.fullmatch(GROUPED_INTEGER).any():
+            groups.append(name)
+    return dict.fromkeys(commas + groups, str) if commas else {}
+
+
+def _numbers_of(frame: pd.DataFrame, comma_columns: dict[str, type]) -> pd.DataFrame:
+    """``frame`` with its ``comma_columns`` (read as text) turned into numbers: "1.234,5"
+    becomes 1234.5. A column holding a value that is not such a number stays text, for
+    the schema check to name the row."""
+    for name in comma_columns:
+        values = frame[name]
+        text = values.dropna()
+        if text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
+            digits = values.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+            frame[name] = pd.to_numeric(digits)
     return frame
 
 
