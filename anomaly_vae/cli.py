@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 import numpy as np
@@ -103,7 +103,8 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except AnomalyVAEError as exc:
             error = click.ClickException(str(exc))
-            error.exit_code = exc.exit_code
+            # click declares exit_code a ClassVar; an instance's own code is what it exits with.
+            error.exit_code = exc.exit_code  # type: ignore[misc]
             raise error from exc
 
     return wrapper
@@ -204,7 +205,7 @@ def fit(
     DATA is a CSV or Parquet table, a folder of images (one subfolder per class), or
     a torchvision dataset under a local root: {torchvision}.
     """
-    from anomaly_vae.fitting import fit_source
+    from anomaly_vae.fitting import FitResult, fit_source
 
     if no_tracking and register:
         raise click.UsageError("--register needs tracking: the alias lives in MLflow")
@@ -220,12 +221,13 @@ def fit(
         cli_overrides.append("tracking.enabled=false")
     config = load_config(config_file, cli_overrides)
     config.training.progress = not quiet
-    arguments = {
+    arguments: dict[str, Any] = {
         "eval_source": eval_file,
         "normal_class": normal_class,
         "model_dir": model_dir,
         "register": register,
     }
+    result: FitResult
     if family:
         from anomaly_vae.family import fit_family, format_comparison
 
@@ -640,6 +642,7 @@ def calibrate(
     previous = f"was {result.previous_threshold:.6g}"
     threshold = f"Threshold: {calibration['score']} > {detector.threshold_:.6g}"
     if method == QUANTILE_THRESHOLD:
+        assert result.above_previous is not None  # calibrate_model sets it for the quantile
         target = 100 * calibration["target_fpr"]
         click.echo(
             f"{threshold} ({previous}; the {100 - target:g}% quantile of "
@@ -728,11 +731,13 @@ def view(
     from anomaly_vae import views
     from anomaly_vae.data import label_vector, read_table
     from anomaly_vae.data.images import is_image_source, read_images
+    from anomaly_vae.detector import VAEDetector
     from anomaly_vae.scoring import check_data_kind, load_detector
 
     detector = load_detector(model_ref)
     if not hasattr(detector, "model_"):
         raise click.UsageError("views need a single model, not a family ensemble")
+    detector = cast(VAEDetector, detector)  # of the two kinds, only an ensemble lacks model_
     if log_to_run:
         # Before drawing, so a run that cannot be found costs no files; and with no
         # embedded store here, say so rather than create an empty one.
@@ -949,6 +954,7 @@ def benchmark(
         jobs=jobs,
         progress=not quiet,
     )
+    assert outcome.summary is not None  # run_benchmark writes it before it returns
     click.echo(outcome.summary.read_text())
     click.echo(
         f"{outcome.rows_new} new rows, {outcome.rows_done_before} already done, "

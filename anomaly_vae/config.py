@@ -496,7 +496,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         hint = hints[name]
         if known[name].metadata.get("auto") and str(value).lower() == "auto":
             value = None
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
         else:
             kwargs[name] = _coerce(value, hint, f"{prefix}{name}")

@@ -8,7 +8,7 @@ import logging
 import math
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import pandas as pd
@@ -85,6 +85,9 @@ def _width(conditions: np.ndarray | None) -> int:
     return 0 if conditions is None else conditions.shape[1]
 
 
+_Scores = TypeVar("_Scores", bound="ThresholdedScores")
+
+
 class ThresholdedScores:
     """The scikit-learn scoring methods, from ``all_scores``, ``score_name`` and
     ``threshold_`` (shared by :class:`VAEDetector` and the family ensemble).
@@ -93,11 +96,21 @@ class ThresholdedScores:
     ``score_samples`` is the negation; ``predict`` gives -1 for anomalies.
     """
 
-    score_name: str
     threshold_: float
     offset_: float
     calibration_: dict[str, Any]
     calibration_scores_: np.ndarray  # (n_calibration,) held-out normal rows' scores
+    n_training_rows_: dict[str, int]  # rows of each part of the fit's split
+
+    @property
+    def score_name(self) -> str:
+        """The score that drives ``threshold_`` and ``predict``."""
+        raise NotImplementedError
+
+    @property
+    def effective_config(self) -> DetectorConfig:
+        """The configuration the scores come from."""
+        raise NotImplementedError
 
     def all_scores(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
@@ -142,14 +155,14 @@ class ThresholdedScores:
         return np.where(self.decision_function(X) >= 0, 1, -1)
 
     def calibrate_threshold(
-        self,
+        self: _Scores,
         X: pd.DataFrame | np.ndarray,
         y: Any = None,
         method: str = "f1",
         target_recall: float = 0.9,
         condition: np.ndarray | None = None,
         target_fpr: float | None = None,
-    ) -> ThresholdedScores:
+    ) -> _Scores:
         """Move ``threshold_`` to one chosen on new rows, without retraining; returns ``self``.
 
         ``X``: rows (or images); ``y (n,)``: 1 or True = anomaly, 0 or False = normal.
@@ -176,11 +189,12 @@ class ThresholdedScores:
         if method == QUANTILE_THRESHOLD:
             normal = scores if labels is None else scores[~labels.astype(bool)]
             return self.threshold_from_normal_scores(normal, target_fpr)
+        assert labels is not None  # refused above for every method but the quantile
         return self.threshold_from_scores(labels.astype(bool), scores, method, target_recall)
 
     def threshold_from_normal_scores(
-        self, normal_scores: np.ndarray, target_fpr: float | None = None
-    ) -> ThresholdedScores:
+        self: _Scores, normal_scores: np.ndarray, target_fpr: float | None = None
+    ) -> _Scores:
         """:meth:`calibrate_threshold` by quantile, for normal rows already scored:
         ``normal_scores (n,)`` from :meth:`anomaly_score`; returns ``self``."""
         if target_fpr is None:
@@ -204,8 +218,8 @@ class ThresholdedScores:
         return self
 
     def threshold_from_scores(
-        self, labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float
-    ) -> ThresholdedScores:
+        self: _Scores, labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float
+    ) -> _Scores:
         """:meth:`calibrate_threshold` for rows already scored: ``labels (n,)`` bool,
         ``scores (n,)`` from :meth:`anomaly_score`; returns ``self``."""
         if not 0 < target_recall <= 1:
@@ -275,8 +289,21 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     [-1]
     """
 
+    preprocessor_: TablePreprocessor | ImagePreprocessor  # as data_kind_ is "table" or "image"
+    _noise: torch.Tensor | None  # the scoring noise, drawn when first needed
+
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config
+
+    @property
+    def _table_preprocessor(self) -> TablePreprocessor:
+        """``preprocessor_`` where only a table model's code reaches."""
+        return cast(TablePreprocessor, self.preprocessor_)
+
+    @property
+    def _image_preprocessor(self) -> ImagePreprocessor:
+        """``preprocessor_`` where only an image model's code reaches."""
+        return cast(ImagePreprocessor, self.preprocessor_)
 
     @property
     def effective_config(self) -> DetectorConfig:
@@ -354,10 +381,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 self._set_image_classes(config.model.name, condition, len(X))
         else:
             frame = as_frame(X)
-            self.preprocessor_ = TablePreprocessor(config.data).fit(frame)
-            self.n_features_in_ = len(self.preprocessor_.columns)
+            table = TablePreprocessor(config.data).fit(frame)
+            self.preprocessor_ = table
+            self.n_features_in_ = len(table.columns)
             if isinstance(X, pd.DataFrame):
-                self.feature_names_in_ = np.array(self.preprocessor_.input_columns, dtype=object)
+                self.feature_names_in_ = np.array(table.input_columns, dtype=object)
         self._uses_condition = model_class.uses_condition
         needs_context = model_class.uses_condition and self.data_kind_ == "table"
         if needs_context and not config.data.condition_columns:
@@ -377,11 +405,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
         batch_input = None
         if self.data_kind_ == "image":
-            side = min(self.preprocessor_.shape[1:])
+            side = min(self._image_preprocessor.shape[1:])
             shift = round(config.training.image_shift * side)
             if shift >= 1:
                 images = np.asarray(X)[train_rows]
-                batch_input = ShiftedImages(images, self.preprocessor_, shift).batch
+                batch_input = ShiftedImages(images, self._image_preprocessor, shift).batch
 
         patience = resolve_patience(config.training.patience, self.data_kind_)
         self.history_: TrainingHistory = train(
@@ -511,7 +539,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         model_class = get_model(config.model.name)
         model = model_class(tuple(input_shape), config.model, binary_tensor, condition_dim)
         if self.data_kind_ == "table" and config.model.quantisation_floor:
-            steps = self.preprocessor_.feature_steps[~self._condition_mask()]
+            steps = self._table_preprocessor.feature_steps[~self._condition_mask()]
             model.set_feature_steps(torch.from_numpy(steps))
         return model
 
@@ -523,8 +551,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     def _condition_mask(self) -> np.ndarray:
         """``(d,)`` bool: table features that are the condition of a conditional model."""
         if self.data_kind_ != "table" or not self._uses_condition:
-            return np.zeros(len(self.preprocessor_.feature_names), dtype=bool)
-        return self.preprocessor_.condition_mask
+            return np.zeros(len(self._table_preprocessor.feature_names), dtype=bool)
+        return self._table_preprocessor.condition_mask
 
     def _model_input(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
@@ -546,7 +574,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """DataError for an array given to a model fit on named columns, or a DataFrame
         without the names ``x0, x1, ...`` given to a model fit on an array (``frame`` is
         ``as_frame(X)``): the schema check would list every column as missing."""
-        expected = self.preprocessor_.input_columns
+        expected = self._table_preprocessor.input_columns
         array_names = [f"x{i}" for i in range(len(expected))]
         has_all = set(expected) <= set(map(str, frame.columns))
         if isinstance(X, pd.DataFrame):
@@ -570,7 +598,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Warn about condition values not seen in training: such a row is scored given an
         empty context (no category set), against which its score means little."""
         conditions = set(self.effective_config.data.condition_columns)
-        for column in self.preprocessor_.columns:
+        for column in self._table_preprocessor.columns:
             if column.name not in conditions or column.name not in frame.columns:
                 continue
             values = frame[column.name]
@@ -611,8 +639,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     ) -> dict[str, np.ndarray]:
         """The model's own scores of preprocessed rows, in batches; each ``(n,)`` float64."""
         cfg = self.effective_config.scoring
-        if getattr(self, "_noise", None) is None:
-            self._noise = scoring_noise(
+        shared_noise = getattr(self, "_noise", None)
+        if shared_noise is None:
+            shared_noise = self._noise = scoring_noise(
                 cfg.mc_samples, self.model_.noise_dim, self.effective_config.training.seed
             )
         self.model_.eval()
@@ -623,7 +652,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             condition = None
             if conditions is not None:
                 condition = torch.from_numpy(conditions[start : start + size])
-            noise = noise_for_rows(len(batch), self._noise)
+            noise = noise_for_rows(len(batch), shared_noise)
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
@@ -664,7 +693,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             ),
         }
         if self.data_kind_ == "image":
-            resolved["data.image_pool"] = (config.data.image_pool, self.preprocessor_.pool)
+            resolved["data.image_pool"] = (config.data.image_pool, self._image_preprocessor.pool)
         return {key: value for key, (setting, value) in resolved.items() if setting is None}
 
     @property
@@ -731,14 +760,17 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                     f"{self.condition_classes_ - 1})"
                 )
             return np.eye(self.condition_classes_, dtype=np.float32)[index]
+        # A table model's condition is {column: value}; a str or int given to one is not
+        # checked for, as before.
+        values = cast(dict[str, Any], values)
         missing = set(self.effective_config.data.condition_columns) - set(values)
         if missing:
             raise DataError(f"give a value for every condition column; missing: {sorted(missing)}")
         row = {
             c.name: values.get(c.name, c.center if c.kind == "numeric" else c.categories[0])
-            for c in self.preprocessor_.columns
+            for c in self._table_preprocessor.columns
         }
-        for column in self.preprocessor_.columns:
+        for column in self._table_preprocessor.columns:
             if column.name in values and not column.is_known(values[column.name]):
                 raise DataError(
                     f"{column.name}={values[column.name]!r} was not seen in training; "
@@ -759,7 +791,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if self.data_kind_ != "image":
             raise DataError("anomaly maps are for image models")
         error = np.abs(self.transform_features(X) - self.reconstruct(X, condition))
-        return self.preprocessor_.upsample(error)
+        return self._image_preprocessor.upsample(error)
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -854,8 +886,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 str(i) for i in range(detector.condition_classes_)
             ]
         else:
-            detector.preprocessor_ = TablePreprocessor.from_dict(document["schema"], config.data)
-            detector.n_features_in_ = len(detector.preprocessor_.columns)
+            table = TablePreprocessor.from_dict(document["schema"], config.data)
+            detector.preprocessor_ = table
+            detector.n_features_in_ = len(table.columns)
             if document.get("feature_names_in") is not None:
                 detector.feature_names_in_ = np.array(document["feature_names_in"], dtype=object)
         detector.model_ = detector._build_model(

@@ -271,6 +271,7 @@ def _track(
 
     from anomaly_vae import tracking
 
+    assert result.data is not None  # fit_family's result carries the data it read
     tracking.use_tracking(config.tracking.experiment, project_dir)
     # The chosen candidate's config: the family settings, with the model it kept.
     chosen_config = next(c.config for c in candidates if c.name == result.chosen)

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path("mlruns") / "models"  # local saved models, relative to the project folder
 LATEST_FILE = "LATEST"  # names the newest model folder in MODELS_DIR
 
-Data = pd.DataFrame | np.ndarray  # a table, or images (n, C, H, W)
+Data: TypeAlias = pd.DataFrame | np.ndarray  # a table, or images (n, C, H, W)
 
 
 @dataclass
@@ -196,6 +196,7 @@ def calibrate_and_evaluate(detector: Any, data: TrainingData) -> dict[str, Any] 
     if not data.has_evaluation():
         logger.warning("no evaluation: the labelled evaluation rows are all of one class")
         return None
+    assert data.evaluation_labels is not None  # has_evaluation() checked
     settings = detector.effective_config.calibration
     chosen_here = settings.method in LABELLED_THRESHOLD_METHODS
     scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)

@@ -45,7 +45,7 @@ def score_histogram(
     for scores, label, colour in groups:
         ax.hist(
             np.clip(scores, low, high),
-            bins=bins,
+            bins=bins,  # type: ignore[arg-type]  # matplotlib's stubs omit arrays, which hist takes
             density=True,
             alpha=0.55,
             color=colour,

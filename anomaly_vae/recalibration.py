@@ -128,6 +128,7 @@ def calibrate_model(
     settings.method = method
     if by_quantile:
         labels = data.evaluation_labels
+        assert labels is not None  # labelled_data labels every row
         if labels.all():
             raise DataError(f"{source} has no normal rows to take the quantile of")
         scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
@@ -149,6 +150,7 @@ def calibrate_model(
     if track:
         from anomaly_vae import tracking
 
+        assert origin is not None  # resolved above when track
         with tracking.logging_after(f"the model is saved in {saved}"):
             result.run = _track(result, data, source, origin, project_dir, register)
         record_run(saved, result.run.run_id)
@@ -209,6 +211,7 @@ def _track(
 
     from anomaly_vae import tracking
 
+    assert data.evaluation is not None  # labelled_data's rows are all evaluation rows
     config: Config = load_config()
     config.tracking.registered_model_name = origin.registered_name
     tracking.use_tracking(origin.experiment, project_dir)

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import mlflow
@@ -28,16 +28,17 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
+from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
-from anomaly_vae.data import take_rows
+from anomaly_vae.data import TablePreprocessor, take_rows
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import TrackingError
-from anomaly_vae.fitting import TrainingData
+from anomaly_vae.fitting import Data, TrainingData
 from anomaly_vae.models import get_model
 from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
 
@@ -141,7 +142,7 @@ class TrackedRun:
     champion: bool  # whether the champion alias now points at this version
 
 
-class AnomalyVAEPyfunc(mlflow.pyfunc.PythonModel):
+class AnomalyVAEPyfunc(PythonModel):
     """Scores a pandas DataFrame (tables) or an ``(n, C, H, W)`` array (images) with a
     saved detector or family ensemble.
 
@@ -183,6 +184,13 @@ def _base_detector(detector: Any) -> VAEDetector:
     return getattr(detector, "first", detector)
 
 
+def _labelled(data: TrainingData) -> tuple[Data, np.ndarray]:
+    """``data``'s evaluation rows and their labels, where the caller knows it has them
+    (``has_evaluation()``, or an evaluation computed on them)."""
+    # TrainingData is built with both or neither.
+    return cast(Data, data.evaluation), cast(np.ndarray, data.evaluation_labels)
+
+
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer"  # start of an MLflow warning
 IMAGE_CLASS_PARAM = "image_class"  # the served conditional image model's class parameter
 
@@ -206,13 +214,15 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
         if conditional_classes(detector):
             params = ParamSchema([ParamSpec(IMAGE_CLASS_PARAM, "string", "")])
         inputs = infer_signature(example).inputs
-        return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+        # MLflow annotates params as ParamSchema, though None (its default) means none.
+        return ModelSignature(inputs=inputs, outputs=outputs, params=params)  # type: ignore[arg-type]
     base = _base_detector(detector)
     id_column = base.effective_config.data.id_column
     inputs = []
     if id_column is not None and id_column in example.columns:
         inputs.append(ColSpec(AnyType(), id_column, required=False))
-    inputs += [ColSpec(AnyType(), column.name) for column in base.preprocessor_.columns]
+    table = cast(TablePreprocessor, base.preprocessor_)  # images returned above
+    inputs += [ColSpec(AnyType(), column.name) for column in table.columns]
     return ModelSignature(inputs=Schema(inputs), outputs=outputs)
 
 
@@ -224,7 +234,7 @@ def input_example(
     if isinstance(data, np.ndarray):
         return data[:2]
     base = _base_detector(detector)
-    columns = list(base.preprocessor_.input_columns)
+    columns = list(cast(TablePreprocessor, base.preprocessor_).input_columns)  # not images
     id_column = base.effective_config.data.id_column
     if id_column is not None and id_column in data.columns:
         columns.insert(0, id_column)
@@ -256,7 +266,8 @@ def log_detector(
     evaluation: dict[str, Any] | None,
 ) -> None:
     """Into the active run: config, losses per epoch, calibration, evaluation, plots."""
-    run_id = mlflow.active_run().info.run_id
+    # Callers start the run; without one this fails as before, on None.
+    run_id = cast(mlflow.ActiveRun, mlflow.active_run()).info.run_id
     mlflow.log_params(run_params(config, variants_of(detector)))
     if isinstance(detector, VAEDetector):
         # The config logs auto settings as None; a reviewer needs the values used.
@@ -308,7 +319,10 @@ def log_sources(data: TrainingData) -> None:
             # Its hint that integer columns cannot hold NaN is about model signatures;
             # this schema only describes the training rows.
             warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
-            dataset = mlflow.data.from_pandas(data.train, source=source, name=Path(source).name)
+            # mlflow.data adds its from_* constructors at import, unseen by mypy.
+            dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                data.train, source=source, name=Path(source).name
+            )
             mlflow.log_input(dataset, context="training")
 
 
@@ -332,9 +346,7 @@ def log_calibration(
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
         _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
-        anomalous_scores = detector.anomaly_score(
-            take_rows(data.evaluation, data.evaluation_labels)
-        )
+        anomalous_scores = detector.anomaly_score(take_rows(*_labelled(data)))
     histogram = plots.score_histogram(
         detector.calibration_scores_,
         detector.threshold_,
@@ -432,7 +444,7 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     (out / "latents").mkdir(exist_ok=True)
     table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
     if data.has_evaluation():
-        anomalies = take_rows(data.evaluation, data.evaluation_labels)
+        anomalies = take_rows(*_labelled(data))
         latents = np.vstack([latents, detector.encode(anomalies)])
         groups = np.concatenate([groups, np.full(len(anomalies), "anomalous", dtype=object)])
     title = "Latent means of validation rows" + (
@@ -446,8 +458,9 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
     the validation rows when there is none."""
     from anomaly_vae import views
 
+    labels: np.ndarray | None
     if data.has_evaluation():
-        source, labels = data.evaluation, data.evaluation_labels
+        source, labels = _labelled(data)
     else:
         source = take_rows(data.train, detector.split_rows_["validation"])
         labels = None
@@ -531,7 +544,9 @@ def source_of_model(reference: str | None, project_dir: Path | None = None) -> M
             found = client.get_model_version_by_alias(name, alias)
         else:
             found = client.get_model_version(name, version)
-        return ModelSource(found.run_id, name, str(found.version))
+        # MLflow types run_id as optional (a version can be registered without a run);
+        # such a version passes None on, as before.
+        return ModelSource(cast(str, found.run_id), name, str(found.version))
     if reference is not None and reference.startswith("runs:/"):
         run_id = reference.removeprefix("runs:/").split("/")[0]
     else:

@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -142,23 +142,23 @@ def generation(
     ``(c,)`` for conditional models; without one a conditional image model generates a
     row of ``count / K`` samples for each of its K classes."""
     cond = None
-    title, columns = f"{count} samples from the prior", math.ceil(math.sqrt(count))
+    title, per_row = f"{count} samples from the prior", math.ceil(math.sqrt(count))
     if detector.model_.condition_dim:
         if condition is not None:
             cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1)
             cond = cond.repeat(count, 1)
         elif _is_image(detector):
             classes = detector.condition_names_
-            columns = max(1, count // len(classes))
-            cond = torch.eye(len(classes)).repeat_interleave(columns, dim=0)
+            per_row = max(1, count // len(classes))
+            cond = torch.eye(len(classes)).repeat_interleave(per_row, dim=0)
             count = len(cond)
-            title = f"{columns} samples from the prior per class, a row each: {class_list(classes)}"
+            title = f"{per_row} samples from the prior per class, a row each: {class_list(classes)}"
         else:
             raise DataError("a conditional model generates for a condition: pass one")
     generator = torch.Generator().manual_seed(seed)
     samples = detector.model_.generate(count, cond, generator=generator).numpy()
     if _is_image(detector):
-        figure = _image_grid(np.clip(samples, 0, 1), title, columns=columns)
+        figure = _image_grid(np.clip(samples, 0, 1), title, columns=per_row)
         return View("01_generated", figure)
     rows = _to_rows(detector, samples, None if cond is None else cond.numpy())
     columns = _numeric_columns(detector)
@@ -287,7 +287,8 @@ def manifold(
         if condition is None and X is None:
             raise DataError("a conditional model's manifold needs a condition: pass DATA")
         if condition is None:
-            condition = _row_conditions(detector, X, np.array([0]))[0]
+            # A conditional model's rows have conditions (None is for other models).
+            condition = cast(np.ndarray, _row_conditions(detector, X, np.array([0])))[0]
         cond = np.repeat(np.asarray(condition, np.float32).reshape(1, -1), len(grid), axis=0)
     decoded = _decode(detector, z, None if cond is None else torch.from_numpy(cond))
     span = f"[-{extent:g}, {extent:g}]" + ("^2" if len(directions) > 1 else " along z[0]")

@@ -260,7 +260,7 @@ class PyODMethod:
 
     def __init__(self, detector_class: type, seed: int) -> None:
         _warm_up_pyod(detector_class)
-        accepted = inspect.signature(detector_class.__init__).parameters
+        accepted = inspect.signature(detector_class).parameters
         arguments = {"random_state": seed, "verbose": 0}
         self.model_ = detector_class(**{k: v for k, v in arguments.items() if k in accepted})
 

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from anomaly_vae.errors import ConfigError, DataError
 
@@ -210,7 +210,8 @@ class RunFiles:
             description.unchecked_rows = earlier.unchecked_rows
         write_description(self.description_path, description)
         self.unrounded.start(fresh=not rows)
-        done = {tuple(row[c] for c in KEY_COLUMNS) for row in rows}
+        # KEY_COLUMNS names Key's five fields, so each tuple is a Key.
+        done = {cast(Key, tuple(row[c] for c in KEY_COLUMNS)) for row in rows}
         kept = [r for r in self.warnings.rows() if tuple(r[c] for c in KEY_COLUMNS) in done]
         self.warnings.start(fresh=True)
         for row in kept:

@@ -157,12 +157,14 @@ def run_benchmark(
     classes = (
         list(dict.fromkeys(classes if classes is not None else DEFAULT_CLASSES))
         if protocol == IMAGE_PROTOCOL
-        else [None]
+        else None
     )
-    if not seeds or not classes:
+    # Table units have no class: one unit per seed, with class None.
+    unit_classes: list[int | None] = [*classes] if classes is not None else [None]
+    if not seeds or not unit_classes:
         raise ConfigError("give at least one seed (and one class for i-oneclass)")
     # numpy's generators take no negative seed: every row would fail, one by one.
-    for what, numbers in (("seeds", seeds), ("classes", classes)):
+    for what, numbers in (("seeds", seeds), ("classes", unit_classes)):
         negative = [n for n in numbers if n is not None and n < 0]
         if negative:
             raise ConfigError(f"{what} must be 0 or more, got {negative[0]}")
@@ -207,9 +209,9 @@ def run_benchmark(
     )
     units: list[Unit] = []
     for dataset in found:
-        pending = pending_units(dataset, classes, seeds, chosen, done)
+        pending = pending_units(dataset, unit_classes, seeds, chosen, done)
         units += pending
-        total = len(classes) * len(seeds) * len(chosen)
+        total = len(unit_classes) * len(seeds) * len(chosen)
         outcome.rows_done_before += total - sum(len(unit.methods) for unit in pending)
     state = _Run(files, outcome, progress)
     try:
@@ -440,14 +442,11 @@ class _Run:
                 self.failure(units[0].dataset_key(), *describe(exc))
                 return
             for unit in units:
-                run_split(
-                    unit,
-                    loaded,
-                    settings,
-                    self,
-                    started=lambda method, u=unit: bar.set_postfix_str(f"{u.where}: {method}"),
-                    finished=bar.update,
-                )
+
+                def started(method: str, u: Unit = unit) -> None:
+                    bar.set_postfix_str(f"{u.where}: {method}")
+
+                run_split(unit, loaded, settings, self, started=started, finished=bar.update)
 
     def run_parallel(self, units: list[Unit], settings: Settings, jobs: int, label: str) -> None:
         """``units`` in ``jobs`` worker processes, under one progress bar over units; each

@@ -3,12 +3,13 @@ the splits of each (see shared/PROTOCOL.md and :mod:`anomaly_vae.protocols`)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class Dataset:
         try:
             for path in self.files():
                 with path.open("rb") as file:
-                    for chunk in iter(lambda f=file: f.read(HASH_CHUNK), b""):
+                    for chunk in iter(functools.partial(file.read, HASH_CHUNK), b""):
                         digest.update(chunk)
         except OSError:
             return ""
@@ -91,7 +92,9 @@ class Dataset:
     def split(self, loaded: Any, cls: int | None, seed: int) -> Split:
         if self.protocol == IMAGE_PROTOCOL:
             train, test = loaded
-            return i_oneclass_split(train, test, cls)
+            # run_benchmark gives each i-oneclass unit its class; a None would select no
+            # training image, which i_oneclass_split reports.
+            return i_oneclass_split(train, test, cast(int, cls))
         X, y = loaded
         return TABLE_SPLITS[self.protocol](X, y, seed)
 

@@ -325,10 +325,10 @@ def _decode(
             "with data.image_size (at fit, e.g. --set data.image_size=64; the model then "
             "resizes what it scores)"
         )
-    images = np.stack(pixels)
-    images = images[:, None] if mode == "L" else images.transpose(0, 3, 1, 2)
+    array = np.stack(pixels)
+    array = array[:, None] if mode == "L" else array.transpose(0, 3, 1, 2)
     labels = np.array([label for _, label in samples], dtype=np.int64)
-    return ImageSet(images, labels, classes, [str(f) for f, _ in samples])
+    return ImageSet(array, labels, classes, [str(f) for f, _ in samples])
 
 
 def auto_pool(shape: tuple[int, ...], side_multiple: int) -> int:
@@ -381,10 +381,17 @@ class ImagePreprocessor:
         return self
 
     @property
+    def _fitted_pool(self) -> int:
+        """``pool`` as chosen by fit; before fit it may be None, which cannot pool."""
+        if self.pool is None:
+            raise TypeError("data.image_pool=None is chosen by fit; fit the preprocessor first")
+        return self.pool
+
+    @property
     def model_shape(self) -> tuple[int, ...]:
         """``(C, H / pool, W / pool)``: the shape the model sees."""
         channels, height, width = self.shape
-        return channels, height // self.pool, width // self.pool
+        return channels, height // self._fitted_pool, width // self._fitted_pool
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         array = as_nchw(images)
@@ -403,24 +410,26 @@ class ImagePreprocessor:
         if array.dtype == np.uint8:
             array = array.astype(np.float32) / 255.0
         else:
-            given = array.dtype
+            dtype = array.dtype
             array = array.astype(np.float32)
             if not np.isfinite(array).all():
                 raise DataError("images hold NaN or infinite pixel values")
             if array.size and (array.min() < 0 or array.max() > 1):
                 raise DataError(
                     "images must be uint8 pixels (0 to 255) or floats in [0, 1]; got values "
-                    f"from {array.min():g} to {array.max():g} as {given}"
+                    f"from {array.min():g} to {array.max():g} as {dtype}"
                 )
         if self.pool == 1:
             return array
         channels, height, width = self.model_shape
-        blocks = array.reshape(len(array), channels, height, self.pool, width, self.pool)
+        pool = self._fitted_pool
+        blocks = array.reshape(len(array), channels, height, pool, width, pool)
         return blocks.mean(axis=(3, 5))
 
     def upsample(self, maps: np.ndarray) -> np.ndarray:
         """``(n, *model_shape)`` -> ``(n, *shape)``: each value repeated over its block."""
-        return maps.repeat(self.pool, axis=-2).repeat(self.pool, axis=-1)
+        pool = self._fitted_pool
+        return maps.repeat(pool, axis=-2).repeat(pool, axis=-1)
 
     @property
     def binary_features(self) -> None:

@@ -398,9 +398,10 @@ def warnings_per_file() -> Iterator[GatheredWarnings]:
                 detector.score_frame(part)
         gathered.log(rows)
     """
-    token = _GATHERED.set(GatheredWarnings())
+    gathered = GatheredWarnings()
+    token = _GATHERED.set(gathered)
     try:
-        yield _GATHERED.get()
+        yield gathered
     finally:
         _GATHERED.reset(token)
 

@@ -126,6 +126,11 @@ class BaseVAE(nn.Module):
         "negative_iwae_bound",
     )
 
+    # Registered in __init__; declared so they type as tensors, not Tensor | Module.
+    bernoulli_mask: Tensor
+    log_variance_floor: Tensor
+    decoder_log_variance: Tensor  # an nn.Parameter when learned, else a buffer
+
     def __init__(
         self,
         input_shape: tuple[int, ...],

@@ -10,9 +10,10 @@ is the class label.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
@@ -61,4 +62,4 @@ class ConditionalVAE(BaseVAE):
         )
 
     def output_bias(self) -> Tensor:
-        return self.decoder[-1].bias
+        return cast(nn.Linear, self.decoder[-1]).bias  # mlp() ends in a Linear

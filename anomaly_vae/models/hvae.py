@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -157,7 +158,7 @@ class HierarchicalVAE(BaseVAE):
         return self.decoder(z).reshape(z.shape[0], *self.input_shape)
 
     def output_bias(self) -> Tensor:
-        return self.decoder[-1].bias
+        return cast(nn.Linear, self.decoder[-1]).bias  # mlp() ends in a Linear
 
     def sample_latent(
         self, x: Tensor, noise: Tensor, condition: Tensor | None = None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from anomaly_vae.config import ModelConfig
 from anomaly_vae.models import register
@@ -41,4 +42,4 @@ class MLPVAE(BaseVAE):
         return self.decoder(z).reshape(z.shape[0], *self.input_shape)
 
     def output_bias(self) -> Tensor:
-        return self.decoder[-1].bias
+        return cast(nn.Linear, self.decoder[-1]).bias  # mlp() ends in a Linear

@@ -16,6 +16,7 @@ decoder takes is their flattening ``(n, S * D)``.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -157,7 +158,9 @@ class VQVAE(BaseVAE):
         return self.decoder(z).reshape(z.shape[0], *self.input_shape)
 
     def output_bias(self) -> Tensor:
-        return self.pixel_bias if self.is_image else self.decoder[-1].bias
+        if self.is_image:
+            return self.pixel_bias
+        return cast(nn.Linear, self.decoder[-1]).bias  # mlp() ends in a Linear
 
     def latent_mean(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
         """The quantized latent, ``(n, S * D)``."""
