@@ -549,8 +549,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             torch.set_num_threads(config.training.num_threads)
 
     def _condition_mask(self) -> np.ndarray:
-        """``(d,)`` bool: table features that are the condition of a conditional model."""
-        if self.data_kind_ != "table" or not self._uses_condition:
+        """``(d,)`` bool: a table model's features that are the condition of a conditional
+        model (an image model's condition is its class, not features)."""
+        if not self._uses_condition:
             return np.zeros(len(self._table_preprocessor.feature_names), dtype=bool)
         return self._table_preprocessor.condition_mask
 
@@ -760,10 +761,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                     f"{self.condition_classes_ - 1})"
                 )
             return np.eye(self.condition_classes_, dtype=np.float32)[index]
-        # A table model's condition is {column: value}; a str or int given to one is not
-        # checked for, as before.
-        values = cast(dict[str, Any], values)
-        missing = set(self.effective_config.data.condition_columns) - set(values)
+        columns = self.effective_config.data.condition_columns
+        if not isinstance(values, dict):
+            raise DataError(
+                f"a table model's condition is a value for each condition column "
+                f"({quoted_names(columns)}), e.g. {{{columns[0]!r}: ...}}; got {values!r}"
+            )
+        missing = set(columns) - set(values)
         if missing:
             raise DataError(f"give a value for every condition column; missing: {sorted(missing)}")
         row = {

@@ -544,9 +544,9 @@ def source_of_model(reference: str | None, project_dir: Path | None = None) -> M
             found = client.get_model_version_by_alias(name, alias)
         else:
             found = client.get_model_version(name, version)
-        # MLflow types run_id as optional (a version can be registered without a run);
-        # such a version passes None on, as before.
-        return ModelSource(cast(str, found.run_id), name, str(found.version))
+        if found.run_id is None:  # registered from a path, not from a run's model
+            raise ModelNotFoundError(f"{reference} was registered without an MLflow run")
+        return ModelSource(found.run_id, name, str(found.version))
     if reference is not None and reference.startswith("runs:/"):
         run_id = reference.removeprefix("runs:/").split("/")[0]
     else:

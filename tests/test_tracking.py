@@ -286,3 +286,14 @@ def test_an_unreachable_store_fails_before_training_and_a_failed_log_names_the_m
     assert f"the model is saved in {saved}" in failed.output
     assert "runs/create failed" in failed.output
     assert (saved / "detector.json").is_file()
+
+
+def test_a_version_registered_without_a_run_has_no_source_run(tracking_store, tmp_path):
+    from anomaly_vae.errors import ModelNotFoundError
+    from anomaly_vae.tracking import source_of_model
+
+    client = MlflowClient()
+    client.create_registered_model("bare")
+    client.create_model_version("bare", source=str(tmp_path / "somewhere"))
+    with pytest.raises(ModelNotFoundError, match="registered without an MLflow run"):
+        source_of_model("models:/bare/1", tmp_path)

@@ -154,6 +154,10 @@ def test_cvae_generates_for_a_chosen_condition(cvae_detector):
     assert loads["lathe"] - loads["drill"] > 5
     with pytest.raises(DataError, match="generates for a condition"):
         views.generation(detector)
+    # A bare value, as an image model takes its class, is not a table's condition.
+    for bare in ("drill", 1):
+        with pytest.raises(DataError, match=r"a value for each condition column \('machine'\)"):
+            detector.condition_vector(bare)
 
 
 def test_cvae_views_decode_for_the_datas_conditions(cvae_detector):
