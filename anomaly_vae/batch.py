@@ -27,7 +27,7 @@ import logging
 import shutil
 import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -245,8 +245,11 @@ def output_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """The rows of a CSV or Parquet file, ``chunk_rows`` at a time."""
+def read_chunks(
+    path: Path, chunk_rows: int, text_columns: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
+    """The rows of a CSV or Parquet file, ``chunk_rows`` at a time; a CSV file's
+    ``text_columns`` are read as written (see :func:`read_csv_chunks`)."""
     if path.suffix.lower() in PARQUET_SUFFIXES:
         import pyarrow.parquet as pq
 
@@ -261,7 +264,7 @@ def read_chunks(path: Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
             yield chunk
         return
     try:
-        yield from read_csv_chunks(path, chunk_rows)
+        yield from read_csv_chunks(path, chunk_rows, text_columns)
     except pd.errors.EmptyDataError as exc:
         raise DataError(f"{path} is empty") from exc
 
@@ -290,7 +293,9 @@ def score_file(
     bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
     # Warnings once per file, judged over all its rows, not once per chunk.
     with bar, atomic_output(output) as temporary, warnings_per_file() as gathered:
-        for chunk in read_chunks(source, chunk_rows):
+        # The ids as written: read as numbers, "007" would come out as 7.
+        ids = [] if id_column is None else [id_column]
+        for chunk in read_chunks(source, chunk_rows, ids):
             frame = detector.score_frame(chunk)
             identify_rows(frame, id_column, first_row=rows)
             if output.suffix.lower() in PARQUET_SUFFIXES:

@@ -16,6 +16,7 @@ from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images
+from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
@@ -85,12 +86,20 @@ def load_training_data(
         return data
     if normal_class is not None:
         raise DataError("--normal-class is for image sources; tables use --label-col")
-    data = _load_table(source, config)
+    frame = read_table(source, _id_columns(config))
+    check_cells(frame, config.data)
+    data = _split_table(frame, config)
     data.sources["data"] = str(source)
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
-        extra = read_table(eval_source)
+        extra = read_table(eval_source, _id_columns(config))
+        try:
+            check_same_kinds(extra, frame, config.data)
+            check_cells(extra, config.data)
+        except DataError as exc:
+            raise DataError(f"{eval_source}: {exc}") from exc
+        _warn_training_ids(extra, frame, config, eval_source)
         data.sources["eval_data"] = str(eval_source)
         extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
         if data.evaluation is None:
@@ -101,8 +110,31 @@ def load_training_data(
     return data
 
 
-def _load_table(source: str | Path, config: Config) -> TrainingData:
-    frame = read_table(source)
+def _id_columns(config: Config) -> list[str]:
+    """The id column, read as text: ids are passed through as written."""
+    return [] if config.data.id_column is None else [config.data.id_column]
+
+
+def _warn_training_ids(
+    extra: pd.DataFrame, frame: pd.DataFrame, config: Config, eval_source: str | Path
+) -> None:
+    """Warn when rows of the --eval file carry the ids of rows of the training file: the
+    evaluation would count rows the model may have trained on as held out."""
+    id_column = config.data.id_column
+    if id_column is None or id_column not in extra.columns or id_column not in frame.columns:
+        return
+    shared = extra[id_column].dropna().isin(set(frame[id_column].dropna()))
+    if shared.any():
+        logger.warning(
+            "%d rows of %s have ids of rows in the training file (e.g. %r): if they are the "
+            "same rows, the evaluation counts rows the model may have trained on",
+            int(shared.sum()),
+            eval_source,
+            extra[id_column].dropna()[shared].iloc[0],
+        )
+
+
+def _split_table(frame: pd.DataFrame, config: Config) -> TrainingData:
     if config.data.label_column is None:
         return TrainingData(frame)
     labels = label_vector(frame, config.data.label_column, config.data.anomaly_label)

@@ -455,3 +455,18 @@ def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp
     report = run_batch(tmp_path / "in", tmp_path / "out", detector, "m1")
     assert report.rows == 4 and report.scored == [str(tmp_path / "in" / "day1")]
     assert len(pd.read_csv(tmp_path / "out" / "day1.csv")) == 4
+
+
+def test_ids_are_written_as_they_were_read(model_dir, tmp_path):
+    # Leading zeros, an empty id among integers, and integers beyond float64's 2**53:
+    # read as numbers they would come out as 7, 1.0 and 9007199254740992.0.
+    ids = ["007", "1", "", "9007199254740993", "9007199254740995"]
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    rows = mixed_table(len(ids), seed=1).assign(reading_id=ids)
+    rows.to_csv(inputs / "a.csv", index=False)
+    rows.to_csv(inputs / "b.csv", sep=";", decimal=",", index=False)
+    assert batch(model_dir, inputs, out, "--chunk-rows", "2").exit_code == 0
+    for name in ("a.csv", "b.csv"):
+        written = (out / name).read_text().splitlines()[1:]
+        assert [line.split(",")[0] for line in written] == ids

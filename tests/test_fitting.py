@@ -71,9 +71,8 @@ def test_parquet_in_and_out_without_id_gives_row_numbers(tmp_path, monkeypatch):
 
 
 def test_parquet_output_holds_an_id_column_empty_in_a_later_part(tmp_path, monkeypatch):
-    """Scored in parts, an id column empty in every row of a later part reads as floats
-    there; the Parquet output keeps the first part's type. The other way round (empty
-    first) cannot be written, and says so."""
+    """Scored in parts, an id column empty in every row of a part is still text (ids are
+    read as written), before or after the parts that hold ids."""
     config = tiny_config("tracking.enabled=false", "data.id_column=reading_id")
     mixed_table(300, seed=0).drop(columns="is_fault").to_csv(tmp_path / "train.csv", index=False)
     fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
@@ -86,6 +85,75 @@ def test_parquet_output_holds_an_id_column_empty_in_a_later_part(tmp_path, monke
     ids = pd.read_parquet(tmp_path / "new.parquet")["reading_id"]
     assert ids.iloc[0] == new["reading_id"].iloc[0] and ids.iloc[60:].isna().all()
     pd.concat([new.iloc[60:], new.iloc[:60]]).to_csv(tmp_path / "empty_first.csv", index=False)
-    with pytest.raises(DataError, match=r"column 'reading_id' holds other types from row 61"):
-        score_table(tmp_path / "empty_first.csv", detector, tmp_path / "empty_first.parquet")
-    assert not (tmp_path / "empty_first.parquet").exists()
+    assert score_table(tmp_path / "empty_first.csv", detector, tmp_path / "empty_first.parquet")
+    ids = pd.read_parquet(tmp_path / "empty_first.parquet")["reading_id"]
+    assert ids.iloc[:60].isna().all() and ids.iloc[60:].tolist() == new["reading_id"][:60].tolist()
+
+
+def _refused_before_training(tmp_path, config, monkeypatch, **sources):
+    """The DataError of fitting ``train.csv``; training must not have started."""
+    from anomaly_vae import detector
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before the data was checked")
+
+    monkeypatch.setattr(detector, "train", no_training)
+    with pytest.raises(DataError) as refused:
+        fit_table(tmp_path / "train.csv", config, project_dir=tmp_path, **sources)
+    return str(refused.value)
+
+
+def test_a_bad_cell_outside_the_training_rows_is_named_before_training(
+    tmp_path, labelled_config, monkeypatch
+):
+    # A '?' in an anomalous row: the training rows alone are all numbers, written as
+    # text, which would have made 'temperature' a column of 400 categories.
+    table = mixed_table(500, seed=0, anomalies=40).astype({"temperature": object})
+    row = int(table.index[table["is_fault"] == 1][0])
+    table.loc[row, "temperature"] = "?"
+    table.to_csv(tmp_path / "train.csv", index=False)
+    message = _refused_before_training(tmp_path, labelled_config, monkeypatch)
+    assert (
+        f"column 'temperature' holds numbers but for 1 text cell(s) such as '?' (row {row + 1})"
+        in message
+    )
+    # An infinite value in a held-out row, likewise by its file row.
+    table = mixed_table(500, seed=0, anomalies=40)
+    table.loc[7, "load"] = float("inf")
+    table.to_csv(tmp_path / "train.csv", index=False)
+    message = _refused_before_training(tmp_path, labelled_config, monkeypatch)
+    assert "column 'load' holds infinite values (row 8)" in message
+
+
+def test_an_eval_file_is_checked_against_the_training_file_before_training(
+    tmp_path, labelled_config, monkeypatch, caplog
+):
+    mixed_table(300, seed=0, anomalies=20).to_csv(tmp_path / "train.csv", index=False)
+    extra = mixed_table(60, seed=3, anomalies=6)
+    extra[["reading_id", "is_fault"]].to_csv(tmp_path / "labels.csv", index=False)
+    message = _refused_before_training(
+        tmp_path, labelled_config, monkeypatch, eval_source=tmp_path / "labels.csv"
+    )
+    assert "labels.csv: missing columns 'machine', 'temperature', 'load', 'vibration'" in message
+    bad = extra.astype({"load": object})
+    bad.loc[4, "load"] = "1217.0x"
+    bad.to_csv(tmp_path / "bad.csv", index=False)
+    message = _refused_before_training(
+        tmp_path, labelled_config, monkeypatch, eval_source=tmp_path / "bad.csv"
+    )
+    assert "bad.csv: column 'load' should be numeric but holds '1217.0x' (row 5)" in message
+
+
+def test_eval_rows_with_the_ids_of_training_rows_are_warned_about(
+    tmp_path, labelled_config, caplog
+):
+    table = mixed_table(300, seed=0, anomalies=20)
+    table.to_csv(tmp_path / "train.csv", index=False)
+    table.iloc[250:].to_csv(tmp_path / "again.csv", index=False)
+    fit_table(
+        tmp_path / "train.csv",
+        labelled_config,
+        eval_source=tmp_path / "again.csv",
+        project_dir=tmp_path,
+    )
+    assert "50 rows of" in caplog.text and "have ids of rows in the training file" in caplog.text

@@ -578,3 +578,41 @@ def _check_float32_range(scaled: np.ndarray, values: pd.Series, name: str) -> No
             f"{row_number(values, position)}), too far from the training values to score "
             "in float32"
         )
+
+
+def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
+    """DataError, naming the row, for a feature cell that no row of a table may hold: an
+    infinite number, or stray text in a column of numbers (``"?"``).
+
+    Run on a whole file before its labelled anomalies and held-out rows are set aside, so
+    that a bad cell is found wherever it sits, before training, and a column of numbers
+    with a ``"?"`` outside the training rows is not taken for categories.
+    """
+    not_features = TablePreprocessor(config).not_features
+    for name in frame.columns:
+        if str(name) in not_features:
+            continue
+        values = frame[name]
+        if pd.api.types.is_bool_dtype(values) or _is_time(values):
+            continue
+        if pd.api.types.is_numeric_dtype(values):
+            _as_numbers(values, str(name))  # refuses infinite values
+        else:
+            _refuse_stray_text(values, str(name), str(name) in config.categorical_columns)
+
+
+def check_same_kinds(frame: pd.DataFrame, reference: pd.DataFrame, config: DataConfig) -> None:
+    """DataError when ``frame`` lacks a feature column of ``reference`` (a file read for
+    the same model), or holds text in one of its numeric columns; names the row."""
+    not_features = TablePreprocessor(config).not_features
+    features = [str(name) for name in reference.columns if str(name) not in not_features]
+    missing = [name for name in features if name not in set(map(str, frame.columns))]
+    if missing:
+        raise DataError(
+            f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} of the "
+            "training data"
+        )
+    for name in features:
+        numeric = pd.api.types.is_numeric_dtype(reference[name])
+        if numeric and not pd.api.types.is_bool_dtype(reference[name]):
+            _as_numbers(frame[name], name)

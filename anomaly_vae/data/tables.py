@@ -61,25 +61,34 @@ def csv_format(path: str | Path) -> tuple[str, str]:
     return (most if counts[most] else ","), encoding
 
 
-def read_csv(path: str | Path) -> pd.DataFrame:
+def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
-    :func:`_numbers_of`)."""
+    :func:`_numbers_of`); ``text_columns`` are read as written (an id "007" stays "007",
+    and an id beyond 2**53 is not rounded as a float would be)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    comma_columns = _decimal_comma_columns(path, separator, encoding)
+    comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
-        frame = pd.read_csv(path, sep=separator, encoding=encoding, dtype=comma_columns)
+        frame = pd.read_csv(
+            path, sep=separator, encoding=encoding, dtype=_as_read(comma_columns, text_columns)
+        )
     return _numbers_of(frame, comma_columns)
 
 
-def read_csv_chunks(path: str | Path, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def read_csv_chunks(
+    path: str | Path, chunk_rows: int, text_columns: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    comma_columns = _decimal_comma_columns(path, separator, encoding)
+    comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         reader = pd.read_csv(
-            path, sep=separator, encoding=encoding, dtype=comma_columns, chunksize=chunk_rows
+            path,
+            sep=separator,
+            encoding=encoding,
+            dtype=_as_read(comma_columns, text_columns),
+            chunksize=chunk_rows,
         )
     with reader:
         while True:
@@ -144,9 +153,17 @@ def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> 
         refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
-def _decimal_comma_columns(path: str | Path, separator: str, encoding: str) -> dict[str, type]:
-    """The columns of a ';'-separated file that write numbers with decimal commas, as a
-    pandas ``dtype`` mapping that reads them as text (for :func:`_numbers_of`).
+def _as_read(comma_columns: list[str], text_columns: Sequence[str]) -> dict[str, type]:
+    """The ``dtype`` mapping of ``pd.read_csv``: these columns are read as text (a name
+    the file lacks is ignored)."""
+    return dict.fromkeys([*comma_columns, *text_columns], str)
+
+
+def _decimal_comma_columns(
+    path: str | Path, separator: str, encoding: str, text_columns: Sequence[str] = ()
+) -> list[str]:
+    """The columns of a ';'-separated file that write numbers with decimal commas, to be
+    read as text and turned into numbers by :func:`_numbers_of` (none of ``text_columns``).
 
     Judged once per file, on its first ``SAMPLE_ROWS`` rows, so that every chunk of a
     large file is read alike. A column qualifies when every value there is such a number
@@ -155,11 +172,11 @@ def _decimal_comma_columns(path: str | Path, separator: str, encoding: str) -> d
     pandas alone reads as 1.234) qualifies too.
     """
     if separator != ";":
-        return {}
+        return []
     with _reading(path, encoding):
         sample = pd.read_csv(path, sep=separator, encoding=encoding, dtype=str, nrows=SAMPLE_ROWS)
     commas, groups = [], []
-    for name in sample.columns:
+    for name in sample.columns.difference(text_columns, sort=False):
         text = sample[name].dropna()
         if text.empty or not text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
             continue
@@ -167,10 +184,10 @@ def _decimal_comma_columns(path: str | Path, separator: str, encoding: str) -> d
             commas.append(name)
         elif text.str.fullmatch(GROUPED_INTEGER).any():
             groups.append(name)
-    return dict.fromkeys(commas + groups, str) if commas else {}
+    return commas + groups if commas else []
 
 
-def _numbers_of(frame: pd.DataFrame, comma_columns: dict[str, type]) -> pd.DataFrame:
+def _numbers_of(frame: pd.DataFrame, comma_columns: list[str]) -> pd.DataFrame:
     """``frame`` with its ``comma_columns`` (read as text) turned into numbers: "1.234,5"
     becomes 1234.5. A column holding a value that is not such a number stays text, for
     the schema check to name the row."""
@@ -183,9 +200,10 @@ def _numbers_of(frame: pd.DataFrame, comma_columns: dict[str, type]) -> pd.DataF
     return frame
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV (any other suffix; comma-separated, or see :func:`csv_format`) or
-    Parquet (``.parquet``/``.pq``) file.
+    Parquet (``.parquet``/``.pq``) file; a CSV file's ``text_columns`` (an id) are read
+    as written, not as numbers.
 
     Raises DataError, naming the file, when it is missing, unreadable, empty or
     has no data rows.
@@ -197,7 +215,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
             refuse_repeated_names(parquet_column_names(path), where=str(path))
             frame = pd.read_parquet(path)
         else:
-            frame = read_csv(path)
+            frame = read_csv(path, text_columns)
     if frame.shape[0] == 0:
         raise DataError(f"{path} has a header but no data rows")
     return frame
