@@ -228,6 +228,27 @@ def test_a_datetime_column_is_refused_with_advice():
     assert pre.input_columns == ["x"]
 
 
+@pytest.mark.parametrize(
+    "dates",
+    [
+        ["2026-01-01", "2026-01-02", None],  # as a CSV file writes them
+        ["2026-01-01T08:00:00Z", "2026-01-01 09:30"],
+        ["1/31/2026", "2/1/2026"],
+        ["31.01.2026", "01.02.2026 08:00"],
+    ],
+)
+def test_a_text_column_of_dates_is_refused_as_a_timestamp_is(dates):
+    # As categories, every later date would be one never seen in training.
+    frame = pd.DataFrame({"day": dates, "x": np.arange(float(len(dates)))})
+    with pytest.raises(DataError, match=r"'day' holds dates or times.*--ignore-col"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    forced = TablePreprocessor(DataConfig(categorical_columns=["day"])).fit(frame)
+    assert forced.columns[0].kind == "categorical"  # a category, if the user says so
+    shifts = pd.DataFrame({"shift": ["08:00", "16:00"], "version": ["1.5.2", "1.6.0"]})
+    kinds = [c.kind for c in TablePreprocessor(DataConfig()).fit(shifts).columns]
+    assert kinds == ["categorical", "categorical"]
+
+
 def test_integer_codes_match_whether_read_as_integers_or_floats():
     """A missing value turns a column of integer codes into floats: 2.0 is still code 2."""
     config = DataConfig(categorical_columns=["machine"])

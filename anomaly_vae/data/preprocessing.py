@@ -34,6 +34,9 @@ MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
 SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
 # of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
+# A date as text, with or without a time: 2024-03-01, 2024-03-01T08:00:00Z, 3/1/2024,
+# 01.03.2024 08:00 (a fresh date would be a category never seen in training)
+DATE_TEXT = r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})(?:[T ].*)?"
 STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
@@ -161,13 +164,14 @@ class TablePreprocessor:
             distinct = np.unique(numbers.dropna().to_numpy())
             step = _quantisation_step(distinct) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
-        if _is_time(values):
+        forced = name in self.config.categorical_columns
+        if _is_time(values) or (not forced and _is_date_text(values)):
             raise DataError(
                 f"column {name!r} holds dates or times, which are not features as they are "
                 "(a fresh timestamp would be unseen): ignore it (data.ignore_columns, "
                 "--ignore-col), or add what matters of it (hour, weekday) as columns"
             )
-        _refuse_stray_text(values, name, forced=name in self.config.categorical_columns)
+        _refuse_stray_text(values, name, forced)
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
         if len(categories) > self.config.max_categories:
@@ -526,6 +530,15 @@ def row_number(values: pd.Series, position: int) -> int:
     if isinstance(index, pd.RangeIndex) and index.step == 1:
         return int(index[position]) + 1
     return position + 1
+
+
+def _is_date_text(values: pd.Series) -> bool:
+    """Whether every value of a text column is a date, as a CSV file writes them (see
+    DATE_TEXT); a time of day alone ("08:00", a shift) may well be a category."""
+    text = values.dropna()
+    if text.empty or not pd.api.types.is_string_dtype(text):
+        return False
+    return bool(text.astype(str).str.fullmatch(DATE_TEXT).all())
 
 
 def _is_time(values: pd.Series) -> bool:
