@@ -79,6 +79,11 @@ def load_training_data(
     folder, the other classes and a held-out fraction of the normal classes evaluate.
     """
     if is_image_source(source):
+        if config.data.label_column is not None:
+            raise DataError(
+                "--label-col is for tables; for images, --normal-class names the normal "
+                "classes and the others are the anomalies"
+            )
         data = _load_images(str(source), config, normal_class)
         data.sources["data"] = str(source)
         if data.train_condition is not None:
@@ -86,6 +91,10 @@ def load_training_data(
         return data
     if normal_class is not None:
         raise DataError("--normal-class is for image sources; tables use --label-col")
+    if config.data.label_column is not None and config.data.label_column == config.data.id_column:
+        raise DataError(
+            f"{config.data.label_column!r} is named as both the label and the id column"
+        )
     frame = read_table(source, _id_columns(config))
     check_cells(frame, config.data)
     data = _split_table(frame, config)

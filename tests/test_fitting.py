@@ -157,3 +157,17 @@ def test_eval_rows_with_the_ids_of_training_rows_are_warned_about(
         project_dir=tmp_path,
     )
     assert "50 rows of" in caplog.text and "have ids of rows in the training file" in caplog.text
+
+
+def test_a_label_column_is_for_tables_and_is_not_the_id(tmp_path):
+    from anomaly_vae.fitting import load_training_data
+
+    images = tmp_path / "images" / "good"
+    images.mkdir(parents=True)
+    config = tiny_config("data.label_column=is_fault")
+    with pytest.raises(DataError, match="--label-col is for tables"):
+        load_training_data(tmp_path / "images", config)  # before any image is read
+    mixed_table(100, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config("data.label_column=is_fault", "data.id_column=is_fault")
+    with pytest.raises(DataError, match="'is_fault' is named as both the label and the id"):
+        load_training_data(tmp_path / "train.csv", config)
