@@ -1,3 +1,4 @@
+import gzip
 import warnings
 
 import numpy as np
@@ -89,6 +90,11 @@ def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
         ("binary.csv", b"\xff\xfe\x00\x81\x00garbage\x00\xff", "not a readable CSV"),
         ("ragged.csv", b"a,b\n1,2\n1,2,3,4\n", "not a readable CSV"),
         ("broken.parquet", b"PAR1 this is not parquet", "not a readable Parquet"),
+        # Formats handed over in place of a CSV file, named by their first bytes.
+        ("day.csv.gz", gzip.compress(b"a,b\n1,2\n"), "is gzip-compressed.*gunzip"),
+        ("book.xlsx", b"PK\x03\x04\x14\x00rest", "ZIP archive \\(or an Excel workbook\\)"),
+        ("rows.json", b' [{"a": 1, "b": 2}]', "looks like JSON"),
+        ("data.pq.csv", b"PAR1\x15\x04rest", "is a Parquet file.*suffix .parquet"),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
@@ -98,6 +104,11 @@ def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
         read_table(path)
     assert "\n" not in str(info.value)
     assert name in str(info.value)
+
+
+def test_a_header_in_brackets_is_not_taken_for_json(tmp_path):
+    (tmp_path / "t.csv").write_text("[a],[b]\n1,2\n")
+    assert read_table(tmp_path / "t.csv").columns.tolist() == ["[a]", "[b]"]
 
 
 def test_a_header_naming_a_column_twice_is_refused_not_renamed(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,15 @@ HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 DECIMAL_COMMA_NUMBER = r"[+-]?(?:\d{1,3}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
 GROUPED_INTEGER = r"[+-]?\d{1,3}(?:\.\d{3})+"  # "1.234": 1234 in a file of decimal commas
 SAMPLE_ROWS = 10_000  # rows of a ';'-separated file read to judge how it writes numbers
+OTHER_FORMATS = {  # first bytes -> (what the file is, what to do)
+    b"\x1f\x8b": ("gzip-compressed", "decompress it first (gunzip)"),
+    b"PK\x03\x04": ("a ZIP archive (or an Excel workbook)", "extract it, or save the sheet as CSV"),
+    b"BZh": ("bzip2-compressed", "decompress it first (bunzip2)"),
+    b"\xfd7zXZ\x00": ("xz-compressed", "decompress it first (unxz)"),
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (unzstd)"),
+    b"PAR1": ("a Parquet file", "name it with the suffix .parquet"),
+}
+JSON_START = rb"\s*(?:\{|\[\s*[\[{\"\]])"  # an object, or an array of them (not "[a],b")
 NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
 # so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
@@ -42,6 +52,7 @@ def csv_format(path: str | Path) -> tuple[str, str]:
     """
     with open(path, "rb") as handle:
         start = handle.read(HEADER_BYTES)
+    _refuse_other_formats(path, start)
     try:  # incremental: a character cut at the end of the sample is not an error
         text = codecs.getincrementaldecoder("utf-8")().decode(start, final=False)
         encoding = "utf-8"
@@ -59,6 +70,20 @@ def csv_format(path: str | Path) -> tuple[str, str]:
     counts = {separator: header.count(separator) for separator in OTHER_SEPARATORS}
     most = max(counts, key=counts.__getitem__)
     return (most if counts[most] else ","), encoding
+
+
+def _refuse_other_formats(path: str | Path, start: bytes) -> None:
+    """DataError naming what a file read as CSV really is, by its first bytes ``start``,
+    for formats often handed over in place of a CSV file (whose bytes would otherwise be
+    reported as text that is not UTF-8, or as a header of missing columns)."""
+    for magic, (kind, advice) in OTHER_FORMATS.items():
+        if start.startswith(magic):
+            raise DataError(f"{path} is {kind}, not a CSV or Parquet file: {advice}")
+    if re.match(JSON_START, start):
+        raise DataError(
+            f"{path} looks like JSON, not a CSV or Parquet file: convert it (e.g. "
+            "pandas.read_json(...).to_csv(...))"
+        )
 
 
 def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
