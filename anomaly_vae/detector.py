@@ -44,6 +44,13 @@ from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import get_model
 from anomaly_vae.models.base import BaseVAE
 from anomaly_vae.noise import noise_for_rows, scoring_noise
+from anomaly_vae.outputs import (
+    FLAG_COLUMN,
+    ROW_COLUMN,
+    SCORE_COLUMN,
+    insert_id_column,
+    refuse_id_named_like_outputs,
+)
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
 
 logger = logging.getLogger(__name__)
@@ -66,6 +73,13 @@ def available_scores(model_name: str) -> tuple[str, ...]:
     """Every score a detector with this model can drive ``predict`` by: the model's own
     and the latent scores the detector adds (latent_density.py)."""
     return get_model(model_name).score_names + LATENT_SCORES
+
+
+def output_columns(model_name: str) -> tuple[str, ...]:
+    """The columns that scores of a model ``model_name`` can have besides the id column:
+    every score, the score in use and the flag (``score_frame``), and the row numbers
+    written for rows without an id (``outputs.identify_rows``)."""
+    return (*available_scores(model_name), SCORE_COLUMN, FLAG_COLUMN, ROW_COLUMN)
 
 
 def _is_image_array(X: Any) -> bool:
@@ -128,12 +142,12 @@ class ThresholdedScores:
         """
         index = X.index if isinstance(X, pd.DataFrame) else None
         out = pd.DataFrame(self.all_scores(X, condition), index=index)
-        out["score"] = out[self.score_name]
+        out[SCORE_COLUMN] = out[self.score_name]
         # A row the model cannot score (NaN) is not shown to be normal: flag it.
-        out["is_anomaly"] = ~(out["score"] <= self.threshold_)
+        out[FLAG_COLUMN] = ~(out[SCORE_COLUMN] <= self.threshold_)
         id_column = self.effective_config.data.id_column
         if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
-            out.insert(0, id_column, X[id_column])
+            insert_id_column(out, id_column, X[id_column])
         return out
 
     def anomaly_score(
@@ -380,6 +394,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             if model_class.uses_condition:
                 self._set_image_classes(config.model.name, condition, len(X))
         else:
+            refuse_id_named_like_outputs(config.data.id_column, output_columns(config.model.name))
             frame = as_frame(X)
             table = TablePreprocessor(config.data).fit(frame)
             self.preprocessor_ = table
