@@ -34,6 +34,8 @@ MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
 SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
 # of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
+SQUARE_LIMIT = float(np.sqrt(np.finfo(np.float64).max))  # ~1.3e154: beyond it a value's
+# square, and so a standard deviation, overflows float64
 STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
@@ -151,10 +153,15 @@ class TablePreprocessor:
                 raise DataError(
                     f"column {name!r} has missing values; set data.missing_indicators=true"
                 )
-            if self.config.scaling == "minmax":
-                center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
-            else:
-                center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
+            # A huge finite value (a sentinel such as 9.99e307) overflows the sum or the
+            # squares: refused below, without numpy's overflow warning first.
+            with np.errstate(over="ignore", invalid="ignore"):
+                if self.config.scaling == "minmax":
+                    center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
+                else:
+                    center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
+            if not (np.isfinite(center) and np.isfinite(spread)):
+                _refuse_overflowing_values(numbers, name)
             # A constant column is kept, but not divided by its zero spread.
             scale = spread if spread > 1e-12 else 1.0
             fill = (float(numbers.median()) - center) / scale
@@ -516,6 +523,20 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
         f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
         f"{values.iloc[position]!r} (row {row_number(values, position)}): correct or empty "
         "those cells, or list the column in data.categorical_columns if it is a category"
+    )
+
+
+def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
+    """DataError naming the first value of ``numbers`` (float64) whose square overflows
+    float64 (the largest one when the overflow came from many large values together):
+    the column's centre or spread is not finite, so it cannot be scaled or saved."""
+    magnitude = numbers.abs().fillna(0.0).to_numpy()
+    overflowing = np.flatnonzero(magnitude > SQUARE_LIMIT)
+    position = int(overflowing[0]) if len(overflowing) else int(magnitude.argmax())
+    raise DataError(
+        f"column {name!r} holds {numbers.iloc[position]:g} (row "
+        f"{row_number(numbers, position)}), too large to scale the column by: correct it, "
+        "or empty it if it is a code for a missing value"
     )
 
 
