@@ -38,7 +38,7 @@ from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor, class_list
 from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
-from anomaly_vae.data.tables import quoted_names
+from anomaly_vae.data.tables import quoted_names, shown_value
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import get_model
@@ -771,7 +771,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 index = int(text)
             if index < 0:
                 raise DataError(
-                    f"class {values!r} was not seen in training; known classes: "
+                    f"class {shown_value(values)} was not seen in training; known classes: "
                     f"{class_list(self.condition_names_)} (or their indices, 0 to "
                     f"{self.condition_classes_ - 1})"
                 )
@@ -780,7 +780,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if not isinstance(values, dict):
             raise DataError(
                 f"a table model's condition is a value for each condition column "
-                f"({quoted_names(columns)}), e.g. {{{columns[0]!r}: ...}}; got {values!r}"
+                f"({quoted_names(columns)}), e.g. {{{columns[0]!r}: ...}}; "
+                f"got {shown_value(values)}"
             )
         missing = set(columns) - set(values)
         if missing:
@@ -792,8 +793,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         for column in self._table_preprocessor.columns:
             if column.name in values and not column.is_known(values[column.name]):
                 raise DataError(
-                    f"{column.name}={values[column.name]!r} was not seen in training; "
-                    f"known values: {', '.join(column.categories)}"
+                    f"{column.name}={shown_value(values[column.name])} was not seen in "
+                    f"training; known values: {', '.join(column.categories)}"
                 )
         features = self.preprocessor_.transform(pd.DataFrame([row]))
         return features[0, self._condition_mask()]

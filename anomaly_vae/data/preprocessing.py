@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
-from anomaly_vae.data.tables import quoted_names, refuse_repeated_names
+from anomaly_vae.data.tables import quoted_names, refuse_repeated_names, shown_value
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -521,8 +521,8 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     position = int(np.flatnonzero(stray.to_numpy())[0])
     raise DataError(
         f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
-        f"{values.iloc[position]!r} (row {row_number(values, position)}): correct or empty "
-        "those cells, or list the column in data.categorical_columns if it is a category"
+        f"{shown_value(values.iloc[position])} (row {row_number(values, position)}): correct "
+        "or empty those cells, or list the column in data.categorical_columns if it is a category"
     )
 
 
@@ -534,7 +534,7 @@ def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
     overflowing = np.flatnonzero(magnitude > SQUARE_LIMIT)
     position = int(overflowing[0]) if len(overflowing) else int(magnitude.argmax())
     raise DataError(
-        f"column {name!r} holds {numbers.iloc[position]:g} (row "
+        f"column {name!r} holds {shown_value(numbers.iloc[position])} (row "
         f"{row_number(numbers, position)}), too large to scale the column by: correct it, "
         "or empty it if it is a code for a missing value"
     )
@@ -572,8 +572,8 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"column {name!r} should be numeric but holds {values.iloc[position]!r} "
-                f"(row {row_number(values, position)})"
+                f"column {name!r} should be numeric but holds "
+                f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
             )
         numbers = coerced.astype("float64").to_numpy()
     infinite = np.isinf(numbers)
@@ -595,7 +595,7 @@ def _check_float32_range(scaled: np.ndarray, values: pd.Series, name: str) -> No
     if beyond.any():
         position = int(np.flatnonzero(beyond)[0])
         raise DataError(
-            f"column {name!r} holds {values.iloc[position]!r} (row "
+            f"column {name!r} holds {shown_value(values.iloc[position])} (row "
             f"{row_number(values, position)}), too far from the training values to score "
             "in float32"
         )
