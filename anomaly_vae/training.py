@@ -185,8 +185,9 @@ def train(
     )
     history.seconds = time.perf_counter() - start
     logger.info(
-        "trained %d epochs in %.1fs (best epoch %d, val loss %.4g)",
+        "trained %d epoch%s in %.1fs (best epoch %d, val loss %.4g)",
         len(history.epochs),
+        "s" if len(history.epochs) != 1 else "",
         history.seconds,
         history.best_epoch,
         best_loss,
