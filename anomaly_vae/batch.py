@@ -38,7 +38,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from anomaly_vae.data.preprocessing import warnings_per_file
-from anomaly_vae.data.tables import PARQUET_SUFFIXES, read_csv_chunks, refuse_repeated_names
+from anomaly_vae.data.tables import (
+    PARQUET_SUFFIXES,
+    quoted_names,
+    read_csv_chunks,
+    refuse_repeated_names,
+)
 from anomaly_vae.errors import AnomalyVAEError, DataError
 from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output, identify_rows
 
@@ -330,10 +335,11 @@ def _as_schema(table: Any, schema: Any, source: Path, first_row: int) -> Any:
     except (ValueError, TypeError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid
         # is a ValueError
         changed = [f.name for f in table.schema if f.type != schema.field(f.name).type]
+        columns = f"column{'s' if len(changed) > 1 else ''} {quoted_names(changed)}"
         raise DataError(
-            f"{source}: column {', '.join(map(repr, changed))} holds other types from row "
-            f"{first_row + 1} on than before (empty in all earlier rows?), which a Parquet "
-            "output cannot hold; write CSV"
+            f"{source}: from row {first_row + 1} on, {columns} "
+            f"{'hold' if len(changed) > 1 else 'holds'} values of a different type from the "
+            "rows before (were those all empty?); a Parquet column keeps one type: write CSV"
         ) from exc
 
 

@@ -275,11 +275,13 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     n_fit = rows["train"] + rows["validation"] + rows["calibration"]
     unit = "images" if detector.data_kind_ == "image" else "rows"
     history = getattr(detector, "history_", None)
-    epochs = (
-        f": {len(history.epochs)} epochs, best {history.best_epoch}, {history.seconds:.1f} s"
-        if history is not None
-        else ""
-    )
+    epochs = ""
+    if history is not None:
+        trained = len(history.epochs)
+        epochs = (
+            f": {trained} epoch{'s' if trained != 1 else ''}, best {history.best_epoch}, "
+            f"{history.seconds:.1f} s"
+        )
     click.echo(
         f"Trained '{config.model.name}' on {n_fit:,} normal {unit} (train {rows['train']:,} / "
         f"validation {rows['validation']:,} / calibration {rows['calibration']:,}){epochs}"

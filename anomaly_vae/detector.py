@@ -38,12 +38,19 @@ from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor, class_list
 from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
-from anomaly_vae.data.tables import quoted_names
+from anomaly_vae.data.tables import quoted_names, shown_value
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import get_model
 from anomaly_vae.models.base import BaseVAE
 from anomaly_vae.noise import noise_for_rows, scoring_noise
+from anomaly_vae.outputs import (
+    FLAG_COLUMN,
+    ROW_COLUMN,
+    SCORE_COLUMN,
+    insert_id_column,
+    refuse_id_named_like_outputs,
+)
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
 
 logger = logging.getLogger(__name__)
@@ -66,6 +73,13 @@ def available_scores(model_name: str) -> tuple[str, ...]:
     """Every score a detector with this model can drive ``predict`` by: the model's own
     and the latent scores the detector adds (latent_density.py)."""
     return get_model(model_name).score_names + LATENT_SCORES
+
+
+def output_columns(model_name: str) -> tuple[str, ...]:
+    """The columns that scores of a model ``model_name`` can have besides the id column:
+    every score, the score in use and the flag (``score_frame``), and the row numbers
+    written for rows without an id (``outputs.identify_rows``)."""
+    return (*available_scores(model_name), SCORE_COLUMN, FLAG_COLUMN, ROW_COLUMN)
 
 
 def _is_image_array(X: Any) -> bool:
@@ -128,12 +142,12 @@ class ThresholdedScores:
         """
         index = X.index if isinstance(X, pd.DataFrame) else None
         out = pd.DataFrame(self.all_scores(X, condition), index=index)
-        out["score"] = out[self.score_name]
+        out[SCORE_COLUMN] = out[self.score_name]
         # A row the model cannot score (NaN) is not shown to be normal: flag it.
-        out["is_anomaly"] = ~(out["score"] <= self.threshold_)
+        out[FLAG_COLUMN] = ~(out[SCORE_COLUMN] <= self.threshold_)
         id_column = self.effective_config.data.id_column
         if isinstance(X, pd.DataFrame) and id_column is not None and id_column in X.columns:
-            out.insert(0, id_column, X[id_column])
+            insert_id_column(out, id_column, X[id_column])
         return out
 
     def anomaly_score(
@@ -380,6 +394,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             if model_class.uses_condition:
                 self._set_image_classes(config.model.name, condition, len(X))
         else:
+            refuse_id_named_like_outputs(config.data.id_column, output_columns(config.model.name))
             frame = as_frame(X)
             table = TablePreprocessor(config.data).fit(frame)
             self.preprocessor_ = table
@@ -756,7 +771,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 index = int(text)
             if index < 0:
                 raise DataError(
-                    f"class {values!r} was not seen in training; known classes: "
+                    f"class {shown_value(values)} was not seen in training; known classes: "
                     f"{class_list(self.condition_names_)} (or their indices, 0 to "
                     f"{self.condition_classes_ - 1})"
                 )
@@ -765,7 +780,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if not isinstance(values, dict):
             raise DataError(
                 f"a table model's condition is a value for each condition column "
-                f"({quoted_names(columns)}), e.g. {{{columns[0]!r}: ...}}; got {values!r}"
+                f"({quoted_names(columns)}), e.g. {{{columns[0]!r}: ...}}; "
+                f"got {shown_value(values)}"
             )
         missing = set(columns) - set(values)
         if missing:
@@ -777,8 +793,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         for column in self._table_preprocessor.columns:
             if column.name in values and not column.is_known(values[column.name]):
                 raise DataError(
-                    f"{column.name}={values[column.name]!r} was not seen in training; "
-                    f"known values: {', '.join(column.categories)}"
+                    f"{column.name}={shown_value(values[column.name])} was not seen in "
+                    f"training; known values: {', '.join(column.categories)}"
                 )
         features = self.preprocessor_.transform(pd.DataFrame([row]))
         return features[0, self._condition_mask()]

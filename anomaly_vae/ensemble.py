@@ -25,6 +25,11 @@ ENSEMBLE_FILE = "ensemble.json"
 SCORE_NAME = "ensemble_rank"
 
 
+def member_score_column(name: str) -> str:
+    """The column of member ``name``'s score in the ensemble's scores."""
+    return f"score_{name}"
+
+
 class EnsembleDetector(ThresholdedScores):
     """Mean percentile of member scores. Same scoring API as :class:`VAEDetector`:
     ``anomaly_score`` / ``score_frame`` / ``threshold_`` are higher = more anomalous;
@@ -79,10 +84,11 @@ class EnsembleDetector(ThresholdedScores):
     ) -> dict[str, np.ndarray]:
         """Each member's configured score (``score_<name>``) and the ensemble's."""
         scores = {
-            f"score_{name}": m.anomaly_score(X, condition) for name, m in self.members.items()
+            member_score_column(name): m.anomaly_score(X, condition)
+            for name, m in self.members.items()
         }
         percentiles = [
-            reference_percentile(self.references[name], scores[f"score_{name}"])
+            reference_percentile(self.references[name], scores[member_score_column(name)])
             for name in self.members
         ]
         scores[SCORE_NAME] = np.mean(percentiles, axis=0)

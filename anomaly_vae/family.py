@@ -27,7 +27,7 @@ import pandas as pd
 from anomaly_vae.config import Config
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import VAEDetector, available_scores
-from anomaly_vae.ensemble import EnsembleDetector
+from anomaly_vae.ensemble import SCORE_NAME, EnsembleDetector, member_score_column
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.fitting import (
     FitResult,
@@ -40,6 +40,7 @@ from anomaly_vae.fitting import (
     save_model,
 )
 from anomaly_vae.models import available_models, get_model
+from anomaly_vae.outputs import refuse_id_named_like_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,9 @@ def fit_family(
             f"no variant in family.variants suits {kind} data (a conditional one needs "
             f"{conditional})"
         )
+    if config.family.ensemble and len(names) > 1 and kind == "table":  # before any training
+        ensemble_columns = [member_score_column(name) for name in names] + [SCORE_NAME]
+        refuse_id_named_like_outputs(config.data.id_column, ensemble_columns)
     select_by = config.family.select_by
     if select_by == "auto":
         select_by = "auroc" if data.has_evaluation() else "criterion"

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".csv", *PARQUET_SUFFIXES)  # what score outputs can be written as
 ROW_COLUMN = "row"  # 0-based data-row position, written when the rows have no id column
+SCORE_COLUMN = "score"  # the score in use, after every score of the model
+FLAG_COLUMN = "is_anomaly"
 
 
 def refuse_overwriting_input(output: Path, source: Path) -> None:
@@ -63,6 +65,27 @@ def atomic_output(path: Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def refuse_id_named_like_outputs(id_column: str | None, outputs: Iterable[str]) -> None:
+    """DataError when ``id_column`` is one of the column names ``outputs`` the scores add:
+    the scores could not carry both."""
+    if id_column is not None and id_column in set(outputs):
+        raise DataError(
+            f"the id column {id_column!r} has the name of a column the scores add; rename "
+            "it in the data and give the new name as the id column (--id-col, data.id_column)"
+        )
+
+
+def insert_id_column(scores: pd.DataFrame, id_column: str, ids: pd.Series) -> None:
+    """Put ``ids`` in front of ``scores`` as column ``id_column``; a DataError, not pandas'
+    ValueError, when a score column has that name (a model fitted before fit refused it)."""
+    if id_column in scores.columns:
+        raise DataError(
+            f"this model's id column {id_column!r} has the name of a column the scores add; "
+            "refit it with the id column renamed in the data"
+        )
+    scores.insert(0, id_column, ids)
 
 
 def identify_rows(scores: pd.DataFrame, id_column: str | None, first_row: int = 0) -> None:

@@ -30,6 +30,7 @@ import pandas as pd
 
 from anomaly_vae.batch import score_file
 from anomaly_vae.errors import ConfigError, DataError
+from anomaly_vae.outputs import insert_id_column
 
 SPARK_TYPES = {"float64": "double", "float32": "float", "bool": "boolean", "int64": "bigint"}
 # the Spark SQL type of each pandas dtype the model's output columns can have
@@ -218,7 +219,7 @@ class SparkScorer:
         scores.index = frame.index
         id_column = self.effective_config.data.id_column
         if id_column is not None and id_column in frame.columns:
-            scores.insert(0, id_column, frame[id_column])
+            insert_id_column(scores, id_column, frame[id_column])
         return scores
 
     def _spark_scores(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -72,6 +72,10 @@ def train(
 ) -> TrainingHistory:
     """Fit ``model`` in place and restore the weights of the best validation epoch.
 
+    Model selection starts when the model's schedule (beta-vae's KL warm-up) has
+    finished; if the epoch limit comes first, the last epoch's weights are kept, with a
+    warning naming the settings to change.
+
     ``x_train (n, *shape)`` and ``x_val (m, *shape)`` float32; conditional models
     also take ``condition_train (n, c)`` and ``condition_val (m, c)``. ``batch_input``,
     when given, makes each training batch from its row indices (augmentation such as
@@ -166,6 +170,12 @@ def train(
                 history.stopped_early = True
                 break
     bar.close()
+    if history.best_epoch == 0:
+        # The epoch limit came before the schedule finished, so no epoch was selected.
+        # The initial weights (best_state so far) are no model at all: keep the last epoch's.
+        best_loss, best_state = history.epochs[-1]["val_loss"], model.state_dict()
+        history.best_epoch = len(history.epochs)
+        _warn_unfinished_schedule(model, config, len(history.epochs))
     model.load_state_dict(best_state)
     model.eval()
     model.calibrate_decoder(
@@ -175,10 +185,30 @@ def train(
     )
     history.seconds = time.perf_counter() - start
     logger.info(
-        "trained %d epochs in %.1fs (best epoch %d, val loss %.4g)",
+        "trained %d epoch%s in %.1fs (best epoch %d, val loss %.4g)",
         len(history.epochs),
+        "s" if len(history.epochs) != 1 else "",
         history.seconds,
         history.best_epoch,
         best_loss,
     )
     return history
+
+
+def _warn_unfinished_schedule(model: BaseVAE, config: TrainingConfig, epochs: int) -> None:
+    """Say that training ended after ``epochs`` epochs, before ``model``'s schedule finished."""
+    fields = model.schedule_fields
+    values = ", ".join(f"model.{name}={getattr(model.config, name)}" for name in fields)
+    stretched = f" (training.epochs={config.epochs}, stretched by training.min_steps)"
+    logger.warning(
+        "%s: training ended at epoch %d%s, before its schedule finished at epoch %d (%s); "
+        "kept the last epoch's weights without model selection: raise training.epochs "
+        "past %d or lower %s",
+        model.registry_name,
+        epochs,
+        stretched if epochs != config.epochs else "",
+        model.schedule_epochs,
+        values,
+        model.schedule_epochs,
+        " or ".join(f"model.{name}" for name in fields),
+    )

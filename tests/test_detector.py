@@ -309,6 +309,32 @@ def test_a_frame_naming_a_column_twice_is_a_clear_error(fitted):
         fitted.score_samples(pd.DataFrame(np.c_[rows, rows[:, 0]], columns=names))
 
 
+@pytest.mark.parametrize(
+    "name", ["score", "is_anomaly", "negative_elbo", "latent_knn_distance", "row"]
+)
+def test_an_id_column_named_like_a_column_of_the_scores_is_refused_at_fit(name):
+    # Accepted, it made every later score_frame fail: the scores cannot hold both.
+    table = pd.DataFrame(correlated_normal(40, seed=5), columns=[*"abcdef"])
+    table.insert(0, name, [f"r{i}" for i in range(40)])
+    config = tiny_config(f"data.id_column={name}").detector_config()
+    with pytest.raises(
+        DataError, match=rf"id column '{name}' has the name of a column the scores add; rename"
+    ):
+        VAEDetector(config).fit(table)
+
+
+def test_a_saved_model_whose_id_column_is_a_score_column_gives_a_data_error(fitted):
+    # A model fitted before fit refused such a name: a DataError, not pandas' ValueError.
+    old = clone(fitted)
+    old.__dict__.update(fitted.__dict__)
+    old.config = tiny_config("data.id_column=score").detector_config()
+    rows = pd.DataFrame(correlated_normal(3, seed=6), columns=[f"x{i}" for i in range(6)])
+    with pytest.raises(
+        DataError, match=r"id column 'score' .* refit it with the id column renamed"
+    ):
+        old.score_frame(rows.assign(score=["a", "b", "c"]))
+
+
 def test_cvae_scores_a_row_given_its_context(caplog):
     """The same sensor values are normal for one machine and anomalous for another."""
     train = mixed_table(900, seed=0)

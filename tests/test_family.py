@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percentile
-from anomaly_vae.errors import ConfigError
+from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.family import fit_family, format_comparison, suitable_variants
 from anomaly_vae.models import available_models, get_model
 from tests.conftest import mixed_table, run_pipeline_script, tiny_config
@@ -119,6 +119,16 @@ def test_chosen_model_loads_and_scores_the_same(family_run):
     np.testing.assert_allclose(load_saved(result.model_dir).anomaly_score(fresh), expected)
     pyfunc = mlflow.pyfunc.load_model(result.run.model_uri)
     np.testing.assert_allclose(pyfunc.predict(fresh)["score"].to_numpy(), expected)
+
+
+def test_an_id_column_named_like_an_ensemble_score_is_refused_before_training(tmp_path):
+    table = mixed_table(100, seed=0).rename(columns={"reading_id": "score_vae"})
+    table.to_csv(tmp_path / "t.csv", index=False)
+    config = tiny_config(
+        "data.id_column=score_vae", "tracking.enabled=false", "family.variants=[vae, beta-vae]"
+    )
+    with pytest.raises(DataError, match="id column 'score_vae' has the name of a column"):
+        fit_family(tmp_path / "t.csv", config, project_dir=tmp_path)
 
 
 def test_without_labels_the_lowest_validation_elbo_wins(tmp_path):

@@ -2,6 +2,7 @@
 falls, losses built as stated, save/load). Per-variant tests only for what differs."""
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -212,6 +213,34 @@ def test_beta_vae_warms_up_the_kl_weight_and_selects_only_after():
     assert not model.schedule_finished
     model.on_epoch_start(11, 100)
     assert model.schedule_finished
+
+
+@pytest.mark.parametrize(
+    ("schedule", "ends_at", "named"),
+    [
+        ({"kl_warmup_epochs": 10}, 11, "model.kl_warmup_epochs=10"),
+        ({"kl_warmup_epochs": 0, "capacity": 5.0}, 50, "model.capacity_epochs=50"),
+    ],
+)
+def test_beta_vae_stopped_before_its_schedule_keeps_the_trained_weights(
+    schedule, ends_at, named, caplog
+):
+    # Selection starts once the schedule has finished; a shorter fit used to restore the
+    # untrained initial weights and report best epoch 0.
+    torch.manual_seed(0)
+    model = build("beta-vae", **schedule)
+    x = torch.randn(64, 6)
+    model.initialise_from_data(x)  # what train() does first: the start it must move away from
+    start = {name: p.detach().clone() for name, p in model.named_parameters()}
+    config = TrainingConfig(epochs=3, min_steps=0, patience=5)
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae.training"):
+        history = train(model, x[:48], x[48:], config)
+    moved = [not torch.equal(p, start[name]) for name, p in model.named_parameters()]
+    assert all(moved)
+    assert history.best_epoch == 3 and not history.stopped_early
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"ended at epoch 3, before its schedule finished at epoch {ends_at}" in warning
+    assert named in warning and "raise training.epochs" in warning
 
 
 @pytest.mark.parametrize("beta", [0.25, 4.0])

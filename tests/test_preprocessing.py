@@ -1,5 +1,6 @@
 import logging
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -125,13 +126,34 @@ def test_missing_and_mistyped_columns_are_errors(fitted):
 
 def test_values_the_model_cannot_hold_are_errors_naming_the_row(fitted):
     # Beyond float32 after scaling they would become infinite, and their scores NaN.
-    for value in (1e39, -1e300):
-        with pytest.raises(DataError, match=r"column 'x' holds .* \(row 2\), too far"):
+    for value, shown in ((1e39, r"1e\+39"), (-1e300, r"-1e\+300")):  # plainly, not np.float64()
+        with pytest.raises(DataError, match=rf"^column 'x' holds {shown} \(row 2\), too far"):
             fitted.transform(pd.DataFrame({"x": [1.0, value], "colour": ["red", "red"]}))
     with pytest.raises(DataError, match=r"column 'x' holds infinite values \(row 2\)"):
         fitted.transform(pd.DataFrame({"x": [1.0, np.inf], "colour": ["red", "red"]}))
     large = fitted.transform(pd.DataFrame({"x": [1e30], "colour": ["red"]}))
     assert np.isfinite(large).all()  # far out, yet within range: scored (as unusual)
+
+
+@pytest.mark.parametrize(
+    ("scaling", "values", "shown"),
+    [
+        ("standard", [1.0, 2.0, 1e300, 3.0], r"1e\+300 \(row 3\)"),  # the square overflows
+        ("minmax", [1.0, -1.7e308, 1.7e308], r"-1\.7e\+308 \(row 2\)"),  # max - min does
+        (
+            "standard",
+            [1.0, 1.3e154, -1.3e154, 3.0],
+            r"1\.3e\+154 \(row 2\)",
+        ),  # the sum of squares does
+    ],
+)
+def test_a_value_too_large_to_scale_by_is_refused_at_fit_naming_the_row(scaling, values, shown):
+    # The spread became inf: training ran, and saving the schema then failed.
+    frame = pd.DataFrame({"x": values, "y": np.arange(len(values), dtype=float)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy overflow warning before the message
+        with pytest.raises(DataError, match=rf"^column 'x' holds {shown}, too large to scale"):
+            TablePreprocessor(DataConfig(scaling=scaling)).fit(frame)
 
 
 @pytest.mark.parametrize(

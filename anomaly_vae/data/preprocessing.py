@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
-from anomaly_vae.data.tables import quoted_names, refuse_repeated_names
+from anomaly_vae.data.tables import quoted_names, refuse_repeated_names, shown_value
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a l
 # A date as text, with or without a time: 2024-03-01, 2024-03-01T08:00:00Z, 3/1/2024,
 # 01.03.2024 08:00 (a fresh date would be a category never seen in training)
 DATE_TEXT = r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})(?:[T ].*)?"
+SQUARE_LIMIT = float(np.sqrt(np.finfo(np.float64).max))  # ~1.3e154: beyond it a value's
+# square, and so a standard deviation, overflows float64
 STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
@@ -154,10 +156,15 @@ class TablePreprocessor:
                 raise DataError(
                     f"column {name!r} has missing values; set data.missing_indicators=true"
                 )
-            if self.config.scaling == "minmax":
-                center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
-            else:
-                center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
+            # A huge finite value (a sentinel such as 9.99e307) overflows the sum or the
+            # squares: refused below, without numpy's overflow warning first.
+            with np.errstate(over="ignore", invalid="ignore"):
+                if self.config.scaling == "minmax":
+                    center, spread = float(numbers.min()), float(numbers.max() - numbers.min())
+                else:
+                    center, spread = float(numbers.mean()), float(numbers.std(ddof=0))
+            if not (np.isfinite(center) and np.isfinite(spread)):
+                _refuse_overflowing_values(numbers, name)
             # A constant column is kept, but not divided by its zero spread.
             scale = spread if spread > 1e-12 else 1.0
             fill = (float(numbers.median()) - center) / scale
@@ -518,8 +525,22 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     position = int(np.flatnonzero(stray.to_numpy())[0])
     raise DataError(
         f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
-        f"{values.iloc[position]!r} (row {row_number(values, position)}): correct or empty "
-        "those cells, or list the column in data.categorical_columns if it is a category"
+        f"{shown_value(values.iloc[position])} (row {row_number(values, position)}): correct "
+        "or empty those cells, or list the column in data.categorical_columns if it is a category"
+    )
+
+
+def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
+    """DataError naming the first value of ``numbers`` (float64) whose square overflows
+    float64 (the largest one when the overflow came from many large values together):
+    the column's centre or spread is not finite, so it cannot be scaled or saved."""
+    magnitude = numbers.abs().fillna(0.0).to_numpy()
+    overflowing = np.flatnonzero(magnitude > SQUARE_LIMIT)
+    position = int(overflowing[0]) if len(overflowing) else int(magnitude.argmax())
+    raise DataError(
+        f"column {name!r} holds {shown_value(numbers.iloc[position])} (row "
+        f"{row_number(numbers, position)}), too large to scale the column by: correct it, "
+        "or empty it if it is a code for a missing value"
     )
 
 
@@ -564,8 +585,8 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"column {name!r} should be numeric but holds {values.iloc[position]!r} "
-                f"(row {row_number(values, position)})"
+                f"column {name!r} should be numeric but holds "
+                f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
             )
         numbers = coerced.astype("float64").to_numpy()
     infinite = np.isinf(numbers)
@@ -587,7 +608,7 @@ def _check_float32_range(scaled: np.ndarray, values: pd.Series, name: str) -> No
     if beyond.any():
         position = int(np.flatnonzero(beyond)[0])
         raise DataError(
-            f"column {name!r} holds {values.iloc[position]!r} (row "
+            f"column {name!r} holds {shown_value(values.iloc[position])} (row "
             f"{row_number(values, position)}), too far from the training values to score "
             "in float32"
         )

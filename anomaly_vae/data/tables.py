@@ -9,6 +9,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -319,6 +320,20 @@ def quoted_names(names: Sequence[str], limit: int = NAMES_SHOWN) -> str:
     """
     more = f", ... ({len(names)} in all)" if len(names) > limit else ""
     return ", ".join(map(repr, names[:limit])) + more
+
+
+def shown_value(value: Any) -> str:
+    """A cell or a given value as a message shows it: numbers plain, text quoted, never
+    numpy's repr (``np.float64(1e+300)``, ``np.str_('hot')``).
+
+    >>> shown_value(np.float64(1e300)), shown_value(np.str_("hot")), shown_value(2.5)
+    ('1e+300', "'hot'", '2.5')
+    """
+    if isinstance(value, (np.str_, np.bytes_)):
+        value = value.item()
+    if isinstance(value, np.generic):
+        return str(value)  # the shortest text that reads back as the same value
+    return repr(value)
 
 
 def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame | np.ndarray:

@@ -230,6 +230,17 @@ class BaseVAE(nn.Module):
         so that early stopping does not compare losses of different objectives."""
         return True
 
+    @property
+    def schedule_epochs(self) -> int:
+        """The first epoch (1-based) at which ``schedule_finished`` holds; 1 without a schedule."""
+        return 1
+
+    @property
+    def schedule_fields(self) -> tuple[str, ...]:
+        """The ModelConfig fields that set ``schedule_epochs``: the training loop names them
+        when the epoch limit ends training before the schedule has finished."""
+        return ()
+
     def kl_weight(self) -> float:
         """The weight of the KL term in the training loss (beta)."""
         return self.config.beta

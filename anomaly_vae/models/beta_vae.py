@@ -36,9 +36,21 @@ class BetaVAE(MLPVAE):
 
     @property
     def schedule_finished(self) -> bool:
-        warmup_done = self.epoch > self.config.kl_warmup_epochs
-        capacity_done = self.config.capacity == 0 or self.epoch >= self.config.capacity_epochs
-        return warmup_done and capacity_done
+        return self.epoch >= self.schedule_epochs
+
+    @property
+    def schedule_epochs(self) -> int:
+        # The KL weight reaches beta at epoch kl_warmup_epochs + 1, C(t) its capacity at
+        # epoch capacity_epochs.
+        warmup_done = self.config.kl_warmup_epochs + 1
+        capacity_done = self.config.capacity_epochs if self.config.capacity > 0 else 1
+        return max(warmup_done, capacity_done)
+
+    @property
+    def schedule_fields(self) -> tuple[str, ...]:
+        if self.config.capacity > 0:
+            return ("kl_warmup_epochs", "capacity_epochs")
+        return ("kl_warmup_epochs",)
 
     def kl_weight(self) -> float:
         if self.config.kl_warmup_epochs == 0:
