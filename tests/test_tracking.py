@@ -292,6 +292,7 @@ def test_a_version_registered_without_a_run_has_no_source_run(tracking_store, tm
     from anomaly_vae.errors import ModelNotFoundError
     from anomaly_vae.tracking import source_of_model
 
+    use_tracking(project_dir=tmp_path)  # the store of MLFLOW_TRACKING_URI, not an earlier test's
     client = MlflowClient()
     client.create_registered_model("bare")
     client.create_model_version("bare", source=str(tmp_path / "somewhere"))
