@@ -13,12 +13,12 @@ import pandas as pd
 
 from anomaly_vae.batch import drift_sample, score_file
 from anomaly_vae.data.images import class_list, read_images
-from anomaly_vae.data.tables import PARQUET_SUFFIXES, table_errors
+from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
-from anomaly_vae.outputs import atomic_output, refuse_overwriting_input
+from anomaly_vae.outputs import atomic_output, make_folder, refuse_overwriting_input, writing
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,7 @@ def score_table(
     """
     path = Path(data)
     refuse_overwriting_input(Path(output), path)
-    with table_errors(path):
-        rows, flagged, _ = score_file(detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress)
+    rows, flagged, _ = score_file(detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress)
     return rows, flagged
 
 
@@ -197,11 +196,12 @@ def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[
     ``map_names``), one per image; returns the ``n`` files written, in the images' order."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     pixels = (np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)  # channels averaged
     files = [folder / f"{stem}.png" for stem in map_names(names)]
     for file, image in zip(files, pixels, strict=True):
-        Image.fromarray(image).save(file)
+        with writing(file):
+            Image.fromarray(image).save(file)
     return files
 
 

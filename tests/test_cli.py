@@ -269,6 +269,27 @@ def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
     assert not (root / "scores.xlsx").exists()
 
 
+def test_an_output_that_cannot_be_written_is_named_not_the_input(project, tmp_path):
+    import os
+
+    root, _ = project
+    (tmp_path / "taken").write_text("a file, where the output folder would go")
+    inside_a_file = tmp_path / "taken" / "scores.csv"
+    result = run_score(root, "new.csv", str(inside_a_file))
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert f"cannot write {inside_a_file}: {tmp_path / 'taken'} is a file" in result.output
+    if os.geteuid() == 0:
+        return  # root writes into a read-only folder all the same
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = run_score(root, "new.csv", str(locked / "scores.csv"))
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 1
+    assert f"cannot write {locked / 'scores.csv'}: Permission denied" in result.output
+
+
 def test_rows_without_the_id_column_are_numbered_with_a_warning(project, caplog):
     root, _ = project
     pd.read_csv(root / "new.csv").drop(columns="reading_id").to_csv(root / "noid.csv", index=False)
