@@ -117,6 +117,8 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         found = _glob_matches(source)
     elif path.is_dir():
         found = [path] if any(_is_image(p) for p in path.iterdir()) else list(path.iterdir())
+    elif path.is_file():
+        raise DataError(f"{source} is a file; an image model scores folders of images")
     else:
         raise DataError(f"{source}: no such folder (an image model scores folders of images)")
     output = output_dir.resolve()

@@ -48,8 +48,25 @@ def load_detector(
 
 
 def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
-    """A one-line error when DATA is images for a table model, or the other way round."""
+    """A one-line error when DATA is images for a table model, or the other way round.
+
+    For an image model, DATA that is not an image source (:func:`is_image_source`) is
+    said to be missing, or one image file, when it is: not a table.
+    """
     given = "image" if is_images else "table"
+    if detector.data_kind_ == "image" and not is_images:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        path = Path(data)
+        if not path.exists():
+            raise DataError(f"{data}: no such file or folder")
+        if path.suffix.lower() in IMG_EXTENSIONS:
+            # A folder is read with its class subfolders; one file has neither class nor
+            # company, so it is not taken alone.
+            raise DataError(
+                f"{data} is one image file; an image model takes a folder of images (to "
+                "score this one alone, put it in a folder of its own)"
+            )
     if detector.data_kind_ != given:
         raise DataError(
             f"this model was fit on {detector.data_kind_}s, but {data} is "

@@ -304,6 +304,9 @@ def test_rows_without_the_id_column_are_numbered_with_a_warning(project, caplog)
 def test_unknown_model_reference_is_a_clear_error(project):
     root, _ = project
     result = run_score(root, "new.csv", "x.csv", "--model", "no/such/folder")
+    assert result.exit_code == 1 and "model folder no/such/folder does not exist" in result.output
+    (root / "not_a_model").mkdir(exist_ok=True)
+    result = run_score(root, "new.csv", "x.csv", "--model", "not_a_model")
     assert result.exit_code == 1 and "is not a saved anomaly-vae model" in result.output
 
 
