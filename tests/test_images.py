@@ -422,3 +422,9 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert "the 95% quantile of 40 normal images" in by_quantile.output
     unnamed_class = CliRunner().invoke(main, [*arguments, "train"])
     assert unnamed_class.exit_code == 1 and "or give a flat folder" in unnamed_class.output
+    # The default --method f1 needs labelled images; a flat folder has one class.
+    flat = CliRunner().invoke(main, ["calibrate", "normal", "--no-tracking"])
+    assert flat.exit_code == 1 and "--method f1 chooses the threshold on labelled images: " in (
+        flat.output
+    )
+    assert "--normal-class, or use --method quantile on a folder of normal images" in flat.output
