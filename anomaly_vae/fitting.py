@@ -105,9 +105,16 @@ def _load_table(source: str | Path, config: Config) -> TrainingData:
     frame = read_table(source)
     if config.data.label_column is None:
         return TrainingData(frame)
-    labels = label_vector(frame, config.data.label_column, config.data.anomaly_label)
+    column, anomaly_label = config.data.label_column, config.data.anomaly_label
+    labels = label_vector(frame, column, anomaly_label)
     if not labels.any():
         return TrainingData(frame)
+    if labels.all():  # else "need at least 20 training rows, got 0", after the hold-out
+        marks = "1" if anomaly_label is None else f"the anomaly label {anomaly_label!r}"
+        raise DataError(
+            f"no row of {source} is labelled normal: label column {column!r} holds {marks} "
+            "in every row, and fit trains on normal rows"
+        )
     train_rows, eval_rows = _hold_out(labels, config)
     return TrainingData(
         frame.iloc[train_rows],
