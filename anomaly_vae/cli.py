@@ -347,7 +347,8 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file, CSV (or Parquet by suffix) [default: <DATA stem>_scores.csv].",
+    help="Output file, CSV (or Parquet by suffix); replaced if it exists [default: "
+    "<DATA stem>_scores.csv, or NAME_scores.csv for NAME:ROOT, which is never replaced].",
 )
 @click.option(
     "--maps",
@@ -378,10 +379,18 @@ def score(
     from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
 
     _set_threads(threads)
+    if output is None:
+        # NAME:ROOT is named after the set: ROOT's folder (often data/) says nothing.
+        torchvision = torchvision_source(data)
+        output = Path(f"{torchvision[0] if torchvision else Path(data).stem}_scores.csv")
+        if output.exists():
+            # Inputs can share a stem (new.csv, new.parquet): a default name must not
+            # silently replace scores written before, perhaps of another file.
+            raise click.UsageError(
+                f"{output}, the default output, exists: give --output {output} to replace "
+                "it, or another name"
+            )
     detector = load_detector(model_ref)
-    torchvision = torchvision_source(data)  # NAME:ROOT is named after ROOT's folder
-    stem = torchvision[1].name if torchvision is not None else Path(data).stem
-    output = output or Path(f"{stem}_scores.csv")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise click.UsageError(
             f"--output {output}: scores are written as .csv, .parquet or .pq files"

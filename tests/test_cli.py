@@ -258,6 +258,31 @@ def test_the_default_output_of_a_file_with_a_colon_is_named_after_the_whole_file
     assert not (root / "00.csv_scores.csv").exists()
 
 
+def test_a_default_output_never_replaces_a_file(project, monkeypatch):
+    root, _ = project
+    monkeypatch.chdir(root)
+    (root / "dup.csv").write_bytes((root / "new.csv").read_bytes())
+    pd.read_csv(root / "new.csv").to_parquet(root / "dup.parquet")
+    first = CliRunner().invoke(main, ["score", "dup.csv", "--quiet"])
+    assert first.exit_code == 0, first.output
+    written = (root / "dup_scores.csv").read_bytes()
+    # new.csv and new.parquet share a default output: the second is refused, not written.
+    second = CliRunner().invoke(main, ["score", "dup.parquet", "--quiet"])
+    assert second.exit_code == 2
+    assert "dup_scores.csv, the default output, exists: give --output dup_scores.csv" in (
+        second.output
+    )
+    assert (root / "dup_scores.csv").read_bytes() == written
+    named = CliRunner().invoke(main, ["score", "dup.parquet", "-o", "dup_scores.csv", "--quiet"])
+    assert named.exit_code == 0, named.output
+    # A torchvision source is named after its set, not its root folder (often data/).
+    (root / "fashionmnist_scores.csv").write_text("earlier scores\n")
+    torchvision = CliRunner().invoke(main, ["score", "fashionmnist:data"])
+    assert torchvision.exit_code == 2 and "fashionmnist_scores.csv, the default" in (
+        torchvision.output
+    )
+
+
 def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
     root, _ = project
     before = (root / "new.csv").read_bytes()
