@@ -43,9 +43,16 @@ from anomaly_vae.data.tables import (
     quoted_names,
     read_csv_chunks,
     refuse_repeated_names,
+    table_errors,
 )
 from anomaly_vae.errors import AnomalyVAEError, DataError
-from anomaly_vae.outputs import OUTPUT_SUFFIXES, atomic_output, identify_rows
+from anomaly_vae.outputs import (
+    OUTPUT_SUFFIXES,
+    atomic_output,
+    identify_rows,
+    make_folder,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +118,8 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         found = _glob_matches(source)
     elif path.is_dir():
         found = [path] if any(_is_image(p) for p in path.iterdir()) else list(path.iterdir())
+    elif path.is_file():
+        raise DataError(f"{source} is a file; an image model scores folders of images")
     else:
         raise DataError(f"{source}: no such folder (an image model scores folders of images)")
     output = output_dir.resolve()
@@ -230,9 +239,11 @@ def output_lock(folder: Path) -> Iterator[None]:
     into it (a mistyped --model leaves no empty output folder behind).
     """
     created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     lock = folder / LOCK_FILE
-    with lock.open("a") as handle:
+    with writing(lock):
+        handle = lock.open("a")
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -254,24 +265,27 @@ def read_chunks(
     path: Path, chunk_rows: int, text_columns: Sequence[str] = ()
 ) -> Iterator[pd.DataFrame]:
     """The rows of a CSV or Parquet file, ``chunk_rows`` at a time; a CSV file's
-    ``text_columns`` are read as written (see :func:`read_csv_chunks`)."""
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
+    ``text_columns`` are read as written (see :func:`read_csv_chunks`).
 
-        parquet = pq.ParquetFile(path)
-        refuse_repeated_names(parquet.schema_arrow.names, where=str(path))
-        start = 0
-        for batch in parquet.iter_batches(batch_size=chunk_rows):
-            chunk = batch.to_pandas()
-            # The file's running row index, as pandas gives CSV chunks: errors name file rows.
-            chunk.index = pd.RangeIndex(start, start + len(chunk))
-            start += len(chunk)
-            yield chunk
-        return
-    try:
-        yield from read_csv_chunks(path, chunk_rows, text_columns)
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path} is empty") from exc
+    DataError naming the file when it cannot be read (:func:`table_errors`); only the
+    reading is covered, so that a failure to write the scores is not blamed on it.
+    """
+    with table_errors(path):
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            parquet = pq.ParquetFile(path)
+            refuse_repeated_names(parquet.schema_arrow.names, where=str(path))
+            start = 0
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                chunk = batch.to_pandas()
+                # The file's running row index, as pandas gives CSV chunks: errors name
+                # file rows.
+                chunk.index = pd.RangeIndex(start, start + len(chunk))
+                start += len(chunk)
+                yield chunk
+        else:
+            yield from read_csv_chunks(path, chunk_rows, text_columns)
 
 
 def drift_sample(scores: np.ndarray) -> np.ndarray:

@@ -75,6 +75,12 @@ THREADS_OPTION = click.option(
     help="torch CPU threads for scoring (0: one per core). On a host where other work "
     "keeps a core busy, 1 can be twice as fast (README: CPU threads).",
 )
+# calibrate's and view's (fit's is --set data.anomaly_label=VALUE, saved with the model).
+ANOMALY_LABEL_OPTION = click.option(
+    "--anomaly-label",
+    help="Tables whose label column holds text: the value that marks an anomaly "
+    "[default: the model's data.anomaly_label, else 0/1 labels].",
+)
 SET_OPTION = click.option(
     "--set",
     "overrides",
@@ -343,7 +349,8 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     "--output",
     "-o",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Output file, CSV (or Parquet by suffix) [default: <DATA stem>_scores.csv].",
+    help="Output file, CSV (or Parquet by suffix); replaced if it exists [default: "
+    "<DATA stem>_scores.csv, or NAME_scores.csv for NAME:ROOT, which is never replaced].",
 )
 @click.option(
     "--maps",
@@ -374,10 +381,18 @@ def score(
     from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
 
     _set_threads(threads)
+    if output is None:
+        # NAME:ROOT is named after the set: ROOT's folder (often data/) says nothing.
+        torchvision = torchvision_source(data)
+        output = Path(f"{torchvision[0] if torchvision else Path(data).stem}_scores.csv")
+        if output.exists():
+            # Inputs can share a stem (new.csv, new.parquet): a default name must not
+            # silently replace scores written before, perhaps of another file.
+            raise click.UsageError(
+                f"{output}, the default output, exists: give --output {output} to replace "
+                "it, or another name"
+            )
     detector = load_detector(model_ref)
-    torchvision = torchvision_source(data)  # NAME:ROOT is named after ROOT's folder
-    stem = torchvision[1].name if torchvision is not None else Path(data).stem
-    output = output or Path(f"{stem}_scores.csv")
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise click.UsageError(
             f"--output {output}: scores are written as .csv, .parquet or .pq files"
@@ -551,11 +566,7 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.argument("data")
 @MODEL_OPTION
 @click.option("--label-col", help="Tables: the column of 0 (normal) and 1 (anomaly) labels.")
-@click.option(
-    "--anomaly-label",
-    help="Tables whose label column holds text: the value that marks an anomaly "
-    "[default: the model's data.anomaly_label, else 0/1 labels].",
-)
+@ANOMALY_LABEL_OPTION
 @click.option(
     "--normal-class",
     help="Images: the normal class, or several separated by commas; the other classes "
@@ -700,7 +711,11 @@ def calibrate(
     default=Path("views"),
     help="Folder for the PNG files (and, for table models, CSV files).",
 )
-@click.option("--label-col", help="Tables: colour the latent scatter by this 0/1 column.")
+@click.option(
+    "--label-col",
+    help="Tables: colour the latent scatter by this column of 0 (normal) and 1 (anomaly) labels.",
+)
+@ANOMALY_LABEL_OPTION
 @click.option("--count", default=64, type=click.IntRange(min=1), help="generate: how many samples.")
 @click.option(
     "--condition",
@@ -722,6 +737,7 @@ def view(
     model_ref: str | None,
     out_dir: Path,
     label_col: str | None,
+    anomaly_label: str | None,
     count: int,
     conditions: tuple[str, ...],
     log_to_run: bool,
@@ -733,9 +749,12 @@ def view(
     from anomaly_vae import views
     from anomaly_vae.data import label_vector, read_table
     from anomaly_vae.data.images import is_image_source, read_images
+    from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
     from anomaly_vae.detector import VAEDetector
     from anomaly_vae.scoring import check_data_kind, load_detector
 
+    if anomaly_label is not None and label_col is None:
+        raise click.UsageError("--anomaly-label names a value of the --label-col column")
     detector = load_detector(model_ref)
     if not hasattr(detector, "model_"):
         raise click.UsageError("views need a single model, not a family ensemble")
@@ -772,8 +791,9 @@ def view(
             frame = images.images
         else:
             frame = read_table(data)
-            anomaly_label = detector.effective_config.data.anomaly_label
-            labels = label_vector(frame, label_col, anomaly_label) if label_col else None
+            if label_col is not None:
+                anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
+                labels = label_vector(frame, label_col, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
     needs_data = {"reconstruct", "latents", "traversal", "interpolation", "all"}
     if frame is None and kind in needs_data:
         raise click.UsageError(f"the {kind} view needs DATA")

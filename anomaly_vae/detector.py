@@ -877,6 +877,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         ModelNotFoundError when ``path`` is not a saved model or is damaged.
         """
         path = Path(path)
+        if not path.exists():
+            raise ModelNotFoundError(f"model folder {path} does not exist")
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise ModelNotFoundError(
                 f"{path} is not a saved anomaly-vae model "

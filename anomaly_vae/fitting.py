@@ -97,7 +97,7 @@ def load_training_data(
         )
     frame = read_table(source, _id_columns(config))
     check_cells(frame, config.data)
-    data = _split_table(frame, config)
+    data = _split_table(frame, config, source)
     data.sources["data"] = str(source)
     if eval_source is not None:
         if config.data.label_column is None:
@@ -143,12 +143,21 @@ def _warn_training_ids(
         )
 
 
-def _split_table(frame: pd.DataFrame, config: Config) -> TrainingData:
+def _split_table(frame: pd.DataFrame, config: Config, source: str | Path) -> TrainingData:
+    """Labelled anomalies and a held-out share of the normal rows of ``frame`` (read from
+    ``source``) set aside for evaluation."""
     if config.data.label_column is None:
         return TrainingData(frame)
-    labels = label_vector(frame, config.data.label_column, config.data.anomaly_label)
+    column, anomaly_label = config.data.label_column, config.data.anomaly_label
+    labels = label_vector(frame, column, anomaly_label)
     if not labels.any():
         return TrainingData(frame)
+    if labels.all():  # else "need at least 20 training rows, got 0", after the hold-out
+        marks = "1" if anomaly_label is None else f"the anomaly label {anomaly_label!r}"
+        raise DataError(
+            f"no row of {source} is labelled normal: label column {column!r} holds {marks} "
+            "in every row, and fit trains on normal rows"
+        )
     train_rows, eval_rows = _hold_out(labels, config)
     return TrainingData(
         frame.iloc[train_rows],

@@ -47,6 +47,10 @@ def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path``; renamed to ``path`` if the block ends without an
     exception, deleted otherwise. The folder is created if needed.
 
+    An OSError, here or in the block, becomes a DataError naming ``path``: the block
+    writes the temporary file, and the callers read their input through
+    :func:`~anomaly_vae.data.tables.table_errors`, which names the input itself.
+
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
     >>> with atomic_output(folder / "scores.csv") as temporary:
@@ -54,17 +58,43 @@ def atomic_output(path: Path) -> Iterator[Path]:
     >>> sorted(p.name for p in folder.iterdir())
     ['scores.csv']
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    with writing(path):
+        make_folder(path.parent, path)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        temporary = Path(name)
+        try:
+            yield temporary
+            temporary.chmod(_creation_mode())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Around writing the file or folder ``path``: an OSError becomes a DataError naming
+    it (not the input being read, which an unwritable output was once blamed on)."""
     try:
-        yield temporary
-        temporary.chmod(_creation_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as exc:
+        reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise DataError(f"cannot write {path}: {reason}") from exc
+
+
+def make_folder(folder: Path, target: Path | None = None) -> None:
+    """``folder`` and its parents, created if missing to write ``target`` (default: the
+    folder) into; DataError naming ``target`` when a part of the path is a file (mkdir
+    would say only "File exists" or "Not a directory")."""
+    target = target or folder
+    for part in [folder, *folder.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise DataError(f"cannot write {target}: {part} is a file, not a folder")
+            break
+    with writing(target):
+        folder.mkdir(parents=True, exist_ok=True)
 
 
 def refuse_id_named_like_outputs(id_column: str | None, outputs: Iterable[str]) -> None:

@@ -16,7 +16,8 @@ import numpy as np
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import QUANTILE_THRESHOLD, Config, load_config
 from anomaly_vae.data import label_vector, read_table
-from anomaly_vae.data.images import is_image_source, read_images
+from anomaly_vae.data.images import class_list, is_image_source, read_images
+from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
     TrainingData,
@@ -44,25 +45,33 @@ def labelled_data(
     label_column: str | None,
     normal_class: str | None,
     anomaly_label: str | None = None,
-    labels_required: bool = True,
+    method: str = "f1",
 ) -> TrainingData:
     """Every row of a table, or every image of a folder or torchvision test split, as the
     evaluation part of a :class:`TrainingData`, with its labels (True = anomaly).
 
     Tables: ``label_column`` (1 = anomaly, or the rows holding ``anomaly_label``, by
     default the model's ``data.anomaly_label``). Images: classes other than
-    ``normal_class`` (one, or several separated by commas) are anomalies. Without
-    ``labels_required`` a table without ``label_column``, or a flat folder of images, is
-    all normal rows.
+    ``normal_class`` (one, or several separated by commas) are anomalies. For ``method``
+    quantile a table without ``label_column``, or a flat folder of images, is all normal
+    rows; the other methods need labels.
     """
+    labels_required = method != QUANTILE_THRESHOLD
     check_data_kind(detector, source, is_image_source(source))
     if is_image_source(source):
         size = detector.effective_config.data.image_size
         images = read_images(str(source), train=False, size=size)
-        if normal_class is None and (labels_required or len(images.classes) > 1):
+        if normal_class is None and len(images.classes) > 1:
             raise DataError(
-                "--normal-class names the normal class of the images"
-                + ("" if labels_required else " (or give a flat folder of normal images)")
+                f"{source} has classes {class_list(images.classes)}: name the normal one "
+                "with --normal-class (several: --normal-class a,b)"
+                + ("" if labels_required else ", or give a flat folder of normal images")
+            )
+        if normal_class is None and labels_required:
+            raise DataError(
+                f"--method {method} chooses the threshold on labelled images: give a folder "
+                "with one subfolder per class and name the normal one with --normal-class, "
+                "or use --method quantile on a folder of normal images"
             )
         normal = [0] if normal_class is None else images.class_indices(str(normal_class))
         labels = ~np.isin(images.labels, normal)
@@ -77,12 +86,16 @@ def labelled_data(
             evaluation_condition=classes,
         )
     if label_column is None and labels_required:
-        raise DataError("--label-col names the column of 0 (normal) and 1 (anomaly) labels")
+        raise DataError(
+            f"--method {method} chooses the threshold on labelled rows: name their label "
+            "column with --label-col (0 = normal, 1 = anomaly), or use --method quantile "
+            "on rows of normal operation"
+        )
     frame = read_table(source)
     if label_column is None:
         return TrainingData(frame, frame, np.zeros(len(frame), dtype=bool))
     anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
-    labels = label_vector(frame, label_column, anomaly_label)
+    labels = label_vector(frame, label_column, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
     if label_column not in getattr(detector, "first", detector).preprocessor_.input_columns:
         # Labels that came after the fit: not a column the model knows, nor one to warn of.
         frame = frame.drop(columns=label_column)
@@ -118,9 +131,7 @@ def calibrate_model(
     detector = load_detector(model_ref, project_dir)
     origin = _origin(model_ref, project_dir) if track else None  # before any alias moves
     by_quantile = method == QUANTILE_THRESHOLD
-    data = labelled_data(
-        source, detector, label_column, normal_class, anomaly_label, not by_quantile
-    )
+    data = labelled_data(source, detector, label_column, normal_class, anomaly_label, method)
     if not by_quantile and not data.has_evaluation():
         raise DataError(f"{source} needs labelled rows of both classes (normal and anomalous)")
     previous = detector.threshold_

@@ -13,12 +13,12 @@ import pandas as pd
 
 from anomaly_vae.batch import drift_sample, score_file
 from anomaly_vae.data.images import class_list, read_images
-from anomaly_vae.data.tables import PARQUET_SUFFIXES, table_errors
+from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
-from anomaly_vae.outputs import atomic_output, refuse_overwriting_input
+from anomaly_vae.outputs import atomic_output, make_folder, refuse_overwriting_input, writing
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,25 @@ def load_detector(
 
 
 def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
-    """A one-line error when DATA is images for a table model, or the other way round."""
+    """A one-line error when DATA is images for a table model, or the other way round.
+
+    For an image model, DATA that is not an image source (:func:`is_image_source`) is
+    said to be missing, or one image file, when it is: not a table.
+    """
     given = "image" if is_images else "table"
+    if detector.data_kind_ == "image" and not is_images:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        path = Path(data)
+        if not path.exists():
+            raise DataError(f"{data}: no such file or folder")
+        if path.suffix.lower() in IMG_EXTENSIONS:
+            # A folder is read with its class subfolders; one file has neither class nor
+            # company, so it is not taken alone.
+            raise DataError(
+                f"{data} is one image file; an image model takes a folder of images (to "
+                "score this one alone, put it in a folder of its own)"
+            )
     if detector.data_kind_ != given:
         raise DataError(
             f"this model was fit on {detector.data_kind_}s, but {data} is "
@@ -109,8 +126,7 @@ def score_table(
     """
     path = Path(data)
     refuse_overwriting_input(Path(output), path)
-    with table_errors(path):
-        rows, flagged, _ = score_file(detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress)
+    rows, flagged, _ = score_file(detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress)
     return rows, flagged
 
 
@@ -197,11 +213,12 @@ def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[
     ``map_names``), one per image; returns the ``n`` files written, in the images' order."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     pixels = (np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)  # channels averaged
     files = [folder / f"{stem}.png" for stem in map_names(names)]
     for file, image in zip(files, pixels, strict=True):
-        Image.fromarray(image).save(file)
+        with writing(file):
+            Image.fromarray(image).save(file)
     return files
 
 

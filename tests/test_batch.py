@@ -470,3 +470,25 @@ def test_ids_are_written_as_they_were_read(model_dir, tmp_path):
     for name in ("a.csv", "b.csv"):
         written = (out / name).read_text().splitlines()[1:]
         assert [line.split(",")[0] for line in written] == ids
+
+
+def test_an_output_that_cannot_be_written_is_named_not_the_input(model_dir, tmp_path, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "a.csv", index=False)
+    (tmp_path / "taken").write_text("a file, where the output folder would go")
+    result = batch(model_dir, inputs, tmp_path / "taken" / "out")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "cannot write" in result.output and "taken is a file, not a folder" in result.output
+
+    # A folder this user may not write into (chmod does not stop root, so simulated).
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("anomaly_vae.outputs.tempfile.mkstemp", refuse)
+    out = tmp_path / "out"
+    result = batch(model_dir, inputs, out)
+    assert result.exit_code == 1
+    reason = f"cannot write {out / 'a.csv'}: Permission denied"
+    assert f"failed: {inputs / 'a.csv'}: {reason}" in result.output
+    assert Ledger(out / LEDGER_FILE).entries()["reason"].tolist() == [reason]

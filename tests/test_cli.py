@@ -258,6 +258,31 @@ def test_the_default_output_of_a_file_with_a_colon_is_named_after_the_whole_file
     assert not (root / "00.csv_scores.csv").exists()
 
 
+def test_a_default_output_never_replaces_a_file(project, monkeypatch):
+    root, _ = project
+    monkeypatch.chdir(root)
+    (root / "dup.csv").write_bytes((root / "new.csv").read_bytes())
+    pd.read_csv(root / "new.csv").to_parquet(root / "dup.parquet")
+    first = CliRunner().invoke(main, ["score", "dup.csv", "--quiet"])
+    assert first.exit_code == 0, first.output
+    written = (root / "dup_scores.csv").read_bytes()
+    # new.csv and new.parquet share a default output: the second is refused, not written.
+    second = CliRunner().invoke(main, ["score", "dup.parquet", "--quiet"])
+    assert second.exit_code == 2
+    assert "dup_scores.csv, the default output, exists: give --output dup_scores.csv" in (
+        second.output
+    )
+    assert (root / "dup_scores.csv").read_bytes() == written
+    named = CliRunner().invoke(main, ["score", "dup.parquet", "-o", "dup_scores.csv", "--quiet"])
+    assert named.exit_code == 0, named.output
+    # A torchvision source is named after its set, not its root folder (often data/).
+    (root / "fashionmnist_scores.csv").write_text("earlier scores\n")
+    torchvision = CliRunner().invoke(main, ["score", "fashionmnist:data"])
+    assert torchvision.exit_code == 2 and "fashionmnist_scores.csv, the default" in (
+        torchvision.output
+    )
+
+
 def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
     root, _ = project
     before = (root / "new.csv").read_bytes()
@@ -267,6 +292,27 @@ def test_score_never_replaces_its_input_and_writes_only_csv_or_parquet(project):
     excel = run_score(root, "new.csv", "scores.xlsx")
     assert excel.exit_code == 2 and ".csv, .parquet or .pq" in excel.output
     assert not (root / "scores.xlsx").exists()
+
+
+def test_an_output_that_cannot_be_written_is_named_not_the_input(project, tmp_path):
+    import os
+
+    root, _ = project
+    (tmp_path / "taken").write_text("a file, where the output folder would go")
+    inside_a_file = tmp_path / "taken" / "scores.csv"
+    result = run_score(root, "new.csv", str(inside_a_file))
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert f"cannot write {inside_a_file}: {tmp_path / 'taken'} is a file" in result.output
+    if os.geteuid() == 0:
+        return  # root writes into a read-only folder all the same
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        result = run_score(root, "new.csv", str(locked / "scores.csv"))
+    finally:
+        locked.chmod(0o700)
+    assert result.exit_code == 1
+    assert f"cannot write {locked / 'scores.csv'}: Permission denied" in result.output
 
 
 def test_rows_without_the_id_column_are_numbered_with_a_warning(project, caplog):
@@ -283,6 +329,9 @@ def test_rows_without_the_id_column_are_numbered_with_a_warning(project, caplog)
 def test_unknown_model_reference_is_a_clear_error(project):
     root, _ = project
     result = run_score(root, "new.csv", "x.csv", "--model", "no/such/folder")
+    assert result.exit_code == 1 and "model folder no/such/folder does not exist" in result.output
+    (root / "not_a_model").mkdir(exist_ok=True)
+    result = run_score(root, "new.csv", "x.csv", "--model", "not_a_model")
     assert result.exit_code == 1 and "is not a saved anomaly-vae model" in result.output
 
 

@@ -47,6 +47,25 @@ def test_eval_file_needs_a_label_column(tmp_path):
         )
 
 
+@pytest.mark.parametrize(
+    ("labels", "anomaly_label", "marks"),
+    [({0: 1, 1: 1}, None, "1"), ({0: "bad", 1: "bad"}, "bad", "the anomaly label 'bad'")],
+)
+def test_a_table_labelled_all_anomalous_says_no_row_is_normal(
+    tmp_path, labelled_config, labels, anomaly_label, marks
+):
+    table = mixed_table(100, seed=0, anomalies=10)
+    table.assign(is_fault=table["is_fault"].map(labels)).to_csv(tmp_path / "t.csv", index=False)
+    labelled_config.data.anomaly_label = anomaly_label
+    message = (
+        f"no row of {tmp_path / 't.csv'} is labelled normal: label column 'is_fault' holds "
+        f"{marks} in every row, and fit trains on normal rows"
+    )
+    with pytest.raises(DataError) as refused:
+        fit_table(tmp_path / "t.csv", labelled_config, project_dir=tmp_path)
+    assert str(refused.value) == message
+
+
 def test_unknown_id_column_is_an_error(tmp_path):
     mixed_table(100, seed=0).to_csv(tmp_path / "train.csv", index=False)
     config = tiny_config("tracking.enabled=false", "data.id_column=serial")

@@ -1,5 +1,6 @@
 """Images: reading folders and torchvision datasets, fitting and scoring image models."""
 
+import re
 import runpy
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from anomaly_vae.data.images import (
     read_images,
     write_idx_set,
 )
-from anomaly_vae.errors import DataError
+from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.scoring import map_names, save_anomaly_maps
 from tests.conftest import TINY, tiny_config
 
@@ -127,6 +128,34 @@ def test_auto_pool_shrinks_images_as_far_as_the_model_still_fits_them():
 def test_table_only_model_refuses_images_and_image_model_refuses_tables():
     with pytest.raises(DataError, match="accepts image data, not tables"):
         VAEDetector(tiny_config("model.name=conv-vae").detector_config()).fit(np.zeros((50, 3)))
+
+
+def test_an_image_model_says_when_data_is_missing_or_one_image_file(tmp_path):
+    from types import SimpleNamespace
+
+    from anomaly_vae.batch import image_folders
+    from anomaly_vae.scoring import check_data_kind
+
+    image_model = SimpleNamespace(data_kind_="image")
+    Image.fromarray(bars(1, seed=0)[0, 0]).save(tmp_path / "one.png")
+    pd.DataFrame({"x": [1.0]}).to_csv(tmp_path / "t.csv", index=False)
+    missing = f"{tmp_path / 'nothing'}/"
+    with pytest.raises(DataError, match=f"^{re.escape(missing)}: no such file or folder$"):
+        check_data_kind(image_model, missing, is_images=False)
+    with pytest.raises(DataError, match=r"one.png is one image file; an image model takes a fo"):
+        check_data_kind(image_model, tmp_path / "one.png", is_images=False)
+    with pytest.raises(DataError, match=r"fit on images, but .*t.csv is a table"):
+        check_data_kind(image_model, tmp_path / "t.csv", is_images=False)
+    with pytest.raises(DataError, match=r"one.png is a file; an image model scores folders"):
+        image_folders(tmp_path / "one.png", tmp_path / "out")
+
+
+def test_a_model_folder_that_does_not_exist_is_named_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"^model folder .*nothing does not exist$"):
+        VAEDetector.load(tmp_path / "nothing")
+    with pytest.raises(ModelNotFoundError, match="empty is not a saved anomaly-vae model"):
+        VAEDetector.load(tmp_path / "empty")
 
 
 def test_a_flat_folder_with_subfolders_says_what_it_does_not_read(tmp_path, caplog):
@@ -393,3 +422,9 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert "the 95% quantile of 40 normal images" in by_quantile.output
     unnamed_class = CliRunner().invoke(main, [*arguments, "train"])
     assert unnamed_class.exit_code == 1 and "or give a flat folder" in unnamed_class.output
+    # The default --method f1 needs labelled images; a flat folder has one class.
+    flat = CliRunner().invoke(main, ["calibrate", "normal", "--no-tracking"])
+    assert flat.exit_code == 1 and "--method f1 chooses the threshold on labelled images: " in (
+        flat.output
+    )
+    assert "--normal-class, or use --method quantile on a folder of normal images" in flat.output

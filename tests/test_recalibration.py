@@ -55,8 +55,16 @@ def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ([], "--label-col names the column"),
-        (["--label-col", "machine"], "label column 'machine' must hold 0"),
+        (
+            [],
+            "--method f1 chooses the threshold on labelled rows: name their label column "
+            "with --label-col (0 = normal, 1 = anomaly), or use --method quantile",
+        ),
+        (
+            ["--label-col", "machine"],
+            "label column 'machine' must hold 0 (normal) and 1 (anomaly); found 'lathe'. If "
+            "it holds text, name the value that marks an anomaly: --anomaly-label VALUE\n",
+        ),
         (["--label-col", "is_fault", "--target-recall", "1.5"], "1.5 is not in the range"),
     ],
 )
@@ -69,6 +77,7 @@ def test_bad_labels_are_a_clear_error_and_save_nothing(tmp_path, monkeypatch, ar
     )
     assert result.exit_code != 0
     assert message in result.output
+    assert "--set" not in result.output  # calibrate has no --set
     assert latest_model_dir(tmp_path) == (tmp_path / "source").resolve()
 
 

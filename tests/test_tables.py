@@ -187,3 +187,8 @@ def test_text_labels_need_the_value_that_marks_an_anomaly():
     np.testing.assert_array_equal(label_vector(frame, "n", "7"), [False, True, False, False])
     with pytest.raises(DataError, match=r"never holds the anomaly label 'fault'.*'bad', 'ok'"):
         label_vector(frame, "s", "fault")
+    # Each command advises its own way of naming the value (calibrate and view have no --set).
+    with pytest.raises(DataError, match=r"marks an anomaly: --anomaly-label VALUE$"):
+        label_vector(frame, "s", anomaly_option="--anomaly-label VALUE")
+    with pytest.raises(DataError, match=r"'ok', 'yes': name .* with --anomaly-label VALUE$"):
+        label_vector(frame, "s", "fault", "--anomaly-label VALUE")

@@ -132,6 +132,28 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     assert not (elsewhere / "w").exists()
 
 
+def test_view_colours_by_text_labels_with_the_anomaly_label_option(table_detector, tmp_path):
+    from anomaly_vae.cli import main
+
+    table_detector.save(tmp_path / "model")
+    labelled = mixed_table(100, seed=1, anomalies=10)
+    labelled["is_fault"] = labelled["is_fault"].map({0: "ok", 1: "fault"})
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    args = ["view", "latents", str(tmp_path / "labelled.csv"), "--model", str(tmp_path / "model")]
+    args += ["--out", str(tmp_path / "v"), "--label-col", "is_fault"]
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1
+    assert "name the value that marks an anomaly: --anomaly-label VALUE" in refused.output
+    assert "--set" not in refused.output  # view has no --set
+    drawn = CliRunner().invoke(main, [*args, "--anomaly-label", "fault"])
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "v" / "03_latent_scatter.png").is_file()
+    unlabelled = CliRunner().invoke(main, [*args[:-2], "--anomaly-label", "fault"])
+    assert unlabelled.exit_code == 2 and "--anomaly-label names a value of the --label-col" in (
+        unlabelled.output
+    )
+
+
 @pytest.fixture(scope="module")
 def cvae_detector():
     config = tiny_config(

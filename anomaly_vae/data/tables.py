@@ -41,6 +41,10 @@ LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte 
 # categories apart and matches between fit and score (the two differ only in rarely used
 # characters such as €)
 
+# How a command names the anomaly value of a label column of text, for its errors to advise.
+ANOMALY_LABEL_VIA_SET = "--set data.anomaly_label=VALUE"  # fit: saved with the model
+ANOMALY_LABEL_VIA_OPTION = "--anomaly-label VALUE"  # calibrate and view
+
 
 def csv_format(path: str | Path) -> tuple[str, str]:
     """``(separator, encoding)`` of a CSV file, judged on its first ``HEADER_BYTES``.
@@ -344,10 +348,17 @@ def take_rows(data: pd.DataFrame | np.ndarray, rows: np.ndarray) -> pd.DataFrame
     return data[rows]
 
 
-def label_vector(frame: pd.DataFrame, column: str, anomaly_value: str | None = None) -> np.ndarray:
+def label_vector(
+    frame: pd.DataFrame,
+    column: str,
+    anomaly_value: str | None = None,
+    anomaly_option: str = ANOMALY_LABEL_VIA_SET,
+) -> np.ndarray:
     """The label column as ``(n,)`` bool, True = anomaly. Accepts 0/1 or booleans, or,
     with ``anomaly_value`` (``data.anomaly_label``), any values: the rows that hold it
-    (compared as text) are anomalies, every other row is normal."""
+    (compared as text) are anomalies, every other row is normal. ``anomaly_option``:
+    how the calling command names the anomaly value, which the errors advise (commands
+    differ: calibrate and view take ``--anomaly-label VALUE``)."""
     if column not in frame.columns:
         raise DataError(f"label column {column!r} is not in the data; columns: {_names(frame)}")
     values = frame[column]
@@ -358,8 +369,8 @@ def label_vector(frame: pd.DataFrame, column: str, anomaly_value: str | None = N
         if not (text == str(anomaly_value)).any():
             seen = ", ".join(map(repr, sorted(text.unique())[:10]))
             raise DataError(
-                f"label column {column!r} never holds the anomaly label {anomaly_value!r} "
-                f"(data.anomaly_label); it holds {seen}"
+                f"label column {column!r} never holds the anomaly label {anomaly_value!r}; "
+                f"it holds {seen}: name the value that marks an anomaly with {anomaly_option}"
             )
         return (text == str(anomaly_value)).to_numpy()
     if pd.api.types.is_bool_dtype(values):
@@ -369,8 +380,7 @@ def label_vector(frame: pd.DataFrame, column: str, anomaly_value: str | None = N
         bad = values[numeric.isna() | ~numeric.isin([0, 1])].iloc[0]
         raise DataError(
             f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found {str(bad)!r}. "
-            "If it holds text, name the value that marks an anomaly: "
-            "--set data.anomaly_label=VALUE"
+            f"If it holds text, name the value that marks an anomaly: {anomaly_option}"
         )
     return numeric.to_numpy() == 1
 
