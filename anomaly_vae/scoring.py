@@ -140,7 +140,8 @@ def score_images(
     whose test split is scored); one output row per image, with its name and class.
 
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
-    brighter = worse reconstructed (single-model detectors only).
+    brighter = worse reconstructed (single-model detectors only), named in the scores'
+    ``map`` column.
     """
     images = read_images(source, train=False, size=detector.effective_config.data.image_size)
     classes = images.label_names()
@@ -153,7 +154,8 @@ def score_images(
         if not isinstance(detector, VAEDetector):
             raise DataError("anomaly maps need a single model, not an ensemble")
         maps = detector.anomaly_map(images.images, classes)
-        save_anomaly_maps(maps, images.names, Path(maps_dir))
+        files = save_anomaly_maps(maps, images.names, Path(maps_dir))
+        scores["map"] = [file.name for file in files]  # names can differ from the image's
     write_atomic(scores, Path(output))
     return scores
 

@@ -398,6 +398,7 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert [name.split("/")[-1] for name in scores["image"]] == [f"n{i}.png" for i in range(6)]
     assert scores["score"][4:].min() > scores["score"][:4].max()  # vertical bars stand out
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [f"n{i}.png" for i in range(6)]
+    assert scores["map"].tolist() == [f"n{i}.png" for i in range(6)]  # each row's own map
     pd.DataFrame({"x": [1.0, 2.0]}).to_csv(tmp_path / "table.csv", index=False)
     table = CliRunner().invoke(main, ["score", "table.csv"])
     assert table.exit_code == 1 and "fit on images, but table.csv is a table" in table.output

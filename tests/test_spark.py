@@ -166,7 +166,7 @@ def test_spark_engine_fails_bad_files_alone_with_the_local_engines_reasons(both_
     assert "missing column 'vibration' that the model was trained on" in reasons
     assert "empty.csv is empty" in reasons
     assert "header.csv has a header but no data rows" in reasons
-    assert "corrupt.parquet: Parquet file size is" in reasons
+    assert "corrupt.parquet is not a readable Parquet file: Parquet file size is" in reasons
 
 
 def test_spark_engine_scores_for_a_model_without_an_id_column(project):
