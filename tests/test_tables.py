@@ -35,14 +35,14 @@ def test_reads_csv_and_parquet(tmp_path):
             {"amount": [3366.33, 684.38, -1000.0], "count": [1234567, 12, 3]},
         ),
         # Dots between groups of thousands, beside decimal commas, read alike in every
-        # chunk (the last chunk's "-1.000" alone would read as -1.0); in such a file
-        # "1.250" is 1250 even in a column without commas.
+        # chunk (the last chunk's "-1.000" alone would read as -1.0); a column without
+        # commas keeps its dots as decimal points ("0.125" is no group of thousands).
         (
-            "amount;count;weight\n3.366,33;1.234.567;1.250\n684,38;12;2\n-1.000;3;3.000\n",
+            "amount;count;weight\n3.366,33;1.234.567;1.250\n684,38;12;2\n-1.000;3;0.125\n",
             {
                 "amount": [3366.33, 684.38, -1000.0],
                 "count": [1234567, 12, 3],
-                "weight": [1250, 2, 3000],
+                "weight": [1.25, 2, 0.125],
             },
         ),
         # Without decimal commas anywhere, a dot is a decimal point.
@@ -94,7 +94,7 @@ def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
         ("day.csv.gz", gzip.compress(b"a,b\n1,2\n"), "is gzip-compressed.*gunzip"),
         ("book.xlsx", b"PK\x03\x04\x14\x00rest", "ZIP archive \\(or an Excel workbook\\)"),
         ("rows.json", b' [{"a": 1, "b": 2}]', "looks like JSON"),
-        ("data.pq.csv", b"PAR1\x15\x04rest", "is a Parquet file.*suffix .parquet"),
+        ("data.pq.csv", b"PAR1\x15\x04restPAR1", "is a Parquet file named as CSV.*suffix"),
     ],
 )
 def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
@@ -106,9 +106,35 @@ def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
     assert name in str(info.value)
 
 
-def test_a_header_in_brackets_is_not_taken_for_json(tmp_path):
-    (tmp_path / "t.csv").write_text("[a],[b]\n1,2\n")
-    assert read_table(tmp_path / "t.csv").columns.tolist() == ["[a]", "[b]"]
+@pytest.mark.parametrize("header", ["[a],[b]", "PAR1,PAR2", "BZh1,BZh2"])
+def test_a_header_like_another_formats_start_is_still_csv(tmp_path, header):
+    (tmp_path / "t.csv").write_text(f"{header}\n1,2\n")
+    assert read_table(tmp_path / "t.csv").columns.tolist() == header.split(",")
+
+
+def test_decimal_commas_are_judged_on_the_first_rows_and_held_to_after(tmp_path, monkeypatch):
+    from anomaly_vae.data import tables
+
+    monkeypatch.setattr(tables, "SAMPLE_ROWS", 2)
+    path = tmp_path / "t.csv"
+    # 'count' is whole numbers in the rows judged, decimal commas later; 'load' shows
+    # them at once. Read whole or in parts of 2 rows, both are numbers.
+    path.write_text("load;count\n1,5;3\n2,5;4\n3,5;4,5\n1.000,5;5\n")
+    expected = pd.DataFrame({"load": [1.5, 2.5, 3.5, 1000.5], "count": [3, 4, 4.5, 5]})
+    pd.testing.assert_frame_equal(read_table(path), expected)
+    chunks = pd.concat(read_csv_chunks(path, chunk_rows=2), ignore_index=True)
+    pd.testing.assert_frame_equal(chunks, expected)
+    # Without a comma in the rows judged, a column that shows them later is still read.
+    path.write_text("count;x\n3;1\n4;2\n4,5;3\n")
+    assert read_table(path)["count"].tolist() == [3, 4, 4.5]
+    # A later cell that is not such a number is named, not left to make text of 'load'.
+    path.write_text("load;count\n1,5;3\n2,5;4\n3,5;5\n?;6\n")
+    for read in (read_table, lambda p: list(read_csv_chunks(p, chunk_rows=2))):
+        with pytest.raises(
+            DataError,
+            match=r"'load' holds numbers written with decimal commas but for '\?' \(row 4\)",
+        ):
+            read(path)
 
 
 def test_a_header_naming_a_column_twice_is_refused_not_renamed(tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
-from anomaly_vae.data.tables import quoted_names, refuse_repeated_names, shown_value
+from anomaly_vae.data.tables import quoted_names, refuse_repeated_names, row_number, shown_value
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -542,15 +542,6 @@ def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
         f"{row_number(numbers, position)}), too large to scale the column by: correct it, "
         "or empty it if it is a code for a missing value"
     )
-
-
-def row_number(values: pd.Series, position: int) -> int:
-    """The 1-based data row of ``values.iloc[position]`` in its file: a chunk of a file
-    read in parts keeps the file's running row index, other frames count from 1."""
-    index = values.index
-    if isinstance(index, pd.RangeIndex) and index.step == 1:
-        return int(index[position]) + 1
-    return position + 1
 
 
 def _is_date_text(values: pd.Series) -> bool:

@@ -22,18 +22,21 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 # In a ';'-separated file: "1,5", "-0,25", "3", and with dots between groups of
-# thousands "1.234,5", "1.234.567"
-DECIMAL_COMMA_NUMBER = r"[+-]?(?:\d{1,3}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
-GROUPED_INTEGER = r"[+-]?\d{1,3}(?:\.\d{3})+"  # "1.234": 1234 in a file of decimal commas
+# thousands "1.234,5", "1.234.567" (a first group never starts with 0: "0.125" is not one)
+DECIMAL_COMMA_NUMBER = r"[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
+WHOLE_NUMBER = r"[+-]?\d+"
 SAMPLE_ROWS = 10_000  # rows of a ';'-separated file read to judge how it writes numbers
-OTHER_FORMATS = {  # first bytes -> (what the file is, what to do)
-    b"\x1f\x8b": ("gzip-compressed", "decompress it first (gunzip)"),
-    b"PK\x03\x04": ("a ZIP archive (or an Excel workbook)", "extract it, or save the sheet as CSV"),
-    b"BZh": ("bzip2-compressed", "decompress it first (bunzip2)"),
-    b"\xfd7zXZ\x00": ("xz-compressed", "decompress it first (unxz)"),
-    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (unzstd)"),
-    b"PAR1": ("a Parquet file", "name it with the suffix .parquet"),
+OTHER_FORMATS = {  # first bytes (a regular expression) -> (what the file is, what to do)
+    rb"\x1f\x8b": ("gzip-compressed", "decompress it first (gunzip)"),
+    rb"PK\x03\x04": (
+        "a ZIP archive (or an Excel workbook)",
+        "extract it, or save the sheet as CSV",
+    ),
+    rb"BZh[1-9]1AY&SY": ("bzip2-compressed", "decompress it first (bunzip2)"),
+    rb"\xfd7zXZ\x00": ("xz-compressed", "decompress it first (unxz)"),
+    rb"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (unzstd)"),
 }
+PARQUET_MAGIC = b"PAR1"  # at both ends of a Parquet file
 JSON_START = rb"\s*(?:\{|\[\s*[\[{\"\]])"  # an object, or an array of them (not "[a],b")
 NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
@@ -82,8 +85,15 @@ def _refuse_other_formats(path: str | Path, start: bytes) -> None:
     for formats often handed over in place of a CSV file (whose bytes would otherwise be
     reported as text that is not UTF-8, or as a header of missing columns)."""
     for magic, (kind, advice) in OTHER_FORMATS.items():
-        if start.startswith(magic):
+        if re.match(magic, start):
             raise DataError(f"{path} is {kind}, not a CSV or Parquet file: {advice}")
+    if start.startswith(PARQUET_MAGIC):  # a header "PAR1,PAR2" starts so too: check the end
+        with open(path, "rb") as handle:
+            handle.seek(max(0, Path(path).stat().st_size - len(PARQUET_MAGIC)))
+            if handle.read() == PARQUET_MAGIC:
+                raise DataError(
+                    f"{path} is a Parquet file named as CSV: give it the suffix .parquet"
+                )
     if re.match(JSON_START, start):
         raise DataError(
             f"{path} looks like JSON, not a CSV or Parquet file: convert it (e.g. "
@@ -102,7 +112,7 @@ def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
         frame = pd.read_csv(
             path, sep=separator, encoding=encoding, dtype=_as_read(comma_columns, text_columns)
         )
-    return _numbers_of(frame, comma_columns)
+    return _numbers_of(frame, comma_columns, separator, text_columns)
 
 
 def read_csv_chunks(
@@ -128,7 +138,7 @@ def read_csv_chunks(
                 chunk = next(reader, None)
             if chunk is None:
                 return
-            yield _numbers_of(chunk, comma_columns)
+            yield _numbers_of(chunk, comma_columns, separator, text_columns)
 
 
 @contextlib.contextmanager
@@ -197,37 +207,71 @@ def _decimal_comma_columns(
 
     Judged once per file, on its first ``SAMPLE_ROWS`` rows, so that every chunk of a
     large file is read alike. A column qualifies when every value there is such a number
-    (:data:`DECIMAL_COMMA_NUMBER`) and one holds a comma or several dots. In a file with
-    such a column a dot groups thousands, so a column of integers written "1.234" (which
-    pandas alone reads as 1.234) qualifies too.
+    (:data:`DECIMAL_COMMA_NUMBER`) and one holds a comma or several dots; in a file with
+    such a column, so does a column of whole numbers, whose later rows may hold decimal
+    commas too. A column of numbers with one dot each and no comma ("48.137") is left to
+    pandas, which reads the dot as a decimal point.
     """
     if separator != ";":
         return []
     with _reading(path, encoding):
         sample = pd.read_csv(path, sep=separator, encoding=encoding, dtype=str, nrows=SAMPLE_ROWS)
-    commas, groups = [], []
+    commas, whole = [], []
     for name in sample.columns.difference(text_columns, sort=False):
         text = sample[name].dropna()
         if text.empty or not text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
             continue
         if text.str.contains(",", regex=False).any() or text.str.count(r"\.").gt(1).any():
             commas.append(name)
-        elif text.str.fullmatch(GROUPED_INTEGER).any():
-            groups.append(name)
-    return commas + groups if commas else []
+        elif text.str.fullmatch(WHOLE_NUMBER).all():
+            whole.append(name)
+    return commas + whole if commas else []
 
 
-def _numbers_of(frame: pd.DataFrame, comma_columns: list[str]) -> pd.DataFrame:
-    """``frame`` with its ``comma_columns`` (read as text) turned into numbers: "1.234,5"
-    becomes 1234.5. A column holding a value that is not such a number stays text, for
-    the schema check to name the row."""
-    for name in comma_columns:
+def _numbers_of(
+    frame: pd.DataFrame, comma_columns: list[str], separator: str, text_columns: Sequence[str]
+) -> pd.DataFrame:
+    """``frame`` (a ``separator``-separated file, or a part of it) with the numbers written
+    with decimal commas turned into numbers: "1.234,5" becomes 1234.5.
+
+    ``comma_columns`` (read as text) must hold such numbers in every row: DataError naming
+    the first that does not. In a ';'-separated file, another text column (not one of
+    ``text_columns``) whose every value is such a number, one with a comma, is turned too
+    (a column of whole numbers in the rows the file was judged on, with decimal commas
+    later, in a file where no other column showed them).
+    """
+    others: list[str] = []
+    if separator == ";":
+        skipped = {*comma_columns, *text_columns}
+        others = [
+            str(name)
+            for name in frame.columns
+            if name not in skipped and pd.api.types.is_string_dtype(frame[name])
+        ]
+    for name in [*comma_columns, *others]:
         values = frame[name]
-        text = values.dropna()
-        if text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
-            digits = values.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
-            frame[name] = pd.to_numeric(digits)
+        numbers = values.dropna().astype(str).str.fullmatch(DECIMAL_COMMA_NUMBER)
+        has_comma = values.dropna().astype(str).str.contains(",", regex=False).any()
+        if name in others and not (numbers.all() and has_comma):
+            continue
+        if not numbers.all():
+            position = values.index.get_loc(numbers.index[~numbers.to_numpy()][0])
+            raise DataError(
+                f"column {name!r} holds numbers written with decimal commas but for "
+                f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
+            )
+        digits = values.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+        frame[name] = pd.to_numeric(digits)
     return frame
+
+
+def row_number(values: pd.Series, position: int) -> int:
+    """The 1-based data row of ``values.iloc[position]`` in its file: a chunk of a file
+    read in parts keeps the file's running row index, other frames count from 1."""
+    index = values.index
+    if isinstance(index, pd.RangeIndex) and index.step == 1:
+        return int(index[position]) + 1
+    return position + 1
 
 
 def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
