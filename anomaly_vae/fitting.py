@@ -104,13 +104,13 @@ def load_training_data(
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
         extra = read_table(eval_source, _id_columns(config))
         try:
+            extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
             check_same_kinds(extra, frame, config.data)
             check_cells(extra, config.data)
         except DataError as exc:
             raise DataError(f"{eval_source}: {exc}") from exc
         _warn_training_ids(extra, frame, config, eval_source)
         data.sources["eval_data"] = str(eval_source)
-        extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
         if data.evaluation is None:
             data.evaluation, data.evaluation_labels = extra, extra_labels
         else:
@@ -132,14 +132,16 @@ def _warn_training_ids(
     id_column = config.data.id_column
     if id_column is None or id_column not in extra.columns or id_column not in frame.columns:
         return
-    shared = extra[id_column].dropna().isin(set(frame[id_column].dropna()))
+    # As text: a Parquet file's integer ids are a CSV file's text ids.
+    ids = extra[id_column].dropna().astype(str)
+    shared = ids.isin(set(frame[id_column].dropna().astype(str)))
     if shared.any():
         logger.warning(
             "%d rows of %s have ids of rows in the training file (e.g. %r): if they are the "
             "same rows, the evaluation counts rows the model may have trained on",
             int(shared.sum()),
             eval_source,
-            extra[id_column].dropna()[shared].iloc[0],
+            ids[shared].iloc[0],
         )
 
 

@@ -203,7 +203,7 @@ def _warn_unfinished_schedule(model: BaseVAE, config: TrainingConfig, epochs: in
     logger.warning(
         "%s: training ended at epoch %d%s, before its schedule finished at epoch %d (%s); "
         "kept the last epoch's weights without model selection: raise training.epochs "
-        "past %d or lower %s",
+        "to at least %d or lower %s",
         model.registry_name,
         epochs,
         stretched if epochs != config.epochs else "",

@@ -190,3 +190,36 @@ def test_a_label_column_is_for_tables_and_is_not_the_id(tmp_path):
     config = tiny_config("data.label_column=is_fault", "data.id_column=is_fault")
     with pytest.raises(DataError, match="'is_fault' is named as both the label and the id"):
         load_training_data(tmp_path / "train.csv", config)
+
+
+def test_file_level_checks_name_file_rows_and_respect_categories(
+    tmp_path, labelled_config, monkeypatch
+):
+    # A value too large to scale by, in a held-out row: by its file row, before training.
+    table = mixed_table(300, seed=0, anomalies=20)
+    table.loc[99, "vibration"] = 1e300
+    table.to_csv(tmp_path / "train.csv", index=False)
+    message = _refused_before_training(tmp_path, labelled_config, monkeypatch)
+    assert "column 'vibration' holds 1e+300 (row 100), too large to scale" in message
+    # An --eval file without the label column is named.
+    mixed_table(300, seed=0, anomalies=20).to_csv(tmp_path / "train.csv", index=False)
+    extra = mixed_table(60, seed=3, anomalies=6)
+    extra.drop(columns="is_fault").to_csv(tmp_path / "unlabelled.csv", index=False)
+    message = _refused_before_training(
+        tmp_path, labelled_config, monkeypatch, eval_source=tmp_path / "unlabelled.csv"
+    )
+    assert message.startswith(f"{tmp_path / 'unlabelled.csv'}: label column 'is_fault'")
+    # A numeric column the user calls categories may hold any value in the --eval file.
+    monkeypatch.undo()  # training again
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "tracking.enabled=false",
+        "data.categorical_columns=[load]",
+        "data.max_categories=1000",
+    )
+    extra.astype({"load": object}).assign(load="unknown").to_csv(tmp_path / "e.csv", index=False)
+    result = fit_table(
+        tmp_path / "train.csv", config, eval_source=tmp_path / "e.csv", project_dir=tmp_path
+    )
+    assert result.evaluation["n_normal"] > 0

@@ -262,13 +262,18 @@ def test_a_datetime_column_is_refused_with_advice():
 def test_a_text_column_of_dates_is_refused_as_a_timestamp_is(dates):
     # As categories, every later date would be one never seen in training.
     frame = pd.DataFrame({"day": dates, "x": np.arange(float(len(dates)))})
-    with pytest.raises(DataError, match=r"'day' holds dates or times.*--ignore-col"):
+    with pytest.raises(DataError, match=r"'day' holds dates or times.*--ignore-col.*categorical_c"):
         TablePreprocessor(DataConfig()).fit(frame)
     forced = TablePreprocessor(DataConfig(categorical_columns=["day"])).fit(frame)
     assert forced.columns[0].kind == "categorical"  # a category, if the user says so
-    shifts = pd.DataFrame({"shift": ["08:00", "16:00"], "version": ["1.5.2", "1.6.0"]})
-    kinds = [c.kind for c in TablePreprocessor(DataConfig()).fit(shifts).columns]
-    assert kinds == ["categorical", "categorical"]
+    codes = {
+        "shift": ["08:00", "16:00"],
+        "version": ["1.5.2", "1.6.0"],
+        "grade": ["20/20/20", "10/10/10"],  # fertiliser grades, shaped as dates
+        "cas": ["7732-18-5", "7647-14-5"],  # CAS registry numbers, likewise
+    }
+    kinds = [c.kind for c in TablePreprocessor(DataConfig()).fit(pd.DataFrame(codes)).columns]
+    assert kinds == ["categorical"] * 4
 
 
 def test_integer_codes_match_whether_read_as_integers_or_floats():

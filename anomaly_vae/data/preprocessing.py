@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import logging
+import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a l
 DATE_TEXT = r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})(?:[T ].*)?"
 SQUARE_LIMIT = float(np.sqrt(np.finfo(np.float64).max))  # ~1.3e154: beyond it a value's
 # square, and so a standard deviation, overflows float64
+DATES_CHECKED = 1_000  # distinct values of a text column parsed to tell dates from codes
 STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but for at most
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
@@ -172,11 +174,14 @@ class TablePreprocessor:
             step = _quantisation_step(distinct) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
         forced = name in self.config.categorical_columns
-        if _is_time(values) or (not forced and _is_date_text(values)):
+        is_text = not _is_time(values)
+        if not is_text or (not forced and _is_date_text(values)):
+            codes = "; a code that only looks like a date: data.categorical_columns"
             raise DataError(
                 f"column {name!r} holds dates or times, which are not features as they are "
                 "(a fresh timestamp would be unseen): ignore it (data.ignore_columns, "
                 "--ignore-col), or add what matters of it (hour, weekday) as columns"
+                + (codes if is_text else "")
             )
         _refuse_stray_text(values, name, forced)
         text = _as_text(values)
@@ -545,12 +550,22 @@ def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
 
 
 def _is_date_text(values: pd.Series) -> bool:
-    """Whether every value of a text column is a date, as a CSV file writes them (see
-    DATE_TEXT); a time of day alone ("08:00", a shift) may well be a category."""
+    """Whether every value of a text column is a date, as a CSV file writes them: shaped
+    as DATE_TEXT and a real calendar date (a grade "20/20/20" or a CAS number
+    "7732-18-5" is not). A time of day alone ("08:00", a shift) may well be a category."""
     text = values.dropna()
     if text.empty or not pd.api.types.is_string_dtype(text):
         return False
-    return bool(text.astype(str).str.fullmatch(DATE_TEXT).all())
+    distinct = pd.Series(text.astype(str).unique()[:DATES_CHECKED])
+    if not distinct.str.fullmatch(DATE_TEXT).all():
+        return False
+    try:
+        with warnings.catch_warnings():  # mixed time zones or formats: still dates
+            warnings.simplefilter("ignore")
+            parsed = pd.to_datetime(distinct, errors="coerce", format="mixed", utc=True)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return bool(parsed.notna().all())
 
 
 def _is_time(values: pd.Series) -> bool:
@@ -607,7 +622,8 @@ def _check_float32_range(scaled: np.ndarray, values: pd.Series, name: str) -> No
 
 def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
     """DataError, naming the row, for a feature cell that no row of a table may hold: an
-    infinite number, or stray text in a column of numbers (``"?"``).
+    infinite number, one too large to scale a column by (1e300), or stray text in a column
+    of numbers (``"?"``).
 
     Run on a whole file before its labelled anomalies and held-out rows are set aside, so
     that a bad cell is found wherever it sits, before training, and a column of numbers
@@ -621,7 +637,9 @@ def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
         if pd.api.types.is_bool_dtype(values) or _is_time(values):
             continue
         if pd.api.types.is_numeric_dtype(values):
-            _as_numbers(values, str(name))  # refuses infinite values
+            numbers = _as_numbers(values, str(name))  # refuses infinite values
+            if (np.abs(numbers) > SQUARE_LIMIT).any():  # NaN compares False
+                _refuse_overflowing_values(pd.Series(numbers, index=values.index), str(name))
         else:
             _refuse_stray_text(values, str(name), str(name) in config.categorical_columns)
 
@@ -638,6 +656,8 @@ def check_same_kinds(frame: pd.DataFrame, reference: pd.DataFrame, config: DataC
             "training data"
         )
     for name in features:
+        if name in config.categorical_columns:  # categories, whatever they are written as
+            continue
         numeric = pd.api.types.is_numeric_dtype(reference[name])
         if numeric and not pd.api.types.is_bool_dtype(reference[name]):
             _as_numbers(frame[name], name)
