@@ -94,6 +94,8 @@ def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
         ("day.csv.gz", gzip.compress(b"a,b\n1,2\n"), "is gzip-compressed.*gunzip"),
         ("book.xlsx", b"PK\x03\x04\x14\x00rest", "ZIP archive \\(or an Excel workbook\\)"),
         ("rows.json", b' [{"a": 1, "b": 2}]', "looks like JSON"),
+        ("bom.json", b'\xef\xbb\xbf{"a": [1], "b": [2]}', "looks like JSON"),
+        ("old.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest", "Excel 97-2003 workbook"),
         ("data.pq.csv", b"PAR1\x15\x04restPAR1", "is a Parquet file named as CSV.*suffix"),
     ],
 )
@@ -106,7 +108,7 @@ def test_bad_files_give_one_line_errors(tmp_path, name, content, message):
     assert name in str(info.value)
 
 
-@pytest.mark.parametrize("header", ["[a],[b]", "PAR1,PAR2", "BZh1,BZh2"])
+@pytest.mark.parametrize("header", ["[a],[b]", '["a"],b', "PAR1,PAR2", "BZh1,BZh2"])
 def test_a_header_like_another_formats_start_is_still_csv(tmp_path, header):
     (tmp_path / "t.csv").write_text(f"{header}\n1,2\n")
     assert read_table(tmp_path / "t.csv").columns.tolist() == header.split(",")

@@ -45,6 +45,12 @@ STRAY_TEXT_SHARE = 0.05  # a text column whose non-empty cells are numbers but f
 # this share is refused at fit as a numeric column with stray text (a typo, "?", "n/a")
 
 
+def not_features(config: DataConfig) -> set[str]:
+    """Names of the columns that are never features: id, label and ignored columns."""
+    named = {config.id_column, config.label_column} - {None}
+    return {str(name) for name in named} | set(config.ignore_columns)
+
+
 @dataclass
 class ColumnSchema:
     """One input column: its kind and the parameters fitted on training data."""
@@ -110,8 +116,7 @@ class TablePreprocessor:
     @property
     def not_features(self) -> set[str]:
         """Names of the columns that are never features: id, label and ignored columns."""
-        named = {self.config.id_column, self.config.label_column} - {None}
-        return {str(name) for name in named} | set(self.config.ignore_columns)
+        return not_features(self.config)
 
     # -- fitting -------------------------------------------------------------------------
     def fit(self, frame: pd.DataFrame) -> TablePreprocessor:
@@ -524,7 +529,9 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     if forced or pd.api.types.is_bool_dtype(values):
         return
     present = values.notna()
-    stray = present & pd.to_numeric(values, errors="coerce").isna()
+    distinct = pd.Series(values[present].unique())  # parsed once per value, not per cell
+    words = distinct[pd.to_numeric(distinct, errors="coerce").isna()]
+    stray = values.isin(words)
     if not stray.any() or stray.sum() > STRAY_TEXT_SHARE * present.sum():
         return
     position = int(np.flatnonzero(stray.to_numpy())[0])
@@ -629,9 +636,9 @@ def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
     that a bad cell is found wherever it sits, before training, and a column of numbers
     with a ``"?"`` outside the training rows is not taken for categories.
     """
-    not_features = TablePreprocessor(config).not_features
+    skipped = not_features(config)
     for name in frame.columns:
-        if str(name) in not_features:
+        if str(name) in skipped:
             continue
         values = frame[name]
         if pd.api.types.is_bool_dtype(values) or _is_time(values):
@@ -647,8 +654,8 @@ def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
 def check_same_kinds(frame: pd.DataFrame, reference: pd.DataFrame, config: DataConfig) -> None:
     """DataError when ``frame`` lacks a feature column of ``reference`` (a file read for
     the same model), or holds text in one of its numeric columns; names the row."""
-    not_features = TablePreprocessor(config).not_features
-    features = [str(name) for name in reference.columns if str(name) not in not_features]
+    skipped = not_features(config)
+    features = [str(name) for name in reference.columns if str(name) not in skipped]
     missing = [name for name in features if name not in set(map(str, frame.columns))]
     if missing:
         raise DataError(

@@ -35,9 +35,12 @@ OTHER_FORMATS = {  # first bytes (a regular expression) -> (what the file is, wh
     rb"BZh[1-9]1AY&SY": ("bzip2-compressed", "decompress it first (bunzip2)"),
     rb"\xfd7zXZ\x00": ("xz-compressed", "decompress it first (unxz)"),
     rb"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (unzstd)"),
+    rb"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1": ("an Excel 97-2003 workbook", "save the sheet as CSV"),
 }
 PARQUET_MAGIC = b"PAR1"  # at both ends of a Parquet file
-JSON_START = rb"\s*(?:\{|\[\s*[\[{\"\]])"  # an object, or an array of them (not "[a],b")
+# A JSON object, or an array of arrays or objects (or none), perhaps after a byte-order
+# mark; not a CSV header such as "[a],b" or '["a"],b'
+JSON_START = rb"(?:\xef\xbb\xbf)?\s*(?:\{|\[\s*[\[{\]])"
 NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
 LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
 # so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
