@@ -75,6 +75,9 @@ def available_scores(model_name: str) -> tuple[str, ...]:
     return get_model(model_name).score_names + LATENT_SCORES
 
 
+SCORED_CLASS_COLUMN = "scored_class"  # a conditional image model's class of each image
+
+
 def output_columns(model_name: str) -> tuple[str, ...]:
     """The columns that scores of a model ``model_name`` can have besides the id column:
     every score, the score in use and the flag (``score_frame``), and the row numbers
@@ -140,8 +143,14 @@ class ThresholdedScores:
         and present), every score, ``score`` (the one in use, higher = more anomalous)
         and ``is_anomaly`` (``score > threshold_``, or a score that is NaN).
         """
+        return self._frame_of_scores(self.all_scores(X, condition), X)
+
+    def _frame_of_scores(
+        self, scores: dict[str, np.ndarray], X: pd.DataFrame | np.ndarray
+    ) -> pd.DataFrame:
+        """:meth:`score_frame` of ``X`` from its ``scores``, each ``(n,)``."""
         index = X.index if isinstance(X, pd.DataFrame) else None
-        out = pd.DataFrame(self.all_scores(X, condition), index=index)
+        out = pd.DataFrame(scores, index=index)
         out[SCORE_COLUMN] = out[self.score_name]
         # A row the model cannot score (NaN) is not shown to be normal: flag it.
         out[FLAG_COLUMN] = ~(out[SCORE_COLUMN] <= self.threshold_)
@@ -689,6 +698,22 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Every score the model computes for ``X``, each ``(n,)``, higher = more anomalous."""
         check_is_fitted(self, "model_")
         return self._scores_of_features(*self._model_input(X, condition))
+
+    def score_frame(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> pd.DataFrame:
+        """:meth:`ThresholdedScores.score_frame`; a conditional image model adds
+        ``scored_class``, the class each image was scored under: its own, or for an image
+        of a class not trained on, the trained class that explains it best."""
+        check_is_fitted(self, "model_")
+        if not (self.data_kind_ == "image" and self.condition_classes_):
+            return super().score_frame(X, condition)
+        features, conditions = self._model_input(X, condition)
+        out = self._frame_of_scores(self._scores_of_features(features, conditions), X)
+        assert conditions is not None  # a conditional image model's images have classes
+        names = np.array(self.condition_names_, dtype=object)
+        out[SCORED_CLASS_COLUMN] = names[conditions.argmax(axis=1)]
+        return out
 
     @property
     def auto_settings(self) -> dict[str, Any]:

@@ -43,6 +43,15 @@ def test_a_conditional_image_model_scores_an_image_given_its_class(cvae):
         best = cvae.all_scores(images, unknown)["negative_elbo"]
         np.testing.assert_allclose(best, np.minimum(own, other), rtol=1e-5)
     assert cvae.condition_names_ == ["h", "v"]
+    # The scores say which class each image was scored under: its own when known, else
+    # the one that explains it best (here its true class, h or v, for nearly every image).
+    frame = cvae.score_frame(images, classes)
+    assert frame["scored_class"].tolist() == classes.tolist()
+    unknown = cvae.score_frame(images, None)
+    np.testing.assert_allclose(unknown["negative_elbo"], np.minimum(own, other), rtol=1e-5)
+    best = np.where(own <= other, classes, swapped)
+    assert unknown["scored_class"].tolist() == best.tolist()
+    assert (best == classes).mean() > 0.9
     # Class indices are the sorted names' positions.
     np.testing.assert_allclose(cvae.anomaly_score(images, (classes == "v").astype(int)), own)
 
