@@ -101,6 +101,24 @@ def test_unseen_categories_of_a_file_in_parts_are_warned_about_once(fitted, capl
     )
 
 
+def test_true_false_in_a_numeric_column_is_read_as_1_and_0_with_a_warning(fitted, caplog):
+    flags = pd.DataFrame({"x": [True, False], "colour": ["red", "red"]})
+    numbers = pd.DataFrame({"x": [1.0, 0.0], "colour": ["red", "red"]})
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(fitted.transform(flags), fitted.transform(numbers))
+    assert caplog.text.count("column 'x' holds True/False, and the model was trained on") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), warnings_per_file() as gathered:
+        for _ in range(3):
+            fitted.transform(flags)
+        gathered.log(rows=6)
+    assert caplog.text.count("column 'x' holds True/False") == 1  # once per file
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        fitted.transform(numbers)
+    assert "True/False" not in caplog.text
+
+
 def test_unseen_category_is_every_category_at_once_and_warned_about(fitted, caplog):
     with caplog.at_level(logging.WARNING):
         features = fitted.transform(pd.DataFrame({"x": [1.0, 2.0], "colour": ["green", "red"]}))

@@ -276,6 +276,12 @@ class TablePreprocessor:
     def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
         if column.kind == "numeric":
             numbers = _as_numbers(values, column.name)
+            if pd.api.types.is_bool_dtype(values):
+                gathered = _GATHERED.get()
+                if gathered is None:
+                    _warn_boolean_column(column.name)
+                else:
+                    gathered.boolean_columns.setdefault(column.name, None)
             missing = np.isnan(numbers)
             if missing.any() and not self.config.missing_indicators:
                 raise DataError(
@@ -376,6 +382,7 @@ class GatheredWarnings:
     unseen_conditions: dict[str, UnseenValues] = field(default_factory=dict)  # by column
     known_conditions: dict[str, list[str]] = field(default_factory=dict)
     unseen_categories: dict[str, UnseenValues] = field(default_factory=dict)  # by column
+    boolean_columns: dict[str, None] = field(default_factory=dict)  # numeric, held True/False
 
     def add_unseen_category(self, name: str, unseen: list[Any], rows: int, owner: object) -> None:
         """Note ``rows`` rows of one part whose category in ``name`` ``owner`` never saw."""
@@ -401,6 +408,8 @@ class GatheredWarnings:
             )
         for name, seen in self.unseen_categories.items():
             warn_unseen_category(name, list(seen.values), seen.row_count)
+        for name in self.boolean_columns:
+            _warn_boolean_column(name)
 
 
 _GATHERED: ContextVar[GatheredWarnings | None] = ContextVar("gathered_warnings", default=None)
@@ -437,6 +446,14 @@ def _warn_extra_columns(names: list[str]) -> None:
         "ignoring column%s not seen in training: %s",
         "s" if len(names) > 1 else "",
         ", ".join(names),
+    )
+
+
+def _warn_boolean_column(name: str) -> None:
+    logger.warning(
+        "column %r holds True/False, and the model was trained on numbers in it: read as 1 "
+        "and 0, which means something only if it held 0/1 flags in training",
+        name,
     )
 
 
