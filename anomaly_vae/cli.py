@@ -635,6 +635,8 @@ def calibrate(
 
     if target_fpr is not None and method != QUANTILE_THRESHOLD:
         raise click.UsageError("--target-fpr is for --method quantile")
+    if anomaly_label is not None and label_col is None:
+        raise click.UsageError("--anomaly-label names a value of the --label-col column")
     if no_tracking and register:
         raise click.UsageError("--register needs tracking: the alias lives in MLflow")
     result = calibrate_model(

@@ -131,6 +131,12 @@ def test_text_labels_fit_and_calibrate_with_the_anomaly_label(tmp_path, monkeypa
     result = _calibrate(str(latest_model_dir(tmp_path)), "--no-tracking")
     assert result.exit_code == 0, result.output
     assert "of 500 labelled rows" in result.output
+    # An anomaly label without the column that holds it is refused, not ignored.
+    quantile = ["calibrate", "labelled.csv", "--method", "quantile", "--no-tracking"]
+    alone = CliRunner().invoke(main, [*quantile, "--anomaly-label", "yes"])
+    assert alone.exit_code == 2 and "--anomaly-label names a value of the --label-col" in (
+        alone.output
+    )
 
 
 def _drifted(n: int, seed: int) -> pd.DataFrame:
