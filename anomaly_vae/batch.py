@@ -96,14 +96,20 @@ def input_files(source: str | Path) -> list[Path]:
     """
     path = Path(source)
     if path.is_dir():
-        found = [p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES]
+        found = list(path.iterdir())
     elif glob.has_magic(str(source)):
         found = _glob_matches(source)
     elif path.is_file():
+        if path.suffix.lower() not in INPUT_SUFFIXES:
+            raise DataError(f"{source}: batch scores {', '.join(INPUT_SUFFIXES)} files")
         found = [path]
     else:
         raise DataError(f"{source}: no such folder or file")
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+    files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    others = [p.name for p in files if p.suffix.lower() not in INPUT_SUFFIXES]
+    if others:  # --verbose: on a schedule, a README beside the data is no news every run
+        logger.info("not inputs (not %s): %s", ", ".join(INPUT_SUFFIXES), quoted_names(others))
+    return [p for p in files if p.suffix.lower() in INPUT_SUFFIXES]
 
 
 def image_folders(source: str | Path, output_dir: Path) -> list[Path]:

@@ -492,3 +492,19 @@ def test_an_output_that_cannot_be_written_is_named_not_the_input(model_dir, tmp_
     reason = f"cannot write {out / 'a.csv'}: Permission denied"
     assert f"failed: {inputs / 'a.csv'}: {reason}" in result.output
     assert Ledger(out / LEDGER_FILE).entries()["reason"].tolist() == [reason]
+
+
+def test_only_visible_csv_and_parquet_files_are_inputs(model_dir, tmp_path, caplog):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    table = mixed_table(30, seed=1)
+    table.to_csv(inputs / "a.csv", index=False)
+    table.to_csv(inputs / ".b.csv", index=False)  # still being written, then renamed
+    table.to_csv(inputs / "c.tsv", index=False, sep="\t")
+    (inputs / "README").write_text("daily drops\n")
+    with caplog.at_level(logging.INFO, logger="anomaly_vae.batch"):
+        result = batch(model_dir, inputs, out)
+    assert "scored 1 file (30 rows" in result.output, result.output
+    assert "not inputs (not .csv, .parquet, .pq): 'README', 'c.tsv'" in caplog.text
+    alone = batch(model_dir, inputs / "c.tsv", out)
+    assert alone.exit_code == 1 and "c.tsv: batch scores .csv, .parquet, .pq files" in alone.output
