@@ -253,12 +253,13 @@ def _numbers_of(
         ]
     for name in [*comma_columns, *others]:
         values = frame[name]
-        numbers = values.dropna().astype(str).str.fullmatch(DECIMAL_COMMA_NUMBER)
-        has_comma = values.dropna().astype(str).str.contains(",", regex=False).any()
+        distinct = pd.Series(values.dropna().unique()).astype(str)  # once per value, not cell
+        numbers = distinct.str.fullmatch(DECIMAL_COMMA_NUMBER)
+        has_comma = distinct.str.contains(",", regex=False).any()
         if name in others and not (numbers.all() and has_comma):
             continue
         if not numbers.all():
-            position = values.index.get_loc(numbers.index[~numbers.to_numpy()][0])
+            position = int(np.flatnonzero(values.isin(distinct[~numbers]).to_numpy())[0])
             raise DataError(
                 f"column {name!r} holds numbers written with decimal commas but for "
                 f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
