@@ -82,6 +82,29 @@ def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
     assert ("not UTF-8" in caplog.text) == (encoding != "utf-8-sig")
 
 
+def test_rows_with_fewer_fields_than_the_header_are_named_once(tmp_path, caplog):
+    # A blank line (skipped) and a quoted line break must not shift the row numbers.
+    lines = ["id,a,b,c", "r1,1,2,3", "r2,1,2", "", 'r3,"x\ny",2,3', "r4,1", "r5,1,2,"]
+    path = tmp_path / "cut.csv"
+    path.write_text("\n".join(lines) + "\n")
+    chunks = pd.concat(read_csv_chunks(path, chunk_rows=2), ignore_index=True)
+    assert chunks["c"].isna().tolist() == [False, True, False, True, True]  # as pandas reads
+    warned = [r.getMessage() for r in caplog.records if "fewer fields" in r.getMessage()]
+    assert warned == [
+        "cut.csv: 2 rows have fewer fields than its header's 4 (a line cut off, or a cell "
+        "lost?), read with the missing fields empty: rows 2, 4"
+    ]
+    caplog.clear()
+    path.write_text("a;b\n1,5;2\n" + "3\n" * 7)  # ';' separated, decimal commas
+    read_table(path)
+    assert "7 rows have fewer fields than its header's 2" in caplog.text
+    assert "rows 2, 3, 4, 5, 6 and 2 more" in caplog.text
+    caplog.clear()
+    path.write_text("id,a\nr1,1\nr2,\n")  # an empty cell is not a missing field
+    read_table(path)
+    assert "fewer fields" not in caplog.text
+
+
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 
 from anomaly_vae.errors import DataError
 
@@ -25,6 +27,9 @@ HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 # thousands "1.234,5", "1.234.567" (a first group never starts with 0: "0.125" is not one)
 DECIMAL_COMMA_NUMBER = r"[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
 WHOLE_NUMBER = r"[+-]?\d+"
+SHORT_ROWS_SHOWN = 5  # rows with too few fields named in the warning; the rest are counted
+SCAN_BLOCK_BYTES = 1 << 20  # block of the field-count scan: faster than larger ones here; a longer
+# row makes pyarrow give up, and the scan with it
 SAMPLE_ROWS = 10_000  # rows of a ';'-separated file read to judge how it writes numbers
 OTHER_FORMATS = {  # first bytes (a regular expression) -> (what the file is, what to do)
     rb"\x1f\x8b": ("gzip-compressed", "decompress it first (gunzip)"),
@@ -110,6 +115,7 @@ def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
     and an id beyond 2**53 is not rounded as a float would be)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
+    _warn_short_rows(path, separator, encoding)
     comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         frame = pd.read_csv(
@@ -124,6 +130,7 @@ def read_csv_chunks(
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
+    _warn_short_rows(path, separator, encoding)
     comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         reader = pd.read_csv(
@@ -194,6 +201,71 @@ def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> 
     header = pd.read_csv(path, sep=separator, encoding=encoding, header=None, nrows=1, dtype=str)
     if not header.empty:  # empty header cells are not names (pandas calls them "Unnamed: i")
         refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
+
+
+def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, list[int]]:
+    """``(header fields, 1-based data rows with fewer fields)`` of a CSV file.
+
+    pandas fills the missing fields of such a row with missing values, as if they were
+    empty, so a line cut off (a file copied while it was written) or a cell lost in an
+    edit cannot be told from a row with empty cells once read. pyarrow's parser reports
+    them, in one pass converting only the first column (0.7 s more to read a
+    1,000,000-row, 30-column CSV of 266 MB in parts, 1.0 s without). A file pyarrow
+    cannot read gives no rows here; pandas names the problem.
+    """
+    short: list[int] = []
+    fields = 0
+
+    def note(row: Any) -> str:  # pyarrow.csv.InvalidRow; the row is left out of the scan
+        nonlocal fields
+        fields = row.expected_columns
+        if row.actual_columns < row.expected_columns and row.number is not None:
+            short.append(row.number - 1)  # number counts the header and no blank line
+        return "skip"
+
+    try:
+        reader = pa_csv.open_csv(
+            path,
+            # One thread: only then does pyarrow know each row's number.
+            read_options=pa_csv.ReadOptions(
+                use_threads=False,
+                block_size=SCAN_BLOCK_BYTES,
+                encoding=encoding,
+                autogenerate_column_names=True,  # the header is row 1, counted like the rest
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=separator, newlines_in_values=True, invalid_row_handler=note
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=["f0"], column_types={"f0": pa.string()}
+            ),
+        )
+        with reader:
+            for _ in reader:
+                pass
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
+        logger.debug("field-count scan of %s skipped: %s", path, exc)
+        return 0, []
+    return fields, short
+
+
+def _warn_short_rows(path: str | Path, separator: str, encoding: str) -> None:
+    """Warn, naming the rows, when rows of a CSV file have fewer fields than its header:
+    their missing fields are read as missing values (see :func:`short_rows`)."""
+    fields, rows = short_rows(path, separator, encoding)
+    if not rows:
+        return
+    more = f" and {len(rows) - SHORT_ROWS_SHOWN:,} more" if len(rows) > SHORT_ROWS_SHOWN else ""
+    logger.warning(
+        "%s: %s fewer fields than its header's %d (a line cut off, or a cell lost?), "
+        "read with the missing fields empty: %s %s%s",
+        Path(path).name,
+        f"{len(rows):,} rows have" if len(rows) > 1 else "1 row has",
+        fields,
+        "rows" if len(rows) > 1 else "row",
+        ", ".join(str(row) for row in rows[:SHORT_ROWS_SHOWN]),
+        more,
+    )
 
 
 def _as_read(comma_columns: list[str], text_columns: Sequence[str]) -> dict[str, type]:
