@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from anomaly_vae.data.images import IMAGE_SUFFIXES
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
@@ -147,9 +148,7 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
 
 
 def _is_image(path: Path) -> bool:
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    return path.suffix.lower() in IMG_EXTENSIONS and path.is_file()
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -231,6 +231,37 @@ def test_a_picture_reads_the_same_whatever_png_mode_it_was_saved_in(tmp_path):
     assert mixed.shape == (4, 3, 16, 16) and (mixed[3] == grey).all()
 
 
+def test_a_grey_picture_saved_as_colour_reads_as_grey_and_a_colour_model_takes_grey(tmp_path):
+    grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
+    (tmp_path / "grey").mkdir()
+    rgb = Image.fromarray(grey).convert("RGB")
+    rgb.save(tmp_path / "grey" / "a.png")
+    rgb.save(tmp_path / "grey" / "b.jpg", quality=95)
+    rgb.save(tmp_path / "grey" / "c.webp", quality=80)  # lossy: channels up to 1 level apart
+    rgb.save(tmp_path / "grey" / "d.gif")
+    images = read_images(tmp_path / "grey")
+    assert images.images.shape == (4, 1, 16, 16)
+    assert [Path(n).suffix for n in images.names] == [".png", ".jpg", ".webp", ".gif"]
+    np.testing.assert_array_equal(images.images[0, 0], grey)
+    np.testing.assert_array_equal(images.images[3, 0], grey)
+    assert np.abs(images.images[2, 0].astype(int) - grey).max() <= 10  # WebP is lossy
+    # Two levels apart is a tint, not grey.
+    tinted = np.stack([grey, grey, np.clip(grey.astype(int) + 2, 0, 255)], axis=-1)
+    Image.fromarray(tinted.astype(np.uint8)).save(tmp_path / "grey" / "e.png")
+    assert read_images(tmp_path / "grey").images.shape == (5, 3, 16, 16)
+    # A colour model scores grey images as grey pictures in colour, as a folder of grey
+    # and colour images is read; a grey model still refuses colour.
+    colour = np.repeat(bars(4, seed=5), 3, axis=1)
+    colour[:, 2] //= 2
+    for_colour = ImagePreprocessor().fit(colour)
+    np.testing.assert_array_equal(
+        for_colour.transform(images.images[:1]),
+        for_colour.transform(np.repeat(images.images[:1], 3, axis=1)),
+    )
+    with pytest.raises(DataError, match="takes grey 16 x 16 images, these are colour"):
+        ImagePreprocessor().fit(images.images[:1]).transform(colour)
+
+
 def test_float_images_read_as_grey_levels_and_unscaled_ones_are_refused(tmp_path):
     grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
     (tmp_path / "float").mkdir()

@@ -34,8 +34,15 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# File suffixes read as images: those of torchvision's ImageFolder, and GIF (its first
+# frame; a palette image as any other).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 IDX_UBYTE = 0x08  # idx type code of unsigned bytes, the only type of the MNIST layout
 UINT8_MAX = 255
+COLOUR_CHANNELS = 3
+# Colour channels at most this many levels apart in every pixel are grey: lossy WebP
+# stores a grey picture saved as RGB with its channels up to 1 level apart.
+GREY_SPREAD = 1
 # Divisors taking 16- and 32-bit grey levels onto 0-255: (2**16 - 1) / 255 and
 # (2**32 - 1) / 255, so that the brightest level stays the brightest.
 GREY_16BIT = 257
@@ -223,9 +230,8 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
     """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class, the
     folder's name)."""
     from torchvision.datasets import ImageFolder
-    from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    flat = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+    flat = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if flat:
         subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
         if subfolders:
@@ -239,7 +245,7 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
         # class to a conditional model.
         return _decode([(str(p), 0) for p in flat], [path.resolve().name], path, size)
     try:
-        folder = ImageFolder(str(path))
+        folder = ImageFolder(str(path), extensions=IMAGE_SUFFIXES)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path} holds no images and no class subfolders with images") from exc
     return _decode(folder.samples, list(folder.classes), path, size)
@@ -261,12 +267,15 @@ def to_8bit(image: Image.Image) -> Image.Image:
       hold at most 16 bits): level ``v`` (0-65535) reads as ``round(v / 257)`` (0-255);
     - 32-bit integer grey (``I`` from other files): ``round(v / 16843009)``, that is
       0 to 2**32 - 1 onto 0-255, negative levels as 0;
-    - palette (``P``, ``PA``): the palette's colours, alpha dropped; grey when every
-      colour the pixels use is grey;
+    - palette (``P``, ``PA``): the palette's colours, alpha dropped;
     - 32-bit float grey (``F``, e.g. from a TIFF): levels in [0, 1] are scaled by 255,
       levels up to 255 rounded; others (negative, above 255, NaN) are refused, as no
       scale can be read off them;
     - anything else (``RGB``, ``RGBA``, ``CMYK``, ...): colour, any alpha dropped.
+
+    Colour (from a palette or not) whose three channels are equal in every pixel (within
+    ``GREY_SPREAD`` levels) is grey: a grey picture saved as RGB, as JPEG and WebP files
+    often are, reads as that picture saved as grey.
     """
     mode = image.mode
     if mode in ("1", "L", "LA", "La"):
@@ -281,11 +290,16 @@ def to_8bit(image: Image.Image) -> Image.Image:
         return _float_grey(np.asarray(image, dtype=np.float64))
     if mode in ("P", "PA"):
         # Through RGBA, which takes a palette's transparency too, then the alpha dropped.
-        rgb = np.ascontiguousarray(np.asarray(image.convert("RGBA"))[..., :3])
-        if (rgb == rgb[..., :1]).all():  # grey colours: one channel, as an L file gives
-            return Image.fromarray(np.ascontiguousarray(rgb[..., 0]), "L")
-        return Image.fromarray(rgb, "RGB")
-    return image.convert("RGB")
+        return _grey_if_channels_agree(np.asarray(image.convert("RGBA"))[..., :3])
+    return _grey_if_channels_agree(np.asarray(image.convert("RGB")))
+
+
+def _grey_if_channels_agree(rgb: np.ndarray) -> Image.Image:
+    """``rgb`` ``(H, W, 3)`` uint8 as a grey image (its luma) when its channels are
+    within ``GREY_SPREAD`` levels of each other in every pixel, else as a colour one."""
+    image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
+    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
+    return image.convert("L") if spread.max(initial=0) <= GREY_SPREAD else image
 
 
 def _float_grey(levels: np.ndarray) -> Image.Image:
@@ -395,6 +409,10 @@ class ImagePreprocessor:
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         array = as_nchw(images)
+        if array.shape[1] == 1 and self.shape[0] == COLOUR_CHANNELS:
+            # Grey images for a colour model: each level in R, G and B, as a folder of grey
+            # and colour images is read.
+            array = np.repeat(array, COLOUR_CHANNELS, axis=1)
         if tuple(array.shape[1:]) != self.shape:
             given = tuple(array.shape[1:])
             fix = (
