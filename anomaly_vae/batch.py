@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly_vae.data.images import IMAGE_SUFFIXES
+from anomaly_vae.data.images import is_image_file
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
@@ -148,7 +148,7 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    return is_image_file(path) and path.is_file()
 
 
 def _image_files(folder: Path) -> list[Path]:

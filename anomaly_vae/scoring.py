@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.batch import drift_sample, score_file
-from anomaly_vae.data.images import IMAGE_SUFFIXES, class_list, read_images
+from anomaly_vae.data.images import class_list, is_image_file, read_images
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
@@ -58,7 +58,7 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
         path = Path(data)
         if not path.exists():
             raise DataError(f"{data}: no such file or folder")
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if is_image_file(path):
             # A folder is read with its class subfolders; one file has neither class nor
             # company, so it is not taken alone.
             raise DataError(

@@ -242,6 +242,9 @@ def test_a_grey_picture_saved_as_colour_reads_as_grey_and_a_colour_model_takes_g
     images = read_images(tmp_path / "grey")
     assert images.images.shape == (4, 1, 16, 16)
     assert [Path(n).suffix for n in images.names] == [".png", ".jpg", ".webp", ".gif"]
+    (tmp_path / "classes" / "good").mkdir(parents=True)  # class subfolders read alike
+    rgb.save(tmp_path / "classes" / "good" / "d.gif")
+    assert read_images(tmp_path / "classes").images.shape == (1, 1, 16, 16)
     np.testing.assert_array_equal(images.images[0, 0], grey)
     np.testing.assert_array_equal(images.images[3, 0], grey)
     assert np.abs(images.images[2, 0].astype(int) - grey).max() <= 10  # WebP is lossy

@@ -231,7 +231,7 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
     folder's name)."""
     from torchvision.datasets import ImageFolder
 
-    flat = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    flat = sorted(p for p in path.iterdir() if is_image_file(p))
     if flat:
         subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
         if subfolders:
@@ -245,10 +245,15 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
         # class to a conditional model.
         return _decode([(str(p), 0) for p in flat], [path.resolve().name], path, size)
     try:
-        folder = ImageFolder(str(path), extensions=IMAGE_SUFFIXES)
+        folder = ImageFolder(str(path), is_valid_file=is_image_file)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DataError(f"{path} holds no images and no class subfolders with images") from exc
     return _decode(folder.samples, list(folder.classes), path, size)
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether ``path`` is named as an image file (:data:`IMAGE_SUFFIXES`)."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _pixels(image: Image.Image, size: int | None) -> np.ndarray:
