@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly_vae.data.images import is_image_file
+from anomaly_vae.data.images import hidden_below, is_image_file
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
@@ -136,7 +136,7 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         if p.is_dir()
         and not p.name.startswith(".")
         and not p.name.endswith(STAGING_SUFFIX)
-        and any(_is_image(file) for file in p.rglob("*"))
+        and any(_image_files(p))
     )
     for folder in folders:
         if output.is_relative_to(folder.resolve()):
@@ -151,9 +151,10 @@ def _is_image(path: Path) -> bool:
     return is_image_file(path) and path.is_file()
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The image files in ``folder`` and its subfolders (class folders), in name order."""
-    return sorted(p for p in folder.rglob("*") if _is_image(p))
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The image files in ``folder`` and its subfolders (class folders), as the image
+    reader takes them (none hidden, nor in a hidden folder)."""
+    return (p for p in folder.rglob("*") if _is_image(p) and not hidden_below(p, folder))
 
 
 def _glob_matches(pattern: str | Path) -> list[Path]:
@@ -189,7 +190,7 @@ def input_fingerprint(path: Path) -> tuple[int, str]:
     renamed or changed makes a folder a new input; other files (``.DS_Store``) do not."""
     if not path.is_dir():
         return path.stat().st_size, file_digest(path)
-    files = _image_files(path)
+    files = sorted(_image_files(path))
     digest = hashlib.sha256()
     for file in files:
         digest.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file)}\n".encode())

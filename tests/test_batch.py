@@ -434,8 +434,9 @@ def test_image_batch_inputs_are_complete_folders_of_images_outside_the_output(
     assert first.exit_code == 0, first.output
     assert "scored 1 folder (3 images" in first.output and "0 failed" in first.output
     (inputs / "day1" / ".DS_Store").write_bytes(b"not an image")  # not part of the input
+    (inputs / "day1" / "._0.png").write_bytes(b"\x00\x05\x16\x07 macOS's copy")  # nor this
     again = batch(image_model_dir, inputs, out)
-    assert "skipped 1 already scored" in again.output
+    assert "skipped 1 already scored" in again.output and "0 failed" in again.output
     # An output folder among an input's images would be read with them, or change it.
     for output in (inputs / "day1", inputs / "day1" / "scored"):
         refused = batch(image_model_dir, inputs / "day1", output)

@@ -192,6 +192,30 @@ def test_reads_an_image_folder(tmp_path):
         read_images(tmp_path)
 
 
+def test_hidden_files_and_folders_and_folders_without_images_are_no_images_or_classes(
+    tmp_path, caplog
+):
+    for label, vertical in (("good", False), ("scratch", True)):
+        (tmp_path / label / ".thumbnails").mkdir(parents=True)
+        for i, image in enumerate(bars(2, seed=4, vertical=vertical)):
+            Image.fromarray(image[0]).save(tmp_path / label / f"{i}.png")
+            Image.fromarray(image[0]).save(tmp_path / label / ".thumbnails" / f"{i}.png")
+            (tmp_path / label / f"._{i}.png").write_bytes(b"\x00\x05\x16\x07 macOS's copy")
+    (tmp_path / ".ipynb_checkpoints").mkdir()  # Jupyter's: it was a class without images
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not an image")
+    images = read_images(tmp_path)
+    assert images.classes == ["good", "scratch"] and images.labels.tolist() == [0, 0, 1, 1]
+    assert [Path(name).name for name in images.names] == ["0.png", "1.png"] * 2
+    assert "subfolders without image files (notes) are not read as classes" in caplog.text
+    (tmp_path / "good" / "0.png").rename(tmp_path / "good" / ".0.png")
+    (tmp_path / "good" / "1.png").rename(tmp_path / "good" / "1.heic")
+    images = read_images(tmp_path)  # a class folder left with no images is no class
+    assert images.classes == ["scratch"] and images.labels.tolist() == [0, 0]
+    flat = tmp_path / "scratch"
+    assert read_images(flat).names == [str(flat / "0.png"), str(flat / "1.png")]
+
+
 def test_a_picture_reads_the_same_whatever_png_mode_it_was_saved_in(tmp_path):
     grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
     colour = np.stack([grey, 255 - grey, grey // 2], axis=-1)  # (16, 16, 3)

@@ -228,12 +228,13 @@ def write_idx_set(folder: Path, train: bool, images: np.ndarray, labels: np.ndar
 
 def _read_folder(path: Path, size: int | None) -> ImageSet:
     """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class, the
-    folder's name)."""
-    from torchvision.datasets import ImageFolder
+    folder's name). Hidden files and folders (a name starting with ".": macOS's ``._``
+    copies, ``.ipynb_checkpoints``) are no images and no classes."""
+    from torchvision.datasets.folder import make_dataset
 
-    flat = sorted(p for p in path.iterdir() if is_image_file(p))
+    flat = sorted(p for p in path.iterdir() if is_image_file(p) and p.is_file())
+    subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and not _hidden(p.name))
     if flat:
-        subfolders = sorted(p.name for p in path.iterdir() if p.is_dir())
         if subfolders:
             logger.warning(
                 "%s holds images of its own, so it is read as one flat folder; its "
@@ -244,16 +245,47 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
         # One class, named after the folder: a folder named like a trained class is that
         # class to a conditional model.
         return _decode([(str(p), 0) for p in flat], [path.resolve().name], path, size)
-    try:
-        folder = ImageFolder(str(path), is_valid_file=is_image_file)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DataError(f"{path} holds no images and no class subfolders with images") from exc
-    return _decode(folder.samples, list(folder.classes), path, size)
+    samples = make_dataset(
+        path,
+        {name: index for index, name in enumerate(subfolders)},
+        is_valid_file=lambda file: is_image_file(file) and not hidden_below(file, path),
+        allow_empty=True,
+    )
+    if not samples:
+        raise DataError(f"{path} holds no images and no class subfolders with images")
+    filled = sorted({index for _, index in samples})
+    empty = [name for index, name in enumerate(subfolders) if index not in filled]
+    if empty:  # not classes: no image says what they look like
+        logger.warning(
+            "%s: subfolders without image files (%s) are not read as classes; image files "
+            "are named %s",
+            path,
+            ", ".join(empty),
+            " ".join(IMAGE_SUFFIXES),
+        )
+    renumbered = {old: new for new, old in enumerate(filled)}
+    return _decode(
+        [(file, renumbered[index]) for file, index in samples],
+        [subfolders[index] for index in filled],
+        path,
+        size,
+    )
 
 
 def is_image_file(path: str | Path) -> bool:
-    """Whether ``path`` is named as an image file (:data:`IMAGE_SUFFIXES`)."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+    """Whether ``path`` is named as an image file (:data:`IMAGE_SUFFIXES`), and not as a
+    hidden file (macOS writes ``._name.png`` beside ``name.png`` on shared drives)."""
+    name = Path(path).name
+    return name.lower().endswith(IMAGE_SUFFIXES) and not _hidden(name)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def hidden_below(file: str | Path, root: Path) -> bool:
+    """Whether a folder between ``root`` and ``file`` is hidden (``.thumbnails/``)."""
+    return any(_hidden(part) for part in Path(file).relative_to(root).parts[:-1])
 
 
 def _pixels(image: Image.Image, size: int | None) -> np.ndarray:
