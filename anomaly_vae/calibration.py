@@ -18,6 +18,8 @@ from sklearn import metrics
 
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS as LABELLED_METHODS
 from anomaly_vae.config import QUANTILE_THRESHOLD as QUANTILE
+from anomaly_vae.config import EvaluationConfig
+from anomaly_vae.intervals import metric_intervals
 
 logger = logging.getLogger(__name__)
 
@@ -165,12 +167,20 @@ def _f1(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     return 2 * precision * recall / np.maximum(precision + recall, 1e-12)
 
 
-def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+def evaluate(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    intervals: EvaluationConfig | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Labelled evaluation. ``labels (n,)`` bool, True = anomaly; ``scores (n,)``.
 
     Returns AUROC, AUCPR (average precision), the ROC and PR curves, the F1-optimal
     threshold (as ``calibration.method`` f1 would choose it: ``score >`` it flags the
-    rows of best F1), and the confusion matrix and rates at ``threshold``.
+    rows of best F1), and the confusion matrix and rates at ``threshold``; with
+    ``intervals`` (its ``interval_resamples`` above 0), bootstrap intervals of AUROC and
+    AUCPR (:func:`anomaly_vae.intervals.metric_intervals`, seeded by ``seed``).
     """
     labels, scores = _checked(labels, scores)
     fpr, tpr, roc_thresholds = metrics.roc_curve(labels, scores)
@@ -178,11 +188,19 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
     f1_flag_from, best_f1 = _best_f1_cut(precision, recall, pr_thresholds)
     predicted = scores > threshold
     tn, fp, fn, tp = metrics.confusion_matrix(labels, predicted, labels=[False, True]).ravel()
+    interval: dict[str, Any] = {}
+    if intervals is not None and intervals.interval_resamples > 0:
+        level, resamples = intervals.interval_level, intervals.interval_resamples
+        interval = {
+            **metric_intervals(labels, scores, level, resamples, seed),
+            "interval_level": level,
+        }
     return {
         "n_normal": int((~labels).sum()),
         "n_anomalous": int(labels.sum()),
         "auroc": float(metrics.roc_auc_score(labels, scores)),
         "aucpr": float(metrics.average_precision_score(labels, scores)),
+        **interval,
         # the value calibration.method f1 would choose: "score > it" reaches best_f1
         "f1_optimal_threshold": _threshold_below(scores, f1_flag_from),
         "f1_optimal": best_f1,

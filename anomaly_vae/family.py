@@ -206,7 +206,7 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
     if not get_model(name).uses_condition:
         validation = take_rows(data.train, detector.split_rows_["validation"])
         criterion = float(np.mean(detector.all_scores(validation)["negative_elbo"]))
-    evaluation = calibrate_and_evaluate(detector, data)
+    evaluation = calibrate_and_evaluate(detector, data, config.evaluation)
     logger.info("%s: %.1f s, validation -ELBO %.4g", name, seconds, criterion)
     return Candidate(name, detector, config, evaluation, seconds, criterion)
 
@@ -218,7 +218,8 @@ def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
     seconds = time.perf_counter() - start + sum(c.seconds for c in candidates)
     config = copy.deepcopy(candidates[0].config)
     config.model.name = ENSEMBLE
-    return Candidate(ENSEMBLE, ensemble, config, calibrate_and_evaluate(ensemble, data), seconds)
+    evaluation = calibrate_and_evaluate(ensemble, data, config.evaluation)
+    return Candidate(ENSEMBLE, ensemble, config, evaluation, seconds)
 
 
 def _choose(candidates: list[Candidate], select_by: str) -> Candidate:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.calibration import evaluate
-from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config
+from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationConfig
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
@@ -240,23 +240,31 @@ def check_threshold_labels(config: Config, data: TrainingData) -> None:
         )
 
 
-def calibrate_and_evaluate(detector: Any, data: TrainingData) -> dict[str, Any] | None:
+def calibrate_and_evaluate(
+    detector: Any, data: TrainingData, settings: EvaluationConfig
+) -> dict[str, Any] | None:
     """Move the threshold to the labelled evaluation rows when ``calibration.method``
-    asks for it, then report AUROC, AUCPR, curves and the confusion matrix on them."""
+    asks for it, then report AUROC, AUCPR (with the intervals ``settings`` asks for),
+    curves and the confusion matrix on them."""
     if data.evaluation is None:
         return None
     if not data.has_evaluation():
         logger.warning("no evaluation: the labelled evaluation rows are all of one class")
         return None
     assert data.evaluation_labels is not None  # has_evaluation() checked
-    settings = detector.effective_config.calibration
-    chosen_here = settings.method in LABELLED_THRESHOLD_METHODS
+    config = detector.effective_config
+    chosen_here = config.calibration.method in LABELLED_THRESHOLD_METHODS
     scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
     if chosen_here:
         detector.threshold_from_scores(
-            data.evaluation_labels, scores, settings.method, settings.target_recall
+            data.evaluation_labels,
+            scores,
+            config.calibration.method,
+            config.calibration.target_recall,
         )
-    evaluation = evaluate(data.evaluation_labels, scores, detector.threshold_)
+    evaluation = evaluate(
+        data.evaluation_labels, scores, detector.threshold_, settings, config.training.seed
+    )
     # A threshold chosen on these rows flatters the confusion matrix at it (not AUROC/AUCPR).
     evaluation["threshold_chosen_on_these_rows"] = chosen_here
     return evaluation
@@ -284,7 +292,7 @@ def fit_source(
     detector = VAEDetector(config.detector_config()).fit(
         data.train, condition=data.train_condition, on_epoch=on_epoch
     )
-    evaluation = calibrate_and_evaluate(detector, data)
+    evaluation = calibrate_and_evaluate(detector, data, config.evaluation)
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:

@@ -135,6 +135,8 @@ def calibrate_model(
     if not by_quantile and not data.has_evaluation():
         raise DataError(f"{source} needs labelled rows of both classes (normal and anomalous)")
     previous = detector.threshold_
+    intervals = load_config().evaluation  # the defaults: calibrate takes no --set
+    seed = detector.effective_config.training.seed
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
     settings.method = method
     if by_quantile:
@@ -148,12 +150,12 @@ def calibrate_model(
         settings.target_fpr = detector.calibration_["target_fpr"]
         evaluation = None
         if data.has_evaluation():
-            evaluation = evaluate(labels, scores, detector.threshold_)
+            evaluation = evaluate(labels, scores, detector.threshold_, intervals, seed)
             # Its normal rows chose the threshold: the false-positive rate there flatters.
             evaluation["threshold_chosen_on_these_rows"] = True
     else:
         settings.target_recall = target_recall
-        evaluation = calibrate_and_evaluate(detector, data)
+        evaluation = calibrate_and_evaluate(detector, data, intervals)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if by_quantile:

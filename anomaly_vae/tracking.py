@@ -342,6 +342,10 @@ def log_calibration(
     anomalous_scores = None
     if evaluation is not None:
         mlflow.log_metrics({k: evaluation[k] for k in EVALUATION_METRICS})
+        for name in ("auroc", "aucpr"):  # bootstrap intervals, when the evaluation has them
+            if f"{name}_interval" in evaluation:
+                low, high = evaluation[f"{name}_interval"]
+                mlflow.log_metrics({f"{name}_interval_low": low, f"{name}_interval_high": high})
         mlflow.log_metrics({f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()})
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")

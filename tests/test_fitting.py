@@ -34,6 +34,8 @@ def test_labelled_anomalies_never_reach_training(tmp_path, labelled_config):
     assert result.evaluation["n_anomalous"] == 40 + 10
     assert result.evaluation["n_normal"] == held_out + 90
     assert result.evaluation["auroc"] > 0.9
+    low, high = result.evaluation["auroc_interval"]  # 95%, bootstrapped
+    assert low <= result.evaluation["auroc"] <= high and result.evaluation["interval_level"] == 0.95
     assert result.run is None  # tracking disabled
     assert latest_model_dir(tmp_path) == result.model_dir.resolve()
 

@@ -80,6 +80,9 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     assert run.data.tags["training_ended_by"] == ended_by
     assert metrics["threshold"] == pytest.approx(result.detector.threshold_)
     assert 0.9 < metrics["auroc"] <= 1.0 + 1e-9 and 0 < metrics["aucpr"] <= 1.0 + 1e-9
+    for name in ("auroc", "aucpr"):  # scikit-learn's AUCPR of a perfect ranking: 1 + 2e-16
+        low, high = metrics[f"{name}_interval_low"], metrics[f"{name}_interval_high"]
+        assert low - 1e-9 <= metrics[name] <= high + 1e-9 and high <= 1
     assert {
         "confusion_tp",
         "confusion_fp",
