@@ -1,4 +1,7 @@
+import gc
 import gzip
+import threading
+import types
 import warnings
 
 import numpy as np
@@ -7,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from anomaly_vae.data import label_vector, read_table
+from anomaly_vae.data import label_vector, read_table, tables
 from anomaly_vae.data.tables import _first_undecodable, read_csv_chunks
 from anomaly_vae.errors import DataError
 
@@ -103,6 +106,43 @@ def test_rows_with_fewer_fields_than_the_header_are_named_once(tmp_path, caplog)
     path.write_text("id,a\nr1,1\nr2,\n")  # an empty cell is not a missing field
     read_table(path)
     assert "fewer fields" not in caplog.text
+
+
+def test_the_field_count_scan_returns_once_pyarrow_lets_go_of_its_row_handler(
+    tmp_path, monkeypatch
+):
+    # pyarrow releases the Python row handler on an I/O thread that takes the GIL, a
+    # little after the reader is closed; a release still pending when the process exits
+    # (an error right after a read) met a finalising interpreter and aborted it (exit
+    # code 134, "terminate called without an active exception", instead of 1). Here a
+    # stand-in reader lets go of the handler 0.2 s after it is closed, on a thread.
+    held = []
+
+    class Reader:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            threading.Timer(0.2, held.clear).start()
+
+        def __iter__(self):
+            return iter(())
+
+    def open_csv(path, read_options, parse_options, convert_options):
+        held.append(parse_options.invalid_row_handler)
+        return Reader()
+
+    monkeypatch.setattr(tables.pa_csv, "open_csv", open_csv)
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n")
+    assert tables.short_rows(path, ",", "utf-8") == (0, [])
+    assert not held
+    alive = [
+        o
+        for o in gc.get_objects()
+        if type(o) is types.FunctionType and o.__qualname__ == "short_rows.<locals>.note"
+    ]
+    assert not alive
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,9 @@ import codecs
 import contextlib
 import logging
 import re
+import time
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,8 @@ WHOLE_NUMBER = r"[+-]?\d+"
 SHORT_ROWS_SHOWN = 5  # rows with too few fields named in the warning; the rest are counted
 SCAN_BLOCK_BYTES = 1 << 20  # block of the field-count scan: faster than larger ones here; a longer
 # row makes pyarrow give up, and the scan with it
+HANDLER_RELEASE_SECONDS = 5.0  # at most this long for pyarrow to let go of the scan's row
+# handler (milliseconds in practice; see short_rows)
 SAMPLE_ROWS = 10_000  # rows of a ';'-separated file read to judge how it writes numbers
 OTHER_FORMATS = {  # first bytes (a regular expression) -> (what the file is, what to do)
     rb"\x1f\x8b": ("gzip-compressed", "decompress it first (gunzip)"),
@@ -212,6 +216,13 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, li
     them, in one pass converting only the first column (0.3 s more to read a
     1,000,000-row, 30-column CSV of 266 MB in parts, 1.0 s without). A file pyarrow
     cannot read gives no rows here; pandas names the problem.
+
+    pyarrow drops its reference to the Python row handler on one of its I/O threads,
+    which takes the GIL to do so, a little after the reader is closed. Were the process
+    to exit first (an error right after the read), that thread would meet a finalising
+    interpreter and abort the process (exit code 134, "terminate called without an
+    active exception") instead of the error's exit code 1; so this returns only once the
+    handler is released.
     """
     short: list[int] = []
     fields = 0
@@ -223,6 +234,18 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, li
             short.append(row.number - 1)  # number counts the header and no blank line
         return "skip"
 
+    handler = weakref.ref(note)
+    scanned = _scan_fields(path, separator, encoding, note)
+    del note  # pyarrow's reference is now the last one
+    deadline = time.monotonic() + HANDLER_RELEASE_SECONDS
+    while handler() is not None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return (fields, short) if scanned else (0, [])
+
+
+def _scan_fields(path: str | Path, separator: str, encoding: str, note: Any) -> bool:
+    """Run every row of a CSV file past ``note`` (see :func:`short_rows`); False when
+    pyarrow cannot read the file."""
     try:
         reader = pa_csv.open_csv(
             path,
@@ -245,8 +268,8 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, li
                 pass
     except (pa.ArrowException, OSError, UnicodeError) as exc:
         logger.debug("field-count scan of %s skipped: %s", path, exc)
-        return 0, []
-    return fields, short
+        return False
+    return True
 
 
 def _warn_short_rows(path: str | Path, separator: str, encoding: str) -> None:
