@@ -130,9 +130,12 @@ def main(verbose: bool) -> None:
         format="%(levelname)s: %(message)s",
         stream=sys.stderr,
     )
-    if not verbose:
-        # MLflow's own progress bars and INFO lines would bury the summary.
+    if not verbose or not sys.stderr.isatty():
+        # MLflow's own progress bars would bury the summary, and off a terminal (a log,
+        # cron) no bar is drawn, as none of ours is.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not verbose:
+        # and so would its INFO lines.
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 

@@ -1,6 +1,7 @@
 """The command line end to end: fit then score a small CSV, and every bad input."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -426,6 +427,17 @@ def test_help_documents_options_with_defaults(command):
         from anomaly_vae.data.images import TORCHVISION_SETS
 
         assert all(f"{prefix}:ROOT" in text for prefix in TORCHVISION_SETS), text
+
+
+@pytest.mark.parametrize("verbose", [[], ["--verbose"]])
+def test_no_mlflow_progress_bar_off_a_terminal_even_when_verbose(verbose, monkeypatch):
+    # `anomaly-vae --verbose batch ...` under cron: MLflow's "Downloading artifacts" bar
+    # filled the log although the README promises no bars there.
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # restored after
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    result = CliRunner().invoke(main, [*verbose, "models"])  # its stderr is no terminal
+    assert result.exit_code == 0, result.output
+    assert os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR") == "false"
 
 
 @pytest.mark.parametrize("command", ["fit", "calibrate"])
