@@ -64,7 +64,7 @@ def measure(model: str, train: tuple, test: tuple, normal: list[str], overrides:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, required=True, help="torchvision root")
     parser.add_argument("--dataset", default="FashionMNIST", help="folder under --data-dir")
     parser.add_argument("--classes", default="0,7", help="normal class indices, e.g. 0,7")

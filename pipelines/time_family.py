@@ -40,7 +40,7 @@ def synthetic_table(rows: int, columns: int, seed: int = 0) -> pd.DataFrame:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/family-timing"))
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--columns", type=int, default=20)

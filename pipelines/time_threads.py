@@ -57,7 +57,7 @@ def time_once(threads: int, train: pd.DataFrame, rows: pd.DataFrame) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()

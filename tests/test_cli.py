@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from anomaly_vae.cli import main
 from anomaly_vae.fitting import latest_model_dir
-from tests.conftest import TINY, mixed_table
+from tests.conftest import TINY, mixed_table, run_pipeline_script
 
 FAST = [arg for item in TINY for arg in ("--set", item)]
 
@@ -508,3 +508,21 @@ def test_models_lists_the_registry_with_data_kinds():
     lines = {line.split()[0]: line for line in result.output.splitlines()}
     assert set(lines) == set(available_models())
     assert "[data: image]" in lines["conv-vae"] and "[data: table, image]" in lines["vae"]
+
+
+ARGPARSE_PIPELINES = sorted(
+    path.name
+    for path in (Path(__file__).parents[1] / "pipelines").glob("*.py")
+    if "argparse" in path.read_text()
+)
+
+
+@pytest.mark.parametrize("script", ARGPARSE_PIPELINES)
+def test_pipeline_help_states_what_the_script_does_in_whole_sentences(script, monkeypatch, capsys):
+    # The description was the docstring's first line, cut mid-sentence where the first
+    # sentence runs on ("... trained on several normal").
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "pipelines"))  # as python runs it
+    assert run_pipeline_script(monkeypatch, script, "--help") == 0
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1]
+    assert description.rstrip().endswith((".", "?")), description
