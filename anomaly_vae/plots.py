@@ -1,10 +1,12 @@
 """Matplotlib figures for review: score histogram, ROC/PR curves, latent scatter.
 
-Each function returns a Figure (Agg backend, no display needed); callers save it.
+Each function returns a Figure (Agg backend, no display needed); callers save it at
+:data:`DPI`.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import matplotlib
@@ -13,10 +15,87 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 FIGSIZE = (6.4, 4.8)
+DPI = 110  # every figure is saved at this resolution: 6.4 x 4.8 in -> 704 x 528 pixels
+HISTOGRAM_BINS = 50
+# A histogram shows up to this quantile of all scores (and every normal score and the
+# threshold); a few extreme anomalies beyond it would otherwise squeeze the rest.
+HISTOGRAM_TOP_QUANTILE = 0.98
+# Scores that are all positive and whose bulk (the normal rows and the threshold, or
+# the lower 90% of the rows) spans less than this share of the range drawn are drawn on
+# a log scale: a long tail of anomalies (negative ELBOs of 300 beside normal rows of 10)
+# would otherwise squeeze the normal rows and the threshold into two or three bins.
+LONG_TAIL_SHARE = 0.25
+# ... but only when the bulk itself lies within this ratio (a decade): scores near 0,
+# such as the ensemble's percentiles, would spread over decades that mean nothing.
+LOG_BULK_RATIO = 10.0
+HISTOGRAM_MARGIN = 0.05  # share of the range drawn past the highest score shown
+# The y-axis reaches this many times the highest bar, so that the legend in the upper
+# corner sits above the bars rather than on them.
+HISTOGRAM_HEADROOM = 1.4
+# ROC and PR axes run a little past 0 and 1: a perfect detector's curve lies on 0 or 1
+# and would be hidden under the frame.
+UNIT_LIMITS = (-0.02, 1.02)
+LABEL_POINTS = 10  # matplotlib's axis label size ("medium")
+# Log axes label their minor ticks (20, 30, 50, ...) when they span up to 2 decades, all
+# of them up to half a decade: a log axis of scores from 7 to 300 otherwise reads "10,
+# 100" and nothing else.
+LOG_MINOR_LABEL_DECADES = (2.0, 0.5)
+BULK_QUANTILE = 0.9  # without labels, the scores below this quantile are the bulk
+TITLE_CHARACTER_WIDTH = 0.6  # average character width in ems, to wrap titles to a figure
+# Each group's colour and marker: blue and red stay apart for the common colour-vision
+# deficiencies, and the markers tell the groups apart without colour.
+GROUP_STYLES = {"normal": ("tab:blue", "o"), "anomalous": ("tab:red", "^")}
+# A discrete latent's scatter shows codebook vectors: many rows share one point.
+DISCRETE_LATENT_NOTE = "quantised: rows with the same codes coincide"
+# What each score is measured in (docs/scores.md), for axis labels.
+SCORE_UNITS = {
+    "negative_elbo": "nats per row",
+    "negative_iwae_bound": "nats per row",
+    "reconstruction_error": "squared error in scaled feature units",
+    "latent_knn_distance": "latent units",
+    "elbo_latent_knn": "no unit; 0 = a typical normal row",
+    "code_distance": "squared latent units",
+    "ensemble_rank": "mean percentile among validation rows; above 1 beyond them all",
+}
+
+
+def score_label(score_name: str) -> str:
+    """``score_name`` with its unit, e.g. ``"negative_elbo (nats per row)"``."""
+    unit = SCORE_UNITS.get(score_name)
+    return f"{score_name} ({unit})" if unit else score_name
+
+
+def wrap_title(title: str, width_inches: float, fontsize: float) -> str:
+    """``title`` broken into lines that fit ``width_inches`` at ``fontsize`` points."""
+    characters = max(20, int(width_inches * 72 / (fontsize * TITLE_CHARACTER_WIDTH)))
+    return "\n".join(textwrap.wrap(title, characters))
+
+
+def long_tailed(bulk_high: float, low: float, high: float) -> bool:
+    """True when scores from ``low`` to ``high`` are all positive, the bulk (from
+    ``low`` to ``bulk_high``) lies within :data:`LOG_BULK_RATIO` and takes less than
+    :data:`LONG_TAIL_SHARE` of the whole range on a linear axis: such scores are drawn
+    on a log scale."""
+    return (
+        low > 0
+        and bulk_high < LOG_BULK_RATIO * low
+        and (bulk_high - low) < LONG_TAIL_SHARE * (high - low)
+    )
+
+
+def _numbered_log_axis(axis: Any) -> None:
+    """Plain numbers on a log axis (``ax.xaxis``, a colour bar's ``yaxis``), minor
+    ticks included where they fit."""
+    axis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(
+        ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=LOG_MINOR_LABEL_DECADES)
+    )
 
 
 def score_histogram(
@@ -26,36 +105,52 @@ def score_histogram(
     anomalous_scores: np.ndarray | None = None,
     normal_label: str = "normal (calibration rows)",
 ) -> Figure:
-    """Score distributions with the threshold drawn; labelled anomalies overlaid.
+    """Score distributions ``(n,)`` with the threshold drawn; labelled anomalies overlaid.
 
-    Each group is normalised to a density, so a small normal group is not hidden by a
-    large anomalous one. The x-axis ends a little past the larger of the threshold,
-    the highest normal score and the 98th percentile of all scores; rows beyond it
-    are counted in the last bin.
+    Each group's bars add up to 1 (its share of rows per bin), so a small normal group
+    is not hidden by a large anomalous one. The x-axis ends a little past the larger of
+    the threshold, the highest normal score and the 98th percentile of all scores; rows
+    beyond it are counted in the last bin. Positive scores with a long tail
+    (:func:`long_tailed`) get log-spaced bins on a log axis.
     """
-    groups = [(normal_scores, normal_label, "tab:blue")]
+    groups = [(normal_scores, normal_label, "normal")]
     if anomalous_scores is not None and len(anomalous_scores):
-        groups.insert(0, (anomalous_scores, "anomalous (labelled)", "tab:red"))
+        groups.insert(0, (anomalous_scores, "anomalous (labelled)", "anomalous"))
     every = np.concatenate([g[0] for g in groups])
     low = min(float(every.min()), threshold)
-    high = max(threshold, float(normal_scores.max()), float(np.quantile(every, 0.98)))
-    high += 0.05 * (high - low)
-    bins = np.linspace(low, high, 50)
+    bulk_high = max(threshold, float(normal_scores.max()))
+    high = max(bulk_high, float(np.quantile(every, HISTOGRAM_TOP_QUANTILE)))
+    log_scale = long_tailed(bulk_high, low, high)
+    if log_scale:
+        high *= (high / low) ** HISTOGRAM_MARGIN
+        bins = np.geomspace(low, high, HISTOGRAM_BINS)
+    else:
+        high += HISTOGRAM_MARGIN * (high - low)
+        bins = np.linspace(low, high, HISTOGRAM_BINS)
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    for scores, label, colour in groups:
-        ax.hist(
+    tallest = 0.0
+    for scores, label, group in groups:
+        counts, _, _ = ax.hist(
             np.clip(scores, low, high),
             bins=bins,  # type: ignore[arg-type]  # matplotlib's stubs omit arrays, which hist takes
-            density=True,
+            weights=np.full(len(scores), 1 / len(scores)),
             alpha=0.55,
-            color=colour,
+            color=GROUP_STYLES[group][0],
             label=f"{label}, n = {len(scores):,}",
         )
+        tallest = max(tallest, float(np.max(counts)))
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
+    if log_scale:
+        ax.set_xscale("log")
+        _numbered_log_axis(ax.xaxis)
+    ax.set_ylim(0, HISTOGRAM_HEADROOM * tallest)
     ax.set_title(f"Anomaly scores: {score_name} (higher = more anomalous)")
-    ax.set_xlabel(f"{score_name} (larger values counted in the last bin)")
-    ax.set_ylabel("density (area 1 per group)")
-    ax.legend()
+    label = score_label(score_name) + (", log scale" if log_scale else "")
+    if every.max() > high:
+        label += "; last bin includes larger values"
+    ax.set_xlabel(wrap_title(label, FIGSIZE[0], LABEL_POINTS))
+    ax.set_ylabel("share of the group's rows per bin")
+    ax.legend(loc="upper right")
     return fig
 
 
@@ -65,19 +160,13 @@ def roc_curve(evaluation: dict[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     ax.plot(roc["fpr"], roc["tpr"], label=f"detector (AUROC = {100 * evaluation['auroc']:.2f}%)")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.scatter(
-        [evaluation["false_positive_rate"]],
-        [evaluation["recall"]],
-        color="black",
-        zorder=3,
-        label="chosen threshold",
-    )
+    _threshold_point(ax, evaluation, evaluation["false_positive_rate"], evaluation["recall"])
     ax.set(
         title="ROC curve (labelled evaluation rows)",
         xlabel="false-positive rate",
         ylabel="true-positive rate (recall)",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
+        xlim=UNIT_LIMITS,
+        ylim=UNIT_LIMITS,
     )
     ax.legend(loc="lower right")
     return fig
@@ -94,22 +183,58 @@ def pr_curve(evaluation: dict[str, Any]) -> Figure:
     ax.axhline(
         base_rate, color="grey", linestyle=":", label=f"chance ({100 * base_rate:.1f}% anomalous)"
     )
-    ax.scatter(
-        [evaluation["recall"]],
-        [evaluation["precision"]],
-        color="black",
-        zorder=3,
-        label="chosen threshold",
-    )
+    _threshold_point(ax, evaluation, evaluation["recall"], evaluation["precision"])
     ax.set(
         title="Precision-recall curve (labelled evaluation rows)",
         xlabel="recall",
         ylabel="precision",
-        xlim=(0, 1),
-        ylim=(0, 1.02),
+        xlim=UNIT_LIMITS,
+        ylim=UNIT_LIMITS,
     )
     ax.legend(loc="lower left")
     return fig
+
+
+def _threshold_point(ax: Any, evaluation: dict[str, Any], x: float, y: float) -> None:
+    """The chosen threshold's point, named with its value; not clipped, as a perfect
+    detector puts it on the border of the axes."""
+    ax.scatter(
+        [x],
+        [y],
+        color="black",
+        zorder=3,
+        clip_on=False,
+        label=f"chosen threshold ({evaluation['threshold']:.4g})",
+    )
+
+
+def project_latents(latents: np.ndarray) -> tuple[np.ndarray, tuple[str, str], str]:
+    """Latent means ``(n, k)`` as ``(n, 2)`` points to draw: PCA for ``k > 2`` (each
+    axis labelled with its share of the variance), the axes themselves for ``k = 2``,
+    and a line at 0 for ``k = 1``. Returns the points, the axis labels and a note on
+    the projection for the title ("" when there is none)."""
+    k = latents.shape[1]
+    if k > 2:
+        pca = PCA(n_components=2).fit(latents)
+        shares = 100 * pca.explained_variance_ratio_
+        axes = (
+            f"principal component 1 ({shares[0]:.0f}% of variance)",
+            f"principal component 2 ({shares[1]:.0f}% of variance)",
+        )
+        return pca.transform(latents), axes, f"PCA of {k} latent dimensions"
+    if k == 2:
+        return latents, ("z[0]", "z[1]"), ""
+    return np.column_stack([latents[:, 0], np.zeros(len(latents))]), ("z[0]", "(1-D latent)"), ""
+
+
+def _no_ticks_on_a_missing_axis(ax: Any, latents: np.ndarray) -> None:
+    """A 1-D latent is drawn on a line at 0: its y-axis has no values to read."""
+    if latents.shape[1] == 1:
+        ax.set_yticks([])
+
+
+def _titled(title: str, note: str) -> str:
+    return f"{title}\n({note})" if note else title
 
 
 def latent_scatter(latents: np.ndarray, groups: np.ndarray, title: str = "Latent means") -> Figure:
@@ -117,29 +242,49 @@ def latent_scatter(latents: np.ndarray, groups: np.ndarray, title: str = "Latent
 
     ``groups (n,)`` holds a legend label per point (e.g. "normal", "anomalous").
     """
-    if latents.shape[1] > 2:
-        projected = PCA(n_components=2).fit_transform(latents)
-        axes = ("first principal component", "second principal component")
-        title = f"{title} (PCA of {latents.shape[1]} dimensions)"
-    elif latents.shape[1] == 2:
-        projected, axes = latents, ("z[0]", "z[1]")
-    else:
-        projected = np.column_stack([latents[:, 0], np.zeros(len(latents))])
-        axes = ("z[0]", "(1-D latent)")
+    projected, axes, note = project_latents(latents)
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    colours = {"normal": "tab:blue", "anomalous": "tab:red"}
     for group in dict.fromkeys(groups.tolist()):
         mask = groups == group
+        colour, marker = GROUP_STYLES.get(group, (None, "o"))
         ax.scatter(
             projected[mask, 0],
             projected[mask, 1],
-            s=8,
+            s=10,
             alpha=0.6,
-            color=colours.get(group),
+            color=colour,
+            marker=marker,
             label=f"{group} ({int(mask.sum())})",
         )
-    ax.set(title=title, xlabel=axes[0], ylabel=axes[1])
+    ax.set(title=_titled(title, note), xlabel=axes[0], ylabel=axes[1])
+    _no_ticks_on_a_missing_axis(ax, latents)
     ax.legend()
+    return fig
+
+
+def latent_scatter_by_score(
+    latents: np.ndarray, scores: np.ndarray, score_name: str, title: str
+) -> Figure:
+    """2-D scatter of latent means ``(n, k)`` coloured by score ``(n,)`` (higher = more
+    anomalous); a log colour scale for positive scores with a long tail."""
+    projected, axes, note = project_latents(latents)
+    low, high = float(scores.min()), float(scores.max())
+    log_scale = long_tailed(float(np.quantile(scores, BULK_QUANTILE)), low, high)
+    norm = LogNorm(low, high) if log_scale else Normalize(low, high)
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    # The most anomalous on top, so that a few of them are not hidden under the rest.
+    order = np.argsort(scores)
+    points = ax.scatter(
+        projected[order, 0], projected[order, 1], c=scores[order], cmap="viridis", norm=norm, s=10
+    )
+    scale = ", log scale" if log_scale else ""
+    bar = fig.colorbar(
+        points, ax=ax, label=f"{score_label(score_name)}{scale}\nhigher = more anomalous"
+    )
+    if log_scale:
+        _numbered_log_axis(bar.ax.yaxis)
+    ax.set(title=_titled(title, note), xlabel=axes[0], ylabel=axes[1])
+    _no_ticks_on_a_missing_axis(ax, latents)
     return fig
 
 

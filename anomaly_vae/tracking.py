@@ -454,6 +454,8 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     title = "Latent means of validation rows" + (
         " and labelled anomalies" if "anomalous" in groups else ""
     )
+    if not getattr(detector.model_, "continuous_latent", True):
+        title += f" ({plots.DISCRETE_LATENT_NOTE})"
     _save(plots.latent_scatter(latents, groups, title), out / "plots" / "latent_means.png")
 
 
@@ -478,7 +480,7 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
 
 def _save(fig: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=plots.DPI)
     plots.close(fig)
 
 

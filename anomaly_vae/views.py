@@ -17,6 +17,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
@@ -28,6 +29,26 @@ logger = logging.getLogger(__name__)
 
 plt = plots.plt
 MAX_TABLE_FEATURES = 6  # table views plot at most this many numeric columns, to stay legible
+# Table views put at most this many column panels side by side: a strip of six panels is
+# shrunk to a third of its height at the width of a page or of the MLflow UI.
+PANEL_COLUMNS = 3
+# The reconstruction heat map leaves out features whose surprise is below this (nats) in
+# every row shown (missing-value indicators of complete columns, say): they are all dark
+# and crowd the ones that matter. The CSV keeps every feature.
+SURPRISE_SHOWN_MIN_NATS = 0.01
+# Image grids: small images are blown up until the grid's longer side is at least this
+# many pixels (under twice as many), each image pixel a whole number of output pixels.
+IMAGE_GRID_PIXELS = 480
+GRID_PADDING = 2  # white pixels between and around the images of a grid
+GRID_TITLE_POINTS = 10
+TITLE_POINTS = 12  # matplotlib's axes title size ("large")
+GRID_LABEL_POINTS = 8
+# Margins of an image grid in inches: around it, per title line, for a line of tick
+# labels and for an axis label.
+GRID_EDGE_INCHES = 0.1
+GRID_TITLE_LINE_INCHES = 0.2
+GRID_TICK_LABEL_INCHES = 0.2
+GRID_AXIS_LABEL_INCHES = 0.25
 
 
 @dataclass
@@ -41,7 +62,7 @@ def save_view(view: View, folder: Path) -> list[Path]:
     """Write ``<folder>/<name>.png`` (and ``.csv`` with a table); return the paths."""
     png = folder / f"{view.name}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    view.figure.savefig(png, dpi=110)
+    view.figure.savefig(png, dpi=plots.DPI)
     plots.close(view.figure)
     paths = [png]
     if view.table is not None:
@@ -69,16 +90,43 @@ def _require_continuous(detector: Any, view: str) -> None:
         raise DataError(f"{detector.effective_config.model.name} has a discrete latent: no {view}")
 
 
-def _image_grid(images: np.ndarray, title: str, columns: int) -> Figure:
-    """Images ``(n, C, H, W)`` in [0, 1] as one grid, drawn pixel for pixel."""
+def _image_grid(
+    images: np.ndarray,
+    title: str,
+    columns: int,
+    row_labels: list[str] | None = None,
+    column_labels: list[str] | None = None,
+    axis_labels: tuple[str, str] = ("", ""),
+) -> Figure:
+    """Images ``(n, C, H, W)`` in [0, 1] as one grid, drawn pixel for pixel.
+
+    ``row_labels`` and ``column_labels`` name the grid's rows and columns ("" leaves a
+    place unnamed); ``axis_labels`` (x, y) say what runs along them. The title is
+    wrapped to the figure's width.
+    """
     from torchvision.utils import make_grid
 
-    grid = make_grid(torch.from_numpy(images).float(), nrow=columns, padding=2, pad_value=1.0)
+    grid = make_grid(
+        torch.from_numpy(images).float(), nrow=columns, padding=GRID_PADDING, pad_value=1.0
+    )
     pixels = grid.permute(1, 2, 0).numpy()
     height, width = pixels.shape[:2]
-    scale = max(1.0, 480 / max(height, width))  # small images are blown up, not blurred
-    fig = plt.figure(figsize=(width * scale / 100, height * scale / 100 + 0.45), dpi=100)
-    ax = fig.add_axes((0, 0, 1, height * scale / (height * scale + 45)))
+    # Whole output pixels per image pixel, at least IMAGE_GRID_PIXELS on the longer side.
+    scale = max(1, math.ceil(IMAGE_GRID_PIXELS / max(height, width)))
+    image_width, image_height = width * scale / plots.DPI, height * scale / plots.DPI
+    label_width = max((len(label) for label in row_labels or []), default=0)
+    left = GRID_EDGE_INCHES + label_width * GRID_LABEL_POINTS * plots.TITLE_CHARACTER_WIDTH / 72
+    left += GRID_AXIS_LABEL_INCHES if axis_labels[1] else 0
+    bottom = GRID_EDGE_INCHES + (GRID_TICK_LABEL_INCHES if column_labels else 0)
+    bottom += GRID_AXIS_LABEL_INCHES if axis_labels[0] else 0
+    fig_width = left + image_width + GRID_EDGE_INCHES
+    wrapped = plots.wrap_title(title, fig_width, GRID_TITLE_POINTS)
+    top = 2 * GRID_EDGE_INCHES + GRID_TITLE_LINE_INCHES * (wrapped.count("\n") + 1)
+    fig_height = bottom + image_height + top
+    fig = plt.figure(figsize=(fig_width, fig_height), dpi=plots.DPI)
+    ax = fig.add_axes(
+        (left / fig_width, bottom / fig_height, image_width / fig_width, image_height / fig_height)
+    )
     ax.imshow(
         pixels if pixels.shape[2] == 3 else pixels[..., 0],
         cmap="gray",
@@ -86,15 +134,51 @@ def _image_grid(images: np.ndarray, title: str, columns: int) -> Figure:
         vmin=0,
         vmax=1,
     )
-    ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
+    ax.set_frame_on(False)
+    ax.tick_params(length=0, labelsize=GRID_LABEL_POINTS)
+    ax.set_xticks(*_grid_ticks(column_labels, images.shape[3]))
+    ax.set_yticks(*_grid_ticks(row_labels, images.shape[2]))
+    ax.set_xlabel(axis_labels[0], fontsize=GRID_LABEL_POINTS)
+    ax.set_ylabel(axis_labels[1], fontsize=GRID_LABEL_POINTS)
+    fig.suptitle(wrapped, fontsize=GRID_TITLE_POINTS, y=1 - GRID_EDGE_INCHES / fig_height, va="top")
     return fig
 
 
-def _panels(count: int, size: float) -> tuple[Figure, np.ndarray]:
-    """One row of ``count`` square panels of ``size`` inches; axes as a ``(1, count)`` array."""
+def _grid_ticks(labels: list[str] | None, side: int) -> tuple[list[float], list[str]]:
+    """Tick positions (grid pixels, at the centres of cells of ``side`` pixels) and the
+    labels of the cells that have one."""
+    named = [(place, label) for place, label in enumerate(labels or []) if label]
+    cell = side + GRID_PADDING
+    centres = [GRID_PADDING + place * cell + (side - 1) / 2 for place, _ in named]
+    return centres, [label for _, label in named]
+
+
+def _ends_labelled(values: np.ndarray) -> list[str]:
+    """Tick labels for a row of cells at ``values``: the first, the middle and the last."""
+    labels = [""] * len(values)
+    for place in (0, len(values) // 2, len(values) - 1):
+        labels[place] = f"{values[place]:g}"
+    return labels
+
+
+def _panels(count: int, size: float) -> tuple[Figure, list[Axes]]:
+    """``count`` square panels of ``size`` inches, at most :data:`PANEL_COLUMNS` a row;
+    the axes in reading order (panels left over are hidden)."""
     count = max(1, count)
-    return plt.subplots(1, count, figsize=(size * count, size), layout="constrained", squeeze=False)
+    columns = min(count, PANEL_COLUMNS)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(size * columns, size * rows), layout="constrained", squeeze=False
+    )
+    flat = list(axes.flat)
+    for ax in flat[count:]:
+        ax.set_axis_off()
+    return fig, flat[:count]
+
+
+def _suptitle(fig: Figure, title: str) -> None:
+    """``title`` over the whole figure, wrapped to its width."""
+    fig.suptitle(plots.wrap_title(title, fig.get_figwidth(), TITLE_POINTS))
 
 
 def _require_rows(X: Any, view: str, needed: int = 2) -> None:
@@ -117,6 +201,14 @@ def _numeric_columns(detector: Any) -> list[str]:
     return [c.name for c in detector.preprocessor_.columns if c.kind == "numeric"][
         :MAX_TABLE_FEATURES
     ]
+
+
+def _columns_note(detector: Any) -> str:
+    """What a table view's figure leaves out, for its title ("" when nothing)."""
+    numeric = sum(c.kind == "numeric" for c in detector.preprocessor_.columns)
+    if numeric <= MAX_TABLE_FEATURES:
+        return ""
+    return f" (the first {MAX_TABLE_FEATURES} of {numeric} numeric columns; all in the CSV)"
 
 
 def _to_rows(
@@ -143,6 +235,7 @@ def generation(
     row of ``count / K`` samples for each of its K classes."""
     cond = None
     title, per_row = f"{count} samples from the prior", math.ceil(math.sqrt(count))
+    row_labels = None
     if detector.model_.condition_dim:
         if condition is not None:
             cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1)
@@ -153,20 +246,21 @@ def generation(
             cond = torch.eye(len(classes)).repeat_interleave(per_row, dim=0)
             count = len(cond)
             title = f"{per_row} samples from the prior per class, a row each: {class_list(classes)}"
+            row_labels = [str(name) for name in classes]
         else:
             raise DataError("a conditional model generates for a condition: pass one")
     generator = torch.Generator().manual_seed(seed)
     samples = detector.model_.generate(count, cond, generator=generator).numpy()
     if _is_image(detector):
-        figure = _image_grid(np.clip(samples, 0, 1), title, columns=per_row)
+        figure = _image_grid(np.clip(samples, 0, 1), title, per_row, row_labels=row_labels)
         return View("01_generated", figure)
     rows = _to_rows(detector, samples, None if cond is None else cond.numpy())
     columns = _numeric_columns(detector)
     fig, axes = _panels(len(columns), 3)
-    for ax, column in zip(axes[0], columns, strict=False):
+    for ax, column in zip(axes, columns, strict=False):
         ax.hist(rows[column].dropna(), bins=20, color="tab:purple", alpha=0.8)
         ax.set(title=column, xlabel="value (original units)", ylabel="generated rows")
-    fig.suptitle(f"{count} rows generated from the prior")
+    _suptitle(fig, f"{count} rows generated from the prior{_columns_note(detector)}")
     return View("01_generated", fig, rows)
 
 
@@ -184,19 +278,26 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
         pairs = np.stack([features, np.clip(rebuilt, 0, 1)], axis=1).reshape(
             -1, *features.shape[1:]
         )
+        columns = min(8, 2 * len(order)) // 2 * 2
         figure = _image_grid(
             pairs,
-            "Most anomalous inputs (left) and reconstructions (right), worst first",
-            columns=min(8, 2 * len(order)) // 2 * 2,
+            "Most anomalous inputs, each beside its reconstruction, worst first",
+            columns,
+            column_labels=["input", "recon."] * (columns // 2),
         )
         return View("02_reconstructions", figure)
     names = detector.preprocessor_.feature_names
     mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(names), bool))()
     names = [n for n, skip in zip(names, mask, strict=True) if not skip]
     surprise = detector.feature_surprise(_take(X, order))
+    id_column = detector.effective_config.data.id_column
+    ids = _row_ids(detector, X, order)
+    rows_named = pd.DataFrame({"row": order, "score": scores[order]})
+    if ids is not None:
+        rows_named.insert(1, id_column, ids)
     table = pd.concat(
         [
-            pd.DataFrame({"row": order, "score": scores[order]}),
+            rows_named,
             pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in names]),
             _to_rows(detector, rebuilt, detector._model_input(_take(X, order))[1]).add_prefix(
                 "reconstructed:"
@@ -204,22 +305,42 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
         ],
         axis=1,
     )
+    shown = surprise.max(axis=0) >= SURPRISE_SHOWN_MIN_NATS
     fig, ax = plt.subplots(
-        figsize=(max(6, 0.5 * len(names) + 2), max(3, 0.35 * len(order) + 1.5)),
+        figsize=(max(6, 0.5 * shown.sum() + 2), max(3, 0.35 * len(order) + 1.5)),
         layout="constrained",
     )
-    image = ax.imshow(surprise, aspect="auto", cmap="magma", interpolation="nearest")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    image = ax.imshow(surprise[:, shown], aspect="auto", cmap="magma", interpolation="nearest")
+    shown_names = [name for name, keep in zip(names, shown, strict=True) if keep]
+    ax.set_xticks(range(len(shown_names)), shown_names, rotation=60, ha="right", fontsize=8)
+    # A row is named by its id where the data has one: the position is that in DATA, or
+    # at fit in a sample of the evaluation rows, which a reader cannot look up.
+    named = [f"row {r}" for r in order] if ids is None else [f"{id_column} {i}" for i in ids]
     ax.set_yticks(
         range(len(order)),
-        [f"row {r} (score {s:.3g})" for r, s in zip(order, scores[order], strict=True)],
+        [f"{name} (score {s:.3g})" for name, s in zip(named, scores[order], strict=True)],
         fontsize=8,
     )
     ax.set_title("What makes the most anomalous rows anomalous (worst on top)")
+    if not shown.all():
+        ax.set_xlabel(
+            f"{(~shown).sum()} features under {SURPRISE_SHOWN_MIN_NATS:g} nats in every row "
+            "left out (all in the CSV)",
+            fontsize=8,
+        )
     # The score also holds the KL term and the spread of z, so a row's surprises need
     # not add up to its score; the labels say which is which.
     fig.colorbar(image, ax=ax, label="surprise at the posterior mean, nats per feature")
     return View("02_reconstructions", fig, table)
+
+
+def _row_ids(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
+    """The id column's values ``(len(rows),)`` of the chosen rows of a table, or None
+    when the model has no id column or X lacks it."""
+    id_column = detector.effective_config.data.id_column
+    if not isinstance(X, pd.DataFrame) or id_column is None or id_column not in X.columns:
+        return None
+    return X[id_column].to_numpy()[rows]
 
 
 def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> View:
@@ -227,27 +348,25 @@ def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> V
     otherwise by anomaly score."""
     _require_rows(X, "latents")  # PCA and a scatter need two points
     latents = detector.encode(X)
+    title = latent_title(detector, "Latent means")
     if labels is not None:
         groups = np.where(np.asarray(labels, bool), "anomalous", "normal").astype(object)
-        return View("03_latent_scatter", plots.latent_scatter(latents, groups, "Latent means"))
-    scores = detector.anomaly_score(X)
-    projected = PCA(n_components=2).fit_transform(latents) if latents.shape[1] > 2 else latents
-    fig, ax = plt.subplots(figsize=plots.FIGSIZE, layout="constrained")
-    points = ax.scatter(
-        projected[:, 0],
-        projected[:, 1] if projected.shape[1] > 1 else 0 * projected[:, 0],
-        c=scores,
-        cmap="viridis",
-        s=8,
+        return View("03_latent_scatter", plots.latent_scatter(latents, groups, title))
+    figure = plots.latent_scatter_by_score(
+        latents,
+        detector.anomaly_score(X),
+        detector.calibration_["score"],
+        f"{title} coloured by anomaly score",
     )
-    fig.colorbar(points, ax=ax, label=f"{detector.calibration_['score']} (higher = more anomalous)")
-    which = "PCA of latent means" if latents.shape[1] > 2 else "latent means"
-    ax.set(
-        title=f"Latent means coloured by anomaly score ({which})",
-        xlabel="component 1" if latents.shape[1] > 2 else "z[0]",
-        ylabel="component 2" if latents.shape[1] > 2 else "z[1]",
-    )
-    return View("03_latent_scatter", fig)
+    return View("03_latent_scatter", figure)
+
+
+def latent_title(detector: Any, title: str) -> str:
+    """``title`` for a latent scatter, saying so for a discrete latent, whose rows share
+    codebook vectors and so are drawn on top of each other."""
+    if getattr(detector.model_, "continuous_latent", True):
+        return title
+    return f"{title} ({plots.DISCRETE_LATENT_NOTE})"
 
 
 def _leading_directions(detector: Any, X: Any | None) -> np.ndarray:
@@ -291,29 +410,47 @@ def manifold(
             condition = cast(np.ndarray, _row_conditions(detector, X, np.array([0])))[0]
         cond = np.repeat(np.asarray(condition, np.float32).reshape(1, -1), len(grid), axis=0)
     decoded = _decode(detector, z, None if cond is None else torch.from_numpy(cond))
-    span = f"[-{extent:g}, {extent:g}]" + ("^2" if len(directions) > 1 else " along z[0]")
+    # What runs along each side of the grid, in prior standard deviations (z ~ N(0, I)).
+    if principal:
+        axes_named = ("principal direction 1", "principal direction 2")
+        span = f"[-{extent:g}, {extent:g}]^2 along the two leading principal directions"
+    elif len(directions) > 1:
+        axes_named, span = ("z[0]", "z[1]"), f"[-{extent:g}, {extent:g}]^2"
+    else:
+        axes_named, span = ("z[0]", ""), f"[-{extent:g}, {extent:g}] along z[0]"
     title = f"Decoded latent grid over {span}"
+    if principal:
+        title += " of the latent means"
     if _is_image(detector):
-        return View("04_manifold", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
+        figure = _image_grid(
+            np.clip(decoded, 0, 1),
+            f"{title} (prior standard deviations)",
+            steps,
+            row_labels=_ends_labelled(values[::-1]) if len(directions) > 1 else None,
+            column_labels=_ends_labelled(values),
+            axis_labels=axes_named,
+        )
+        return View("04_manifold", figure)
     rows = _to_rows(detector, decoded, cond)
     for position, name in reversed(list(enumerate(names))):
         rows.insert(0, name, grid[:, position])
     columns = _numeric_columns(detector)
     fig, axes = _panels(len(columns), 3.2)
-    for ax, column in zip(axes[0], columns, strict=False):
+    for ax, column in zip(axes, columns, strict=False):
         if len(directions) == 1:
             ax.plot(values, rows[column], color="tab:purple")
             ax.set(title=column, xlabel="z[0]", ylabel="decoded (original units)")
             continue
+        # A sequential map: a decoded value has no natural midpoint for a diverging one.
         image = ax.imshow(
             rows[column].to_numpy().reshape(steps, steps),
-            cmap="coolwarm",
+            cmap="viridis",
             extent=(-extent, extent, -extent, extent),
             interpolation="nearest",
         )
-        ax.set(title=column, xlabel="direction 1", ylabel="direction 2")
-        fig.colorbar(image, ax=ax, shrink=0.8)
-    fig.suptitle(f"{title}: decoded value of each column")
+        ax.set(title=column, xlabel=axes_named[0], ylabel=axes_named[1])
+        fig.colorbar(image, ax=ax, shrink=0.8, label="decoded (original units)")
+    _suptitle(fig, f"{title}: decoded value of each column{_columns_note(detector)}")
     return View("04_manifold", fig, rows)
 
 
@@ -338,23 +475,31 @@ def traversal(
     )
     title = (
         f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] "
-        "around the first row"
+        "around the first input"
     )
     if _is_image(detector):
-        figure = _image_grid(np.clip(decoded, 0, 1), f"{title} (one row per dimension)", steps)
+        figure = _image_grid(
+            np.clip(decoded, 0, 1),
+            f"{title} (one row per dimension)",
+            steps,
+            row_labels=[f"z[{dim}]" for dim in range(k)],
+            column_labels=[f"{value:g}" for value in values],
+            axis_labels=("value of the dimension (prior standard deviations)", ""),
+        )
         return View("05_traversal", figure)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
     columns = _numeric_columns(detector)
     fig, axes = _panels(len(columns), 3.2)
-    for ax, column in zip(axes[0], columns, strict=False):
+    for ax, column in zip(axes, columns, strict=False):
         for dim in range(k):
             part = rows[rows["dimension"] == dim]
             ax.plot(part["value"], part[column], label=f"z[{dim}]")
         ax.set(title=column, xlabel="latent value", ylabel="decoded (original units)")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{title} (one line per dimension)")
+    # One legend beside the panels: inside the first one it hid that panel's lines.
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
+    _suptitle(fig, f"{title} (one line per dimension){_columns_note(detector)}")
     return View("05_traversal", fig, rows)
 
 
@@ -377,20 +522,31 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
         None if cond is None else torch.from_numpy(cond),
     )
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
+    position = "position (0 = first input, 1 = second; both decoded)"
     if _is_image(detector):
-        return View("06_interpolation", _image_grid(np.clip(decoded, 0, 1), title, columns=steps))
+        figure = _image_grid(
+            np.clip(decoded, 0, 1),
+            title,
+            steps,
+            column_labels=[f"{weight:.2g}" for weight in weights[:, 0]],
+            axis_labels=(position, ""),
+        )
+        return View("06_interpolation", figure)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "weight", weights[:, 0])
     columns = _numeric_columns(detector)
+    scales = {c.name: c.scale for c in detector.preprocessor_.columns}
+    unit = "ranges" if detector.effective_config.data.scaling == "minmax" else "standard deviations"
     fig, ax = plt.subplots(figsize=plots.FIGSIZE, layout="constrained")
     for column in columns:
         values = rows[column].to_numpy(dtype=float)
-        spread = np.ptp(values) or 1.0
-        ax.plot(rows["weight"], (values - values[0]) / spread, label=column)
+        # In the column's training scale, so that lines compare: each divided by its own
+        # change along the path would end at +-1, a large change and a tiny one alike.
+        ax.plot(rows["weight"], (values - values[0]) / scales[column], label=column)
     ax.set(
-        title=title,
-        xlabel="position (0 = first input, 1 = second)",
-        ylabel="change from the first input (share of its range)",
+        title=plots.wrap_title(f"{title}{_columns_note(detector)}", plots.FIGSIZE[0], TITLE_POINTS),
+        xlabel=position,
+        ylabel=f"change from the first input (training {unit})",
     )
     ax.legend(fontsize=8)
     return View("06_interpolation", fig, rows)

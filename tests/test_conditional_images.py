@@ -269,8 +269,10 @@ def test_a_conditional_image_model_generates_a_row_per_class_without_a_condition
     images, _ = two_classes(5, seed=95)
     made, skipped = views.views_and_skips(cvae, images)
     generated = next(view for view in made if view.name == "01_generated")
-    title = generated.figure._suptitle.get_text()
+    title = generated.figure.get_suptitle().replace("\n", " ")  # wrapped to the figure
     assert title == "32 samples from the prior per class, a row each: h, v"
+    rows = generated.figure.axes[0].get_yticklabels()
+    assert [label.get_text() for label in rows] == ["h", "v"]  # each row names its class
     assert not [reason for reason in skipped if reason.startswith("generate")]
     for view in made:
         views.plots.close(view.figure)

@@ -50,6 +50,71 @@ def test_reconstruction_view_names_the_broken_columns(table_detector):
     assert "reconstructed:load" in table.columns
 
 
+def test_table_views_name_their_axes_units_and_rows(table_detector):
+    test = mixed_table(200, seed=1, anomalies=20)
+    manifold = views.manifold(table_detector, test)  # a 2-D latent: the grid is on z
+    panel = manifold.figure.axes[0]
+    assert (panel.get_xlabel(), panel.get_ylabel()) == ("z[0]", "z[1]")
+    assert manifold.figure.axes[-1].get_ylabel() == "decoded (original units)"  # colour bar
+    assert panel.images[0].get_cmap().name == "viridis"  # sequential: no false midpoint
+
+    # One legend beside the panels, not over the first panel's lines.
+    traversal = views.traversal(table_detector, test)
+    assert len(traversal.figure.legends) == 1
+    assert all(ax.get_legend() is None for ax in traversal.figure.axes)
+
+    # The interpolation's lines are in training standard deviations, so they compare:
+    # each column's own change along the path would take every line to +-1.
+    interpolation = views.interpolation(table_detector, test)
+    ax = interpolation.figure.axes[0]
+    assert ax.get_ylabel() == "change from the first input (training standard deviations)"
+    scale = {c.name: c.scale for c in table_detector.preprocessor_.columns}["load"]
+    load = interpolation.table["load"].to_numpy()
+    line = next(line for line in ax.get_lines() if line.get_label() == "load")
+    np.testing.assert_allclose(line.get_ydata(), (load - load[0]) / scale, rtol=1e-5)
+
+    # Rows by id (at fit the rows are a sample, whose positions say nothing); features
+    # without surprise in any row shown are left out of the figure, not of the CSV.
+    reconstruction = views.reconstructions(table_detector, test, count=5)
+    ax = reconstruction.figure.axes[0]
+    ids = reconstruction.table["reading_id"]
+    assert [t.get_text().split(" (")[0] for t in ax.get_yticklabels()] == [
+        f"reading_id {i}" for i in ids
+    ]
+    shown = [t.get_text() for t in ax.get_xticklabels()]
+    surprise = reconstruction.table.filter(like="surprise:")
+    quiet = surprise.columns[surprise.max() < views.SURPRISE_SHOWN_MIN_NATS]
+    assert not {name.removeprefix("surprise:") for name in quiet} & set(shown)
+    assert len(shown) + len(quiet) == surprise.shape[1]
+    for view in (manifold, traversal, interpolation, reconstruction):
+        views.plots.close(view.figure)
+
+
+def test_image_grids_label_their_rows_and_columns_and_wrap_the_title(image_detector):
+    test = np.concatenate([bars(30, seed=1), bars(5, seed=2, vertical=True)])
+    traversal = views.traversal(image_detector, test)
+    ax = traversal.figure.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z[0]", "z[1]", "z[2]", "z[3]"]
+    assert [t.get_text() for t in ax.get_xticklabels()][::4] == ["-3", "0", "3"]
+    title = traversal.figure.get_suptitle()
+    assert "\n" in title  # wrapped: it ran off both sides of the figure
+    assert title.replace("\n", " ").endswith("(one row per dimension)")
+
+    manifold = views.manifold(image_detector, test)  # a 4-D latent: principal directions
+    ax = manifold.figure.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == (
+        "principal direction 1",
+        "principal direction 2",
+    )
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["3", "0", "-3"]  # 3 on top
+
+    reconstruction = views.reconstructions(image_detector, test, count=4)
+    labels = [t.get_text() for t in reconstruction.figure.axes[0].get_xticklabels()]
+    assert labels == ["input", "recon."] * 4
+    for view in (traversal, manifold, reconstruction):
+        views.plots.close(view.figure)
+
+
 def test_image_views_and_discrete_latents(image_detector, tmp_path):
     test = np.concatenate([bars(30, seed=1), bars(5, seed=2, vertical=True)])
     for view in views.standard_views(image_detector, test):

@@ -1,0 +1,106 @@
+"""The review figures: what a reader needs is in them (read from matplotlib's objects)."""
+
+import numpy as np
+
+from anomaly_vae import plots
+
+
+def _evaluation(auroc: float = 1.0) -> dict:
+    """A perfect detector's evaluation, as calibration.evaluate returns it."""
+    return {
+        "auroc": auroc,
+        "aucpr": auroc,
+        "n_normal": 80,
+        "n_anomalous": 40,
+        "threshold": 23.47,
+        "false_positive_rate": 0.0,
+        "recall": 1.0,
+        "precision": 1.0,
+        "curves": {
+            "roc": {"fpr": [0.0, 0.0, 1.0], "tpr": [0.0, 1.0, 1.0]},
+            "pr": {"recall": [1.0, 1.0, 0.0], "precision": [0.33, 1.0, 1.0]},
+        },
+    }
+
+
+def test_a_long_tail_of_anomalies_gets_a_log_axis_that_keeps_the_normal_rows_apart():
+    rng = np.random.default_rng(0)
+    normal = rng.uniform(7, 25, size=48)  # negative ELBOs in nats
+    anomalous = rng.uniform(80, 320, size=40)
+    fig = plots.score_histogram(normal, 23.5, "negative_elbo", anomalous)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert "nats per row" in ax.get_xlabel() and "log scale" in ax.get_xlabel()
+    # Log bins: the normal rows fill many bins, not the first two or three.
+    normal_bars = [bar for bar in ax.containers[1] if bar.get_height() > 0]
+    assert len(normal_bars) >= 10
+    # Headroom above the bars for the legend in the upper corner.
+    tallest = max(bar.get_height() for bars in ax.containers for bar in bars)
+    assert ax.get_ylim()[1] >= plots.HISTOGRAM_HEADROOM * tallest * 0.999
+    assert "threshold = 23.5" in [text.get_text() for text in ax.get_legend().get_texts()]
+    plots.close(fig)
+
+
+def test_scores_near_zero_or_negative_stay_on_a_linear_axis():
+    rng = np.random.default_rng(1)
+    # Negative ELBOs of images can be negative; an ensemble's percentiles start near 0.
+    for normal, anomalous, name in [
+        (rng.uniform(-170, -40, 31), rng.uniform(-50, 300, 40), "negative_elbo"),
+        (rng.uniform(0.02, 1.0, 48), rng.uniform(1.3, 5.5, 40), "ensemble_rank"),
+    ]:
+        fig = plots.score_histogram(normal, float(normal.max()), name, anomalous)
+        assert fig.axes[0].get_xscale() == "linear", name
+        plots.close(fig)
+
+
+def test_roc_and_pr_name_the_threshold_and_show_a_perfect_curve_inside_the_frame():
+    for make in (plots.roc_curve, plots.pr_curve):
+        fig = make(_evaluation())
+        ax = fig.axes[0]
+        legend = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert "chosen threshold (23.47)" in legend
+        assert any(label.startswith("chance") for label in legend)
+        assert any("= 100.00%" in label for label in legend)  # AUROC / AUCPR
+        # Curves on 0 and 1 are drawn inside the frame, and the point is never clipped.
+        assert ax.get_xlim()[0] < 0 < 1 < ax.get_xlim()[1]
+        assert ax.get_ylim()[0] < 0 < 1 < ax.get_ylim()[1]
+        assert not ax.collections[0].get_clip_on()
+        plots.close(fig)
+
+
+def test_latent_scatter_titles_fit_and_axes_give_the_variance_share():
+    latents = np.random.default_rng(2).normal(size=(60, 8)) * np.arange(8, 0, -1)
+    groups = np.array(["normal"] * 40 + ["anomalous"] * 20, dtype=object)
+    fig = plots.latent_scatter(
+        latents, groups, "Latent means of validation rows and labelled anomalies"
+    )
+    ax = fig.axes[0]
+    # The projection's note on a line of its own, where it was cut off at the right.
+    assert ax.get_title().split("\n") == [
+        "Latent means of validation rows and labelled anomalies",
+        "(PCA of 8 latent dimensions)",
+    ]
+    assert ax.get_xlabel().startswith("principal component 1 (")
+    assert ax.get_xlabel().endswith("% of variance)")
+    # Told apart by marker as well as colour.
+    markers = {tuple(c.get_paths()[0].vertices.round(3).ravel()) for c in ax.collections}
+    assert len(markers) == 2
+    plots.close(fig)
+
+
+def test_latent_scatter_by_score_uses_a_log_colour_scale_for_a_long_tail():
+    rng = np.random.default_rng(3)
+    latents = rng.normal(size=(200, 2))
+    scores = np.r_[rng.uniform(7, 25, 180), rng.uniform(80, 320, 20)]
+    fig = plots.latent_scatter_by_score(latents, scores, "negative_elbo", "Latent means")
+    points = fig.axes[0].collections[0]
+    assert type(points.norm).__name__ == "LogNorm"
+    assert "nats per row" in fig.axes[1].get_ylabel()  # the colour bar
+    assert fig.axes[0].get_xlabel() == "z[0]"
+    plots.close(fig)
+
+
+def test_long_titles_are_wrapped_to_the_figure():
+    title = "Traversal of latent dimensions 0..7 over [-3, 3] around the first row (one row each)"
+    lines = plots.wrap_title(title, 4.8, 10).split("\n")
+    assert len(lines) == 2 and " ".join(lines) == title
