@@ -278,18 +278,9 @@ def _print_schedule_notes(history: Any, config: Config) -> None:
         )
 
 
-def _shown_metric(evaluation: dict[str, Any], name: str) -> str:
-    """``AUROC 93.10% (95% interval 88.02 to 97.13)``: metric ``name`` of an evaluation
-    in percent, with its bootstrap interval when it has one."""
-    text = f"{name.upper()} {100 * evaluation[name]:.2f}%"
-    if f"{name}_interval" in evaluation:
-        low, high = (100 * bound for bound in evaluation[f"{name}_interval"])
-        level = 100 * evaluation["interval_level"]
-        text += f" ({level:g}% interval {low:.2f} to {high:.2f})"
-    return text
-
-
 def _print_fit_summary(result: Any, config: Config) -> None:
+    from anomaly_vae.intervals import shown_metric
+
     detector, rows = result.detector, result.rows
     calibration = detector.calibration_
     n_fit = rows["train"] + rows["validation"] + rows["calibration"]
@@ -331,7 +322,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         click.echo(
             f"Evaluation on {ev['n_normal']:,} normal + {ev['n_anomalous']:,} anomalous "
             f"held-out {unit}: "
-            f"{_shown_metric(ev, 'auroc')}, {_shown_metric(ev, 'aucpr')}, "
+            f"{shown_metric(ev, 'auroc')}, {shown_metric(ev, 'aucpr')}, "
             f"F1-optimal threshold {ev['f1_optimal_threshold']:.6g} (F1 {ev['f1_optimal']:.3f})"
         )
         chosen_here = (
@@ -695,12 +686,14 @@ def calibrate(
         )
     ev = result.evaluation
     if ev is not None:
+        from anomaly_vae.intervals import shown_metric
+
         cm = ev["confusion_matrix"]
         click.echo(
             f"On the labelled {unit} (optimistic): precision {ev['precision']:.3f}, recall "
             f"{ev['recall']:.3f}, false-positive rate {100 * ev['false_positive_rate']:.2f}% "
             f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']}); "
-            f"{_shown_metric(ev, 'auroc')}"
+            f"{shown_metric(ev, 'auroc')}"
         )
     if method != QUANTILE_THRESHOLD:
         click.echo(

@@ -10,6 +10,8 @@ metrics are computed for a whole batch of resamples at once, equal to scikit-lea
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import stats
 
@@ -82,3 +84,14 @@ def metric_intervals(
         "auroc_interval": [float(low[0]), float(high[0])],
         "aucpr_interval": [float(low[1]), float(high[1])],
     }
+
+
+def shown_metric(evaluation: dict[str, Any], name: str) -> str:
+    """``AUROC 93.10% (95% interval 88.02 to 97.13)``: metric ``name`` ("auroc" or
+    "aucpr") of an evaluation in percent, with its bootstrap interval when it has one."""
+    text = f"{name.upper()} {100 * evaluation[name]:.2f}%"
+    if f"{name}_interval" in evaluation:
+        low, high = (100 * bound for bound in evaluation[f"{name}_interval"])
+        level = 100 * evaluation["interval_level"]
+        text += f" ({level:g}% interval {low:.2f} to {high:.2f})"
+    return text

@@ -20,6 +20,8 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
+from anomaly_vae.intervals import shown_metric
+
 FIGSIZE = (6.4, 4.8)
 DPI = 110  # every figure is saved at this resolution: 6.4 x 4.8 in -> 704 x 528 pixels
 HISTOGRAM_BINS = 50
@@ -158,7 +160,7 @@ def roc_curve(evaluation: dict[str, Any]) -> Figure:
     """ROC curve from :func:`anomaly_vae.calibration.evaluate` output."""
     roc = evaluation["curves"]["roc"]
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    ax.plot(roc["fpr"], roc["tpr"], label=f"detector (AUROC = {100 * evaluation['auroc']:.2f}%)")
+    ax.plot(roc["fpr"], roc["tpr"], label=f"detector: {shown_metric(evaluation, 'auroc')}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     _threshold_point(ax, evaluation, evaluation["false_positive_rate"], evaluation["recall"])
     ax.set(
@@ -177,9 +179,7 @@ def pr_curve(evaluation: dict[str, Any]) -> Figure:
     pr = evaluation["curves"]["pr"]
     base_rate = evaluation["n_anomalous"] / (evaluation["n_anomalous"] + evaluation["n_normal"])
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
-    ax.plot(
-        pr["recall"], pr["precision"], label=f"detector (AUCPR = {100 * evaluation['aucpr']:.2f}%)"
-    )
+    ax.plot(pr["recall"], pr["precision"], label=f"detector: {shown_metric(evaluation, 'aucpr')}")
     ax.axhline(
         base_rate, color="grey", linestyle=":", label=f"chance ({100 * base_rate:.1f}% anomalous)"
     )

@@ -10,6 +10,9 @@ def _evaluation(auroc: float = 1.0) -> dict:
     return {
         "auroc": auroc,
         "aucpr": auroc,
+        "auroc_interval": [auroc, auroc],
+        "aucpr_interval": [0.9, auroc],
+        "interval_level": 0.95,
         "n_normal": 80,
         "n_anomalous": 40,
         "threshold": 23.47,
@@ -60,7 +63,12 @@ def test_roc_and_pr_name_the_threshold_and_show_a_perfect_curve_inside_the_frame
         legend = [text.get_text() for text in ax.get_legend().get_texts()]
         assert "chosen threshold (23.47)" in legend
         assert any(label.startswith("chance") for label in legend)
-        assert any("= 100.00%" in label for label in legend)  # AUROC / AUCPR
+        shown = (
+            "AUROC 100.00% (95% interval 100.00"
+            if make is plots.roc_curve
+            else "AUCPR 100.00% (95% interval 90.00 to 100.00)"
+        )
+        assert any(shown in label for label in legend)
         # Curves on 0 and 1 are drawn inside the frame, and the point is never clipped.
         assert ax.get_xlim()[0] < 0 < 1 < ax.get_xlim()[1]
         assert ax.get_ylim()[0] < 0 < 1 < ax.get_ylim()[1]
