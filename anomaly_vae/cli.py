@@ -66,7 +66,7 @@ MODEL_OPTION = click.option(
     metavar="REF",
     help="A saved model folder, or an MLflow model URI such as "
     "models:/anomaly-vae@champion or runs:/<run_id>/model "
-    "[default: the latest model fit in this project folder].",
+    "[default: the model saved last in this project folder, by fit or calibrate].",
 )
 THREADS_OPTION = click.option(
     "--threads",
@@ -166,6 +166,7 @@ def main(verbose: bool) -> None:
 @click.option(
     "--eval",
     "eval_file",
+    metavar="FILE",
     type=click.Path(path_type=Path),
     help="Extra labelled evaluation file (needs --label-col).",
 )

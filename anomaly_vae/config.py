@@ -520,9 +520,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
         (inner,) = [a for a in args if a is not type(None)]
+        # Python's spelling of null, as the comments write it; a text setting keeps the
+        # word, since a column may be called None.
+        python_none = inner is not str and str(value).lower() == "none"
+        if (value is None or python_none) and type(None) in args:
+            return None
         return _coerce(value, inner, key)
     if origin is list:
         if not isinstance(value, (list, tuple)):

@@ -248,7 +248,12 @@ def generation(
             title = f"{per_row} samples from the prior per class, a row each: {class_list(classes)}"
             row_labels = [str(name) for name in classes]
         else:
-            raise DataError("a conditional model generates for a condition: pass one")
+            columns = detector.effective_config.data.condition_columns
+            raise DataError(
+                "a conditional table model generates for one condition: give a value for "
+                f"each of its condition columns ({', '.join(columns)}), on the command line "
+                "--condition COLUMN=VALUE once per column"
+            )
     generator = torch.Generator().manual_seed(seed)
     samples = detector.model_.generate(count, cond, generator=generator).numpy()
     if _is_image(detector):
@@ -473,10 +478,8 @@ def traversal(
         torch.from_numpy(z.reshape(k * steps, -1)),
         None if cond is None else torch.from_numpy(cond),
     )
-    title = (
-        f"Traversal of latent dimensions 0..{k - 1} over [-{extent:g}, {extent:g}] "
-        "around the first input"
-    )
+    dimensions_shown = "latent dimension 0" if k == 1 else f"latent dimensions 0..{k - 1}"
+    title = f"Traversal of {dimensions_shown} over [-{extent:g}, {extent:g}] around the first input"
     if _is_image(detector):
         figure = _image_grid(
             np.clip(decoded, 0, 1),

@@ -183,3 +183,11 @@ def test_settings_chosen_at_fit_are_written_auto_and_read_back():
     assert load_config(overrides=["data.id_column=auto"]).data.id_column == "auto"
     with pytest.raises(ConfigError, match=r"model\.latent_dim must be of type int"):
         load_config(overrides=["model.latent_dim=auto"])
+
+
+def test_python_none_reads_as_null_except_for_text_settings():
+    config = load_config(overrides=["data.image_pool=None", "training.patience=none"])
+    assert config.data.image_pool is None and config.training.patience is None
+    assert load_config(overrides=["data.id_column=None"]).data.id_column == "None"
+    with pytest.raises(ConfigError, match=r"model\.latent_dim must be of type int"):
+        load_config(overrides=["model.latent_dim=None"])

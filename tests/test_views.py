@@ -239,7 +239,7 @@ def test_cvae_generates_for_a_chosen_condition(cvae_detector):
         assert set(rows.table["machine"]) == {machine}  # the condition is written back
     # Normal loads sit 10 units apart between drills and lathes (offsets -5 and +5).
     assert loads["lathe"] - loads["drill"] > 5
-    with pytest.raises(DataError, match="generates for a condition"):
+    with pytest.raises(DataError, match=r"columns \(machine\), on the command line --condition"):
         views.generation(detector)
     # A bare value, as an image model takes its class, is not a table's condition.
     for bare in ("drill", 1):
