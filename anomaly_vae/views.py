@@ -231,8 +231,8 @@ def generation(
 ) -> View:
     """Samples from the prior, decoded: an image grid, or table rows (a CSV in the
     original units, and histograms of them). ``condition``: one condition vector
-    ``(c,)`` for conditional models; without one a conditional image model generates a
-    row of ``count / K`` samples for each of its K classes."""
+    ``(c,)`` for conditional models; without one a conditional image model generates up
+    to ``count / K`` samples for each of its K classes, a block of whole rows each."""
     cond = None
     title, per_row = f"{count} samples from the prior", math.ceil(math.sqrt(count))
     row_labels = None
@@ -241,12 +241,22 @@ def generation(
             cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1)
             cond = cond.repeat(count, 1)
         elif _is_image(detector):
+            # A block of whole rows per class, no wider than the square grid would be:
+            # with two classes one row each was a strip of tiny images.
             classes = detector.condition_names_
-            per_row = max(1, count // len(classes))
-            cond = torch.eye(len(classes)).repeat_interleave(per_row, dim=0)
+            per_class = max(1, count // len(classes))
+            per_row = min(per_row, per_class)
+            rows_per_class = per_class // per_row
+            per_class = per_row * rows_per_class
+            cond = torch.eye(len(classes)).repeat_interleave(per_class, dim=0)
             count = len(cond)
-            title = f"{per_row} samples from the prior per class, a row each: {class_list(classes)}"
-            row_labels = [str(name) for name in classes]
+            block = "a row" if rows_per_class == 1 else f"a block of {rows_per_class} rows"
+            title = (
+                f"{per_class} samples from the prior per class, {block} each: {class_list(classes)}"
+            )
+            row_labels = [
+                str(name) if row == 0 else "" for name in classes for row in range(rows_per_class)
+            ]
         else:
             columns = detector.effective_config.data.condition_columns
             raise DataError(
@@ -426,6 +436,8 @@ def manifold(
     title = f"Decoded latent grid over {span}"
     if principal:
         title += " of the latent means"
+    if cond is not None and _is_image(detector):
+        title += f", class {detector.condition_names_[int(np.argmax(cond[0]))]}"
     if _is_image(detector):
         figure = _image_grid(
             np.clip(decoded, 0, 1),
@@ -571,7 +583,7 @@ def views_and_skips(
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
     ``condition``: ``(c,)`` for a conditional model's generation (without it, none for
-    tables and a row per class for images) and manifold (without it, the first row's)."""
+    tables and a block of rows per class for images) and manifold (without it, the first row's)."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None and not _is_image(detector):

@@ -263,16 +263,27 @@ def test_a_whole_config_is_refused_with_the_call_to_make():
         VAEDetector(tiny_config()).fit(bars(30, seed=0))
 
 
-def test_a_conditional_image_model_generates_a_row_per_class_without_a_condition(cvae):
+def test_a_conditional_image_model_generates_a_block_per_class_without_a_condition(cvae):
     from anomaly_vae import views
 
     images, _ = two_classes(5, seed=95)
     made, skipped = views.views_and_skips(cvae, images)
     generated = next(view for view in made if view.name == "01_generated")
     title = generated.figure.get_suptitle().replace("\n", " ")  # wrapped to the figure
-    assert title == "32 samples from the prior per class, a row each: h, v"
-    rows = generated.figure.axes[0].get_yticklabels()
-    assert [label.get_text() for label in rows] == ["h", "v"]  # each row names its class
+    assert title == "32 samples from the prior per class, a block of 4 rows each: h, v"
+    ax = generated.figure.axes[0]
+    # 8 rows of 8: each class's block is named once, at its first row.
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["h", "v"]
+    grid_height, grid_width = ax.images[0].get_array().shape[:2]
+    cell = (grid_height - views.GRID_PADDING) / 8
+    assert grid_width == grid_height
+    assert ax.get_yticks()[1] - ax.get_yticks()[0] == pytest.approx(4 * cell)
+    manifold = next(view for view in made if view.name == "04_manifold")
+    assert (
+        manifold.figure.get_suptitle()
+        .replace("\n", " ")
+        .endswith(", class h (prior standard deviations)")
+    )  # the first image's class
     assert not [reason for reason in skipped if reason.startswith("generate")]
     for view in made:
         views.plots.close(view.figure)
