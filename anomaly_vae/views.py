@@ -184,7 +184,12 @@ def _suptitle(fig: Figure, title: str) -> None:
 def _require_rows(X: Any, view: str, needed: int = 2) -> None:
     """A one-line error when DATA has fewer than ``needed`` rows (or images)."""
     if len(X) < needed:
-        raise DataError(f"the {view} view needs at least {needed} rows of DATA, got {len(X)}")
+        # Images arrive as an array (n, C, H, W), tables as a frame.
+        noun = "image" if isinstance(X, np.ndarray) and X.ndim == 4 else "row"
+        raise DataError(
+            f"the {view} view needs at least {needed} {noun}{'s' if needed > 1 else ''} "
+            f"of DATA, got {len(X)}"
+        )
 
 
 def _row_conditions(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:

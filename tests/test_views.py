@@ -283,6 +283,11 @@ def test_views_of_one_row_say_they_need_two(table_detector):
     assert [s.split(":")[0] for s in skipped] == ["latents", "interpolation"]
 
 
+def test_image_views_of_one_image_count_images(image_detector):
+    with pytest.raises(DataError, match="at least 2 images of DATA, got 1"):
+        views.interpolation(image_detector, bars(1, seed=3))
+
+
 def test_manifold_tables_hold_grid_coordinates_and_a_1d_latent_is_one_line(table_detector):
     grid = views.manifold(table_detector, steps=5).table
     assert list(grid.columns[:2]) == ["z0", "z1"] and len(grid) == 25
