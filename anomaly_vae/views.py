@@ -210,10 +210,17 @@ def _numeric_columns(detector: Any) -> list[str]:
 
 def _columns_note(detector: Any) -> str:
     """What a table view's figure leaves out, for its title ("" when nothing)."""
-    numeric = sum(c.kind == "numeric" for c in detector.preprocessor_.columns)
-    if numeric <= MAX_TABLE_FEATURES:
-        return ""
-    return f" (the first {MAX_TABLE_FEATURES} of {numeric} numeric columns; all in the CSV)"
+    columns = detector.preprocessor_.columns
+    numeric = sum(c.kind == "numeric" for c in columns)
+    categorical = len(columns) - numeric
+    left_out = []
+    if numeric > MAX_TABLE_FEATURES:
+        left_out.append(f"the first {MAX_TABLE_FEATURES} of {numeric} numeric columns")
+    if categorical:
+        left_out.append(
+            f"{categorical} categorical column{'s' if categorical > 1 else ''} not drawn"
+        )
+    return f" ({'; '.join(left_out)}; all in the CSV)" if left_out else ""
 
 
 def _to_rows(
