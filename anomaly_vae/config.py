@@ -506,7 +506,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
-        if known[name].metadata.get("auto") and str(value).lower() == "auto":
+        if known[name].metadata.get("auto") and str(value).lower() in ("auto", "none"):
             value = None
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")

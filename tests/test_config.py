@@ -186,8 +186,11 @@ def test_settings_chosen_at_fit_are_written_auto_and_read_back():
 
 
 def test_python_none_reads_as_null_except_for_text_settings():
-    config = load_config(overrides=["data.image_pool=None", "training.patience=none"])
+    config = load_config(
+        overrides=["data.image_pool=None", "training.patience=none", "scoring.score=None"]
+    )
     assert config.data.image_pool is None and config.training.patience is None
+    assert config.scoring.score is None  # a text setting chosen at fit: None is auto
     assert load_config(overrides=["data.id_column=None"]).data.id_column == "None"
     with pytest.raises(ConfigError, match=r"model\.latent_dim must be of type int"):
         load_config(overrides=["model.latent_dim=None"])

@@ -1,6 +1,9 @@
 import gc
 import gzip
+import logging
+import sys
 import threading
+import time
 import types
 import warnings
 
@@ -86,8 +89,9 @@ def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
 
 
 def test_rows_with_fewer_fields_than_the_header_are_named_once(tmp_path, caplog):
-    # A blank line (skipped) and a quoted line break must not shift the row numbers.
-    lines = ["id,a,b,c", "r1,1,2,3", "r2,1,2", "", 'r3,"x\ny",2,3', "r4,1", "r5,1,2,"]
+    # Blank lines and lines of spaces (both skipped) and a quoted line break must not
+    # shift the row numbers.
+    lines = ["id,a,b,c", "r1,1,2,3", "r2,1,2", "", "  ", 'r3,"x\ny",2,3', "r4,1", "r5,1,2,"]
     path = tmp_path / "cut.csv"
     path.write_text("\n".join(lines) + "\n")
     chunks = pd.concat(read_csv_chunks(path, chunk_rows=2), ignore_index=True)
@@ -135,7 +139,7 @@ def test_the_field_count_scan_returns_once_pyarrow_lets_go_of_its_row_handler(
     monkeypatch.setattr(tables.pa_csv, "open_csv", open_csv)
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n")
-    assert tables.short_rows(path, ",", "utf-8") == (0, [])
+    assert tables.short_rows(path, ",", "utf-8") == (0, 0, [])
     assert not held
     alive = [
         o
@@ -251,6 +255,29 @@ def test_a_late_byte_that_is_not_utf8_is_named_by_offset_and_line(tmp_path, monk
     for block in (7, 8, 9):  # the offset whatever block boundary cuts a character
         monkeypatch.setattr("anomaly_vae.data.tables.HEADER_BYTES", block)
         assert _first_undecodable(path, "utf-8") == (offset, 32, 0xE9)
+
+
+def test_a_short_row_with_a_byte_that_is_not_utf8_gives_the_error_alone(tmp_path, monkeypatch):
+    printed = []  # what Python would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    monkeypatch.setattr("anomaly_vae.data.tables.HEADER_BYTES", 16)
+    path = tmp_path / "late.csv"
+    path.write_bytes(b"site,x,y\n" + b"zurich,1,2\n" * 10 + b"caf\xe9,2\n")
+    with pytest.raises(DataError, match="byte 0xe9 at offset"):
+        read_table(path)
+    # pyarrow fails to decode the row for the field-count scan's handler: Python printed
+    # that as "Exception ignored in ..." with a traceback before the error.
+    assert not printed
+
+
+def test_the_field_count_scan_does_not_wait_on_a_kept_debug_record(tmp_path, caplog):
+    caplog.set_level(logging.DEBUG, logger="anomaly_vae.data.tables")
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"a,b\n1,2\n" + b"\xff\xfe,1\n")
+    started = time.monotonic()
+    assert tables.short_rows(path, ",", "utf-8") == (0, 0, [])
+    assert "field-count scan" in caplog.text  # the record is kept by caplog ...
+    assert time.monotonic() - started < 1  # ... and holds no reference to the handler
 
 
 def test_missing_file_and_folder(tmp_path):

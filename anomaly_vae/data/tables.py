@@ -6,6 +6,7 @@ import codecs
 import contextlib
 import logging
 import re
+import sys
 import time
 import warnings
 import weakref
@@ -207,8 +208,9 @@ def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> 
         refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
-def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, list[int]]:
-    """``(header fields, 1-based data rows with fewer fields)`` of a CSV file.
+def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, int, list[int]]:
+    """``(header fields, how many data rows have fewer, the first SHORT_ROWS_SHOWN of
+    them as 1-based data rows)`` of a CSV file.
 
     pandas fills the missing fields of such a row with missing values, as if they were
     empty, so a line cut off (a file copied while it was written) or a cell lost in an
@@ -224,14 +226,21 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, li
     active exception") instead of the error's exit code 1; so this returns only once the
     handler is released.
     """
-    short: list[int] = []
-    fields = 0
+    first: list[int] = []
+    fields = count = blank = 0
 
     def note(row: Any) -> str:  # pyarrow.csv.InvalidRow; the row is left out of the scan
-        nonlocal fields
+        nonlocal fields, count, blank
         fields = row.expected_columns
-        if row.actual_columns < row.expected_columns and row.number is not None:
-            short.append(row.number - 1)  # number counts the header and no blank line
+        if row.actual_columns >= row.expected_columns or row.number is None:
+            return "skip"
+        if not row.text.strip():
+            blank += 1  # pandas skips a line of spaces, as it does an empty one
+        else:
+            count += 1
+            if len(first) < SHORT_ROWS_SHOWN:
+                # number counts the header and the lines of spaces, not empty lines
+                first.append(row.number - 1 - blank)
         return "skip"
 
     handler = weakref.ref(note)
@@ -240,53 +249,72 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, li
     deadline = time.monotonic() + HANDLER_RELEASE_SECONDS
     while handler() is not None and time.monotonic() < deadline:
         time.sleep(0.001)
-    return (fields, short) if scanned else (0, [])
+    return (fields, count, first) if scanned else (0, 0, [])
 
 
 def _scan_fields(path: str | Path, separator: str, encoding: str, note: Any) -> bool:
     """Run every row of a CSV file past ``note`` (see :func:`short_rows`); False when
     pyarrow cannot read the file."""
+    # pyarrow calls the handler with the row's text decoded; bytes that are not in the
+    # encoding fail there, before the handler runs, and Python would print that with a
+    # traceback. The scan then says nothing more (pandas names the bytes).
+    with _unraisable_collected() as unraisable:
+        try:
+            reader = pa_csv.open_csv(
+                path,
+                # One thread: only then does pyarrow know each row's number.
+                read_options=pa_csv.ReadOptions(
+                    use_threads=False,
+                    block_size=SCAN_BLOCK_BYTES,
+                    encoding=encoding,
+                    autogenerate_column_names=True,  # the header is row 1, counted like the rest
+                ),
+                parse_options=pa_csv.ParseOptions(
+                    delimiter=separator, newlines_in_values=True, invalid_row_handler=note
+                ),
+                convert_options=pa_csv.ConvertOptions(
+                    include_columns=["f0"], column_types={"f0": pa.string()}
+                ),
+            )
+            with reader:
+                for _ in reader:
+                    pass
+        except (pa.ArrowException, OSError, UnicodeError) as exc:
+            # The text, not the exception: a kept log record would keep its traceback,
+            # and with it the row handler, alive.
+            logger.debug("field-count scan of %s skipped: %s", path, str(exc))
+            return False
+    return not unraisable
+
+
+@contextlib.contextmanager
+def _unraisable_collected() -> Iterator[list[Any]]:
+    """Collect the exceptions Python would print as "Exception ignored in ..." (those
+    raised where no caller can catch them) instead of printing them."""
+    caught: list[Any] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = caught.append
     try:
-        reader = pa_csv.open_csv(
-            path,
-            # One thread: only then does pyarrow know each row's number.
-            read_options=pa_csv.ReadOptions(
-                use_threads=False,
-                block_size=SCAN_BLOCK_BYTES,
-                encoding=encoding,
-                autogenerate_column_names=True,  # the header is row 1, counted like the rest
-            ),
-            parse_options=pa_csv.ParseOptions(
-                delimiter=separator, newlines_in_values=True, invalid_row_handler=note
-            ),
-            convert_options=pa_csv.ConvertOptions(
-                include_columns=["f0"], column_types={"f0": pa.string()}
-            ),
-        )
-        with reader:
-            for _ in reader:
-                pass
-    except (pa.ArrowException, OSError, UnicodeError) as exc:
-        logger.debug("field-count scan of %s skipped: %s", path, exc)
-        return False
-    return True
+        yield caught
+    finally:
+        sys.unraisablehook = previous
 
 
 def _warn_short_rows(path: str | Path, separator: str, encoding: str) -> None:
     """Warn, naming the rows, when rows of a CSV file have fewer fields than its header:
     their missing fields are read as missing values (see :func:`short_rows`)."""
-    fields, rows = short_rows(path, separator, encoding)
-    if not rows:
+    fields, count, rows = short_rows(path, separator, encoding)
+    if not count:
         return
-    more = f" and {len(rows) - SHORT_ROWS_SHOWN:,} more" if len(rows) > SHORT_ROWS_SHOWN else ""
+    more = f" and {count - len(rows):,} more" if count > len(rows) else ""
     logger.warning(
         "%s: %s fewer fields than its header's %d (a line cut off, or a cell lost?), "
         "read with the missing fields empty: %s %s%s",
         Path(path).name,
-        f"{len(rows):,} rows have" if len(rows) > 1 else "1 row has",
+        f"{count:,} rows have" if count > 1 else "1 row has",
         fields,
-        "rows" if len(rows) > 1 else "row",
-        ", ".join(str(row) for row in rows[:SHORT_ROWS_SHOWN]),
+        "rows" if count > 1 else "row",
+        ", ".join(str(row) for row in rows),
         more,
     )
 
