@@ -19,7 +19,7 @@ from sklearn import metrics
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS as LABELLED_METHODS
 from anomaly_vae.config import QUANTILE_THRESHOLD as QUANTILE
 from anomaly_vae.config import EvaluationConfig
-from anomaly_vae.intervals import metric_intervals
+from anomaly_vae.intervals import MIN_CLASS_ROWS, metric_intervals
 
 logger = logging.getLogger(__name__)
 
@@ -191,10 +191,17 @@ def evaluate(
     interval: dict[str, Any] = {}
     if intervals is not None and intervals.interval_resamples > 0:
         level, resamples = intervals.interval_level, intervals.interval_resamples
-        interval = {
-            **metric_intervals(labels, scores, level, resamples, seed),
-            "interval_level": level,
-        }
+        interval = {**metric_intervals(labels, scores, level, resamples, seed)}
+        if interval:
+            interval["interval_level"] = level
+        else:
+            logger.warning(
+                "no bootstrap interval of AUROC and AUCPR: the labelled rows hold %d normal "
+                "and %d anomalous (it needs %d of each)",
+                (~labels).sum(),
+                labels.sum(),
+                MIN_CLASS_ROWS,
+            )
     return {
         "n_normal": int((~labels).sum()),
         "n_anomalous": int(labels.sum()),

@@ -15,7 +15,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-BATCH_CELLS = 10_000_000  # resampled scores held at once (float64: about 80 MB)
+# Resampled scores ranked at once: about 80 bytes of working arrays each, so about 80 MB
+# (10,000,000 took 790 MB, and was slower: 3.0 s against 1.3 s for 10,000 rows).
+BATCH_CELLS = 1_000_000
+MIN_CLASS_ROWS = 2  # rows of each class an interval needs (scipy's bootstrap needs 2)
 
 
 def ranked_metrics(normal: np.ndarray, anomalous: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -64,10 +67,16 @@ def metric_intervals(
     bootstrap intervals at confidence ``level`` (e.g. 0.95) from ``resamples`` stratified
     resamples of ``labels (n,)`` (True = anomaly) and ``scores (n,)``, seeded by ``seed``.
 
-    Cost: one sort per resample; about 3 s for 10,000 rows and 1,000 resamples on one core.
+    Empty when either class has fewer than ``MIN_CLASS_ROWS`` rows: one anomaly gives
+    every resample the same ranks to choose from, and no interval worth the name.
+
+    Cost: one sort per resample; about 1.3 s for 10,000 rows and 1,000 resamples on one
+    core.
     """
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
+    if min(labels.sum(), (~labels).sum()) < MIN_CLASS_ROWS:
+        return {}
     result = stats.bootstrap(
         (scores[~labels], scores[labels]),
         ranked_metrics,

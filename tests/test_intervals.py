@@ -48,3 +48,21 @@ def test_intervals_hold_the_estimate_narrow_with_more_anomalies_and_repeat_by_se
     assert again == metric_intervals(*few, level=0.95, resamples=500, seed=0)
     narrower = metric_intervals(*few, level=0.5, resamples=500, seed=0)["auroc_interval"]
     assert np.diff(narrower).item() < width["few"]
+
+
+def test_too_few_rows_of_a_class_give_no_interval_and_few_resamples_are_refused():
+    from anomaly_vae.config import load_config
+    from anomaly_vae.errors import ConfigError
+
+    scores = np.arange(12.0)
+    for anomalous in (1, 11):  # one anomaly, or one normal row
+        labels = np.arange(12) >= 12 - anomalous
+        assert metric_intervals(labels, scores, level=0.95, resamples=200, seed=0) == {}
+    labels = np.arange(12) >= 10  # two of each class are enough
+    assert set(metric_intervals(labels, scores, 0.95, 200, 0)) == {
+        "auroc_interval",
+        "aucpr_interval",
+    }
+    with pytest.raises(ConfigError, match="0 \\(no intervals\\) or at least 100"):
+        load_config(overrides=["evaluation.interval_resamples=1"])
+    assert load_config(overrides=["evaluation.interval_resamples=0"]).evaluation

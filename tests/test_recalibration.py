@@ -221,3 +221,18 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     assert again.exit_code == 0, again.output
     run = client.get_run(client.get_model_version("pumps", "3").run_id)
     assert run.data.tags["source_model_version"] == "pumps/2"
+
+
+def test_one_labelled_anomaly_is_evaluated_without_an_interval(tmp_path, monkeypatch, caplog):
+    # A bootstrap needs two rows of each class; with one anomaly fit and calibrate still
+    # report AUROC (without an interval) and save their model.
+    monkeypatch.chdir(tmp_path)
+    mixed_table(400, seed=0, anomalies=1).to_csv("labelled.csv", index=False)
+    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
+    calibrated = _calibrate("m", "--method", "f1", "--no-tracking")
+    for result in (fitted, calibrated):
+        assert result.exit_code == 0, result.output
+        assert "AUROC" in result.output and "interval" not in result.output
+    said = [r.getMessage() for r in caplog.records if "no bootstrap interval" in r.getMessage()]
+    assert len(said) == 2 and all("1 anomalous (it needs 2 of each)" in text for text in said)
