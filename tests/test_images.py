@@ -68,8 +68,10 @@ def test_image_detector_saves_and_loads(tmp_path, name, pool):
     pd.testing.assert_frame_equal(loaded.score_frame(test), detector.score_frame(test))
     with pytest.raises(DataError, match="takes grey 28 x 28 images, these are grey 8 x 8"):
         loaded.anomaly_score(bars(5, seed=0, size=8))
-    with pytest.raises(DataError, match=r"these are colour 28 x 28 \(shape \(3, 28, 28\)\): conv"):
-        loaded.anomaly_score(np.repeat(test, 3, axis=1))
+    # The same pictures saved in colour: a grey model scores their grey levels.
+    np.testing.assert_array_equal(
+        loaded.anomaly_score(np.repeat(test, 3, axis=1)), loaded.anomaly_score(test)
+    )
 
 
 def test_nan_or_out_of_range_pixels_are_refused_not_scored():
@@ -255,7 +257,9 @@ def test_a_picture_reads_the_same_whatever_png_mode_it_was_saved_in(tmp_path):
     assert mixed.shape == (4, 3, 16, 16) and (mixed[3] == grey).all()
 
 
-def test_a_grey_picture_saved_as_colour_reads_as_grey_and_a_colour_model_takes_grey(tmp_path):
+def test_grey_pictures_saved_as_colour_read_as_grey_and_each_model_takes_the_other_kind(
+    tmp_path, caplog
+):
     grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
     (tmp_path / "grey").mkdir()
     rgb = Image.fromarray(grey).convert("RGB")
@@ -277,7 +281,8 @@ def test_a_grey_picture_saved_as_colour_reads_as_grey_and_a_colour_model_takes_g
     Image.fromarray(tinted.astype(np.uint8)).save(tmp_path / "grey" / "e.png")
     assert read_images(tmp_path / "grey").images.shape == (5, 3, 16, 16)
     # A colour model scores grey images as grey pictures in colour, as a folder of grey
-    # and colour images is read; a grey model still refuses colour.
+    # and colour images is read; a grey model scores colour images by their luma, as PIL
+    # converts them to grey, and says how many were not grey.
     colour = np.repeat(bars(4, seed=5), 3, axis=1)
     colour[:, 2] //= 2
     for_colour = ImagePreprocessor().fit(colour)
@@ -285,8 +290,13 @@ def test_a_grey_picture_saved_as_colour_reads_as_grey_and_a_colour_model_takes_g
         for_colour.transform(images.images[:1]),
         for_colour.transform(np.repeat(images.images[:1], 3, axis=1)),
     )
-    with pytest.raises(DataError, match="takes grey 16 x 16 images, these are colour"):
-        ImagePreprocessor().fit(images.images[:1]).transform(colour)
+    for_grey = ImagePreprocessor().fit(images.images[:1])
+    pil_grey = [Image.fromarray(image.transpose(1, 2, 0).copy()).convert("L") for image in colour]
+    np.testing.assert_array_equal(
+        for_grey.transform(colour)[:, 0],
+        np.stack([np.asarray(image) for image in pil_grey]).astype(np.float32) / 255,
+    )
+    assert "4 of 4 images are colour and are scored by their grey levels" in caplog.text
 
 
 def test_float_images_read_as_grey_levels_and_unscaled_ones_are_refused(tmp_path):

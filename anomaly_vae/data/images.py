@@ -47,6 +47,8 @@ GREY_SPREAD = 1
 # (2**32 - 1) / 255, so that the brightest level stays the brightest.
 GREY_16BIT = 257
 GREY_32BIT = 16843009
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, PIL's grey of an RGB image
+LUMA_FIXED_POINT = (19595, 38470, 7471)  # the same in PIL's 16-bit fixed point
 
 
 @dataclass
@@ -339,6 +341,30 @@ def _grey_if_channels_agree(rgb: np.ndarray) -> Image.Image:
     return image.convert("L") if spread.max(initial=0) <= GREY_SPREAD else image
 
 
+def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
+    """Colour images ``(n, 3, H, W)`` as grey ``(n, 1, H, W)``, their luma, as PIL's
+    ``convert("L")`` gives it (the grey of a picture read as grey at fit), with a warning
+    naming how many differ from grey: a folder with one colour image among grey ones is
+    read as colour, and a grey model would otherwise refuse all of it."""
+    spread = images.max(axis=1).astype(np.float64) - images.min(axis=1)
+    colour = int((spread.reshape(len(images), -1).max(axis=1, initial=0) > GREY_SPREAD).sum())
+    if colour:
+        logger.warning(
+            "the model was trained on grey images: %d of %d images are colour and are "
+            "scored by their grey levels (luma), so colour alone does not make them "
+            "anomalous",
+            colour,
+            len(images),
+        )
+    if images.dtype == np.uint8:
+        # ITU-R 601-2 luma in PIL's fixed point: (R 19595 + G 38470 + B 7471 + 2^15) >> 16
+        weights = np.array(LUMA_FIXED_POINT, dtype=np.int64).reshape(1, 3, 1, 1)
+        luma = ((images.astype(np.int64) * weights).sum(axis=1, keepdims=True) + (1 << 15)) >> 16
+        return luma.astype(np.uint8)
+    weights = np.array(LUMA_WEIGHTS, dtype=np.float32).reshape(1, 3, 1, 1)
+    return (images.astype(np.float32) * weights).sum(axis=1, keepdims=True)
+
+
 def _float_grey(levels: np.ndarray) -> Image.Image:
     """Float grey levels in [0, 1] or [0, 255] as an 8-bit grey image (see ``to_8bit``)."""
     if not np.isfinite(levels).all():
@@ -450,6 +476,8 @@ class ImagePreprocessor:
             # Grey images for a colour model: each level in R, G and B, as a folder of grey
             # and colour images is read.
             array = np.repeat(array, COLOUR_CHANNELS, axis=1)
+        elif array.shape[1] == COLOUR_CHANNELS and self.shape[0] == 1:
+            array = _grey_for_grey_model(array)
         if tuple(array.shape[1:]) != self.shape:
             given = tuple(array.shape[1:])
             fix = (
