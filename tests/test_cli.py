@@ -413,7 +413,7 @@ def test_help_documents_options_with_defaults(command):
         assert "--label-col" in text and "--set KEY=VALUE" in text
         assert "default: tracking.register_champion = False" in text
     if command == ["score"]:
-        assert "default: the latest model fit in this project folder" in text
+        assert "default: the model saved last in this project folder, by fit or" in text
     if command == ["ui"]:
         assert "default: 5000" in text
     if command == ["calibrate"]:
