@@ -3,9 +3,13 @@
 Labelled evaluation sets often hold few anomalies (tens), and their AUROC and AUCPR
 then move by points with a row more or less; the interval says how far. Normal and
 anomalous rows are resampled apart (a stratified bootstrap: every resample keeps the
-class counts, so both metrics stay defined) with scipy's percentile bootstrap. Both
-metrics are computed for a whole batch of resamples at once, equal to scikit-learn's
-``roc_auc_score`` and ``average_precision_score`` (ties included).
+class counts, so both metrics stay defined), and the interval is the percentile one.
+
+A resample is a count of draws per row, so the rows are placed in order of score once and
+each resample's metrics are weighted sums along that order, rather than a sort per
+resample as scipy.stats.bootstrap would run the statistic: 1,000 resamples of 300,000
+rows take 4 s instead of 54 s with 10% anomalies, 0.5 s with 1%. The metrics equal
+scikit-learn's ``roc_auc_score`` and ``average_precision_score``, ties included.
 """
 
 from __future__ import annotations
@@ -13,49 +17,33 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
-# Resampled scores ranked at once: about 80 bytes of working arrays each, so about 80 MB
-# (10,000,000 took 790 MB, and was slower: 3.0 s against 1.3 s for 10,000 rows).
-BATCH_CELLS = 1_000_000
-MIN_CLASS_ROWS = 2  # rows of each class an interval needs (scipy's bootstrap needs 2)
+# Resampled counts per bin held at once: about 50 bytes of working arrays each (100 MB).
+BATCH_CELLS = 2_000_000
+# A multinomial draw costs about as much per bin as drawing 6 rows and counting them
+# (numpy 2, 10,000 to 270,000 rows in 500 to 60,000 bins).
+MULTINOMIAL_BIN_COST = 6
+MIN_CLASS_ROWS = 2  # rows of each class an interval needs (one anomaly: no spread to see)
 
 
-def ranked_metrics(normal: np.ndarray, anomalous: np.ndarray, axis: int = -1) -> np.ndarray:
-    """``(2, *batch)``: AUROC and average precision (AUCPR) of anomaly scores
-    ``anomalous`` (higher = more anomalous) against ``normal``, along ``axis``; the other
-    axes are batch axes, alike in both (scipy's vectorised statistic).
+def grouped_metrics(normal_counts: np.ndarray, anomalous_counts: np.ndarray) -> np.ndarray:
+    """``(2, *batch)``: AUROC and average precision (AUCPR) of weighted rows, from the
+    weight of the normal and of the anomalous rows in each group of equal scores,
+    ``(*batch, groups)`` with the groups in descending order of score.
 
-    >>> ranked_metrics(np.array([0.1, 0.4, 0.4]), np.array([0.4, 0.9])).round(4).tolist()
+    >>> grouped_metrics(np.array([0.0, 2, 1]), np.array([1.0, 1, 0])).round(4).tolist()
     [0.8333, 0.75]
     """
-    normal = np.moveaxis(np.asarray(normal, dtype=np.float64), axis, -1)
-    anomalous = np.moveaxis(np.asarray(anomalous, dtype=np.float64), axis, -1)
-    n_normal, n_anomalous = normal.shape[-1], anomalous.shape[-1]
-    scores = np.concatenate([normal, anomalous], axis=-1)
-    is_anomaly = np.zeros(scores.shape)
-    is_anomaly[..., n_normal:] = 1.0
-    order = np.argsort(-scores, axis=-1, kind="stable")  # highest first
-    scores = np.take_along_axis(scores, order, axis=-1)
-    is_anomaly = np.take_along_axis(is_anomaly, order, axis=-1)
-    # A threshold falls between distinct scores only: each row takes the first and last
-    # position of its run of equal scores.
-    position = np.arange(scores.shape[-1])
-    edge = np.ones((*scores.shape[:-1], 1), dtype=bool)
-    differs = scores[..., 1:] != scores[..., :-1]
-    starts = np.concatenate([edge, differs], axis=-1)
-    ends = np.concatenate([differs, edge], axis=-1)
-    run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=-1)
-    run_end = np.where(ends, position, position.size)
-    run_end = np.flip(np.minimum.accumulate(np.flip(run_end, -1), axis=-1), -1)
+    flagged_anomalies = np.cumsum(anomalous_counts, axis=-1)  # at each group's threshold
+    flagged_normals = np.cumsum(normal_counts, axis=-1)
+    anomalies, normals = flagged_anomalies[..., -1], flagged_normals[..., -1]
+    # AUROC: the share of (normal, anomaly) pairs ranked right, ties counting half.
+    normals_above = flagged_normals - normal_counts
+    wrong = (anomalous_counts * (normals_above + normal_counts / 2)).sum(axis=-1)
+    auroc = 1 - wrong / (anomalies * normals)
     # Average precision: each anomaly adds the precision of the threshold that flags it.
-    flagged_anomalies = np.take_along_axis(np.cumsum(is_anomaly, axis=-1), run_end, axis=-1)
-    precision = flagged_anomalies / (run_end + 1)
-    average_precision = (is_anomaly * precision).sum(axis=-1) / n_anomalous
-    # AUROC as the Mann-Whitney statistic, from the anomalies' ascending mid-ranks.
-    rank = position.size - (run_start + run_end) / 2
-    rank_sum = (is_anomaly * rank).sum(axis=-1)
-    auroc = (rank_sum - n_anomalous * (n_anomalous + 1) / 2) / (n_normal * n_anomalous)
+    precision = flagged_anomalies / np.maximum(flagged_anomalies + flagged_normals, 1)
+    average_precision = (anomalous_counts * precision).sum(axis=-1) / anomalies
     # Summed in floating point, a perfect ranking can come out a hair above 1.
     return np.clip(np.stack([auroc, average_precision]), 0.0, 1.0)
 
@@ -70,29 +58,60 @@ def metric_intervals(
     Empty when either class has fewer than ``MIN_CLASS_ROWS`` rows: one anomaly gives
     every resample the same ranks to choose from, and no interval worth the name.
 
-    Cost: one sort per resample; about 1.3 s for 10,000 rows and 1,000 resamples on one
-    core.
+    Cost, 1,000 resamples on one core: 0.2 s for 10,000 rows with 10% anomalies, 4 s
+    for 300,000 (0.5 s with 1% anomalies), 15 s for 1,000,000.
     """
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
     if min(labels.sum(), (~labels).sum()) < MIN_CLASS_ROWS:
         return {}
-    result = stats.bootstrap(
-        (scores[~labels], scores[labels]),
-        ranked_metrics,
-        n_resamples=resamples,
-        batch=max(1, BATCH_CELLS // len(scores)),
-        vectorized=True,
-        paired=False,
-        confidence_level=level,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    low, high = result.confidence_interval
+    normal_bin, anomalous_bin, bins = _score_bins(scores[~labels], scores[labels])
+    rng = np.random.default_rng(seed)
+    per_batch = max(1, BATCH_CELLS // bins)
+    found = []
+    for start in range(0, resamples, per_batch):
+        size = min(per_batch, resamples - start)
+        found.append(
+            grouped_metrics(
+                _resampled_counts(normal_bin, bins, size, rng),
+                _resampled_counts(anomalous_bin, bins, size, rng),
+            )
+        )
+    values = np.concatenate(found, axis=1)
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2], axis=1)
     return {
         "auroc_interval": [float(low[0]), float(high[0])],
         "aucpr_interval": [float(low[1]), float(high[1])],
     }
+
+
+def _score_bins(normal: np.ndarray, anomalous: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(bin of each normal score, bin of each anomalous score, bins)``: bins in
+    descending order of score, one per distinct anomalous score (with the normal scores
+    equal to it) and one for the normal scores between two of those. Both metrics count
+    only how many normal rows rank above or level with each anomaly, so this coarser
+    grouping gives them exactly, on 2a + 1 bins for a distinct anomalous scores."""
+    distinct = np.unique(-anomalous)  # negated: ascending order, highest score first
+    place = np.searchsorted(distinct, -anomalous)
+    between = np.searchsorted(distinct, -normal)
+    level = distinct[np.minimum(between, len(distinct) - 1)] == -normal
+    return 2 * between + level, 2 * place + 1, 2 * len(distinct) + 1
+
+
+def _resampled_counts(
+    row_bin: np.ndarray, bins: int, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``(size, bins)``: how many of ``len(row_bin)`` rows drawn with replacement fall in
+    each bin, for ``size`` resamples; ``row_bin (n,)`` is each row's bin. With few bins
+    for the rows, drawn as the multinomial counts they are, without drawing the rows."""
+    rows = len(row_bin)
+    if bins * MULTINOMIAL_BIN_COST < rows:
+        shares = np.bincount(row_bin, minlength=bins) / rows
+        return rng.multinomial(rows, shares, size=size).astype(np.float64)
+    drawn = row_bin[rng.integers(0, rows, size=(size, rows))]
+    drawn += bins * np.arange(size)[:, None]  # one block of bins per resample
+    counts = np.bincount(drawn.ravel(), minlength=size * bins)
+    return counts.reshape(size, bins).astype(np.float64)
 
 
 def shown_metric(evaluation: dict[str, Any], name: str) -> str:

@@ -4,23 +4,32 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from anomaly_vae.intervals import metric_intervals, ranked_metrics
+from anomaly_vae.intervals import _score_bins, grouped_metrics, metric_intervals
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_ranked_metrics_equal_scikit_learns_for_every_resample_of_a_batch(tied):
+def test_metrics_of_resampled_counts_equal_scikit_learns_with_those_weights(tied):
+    # A resample weighs each row by how often it was drawn; the metrics, from counts per
+    # bin of scores, must equal scikit-learn's with those weights on the rows.
     rng = np.random.default_rng(0)
-    normal = rng.normal(0, 1, (6, 40))
-    anomalous = rng.normal(1, 1, (6, 7))
+    normal, anomalous = rng.normal(0, 1, 40), rng.normal(1, 1, 7)
     if tied:  # whole numbers: many ties, within and across the classes
         normal, anomalous = np.round(normal), np.round(anomalous)
-    got = ranked_metrics(normal, anomalous)
-    assert got.shape == (2, 6)
+    normal_bin, anomalous_bin, bins = _score_bins(normal, anomalous)
     labels = np.r_[np.zeros(40), np.ones(7)]
-    for i in range(6):
-        scores = np.r_[normal[i], anomalous[i]]
-        assert got[0, i] == pytest.approx(metrics.roc_auc_score(labels, scores))
-        assert got[1, i] == pytest.approx(metrics.average_precision_score(labels, scores))
+    for draws in range(6):
+        weights = rng.integers(0, 3, size=47) if draws else np.ones(47, dtype=int)
+        weights[[0, 40]] = 1  # each class keeps a row
+        got = grouped_metrics(
+            np.bincount(normal_bin, weights[:40], minlength=bins),
+            np.bincount(anomalous_bin, weights[40:], minlength=bins),
+        )
+        scores = np.r_[normal, anomalous]
+        expected = [
+            metrics.roc_auc_score(labels, scores, sample_weight=weights),
+            metrics.average_precision_score(labels, scores, sample_weight=weights),
+        ]
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_intervals_hold_the_estimate_narrow_with_more_anomalies_and_repeat_by_seed():
@@ -66,3 +75,16 @@ def test_too_few_rows_of_a_class_give_no_interval_and_few_resamples_are_refused(
     with pytest.raises(ConfigError, match="0 \\(no intervals\\) or at least 100"):
         load_config(overrides=["evaluation.interval_resamples=1"])
     assert load_config(overrides=["evaluation.interval_resamples=0"]).evaluation
+
+
+@pytest.mark.parametrize("bin_cost", [0, 10**9])  # multinomial counts, or rows drawn
+def test_both_ways_of_resampling_draw_each_bin_as_often_as_it_holds_rows(bin_cost, monkeypatch):
+    from anomaly_vae import intervals
+
+    monkeypatch.setattr(intervals, "MULTINOMIAL_BIN_COST", bin_cost)
+    row_bin = np.repeat([0, 2, 3], [50, 30, 20])  # bin 1 holds no row
+    counts = intervals._resampled_counts(row_bin, 4, 4000, np.random.default_rng(0))
+    assert counts.shape == (4000, 4) and (counts.sum(axis=1) == 100).all()
+    np.testing.assert_allclose(counts.mean(axis=0), [50, 0, 30, 20], atol=0.5)
+    shares = np.array([0.5, 0.0, 0.3, 0.2])  # binomial spread of each bin's count
+    np.testing.assert_allclose(counts.std(axis=0), np.sqrt(100 * shares * (1 - shares)), rtol=0.05)

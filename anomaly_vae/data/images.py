@@ -358,9 +358,9 @@ def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
         )
     if images.dtype == np.uint8:
         # ITU-R 601-2 luma in PIL's fixed point: (R 19595 + G 38470 + B 7471 + 2^15) >> 16
-        weights = np.array(LUMA_FIXED_POINT, dtype=np.int64).reshape(1, 3, 1, 1)
-        luma = ((images.astype(np.int64) * weights).sum(axis=1, keepdims=True) + (1 << 15)) >> 16
-        return luma.astype(np.uint8)
+        fixed_point = np.array(LUMA_FIXED_POINT, dtype=np.int64).reshape(1, 3, 1, 1)
+        luma = (images.astype(np.int64) * fixed_point).sum(axis=1, keepdims=True)
+        return ((luma + (1 << 15)) >> 16).astype(np.uint8)
     weights = np.array(LUMA_WEIGHTS, dtype=np.float32).reshape(1, 3, 1, 1)
     return (images.astype(np.float32) * weights).sum(axis=1, keepdims=True)
 
