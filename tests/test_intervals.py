@@ -88,3 +88,35 @@ def test_both_ways_of_resampling_draw_each_bin_as_often_as_it_holds_rows(bin_cos
     np.testing.assert_allclose(counts.mean(axis=0), [50, 0, 30, 20], atol=0.5)
     shares = np.array([0.5, 0.0, 0.3, 0.2])  # binomial spread of each bin's count
     np.testing.assert_allclose(counts.std(axis=0), np.sqrt(100 * shares * (1 - shares)), rtol=0.05)
+
+
+def test_intervals_agree_with_scipys_percentile_bootstrap():
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    labels = np.r_[np.zeros(58), np.ones(165)].astype(bool)
+    scores = np.r_[rng.normal(0, 1, 58), rng.normal(2.5, 1, 165)]
+
+    def both(normal, anomalous, axis=-1):
+        joined = np.concatenate([normal, anomalous], axis=axis)
+        truth = np.r_[np.zeros(normal.shape[axis]), np.ones(anomalous.shape[axis])]
+        rows = np.moveaxis(joined, axis, -1).reshape(-1, len(truth))
+        found = [
+            (metrics.roc_auc_score(truth, row), metrics.average_precision_score(truth, row))
+            for row in rows
+        ]
+        return np.array(found).T.reshape(2, *np.moveaxis(joined, axis, -1).shape[:-1])
+
+    scipy_result = stats.bootstrap(
+        (scores[~labels], scores[labels]),
+        both,
+        n_resamples=300,
+        vectorized=True,
+        paired=False,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    ours = metric_intervals(labels, scores, level=0.95, resamples=300, seed=0)
+    # The same draws with scipy 1.17; other versions may draw otherwise, hence the margin.
+    np.testing.assert_allclose(ours["auroc_interval"], np.array(scipy_result)[:, 0], atol=0.01)
+    np.testing.assert_allclose(ours["aucpr_interval"], np.array(scipy_result)[:, 1], atol=0.01)
