@@ -297,6 +297,9 @@ def test_grey_pictures_saved_as_colour_read_as_grey_and_each_model_takes_the_oth
         np.stack([np.asarray(image) for image in pil_grey]).astype(np.float32) / 255,
     )
     assert "4 of 4 images are colour and are scored by their grey levels" in caplog.text
+    caplog.clear()
+    for_grey.transform(colour.astype(np.float32) / 255)  # levels in [0, 1] alike
+    assert "4 of 4 images are colour and are scored by their grey levels" in caplog.text
 
 
 def test_float_images_read_as_grey_levels_and_unscaled_ones_are_refused(tmp_path):

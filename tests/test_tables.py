@@ -107,6 +107,9 @@ def test_rows_with_fewer_fields_than_the_header_are_named_once(tmp_path, caplog)
     assert "7 rows have fewer fields than its header's 2" in caplog.text
     assert "rows 2, 3, 4, 5, 6 and 2 more" in caplog.text
     caplog.clear()
+    # Tab-separated: a line of tabs is a row of empty fields, a line of spaces is blank.
+    path.write_text("a\tb\tc\n1\t2\t3\n\t\n  \n4\t5\n")
+    assert tables.short_rows(path, "\t") == (3, 2, [2, 3])
     path.write_text("id,a\nr1,1\nr2,\n")  # an empty cell is not a missing field
     read_table(path)
     assert "fewer fields" not in caplog.text
@@ -139,7 +142,7 @@ def test_the_field_count_scan_returns_once_pyarrow_lets_go_of_its_row_handler(
     monkeypatch.setattr(tables.pa_csv, "open_csv", open_csv)
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n")
-    assert tables.short_rows(path, ",", "utf-8") == (0, 0, [])
+    assert tables.short_rows(path, ",") == (0, 0, [])
     assert not held
     alive = [
         o
@@ -270,12 +273,13 @@ def test_a_short_row_with_a_byte_that_is_not_utf8_gives_the_error_alone(tmp_path
     assert not printed
 
 
-def test_the_field_count_scan_does_not_wait_on_a_kept_debug_record(tmp_path, caplog):
+def test_the_field_count_scan_does_not_wait_on_a_kept_debug_record(tmp_path, caplog, monkeypatch):
     caplog.set_level(logging.DEBUG, logger="anomaly_vae.data.tables")
-    path = tmp_path / "bad.csv"
-    path.write_bytes(b"a,b\n1,2\n" + b"\xff\xfe,1\n")
+    monkeypatch.setattr(tables, "SCAN_BLOCK_BYTES", 16)  # a longer row stops the scan
+    path = tmp_path / "long.csv"
+    path.write_text("a,b\n1,2\n" + "x" * 100 + ",1\n")
     started = time.monotonic()
-    assert tables.short_rows(path, ",", "utf-8") == (0, 0, [])
+    assert tables.short_rows(path, ",") == (0, 0, [])
     assert "field-count scan" in caplog.text  # the record is kept by caplog ...
     assert time.monotonic() - started < 1  # ... and holds no reference to the handler
 

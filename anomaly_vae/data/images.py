@@ -347,7 +347,9 @@ def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
     naming how many differ from grey: a folder with one colour image among grey ones is
     read as colour, and a grey model would otherwise refuse all of it."""
     spread = images.max(axis=1).astype(np.float64) - images.min(axis=1)
-    colour = int((spread.reshape(len(images), -1).max(axis=1, initial=0) > GREY_SPREAD).sum())
+    # GREY_SPREAD is in levels of 0-255; float images hold levels in [0, 1].
+    grey_spread = GREY_SPREAD if images.dtype.kind in "iu" else GREY_SPREAD / UINT8_MAX
+    colour = int((spread.reshape(len(images), -1).max(axis=1, initial=0) > grey_spread).sum())
     if colour:
         logger.warning(
             "the model was trained on grey images: %d of %d images are colour and are "
@@ -362,7 +364,9 @@ def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
         luma = (images.astype(np.int64) * fixed_point).sum(axis=1, keepdims=True)
         return ((luma + (1 << 15)) >> 16).astype(np.uint8)
     weights = np.array(LUMA_WEIGHTS, dtype=np.float32).reshape(1, 3, 1, 1)
-    return (images.astype(np.float32) * weights).sum(axis=1, keepdims=True)
+    luma = (images.astype(np.float32) * weights).sum(axis=1, keepdims=True)
+    # Other integer types keep theirs, so that a refusal of their values names it.
+    return np.rint(luma).astype(images.dtype) if images.dtype.kind in "iu" else luma
 
 
 def _float_grey(levels: np.ndarray) -> Image.Image:

@@ -6,7 +6,6 @@ import codecs
 import contextlib
 import logging
 import re
-import sys
 import time
 import warnings
 import weakref
@@ -120,7 +119,7 @@ def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
     and an id beyond 2**53 is not rounded as a float would be)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    _warn_short_rows(path, separator, encoding)
+    _warn_short_rows(path, separator)
     comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         frame = pd.read_csv(
@@ -135,7 +134,7 @@ def read_csv_chunks(
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    _warn_short_rows(path, separator, encoding)
+    _warn_short_rows(path, separator)
     comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         reader = pd.read_csv(
@@ -208,7 +207,7 @@ def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> 
         refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
-def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, int, list[int]]:
+def short_rows(path: str | Path, separator: str) -> tuple[int, int, list[int]]:
     """``(header fields, how many data rows have fewer, the first SHORT_ROWS_SHOWN of
     them as 1-based data rows)`` of a CSV file.
 
@@ -228,13 +227,16 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, in
     """
     first: list[int] = []
     fields = count = blank = 0
+    # pandas' blank line: spaces and tabs alone, unless they are the separator (a line of
+    # tabs in a tab-separated file is a row of empty fields).
+    blank_characters = " \t\r".replace(separator, "")
 
     def note(row: Any) -> str:  # pyarrow.csv.InvalidRow; the row is left out of the scan
         nonlocal fields, count, blank
         fields = row.expected_columns
         if row.actual_columns >= row.expected_columns or row.number is None:
             return "skip"
-        if not row.text.strip():
+        if not row.text.strip(blank_characters):
             blank += 1  # pandas skips a line of spaces, as it does an empty one
         else:
             count += 1
@@ -244,7 +246,7 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, in
         return "skip"
 
     handler = weakref.ref(note)
-    scanned = _scan_fields(path, separator, encoding, note)
+    scanned = _scan_fields(path, separator, note)
     del note  # pyarrow's reference is now the last one
     deadline = time.monotonic() + HANDLER_RELEASE_SECONDS
     while handler() is not None and time.monotonic() < deadline:
@@ -252,58 +254,44 @@ def short_rows(path: str | Path, separator: str, encoding: str) -> tuple[int, in
     return (fields, count, first) if scanned else (0, 0, [])
 
 
-def _scan_fields(path: str | Path, separator: str, encoding: str, note: Any) -> bool:
+def _scan_fields(path: str | Path, separator: str, note: Any) -> bool:
     """Run every row of a CSV file past ``note`` (see :func:`short_rows`); False when
     pyarrow cannot read the file."""
-    # pyarrow calls the handler with the row's text decoded; bytes that are not in the
-    # encoding fail there, before the handler runs, and Python would print that with a
-    # traceback. The scan then says nothing more (pandas names the bytes).
-    with _unraisable_collected() as unraisable:
-        try:
-            reader = pa_csv.open_csv(
-                path,
-                # One thread: only then does pyarrow know each row's number.
-                read_options=pa_csv.ReadOptions(
-                    use_threads=False,
-                    block_size=SCAN_BLOCK_BYTES,
-                    encoding=encoding,
-                    autogenerate_column_names=True,  # the header is row 1, counted like the rest
-                ),
-                parse_options=pa_csv.ParseOptions(
-                    delimiter=separator, newlines_in_values=True, invalid_row_handler=note
-                ),
-                convert_options=pa_csv.ConvertOptions(
-                    include_columns=["f0"], column_types={"f0": pa.string()}
-                ),
-            )
-            with reader:
-                for _ in reader:
-                    pass
-        except (pa.ArrowException, OSError, UnicodeError) as exc:
-            # The text, not the exception: a kept log record would keep its traceback,
-            # and with it the row handler, alive.
-            logger.debug("field-count scan of %s skipped: %s", path, str(exc))
-            return False
-    return not unraisable
-
-
-@contextlib.contextmanager
-def _unraisable_collected() -> Iterator[list[Any]]:
-    """Collect the exceptions Python would print as "Exception ignored in ..." (those
-    raised where no caller can catch them) instead of printing them."""
-    caught: list[Any] = []
-    previous = sys.unraisablehook
-    sys.unraisablehook = caught.append
     try:
-        yield caught
-    finally:
-        sys.unraisablehook = previous
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(
+                use_threads=False,  # only then does pyarrow know each row's number
+                block_size=SCAN_BLOCK_BYTES,
+                # Fields are told apart by the ASCII separator, quotes and line breaks
+                # alone, which UTF-8 and Latin-1 write alike; read as Latin-1, no byte
+                # fails to decode (pyarrow decodes each row it hands the handler, and
+                # a failure there printed a traceback that no caller could catch).
+                encoding=LATIN_1,
+                autogenerate_column_names=True,  # the header is row 1, counted like the rest
+            ),
+            parse_options=pa_csv.ParseOptions(
+                delimiter=separator, newlines_in_values=True, invalid_row_handler=note
+            ),
+            convert_options=pa_csv.ConvertOptions(
+                include_columns=["f0"], column_types={"f0": pa.string()}
+            ),
+        )
+        with reader:
+            for _ in reader:
+                pass
+    except (pa.ArrowException, OSError, UnicodeError) as exc:
+        # The text, not the exception: a kept log record would keep its traceback, and
+        # with it the row handler, alive.
+        logger.debug("field-count scan of %s skipped: %s", path, str(exc))
+        return False
+    return True
 
 
-def _warn_short_rows(path: str | Path, separator: str, encoding: str) -> None:
+def _warn_short_rows(path: str | Path, separator: str) -> None:
     """Warn, naming the rows, when rows of a CSV file have fewer fields than its header:
     their missing fields are read as missing values (see :func:`short_rows`)."""
-    fields, count, rows = short_rows(path, separator, encoding)
+    fields, count, rows = short_rows(path, separator)
     if not count:
         return
     more = f" and {count - len(rows):,} more" if count > len(rows) else ""
