@@ -23,7 +23,8 @@ from anomaly_vae.errors import DataError
 logger = logging.getLogger(__name__)
 
 OUTPUT_SUFFIXES = (".csv", *PARQUET_SUFFIXES)  # what score outputs can be written as
-ROW_COLUMN = "row"  # 0-based data-row position, written when the rows have no id column
+ROW_COLUMN = "row"  # the data row's number in its file, 1 for the first, as every message
+# counts rows; written when the rows have no id column
 SCORE_COLUMN = "score"  # the score in use, after every score of the model
 FLAG_COLUMN = "is_anomaly"
 
@@ -119,9 +120,10 @@ def insert_id_column(scores: pd.DataFrame, id_column: str, ids: pd.Series) -> No
 
 
 def identify_rows(scores: pd.DataFrame, id_column: str | None, first_row: int = 0) -> None:
-    """Give ``scores`` a ``row`` column (0-based positions from ``first_row``) in front
-    when they carry no id column; warn, once per file (``first_row`` 0), when the model
-    has an id column that the data lacks."""
+    """Give ``scores`` a ``row`` column in front when they carry no id column: the data
+    rows' numbers, 1-based, for a part of a file that follows its first ``first_row``
+    rows. Warn, once per file (``first_row`` 0), when the model has an id column that
+    the data lacks."""
     if id_column is not None and id_column in scores.columns:
         return
     if id_column is not None and first_row == 0:
@@ -131,4 +133,4 @@ def identify_rows(scores: pd.DataFrame, id_column: str | None, first_row: int = 
             id_column,
             ROW_COLUMN,
         )
-    scores.insert(0, ROW_COLUMN, np.arange(first_row, first_row + len(scores)))
+    scores.insert(0, ROW_COLUMN, np.arange(first_row + 1, first_row + 1 + len(scores)))

@@ -319,7 +319,8 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     surprise = detector.feature_surprise(_take(X, order))
     id_column = detector.effective_config.data.id_column
     ids = _row_ids(detector, X, order)
-    rows_named = pd.DataFrame({"row": order, "score": scores[order]})
+    # 1-based, as `score` writes and messages count rows
+    rows_named = pd.DataFrame({"row": order + 1, "score": scores[order]})
     if ids is not None:
         rows_named.insert(1, id_column, ids)
     table = pd.concat(
@@ -342,7 +343,7 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     ax.set_xticks(range(len(shown_names)), shown_names, rotation=60, ha="right", fontsize=8)
     # A row is named by its id where the data has one: the position is that in DATA, or
     # at fit in a sample of the evaluation rows, which a reader cannot look up.
-    named = [f"row {r}" for r in order] if ids is None else [f"{id_column} {i}" for i in ids]
+    named = [f"row {r + 1}" for r in order] if ids is None else [f"{id_column} {i}" for i in ids]
     ax.set_yticks(
         range(len(order)),
         [f"{name} (score {s:.3g})" for name, s in zip(named, scores[order], strict=True)],

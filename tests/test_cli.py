@@ -325,7 +325,7 @@ def test_rows_without_the_id_column_are_numbered_with_a_warning(project, caplog)
     assert result.exit_code == 0, result.output
     assert "the id column 'reading_id' is not in the data" in caplog.text
     scores = pd.read_csv(root / "noid_scores.csv")
-    assert scores.columns[0] == "row" and scores["row"].tolist() == list(range(300))
+    assert scores.columns[0] == "row" and scores["row"].tolist() == list(range(1, 301))
 
 
 def test_unknown_model_reference_is_a_clear_error(project):

@@ -148,7 +148,7 @@ def test_spark_engine_gives_the_local_engines_outputs(both_engines):
     for name in SCORED:
         # Same columns (id, or row number), same types (bool is_anomaly), same scores.
         pd.testing.assert_frame_equal(spark[name], local[name], rtol=1e-5, atol=1e-5)
-    assert list(spark["d.csv"]["row"]) == list(range(40))
+    assert list(spark["d.csv"]["row"]) == list(range(1, 41))
     assert spark["f.parquet"]["is_anomaly"].dtype == bool
 
 
@@ -179,7 +179,7 @@ def test_spark_engine_scores_for_a_model_without_an_id_column(project):
         assert result.exit_code == 0, result.output
         outputs[engine] = pd.read_csv(project / f"plain_{engine}" / "iris-like.csv")
     pd.testing.assert_frame_equal(outputs["spark"], outputs["local"], rtol=1e-5, atol=1e-5)
-    assert list(outputs["spark"]["row"]) == list(range(70))
+    assert list(outputs["spark"]["row"]) == list(range(1, 71))
 
 
 def test_the_model_runs_once_per_chunk_in_one_spark_job(project):

@@ -50,7 +50,7 @@ def test_reconstruction_view_names_the_broken_columns(table_detector):
     view = views.reconstructions(table_detector, test, count=10)
     table = view.table
     assert table["score"].is_monotonic_decreasing
-    assert set(test["is_fault"].iloc[table["row"]]) == {1}  # the worst rows are the faults
+    assert set(test["is_fault"].iloc[table["row"] - 1]) == {1}  # the worst rows are the faults
     surprise = table.filter(like="surprise:").mean()
     # Faults break the load-temperature relation: those two columns carry the surprise.
     assert set(surprise.nlargest(2).index) == {"surprise:load", "surprise:temperature"}
