@@ -191,7 +191,7 @@ def evaluate(
     interval: dict[str, Any] = {}
     if intervals is not None and intervals.interval_resamples > 0:
         level, resamples = intervals.interval_level, intervals.interval_resamples
-        interval = {**metric_intervals(labels, scores, level, resamples, seed)}
+        interval = dict(metric_intervals(labels, scores, level, resamples, seed))
         if interval:
             interval["interval_level"] = level
         else:
