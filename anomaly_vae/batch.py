@@ -157,6 +157,21 @@ def _image_files(folder: Path) -> Iterator[Path]:
     return (p for p in folder.rglob("*") if _is_image(p) and not hidden_below(p, folder))
 
 
+def check_source(source: str | Path, output_dir: Path) -> None:
+    """The checks that need neither the lock nor the model, so that they write nothing:
+    DataError when ``source`` is neither a folder nor a file, nor a glob pattern whose
+    fixed part is a folder, and, while no run has used ``output_dir`` (it holds no
+    ledger), when it holds CSV/Parquet inputs (:func:`batch_inputs`). Once a run has,
+    an image model's own outputs lie there, and :func:`model_inputs` checks a table
+    model's inputs instead."""
+    if glob.has_magic(str(source)):
+        _glob_matches(source)
+    elif not Path(source).exists():
+        raise DataError(f"{source}: no such folder or file")
+    if not (output_dir / LEDGER_FILE).exists():
+        batch_inputs(source, output_dir)
+
+
 def _glob_matches(pattern: str | Path) -> list[Path]:
     """The paths a glob pattern matches; DataError when its fixed part is no folder."""
     fixed = Path(*_parts_before_magic(Path(pattern)))
@@ -380,13 +395,40 @@ def run_batch(
     ``progress``: a bar over the input files (and, locally, one over each file's rows)
     on a terminal.
     """
-    if detector.data_kind_ == "image":
-        paths, image_scorer = image_batch(source, output_dir, detector)
-        scorer = scorer or image_scorer
-    else:
-        paths = batch_inputs(source, output_dir)
+    paths, image_scorer = model_inputs(source, output_dir, detector)
     with output_lock(output_dir):
-        return score_inputs(paths, output_dir, detector, model_id, chunk_rows, scorer, progress)
+        return score_inputs(
+            paths, output_dir, detector, model_id, chunk_rows, scorer or image_scorer, progress
+        )
+
+
+def model_inputs(source: str | Path, output_dir: Path, detector: Any) -> tuple[list[Path], Any]:
+    """The inputs of ``source`` for ``detector``'s kind of data, and the scorer an image
+    model needs (None for tables). DataError when ``source`` holds only the other kind's
+    inputs: a model alias moved to a model of the other kind must not pass for "nothing
+    new" on a schedule."""
+    if detector.data_kind_ == "image":
+        paths, scorer = image_batch(source, output_dir, detector)
+        others = [] if paths else _quietly(input_files, source)
+        found, wanted = f"{len(others)} table files", "folders of images"
+    else:
+        paths, scorer = batch_inputs(source, output_dir), None
+        others = [] if paths else _quietly(image_folders, source, output_dir)
+        found, wanted = f"{len(others)} folders of images", "CSV or Parquet files"
+    if others:
+        raise DataError(
+            f"{source} holds {found} and no inputs of this {detector.data_kind_} model, "
+            f"which scores {wanted}: is --model the model meant for this folder?"
+        )
+    return paths, scorer
+
+
+def _quietly(find: Any, *arguments: Any) -> list[Path]:
+    """``find(*arguments)``, or no inputs where it raises DataError."""
+    try:
+        return list(find(*arguments))
+    except DataError:
+        return []
 
 
 def image_batch(source: str | Path, output_dir: Path, detector: Any) -> tuple[list[Path], Any]:

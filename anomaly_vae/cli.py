@@ -472,10 +472,10 @@ def batch(
     a schedule (see README: batch scoring)."""
     from anomaly_vae.batch import (
         DRIFT_WARNING,
-        batch_inputs,
+        check_source,
         drift_statistic,
-        image_batch,
         model_identity,
+        model_inputs,
         output_lock,
         score_inputs,
     )
@@ -484,7 +484,7 @@ def batch(
 
     _set_threads(threads)  # the local engine's; Spark's executors keep their own
 
-    paths = batch_inputs(source, output_dir)  # a missing folder fails before loading
+    check_source(source, output_dir)  # before the lock and the model: writes nothing
     is_uri = model_ref.startswith(("models:/", "runs:/")) or "://" in model_ref
     if engine == "spark" and not is_uri:
         raise click.UsageError("the Spark engine needs an MLflow model URI (models:/...)")
@@ -493,12 +493,10 @@ def batch(
         detector = load_detector(model_ref)
         folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
         model_id = model_identity(model_ref, folder)
-        scorer = None
-        if detector.data_kind_ == "image":
-            if engine == "spark":
-                raise click.UsageError("the Spark engine scores tables; use the local engine")
-            paths, scorer = image_batch(source, output_dir, detector)
-        elif engine == "spark":
+        if detector.data_kind_ == "image" and engine == "spark":
+            raise click.UsageError("the Spark engine scores tables; use the local engine")
+        paths, scorer = model_inputs(source, output_dir, detector)
+        if engine == "spark":
             from anomaly_vae.spark_engine import SparkScorer
 
             scorer = SparkScorer(model_ref, detector, progress=not quiet)

@@ -448,6 +448,39 @@ def test_image_batch_inputs_are_complete_folders_of_images_outside_the_output(
     assert len(pd.read_csv(out / "day1.csv")) == 3
 
 
+def test_a_model_of_the_other_kind_is_refused_not_run_on_nothing(
+    image_model_dir, model_dir, tmp_path
+):
+    from tests.test_images import bars
+
+    tables, folders = tmp_path / "tables", tmp_path / "folders"
+    tables.mkdir()
+    mixed_table(20, seed=2).to_csv(tables / "a.csv", index=False)
+    _images(folders / "day1", bars(3, seed=16))
+    for model, source, message in (
+        (image_model_dir, tables, "holds 1 table files and no inputs of this image model"),
+        (model_dir, folders, "holds 1 folders of images and no inputs of this table model"),
+    ):
+        refused = batch(model, source, tmp_path / "out")
+        assert refused.exit_code == 1 and message in refused.output, refused.output
+        assert "is --model the model meant for this folder?" in refused.output
+    empty = tmp_path / "empty"
+    empty.mkdir()  # nothing new is still no error
+    assert batch(model_dir, empty, tmp_path / "out2").exit_code == 0
+
+
+def test_image_scores_written_beside_the_day_folders_are_not_inputs_next_run(
+    image_model_dir, tmp_path
+):
+    from tests.test_images import bars
+
+    _images(tmp_path / "incoming" / "day1", bars(3, seed=17))
+    for _ in range(2):  # the first run's day1.csv sits among the inputs
+        result = batch(image_model_dir, tmp_path / "incoming", tmp_path / "incoming")
+        assert result.exit_code == 0, result.output
+    assert "skipped 1 already scored" in result.output
+
+
 def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp_path):
     from tests.test_images import bars
 
