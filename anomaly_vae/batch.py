@@ -482,10 +482,36 @@ def score_inputs(
                 )
                 _record_failure(path, model_id, reason, ledger, report)
                 continue
-            _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
+            with _warnings_named(path.name):
+                _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
     finally:
         ledger.close()
     return report
+
+
+@contextlib.contextmanager
+def _warnings_named(name: str) -> Iterator[None]:
+    """Begin the package's warnings made meanwhile with ``name``, an input among many, so
+    that a reader of a run's log knows which input each is about (those that name it
+    already are left alone)."""
+    previous = logging.getLogRecordFactory()
+
+    def named(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if (
+            record.name.startswith(__package__ or "anomaly_vae")
+            and record.levelno >= logging.WARNING
+        ):
+            message = record.getMessage()
+            if not message.startswith(name):
+                record.msg, record.args = f"{name}: {message}", ()
+        return record
+
+    logging.setLogRecordFactory(named)
+    try:
+        yield
+    finally:
+        logging.setLogRecordFactory(previous)
 
 
 class LocalScorer:
