@@ -173,7 +173,14 @@ class AnomalyVAEPyfunc(PythonModel):
                 scores = self.detector.score_frame(model_input, classes)
                 warn_unknown_classes(self.detector, classes)
                 return scores
-            return self.detector.score_frame(pd.DataFrame(model_input))
+            scores = self.detector.score_frame(pd.DataFrame(model_input))
+            # A missing id as None (JSON null): the scoring server writes NaN as a bare
+            # NaN, which JSON parsers refuse. Scores are never missing.
+            id_column = _base_detector(self.detector).effective_config.data.id_column
+            if id_column in scores.columns and scores[id_column].isna().any():
+                ids = scores[id_column]
+                scores[id_column] = ids.astype(object).where(ids.notna(), None)
+            return scores
         except DataError as exc:
             # A served model answers 400 with this message, not a 500 with a stack trace.
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc

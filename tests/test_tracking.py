@@ -154,6 +154,19 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run):
         pd.testing.assert_frame_equal(got, result.detector.score_frame(odd).reset_index(drop=True))
     assert model.metadata.signature is not None
     assert model.metadata.get_input_schema().input_names()[0] == "reading_id"
+    # A missing id comes back as JSON null from the scoring server, not a bare NaN.
+    import io
+
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    answer = io.StringIO()
+    predictions_to_json(model.predict(fresh.assign(reading_id=[None] + ["r"] * 119)), answer)
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = json.loads(answer.getvalue(), parse_constant=refuse)["predictions"]
+    assert rows[0]["reading_id"] is None and rows[1]["reading_id"] == "r"
     # The model's own message on bad input, as an MLflow error a server answers 400 with.
     from mlflow.exceptions import MlflowException
 
