@@ -7,6 +7,7 @@ operation (method ``quantile``: their ``1 - target_fpr`` quantile, as at fit).""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from anomaly_vae.fitting import (
     save_model,
 )
 from anomaly_vae.scoring import check_data_kind, load_detector, warn_unknown_classes
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -92,6 +95,17 @@ def labelled_data(
             "on rows of normal operation"
         )
     frame = read_table(source)
+    fit_label = detector.effective_config.data.label_column
+    if label_column is None and fit_label is not None and fit_label in frame.columns:
+        # The model's own label column, as at fit: left unread, its anomalies would count
+        # as normal rows and lift a quantile threshold above them.
+        label_column = fit_label
+        logger.warning(
+            "%s holds the model's label column %r: its anomalies are kept out of the "
+            "normal rows (--label-col names another)",
+            Path(source).name,
+            fit_label,
+        )
     if label_column is None:
         return TrainingData(frame, frame, np.zeros(len(frame), dtype=bool))
     anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label

@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from anomaly_vae.cli import main
+from anomaly_vae.detector import VAEDetector
 from anomaly_vae.fitting import latest_model_dir
 from tests.conftest import TINY, mixed_table
 
@@ -236,3 +237,24 @@ def test_one_labelled_anomaly_is_evaluated_without_an_interval(tmp_path, monkeyp
         assert "AUROC" in result.output and "interval" not in result.output
     said = [r.getMessage() for r in caplog.records if "no bootstrap interval" in r.getMessage()]
     assert len(said) == 2 and all("1 anomalous (it needs 2 of each)" in text for text in said)
+
+
+def test_quantile_keeps_the_anomalies_of_the_models_own_label_column_out(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    mixed_table(500, seed=0, anomalies=40).to_csv("train.csv", index=False)
+    arguments = ["fit", "train.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
+    assert fitted.exit_code == 0, fitted.output
+    mixed_table(400, seed=1, anomalies=40).to_csv("new.csv", index=False)
+    arguments = ["calibrate", "new.csv", "--model", "m", "--method", "quantile", "--no-tracking"]
+    result = CliRunner().invoke(main, [*arguments, "--model-dir", "q"])
+    assert result.exit_code == 0, result.output
+    assert "new.csv holds the model's label column 'is_fault'" in caplog.text
+    # The 1% quantile of the normal rows: about 1% of them flagged, not none of 400 rows.
+    calibrated = VAEDetector.load(tmp_path / "q")
+    frame = pd.read_csv("new.csv")
+    normal = frame[frame["is_fault"] == 0].drop(columns="is_fault")
+    flagged = (calibrated.predict(normal) == -1).mean()
+    assert 0.002 < flagged < 0.05
