@@ -207,9 +207,21 @@ def test_round_trip_through_dict(fitted):
 
 
 def test_free_text_column_is_refused_with_advice():
-    frame = pd.DataFrame({"name": [f"n{i}" for i in range(200)], "x": np.arange(200.0)})
-    with pytest.raises(DataError, match=r"200 distinct text values .* id column"):
+    names = [f"n{i // 2}" for i in range(300)]  # 150 values, each twice
+    frame = pd.DataFrame({"name": names, "x": np.arange(300.0)})
+    with pytest.raises(DataError, match=r"150 distinct text values .* id column"):
         TablePreprocessor(DataConfig()).fit(frame)
+
+
+def test_an_id_like_column_is_refused_even_under_the_category_limit():
+    # 90 rows, each its own value: under max_categories, but every new id would be unseen.
+    frame = pd.DataFrame({"ref": [f"r{i}" for i in range(90)], "x": np.arange(90.0)})
+    with pytest.raises(DataError, match=r"different text value in each of its 90 rows, like an id"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    kept = TablePreprocessor(DataConfig(categorical_columns=["ref"])).fit(frame)
+    assert "ref" in kept.input_columns  # named a category, it stays one
+    few = frame.head(12)  # a dozen labels, each once, may well be categories
+    assert "ref" in TablePreprocessor(DataConfig()).fit(few).input_columns
 
 
 def test_ignored_columns_are_neither_features_nor_needed_to_score(caplog):

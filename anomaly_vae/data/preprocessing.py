@@ -32,6 +32,9 @@ from anomaly_vae.errors import DataError
 logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
+# A text column unique in every one of at least this many training rows is taken for an
+# id, not a category (below it, a few distinct labels may well each be seen once)
+ID_LIKE_MIN_ROWS = 20
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
 SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
 # of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
@@ -191,6 +194,14 @@ class TablePreprocessor:
         _refuse_stray_text(values, name, forced)
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
+        given = int(text.notna().sum())
+        if not forced and given >= ID_LIKE_MIN_ROWS and len(categories) == given:
+            raise DataError(
+                f"column {name!r} has a different text value in each of its {given} rows, "
+                "like an id: as a category every new value would be unseen. Pass it as the "
+                "id column (--id-col), ignore it (data.ignore_columns, --ignore-col), or, "
+                "to keep it a category, name it in data.categorical_columns"
+            )
         if len(categories) > self.config.max_categories:
             raise DataError(
                 f"column {name!r} has {len(categories)} distinct text values (more than "
