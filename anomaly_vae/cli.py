@@ -24,6 +24,9 @@ from anomaly_vae.data.images import TORCHVISION_SETS
 from anomaly_vae.errors import AnomalyVAEError
 
 DEFAULTS = Config()
+# calibrate (f1, recall) asks for a check when the new threshold flags more than this many
+# times the fit's target share of held-out normal rows
+ALARMING_FPR_FACTOR = 5
 # The torchvision sources DATA may name, as the help texts list them ("mnist:ROOT, ...
 # or kmnist:ROOT"), from the reader's own list so that --help names every one it accepts.
 _SOURCES = [f"{prefix}:ROOT" for prefix in TORCHVISION_SETS]
@@ -699,6 +702,14 @@ def calibrate(
             f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
             f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
         )
+        fit_target = detector.effective_config.calibration.target_fpr
+        if calibration["calibration_fpr"] > ALARMING_FPR_FACTOR * fit_target:
+            click.echo(
+                f"Check before you use it: it flags more than {ALARMING_FPR_FACTOR} times "
+                f"the {100 * fit_target:g}% of normal {unit} the model was fit to flag; "
+                "the labelled normal rows may be too few or unlike normal operation",
+                err=True,
+            )
     click.echo(f"Model saved to {result.model_dir}")
     if result.run is not None:
         from anomaly_vae.tracking import CHAMPION_ALIAS

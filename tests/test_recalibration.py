@@ -258,3 +258,23 @@ def test_quantile_keeps_the_anomalies_of_the_models_own_label_column_out(
     normal = frame[frame["is_fault"] == 0].drop(columns="is_fault")
     flagged = (calibrated.predict(normal) == -1).mean()
     assert 0.002 < flagged < 0.05
+
+
+def test_a_threshold_that_flags_much_of_normal_operation_asks_for_a_check(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    # Normal rows, 30 of them labelled anomalous by mistake: to reach 90% recall on them
+    # the threshold must flag most normal rows.
+    mislabelled = mixed_table(400, seed=1)
+    mislabelled["is_fault"] = 0
+    mislabelled.loc[mislabelled.index[:30], "is_fault"] = 1
+    mislabelled.to_csv("labelled.csv", index=False)
+    arguments = ("--method", "recall", "--target-recall", "0.9", "--no-tracking")
+    result = _calibrate("source", *arguments)
+    assert result.exit_code == 0, result.output
+    assert "Check before you use it: it flags more than 5 times the 1% of normal rows" in (
+        result.output
+    )
+    mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
+    sound = _calibrate("source", "--method", "f1", "--no-tracking")
+    assert sound.exit_code == 0 and "Check before you use it" not in sound.output
