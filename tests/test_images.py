@@ -280,6 +280,8 @@ def test_grey_pictures_saved_as_colour_read_as_grey_and_each_model_takes_the_oth
     tinted = np.stack([grey, grey, np.clip(grey.astype(int) + 2, 0, 255)], axis=-1)
     Image.fromarray(tinted.astype(np.uint8)).save(tmp_path / "grey" / "e.png")
     assert read_images(tmp_path / "grey").images.shape == (5, 3, 16, 16)
+    assert "1 of 5 images are colour (e.png), so every image is read in colour" in caplog.text
+    caplog.clear()
     # A colour model scores grey images as grey pictures in colour, as a folder of grey
     # and colour images is read; a grey model scores colour images by their luma, as PIL
     # converts them to grey, and says how many were not grey.

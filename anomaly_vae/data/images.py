@@ -47,6 +47,7 @@ GREY_SPREAD = 1
 # (2**32 - 1) / 255, so that the brightest level stays the brightest.
 GREY_16BIT = 257
 GREY_32BIT = 16843009
+COLOUR_FILES_SHOWN = 3  # colour files named when a folder is mostly grey
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, PIL's grey of an RGB image
 LUMA_FIXED_POINT = (19595, 38470, 7471)  # the same in PIL's 16-bit fixed point
 
@@ -397,7 +398,19 @@ def _decode(
             raise DataError(f"{file} is not a readable image: {exc}") from exc
         except DataError as exc:
             raise DataError(f"{file}: {exc}") from exc
-    mode = "L" if all(image.mode == "L" for image in images) else "RGB"
+    colour = [file for (file, _), image in zip(samples, images, strict=True) if image.mode != "L"]
+    mode = "RGB" if colour else "L"
+    if colour and len(colour) < len(images):
+        # A few colour files among grey ones make the whole folder (and a model fit on it)
+        # colour: say which, as a stray file is often the cause.
+        logger.warning(
+            "%s: %d of %d images are colour (%s%s), so every image is read in colour",
+            path,
+            len(colour),
+            len(images),
+            ", ".join(Path(file).name for file in colour[:COLOUR_FILES_SHOWN]),
+            " and more" if len(colour) > COLOUR_FILES_SHOWN else "",
+        )
     pixels = [_pixels(image.convert(mode), size) for image in images]
     sizes = {p.shape[:2] for p in pixels}
     if len(sizes) > 1:
