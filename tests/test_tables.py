@@ -109,7 +109,7 @@ def test_rows_with_fewer_fields_than_the_header_are_named_once(tmp_path, caplog)
     caplog.clear()
     # Tab-separated: a line of tabs is a row of empty fields, a line of spaces is blank.
     path.write_text("a\tb\tc\n1\t2\t3\n\t\n  \n4\t5\n")
-    assert tables.short_rows(path, "\t") == (3, 2, [2, 3])
+    assert tables.field_counts(path, "\t") == tables.FieldCounts(3, 2, [2, 3])
     path.write_text("id,a\nr1,1\nr2,\n")  # an empty cell is not a missing field
     read_table(path)
     assert "fewer fields" not in caplog.text
@@ -142,12 +142,12 @@ def test_the_field_count_scan_returns_once_pyarrow_lets_go_of_its_row_handler(
     monkeypatch.setattr(tables.pa_csv, "open_csv", open_csv)
     path = tmp_path / "t.csv"
     path.write_text("a,b\n1,2\n")
-    assert tables.short_rows(path, ",") == (0, 0, [])
+    assert tables.field_counts(path, ",") == tables.FieldCounts()
     assert not held
     alive = [
         o
         for o in gc.get_objects()
-        if type(o) is types.FunctionType and o.__qualname__ == "short_rows.<locals>.note"
+        if type(o) is types.FunctionType and o.__qualname__ == "field_counts.<locals>.note"
     ]
     assert not alive
 
@@ -279,9 +279,20 @@ def test_the_field_count_scan_does_not_wait_on_a_kept_debug_record(tmp_path, cap
     path = tmp_path / "long.csv"
     path.write_text("a,b\n1,2\n" + "x" * 100 + ",1\n")
     started = time.monotonic()
-    assert tables.short_rows(path, ",") == (0, 0, [])
+    assert tables.field_counts(path, ",") == tables.FieldCounts()
     assert "field-count scan" in caplog.text  # the record is kept by caplog ...
     assert time.monotonic() - started < 1  # ... and holds no reference to the handler
+
+
+def test_a_row_with_more_fields_is_named_as_every_message_counts_rows(tmp_path):
+    # pandas says "line 5": it counts the header and the blank line, not the quoted break.
+    path = tmp_path / "long.csv"
+    path.write_text('a,b\n1,2\n\n"x\ny",2\n3,4,5\n')
+    message = r"row 3 has 3 fields, more than the header's 2 \(a value holding the separator"
+    with pytest.raises(DataError, match=message):
+        read_table(path)
+    with pytest.raises(DataError, match=message):
+        list(read_csv_chunks(path, chunk_rows=1))
 
 
 def test_missing_file_and_folder(tmp_path):

@@ -10,6 +10,8 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ SHORT_ROWS_SHOWN = 5  # rows with too few fields named in the warning; the rest 
 SCAN_BLOCK_BYTES = 1 << 20  # block of the field-count scan: faster than larger ones here; a longer
 # row makes pyarrow give up, and the scan with it
 HANDLER_RELEASE_SECONDS = 5.0  # at most this long for pyarrow to let go of the scan's row
-# handler (milliseconds in practice; see short_rows)
+# handler (milliseconds in practice; see field_counts)
 SAMPLE_ROWS = 10_000  # rows of a ';'-separated file read to judge how it writes numbers
 OTHER_FORMATS = {  # first bytes (a regular expression) -> (what the file is, what to do)
     rb"\x1f\x8b": ("gzip-compressed", "decompress it first (gunzip)"),
@@ -119,7 +121,7 @@ def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
     and an id beyond 2**53 is not rounded as a float would be)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    _warn_short_rows(path, separator)
+    _check_field_counts(path, separator)
     comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         frame = pd.read_csv(
@@ -134,7 +136,7 @@ def read_csv_chunks(
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
-    _warn_short_rows(path, separator)
+    _check_field_counts(path, separator)
     comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
     with _reading(path, encoding):
         reader = pd.read_csv(
@@ -207,16 +209,28 @@ def _refuse_repeated_header(path: str | Path, separator: str, encoding: str) -> 
         refuse_repeated_names(header.iloc[0].dropna(), where=str(path))
 
 
-def short_rows(path: str | Path, separator: str) -> tuple[int, int, list[int]]:
-    """``(header fields, how many data rows have fewer, the first SHORT_ROWS_SHOWN of
-    them as 1-based data rows)`` of a CSV file.
+@dataclass
+class FieldCounts:
+    """What the field-count scan of a CSV file found (see :func:`field_counts`)."""
 
-    pandas fills the missing fields of such a row with missing values, as if they were
+    header: int = 0  # fields of the header; 0 when pyarrow could not read the file
+    short: int = 0  # data rows with fewer fields than the header
+    short_rows: list[int] = dataclass_field(default_factory=list)  # the first
+    # SHORT_ROWS_SHOWN of them, as 1-based data rows
+    long_row: tuple[int, int] | None = None  # (1-based data row, fields) of the first row
+    # with more fields than the header
+
+
+def field_counts(path: str | Path, separator: str) -> FieldCounts:
+    """The rows of a CSV file whose field count differs from its header's.
+
+    pandas fills the missing fields of a short row with missing values, as if they were
     empty, so a line cut off (a file copied while it was written) or a cell lost in an
-    edit cannot be told from a row with empty cells once read. pyarrow's parser reports
-    them, in one pass converting only the first column (0.3 s more to read a
-    1,000,000-row, 30-column CSV of 266 MB in parts, 1.0 s without). A file pyarrow
-    cannot read gives no rows here; pandas names the problem.
+    edit cannot be told from a row with empty cells once read; and it names a row with
+    more fields by a line number that counts the header and blank lines. pyarrow's
+    parser reports both, in one pass converting only the first column (0.3 s more to
+    read a 1,000,000-row, 30-column CSV of 266 MB in parts, 1.0 s without). A file
+    pyarrow cannot read gives nothing here; pandas names the problem.
 
     pyarrow drops its reference to the Python row handler on one of its I/O threads,
     which takes the GIL to do so, a little after the reader is closed. Were the process
@@ -225,24 +239,28 @@ def short_rows(path: str | Path, separator: str) -> tuple[int, int, list[int]]:
     active exception") instead of the error's exit code 1; so this returns only once the
     handler is released.
     """
-    first: list[int] = []
-    fields = count = blank = 0
+    counts = FieldCounts()
+    blank = 0
     # pandas' blank line: spaces and tabs alone, unless they are the separator (a line of
     # tabs in a tab-separated file is a row of empty fields).
     blank_characters = " \t\r".replace(separator, "")
 
     def note(row: Any) -> str:  # pyarrow.csv.InvalidRow; the row is left out of the scan
-        nonlocal fields, count, blank
-        fields = row.expected_columns
-        if row.actual_columns >= row.expected_columns or row.number is None:
+        nonlocal blank
+        counts.header = row.expected_columns
+        if row.number is None:
             return "skip"
-        if not row.text.strip(blank_characters):
+        # number counts the header and the lines of spaces, not empty lines
+        data_row = row.number - 1 - blank
+        if row.actual_columns > row.expected_columns:
+            if counts.long_row is None:
+                counts.long_row = (data_row, row.actual_columns)
+        elif not row.text.strip(blank_characters):
             blank += 1  # pandas skips a line of spaces, as it does an empty one
         else:
-            count += 1
-            if len(first) < SHORT_ROWS_SHOWN:
-                # number counts the header and the lines of spaces, not empty lines
-                first.append(row.number - 1 - blank)
+            counts.short += 1
+            if len(counts.short_rows) < SHORT_ROWS_SHOWN:
+                counts.short_rows.append(data_row)
         return "skip"
 
     handler = weakref.ref(note)
@@ -251,11 +269,11 @@ def short_rows(path: str | Path, separator: str) -> tuple[int, int, list[int]]:
     deadline = time.monotonic() + HANDLER_RELEASE_SECONDS
     while handler() is not None and time.monotonic() < deadline:
         time.sleep(0.001)
-    return (fields, count, first) if scanned else (0, 0, [])
+    return counts if scanned else FieldCounts()
 
 
 def _scan_fields(path: str | Path, separator: str, note: Any) -> bool:
-    """Run every row of a CSV file past ``note`` (see :func:`short_rows`); False when
+    """Run every row of a CSV file past ``note`` (see :func:`field_counts`); False when
     pyarrow cannot read the file."""
     try:
         reader = pa_csv.open_csv(
@@ -288,21 +306,30 @@ def _scan_fields(path: str | Path, separator: str, note: Any) -> bool:
     return True
 
 
-def _warn_short_rows(path: str | Path, separator: str) -> None:
-    """Warn, naming the rows, when rows of a CSV file have fewer fields than its header:
-    their missing fields are read as missing values (see :func:`short_rows`)."""
-    fields, count, rows = short_rows(path, separator)
-    if not count:
+def _check_field_counts(path: str | Path, separator: str) -> None:
+    """Refuse a CSV file with a row of more fields than its header, naming the row as
+    every message counts rows; warn, naming them, of rows with fewer fields, whose
+    missing fields are read as missing values (see :func:`field_counts`)."""
+    counts = field_counts(path, separator)
+    if counts.long_row is not None:
+        row, fields = counts.long_row
+        raise DataError(
+            f"{path} is not a readable CSV file: row {row:,} has {fields} fields, more than "
+            f"the header's {counts.header} (a value holding the separator {separator!r} "
+            "without quotes?)"
+        )
+    if not counts.short:
         return
-    more = f" and {count - len(rows):,} more" if count > len(rows) else ""
+    count, shown = counts.short, counts.short_rows
+    more = f" and {count - len(shown):,} more" if count > len(shown) else ""
     logger.warning(
         "%s: %s fewer fields than its header's %d (a line cut off, or a cell lost?), "
         "read with the missing fields empty: %s %s%s",
         Path(path).name,
         f"{count:,} rows have" if count > 1 else "1 row has",
-        fields,
+        counts.header,
         "rows" if count > 1 else "row",
-        ", ".join(str(row) for row in rows),
+        ", ".join(str(row) for row in shown),
         more,
     )
 
