@@ -591,8 +591,8 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.option(
     "--target-recall",
     type=click.FloatRange(0, 1, min_open=True),
-    default=DEFAULTS.calibration.target_recall,
-    help="For --method recall: the share of labelled anomalies to flag.",
+    help="For --method recall: the share of labelled anomalies to flag "
+    f"[default: {DEFAULTS.calibration.target_recall:g}].",
 )
 @click.option(
     "--target-fpr",
@@ -620,7 +620,7 @@ def calibrate(
     anomaly_label: str | None,
     normal_class: str | None,
     method: str,
-    target_recall: float,
+    target_recall: float | None,
     target_fpr: float | None,
     model_dir: Path | None,
     register: bool,
@@ -642,6 +642,9 @@ def calibrate(
 
     if target_fpr is not None and method != QUANTILE_THRESHOLD:
         raise click.UsageError("--target-fpr is for --method quantile")
+    if target_recall is not None and method != "recall":
+        raise click.UsageError("--target-recall is for --method recall")
+    target_recall = target_recall or DEFAULTS.calibration.target_recall
     if anomaly_label is not None and label_col is None:
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
     if no_tracking and register:

@@ -191,6 +191,8 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     assert run.data.params == {"method": "quantile", "target_fpr": "0.01"}
     refused = _calibrate("source", "--method", "f1", "--target-fpr", "0.05")
     assert refused.exit_code != 0 and "--target-fpr is for --method quantile" in refused.output
+    ignored = _calibrate("source", "--target-recall", "0.8")  # --method left at f1
+    assert ignored.exit_code != 0 and "--target-recall is for --method recall" in ignored.output
 
 
 def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(tracking_store):
