@@ -71,7 +71,10 @@ def test_a_table_labelled_all_anomalous_says_no_row_is_normal(
 def test_unknown_id_column_is_an_error(tmp_path):
     mixed_table(100, seed=0).to_csv(tmp_path / "train.csv", index=False)
     config = tiny_config("tracking.enabled=false", "data.id_column=serial")
-    with pytest.raises(DataError, match="id column 'serial' is not in the data"):
+    with pytest.raises(DataError, match="id column 'serial' is not in the data; columns: "):
+        fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    config = tiny_config("tracking.enabled=false", "data.id_column=Reading_ID")
+    with pytest.raises(DataError, match=r"\(the data has 'reading_id': names are case"):
         fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
 
 

@@ -308,8 +308,12 @@ def test_label_vector_accepts_01_and_bool_and_rejects_others():
     np.testing.assert_array_equal(label_vector(frame, "b"), [True, False, True])
     with pytest.raises(DataError, match=r"must hold 0 .* found 'ok'"):
         label_vector(frame, "s")
-    with pytest.raises(DataError, match="label column 'zz' is not in the data"):
+    with pytest.raises(DataError, match="label column 'zz' is not in the data; columns: y, b"):
         label_vector(frame, "zz")
+    # A misspelling is named first, however many columns the data has.
+    wide = frame.assign(**{f"c{i}": 0 for i in range(30)}, is_fault=0)
+    with pytest.raises(DataError, match=r"'is_falt' is not in the data \(similar names in"):
+        label_vector(wide, "is_falt")
 
 
 def test_text_labels_need_the_value_that_marks_an_anomaly():

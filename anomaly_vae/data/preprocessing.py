@@ -14,7 +14,6 @@ Feature layout of the matrix, per input column in schema order:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -26,7 +25,14 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import DataConfig
-from anomaly_vae.data.tables import quoted_names, refuse_repeated_names, row_number, shown_value
+from anomaly_vae.data.tables import (
+    quoted_names,
+    refuse_repeated_names,
+    row_number,
+    shown_value,
+    similar_names_hint,
+    unknown_column,
+)
 from anomaly_vae.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +42,6 @@ MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 # id, not a category (below it, a few distinct labels may well each be seen once)
 ID_LIKE_MIN_ROWS = 20
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
-SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
 # of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
 # A date as text, with or without a time: 2024-03-01, 2024-03-01T08:00:00Z, 3/1/2024,
 # 01.03.2024 08:00 (a fresh date would be a category never seen in training)
@@ -126,7 +131,7 @@ class TablePreprocessor:
         """Learn the schema from training rows (id, label and ignored columns are skipped)."""
         refuse_repeated_names(frame.columns)
         if self.config.id_column is not None and self.config.id_column not in frame.columns:
-            raise DataError(f"id column {self.config.id_column!r} is not in the data")
+            raise unknown_column("id", self.config.id_column, frame)
         features_named_ignored = sorted(
             set(self.config.ignore_columns)
             & set(self.config.categorical_columns + self.config.condition_columns)
@@ -276,7 +281,7 @@ class TablePreprocessor:
         if missing:
             raise DataError(
                 f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
-                f"that the model was trained on{_similar_names_hint(missing, extra)}"
+                f"that the model was trained on{similar_names_hint(missing, extra)}"
             )
         gathered = _GATHERED.get()
         if gathered is not None:
@@ -502,33 +507,6 @@ def warn_unseen_category(name: str, unseen: list[Any], rows: int) -> None:
         rows,
         "" if rows == 1 else "s",
     )
-
-
-def _similar_names_hint(missing: list[str], unknown: list[str]) -> str:
-    """A parenthesis naming the ``unknown`` columns of the data that are likely the
-    ``missing`` ones under another spelling, or "" when none is.
-
-    >>> _similar_names_hint(["temp"], ["Temp ", "x"])
-    " (the data has 'Temp ': names are case- and space-sensitive)"
-    >>> _similar_names_hint(["temperature"], ["temprature"])
-    " (similar names in the data: 'temprature')"
-    """
-
-    def key(name: str) -> str:
-        return "".join(name.split()).casefold()
-
-    spelled = {key(name): name for name in reversed(unknown)}  # the first of equal keys
-    variants = [spelled[key(name)] for name in missing if key(name) in spelled]
-    if variants:
-        return f" (the data has {quoted_names(variants)}: names are case- and space-sensitive)"
-    similar = [
-        close
-        for name in missing
-        for close in difflib.get_close_matches(name, unknown, n=1, cutoff=SIMILAR_NAME)
-    ]
-    if similar:
-        return f" (similar names in the data: {quoted_names(similar)})"
-    return ""
 
 
 def _as_text(values: pd.Series) -> pd.Series:

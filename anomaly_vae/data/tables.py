@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import difflib
 import logging
 import re
 import time
@@ -31,6 +32,7 @@ HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
 # thousands "1.234,5", "1.234.567" (a first group never starts with 0: "0.125" is not one)
 DECIMAL_COMMA_NUMBER = r"[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
 WHOLE_NUMBER = r"[+-]?\d+"
+SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
 SHORT_ROWS_SHOWN = 5  # rows with too few fields named in the warning; the rest are counted
 SCAN_BLOCK_BYTES = 1 << 20  # block of the field-count scan: faster than larger ones here; a longer
 # row makes pyarrow give up, and the scan with it
@@ -546,7 +548,7 @@ def label_vector(
     how the calling command names the anomaly value, which the errors advise (commands
     differ: calibrate and view take ``--anomaly-label VALUE``)."""
     if column not in frame.columns:
-        raise DataError(f"label column {column!r} is not in the data; columns: {_names(frame)}")
+        raise unknown_column("label", column, frame)
     values = frame[column]
     if values.isna().any():
         raise DataError(f"label column {column!r} has {int(values.isna().sum())} empty values")
@@ -569,6 +571,40 @@ def label_vector(
             f"If it holds text, name the value that marks an anomaly: {anomaly_option}"
         )
     return numeric.to_numpy() == 1
+
+
+def similar_names_hint(missing: list[str], unknown: list[str]) -> str:
+    """A parenthesis naming the ``unknown`` columns of the data that are likely the
+    ``missing`` ones under another spelling, or "" when none is.
+
+    >>> similar_names_hint(["temp"], ["Temp ", "x"])
+    " (the data has 'Temp ': names are case- and space-sensitive)"
+    >>> similar_names_hint(["temperature"], ["temprature"])
+    " (similar names in the data: 'temprature')"
+    """
+
+    def key(name: str) -> str:
+        return "".join(name.split()).casefold()
+
+    spelled = {key(name): name for name in reversed(unknown)}  # the first of equal keys
+    variants = [spelled[key(name)] for name in missing if key(name) in spelled]
+    if variants:
+        return f" (the data has {quoted_names(variants)}: names are case- and space-sensitive)"
+    similar = [
+        close
+        for name in missing
+        for close in difflib.get_close_matches(name, unknown, n=1, cutoff=SIMILAR_NAME)
+    ]
+    if similar:
+        return f" (similar names in the data: {quoted_names(similar)})"
+    return ""
+
+
+def unknown_column(role: str, name: str, frame: pd.DataFrame) -> DataError:
+    """The error for a ``role`` column ("label", "id") that ``frame`` lacks: a likely
+    misspelling named first, then the columns."""
+    hint = similar_names_hint([name], [str(c) for c in frame.columns])
+    return DataError(f"{role} column {name!r} is not in the data{hint}; columns: {_names(frame)}")
 
 
 def _names(frame: pd.DataFrame, limit: int = 12) -> str:
