@@ -305,7 +305,9 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         _print_schedule_notes(history, config)
     if rows["labelled_anomalies_excluded"]:
         click.echo(
-            f"Kept {rows['labelled_anomalies_excluded']:,} labelled anomalies out of training."
+            f"Kept {rows['labelled_anomalies_excluded']:,} labelled "
+            f"{'anomaly' if rows['labelled_anomalies_excluded'] == 1 else 'anomalies'} "
+            "out of training."
         )
     held_out_fpr = (
         f"{100 * calibration['calibration_fpr']:.2f}% of {calibration['n_calibration']:,} "

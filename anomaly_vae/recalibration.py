@@ -147,7 +147,10 @@ def calibrate_model(
     by_quantile = method == QUANTILE_THRESHOLD
     data = labelled_data(source, detector, label_column, normal_class, anomaly_label, method)
     if not by_quantile and not data.has_evaluation():
-        raise DataError(f"{source} needs labelled rows of both classes (normal and anomalous)")
+        raise DataError(
+            f"{source} needs labelled rows of both classes (normal and anomalous) for "
+            f"--method {method}; rows of normal operation alone take --method quantile"
+        )
     previous = detector.threshold_
     intervals = load_config().evaluation  # the defaults: calibrate takes no --set
     seed = detector.effective_config.training.seed

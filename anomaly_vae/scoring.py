@@ -68,7 +68,8 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
     if detector.data_kind_ != given:
         raise DataError(
             f"this model was fit on {detector.data_kind_}s, but {data} is "
-            f"{'an image source' if is_images else 'a table'}"
+            f"{'an image source' if is_images else 'a table'}: name a model of its kind "
+            "with --model (without it, the model saved last in this folder is used)"
         )
 
 

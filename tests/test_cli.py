@@ -346,6 +346,7 @@ def test_images_for_a_table_model_are_a_clear_error(project):
     result = run_score(root, "photos", "photo_scores.csv")
     assert result.exit_code == 1
     assert "this model was fit on tables, but photos is an image source" in result.output
+    assert "name a model of its kind with --model" in result.output
     assert not (root / "photo_scores.csv").exists()
 
 

@@ -233,6 +233,7 @@ def test_one_labelled_anomaly_is_evaluated_without_an_interval(tmp_path, monkeyp
     mixed_table(400, seed=0, anomalies=1).to_csv("labelled.csv", index=False)
     arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
     fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
+    assert "Kept 1 labelled anomaly out of training." in fitted.output
     calibrated = _calibrate("m", "--method", "f1", "--no-tracking")
     for result in (fitted, calibrated):
         assert result.exit_code == 0, result.output
