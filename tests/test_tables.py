@@ -213,11 +213,9 @@ def test_a_header_naming_a_column_twice_is_refused_not_renamed(tmp_path):
     """pandas would read 'a,b,a' as a, b, a.1, and a.1 would train as a column of its own."""
     path = tmp_path / "dup.csv"
     path.write_text("a,b,a\n1,2,3\n4,5,6\n")
-    message = r"dup\.csv has more than one column named 'a'; give each column its own name"
-    with pytest.raises(DataError, match=message):
-        read_table(path)
-    with pytest.raises(DataError, match=message):
-        next(read_csv_chunks(path, chunk_rows=1))
+    refused_by_both_readers(
+        path, r"dup\.csv has more than one column named 'a'; give each column its own name"
+    )
     path.write_text("a,,\n1,2,3\n")  # unnamed columns are not a name given twice
     assert read_table(path).shape == (1, 3)
     # Parquet files can repeat a name too (pyarrow writes them).
@@ -288,7 +286,13 @@ def test_a_row_with_more_fields_is_named_as_every_message_counts_rows(tmp_path):
     # pandas says "line 5": it counts the header and the blank line, not the quoted break.
     path = tmp_path / "long.csv"
     path.write_text('a,b\n1,2\n\n"x\ny",2\n3,4,5\n')
-    message = r"row 3 has 3 fields, more than the header's 2 \(a value holding the separator"
+    refused_by_both_readers(
+        path, r"row 3 has 3 fields, more than the header's 2 \(a value holding the separator"
+    )
+
+
+def refused_by_both_readers(path, message):
+    """``read_table`` and ``read_csv_chunks`` both refuse ``path`` with ``message``."""
     with pytest.raises(DataError, match=message):
         read_table(path)
     with pytest.raises(DataError, match=message):
