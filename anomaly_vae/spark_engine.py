@@ -166,6 +166,8 @@ class SparkScorer:
     ) -> None:
         import mlflow.pyfunc
 
+        from anomaly_vae.tracking import LOG_WARNINGS_PARAM
+
         self.spark = spark or spark_session()
         with _without_pandas_3_warning():
             check_workers(self.spark)
@@ -183,8 +185,14 @@ class SparkScorer:
         mlflow_log.addFilter(drop)
         try:
             with _without_pandas_3_warning():
+                # The driver checks each chunk first (score_frame) and warns once per
+                # file; the executors' copies of those warnings would repeat per chunk.
                 self.udf = mlflow.pyfunc.spark_udf(
-                    self.spark, model_uri, result_type=types, env_manager="local"
+                    self.spark,
+                    model_uri,
+                    result_type=types,
+                    env_manager="local",
+                    params={LOG_WARNINGS_PARAM: False},
                 )
         finally:
             mlflow_log.removeFilter(drop)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import tempfile
 import time
@@ -173,7 +174,9 @@ class AnomalyVAEPyfunc(PythonModel):
                 scores = self.detector.score_frame(model_input, classes)
                 warn_unknown_classes(self.detector, classes)
                 return scores
-            scores = self.detector.score_frame(pd.DataFrame(model_input))
+            quiet = (params or {}).get(LOG_WARNINGS_PARAM) is False
+            with _package_warnings_off() if quiet else contextlib.nullcontext():
+                scores = self.detector.score_frame(pd.DataFrame(model_input))
             # A missing id as None (JSON null): the scoring server writes NaN as a bare
             # NaN, which JSON parsers refuse. Scores are never missing.
             id_column = _base_detector(self.detector).effective_config.data.id_column
@@ -184,6 +187,18 @@ class AnomalyVAEPyfunc(PythonModel):
         except DataError as exc:
             # A served model answers 400 with this message, not a 500 with a stack trace.
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+@contextlib.contextmanager
+def _package_warnings_off() -> Iterator[None]:
+    """The package's warnings unlogged meanwhile (its errors still are)."""
+    package = logging.getLogger("anomaly_vae")
+    level = package.level
+    package.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
 
 
 def _base_detector(detector: Any) -> VAEDetector:
@@ -200,6 +215,9 @@ def _labelled(data: TrainingData) -> tuple[Data, np.ndarray]:
 
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer"  # start of an MLflow warning
 IMAGE_CLASS_PARAM = "image_class"  # the served conditional image model's class parameter
+# A table model's parameter: false keeps its warnings about the data unlogged, for a
+# caller that has logged them already (the Spark engine's driver, once per file)
+LOG_WARNINGS_PARAM = "log_warnings"
 
 
 def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
@@ -230,7 +248,8 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
         inputs.append(ColSpec(AnyType(), id_column, required=False))
     table = cast(TablePreprocessor, base.preprocessor_)  # images returned above
     inputs += [ColSpec(AnyType(), column.name) for column in table.columns]
-    return ModelSignature(inputs=Schema(inputs), outputs=outputs)
+    params = ParamSchema([ParamSpec(LOG_WARNINGS_PARAM, "boolean", True)])
+    return ModelSignature(inputs=Schema(inputs), outputs=outputs, params=params)
 
 
 def input_example(

@@ -2,6 +2,7 @@
 pyfunc model scores exactly like the detector it wraps."""
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def test_run_has_every_review_artifact(fitted_run):
     )
 
 
-def test_pyfunc_model_scores_like_the_detector(fitted_run):
+def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
     _, result = fitted_run
     fresh = mixed_table(120, seed=5, anomalies=10).drop(columns="is_fault")
     expected = result.detector.score_frame(fresh)
@@ -167,6 +168,15 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run):
 
     rows = json.loads(answer.getvalue(), parse_constant=refuse)["predictions"]
     assert rows[0]["reading_id"] is None and rows[1]["reading_id"] == "r"
+
+    # Warnings about the data are logged, unless the caller says it has logged them (the
+    # Spark engine's driver, once per file, where each executor would repeat them).
+    unseen = fresh.assign(machine="saw")
+    for params, logged in ((None, True), ({"log_warnings": False}, False)):
+        with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
+            caplog.clear()
+            model.predict(unseen, params=params)
+        assert ("not seen in training" in caplog.text) is logged, params
     # The model's own message on bad input, as an MLflow error a server answers 400 with.
     from mlflow.exceptions import MlflowException
 
