@@ -164,6 +164,7 @@ class SparkScorer:
     def __init__(
         self, model_uri: str, detector: Any, spark: Any = None, progress: bool = False
     ) -> None:
+        import mlflow.models
         import mlflow.pyfunc
 
         from anomaly_vae.tracking import LOG_WARNINGS_PARAM
@@ -187,12 +188,20 @@ class SparkScorer:
             with _without_pandas_3_warning():
                 # The driver checks each chunk first (score_frame) and warns once per
                 # file; the executors' copies of those warnings would repeat per chunk.
+                # (Models logged before the parameter existed would warn that it is
+                # ignored.)
+                signature = mlflow.models.get_model_info(model_uri).signature
+                known = (
+                    [spec.name for spec in signature.params.params]
+                    if signature and signature.params
+                    else []
+                )
                 self.udf = mlflow.pyfunc.spark_udf(
                     self.spark,
                     model_uri,
                     result_type=types,
                     env_manager="local",
-                    params={LOG_WARNINGS_PARAM: False},
+                    params={LOG_WARNINGS_PARAM: False} if LOG_WARNINGS_PARAM in known else None,
                 )
         finally:
             mlflow_log.removeFilter(drop)
