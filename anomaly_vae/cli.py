@@ -495,9 +495,13 @@ def batch(
         raise click.UsageError("the Spark engine needs an MLflow model URI (models:/...)")
     # The lock first: a run that finds another at work exits before loading the model.
     with output_lock(output_dir):
-        detector = load_detector(model_ref)
         folder = None if is_uri else Path(model_ref) if model_ref else latest_model_dir()
         model_id = model_identity(model_ref, folder)
+        if model_ref.startswith("models:/"):
+            # The version an alias names now, for the loader, the ledger and Spark's UDF
+            # alike: an alias moved during the run must not mix two models.
+            model_ref = f"models:/{model_id}"
+        detector = load_detector(model_ref)
         if detector.data_kind_ == "image" and engine == "spark":
             raise click.UsageError("the Spark engine scores tables; use the local engine")
         paths, scorer = model_inputs(source, output_dir, detector)

@@ -277,3 +277,23 @@ def test_spark_engine_keeps_pysparks_pandas_3_and_mlflows_local_env_warnings_out
     assert "PySpark says something else" in messages  # the filter is targeted
     assert not [r for r in records if "env_manager" in r.getMessage()]
     assert (project / "quiet_out" / "quiet.csv").is_file()
+
+
+def test_batch_pins_an_alias_to_its_version_for_the_whole_run(project, monkeypatch):
+    # The loader, the ledger and Spark's UDF each resolving the alias could mix two
+    # models when the alias moves during a run.
+    from mlflow import MlflowClient
+
+    from anomaly_vae import scoring
+
+    MlflowClient().set_registered_model_alias("no-ids", "nightly", "1")
+    loaded = []
+    load = scoring.load_detector
+    monkeypatch.setattr(scoring, "load_detector", lambda ref, *a: loaded.append(ref) or load(ref))
+    unlabelled(20, seed=9).to_csv("pinned.csv", index=False)
+    inputs = project / "pinned_in"
+    inputs.mkdir()
+    (project / "pinned.csv").rename(inputs / "pinned.csv")
+    result = batch(inputs, "pinned_out", "models:/no-ids@nightly", "local")
+    assert result.exit_code == 0, result.output
+    assert loaded == ["models:/no-ids/1"] and "Model no-ids/1: scored 1 file" in result.output
