@@ -410,11 +410,13 @@ def model_inputs(source: str | Path, output_dir: Path, detector: Any) -> tuple[l
     if detector.data_kind_ == "image":
         paths, scorer = image_batch(source, output_dir, detector)
         others = [] if paths else _quietly(input_files, source)
-        found, wanted = f"{len(others)} table files", "folders of images"
+        found = f"{len(others)} table file{'s' if len(others) > 1 else ''}"
+        wanted = "folders of images"
     else:
         paths, scorer = batch_inputs(source, output_dir), None
         others = [] if paths else _quietly(image_folders, source, output_dir)
-        found, wanted = f"{len(others)} folders of images", "CSV or Parquet files"
+        found = f"{len(others)} folder{'s' if len(others) > 1 else ''} of images"
+        wanted = "CSV or Parquet files"
     if others:
         raise DataError(
             f"{source} holds {found} and no inputs of this {detector.data_kind_} model, "
@@ -498,10 +500,7 @@ def _warnings_named(name: str) -> Iterator[None]:
 
     def named(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
-        if (
-            record.name.startswith(__package__ or "anomaly_vae")
-            and record.levelno >= logging.WARNING
-        ):
+        if record.name.startswith("anomaly_vae") and record.levelno >= logging.WARNING:
             message = record.getMessage()
             if not message.startswith(name):
                 record.msg, record.args = f"{name}: {message}", ()

@@ -460,8 +460,8 @@ def test_a_model_of_the_other_kind_is_refused_not_run_on_nothing(
     mixed_table(20, seed=2).to_csv(tables / "a.csv", index=False)
     _images(folders / "day1", bars(3, seed=16))
     for model, source, message in (
-        (image_model_dir, tables, "holds 1 table files and no inputs of this image model"),
-        (model_dir, folders, "holds 1 folders of images and no inputs of this table model"),
+        (image_model_dir, tables, "holds 1 table file and no inputs of this image model"),
+        (model_dir, folders, "holds 1 folder of images and no inputs of this table model"),
     ):
         refused = batch(model, source, tmp_path / "out")
         assert refused.exit_code == 1 and message in refused.output, refused.output
