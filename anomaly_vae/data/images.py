@@ -338,8 +338,16 @@ def _grey_if_channels_agree(rgb: np.ndarray) -> Image.Image:
     """``rgb`` ``(H, W, 3)`` uint8 as a grey image (its luma) when its channels are
     within ``GREY_SPREAD`` levels of each other in every pixel, else as a colour one."""
     image = Image.fromarray(np.ascontiguousarray(rgb), "RGB")
-    spread = rgb.max(axis=-1).astype(np.int16) - rgb.min(axis=-1)
-    return image.convert("L") if spread.max(initial=0) <= GREY_SPREAD else image
+    return image.convert("L") if _channels_agree(np.moveaxis(rgb, -1, 0)[None])[0] else image
+
+
+def _channels_agree(images: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: which colour images ``(n, 3, H, W)`` are grey, their channels within
+    ``GREY_SPREAD`` levels of each other in every pixel (levels of 0-255; float images
+    hold theirs in [0, 1])."""
+    spread = images.max(axis=1).astype(np.float64) - images.min(axis=1)
+    limit = GREY_SPREAD if images.dtype.kind in "iu" else GREY_SPREAD / UINT8_MAX
+    return spread.reshape(len(images), -1).max(axis=1, initial=0) <= limit
 
 
 def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
@@ -347,10 +355,7 @@ def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
     ``convert("L")`` gives it (the grey of a picture read as grey at fit), with a warning
     naming how many differ from grey: a folder with one colour image among grey ones is
     read as colour, and a grey model would otherwise refuse all of it."""
-    spread = images.max(axis=1).astype(np.float64) - images.min(axis=1)
-    # GREY_SPREAD is in levels of 0-255; float images hold levels in [0, 1].
-    grey_spread = GREY_SPREAD if images.dtype.kind in "iu" else GREY_SPREAD / UINT8_MAX
-    colour = int((spread.reshape(len(images), -1).max(axis=1, initial=0) > grey_spread).sum())
+    colour = int((~_channels_agree(images)).sum())
     if colour:
         logger.warning(
             "the model was trained on grey images: %d of %d images are colour and are "

@@ -117,14 +117,22 @@ def _refuse_other_formats(path: str | Path, start: bytes) -> None:
         )
 
 
+def _checked_csv_format(
+    path: str | Path, text_columns: Sequence[str]
+) -> tuple[str, str, list[str]]:
+    """``(separator, encoding, decimal-comma columns)`` of a CSV file, once its header
+    and the field count of every row are checked: what both readers below need first."""
+    separator, encoding = csv_format(path)
+    _refuse_repeated_header(path, separator, encoding)
+    _check_field_counts(path, separator)
+    return separator, encoding, _decimal_comma_columns(path, separator, encoding, text_columns)
+
+
 def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
     :func:`_numbers_of`); ``text_columns`` are read as written (an id "007" stays "007",
     and an id beyond 2**53 is not rounded as a float would be)."""
-    separator, encoding = csv_format(path)
-    _refuse_repeated_header(path, separator, encoding)
-    _check_field_counts(path, separator)
-    comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
+    separator, encoding, comma_columns = _checked_csv_format(path, text_columns)
     with _reading(path, encoding):
         frame = pd.read_csv(
             path, sep=separator, encoding=encoding, dtype=_as_read(comma_columns, text_columns)
@@ -136,10 +144,7 @@ def read_csv_chunks(
     path: str | Path, chunk_rows: int, text_columns: Sequence[str] = ()
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
-    separator, encoding = csv_format(path)
-    _refuse_repeated_header(path, separator, encoding)
-    _check_field_counts(path, separator)
-    comma_columns = _decimal_comma_columns(path, separator, encoding, text_columns)
+    separator, encoding, comma_columns = _checked_csv_format(path, text_columns)
     with _reading(path, encoding):
         reader = pd.read_csv(
             path,
