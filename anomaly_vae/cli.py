@@ -309,6 +309,11 @@ def _print_fit_summary(result: Any, config: Config) -> None:
             f"{'anomaly' if rows['labelled_anomalies_excluded'] == 1 else 'anomalies'} "
             "out of training."
         )
+    if rows.get("unused_other_classes"):
+        click.echo(
+            f"Left out the {rows['unused_other_classes']:,} images of other classes in the "
+            "training split; evaluation uses the test split."
+        )
     held_out_fpr = (
         f"{100 * calibration['calibration_fpr']:.2f}% of {calibration['n_calibration']:,} "
         f"held-out normal {unit} above it"

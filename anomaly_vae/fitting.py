@@ -38,6 +38,9 @@ class TrainingData:
     evaluation: Data | None = None
     evaluation_labels: np.ndarray | None = None  # (m,) bool, True = anomaly
     excluded_anomalies: int = 0  # labelled anomalies kept out of training
+    # A torchvision data set: images of other classes in its training split, never used
+    # (its test split is the evaluation data)
+    unused_other_classes: int = 0
     names: list[str] | None = None  # image names of `evaluation`, for reports
     # Images: the class name of every image of `train` / `evaluation` (n,), the condition
     # of a conditional model; None for tables, whose conditions are columns.
@@ -189,7 +192,7 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
             images.images[train_rows],
             test.images,
             ~np.isin(test.labels, normal),
-            excluded_anomalies=int(is_anomaly.sum()),
+            unused_other_classes=int(is_anomaly.sum()),
             names=test.names,
             train_condition=classes[train_rows],
             evaluation_condition=test.label_names(),
@@ -319,6 +322,7 @@ fit_table = fit_source  # the name used for tables
 def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
     rows = dict(detector.n_training_rows_)
     rows["labelled_anomalies_excluded"] = data.excluded_anomalies
+    rows["unused_other_classes"] = data.unused_other_classes
     rows["evaluation"] = 0 if data.evaluation is None else len(data.evaluation)
     return rows
 

@@ -392,6 +392,33 @@ def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
         read_images(f"fashionmnist:{tmp_path}")
 
 
+def test_fit_on_a_torchvision_set_evaluates_on_its_test_split(tmp_path, monkeypatch):
+    """The training split's other classes are never used: the summary says so, and the
+    evaluation counts the test split's images."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    vertical = bars(40, seed=1, vertical=True, size=28)
+    horizontal = bars(40, seed=2, size=28)
+    labels = np.repeat(np.array([0, 1], dtype=np.uint8), 40)
+    write_idx_set(tmp_path / "MNIST", True, np.concatenate([vertical, horizontal])[:, 0], labels)
+    test_images = np.concatenate(
+        [bars(20, seed=3, vertical=True, size=28), bars(10, seed=4, size=28)]
+    )
+    test_labels = np.repeat(np.array([0, 1], dtype=np.uint8), [20, 10])
+    write_idx_set(tmp_path / "MNIST", False, test_images[:, 0], test_labels)
+    options = [f"--set={item}" for item in ("data.image_size=14", *TINY)]
+    fit = CliRunner().invoke(
+        main, ["fit", f"mnist:{tmp_path}", "--normal-class", "0", "--no-tracking", *options]
+    )
+    assert fit.exit_code == 0, fit.output
+    assert "Left out the 40 images of other classes in the training split" in fit.output
+    assert "labelled anomalies out of training" not in fit.output
+    assert "Evaluation on 20 normal + 10 anomalous held-out images" in fit.output
+
+
 def test_reads_any_mnist_layout_folder_and_rejects_broken_idx_files(tmp_path):
     """KMNIST gets torchvision's class names; an unknown set gets its label values."""
     images = bars(6, seed=1, size=28)[:, 0]
