@@ -622,6 +622,14 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.option(
     "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
 )
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an evaluation setting, e.g. --set evaluation.interval_resamples=0 "
+    "(repeatable; the model's other settings are its own).",
+)
 @_user_errors
 @_help_names_torchvision_sources
 def calibrate(
@@ -636,6 +644,7 @@ def calibrate(
     model_dir: Path | None,
     register: bool,
     no_tracking: bool,
+    overrides: tuple[str, ...],
 ) -> None:
     """Choose a fitted model's threshold again on new DATA, without retraining, and save
     the result as a new model (the source model is not changed).
@@ -660,6 +669,13 @@ def calibrate(
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
     if no_tracking and register:
         raise click.UsageError("--register needs tracking: the alias lives in MLflow")
+    others = [item for item in overrides if not item.strip().startswith("evaluation.")]
+    if others:
+        raise click.UsageError(
+            f"--set {others[0]}: calibrate takes evaluation.* settings only; the model's "
+            "other settings are those it was fit with"
+        )
+    evaluation_settings = load_config(None, overrides).evaluation
     result = calibrate_model(
         data,
         model_ref,
@@ -672,6 +688,7 @@ def calibrate(
         track=not no_tracking,
         register=register,
         target_fpr=target_fpr,
+        evaluation_settings=evaluation_settings,
     )
     detector, calibration = result.detector, result.detector.calibration_
     unit = "images" if detector.data_kind_ == "image" else "rows"

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from anomaly_vae.calibration import evaluate
-from anomaly_vae.config import QUANTILE_THRESHOLD, Config, load_config
+from anomaly_vae.config import QUANTILE_THRESHOLD, Config, EvaluationConfig, load_config
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images
 from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
@@ -129,6 +129,7 @@ def calibrate_model(
     track: bool = True,
     register: bool = False,
     target_fpr: float | None = None,
+    evaluation_settings: EvaluationConfig | None = None,
 ) -> CalibrationResult:
     """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
     threshold on ``source`` by ``method``, save it as a new model and, with ``track``,
@@ -140,6 +141,8 @@ def calibrate_model(
     ``f1`` and ``recall`` choose on labelled rows of both classes. ``quantile`` takes the
     ``1 - target_fpr`` quantile (default: the model's) of the normal rows of ``source``
     (every row when it has no labels), which become the model's calibration rows.
+    ``evaluation_settings`` sets the bootstrap intervals of the figures on ``source``
+    (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
     """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
@@ -152,7 +155,7 @@ def calibrate_model(
             f"--method {method}; rows of normal operation alone take --method quantile"
         )
     previous = detector.threshold_
-    intervals = load_config().evaluation  # the defaults: calibrate takes no --set
+    intervals = evaluation_settings or EvaluationConfig()
     seed = detector.effective_config.training.seed
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
     settings.method = method

@@ -78,7 +78,7 @@ def test_bad_labels_are_a_clear_error_and_save_nothing(tmp_path, monkeypatch, ar
     )
     assert result.exit_code != 0
     assert message in result.output
-    assert "--set" not in result.output  # calibrate has no --set
+    assert "--set" not in result.output  # nor a --set of the model's own settings
     assert latest_model_dir(tmp_path) == (tmp_path / "source").resolve()
 
 
@@ -281,3 +281,26 @@ def test_a_threshold_that_flags_much_of_normal_operation_asks_for_a_check(tmp_pa
     mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
     sound = _calibrate("source", "--method", "f1", "--no-tracking")
     assert sound.exit_code == 0 and "Check before you use it" not in sound.output
+
+
+def test_evaluation_settings_set_the_interval_and_other_settings_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
+    default = _calibrate("source", "--no-tracking")
+    assert default.exit_code == 0, default.output
+    assert "95% interval" in default.output
+    narrower = _calibrate("source", "--no-tracking", "--set", "evaluation.interval_level=0.8")
+    assert narrower.exit_code == 0, narrower.output
+    assert "80% interval" in narrower.output
+    none = _calibrate("source", "--no-tracking", "--set", "evaluation.interval_resamples=0")
+    assert none.exit_code == 0, none.output
+    assert "AUROC" in none.output and "interval" not in none.output
+    saved = latest_model_dir(tmp_path)
+    refused = _calibrate("source", "--no-tracking", "--set", "model.latent_dim=4")
+    assert refused.exit_code == 2
+    assert "calibrate takes evaluation.* settings only" in refused.output
+    too_few = _calibrate("source", "--no-tracking", "--set", "evaluation.interval_resamples=5")
+    assert too_few.exit_code == 1
+    assert "evaluation.interval_resamples must be 0" in too_few.output
+    assert latest_model_dir(tmp_path) == saved  # neither saved a model
