@@ -21,7 +21,8 @@ NPZ_FORMAT = (
 
 
 def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """An ADBench-format file: ``X (n, d)`` float64 and ``y (n,)`` int (1 = anomaly).
+    """An ADBench-format file: ``X (n, d)`` float64 and ``y (n,)`` int (1 = anomaly);
+    ``y`` stored as a column ``(n, 1)`` is taken as ``(n,)``.
 
     DataError naming the file when it is not one: not an .npz archive, an array missing,
     not numeric (or Python objects, which are never loaded), or labels other than 0/1.
@@ -51,6 +52,8 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"{path} is not a valid ADBench .npz file ({reason}); expected {NPZ_FORMAT}"
         ) from None
+    if X.ndim == 2 and y.shape == (len(X), 1):  # one label per row, stored as a column
+        y = y[:, 0]
     if X.ndim != 2 or y.shape != (len(X),):
         raise DataError(f"{path}: X must be (n, d) and y (n,), got X {X.shape} and y {y.shape}")
     return X, check_labels(y, str(path))

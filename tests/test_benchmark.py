@@ -740,3 +740,58 @@ def test_help_explains_every_option():
         assert option in text
     assert "default: 0,1,2 for tables, 0 for i-oneclass" in text
     assert "pyod-vae, pyod-ae" in text and "resume" in text
+
+
+# -- audit-a ----------------------------------------------------------------------------------
+
+
+def test_labels_stored_as_a_column_are_read_as_one_label_per_row(tmp_path):
+    X = np.arange(20.0).reshape(10, 2)
+    y = np.r_[np.zeros(8), np.ones(2)].astype(int)
+    np.savez(tmp_path / "column.npz", X=X, y=y.reshape(-1, 1))
+    X_read, y_read = load_npz(tmp_path / "column.npz")
+    assert y_read.shape == (10,) and (y_read == y).all() and X_read.shape == (10, 2)
+    np.savez(tmp_path / "two.npz", X=X, y=np.c_[y, y])  # two labels per row: ambiguous
+    with pytest.raises(DataError, match="y \\(n,\\)"):
+        load_npz(tmp_path / "two.npz")
+
+
+def test_a_torn_last_row_is_run_again_and_nothing_is_glued_to_it(table_dir, tmp_path):
+    out = tmp_path / "out"
+    run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn", "pca"], progress=False)
+    first = read_rows(out)
+    for name, cut in (("results.csv", "t-clean,2_sec"), ("unrounded.csv", "t-clean,2_second,,0")):
+        lines = (out / name).read_text().splitlines(keepends=True)
+        (out / name).write_text("".join(lines[:-1]) + cut)  # killed while writing it
+    again = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn", "pca"])
+    assert again.rows_new == 1 and again.rows_done_before == 3 and not again.failures
+    assert [r["method"] for r in read_rows(out)] == [r["method"] for r in first]
+    assert [r["aucroc"] for r in read_rows(out)] == [r["aucroc"] for r in first]
+    assert len(read_rows(out, "unrounded.csv")) == 4
+    assert "2_second" in (out / "summary.md").read_text()
+
+
+def test_a_mean_over_fewer_data_sets_is_never_bold(tmp_path):
+    rows = [("A", "iforest", "90.00"), ("A", "knn", "95.00"), ("B", "iforest", "60.00")]
+    with (tmp_path / "results.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(RESULT_COLUMNS)
+        for dataset, method, auc in rows:
+            writer.writerow(["t-clean", dataset, "", 0, method, auc, auc, 1, 1, 10, 10])
+    text = write_summary(tmp_path, RunInfo("t-clean", "data", [0])).read_text()
+    auroc = text.split("mean AUROC (%)")[1].split("##")[0]
+    mean = next(line for line in auroc.splitlines() if line.startswith("| mean"))
+    assert [c.strip() for c in mean.split("|")[2:-1]] == ["**75.00**", "95.00*"]
+
+
+def test_npz_files_of_any_suffix_case_count_and_hidden_files_do_not(tmp_path):
+    write_npz(tmp_path / "lower.npz", seed=0)
+    write_npz(tmp_path / "upper.npz", seed=1)  # np.savez adds ".npz" to "X.NPZ"
+    (tmp_path / "upper.npz").rename(tmp_path / "UPPER.NPZ")
+    write_npz(tmp_path / "._lower.npz", seed=2)  # macOS's resource-fork copy
+    (tmp_path / "folder.npz").mkdir()
+    found = find_datasets("t-clean", tmp_path)
+    assert [d.name for d in found] == ["lower", "UPPER"]
+    (tmp_path / "lower.npz").with_name("lower.NPZ").write_bytes(b"")
+    with pytest.raises(DataError, match="same name"):
+        find_datasets("t-clean", tmp_path)

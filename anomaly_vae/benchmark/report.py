@@ -109,7 +109,8 @@ def format_table(table: pd.DataFrame, row_label: str) -> str:
     """A padded Markdown table with an overall-mean row; the best cell per row in bold.
 
     The overall mean of a method is the mean of its row means; a method missing some
-    rows gets ``*`` after its mean.
+    rows gets ``*`` after its mean and is never bold there (a mean over fewer data sets
+    is not comparable with the others').
     """
     complete = table.notna().all(axis=0)
     body = [[str(index), *row] for index, row in zip(table.index, table.to_numpy(), strict=True)]
@@ -118,7 +119,14 @@ def format_table(table: pd.DataFrame, row_label: str) -> str:
     lines = []
     for number, (label, *values) in enumerate(body):
         rounded = [round(v, 2) if np.isfinite(v) else np.nan for v in values]
-        best = np.nanmax(rounded) if np.isfinite(rounded).any() else np.nan
+        if number == len(body) - 1:  # a mean over fewer rows is not comparable: never best
+            rounded_complete = [
+                v if ok else np.nan for v, ok in zip(rounded, complete, strict=True)
+            ]
+        else:
+            rounded_complete = rounded
+        finite = np.isfinite(rounded_complete)
+        best = np.nanmax(rounded_complete) if finite.any() else np.nan
         cells = []
         for column, value in enumerate(rounded):
             text = "-" if np.isnan(value) else f"{value:.2f}"

@@ -73,6 +73,16 @@ class CsvLog:
                 f"{self.path} has the columns {', '.join(header)}, not "
                 f"{', '.join(self.columns)}; choose another --out folder"
             )
+        self._drop_torn_row()
+
+    def _drop_torn_row(self) -> None:
+        """Cut a last row left without its newline (a run stopped while writing it): it
+        is incomplete, would count as done, and the next row would be glued onto it."""
+        with self.path.open("rb+") as file:
+            data = file.read()
+            if data.endswith(b"\n"):
+                return
+            file.truncate(data.rfind(b"\n") + 1)
 
     def append(self, row: dict[str, Any]) -> None:
         with self.path.open("a", newline="") as file:

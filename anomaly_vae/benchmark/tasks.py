@@ -113,7 +113,7 @@ def find_datasets(protocol: str, data_dir: Path, names: list[str] | None = None)
             "(NAME/raw/ with the idx files, e.g. FashionMNIST)"
         )
     else:
-        available = {path.stem: path for path in data_dir.glob("*.npz")}
+        available = npz_files(data_dir)
         what = ".npz files"
     listing = ", ".join(sorted(available, key=natural_key)) or "none"
     if names is None:
@@ -124,3 +124,17 @@ def find_datasets(protocol: str, data_dir: Path, names: list[str] | None = None)
     if unknown:
         raise DataError(f"no data set {unknown[0]!r} in {data_dir}; {what} there: {listing}")
     return [Dataset(protocol, name, available[name]) for name in dict.fromkeys(names)]
+
+
+def npz_files(data_dir: Path) -> dict[str, Path]:
+    """The ``.npz`` files in ``data_dir`` by stem, whatever the case of the suffix
+    (``X.NPZ``); hidden files (macOS's ``._X.npz`` copies) and folders are none.
+    DataError when two files share a stem (``a.npz`` and ``a.NPZ``)."""
+    found: dict[str, Path] = {}
+    for path in sorted(data_dir.iterdir()):
+        if path.suffix.lower() != ".npz" or path.name.startswith(".") or not path.is_file():
+            continue
+        if path.stem in found:
+            raise DataError(f"{found[path.stem]} and {path} have the same name; rename one")
+        found[path.stem] = path
+    return found
