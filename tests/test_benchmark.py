@@ -795,3 +795,13 @@ def test_npz_files_of_any_suffix_case_count_and_hidden_files_do_not(tmp_path):
     (tmp_path / "lower.npz").with_name("lower.NPZ").write_bytes(b"")
     with pytest.raises(DataError, match="same name"):
         find_datasets("t-clean", tmp_path)
+
+
+def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(table_dir, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "out"
+    args = ["--protocol", "t-clean", "--data-dir", str(table_dir), "--methods", "knn"]
+    result = CliRunner().invoke(main, ["benchmark", *args, "--seeds", "0", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert "cannot make the results folder" in result.output
+    assert "Traceback" not in result.output

@@ -201,7 +201,10 @@ class RunFiles:
         ConfigError naming the difference when they were not, before any file changes.
         Failures start afresh (they are retried); warnings are kept for the rows done.
         """
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission, a read-only disk
+            raise DataError(f"{self.out}: cannot make the results folder ({exc})") from exc
         self.results.start(fresh=False)
         rows = self.results.rows()
         earlier = read_description(self.description_path)
