@@ -489,9 +489,10 @@ def test_missing_values_in_a_table_run_every_method(tmp_path):
         X, y = data["X"].copy(), data["y"]
     X[::9, 4] = np.nan  # a gap in every 9th row, normal and anomalous alike
     X[1::5, 0] = np.nan
+    X = np.column_stack([X, np.full(len(X), np.nan)])  # a column empty in every row
     np.savez(folder / "1_gaps.npz", X=X, y=y)
     out = tmp_path / "out"
-    methods = ["anomaly-vae", *BASELINES, "pyod-ae"]
+    methods = ["anomaly-vae", "ensemble", *BASELINES, "pyod-ae"]
     outcome = run_benchmark(
         "t-clean", folder, out, seeds=[0], methods=methods, overrides=FAST, threads=1
     )
@@ -500,6 +501,7 @@ def test_missing_values_in_a_table_run_every_method(tmp_path):
     expected = set(methods) if importlib.util.find_spec("pyod") else set(methods) - {"pyod-ae"}
     assert set(aucroc) == expected
     assert min(aucroc[name] for name in ("knn", "pca")) > 80, aucroc  # the gaps are filled
+    assert min(aucroc[name] for name in ("anomaly-vae", "ensemble")) > 80, aucroc
 
 
 def test_median_imputation_uses_the_training_medians_and_leaves_images_alone():
@@ -805,3 +807,20 @@ def test_an_out_folder_that_cannot_be_made_is_a_one_line_error(table_dir, tmp_pa
     assert result.exit_code == 1, result.output
     assert "cannot make the results folder" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("features", [1, 2])
+def test_pca_ranks_outliers_when_its_variance_share_needs_every_component(features):
+    # Independent features of similar spread: 95% of the variance needs all of them, and
+    # PCA with every component reconstructs each row, leaving rounding noise as the score.
+    rng = np.random.default_rng(0)
+    spread = np.array([0.1, 0.08])[:features]
+    normal = 0.5 + rng.uniform(-1, 1, size=(300, features)) * spread
+    test_normal = 0.5 + rng.uniform(-1, 1, size=(50, features)) * spread
+    # Off the first component (feature 0, the widest): far out on the last feature.
+    outliers = np.full((10, features), 0.5)
+    outliers[:, -1] = rng.choice([0.0, 1.0], size=10)
+    method = bench_methods.PCAMethod(seed=0).fit(normal)
+    scores = method.score(np.vstack([test_normal, outliers]))
+    assert method.components_.shape == (features - 1, features)
+    assert scores[50:].min() > scores[:50].max()

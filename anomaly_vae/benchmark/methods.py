@@ -4,8 +4,9 @@ A method is built fresh for every (data set, class, seed) from a :class:`Context
 then ``fit(X_train) -> self`` and ``score(X_test) -> (n,) float``, **higher = more
 anomalous**. ``X`` is a table ``(n, d)`` float64 or images ``(n, C, H, W)`` uint8;
 the baselines see images as flattened pixels in [0, 1]. A table may hold NaN: our
-detectors and IsolationForest take it as it is; the other baselines, which reject it,
-get the training rows' column medians in its place.
+detectors and IsolationForest take it as it is (our detectors leave out a column empty
+in every training row); the other baselines, which reject it, get the training rows'
+column medians in its place.
 
 Names (as written to results.csv): ``anomaly-vae`` (the default detector), each VAE
 variant by its registry name, ``ensemble`` (rank-averaged variants), and the
@@ -97,6 +98,19 @@ class Context:
     cache: FitCache = field(default_factory=FitCache)
 
 
+def observed_columns(X_train: np.ndarray) -> np.ndarray | None:
+    """A table's columns with a value in some training row (None for images): our
+    detectors refuse a column empty in every training row, which the imputed baselines
+    take as a constant; in a benchmark it is left out instead, as it says nothing."""
+    if X_train.ndim != 2:
+        return None
+    return np.flatnonzero(~np.isnan(X_train).all(axis=0))
+
+
+def _columns(X: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
+    return X if kept is None else X[:, kept]
+
+
 class DetectorMethod:
     """A VAEDetector with the given config; score = ``anomaly_score``."""
 
@@ -105,11 +119,13 @@ class DetectorMethod:
         self.cache = cache
 
     def fit(self, X_train: np.ndarray) -> DetectorMethod:
+        self.kept_ = observed_columns(X_train)
+        X_train = _columns(X_train, self.kept_)
         self.detector_, self.fit_seconds_ = self.cache.fit(self.config, X_train)
         return self
 
     def score(self, X_test: np.ndarray) -> np.ndarray:
-        return self.detector_.anomaly_score(X_test)
+        return self.detector_.anomaly_score(_columns(X_test, self.kept_))
 
 
 class EnsembleMethod:
@@ -122,6 +138,8 @@ class EnsembleMethod:
         self.context = context
 
     def fit(self, X_train: np.ndarray) -> EnsembleMethod:
+        self.kept_ = observed_columns(X_train)
+        X_train = _columns(X_train, self.kept_)
         members, seconds = {}, 0.0
         for name in suitable_variants(self.context.config, self.context.kind):
             config = variant_config(self.context.config, name)
@@ -136,7 +154,7 @@ class EnsembleMethod:
         return self
 
     def score(self, X_test: np.ndarray) -> np.ndarray:
-        return self.detector_.anomaly_score(X_test)
+        return self.detector_.anomaly_score(_columns(X_test, self.kept_))
 
 
 # -- baselines ------------------------------------------------------------------------------
@@ -213,7 +231,10 @@ class KNNMethod:
 
 class PCAMethod:
     """Squared reconstruction error (summed over features) of PCA keeping
-    ``PCA_VARIANCE`` of the variance, on min-max scaled data as for k-NN."""
+    ``PCA_VARIANCE`` of the variance, on min-max scaled data as for k-NN; at most
+    ``d - 1`` components of ``d`` features, since with all of them every row is
+    reconstructed and the error is rounding noise (one feature: the squared distance
+    from the training mean)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -224,14 +245,17 @@ class PCAMethod:
 
         X = flat_features(X_train)
         self.scaler_ = MinMaxScaler().fit(X)
-        self.model_ = PCA(n_components=PCA_VARIANCE, svd_solver="full", random_state=self.seed)
-        self.model_.fit(self.scaler_.transform(X))
+        X = self.scaler_.transform(X)
+        pca = PCA(n_components=PCA_VARIANCE, svd_solver="full", random_state=self.seed).fit(X)
+        kept = min(pca.n_components_, X.shape[1] - 1)
+        # Components come by explained variance: the first `kept` are PCA with `kept`.
+        self.mean_, self.components_ = pca.mean_, pca.components_[:kept]
         return self
 
     def score(self, X_test: np.ndarray) -> np.ndarray:
-        X = self.scaler_.transform(flat_features(X_test))
-        reconstruction = self.model_.inverse_transform(self.model_.transform(X))
-        return np.sum((X - reconstruction) ** 2, axis=1)
+        centred = self.scaler_.transform(flat_features(X_test)) - self.mean_
+        residual = centred - (centred @ self.components_.T) @ self.components_
+        return np.sum(residual**2, axis=1)
 
 
 def import_pyod_class(module: str, name: str) -> type:
