@@ -12,6 +12,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector
+from anomaly_vae.benchmark.tasks import find_datasets
 from anomaly_vae.data.images import (
     ImagePreprocessor,
     is_image_source,
@@ -390,6 +391,21 @@ def test_reads_torchvision_mnist_layout_from_a_local_root(tmp_path):
     assert read_images(f"mnist:{tmp_path}", size=14).images.shape == (12, 1, 14, 14)
     with pytest.raises(DataError, match="FashionMNIST not found"):
         read_images(f"fashionmnist:{tmp_path}")
+
+
+def test_gzipped_idx_files_are_named_with_how_to_read_them(tmp_path):
+    import gzip
+
+    images = bars(4, seed=5, size=28)[:, 0]
+    for train in (True, False):
+        write_idx_set(tmp_path / "MNIST", train, images, np.arange(4, dtype=np.uint8))
+    for path in (tmp_path / "MNIST" / "raw").iterdir():
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(path.read_bytes()))
+        path.unlink()
+    with pytest.raises(DataError, match=r"read uncompressed: gunzip those in .*MNIST/raw"):
+        read_images(f"mnist:{tmp_path}")
+    with pytest.raises(DataError, match=r"holds no data sets .*: gunzip those in .*MNIST/raw"):
+        find_datasets("i-oneclass", tmp_path)
 
 
 def test_fit_on_a_torchvision_set_evaluates_on_its_test_split(tmp_path, monkeypatch):

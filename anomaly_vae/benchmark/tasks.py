@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from anomaly_vae.data.images import IDX_FILES
+from anomaly_vae.data.images import IDX_FILES, gzipped_idx_hint
 from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.protocols import (
     i_oneclass_split,
@@ -116,13 +116,14 @@ def find_datasets(protocol: str, data_dir: Path, names: list[str] | None = None)
         available = npz_files(data_dir)
         what = ".npz files"
     listing = ", ".join(sorted(available, key=natural_key)) or "none"
+    hint = gzipped_idx_hint(data_dir) if protocol == IMAGE_PROTOCOL else ""
     if names is None:
         if not available:
-            raise DataError(f"{data_dir} holds no {what}")
+            raise DataError(f"{data_dir} holds no {what}{hint}")
         names = sorted(available, key=natural_key)
     unknown = [name for name in names if name not in available]
     if unknown:
-        raise DataError(f"no data set {unknown[0]!r} in {data_dir}; {what} there: {listing}")
+        raise DataError(f"no data set {unknown[0]!r} in {data_dir}; {what} there: {listing}{hint}")
     return [Dataset(protocol, name, available[name]) for name in dict.fromkeys(names)]
 
 

@@ -154,6 +154,7 @@ def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
         raise DataError(
             f"{folder_name} not found under {root} (expected the idx files of "
             f"{', '.join(IDX_FILES)} in {root / folder_name / 'raw'}); it is never downloaded"
+            + gzipped_idx_hint(root)
         )
     return read_idx_set(root / folder_name, train, torchvision_classes(folder_name))
 
@@ -168,10 +169,28 @@ def torchvision_classes(folder_name: str) -> list[str] | None:
     return list(getattr(torchvision.datasets, folder_name).classes)
 
 
-def holds_idx_files(folder: Path) -> bool:
-    """True when ``folder/raw`` holds the four idx files of the MNIST layout."""
+def holds_idx_files(folder: Path, suffix: str = "") -> bool:
+    """True when ``folder/raw`` holds the four idx files of the MNIST layout (with
+    ``suffix`` ".gz": gzipped, as downloaded)."""
     raw = Path(folder) / "raw"
-    return all((raw / name).is_file() for names in IDX_FILES.values() for name in names)
+    return all(
+        (raw / f"{name}{suffix}").is_file() for names in IDX_FILES.values() for name in names
+    )
+
+
+def gzipped_idx_hint(root: Path) -> str:
+    """A hint naming the folders under ``root`` whose idx files are only gzipped (as
+    downloaded, before torchvision extracts them), or ""."""
+    if not root.is_dir():
+        return ""
+    gzipped = sorted(
+        str(path / "raw")
+        for path in root.iterdir()
+        if not holds_idx_files(path) and holds_idx_files(path, ".gz")
+    )
+    if not gzipped:
+        return ""
+    return f"; the idx files are read uncompressed: gunzip those in {', '.join(gzipped)}"
 
 
 def read_idx_set(folder: Path, train: bool, classes: list[str] | None = None) -> ImageSet:
