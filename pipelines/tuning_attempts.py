@@ -12,7 +12,13 @@ of each score, next to reference scores computed from the same fit:
   driving score is one of these two);
 - ``elbo+rec``: rank average of the ELBO and the reconstruction error;
 - ``latent_knn``: distance to the 5th nearest training row in latent space (posterior means);
-- ``std_knn``: the same in the detector's own scaled input features (a baseline, not a VAE).
+- ``std_knn``: the same in the detector's own scaled input features (a baseline, not a VAE);
+- tables, one fit per unit: ``knn`` (the benchmark's k-NN baseline: min-max scaled on the
+  training rows), ``elbo+knn`` (rank average of the ELBO and ``knn`` within the test
+  set), and ``elbo|knn`` and ``elbo+knn_z``: the larger and the sum of the two scores
+  put on a robust scale, (score - median) / interquartile range, of normal rows (the
+  ELBO's held-out calibration rows; ``knn``'s training rows, each to its 5th nearest
+  other training row).
 
 ``--transform power`` applies scikit-learn's Yeo-Johnson ``PowerTransformer`` (fit on the
 training rows) before the detector; ``--seed-ensemble N`` averages the ranks of N fits
@@ -66,6 +72,34 @@ def kth_neighbour_distance(train: np.ndarray, test: np.ndarray) -> np.ndarray:
     return distances[:, -1]
 
 
+def robust_scale(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``values`` as (value - median) / interquartile range of ``reference``."""
+    low, median, high = np.percentile(reference, [25, 50, 75])
+    return (values - median) / (high - low if high > low else 1.0)
+
+
+def knn_hybrids(detector, X_train: np.ndarray, X_test: np.ndarray) -> dict[str, np.ndarray]:
+    """The k-NN baseline and its combinations with the detector's score, the ELBO for
+    tables (see the module docstring)."""
+    from sklearn.preprocessing import MinMaxScaler
+
+    elbo_test = detector.anomaly_score(X_test)  # not ranked, as the scores above are
+
+    scaler = MinMaxScaler().fit(X_train)
+    train, test = scaler.transform(X_train), scaler.transform(X_test)
+    neighbours = NearestNeighbors(n_neighbors=NEIGHBOURS + 1).fit(train)
+    knn_test = neighbours.kneighbors(test, n_neighbors=NEIGHBOURS)[0][:, -1]
+    knn_train = neighbours.kneighbors(train)[0][:, -1]  # the row itself comes first
+    elbo_z = robust_scale(elbo_test, detector.calibration_scores_)
+    knn_z = robust_scale(knn_test, knn_train)
+    return {
+        "knn": knn_test,
+        "elbo+knn": rankdata(elbo_test) + rankdata(knn_test),
+        "elbo|knn": np.maximum(elbo_z, knn_z),
+        "elbo+knn_z": elbo_z + knn_z,
+    }
+
+
 def run_unit(unit: Unit) -> list[dict]:
     import torch
 
@@ -115,6 +149,8 @@ def run_unit(unit: Unit) -> list[dict]:
     scores["std_knn"] = kth_neighbour_distance(
         *(detector.transform_features(X).reshape(len(X), -1) for X in (X_train, X_test))
     )
+    if unit.normal_class is None and unit.seed_ensemble == 1:
+        scores.update(knn_hybrids(detector, X_train, X_test))
     return [
         {
             "dataset": dataset,
