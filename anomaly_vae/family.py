@@ -109,6 +109,15 @@ def fit_family(
     kind = "image" if isinstance(data.train, np.ndarray) and data.train.ndim >= 3 else "table"
     classes = 0 if data.train_condition is None else len(set(data.train_condition))
     names = suitable_variants(config, kind, classes)
+    left_out = [name for name in config.family.variants if name not in names]
+    if left_out and names:
+        conditional = "data.condition_columns" if kind == "table" else "two or more normal classes"
+        logger.warning(
+            "family.variants: left out %s, which do not suit %s data (a conditional one needs %s)",
+            ", ".join(left_out),
+            kind,
+            conditional,
+        )
     if not names:
         conditional = "data.condition_columns" if kind == "table" else "two or more normal classes"
         raise ConfigError(

@@ -413,7 +413,9 @@ def log_model(
     """Log the saved model in ``model_dir`` as a pyfunc model of the active run;
     register it, and move the champion alias when asked."""
     example = input_example(detector, data.train)
-    with _registration_messages_off():
+    # MLflow scores the input example to check it; a conditional image model would warn
+    # that its example images have no class, about images no user gave.
+    with _registration_messages_off(), _package_warnings_off():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(PYFUNC_ENTRY),

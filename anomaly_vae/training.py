@@ -145,10 +145,13 @@ def train(
         history.epochs.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        # refresh=False: the bar redraws at its mininterval, with the epoch count; a
+        # redraw here each epoch showed new losses beside a count that lagged far behind.
         bar.set_postfix(
             loss=f"{metrics['train_loss']:.3g}",
             val=f"{metrics['val_loss']:.3g}",
             kl=f"{metrics['val_kl']:.3g}",
+            refresh=False,
         )
         if progress_lines and time.perf_counter() - last_line >= PROGRESS_LINE_SECONDS:
             last_line = time.perf_counter()

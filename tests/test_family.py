@@ -254,3 +254,18 @@ def test_the_pipeline_script_is_fit_family(tmp_path, monkeypatch, capsys):
     assert help_text.split("Options:", 1)[1] == options.replace(family_flag, "")
     assert run_pipeline_script(monkeypatch, "family.py", "train.csv", "--nope") == 2
     assert "No such option '--nope'" in capsys.readouterr().err
+
+
+def test_named_variants_that_do_not_suit_the_data_are_left_out_with_a_warning(tmp_path, caplog):
+    mixed_table(200, seed=5).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "family.variants=[vae,conv-vae,cvae]",
+        "family.ensemble=false",
+        "tracking.enabled=false",
+        "training.epochs=3",
+    )
+    with caplog.at_level("WARNING"):
+        result = fit_family(tmp_path / "train.csv", config, model_dir=tmp_path / "model")
+    assert result.comparison["variant"].tolist() == ["vae"]
+    assert "family.variants: left out conv-vae, cvae, which do not suit table data" in caplog.text

@@ -362,3 +362,24 @@ def test_the_likelihood_takes_each_feature_from_its_own_distribution(binary):
     )
     expected = torch.where(torch.tensor(mask), bernoulli, gaussian).sum(-1)
     torch.testing.assert_close(model.reconstruction_nll(x, output), expected)
+
+
+def test_the_bar_never_shows_new_losses_beside_a_stale_epoch_count(monkeypatch):
+    """On a terminal the bar redraws at its mininterval with the epoch count; it used to
+    redraw every epoch for the losses, beside the count of its last interval (0/N and
+    the losses of epoch 60, say)."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = build("vae")
+    config = TrainingConfig(epochs=30, batch_size=10, min_steps=0, patience=50, progress=True)
+    train(model, structured(model, 60), structured(model, 20), config)
+    frames = [frame for frame in terminal.getvalue().split("\r") if "loss=" in frame]
+    assert frames and frames[-1].lstrip().startswith("training: 100%")
+    assert not [frame for frame in frames if " 0/30 " in frame]
