@@ -561,7 +561,15 @@ def batch(
 def _view_condition(items: tuple[str, ...], data_kind: str) -> dict[str, Any] | str:
     """``--condition KEY=VALUE`` items: ``{column: value}`` (values read as YAML) for a
     table model; the class (text as given: a name, else an index) for an image model."""
-    pairs = dict(item.partition("=")[::2] for item in items)
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key:
+            example = "class=NAME" if data_kind == "image" else "COLUMN=VALUE"
+            raise click.UsageError(f"--condition {item!r}: give {example}")
+        if key in pairs:
+            raise click.UsageError(f"--condition {key} is given twice")
+        pairs[key] = value
     if data_kind == "image":
         if set(pairs) != {"class"}:
             raise click.UsageError(

@@ -808,6 +808,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"({quoted_names(columns)}), e.g. {{{columns[0]!r}: ...}}; "
                 f"got {shown_value(values)}"
             )
+        unknown = [name for name in values if name not in columns]
+        if unknown:
+            raise DataError(
+                f"{unknown[0]!r} is not a condition column of this model; its condition "
+                f"columns: {quoted_names(columns)}"
+            )
         missing = set(columns) - set(values)
         if missing:
             raise DataError(f"give a value for every condition column; missing: {sorted(missing)}")

@@ -237,6 +237,25 @@ def _to_rows(
     return detector.preprocessor_.inverse_transform(features)
 
 
+def _condition_note(detector: Any, condition: np.ndarray | None) -> str:
+    """A conditional view's condition ``(c,)`` for its title: ", class NAME" for images,
+    ", given COLUMN=VALUE, ..." for tables; "" without one."""
+    if condition is None:
+        return ""
+    condition = np.asarray(condition, np.float32).reshape(1, -1)
+    if _is_image(detector):
+        return f", class {detector.condition_names_[int(np.argmax(condition[0]))]}"
+    features = int((~detector._condition_mask()).sum())
+    row = _to_rows(detector, np.zeros((1, features), np.float32), condition).iloc[0]
+    values = [
+        f"{column}={row[column]:.4g}"
+        if isinstance(row[column], float)
+        else f"{column}={row[column]}"
+        for column in detector.effective_config.data.condition_columns
+    ]
+    return f", given {', '.join(values)}"
+
+
 # -- views ---------------------------------------------------------------------------------
 def generation(
     detector: Any, count: int = 64, condition: np.ndarray | None = None, seed: int = 0
@@ -252,6 +271,7 @@ def generation(
         if condition is not None:
             cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1)
             cond = cond.repeat(count, 1)
+            title += _condition_note(detector, condition)
         elif _is_image(detector):
             # A block of whole rows per class, no wider than the square grid would be:
             # with two classes one row each was a strip of tiny images.
@@ -287,7 +307,8 @@ def generation(
     for ax, column in zip(axes, columns, strict=False):
         ax.hist(rows[column].dropna(), bins=20, color="tab:purple", alpha=0.8)
         ax.set(title=column, xlabel="value (original units)", ylabel="generated rows")
-    _suptitle(fig, f"{count} rows generated from the prior{_columns_note(detector)}")
+    given = _condition_note(detector, condition) if cond is not None else ""
+    _suptitle(fig, f"{count} rows generated from the prior{given}{_columns_note(detector)}")
     return View("01_generated", fig, rows)
 
 
@@ -449,8 +470,8 @@ def manifold(
     title = f"Decoded latent grid over {span}"
     if principal:
         title += " of the latent means"
-    if cond is not None and _is_image(detector):
-        title += f", class {detector.condition_names_[int(np.argmax(cond[0]))]}"
+    if cond is not None:
+        title += _condition_note(detector, cond[0])
     if _is_image(detector):
         figure = _image_grid(
             np.clip(decoded, 0, 1),

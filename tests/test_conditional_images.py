@@ -292,3 +292,6 @@ def test_a_conditional_image_model_generates_a_block_per_class_without_a_conditi
     assert not [reason for reason in skipped if reason.startswith("generate")]
     for view in made:
         views.plots.close(view.figure)
+    chosen = views.generation(cvae, 16, cvae.condition_vector("v"))
+    assert chosen.figure.get_suptitle().replace("\n", " ") == "16 samples from the prior, class v"
+    views.plots.close(chosen.figure)

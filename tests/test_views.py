@@ -244,6 +244,10 @@ def test_cvae_generates_for_a_chosen_condition(cvae_detector):
         rows = views.generation(detector, 200, detector.condition_vector({"machine": machine}))
         loads[machine] = rows.table["load"].mean()
         assert set(rows.table["machine"]) == {machine}  # the condition is written back
+        assert f"rows generated from the prior, given machine={machine}" in (
+            rows.figure.get_suptitle().replace("\n", " ")
+        )
+        views.plots.close(rows.figure)
     # Normal loads sit 10 units apart between drills and lathes (offsets -5 and +5).
     assert loads["lathe"] - loads["drill"] > 5
     with pytest.raises(DataError, match=r"columns \(machine\), on the command line --condition"):
@@ -252,6 +256,27 @@ def test_cvae_generates_for_a_chosen_condition(cvae_detector):
     for bare in ("drill", 1):
         with pytest.raises(DataError, match=r"a value for each condition column \('machine'\)"):
             detector.condition_vector(bare)
+    with pytest.raises(DataError, match="'bogus' is not a condition column of this model"):
+        detector.condition_vector({"machine": "drill", "bogus": 1})
+
+
+def test_view_refuses_a_malformed_repeated_or_unknown_condition(cvae_detector, tmp_path):
+    from anomaly_vae.cli import main
+
+    cvae_detector.save(tmp_path / "m")
+    view = ["view", "generate", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "v")]
+    cases = [
+        (["machine=drill", "machine=lathe"], 2, "--condition machine is given twice"),
+        (["drill"], 2, "--condition 'drill': give COLUMN=VALUE"),
+        (["machine=drill", "bogus=1"], 1, "'bogus' is not a condition column of this model"),
+    ]
+    for conditions, code, message in cases:
+        arguments = [part for item in conditions for part in ("--condition", item)]
+        result = CliRunner().invoke(main, [*view, *arguments])
+        assert result.exit_code == code and message in result.output, result.output
+    assert not (tmp_path / "v").exists()  # nothing drawn
+    drawn = CliRunner().invoke(main, [*view, "--condition", "machine = drill"])
+    assert drawn.exit_code == 0, drawn.output
 
 
 def test_cvae_views_decode_for_the_datas_conditions(cvae_detector):
@@ -277,7 +302,10 @@ def test_cvae_views_decode_for_the_datas_conditions(cvae_detector):
     with pytest.raises(DataError, match="needs a condition: pass DATA"):
         views.manifold(cvae_detector)
     chosen = cvae_detector.condition_vector({"machine": "drill"})
-    assert set(views.manifold(cvae_detector, condition=chosen).table["machine"]) == {"drill"}
+    drawn = views.manifold(cvae_detector, condition=chosen)
+    assert set(drawn.table["machine"]) == {"drill"}
+    assert ", given machine=drill: decoded value" in drawn.figure.get_suptitle().replace("\n", " ")
+    views.plots.close(drawn.figure)
 
 
 def test_views_of_one_row_say_they_need_two(table_detector):
