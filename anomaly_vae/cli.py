@@ -844,6 +844,11 @@ def view(
     if data is not None:
         images_given = is_image_source(data)
         check_data_kind(detector, data, images_given)
+        if images_given and label_col is not None:
+            raise click.UsageError(
+                "--label-col names a column of a table; DATA holds images, whose latent "
+                "scatter is coloured by anomaly score"
+            )
         if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images

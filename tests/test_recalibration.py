@@ -304,3 +304,13 @@ def test_evaluation_settings_set_the_interval_and_other_settings_are_refused(tmp
     assert too_few.exit_code == 1
     assert "evaluation.interval_resamples must be 0" in too_few.output
     assert latest_model_dir(tmp_path) == saved  # neither saved a model
+
+
+def test_normal_class_is_refused_for_a_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    mixed_table(100, seed=1, anomalies=10).to_csv("labelled.csv", index=False)
+    result = _calibrate("source", "--normal-class", "press", "--no-tracking")
+    assert result.exit_code == 1
+    assert "--normal-class is for image sources; tables use --label-col" in result.output
+    assert latest_model_dir(tmp_path) == (tmp_path / "source").resolve()

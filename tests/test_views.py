@@ -334,3 +334,27 @@ def test_manifold_tables_hold_grid_coordinates_and_a_1d_latent_is_one_line(table
     table = views.manifold(line, steps=7).table
     assert list(table.columns[:2]) == ["z0", "machine"] and len(table) == 7
     assert table["z0"].is_monotonic_increasing
+
+
+def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path):
+    from PIL import Image
+
+    from anomaly_vae.cli import main
+
+    model = str(image_detector.save(tmp_path / "m"))
+    groups = {"normal": bars(4, seed=1), "odd": bars(4, seed=2, vertical=True)}
+    for name, image in groups.items():
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i, pixels in enumerate(image):
+            Image.fromarray(pixels[0]).save(tmp_path / "imgs" / name / f"{i}.png")
+    images = str(tmp_path / "imgs")
+    latents = CliRunner().invoke(
+        main, ["view", "latents", images, "--model", model, "--label-col", "x", "--out", "v"]
+    )
+    assert latents.exit_code == 2 and "--label-col names a column of a table" in latents.output
+    calibrate = ["calibrate", images, "--model", model, "--no-tracking"]
+    labelled = CliRunner().invoke(
+        main, [*calibrate, "--label-col", "x", "--normal-class", "normal"]
+    )
+    assert labelled.exit_code == 1 and "--label-col is for tables" in labelled.output
+    assert not (tmp_path / "v").exists()
