@@ -538,12 +538,13 @@ def batch(
     if not no_tracking and (report.scored or report.failed):
         import mlflow
 
+        from anomaly_vae.data.images import source_location
         from anomaly_vae.tracking import logging_after, use_tracking
 
         with logging_after(f"the scores are written to {output_dir}"):
             use_tracking("anomaly-vae-batch")
             with mlflow.start_run(run_name="batch"):
-                mlflow.set_tags({"model": model_id, "source": str(source)})
+                mlflow.set_tags({"model": model_id, "source": source_location(source)})
                 mlflow.log_metrics(
                     {
                         "files_scored": len(report.scored),

@@ -15,7 +15,7 @@ import pandas as pd
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationConfig
 from anomaly_vae.data import label_vector, read_table
-from anomaly_vae.data.images import class_list, is_image_source, read_images
+from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
@@ -88,7 +88,7 @@ def load_training_data(
                 "classes and the others are the anomalies"
             )
         data = _load_images(str(source), config, normal_class)
-        data.sources["data"] = str(source)
+        data.sources["data"] = source_location(source)
         if data.train_condition is not None:
             data.sources["normal_classes"] = class_list(sorted(set(data.train_condition)))
         return data
@@ -101,7 +101,7 @@ def load_training_data(
     frame = read_table(source, _id_columns(config))
     check_cells(frame, config.data)
     data = _split_table(frame, config, source)
-    data.sources["data"] = str(source)
+    data.sources["data"] = source_location(source)
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
@@ -113,7 +113,7 @@ def load_training_data(
         except DataError as exc:
             raise DataError(f"{eval_source}: {exc}") from exc
         _warn_training_ids(extra, frame, config, eval_source)
-        data.sources["eval_data"] = str(eval_source)
+        data.sources["eval_data"] = source_location(eval_source)
         if data.evaluation is None:
             data.evaluation, data.evaluation_labels = extra, extra_labels
         else:

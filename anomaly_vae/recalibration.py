@@ -17,7 +17,7 @@ import numpy as np
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import QUANTILE_THRESHOLD, Config, EvaluationConfig, load_config
 from anomaly_vae.data import label_vector, read_table
-from anomaly_vae.data.images import class_list, is_image_source, read_images
+from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
 from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
@@ -257,7 +257,11 @@ def _track(
     tracking.use_tracking(origin.experiment, project_dir)
     calibration = result.detector.calibration_
     with mlflow.start_run(run_name="calibrate") as run:
-        tags = {"source_model": origin.description, "kind": "calibrate", "data": str(source)}
+        tags = {
+            "source_model": origin.description,
+            "kind": "calibrate",
+            "data": source_location(source),
+        }
         mlflow.set_tags(tags | origin.tags)
         target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
         mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})

@@ -1,6 +1,7 @@
 """`anomaly-vae calibrate`: a fitted model's threshold chosen again on labelled data."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -216,7 +217,8 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     assert client.get_experiment(run.info.experiment_id).name == "plant"
     assert run.data.tags["source_run_id"] == source_run
     assert run.data.tags["source_model_version"] == "pumps/1"
-    assert run.data.tags["data"] == "labelled.csv"
+    # Absolute: a reviewer of the run cannot resolve a path relative to where it ran.
+    assert run.data.tags["data"] == str(Path.cwd() / "labelled.csv")
     assert client.search_registered_models(filter_string="name = 'anomaly-vae'") == []
     assert client.get_experiment_by_name("anomaly-vae") is None  # nothing logged there
     # An alias is recorded as the version it pointed at before it moved.

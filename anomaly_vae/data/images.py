@@ -15,6 +15,7 @@ so the benchmark takes any such set without code changes.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,23 @@ def torchvision_source(source: str | Path) -> tuple[str, Path] | None:
     if prefix.lower() in TORCHVISION_SETS and root and not Path(text).is_file():
         return prefix.lower(), Path(root)
     return None
+
+
+def source_location(source: str | Path) -> str:
+    """Where ``source`` is, as a run records it: a local path (or glob pattern) made
+    absolute, since a reviewer of the run cannot resolve one relative to the folder it
+    ran in; a torchvision set as ``NAME:ABSOLUTE_ROOT``; a URL as given.
+
+    >>> source_location("/data/../data/a.csv"), source_location("s3://bucket/a.csv")
+    ('/data/a.csv', 's3://bucket/a.csv')
+    """
+    text = str(source)
+    if "://" in text:
+        return text
+    torchvision = torchvision_source(text)
+    if torchvision is not None:
+        return f"{text.partition(':')[0]}:{os.path.abspath(torchvision[1])}"
+    return os.path.abspath(text)
 
 
 def is_image_source(source: str | Path) -> bool:
