@@ -747,7 +747,7 @@ def calibrate(
             click.echo(
                 f"Check before you use it: it flags more than {ALARMING_FPR_FACTOR} times "
                 f"the {100 * fit_target:g}% of normal {unit} the model was fit to flag; "
-                "the labelled normal rows may be too few or unlike normal operation",
+                f"the labelled normal {unit} may be too few or unlike normal operation",
                 err=True,
             )
     click.echo(f"Model saved to {result.model_dir}")

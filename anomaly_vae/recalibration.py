@@ -156,10 +156,11 @@ def calibrate_model(
     origin = _origin(model_ref, project_dir) if track else None  # before any alias moves
     by_quantile = method == QUANTILE_THRESHOLD
     data = labelled_data(source, detector, label_column, normal_class, anomaly_label, method)
+    unit = "images" if detector.data_kind_ == "image" else "rows"
     if not by_quantile and not data.has_evaluation():
         raise DataError(
-            f"{source} needs labelled rows of both classes (normal and anomalous) for "
-            f"--method {method}; rows of normal operation alone take --method quantile"
+            f"{source} needs labelled {unit} of both classes (normal and anomalous) for "
+            f"--method {method}; {unit} of normal operation alone take --method quantile"
         )
     previous = detector.threshold_
     intervals = evaluation_settings or EvaluationConfig()
@@ -170,7 +171,7 @@ def calibrate_model(
         labels = data.evaluation_labels
         assert labels is not None  # labelled_data labels every row
         if labels.all():
-            raise DataError(f"{source} has no normal rows to take the quantile of")
+            raise DataError(f"{source} has no normal {unit} to take the quantile of")
         scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr)

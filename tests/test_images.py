@@ -545,3 +545,10 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
         flat.output
     )
     assert "--normal-class, or use --method quantile on a folder of normal images" in flat.output
+    # Classes named normal that leave no anomalies: counted in images, not rows.
+    one_class = CliRunner().invoke(
+        main, ["calibrate", "train", "--normal-class", "good,scratch", "--no-tracking"]
+    )
+    assert one_class.exit_code == 1 and "needs labelled images of both classes" in (
+        one_class.output
+    )
