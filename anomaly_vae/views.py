@@ -62,7 +62,10 @@ def save_view(view: View, folder: Path) -> list[Path]:
     """Write ``<folder>/<name>.png`` (and ``.csv`` with a table); return the paths."""
     png = folder / f"{view.name}.png"
     png.parent.mkdir(parents=True, exist_ok=True)
-    view.figure.savefig(png, dpi=plots.DPI)
+    # Table views are panels laid out by matplotlib, whose colour-bar labels can reach
+    # past the figure's edge; image grids are laid out to the inch and kept as they are.
+    tight = "tight" if view.table is not None else None
+    view.figure.savefig(png, dpi=plots.DPI, bbox_inches=tight)
     plots.close(view.figure)
     paths = [png]
     if view.table is not None:
