@@ -114,6 +114,11 @@ def test_image_grids_label_their_rows_and_columns_and_wrap_the_title(image_detec
         "principal direction 2",
     )
     assert [t.get_text() for t in ax.get_yticklabels()] == ["3", "0", "-3"]  # 3 on top
+    axes_only = views.manifold(image_detector)  # no DATA: the first two latent axes
+    assert "of z[0] and z[1], the other 2 dimensions at 0" in (
+        axes_only.figure.get_suptitle().replace("\n", " ")
+    )
+    views.plots.close(axes_only.figure)
 
     reconstruction = views.reconstructions(image_detector, test, count=4)
     labels = [t.get_text() for t in reconstruction.figure.axes[0].get_xticklabels()]
