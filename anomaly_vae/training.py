@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import sys
@@ -43,6 +44,14 @@ class TrainingHistory:
     @property
     def best(self) -> dict[str, float]:
         return self.epochs[self.best_epoch - 1]
+
+
+@functools.cache
+def warm_up_optimizer() -> None:
+    """Build a throwaway Adam optimizer. Adam's first construction in a process imports
+    ``torch._dynamo`` (about 1.5 s on a 2-core machine, once); called before fits that are
+    timed against each other, so that the first of them is not charged for it."""
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def stretched_schedule(config: TrainingConfig, batches_per_epoch: int) -> tuple[int, int]:
