@@ -59,6 +59,7 @@ FORMAT_VERSION = 2
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
 LATENT_FILE = "latent_reference.pt"  # training latent means of the latent scores
+ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble's folder (ensemble.py)
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
 
 
@@ -359,6 +360,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"VAEDetector takes a DetectorConfig, not {type(config).__name__}: pass "
                 "config.detector_config()"
             )
+        if not isinstance(config, DetectorConfig):
+            raise ConfigError(
+                f"VAEDetector takes a DetectorConfig, not {type(config).__name__}: e.g. "
+                "load_config(overrides=[...]).detector_config()"
+            )
         validate(config)
         threads = torch.get_num_threads()
         # Seeding and thread settings stay inside the fit: a caller's own torch random
@@ -366,8 +372,20 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         with torch.random.fork_rng(devices=[]):
             try:
                 return self._fit(config, X, condition, on_epoch)
+            except BaseException:
+                # A fit that fails part way would leave this fit's preprocessor or model
+                # beside an earlier fit's threshold: scored silently wrong. Unfitted instead.
+                self._forget_fit()
+                raise
             finally:
                 torch.set_num_threads(threads)
+
+    def _forget_fit(self) -> None:
+        """Drop every fitted attribute (trailing ``_``) and the fit's private state."""
+        for name in list(self.__dict__):
+            fitted = name.endswith("_") and not name.startswith("__")
+            if fitted or name in ("_noise", "_uses_condition"):
+                del self.__dict__[name]
 
     def _fit(
         self,
@@ -771,17 +789,20 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> np.ndarray:
         """Posterior latent means ``(n, latent_dim)`` float32."""
+        check_is_fitted(self, "model_")
         return self._batched(self.model_.latent_mean, X, condition)
 
     def reconstruct(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> np.ndarray:
         """Expected reconstructions in model input units, ``(n, *input_shape)`` float32."""
+        check_is_fitted(self, "model_")
         return self._batched(self.model_.reconstruct, X, condition)
 
     def condition_vector(self, values: dict[str, Any] | int | str) -> np.ndarray:
         """The ``(c,)`` condition of a conditional model: from ``{column: value}`` for
         tables (the ``data.condition_columns``), or a class name or index for images."""
+        check_is_fitted(self, "model_")
         if not self.model_.condition_dim:
             raise DataError("this model takes no condition")
         if self.data_kind_ == "image":
@@ -834,11 +855,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> np.ndarray:
         """Per-feature surprise in nats, ``(n, *input_shape)`` (see BaseVAE.feature_surprise)."""
+        check_is_fitted(self, "model_")
         return self._batched(self.model_.feature_surprise, X, condition)
 
     def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
         """Per-pixel ``|x - x_hat|`` of images, ``(n, C, H, W)`` (the input size) float32
         in [0, 1]; with ``data.image_pool`` p each value covers a p x p block."""
+        check_is_fitted(self, "model_")
         if self.data_kind_ != "image":
             raise DataError("anomaly maps are for image models")
         error = np.abs(self.transform_features(X) - self.reconstruct(X, condition))
@@ -899,6 +922,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         else:
             (path / LATENT_FILE).unlink(missing_ok=True)
         _save_atomic(path / CONFIG_FILE, lambda f: f.write_text(text))
+        # An ensemble saved here before would still be what its marker makes loaders read.
+        (path / ENSEMBLE_FILE).unlink(missing_ok=True)
         return path
 
     @classmethod

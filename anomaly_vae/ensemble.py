@@ -18,10 +18,9 @@ import pandas as pd
 
 from anomaly_vae.config import DetectorConfig
 from anomaly_vae.data import take_rows
-from anomaly_vae.detector import ThresholdedScores, VAEDetector
+from anomaly_vae.detector import ENSEMBLE_FILE, ThresholdedScores, VAEDetector
 from anomaly_vae.errors import ModelNotFoundError, reading_model
 
-ENSEMBLE_FILE = "ensemble.json"
 SCORE_NAME = "ensemble_rank"
 
 

@@ -507,3 +507,54 @@ def test_a_conditional_model_on_images_needs_the_classes():
     config = tiny_config("model.name=cvae").detector_config()
     with pytest.raises(DataError, match="scores an image given its class, and none was given"):
         VAEDetector(config).fit(images)
+
+
+def test_a_failed_refit_leaves_the_detector_unfitted_not_half_refit():
+    from sklearn.exceptions import NotFittedError
+
+    frame = pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef"))
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config()).fit(frame)
+    # cvae without condition columns fails after the new preprocessor was fitted; before,
+    # it stayed beside the first fit's model and threshold and scored without an error.
+    detector.set_params(config=tiny_config("model.name=cvae").detector_config())
+    with pytest.raises(DataError, match="condition_columns names none"):
+        detector.fit(frame * 100)
+    detector.set_params(config=tiny_config("training.epochs=3").detector_config())
+    with pytest.raises(NotFittedError):
+        detector.predict(frame * 100)
+    assert not [name for name in vars(detector) if name.endswith("_")]
+    assert detector.fit(frame).predict(frame).shape == (300,)  # and fits again as new
+
+
+def test_every_scoring_method_of_an_unfitted_detector_says_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    X = correlated_normal(30, seed=0)
+    detector = VAEDetector()
+    for call in (
+        detector.encode,
+        detector.reconstruct,
+        detector.feature_surprise,
+        detector.anomaly_map,
+        lambda X: detector.condition_vector({"x0": 1.0}),
+    ):
+        with pytest.raises(NotFittedError):
+            call(X)
+
+
+def test_a_config_of_the_wrong_type_is_a_config_error():
+    from anomaly_vae.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="takes a DetectorConfig, not dict"):
+        VAEDetector({"model": {"latent_dim": 2}}).fit(correlated_normal(30, seed=0))
+
+
+def test_a_detector_saved_over_an_ensemble_is_what_loads(fitted, tmp_path):
+    from anomaly_vae.ensemble import EnsembleDetector, load_saved
+
+    X = correlated_normal(300, seed=0)
+    members = {"vae": VAEDetector(tiny_config("training.epochs=3").detector_config()).fit(X)}
+    EnsembleDetector.from_members(members, X).save(tmp_path / "model")
+    fitted.save(tmp_path / "model")  # e.g. a plain fit after a family fit, same --model-dir
+    loaded = load_saved(tmp_path / "model")
+    assert isinstance(loaded, VAEDetector) and loaded.threshold_ == fitted.threshold_
