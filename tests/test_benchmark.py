@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -784,6 +785,14 @@ def test_a_mean_over_fewer_data_sets_is_never_bold(tmp_path):
     auroc = text.split("mean AUROC (%)")[1].split("##")[0]
     mean = next(line for line in auroc.splitlines() if line.startswith("| mean"))
     assert [c.strip() for c in mean.split("|")[2:-1]] == ["**75.00**", "95.00*"]
+
+
+def test_a_partial_mean_tied_with_the_best_is_not_bold():
+    from anomaly_vae.benchmark.report import format_table
+
+    table = pd.DataFrame({"iforest": [90.0, 60.0], "knn": [75.0, np.nan]}, index=["A", "B"])
+    mean = format_table(table, "data set").splitlines()[-1]
+    assert [c.strip() for c in mean.split("|")[2:-1]] == ["**75.00**", "75.00*"]
 
 
 def test_npz_files_of_any_suffix_case_count_and_hidden_files_do_not(tmp_path):

@@ -132,7 +132,8 @@ def format_table(table: pd.DataFrame, row_label: str) -> str:
             text = "-" if np.isnan(value) else f"{value:.2f}"
             if number == len(body) - 1 and not complete.iloc[column] and text != "-":
                 text += PARTIAL
-            cells.append(f"**{text}**" if value == best else text)
+            # rounded_complete: a partial mean tied with the best is still not bold.
+            cells.append(f"**{text}**" if rounded_complete[column] == best else text)
         lines.append([label, *cells])
     return _markdown([header, *lines])
 
