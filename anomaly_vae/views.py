@@ -252,7 +252,8 @@ def _condition_note(detector: Any, condition: np.ndarray | None) -> str:
     row = _to_rows(detector, np.zeros((1, features), np.float32), condition).iloc[0]
     values = [
         f"{column}={row[column]:.4g}"
-        if isinstance(row[column], float)
+        # np.floating too: decoded columns are float32, which is no Python float
+        if isinstance(row[column], (float, np.floating))
         else f"{column}={row[column]}"
         for column in detector.effective_config.data.condition_columns
     ]

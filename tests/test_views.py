@@ -363,3 +363,21 @@ def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path
     )
     assert labelled.exit_code == 1 and "--label-col is for tables" in labelled.output
     assert not (tmp_path / "v").exists()
+
+
+def test_a_numeric_condition_is_shown_to_four_significant_digits():
+    table = mixed_table(300, seed=0)
+    table["setpoint"] = np.round(table["temperature"] / 10) * 10.0
+    config = tiny_config(
+        "model.name=cvae",
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "data.condition_columns=[machine,setpoint]",
+        "training.epochs=3",
+    )
+    detector = VAEDetector(config.detector_config()).fit(table)
+    chosen = detector.condition_vector({"machine": "drill", "setpoint": 60.123456})
+    drawn = views.generation(detector, 16, chosen)
+    # Decoded in float32: without the rounding the title showed 60.12345504760742.
+    assert "given machine=drill, setpoint=60.12 " in drawn.figure.get_suptitle().replace("\n", " ")
+    views.plots.close(drawn.figure)
