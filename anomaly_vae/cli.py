@@ -32,6 +32,10 @@ ALARMING_FPR_FACTOR = 5
 _SOURCES = [f"{prefix}:ROOT" for prefix in TORCHVISION_SETS]
 TORCHVISION_SOURCES = f"{', '.join(_SOURCES[:-1])} or {_SOURCES[-1]}"
 
+# What `calibrate --set` takes: the intervals of its figures. evaluation.fraction splits
+# a fit's own data and would be ignored; the model's other settings are its own.
+CALIBRATE_SETTINGS = ("evaluation.interval_level", "evaluation.interval_resamples")
+
 
 def _help_names_torchvision_sources(command: Callable[..., Any]) -> Callable[..., Any]:
     """Put :data:`TORCHVISION_SOURCES` where the command's docstring says {torchvision}."""
@@ -636,7 +640,7 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override an evaluation setting, e.g. --set evaluation.interval_resamples=0 "
+    help="Set the AUROC interval, e.g. --set evaluation.interval_resamples=0 "
     "(repeatable; the model's other settings are its own).",
 )
 @_user_errors
@@ -678,11 +682,13 @@ def calibrate(
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
     if no_tracking and register:
         raise click.UsageError("--register needs tracking: the alias lives in MLflow")
-    others = [item for item in overrides if not item.strip().startswith("evaluation.")]
+    others = [
+        item for item in overrides if item.partition("=")[0].strip() not in CALIBRATE_SETTINGS
+    ]
     if others:
         raise click.UsageError(
-            f"--set {others[0]}: calibrate takes evaluation.* settings only; the model's "
-            "other settings are those it was fit with"
+            f"--set {others[0]}: calibrate takes {' and '.join(CALIBRATE_SETTINGS)} only; "
+            "the model's other settings are those it was fit with"
         )
     evaluation_settings = load_config(None, overrides).evaluation
     result = calibrate_model(
