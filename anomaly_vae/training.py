@@ -116,7 +116,7 @@ def train(
 
     # disable=None: tqdm draws only on a terminal, so logs and CI output stay clean.
     bar = tqdm(
-        range(1, epochs + 1),
+        total=epochs,
         desc="training",
         unit="epoch",
         disable=True if not config.progress else None,
@@ -125,7 +125,7 @@ def train(
     # Off a terminal (a log, a container) a long fit would say nothing for minutes.
     progress_lines = config.progress and bar.disable
     last_line = start
-    for epoch in bar:
+    for epoch in range(1, epochs + 1):
         model.on_epoch_start(epoch, epochs)
         model.train()
         order = torch.randperm(x_train.shape[0], generator=generator)
@@ -146,6 +146,7 @@ def train(
         metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
         metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
         if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+            bar.close()
             raise ConfigError(
                 f"training diverged at epoch {epoch} (train loss {metrics['train_loss']}, "
                 f"validation loss {metrics['val_loss']}): lower training.learning_rate "
@@ -154,14 +155,16 @@ def train(
         history.epochs.append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
-        # refresh=False: the bar redraws at its mininterval, with the epoch count; a
-        # redraw here each epoch showed new losses beside a count that lagged far behind.
+        # The losses and the count move together: update() redraws both at its
+        # mininterval (a redraw for the losses alone showed them beside a stale count),
+        # and counts this epoch before any early stop (an iterating bar ends one behind).
         bar.set_postfix(
             loss=f"{metrics['train_loss']:.3g}",
             val=f"{metrics['val_loss']:.3g}",
             kl=f"{metrics['val_kl']:.3g}",
             refresh=False,
         )
+        bar.update()
         if progress_lines and time.perf_counter() - last_line >= PROGRESS_LINE_SECONDS:
             last_line = time.perf_counter()
             print(

@@ -766,6 +766,11 @@ def test_a_torn_last_row_is_run_again_and_nothing_is_glued_to_it(table_dir, tmp_
     for name, cut in (("results.csv", "t-clean,2_sec"), ("unrounded.csv", "t-clean,2_second,,0")):
         lines = (out / name).read_text().splitlines(keepends=True)
         (out / name).write_text("".join(lines[:-1]) + cut)  # killed while writing it
+    torn = {name: (out / name).read_bytes() for name in ("results.csv", "unrounded.csv")}
+    # A resume refused for other settings changes no file, the torn rows included.
+    with pytest.raises(ConfigError, match="rows made with"):
+        run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn"], overrides=FAST)
+    assert {name: (out / name).read_bytes() for name in torn} == torn
     again = run_benchmark("t-clean", table_dir, out, seeds=[0], methods=["knn", "pca"])
     assert again.rows_new == 1 and again.rows_done_before == 3 and not again.failures
     assert [r["method"] for r in read_rows(out)] == [r["method"] for r in first]

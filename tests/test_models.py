@@ -383,3 +383,11 @@ def test_the_bar_never_shows_new_losses_beside_a_stale_epoch_count(monkeypatch):
     frames = [frame for frame in terminal.getvalue().split("\r") if "loss=" in frame]
     assert frames and frames[-1].lstrip().startswith("training: 100%")
     assert not [frame for frame in frames if " 0/30 " in frame]
+    # Stopped early: the last frame counts every epoch run, the last one included.
+    terminal.seek(0)
+    terminal.truncate()
+    stopping = TrainingConfig(epochs=300, batch_size=10, min_steps=0, patience=3, progress=True)
+    history = train(model, structured(model, 60), structured(model, 20), stopping)
+    assert history.stopped_early
+    last = [frame for frame in terminal.getvalue().split("\r") if "loss=" in frame][-1]
+    assert f" {len(history.epochs)}/300 " in last, last

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -60,8 +61,9 @@ class CsvLog:
     path: Path
     columns: list[str]
 
-    def start(self, fresh: bool) -> None:
-        """Write the header if the file is new (or ``fresh``); check it otherwise."""
+    def start(self, fresh: bool, keep_torn_row: bool = False) -> None:
+        """Write the header if the file is new (or ``fresh``); check it otherwise, and
+        cut a torn last row (see :meth:`drop_torn_row`) unless ``keep_torn_row``."""
         if fresh or not self.path.exists() or self.path.stat().st_size == 0:
             with self.path.open("w", newline="") as file:
                 csv.writer(file).writerow(self.columns)
@@ -73,9 +75,10 @@ class CsvLog:
                 f"{self.path} has the columns {', '.join(header)}, not "
                 f"{', '.join(self.columns)}; choose another --out folder"
             )
-        self._drop_torn_row()
+        if not keep_torn_row:
+            self.drop_torn_row()
 
-    def _drop_torn_row(self) -> None:
+    def drop_torn_row(self) -> None:
         """Cut a last row left without its newline (a run stopped while writing it): it
         is incomplete, would count as done, and the next row would be glued onto it."""
         with self.path.open("rb+") as file:
@@ -90,10 +93,13 @@ class CsvLog:
             file.flush()
 
     def rows(self) -> list[dict[str, str]]:
+        """The complete rows: a torn last row (no newline) is not one."""
         if not self.path.exists():
             return []
         with self.path.open(newline="") as file:
-            return list(csv.DictReader(file))
+            text = file.read()
+        complete = text[: text.rfind("\n") + 1]
+        return list(csv.DictReader(io.StringIO(complete, newline="")))
 
 
 @dataclass
@@ -205,7 +211,7 @@ class RunFiles:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, no permission, a read-only disk
             raise DataError(f"{self.out}: cannot make the results folder ({exc})") from exc
-        self.results.start(fresh=False)
+        self.results.start(fresh=False, keep_torn_row=True)  # cut once the check passes
         rows = self.results.rows()
         earlier = read_description(self.description_path)
         if earlier is None:
@@ -222,6 +228,7 @@ class RunFiles:
             description.data = earlier.data | known
             description.unchecked_rows = earlier.unchecked_rows
         write_description(self.description_path, description)
+        self.results.drop_torn_row()
         self.unrounded.start(fresh=not rows)
         # KEY_COLUMNS names Key's five fields, so each tuple is a Key.
         done = {cast(Key, tuple(row[c] for c in KEY_COLUMNS)) for row in rows}
