@@ -816,6 +816,7 @@ def view(
     from anomaly_vae.data.images import is_image_source, read_images
     from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
     from anomaly_vae.detector import VAEDetector
+    from anomaly_vae.fitting import check_label_options
     from anomaly_vae.scoring import check_data_kind, load_detector
 
     if anomaly_label is not None and label_col is None:
@@ -851,11 +852,7 @@ def view(
     if data is not None:
         images_given = is_image_source(data)
         check_data_kind(detector, data, images_given)
-        if images_given and label_col is not None:
-            raise click.UsageError(
-                "--label-col names a column of a table; DATA holds images, whose latent "
-                "scatter is coloured by anomaly score"
-            )
+        check_label_options(images_given, label_col, None)
         if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images

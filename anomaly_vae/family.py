@@ -89,6 +89,16 @@ def suitable_variants(config: Config, data_kind: str, image_classes: int = 0) ->
     ]
 
 
+def _unsuitable_reason(name: str, data_kind: str) -> str:
+    """Why the variant ``name``, left out by :func:`suitable_variants`, does not suit
+    ``data_kind`` data, e.g. "conv-vae (image data only)"."""
+    kinds = get_model(name).data_kinds
+    if data_kind not in kinds:
+        return f"{name} ({' and '.join(kinds)} data only)"
+    needs = "data.condition_columns" if data_kind == "table" else "two or more normal classes"
+    return f"{name} (a conditional model: it needs {needs})"
+
+
 def fit_family(
     source: str | Path,
     config: Config,
@@ -110,21 +120,13 @@ def fit_family(
     kind = "image" if isinstance(data.train, np.ndarray) and data.train.ndim >= 3 else "table"
     classes = 0 if data.train_condition is None else len(set(data.train_condition))
     names = suitable_variants(config, kind, classes)
-    left_out = [name for name in config.family.variants if name not in names]
-    if left_out and names:
-        conditional = "data.condition_columns" if kind == "table" else "two or more normal classes"
-        logger.warning(
-            "family.variants: left out %s, which do not suit %s data (a conditional one needs %s)",
-            ", ".join(left_out),
-            kind,
-            conditional,
-        )
+    reasons = [
+        _unsuitable_reason(name, kind) for name in config.family.variants if name not in names
+    ]
     if not names:
-        conditional = "data.condition_columns" if kind == "table" else "two or more normal classes"
-        raise ConfigError(
-            f"no variant in family.variants suits {kind} data (a conditional one needs "
-            f"{conditional})"
-        )
+        raise ConfigError(f"no variant in family.variants suits {kind} data: {'; '.join(reasons)}")
+    if reasons:
+        logger.warning("family.variants: left out %s", "; ".join(reasons))
     if config.family.ensemble and len(names) > 1 and kind == "table":  # before any training
         ensemble_columns = [member_score_column(name) for name in names] + [SCORE_NAME]
         refuse_id_named_like_outputs(config.data.id_column, ensemble_columns)

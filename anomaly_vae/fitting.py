@@ -81,19 +81,13 @@ def load_training_data(
     trained on and the whole test split evaluates (other classes = anomalies); for a
     folder, the other classes and a held-out fraction of the normal classes evaluate.
     """
+    check_label_options(is_image_source(source), config.data.label_column, normal_class)
     if is_image_source(source):
-        if config.data.label_column is not None:
-            raise DataError(
-                "--label-col is for tables; for images, --normal-class names the normal "
-                "classes and the others are the anomalies"
-            )
         data = _load_images(str(source), config, normal_class)
         data.sources["data"] = source_location(source)
         if data.train_condition is not None:
             data.sources["normal_classes"] = class_list(sorted(set(data.train_condition)))
         return data
-    if normal_class is not None:
-        raise DataError("--normal-class is for image sources; tables use --label-col")
     if config.data.label_column is not None and config.data.label_column == config.data.id_column:
         raise DataError(
             f"{config.data.label_column!r} is named as both the label and the id column"
@@ -120,6 +114,18 @@ def load_training_data(
             data.evaluation = pd.concat([data.evaluation, extra], ignore_index=True)
             data.evaluation_labels = np.concatenate([data.evaluation_labels, extra_labels])
     return data
+
+
+def check_label_options(images: bool, label_column: str | None, normal_class: str | None) -> None:
+    """DataError for the labels of the other kind of data: a label column for images,
+    normal classes for a table (either would be ignored)."""
+    if images and label_column is not None:
+        raise DataError(
+            "--label-col is for tables; for images, --normal-class names the normal "
+            "classes and the others are the anomalies"
+        )
+    if not images and normal_class is not None:
+        raise DataError("--normal-class is for image sources; tables use --label-col")
 
 
 def _id_columns(config: Config) -> list[str]:

@@ -23,6 +23,7 @@ from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
     TrainingData,
     calibrate_and_evaluate,
+    check_label_options,
     record_run,
     save_model,
 )
@@ -61,13 +62,7 @@ def labelled_data(
     """
     labels_required = method != QUANTILE_THRESHOLD
     check_data_kind(detector, source, is_image_source(source))
-    if is_image_source(source) and label_column is not None:
-        raise DataError(
-            "--label-col is for tables; for images, --normal-class names the normal "
-            "classes and the others are the anomalies"
-        )
-    if not is_image_source(source) and normal_class is not None:
-        raise DataError("--normal-class is for image sources; tables use --label-col")
+    check_label_options(is_image_source(source), label_column, normal_class)
     if is_image_source(source):
         size = detector.effective_config.data.image_size
         images = read_images(str(source), train=False, size=size)

@@ -475,7 +475,8 @@ def manifold(
     if principal:
         title += " of the latent means"
     elif detector.model_.latent_dim > 2:
-        title += f" of z[0] and z[1], the other {detector.model_.latent_dim - 2} dimensions at 0"
+        others = detector.model_.latent_dim - 2
+        title += f" of z[0] and z[1], the other {others} dimension{'s' if others > 1 else ''} at 0"
     if cond is not None:
         title += _condition_note(detector, cond[0])
     if _is_image(detector):

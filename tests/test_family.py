@@ -268,7 +268,10 @@ def test_named_variants_that_do_not_suit_the_data_are_left_out_with_a_warning(tm
     with caplog.at_level("WARNING"):
         result = fit_family(tmp_path / "train.csv", config, model_dir=tmp_path / "model")
     assert result.comparison["variant"].tolist() == ["vae"]
-    assert "family.variants: left out conv-vae, cvae, which do not suit table data" in caplog.text
+    assert (
+        "family.variants: left out conv-vae (image data only); cvae (a conditional model: "
+        "it needs data.condition_columns)"
+    ) in caplog.text
 
 
 def test_the_first_variant_is_not_charged_for_a_one_off_import(tmp_path):

@@ -406,6 +406,8 @@ def test_gzipped_idx_files_are_named_with_how_to_read_them(tmp_path):
         read_images(f"mnist:{tmp_path}")
     with pytest.raises(DataError, match=r"holds no data sets .*: gunzip those in .*MNIST/raw"):
         find_datasets("i-oneclass", tmp_path)
+    with pytest.raises(DataError, match=r"it is never downloaded$"):  # not about MNIST
+        read_images(f"fashionmnist:{tmp_path}")
 
 
 def test_fit_on_a_torchvision_set_evaluates_on_its_test_split(tmp_path, monkeypatch):

@@ -116,7 +116,9 @@ def find_datasets(protocol: str, data_dir: Path, names: list[str] | None = None)
         available = npz_files(data_dir)
         what = ".npz files"
     listing = ", ".join(sorted(available, key=natural_key)) or "none"
-    hint = gzipped_idx_hint(data_dir) if protocol == IMAGE_PROTOCOL else ""
+    hint = ""
+    if protocol == IMAGE_PROTOCOL:
+        hint = gzipped_idx_hint([path for path in data_dir.iterdir() if path.is_dir()])
     if names is None:
         if not available:
             raise DataError(f"{data_dir} holds no {what}{hint}")

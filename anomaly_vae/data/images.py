@@ -172,7 +172,7 @@ def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
         raise DataError(
             f"{folder_name} not found under {root} (expected the idx files of "
             f"{', '.join(IDX_FILES)} in {root / folder_name / 'raw'}); it is never downloaded"
-            + gzipped_idx_hint(root)
+            + gzipped_idx_hint([root / folder_name])
         )
     return read_idx_set(root / folder_name, train, torchvision_classes(folder_name))
 
@@ -196,14 +196,12 @@ def holds_idx_files(folder: Path, suffix: str = "") -> bool:
     )
 
 
-def gzipped_idx_hint(root: Path) -> str:
-    """A hint naming the folders under ``root`` whose idx files are only gzipped (as
+def gzipped_idx_hint(folders: list[Path]) -> str:
+    """A hint naming those of ``folders`` whose idx files are only gzipped (as
     downloaded, before torchvision extracts them), or ""."""
-    if not root.is_dir():
-        return ""
     gzipped = sorted(
         str(path / "raw")
-        for path in root.iterdir()
+        for path in folders
         if not holds_idx_files(path) and holds_idx_files(path, ".gz")
     )
     if not gzipped:
