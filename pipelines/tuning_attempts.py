@@ -42,6 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,9 @@ from scipy.stats import rankdata
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 from sklearn.preprocessing import PowerTransformer
+
+if TYPE_CHECKING:
+    from anomaly_vae import VAEDetector
 
 NEIGHBOURS = 5
 
@@ -78,18 +82,19 @@ def robust_scale(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (values - median) / (high - low if high > low else 1.0)
 
 
-def knn_hybrids(detector, X_train: np.ndarray, X_test: np.ndarray) -> dict[str, np.ndarray]:
-    """The k-NN baseline and its combinations with the detector's score, the ELBO for
-    tables (see the module docstring)."""
-    from sklearn.preprocessing import MinMaxScaler
+def knn_hybrids(
+    detector: VAEDetector, X_train: np.ndarray, X_test: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The benchmark's k-NN baseline and its combinations with the detector's score, the
+    ELBO for tables (see the module docstring)."""
+    from anomaly_vae.benchmark.methods import KNNMethod
 
     elbo_test = detector.anomaly_score(X_test)  # not ranked, as the scores above are
-
-    scaler = MinMaxScaler().fit(X_train)
-    train, test = scaler.transform(X_train), scaler.transform(X_test)
-    neighbours = NearestNeighbors(n_neighbors=NEIGHBOURS + 1).fit(train)
-    knn_test = neighbours.kneighbors(test, n_neighbors=NEIGHBOURS)[0][:, -1]
-    knn_train = neighbours.kneighbors(train)[0][:, -1]  # the row itself comes first
+    knn = KNNMethod().fit(X_train)
+    knn_test = knn.score(X_test)
+    # Each training row's distance to its 5th nearest other row (the first is itself).
+    train = knn.scaler_.transform(X_train)
+    knn_train = knn.model_.kneighbors(train, n_neighbors=NEIGHBOURS + 1)[0][:, -1]
     elbo_z = robust_scale(elbo_test, detector.calibration_scores_)
     knn_z = robust_scale(knn_test, knn_train)
     return {
