@@ -169,6 +169,7 @@ class AnomalyVAEPyfunc(PythonModel):
 
         try:
             if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
+                _refuse_cast_unit_floats(model_input)
                 image_class = (params or {}).get(IMAGE_CLASS_PARAM) or ""
                 classes = np.full(len(model_input), image_class, dtype=object)
                 scores = self.detector.score_frame(model_input, classes)
@@ -187,6 +188,19 @@ class AnomalyVAEPyfunc(PythonModel):
         except DataError as exc:
             # A served model answers 400 with this message, not a 500 with a stack trace.
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+
+def _refuse_cast_unit_floats(images: np.ndarray) -> None:
+    """DataError when every pixel of a request's uint8 ``images`` is 0 or 1: over REST,
+    MLflow casts JSON numbers to the signature's uint8, so pixels sent as floats in
+    [0, 1] arrive as 0 and 1 and would be scored as black images."""
+    from anomaly_vae.errors import DataError
+
+    if images.dtype == np.uint8 and images.size and int(images.max()) <= 1:
+        raise DataError(
+            "every pixel of these images is 0 or 1: pixels sent as floats in [0, 1] are "
+            "read as levels 0 to 255 (MLflow casts them to uint8); send levels 0 to 255"
+        )
 
 
 @contextlib.contextmanager

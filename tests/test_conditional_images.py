@@ -259,6 +259,12 @@ def test_a_served_conditional_image_model_takes_the_class_as_a_parameter(
     best = model.predict(vertical)["score"].to_numpy()
     assert as_h.min() > as_v.max()  # a vertical bar filed as horizontal
     np.testing.assert_allclose(best, np.minimum(as_v, as_h), rtol=1e-5)
+    # Pixels sent over REST as floats in [0, 1] arrive cast to uint8 0 and 1: refused.
+    from mlflow.exceptions import MlflowException
+
+    cast_floats = (vertical / 255.0).round().astype(np.uint8)
+    with pytest.raises(MlflowException, match="every pixel of these images is 0 or 1"):
+        model.predict(cast_floats, params={"image_class": "v"})
 
 
 def test_a_whole_config_is_refused_with_the_call_to_make():
