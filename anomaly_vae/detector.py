@@ -902,6 +902,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 "patience": self.history_.patience,
                 "batches_per_epoch": self.history_.batches_per_epoch,
                 "history": self.history_.epochs,
+                "source": getattr(self, "training_source_", None),
             },
             "versions": {
                 "anomaly_vae": __version__,
@@ -990,6 +991,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             )
         training = document["training"]
         detector.n_training_rows_ = training["rows"]
+        detector.training_source_ = training.get("source")
         detector.history_ = TrainingHistory(
             epochs=training["history"],
             best_epoch=training["best_epoch"],

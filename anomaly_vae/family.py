@@ -36,6 +36,7 @@ from anomaly_vae.fitting import (
     check_threshold_labels,
     fit_rows,
     load_training_data,
+    mark_training_file,
     record_run,
     save_model,
 )
@@ -145,6 +146,7 @@ def fit_family(
             candidates.append(_ensemble(candidates, data))
     chosen = _choose(candidates, select_by)
     comparison = _comparison_table(candidates, chosen.name)
+    mark_training_file(chosen.detector, source)
     saved = save_model(chosen.detector, project_dir, model_dir)
     result = FamilyResult(
         detector=chosen.detector,

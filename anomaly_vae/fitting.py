@@ -302,6 +302,7 @@ def fit_source(
         data.train, condition=data.train_condition, on_epoch=on_epoch
     )
     evaluation = calibrate_and_evaluate(detector, data, config.evaluation)
+    mark_training_file(detector, source)
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:
@@ -331,6 +332,22 @@ def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
     rows["unused_other_classes"] = data.unused_other_classes
     rows["evaluation"] = 0 if data.evaluation is None else len(data.evaluation)
     return rows
+
+
+def training_file(source: str | Path) -> dict[str, Any] | None:
+    """The identity of a table file a model is fit on, saved with it so that
+    `calibrate` can tell when it is given the same file: its absolute path and size in
+    bytes. None for images, which `calibrate` reads from other folders or splits."""
+    if is_image_source(source) or not Path(source).is_file():
+        return None
+    return {"path": source_location(source), "bytes": Path(source).stat().st_size}
+
+
+def mark_training_file(detector: Any, source: str | Path) -> None:
+    """Record :func:`training_file` of ``source`` on ``detector`` (each member of an
+    ensemble), as ``training_source_``."""
+    for model in getattr(detector, "members", {"": detector}).values():
+        model.training_source_ = training_file(source)
 
 
 def save_model(detector: Any, project_dir: Path, model_dir: Path | None = None) -> Path:

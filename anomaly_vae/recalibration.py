@@ -26,6 +26,7 @@ from anomaly_vae.fitting import (
     check_label_options,
     record_run,
     save_model,
+    training_file,
 )
 from anomaly_vae.scoring import check_data_kind, load_detector, warn_unknown_classes
 
@@ -151,6 +152,7 @@ def calibrate_model(
     origin = _origin(model_ref, project_dir) if track else None  # before any alias moves
     by_quantile = method == QUANTILE_THRESHOLD
     data = labelled_data(source, detector, label_column, normal_class, anomaly_label, method)
+    _warn_training_file(source, detector)
     unit = "images" if detector.data_kind_ == "image" else "rows"
     if not by_quantile and not data.has_evaluation():
         raise DataError(
@@ -191,6 +193,19 @@ def calibrate_model(
             result.run = _track(result, data, source, origin, project_dir, register)
         record_run(saved, result.run.run_id)
     return result
+
+
+def _warn_training_file(source: str | Path, detector: Any) -> None:
+    """Warn when ``source`` is the file ``detector`` was fit on (same path and size):
+    its normal rows include training rows, which score lower than new rows do."""
+    fitted_on = getattr(getattr(detector, "first", detector), "training_source_", None)
+    if fitted_on is not None and fitted_on == training_file(source):
+        logger.warning(
+            "%s is the file this model was fit on: its normal rows include rows the model "
+            "trained on, which score lower than new rows, so the threshold and the figures "
+            "on it are optimistic; calibrate on rows the model did not train on",
+            Path(source).name,
+        )
 
 
 @dataclass

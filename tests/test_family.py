@@ -116,7 +116,15 @@ def test_chosen_model_loads_and_scores_the_same(family_run):
     _, result = family_run
     fresh = mixed_table(100, seed=7, anomalies=10)
     expected = result.detector.anomaly_score(fresh)
-    np.testing.assert_allclose(load_saved(result.model_dir).anomaly_score(fresh), expected)
+    loaded = load_saved(result.model_dir)
+    np.testing.assert_allclose(loaded.anomaly_score(fresh), expected)
+    # Saved with the training file's identity, for calibrate's check (ensembles: per member).
+    root, _ = family_run
+    fitted_on = getattr(loaded, "first", loaded).training_source_
+    assert fitted_on == {
+        "path": str(root / "train.csv"),
+        "bytes": (root / "train.csv").stat().st_size,
+    }
     pyfunc = mlflow.pyfunc.load_model(result.run.model_uri)
     np.testing.assert_allclose(pyfunc.predict(fresh)["score"].to_numpy(), expected)
 

@@ -319,3 +319,28 @@ def test_normal_class_is_refused_for_a_table(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "--normal-class is for image sources; tables use --label-col" in result.output
     assert latest_model_dir(tmp_path) == (tmp_path / "source").resolve()
+
+
+def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    mixed_table(400, seed=0, anomalies=30).to_csv("labelled.csv", index=False)
+    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
+    assert fitted.exit_code == 0, fitted.output
+    said = "labelled.csv is the file this model was fit on"
+    with caplog.at_level("WARNING"):
+        same = _calibrate("m", "--no-tracking")
+    assert same.exit_code == 0, same.output
+    assert said in caplog.text
+    caplog.clear()
+    mixed_table(400, seed=1, anomalies=30).to_csv("reviewed.csv", index=False)
+    other = CliRunner().invoke(
+        main,
+        ["calibrate", "reviewed.csv", "--label-col", "is_fault", "--model", "m", "--no-tracking"],
+    )
+    assert other.exit_code == 0, other.output
+    assert "the file this model was fit on" not in caplog.text
+    # A recalibrated model still knows its training file.
+    with caplog.at_level("WARNING"):
+        again = _calibrate(str(latest_model_dir(tmp_path)), "--no-tracking")
+    assert again.exit_code == 0 and said in caplog.text
