@@ -125,66 +125,74 @@ def train(
     # Off a terminal (a log, a container) a long fit would say nothing for minutes.
     progress_lines = config.progress and bar.disable
     last_line = start
-    for epoch in range(1, epochs + 1):
-        model.on_epoch_start(epoch, epochs)
-        model.train()
-        order = torch.randperm(x_train.shape[0], generator=generator)
-        totals = dict.fromkeys(LOSS_TERMS, 0.0)
-        for batch_index in range(n_batches):
-            rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
-            condition = None if condition_train is None else condition_train[rows]
-            x = x_train[rows] if batch_input is None else batch_input(rows, generator)
-            terms = model.loss_terms(x, condition=condition)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            for key in LOSS_TERMS:
-                totals[key] += terms[key].item()
-        model.eval()
-        with torch.no_grad():
-            val_terms = model.loss_terms(x_val, noise=val_noise, condition=condition_val)
-        metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
-        metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
-        if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
-            bar.close()
-            raise ConfigError(
-                f"training diverged at epoch {epoch} (train loss {metrics['train_loss']}, "
-                f"validation loss {metrics['val_loss']}): lower training.learning_rate "
-                f"(now {config.learning_rate:g}) or model.beta (now {model.config.beta:g})"
+    # Closed on every way out (an early stop, divergence, an error or Ctrl-C in an
+    # epoch or in on_epoch): an open bar leaves the terminal line to the next message.
+    try:
+        for epoch in range(1, epochs + 1):
+            model.on_epoch_start(epoch, epochs)
+            model.train()
+            order = torch.randperm(x_train.shape[0], generator=generator)
+            totals = dict.fromkeys(LOSS_TERMS, 0.0)
+            for batch_index in range(n_batches):
+                rows = order[batch_index * batch_size : (batch_index + 1) * batch_size]
+                condition = None if condition_train is None else condition_train[rows]
+                x = x_train[rows] if batch_input is None else batch_input(rows, generator)
+                terms = model.loss_terms(x, condition=condition)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimizer.step()
+                for key in LOSS_TERMS:
+                    totals[key] += terms[key].item()
+            model.eval()
+            with torch.no_grad():
+                val_terms = model.loss_terms(x_val, noise=val_noise, condition=condition_val)
+            metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
+            metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
+            if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+                raise ConfigError(
+                    f"training diverged at epoch {epoch} (train loss {metrics['train_loss']}, "
+                    f"validation loss {metrics['val_loss']}): lower training.learning_rate "
+                    f"(now {config.learning_rate:g}) or model.beta (now {model.config.beta:g})"
+                )
+            history.epochs.append(metrics)
+            if on_epoch is not None:
+                on_epoch(epoch, metrics)
+            # The losses and the count move together: update() redraws both at its
+            # mininterval (a redraw for the losses alone showed them beside a stale count),
+            # and counts this epoch before any early stop (an iterating bar ends one behind).
+            bar.set_postfix(
+                loss=f"{metrics['train_loss']:.3g}",
+                val=f"{metrics['val_loss']:.3g}",
+                kl=f"{metrics['val_kl']:.3g}",
+                refresh=False,
             )
-        history.epochs.append(metrics)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        # The losses and the count move together: update() redraws both at its
-        # mininterval (a redraw for the losses alone showed them beside a stale count),
-        # and counts this epoch before any early stop (an iterating bar ends one behind).
-        bar.set_postfix(
-            loss=f"{metrics['train_loss']:.3g}",
-            val=f"{metrics['val_loss']:.3g}",
-            kl=f"{metrics['val_kl']:.3g}",
-            refresh=False,
-        )
-        bar.update()
-        if progress_lines and time.perf_counter() - last_line >= PROGRESS_LINE_SECONDS:
-            last_line = time.perf_counter()
-            print(
-                f"training: epoch {epoch}/{epochs}, loss {metrics['train_loss']:.3g}, "
-                f"val {metrics['val_loss']:.3g} ({last_line - start:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-        if not model.schedule_finished:
-            continue  # the objective is still changing: no model selection yet
-        # An improvement must beat the best by a relative 1e-4, so noise does not reset patience.
-        if history.best_epoch == 0 or metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
-            best_loss, best_state, stale = metrics["val_loss"], copy.deepcopy(model.state_dict()), 0
-            history.best_epoch = epoch
-        else:
-            stale += 1
-            if stale >= patience:
-                history.stopped_early = True
-                break
-    bar.close()
+            bar.update()
+            if progress_lines and time.perf_counter() - last_line >= PROGRESS_LINE_SECONDS:
+                last_line = time.perf_counter()
+                print(
+                    f"training: epoch {epoch}/{epochs}, loss {metrics['train_loss']:.3g}, "
+                    f"val {metrics['val_loss']:.3g} ({last_line - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if not model.schedule_finished:
+                continue  # the objective is still changing: no model selection yet
+            # An improvement must beat the best by a relative 1e-4, so noise does not reset
+            # patience.
+            if history.best_epoch == 0 or metrics["val_loss"] < best_loss - 1e-4 * abs(best_loss):
+                best_loss, best_state, stale = (
+                    metrics["val_loss"],
+                    copy.deepcopy(model.state_dict()),
+                    0,
+                )
+                history.best_epoch = epoch
+            else:
+                stale += 1
+                if stale >= patience:
+                    history.stopped_early = True
+                    break
+    finally:
+        bar.close()
     if history.best_epoch == 0:
         # The epoch limit came before the schedule finished, so no epoch was selected.
         # The initial weights (best_state so far) are no model at all: keep the last epoch's.

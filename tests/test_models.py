@@ -391,3 +391,28 @@ def test_the_bar_never_shows_new_losses_beside_a_stale_epoch_count(monkeypatch):
     assert history.stopped_early
     last = [frame for frame in terminal.getvalue().split("\r") if "loss=" in frame][-1]
     assert f" {len(history.epochs)}/300 " in last, last
+
+
+def test_the_bar_is_closed_when_an_epoch_raises(monkeypatch):
+    """A callback's error (or Ctrl-C) mid-fit ends the bar's line before the message;
+    an open bar left the error written onto the bar's line."""
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def interrupt(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    model = build("vae")
+    config = TrainingConfig(epochs=30, batch_size=10, min_steps=0, patience=50, progress=True)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        train(model, structured(model, 60), structured(model, 20), config, on_epoch=interrupt)
+    # While `caught` holds the traceback, and with it train's frame and its bar.
+    assert caught.tb is not None
+    assert terminal.getvalue().endswith("\n")
