@@ -353,6 +353,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         ``on_epoch(epoch, losses)`` is called after every epoch. Id and label columns
         named in ``config.data`` are not features.
         """
+        # Whatever this fit does, nothing of an earlier one stays: a fit refused for its
+        # config would leave the earlier model beside this config (saved so, it does not
+        # load), and a refit would keep the earlier training file (training_source_).
+        self._forget_fit()
         config = self.effective_config
         if isinstance(config, Config):
             # A whole Config would fit, and then not load: its saved sections differ.
@@ -394,8 +398,6 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         condition: np.ndarray | None,
         on_epoch: EpochCallback | None,
     ) -> VAEDetector:
-        for stale in ("n_features_in_", "feature_names_in_"):  # from an earlier fit
-            self.__dict__.pop(stale, None)
         model_class = get_model(config.model.name)
         self.data_kind_ = "image" if _is_image_array(X) else "table"
         score = resolve_score(config.scoring.score, self.data_kind_, len(X))

@@ -526,6 +526,27 @@ def test_a_failed_refit_leaves_the_detector_unfitted_not_half_refit():
     assert detector.fit(frame).predict(frame).shape == (300,)  # and fits again as new
 
 
+def test_a_refit_keeps_nothing_of_the_earlier_fit(tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    from anomaly_vae.errors import ConfigError
+
+    X = correlated_normal(300, seed=0)
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config()).fit(X)
+    detector.training_source_ = {"path": "/data/first.csv", "bytes": 1}  # as fit_source sets
+    # Refit on other rows: saved without the first fit's training file.
+    detector.fit(correlated_normal(300, seed=1)).save(tmp_path / "m")
+    assert VAEDetector.load(tmp_path / "m").training_source_ is None
+    # A config refused before training (edited after construction): unfitted too, not
+    # the earlier model beside this config, which would save and then not load.
+    config = tiny_config("training.epochs=3", "model.latent_dim=4").detector_config()
+    config.training.learning_rate = -1.0
+    with pytest.raises(ConfigError, match="learning_rate"):
+        detector.set_params(config=config).fit(X)
+    with pytest.raises(NotFittedError):
+        detector.predict(X)
+
+
 def test_every_scoring_method_of_an_unfitted_detector_says_not_fitted():
     from sklearn.exceptions import NotFittedError
 
