@@ -640,7 +640,7 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Set the AUROC interval, e.g. --set evaluation.interval_resamples=0 "
+    help="Set the AUROC and AUCPR intervals, e.g. --set evaluation.interval_resamples=0 "
     "(repeatable; the model's other settings are its own).",
 )
 @_user_errors

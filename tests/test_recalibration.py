@@ -344,3 +344,9 @@ def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
     with caplog.at_level("WARNING"):
         again = _calibrate(str(latest_model_dir(tmp_path)), "--no-tracking")
     assert again.exit_code == 0 and said in caplog.text
+
+
+def test_the_set_help_names_both_intervals():
+    # evaluation.interval_* bound AUROC and AUCPR alike (anomaly_vae.intervals).
+    shown = CliRunner().invoke(main, ["calibrate", "--help"]).output
+    assert "Set the AUROC and AUCPR intervals" in " ".join(shown.split())
