@@ -852,7 +852,9 @@ def view(
     if data is not None:
         images_given = is_image_source(data)
         check_data_kind(detector, data, images_given)
-        check_label_options(images_given, label_col, None)
+        check_label_options(
+            images_given, label_col, None, "the latent scatter is coloured by anomaly score"
+        )
         if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images

@@ -4,6 +4,7 @@ training, fit and calibrate a detector, evaluate when labels allow, save, track.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,14 +117,20 @@ def load_training_data(
     return data
 
 
-def check_label_options(images: bool, label_column: str | None, normal_class: str | None) -> None:
-    """DataError for the labels of the other kind of data: a label column for images,
-    normal classes for a table (either would be ignored)."""
+IMAGE_LABELS = "--normal-class names the normal classes and the others are the anomalies"
+
+
+def check_label_options(
+    images: bool,
+    label_column: str | None,
+    normal_class: str | None,
+    image_labels: str = IMAGE_LABELS,
+) -> None:
+    """DataError for the labels of the other kind of data: a label column for images
+    (``image_labels`` says what images take instead), normal classes for a table
+    (either would be ignored)."""
     if images and label_column is not None:
-        raise DataError(
-            "--label-col is for tables; for images, --normal-class names the normal "
-            "classes and the others are the anomalies"
-        )
+        raise DataError(f"--label-col is for tables; for images, {image_labels}")
     if not images and normal_class is not None:
         raise DataError("--normal-class is for image sources; tables use --label-col")
 
@@ -340,7 +347,8 @@ def training_file(source: str | Path) -> dict[str, Any] | None:
     bytes. None for images, which `calibrate` reads from other folders or splits."""
     if is_image_source(source) or not Path(source).is_file():
         return None
-    return {"path": source_location(source), "bytes": Path(source).stat().st_size}
+    # The real path: a link to the training file is the training file.
+    return {"path": os.path.realpath(source), "bytes": Path(source).stat().st_size}
 
 
 def mark_training_file(detector: Any, source: str | Path) -> None:

@@ -191,15 +191,21 @@ class AnomalyVAEPyfunc(PythonModel):
 
 
 def _refuse_cast_unit_floats(images: np.ndarray) -> None:
-    """DataError when every pixel of a request's uint8 ``images`` is 0 or 1: over REST,
-    MLflow casts JSON numbers to the signature's uint8, so pixels sent as floats in
-    [0, 1] arrive as 0 and 1 and would be scored as black images."""
+    """DataError when an image of a request's uint8 ``images`` ``(n, C, H, W)`` has
+    pixels of 0 and 1 only, some 1: over REST, MLflow casts JSON numbers to the
+    signature's uint8, so pixels sent as floats in [0, 1] arrive as 0 and 1 and would be
+    scored as black images. An all-black image (every pixel 0) is scored as one."""
     from anomaly_vae.errors import DataError
 
-    if images.dtype == np.uint8 and images.size and int(images.max()) <= 1:
+    if images.dtype != np.uint8 or not images.size:
+        return
+    brightest = images.reshape(len(images), -1).max(axis=1)
+    cast = int(np.count_nonzero(brightest == 1))
+    if cast:
         raise DataError(
-            "every pixel of these images is 0 or 1: pixels sent as floats in [0, 1] are "
-            "read as levels 0 to 255 (MLflow casts them to uint8); send levels 0 to 255"
+            f"{cast} of {len(images)} images have pixels of 0 and 1 only: pixels sent as "
+            "floats in [0, 1] are read as levels 0 to 255 (MLflow casts them to uint8); "
+            "send levels 0 to 255"
         )
 
 

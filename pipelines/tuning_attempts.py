@@ -87,14 +87,14 @@ def knn_hybrids(
 ) -> dict[str, np.ndarray]:
     """The benchmark's k-NN baseline and its combinations with the detector's score, the
     ELBO for tables (see the module docstring)."""
-    from anomaly_vae.benchmark.methods import KNNMethod
+    from anomaly_vae.benchmark.methods import KNN_NEIGHBOURS, KNNMethod
 
     elbo_test = detector.anomaly_score(X_test)  # not ranked, as the scores above are
     knn = KNNMethod().fit(X_train)
     knn_test = knn.score(X_test)
     # Each training row's distance to its 5th nearest other row (the first is itself).
     train = knn.scaler_.transform(X_train)
-    knn_train = knn.model_.kneighbors(train, n_neighbors=NEIGHBOURS + 1)[0][:, -1]
+    knn_train = knn.model_.kneighbors(train, n_neighbors=KNN_NEIGHBOURS + 1)[0][:, -1]
     elbo_z = robust_scale(elbo_test, detector.calibration_scores_)
     knn_z = robust_scale(knn_test, knn_train)
     return {

@@ -121,10 +121,8 @@ def test_chosen_model_loads_and_scores_the_same(family_run):
     # Saved with the training file's identity, for calibrate's check (ensembles: per member).
     root, _ = family_run
     fitted_on = getattr(loaded, "first", loaded).training_source_
-    assert fitted_on == {
-        "path": str(root / "train.csv"),
-        "bytes": (root / "train.csv").stat().st_size,
-    }
+    train = root / "train.csv"
+    assert fitted_on == {"path": str(train.resolve()), "bytes": train.stat().st_size}
     pyfunc = mlflow.pyfunc.load_model(result.run.model_uri)
     np.testing.assert_allclose(pyfunc.predict(fresh)["score"].to_numpy(), expected)
 

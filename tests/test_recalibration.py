@@ -340,6 +340,12 @@ def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
     )
     assert other.exit_code == 0, other.output
     assert "the file this model was fit on" not in caplog.text
+    # A link to the training file is the training file.
+    Path("link.csv").symlink_to(Path("labelled.csv").resolve())
+    linking = ["calibrate", "link.csv", "--label-col", "is_fault", "--model", "m", "--no-tracking"]
+    with caplog.at_level("WARNING"):
+        linked = CliRunner().invoke(main, linking)
+    assert linked.exit_code == 0 and "link.csv is the file this model was fit on" in caplog.text
     # A recalibrated model still knows its training file.
     with caplog.at_level("WARNING"):
         again = _calibrate(str(latest_model_dir(tmp_path)), "--no-tracking")

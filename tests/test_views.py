@@ -356,7 +356,13 @@ def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path
     latents = CliRunner().invoke(
         main, ["view", "latents", images, "--model", model, "--label-col", "x", "--out", "v"]
     )
-    assert latents.exit_code == 1 and "--label-col is for tables" in latents.output
+    assert (
+        latents.exit_code == 1
+        and (
+            "--label-col is for tables; for images, the latent scatter is coloured by anomaly score"
+        )
+        in latents.output
+    )
     calibrate = ["calibrate", images, "--model", model, "--no-tracking"]
     labelled = CliRunner().invoke(
         main, [*calibrate, "--label-col", "x", "--normal-class", "normal"]
