@@ -1,6 +1,7 @@
 import gc
 import gzip
 import logging
+import os
 import sys
 import threading
 import time
@@ -333,3 +334,14 @@ def test_text_labels_need_the_value_that_marks_an_anomaly():
         label_vector(frame, "s", anomaly_option="--anomaly-label VALUE")
     with pytest.raises(DataError, match=r"'ok', 'yes': name .* with --anomaly-label VALUE$"):
         label_vector(frame, "s", "fault", "--anomaly-label VALUE")
+
+
+def test_a_pipe_or_standard_input_is_refused_rather_than_read_as_empty(tmp_path):
+    # The file is read more than once (format, field counts, rows): a pipe's first read
+    # emptied it, and it was reported as "empty".
+    pipe = tmp_path / "rows.csv"
+    os.mkfifo(pipe)
+    with pytest.raises(DataError, match=r"rows.csv is not a regular file \(a pipe\?\)"):
+        read_table(pipe)
+    with pytest.raises(DataError, match="standard input is not supported"):
+        read_table("-")

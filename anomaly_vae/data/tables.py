@@ -448,10 +448,22 @@ def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFra
 def table_errors(path: Path) -> Iterator[None]:
     """Around reading the table file ``path``: DataError, naming it, when it is missing,
     a folder, empty, or not a readable CSV or Parquet file."""
+    if str(path) == "-" and not path.exists():
+        raise DataError(
+            "reading the table from standard input is not supported: save it to a file "
+            "and give that file's path"
+        )
     if not path.exists():
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path} is a folder; expected a CSV or Parquet file")
+    if not path.is_file():
+        # A pipe (/dev/stdin, <(...)) is read several times (format, field counts, rows):
+        # the first read would empty it, and the file be reported as empty.
+        raise DataError(
+            f"{path} is not a regular file (a pipe?): it is read more than once, so save "
+            "the data to a file and give that file's path"
+        )
     try:
         yield
     except DataError:
