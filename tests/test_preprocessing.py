@@ -1,3 +1,4 @@
+import datetime
 import logging
 import re
 import warnings
@@ -344,3 +345,29 @@ def test_quantisation_step_is_the_smallest_gap_in_scaled_units():
     for column in old_schema["columns"]:  # schemas saved before steps existed
         column.pop("step")
     assert not TablePreprocessor.from_dict(old_schema, pre.config).feature_steps.any()
+
+
+def test_dates_read_from_parquet_as_python_dates_are_refused_as_timestamps_are():
+    # A Parquet date32 column (Spark's DateType) reads as datetime.date objects; as
+    # categories every later date would be unseen, and every new row flagged.
+    days = [datetime.date(2026, 1, 1) + datetime.timedelta(days=i // 10) for i in range(40)]
+    frame = pd.DataFrame({"day": days, "x": np.arange(40.0)})
+    with pytest.raises(DataError, match=r"'day' holds dates or times.*--ignore-col"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    shifts = pd.DataFrame({"shift": [datetime.time(8), datetime.time(16)] * 20, "x": days})
+    with pytest.raises(DataError, match=r"'x' holds dates"):  # a time of day alone is fine
+        TablePreprocessor(DataConfig()).fit(shifts)
+    kinds = TablePreprocessor(DataConfig(ignore_columns=["x"])).fit(shifts).columns
+    assert [c.kind for c in kinds] == ["categorical"]
+
+
+def test_a_column_of_lists_or_records_is_a_one_line_error():
+    # A Parquet list or struct column: pandas cannot hash its cells (a TypeError traceback).
+    frame = pd.DataFrame({"x": np.arange(30.0)})
+    frame["tags"] = [np.array([1, 2])] * 30
+    with pytest.raises(DataError, match=r"'tags' holds lists or records, such as \[1, 2\] \(row 1"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    frame["tags"] = [{"a": i} for i in range(30)]
+    with pytest.raises(DataError, match=r"'tags' holds lists or records.*--ignore-col"):
+        TablePreprocessor(DataConfig()).fit(frame)
+    assert TablePreprocessor(DataConfig(ignore_columns=["tags"])).fit(frame).input_columns == ["x"]

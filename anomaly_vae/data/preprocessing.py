@@ -532,6 +532,7 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     a new number at scoring time an unseen one. A column in data.categorical_columns
     (``forced``) is taken as categories whatever it holds.
     """
+    _refuse_nested(values, name)
     if forced or pd.api.types.is_bool_dtype(values):
         return
     present = values.notna()
@@ -582,11 +583,38 @@ def _is_date_text(values: pd.Series) -> bool:
 
 
 def _is_time(values: pd.Series) -> bool:
+    """Whether a column holds dates or times: a datetime, timedelta or period dtype, or
+    Python dates in an object column (a Parquet ``date32`` column, as Spark writes a
+    DateType, reads so). A time of day alone (``datetime.time``) is not one."""
     return (
         pd.api.types.is_datetime64_any_dtype(values)
         or pd.api.types.is_timedelta64_dtype(values)
         or isinstance(values.dtype, pd.PeriodDtype)
+        or (
+            values.dtype == object
+            and pd.api.types.infer_dtype(values, skipna=True) in ("date", "datetime")
+        )
     )
+
+
+NESTED_TYPES = (list, tuple, dict, set, np.ndarray)  # a Parquet list, struct or map cell
+
+
+def _refuse_nested(values: pd.Series, name: str) -> None:
+    """DataError for a column of lists or records (a Parquet list, struct or map column):
+    neither a number nor a category (pandas cannot even compare such cells)."""
+    if values.dtype != object or pd.api.types.infer_dtype(values, skipna=True) != "mixed":
+        return
+    nested = values.map(lambda value: isinstance(value, NESTED_TYPES)).to_numpy(dtype=bool)
+    if nested.any():
+        position = int(np.flatnonzero(nested)[0])
+        value = values.iloc[position]
+        value = value.tolist() if isinstance(value, np.ndarray) else value
+        raise DataError(
+            f"column {name!r} holds lists or records, such as {value!r:.40} (row "
+            f"{row_number(values, position)}), which are not features: ignore it "
+            "(data.ignore_columns, --ignore-col), or spread what matters of it over columns"
+        )
 
 
 def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
