@@ -6,7 +6,9 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -123,6 +125,24 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def exit_on_termination() -> None:
+    """Turn SIGTERM (``timeout``, systemd, a scheduler cancelling a run) and SIGHUP (a
+    closed terminal) into SystemExit with the shell's code, 128 + the signal: the default
+    action ended the process at once, leaving the hidden temporary file of an output
+    being written (``.NAME.csv.XXXX.tmp``, as large as the rows written so far) that only
+    an exception deletes. A signal ignored (``nohup``) stays ignored; only the main
+    thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(number) is signal.SIG_DFL:
+            signal.signal(number, _terminated)
+
+
+def _terminated(number: int, frame: Any) -> None:
+    raise SystemExit(128 + number)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="anomaly-vae")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details (INFO level).")
@@ -132,6 +152,7 @@ def main(verbose: bool) -> None:
     Fit a detector on normal data, score new data with it, and review every run
     in MLflow (`anomaly-vae ui`).
     """
+    exit_on_termination()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s: %(message)s",

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from anomaly_vae.cli import main
+from anomaly_vae.cli import exit_on_termination, main
 from anomaly_vae.fitting import latest_model_dir
+from anomaly_vae.outputs import atomic_output
 from tests.conftest import TINY, mixed_table, run_pipeline_script
 
 FAST = [arg for item in TINY for arg in ("--set", item)]
@@ -527,3 +529,23 @@ def test_pipeline_help_states_what_the_script_does_in_whole_sentences(script, mo
     text = capsys.readouterr().out
     description = text.split("\n\n")[1]
     assert description.rstrip().endswith((".", "?")), description
+
+
+def test_a_terminated_run_leaves_no_temporary_output_behind(tmp_path):
+    # SIGTERM (timeout, systemd, a cancelled job) ended the process at once, leaving the
+    # hidden temporary file of the scores being written, as large as the rows so far.
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for number in saved:
+            signal.signal(number, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup leaves it: kept so
+        exit_on_termination()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        with pytest.raises(SystemExit) as stopped, atomic_output(tmp_path / "s.csv") as part:
+            part.write_text("score\n1.5\n")
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert stopped.value.code == 128 + signal.SIGTERM
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
