@@ -343,7 +343,7 @@ def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
 
 def training_file(source: str | Path) -> dict[str, Any] | None:
     """The identity of a table file a model is fit on, saved with it so that
-    `calibrate` can tell when it is given the same file: its absolute path and size in
+    `calibrate` can tell when it is given the same file: its real path and size in
     bytes. None for images, which `calibrate` reads from other folders or splits."""
     if is_image_source(source) or not Path(source).is_file():
         return None
