@@ -225,8 +225,23 @@ def test_an_id_like_column_is_refused_even_under_the_category_limit():
     assert "ref" in TablePreprocessor(DataConfig()).fit(few).input_columns
 
 
+def test_a_numeric_row_id_or_counter_is_warned_about(caplog):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"reading": np.arange(1, 61), "temp": rng.normal(60, 2, 60)})
+    with caplog.at_level(logging.WARNING):
+        TablePreprocessor(DataConfig()).fit(frame)
+    assert "column 'reading' holds a different whole number in each of its 60 rows" in (caplog.text)
+    assert "'temp'" not in caplog.text
+    caplog.clear()
+    shuffled = frame.assign(reading=rng.permutation(60))  # codes, not a count of rows
+    with caplog.at_level(logging.WARNING):
+        TablePreprocessor(DataConfig()).fit(shuffled)
+    assert caplog.text == ""
+
+
 def test_ignored_columns_are_neither_features_nor_needed_to_score(caplog):
-    frame = pd.DataFrame({"note": [f"free text {i}" for i in range(200)], "x": np.arange(200.0)})
+    x = np.random.default_rng(0).normal(size=200)  # a measurement, not a row counter
+    frame = pd.DataFrame({"note": [f"free text {i}" for i in range(200)], "x": x})
     pre = TablePreprocessor(DataConfig(ignore_columns=["note"])).fit(frame)
     assert pre.input_columns == ["x"]
     with caplog.at_level(logging.WARNING):

@@ -167,6 +167,7 @@ class TablePreprocessor:
                     f"column {name!r} is empty in every training row, so there is nothing "
                     "to learn from it: ignore it (data.ignore_columns, --ignore-col)"
                 )
+            _warn_counter_like(numbers, name)
             if numbers.isna().any() and not self.config.missing_indicators:
                 raise DataError(
                     f"column {name!r} has missing values; set data.missing_indicators=true"
@@ -580,6 +581,25 @@ def _is_date_text(values: pd.Series) -> bool:
     except (ValueError, TypeError, OverflowError):
         return False
     return bool(parsed.notna().all())
+
+
+def _warn_counter_like(numbers: pd.Series, name: str) -> None:
+    """Warn when a numeric training column ``(n,)`` holds a different whole number in
+    every one of at least ``ID_LIKE_MIN_ROWS`` rows, increasing row by row: a row id or a
+    counter, as a feature, puts every later row beyond what training saw."""
+    if len(numbers) < ID_LIKE_MIN_ROWS or numbers.isna().any():
+        return
+    values = numbers.to_numpy()
+    increasing = bool(np.all(np.diff(values) > 0))
+    if increasing and bool(np.all(values == np.floor(values))):
+        logger.warning(
+            "column %r holds a different whole number in each of its %d rows, increasing "
+            "row by row, like a row id or a counter: as a feature, every new row's larger "
+            "value would look anomalous. Pass it as the id column (--id-col) or ignore it "
+            "(--ignore-col) unless it is a measurement",
+            name,
+            len(values),
+        )
 
 
 def _is_time(values: pd.Series) -> bool:
