@@ -38,7 +38,7 @@ from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor, class_list
 from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
-from anomaly_vae.data.tables import quoted_names, shown_value
+from anomaly_vae.data.tables import quoted_names, refuse_sparse, shown_value
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import get_model
@@ -334,6 +334,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """``config``, or the defaults when it is None."""
         return self.config if self.config is not None else DetectorConfig()
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        # Missing table cells are filled with the training median beside an indicator.
+        tags.input_tags.allow_nan = True
+        return tags
+
     # -- fitting ----------------------------------------------------------------------------
     def fit(
         self,
@@ -357,6 +363,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # config would leave the earlier model beside this config (saved so, it does not
         # load), and a refit would keep the earlier training file (training_source_).
         self._forget_fit()
+        refuse_sparse(X)
         config = self.effective_config
         if isinstance(config, Config):
             # A whole Config would fit, and then not load: its saved sections differ.

@@ -579,3 +579,17 @@ def test_a_detector_saved_over_an_ensemble_is_what_loads(fitted, tmp_path):
     fitted.save(tmp_path / "model")  # e.g. a plain fit after a family fit, same --model-dir
     loaded = load_saved(tmp_path / "model")
     assert isinstance(loaded, VAEDetector) and loaded.threshold_ == fitted.threshold_
+
+
+def test_sparse_input_is_refused_and_missing_values_are_declared_allowed():
+    import scipy.sparse
+    from sklearn.utils import get_tags
+
+    X = correlated_normal(100, seed=0)
+    detector = VAEDetector(tiny_config().detector_config())
+    with pytest.raises(DataError, match=r"sparse input is not supported: .*toarray"):
+        detector.fit(scipy.sparse.csr_matrix(X))
+    detector.fit(X)
+    with pytest.raises(DataError, match="sparse input is not supported"):
+        detector.score_samples(scipy.sparse.csr_array(X[:5]))
+    assert get_tags(detector).input_tags.allow_nan

@@ -501,12 +501,24 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
         if renamed.columns.duplicated().any():
             raise DataError("column names must stay distinct as text (e.g. 1 and '1' clash)")
         return renamed
+    refuse_sparse(data)
     array = np.asarray(data)
     if array.ndim != 2:
         raise DataError(
             f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}"
         )
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
+
+
+def refuse_sparse(data: object) -> None:
+    """DataError for a scipy sparse matrix or array, which the detectors do not take
+    (numpy reads one as a single object, and its length is ambiguous)."""
+    import scipy.sparse
+
+    if scipy.sparse.issparse(data):
+        raise DataError(
+            "sparse input is not supported: pass a dense array (X.toarray()) or a DataFrame"
+        )
 
 
 def refuse_repeated_names(names: Iterable[object], where: str = "the data") -> None:
