@@ -196,7 +196,7 @@ def calibrate_model(
 
 
 def _warn_training_file(source: str | Path, detector: Any) -> None:
-    """Warn when ``source`` is the file ``detector`` was fit on (same path and size):
+    """Warn when ``source`` is the file ``detector`` was fit on (same real path and size):
     its normal rows include training rows, which score lower than new rows do."""
     fitted_on = getattr(getattr(detector, "first", detector), "training_source_", None)
     if fitted_on is not None and fitted_on == training_file(source):

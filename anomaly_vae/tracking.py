@@ -38,7 +38,7 @@ from anomaly_vae.config import Config, flatten, to_dict
 from anomaly_vae.data import TablePreprocessor, take_rows
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
-from anomaly_vae.errors import TrackingError
+from anomaly_vae.errors import DataError, TrackingError
 from anomaly_vae.fitting import Data, TrainingData
 from anomaly_vae.models import get_model
 from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
@@ -165,8 +165,6 @@ class AnomalyVAEPyfunc(PythonModel):
     def predict(self, context, model_input, params=None):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-        from anomaly_vae.errors import DataError
-
         try:
             if isinstance(model_input, np.ndarray) and model_input.ndim >= 3:
                 _refuse_cast_unit_floats(model_input)
@@ -195,8 +193,6 @@ def _refuse_cast_unit_floats(images: np.ndarray) -> None:
     pixels of 0 and 1 only, some 1: over REST, MLflow casts JSON numbers to the
     signature's uint8, so pixels sent as floats in [0, 1] arrive as 0 and 1 and would be
     scored as black images. An all-black image (every pixel 0) is scored as one."""
-    from anomaly_vae.errors import DataError
-
     if images.dtype != np.uint8 or not images.size:
         return
     brightest = images.reshape(len(images), -1).max(axis=1)

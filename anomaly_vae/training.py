@@ -49,7 +49,7 @@ class TrainingHistory:
 @functools.cache
 def warm_up_optimizer() -> None:
     """Build a throwaway Adam optimizer. Adam's first construction in a process imports
-    ``torch._dynamo`` (about 1.5 s on a 2-core machine, once); called before fits that are
+    ``torch._dynamo`` (about 1 s on a 2-core machine, once); called before fits that are
     timed against each other, so that the first of them is not charged for it."""
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 

@@ -275,7 +275,6 @@ def generation(
         if condition is not None:
             cond = torch.as_tensor(np.asarray(condition, np.float32)).reshape(1, -1)
             cond = cond.repeat(count, 1)
-            title += _condition_note(detector, condition)
         elif _is_image(detector):
             # A block of whole rows per class, no wider than the square grid would be:
             # with two classes one row each was a strip of tiny images.
@@ -300,6 +299,9 @@ def generation(
                 f"each of its condition columns ({', '.join(columns)}), on the command line "
                 "--condition COLUMN=VALUE once per column"
             )
+    # The condition asked for (a model without one takes none).
+    given = _condition_note(detector, condition) if detector.model_.condition_dim else ""
+    title += given
     generator = torch.Generator().manual_seed(seed)
     samples = detector.model_.generate(count, cond, generator=generator).numpy()
     if _is_image(detector):
@@ -311,7 +313,6 @@ def generation(
     for ax, column in zip(axes, columns, strict=False):
         ax.hist(rows[column].dropna(), bins=20, color="tab:purple", alpha=0.8)
         ax.set(title=column, xlabel="value (original units)", ylabel="generated rows")
-    given = _condition_note(detector, condition) if cond is not None else ""
     _suptitle(fig, f"{count} rows generated from the prior{given}{_columns_note(detector)}")
     return View("01_generated", fig, rows)
 

@@ -61,9 +61,8 @@ class CsvLog:
     path: Path
     columns: list[str]
 
-    def start(self, fresh: bool, keep_torn_row: bool = False) -> None:
-        """Write the header if the file is new (or ``fresh``); check it otherwise, and
-        cut a torn last row (see :meth:`drop_torn_row`) unless ``keep_torn_row``."""
+    def start(self, fresh: bool) -> None:
+        """Write the header if the file is new (or ``fresh``); check it otherwise."""
         if fresh or not self.path.exists() or self.path.stat().st_size == 0:
             with self.path.open("w", newline="") as file:
                 csv.writer(file).writerow(self.columns)
@@ -75,8 +74,6 @@ class CsvLog:
                 f"{self.path} has the columns {', '.join(header)}, not "
                 f"{', '.join(self.columns)}; choose another --out folder"
             )
-        if not keep_torn_row:
-            self.drop_torn_row()
 
     def drop_torn_row(self) -> None:
         """Cut a last row left without its newline (a run stopped while writing it): it
@@ -211,7 +208,7 @@ class RunFiles:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the way, no permission, a read-only disk
             raise DataError(f"{self.out}: cannot make the results folder ({exc})") from exc
-        self.results.start(fresh=False, keep_torn_row=True)  # cut once the check passes
+        self.results.start(fresh=False)  # a torn last row is cut once the check passes
         rows = self.results.rows()
         earlier = read_description(self.description_path)
         if earlier is None:
@@ -228,8 +225,9 @@ class RunFiles:
             description.data = earlier.data | known
             description.unchecked_rows = earlier.unchecked_rows
         write_description(self.description_path, description)
-        self.results.drop_torn_row()
         self.unrounded.start(fresh=not rows)
+        for log in (self.results, self.unrounded):
+            log.drop_torn_row()
         # KEY_COLUMNS names Key's five fields, so each tuple is a Key.
         done = {cast(Key, tuple(row[c] for c in KEY_COLUMNS)) for row in rows}
         kept = [r for r in self.warnings.rows() if tuple(r[c] for c in KEY_COLUMNS) in done]

@@ -39,10 +39,10 @@ logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
 # A text column unique in every one of at least this many training rows is taken for an
-# id, not a category (below it, a few distinct labels may well each be seen once)
+# id, not a category (below it, a few distinct labels may well each be seen once); a
+# numeric one increasing by whole numbers over as many rows, for a row id or counter
 ID_LIKE_MIN_ROWS = 20
 WHOLE_FLOAT_TEXT = r"^(-?\d+)\.0+$"  # "2.0": an integer code read as a float
-# of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
 # A date as text, with or without a time: 2024-03-01, 2024-03-01T08:00:00Z, 3/1/2024,
 # 01.03.2024 08:00 (a fresh date would be a category never seen in training)
 DATE_TEXT = r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}/\d{1,2}/\d{2,4}|\d{1,2}\.\d{1,2}\.\d{4})(?:[T ].*)?"
