@@ -2,6 +2,7 @@
 
 import shutil
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +12,14 @@ from anomaly_vae import VAEDetector, views
 from anomaly_vae.errors import DataError
 from tests.conftest import mixed_table, tiny_config
 from tests.test_images import IMAGE_MODEL, bars
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """The view functions hand their figures to the caller, here the test; closed after
+    each test so that the suite does not pile up open figures."""
+    yield
+    plt.close("all")
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +180,7 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     (tmp_path / "v" / "01_generated.png").write_bytes(b"another model's view")
     result = CliRunner().invoke(main, ["view", "reconstruct", "train.csv", "--out", "v", "--log"])
     assert result.exit_code == 0, result.output
+    assert not plt.get_fignums()  # the command closes what it drew
     assert (tmp_path / "v" / "02_reconstructions.png").is_file()
     run_id, folder = result.output.strip().split()[-3].rstrip(","), result.output.split()[-1]
     assert folder.startswith("views/added-")
