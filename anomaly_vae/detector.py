@@ -37,7 +37,12 @@ from anomaly_vae.config import (
 from anomaly_vae.data import TablePreprocessor, as_frame
 from anomaly_vae.data.augmentation import ShiftedImages
 from anomaly_vae.data.images import ImagePreprocessor, class_list
-from anomaly_vae.data.preprocessing import gathered_warnings, warn_unseen_condition
+from anomaly_vae.data.preprocessing import (
+    gathered_warnings,
+    latin_1_names_as_read_now,
+    read_as_latin_1,
+    warn_unseen_condition,
+)
 from anomaly_vae.data.tables import quoted_names, refuse_sparse, shown_value
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
@@ -977,8 +982,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             table = TablePreprocessor.from_dict(document["schema"], config.data)
             detector.preprocessor_ = table
             detector.n_features_in_ = len(table.columns)
-            if document.get("feature_names_in") is not None:
-                detector.feature_names_in_ = np.array(document["feature_names_in"], dtype=object)
+            names = document.get("feature_names_in")
+            if names is not None:
+                if read_as_latin_1(document["schema"]):  # as the schema's (see from_dict)
+                    names = latin_1_names_as_read_now(names)
+                detector.feature_names_in_ = np.array(names, dtype=object)
         detector.model_ = detector._build_model(
             config, tuple(document["input_shape"]), document["condition_dim"]
         )

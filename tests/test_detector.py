@@ -593,3 +593,43 @@ def test_sparse_input_is_refused_and_missing_values_are_declared_allowed():
     with pytest.raises(DataError, match="sparse input is not supported"):
         detector.score_samples(scipy.sparse.csr_array(X[:5]))
     assert get_tags(detector).input_tags.allow_nan
+
+
+def test_a_model_fit_when_windows_1252_files_read_as_latin_1_scores_them_alike(tmp_path, caplog):
+    """CSV files that are not UTF-8 were read as Latin-1 ("€" as "\\x80"), and are now read
+    as Windows-1252: a model saved then still knows the same file's columns and categories."""
+    import json
+
+    from anomaly_vae.data import read_table
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=200),
+            "Preis €": rng.normal(size=200),
+            "unit": rng.choice(["€", "1–5 kg", "“bulk”", "kg"], size=200),
+        }
+    )
+    frame.to_csv(tmp_path / "t.csv", index=False, encoding="cp1252")
+    data = read_table(tmp_path / "t.csv")
+    assert data.columns[1] == "Preis €" and "€" in set(data["unit"])
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config()).fit(data)
+    folder = detector.save(tmp_path / "model")
+    # The same model as saved when the file read as Latin-1.
+    document = json.loads((folder / "detector.json").read_text())
+    assert document["schema"].pop("non_utf8_csv") == "windows-1252"
+
+    def as_latin_1(text):
+        return text.encode("cp1252").decode("latin-1")
+
+    for column in document["schema"]["columns"]:
+        column["name"] = as_latin_1(column["name"])
+        column["categories"] = [as_latin_1(category) for category in column["categories"]]
+    document["feature_names_in"] = [as_latin_1(name) for name in document["feature_names_in"]]
+    assert "\x80" in document["schema"]["columns"][2]["categories"]
+    (folder / "detector.json").write_text(json.dumps(document))
+    old = VAEDetector.load(folder)
+    assert old.feature_names_in_.tolist() == ["x", "Preis €", "unit"]
+    assert old.preprocessor_.columns == detector.preprocessor_.columns
+    pd.testing.assert_frame_equal(old.score_frame(data), detector.score_frame(data))
+    assert "not seen in training" not in caplog.text

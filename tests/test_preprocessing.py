@@ -338,6 +338,27 @@ def test_integer_codes_match_whether_read_as_integers_or_floats():
     np.testing.assert_array_equal(old.transform(as_integers), pre.transform(as_integers))
 
 
+def test_a_schema_fitted_when_files_were_read_as_latin_1_reads_their_names_as_now():
+    """CSV files that are not UTF-8 were read as Latin-1, and are now read as Windows-1252:
+    an old model's "\\x80" is what the same file now reads as "€"."""
+    config = DataConfig()
+    now = pd.DataFrame({"Preis €": [1.0, 2.0, 3.0], "unit": ["€", "1–5", "kg"]})
+    pre = TablePreprocessor(config).fit(now)
+    saved = pre.to_dict()
+    assert saved.pop("non_utf8_csv") == "windows-1252"
+    saved["columns"][0]["name"] = "Preis \x80"  # as saved when files were read as Latin-1
+    saved["columns"][1]["categories"] = ["1\x965", "kg", "\x80"]
+    old = TablePreprocessor.from_dict(saved, config)
+    assert old.input_columns == ["Preis €", "unit"]
+    assert old.columns[1].categories == ["1–5", "kg", "€"]
+    np.testing.assert_array_equal(old.transform(now), pre.transform(now))
+    # A model saved since holds such characters only as its data did (a Parquet file).
+    raw = pd.DataFrame({"unit": ["\x80", "\x85", "kg"]})
+    fitted = TablePreprocessor(config).fit(raw)
+    rebuilt = TablePreprocessor.from_dict(fitted.to_dict(), config)
+    assert rebuilt.columns[0].categories == ["kg", "\x80", "\x85"]
+
+
 def test_minmax_scaling_maps_training_range_to_unit_interval():
     frame = pd.DataFrame({"x": [2.0, 4.0, 6.0]})
     pre = TablePreprocessor(DataConfig(scaling="minmax", missing_indicators=False)).fit(frame)

@@ -81,12 +81,28 @@ def test_csv_separator_and_decimal_commas_are_recognised(tmp_path, content, expe
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])
 def test_a_csv_saved_outside_utf8_reads_the_same(tmp_path, encoding, caplog):
-    frame = pd.DataFrame({"site": ["café", "Zürich", "señal"] * 2, "x": np.arange(6.0)})
+    # Windows-1252 (Excel on Windows) writes "€", dashes and curly quotes as bytes
+    # 0x80-0x9F, which Latin-1 read as control characters ("\x80", "\x96", "\x93").
+    sites = ["café", "Zürich", "señal", "5 €", "1–5 kg", "“bulk”"]
+    frame = pd.DataFrame({"site": sites, "x": np.arange(6.0), "Preis €": np.arange(6.0)})
     frame.to_csv(tmp_path / "t.csv", index=False, encoding=encoding)
     pd.testing.assert_frame_equal(read_table(tmp_path / "t.csv"), frame)
     chunks = pd.concat(read_csv_chunks(tmp_path / "t.csv", chunk_rows=4), ignore_index=True)
     pd.testing.assert_frame_equal(chunks, frame)
-    assert ("not UTF-8" in caplog.text) == (encoding != "utf-8-sig")
+    assert ("not UTF-8; reading it as Windows-1252" in caplog.text) == (encoding == "cp1252")
+
+
+def test_every_byte_of_a_csv_that_is_not_utf8_decodes(tmp_path):
+    # The five bytes Windows-1252 leaves undefined read as Latin-1 reads them: a file
+    # holding one is read, not refused half-way.
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"code,x\n" + b"".join(bytes([b]) + b",1\n" for b in range(0x80, 0x100)))
+    codes = read_table(path)["code"].tolist()
+    assert codes == [bytes([b]).decode("cp1252", "ignore") or chr(b) for b in range(0x80, 0x100)]
+    assert [codes[b - 0x80] for b in (0x80, 0x81, 0x8D, 0x8F, 0x90, 0x96, 0x9D)] == [
+        "€", "\x81", "\x8d", "\x8f", "\x90", "–", "\x9d"
+    ]  # fmt: skip
+    assert _first_undecodable(path, tables.csv_format(path)[1]) is None
 
 
 def test_rows_with_fewer_fields_than_the_header_are_named_once(tmp_path, caplog):

@@ -26,6 +26,7 @@ import pandas as pd
 
 from anomaly_vae.config import DataConfig
 from anomaly_vae.data.tables import (
+    as_windows_1252,
     quoted_names,
     refuse_repeated_names,
     row_number,
@@ -38,6 +39,11 @@ from anomaly_vae.errors import DataError
 logger = logging.getLogger(__name__)
 
 MISSING_CATEGORY = "<missing>"  # a categorical NaN is a category of its own
+# Saved in a table schema: how the CSV files it was fitted on were read when not UTF-8
+# (WINDOWS_1252). A schema without it was fitted when they were read as Latin-1, so its
+# column names and categories are translated on loading (latin_1_names_as_read_now).
+NON_UTF8_CSV_KEY = "non_utf8_csv"
+NON_UTF8_CSV = "windows-1252"
 # A text column unique in every one of at least this many training rows is taken for an
 # id, not a category (below it, a few distinct labels may well each be seen once); a
 # numeric one increasing by whole numbers over as many rows, for a row id or counter
@@ -360,7 +366,7 @@ class TablePreprocessor:
 
     # -- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": [asdict(c) for c in self.columns]}
+        return {"columns": [asdict(c) for c in self.columns], NON_UTF8_CSV_KEY: NON_UTF8_CSV}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], config: DataConfig) -> TablePreprocessor:
@@ -368,7 +374,33 @@ class TablePreprocessor:
         pre.columns = [ColumnSchema(**c) for c in data["columns"]]
         for column in pre.columns:  # models saved before _canonical_text may hold "2.0"
             column.categories = _canonical_text(pd.Series(column.categories, dtype=object)).tolist()
+        if read_as_latin_1(data):
+            names = latin_1_names_as_read_now([c.name for c in pre.columns])
+            for column, name in zip(pre.columns, names, strict=True):
+                column.name = name
+                column.categories = latin_1_names_as_read_now(column.categories)
         return pre
+
+
+def read_as_latin_1(schema: dict[str, Any]) -> bool:
+    """Whether a saved table schema was fitted when CSV files that are not UTF-8 were read
+    as Latin-1 (it lacks :data:`NON_UTF8_CSV_KEY`)."""
+    return schema.get(NON_UTF8_CSV_KEY) is None
+
+
+def latin_1_names_as_read_now(names: list[str]) -> list[str]:
+    """Column names or categories of a schema fitted when CSV files that are not UTF-8
+    were read as Latin-1, as such a file reads now (as Windows-1252): "\\x80" becomes
+    "€", so an old model matches the same file's values. Kept as they are when two would
+    become one (then they did not come from one such file: "€" itself was among them).
+
+    >>> latin_1_names_as_read_now(["\\x80", "1\\x965", "ok"])
+    ['€', '1–5', 'ok']
+    >>> latin_1_names_as_read_now(["\\x80", "€"])
+    ['\\x80', '€']
+    """
+    translated = [as_windows_1252(name) for name in names]
+    return translated if len(set(translated)) == len(set(names)) else names
 
 
 @dataclass

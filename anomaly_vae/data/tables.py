@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import difflib
+import functools
 import logging
 import re
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,9 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from anomaly_vae.errors import DataError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +60,105 @@ PARQUET_MAGIC = b"PAR1"  # at both ends of a Parquet file
 # mark; not a CSV header such as "[a],b" or '["a"],b'
 JSON_START = rb"(?:\xef\xbb\xbf)?\s*(?:\{|\[\s*[\[{\]])"
 NAMES_SHOWN = 4  # column names listed in a one-line message; the rest are counted
-LATIN_1 = "latin-1"  # the encoding of a CSV file that is not UTF-8: every byte decodes,
-# so a file saved by a spreadsheet in a Western code page (Windows-1252) keeps its
-# categories apart and matches between fit and score (the two differ only in rarely used
-# characters such as €)
+LATIN_1 = "latin-1"  # every byte decodes, to the code point of its value: what the
+# field-count scan reads any file as (it needs only the ASCII separator, quotes and breaks)
+# The encoding of a CSV file that is not UTF-8: Windows-1252, as Excel and other programs
+# on Windows save text in Western locales ("€" is byte 0x80, an en dash 0x96, curly quotes
+# 0x91-0x94), but with every byte decoding, so no file fails half-way: the five bytes it
+# leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) decode as Latin-1 does, to the control
+# characters of their values. A codec of this package's own (see windows_1252).
+WINDOWS_1252 = "anomaly_vae_windows_1252"
 
 # How a command names the anomaly value of a label column of text, for its errors to advise.
 ANOMALY_LABEL_VIA_SET = "--set data.anomaly_label=VALUE"  # fit: saved with the model
 ANOMALY_LABEL_VIA_OPTION = "--anomaly-label VALUE"  # calibrate and view
 
 
+def _windows_1252_table() -> str:
+    """The 256 characters the bytes of :data:`WINDOWS_1252` decode to, by byte value."""
+    characters = []
+    for byte in range(256):
+        try:
+            characters.append(bytes([byte]).decode("cp1252"))
+        except UnicodeDecodeError:  # undefined in Windows-1252: the Latin-1 character
+            characters.append(chr(byte))
+    return "".join(characters)
+
+
+WINDOWS_1252_TABLE = _windows_1252_table()
+# What Latin-1 reads bytes 0x80-0x9F as (C1 control characters) -> what WINDOWS_1252 does
+LATIN_1_TO_WINDOWS_1252 = {code: WINDOWS_1252_TABLE[code] for code in range(0x80, 0xA0)}
+_WINDOWS_1252_MAP = codecs.charmap_build(WINDOWS_1252_TABLE)
+
+
+def _encode_windows_1252(text: str, errors: str = "strict") -> tuple[bytes, int]:
+    return codecs.charmap_encode(text, errors, _WINDOWS_1252_MAP)
+
+
+def _decode_windows_1252(data: ReadableBuffer, errors: str = "strict") -> tuple[str, int]:
+    return codecs.charmap_decode(data, errors, WINDOWS_1252_TABLE)
+
+
+class _Windows1252Encoder(codecs.IncrementalEncoder):
+    def encode(self, input: str, final: bool = False) -> bytes:
+        return _encode_windows_1252(input, self.errors)[0]
+
+
+class _Windows1252Decoder(codecs.IncrementalDecoder):
+    def decode(self, input: ReadableBuffer, final: bool = False) -> str:
+        return _decode_windows_1252(input, self.errors)[0]
+
+
+class _Windows1252Writer(codecs.StreamWriter):
+    def encode(self, input: str, errors: str = "strict") -> tuple[bytes, int]:
+        return _encode_windows_1252(input, errors)
+
+
+class _Windows1252Reader(codecs.StreamReader):
+    def decode(self, input: ReadableBuffer, errors: str = "strict") -> tuple[str, int]:
+        return _decode_windows_1252(input, errors)
+
+
+@functools.cache
+def windows_1252() -> str:
+    """The name of the :data:`WINDOWS_1252` codec, registered with Python's codecs on the
+    first call (not on import): ``pd.read_csv``, ``open`` and pyarrow then find it by name.
+
+    >>> b"5 \\x80 \\x961\\x81".decode(windows_1252())
+    '5 € –1\\x81'
+    """
+    info = codecs.CodecInfo(
+        _encode_windows_1252,
+        _decode_windows_1252,
+        streamreader=_Windows1252Reader,
+        streamwriter=_Windows1252Writer,
+        incrementalencoder=_Windows1252Encoder,
+        incrementaldecoder=_Windows1252Decoder,
+        name=WINDOWS_1252,
+    )
+    codecs.register(lambda name: info if name == WINDOWS_1252 else None)
+    return WINDOWS_1252
+
+
+def as_windows_1252(text: str) -> str:
+    """``text`` read as Latin-1, as :data:`WINDOWS_1252` reads the same bytes: its C1
+    control characters (bytes 0x80-0x9F) become Windows-1252's characters. For what
+    models saved before :data:`WINDOWS_1252` learned from files that are not UTF-8.
+
+    >>> as_windows_1252("\\x80 1\\x965 caf\\xe9 \\x81")
+    '€ 1–5 café \\x81'
+    """
+    return text.translate(LATIN_1_TO_WINDOWS_1252)
+
+
 def csv_format(path: str | Path) -> tuple[str, str]:
     """``(separator, encoding)`` of a CSV file, judged on its first ``HEADER_BYTES``.
 
-    Encoding: UTF-8 when they decode as such, else Latin-1 with a warning (a file that
-    changes encoding later still fails to read; one with NUL bytes, binary or UTF-16, is
-    refused). Separator: a comma, unless the header line has none and holds semicolons,
-    tabs or bars (spreadsheets in many locales save ';'-separated files, with ',' as the
-    decimal mark).
+    Encoding: UTF-8 when they decode as such, else :data:`WINDOWS_1252` (in which every
+    byte decodes) with a warning (a file that stops being UTF-8 later fails to read; one
+    with NUL bytes, binary or UTF-16, is refused). Separator: a comma, unless the header
+    line has none and holds semicolons, tabs or bars (spreadsheets in many locales save
+    ';'-separated files, with ',' as the decimal mark).
     """
     with open(path, "rb") as handle:
         start = handle.read(HEADER_BYTES)
@@ -87,8 +172,9 @@ def csv_format(path: str | Path) -> tuple[str, str]:
                 f"{path} is not a readable CSV file: it holds NUL bytes (binary, or "
                 "UTF-16 text); save it as UTF-8"
             ) from None
-        logger.warning("%s is not UTF-8; reading it as Latin-1", Path(path).name)
-        text, encoding = start.decode(LATIN_1), LATIN_1
+        logger.warning("%s is not UTF-8; reading it as Windows-1252", Path(path).name)
+        encoding = windows_1252()
+        text = start.decode(encoding)
     header = text.splitlines()[0] if text else ""
     if "," in header:
         return ",", encoding
@@ -290,9 +376,9 @@ def _scan_fields(path: str | Path, separator: str, note: Any) -> bool:
                 use_threads=False,  # only then does pyarrow know each row's number
                 block_size=SCAN_BLOCK_BYTES,
                 # Fields are told apart by the ASCII separator, quotes and line breaks
-                # alone, which UTF-8 and Latin-1 write alike; read as Latin-1, no byte
-                # fails to decode (pyarrow decodes each row it hands the handler, and
-                # a failure there printed a traceback that no caller could catch).
+                # alone, which UTF-8 and Windows-1252 write alike; read as Latin-1, no
+                # byte fails to decode (pyarrow decodes each row it hands the handler,
+                # and a failure there printed a traceback that no caller could catch).
                 encoding=LATIN_1,
                 autogenerate_column_names=True,  # the header is row 1, counted like the rest
             ),
