@@ -68,6 +68,22 @@ def test_reads_csv_and_parquet(tmp_path):
             'temp,note\n1.5,"a;b"\n2.5,c\n3.5,d\n',
             {"temp": [1.5, 2.5, 3.5], "note": ["a;b", "c", "d"]},
         ),
+        # Decimal commas between other separators: tabs, or quoted in a comma-separated
+        # file (both were read as text, and "1,5" taken for a category).
+        ("temp\tload\n1,5\t3\n-0,25\t4\n2\t5\n", {"temp": [1.5, -0.25, 2], "load": [3, 4, 5]}),
+        ('temp,load\n"1,5",3\n"-0,25",4\n2,5\n', {"temp": [1.5, -0.25, 2], "load": [3, 4, 5]}),
+        # Commas between thousands, quoted; dots between thousands (whatever the separator):
+        # the column's other values tell "2,000" and "1.234" apart from decimals.
+        (
+            'amount,load\n"1,234.5",3\n12.5,4\n"2,000",5\n',
+            {"amount": [1234.5, 12.5, 2000], "load": [3, 4, 5]},
+        ),
+        (
+            "count,load\n1.234.567,3\n12,4\n1.234,5\n",
+            {"count": [1234567, 12, 1234], "load": [3, 4, 5]},
+        ),
+        # "1,234" alone could be either: the file's other column writes decimal commas.
+        ("a\tb\n1,5\t1,234\n2\t3\n", {"a": [1.5, 2], "b": [1.234, 3]}),
     ],
 )
 def test_csv_separator_and_decimal_commas_are_recognised(tmp_path, content, expected):
@@ -224,6 +240,43 @@ def test_decimal_commas_are_judged_on_the_first_rows_and_held_to_after(tmp_path,
             match=r"'load' holds numbers written with decimal commas but for '\?' \(row 4\)",
         ):
             read(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        # "1,234" is 1.234 or 1234, and nothing else in the file tells which.
+        (
+            'id,amount\nr1,12\nr2,"1,234"\n',
+            r"t\.csv: column 'amount' holds '1,234' \(row 2\): 1\.234 with a decimal comma, "
+            r"or 1234 with a comma between thousands\? Nothing in the file tells: export it "
+            "without thousands separators",
+        ),
+        ("amount\tx\n1,234\t1\n", r"column 'amount' holds '1,234' \(row 1\)"),
+        # Both formats in one file.
+        (
+            'a,b\n2,3\n"1,5","1,234.5"\n',
+            r"writes numbers both with decimal commas \(column 'a': '1,5' \(row 2\)\) and "
+            r"with commas between thousands \(column 'b': '1,234\.5' \(row 2\)\): export",
+        ),
+        # Dots that may be thousands beside decimal commas: pandas read 1.25 and 3.0.
+        (
+            "a;w\n1,5;1.250\n2;3.000\n",
+            r"column 'w' holds '1\.250' \(row 1\): 1\.25 with a decimal point, or 1250 with a "
+            r"dot between thousands, in a file that writes decimal commas \(column 'a'\)\? "
+            "Export it without thousands separators",
+        ),
+    ],
+)
+def test_numbers_of_a_format_that_cannot_be_told_are_refused_naming_the_value(
+    tmp_path, content, message
+):
+    path = tmp_path / "t.csv"
+    path.write_text(content)
+    refused_by_both_readers(path, message)
+    with pytest.raises(DataError) as info:
+        read_table(path)
+    assert "\n" not in str(info.value)
 
 
 def test_a_header_naming_a_column_twice_is_refused_not_renamed(tmp_path):

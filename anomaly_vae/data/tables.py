@@ -32,10 +32,20 @@ logger = logging.getLogger(__name__)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
-# In a ';'-separated file: "1,5", "-0,25", "3", and with dots between groups of
-# thousands "1.234,5", "1.234.567" (a first group never starts with 0: "0.125" is not one)
+# With decimal commas: "1,5", "-0,25", "3", and with dots between groups of thousands
+# "1.234,5", "1.234.567" (a first group never starts with 0: "0.125" is not one)
 DECIMAL_COMMA_NUMBER = r"[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
+# With commas between groups of thousands: "1,234.5", "1,234,567", "3", "0.5"
+THOUSANDS_COMMA_NUMBER = r"[+-]?(?:[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?|\d*\.?\d+)(?:[eE][+-]?\d+)?"
+DECIMAL_COMMA = "decimal comma"
+THOUSANDS_COMMA = "thousands comma"
+NUMBER_FORMS = {  # format -> (a number so written, what shows the format in one)
+    DECIMAL_COMMA: (DECIMAL_COMMA_NUMBER, r",|\..*\."),
+    THOUSANDS_COMMA: (THOUSANDS_COMMA_NUMBER, r","),
+}
 WHOLE_NUMBER = r"[+-]?\d+"
+PLAIN_NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"  # as pandas reads it
+DOT_OR_THOUSANDS = r"[+-]?[1-9]\d{0,2}\.\d{3}"  # "1.234": a decimal point, or thousands?
 SIMILAR_NAME = 0.8  # difflib ratio from which an unknown column is named as a likely typo
 # of a missing one ("temprature" for "temperature": 0.95; "temp" for "pressure": 0.33)
 SHORT_ROWS_SHOWN = 5  # rows with too few fields named in the warning; the rest are counted
@@ -206,38 +216,38 @@ def _refuse_other_formats(path: str | Path, start: bytes) -> None:
 
 def _checked_csv_format(
     path: str | Path, text_columns: Sequence[str]
-) -> tuple[str, str, list[str]]:
-    """``(separator, encoding, decimal-comma columns)`` of a CSV file, once its header
-    and the field count of every row are checked: what both readers below need first."""
+) -> tuple[str, str, NumberFormats]:
+    """``(separator, encoding, number formats)`` of a CSV file, once its header and the
+    field count of every row are checked: what both readers below need first."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
     _check_field_counts(path, separator)
-    return separator, encoding, _decimal_comma_columns(path, separator, encoding, text_columns)
+    return separator, encoding, _number_formats(path, separator, encoding, text_columns)
 
 
 def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
     """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
     :func:`_numbers_of`); ``text_columns`` are read as written (an id "007" stays "007",
     and an id beyond 2**53 is not rounded as a float would be)."""
-    separator, encoding, comma_columns = _checked_csv_format(path, text_columns)
+    separator, encoding, formats = _checked_csv_format(path, text_columns)
     with _reading(path, encoding):
         frame = pd.read_csv(
-            path, sep=separator, encoding=encoding, dtype=_as_read(comma_columns, text_columns)
+            path, sep=separator, encoding=encoding, dtype=_as_read(formats, text_columns)
         )
-    return _numbers_of(frame, comma_columns, separator, text_columns)
+    return _numbers_of(frame, formats, text_columns)
 
 
 def read_csv_chunks(
     path: str | Path, chunk_rows: int, text_columns: Sequence[str] = ()
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
-    separator, encoding, comma_columns = _checked_csv_format(path, text_columns)
+    separator, encoding, formats = _checked_csv_format(path, text_columns)
     with _reading(path, encoding):
         reader = pd.read_csv(
             path,
             sep=separator,
             encoding=encoding,
-            dtype=_as_read(comma_columns, text_columns),
+            dtype=_as_read(formats, text_columns),
             chunksize=chunk_rows,
         )
     with reader:
@@ -248,7 +258,7 @@ def read_csv_chunks(
                 chunk = next(reader, None)
             if chunk is None:
                 return
-            yield _numbers_of(chunk, comma_columns, separator, text_columns)
+            yield _numbers_of(chunk, formats, text_columns)
 
 
 @contextlib.contextmanager
@@ -428,76 +438,181 @@ def _check_field_counts(path: str | Path, separator: str) -> None:
     )
 
 
-def _as_read(comma_columns: list[str], text_columns: Sequence[str]) -> dict[str, type]:
+@dataclass
+class NumberFormats:
+    """How the columns of a CSV file write numbers that pandas cannot read as they are
+    (see :func:`_number_formats`): such columns are read as text and turned into numbers
+    by :func:`_numbers_of`."""
+
+    columns: dict[str, str] = dataclass_field(default_factory=dict)  # name -> DECIMAL_COMMA
+    # or THOUSANDS_COMMA
+    file: str | None = None  # the file's: what a later part's column of such numbers is read as
+
+
+def _as_read(formats: NumberFormats, text_columns: Sequence[str]) -> dict[str, type]:
     """The ``dtype`` mapping of ``pd.read_csv``: these columns are read as text (a name
     the file lacks is ignored)."""
-    return dict.fromkeys([*comma_columns, *text_columns], str)
+    return dict.fromkeys([*formats.columns, *text_columns], str)
 
 
-def _decimal_comma_columns(
+def _number_formats(
     path: str | Path, separator: str, encoding: str, text_columns: Sequence[str] = ()
-) -> list[str]:
-    """The columns of a ';'-separated file that write numbers with decimal commas, to be
-    read as text and turned into numbers by :func:`_numbers_of` (none of ``text_columns``).
+) -> NumberFormats:
+    """The columns of a CSV file whose numbers pandas cannot read as written: with decimal
+    commas ("1,5", "1.234,5", "1.234.567") or with commas between thousands ("1,234.5",
+    "1,234,567"); none of ``text_columns``.
 
     Judged once per file, on its first ``SAMPLE_ROWS`` rows, so that every chunk of a
-    large file is read alike. A column qualifies when every value there is such a number
-    (:data:`DECIMAL_COMMA_NUMBER`) and one holds a comma or several dots; in a file with
-    such a column, so does a column of whole numbers, whose later rows may hold decimal
-    commas too. A column of numbers with one dot each and no comma ("48.137") is left to
-    pandas, which reads the dot as a decimal point.
+    large file is read alike. A column qualifies when every value there is a number of one
+    format and a value shows it (a comma; for decimal commas, or several dots). A value
+    such as "1,234" fits both: its column is read in the format of the file's other such
+    columns, or, in a ';'-separated file (as spreadsheets save them where ',' is the
+    decimal mark), with decimal commas. DataError, naming the column, value and row, when
+    that cannot be told, when the file mixes the formats, and, in a file of decimal
+    commas, for a column whose every dotted value could hold a dot between thousands
+    ("1.250": 1.25, or 1250?). A column of numbers with one dot each and no comma, one of
+    which can hold no such dot ("0.125", "48.1"), is left to pandas, which reads the dot
+    as a decimal point. In a file with such columns, a column of whole numbers qualifies
+    too: its later rows may show the format.
+
+    A file not ';'-separated whose first ``HEADER_BYTES`` show neither a comma in a value
+    (a quote, in a comma-separated file) nor two dots between digits has none of these
+    columns: a comma-separated file of plain numbers is not read a second time.
     """
     if separator != ";":
-        return []
+        with open(path, "rb") as handle:
+            start = handle.read(HEADER_BYTES)
+        if (b'"' if separator == "," else b",") not in start and not re.search(
+            rb"\d\.\d{3}\.\d{3}", start
+        ):
+            return NumberFormats()
     with _reading(path, encoding):
         sample = pd.read_csv(path, sep=separator, encoding=encoding, dtype=str, nrows=SAMPLE_ROWS)
-    commas, whole = [], []
+    shown: dict[str, dict[str, str]] = {DECIMAL_COMMA: {}, THOUSANDS_COMMA: {}}  # format ->
+    # column -> the first value that shows it, and its row
+    either, whole, dotted = [], [], []
     for name in sample.columns.difference(text_columns, sort=False):
         text = sample[name].dropna()
-        if text.empty or not text.str.fullmatch(DECIMAL_COMMA_NUMBER).all():
+        if text.empty:
             continue
-        if text.str.contains(",", regex=False).any() or text.str.count(r"\.").gt(1).any():
-            commas.append(name)
+        forms = [
+            form
+            for form, (pattern, marks) in NUMBER_FORMS.items()
+            if text.str.fullmatch(pattern).all() and text.str.contains(marks).any()
+        ]
+        if len(forms) == 2:
+            either.append(name)
+        elif forms:
+            showing = text[text.str.contains(NUMBER_FORMS[forms[0]][1])]
+            shown[forms[0]][name] = f"{showing.iloc[0]!r} (row {int(showing.index[0]) + 1})"
         elif text.str.fullmatch(WHOLE_NUMBER).all():
             whole.append(name)
-    return commas + whole if commas else []
+        elif text.str.fullmatch(PLAIN_NUMBER).all():
+            dotted.append(name)
+    decimal, thousands = shown[DECIMAL_COMMA], shown[THOUSANDS_COMMA]
+    if decimal and thousands:
+        (comma, one), (group, other) = next(iter(decimal.items())), next(iter(thousands.items()))
+        raise DataError(
+            f"{path} writes numbers both with decimal commas (column {comma!r}: {one}) and "
+            f"with commas between thousands (column {group!r}: {other}): export it with one "
+            "number format, best without thousands separators"
+        )
+    file = THOUSANDS_COMMA if thousands else DECIMAL_COMMA if decimal or separator == ";" else None
+    if file is None:
+        if either:
+            _refuse_either_reading(path, sample, either[0])
+        return NumberFormats()
+    if not (decimal or thousands or either):
+        return NumberFormats(file=file)
+    if file == DECIMAL_COMMA:
+        for name in dotted:
+            _refuse_dots_that_may_be_thousands(path, sample[name], name, [*decimal, *either][0])
+    return NumberFormats(dict.fromkeys([*thousands, *decimal, *either, *whole], file), file)
+
+
+def _refuse_either_reading(path: str | Path, sample: pd.DataFrame, name: str) -> None:
+    """DataError for column ``name`` of numbers such as "1,234", where nothing tells a
+    decimal comma from a comma between thousands."""
+    values = sample[name]
+    position = int(np.flatnonzero(values.str.contains(",", regex=False).fillna(False))[0])
+    value = values.iloc[position]
+    raise DataError(
+        f"{path}: column {name!r} holds {value!r} (row {position + 1}): "
+        f"{_as_number(value, DECIMAL_COMMA):g} with a decimal comma, or "
+        f"{_as_number(value, THOUSANDS_COMMA):g} with a comma between thousands? Nothing in "
+        "the file tells: export it without thousands separators, with decimal points "
+        "(comma-separated) or decimal commas (';'-separated)"
+    )
+
+
+def _refuse_dots_that_may_be_thousands(
+    path: str | Path, values: pd.Series, name: str, comma_column: str
+) -> None:
+    """DataError when every dotted value of column ``name`` (numbers with one dot at most,
+    in a file with decimal commas in ``comma_column``) could be a group of thousands."""
+    dotted = values[values.str.contains(".", regex=False).fillna(False)]
+    if dotted.empty or not dotted.str.fullmatch(DOT_OR_THOUSANDS).all():
+        return
+    position = int(np.flatnonzero(values.index == dotted.index[0])[0])
+    value = dotted.iloc[0]
+    raise DataError(
+        f"{path}: column {name!r} holds {value!r} (row {position + 1}): {float(value):g} "
+        f"with a decimal point, or {_as_number(value, DECIMAL_COMMA):g} with a dot between "
+        f"thousands, in a file that writes decimal commas (column {comma_column!r})? Export "
+        "it without thousands separators, with every decimal mark a comma"
+    )
+
+
+def _as_number(value: str, form: str) -> float:
+    """A text ``value`` of the number format ``form`` as a number."""
+    return float(_as_plain(pd.Series([value]), form).iloc[0])
+
+
+def _as_plain(values: pd.Series, form: str) -> pd.Series:
+    """Text numbers of the format ``form`` written as pandas reads them: "1.234,5" and
+    "1,234.5" become "1234.5"."""
+    if form == THOUSANDS_COMMA:
+        return values.str.replace(",", "", regex=False)
+    return values.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
 
 
 def _numbers_of(
-    frame: pd.DataFrame, comma_columns: list[str], separator: str, text_columns: Sequence[str]
+    frame: pd.DataFrame, formats: NumberFormats, text_columns: Sequence[str]
 ) -> pd.DataFrame:
-    """``frame`` (a ``separator``-separated file, or a part of it) with the numbers written
-    with decimal commas turned into numbers: "1.234,5" becomes 1234.5.
+    """``frame`` (a CSV file, or a part of it) with the numbers written with decimal
+    commas or commas between thousands turned into numbers: "1.234,5" or "1,234.5"
+    becomes 1234.5.
 
-    ``comma_columns`` (read as text) must hold such numbers in every row: DataError naming
-    the first that does not. In a ';'-separated file, another text column (not one of
-    ``text_columns``) whose every value is such a number, one with a comma, is turned too
-    (a column of whole numbers in the rows the file was judged on, with decimal commas
-    later, in a file where no other column showed them).
+    The columns of ``formats`` (read as text) must hold such numbers in every row:
+    DataError naming the first that does not. Another text column (not one of
+    ``text_columns``) whose every value is a number of the file's format, one showing it,
+    is turned too (a column of whole numbers in the rows the file was judged on, with
+    decimal commas later, in a file where no other column showed them).
     """
     others: list[str] = []
-    if separator == ";":
-        skipped = {*comma_columns, *text_columns}
+    if formats.file is not None:
+        skipped = {*formats.columns, *text_columns}
         others = [
             str(name)
             for name in frame.columns
             if name not in skipped and pd.api.types.is_string_dtype(frame[name])
         ]
-    for name in [*comma_columns, *others]:
+    for name in [*formats.columns, *others]:
+        form = formats.columns.get(name, formats.file)
+        assert form is not None  # the file's format, for the others
+        pattern, marks = NUMBER_FORMS[form]
         values = frame[name]
         distinct = pd.Series(values.dropna().unique()).astype(str)  # once per value, not cell
-        numbers = distinct.str.fullmatch(DECIMAL_COMMA_NUMBER)
-        has_comma = distinct.str.contains(",", regex=False).any()
-        if name in others and not (numbers.all() and has_comma):
+        numbers = distinct.str.fullmatch(pattern)
+        if name in others and not (numbers.all() and distinct.str.contains(marks).any()):
             continue
         if not numbers.all():
             position = int(np.flatnonzero(values.isin(distinct[~numbers]).to_numpy())[0])
             raise DataError(
-                f"column {name!r} holds numbers written with decimal commas but for "
+                f"column {name!r} holds numbers written with {form}s but for "
                 f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
             )
-        digits = values.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
-        frame[name] = pd.to_numeric(digits)
+        frame[name] = pd.to_numeric(_as_plain(values, form))
     return frame
 
 
