@@ -68,6 +68,13 @@ def test_reads_csv_and_parquet(tmp_path):
             'temp,note\n1.5,"a;b"\n2.5,c\n3.5,d\n',
             {"temp": [1.5, 2.5, 3.5], "note": ["a;b", "c", "d"]},
         ),
+        ('"a;b",c\n1,2\n3,4\n', {"a;b": [1, 3], "c": [2, 4]}),
+        # A comma in a name of a ';'-separated header: the rows tell (read as the
+        # columns "temp" and " °C;load", with "5;3" and a short row, before).
+        (
+            "temp, °C;load\n1,5;3\n-0,25;4\n2;5\n",
+            {"temp, °C": [1.5, -0.25, 2], "load": [3, 4, 5]},
+        ),
         # Decimal commas between other separators: tabs, or quoted in a comma-separated
         # file (both were read as text, and "1,5" taken for a category).
         ("temp\tload\n1,5\t3\n-0,25\t4\n2\t5\n", {"temp": [1.5, -0.25, 2], "load": [3, 4, 5]}),
@@ -259,6 +266,13 @@ def test_decimal_commas_are_judged_on_the_first_rows_and_held_to_after(tmp_path,
             r"writes numbers both with decimal commas \(column 'a': '1,5' \(row 2\)\) and "
             r"with commas between thousands \(column 'b': '1,234\.5' \(row 2\)\): export",
         ),
+        # A header and rows that ',' and ';' both split alike (read as "temp" and
+        # " °C;load" before).
+        (
+            "temp, °C;load\n1,5;3\n2,5;4\n",
+            r"cannot tell how its columns are separated: ',' and ';' each split its header "
+            r"'temp, °C;load' and its first rows into as many fields; rename the columns",
+        ),
         # Dots that may be thousands beside decimal commas: pandas read 1.25 and 3.0.
         (
             "a;w\n1,5;1.250\n2;3.000\n",
@@ -268,9 +282,7 @@ def test_decimal_commas_are_judged_on_the_first_rows_and_held_to_after(tmp_path,
         ),
     ],
 )
-def test_numbers_of_a_format_that_cannot_be_told_are_refused_naming_the_value(
-    tmp_path, content, message
-):
+def test_a_format_that_cannot_be_told_is_refused_naming_the_value(tmp_path, content, message):
     path = tmp_path / "t.csv"
     path.write_text(content)
     refused_by_both_readers(path, message)

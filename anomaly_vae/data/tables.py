@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import difflib
 import functools
+import io
+import itertools
 import logging
 import re
 import time
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 OTHER_SEPARATORS = (";", "\t", "|")  # the most frequent in a header without commas wins
 HEADER_BYTES = 1 << 20  # how much of a file is read to find its header line
+SEPARATOR_ROWS = 100  # rows that tell the separator of a header holding a comma and another
 # With decimal commas: "1,5", "-0,25", "3", and with dots between groups of thousands
 # "1.234,5", "1.234.567" (a first group never starts with 0: "0.125" is not one)
 DECIMAL_COMMA_NUMBER = r"[+-]?(?:[1-9]\d{0,2}(?:\.\d{3})+(?:,\d+)?|\d*,?\d+)(?:[eE][+-]?\d+)?"
@@ -168,7 +172,8 @@ def csv_format(path: str | Path) -> tuple[str, str]:
     byte decodes) with a warning (a file that stops being UTF-8 later fails to read; one
     with NUL bytes, binary or UTF-16, is refused). Separator: a comma, unless the header
     line has none and holds semicolons, tabs or bars (spreadsheets in many locales save
-    ';'-separated files, with ',' as the decimal mark).
+    ';'-separated files, with ',' as the decimal mark); a header with a comma and one of
+    those is told by the rows (see :func:`_separator_of_rows`).
     """
     with open(path, "rb") as handle:
         start = handle.read(HEADER_BYTES)
@@ -187,10 +192,38 @@ def csv_format(path: str | Path) -> tuple[str, str]:
         text = start.decode(encoding)
     header = text.splitlines()[0] if text else ""
     if "," in header:
-        return ",", encoding
+        others = [separator for separator in OTHER_SEPARATORS if separator in header]
+        return (_separator_of_rows(path, text, [",", *others]) if others else ","), encoding
     counts = {separator: header.count(separator) for separator in OTHER_SEPARATORS}
     most = max(counts, key=counts.__getitem__)
     return (most if counts[most] else ","), encoding
+
+
+def _separator_of_rows(path: str | Path, text: str, candidates: list[str]) -> str:
+    """The one of ``candidates`` that splits the header and each of the first
+    ``SEPARATOR_ROWS`` rows of ``text`` (the start of a CSV file) into the same number of
+    fields, at least two (quotes respected): a header holds a comma and another separator
+    ("temp, °C;load"). A comma when none does (the rows are then checked as such); a
+    DataError when several do."""
+    lines = text[: text.rfind("\n") + 1] or text  # whole lines only
+    fits = []
+    for separator in candidates:
+        reader = csv.reader(io.StringIO(lines), delimiter=separator)
+        try:
+            rows = [row for row in itertools.islice(reader, SEPARATOR_ROWS + 1) if row]
+        except csv.Error:  # a field beyond csv's size limit: not told by this separator
+            continue
+        if len(rows[0]) > 1 and all(len(row) == len(rows[0]) for row in rows):
+            fits.append(separator)
+    if len(fits) > 1:
+        header = lines.splitlines()[0]
+        raise DataError(
+            f"{path}: cannot tell how its columns are separated: "
+            f"{' and '.join(map(repr, fits))} each split its header {header!r:.80} and its "
+            "first rows into as many fields; rename the columns whose names hold one of "
+            'them, or quote those names ("temp, °C")'
+        )
+    return fits[0] if fits else ","
 
 
 def _refuse_other_formats(path: str | Path, start: bytes) -> None:
