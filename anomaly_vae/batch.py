@@ -617,16 +617,23 @@ def model_identity(reference: str | None, detector_dir: Path | None = None) -> s
     """A stable name of the model version: ``name/version`` for registry URIs (aliases
     resolved), else ``sha256:`` of the saved detector's description."""
     if reference is not None and reference.startswith("models:/"):
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
+        from anomaly_vae.scoring import model_not_found, use_model_store  # builds on this
+
+        use_model_store(reference)  # the project's store, where the loader will look
         client = MlflowClient()
         name, _, version = reference.removeprefix("models:/").partition("/")
-        if "@" in name:
-            name, alias = name.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
-        elif version.lower() == "latest":  # moves with every registered fit: pin it
-            versions = client.search_model_versions(f"name = '{name}'")
-            version = str(max((int(v.version) for v in versions), default=0))
+        try:
+            if "@" in name:
+                name, alias = name.split("@", 1)
+                version = client.get_model_version_by_alias(name, alias).version
+            elif version.lower() == "latest":  # moves with every registered fit: pin it
+                versions = client.search_model_versions(f"name = '{name}'")
+                version = str(max((int(v.version) for v in versions), default=0))
+        except MlflowException as exc:
+            raise model_not_found(reference, exc) from exc
         return f"{name}/{version}"
     if detector_dir is not None:
         files = sorted(detector_dir.glob("*.json"))

@@ -6,7 +6,7 @@ import logging
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,9 @@ from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.fitting import latest_model_dir
 from anomaly_vae.outputs import atomic_output, make_folder, refuse_overwriting_input, writing
+
+if TYPE_CHECKING:
+    from mlflow.exceptions import MlflowException
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +76,11 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
         )
 
 
-def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path) -> Path:
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+def use_model_store(uri: str, project_dir: Path | None = None) -> None:
+    """Point MLflow at the store that holds the model ``uri`` names: the project's
+    (``MLFLOW_TRACKING_URI``, else ``mlruns/mlflow.db``), not MLflow's own default, an
+    ``mlflow.db`` in the working folder. Raises ModelNotFoundError when the project has
+    no store for a ``models:/`` or ``runs:/`` URI to be found in."""
     from anomaly_vae.tracking import embedded_store, use_tracking
 
     store = embedded_store(project_dir)
@@ -88,20 +92,30 @@ def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path
             "run anomaly-vae here, set MLFLOW_TRACKING_URI, or pass --model FOLDER"
         )
     use_tracking(project_dir=project_dir)
+
+
+def model_not_found(uri: str, exc: MlflowException) -> ModelNotFoundError:
+    """The one-line error for a model URI that MLflow could not resolve."""
+    hint = ""
+    if "@" in uri and "alias" in exc.message.lower():
+        hint = (
+            " (`fit --register` or `calibrate --register` sets the champion alias; "
+            "or name a version, models:/NAME/1)"
+        )
+    return ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}{hint}")
+
+
+def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    use_model_store(uri, project_dir)
     try:
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination))
         )
     except MlflowException as exc:
-        hint = ""
-        if "@" in uri and "alias" in exc.message.lower():
-            hint = (
-                " (`fit --register` or `calibrate --register` sets the champion alias; "
-                "or name a version, models:/NAME/1)"
-            )
-        raise ModelNotFoundError(
-            f"cannot load model {uri}: {exc.message.splitlines()[0]}{hint}"
-        ) from exc
+        raise model_not_found(uri, exc) from exc
     # A logged pyfunc model keeps the saved detector (or ensemble) among its artifacts.
     for marker in (ENSEMBLE_FILE, CONFIG_FILE):
         found = sorted(local.rglob(marker), key=lambda p: len(p.parts))

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from anomaly_vae import VAEDetector
 from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock, run_batch
 from anomaly_vae.cli import main
-from tests.conftest import mixed_table, tiny_config
+from tests.conftest import TINY, mixed_table, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -544,3 +544,43 @@ def test_only_visible_csv_and_parquet_files_are_inputs(model_dir, tmp_path, capl
     assert "not inputs (not .csv, .parquet, .pq): 'README', 'c.tsv'" in caplog.text
     alone = batch(model_dir, inputs / "c.tsv", out)
     assert alone.exit_code == 1 and "c.tsv: batch scores .csv, .parquet, .pq files" in alone.output
+
+
+def test_a_registry_model_is_found_in_the_projects_own_store(tmp_path, monkeypatch):
+    # The README's command: no MLFLOW_TRACKING_URI, the champion of the store in mlruns/.
+    # The alias was once resolved in MLflow's default store (an empty mlflow.db made in
+    # the working folder), so every such run failed with a traceback.
+    import mlflow.tracking._model_registry.utils as registry_uri
+    import mlflow.tracking._tracking_service.utils as tracking_uri
+
+    def as_in_a_new_process():  # MLflow keeps the store it was pointed at, also in os.environ
+        monkeypatch.setattr(tracking_uri, "_tracking_uri", None)
+        monkeypatch.setattr(registry_uri, "_registry_uri", None)
+        for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+            monkeypatch.delenv(variable, raising=False)
+
+    monkeypatch.chdir(tmp_path)
+    as_in_a_new_process()
+    mixed_table(300, seed=0).to_csv("t.csv", index=False)
+    sets = [arg for key in TINY for arg in ("--set", key)]
+    fit = CliRunner().invoke(
+        main,
+        ["fit", "t.csv", "--id-col", "reading_id", "--register", "--quiet", *sets,
+         "--set", "tracking.log_views=false"],
+    )  # fmt: skip
+    assert fit.exit_code == 0, fit.output
+    as_in_a_new_process()
+    Path("incoming").mkdir()
+    mixed_table(50, seed=1).to_csv("incoming/a.csv", index=False)
+    result = CliRunner().invoke(main, ["batch", "incoming", "--output-dir", "scored"])
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv("scored/a.csv")) == 50
+    assert not (tmp_path / "mlflow.db").exists()  # no store of MLflow's own made here
+    assert Ledger(Path("scored") / LEDGER_FILE).entries()["model"].tolist() == ["anomaly-vae/1"]
+    as_in_a_new_process()
+    missing = CliRunner().invoke(
+        main, ["batch", "incoming", "--output-dir", "other", "--model", "models:/anomaly-vae@x"]
+    )
+    assert missing.exit_code == 1
+    assert "cannot load model models:/anomaly-vae@x: " in missing.output
+    assert "sets the champion alias" in missing.output and not Path("other").exists()
