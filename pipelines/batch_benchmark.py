@@ -7,7 +7,8 @@
 
     python pipelines/batch_benchmark.py --out results/batch
 
-Writes ``results.json`` and ``summary.md`` in the output folder.
+Writes ``results.json`` in the output folder (with the model, inputs and outputs it
+made) and prints it.
 """
 
 from __future__ import annotations
