@@ -624,7 +624,7 @@ def log_views_to_run(reference: str | None, paths: list[Path]) -> tuple[str, str
     folder may belong to another model, and the views logged at fit keep their names.
     """
     run_id = run_of_model(reference)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     artifact_path = f"{VIEWS_ARTIFACT_PATH}/added-{stamp}"
     client = MlflowClient()
     for path in paths:

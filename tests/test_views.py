@@ -1,5 +1,6 @@
 """The classic VAE views: every kind for tables and images, the CLI, logging to a run."""
 
+import datetime
 import shutil
 
 import matplotlib.pyplot as plt
@@ -178,6 +179,8 @@ def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     # A file of another model already in the folder must not reach this model's run.
     (tmp_path / "v").mkdir()
     (tmp_path / "v" / "01_generated.png").write_bytes(b"another model's view")
+    # As on Python 3.10, which pyproject.toml supports: datetime.UTC came in 3.11.
+    monkeypatch.delattr(datetime, "UTC", raising=False)
     result = CliRunner().invoke(main, ["view", "reconstruct", "train.csv", "--out", "v", "--log"])
     assert result.exit_code == 0, result.output
     assert not plt.get_fignums()  # the command closes what it drew
