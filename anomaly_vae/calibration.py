@@ -45,7 +45,7 @@ def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
     if scores.size * target_fpr < 1:
         logger.warning(
             "%d calibration rows cannot resolve a %.2g%% false-positive rate (need %d); "
-            "the threshold is the highest calibration score",
+            "a quantile threshold on them is their highest score",
             scores.size,
             100 * target_fpr,
             int(np.ceil(1 / target_fpr)),
