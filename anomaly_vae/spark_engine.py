@@ -311,7 +311,26 @@ def spark_job_errors() -> Iterator[None]:
     try:
         yield
     except (PySparkException, Py4JError) as exc:
+        stop = _interruption(exc)
+        if stop is not None:
+            raise stop from None
         raise DataError(_one_line(exc)) from exc
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The SystemExit or KeyboardInterrupt behind ``exc``, if any. A termination signal
+    (SystemExit from the CLI's handler, see ``cli.exit_on_termination``) or Ctrl-C that
+    arrives while PySpark reads a job's results is replaced by the error its cleanup
+    raises then (``getResult``: "Exception thrown in awaitResult"), which would pass for
+    a bad file: the run would go on scoring the others."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (SystemExit, KeyboardInterrupt)):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -297,3 +297,47 @@ def test_batch_pins_an_alias_to_its_version_for_the_whole_run(project, monkeypat
     result = batch(inputs, "pinned_out", "models:/no-ids@nightly", "local")
     assert result.exit_code == 0, result.output
     assert loaded == ["models:/no-ids/1"] and "Model no-ids/1: scored 1 file" in result.output
+
+
+def test_a_termination_signal_mid_job_stops_the_run(project, monkeypatch):
+    # SIGTERM (a scheduler cancelling the run) while PySpark reads a job's results: its
+    # cleanup then raises "Exception thrown in awaitResult", which hid the SystemExit,
+    # so the file was recorded as failed and the run went on with the others.
+    import contextlib
+    import signal
+
+    from pyspark.sql.pandas import conversion
+
+    from anomaly_vae.cli import exit_on_termination
+
+    detector = load_detector(WITHOUT_IDS)
+    scorer = SparkScorer(WITHOUT_IDS, detector)
+    inputs = project / "cancelled"
+    inputs.mkdir()
+    for name in ("a.csv", "b.csv"):
+        unlabelled(2_000, seed=4).to_csv(inputs / name, index=False)
+    load = conversion._load_from_socket
+
+    def terminated_on_read(stream):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled here, before the results are read
+        yield from stream
+
+    @contextlib.contextmanager
+    def load_then_terminated(*args):
+        with load(*args) as stream:
+            yield terminated_on_read(stream)
+
+    monkeypatch.setattr(conversion, "_load_from_socket", load_then_terminated)
+    handler = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    exit_on_termination()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            run_batch(inputs, project / "cancelled_out", detector, "no-ids/1", scorer=scorer)
+    finally:
+        signal.signal(signal.SIGTERM, handler)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert sorted(p.name for p in (project / "cancelled_out").iterdir()) == [
+        ".anomaly-vae-ledger.sqlite",
+        ".anomaly-vae.lock",
+    ]
