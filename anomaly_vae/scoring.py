@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.batch import drift_sample, score_file
+from anomaly_vae.batch import INPUT_SUFFIXES, drift_sample, score_file
 from anomaly_vae.data.images import class_list, is_image_file, read_images
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
@@ -68,6 +68,11 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
                 f"{data} is one image file; an image model takes a folder of images (to "
                 "score this one alone, put it in a folder of its own)"
             )
+    if detector.data_kind_ == "table" and is_images and _holds_only_tables(Path(data)):
+        raise DataError(
+            f"{data} is a folder of table files, which would be read as images: name one "
+            "file (`anomaly-vae batch` scores every CSV/Parquet file of a folder)"
+        )
     if detector.data_kind_ != given:
         raise DataError(
             f"this model was fit on {detector.data_kind_}s, but {data} is "
@@ -103,6 +108,15 @@ def model_not_found(uri: str, exc: MlflowException) -> ModelNotFoundError:
             "or name a version, models:/NAME/1)"
         )
     return ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}{hint}")
+
+
+def _holds_only_tables(path: Path) -> bool:
+    """True for a folder holding CSV/Parquet files and no image files."""
+    if not path.is_dir():
+        return False
+    files = [p for p in path.rglob("*") if p.is_file()]
+    tables = any(p.suffix.lower() in INPUT_SUFFIXES for p in files)
+    return tables and not any(is_image_file(p) for p in files)
 
 
 def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path) -> Path:

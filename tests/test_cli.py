@@ -352,6 +352,18 @@ def test_images_for_a_table_model_are_a_clear_error(project):
     assert not (root / "photo_scores.csv").exists()
 
 
+def test_a_folder_of_tables_given_to_score_points_to_batch(project):
+    # It was called "an image source", with the advice to name a model of that kind.
+    root, _ = project
+    (root / "days").mkdir(exist_ok=True)
+    mixed_table(20, seed=3).to_csv(root / "days" / "day1.csv", index=False)
+    result = run_score(root, "days", "day_scores.csv")
+    assert result.exit_code == 1
+    assert "days is a folder of table files, which would be read as images" in result.output
+    assert "`anomaly-vae batch`" in result.output and "image source" not in result.output
+    assert not (root / "day_scores.csv").exists()
+
+
 def test_score_without_any_fitted_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     pd.DataFrame({"a": [1.0]}).to_csv("d.csv", index=False)
