@@ -26,6 +26,7 @@ import hashlib
 import logging
 import shutil
 import sqlite3
+import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -640,3 +641,19 @@ def model_identity(reference: str | None, detector_dir: Path | None = None) -> s
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
         return f"sha256:{digest[:16]}"
     return str(reference)
+
+
+def named_for_good(reference: str) -> bool:
+    """True when ``reference`` names one model for good: a registry version
+    (``models:/``, aliases pinned by :func:`model_identity`) or a run's artifact
+    (``runs:/``); not a folder or another URI (``file://``, ``s3://``), whose model can
+    be replaced under the same name."""
+    return reference.startswith(("models:/", "runs:/"))
+
+
+def detector_identity(detector: Any) -> str:
+    """:func:`model_identity` of the folder ``detector`` saves to (the same ``sha256:``
+    as the folder it was loaded from): for a model found by a URI whose content can
+    change while its name does not."""
+    with tempfile.TemporaryDirectory(prefix="anomaly-vae-identity-") as scratch:
+        return model_identity(None, detector.save(Path(scratch)))

@@ -508,9 +508,11 @@ def batch(
     from anomaly_vae.batch import (
         DRIFT_WARNING,
         check_source,
+        detector_identity,
         drift_statistic,
         model_identity,
         model_inputs,
+        named_for_good,
         output_lock,
         score_inputs,
     )
@@ -532,6 +534,10 @@ def batch(
             # alike: an alias moved during the run must not mix two models.
             model_ref = f"models:/{model_id}"
         detector = load_detector(model_ref)
+        if is_uri and not named_for_good(model_ref):
+            # file://, s3://, ...: a model replaced there keeps the URI; its content is
+            # what the ledger must tell apart, as for a folder.
+            model_id = detector_identity(detector)
         if detector.data_kind_ == "image" and engine == "spark":
             raise click.UsageError("the Spark engine scores tables; use the local engine")
         paths, scorer = model_inputs(source, output_dir, detector)

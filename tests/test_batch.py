@@ -584,3 +584,31 @@ def test_a_registry_model_is_found_in_the_projects_own_store(tmp_path, monkeypat
     assert missing.exit_code == 1
     assert "cannot load model models:/anomaly-vae@x: " in missing.output
     assert "sets the champion alias" in missing.output and not Path("other").exists()
+
+
+def test_a_model_replaced_behind_a_file_uri_scores_the_inputs_again(model_dir, tmp_path):
+    # The URI stays the same when the model behind it changes; it was the ledger's
+    # model name, so every input was skipped as "already scored" by the new model.
+    import shutil
+
+    current = tmp_path / "current"
+    shutil.copytree(model_dir, current)
+    (tmp_path / "in").mkdir()
+    mixed_table(40, seed=5).to_csv(tmp_path / "in" / "a.csv", index=False)
+    first = batch(current.as_uri(), tmp_path / "in", tmp_path / "out")
+    assert first.exit_code == 0 and "scored 1 file" in first.output, first.output
+    shutil.rmtree(current)
+    config = tiny_config("data.id_column=reading_id", "training.epochs=3")
+    VAEDetector(config.detector_config()).fit(mixed_table(300, seed=1)).save(current)
+    second = batch(current.as_uri(), tmp_path / "in", tmp_path / "out")
+    assert second.exit_code == 0 and "scored 1 file" in second.output, second.output
+    scores = pd.read_csv(tmp_path / "out" / "a.csv")
+    expected = VAEDetector.load(current).score_frame(mixed_table(40, seed=5))
+    np.testing.assert_allclose(scores["score"], expected["score"], rtol=1e-6)
+    assert f"Model {batch_identity(model_dir)}:" in first.output  # as for the folder
+
+
+def batch_identity(folder):
+    from anomaly_vae.batch import model_identity
+
+    return model_identity(None, folder)
