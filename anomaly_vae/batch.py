@@ -27,6 +27,7 @@ import logging
 import shutil
 import sqlite3
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -557,6 +558,10 @@ def _score_one(
         )
         _record_failure(path, model_id, reason, ledger, report, size, digest)
         return
+    # --verbose: a line per input as it starts and ends, for a scheduler's log, where no
+    # progress bar is drawn and a large file takes minutes.
+    logger.info("%s: scoring (%s bytes)", path, f"{size:,}")
+    started = time.monotonic()
     try:
         rows, flagged, sample = scorer.score_file(path, output, chunk_rows)
     except (AnomalyVAEError, ValueError, OSError) as exc:
@@ -571,6 +576,14 @@ def _score_one(
         status="done",
         rows=rows,
         output=str(output.resolve()),
+    )
+    logger.info(
+        "%s: scored %s rows (%s flagged) in %.2f s into %s",
+        path,
+        f"{rows:,}",
+        f"{flagged:,}",
+        time.monotonic() - started,
+        output,
     )
     report.scored.append(str(path))
     report.rows += rows

@@ -612,3 +612,22 @@ def batch_identity(folder):
     from anomaly_vae.batch import model_identity
 
     return model_identity(None, folder)
+
+
+def test_verbose_logs_each_input_as_it_is_scored(model_dir, tmp_path, caplog):
+    # Off a terminal (cron, a scheduler) no bar is drawn: without these lines a run of
+    # many files, or of one large file, showed nothing until its summary.
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(30, seed=1).to_csv(inputs / "a.csv", index=False)
+    mixed_table(20, seed=2).to_csv(inputs / "b.csv", index=False)
+    with caplog.at_level(logging.INFO, logger="anomaly_vae"):
+        run_batch(inputs, tmp_path / "out", VAEDetector.load(model_dir), "m")
+    lines = [r.getMessage() for r in caplog.records if r.name == "anomaly_vae.batch"]
+    assert [line.split(": ")[1].split(" (")[0] for line in lines] == [
+        "scoring",
+        "scored 30 rows",
+        "scoring",
+        "scored 20 rows",
+    ]
+    assert lines[1].startswith(f"{inputs / 'a.csv'}: scored 30 rows (") and "a.csv" in lines[1]
