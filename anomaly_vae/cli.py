@@ -570,9 +570,11 @@ def batch(
         import mlflow
 
         from anomaly_vae.data.images import source_location
-        from anomaly_vae.tracking import logging_after, use_tracking
+        from anomaly_vae.tracking import logging_after, quick_requests, use_tracking
 
-        with logging_after(f"the scores are written to {output_dir}"):
+        # Quick: the scores are kept either way; a tracking server that is down must not
+        # hold a scheduled run (and its Spark session) for minutes of MLflow's retries.
+        with logging_after(f"the scores are written to {output_dir}"), quick_requests():
             use_tracking("anomaly-vae-batch")
             with mlflow.start_run(run_name="batch"):
                 mlflow.set_tags({"model": model_id, "source": source_location(source)})

@@ -90,18 +90,28 @@ def check_store(experiment: str | None = None, project_dir: Path | None = None) 
     take minutes against a server that is down), so that a wrong ``MLFLOW_TRACKING_URI``
     costs seconds, not a fit. Returns the tracking URI; raises TrackingError."""
     uri = tracking_uri(project_dir)
-    saved = {key: os.environ.get(key) for key in PREFLIGHT_HTTP}
-    os.environ.update({k: v for k, v in PREFLIGHT_HTTP.items() if saved[k] is None})
     try:
-        use_tracking(experiment, project_dir)
-        if experiment is None:  # setting the URI alone does not reach the store
-            MlflowClient().search_experiments(max_results=1)
+        with quick_requests():
+            use_tracking(experiment, project_dir)
+            if experiment is None:  # setting the URI alone does not reach the store
+                MlflowClient().search_experiments(max_results=1)
         return uri
     except STORE_FAILURES as exc:
         raise TrackingError(
             f"cannot use the MLflow tracking store {uri}: {_first_line(exc)} (check "
             "MLFLOW_TRACKING_URI, or pass --no-tracking)"
         ) from exc
+
+
+@contextlib.contextmanager
+def quick_requests() -> Iterator[None]:
+    """MLflow's HTTP requests tried once, with a short timeout (PREFLIGHT_HTTP), unless
+    the environment sets them: against a tracking server that is down, MLflow's own
+    retries take minutes (4 min 12 s for the few requests a batch run logs)."""
+    saved = {key: os.environ.get(key) for key in PREFLIGHT_HTTP}
+    os.environ.update({k: v for k, v in PREFLIGHT_HTTP.items() if saved[k] is None})
+    try:
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
