@@ -48,7 +48,7 @@ from anomaly_vae.data.tables import (
     refuse_repeated_names,
     table_errors,
 )
-from anomaly_vae.errors import AnomalyVAEError, DataError
+from anomaly_vae.errors import AnomalyVAEError, DataError, ModelNotFoundError
 from anomaly_vae.outputs import (
     OUTPUT_SUFFIXES,
     atomic_output,
@@ -629,7 +629,9 @@ def drift_statistic(batch_scores: np.ndarray, calibration_scores: np.ndarray) ->
 
 def model_identity(reference: str | None, detector_dir: Path | None = None) -> str:
     """A stable name of the model version: ``name/version`` for registry URIs (aliases
-    resolved), else ``sha256:`` of the saved detector's description."""
+    resolved, in the store the model is loaded from), else ``sha256:`` of the saved
+    detector's description. ModelNotFoundError when the registry has no such model,
+    alias or version."""
     if reference is not None and reference.startswith("models:/"):
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
@@ -645,7 +647,11 @@ def model_identity(reference: str | None, detector_dir: Path | None = None) -> s
                 version = client.get_model_version_by_alias(name, alias).version
             elif version.lower() == "latest":  # moves with every registered fit: pin it
                 versions = client.search_model_versions(f"name = '{name}'")
-                version = str(max((int(v.version) for v in versions), default=0))
+                if not versions:
+                    raise ModelNotFoundError(
+                        f"cannot load model {reference}: no version of {name!r} is registered"
+                    )
+                version = str(max(int(v.version) for v in versions))
         except MlflowException as exc:
             raise model_not_found(reference, exc) from exc
         return f"{name}/{version}"

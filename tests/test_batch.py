@@ -584,6 +584,11 @@ def test_a_registry_model_is_found_in_the_projects_own_store(tmp_path, monkeypat
     assert missing.exit_code == 1
     assert "cannot load model models:/anomaly-vae@x: " in missing.output
     assert "sets the champion alias" in missing.output and not Path("other").exists()
+    latest = batch("models:/anomaly-vae/latest", "incoming", "latest")
+    assert latest.exit_code == 0 and "Model anomaly-vae/1: scored 1 file" in latest.output
+    none = batch("models:/other/latest", "incoming", "none")
+    assert none.exit_code == 1  # once pinned to a version 0 that no registry has
+    assert "Error: cannot load model models:/other/latest: no version of 'other'" in none.output
 
 
 def test_a_model_replaced_behind_a_file_uri_scores_the_inputs_again(model_dir, tmp_path):
