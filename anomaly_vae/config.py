@@ -488,10 +488,14 @@ def load_config(
 def _override_value(raw: str) -> Any:
     """A ``--set`` value as YAML, except that yes/no/on/off stay words (YAML 1.1 would
     read them as booleans, turning a label such as ``yes`` into True); booleans are
-    written true/false."""
+    written true/false. Text that is not YAML (``[x``, ``*x``, ``...``) is taken as
+    written: a label value may be any text, and a key of another type refuses it by name."""
     if not raw.strip():
         return None
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw.strip()
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         return raw.strip()
     return value
@@ -533,6 +537,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             return None
         return _coerce(value, inner, key)
     if origin is list:
+        if isinstance(value, str) and value.lstrip().startswith("["):  # unclosed: not YAML
+            raise ConfigError(f"{key} must be a list such as [1, 2], got {value!r}")
         if not isinstance(value, (list, tuple)):
             value = [value]
         return [_coerce(v, args[0], key) for v in value]

@@ -70,6 +70,16 @@ def test_yes_and_no_stay_words_where_text_is_expected():
         load_config(overrides=["data.anomaly_label=true"])
 
 
+def test_text_that_is_not_yaml_is_taken_as_written():
+    # It raised yaml's ScannerError, a traceback from every command.
+    for label in ("[x", "*x", "...", "{a", "50% [partial"):
+        assert load_config(overrides=[f"data.anomaly_label={label}"]).data.anomaly_label == label
+    with pytest.raises(
+        ConfigError, match=r"model\.hidden_dims must be a list such as \[1, 2\], got '\[32, 16'"
+    ):
+        load_config(overrides=["model.hidden_dims=[32, 16"])
+
+
 def test_shipped_yaml_configs_load():
     from pathlib import Path
 
