@@ -361,6 +361,26 @@ def test_the_pipeline_script_is_the_batch_command(monkeypatch, capsys):
     assert capsys.readouterr().out.startswith("Usage: pipelines/batch_score.py [OPTIONS] SOURCE")
 
 
+def test_the_pipeline_script_takes_verbose_before_the_commands_options(model_dir, tmp_path):
+    # It called the logging set-up with verbose=False: under spark-submit the per-input
+    # lines of `anomaly-vae --verbose batch` could not be had.
+    script = Path(__file__).parents[1] / "pipelines" / "batch_score.py"
+    (tmp_path / "in").mkdir()
+    mixed_table(30, seed=1).to_csv(tmp_path / "in" / "a.csv", index=False)
+    logged = {}
+    for flags in ([], ["--verbose"]):
+        out = tmp_path / f"out{len(flags)}"
+        args = [*flags, str(tmp_path / "in"), "--output-dir", str(out), "--model", str(model_dir)]
+        done = subprocess.run(
+            [sys.executable, str(script), *args, "--no-tracking"], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert (out / "a.csv").is_file()
+        logged[bool(flags)] = done.stderr
+    assert "a.csv: scored 30 rows" in logged[True]
+    assert "a.csv: scored 30 rows" not in logged[False]
+
+
 @pytest.fixture(scope="module")
 def image_model_dir(tmp_path_factory):
     from tests.test_images import IMAGE_MODEL, bars
