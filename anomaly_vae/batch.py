@@ -91,8 +91,9 @@ class BatchReport:
         return self.flagged / self.rows if self.rows else 0.0
 
 
-def input_files(source: str | Path) -> list[Path]:
-    """A folder's CSV/Parquet files, or the files a glob pattern matches, sorted.
+def input_files(source: str | Path, report_others: bool = True) -> list[Path]:
+    """A folder's CSV/Parquet files, or the files a glob pattern matches, sorted; the
+    other files are named in an INFO line when ``report_others``.
 
     A folder that does not exist, or a pattern whose fixed part names none, is a
     DataError: on a schedule a typo or an unmounted share must not pass as "nothing new".
@@ -110,7 +111,7 @@ def input_files(source: str | Path) -> list[Path]:
         raise DataError(f"{source}: no such folder or file")
     files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
     others = [p.name for p in files if p.suffix.lower() not in INPUT_SUFFIXES]
-    if others:  # --verbose: on a schedule, a README beside the data is no news every run
+    if others and report_others:  # --verbose: a README beside the data is no warning
         logger.info("not inputs (not %s): %s", ", ".join(INPUT_SUFFIXES), quoted_names(others))
     return [p for p in files if p.suffix.lower() in INPUT_SUFFIXES]
 
@@ -171,7 +172,7 @@ def check_source(source: str | Path, output_dir: Path) -> None:
     elif not Path(source).exists():
         raise DataError(f"{source}: no such folder or file")
     if not (output_dir / LEDGER_FILE).exists():
-        batch_inputs(source, output_dir)
+        batch_inputs(source, output_dir, report_others=False)  # named once, when scored
 
 
 def _glob_matches(pattern: str | Path) -> list[Path]:
@@ -443,10 +444,10 @@ def image_batch(source: str | Path, output_dir: Path, detector: Any) -> tuple[li
     return image_folders(source, output_dir), ImageFolderScorer(detector)
 
 
-def batch_inputs(source: str | Path, output_dir: Path) -> list[Path]:
+def batch_inputs(source: str | Path, output_dir: Path, report_others: bool = True) -> list[Path]:
     """The input files of ``source`` (:func:`input_files`); DataError if ``output_dir``
     holds them, since their scores would replace them."""
-    paths = input_files(source)
+    paths = input_files(source, report_others)
     if any(path.parent.resolve() == output_dir.resolve() for path in paths):
         raise DataError(
             f"the output folder {output_dir} holds the inputs: their scores would replace "

@@ -562,6 +562,7 @@ def test_only_visible_csv_and_parquet_files_are_inputs(model_dir, tmp_path, capl
         result = batch(model_dir, inputs, out)
     assert "scored 1 file (30 rows" in result.output, result.output
     assert "not inputs (not .csv, .parquet, .pq): 'README', 'c.tsv'" in caplog.text
+    assert caplog.text.count("not inputs") == 1  # a first run listed the folder twice
     alone = batch(model_dir, inputs / "c.tsv", out)
     assert alone.exit_code == 1 and "c.tsv: batch scores .csv, .parquet, .pq files" in alone.output
 
