@@ -67,6 +67,8 @@ DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic 
 # subsample): the statistic needs a sample, and keeping every score would grow with the file
 HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input
 STAGING_SUFFIX = ".tmp"  # a folder of images still being filled: not an input until renamed
+STALE_SUFFIX = ".stale"  # appended to an output whose input or model changed and then failed
+# to score: its scores no longer stand for what the input holds or the model says
 
 
 class BatchLockedError(AnomalyVAEError):
@@ -567,8 +569,13 @@ def _score_one(
         rows, flagged, sample = scorer.score_file(path, output, chunk_rows)
     except (AnomalyVAEError, ValueError, OSError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if last is not None and last[0] == key and output.is_file():
+            reason += _set_aside(
+                output, "the file as it was" if last[1] != digest else f"model {last[2]}"
+            )
         _record_failure(path, model_id, reason, ledger, report, size, digest)
         return
+    output.with_name(output.name + STALE_SUFFIX).unlink(missing_ok=True)  # now superseded
     ledger.record(
         input=key,
         size=size,
@@ -590,6 +597,18 @@ def _score_one(
     report.rows += rows
     report.flagged += flagged
     report.scores.append(sample)
+
+
+def _set_aside(output: Path, scored_from: str) -> str:
+    """Rename ``output`` (the scores of ``scored_from``: an earlier version of its input, or
+    another model) to end in :data:`STALE_SUFFIX`, so that a reader of the folder does not
+    take them for the input's scores now; the note for the failure's reason."""
+    stale = output.with_name(output.name + STALE_SUFFIX)
+    try:
+        output.replace(stale)
+    except OSError as exc:
+        return f"; {output} still holds the scores of {scored_from} ({exc.strerror})"
+    return f"; the scores of {scored_from} were moved to {stale.name}"
 
 
 def _record_failure(

@@ -640,6 +640,25 @@ def batch_identity(folder):
     return model_identity(None, folder)
 
 
+def test_scores_of_an_input_that_changed_and_then_failed_are_set_aside(model_dir, tmp_path):
+    # They stayed in place under the input's name: a reader of the folder took the scores
+    # of the file as it was for those of the file as it is.
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    table = mixed_table(40, seed=1)
+    table.to_csv(inputs / "a.csv", index=False)
+    assert batch(model_dir, inputs, out).exit_code == 0
+    before = (out / "a.csv").read_bytes()
+    table.drop(columns="temperature").to_csv(inputs / "a.csv", index=False)  # now refused
+    failed = batch(model_dir, inputs, out)
+    assert failed.exit_code == 1
+    assert "the scores of the file as it was were moved to a.csv.stale" in failed.output
+    assert not (out / "a.csv").exists() and (out / "a.csv.stale").read_bytes() == before
+    table.to_csv(inputs / "a.csv", index=False)  # fixed: scored again, nothing stale left
+    assert batch(model_dir, inputs, out).exit_code == 0
+    assert (out / "a.csv").read_bytes() == before and not (out / "a.csv.stale").exists()
+
+
 def test_verbose_logs_each_input_as_it_is_scored(model_dir, tmp_path, caplog):
     # Off a terminal (cron, a scheduler) no bar is drawn: without these lines a run of
     # many files, or of one large file, showed nothing until its summary.
