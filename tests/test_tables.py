@@ -79,15 +79,16 @@ def test_reads_csv_and_parquet(tmp_path):
         # file (both were read as text, and "1,5" taken for a category).
         ("temp\tload\n1,5\t3\n-0,25\t4\n2\t5\n", {"temp": [1.5, -0.25, 2], "load": [3, 4, 5]}),
         ('temp,load\n"1,5",3\n"-0,25",4\n2,5\n', {"temp": [1.5, -0.25, 2], "load": [3, 4, 5]}),
-        # Commas between thousands, quoted; dots between thousands (whatever the separator):
-        # the column's other values tell "2,000" and "1.234" apart from decimals.
+        # Commas between thousands, quoted; dots between thousands in a file whose decimal
+        # commas show (whatever the separator): the column's other values tell "2,000"
+        # and "1.234" apart from decimals.
         (
             'amount,load\n"1,234.5",3\n12.5,4\n"2,000",5\n',
             {"amount": [1234.5, 12.5, 2000], "load": [3, 4, 5]},
         ),
         (
-            "count,load\n1.234.567,3\n12,4\n1.234,5\n",
-            {"count": [1234567, 12, 1234], "load": [3, 4, 5]},
+            "count\tload\n1.234.567\t3,5\n12\t4\n1.234\t5\n",
+            {"count": [1234567, 12, 1234], "load": [3.5, 4, 5]},
         ),
         # "1,234" alone could be either: the file's other column writes decimal commas.
         ("a\tb\n1,5\t1,234\n2\t3\n", {"a": [1.5, 2], "b": [1.234, 3]}),
@@ -100,6 +101,31 @@ def test_csv_separator_and_decimal_commas_are_recognised(tmp_path, content, expe
     pd.testing.assert_frame_equal(read_table(path), expected, check_dtype=False)
     chunks = pd.concat(read_csv_chunks(path, chunk_rows=2), ignore_index=True)
     pd.testing.assert_frame_equal(chunks, expected, check_dtype=False)
+
+
+@pytest.mark.parametrize("separator", [",", "\t"])
+def test_dotted_groups_without_a_decimal_comma_are_read_as_written(tmp_path, separator):
+    # IP addresses and versions whose groups have three digits: read as 10100200250 and
+    # 1100200, and a column of weights beside them refused as "1.25 or 1250?" (the file
+    # held no decimal comma); with quoted commas between thousands the file was refused
+    # as mixing two number formats.
+    frame = pd.DataFrame(
+        {
+            "host": ["10.100.200.250", "10.100.200.251", "10.100.201.252"],
+            "version": ["1.100.200", "2.000.001", "2.000.002"],
+            "weight": [1.25, 2.5, 3.0],
+        }
+    )
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False, sep=separator, float_format="%.3f")
+    pd.testing.assert_frame_equal(read_table(path), frame)
+    chunks = pd.concat(read_csv_chunks(path, chunk_rows=2), ignore_index=True)
+    pd.testing.assert_frame_equal(chunks, frame)
+    path.write_text('host,amount\n10.100.200.250,"1,234.5"\n10.100.200.251,"2,000"\n')
+    assert read_table(path).to_dict("list") == {
+        "host": ["10.100.200.250", "10.100.200.251"],
+        "amount": [1234.5, 2000.0],
+    }
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "cp1252"])

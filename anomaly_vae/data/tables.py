@@ -497,7 +497,9 @@ def _number_formats(
 
     Judged once per file, on its first ``SAMPLE_ROWS`` rows, so that every chunk of a
     large file is read alike. A column qualifies when every value there is a number of one
-    format and a value shows it (a comma; for decimal commas, or several dots). A value
+    format and a value shows it (a comma; for decimal commas, or several dots, but outside
+    a ';'-separated file only in a file where a comma shows decimal commas: alone,
+    "10.100.200.250" or "1.234.567" may be an IP address or a version). A value
     such as "1,234" fits both: its column is read in the format of the file's other such
     columns, or, in a ';'-separated file (as spreadsheets save them where ',' is the
     decimal mark), with decimal commas. DataError, naming the column, value and row, when
@@ -508,16 +510,14 @@ def _number_formats(
     as a decimal point. In a file with such columns, a column of whole numbers qualifies
     too: its later rows may show the format.
 
-    A file not ';'-separated whose first ``HEADER_BYTES`` show neither a comma in a value
-    (a quote, in a comma-separated file) nor two dots between digits has none of these
-    columns: a comma-separated file of plain numbers is not read a second time.
+    A file not ';'-separated whose first ``HEADER_BYTES`` show no comma in a value (no
+    quote, in a comma-separated file) has none of these columns: a comma-separated file
+    of plain numbers is not read a second time.
     """
     if separator != ";":
         with open(path, "rb") as handle:
             start = handle.read(HEADER_BYTES)
-        if (b'"' if separator == "," else b",") not in start and not re.search(
-            rb"\d\.\d{3}\.\d{3}", start
-        ):
+        if (b'"' if separator == "," else b",") not in start:
             return NumberFormats()
     with _reading(path, encoding):
         sample = pd.read_csv(path, sep=separator, encoding=encoding, dtype=str, nrows=SAMPLE_ROWS)
@@ -543,6 +543,11 @@ def _number_formats(
         elif text.str.fullmatch(PLAIN_NUMBER).all():
             dotted.append(name)
     decimal, thousands = shown[DECIMAL_COMMA], shown[THOUSANDS_COMMA]
+    if separator != ";" and not any(
+        sample[name].str.contains(",", regex=False).any() for name in decimal
+    ):
+        decimal = {}  # several dots alone ("10.100.200.250", "1.234.567") are as likely an
+        # IP address or a version as a number: read as written, unless a comma shows
     if decimal and thousands:
         (comma, one), (group, other) = next(iter(decimal.items())), next(iter(thousands.items()))
         raise DataError(
