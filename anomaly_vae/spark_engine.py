@@ -191,6 +191,9 @@ class SparkScorer:
                 # (Models logged before the parameter existed would warn that it is
                 # ignored.)
                 signature = mlflow.models.get_model_info(model_uri).signature
+                # Columns by the names the signature gives them (a model logged before
+                # Windows-1252 names "Preis €" "Preis \x80"; see names_as_read_now)
+                self.signature_names = signature_names(signature, self.base)
                 known = (
                     [spec.name for spec in signature.params.params]
                     if signature and signature.params
@@ -264,7 +267,10 @@ class SparkScorer:
         )
         chunk = pd.DataFrame({POSITION: np.arange(len(frame), dtype=np.int64), **values})
         model_input = F.struct(
-            *[F.col(name).alias(c.name) for name, c in zip(names, columns, strict=True)]
+            *[
+                F.col(name).alias(self.signature_names.get(c.name, c.name))
+                for name, c in zip(names, columns, strict=True)
+            ]
         )
         with spark_job_errors(), _without_pandas_3_warning():
             scored = (
@@ -281,6 +287,20 @@ class SparkScorer:
         # collect keeps this plan's row order; the position makes that explicit.
         scored = scored.sort_values(POSITION, kind="stable").drop(columns=POSITION)
         return scored.astype(self.output_types.to_dict()).reset_index(drop=True)
+
+
+def signature_names(signature: Any, detector: Any) -> dict[str, str]:
+    """``{input column of detector: the name the model's MLflow signature gives it}``
+    where the two differ: the signature of a model logged before files that are not
+    UTF-8 were read as Windows-1252 names its columns as they were read then."""
+    from anomaly_vae.data.preprocessing import names_as_read_now
+
+    if signature is None or signature.inputs is None or detector.data_kind_ != "table":
+        return {}
+    known = detector.preprocessor_.input_columns
+    return {
+        now: old for old, now in names_as_read_now(signature.inputs.input_names(), known).items()
+    }
 
 
 def _numbers(values: pd.Series) -> pd.Series:

@@ -36,6 +36,7 @@ from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
 from anomaly_vae.data import TablePreprocessor, take_rows
+from anomaly_vae.data.preprocessing import names_as_read_now
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import DataError, TrackingError
@@ -184,8 +185,12 @@ class AnomalyVAEPyfunc(PythonModel):
                 warn_unknown_classes(self.detector, classes)
                 return scores
             quiet = (params or {}).get(LOG_WARNINGS_PARAM) is False
+            frame = pd.DataFrame(model_input)
+            # The names the signature of a model logged before Windows-1252 requires
+            table = cast(TablePreprocessor, _base_detector(self.detector).preprocessor_)
+            frame = frame.rename(columns=names_as_read_now(frame.columns, table.input_columns))
             with _package_warnings_off() if quiet else contextlib.nullcontext():
-                scores = self.detector.score_frame(pd.DataFrame(model_input))
+                scores = self.detector.score_frame(frame)
             # A missing id as None (JSON null): the scoring server writes NaN as a bare
             # NaN, which JSON parsers refuse. Scores are never missing.
             id_column = _base_detector(self.detector).effective_config.data.id_column

@@ -324,3 +324,52 @@ def test_a_version_registered_without_a_run_has_no_source_run(tracking_store, tm
     client.create_model_version("bare", source=str(tmp_path / "somewhere"))
     with pytest.raises(ModelNotFoundError, match="registered without an MLflow run"):
         source_of_model("models:/bare/1", tmp_path)
+
+
+def test_a_model_logged_when_windows_1252_files_read_as_latin_1_takes_its_signature_names(
+    tmp_path, monkeypatch
+):
+    """A model logged before CSV files that are not UTF-8 were read as Windows-1252 has
+    a signature naming "Preis €" "Preis \\x80"; it loads the column as "Preis €" now, and
+    refused the very inputs its signature asks for ("missing column 'Preis €'")."""
+    from anomaly_vae.spark_engine import signature_names
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"Preis €": rng.normal(size=200), "x": rng.normal(size=200)})
+    frame.to_csv(tmp_path / "t.csv", index=False, encoding="cp1252")
+    result = fit_table(tmp_path / "t.csv", tiny_config(), project_dir=tmp_path)
+    use_tracking(project_dir=tmp_path)
+    local = Path(
+        mlflow.artifacts.download_artifacts(result.run.model_uri, dst_path=str(tmp_path / "m"))
+    )
+
+    def as_latin_1(text):
+        return text.encode("cp1252").decode("latin-1")
+
+    # The same model as logged when the file read as Latin-1.
+    [saved] = local.rglob("detector.json")
+    document = json.loads(saved.read_text())
+    del document["schema"]["non_utf8_csv"]
+    for column in document["schema"]["columns"]:
+        column["name"] = as_latin_1(column["name"])
+    document["feature_names_in"] = [as_latin_1(name) for name in document["feature_names_in"]]
+    saved.write_text(json.dumps(document))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    inputs = json.loads(mlmodel["signature"]["inputs"])
+    for spec in inputs:
+        spec["name"] = as_latin_1(spec["name"])
+    mlmodel["signature"]["inputs"] = json.dumps(inputs)
+    (local / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+
+    model = mlflow.pyfunc.load_model(str(local))
+    assert model.metadata.get_input_schema().input_names() == ["Preis \x80", "x"]
+    sent = frame.rename(columns={"Preis €": "Preis \x80"})
+    expected = result.detector.score_frame(frame).reset_index(drop=True)
+    pd.testing.assert_frame_equal(model.predict(sent).reset_index(drop=True), expected)
+    # The Spark engine sends its columns, read as now, by the signature's names.
+    old = load_detector(str(saved.parent))
+    assert signature_names(model.metadata.signature, old) == {"Preis €": "Preis \x80"}
+    logged = mlflow.models.get_model_info(result.run.model_uri).signature
+    assert signature_names(logged, result.detector) == {}

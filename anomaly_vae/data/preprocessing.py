@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -401,6 +401,24 @@ def latin_1_names_as_read_now(names: list[str]) -> list[str]:
     """
     translated = [as_windows_1252(name) for name in names]
     return translated if len(set(translated)) == len(set(names)) else names
+
+
+def names_as_read_now(names: Iterable[Any], known: Sequence[str]) -> dict[str, str]:
+    """``{name: the same bytes read as Windows-1252}`` for each of ``names`` not among
+    ``known`` (a model's input columns) whose reading is: a column as the MLflow
+    signature of a model logged before files that are not UTF-8 were read as
+    Windows-1252 names it, and as callers sent it since ("Preis \\x80"), while the model
+    loads it as such a file reads now ("Preis €", see :func:`latin_1_names_as_read_now`).
+
+    >>> names_as_read_now(["Preis \\x80", "x"], ["Preis €", "x"])
+    {'Preis \\x80': 'Preis €'}
+    """
+    wanted = set(known)
+    return {
+        name: as_windows_1252(name)
+        for name in names
+        if isinstance(name, str) and name not in wanted and as_windows_1252(name) in wanted
+    }
 
 
 @dataclass
