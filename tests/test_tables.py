@@ -299,6 +299,8 @@ def test_decimal_commas_are_judged_on_the_first_rows_and_held_to_after(tmp_path,
             r"cannot tell how its columns are separated: ',' and ';' each split its header "
             r"'temp, °C;load' and its first rows into as many fields; rename the columns",
         ),
+        # A header alone: nothing to tell the separator by, and nothing to read.
+        ("temp, °C;load\n", "has a header but no data rows"),
         # Dots that may be thousands beside decimal commas: pandas read 1.25 and 3.0.
         (
             "a;w\n1,5;1.250\n2;3.000\n",

@@ -213,6 +213,8 @@ def _separator_of_rows(path: str | Path, text: str, candidates: list[str]) -> st
             rows = [row for row in itertools.islice(reader, SEPARATOR_ROWS + 1) if row]
         except csv.Error:  # a field beyond csv's size limit: not told by this separator
             continue
+        if len(rows) == 1:  # a header alone tells nothing; such a file is refused later
+            return ","
         if len(rows[0]) > 1 and all(len(row) == len(rows[0]) for row in rows):
             fits.append(separator)
     if len(fits) > 1:
