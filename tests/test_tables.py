@@ -223,6 +223,8 @@ def test_the_field_count_scan_returns_once_pyarrow_lets_go_of_its_row_handler(
     [
         ("empty.csv", b"", "is empty"),
         ("header.csv", b"a,b\n", "has a header but no data rows"),
+        # Nothing to tell its separator by ("cannot tell how its columns are separated")
+        ("header2.csv", "temp, °C;load\n".encode(), "has a header but no data rows"),
         ("binary.csv", b"\xff\xfe\x00\x81\x00garbage\x00\xff", "not a readable CSV"),
         ("ragged.csv", b"a,b\n1,2\n1,2,3,4\n", "not a readable CSV"),
         ("broken.parquet", b"PAR1 this is not parquet", "not a readable Parquet"),
@@ -299,8 +301,6 @@ def test_decimal_commas_are_judged_on_the_first_rows_and_held_to_after(tmp_path,
             r"cannot tell how its columns are separated: ',' and ';' each split its header "
             r"'temp, °C;load' and its first rows into as many fields; rename the columns",
         ),
-        # A header alone: nothing to tell the separator by, and nothing to read.
-        ("temp, °C;load\n", "has a header but no data rows"),
         # Dots that may be thousands beside decimal commas: pandas read 1.25 and 3.0.
         (
             "a;w\n1,5;1.250\n2;3.000\n",
