@@ -305,6 +305,38 @@ def test_grey_pictures_saved_as_colour_read_as_grey_and_each_model_takes_the_oth
     assert "4 of 4 images are colour and are scored by their grey levels" in caplog.text
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
+def test_photos_with_an_exif_orientation_read_upright_as_a_viewer_shows_them(tmp_path, suffix):
+    # A camera stores a turned shot's pixels as the sensor saw them and an EXIF tag
+    # saying how to show them; read unturned, the picture was sideways (and 16 x 24, so
+    # a folder with an upright shot of it was refused for its sizes). Pillow turns TIFFs
+    # itself as it loads them: they must not be turned twice.
+    upright = np.full((16, 24, 3), 200, np.uint8)
+    upright[:6, :6] = (230, 30, 30)  # a red corner, top left as shown
+    turns = {
+        1: None,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+        3: Image.Transpose.ROTATE_180,
+        4: Image.Transpose.FLIP_TOP_BOTTOM,
+        5: Image.Transpose.TRANSPOSE,
+        6: Image.Transpose.ROTATE_90,  # stored turned left; shown turned right
+        7: Image.Transpose.TRANSVERSE,
+        8: Image.Transpose.ROTATE_270,
+    }
+    for orientation, stored in turns.items():
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        picture = Image.fromarray(upright)
+        picture = picture if stored is None else picture.transpose(stored)
+        picture.save(tmp_path / f"o{orientation}{suffix}", exif=exif, quality=95)
+    images = read_images(tmp_path)
+    assert images.images.shape == (8, 3, 16, 24)
+    for name, image in zip(images.names, images.images, strict=True):
+        pixels = image.transpose(1, 2, 0).astype(int)
+        assert np.abs(pixels - upright).mean() < 5, name  # JPEG is lossy at edges
+        assert (pixels[:4, :4, 0] > 180).all() and (pixels[:4, :4, 1] < 80).all(), name
+
+
 def test_float_images_read_as_grey_levels_and_unscaled_ones_are_refused(tmp_path):
     grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
     (tmp_path / "float").mkdir()
