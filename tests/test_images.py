@@ -219,6 +219,30 @@ def test_hidden_files_and_folders_and_folders_without_images_are_no_images_or_cl
     assert read_images(flat).names == [str(flat / "0.png"), str(flat / "1.png")]
 
 
+def test_files_not_named_as_images_are_named_and_jfif_files_read_as_jpeg(tmp_path, caplog):
+    # A folder's files of other suffixes were left out without a word: a JPEG saved as
+    # .jfif (as Windows names them) was not scored, and nothing said so.
+    grey = bars(1, seed=4)[0, 0]
+    for folder in (tmp_path / "flat", tmp_path / "classes" / "good"):
+        folder.mkdir(parents=True)
+        Image.fromarray(grey).save(folder / "a.png")
+        Image.fromarray(grey).save(folder / "b.jfif", "JPEG", quality=95)
+        Image.fromarray(grey).save(folder / "c.jpe", "JPEG", quality=95)
+        (folder / "d.heic").write_bytes(b"not read")
+        (folder / ".DS_Store").write_bytes(b"hidden: not named")
+    images = read_images(tmp_path / "flat")
+    assert [Path(name).name for name in images.names] == ["a.png", "b.jfif", "c.jpe"]
+    assert "flat: 1 file is not read, as it is not named as an image file (d.heic)" in (caplog.text)
+    caplog.clear()
+    (tmp_path / "classes" / "good" / "notes.txt").write_text("not an image")
+    assert len(read_images(tmp_path / "classes").names) == 3
+    assert (
+        "classes: 2 files are not read, as they are not named as image files "
+        "(good/d.heic, good/notes.txt)"
+    ) in caplog.text
+    assert ".DS_Store" not in caplog.text
+
+
 def test_a_picture_reads_the_same_whatever_png_mode_it_was_saved_in(tmp_path):
     grey = bars(1, seed=4)[0, 0]  # (16, 16) uint8
     colour = np.stack([grey, 255 - grey, grey // 2], axis=-1)  # (16, 16, 3)

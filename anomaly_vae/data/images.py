@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,24 @@ IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# File suffixes read as images: those of torchvision's ImageFolder, and GIF (its first
-# frame; a palette image as any other).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+# File suffixes read as images: those of torchvision's ImageFolder, GIF (its first
+# frame; a palette image as any other), and .jfif and .jpe, JPEG files as Windows and
+# browsers often name them.
+IMAGE_SUFFIXES = (
+    ".jpg",
+    ".jpeg",
+    ".jfif",
+    ".jpe",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".gif",
+)
+SKIPPED_FILES_SHOWN = 3  # files named when a folder holds files that are not images
 IDX_UBYTE = 0x08  # idx type code of unsigned bytes, the only type of the MNIST layout
 UINT8_MAX = 255
 COLOUR_CHANNELS = 3
@@ -284,6 +300,7 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
 
     flat = sorted(p for p in path.iterdir() if is_image_file(p) and p.is_file())
     subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and not _hidden(p.name))
+    _warn_not_images(path, path.iterdir() if flat else path.rglob("*"))
     if flat:
         if subfolders:
             logger.warning(
@@ -320,6 +337,33 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
         path,
         size,
     )
+
+
+def _warn_not_images(path: Path, files: Iterable[Path]) -> None:
+    """Name the files under ``path`` (of ``files``) that are not read, being named as no
+    image file: a picture saved as ``.heic`` or ``.avif`` would otherwise be left out of
+    a fit or a score without a word. Hidden files (``.DS_Store``, ``._name.png``) are
+    left out silently, as are the files of hidden folders."""
+    skipped = sorted(
+        file.relative_to(path).as_posix()
+        for file in files
+        if not _hidden(file.name)
+        and not is_image_file(file)
+        and not hidden_below(file, path)
+        and file.is_file()
+    )
+    if skipped:
+        logger.warning(
+            "%s: %s not read, as %s (%s%s); image files are named %s",
+            path,
+            "1 file is" if len(skipped) == 1 else f"{len(skipped)} files are",
+            "it is not named as an image file"
+            if len(skipped) == 1
+            else "they are not named as image files",
+            ", ".join(skipped[:SKIPPED_FILES_SHOWN]),
+            " and more" if len(skipped) > SKIPPED_FILES_SHOWN else "",
+            " ".join(IMAGE_SUFFIXES),
+        )
 
 
 def is_image_file(path: str | Path) -> bool:
