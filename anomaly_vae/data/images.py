@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from anomaly_vae.config import IMAGE_POOL, MIN_POOLED_SIDE
 from anomaly_vae.errors import DataError
@@ -67,18 +67,6 @@ GREY_32BIT = 16843009
 COLOUR_FILES_SHOWN = 3  # colour files named when a folder is mostly grey
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, PIL's grey of an RGB image
 LUMA_FIXED_POINT = (19595, 38470, 7471)  # the same in PIL's 16-bit fixed point
-EXIF_ORIENTATION = 0x0112  # the EXIF tag that says how a camera's pixels are to be shown
-# EXIF orientation -> the transposition that shows the stored pixels upright, as image
-# viewers (and PIL's ImageOps.exif_transpose) do; 1 (or no tag) is upright already.
-UPRIGHT = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 @dataclass
@@ -480,15 +468,6 @@ def _float_grey(levels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.rint(levels * scale).astype(np.uint8), "L")
 
 
-def _upright(image: Image.Image, orientation: Any) -> Image.Image:
-    """``image`` as a viewer shows it: a camera stores a portrait shot's pixels sideways
-    with an EXIF orientation (6 or 8) saying how to turn them. Unturned, such a photo
-    reads rotated (and sized W x H of its stored pixels), so its anomaly map would not lie
-    over the picture a reviewer sees."""
-    transpose = UPRIGHT.get(orientation) if isinstance(orientation, int) else None
-    return image if transpose is None else image.transpose(transpose)
-
-
 def _decode(
     samples: list[tuple[str, int]], classes: list[str], path: Path, size: int | None
 ) -> ImageSet:
@@ -498,9 +477,10 @@ def _decode(
     for file, _ in samples:  # decoding is per file; nothing to batch here
         try:
             with Image.open(file) as image:
-                image.load()  # Pillow turns a TIFF upright as it loads it, and drops its tag
-                orientation = image.getexif().get(EXIF_ORIENTATION)
-                images.append(_upright(to_8bit(image), orientation))
+                # As a viewer shows it: a camera stores a portrait shot's pixels sideways,
+                # with an EXIF orientation saying how to turn them; unturned, its anomaly
+                # map would not lie over the picture a reviewer sees.
+                images.append(to_8bit(ImageOps.exif_transpose(image)))
         except OSError as exc:
             raise DataError(f"{file} is not a readable image: {exc}") from exc
         except DataError as exc:
