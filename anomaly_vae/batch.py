@@ -586,9 +586,10 @@ def _score_one(
         output=str(output.resolve()),
     )
     logger.info(
-        "%s: scored %s rows (%s flagged) in %.2f s into %s",
+        "%s: scored %s %s (%s flagged) in %.2f s into %s",
         path,
         f"{rows:,}",
+        "images" if detector.data_kind_ == "image" else "rows",
         f"{flagged:,}",
         time.monotonic() - started,
         output,

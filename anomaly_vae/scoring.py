@@ -243,7 +243,8 @@ def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[
     from PIL import Image
 
     make_folder(folder)
-    pixels = (np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)  # channels averaged
+    # Channels averaged; rounded to the nearest level (a cast alone cut 100.7 to 100)
+    pixels = np.rint(np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)
     files = [folder / f"{stem}.png" for stem in map_names(names)]
     for file, image in zip(files, pixels, strict=True):
         with writing(file):

@@ -503,14 +503,16 @@ def test_image_scores_written_beside_the_day_folders_are_not_inputs_next_run(
     assert "skipped 1 already scored" in result.output
 
 
-def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp_path):
+def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp_path, caplog):
     from tests.test_images import bars
 
     _images(tmp_path / "in" / "day1", bars(4, seed=15))
     detector = VAEDetector.load(image_model_dir)
-    report = run_batch(tmp_path / "in", tmp_path / "out", detector, "m1")
+    with caplog.at_level(logging.INFO, logger="anomaly_vae.batch"):
+        report = run_batch(tmp_path / "in", tmp_path / "out", detector, "m1")
     assert report.rows == 4 and report.scored == [str(tmp_path / "in" / "day1")]
     assert len(pd.read_csv(tmp_path / "out" / "day1.csv")) == 4
+    assert "day1: scored 4 images (" in caplog.text  # it said "4 rows"
 
 
 def test_ids_are_written_as_they_were_read(model_dir, tmp_path):

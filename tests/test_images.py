@@ -391,6 +391,16 @@ def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(
     assert large.mean(axis=1).max() > 2 * large.mean(axis=0).max()
 
 
+def test_map_levels_are_rounded_to_the_nearest(tmp_path):
+    from PIL import Image
+
+    from anomaly_vae.scoring import save_anomaly_maps
+
+    maps = np.full((1, 1, 4, 4), 100.7 / 255)
+    (file,) = save_anomaly_maps(maps, ["a.png"], tmp_path)
+    assert (np.asarray(Image.open(file)) == 101).all()  # the cast alone gave 100
+
+
 def test_images_sharing_a_file_name_in_different_classes_get_a_map_each(tmp_path):
     for label in ("good", "bad"):
         (tmp_path / "collide" / label).mkdir(parents=True)
