@@ -633,3 +633,42 @@ def test_a_model_fit_when_windows_1252_files_read_as_latin_1_scores_them_alike(t
     assert old.preprocessor_.columns == detector.preprocessor_.columns
     pd.testing.assert_frame_equal(old.score_frame(data), detector.score_frame(data))
     assert "not seen in training" not in caplog.text
+
+
+def test_a_model_fit_when_windows_1252_files_read_as_latin_1_takes_values_sent_as_then(
+    tmp_path, caplog
+):
+    """A model saved when files that are not UTF-8 were read as Latin-1 knew "€" as
+    "\\x80", and was sent it so (its MLflow signature names its columns so, and its served
+    model takes them): such values, of a category or a cvae's condition, are the
+    categories they were, not unseen ones that raise the scores."""
+    import json
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "x": rng.normal(size=200),
+            "unit": rng.choice(["€", "1–5 kg", "kg"], size=200),
+            "site": rng.choice(["Zone–€", "north"], size=200),
+        }
+    )
+    config = tiny_config("training.epochs=3", "model.name=cvae", "data.condition_columns=[site]")
+    detector = VAEDetector(config.detector_config()).fit(frame)
+    folder = detector.save(tmp_path / "model")
+
+    def as_latin_1(text):
+        return text.encode("cp1252").decode("latin-1")
+
+    # The same model as saved when the file read as Latin-1 (as the test above builds it).
+    document = json.loads((folder / "detector.json").read_text())
+    del document["schema"]["non_utf8_csv"]
+    for column in document["schema"]["columns"]:
+        column["categories"] = [as_latin_1(category) for category in column["categories"]]
+    (folder / "detector.json").write_text(json.dumps(document))
+    old = VAEDetector.load(folder)
+    sent = frame.assign(unit=frame["unit"].map(as_latin_1), site=frame["site"].map(as_latin_1))
+    assert "\x80" in set(sent["unit"]) and "Zone\x96\x80" in set(sent["site"])
+    with caplog.at_level(logging.WARNING):
+        scores = old.score_frame(sent)
+    pd.testing.assert_frame_equal(scores, detector.score_frame(frame))
+    assert "not seen in training" not in caplog.text

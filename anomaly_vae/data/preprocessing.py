@@ -87,7 +87,24 @@ class ColumnSchema:
         """
         if self.kind == "numeric":
             return True
-        return _as_text(pd.Series([value], dtype=object)).iloc[0] in self.categories
+        return self.as_text(pd.Series([value], dtype=object)).iloc[0] in self.categories
+
+    def as_text(self, values: pd.Series) -> pd.Series:
+        """A categorical column's values as its categories are written (see _as_text). A
+        value that is no category but whose Windows-1252 reading is one ("\\x80" for "€")
+        is read so: it is what a file that is not UTF-8 was read as before it was read as
+        Windows-1252, and what callers of a model saved then (its MLflow signature names
+        such columns so too) sent it, as its categories were then.
+
+        >>> ColumnSchema("unit", "categorical", categories=["€", "kg"]).as_text(
+        ...     pd.Series(["\\x80", "kg", "\\x81"])
+        ... ).tolist()
+        ['€', 'kg', '\\x81']
+        """
+        text = _as_text(values)
+        unseen = pd.unique(text[~text.isin(self.categories)])
+        renamed = names_as_read_now(unseen, self.categories)
+        return text.replace(renamed) if renamed else text
 
     def feature_names(self, missing_indicators: bool) -> list[str]:
         if self.kind == "numeric":
@@ -323,7 +340,7 @@ class TablePreprocessor:
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
-        text = _as_text(values)
+        text = column.as_text(values)
         codes = pd.Index(column.categories).get_indexer(text)
         one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
         seen = codes >= 0  # -1: a category not seen in training
