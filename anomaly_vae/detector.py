@@ -48,7 +48,7 @@ from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, readi
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import get_model
 from anomaly_vae.models.base import BaseVAE
-from anomaly_vae.noise import noise_for_rows, scoring_noise
+from anomaly_vae.noise import hashed_noise_for_rows, noise_bank, noise_for_rows, scoring_noise
 from anomaly_vae.outputs import (
     FLAG_COLUMN,
     ROW_COLUMN,
@@ -320,6 +320,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
     preprocessor_: TablePreprocessor | ImagePreprocessor  # as data_kind_ is "table" or "image"
     _noise: torch.Tensor | None  # the scoring noise, drawn when first needed
+    # Saved before scoring noise was shared by all rows (noise.py): the size of the bank
+    # each row's noise was picked from by its hash, on which the threshold was set
+    noise_bank_size_: int | None
 
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config
@@ -481,6 +484,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self.split_rows_ = {"train": train_rows, "validation": val_rows, "calibration": cal_rows}
         self.n_training_rows_ = {name: len(rows) for name, rows in self.split_rows_.items()}
         self._noise = None
+        self.noise_bank_size_ = None
         self.latent_neighbours_: LatentNeighbours | None = None
         cal_conditions = None if conditions is None else conditions[cal_rows]
         calibration = self._scores_of_features(features[cal_rows], cal_conditions)
@@ -696,10 +700,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     ) -> dict[str, np.ndarray]:
         """The model's own scores of preprocessed rows, in batches; each ``(n,)`` float64."""
         cfg = self.effective_config.scoring
+        seed = self.effective_config.training.seed
+        bank_size = getattr(self, "noise_bank_size_", None)
         shared_noise = getattr(self, "_noise", None)
         if shared_noise is None:
-            shared_noise = self._noise = scoring_noise(
-                cfg.mc_samples, self.model_.noise_dim, self.effective_config.training.seed
+            shared_noise = self._noise = (
+                scoring_noise(cfg.mc_samples, self.model_.noise_dim, seed)
+                if bank_size is None
+                else noise_bank(bank_size, cfg.mc_samples, self.model_.noise_dim, seed)
             )
         self.model_.eval()
         parts: dict[str, list[np.ndarray]] = {name: [] for name in self.model_.score_names}
@@ -709,7 +717,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             condition = None
             if conditions is not None:
                 condition = torch.from_numpy(conditions[start : start + size])
-            noise = noise_for_rows(len(batch), shared_noise)
+            noise = (
+                noise_for_rows(len(batch), shared_noise)
+                if bank_size is None
+                else hashed_noise_for_rows(batch, shared_noise)
+            )
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
                 parts[name].append(scores[name].double().numpy())
@@ -887,10 +899,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         path = Path(path)
         neighbours = getattr(self, "latent_neighbours_", None)
+        config = to_dict(self.effective_config)
+        bank_size = getattr(self, "noise_bank_size_", None)
+        if bank_size is not None:  # as it was saved (see _load)
+            config["scoring"]["noise_bank_size"] = bank_size
         document = {
             "format_version": FORMAT_VERSION,
             "model": self.effective_config.model.name,
-            "config": to_dict(self.effective_config),
+            "config": config,
             "input_shape": list(self.model_.input_shape),
             "condition_dim": self.model_.condition_dim,
             "data_kind": self.data_kind_,
@@ -966,10 +982,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"{path} has model format {document.get('format_version')}; "
                 f"this anomaly-vae reads format {FORMAT_VERSION}"
             )
-        # Saved before scoring noise was shared by all rows (noise.py); no longer a setting.
-        document["config"].get("scoring", {}).pop("noise_bank_size", None)
+        # Saved before scoring noise was shared by all rows (noise.py); no longer a setting,
+        # but its threshold was set on scores drawn so, which it goes on drawing.
+        bank_size = document["config"].get("scoring", {}).pop("noise_bank_size", None)
         config = from_dict(document["config"], DetectorConfig)
         detector = cls(config)
+        detector.noise_bank_size_ = None if bank_size is None else int(bank_size)
         detector.data_kind_ = document["data_kind"]
         detector._uses_condition = get_model(config.model.name).uses_condition
         if detector.data_kind_ == "image":

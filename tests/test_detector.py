@@ -672,3 +672,42 @@ def test_a_model_fit_when_windows_1252_files_read_as_latin_1_takes_values_sent_a
         scores = old.score_frame(sent)
     pd.testing.assert_frame_equal(scores, detector.score_frame(frame))
     assert "not seen in training" not in caplog.text
+
+
+def test_a_model_saved_when_scoring_noise_came_from_a_bank_scores_as_it_did(tmp_path):
+    """Models saved before 6d9b427 had their threshold set on scores whose Monte Carlo
+    noise each row drew from a seeded bank by a hash of its bytes (their config names
+    scoring.noise_bank_size). They score so still, and saved again (calibrate) too:
+    the shared draw of now moved their ELBO by its Monte Carlo error and flipped flags."""
+    import json
+
+    import torch
+
+    from anomaly_vae.noise import _row_hashes, hashed_noise_for_rows, noise_bank
+
+    # The hash as the code of the time computed it (values from 5ad7890's noise.py).
+    rows = np.array([[0, 1.5, -2], [1e-3, 2.0, 7.25], [-1, -1, -1]], np.float32)
+    assert _row_hashes(rows).tolist() == [
+        16479966634632239016,
+        261090252476555877,
+        16831051269304894659,
+    ]
+    data = correlated_normal(300, seed=0)
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config()).fit(data)
+    folder = detector.save(tmp_path / "model")
+    document = json.loads((folder / "detector.json").read_text())
+    document["config"]["scoring"]["noise_bank_size"] = 64  # as the code of the time saved it
+    (folder / "detector.json").write_text(json.dumps(document))
+    old = VAEDetector.load(folder)
+    features = old.transform_features(data)
+    scoring = old.effective_config.scoring
+    bank = noise_bank(64, scoring.mc_samples, old.model_.noise_dim, 0)
+    with torch.no_grad():
+        drawn = old.model_.scores(torch.from_numpy(features), hashed_noise_for_rows(features, bank))
+    scores = old.score_frame(data)
+    np.testing.assert_allclose(scores["negative_elbo"], drawn["negative_elbo"].double().numpy())
+    assert not np.allclose(scores["negative_elbo"], detector.score_frame(data)["negative_elbo"])
+    again = VAEDetector.load(old.save(tmp_path / "again"))
+    pd.testing.assert_frame_equal(again.score_frame(data), scores)
+    fresh = json.loads((detector.save(tmp_path / "new") / "detector.json").read_text())
+    assert "noise_bank_size" not in fresh["config"]["scoring"]  # a model fit now: shared noise
