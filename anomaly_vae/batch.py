@@ -288,10 +288,14 @@ def output_lock(folder: Path) -> Iterator[None]:
 
 
 def read_chunks(
-    path: Path, chunk_rows: int, text_columns: Sequence[str] = ()
+    path: Path,
+    chunk_rows: int,
+    text_columns: Sequence[str] = (),
+    categorical_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """The rows of a CSV or Parquet file, ``chunk_rows`` at a time; a CSV file's
-    ``text_columns`` are read as written (see :func:`read_csv_chunks`).
+    ``text_columns`` are read as written, its ``categorical_columns`` in no number
+    format (see :func:`read_csv_chunks`).
 
     DataError naming the file when it cannot be read (:func:`table_errors`); only the
     reading is covered, so that a failure to write the scores is not blamed on it.
@@ -311,7 +315,7 @@ def read_chunks(
                 start += len(chunk)
                 yield chunk
         else:
-            yield from read_csv_chunks(path, chunk_rows, text_columns)
+            yield from read_csv_chunks(path, chunk_rows, text_columns, categorical_columns)
 
 
 def drift_sample(scores: np.ndarray) -> np.ndarray:
@@ -332,7 +336,8 @@ def score_file(
 
     Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
     """
-    id_column = detector.effective_config.data.id_column
+    data_config = detector.effective_config.data
+    id_column = data_config.id_column
     rows, flagged, sample, writer = 0, 0, [], None
     # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
     bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
@@ -340,7 +345,7 @@ def score_file(
     with bar, atomic_output(output) as temporary, warnings_per_file() as gathered:
         # The ids as written: read as numbers, "007" would come out as 7.
         ids = [] if id_column is None else [id_column]
-        for chunk in read_chunks(source, chunk_rows, ids):
+        for chunk in read_chunks(source, chunk_rows, ids, data_config.categorical_columns):
             frame = detector.score_frame(chunk)
             identify_rows(frame, id_column, first_row=rows)
             if output.suffix.lower() in PARQUET_SUFFIXES:

@@ -888,7 +888,9 @@ def view(
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images
         else:
-            frame = read_table(data)
+            frame = read_table(
+                data, categorical_columns=detector.effective_config.data.categorical_columns
+            )
             if label_col is not None:
                 anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
                 labels = label_vector(frame, label_col, anomaly_label, ANOMALY_LABEL_VIA_OPTION)

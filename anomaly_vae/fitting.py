@@ -93,14 +93,14 @@ def load_training_data(
         raise DataError(
             f"{config.data.label_column!r} is named as both the label and the id column"
         )
-    frame = read_table(source, _id_columns(config))
+    frame = read_table(source, _id_columns(config), config.data.categorical_columns)
     check_cells(frame, config.data)
     data = _split_table(frame, config, source)
     data.sources["data"] = source_location(source)
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
-        extra = read_table(eval_source, _id_columns(config))
+        extra = read_table(eval_source, _id_columns(config), config.data.categorical_columns)
         try:
             extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
             check_same_kinds(extra, frame, config.data)

@@ -97,7 +97,9 @@ def labelled_data(
             "column with --label-col (0 = normal, 1 = anomaly), or use --method quantile "
             "on rows of normal operation"
         )
-    frame = read_table(source)
+    frame = read_table(
+        source, categorical_columns=detector.effective_config.data.categorical_columns
+    )
     fit_label = detector.effective_config.data.label_column
     if label_column is None and fit_label is not None and fit_label in frame.columns:
         # The model's own label column, as at fit: left unread, its anomalies would count

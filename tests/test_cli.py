@@ -561,3 +561,28 @@ def test_a_terminated_run_leaves_no_temporary_output_behind(tmp_path):
     finally:
         for number, handler in saved.items():
             signal.signal(number, handler)
+
+
+def test_codes_of_a_column_declared_categorical_stay_as_written(tmp_path, monkeypatch):
+    # "3,4" read as the decimal number 3.4 whatever the declaration: the model's
+    # categories were "3.4", "10.25", and the same codes sent as written were unseen.
+    from anomaly_vae.detector import VAEDetector
+
+    monkeypatch.chdir(tmp_path)
+    table = mixed_table(200, seed=0)
+    table["size"] = np.random.default_rng(0).choice(["3,4", "10,250", "5"], len(table))
+    table.to_csv("t.csv", index=False)
+    sets = [arg for key in TINY for arg in ("--set", key)]
+    fit = CliRunner().invoke(
+        main,
+        ["fit", "t.csv", "--id-col", "reading_id", "--no-tracking", "--quiet", *sets,
+         "--set", "data.categorical_columns=[size]"],
+    )  # fmt: skip
+    assert fit.exit_code == 0, fit.output
+    model = VAEDetector.load(latest_model_dir(tmp_path))
+    (size,) = [c for c in model.preprocessor_.columns if c.name == "size"]
+    assert sorted(size.categories) == ["10,250", "3,4", "5"]
+    scored = CliRunner().invoke(main, ["score", "t.csv", "-o", "s.csv"])
+    assert scored.exit_code == 0 and "not seen in training" not in scored.output
+    frame = table.drop(columns="reading_id").head(3)
+    assert (model.score_frame(frame)["negative_elbo"] > 0).all()  # sent as written

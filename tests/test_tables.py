@@ -103,6 +103,20 @@ def test_csv_separator_and_decimal_commas_are_recognised(tmp_path, content, expe
     pd.testing.assert_frame_equal(chunks, expected, check_dtype=False)
 
 
+def test_a_column_declared_categorical_is_read_in_no_number_format(tmp_path):
+    # Codes such as "3,4" (sizes, pairs) read as decimal commas, 3.4, even when the
+    # column was declared categorical: its categories became "3.4", and a served model,
+    # sent "3,4" as written, took each for unseen.
+    path = tmp_path / "t.csv"
+    path.write_text('x,size\n1,"3,4"\n2,"10,250"\n3,5\n')
+    assert read_table(path)["size"].tolist() == [3.4, 10.25, 5.0]
+    kept = read_table(path, categorical_columns=["size"])
+    assert kept["size"].astype(str).tolist() == ["3,4", "10,250", "5"]  # 5 as pandas reads it
+    assert kept["x"].tolist() == [1, 2, 3]
+    chunks = read_csv_chunks(path, chunk_rows=1, categorical_columns=["size"])
+    assert pd.concat(chunks)["size"].astype(str).tolist() == ["3,4", "10,250", "5"]
+
+
 @pytest.mark.parametrize("separator", [",", "\t"])
 def test_dotted_groups_without_a_decimal_comma_are_read_as_written(tmp_path, separator):
     # IP addresses and versions whose groups have three digits: read as 10100200250 and

@@ -250,33 +250,43 @@ def _refuse_other_formats(path: str | Path, start: bytes) -> None:
 
 
 def _checked_csv_format(
-    path: str | Path, text_columns: Sequence[str]
+    path: str | Path, unformatted: Sequence[str]
 ) -> tuple[str, str, NumberFormats]:
     """``(separator, encoding, number formats)`` of a CSV file, once its header and the
-    field count of every row are checked: what both readers below need first."""
+    field count of every row are checked: what both readers below need first. The
+    columns ``unformatted`` are never read in a number format (:func:`_number_formats`)."""
     separator, encoding = csv_format(path)
     _refuse_repeated_header(path, separator, encoding)
     _check_field_counts(path, separator)
-    return separator, encoding, _number_formats(path, separator, encoding, text_columns)
+    return separator, encoding, _number_formats(path, separator, encoding, unformatted)
 
 
-def read_csv(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+def read_csv(
+    path: str | Path, text_columns: Sequence[str] = (), categorical_columns: Sequence[str] = ()
+) -> pd.DataFrame:
     """``pd.read_csv`` with the separator and encoding of :func:`csv_format` (see
     :func:`_numbers_of`); ``text_columns`` are read as written (an id "007" stays "007",
-    and an id beyond 2**53 is not rounded as a float would be)."""
-    separator, encoding, formats = _checked_csv_format(path, text_columns)
+    and an id beyond 2**53 is not rounded as a float would be); ``categorical_columns``
+    (declared so) as pandas reads them, never in a number format: codes such as "3,4"
+    stay as written."""
+    unformatted = [*text_columns, *categorical_columns]
+    separator, encoding, formats = _checked_csv_format(path, unformatted)
     with _reading(path, encoding):
         frame = pd.read_csv(
             path, sep=separator, encoding=encoding, dtype=_as_read(formats, text_columns)
         )
-    return _numbers_of(frame, formats, text_columns)
+    return _numbers_of(frame, formats, unformatted)
 
 
 def read_csv_chunks(
-    path: str | Path, chunk_rows: int, text_columns: Sequence[str] = ()
+    path: str | Path,
+    chunk_rows: int,
+    text_columns: Sequence[str] = (),
+    categorical_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
-    separator, encoding, formats = _checked_csv_format(path, text_columns)
+    unformatted = [*text_columns, *categorical_columns]
+    separator, encoding, formats = _checked_csv_format(path, unformatted)
     with _reading(path, encoding):
         reader = pd.read_csv(
             path,
@@ -293,7 +303,7 @@ def read_csv_chunks(
                 chunk = next(reader, None)
             if chunk is None:
                 return
-            yield _numbers_of(chunk, formats, text_columns)
+            yield _numbers_of(chunk, formats, unformatted)
 
 
 @contextlib.contextmanager
@@ -491,11 +501,11 @@ def _as_read(formats: NumberFormats, text_columns: Sequence[str]) -> dict[str, t
 
 
 def _number_formats(
-    path: str | Path, separator: str, encoding: str, text_columns: Sequence[str] = ()
+    path: str | Path, separator: str, encoding: str, unformatted: Sequence[str] = ()
 ) -> NumberFormats:
     """The columns of a CSV file whose numbers pandas cannot read as written: with decimal
     commas ("1,5", "1.234,5", "1.234.567") or with commas between thousands ("1,234.5",
-    "1,234,567"); none of ``text_columns``.
+    "1,234,567"); none of ``unformatted`` (ids, and columns declared categorical).
 
     Judged once per file, on its first ``SAMPLE_ROWS`` rows, so that every chunk of a
     large file is read alike. A column qualifies when every value there is a number of one
@@ -526,7 +536,7 @@ def _number_formats(
     shown: dict[str, dict[str, str]] = {DECIMAL_COMMA: {}, THOUSANDS_COMMA: {}}  # format ->
     # column -> the first value that shows it, and its row
     either, whole, dotted = [], [], []
-    for name in sample.columns.difference(text_columns, sort=False):
+    for name in sample.columns.difference(unformatted, sort=False):
         text = sample[name].dropna()
         if text.empty:
             continue
@@ -617,7 +627,7 @@ def _as_plain(values: pd.Series, form: str) -> pd.Series:
 
 
 def _numbers_of(
-    frame: pd.DataFrame, formats: NumberFormats, text_columns: Sequence[str]
+    frame: pd.DataFrame, formats: NumberFormats, unformatted: Sequence[str]
 ) -> pd.DataFrame:
     """``frame`` (a CSV file, or a part of it) with the numbers written with decimal
     commas or commas between thousands turned into numbers: "1.234,5" or "1,234.5"
@@ -625,13 +635,13 @@ def _numbers_of(
 
     The columns of ``formats`` (read as text) must hold such numbers in every row:
     DataError naming the first that does not. Another text column (not one of
-    ``text_columns``) whose every value is a number of the file's format, one showing it,
+    ``unformatted``) whose every value is a number of the file's format, one showing it,
     is turned too (a column of whole numbers in the rows the file was judged on, with
     decimal commas later, in a file where no other column showed them).
     """
     others: list[str] = []
     if formats.file is not None:
-        skipped = {*formats.columns, *text_columns}
+        skipped = {*formats.columns, *unformatted}
         others = [
             str(name)
             for name in frame.columns
@@ -665,10 +675,13 @@ def row_number(values: pd.Series, position: int) -> int:
     return position + 1
 
 
-def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+def read_table(
+    path: str | Path, text_columns: Sequence[str] = (), categorical_columns: Sequence[str] = ()
+) -> pd.DataFrame:
     """Read a CSV (any other suffix; comma-separated, or see :func:`csv_format`) or
     Parquet (``.parquet``/``.pq``) file; a CSV file's ``text_columns`` (an id) are read
-    as written, not as numbers.
+    as written, not as numbers, and its ``categorical_columns`` in no number format
+    (see :func:`read_csv`).
 
     Raises DataError, naming the file, when it is missing, unreadable, empty or
     has no data rows.
@@ -680,7 +693,7 @@ def read_table(path: str | Path, text_columns: Sequence[str] = ()) -> pd.DataFra
             refuse_repeated_names(parquet_column_names(path), where=str(path))
             frame = pd.read_parquet(path)
         else:
-            frame = read_csv(path, text_columns)
+            frame = read_csv(path, text_columns, categorical_columns)
     if frame.shape[0] == 0:
         raise DataError(f"{path} has a header but no data rows")
     return frame
