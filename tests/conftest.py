@@ -28,6 +28,16 @@ TINY = [
 ]
 
 
+def tiny_fit(*args: str):
+    """``anomaly-vae fit ARGS --quiet`` with the tiny settings; the CliRunner result."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    settings = [arg for key in TINY for arg in ("--set", key)]
+    return CliRunner().invoke(main, ["fit", *args, "--quiet", *settings])
+
+
 def tiny_config(*overrides: str) -> Config:
     """A small, fast configuration (seconds to fit on a few hundred rows)."""
     return load_config(overrides=[*TINY, *overrides])

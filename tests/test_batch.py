@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from anomaly_vae import VAEDetector
 from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock, run_batch
 from anomaly_vae.cli import main
-from tests.conftest import TINY, mixed_table, tiny_config
+from tests.conftest import mixed_table, tiny_config, tiny_fit
 
 
 @pytest.fixture(scope="module")
@@ -585,12 +585,9 @@ def test_a_registry_model_is_found_in_the_projects_own_store(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     as_in_a_new_process()
     mixed_table(300, seed=0).to_csv("t.csv", index=False)
-    sets = [arg for key in TINY for arg in ("--set", key)]
-    fit = CliRunner().invoke(
-        main,
-        ["fit", "t.csv", "--id-col", "reading_id", "--register", "--quiet", *sets,
-         "--set", "tracking.log_views=false"],
-    )  # fmt: skip
+    fit = tiny_fit(
+        "t.csv", "--id-col", "reading_id", "--register", "--set=tracking.log_views=false"
+    )
     assert fit.exit_code == 0, fit.output
     as_in_a_new_process()
     Path("incoming").mkdir()

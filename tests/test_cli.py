@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from anomaly_vae.cli import exit_on_termination, main
 from anomaly_vae.fitting import latest_model_dir
 from anomaly_vae.outputs import atomic_output
-from tests.conftest import TINY, mixed_table, run_pipeline_script
+from tests.conftest import TINY, mixed_table, run_pipeline_script, tiny_fit
 
 FAST = [arg for item in TINY for arg in ("--set", item)]
 
@@ -572,12 +572,9 @@ def test_codes_of_a_column_declared_categorical_stay_as_written(tmp_path, monkey
     table = mixed_table(200, seed=0)
     table["size"] = np.random.default_rng(0).choice(["3,4", "10,250", "5"], len(table))
     table.to_csv("t.csv", index=False)
-    sets = [arg for key in TINY for arg in ("--set", key)]
-    fit = CliRunner().invoke(
-        main,
-        ["fit", "t.csv", "--id-col", "reading_id", "--no-tracking", "--quiet", *sets,
-         "--set", "data.categorical_columns=[size]"],
-    )  # fmt: skip
+    fit = tiny_fit(
+        "t.csv", "--id-col", "reading_id", "--no-tracking", "--set=data.categorical_columns=[size]"
+    )
     assert fit.exit_code == 0, fit.output
     model = VAEDetector.load(latest_model_dir(tmp_path))
     (size,) = [c for c in model.preprocessor_.columns if c.name == "size"]
