@@ -87,24 +87,33 @@ class ColumnSchema:
         """
         if self.kind == "numeric":
             return True
-        return self.as_text(pd.Series([value], dtype=object)).iloc[0] in self.categories
+        return bool(self.encoded(pd.Series([value], dtype=object))[1][0] >= 0)
 
-    def as_text(self, values: pd.Series) -> pd.Series:
-        """A categorical column's values as its categories are written (see _as_text). A
-        value that is no category but whose Windows-1252 reading is one ("\\x80" for "€")
-        is read so: it is what a file that is not UTF-8 was read as before it was read as
-        Windows-1252, and what callers of a model saved then (its MLflow signature names
-        such columns so too) sent it, as its categories were then.
+    def encoded(self, values: pd.Series) -> tuple[pd.Series, np.ndarray]:
+        """``(values as text, their category codes)`` of a categorical column: the text as
+        its categories are written (see _as_text), codes ``(n,)`` index its categories, -1
+        for a value not seen in training. A value that is no category but whose
+        Windows-1252 reading is one ("\\x80" for "€") is read so: it is what a file that
+        is not UTF-8 was read as before it was read as Windows-1252, and what callers of a
+        model saved then (its MLflow signature names such columns so too) sent it, as its
+        categories were then.
 
-        >>> ColumnSchema("unit", "categorical", categories=["€", "kg"]).as_text(
+        >>> text, codes = ColumnSchema("unit", "categorical", categories=["€", "kg"]).encoded(
         ...     pd.Series(["\\x80", "kg", "\\x81"])
-        ... ).tolist()
-        ['€', 'kg', '\\x81']
+        ... )
+        >>> text.tolist(), codes.tolist()
+        (['€', 'kg', '\\x81'], [0, 1, -1])
         """
         text = _as_text(values)
-        unseen = pd.unique(text[~text.isin(self.categories)])
-        renamed = names_as_read_now(unseen, self.categories)
-        return text.replace(renamed) if renamed else text
+        known = pd.Index(self.categories)
+        codes = known.get_indexer(text)
+        unseen = codes < 0
+        if unseen.any():  # looked up only then: scoring seen values costs one lookup
+            renamed = names_as_read_now(pd.unique(text[unseen]), self.categories)
+            if renamed:
+                text = text.replace(renamed)
+                codes = known.get_indexer(text)
+        return text, codes
 
     def feature_names(self, missing_indicators: bool) -> list[str]:
         if self.kind == "numeric":
@@ -340,8 +349,7 @@ class TablePreprocessor:
             if self.config.missing_indicators:
                 return np.stack([scaled, missing.astype(np.float64)], axis=1)
             return scaled[:, None]
-        text = column.as_text(values)
-        codes = pd.Index(column.categories).get_indexer(text)
+        text, codes = column.encoded(values)
         one_hot = np.zeros((len(values), len(column.categories)), dtype=np.float64)
         seen = codes >= 0  # -1: a category not seen in training
         one_hot[np.flatnonzero(seen), codes[seen]] = 1.0
