@@ -407,3 +407,28 @@ def test_a_column_of_lists_or_records_is_a_one_line_error():
     with pytest.raises(DataError, match=r"'tags' holds lists or records.*--ignore-col"):
         TablePreprocessor(DataConfig()).fit(frame)
     assert TablePreprocessor(DataConfig(ignore_columns=["tags"])).fit(frame).input_columns == ["x"]
+
+
+def test_numbers_in_an_object_column_are_numeric_not_categories():
+    # X.astype(object), an array built from mixed Python lists, or decimals from a database
+    # (pd.read_sql of a NUMERIC column, a Parquet decimal column) hold numbers in object
+    # columns: taken as text, 200 distinct floats were refused as an id, and three prices
+    # became three categories, so a new price was an unseen category.
+    import decimal
+
+    rng = np.random.default_rng(0)
+    floats = pd.Series(rng.normal(size=200), dtype=object)
+    floats[3] = None
+    prices = pd.Series([decimal.Decimal(p) for p in rng.choice(["9.99", "19.99", "4.5"], 200)])
+    counts = pd.Series(rng.integers(0, 9, size=200).tolist(), dtype=object)
+    frame = pd.DataFrame({"x": floats, "price": prices, "count": counts})
+    pre = TablePreprocessor(DataConfig()).fit(frame)
+    assert [c.kind for c in pre.columns] == ["numeric"] * 3
+    as_floats = frame.astype({"x": "float64", "price": "float64", "count": "int64"})
+    np.testing.assert_array_equal(pre.transform(frame), pre.transform(as_floats))
+    assert pre.columns[1].center == pytest.approx(as_floats["price"].mean())
+    # Declared a category, such a column stays one; numbers mixed with words stay text.
+    forced = TablePreprocessor(DataConfig(categorical_columns=["count"])).fit(frame)
+    assert forced.columns[2].kind == "categorical"
+    words = pd.DataFrame({"grade": pd.Series([1, "A", 2.5, "B"] * 10, dtype=object)})
+    assert TablePreprocessor(DataConfig()).fit(words).columns[0].kind == "categorical"

@@ -185,11 +185,7 @@ class TablePreprocessor:
         return self
 
     def _fit_column(self, values: pd.Series, name: str) -> ColumnSchema:
-        is_numeric = (
-            pd.api.types.is_numeric_dtype(values)
-            and not pd.api.types.is_bool_dtype(values)
-            and name not in self.config.categorical_columns
-        )
+        is_numeric = _holds_numbers(values) and name not in self.config.categorical_columns
         if is_numeric:
             numbers = values.astype("float64")
             if not np.isfinite(numbers.dropna()).all():
@@ -583,6 +579,20 @@ def warn_unseen_category(name: str, unseen: list[Any], rows: int) -> None:
         rows,
         "" if rows == 1 else "s",
     )
+
+
+# What pandas' infer_dtype calls an object column of numbers only (no text, no booleans)
+NUMBER_OBJECTS = ("integer", "floating", "mixed-integer-float", "decimal")
+
+
+def _holds_numbers(values: pd.Series) -> bool:
+    """Whether a training column is numeric: a numeric dtype other than bool, or an object
+    column holding nothing but numbers (``X.astype(object)``, an array built from mixed
+    lists, decimals from a database or a Parquet decimal column), which as text would make
+    every distinct number a category of its own."""
+    if pd.api.types.is_numeric_dtype(values):
+        return not pd.api.types.is_bool_dtype(values)
+    return values.dtype == object and pd.api.types.infer_dtype(values) in NUMBER_OBJECTS
 
 
 def _as_text(values: pd.Series) -> pd.Series:
