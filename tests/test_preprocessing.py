@@ -432,3 +432,14 @@ def test_numbers_in_an_object_column_are_numeric_not_categories():
     assert forced.columns[2].kind == "categorical"
     words = pd.DataFrame({"grade": pd.Series([1, "A", 2.5, "B"] * 10, dtype=object)})
     assert TablePreprocessor(DataConfig()).fit(words).columns[0].kind == "categorical"
+
+
+def test_complex_numbers_are_refused_not_cut_to_their_real_part():
+    # astype(float64) dropped the imaginary part with a ComplexWarning per column: rows
+    # differing only there scored alike.
+    values = np.arange(30.0) + 1j * np.arange(30.0)
+    with pytest.raises(DataError, match=r"column 'x' holds complex numbers.*real and imaginary"):
+        TablePreprocessor(DataConfig()).fit(pd.DataFrame({"x": values}))
+    pre = TablePreprocessor(DataConfig()).fit(pd.DataFrame({"x": np.arange(30.0)}))
+    with pytest.raises(DataError, match=r"column 'x' holds complex numbers"):
+        pre.transform(pd.DataFrame({"x": values}))

@@ -187,6 +187,7 @@ class TablePreprocessor:
     def _fit_column(self, values: pd.Series, name: str) -> ColumnSchema:
         is_numeric = _holds_numbers(values) and name not in self.config.categorical_columns
         if is_numeric:
+            _refuse_complex(values, name)
             numbers = values.astype("float64")
             if not np.isfinite(numbers.dropna()).all():
                 raise DataError(f"column {name!r} holds infinite values")
@@ -722,6 +723,16 @@ def _refuse_nested(values: pd.Series, name: str) -> None:
         )
 
 
+def _refuse_complex(values: pd.Series, name: str) -> None:
+    """DataError for a column of complex numbers, which as float64 would lose their
+    imaginary part (numpy only warns), so rows differing there would score alike."""
+    if values.dtype.kind == "c":
+        raise DataError(
+            f"column {name!r} holds complex numbers, which are not features: pass their real "
+            "and imaginary parts (or magnitude and phase) as columns of their own"
+        )
+
+
 def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
     """A numeric column as ``(n,)`` float64 with NaN for missing; DataError for text."""
     if pd.api.types.is_bool_dtype(values):
@@ -730,6 +741,7 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
         # pd.to_numeric would turn them into nanoseconds since 1970, scored as huge numbers.
         raise DataError(f"column {name!r} should be numeric but holds dates or times")
     if pd.api.types.is_numeric_dtype(values):
+        _refuse_complex(values, name)
         numbers = values.astype("float64").to_numpy()
     else:
         coerced = pd.to_numeric(values, errors="coerce")
