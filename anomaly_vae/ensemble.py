@@ -133,12 +133,15 @@ def reference_percentile(reference: np.ndarray, scores: np.ndarray) -> np.ndarra
 
     Above the largest reference score it goes on growing linearly (1 + excess /
     reference range) instead of stopping at 1: rows more extreme than every reference
-    row must still rank among themselves, and a threshold must stay reachable.
+    row must still rank among themselves, and a threshold must stay reachable. A NaN
+    score (a row the member cannot score) stays NaN, so the ensemble flags the row as
+    the member does; searchsorted would rank it above every reference score, at 1.
     """
     percentile = np.searchsorted(reference, scores, side="right") / len(reference)
     spread = max(float(reference[-1] - reference[0]), 1e-12)
     beyond = scores > reference[-1]
     percentile[beyond] = 1.0 + (scores[beyond] - reference[-1]) / spread
+    percentile[np.isnan(scores)] = np.nan
     return percentile
 
 

@@ -184,6 +184,27 @@ def test_reference_percentile_keeps_ranking_beyond_the_reference():
     np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 1 + 2 / 3, 1 + 6 / 3])
 
 
+def test_a_row_a_member_cannot_score_is_flagged_by_the_ensemble():
+    # searchsorted put a NaN score after every reference score, at percentile 1.0: averaged
+    # with the other members' it fell below the threshold, and the row was passed as normal
+    # although the member itself flags it (a NaN score is not shown to be normal).
+    reference = np.array([1.0, 2.0, 3.0, 4.0])
+    got = reference_percentile(reference, np.array([2.0, np.nan]))
+    assert got[0] == 0.5 and np.isnan(got[1])
+
+    class Member:
+        def __init__(self, scores):
+            self.scores = np.asarray(scores)
+
+        def anomaly_score(self, X, condition=None):
+            return self.scores
+
+    members = {"a": Member([1.0, np.nan]), "b": Member([1.0, 1.0])}
+    ensemble = EnsembleDetector(members, {"a": reference, "b": reference})
+    ensemble.threshold_, ensemble.offset_ = 0.9, -0.9
+    np.testing.assert_array_equal(ensemble.predict(np.zeros((2, 1))), [1, -1])
+
+
 def test_variants_repeat_no_warning_of_the_shared_data(caplog):
     import logging
 
