@@ -25,6 +25,7 @@ from anomaly_vae.calibration import (
     quantile_threshold,
 )
 from anomaly_vae.config import (
+    LABELLED_THRESHOLD_METHODS,
     QUANTILE_THRESHOLD,
     Config,
     DetectorConfig,
@@ -209,12 +210,19 @@ class ThresholdedScores:
         """
         if not hasattr(self, "threshold_"):
             raise NotFittedError("fit the detector before calibrating its threshold")
+        methods = (*LABELLED_THRESHOLD_METHODS, QUANTILE_THRESHOLD)
+        if method not in methods:
+            raise ValueError(
+                f"no threshold method {method!r}: use one of {', '.join(map(repr, methods))}"
+            )
         labels = None if y is None else np.asarray(y)
         if labels is not None and not np.isin(labels, (0, 1)).all():
             raise DataError("labels must be 0/1 or False/True (1 = anomaly)")
         if labels is None and method != QUANTILE_THRESHOLD:
             raise DataError(f"method {method!r} chooses the threshold on labelled rows: pass y")
         scores = self.anomaly_score(X, condition)
+        if labels is not None and labels.shape != scores.shape:
+            raise DataError(f"y needs one label per row ({len(scores)}), got shape {labels.shape}")
         if method == QUANTILE_THRESHOLD:
             normal = scores if labels is None else scores[~labels.astype(bool)]
             return self.threshold_from_normal_scores(normal, target_fpr)

@@ -1,4 +1,5 @@
 import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -241,6 +242,23 @@ def test_quantile_threshold_on_new_normal_rows_follows_drift_and_is_saved(tmp_pa
         detector.calibrate_threshold(recent, method="f1")
     with pytest.raises(ValueError, match="target_fpr"):
         detector.calibrate_threshold(recent, method="quantile", target_fpr=1.5)
+
+
+def test_labels_of_another_shape_or_an_unknown_method_are_clear_errors(fitted, test_rows):
+    # Left to numpy, labels of the wrong length for the quantile were an IndexError, and
+    # (n, 1) labels were "60 labels for 60 scores"; an unknown method without y asked for
+    # y, and with y listed f1 and recall only.
+    X, y = test_rows
+    threshold = fitted.threshold_
+    for labels in (y[:-5], y[:, None]):
+        for method in ("quantile", "f1"):
+            shape = re.escape(str(labels.shape))
+            with pytest.raises(DataError, match=rf"one label per row \(330\), got shape {shape}"):
+                fitted.calibrate_threshold(X, labels, method=method)
+    for labels in (None, y):
+        with pytest.raises(ValueError, match=r"method 'F1'.*'f1', 'recall', 'quantile'"):
+            fitted.calibrate_threshold(X, labels, method="F1")
+    assert fitted.threshold_ == threshold
 
 
 def test_fits_mixed_tables_and_flags_broken_relations():
