@@ -599,6 +599,17 @@ def test_a_detector_saved_over_an_ensemble_is_what_loads(fitted, tmp_path):
     assert isinstance(loaded, VAEDetector) and loaded.threshold_ == fitted.threshold_
 
 
+def test_columns_of_several_levels_are_a_clear_error(fitted):
+    # A pivot table or a groupby().agg() frame has a MultiIndex of columns: fit and scoring
+    # failed with a bare KeyError of the first column's tuple.
+    X = correlated_normal(100, seed=0)
+    columns = pd.MultiIndex.from_product([["a", "b", "c"], ["mean", "max"]])
+    with pytest.raises(DataError, match=r"several levels \(a MultiIndex\).*flatten"):
+        VAEDetector(tiny_config().detector_config()).fit(pd.DataFrame(X, columns=columns))
+    with pytest.raises(DataError, match=r"several levels"):
+        fitted.score_samples(pd.DataFrame(X, columns=columns))
+
+
 def test_sparse_input_is_refused_and_missing_values_are_declared_allowed():
     import scipy.sparse
     from sklearn.utils import get_tags

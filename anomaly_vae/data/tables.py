@@ -749,6 +749,11 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     names its columns 0, 1, ..., which become "0", "1", ...
     """
     if isinstance(data, pd.DataFrame):
+        if isinstance(data.columns, pd.MultiIndex):  # a pivot table, groupby().agg()
+            raise DataError(
+                "columns with several levels (a MultiIndex) are not supported: flatten "
+                "them first, e.g. frame.columns = ['_'.join(map(str, c)) for c in frame.columns]"
+            )
         refuse_repeated_names(data.columns)
         if all(isinstance(name, str) for name in data.columns):
             return data
