@@ -291,6 +291,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     config : DetectorConfig, optional
         Architecture, training, scoring, calibration and column handling. ``None``
         means the documented defaults of :class:`~anomaly_vae.config.DetectorConfig`.
+        There is no ``random_state``: ``config.training.seed`` seeds the split, the
+        weights and the scoring noise, so the same seed and data give the same scores.
 
     Attributes (after ``fit``)
     --------------------------
@@ -309,7 +311,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     preprocessor_ : TablePreprocessor
         The column schema and scaling fitted on the training rows.
     n_features_in_ : int
-        Number of input columns used as features.
+        Number of input columns used as features (tables only).
+    feature_names_in_ : ndarray of str, shape (n_features_in_,)
+        Their names, as text; set only when ``X`` was a DataFrame (then arrays are
+        refused at scoring, and the reverse).
     split_rows_ : dict[str, ndarray]
         Positions in ``X`` of the train / validation / calibration rows (not saved).
 
