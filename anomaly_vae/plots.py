@@ -44,6 +44,11 @@ HISTOGRAM_HEADROOM = 1.4
 # and would be hidden under the frame.
 UNIT_LIMITS = (-0.02, 1.02)
 LABEL_POINTS = 10  # matplotlib's axis label size ("medium")
+TITLE_POINTS = 12  # matplotlib's axes title size ("large")
+# About the share of the figure's width that axes beside a colour bar take: their title
+# is centred over them, so a title as wide as the figure ran off both sides (VQ-VAE's
+# scatter coloured by score lost its note on the quantised latent).
+COLOUR_BAR_AXES_SHARE = 0.7
 # Log axes label their minor ticks (20, 30, 50, ...) when they span up to 2 decades, all
 # of them up to half a decade: a log axis of scores from 7 to 300 otherwise reads "10,
 # 100" and nothing else.
@@ -233,7 +238,10 @@ def _no_ticks_on_a_missing_axis(ax: Any, latents: np.ndarray) -> None:
         ax.set_yticks([])
 
 
-def _titled(title: str, note: str) -> str:
+def _titled(title: str, note: str, width_inches: float = FIGSIZE[0]) -> str:
+    """``title`` wrapped to ``width_inches``, then ``note`` (the projection) on a line of
+    its own."""
+    title = wrap_title(title, width_inches, TITLE_POINTS)
     return f"{title}\n({note})" if note else title
 
 
@@ -283,7 +291,8 @@ def latent_scatter_by_score(
     )
     if log_scale:
         _numbered_log_axis(bar.ax.yaxis)
-    ax.set(title=_titled(title, note), xlabel=axes[0], ylabel=axes[1])
+    width = COLOUR_BAR_AXES_SHARE * FIGSIZE[0]
+    ax.set(title=_titled(title, note, width), xlabel=axes[0], ylabel=axes[1])
     _no_ticks_on_a_missing_axis(ax, latents)
     return fig
 

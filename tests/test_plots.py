@@ -112,3 +112,29 @@ def test_long_titles_are_wrapped_to_the_figure():
     title = "Traversal of latent dimensions 0..7 over [-3, 3] around the first row (one row each)"
     lines = plots.wrap_title(title, 4.8, 10).split("\n")
     assert len(lines) == 2 and " ".join(lines) == title
+
+
+def test_a_discrete_latents_scatter_title_stays_inside_the_figure():
+    # VQ-VAE's scatter titles carry a note on the quantised latent; coloured by score the
+    # title ran past both sides of the figure, so the note was cut (the file is saved
+    # at the figure's size, views.save_view).
+    from types import SimpleNamespace
+
+    from anomaly_vae.views import latent_title
+
+    vq = SimpleNamespace(model_=SimpleNamespace(continuous_latent=False))
+    title = latent_title(vq, "Latent means")
+    latents = np.random.default_rng(0).normal(size=(50, 6))
+    figures = [
+        plots.latent_scatter_by_score(
+            latents, np.arange(50.0), "negative_elbo", f"{title} coloured by anomaly score"
+        ),
+        plots.latent_scatter(latents, np.array(["normal", "anomalous"] * 25), title),
+    ]
+    for fig in figures:
+        fig.set_dpi(plots.DPI)
+        fig.canvas.draw()
+        extent = fig.axes[0].title.get_window_extent()
+        assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width, fig.axes[0].get_title()
+        assert plots.DISCRETE_LATENT_NOTE in fig.axes[0].get_title().replace("\n", " ")
+        plots.close(fig)
