@@ -120,6 +120,26 @@ def test_iwae_bound_is_tighter_than_elbo_on_average():
     assert scores["negative_iwae_bound"].mean() <= scores["negative_elbo"].mean()
 
 
+def test_iwae_bound_reaches_log_p_x_estimated_by_sampling_the_prior():
+    # log p(x) = log E_{z2 ~ N(0, I), z1 ~ p(z1|z2)} p(x | z1), estimated here without q:
+    # with many samples the importance-weighted bound must reach it (Burda et al., 2016),
+    # and the ELBO stay below. A wrong prior, proposal or log K term would miss it.
+    torch.manual_seed(0)
+    model = build(shape=(3,), hidden_dims=[8], latent_dim=1, top_latent_dim=1).eval()
+    model.decoder_log_variance.fill_(math.log(0.5))  # wide: prior sampling then hits x
+    x = torch.randn(6, 3)
+    with torch.no_grad():
+        z2 = torch.randn(400_000, 1)
+        mu, logvar = model.prior_z1(z2)
+        output = model.decode(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+    likelihood = torch.distributions.Normal(output, math.sqrt(0.5))
+    log_likelihood = likelihood.log_prob(x[:, None]).sum(-1).double()  # (6, samples)
+    log_p = torch.logsumexp(log_likelihood, 1) - math.log(log_likelihood.shape[1])
+    scores = model.scores(x, noise(model, 6, 20_000))
+    torch.testing.assert_close(-scores["negative_iwae_bound"].double(), log_p, atol=0.1, rtol=0)
+    assert (-scores["negative_elbo"] <= -scores["negative_iwae_bound"]).all()
+
+
 def test_loss_falls_and_state_dict_round_trip_gives_same_scores():
     torch.manual_seed(0)
     model = build()

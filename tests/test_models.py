@@ -17,6 +17,7 @@ from anomaly_vae.config import (
 )
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.models import BaseVAE, available_models, get_model, register
+from anomaly_vae.models.base import LOGVAR_LIMIT
 from anomaly_vae.training import train
 
 VARIANTS = available_models()
@@ -280,6 +281,63 @@ def test_iwae_bound_is_tighter_than_elbo_on_average():
     scores = model.scores(x, torch.randn(200, 64, 3))
     # -IWAE <= -ELBO in expectation (Burda et al., 2016).
     assert scores["negative_iwae_bound"].mean() <= scores["negative_elbo"].mean()
+
+
+def _linear_gaussian_vae(
+    name: str, beta: float
+) -> tuple[BaseVAE, torch.distributions.Distribution]:
+    """A one-layer linear VAE whose encoder is the exact posterior of its decoder's model
+    z ~ N(0, I), x | z ~ N(W z + b, diag(psi)), with that model's marginal N(b, W W^T + psi).
+
+    W's columns are orthogonal under psi^-1, so the posterior covariance
+    (I + W^T psi^-1 W)^-1 is diagonal, as the encoder's is.
+    """
+    torch.manual_seed(0)
+    features, k = 5, 2
+    config = ModelConfig(
+        name=name,
+        hidden_dims=[],
+        latent_dim=k,
+        beta=beta,
+        kl_warmup_epochs=3,
+        trim_fraction=0.0,
+        min_log_variance=-20.0,
+    )
+    model = get_model(name)((features,), config).eval()
+    psi = torch.tensor([0.3, 0.5, 0.2, 0.8, 0.4])
+    orthonormal, _ = torch.linalg.qr(torch.randn(features, k))
+    weight = psi.sqrt()[:, None] * orthonormal * torch.tensor([2.0, 0.7])
+    bias = torch.randn(features)
+    covariance = torch.linalg.inv(torch.eye(k) + weight.T @ (weight / psi[:, None]))
+    gain = covariance @ (weight.T / psi)  # posterior mean = gain (x - b)
+    logvar = torch.log(torch.diagonal(covariance))
+    with torch.no_grad():
+        model.decoder[0].weight.copy_(weight)
+        model.decoder[0].bias.copy_(bias)
+        model.decoder_log_variance.copy_(psi.log())
+        model.encoder[0].weight.zero_()
+        model.encoder[0].weight[:k] = gain
+        model.encoder[0].bias[:k] = -gain @ bias
+        model.encoder[0].bias[k:] = LOGVAR_LIMIT * torch.atanh(logvar / LOGVAR_LIMIT)
+    marginal = torch.distributions.MultivariateNormal(bias, weight @ weight.T + torch.diag(psi))
+    return model, marginal
+
+
+@pytest.mark.parametrize(("name", "beta"), [("vae", 1.0), ("vae", 4.0), ("beta-vae", 4.0)])
+def test_elbo_and_iwae_equal_log_p_x_when_the_posterior_is_exact(name, beta):
+    # With q(z|x) = p(z|x) both bounds are tight: every importance weight is p(x), and
+    # the ELBO's expectation is log p(x). This pins the Gaussian constants, the closed-form
+    # KL, the log-mean-exp (a log K off: "tighter than the ELBO" would still hold) and that
+    # the scores are the true ELBO whatever the training's KL weight (beta, warm-up).
+    model, marginal = _linear_gaussian_vae(name, beta)
+    model.on_epoch_start(1, 10)  # beta-vae: KL weight 0 in this epoch's training loss
+    x = marginal.sample((20,)) * 1.5
+    log_p = marginal.log_prob(x)
+    for samples in (1, 16):
+        scores = model.scores(x, torch.randn(20, samples, 2))
+        torch.testing.assert_close(-scores["negative_iwae_bound"], log_p, atol=1e-4, rtol=1e-5)
+    elbo = -model.scores(x, torch.randn(20, 20_000, 2))["negative_elbo"]
+    torch.testing.assert_close(elbo, log_p, atol=0.1, rtol=0)
 
 
 def test_min_log_variance_auto_is_lower_for_tables_and_a_set_value_wins():
