@@ -247,7 +247,7 @@ def _choose(candidates: list[Candidate], select_by: str) -> Candidate:
             ),
         )
     comparable = [c for c in candidates if math.isfinite(c.criterion)]
-    if not comparable:  # no variant has a validation -ELBO (e.g. cvae or vq-vae alone)
+    if not comparable:  # no variant has a validation -ELBO (e.g. cvae alone)
         if len(candidates) > 1:
             logger.warning(
                 "no variant has a comparable validation -ELBO; keeping %s, the first",

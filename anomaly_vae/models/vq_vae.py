@@ -55,7 +55,7 @@ class VQVAE(BaseVAE):
     codebook is initialised from data, on the encoder's own scale.
     """
 
-    description = "VQ-VAE: discrete codebook latent, scored by reconstruction and code distance"
+    description = "VQ-VAE: discrete codebook latent; code_distance in place of the IWAE bound"
     data_kinds = ("table", "image")
     score_names = ("reconstruction_error", "negative_elbo", "code_distance")
     continuous_latent = False  # a discrete codebook: nothing to traverse between codes
