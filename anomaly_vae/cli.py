@@ -894,6 +894,8 @@ def view(
             if label_col is not None:
                 anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
                 labels = label_vector(frame, label_col, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
+    if kind in {"manifold", "traversal", "interpolation"}:
+        views.require_continuous(detector, kind)  # before asking for DATA it could not use
     needs_data = {"reconstruct", "latents", "traversal", "interpolation", "all"}
     if frame is None and kind in needs_data:
         raise click.UsageError(f"the {kind} view needs DATA")

@@ -149,10 +149,12 @@ def train(
             metrics = {f"train_{k}": totals[k] / n_batches for k in LOSS_TERMS}
             metrics |= {f"val_{k}": val_terms[k].item() for k in LOSS_TERMS}
             if not (math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["val_loss"])):
+                remedy = f"lower training.learning_rate (now {config.learning_rate:g})"
+                if "beta" in model.config_fields:  # vq-vae, for one, does not read it
+                    remedy += f" or model.beta (now {model.config.beta:g})"
                 raise ConfigError(
                     f"training diverged at epoch {epoch} (train loss {metrics['train_loss']}, "
-                    f"validation loss {metrics['val_loss']}): lower training.learning_rate "
-                    f"(now {config.learning_rate:g}) or model.beta (now {model.config.beta:g})"
+                    f"validation loss {metrics['val_loss']}): {remedy}"
                 )
             history.epochs.append(metrics)
             if on_epoch is not None:

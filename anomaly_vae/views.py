@@ -88,7 +88,8 @@ def _decode(detector: Any, z: torch.Tensor, condition: torch.Tensor | None = Non
         return model.mean_output(model.decode(z, condition)).numpy()
 
 
-def _require_continuous(detector: Any, view: str) -> None:
+def require_continuous(detector: Any, view: str) -> None:
+    """DataError naming ``view`` when the detector's latent is discrete (vq-vae)."""
     if not getattr(detector.model_, "continuous_latent", True):
         raise DataError(f"{detector.effective_config.model.name} has a discrete latent: no {view}")
 
@@ -445,7 +446,7 @@ def manifold(
     one line of ``steps`` points along z[0] for a 1-D latent. The table starts with the
     grid coordinates: ``z0, z1`` on the latent axes, ``pc1, pc2`` on principal directions.
     ``condition``: one condition ``(c,)`` for a conditional model (default: the first row's)."""
-    _require_continuous(detector, "manifold")
+    require_continuous(detector, "manifold")
     directions = _leading_directions(detector, X)
     principal = detector.model_.latent_dim > 2 and X is not None
     names = ["pc1", "pc2"] if principal else ["z0", "z1"][: len(directions)]
@@ -518,7 +519,7 @@ def traversal(
 ) -> View:
     """Vary one latent dimension at a time around the first row's latent mean (a
     conditional model decodes for the first row's condition)."""
-    _require_continuous(detector, "traversal")
+    require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
     first = _row_conditions(detector, X, np.array([0]))
     base = detector.encode(_take(X, np.array([0])))[0]
@@ -564,7 +565,7 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
     """Decode the straight line between the latent means of the first two rows of X (a
     conditional model's condition moves along the line between the rows' own conditions,
     so both ends decode as their row)."""
-    _require_continuous(detector, "interpolation")
+    require_continuous(detector, "interpolation")
     _require_rows(X, "interpolation")
     pair = np.array([0, 1])
     conditions = _row_conditions(detector, X, pair)

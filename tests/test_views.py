@@ -149,6 +149,12 @@ def test_image_views_and_discrete_latents(image_detector, tmp_path):
     # Named by KIND, as `anomaly-vae view all` prints them ("skipped manifold: ...").
     _, skipped = views.views_and_skips(vq, mixed_table(20, seed=1))
     assert [s.split(":")[0] for s in skipped] == ["manifold", "traversal", "interpolation"]
+    # The CLI says why before asking for DATA the view could not use ("needs DATA" before)
+    from anomaly_vae.cli import main
+
+    vq.save(tmp_path / "vq")
+    result = CliRunner().invoke(main, ["view", "traversal", "--model", str(tmp_path / "vq")])
+    assert result.exit_code == 1 and "discrete latent: no traversal" in result.output, result.output
 
 
 def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
