@@ -293,8 +293,10 @@ def _track(
 
     assert result.data is not None  # fit_family's result carries the data it read
     tracking.use_tracking(config.tracking.experiment, project_dir)
+    config = tracking.with_register(config, register)
     # The chosen candidate's config: the family settings, with the model it kept.
     chosen_config = next(c.config for c in candidates if c.name == result.chosen)
+    chosen_config = tracking.with_register(chosen_config, register)
     with mlflow.start_run(run_name="family") as parent:
         for candidate in candidates:
             with mlflow.start_run(run_name=candidate.name, nested=True):

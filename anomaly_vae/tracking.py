@@ -8,6 +8,7 @@ overrides it, e.g. with a tracking server.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import logging
@@ -311,9 +312,21 @@ def log_fit_run(
     ``register`` moves the ``champion`` alias to the new version (default:
     ``config.tracking.register_champion``).
     """
+    config = with_register(config, register)
     with mlflow.start_run(run_name=f"fit {config.model.name}") as run:
         log_detector(detector, config, data, evaluation)
         return log_model(detector, config, model_dir, data, run, register)
+
+
+def with_register(config: Config, register: bool | None) -> Config:
+    """``config`` (a copy when it changes) with ``tracking.register_champion`` as the run
+    does it: ``register`` (``--register``/``--no-register``) when given, so that the run's
+    parameter and its config.yaml say whether the champion alias moved, not the setting
+    the flag overrode."""
+    if register is None or register == config.tracking.register_champion:
+        return config
+    tracking = dataclasses.replace(config.tracking, register_champion=register)
+    return dataclasses.replace(config, tracking=tracking)
 
 
 def log_detector(

@@ -106,6 +106,9 @@ def test_family_is_tracked_as_parent_with_children(family_run):
     )
     assert config["model"]["name"] == result.chosen
     assert config["data"]["condition_columns"] == ["machine"]
+    # register=True over the config's false: the parameter and config.yaml say it moved.
+    assert parent.data.params["tracking.register_champion"] == "True"
+    assert config["tracking"]["register_champion"] is True
     version = client.get_model_version_by_alias("anomaly-vae", "champion")
     assert str(version.version) == result.run.model_version
 

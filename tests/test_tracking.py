@@ -213,6 +213,20 @@ def test_model_is_registered_and_champion_alias_moves(fitted_run):
     )
 
 
+def test_a_run_logs_the_register_flag_it_was_given(fitted_run):
+    # fit_table(register=True) with tracking.register_champion false in the config (as
+    # `fit --register` without the setting): the alias moved, and the run says so.
+    _, result = fitted_run
+    client = MlflowClient()
+    params = client.get_run(result.run.run_id).data.params
+    logged = yaml.safe_load(
+        Path(client.download_artifacts(result.run.run_id, "config.yaml")).read_text()
+    )
+    assert result.run.champion
+    assert params["tracking.register_champion"] == "True"
+    assert logged["tracking"]["register_champion"] is True
+
+
 def test_a_run_logs_only_the_model_settings_its_variant_reads(fitted_run, tmp_path, monkeypatch):
     _, result = fitted_run
     vae_params = MlflowClient().get_run(result.run.run_id).data.params
