@@ -32,7 +32,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import ParamSchema, ParamSpec
 
 from anomaly_vae import plots
 from anomaly_vae.config import Config, flatten, to_dict
@@ -255,15 +255,19 @@ LOG_WARNINGS_PARAM = "log_warnings"
 def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
     """Input/output schema of the pyfunc model.
 
-    Tables: every column is declared ``Any``, with its name. MLflow's type checks would
-    refuse what the model accepts, as `anomaly-vae score` does: integers for a float
-    column, NaN for an integer one, a text column empty in every row (float NaN) or
-    holding integer codes. The model checks the values itself and answers bad ones with
-    a clear error. The id column is optional. Images: a uint8 tensor.
+    Tables: outputs and parameters only, no input schema; the input example names the
+    columns. MLflow's type checks of declared column types would refuse what the model
+    accepts, as `anomaly-vae score` does: integers for a float column, NaN for an integer
+    one, a text column empty in every row (float NaN) or holding integer codes; and its
+    scoring server reads a CSV request only by a schema whose every column has a concrete
+    type (it refused CSV outright when the columns were declared ``Any``). Without one,
+    the model gets the columns as sent (JSON) or as pandas reads them (CSV, Parquet),
+    checks the values itself and answers bad ones, or a missing column, with a clear
+    error. Images: a uint8 tensor.
     """
     with warnings.catch_warnings():
-        # MLflow's hint that integer columns cannot hold NaN is moot: inputs are Any, and
-        # the integer outputs (row numbers) are never missing.
+        # MLflow's hint that integer columns cannot hold NaN is moot: inputs are not
+        # declared, and the integer outputs (row numbers) are never missing.
         warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
         outputs = infer_signature(example, detector.score_frame(example)).outputs
     if isinstance(example, np.ndarray):
@@ -273,15 +277,8 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
         inputs = infer_signature(example).inputs
         # MLflow annotates params as ParamSchema, though None (its default) means none.
         return ModelSignature(inputs=inputs, outputs=outputs, params=params)  # type: ignore[arg-type]
-    base = _base_detector(detector)
-    id_column = base.effective_config.data.id_column
-    inputs = []
-    if id_column is not None and id_column in example.columns:
-        inputs.append(ColSpec(AnyType(), id_column, required=False))
-    table = cast(TablePreprocessor, base.preprocessor_)  # images returned above
-    inputs += [ColSpec(AnyType(), column.name) for column in table.columns]
     params = ParamSchema([ParamSpec(LOG_WARNINGS_PARAM, "boolean", True)])
-    return ModelSignature(inputs=Schema(inputs), outputs=outputs, params=params)
+    return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 
 def input_example(

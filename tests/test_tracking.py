@@ -154,7 +154,10 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
         got = model.predict(odd).reset_index(drop=True)
         pd.testing.assert_frame_equal(got, result.detector.score_frame(odd).reset_index(drop=True))
     assert model.metadata.signature is not None
-    assert model.metadata.get_input_schema().input_names()[0] == "reading_id"
+    # No input schema (see test_the_served_table_model_takes_json_csv_and_parquet); the
+    # input example names the columns, the id first.
+    assert model.metadata.get_input_schema() is None
+    assert model.metadata.load_input_example().columns[0] == "reading_id"
     # A missing id comes back as JSON null from the scoring server, not a bare NaN.
     import io
 
@@ -184,6 +187,56 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
     broken.loc[broken.index[1], "temperature"] = "hot"
     with pytest.raises(MlflowException, match=r"temperature.*'hot'") as error:
         model.predict(broken)
+    assert error.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_the_served_table_model_takes_json_csv_and_parquet(fitted_run):
+    """`mlflow models serve` answers JSON, CSV and Parquet requests alike, with the
+    scores of the detector; bad input is the model's own 400 error. (CSV was refused
+    while the signature declared the input columns Any: MLflow reads a CSV request by
+    the signature's column types.)"""
+    import io
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    _, result = fitted_run
+    model = mlflow.pyfunc.load_model(result.run.model_uri)
+    fresh = mixed_table(20, seed=7, anomalies=2).drop(columns="is_fault")
+    fresh.loc[fresh.index[3], "vibration"] = np.nan
+    expected = result.detector.score_frame(fresh)["score"].to_numpy()
+    split = json.loads(fresh.to_json(orient="split", index=False))
+    records = json.loads(fresh.to_json(orient="records"))
+    parquet = io.BytesIO()
+    fresh.to_parquet(parquet)
+
+    def served(body, content_type):
+        answer = invocations(body, content_type, model, model.metadata.get_input_schema())
+        assert answer.status == 200, answer.response
+        return pd.DataFrame(json.loads(answer.response)["predictions"])
+
+    for body, content_type in (
+        (json.dumps({"dataframe_split": split}), "application/json"),
+        (json.dumps({"dataframe_records": records}), "application/json"),
+        (fresh.to_csv(index=False), "text/csv"),
+        (fresh.to_csv(index=False).encode(), "text/csv; charset=utf-8"),
+        (parquet.getvalue(), "application/vnd.apache.parquet"),
+    ):
+        scores = served(body, content_type)
+        assert scores["reading_id"].tolist() == fresh["reading_id"].tolist(), content_type
+        np.testing.assert_allclose(scores["score"], expected, rtol=1e-6, err_msg=content_type)
+    # Integer-valued numbers and integer category codes, as pandas reads them from CSV.
+    odd = fresh.assign(temperature=fresh["temperature"].round().astype(int), machine=7)
+    scores = served(odd.to_csv(index=False), "text/csv")
+    np.testing.assert_allclose(
+        scores["score"], result.detector.score_frame(odd)["score"], rtol=1e-6
+    )
+    broken = fresh.astype({"temperature": object})
+    broken.loc[broken.index[1], "temperature"] = "hot"
+    with pytest.raises(MlflowException, match=r"temperature.*'hot'") as error:
+        invocations(
+            broken.to_csv(index=False), "text/csv", model, model.metadata.get_input_schema()
+        )
     assert error.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
@@ -371,9 +424,8 @@ def test_a_model_logged_when_windows_1252_files_read_as_latin_1_takes_its_signat
     document["feature_names_in"] = [as_latin_1(name) for name in document["feature_names_in"]]
     saved.write_text(json.dumps(document))
     mlmodel = yaml.safe_load((local / "MLmodel").read_text())
-    inputs = json.loads(mlmodel["signature"]["inputs"])
-    for spec in inputs:
-        spec["name"] = as_latin_1(spec["name"])
+    # Its signature then declared each input column, of type Any.
+    inputs = [{"type": "any", "name": as_latin_1(name), "required": True} for name in frame]
     mlmodel["signature"]["inputs"] = json.dumps(inputs)
     (local / "MLmodel").write_text(yaml.safe_dump(mlmodel))
 
