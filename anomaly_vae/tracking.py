@@ -508,12 +508,16 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
     validation = take_rows(data.train, detector.split_rows_["validation"])
     latents = detector.encode(validation)
-    index = validation.index if isinstance(validation, pd.DataFrame) else None
+    index = None
+    if isinstance(validation, pd.DataFrame):
+        # The data row in the training file, 1 for the first, as `score` writes and
+        # messages count rows: the split keeps the file's 0-based index.
+        index = validation.index + 1
     table = pd.DataFrame(latents, columns=[f"z{i}" for i in range(latents.shape[1])], index=index)
     groups = np.full(len(latents), "normal", dtype=object)
     id_column = detector.effective_config.data.id_column
     if isinstance(validation, pd.DataFrame) and id_column in validation.columns:
-        table.insert(0, id_column, validation[id_column])
+        table.insert(0, id_column, validation[id_column].to_numpy())
     (out / "latents").mkdir(exist_ok=True)
     table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
     if data.has_evaluation():

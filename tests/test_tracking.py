@@ -101,7 +101,7 @@ def test_a_fit_run_raises_no_mlflow_schema_hints(fitted_run):
 
 
 def test_run_has_every_review_artifact(fitted_run):
-    _, result = fitted_run
+    root, result = fitted_run
     client = MlflowClient()
     paths = set(artifact_paths(client, result.run.run_id))
     assert {
@@ -127,6 +127,9 @@ def test_run_has_every_review_artifact(fitted_run):
     latents = pd.read_csv(local)
     assert len(latents) == result.detector.n_training_rows_["validation"]
     assert {"reading_id", "z0", "z1"} <= set(latents.columns)
+    # `row` counts the training file's data rows from 1, as `score` does.
+    train = pd.read_csv(root / "train.csv")
+    assert (train["reading_id"].to_numpy()[latents["row"] - 1] == latents["reading_id"]).all()
     calibration_file = mlflow.artifacts.download_artifacts(
         run_id=result.run.run_id, artifact_path="calibration.json"
     )
