@@ -60,22 +60,24 @@ TITLE_CHARACTER_WIDTH = 0.6  # average character width in ems, to wrap titles to
 GROUP_STYLES = {"normal": ("tab:blue", "o"), "anomalous": ("tab:red", "^")}
 # A discrete latent's scatter shows codebook vectors: many rows share one point.
 DISCRETE_LATENT_NOTE = "quantised: rows with the same codes coincide"
-# What each score is measured in (docs/scores.md), for axis labels.
+# What each score is measured in (docs/scores.md), for axis labels; {item} is what a
+# score is of ("row" of a table, "image").
 SCORE_UNITS = {
-    "negative_elbo": "nats per row",
-    "negative_iwae_bound": "nats per row",
+    "negative_elbo": "nats per {item}",
+    "negative_iwae_bound": "nats per {item}",
     "reconstruction_error": "squared error in scaled feature units",
     "latent_knn_distance": "latent units",
-    "elbo_latent_knn": "no unit; 0 = a typical normal row",
+    "elbo_latent_knn": "no unit; 0 = a typical normal {item}",
     "code_distance": "squared latent units",
-    "ensemble_rank": "mean percentile among validation rows; above 1 beyond them all",
+    "ensemble_rank": "mean percentile among validation {item}s; above 1 beyond them all",
 }
 
 
-def score_label(score_name: str) -> str:
-    """``score_name`` with its unit, e.g. ``"negative_elbo (nats per row)"``."""
+def score_label(score_name: str, item: str = "row") -> str:
+    """``score_name`` with its unit, e.g. ``"negative_elbo (nats per row)"``; ``item``
+    is what a score is of: ``"row"`` for a table, ``"image"`` for images."""
     unit = SCORE_UNITS.get(score_name)
-    return f"{score_name} ({unit})" if unit else score_name
+    return f"{score_name} ({unit.format(item=item)})" if unit else score_name
 
 
 def wrap_title(title: str, width_inches: float, fontsize: float) -> str:
@@ -110,9 +112,10 @@ def score_histogram(
     threshold: float,
     score_name: str,
     anomalous_scores: np.ndarray | None = None,
-    normal_label: str = "normal (calibration rows)",
+    item: str = "row",
 ) -> Figure:
-    """Score distributions ``(n,)`` with the threshold drawn; labelled anomalies overlaid.
+    """Score distributions ``(n,)`` with the threshold drawn; labelled anomalies overlaid;
+    ``item``: what a score is of, ``"row"`` or ``"image"``, for the labels.
 
     Each group's bars add up to 1 (its share of rows per bin), so a small normal group
     is not hidden by a large anomalous one. The x-axis ends a little past the larger of
@@ -120,7 +123,7 @@ def score_histogram(
     beyond it are counted in the last bin. Positive scores with a long tail
     (:func:`long_tailed`) get log-spaced bins on a log axis.
     """
-    groups = [(normal_scores, normal_label, "normal")]
+    groups = [(normal_scores, f"normal (calibration {item}s)", "normal")]
     if anomalous_scores is not None and len(anomalous_scores):
         groups.insert(0, (anomalous_scores, "anomalous (labelled)", "anomalous"))
     every = np.concatenate([g[0] for g in groups])
@@ -152,11 +155,11 @@ def score_histogram(
         _numbered_log_axis(ax.xaxis)
     ax.set_ylim(0, HISTOGRAM_HEADROOM * tallest)
     ax.set_title(f"Anomaly scores: {score_name} (higher = more anomalous)")
-    label = score_label(score_name) + (", log scale" if log_scale else "")
+    label = score_label(score_name, item) + (", log scale" if log_scale else "")
     if every.max() > high:
         label += "; last bin includes larger values"
     ax.set_xlabel(wrap_title(label, FIGSIZE[0], LABEL_POINTS))
-    ax.set_ylabel("share of the group's rows per bin")
+    ax.set_ylabel(f"share of the group's {item}s per bin")
     ax.legend(loc="upper right")
     return fig
 
@@ -271,10 +274,11 @@ def latent_scatter(latents: np.ndarray, groups: np.ndarray, title: str = "Latent
 
 
 def latent_scatter_by_score(
-    latents: np.ndarray, scores: np.ndarray, score_name: str, title: str
+    latents: np.ndarray, scores: np.ndarray, score_name: str, title: str, item: str = "row"
 ) -> Figure:
     """2-D scatter of latent means ``(n, k)`` coloured by score ``(n,)`` (higher = more
-    anomalous); a log colour scale for positive scores with a long tail."""
+    anomalous); a log colour scale for positive scores with a long tail. ``item``: what
+    a score is of, ``"row"`` or ``"image"``, for the colour bar's unit."""
     projected, axes, note = project_latents(latents)
     low, high = float(scores.min()), float(scores.max())
     log_scale = long_tailed(float(np.quantile(scores, BULK_QUANTILE)), low, high)
@@ -287,7 +291,7 @@ def latent_scatter_by_score(
     )
     scale = ", log scale" if log_scale else ""
     bar = fig.colorbar(
-        points, ax=ax, label=f"{score_label(score_name)}{scale}\nhigher = more anomalous"
+        points, ax=ax, label=f"{score_label(score_name, item)}{scale}\nhigher = more anomalous"
     )
     if log_scale:
         _numbered_log_axis(bar.ax.yaxis)

@@ -423,6 +423,7 @@ def log_calibration(
         detector.threshold_,
         detector.calibration_["score"],
         anomalous_scores,
+        item="image" if detector.data_kind_ == "image" else "row",
     )
     _save(histogram, out / "plots" / "score_histogram.png")
 

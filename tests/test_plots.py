@@ -108,6 +108,23 @@ def test_latent_scatter_by_score_uses_a_log_colour_scale_for_a_long_tail():
     plots.close(fig)
 
 
+def test_image_scores_are_labelled_per_image_not_per_row():
+    # An image model's histogram and scatter said "nats per row" and "calibration rows".
+    rng = np.random.default_rng(4)
+    normal = rng.normal(10, 1, 100)
+    fig = plots.score_histogram(normal, 12.0, "negative_elbo", normal + 5, item="image")
+    ax = fig.axes[0]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "nats per image" in ax.get_xlabel() and "images per bin" in ax.get_ylabel()
+    assert any(label.startswith("normal (calibration images)") for label in legend), legend
+    assert "row" not in " ".join([ax.get_xlabel(), ax.get_ylabel(), *legend])
+    plots.close(fig)
+    latents = rng.normal(size=(100, 2))
+    fig = plots.latent_scatter_by_score(latents, normal, "elbo_latent_knn", "t", item="image")
+    assert "typical normal image" in fig.axes[1].get_ylabel()
+    plots.close(fig)
+
+
 def test_long_titles_are_wrapped_to_the_figure():
     title = "Traversal of latent dimensions 0..7 over [-3, 3] around the first row (one row each)"
     lines = plots.wrap_title(title, 4.8, 10).split("\n")
