@@ -35,7 +35,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
 
 from anomaly_vae import plots
-from anomaly_vae.config import Config, flatten, to_dict
+from anomaly_vae.config import QUANTILE_THRESHOLD, Config, flatten, to_dict
 from anomaly_vae.data import TablePreprocessor, take_rows
 from anomaly_vae.data.preprocessing import names_as_read_now
 from anomaly_vae.detector import VAEDetector
@@ -470,8 +470,15 @@ def log_model(
     version = str(info.registered_model_version) if info.registered_model_version else None
     model_uri = info.model_uri
     champion = config.tracking.register_champion if register is None else register
+    # The runs table and the registry list runs and versions by name and number alone
+    # ("fit vae", version 7): a line saying what each is tells them apart at a glance.
+    description = model_description(detector, MlflowClient().get_run(run.info.run_id))
+    mlflow.set_tag(NOTE_TAG, description)
     if version is not None:
         model_uri = f"models:/{config.tracking.registered_model_name}/{version}"
+        MlflowClient().update_model_version(
+            config.tracking.registered_model_name, version, description=description
+        )
         if champion:
             MlflowClient().set_registered_model_alias(
                 config.tracking.registered_model_name, CHAMPION_ALIAS, version
@@ -483,6 +490,37 @@ def log_model(
         artifact_uri=run.info.artifact_uri,
         champion=bool(champion and version),
     )
+
+
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+
+
+def model_description(detector: Any, run: Any) -> str:
+    """One line on what the model of ``run`` (an MLflow ``Run``, its tags and metrics
+    logged) is and does: variant, data, training rows, threshold and how it was chosen,
+    and the run's AUROC when it had labelled rows."""
+    tags, metrics = run.data.tags, run.data.metrics
+    calibration = detector.calibration_
+    unit = "images" if detector.data_kind_ == "image" else "rows"
+    base = _base_detector(detector)
+    text = tags.get("model") or base.effective_config.model.name
+    recalibrated = tags.get("kind") == "calibrate"  # a threshold set again, on "data"
+    if recalibrated:
+        text += " recalibrated"
+    if "data" in tags:
+        text += f" on {Path(tags['data']).name}"
+    if not recalibrated:
+        text += f" ({base.n_training_rows_['train']:,} training {unit})"
+    text += (
+        f": flags {calibration['score']} above {detector.threshold_:.4g} "
+        f"({calibration['description']}"
+    )
+    if calibration["method"] == QUANTILE_THRESHOLD:
+        text += f", target false-positive rate {100 * calibration['target_fpr']:g}%"
+    text += ")"
+    if "auroc" in metrics:
+        text += f"; AUROC {100 * metrics['auroc']:.2f}% on the run's labelled {unit}"
+    return text
 
 
 def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> None:

@@ -111,6 +111,12 @@ def test_a_registered_model_gets_a_new_version_and_the_champion_alias(tracking_s
     run = MlflowClient().get_run(champion.run_id)
     assert run.data.tags["source_model"] == "models:/anomaly-vae/1"
     assert run.data.params["method"] == "f1" and "previous_threshold" in run.data.metrics
+    assert champion.description.startswith(  # the registry says what each version is
+        "vae recalibrated on labelled.csv: flags negative_elbo above"
+    ) and champion.description.endswith(
+        "(F1-optimal on the precision-recall curve); "
+        f"AUROC {100 * run.data.metrics['auroc']:.2f}% on the run's labelled rows"
+    )
     loaded = mlflow.pyfunc.load_model("models:/anomaly-vae@champion")
     labelled = pd.read_csv("labelled.csv")
     flagged = loaded.predict(labelled.drop(columns="is_fault"))["is_anomaly"]

@@ -44,6 +44,22 @@ def artifact_paths(client, run_id, path=None):
     return found
 
 
+def test_run_and_version_say_what_the_model_is(fitted_run):
+    # Runs were told apart by name ("fit vae") and versions by number alone.
+    _, result = fitted_run
+    client = MlflowClient()
+    note = client.get_run(result.run.run_id).data.tags["mlflow.note.content"]
+    version = client.get_model_version("anomaly-vae", result.run.model_version)
+    assert version.description == note
+    rows = result.detector.n_training_rows_["train"]
+    auroc = 100 * result.evaluation["auroc"]
+    assert note == (
+        f"vae on train.csv ({rows:,} training rows): flags negative_elbo above "
+        f"{result.detector.threshold_:.4g} (quantile of held-out normal scores, target "
+        f"false-positive rate 1%); AUROC {auroc:.2f}% on the run's labelled rows"
+    )
+
+
 def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     _, result = fitted_run
     client = MlflowClient()
