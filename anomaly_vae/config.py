@@ -129,7 +129,8 @@ class ModelConfig:
     capacity: float = 0.0  # beta-vae controlled capacity (Burgess et al. 2018), in nats;
     # 0 = off. With capacity C the loss is reconstruction + beta * |KL - C(t)|, with C(t)
     # rising linearly to C over capacity_epochs
-    capacity_epochs: int = 50
+    capacity_epochs: int = 50  # beta-vae with capacity > 0: epochs over which C(t) rises
+    # from 0 to capacity
     top_latent_dim: int = 4  # hvae: size of the top stochastic layer (latent_dim is the bottom)
     codebook_size: int = 64  # vq-vae: number of code vectors
     code_slots: int = 4  # vq-vae on tables: code vectors per row (images: one per position)
@@ -142,10 +143,10 @@ class TrainingConfig:
     """The optimisation loop."""
 
     epochs: int = 200  # upper bound; early stopping usually ends training sooner
-    batch_size: int = 128
+    batch_size: int = 128  # rows per optimizer step
     learning_rate: float = 3e-3  # Adam; against 1e-3 (with min_steps 2000): the same
     # T-clean AUROC in three quarters of the fit time (docs/benchmarks.md)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam's L2 penalty on the weights; 0 = none
     patience: int | None = field(
         default=None, metadata=AUTO
     )  # epochs without validation improvement before stopping.
@@ -287,9 +288,11 @@ class FamilyConfig:
 class TrackingConfig:
     """MLflow tracking and registry."""
 
-    enabled: bool = True
-    experiment: str = "anomaly-vae"
-    registered_model_name: str = "anomaly-vae"
+    enabled: bool = True  # log each fit to MLflow; false is fit --no-tracking (the model
+    # is still saved)
+    experiment: str = "anomaly-vae"  # MLflow experiment the fit runs are logged in
+    registered_model_name: str = "anomaly-vae"  # MLflow registered model each fit adds a
+    # version to; --register moves its alias champion to that version
     register_champion: bool = False  # move the `champion` alias to the new model version
     log_views: bool = True  # log the standard views (generation, reconstructions, latents,
     # manifold, traversal, interpolation) with every fit
