@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -478,9 +479,9 @@ def load_config(
         data = loaded or {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
+        section, dot, name = (part.strip() for part in key.partition("."))
+        if not (sep and dot and section and name):
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        section, name = key.strip().split(".", 1)
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
@@ -504,7 +505,8 @@ def _override_value(raw: str) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+def _build(cls: type, data: dict[str, Any], prefix: str, root: type | None = None) -> Any:
+    root = root or cls
     if not isinstance(data, dict):
         raise ConfigError(f"config section {prefix.rstrip('.')!r} must be a mapping")
     hints = typing.get_type_hints(cls)
@@ -514,6 +516,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]}; valid keys: "
             + ", ".join(prefix + k for k in known)
+            + _suggestion(str(unknown[0]), list(known), prefix, root)
         )
     kwargs = {}
     for name, value in data.items():
@@ -521,10 +524,26 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         if known[name].metadata.get("auto") and str(value).lower() in ("auto", "none"):
             value = None
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.")
+            kwargs[name] = _build(hint, value or {}, prefix=f"{prefix}{name}.", root=root)
         else:
             kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
     return cls(**kwargs)
+
+
+def _suggestion(name: str, known: list[str], prefix: str, root: type) -> str:
+    """``"; did you mean KEY?"`` for the unknown key ``prefix + name``, or "" when no key
+    is likely meant: the same name in another section of ``root`` (``model.epochs``:
+    training.epochs), else the closest spelling in this section (``model.latnet_dim``).
+    The full list of valid keys runs to 20 names, too many to spot the one meant."""
+    if prefix:
+        for section, hint in typing.get_type_hints(root).items():
+            names = (
+                {f.name for f in dataclasses.fields(hint)} if dataclasses.is_dataclass(hint) else ()
+            )
+            if name in names:
+                return f"; did you mean {section}.{name}?"
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -28,6 +28,36 @@ def test_unknown_key_names_the_valid_ones():
 
 
 @pytest.mark.parametrize(
+    ("override", "suggestion"),
+    [
+        ("model.latnet_dim=3", "did you mean model.latent_dim?"),  # a typo
+        ("model.epochs=3", "did you mean training.epochs?"),  # a key of another section
+        ("scoring.target_fpr=0.05", "did you mean calibration.target_fpr?"),
+        ("traning.epochs=3", "did you mean training?"),  # a section's typo
+    ],
+)
+def test_unknown_key_suggests_the_key_meant(override, suggestion):
+    # The list of valid keys runs to 20 names; the one meant should not have to be
+    # found in it.
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides=[override])
+    assert str(raised.value).endswith(f"; {suggestion}")
+
+
+def test_unknown_key_without_a_likely_meaning_gets_no_suggestion():
+    with pytest.raises(ConfigError) as raised:
+        load_config(overrides=["model.zzzzzz=3"])
+    assert "did you mean" not in str(raised.value)
+
+
+@pytest.mark.parametrize("override", [".epochs=3", "training.=3", " . =3"])
+def test_an_override_without_a_section_or_key_name_says_the_form(override):
+    # ".epochs=3" read as the key "" of section "": "unknown config key ; valid keys: ...".
+    with pytest.raises(ConfigError, match=r"must look like section\.key=value"):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("training.epochs=many", "training.epochs must be of type int"),
