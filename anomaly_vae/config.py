@@ -473,7 +473,9 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+            raise ConfigError(
+                f"config file {path} is not valid YAML: {_yaml_problem(exc)}"
+            ) from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         data = loaded or {}
@@ -487,6 +489,22 @@ def load_config(
             raise ConfigError(f"config section {section!r} must be a mapping")
         data[section][name] = _override_value(raw)
     return from_dict(data, cls)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """``line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a
+    flow sequence opened at line 2, column 15)``: what PyYAML's report says and where,
+    on one line (the rest of it quotes the text and names the file "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    if mark is None:
+        return problem
+    where = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and start.line != mark.line:
+        # e.g. an unclosed [ is found at the end of the file: say where it opened
+        where += f" ({context} opened at line {start.line + 1}, column {start.column + 1})"
+    return where
 
 
 def _override_value(raw: str) -> Any:

@@ -110,6 +110,18 @@ def test_text_that_is_not_yaml_is_taken_as_written():
         load_config(overrides=["model.hidden_dims=[32, 16"])
 
 
+def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(tmp_path):
+    # It was PyYAML's five-line report, pointing into "<unicode string>".
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  latent_dim: [4\ntraining:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert "\n" not in message and "<unicode string>" not in message
+    assert message.startswith(f"config file {path} is not valid YAML: line ")
+    assert "expected ',' or ']'" in message
+
+
 def test_shipped_yaml_configs_load():
     from pathlib import Path
 
