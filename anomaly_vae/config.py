@@ -469,7 +469,7 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.safe_load(Path(path).read_text())
+            loaded = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
@@ -489,6 +489,35 @@ def load_config(
             raise ConfigError(f"config section {section!r} must be a mapping")
         data[section][name] = _override_value(raw)
     return from_dict(data, cls)
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the
+    last, so a second ``model:`` section would silently drop every setting of the first."""
+
+
+def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG:  # `<<: *base`: its keys may be overridden here
+            continue
+        key = loader.construct_object(key_node)
+        with contextlib.suppress(TypeError):  # unhashable: construct_mapping says so
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"{key!r} is given twice", problem_mark=key_node.start_mark
+                )
+            seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_key_mapping,
+)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

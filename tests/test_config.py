@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from anomaly_vae.config import Config, DetectorConfig, flatten, load_config
 from anomaly_vae.errors import ConfigError
@@ -120,6 +121,23 @@ def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(tmp_path):
     assert "\n" not in message and "<unicode string>" not in message
     assert message.startswith(f"config file {path} is not valid YAML: line ")
     assert "expected ',' or ']'" in message
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error_not_the_last_one_kept(tmp_path):
+    # PyYAML keeps the last of two equal keys: a second `model:` section silently
+    # dropped every setting of the first.
+    path = tmp_path / "twice.yaml"
+    path.write_text("model:\n  latent_dim: 4\ntraining:\n  epochs: 3\nmodel:\n  beta: 2\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml is not valid YAML: line 5, .*'model'"):
+        load_config(path)
+    path.write_text("model:\n  latent_dim: 4\n  beta: 2\n  latent_dim: 5\n")
+    with pytest.raises(ConfigError, match=r"line 4, .*'latent_dim' is given twice"):
+        load_config(path)
+    # A YAML merge (<<: *anchor) may still override the keys it brings.
+    from anomaly_vae.config import _UniqueKeyLoader
+
+    merged = yaml.load("a: &b {x: 1, y: 2}\nc:\n  <<: *b\n  x: 3\n", Loader=_UniqueKeyLoader)
+    assert merged["c"] == {"x": 3, "y": 2}
 
 
 def test_shipped_yaml_configs_load():
