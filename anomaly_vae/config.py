@@ -484,7 +484,8 @@ def load_config(
         section, dot, name = (part.strip() for part in key.partition("."))
         if not (sep and dot and section and name):
             raise ConfigError(f"override {item!r} must look like section.key=value")
-        data.setdefault(section, {})
+        if data.get(section) is None:  # absent, or `model:` with its keys commented out
+            data[section] = {}
         if not isinstance(data[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
         data[section][name] = _override_value(raw)

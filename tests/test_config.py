@@ -140,6 +140,16 @@ def test_a_key_given_twice_in_a_yaml_file_is_an_error_not_the_last_one_kept(tmp_
     assert merged["c"] == {"x": 3, "y": 2}
 
 
+def test_set_adds_to_a_section_left_empty_in_the_file(tmp_path):
+    # "model:" with every key commented out loads alone, but with --set model.x=... it
+    # was "config section 'model' must be a mapping".
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  # latent_dim: 3\ntraining:\n  epochs: 7\n")
+    assert load_config(path).model == Config().model
+    config = load_config(path, ["model.latent_dim=4"])
+    assert config.model.latent_dim == 4 and config.training.epochs == 7
+
+
 def test_shipped_yaml_configs_load():
     from pathlib import Path
 
