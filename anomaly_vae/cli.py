@@ -258,6 +258,10 @@ def fit(
     if no_tracking:
         cli_overrides.append("tracking.enabled=false")
     config = load_config(config_file, cli_overrides)
+    if register and not config.tracking.enabled:  # set false by --config or --set
+        raise click.UsageError(
+            "--register needs tracking: the alias lives in MLflow, and tracking.enabled is false"
+        )
     config.training.progress = not quiet
     arguments: dict[str, Any] = {
         "eval_source": eval_file,

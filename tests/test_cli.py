@@ -463,6 +463,19 @@ def test_register_without_tracking_is_refused(tmp_path, monkeypatch, command):
     assert result.exit_code == 2 and "--register needs tracking" in result.output
 
 
+@pytest.mark.parametrize("how", ["--set", "--config"])
+def test_register_with_tracking_disabled_in_the_config_is_refused(tmp_path, monkeypatch, how):
+    # Only --no-tracking was checked: with tracking.enabled=false from --set or a config
+    # file, fit trained, registered nothing and said nothing of the --register asked for.
+    monkeypatch.chdir(tmp_path)
+    pd.DataFrame({"x": [1.0, 2.0]}).to_csv("data.csv", index=False)
+    Path("c.yaml").write_text("tracking:\n  enabled: false\n")
+    source = "tracking.enabled=false" if how == "--set" else "c.yaml"
+    result = CliRunner().invoke(main, ["fit", "data.csv", how, source, "--register"])
+    assert result.exit_code == 2, result.output
+    assert "--register needs tracking" in result.output and "tracking.enabled" in result.output
+
+
 def test_a_copied_project_finds_its_own_latest_model(tmp_path, monkeypatch):
     import shutil
 
