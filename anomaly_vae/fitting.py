@@ -3,6 +3,7 @@ training, fit and calibrate a detector, evaluate when labels allow, save, track.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.calibration import evaluate
-from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationConfig
+from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationConfig, ModelConfig
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
@@ -286,6 +287,19 @@ def calibrate_and_evaluate(
     return evaluation
 
 
+def unread_model_settings(config: Config) -> list[str]:
+    """``model.KEY=VALUE`` of each model setting changed from its default that the
+    variant ``model.name`` does not read (its ``config_fields``): ``model.codebook_size``
+    set for a ``vae``, say, most likely meant ``model.name=vq-vae``."""
+    reads = set(get_model(config.model.name).config_fields)
+    defaults = ModelConfig()
+    return [
+        f"model.{key.name}={getattr(config.model, key.name)}"
+        for key in dataclasses.fields(ModelConfig)
+        if key.name not in reads and getattr(config.model, key.name) != getattr(defaults, key.name)
+    ]
+
+
 def fit_source(
     source: str | Path,
     config: Config,
@@ -299,6 +313,14 @@ def fit_source(
     """Fit one detector on ``source`` and do everything around it (see
     :func:`load_training_data` for how labels and evaluation data are handled)."""
     project_dir = project_dir or Path.cwd()
+    # Not in a family fit, whose settings serve every variant: only the one trained here.
+    unread = unread_model_settings(config)
+    if unread:
+        logger.warning(
+            "model %r ignores these settings, meant for another variant (model.name): %s",
+            config.model.name,
+            ", ".join(unread),
+        )
     data = load_training_data(source, config, eval_source, normal_class)
     check_threshold_labels(config, data)
     if config.tracking.enabled:

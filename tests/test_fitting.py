@@ -49,6 +49,22 @@ def test_eval_file_needs_a_label_column(tmp_path):
         )
 
 
+def test_model_settings_the_chosen_variant_does_not_read_are_warned_about(tmp_path, caplog):
+    # model.codebook_size set without model.name=vq-vae trained a vae that never read it,
+    # without a word (and its MLflow run does not log the setting either).
+    from anomaly_vae.fitting import unread_model_settings
+
+    config = tiny_config("tracking.enabled=false", "model.codebook_size=16", "model.beta=2")
+    assert unread_model_settings(config) == ["model.codebook_size=16"]  # vae reads beta
+    assert unread_model_settings(tiny_config("model.name=vq-vae", "model.codebook_size=16")) == []
+    # Settings left at their defaults (a file from `anomaly-vae config`) are no news.
+    assert unread_model_settings(tiny_config()) == []
+    with caplog.at_level("WARNING"), pytest.raises(DataError):  # warned before reading data
+        fit_table(tmp_path / "missing.csv", config, project_dir=tmp_path)
+    assert "model 'vae' ignores these settings" in caplog.text
+    assert "(model.name): model.codebook_size=16" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("labels", "anomaly_label", "marks"),
     [({0: 1, 1: 1}, None, "1"), ({0: "bad", 1: "bad"}, "bad", "the anomaly label 'bad'")],
