@@ -16,6 +16,7 @@ from typing import Any, cast
 import click
 import numpy as np
 
+from anomaly_vae import __version__
 from anomaly_vae.config import (
     LABELLED_THRESHOLD_METHODS,
     QUANTILE_THRESHOLD,
@@ -144,7 +145,9 @@ def _terminated(number: int, frame: Any) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.version_option(package_name="anomaly-vae")
+# The running code's version: the installed metadata may be another copy's, or absent in
+# a source checkout (PYTHONPATH=.), where click's lookup raised RuntimeError.
+@click.version_option(version=__version__, prog_name="anomaly-vae")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details (INFO level).")
 def main(verbose: bool) -> None:
     """Anomaly detection with Variational Autoencoders.

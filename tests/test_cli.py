@@ -596,3 +596,22 @@ def test_codes_of_a_column_declared_categorical_stay_as_written(tmp_path, monkey
     assert scored.exit_code == 0 and "not seen in training" not in scored.output
     frame = table.drop(columns="reading_id").head(3)
     assert (model.score_frame(frame)["negative_elbo"] > 0).all()  # sent as written
+
+
+def test_version_is_the_running_code_s_even_when_not_installed(monkeypatch):
+    # --version read the installed distribution's metadata: from a source checkout
+    # (PYTHONPATH=.) it was a RuntimeError traceback, and with another copy installed
+    # it printed that copy's version.
+    import importlib.metadata
+
+    import anomaly_vae
+
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"anomaly-vae, version {anomaly_vae.__version__}\n"
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'(?m)^version = "(.+)"$', pyproject)[1] == anomaly_vae.__version__
