@@ -469,7 +469,9 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            loaded = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)
+            # Bytes: PyYAML reads UTF-16 by its byte-order mark (PowerShell's `>` writes it)
+            # and reports bytes that are not text as a YAMLError, not a UnicodeDecodeError.
+            loaded = yaml.load(Path(path).read_bytes(), Loader=_UniqueKeyLoader)
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
         except yaml.YAMLError as exc:
@@ -525,6 +527,10 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     """``line 3, column 1: expected ',' or ']', but got '<stream end>' (while parsing a
     flow sequence opened at line 2, column 15)``: what PyYAML's report says and where,
     on one line (the rest of it quotes the text and names the file "<unicode string>")."""
+    if isinstance(exc, yaml.reader.ReaderError):  # before any YAML is parsed
+        if exc.encoding != "unicode":  # bytes that do not decode
+            return f"byte {exc.position} is not {exc.encoding} text ({exc.reason})"
+        return f"character {exc.position}: {exc.reason} (#x{exc.character:02x})"
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     if mark is None:

@@ -123,6 +123,20 @@ def test_a_yaml_syntax_error_is_one_line_naming_the_file_and_line(tmp_path):
     assert "expected ',' or ']'" in message
 
 
+def test_a_config_file_in_utf16_loads_and_one_of_bytes_is_an_error(tmp_path):
+    # Read as UTF-8 text, a UTF-16 file (what Windows PowerShell's `anomaly-vae config >
+    # my.yaml` writes) or stray bytes were a UnicodeDecodeError traceback.
+    path = tmp_path / "c.yaml"
+    path.write_bytes("model:\n  latent_dim: 4\n".encode("utf-16"))
+    assert load_config(path).model.latent_dim == 4
+    path.write_bytes(b"model:\n  latent_dim: 4 # caf\xe9\n")  # Latin-1
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML: byte 28 is not utf-8 text"):
+        load_config(path)
+    path.write_text("model:\n  name: v\x07ae\n")
+    with pytest.raises(ConfigError, match=r"character 16: special characters are not allowed"):
+        load_config(path)
+
+
 def test_a_key_given_twice_in_a_yaml_file_is_an_error_not_the_last_one_kept(tmp_path):
     # PyYAML keeps the last of two equal keys: a second `model:` section silently
     # dropped every setting of the first.
