@@ -651,8 +651,8 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
 @click.option(
     "--target-recall",
     type=click.FloatRange(0, 1, min_open=True),
-    help="For --method recall: the share of labelled anomalies to flag "
-    f"[default: {DEFAULTS.calibration.target_recall:g}].",
+    help="For --method recall: the share of labelled anomalies to flag [default: the "
+    "model's calibration.target_recall].",
 )
 @click.option(
     "--target-fpr",
@@ -713,7 +713,6 @@ def calibrate(
         raise click.UsageError("--target-fpr is for --method quantile")
     if target_recall is not None and method != "recall":
         raise click.UsageError("--target-recall is for --method recall")
-    target_recall = target_recall or DEFAULTS.calibration.target_recall
     if anomaly_label is not None and label_col is None:
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
     if no_tracking and register:
@@ -763,7 +762,9 @@ def calibrate(
                 "threshold above others like it"
             )
     else:
-        target = f", target recall {100 * target_recall:.0f}%" if method == "recall" else ""
+        target = ""
+        if method == "recall":
+            target = f", target recall {100 * calibration['target_recall']:.0f}%"
         click.echo(
             f"{threshold} ({previous}; {calibration['description']} of "
             f"{calibration['n_labelled']:,} labelled {unit}{target})"

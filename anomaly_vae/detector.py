@@ -189,7 +189,7 @@ class ThresholdedScores:
         X: pd.DataFrame | np.ndarray,
         y: Any = None,
         method: str = "f1",
-        target_recall: float = 0.9,
+        target_recall: float | None = None,
         condition: np.ndarray | None = None,
         target_fpr: float | None = None,
     ) -> _Scores:
@@ -197,7 +197,8 @@ class ThresholdedScores:
 
         ``X``: rows (or images); ``y (n,)``: 1 or True = anomaly, 0 or False = normal.
         ``method``: ``"f1"`` (F1-optimal, precision-recall curve) or ``"recall"`` (the
-        highest threshold flagging ``target_recall`` of the anomalies, ROC curve), both on
+        highest threshold flagging ``target_recall`` of the anomalies, default the model's
+        ``calibration.target_recall``, ROC curve), both on
         labelled rows of both classes; `fit --label-col` passes ``calibration.method`` and
         ``calibration.target_recall``. ``calibration_`` then holds the precision, recall
         and false-positive rate on these rows (optimistic: they chose the threshold) and the
@@ -227,6 +228,8 @@ class ThresholdedScores:
             normal = scores if labels is None else scores[~labels.astype(bool)]
             return self.threshold_from_normal_scores(normal, target_fpr)
         assert labels is not None  # refused above for every method but the quantile
+        if target_recall is None:
+            target_recall = self.effective_config.calibration.target_recall
         return self.threshold_from_scores(labels.astype(bool), scores, method, target_recall)
 
     def threshold_from_normal_scores(

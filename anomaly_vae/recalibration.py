@@ -125,7 +125,7 @@ def calibrate_model(
     source: str | Path,
     model_ref: str | None,
     method: str,
-    target_recall: float,
+    target_recall: float | None = None,
     label_column: str | None = None,
     anomaly_label: str | None = None,
     normal_class: str | None = None,
@@ -143,9 +143,11 @@ def calibrate_model(
     ``tracking.experiment`` and ``tracking.registered_model_name``); ``register`` moves
     the champion alias to it.
 
-    ``f1`` and ``recall`` choose on labelled rows of both classes. ``quantile`` takes the
-    ``1 - target_fpr`` quantile (default: the model's) of the normal rows of ``source``
-    (every row when it has no labels), which become the model's calibration rows.
+    ``f1`` and ``recall`` choose on labelled rows of both classes; ``recall`` flags
+    ``target_recall`` of the anomalies (default: the model's ``calibration.target_recall``).
+    ``quantile`` takes the ``1 - target_fpr`` quantile (default: the model's) of the
+    normal rows of ``source`` (every row when it has no labels), which become the model's
+    calibration rows.
     ``evaluation_settings`` sets the bootstrap intervals of the figures on ``source``
     (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
     """
@@ -181,7 +183,8 @@ def calibrate_model(
             # Its normal rows chose the threshold: the false-positive rate there flatters.
             evaluation["threshold_chosen_on_these_rows"] = True
     else:
-        settings.target_recall = target_recall
+        if target_recall is not None:
+            settings.target_recall = target_recall
         evaluation = calibrate_and_evaluate(detector, data, intervals)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)

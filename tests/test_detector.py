@@ -218,6 +218,10 @@ def test_threshold_chosen_on_labelled_rows_is_saved_and_honest_about_its_rows(tm
     np.testing.assert_array_equal(loaded.predict(X), detector.predict(X))
     with pytest.raises(DataError, match="0/1"):
         detector.calibrate_threshold(X, np.where(y == 1, 2, 0))
+    # Without a target recall, the model's calibration.target_recall (it was 0.9 always)
+    detector.effective_config.calibration.target_recall = 0.5
+    detector.calibrate_threshold(X, y, method="recall")
+    assert detector.calibration_["target_recall"] == 0.5
 
 
 def test_quantile_threshold_on_new_normal_rows_follows_drift_and_is_saved(tmp_path):

@@ -54,6 +54,18 @@ def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
     assert scores["is_anomaly"][labels].mean() >= 0.9  # the new model is the latest
 
 
+def test_recall_without_a_target_takes_the_models_target_recall(tmp_path, monkeypatch):
+    # It took the global default, 0.9, while --target-fpr took the model's own setting.
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking", "--set", "calibration.target_recall=0.5")
+    mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
+    result = _calibrate("source", "--method", "recall", "--no-tracking")
+    assert result.exit_code == 0, result.output
+    assert "target recall 50%" in result.output
+    saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
+    assert saved["calibration"]["target_recall"] == 0.5
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
