@@ -1,6 +1,7 @@
 import datetime
 import logging
 import re
+import tracemalloc
 import warnings
 
 import numpy as np
@@ -443,3 +444,22 @@ def test_complex_numbers_are_refused_not_cut_to_their_real_part():
     pre = TablePreprocessor(DataConfig()).fit(pd.DataFrame({"x": np.arange(30.0)}))
     with pytest.raises(DataError, match=r"column 'x' holds complex numbers"):
         pre.transform(pd.DataFrame({"x": values}))
+
+
+def test_transform_holds_no_float64_copy_of_the_features():
+    """Each column's block is written into the float32 result: the float64 blocks joined
+    and then cast held three copies of the features at once (1.2 GB of peak memory for
+    the 252 MB of features of a 1,000,000-row, 30-column table)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(20_000, 30)), columns=[f"x{i}" for i in range(30)])
+    frame["colour"] = rng.choice(["red", "blue"], len(frame))
+    pre = TablePreprocessor(DataConfig()).fit(frame)
+    tracemalloc.start()
+    try:
+        features = pre.transform(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert features.dtype == np.float32 and features.shape == (20_000, 62)
+    # The result and one column's float64 temporaries (1.2 times it here); before, 5 times.
+    assert peak < 2 * features.nbytes

@@ -298,8 +298,16 @@ class TablePreprocessor:
         row: once per call, or once per file within :func:`warnings_per_file`.
         """
         self.check_columns(frame)
-        blocks = [self._transform_column(frame[c.name], c) for c in self.columns]
-        return np.concatenate(blocks, axis=1).astype(np.float32, copy=False)
+        # Each column's block goes straight into the float32 result: float64 blocks joined
+        # and then cast held three copies of the features at once (1.2 GB of peak memory
+        # for the 252 MB of features of a 1,000,000-row, 30-column table, at fit).
+        widths = [len(c.feature_names(self.config.missing_indicators)) for c in self.columns]
+        features = np.empty((len(frame), sum(widths)), dtype=np.float32)
+        start = 0
+        for column, width in zip(self.columns, widths, strict=True):
+            features[:, start : start + width] = self._transform_column(frame[column.name], column)
+            start += width
+        return features
 
     def check_columns(self, frame: pd.DataFrame) -> None:
         """DataError for a column missing or named twice; warns about extra columns."""
