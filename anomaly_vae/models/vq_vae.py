@@ -250,14 +250,12 @@ class VQVAE(BaseVAE):
             "kl": commitment.mean(),
         }
 
-    @torch.no_grad()
-    def calibrate_decoder(self, x: Tensor, noise: Tensor, condition: Tensor | None = None) -> None:
-        """Set the calibrated decoder variance from the quantized reconstruction of ``x``
-        (``noise`` is ignored: nothing is sampled). No-op for a learned variance."""
-        if self.config.decoder_variance != "calibrated":
-            return
-        output = self.decode(self.latent_mean(x))
-        self.decoder_log_variance.copy_(self._calibrated_log_variance(x, output))
+    def _calibration_reconstruction(
+        self, x: Tensor, noise: Tensor, condition: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(x, its quantized reconstruction)`` for :meth:`calibrate_decoder` (``noise`` is
+        ignored: nothing is sampled)."""
+        return x, self.decode(self.latent_mean(x))
 
     # -- scores (higher = more anomalous) ------------------------------------------------------
     @torch.no_grad()
