@@ -26,6 +26,7 @@ import hashlib
 import logging
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -329,18 +330,30 @@ def drift_sample(scores: np.ndarray) -> np.ndarray:
 
 
 def score_file(
-    detector: Any, source: Path, output: Path, chunk_rows: int, progress: bool = False
+    detector: Any,
+    source: Path,
+    output: Path,
+    chunk_rows: int,
+    progress: bool = False,
+    progress_lines: bool = False,
 ) -> tuple[int, int, np.ndarray]:
     """Score ``source`` chunk by chunk into ``output`` (atomically); ``progress`` counts
-    the rows on a terminal.
+    the rows on a terminal, and off one, with ``progress_lines`` too (``anomaly-vae
+    score``), a line on stderr every ``PROGRESS_LINE_SECONDS`` says how many are scored.
 
     Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
     """
+    from anomaly_vae.training import PROGRESS_LINE_SECONDS  # as fit does; torch is loaded
+
     data_config = detector.effective_config.data
     id_column = data_config.id_column
     rows, flagged, sample, writer = 0, 0, [], None
     # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
     bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
+    # Off a terminal (a log, a container) a file of millions of rows would say nothing for
+    # minutes; a batch run's log keeps to its lines per input (--verbose).
+    lines_every = PROGRESS_LINE_SECONDS if progress and progress_lines and bar.disable else None
+    start = last_line = time.perf_counter()
     # Warnings once per file, judged over all its rows, not once per chunk.
     with bar, atomic_output(output) as temporary, warnings_per_file() as gathered:
         # The ids as written: read as numbers, "007" would come out as 7.
@@ -359,6 +372,13 @@ def score_file(
                 frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
             rows += len(frame)
             bar.update(len(frame))
+            if lines_every is not None and time.perf_counter() - last_line >= lines_every:
+                last_line = time.perf_counter()
+                print(
+                    f"scoring {source.name}: {rows:,} rows ({last_line - start:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             flagged += int(frame["is_anomaly"].sum())
             sample.append(drift_sample(frame["score"].to_numpy()))
         if writer is not None:

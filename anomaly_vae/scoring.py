@@ -149,11 +149,14 @@ def score_table(
     The file is read and scored ``PROGRESS_CHUNK_ROWS`` rows at a time, so memory does
     not grow with it (as ``anomaly-vae batch`` does). The output appears whole or not at
     all: it is written to a temporary file in the same folder and renamed into place.
-    Returns ``(rows scored, rows flagged)``. ``progress`` counts the rows on a terminal.
+    Returns ``(rows scored, rows flagged)``. ``progress`` counts the rows on a terminal,
+    and off one in a line every minute, as fit does its epochs.
     """
     path = Path(data)
     refuse_overwriting_input(Path(output), path)
-    rows, flagged, _ = score_file(detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress)
+    rows, flagged, _ = score_file(
+        detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress, progress_lines=True
+    )
     return rows, flagged
 
 

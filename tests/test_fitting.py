@@ -130,6 +130,31 @@ def test_parquet_output_holds_an_id_column_empty_in_a_later_part(tmp_path, monke
     assert ids.iloc[:60].isna().all() and ids.iloc[60:].tolist() == new["reading_id"][:60].tolist()
 
 
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_score_off_a_terminal_says_how_far_it_is_in_lines(
+    progress, tmp_path, monkeypatch, capsys
+):
+    """No bar is drawn off a terminal (pytest's stderr is not one): with progress on,
+    ``score`` says how many rows are scored in a line every PROGRESS_LINE_SECONDS (here,
+    every part), as fit does its epochs; a scheduled batch run keeps to its own lines."""
+    from anomaly_vae import training
+    from anomaly_vae.batch import run_batch
+
+    table = mixed_table(300, seed=0).drop(columns=["reading_id", "is_fault"])
+    table.to_csv(tmp_path / "train.csv", index=False)
+    fit_table(tmp_path / "train.csv", tiny_config("tracking.enabled=false"), project_dir=tmp_path)
+    detector = load_detector(None, project_dir=tmp_path)
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 100)
+    capsys.readouterr()
+    score_table(tmp_path / "train.csv", detector, tmp_path / "out.csv", progress=progress)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("scoring")]
+    expected = [f"scoring train.csv: {rows} rows" for rows in (100, 200, 300)] if progress else []
+    assert [line.split(" (")[0] for line in lines] == expected  # then "(0 s)", the time so far
+    run_batch(tmp_path / "train.csv", tmp_path / "batch", detector, "m", 100, progress=progress)
+    assert "scoring" not in capsys.readouterr().err
+
+
 def _refused_before_training(tmp_path, config, monkeypatch, **sources):
     """The DataError of fitting ``train.csv``; training must not have started."""
     from anomaly_vae import detector
