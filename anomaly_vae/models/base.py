@@ -32,6 +32,8 @@ BERNOULLI_RATE_FLOOR = 1e-3  # initial decoder rates are kept in [1e-3, 1 - 1e-3
 VARIANCE_MOMENTUM = 0.1  # moving average of the calibrated decoder log-variance per step
 CALIBRATION_BATCH_ROWS = 65_536  # rows decoded at a time by calibrate_decoder: bounds the
 # memory of the network's activations whatever the number of training rows
+TRIM_BLOCK_VALUES = 1 << 22  # values a trimmed mean over rows takes at a time (its topk
+# holds about 48 MB for them)
 SHARED_CONFIG_FIELDS = (  # the ModelConfig fields every variant reads through this class
     # (likelihood, decoder variance, trimmed loss) or the detector (quantisation floor)
     "name",
@@ -81,6 +83,22 @@ def trimmed_mean(values: Tensor, fraction: float, dim: int = 0) -> Tensor:
     if keep >= count:
         return values.mean(dim)
     return torch.topk(values, keep, dim=dim, largest=False, sorted=False).values.mean(dim)
+
+
+def trimmed_mean_by_columns(values: Tensor, fraction: float) -> Tensor:
+    """:func:`trimmed_mean` over dim 0 of ``values (n, *shape)``, ``shape`` out, taken a
+    block of columns at a time (``TRIM_BLOCK_VALUES`` values): topk returns 95% of what it
+    is given, with int64 indices, 3 times its input (0.57 GB for the 750,000 x 66 squared
+    errors of a 1,000,000-row table). A block's result is the float rounding of the whole
+    one's, which it is when the values fit one block."""
+    flat = values.reshape(values.shape[0], -1)
+    width = max(1, TRIM_BLOCK_VALUES // max(1, flat.shape[0]))
+    if width >= flat.shape[1] or fraction <= 0:  # a plain mean holds no copy
+        return trimmed_mean(values, fraction)
+    blocks = [
+        trimmed_mean(flat[:, j : j + width], fraction) for j in range(0, flat.shape[1], width)
+    ]
+    return torch.cat(blocks).reshape(values.shape[1:])
 
 
 def gaussian_log_density(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -304,7 +322,9 @@ class BaseVAE(nn.Module):
 
     def _log_variance_of_errors(self, error: Tensor) -> Tensor:
         """:meth:`_calibrated_log_variance` from the squared errors ``(n, ..., *input_shape)``."""
-        per_feature = trimmed_mean(error.reshape(-1, *self.input_shape), self.trim_fraction)
+        per_feature = trimmed_mean_by_columns(
+            error.reshape(-1, *self.input_shape), self.trim_fraction
+        )
         return torch.maximum(torch.log(per_feature + 1e-12), self.log_variance_floor)
 
     @torch.no_grad()
