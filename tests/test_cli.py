@@ -432,7 +432,8 @@ def test_help_documents_options_with_defaults(command):
     if command == ["ui"]:
         assert "default: 5000" in text
     if command == ["calibrate"]:
-        assert "--method [f1|recall|quantile]" in text and "default: 0.9" in text
+        assert "--method [f1|recall|quantile]" in text
+        assert "default: the model's calibration.target_recall" in text
     if command == ["batch"]:
         assert "--quiet" in text and "default: 100000" in text
     if command == ["config"]:
