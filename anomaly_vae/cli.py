@@ -818,6 +818,11 @@ def calibrate(
     help="Tables: colour the latent scatter by this column of 0 (normal) and 1 (anomaly) labels.",
 )
 @ANOMALY_LABEL_OPTION
+@click.option(
+    "--normal-class",
+    help="Images of several classes (class subfolders, or a torchvision test split): colour "
+    "the latent scatter by label; this class is normal (several: a,b), the others anomalous.",
+)
 @click.option("--count", default=64, type=click.IntRange(min=1), help="generate: how many samples.")
 @click.option(
     "--condition",
@@ -840,6 +845,7 @@ def view(
     out_dir: Path,
     label_col: str | None,
     anomaly_label: str | None,
+    normal_class: str | None,
     count: int,
     conditions: tuple[str, ...],
     log_to_run: bool,
@@ -858,6 +864,8 @@ def view(
 
     if anomaly_label is not None and label_col is None:
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
+    if data is None and (label_col is not None or normal_class is not None):
+        raise click.UsageError("--label-col and --normal-class label the rows of DATA: give DATA")
     detector = load_detector(model_ref)
     if not hasattr(detector, "model_"):
         raise click.UsageError("views need a single model, not a family ensemble")
@@ -889,12 +897,13 @@ def view(
     if data is not None:
         images_given = is_image_source(data)
         check_data_kind(detector, data, images_given)
-        check_label_options(
-            images_given, label_col, None, "the latent scatter is coloured by anomaly score"
-        )
+        check_label_options(images_given, label_col, normal_class)
         if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
             frame = images.images
+            if normal_class is not None:
+                # As fit and calibrate label a folder's classes: the others are anomalies.
+                labels = ~np.isin(images.labels, images.class_indices(normal_class))
         else:
             frame = read_table(
                 data, categorical_columns=detector.effective_config.data.categorical_columns

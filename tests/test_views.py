@@ -377,9 +377,7 @@ def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path
     )
     assert (
         latents.exit_code == 1
-        and (
-            "--label-col is for tables; for images, the latent scatter is coloured by anomaly score"
-        )
+        and ("--label-col is for tables; for images, --normal-class names the normal classes")
         in latents.output
     )
     calibrate = ["calibrate", images, "--model", model, "--no-tracking"]
@@ -388,6 +386,42 @@ def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path
     )
     assert labelled.exit_code == 1 and "--label-col is for tables" in labelled.output
     assert not (tmp_path / "v").exists()
+
+
+def test_view_colours_images_by_class_with_normal_class(image_detector, tmp_path, monkeypatch):
+    """Images of several classes are coloured by label, as issue 5 asks ("by label when
+    known"): --normal-class names the normal ones, as at fit and calibrate."""
+    from PIL import Image
+
+    from anomaly_vae.cli import main
+
+    model = str(image_detector.save(tmp_path / "m"))
+    groups = {"normal": bars(4, seed=1), "odd": bars(3, seed=2, vertical=True)}
+    for name, image in groups.items():
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i, pixels in enumerate(image):
+            Image.fromarray(pixels[0]).save(tmp_path / "imgs" / name / f"{i}.png")
+    drawn_with = []
+    latent_scatter = views.latent_scatter
+    monkeypatch.setattr(
+        views,
+        "latent_scatter",
+        lambda detector, X, labels=None: (
+            drawn_with.append(labels) or latent_scatter(detector, X, labels)
+        ),
+    )
+    out = tmp_path / "v"
+    args = ["view", "latents", str(tmp_path / "imgs"), "--model", model, "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--normal-class", "normal"])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(drawn_with[0], [False] * 4 + [True] * 3)
+    assert (out / "03_latent_scatter.png").is_file()
+    unknown = CliRunner().invoke(main, [*args, "--normal-class", "nope"])
+    assert unknown.exit_code == 1 and "unknown class 'nope'" in unknown.output
+    without_data = CliRunner().invoke(
+        main, ["view", "generate", "--model", model, "--normal-class", "normal"]
+    )
+    assert without_data.exit_code == 2 and "give DATA" in without_data.output
 
 
 def test_a_numeric_condition_is_shown_to_four_significant_digits():
