@@ -44,6 +44,7 @@ class TrainingData:
     # (its test split is the evaluation data)
     unused_other_classes: int = 0
     names: list[str] | None = None  # image names of `evaluation`, for reports
+    train_names: list[str] | None = None  # image names of `train` (file paths, "train/123")
     # Images: the class name of every image of `train` / `evaluation` (n,), the condition
     # of a conditional model; None for tables, whose conditions are columns.
     train_condition: np.ndarray | None = None
@@ -208,11 +209,12 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
             ~np.isin(test.labels, normal),
             unused_other_classes=int(is_anomaly.sum()),
             names=test.names,
+            train_names=[images.names[i] for i in train_rows],
             train_condition=classes[train_rows],
             evaluation_condition=test.label_names(),
         )
     if not is_anomaly.any():
-        return TrainingData(images.images, train_condition=classes)
+        return TrainingData(images.images, train_condition=classes, train_names=images.names)
     train_rows, eval_rows = _hold_out(is_anomaly, config)
     return TrainingData(
         images.images[train_rows],
@@ -220,6 +222,7 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
         is_anomaly[eval_rows],
         excluded_anomalies=int(is_anomaly.sum()),
         names=[images.names[i] for i in eval_rows],
+        train_names=[images.names[i] for i in train_rows],
         train_condition=classes[train_rows],
         evaluation_condition=classes[eval_rows],
     )

@@ -545,7 +545,8 @@ def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> No
 
 def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
-    validation = take_rows(data.train, detector.split_rows_["validation"])
+    rows = detector.split_rows_["validation"]
+    validation = take_rows(data.train, rows)
     latents = detector.encode(validation)
     index = None
     if isinstance(validation, pd.DataFrame):
@@ -558,7 +559,14 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     if isinstance(validation, pd.DataFrame) and id_column in validation.columns:
         table.insert(0, id_column, validation[id_column].to_numpy())
     (out / "latents").mkdir(exist_ok=True)
-    table.to_csv(out / "latents" / "validation_latent_means.csv", index_label="row")
+    path = out / "latents" / "validation_latent_means.csv"
+    if data.train_names is not None:
+        # Images by name, as `score` names them: a position among the validation images
+        # (0, 1, ...) would say nothing of which image it was.
+        table.insert(0, "image", [data.train_names[i] for i in rows])
+        table.to_csv(path, index=False)
+    else:
+        table.to_csv(path, index_label="row")
     if data.has_evaluation():
         anomalies = take_rows(*_labelled(data))
         latents = np.vstack([latents, detector.encode(anomalies)])

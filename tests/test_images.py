@@ -553,6 +553,30 @@ def test_sklearn_digits_pipeline_writes_a_set_the_benchmark_reads(tmp_path):
     np.testing.assert_array_equal(test.images[:, 0] == 0, digits.images[1::2] == 0)
 
 
+def test_validation_latents_of_images_are_named_by_their_image(tmp_path):
+    """The fit run's latents/validation_latent_means.csv names each image as `score`
+    does; it numbered them 0, 1, ... among the validation images, which said nothing of
+    which image a row was."""
+    from anomaly_vae.fitting import load_training_data
+    from anomaly_vae.tracking import _log_latents
+
+    for label, vertical, count in (("good", False, 80), ("odd", True, 6)):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i, image in enumerate(bars(count, seed=11, vertical=vertical)):
+            Image.fromarray(image[0]).save(tmp_path / "imgs" / label / f"{label}{i}.png")
+    config = tiny_config("model.name=conv-vae", *IMAGE_MODEL, "training.epochs=2")
+    data = load_training_data(tmp_path / "imgs", config, normal_class="good")
+    detector = VAEDetector(config.detector_config()).fit(data.train)
+    (tmp_path / "out").mkdir()
+    _log_latents(detector, data, tmp_path / "out")
+    table = pd.read_csv(tmp_path / "out" / "latents" / "validation_latent_means.csv")
+    validation = data.train[detector.split_rows_["validation"]]
+    assert list(table.columns[:2]) == ["image", "z0"] and len(table) == len(validation) > 1
+    for name, pixels in zip(table["image"], validation, strict=True):
+        assert Path(name).parent.name == "good"
+        np.testing.assert_array_equal(np.asarray(Image.open(name))[None], pixels)
+
+
 def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
