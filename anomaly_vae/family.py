@@ -345,8 +345,9 @@ def format_comparison(result: FamilyResult) -> str:
         if result.select_by == "auroc"
         else ""
     )
+    item = "image" if result.detector.data_kind_ == "image" else "row"
     return (
         f"{text}\n\nchosen: {result.chosen} (by {result.select_by}{caveat}). "
-        "validation -ELBO in nats per row, lower is better; AUROC/AUCPR in % on the "
-        "labelled evaluation rows"
+        f"validation -ELBO in nats per {item}, lower is better; AUROC/AUCPR in % on the "
+        f"labelled evaluation {item}s"
     )

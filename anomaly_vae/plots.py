@@ -164,15 +164,16 @@ def score_histogram(
     return fig
 
 
-def roc_curve(evaluation: dict[str, Any]) -> Figure:
-    """ROC curve from :func:`anomaly_vae.calibration.evaluate` output."""
+def roc_curve(evaluation: dict[str, Any], item: str = "row") -> Figure:
+    """ROC curve from :func:`anomaly_vae.calibration.evaluate` output; ``item``: what a
+    score is of, ``"row"`` or ``"image"``."""
     roc = evaluation["curves"]["roc"]
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     ax.plot(roc["fpr"], roc["tpr"], label=f"detector: {shown_metric(evaluation, 'auroc')}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
     _threshold_point(ax, evaluation, evaluation["false_positive_rate"], evaluation["recall"])
     ax.set(
-        title="ROC curve (labelled evaluation rows)",
+        title=f"ROC curve (labelled evaluation {item}s)",
         xlabel="false-positive rate",
         ylabel="true-positive rate (recall)",
         xlim=UNIT_LIMITS,
@@ -182,8 +183,9 @@ def roc_curve(evaluation: dict[str, Any]) -> Figure:
     return fig
 
 
-def pr_curve(evaluation: dict[str, Any]) -> Figure:
-    """Precision-recall curve from :func:`anomaly_vae.calibration.evaluate` output."""
+def pr_curve(evaluation: dict[str, Any], item: str = "row") -> Figure:
+    """Precision-recall curve from :func:`anomaly_vae.calibration.evaluate` output;
+    ``item``: what a score is of, ``"row"`` or ``"image"``."""
     pr = evaluation["curves"]["pr"]
     base_rate = evaluation["n_anomalous"] / (evaluation["n_anomalous"] + evaluation["n_normal"])
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
@@ -193,7 +195,7 @@ def pr_curve(evaluation: dict[str, Any]) -> Figure:
     )
     _threshold_point(ax, evaluation, evaluation["recall"], evaluation["precision"])
     ax.set(
-        title="Precision-recall curve (labelled evaluation rows)",
+        title=f"Precision-recall curve (labelled evaluation {item}s)",
         xlabel="recall",
         ylabel="precision",
         xlim=UNIT_LIMITS,

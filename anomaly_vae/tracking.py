@@ -397,6 +397,7 @@ def log_calibration(
     detector: Any, data: TrainingData, evaluation: dict[str, Any] | None, out: Path
 ) -> None:
     """Threshold and evaluation metrics; calibration/evaluation JSON and plots into ``out``."""
+    item = "image" if detector.data_kind_ == "image" else "row"  # what a score is of
     mlflow.log_metrics(
         {
             "threshold": detector.threshold_,
@@ -415,15 +416,15 @@ def log_calibration(
                 mlflow.log_metrics({f"{name}_interval_low": low, f"{name}_interval_high": high})
         mlflow.log_metrics({f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()})
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
-        _save(plots.roc_curve(evaluation), out / "plots" / "roc_curve.png")
-        _save(plots.pr_curve(evaluation), out / "plots" / "pr_curve.png")
+        _save(plots.roc_curve(evaluation, item), out / "plots" / "roc_curve.png")
+        _save(plots.pr_curve(evaluation, item), out / "plots" / "pr_curve.png")
         anomalous_scores = detector.anomaly_score(take_rows(*_labelled(data)))
     histogram = plots.score_histogram(
         detector.calibration_scores_,
         detector.threshold_,
         detector.calibration_["score"],
         anomalous_scores,
-        item="image" if detector.data_kind_ == "image" else "row",
+        item,
     )
     _save(histogram, out / "plots" / "score_histogram.png")
 

@@ -123,6 +123,10 @@ def test_image_scores_are_labelled_per_image_not_per_row():
     fig = plots.latent_scatter_by_score(latents, normal, "elbo_latent_knn", "t", item="image")
     assert "typical normal image" in fig.axes[1].get_ylabel()
     plots.close(fig)
+    for make in (plots.roc_curve, plots.pr_curve):
+        fig = make(_evaluation(), item="image")
+        assert fig.axes[0].get_title().endswith("(labelled evaluation images)")
+        plots.close(fig)
 
 
 def test_long_titles_are_wrapped_to_the_figure():
