@@ -93,6 +93,13 @@ class EnsembleDetector(ThresholdedScores):
         scores[SCORE_NAME] = np.mean(percentiles, axis=0)
         return scores
 
+    def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
+        """The members' per-pixel ``|x - x_hat|`` averaged, ``(n, C, H, W)`` float32 in
+        [0, 1] (see :meth:`VAEDetector.anomaly_map`): where the members together
+        reconstruct an image worst."""
+        maps = [member.anomaly_map(X, condition) for member in self.members.values()]
+        return np.stack(maps).mean(axis=0, dtype=np.float32)
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         for name, member in self.members.items():

@@ -170,8 +170,8 @@ def score_images(
     whose test split is scored); one output row per image, with its name and class.
 
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
-    brighter = worse reconstructed (single-model detectors only), named in the scores'
-    ``map`` column.
+    brighter = worse reconstructed (an ensemble's: its members' mean), named in the
+    scores' ``map`` column.
     """
     images = read_images(source, train=False, size=detector.effective_config.data.image_size)
     classes = images.label_names()
@@ -181,8 +181,6 @@ def score_images(
     if len(images.classes) > 1:
         scores.insert(1, "class", [images.classes[i] for i in images.labels])
     if maps_dir is not None:
-        if not isinstance(detector, VAEDetector):
-            raise DataError("anomaly maps need a single model, not an ensemble")
         maps = detector.anomaly_map(images.images, classes)
         files = save_anomaly_maps(maps, images.names, Path(maps_dir))
         scores["map"] = [file.name for file in files]  # names can differ from the image's

@@ -55,6 +55,32 @@ def test_image_models_rank_other_shapes_above_normal_images(name):
     assert maps[100:].mean() > maps[:100].mean()
 
 
+def test_a_family_ensemble_writes_anomaly_maps_the_mean_of_its_members(tmp_path):
+    # `fit images/ --family` can keep the ensemble; `score --maps` then refused it.
+    from anomaly_vae.ensemble import EnsembleDetector
+    from anomaly_vae.scoring import score_images
+
+    train = bars(300, seed=0)
+    members = {
+        name: VAEDetector(tiny_config(f"model.name={name}", *IMAGE_MODEL).detector_config()).fit(
+            train
+        )
+        for name in ("conv-vae", "vae")
+    }
+    ensemble = EnsembleDetector.from_members(members, train)
+    folder = tmp_path / "new"
+    folder.mkdir()
+    test = np.concatenate([bars(6, seed=1), bars(3, seed=2, vertical=True)])
+    for i, image in enumerate(test):
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
+    scores = score_images(folder, ensemble, tmp_path / "s.csv", maps_dir=tmp_path / "maps")
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 9 and "map" in scores
+    maps = ensemble.anomaly_map(test)
+    expected = (members["conv-vae"].anomaly_map(test) + members["vae"].anomaly_map(test)) / 2
+    np.testing.assert_allclose(maps, expected, rtol=1e-6)
+    assert maps.shape == test.shape and maps[6:].mean() > maps[:6].mean()
+
+
 @pytest.mark.parametrize(("name", "pool"), [("conv-vae", 1), ("vae", 2)])
 def test_image_detector_saves_and_loads(tmp_path, name, pool):
     # Auto pool: 28 / 2 = 14 fits the MLP VAE; 14 does not divide by conv-vae's stride 4.
