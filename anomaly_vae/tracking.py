@@ -41,6 +41,7 @@ from anomaly_vae.data.preprocessing import names_as_read_now
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import DataError, TrackingError
+from anomaly_vae.family import ENSEMBLE
 from anomaly_vae.fitting import Data, TrainingData
 from anomaly_vae.models import get_model
 from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
@@ -504,7 +505,12 @@ def model_description(detector: Any, run: Any) -> str:
     calibration = detector.calibration_
     unit = "images" if detector.data_kind_ == "image" else "rows"
     base = _base_detector(detector)
-    text = tags.get("model") or base.effective_config.model.name
+    # A calibrate run has no "model" tag; an ensemble's effective_config is its first
+    # member's, whose variant would be taken for the ensemble's.
+    variant = (
+        ENSEMBLE if isinstance(detector, EnsembleDetector) else base.effective_config.model.name
+    )
+    text = tags.get("model") or variant
     recalibrated = tags.get("kind") == "calibrate"  # a threshold set again, on "data"
     if recalibrated:
         text += " recalibrated"

@@ -458,3 +458,29 @@ def test_a_model_logged_when_windows_1252_files_read_as_latin_1_takes_its_signat
     assert signature_names(model.metadata.signature, old) == {"Preis €": "Preis \x80"}
     logged = mlflow.models.get_model_info(result.run.model_uri).signature
     assert signature_names(logged, result.detector) == {}
+
+
+def test_a_recalibrated_ensemble_is_described_as_the_ensemble(normal_rows):
+    # A calibrate run has no "model" tag, and an ensemble's effective_config is its first
+    # member's: a family ensemble recalibrated was registered as "vae recalibrated on ...".
+    from types import SimpleNamespace
+
+    from anomaly_vae.detector import VAEDetector
+    from anomaly_vae.ensemble import EnsembleDetector
+    from anomaly_vae.tracking import model_description
+
+    members = {
+        name: VAEDetector(
+            tiny_config(f"model.name={name}", "training.epochs=3").detector_config()
+        ).fit(normal_rows)
+        for name in ("vae", "beta-vae")
+    }
+    ensemble = EnsembleDetector.from_members(members, normal_rows)
+    tags = {"kind": "calibrate", "data": "/somewhere/new.csv"}
+    run = SimpleNamespace(data=SimpleNamespace(tags=tags, metrics={}))
+    assert model_description(ensemble, run).startswith(
+        "ensemble recalibrated on new.csv: flags ensemble_rank above "
+    )
+    assert model_description(members["vae"], run).startswith(
+        "vae recalibrated on new.csv: flags negative_elbo above "
+    )
