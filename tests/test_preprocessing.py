@@ -435,6 +435,18 @@ def test_numbers_in_an_object_column_are_numeric_not_categories():
     assert TablePreprocessor(DataConfig()).fit(words).columns[0].kind == "categorical"
 
 
+def test_an_object_column_of_numbers_with_pd_na_is_numeric_with_missing_values():
+    # X.astype(object) of a nullable Int64 or Float64 column holds pd.NA for its missing
+    # values, which float() refuses: fit was a TypeError traceback.
+    counts = pd.array([None, *range(39)], dtype="Int64")
+    frame = pd.DataFrame({"count": counts, "x": np.linspace(0, 1, 40)}).astype(object)
+    pre = TablePreprocessor(DataConfig(missing_indicators=True)).fit(frame)
+    assert [c.kind for c in pre.columns] == ["numeric", "numeric"]
+    nullable = frame.astype({"count": "Int64", "x": "float64"})
+    np.testing.assert_array_equal(pre.transform(frame), pre.transform(nullable))
+    assert pre.transform(frame)[0, 1] == 1.0  # count__missing of the first row
+
+
 def test_complex_numbers_are_refused_not_cut_to_their_real_part():
     # astype(float64) dropped the imaginary part with a ComplexWarning per column: rows
     # differing only there scored alike.

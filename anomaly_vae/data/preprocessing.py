@@ -188,7 +188,9 @@ class TablePreprocessor:
         is_numeric = _holds_numbers(values) and name not in self.config.categorical_columns
         if is_numeric:
             _refuse_complex(values, name)
-            numbers = values.astype("float64")
+            # Not astype: an object column's missing values may be pd.NA (X.astype(object)
+            # of a nullable Int64 column), which float() refuses with a TypeError.
+            numbers = pd.to_numeric(values).astype("float64")
             if not np.isfinite(numbers.dropna()).all():
                 raise DataError(f"column {name!r} holds infinite values")
             if numbers.isna().all():
