@@ -111,7 +111,7 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
 
 def test_a_fit_run_raises_no_mlflow_schema_hints(fitted_run):
     # MLflow's advice about integer columns in inferred schemas does not apply to the
-    # logged dataset or to the signature (every input column is Any): it is noise.
+    # logged dataset or to the signature (its inputs are not declared): it is noise.
     _, result = fitted_run
     assert not [message for message in result.warnings if "Inferred schema" in message]
 

@@ -307,7 +307,11 @@ class TablePreprocessor:
         features = np.empty((len(frame), sum(widths)), dtype=np.float32)
         start = 0
         for column, width in zip(self.columns, widths, strict=True):
-            features[:, start : start + width] = self._transform_column(frame[column.name], column)
+            block = self._transform_column(frame[column.name], column)
+            # A slice assignment would broadcast a block of one column where concatenate
+            # refused it: the widths of the names and the blocks must agree.
+            assert block.shape[1] == width, (column.name, block.shape, width)
+            features[:, start : start + width] = block
             start += width
         return features
 
