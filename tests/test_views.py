@@ -360,18 +360,24 @@ def test_manifold_tables_hold_grid_coordinates_and_a_1d_latent_is_one_line(table
     assert table["z0"].is_monotonic_increasing
 
 
-def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path):
+def class_folders(root, normal: int, odd: int) -> str:
+    """``root`` with subfolders ``normal`` (horizontal bars) and ``odd`` (vertical) of
+    PNG images, as an ImageFolder holds classes."""
     from PIL import Image
 
+    groups = {"normal": bars(normal, seed=1), "odd": bars(odd, seed=2, vertical=True)}
+    for name, images in groups.items():
+        (root / name).mkdir(parents=True)
+        for i, pixels in enumerate(images):
+            Image.fromarray(pixels[0]).save(root / name / f"{i}.png")
+    return str(root)
+
+
+def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path):
     from anomaly_vae.cli import main
 
     model = str(image_detector.save(tmp_path / "m"))
-    groups = {"normal": bars(4, seed=1), "odd": bars(4, seed=2, vertical=True)}
-    for name, image in groups.items():
-        (tmp_path / "imgs" / name).mkdir(parents=True)
-        for i, pixels in enumerate(image):
-            Image.fromarray(pixels[0]).save(tmp_path / "imgs" / name / f"{i}.png")
-    images = str(tmp_path / "imgs")
+    images = class_folders(tmp_path / "imgs", normal=4, odd=4)
     latents = CliRunner().invoke(
         main, ["view", "latents", images, "--model", model, "--label-col", "x", "--out", "v"]
     )
@@ -391,16 +397,10 @@ def test_options_for_the_other_kind_of_data_are_refused(image_detector, tmp_path
 def test_view_colours_images_by_class_with_normal_class(image_detector, tmp_path, monkeypatch):
     """Images of several classes are coloured by label, as issue 5 asks ("by label when
     known"): --normal-class names the normal ones, as at fit and calibrate."""
-    from PIL import Image
-
     from anomaly_vae.cli import main
 
     model = str(image_detector.save(tmp_path / "m"))
-    groups = {"normal": bars(4, seed=1), "odd": bars(3, seed=2, vertical=True)}
-    for name, image in groups.items():
-        (tmp_path / "imgs" / name).mkdir(parents=True)
-        for i, pixels in enumerate(image):
-            Image.fromarray(pixels[0]).save(tmp_path / "imgs" / name / f"{i}.png")
+    images = class_folders(tmp_path / "imgs", normal=4, odd=3)
     drawn_with = []
     latent_scatter = views.latent_scatter
     monkeypatch.setattr(
@@ -411,7 +411,7 @@ def test_view_colours_images_by_class_with_normal_class(image_detector, tmp_path
         ),
     )
     out = tmp_path / "v"
-    args = ["view", "latents", str(tmp_path / "imgs"), "--model", model, "--out", str(out)]
+    args = ["view", "latents", images, "--model", model, "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--normal-class", "normal"])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(drawn_with[0], [False] * 4 + [True] * 3)
