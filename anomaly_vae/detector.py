@@ -613,7 +613,16 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             binary = binary[~self._condition_mask()]
         binary_tensor = None if binary is None else torch.from_numpy(binary)
         model_class = get_model(config.model.name)
-        model = model_class(tuple(input_shape), config.model, binary_tensor, condition_dim)
+        try:
+            model = model_class(tuple(input_shape), config.model, binary_tensor, condition_dim)
+        except (MemoryError, RuntimeError) as exc:
+            # torch's allocator reports a size no machine has as a RuntimeError traceback
+            if isinstance(exc, RuntimeError) and "allocate memory" not in str(exc):
+                raise
+            raise ConfigError(
+                f"the {config.model.name} model's weights do not fit in memory: lower its "
+                "sizes (model.hidden_dims, model.latent_dim, model.conv_channels, ...)"
+            ) from exc
         if self.data_kind_ == "table" and config.model.quantisation_floor:
             steps = self._table_preprocessor.feature_steps[~self._condition_mask()]
             model.set_feature_steps(torch.from_numpy(steps))

@@ -508,6 +508,15 @@ def test_min_steps_stretches_epochs_and_patience_and_the_history_says_so(tmp_pat
     )
 
 
+def test_a_model_too_large_for_memory_is_a_config_error_not_a_traceback():
+    # torch asked for 12 TB and raised "DefaultCPUAllocator: can't allocate memory"
+    from anomaly_vae.errors import ConfigError
+
+    huge = tiny_config("model.hidden_dims=[100000000000]").detector_config()
+    with pytest.raises(ConfigError, match="weights do not fit in memory: lower its sizes"):
+        VAEDetector(huge).fit(correlated_normal(100, seed=0))
+
+
 def test_a_diverging_fit_stops_and_leaves_a_model_saved_there_before_intact(tmp_path):
     from anomaly_vae.errors import ConfigError
 
