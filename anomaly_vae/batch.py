@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -343,19 +343,12 @@ def score_file(
 
     Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
     """
-    from anomaly_vae.training import PROGRESS_LINE_SECONDS  # as fit does; torch is loaded
-
     data_config = detector.effective_config.data
     id_column = data_config.id_column
     rows, flagged, sample, writer = 0, 0, [], None
-    # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
-    bar = tqdm(desc=source.name, unit=" rows", leave=False, disable=None if progress else True)
-    # Off a terminal (a log, a container) a file of millions of rows would say nothing for
-    # minutes; a batch run's log keeps to its lines per input (--verbose).
-    lines_every = PROGRESS_LINE_SECONDS if progress and progress_lines and bar.disable else None
-    start = last_line = time.perf_counter()
+    counter = scoring_progress(source.name, "rows", progress, progress_lines)
     # Warnings once per file, judged over all its rows, not once per chunk.
-    with bar, atomic_output(output) as temporary, warnings_per_file() as gathered:
+    with counter as count, atomic_output(output) as temporary, warnings_per_file() as gathered:
         # The ids as written: read as numbers, "007" would come out as 7.
         ids = [] if id_column is None else [id_column]
         for chunk in read_chunks(source, chunk_rows, ids, data_config.categorical_columns):
@@ -371,14 +364,7 @@ def score_file(
             else:
                 frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
             rows += len(frame)
-            bar.update(len(frame))
-            if lines_every is not None and time.perf_counter() - last_line >= lines_every:
-                last_line = time.perf_counter()
-                print(
-                    f"scoring {source.name}: {rows:,} rows ({last_line - start:.0f} s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            count(len(frame))
             flagged += int(frame["is_anomaly"].sum())
             sample.append(drift_sample(frame["score"].to_numpy()))
         if writer is not None:
@@ -387,6 +373,40 @@ def score_file(
             raise DataError(f"{source} has a header but no data rows")
     gathered.log(rows)
     return rows, flagged, np.concatenate(sample)
+
+
+@contextlib.contextmanager
+def scoring_progress(
+    name: str, unit: str, progress: bool, progress_lines: bool = False
+) -> Iterator[Callable[[int], None]]:
+    """Within it, ``count(n)`` after each part scored: with ``progress``, a bar counts
+    the ``unit`` (rows, images) of ``name`` on a terminal, and off one, with
+    ``progress_lines`` too (``anomaly-vae score``), a line on stderr every
+    ``PROGRESS_LINE_SECONDS`` says how many are scored."""
+    from anomaly_vae.training import PROGRESS_LINE_SECONDS  # as fit does; torch is loaded
+
+    # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
+    bar = tqdm(desc=name, unit=f" {unit}", leave=False, disable=None if progress else True)
+    # Off a terminal (a log, a container) a file of millions of rows would say nothing for
+    # minutes; a batch run's log keeps to its lines per input (--verbose).
+    lines_every = PROGRESS_LINE_SECONDS if progress and progress_lines and bar.disable else None
+    start = last_line = time.perf_counter()
+    done = 0
+
+    def count(n: int) -> None:
+        nonlocal done, last_line
+        done += n
+        bar.update(n)
+        if lines_every is not None and time.perf_counter() - last_line >= lines_every:
+            last_line = time.perf_counter()
+            print(
+                f"scoring {name}: {done:,} {unit} ({last_line - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    with bar:
+        yield count
 
 
 def _as_schema(table: Any, schema: Any, source: Path, first_row: int) -> Any:

@@ -448,7 +448,7 @@ def score(
     images_given = is_image_source(data)
     check_data_kind(detector, data, images_given)
     if images_given:
-        scores = score_images(data, detector, output, maps)
+        scores = score_images(data, detector, output, maps, progress=not quiet)
         rows, flagged = len(scores), int(scores["is_anomaly"].sum())
     else:
         if maps is not None:

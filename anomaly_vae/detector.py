@@ -755,6 +755,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             for name, values in parts.items()
         }
 
+    @property
+    def scoring_batch_rows(self) -> int:
+        """Rows per scoring pass (:meth:`_batch_rows`): whoever scores in parts keeps to
+        whole numbers of them, so that each pass holds the rows it holds when the data
+        is scored whole (float32 sums can round otherwise in other batch shapes)."""
+        check_is_fitted(self, "model_")
+        return self._batch_rows()
+
     def _batch_rows(self) -> int:
         """Rows per scoring pass: ``scoring.batch_size``, fewer for wide inputs."""
         cfg = self.effective_config.scoring

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.batch import INPUT_SUFFIXES, drift_sample, score_file
-from anomaly_vae.data.images import class_list, is_image_file, read_images
+from anomaly_vae.batch import INPUT_SUFFIXES, drift_sample, score_file, scoring_progress
+from anomaly_vae.data.images import (
+    COLOUR_CHANNELS,
+    ImagePreprocessor,
+    class_list,
+    colour_count,
+    is_image_file,
+    list_images,
+    luma,
+    torchvision_source,
+    warn_colour_for_grey_model,
+)
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
 from anomaly_vae.detector import CONFIG_FILE, VAEDetector
 from anomaly_vae.ensemble import ENSEMBLE_FILE, EnsembleDetector, load_saved
@@ -26,6 +37,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROGRESS_CHUNK_ROWS = 50_000  # rows read and scored at a time: bounds memory; a progress step
+# Images decoded and scored at a time: bounds memory (512 colour images of 128 x 128 are
+# 100 MB as the model's float32 input, held a few times over while scored); a progress step
+PROGRESS_CHUNK_IMAGES = 512
 
 
 def load_detector(
@@ -165,6 +179,7 @@ def score_images(
     detector: VAEDetector | EnsembleDetector,
     output: str | Path,
     maps_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> pd.DataFrame:
     """Score every image of ``source`` (a folder, or a torchvision source such as ``mnist:ROOT``,
     whose test split is scored); one output row per image, with its name and class.
@@ -172,25 +187,70 @@ def score_images(
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
     brighter = worse reconstructed (an ensemble's: its members' mean), named in the
     scores' ``map`` column.
+
+    The images are decoded and scored about ``PROGRESS_CHUNK_IMAGES`` at a time
+    (:func:`image_chunk`), so memory does not grow with the folder (only the scores do,
+    a row per image); the scores and maps are those of the folder read whole.
+    ``progress`` counts the images as :func:`score_table` counts rows.
     """
-    images = read_images(source, train=False, size=detector.effective_config.data.image_size)
-    classes = images.label_names()
-    scores = detector.score_frame(images.images, classes)  # checks the images first
-    warn_unknown_classes(detector, classes)
-    scores.insert(0, "image", images.names)
-    if len(images.classes) > 1:
-        scores.insert(1, "class", [images.classes[i] for i in images.labels])
-    if maps_dir is not None:
-        maps = detector.anomaly_map(images.images, classes)
-        files = save_anomaly_maps(maps, images.names, Path(maps_dir))
-        scores["map"] = [file.name for file in files]  # names can differ from the image's
+    listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
+    classes = listing.label_names()
+    # Map names are chosen over the whole folder: two 001.png in different class
+    # folders are told apart even when they fall in different chunks.
+    map_files = None if maps_dir is None else anomaly_map_files(listing.names, Path(maps_dir))
+    grey_model = _image_channels(detector) == 1
+    frames, colour_for_grey = [], 0
+    torchvision = torchvision_source(source)
+    name = torchvision[0] if torchvision else Path(source).name  # not ROOT's folder (data/)
+    with scoring_progress(name, "images", progress, progress_lines=True) as count:
+        chunk = image_chunk(detector)
+        for start in range(0, len(listing), chunk):
+            stop = start + chunk
+            pixels = listing.read(start, stop).images
+            if grey_model and pixels.shape[1] == COLOUR_CHANNELS:
+                # Taken to grey here, as the model's preprocessing would, so that the
+                # colour images are counted once over the folder, not warned of per chunk.
+                colour_for_grey += colour_count(pixels)
+                pixels = luma(pixels)
+            # score_frame checks the images (their shape) first
+            frames.append(detector.score_frame(pixels, classes[start:stop]))
+            if start == 0:
+                warn_unknown_classes(detector, classes)
+            if map_files is not None:
+                maps = detector.anomaly_map(pixels, classes[start:stop])
+                write_anomaly_maps(maps, map_files[start:stop])
+            count(len(pixels))
+    listing.log_colour()
+    warn_colour_for_grey_model(colour_for_grey, len(listing))
+    scores = pd.concat(frames, ignore_index=True)
+    scores.insert(0, "image", listing.names)
+    if len(listing.classes) > 1:
+        scores.insert(1, "class", classes)
+    if map_files is not None:
+        scores["map"] = [file.name for file in map_files]  # names can differ from the image's
     write_atomic(scores, Path(output))
     return scores
 
 
+def image_chunk(detector: VAEDetector | EnsembleDetector) -> int:
+    """Images scored at a time: ``PROGRESS_CHUNK_IMAGES`` rounded up to whole scoring
+    batches of every model (an ensemble's members can pool, hence batch, differently).
+    A batch then holds the images it holds when the folder is scored whole: the same
+    float32 products in another batch shape can differ in their last bits."""
+    members = detector.members.values() if isinstance(detector, EnsembleDetector) else [detector]
+    step = math.lcm(*(member.scoring_batch_rows for member in members))
+    return -(-PROGRESS_CHUNK_IMAGES // step) * step
+
+
+def _image_channels(detector: VAEDetector | EnsembleDetector) -> int:
+    """The colour channels of the images an image model (or an ensemble's) was fit on."""
+    member = detector.first if isinstance(detector, EnsembleDetector) else detector
+    return int(cast(ImagePreprocessor, member.preprocessor_).shape[0])
+
+
 class ImageFolderScorer:
     """The batch scorer of an image model (``anomaly_vae.batch``): each input is a folder
-    of images, scored whole as :func:`score_images` does, into one CSV."""
+    of images, scored as :func:`score_images` does, into one CSV."""
 
     def __init__(self, detector: VAEDetector | EnsembleDetector) -> None:
         self.detector = detector
@@ -199,7 +259,7 @@ class ImageFolderScorer:
         self, source: Path, output: Path, chunk_rows: int
     ) -> tuple[int, int, np.ndarray]:
         """``(images, images flagged, a sample of the scores)``; ``chunk_rows`` is unused:
-        a folder is read whole."""
+        images are scored ``PROGRESS_CHUNK_IMAGES`` at a time, fewer than a table's rows."""
         scores = score_images(source, self.detector, output)
         return (
             len(scores),
@@ -241,16 +301,29 @@ def warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.n
 def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[Path]:
     """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs named after the images (see
     ``map_names``), one per image; returns the ``n`` files written, in the images' order."""
+    files = anomaly_map_files(names, folder)
+    write_anomaly_maps(maps, files)
+    return files
+
+
+def anomaly_map_files(names: list[str], folder: Path) -> list[Path]:
+    """The anomaly map file in ``folder`` of each image of ``names`` (see ``map_names``)."""
+    return [folder / f"{stem}.png" for stem in map_names(names)]
+
+
+def write_anomaly_maps(maps: np.ndarray, files: list[Path]) -> None:
+    """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs, one per file of ``files``
+    (:func:`anomaly_map_files` of all the images scored, so that the names are decided
+    over all of them when they are written a part at a time)."""
     from PIL import Image
 
-    make_folder(folder)
+    for folder in {file.parent for file in files}:
+        make_folder(folder)
     # Channels averaged; rounded to the nearest level (a cast alone cut 100.7 to 100)
     pixels = np.rint(np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)
-    files = [folder / f"{stem}.png" for stem in map_names(names)]
     for file, image in zip(files, pixels, strict=True):
         with writing(file):
             Image.fromarray(image).save(file)
-    return files
 
 
 def map_names(names: list[str]) -> list[str]:

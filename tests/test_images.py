@@ -670,3 +670,67 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     assert one_class.exit_code == 1 and "needs labelled images of both classes" in (
         one_class.output
     )
+
+
+@pytest.mark.parametrize("name", ["vae", "cvae"])
+def test_a_folder_is_scored_a_chunk_at_a_time_as_if_read_whole(name, tmp_path, monkeypatch, caplog):
+    """score_images decodes and scores PROGRESS_CHUNK_IMAGES images at a time (a folder of
+    50,000 photos held whole took gigabytes): the scores and maps are those of one chunk,
+    map names are decided over the whole folder (bad/003 and good/003 in different
+    chunks), a colour image in one chunk is taken to grey as when the folder is read in
+    colour, and each warning is given once, counted over the folder."""
+    from anomaly_vae import scoring
+
+    train = bars(200, seed=0)
+    classes = np.array(["good", "bad"], dtype=object)[np.arange(len(train)) % 2]
+    # Scoring passes of 2 images: chunks of 3 are rounded up to 4, whole passes.
+    config = tiny_config(f"model.name={name}", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(train, condition=classes if name == "cvae" else None)
+    folder = tmp_path / "new"
+    test = np.concatenate([bars(5, seed=1), bars(3, seed=2, vertical=True)])
+    files = ["bad/001.png", "bad/002.png", "bad/003.png", "good/001.png", "good/003.jpg"]
+    files += [f"good/{i:03d}.png" for i in (3, 4, 5)]  # 003.png beside 003.jpg
+    for file, image in zip(files, test, strict=True):
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(folder / file)
+    colour = np.repeat(test[6, 0][..., None], 3, axis=-1)
+    colour[..., 0] = 255 - colour[..., 0]
+    Image.fromarray(colour).save(folder / "good" / "004.png")  # a colour image, in chunk 2
+
+    lengths: list[int] = []  # of the images given to score_frame at a time
+    score_frame = detector.score_frame
+
+    def counting(X, *args):
+        lengths.append(len(X))
+        return score_frame(X, *args)
+
+    monkeypatch.setattr(detector, "score_frame", counting)
+
+    def scored(chunk: int, out: str) -> tuple[bytes, dict[str, bytes], list[int]]:
+        monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", chunk, raising=False)
+        lengths.clear()
+        caplog.clear()
+        scoring.score_images(folder, detector, tmp_path / f"{out}.csv", tmp_path / out)
+        assert len(re.findall(r"images are colour", caplog.text)) == 2  # read; scored as grey
+        assert "1 of 8 images are colour and are scored by their grey levels" in caplog.text
+        maps = {p.name: p.read_bytes() for p in (tmp_path / out).iterdir()}
+        return (tmp_path / f"{out}.csv").read_bytes(), maps, list(lengths)
+
+    whole, whole_maps, whole_lengths = scored(100, "whole")
+    chunked, chunked_maps, chunked_lengths = scored(3, "chunked")
+    assert whole_lengths == [8] and chunked_lengths == [4, 4]
+    assert chunked == whole  # byte for byte: rows, order, classes, scores, map names
+    assert chunked_maps == whole_maps
+    frame = pd.read_csv(tmp_path / "whole.csv")
+    assert frame["map"].tolist() == [
+        "bad_001.png",
+        "002.png",
+        "bad_003.png",  # its namesakes are in the second chunk, yet not "003.png"
+        "good_001.png",
+        "good_003.png",
+        "good_003-2.png",
+        "004.png",
+        "005.png",
+    ]
+    assert sorted(whole_maps) == sorted(frame["map"])
+    assert frame["class"].tolist() == ["bad"] * 3 + ["good"] * 5

@@ -168,18 +168,101 @@ def is_image_source(source: str | Path) -> bool:
 def read_images(source: str | Path, train: bool = True, size: int | None = None) -> ImageSet:
     """Load an image source (see the module docstring); ``train`` picks the torchvision
     split; ``size`` (``data.image_size``) resizes every image to ``size x size`` pixels."""
+    listing = list_images(source, train, size)
+    try:
+        return listing.read(0, len(listing))
+    finally:
+        listing.log_colour()
+
+
+def list_images(source: str | Path, train: bool = True, size: int | None = None) -> ImageListing:
+    """The images of ``source`` as :func:`read_images` takes them (names, classes, the
+    same warnings), their pixels not yet decoded: :meth:`ImageListing.read` decodes a
+    range of them, so that a folder larger than memory can be scored a part at a time."""
     text = str(source)
     torchvision = torchvision_source(text)
     if torchvision is not None:
         images = _read_torchvision(*torchvision, train)
-        if size is not None:  # one grayscale channel in the MNIST layout
-            resized = [_pixels(Image.fromarray(image[0]), size) for image in images.images]
-            images.images = np.stack(resized)[:, None]
-        return images
+        # The split's idx file is read whole (its pixels are the file); only the
+        # resizing, which can make them many times larger, is left to ``read``.
+        return ImageListing(
+            images.names, images.labels, images.classes, Path(text), size, images.images
+        )
     path = Path(text)
     if not path.is_dir():
         raise DataError(f"{path}: no such image folder")
-    return _read_folder(path, size)
+    return _list_folder(path, size)
+
+
+@dataclass
+class ImageListing:
+    """The images of a source, listed: ``names``, class indices ``labels (n,)`` and
+    ``classes``; their pixels are decoded by :meth:`read`, a range at a time.
+
+    A folder is read as a whole would be: colour when any of its images is colour, one
+    size for all (unless resized to ``size``). ``read`` checks the sizes over every
+    image read so far, and records the colour files for :meth:`log_colour`.
+    """
+
+    names: list[str]  # file paths, or "test/123" indices
+    labels: np.ndarray
+    classes: list[str]
+    path: Path  # the folder or source, for messages
+    size: int | None  # data.image_size: every image resized to size x size
+    pixels: np.ndarray | None = None  # a torchvision split's (n, 1, H, W) uint8, in memory
+    sizes: set[tuple[int, int]] = field(default_factory=set)  # (H, W) of those read
+    colour: list[str] = field(default_factory=list)  # colour files among those read
+    grey: int = 0  # grey images among those read
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def label_names(self) -> np.ndarray:
+        """``(n,)`` the class name of every image (object array of str)."""
+        return np.asarray(self.classes, dtype=object)[self.labels]
+
+    def read(self, start: int, stop: int) -> ImageSet:
+        """Images ``start`` to ``stop`` (not included) as ``(m, C, H, W)`` uint8, ``C`` = 1
+        when every one of them is grey, else 3 (grey ones repeated in R, G and B: the same
+        values a grey model takes from them as from a grey read, and a colour model
+        repeats itself)."""
+        names = self.names[start:stop]
+        labels = self.labels[start:stop]
+        if self.pixels is not None:
+            array = self.pixels[start:stop]
+            if self.size is not None:  # one grayscale channel in the MNIST layout
+                resized = [_pixels(Image.fromarray(image[0]), self.size) for image in array]
+                array = np.stack(resized)[:, None]
+            return ImageSet(array, labels, self.classes, names)
+        images = [_decoded(file) for file in names]
+        colour = [file for file, image in zip(names, images, strict=True) if image.mode != "L"]
+        self.colour += colour
+        self.grey += len(images) - len(colour)
+        mode = "RGB" if colour else "L"
+        pixels = [_pixels(image.convert(mode), self.size) for image in images]
+        self.sizes |= {p.shape[:2] for p in pixels}
+        if len(self.sizes) > 1:
+            raise DataError(
+                f"images in {self.path} have different sizes {sorted(self.sizes)[:4]}; resize "
+                "them when read with data.image_size (at fit, e.g. --set data.image_size=64; "
+                "the model then resizes what it scores)"
+            )
+        array = np.stack(pixels)
+        array = array[:, None] if mode == "L" else array.transpose(0, 3, 1, 2)
+        return ImageSet(array, labels, self.classes, names)
+
+    def log_colour(self) -> None:
+        """Warn when some, not all, of the images read are colour, so all were read in
+        colour: a stray file is often the cause (and a model fit on them is colour)."""
+        if self.colour and self.grey:
+            logger.warning(
+                "%s: %d of %d images are colour (%s%s), so every image is read in colour",
+                self.path,
+                len(self.colour),
+                len(self.colour) + self.grey,
+                ", ".join(Path(file).name for file in self.colour[:COLOUR_FILES_SHOWN]),
+                " and more" if len(self.colour) > COLOUR_FILES_SHOWN else "",
+            )
 
 
 def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
@@ -280,7 +363,7 @@ def write_idx_set(folder: Path, train: bool, images: np.ndarray, labels: np.ndar
         (raw / name).write_bytes(header + np.ascontiguousarray(array, np.uint8).tobytes())
 
 
-def _read_folder(path: Path, size: int | None) -> ImageSet:
+def _list_folder(path: Path, size: int | None) -> ImageListing:
     """An ``ImageFolder`` (class subfolders), or a flat folder of images (one class, the
     folder's name). Hidden files and folders (a name starting with ".": macOS's ``._``
     copies, ``.ipynb_checkpoints``) are no images and no classes."""
@@ -299,7 +382,10 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
             )
         # One class, named after the folder: a folder named like a trained class is that
         # class to a conditional model.
-        return _decode([(str(p), 0) for p in flat], [path.resolve().name], path, size)
+        names = [str(p) for p in flat]
+        return ImageListing(
+            names, np.zeros(len(names), np.int64), [path.resolve().name], path, size
+        )
     samples = make_dataset(
         path,
         {name: index for index, name in enumerate(subfolders)},
@@ -319,12 +405,9 @@ def _read_folder(path: Path, size: int | None) -> ImageSet:
             " ".join(IMAGE_SUFFIXES),
         )
     renumbered = {old: new for new, old in enumerate(filled)}
-    return _decode(
-        [(file, renumbered[index]) for file, index in samples],
-        [subfolders[index] for index in filled],
-        path,
-        size,
-    )
+    labels = np.array([renumbered[index] for _, index in samples], dtype=np.int64)
+    classes = [subfolders[index] for index in filled]
+    return ImageListing([str(file) for file, _ in samples], labels, classes, path, size)
 
 
 def _warn_not_images(path: Path, files: Iterable[Path]) -> None:
@@ -434,24 +517,39 @@ def _grey_for_grey_model(images: np.ndarray) -> np.ndarray:
     ``convert("L")`` gives it (the grey of a picture read as grey at fit), with a warning
     naming how many differ from grey: a folder with one colour image among grey ones is
     read as colour, and a grey model would otherwise refuse all of it."""
-    colour = int((~_channels_agree(images)).sum())
+    warn_colour_for_grey_model(colour_count(images), len(images))
+    return luma(images)
+
+
+def colour_count(images: np.ndarray) -> int:
+    """How many of the colour images ``(n, 3, H, W)`` are not grey (``_channels_agree``)."""
+    return int((~_channels_agree(images)).sum())
+
+
+def warn_colour_for_grey_model(colour: int, images: int) -> None:
+    """Say that ``colour`` of ``images`` images, scored by a grey model, are colour."""
     if colour:
         logger.warning(
             "the model was trained on grey images: %d of %d images are colour and are "
             "scored by their grey levels (luma), so colour alone does not make them "
             "anomalous",
             colour,
-            len(images),
+            images,
         )
+
+
+def luma(images: np.ndarray) -> np.ndarray:
+    """Colour images ``(n, 3, H, W)`` as grey ``(n, 1, H, W)``: ITU-R 601-2 luma, exactly
+    as PIL's ``convert("L")`` for uint8 (so that grey repeated in R, G and B stays itself)."""
     if images.dtype == np.uint8:
         # ITU-R 601-2 luma in PIL's fixed point: (R 19595 + G 38470 + B 7471 + 2^15) >> 16
         fixed_point = np.array(LUMA_FIXED_POINT, dtype=np.int64).reshape(1, 3, 1, 1)
-        luma = (images.astype(np.int64) * fixed_point).sum(axis=1, keepdims=True)
-        return ((luma + (1 << 15)) >> 16).astype(np.uint8)
+        levels = (images.astype(np.int64) * fixed_point).sum(axis=1, keepdims=True)
+        return ((levels + (1 << 15)) >> 16).astype(np.uint8)
     weights = np.array(LUMA_WEIGHTS, dtype=np.float32).reshape(1, 3, 1, 1)
-    luma = (images.astype(np.float32) * weights).sum(axis=1, keepdims=True)
+    levels = (images.astype(np.float32) * weights).sum(axis=1, keepdims=True)
     # Other integer types keep theirs, so that a refusal of their values names it.
-    return np.rint(luma).astype(images.dtype) if images.dtype.kind in "iu" else luma
+    return np.rint(levels).astype(images.dtype) if images.dtype.kind in "iu" else levels
 
 
 def _float_grey(levels: np.ndarray) -> Image.Image:
@@ -468,48 +566,18 @@ def _float_grey(levels: np.ndarray) -> Image.Image:
     return Image.fromarray(np.rint(levels * scale).astype(np.uint8), "L")
 
 
-def _decode(
-    samples: list[tuple[str, int]], classes: list[str], path: Path, size: int | None
-) -> ImageSet:
-    """Read ``samples`` (file, class index) as ``(n, C, H, W)`` uint8: ``C`` = 1 when every
-    image is grey (see ``to_8bit``), else 3 with the grey images repeated in R, G and B."""
-    images = []
-    for file, _ in samples:  # decoding is per file; nothing to batch here
-        try:
-            with Image.open(file) as image:
-                # As a viewer shows it: a camera stores a portrait shot's pixels sideways,
-                # with an EXIF orientation saying how to turn them; unturned, its anomaly
-                # map would not lie over the picture a reviewer sees.
-                images.append(to_8bit(ImageOps.exif_transpose(image)))
-        except OSError as exc:
-            raise DataError(f"{file} is not a readable image: {exc}") from exc
-        except DataError as exc:
-            raise DataError(f"{file}: {exc}") from exc
-    colour = [file for (file, _), image in zip(samples, images, strict=True) if image.mode != "L"]
-    mode = "RGB" if colour else "L"
-    if colour and len(colour) < len(images):
-        # A few colour files among grey ones make the whole folder (and a model fit on it)
-        # colour: say which, as a stray file is often the cause.
-        logger.warning(
-            "%s: %d of %d images are colour (%s%s), so every image is read in colour",
-            path,
-            len(colour),
-            len(images),
-            ", ".join(Path(file).name for file in colour[:COLOUR_FILES_SHOWN]),
-            " and more" if len(colour) > COLOUR_FILES_SHOWN else "",
-        )
-    pixels = [_pixels(image.convert(mode), size) for image in images]
-    sizes = {p.shape[:2] for p in pixels}
-    if len(sizes) > 1:
-        raise DataError(
-            f"images in {path} have different sizes {sorted(sizes)[:4]}; resize them when read "
-            "with data.image_size (at fit, e.g. --set data.image_size=64; the model then "
-            "resizes what it scores)"
-        )
-    array = np.stack(pixels)
-    array = array[:, None] if mode == "L" else array.transpose(0, 3, 1, 2)
-    labels = np.array([label for _, label in samples], dtype=np.int64)
-    return ImageSet(array, labels, classes, [str(f) for f, _ in samples])
+def _decoded(file: str) -> Image.Image:
+    """The image in ``file`` as 8-bit grey or colour (see ``to_8bit``), turned upright."""
+    try:
+        with Image.open(file) as image:
+            # As a viewer shows it: a camera stores a portrait shot's pixels sideways,
+            # with an EXIF orientation saying how to turn them; unturned, its anomaly
+            # map would not lie over the picture a reviewer sees.
+            return to_8bit(ImageOps.exif_transpose(image))
+    except OSError as exc:
+        raise DataError(f"{file} is not a readable image: {exc}") from exc
+    except DataError as exc:
+        raise DataError(f"{file}: {exc}") from exc
 
 
 def auto_pool(shape: tuple[int, ...], side_multiple: int) -> int:
