@@ -445,20 +445,23 @@ def run_batch(
     ``progress``: a bar over the input files (and, locally, one over each file's rows)
     on a terminal.
     """
-    paths, image_scorer = model_inputs(source, output_dir, detector)
+    paths, image_scorer = model_inputs(source, output_dir, detector, progress)
     with output_lock(output_dir):
         return score_inputs(
             paths, output_dir, detector, model_id, chunk_rows, scorer or image_scorer, progress
         )
 
 
-def model_inputs(source: str | Path, output_dir: Path, detector: Any) -> tuple[list[Path], Any]:
+def model_inputs(
+    source: str | Path, output_dir: Path, detector: Any, progress: bool = False
+) -> tuple[list[Path], Any]:
     """The inputs of ``source`` for ``detector``'s kind of data, and the scorer an image
-    model needs (None for tables). DataError when ``source`` holds only the other kind's
+    model needs (None for tables; ``progress`` counts each folder's images on a
+    terminal). DataError when ``source`` holds only the other kind's
     inputs: a model alias moved to a model of the other kind must not pass for "nothing
     new" on a schedule."""
     if detector.data_kind_ == "image":
-        paths, scorer = image_batch(source, output_dir, detector)
+        paths, scorer = image_batch(source, output_dir, detector, progress)
         others = [] if paths else _quietly(input_files, source)
         found = f"{len(others)} table file{'s' if len(others) > 1 else ''}"
         wanted = "folders of images"
@@ -483,12 +486,15 @@ def _quietly(find: Any, *arguments: Any) -> list[Path]:
         return []
 
 
-def image_batch(source: str | Path, output_dir: Path, detector: Any) -> tuple[list[Path], Any]:
-    """An image model's inputs (:func:`image_folders`) and its scorer, which reads each
-    folder whole into one CSV."""
+def image_batch(
+    source: str | Path, output_dir: Path, detector: Any, progress: bool = False
+) -> tuple[list[Path], Any]:
+    """An image model's inputs (:func:`image_folders`) and its scorer, which scores each
+    folder, a chunk of images at a time, into one CSV (``progress``: a bar over its
+    images on a terminal)."""
     from anomaly_vae.scoring import ImageFolderScorer  # scoring builds on this module
 
-    return image_folders(source, output_dir), ImageFolderScorer(detector)
+    return image_folders(source, output_dir), ImageFolderScorer(detector, progress)
 
 
 def batch_inputs(source: str | Path, output_dir: Path, report_others: bool = True) -> list[Path]:

@@ -547,7 +547,7 @@ def batch(
             model_id = detector_identity(detector)
         if detector.data_kind_ == "image" and engine == "spark":
             raise click.UsageError("the Spark engine scores tables; use the local engine")
-        paths, scorer = model_inputs(source, output_dir, detector)
+        paths, scorer = model_inputs(source, output_dir, detector, progress=not quiet)
         if engine == "spark":
             from anomaly_vae.spark_engine import SparkScorer
 

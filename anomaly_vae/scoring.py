@@ -180,6 +180,7 @@ def score_images(
     output: str | Path,
     maps_dir: str | Path | None = None,
     progress: bool = False,
+    progress_lines: bool = True,
 ) -> pd.DataFrame:
     """Score every image of ``source`` (a folder, or a torchvision source such as ``mnist:ROOT``,
     whose test split is scored); one output row per image, with its name and class.
@@ -191,7 +192,8 @@ def score_images(
     The images are decoded and scored about ``PROGRESS_CHUNK_IMAGES`` at a time
     (:func:`image_chunk`), so memory does not grow with the folder (only the scores do,
     a row per image); the scores and maps are those of the folder read whole.
-    ``progress`` counts the images as :func:`score_table` counts rows.
+    ``progress`` counts the images as :func:`score_table` counts rows (off a terminal, a
+    line a minute unless ``progress_lines`` is false, as in a batch run's log).
     """
     listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
     classes = listing.label_names()
@@ -202,7 +204,7 @@ def score_images(
     frames, colour_for_grey = [], 0
     torchvision = torchvision_source(source)
     name = torchvision[0] if torchvision else Path(source).name  # not ROOT's folder (data/)
-    with scoring_progress(name, "images", progress, progress_lines=True) as count:
+    with scoring_progress(name, "images", progress, progress_lines) as count:
         chunk = image_chunk(detector)
         for start in range(0, len(listing), chunk):
             stop = start + chunk
@@ -252,15 +254,19 @@ class ImageFolderScorer:
     """The batch scorer of an image model (``anomaly_vae.batch``): each input is a folder
     of images, scored as :func:`score_images` does, into one CSV."""
 
-    def __init__(self, detector: VAEDetector | EnsembleDetector) -> None:
+    def __init__(self, detector: VAEDetector | EnsembleDetector, progress: bool = False) -> None:
         self.detector = detector
+        self.progress = progress  # a bar over each folder's images, on a terminal
 
     def score_file(
         self, source: Path, output: Path, chunk_rows: int
     ) -> tuple[int, int, np.ndarray]:
         """``(images, images flagged, a sample of the scores)``; ``chunk_rows`` is unused:
         images are scored ``PROGRESS_CHUNK_IMAGES`` at a time, fewer than a table's rows."""
-        scores = score_images(source, self.detector, output)
+        # A batch run's log keeps to its lines per input (--verbose), as for tables
+        scores = score_images(
+            source, self.detector, output, progress=self.progress, progress_lines=False
+        )
         return (
             len(scores),
             int(scores["is_anomaly"].sum()),

@@ -515,6 +515,28 @@ def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp
     assert "day1: scored 4 images (" in caplog.text  # it said "4 rows"
 
 
+def test_image_folders_in_a_batch_run_are_counted_as_they_are_scored(
+    image_model_dir, tmp_path, monkeypatch
+):
+    # A folder of images was scored with no bar, as a table file's rows are counted.
+    from anomaly_vae import scoring
+    from tests.test_images import bars
+
+    _images(tmp_path / "in" / "day1", bars(4, seed=15))
+    asked = []
+    counting = scoring.scoring_progress
+
+    def recorded(name, unit, progress, progress_lines=False):
+        asked.append((name, unit, progress, progress_lines))
+        return counting(name, unit, progress, progress_lines)
+
+    monkeypatch.setattr(scoring, "scoring_progress", recorded)
+    detector = VAEDetector.load(image_model_dir)
+    run_batch(tmp_path / "in", tmp_path / "out", detector, "m1", progress=True)
+    # A bar on a terminal; no lines a minute in the run's log, as for tables
+    assert asked == [("day1", "images", True, False)]
+
+
 def test_ids_are_written_as_they_were_read(model_dir, tmp_path):
     # Leading zeros, an empty id among integers, and integers beyond float64's 2**53:
     # read as numbers they would come out as 7, 1.0 and 9007199254740992.0.
