@@ -640,7 +640,7 @@ def _score_one(
         "%s: scored %s %s (%s flagged) in %.2f s into %s",
         path,
         f"{rows:,}",
-        "images" if detector.data_kind_ == "image" else "rows",
+        f"{detector.score_item}s",
         f"{flagged:,}",
         time.monotonic() - started,
         output,

@@ -320,7 +320,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     detector, rows = result.detector, result.rows
     calibration = detector.calibration_
     n_fit = rows["train"] + rows["validation"] + rows["calibration"]
-    unit = "images" if detector.data_kind_ == "image" else "rows"
+    unit = f"{detector.score_item}s"
     history = getattr(detector, "history_", None)
     epochs = ""
     if history is not None:
@@ -741,7 +741,7 @@ def calibrate(
         evaluation_settings=evaluation_settings,
     )
     detector, calibration = result.detector, result.detector.calibration_
-    unit = "images" if detector.data_kind_ == "image" else "rows"
+    unit = f"{detector.score_item}s"
     previous = f"was {result.previous_threshold:.6g}"
     threshold = f"Threshold: {calibration['score']} > {detector.threshold_:.6g}"
     if method == QUANTILE_THRESHOLD:

@@ -136,6 +136,13 @@ class ThresholdedScores:
         """The configuration the scores come from."""
         raise NotImplementedError
 
+    @property
+    def score_item(self) -> str:
+        """What one score is of, for messages and plot labels: ``"image"`` for an image
+        model, else ``"row"``."""
+        # data_kind_ is a fitted attribute here and the ensemble's property
+        return "image" if getattr(self, "data_kind_", None) == "image" else "row"
+
     def all_scores(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:

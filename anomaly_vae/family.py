@@ -345,7 +345,7 @@ def format_comparison(result: FamilyResult) -> str:
         if result.select_by == "auroc"
         else ""
     )
-    item = "image" if result.detector.data_kind_ == "image" else "row"
+    item = result.detector.score_item
     return (
         f"{text}\n\nchosen: {result.chosen} (by {result.select_by}{caveat}). "
         f"validation -ELBO in nats per {item}, lower is better; AUROC/AUCPR in % on the "

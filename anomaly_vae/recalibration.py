@@ -157,7 +157,7 @@ def calibrate_model(
     by_quantile = method == QUANTILE_THRESHOLD
     data = labelled_data(source, detector, label_column, normal_class, anomaly_label, method)
     _warn_training_file(source, detector)
-    unit = "images" if detector.data_kind_ == "image" else "rows"
+    unit = f"{detector.score_item}s"
     if not by_quantile and not data.has_evaluation():
         raise DataError(
             f"{source} needs labelled {unit} of both classes (normal and anomalous) for "

@@ -398,7 +398,7 @@ def log_calibration(
     detector: Any, data: TrainingData, evaluation: dict[str, Any] | None, out: Path
 ) -> None:
     """Threshold and evaluation metrics; calibration/evaluation JSON and plots into ``out``."""
-    item = "image" if detector.data_kind_ == "image" else "row"  # what a score is of
+    item = detector.score_item
     mlflow.log_metrics(
         {
             "threshold": detector.threshold_,
@@ -503,7 +503,7 @@ def model_description(detector: Any, run: Any) -> str:
     and the run's AUROC when it had labelled rows."""
     tags, metrics = run.data.tags, run.data.metrics
     calibration = detector.calibration_
-    unit = "images" if detector.data_kind_ == "image" else "rows"
+    unit = f"{detector.score_item}s"
     base = _base_detector(detector)
     # A calibrate run has no "model" tag; an ensemble's effective_config is its first
     # member's, whose variant would be taken for the ensemble's.

@@ -412,7 +412,7 @@ def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> V
         detector.anomaly_score(X),
         detector.calibration_["score"],
         f"{title} coloured by anomaly score",
-        item="image" if detector.data_kind_ == "image" else "row",
+        item=detector.score_item,
     )
     return View("03_latent_scatter", figure)
 
