@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import math
 import platform
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -55,6 +58,7 @@ from anomaly_vae.outputs import (
     ROW_COLUMN,
     SCORE_COLUMN,
     insert_id_column,
+    make_folder,
     refuse_id_named_like_outputs,
 )
 from anomaly_vae.training import EpochCallback, TrainingHistory, train
@@ -69,11 +73,38 @@ ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble's folder (ensemble.py)
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
 
 
-def _save_atomic(target: Path, write: Any) -> None:
-    """``write(temporary_path)``, then rename the temporary file to ``target``."""
+def save_atomic(target: Path, write: Any) -> None:
+    """``write(temporary_path)``, then rename the temporary file to ``target``; the
+    temporary file is deleted if ``write`` fails."""
     temporary = target.with_name(f".{target.name}.tmp")
-    write(temporary)
-    temporary.replace(target)
+    try:
+        write(temporary)
+        temporary.replace(target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def saving_model_folder(path: Path, description: str) -> Iterator[None]:
+    """Around writing a saved model's files into the folder ``path``, its
+    ``description`` file (what loaders read first) written last, by the block.
+
+    The description of a model saved there before is removed first: a save that
+    fails or is interrupted half-way (an error, Ctrl-C) then leaves a folder that
+    does not load, never the earlier description beside some of the new files (an
+    ensemble's new members under its old references and threshold). A folder this
+    save created is removed again, so nothing half-written is left behind.
+    """
+    created = not path.exists()
+    make_folder(path)
+    try:
+        (path / description).unlink(missing_ok=True)
+        yield
+    except BaseException:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def available_scores(model_name: str) -> tuple[str, ...]:
@@ -983,16 +1014,16 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # Serialised before any file is written: a value JSON cannot hold (NaN) fails here,
         # not after the weights have replaced those of a model saved in this folder before.
         text = json.dumps(document, indent=2, allow_nan=False)
-        path.mkdir(parents=True, exist_ok=True)
         # Each file is written whole under a temporary name, then renamed into place,
         # the description last: a reader never sees a half-written file.
-        _save_atomic(path / WEIGHTS_FILE, lambda f: torch.save(self.model_.state_dict(), f))
-        if neighbours is not None:
-            reference = {"reference": neighbours.reference}
-            _save_atomic(path / LATENT_FILE, lambda f: torch.save(reference, f))
-        else:
-            (path / LATENT_FILE).unlink(missing_ok=True)
-        _save_atomic(path / CONFIG_FILE, lambda f: f.write_text(text))
+        with saving_model_folder(path, CONFIG_FILE):
+            save_atomic(path / WEIGHTS_FILE, lambda f: torch.save(self.model_.state_dict(), f))
+            if neighbours is not None:
+                reference = {"reference": neighbours.reference}
+                save_atomic(path / LATENT_FILE, lambda f: torch.save(reference, f))
+            else:
+                (path / LATENT_FILE).unlink(missing_ok=True)
+            save_atomic(path / CONFIG_FILE, lambda f: f.write_text(text))
         # An ensemble saved here before would still be what its marker makes loaders read.
         (path / ENSEMBLE_FILE).unlink(missing_ok=True)
         return path

@@ -18,7 +18,13 @@ import pandas as pd
 
 from anomaly_vae.config import DetectorConfig
 from anomaly_vae.data import take_rows
-from anomaly_vae.detector import ENSEMBLE_FILE, ThresholdedScores, VAEDetector
+from anomaly_vae.detector import (
+    ENSEMBLE_FILE,
+    ThresholdedScores,
+    VAEDetector,
+    save_atomic,
+    saving_model_folder,
+)
 from anomaly_vae.errors import ModelNotFoundError, reading_model
 
 SCORE_NAME = "ensemble_rank"
@@ -78,6 +84,20 @@ class EnsembleDetector(ThresholdedScores):
         """``"table"`` or ``"image"``, as the members'."""
         return self.first.data_kind_
 
+    # The input a scikit-learn user checks, as the members': every member was fit on the
+    # same data, and each checks it again when it scores. Tables only (AttributeError for
+    # images, as the detector has none), and feature_names_in_ only when fit on a DataFrame.
+    @property
+    def n_features_in_(self) -> int:
+        """Number of input columns used as features (tables only)."""
+        return self.first.n_features_in_
+
+    @property
+    def feature_names_in_(self) -> np.ndarray:
+        """Their names, ``(n_features_in_,)`` object array of str; only when the members
+        were fit on a DataFrame."""
+        return self.first.feature_names_in_
+
     def all_scores(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> dict[str, np.ndarray]:
@@ -101,9 +121,11 @@ class EnsembleDetector(ThresholdedScores):
         return np.stack(maps).mean(axis=0, dtype=np.float32)
 
     def save(self, path: str | Path) -> Path:
+        """Write the ensemble to the folder ``path``: each member saved as a detector in
+        ``members/<name>/``, then ``ensemble.json`` (references, threshold), as the
+        detector saves (:func:`~anomaly_vae.detector.saving_model_folder`): a save
+        that fails half-way leaves no ensemble that loads, and no folder it created."""
         path = Path(path)
-        for name, member in self.members.items():
-            member.save(path / "members" / name)
         document = {
             "kind": "ensemble",
             "members": list(self.members),
@@ -113,7 +135,12 @@ class EnsembleDetector(ThresholdedScores):
             "calibration_scores": self.calibration_scores_.tolist(),
             "rows": self.n_training_rows_,
         }
-        (path / ENSEMBLE_FILE).write_text(json.dumps(document, indent=2, allow_nan=False))
+        # Serialised before any file is written, as the detector's save does.
+        text = json.dumps(document, indent=2, allow_nan=False)
+        with saving_model_folder(path, ENSEMBLE_FILE):
+            for name, member in self.members.items():
+                member.save(path / "members" / name)
+            save_atomic(path / ENSEMBLE_FILE, lambda f: f.write_text(text))
         return path
 
     @classmethod

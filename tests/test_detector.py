@@ -757,3 +757,30 @@ def test_a_model_saved_when_scoring_noise_came_from_a_bank_scores_as_it_did(tmp_
     pd.testing.assert_frame_equal(again.score_frame(data), scores)
     fresh = json.loads((detector.save(tmp_path / "new") / "detector.json").read_text())
     assert "noise_bank_size" not in fresh["config"]["scoring"]  # a model fit now: shared noise
+
+
+def test_a_save_cut_short_over_a_saved_model_leaves_no_model_that_loads(
+    fitted, tmp_path, monkeypatch
+):
+    from pathlib import Path
+
+    from anomaly_vae.errors import ModelNotFoundError
+
+    other = VAEDetector(tiny_config("training.seed=5").detector_config())
+    other.fit(correlated_normal(300, seed=1))
+    fitted.save(tmp_path / "model")
+    write_text = Path.write_text
+
+    def interrupted_at_the_description(self, *args, **kwargs):
+        if self.name.startswith(".detector.json"):
+            raise KeyboardInterrupt  # Ctrl-C after the new weights were renamed into place
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", interrupted_at_the_description)
+    with pytest.raises(KeyboardInterrupt):
+        other.save(tmp_path / "model")
+    monkeypatch.setattr(Path, "write_text", write_text)
+    # Before, the old description loaded the new weights under the old threshold.
+    with pytest.raises(ModelNotFoundError, match="not a saved anomaly-vae model"):
+        VAEDetector.load(tmp_path / "model")
+    assert not list((tmp_path / "model").glob(".*.tmp"))  # no temporary file left

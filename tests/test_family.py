@@ -12,7 +12,7 @@ from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percent
 from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.family import fit_family, format_comparison, suitable_variants
 from anomaly_vae.models import available_models, get_model
-from tests.conftest import mixed_table, run_pipeline_script, tiny_config
+from tests.conftest import correlated_normal, mixed_table, run_pipeline_script, tiny_config
 
 
 def test_suitable_variants_follow_what_models_declare():
@@ -333,3 +333,63 @@ def test_the_first_variant_is_not_charged_for_a_one_off_import(tmp_path):
     )
     first, second = map(float, ran.stdout.split())
     assert first < 3 * second + 0.3, (first, second)
+
+
+@pytest.fixture(scope="module")
+def two_ensembles():
+    """Two ensembles of the same variants on one table (other seeds), quick to fit."""
+    from anomaly_vae import VAEDetector
+
+    train = pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef"))
+
+    def ensemble(seed: int) -> EnsembleDetector:
+        members = {
+            name: VAEDetector(
+                tiny_config(
+                    f"model.name={name}", "training.epochs=5", f"training.seed={seed}"
+                ).detector_config()
+            ).fit(train)
+            for name in ("vae", "beta-vae")
+        }
+        return EnsembleDetector.from_members(members, train)
+
+    return train, ensemble(0), ensemble(7)
+
+
+def test_an_ensemble_names_its_input_as_the_detector_does(two_ensembles, tmp_path):
+    _, ensemble, _ = two_ensembles
+    assert ensemble.n_features_in_ == 6
+    assert ensemble.feature_names_in_.tolist() == list("abcdef")
+    loaded = load_saved(ensemble.save(tmp_path / "e"))
+    assert loaded.n_features_in_ == 6 and loaded.feature_names_in_.tolist() == list("abcdef")
+
+
+def test_an_ensemble_save_cut_short_leaves_no_ensemble_that_loads(
+    two_ensembles, tmp_path, monkeypatch
+):
+    from anomaly_vae import VAEDetector
+    from anomaly_vae.errors import ModelNotFoundError
+
+    train, first, second = two_ensembles
+    original = VAEDetector.save
+
+    def interrupted_at_the_second_member(self, path):
+        if path.name == "beta-vae":
+            raise KeyboardInterrupt  # Ctrl-C, after the first member was written
+        return original(self, path)
+
+    # Over an ensemble saved there before: its description once stayed, and the folder
+    # loaded the new vae member under the old references and threshold, silently.
+    first.save(tmp_path / "model")
+    monkeypatch.setattr(VAEDetector, "save", interrupted_at_the_second_member)
+    with pytest.raises(KeyboardInterrupt):
+        second.save(tmp_path / "model")
+    with pytest.raises(ModelNotFoundError, match="not a saved anomaly-vae model"):
+        load_saved(tmp_path / "model")
+    # A folder the save created is removed again: no half-written model is left.
+    with pytest.raises(KeyboardInterrupt):
+        second.save(tmp_path / "new" / "model")
+    assert not (tmp_path / "new" / "model").exists()
+    monkeypatch.setattr(VAEDetector, "save", original)
+    loaded = load_saved(second.save(tmp_path / "model"))
+    np.testing.assert_allclose(loaded.anomaly_score(train), second.anomaly_score(train))
