@@ -6,6 +6,7 @@ Each function returns a Figure (Agg backend, no display needed); callers save it
 
 from __future__ import annotations
 
+import math
 import textwrap
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from matplotlib import ticker
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.scale import SymmetricalLogTransform
 from sklearn.decomposition import PCA
 
 from anomaly_vae.intervals import shown_metric
@@ -36,6 +38,17 @@ LONG_TAIL_SHARE = 0.25
 # ... but only when the bulk itself lies within this ratio (a decade): scores near 0,
 # such as the ensemble's percentiles, would spread over decades that mean nothing.
 LOG_BULK_RATIO = 10.0
+# Scores with a long tail that no log axis can take (a normal row's negative ELBO can be
+# negative: make demo's -1.3 and -0.5 beside anomalies up to 5,000; or normal rows spread
+# over decades themselves) get a symmetric-log axis when a linear one would crowd the
+# middle 80% of the normal rows into fewer than this many of its bins (make demo's: into
+# one, which held 94% of them).
+MIN_NORMAL_BINS = 5
+NORMAL_MIDDLE = (0.1, 0.9)  # the quantiles of the normal scores that bound their middle
+# The symmetric-log axis is linear within +-(this quantile of the normal scores' sizes, or
+# the lowest normal score's size if larger) and logarithmic beyond: the lower normal rows
+# and every negative one on a linear stretch, the rest, and the anomalies, on decades.
+SYMLOG_LINEAR_QUANTILE = 0.25
 HISTOGRAM_MARGIN = 0.05  # share of the range drawn past the highest score shown
 # The y-axis reaches this many times the highest bar, so that the legend in the upper
 # corner sits above the bars rather than on them.
@@ -98,6 +111,32 @@ def long_tailed(bulk_high: float, low: float, high: float) -> bool:
     )
 
 
+def symlog_threshold(normal_scores: np.ndarray, low: float, high: float) -> float | None:
+    """The linear half-width of a symmetric-log axis for scores from ``low`` to ``high``
+    whose normal ones ``(n,)`` a linear axis would crowd together (see
+    :data:`MIN_NORMAL_BINS`); None when a linear axis shows them well enough, or when
+    the log part would span less than a decade."""
+    middle_low, middle_high = np.quantile(normal_scores, NORMAL_MIDDLE)
+    bin_width = (1 + HISTOGRAM_MARGIN) * (high - low) / (HISTOGRAM_BINS - 1)
+    if middle_high - middle_low >= MIN_NORMAL_BINS * bin_width:
+        return None
+    sizes = np.abs(normal_scores)
+    linear = max(float(np.quantile(sizes, SYMLOG_LINEAR_QUANTILE)), -float(normal_scores.min()))
+    if not linear > 0 or max(high, -low) < LOG_BULK_RATIO * linear:
+        return None
+    return linear
+
+
+def symlog_ticks(low: float, high: float, linear_within: float) -> list[float]:
+    """Major ticks of a symmetric-log axis from ``low`` to ``high``: 0, and the powers of
+    ten beyond the linear part on either side (symlog's own locator also ticks the
+    powers inside it, whose labels then overlap near 0)."""
+    top = math.ceil(math.log10(max(abs(low), abs(high), linear_within)))
+    powers = [10.0**k for k in range(math.floor(math.log10(linear_within)), top + 1)]
+    ticks = [0.0, *(p for p in powers if p >= linear_within), *(-p for p in powers)]
+    return sorted(t for t in ticks if low <= t <= high and (t == 0 or abs(t) >= linear_within))
+
+
 def _numbered_log_axis(axis: Any) -> None:
     """Plain numbers on a log axis (``ax.xaxis``, a colour bar's ``yaxis``), minor
     ticks included where they fit."""
@@ -121,7 +160,9 @@ def score_histogram(
     is not hidden by a large anomalous one. The x-axis ends a little past the larger of
     the threshold, the highest normal score and the 98th percentile of all scores; rows
     beyond it are counted in the last bin. Positive scores with a long tail
-    (:func:`long_tailed`) get log-spaced bins on a log axis.
+    (:func:`long_tailed`) get log-spaced bins on a log axis; other scores whose normal
+    rows a linear axis would crowd into a few bins (:func:`symlog_threshold`), bins
+    evenly spaced on a symmetric-log axis.
     """
     groups = [(normal_scores, f"normal (calibration {item}s)", "normal")]
     if anomalous_scores is not None and len(anomalous_scores):
@@ -131,9 +172,17 @@ def score_histogram(
     bulk_high = max(threshold, float(normal_scores.max()))
     high = max(bulk_high, float(np.quantile(every, HISTOGRAM_TOP_QUANTILE)))
     log_scale = long_tailed(bulk_high, low, high)
+    linear_within = None if log_scale else symlog_threshold(normal_scores, low, high)
     if log_scale:
         high *= (high / low) ** HISTOGRAM_MARGIN
         bins = np.geomspace(low, high, HISTOGRAM_BINS)
+    elif linear_within is not None:
+        # Bins of one width on the axis as drawn: evenly spaced in symlog's coordinates.
+        to_axis = SymmetricalLogTransform(10, linear_within, 1.0)
+        start, end = to_axis.transform(np.array([low, high]))
+        end += HISTOGRAM_MARGIN * (end - start)
+        bins = to_axis.inverted().transform(np.linspace(start, end, HISTOGRAM_BINS))
+        high = float(bins[-1])
     else:
         high += HISTOGRAM_MARGIN * (high - low)
         bins = np.linspace(low, high, HISTOGRAM_BINS)
@@ -150,12 +199,21 @@ def score_histogram(
         )
         tallest = max(tallest, float(np.max(counts)))
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold = {threshold:.4g}")
+    scale = ""
     if log_scale:
         ax.set_xscale("log")
         _numbered_log_axis(ax.xaxis)
+        scale = ", log scale"
+    elif linear_within is not None:
+        ax.set_xscale("symlog", linthresh=linear_within, linscale=1.0)
+        # The bins' span: autoscaling's margin would open decades of empty axis below 0.
+        ax.set_xlim(float(bins[0]), float(bins[-1]))
+        ax.xaxis.set_major_locator(ticker.FixedLocator(symlog_ticks(low, high, linear_within)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.4g}"))
+        scale = f", linear from -{linear_within:.3g} to {linear_within:.3g}, log scale beyond"
     ax.set_ylim(0, HISTOGRAM_HEADROOM * tallest)
     ax.set_title(f"Anomaly scores: {score_name} (higher = more anomalous)")
-    label = score_label(score_name, item) + (", log scale" if log_scale else "")
+    label = score_label(score_name, item) + scale
     if every.max() > high:
         label += "; last bin includes larger values"
     ax.set_xlabel(wrap_title(label, FIGSIZE[0], LABEL_POINTS))

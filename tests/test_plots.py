@@ -56,6 +56,31 @@ def test_scores_near_zero_or_negative_stay_on_a_linear_axis():
         plots.close(fig)
 
 
+def test_normal_rows_crowded_by_a_long_tail_that_log_cannot_draw_get_a_symlog_axis():
+    # make demo's held-out normal rows (negative ELBOs in nats, two of them negative) and
+    # its labelled anomalies, up to 42,000: on a linear axis 94% of the normal rows fell
+    # into the first of 50 bins, and a log axis cannot take the negative scores.
+    normal = np.r_[
+        [-1.28, -0.49, 4.51, 4.52, 5.85, 5.86, 7.66, 7.85, 7.97, 8.65, 9.55, 11.27],
+        [15.09, 15.15, 18.77, 18.86, 20.32, 22.13, 22.16, 22.79, 23.48, 25.09, 25.73],
+        [32.66, 38.16, 42.13, 43.25, 57.8, 59.74, 65.17, 72.65, 72.72, 87.95, 107.06, 379.83],
+    ]
+    anomalous = np.exp(np.random.default_rng(5).uniform(np.log(15.8), np.log(42162), 165))
+    fig = plots.score_histogram(normal, 379.83, "negative_elbo", anomalous)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    assert "log scale beyond" in ax.get_xlabel()
+    normal_bars = [bar.get_height() for bar in ax.containers[1]]
+    assert max(normal_bars) < 0.2  # the largest bin's share of the normal rows
+    assert sum(height > 0 for height in normal_bars) >= 10
+    low, high = ax.get_xlim()
+    assert low <= -1.28 and low > -2  # every normal row drawn, no empty decades below 0
+    assert high >= 379.83
+    ticks = [tick for tick in ax.get_xticks() if low <= tick <= high]
+    assert ticks == [0, 10, 100, 1000, 10000][: len(ticks)]  # none crowded around 0
+    plots.close(fig)
+
+
 def test_roc_and_pr_name_the_threshold_and_show_a_perfect_curve_inside_the_frame():
     for make in (plots.roc_curve, plots.pr_curve):
         fig = make(_evaluation())
