@@ -123,6 +123,21 @@ def output_columns(model_name: str) -> tuple[str, ...]:
     return (*available_scores(model_name), SCORE_COLUMN, FLAG_COLUMN, ROW_COLUMN)
 
 
+def _as_table_or_images(X: Any) -> pd.DataFrame | np.ndarray:
+    """``X`` as fit takes it: a DataFrame or array as it is; any other array-like (a list
+    of rows or of images, a torch tensor, an object with ``__array__`` and no ``__len__``)
+    as its numpy array, as scikit-learn's ``check_array`` converts it. Without this, such an
+    object failed with ``TypeError: object ... has no len()``, and a tensor of images was
+    taken for a table."""
+    if isinstance(X, (pd.DataFrame, np.ndarray)):
+        return X
+    try:
+        return np.asarray(X)
+    except ValueError as exc:  # rows of different lengths
+        first_line = (str(exc).splitlines() or [""])[0]
+        raise DataError(f"X is not a table or images of one shape: {first_line}") from exc
+
+
 def _is_image_array(X: Any) -> bool:
     return isinstance(X, np.ndarray) and X.ndim >= 3
 
@@ -426,6 +441,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # load), and a refit would keep the earlier training file (training_source_).
         self._forget_fit()
         refuse_sparse(X)
+        X = _as_table_or_images(X)
         config = self.effective_config
         if isinstance(config, Config):
             # A whole Config would fit, and then not load: its saved sections differ.

@@ -784,3 +784,27 @@ def test_a_save_cut_short_over_a_saved_model_leaves_no_model_that_loads(
     with pytest.raises(ModelNotFoundError, match="not a saved anomaly-vae model"):
         VAEDetector.load(tmp_path / "model")
     assert not list((tmp_path / "model").glob(".*.tmp"))  # no temporary file left
+
+
+def test_any_array_like_fits_as_its_array():
+    # As scikit-learn's check_array: an object with __array__ and no __len__ failed with
+    # "TypeError: object of type 'ArrayOnly' has no len()", and a torch tensor of images
+    # was taken for a table ("expected a 2-D table ... got shape (300, 1, 8, 8)").
+    import torch
+
+    class ArrayOnly:
+        def __init__(self, array):
+            self.array = array
+
+        def __array__(self, dtype=None, copy=None):
+            return self.array if dtype is None else self.array.astype(dtype)
+
+    X = correlated_normal(300, seed=0)
+    config = tiny_config("training.epochs=3").detector_config()
+    detector = VAEDetector(config).fit(ArrayOnly(X))
+    assert detector.n_features_in_ == 6
+    np.testing.assert_array_equal(detector.predict(ArrayOnly(X[:5])), detector.predict(X[:5]))
+    images = VAEDetector(config).fit(torch.rand(300, 1, 8, 8, generator=torch.Generator()))
+    assert images.data_kind_ == "image"
+    with pytest.raises(DataError, match="not a table or images of one shape"):
+        VAEDetector(config).fit([[1.0, 2.0], [3.0]] * 20)
