@@ -475,3 +475,30 @@ def test_transform_holds_no_float64_copy_of_the_features():
     assert features.dtype == np.float32 and features.shape == (20_000, 62)
     # The result and one column's float64 temporaries (1.2 times it here); before, 5 times.
     assert peak < 2 * features.nbytes
+
+
+def test_a_bad_cell_is_named_by_its_index_label_in_a_frame_indexed_by_ids():
+    # A DataFrame indexed by ids: messages counted its rows by position ("row 4") and the
+    # fit's infinite value named no row at all; the id is what the user looks it up by.
+    rng = np.random.default_rng(0)
+    ids = pd.Index([f"P{1000 + i}" for i in range(40)], name="patient")
+    frame = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)}, index=ids)
+    bad = frame.copy()
+    bad.iloc[30, 0] = np.inf
+    with pytest.raises(DataError, match=re.escape("infinite values (row 31, index 'P1030')")):
+        TablePreprocessor(DataConfig()).fit(bad)
+    schema = TablePreprocessor(DataConfig()).fit(frame)
+    text = frame.astype({"b": object})
+    text.iloc[3, 1] = "?"
+    with pytest.raises(DataError, match=re.escape("holds '?' (row 4, index 'P1003')")):
+        schema.transform(text)
+    # Rows a filter kept are named by the labels frame.loc finds them by.
+    kept = frame.reset_index(drop=True).iloc[10:20:2].copy()
+    kept.iloc[1, 0] = -np.inf
+    with pytest.raises(DataError, match=re.escape("infinite values (row 2, index 12)")):
+        schema.transform(kept)
+    # A frame numbered 0, 1, ... (a file, or a part of one) keeps the file's row.
+    plain = frame.reset_index(drop=True)
+    plain.iloc[3, 0] = np.inf
+    with pytest.raises(DataError, match=re.escape("infinite values (row 4)")):
+        schema.transform(plain)

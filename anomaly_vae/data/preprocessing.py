@@ -29,7 +29,7 @@ from anomaly_vae.data.tables import (
     as_windows_1252,
     quoted_names,
     refuse_repeated_names,
-    row_number,
+    row_named,
     shown_value,
     similar_names_hint,
     unknown_column,
@@ -191,8 +191,11 @@ class TablePreprocessor:
             # Not astype: an object column's missing values may be pd.NA (X.astype(object)
             # of a nullable Int64 column), which float() refuses with a TypeError.
             numbers = pd.to_numeric(values).astype("float64")
-            if not np.isfinite(numbers.dropna()).all():
-                raise DataError(f"column {name!r} holds infinite values")
+            infinite = np.flatnonzero(np.isinf(numbers.to_numpy()))
+            if len(infinite):
+                raise DataError(
+                    f"column {name!r} holds infinite values ({row_named(numbers, infinite[0])})"
+                )
             if numbers.isna().all():
                 raise DataError(
                     f"column {name!r} is empty in every training row, so there is nothing "
@@ -645,7 +648,7 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     position = int(np.flatnonzero(stray.to_numpy())[0])
     raise DataError(
         f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
-        f"{shown_value(values.iloc[position])} (row {row_number(values, position)}): correct "
+        f"{shown_value(values.iloc[position])} ({row_named(values, position)}): correct "
         "or empty those cells, or list the column in data.categorical_columns if it is a category"
     )
 
@@ -658,8 +661,8 @@ def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
     overflowing = np.flatnonzero(magnitude > SQUARE_LIMIT)
     position = int(overflowing[0]) if len(overflowing) else int(magnitude.argmax())
     raise DataError(
-        f"column {name!r} holds {shown_value(numbers.iloc[position])} (row "
-        f"{row_number(numbers, position)}), too large to scale the column by: correct it, "
+        f"column {name!r} holds {shown_value(numbers.iloc[position])} ("
+        f"{row_named(numbers, position)}), too large to scale the column by: correct it, "
         "or empty it if it is a code for a missing value"
     )
 
@@ -731,8 +734,8 @@ def _refuse_nested(values: pd.Series, name: str) -> None:
         value = values.iloc[position]
         value = value.tolist() if isinstance(value, np.ndarray) else value
         raise DataError(
-            f"column {name!r} holds lists or records, such as {value!r:.40} (row "
-            f"{row_number(values, position)}), which are not features: ignore it "
+            f"column {name!r} holds lists or records, such as {value!r:.40} ("
+            f"{row_named(values, position)}), which are not features: ignore it "
             "(data.ignore_columns, --ignore-col), or spread what matters of it over columns"
         )
 
@@ -764,15 +767,13 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
             position = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
                 f"column {name!r} should be numeric but holds "
-                f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
+                f"{shown_value(values.iloc[position])} ({row_named(values, position)})"
             )
         numbers = coerced.astype("float64").to_numpy()
     infinite = np.isinf(numbers)
     if infinite.any():
         position = int(np.flatnonzero(infinite)[0])
-        raise DataError(
-            f"column {name!r} holds infinite values (row {row_number(values, position)})"
-        )
+        raise DataError(f"column {name!r} holds infinite values ({row_named(values, position)})")
     return numbers
 
 
@@ -786,8 +787,8 @@ def _check_float32_range(scaled: np.ndarray, values: pd.Series, name: str) -> No
     if beyond.any():
         position = int(np.flatnonzero(beyond)[0])
         raise DataError(
-            f"column {name!r} holds {shown_value(values.iloc[position])} (row "
-            f"{row_number(values, position)}), too far from the training values to score "
+            f"column {name!r} holds {shown_value(values.iloc[position])} ("
+            f"{row_named(values, position)}), too far from the training values to score "
             "in float32"
         )
 

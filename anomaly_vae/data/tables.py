@@ -660,19 +660,28 @@ def _numbers_of(
             position = int(np.flatnonzero(values.isin(distinct[~numbers]).to_numpy())[0])
             raise DataError(
                 f"column {name!r} holds numbers written with {form}s but for "
-                f"{shown_value(values.iloc[position])} (row {row_number(values, position)})"
+                f"{shown_value(values.iloc[position])} ({row_named(values, position)})"
             )
         frame[name] = pd.to_numeric(_as_plain(values, form))
     return frame
 
 
-def row_number(values: pd.Series, position: int) -> int:
-    """The 1-based data row of ``values.iloc[position]`` in its file: a chunk of a file
-    read in parts keeps the file's running row index, other frames count from 1."""
+def row_named(values: pd.Series, position: int) -> str:
+    """``values.iloc[position]``'s row as messages name it: ``row N``, its 1-based data row
+    in its file (a chunk of a file read in parts keeps the file's running row index, other
+    frames count from 1), and for a frame indexed by labels (ids, or the rows a filter
+    kept), ``row N, index LABEL``, the label ``frame.loc`` finds it by.
+
+    >>> values = pd.Series([1.0, 2.0], index=pd.Index(["P07", "P12"], name="patient"))
+    >>> row_named(values, 1), row_named(pd.Series([1.0, 2.0]), 1)
+    ("row 2, index 'P12'", 'row 2')
+    """
     index = values.index
     if isinstance(index, pd.RangeIndex) and index.step == 1:
-        return int(index[position]) + 1
-    return position + 1
+        return f"row {int(index[position]) + 1}"
+    label = index[position]
+    shown = repr(label) if isinstance(label, str) else str(label)
+    return f"row {position + 1}, index {shown}"
 
 
 def read_table(
