@@ -234,9 +234,21 @@ def test_a_numeric_row_id_or_counter_is_warned_about(caplog):
     assert "column 'reading' holds a different whole number in each of its 60 rows" in (caplog.text)
     assert "'temp'" not in caplog.text
     caplog.clear()
-    shuffled = frame.assign(reading=rng.permutation(60))  # codes, not a count of rows
+    # Row ids in no order (0 to 59 shuffled, a fifth held out) are ids all the same: new
+    # rows' ids beyond them look anomalous. They were not warned about.
+    shuffled = frame.assign(reading=rng.permutation(60)).sample(frac=0.8, random_state=0)
     with caplog.at_level(logging.WARNING):
         TablePreprocessor(DataConfig()).fit(shuffled)
+    assert "column 'reading' holds a different whole number in each of its 48 rows" in (caplog.text)
+    assert "from 0 to 59 with few gaps, like row ids in no order" in caplog.text
+    caplog.clear()
+    # Codes, each seen once, spread over a range many times the rows (part numbers), and
+    # whole-number measurements, which repeat: no warning.
+    codes = frame.assign(reading=rng.choice(100_000, 60, replace=False))
+    counts = frame.assign(reading=rng.poisson(30, 60))
+    for table in (codes, counts):
+        with caplog.at_level(logging.WARNING):
+            TablePreprocessor(DataConfig()).fit(table)
     assert caplog.text == ""
 
 
