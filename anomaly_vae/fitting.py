@@ -14,6 +14,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
+from anomaly_vae.batch import file_digest
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationConfig, ModelConfig
 from anomaly_vae.data import label_vector, read_table
@@ -366,21 +367,41 @@ def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
     return rows
 
 
-def training_file(source: str | Path) -> dict[str, Any] | None:
+def training_file(source: str | Path, digest: bool = True) -> dict[str, Any] | None:
     """The identity of a table file a model is fit on, saved with it so that
-    `calibrate` can tell when it is given the same file: its real path and size in
-    bytes. None for images, which `calibrate` reads from other folders or splits."""
+    `calibrate` can tell when it is given the same file or a copy of it: its real path,
+    its size in bytes and, with ``digest``, the SHA-256 of its bytes. None for images,
+    which `calibrate` reads from other folders or splits."""
     if is_image_source(source) or not Path(source).is_file():
         return None
     # The real path: a link to the training file is the training file.
-    return {"path": os.path.realpath(source), "bytes": Path(source).stat().st_size}
+    identity = {"path": os.path.realpath(source), "bytes": Path(source).stat().st_size}
+    if digest:
+        identity["sha256"] = file_digest(Path(source))
+    return identity
+
+
+def same_training_file(fitted_on: dict[str, Any] | None, source: str | Path) -> str | None:
+    """``"same"`` when ``source`` is the file :func:`training_file` described as
+    ``fitted_on``, ``"copy"`` when it holds the same bytes elsewhere, else None. Only a
+    file of the training file's size is hashed; a model saved before the digest was kept
+    knows its training file by real path and size alone."""
+    given = training_file(source, digest=False)
+    if fitted_on is None or given is None or given["bytes"] != fitted_on["bytes"]:
+        return None
+    if "sha256" not in fitted_on:
+        return "same" if given["path"] == fitted_on["path"] else None
+    if file_digest(Path(source)) != fitted_on["sha256"]:
+        return None  # the file at that path was rewritten since, or another of that size
+    return "same" if given["path"] == fitted_on["path"] else "copy"
 
 
 def mark_training_file(detector: Any, source: str | Path) -> None:
     """Record :func:`training_file` of ``source`` on ``detector`` (each member of an
     ensemble), as ``training_source_``."""
+    identity = training_file(source)  # hashed once, whatever the members
     for model in getattr(detector, "members", {"": detector}).values():
-        model.training_source_ = training_file(source)
+        model.training_source_ = None if identity is None else dict(identity)
 
 
 def save_model(detector: Any, project_dir: Path, model_dir: Path | None = None) -> Path:

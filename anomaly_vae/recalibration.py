@@ -25,8 +25,8 @@ from anomaly_vae.fitting import (
     calibrate_and_evaluate,
     check_label_options,
     record_run,
+    same_training_file,
     save_model,
-    training_file,
 )
 from anomaly_vae.scoring import check_data_kind, load_detector, warn_unknown_classes
 
@@ -201,16 +201,22 @@ def calibrate_model(
 
 
 def _warn_training_file(source: str | Path, detector: Any) -> None:
-    """Warn when ``source`` is the file ``detector`` was fit on (same real path and size):
-    its normal rows include training rows, which score lower than new rows do."""
+    """Warn when ``source`` is the file ``detector`` was fit on, or a copy of it (see
+    :func:`~anomaly_vae.fitting.same_training_file`): its normal rows include training
+    rows, which score lower than new rows do."""
     fitted_on = getattr(getattr(detector, "first", detector), "training_source_", None)
-    if fitted_on is not None and fitted_on == training_file(source):
-        logger.warning(
-            "%s is the file this model was fit on: its normal rows include rows the model "
-            "trained on, which score lower than new rows, so the threshold and the figures "
-            "on it are optimistic; calibrate on rows the model did not train on",
-            Path(source).name,
-        )
+    same = same_training_file(fitted_on, source)
+    if same is None:
+        return
+    assert fitted_on is not None  # same_training_file compared with it
+    what = "the file" if same == "same" else f"a copy of {fitted_on['path']}, the file"
+    logger.warning(
+        "%s is %s this model was fit on: its normal rows include rows the model trained "
+        "on, which score lower than new rows, so the threshold and the figures on it are "
+        "optimistic; calibrate on rows the model did not train on",
+        Path(source).name,
+        what,
+    )
 
 
 @dataclass

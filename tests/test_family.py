@@ -1,6 +1,7 @@
 """The family pipeline: every suitable variant on the same splits, compared, the
 ensemble offered, the best kept and tracked as a parent run with child runs."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -125,7 +126,12 @@ def test_chosen_model_loads_and_scores_the_same(family_run):
     root, _ = family_run
     fitted_on = getattr(loaded, "first", loaded).training_source_
     train = root / "train.csv"
-    assert fitted_on == {"path": str(train.resolve()), "bytes": train.stat().st_size}
+    digest = hashlib.sha256(train.read_bytes()).hexdigest()
+    assert fitted_on == {
+        "path": str(train.resolve()),
+        "bytes": train.stat().st_size,
+        "sha256": digest,
+    }
     pyfunc = mlflow.pyfunc.load_model(result.run.model_uri)
     np.testing.assert_allclose(pyfunc.predict(fresh)["score"].to_numpy(), expected)
 

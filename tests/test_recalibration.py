@@ -370,6 +370,49 @@ def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
     assert again.exit_code == 0 and said in caplog.text
 
 
+def test_calibrating_on_a_copy_of_the_training_file_warns(tmp_path, monkeypatch, caplog):
+    import hashlib
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    mixed_table(400, seed=0, anomalies=30).to_csv("labelled.csv", index=False)
+    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
+    assert fitted.exit_code == 0, fitted.output
+    # A copy (another folder, another name) was not caught: the check was by path.
+    Path("exports").mkdir()
+    shutil.copy("labelled.csv", "exports/reviewed.csv")
+    copy = ["calibrate", "exports/reviewed.csv", "--label-col", "is_fault", "--model", "m"]
+    with caplog.at_level("WARNING"):
+        result = CliRunner().invoke(main, [*copy, "--no-tracking"])
+    assert result.exit_code == 0, result.output
+    training = str(Path("labelled.csv").resolve())
+    assert f"reviewed.csv is a copy of {training}, the file this model was fit on" in (caplog.text)
+    saved = json.loads(Path("m/detector.json").read_text())["training"]["source"]
+    assert saved["sha256"] == hashlib.sha256(Path("labelled.csv").read_bytes()).hexdigest()
+    caplog.clear()
+    # The same size with other bytes is another file.
+    text = Path("labelled.csv").read_text()
+    Path("exports/reviewed.csv").write_text(text.replace(",0\n", ",1\n", 1))
+    assert Path("exports/reviewed.csv").stat().st_size == Path("labelled.csv").stat().st_size
+    with caplog.at_level("WARNING"):
+        result = CliRunner().invoke(main, [*copy, "--no-tracking"])
+    assert result.exit_code == 0 and "fit on" not in caplog.text
+
+
+def test_a_model_saved_without_the_digest_knows_its_training_file_by_path(tmp_path):
+    from anomaly_vae.fitting import same_training_file, training_file
+
+    data = tmp_path / "train.csv"
+    data.write_text("a,b\n1,2\n")
+    saved_before = training_file(data, digest=False)  # a model saved before the digest
+    assert saved_before is not None and "sha256" not in saved_before
+    assert same_training_file(saved_before, data) == "same"
+    (tmp_path / "copy.csv").write_bytes(data.read_bytes())
+    assert same_training_file(saved_before, tmp_path / "copy.csv") is None
+    assert same_training_file(training_file(data), tmp_path / "copy.csv") == "copy"
+
+
 def test_the_set_help_names_both_intervals():
     # evaluation.interval_* bound AUROC and AUCPR alike (anomaly_vae.intervals).
     shown = CliRunner().invoke(main, ["calibrate", "--help"]).output
