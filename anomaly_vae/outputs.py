@@ -2,7 +2,8 @@
 as any file the user makes.
 
 Every output is written to a temporary file beside its destination and renamed into
-place, so a reader (or a killed run) never sees half a file.
+place, so a reader (or a killed run) never sees half a file; a folder of outputs (the
+anomaly maps of ``score --maps``) likewise, to a temporary folder moved into place.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,18 +37,27 @@ def refuse_overwriting_input(output: Path, source: Path) -> None:
         raise DataError(f"the output {output} is the input file; choose another output")
 
 
-def _creation_mode() -> int:
+def _creation_mode(folder: bool = False) -> int:
     """The permission bits a plain ``open(path, "w")`` would give a new file (0o666 less
-    the umask); ``mkstemp`` gives 0o600 whatever the umask."""
+    the umask), or ``mkdir`` a new folder (0o777 less it); ``mkstemp`` and ``mkdtemp``
+    give 0o600 and 0o700 whatever the umask."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return (0o777 if folder else 0o666) & ~umask
 
 
 @contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
+def atomic_output(path: Path, folder: bool = False) -> Iterator[Path]:
     """A temporary path beside ``path``; renamed to ``path`` if the block ends without an
-    exception, deleted otherwise. The folder is created if needed.
+    exception, deleted otherwise (Ctrl-C, and SIGTERM turned into SystemExit by the CLI,
+    included). The folder is created if needed.
+
+    With ``folder``, the temporary path is a folder for the block to fill, and ``path`` a
+    folder: a new one is the temporary folder renamed; into an existing one each file is
+    moved, replacing a file of its name and leaving its other files be (as writing into
+    it did). Either way nothing reaches ``path`` before the block has written it all. The
+    temporary folder of an existing ``path`` is made inside it, hidden: on the same file
+    system whatever ``path`` is (``.``, a mount point), needing no right to write its parent.
 
     An OSError, here or in the block, becomes a DataError naming ``path``: the block
     writes the temporary file, and the callers read their input through
@@ -56,21 +67,50 @@ def atomic_output(path: Path) -> Iterator[Path]:
     >>> folder = Path(tempfile.mkdtemp())
     >>> with atomic_output(folder / "scores.csv") as temporary:
     ...     _ = temporary.write_text("score\\n1.5\\n")
-    >>> sorted(p.name for p in folder.iterdir())
-    ['scores.csv']
+    >>> with atomic_output(folder / "maps", folder=True) as temporary:
+    ...     _ = (temporary / "001.png").write_bytes(b"")
+    >>> sorted(p.name for p in folder.iterdir()), [p.name for p in (folder / "maps").iterdir()]
+    (['maps', 'scores.csv'], ['001.png'])
     """
     with writing(path):
+        if folder and path.exists() and not path.is_dir():
+            raise DataError(f"cannot write {path}: it is a file, not a folder")
         make_folder(path.parent, path)
-        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        temporary = Path(name)
+        prefix = f".{path.name or path.resolve().name}."  # "." has no name of its own
+        existing = folder and path.is_dir()
+        if folder:
+            where = path if existing else path.parent
+            temporary = Path(tempfile.mkdtemp(suffix=".tmp", prefix=prefix, dir=where))
+        else:
+            handle, name = tempfile.mkstemp(suffix=".tmp", prefix=prefix, dir=path.parent)
+            os.close(handle)
+            temporary = Path(name)
         try:
             yield temporary
-            temporary.chmod(_creation_mode())
-            os.replace(temporary, path)
+            if folder:
+                _move_folder_into_place(temporary, path, existing)
+            else:
+                temporary.chmod(_creation_mode())
+                os.replace(temporary, path)
         except BaseException:
-            temporary.unlink(missing_ok=True)
+            if folder:
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                temporary.unlink(missing_ok=True)
             raise
+
+
+def _move_folder_into_place(temporary: Path, path: Path, existing: bool) -> None:
+    """The files of the folder ``temporary`` as those of ``path``: the folder renamed when
+    ``path`` did not exist (not ``existing``), else each file moved into it (a rename
+    each, so the folder holds a part of them only for as long as the renames take)."""
+    if not existing:
+        temporary.chmod(_creation_mode(folder=True))
+        os.replace(temporary, path)
+        return
+    for file in sorted(temporary.iterdir()):
+        os.replace(file, path / file.name)
+    temporary.rmdir()
 
 
 @contextlib.contextmanager

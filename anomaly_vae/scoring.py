@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -187,7 +188,10 @@ def score_images(
 
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
     brighter = worse reconstructed (an ensemble's: its members' mean), named in the
-    scores' ``map`` column.
+    scores' ``map`` column. Like the scores, the maps appear all together or not at all
+    (:func:`~anomaly_vae.outputs.atomic_output`): a file that cannot be read, found in a
+    later part of the folder, leaves ``maps_dir`` as it was, not with the maps of the
+    images before it, which a run after the file is fixed would mix with its own.
 
     The images are decoded and scored about ``PROGRESS_CHUNK_IMAGES`` at a time
     (:func:`image_chunk`), so memory does not grow with the folder (only the scores do,
@@ -197,40 +201,50 @@ def score_images(
     """
     listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
     classes = listing.label_names()
-    # Map names are chosen over the whole folder: two 001.png in different class
-    # folders are told apart even when they fall in different chunks.
-    map_files = None if maps_dir is None else anomaly_map_files(listing.names, Path(maps_dir))
     grey_model = _image_channels(detector) == 1
     frames, colour_for_grey = [], 0
     torchvision = torchvision_source(source)
     name = torchvision[0] if torchvision else Path(source).name  # not ROOT's folder (data/)
-    with scoring_progress(name, "images", progress, progress_lines) as count:
-        chunk = image_chunk(detector)
-        for start in range(0, len(listing), chunk):
-            stop = start + chunk
-            pixels = listing.read(start, stop).images
-            if grey_model and pixels.shape[1] == COLOUR_CHANNELS:
-                # Taken to grey here, as the model's preprocessing would, so that the
-                # colour images are counted once over the folder, not warned of per chunk.
-                colour_for_grey += colour_count(pixels)
-                pixels = luma(pixels)
-            # score_frame checks the images (their shape) first
-            frames.append(detector.score_frame(pixels, classes[start:stop]))
-            if start == 0:
-                warn_unknown_classes(detector, classes)
-            if map_files is not None:
-                maps = detector.anomaly_map(pixels, classes[start:stop])
-                write_anomaly_maps(maps, map_files[start:stop])
-            count(len(pixels))
-    listing.log_colour()
-    warn_colour_for_grey_model(colour_for_grey, len(listing))
-    scores = pd.concat(frames, ignore_index=True)
-    scores.insert(0, "image", listing.names)
-    if len(listing.classes) > 1:
-        scores.insert(1, "class", classes)
-    if map_files is not None:
-        scores["map"] = [file.name for file in map_files]  # names can differ from the image's
-    write_atomic(scores, Path(output))
+    maps_output = (
+        contextlib.nullcontext(None)
+        if maps_dir is None
+        else atomic_output(Path(maps_dir), folder=True)
+    )
+    # The maps are moved into place before the scores are (contexts close in reverse), so
+    # that scores, which name their maps, never come without them.
+    with atomic_output(Path(output)) as scores_file, maps_output as maps_folder:
+        # Map names are chosen over the whole folder: two 001.png in different class
+        # folders are told apart even when they fall in different chunks.
+        map_files = None if maps_folder is None else anomaly_map_files(listing.names, maps_folder)
+        with scoring_progress(name, "images", progress, progress_lines) as count:
+            chunk = image_chunk(detector)
+            for start in range(0, len(listing), chunk):
+                stop = start + chunk
+                pixels = listing.read(start, stop).images
+                if grey_model and pixels.shape[1] == COLOUR_CHANNELS:
+                    # Taken to grey here, as the model's preprocessing would, so that
+                    # the colour images are counted once over the folder, not warned of
+                    # per chunk.
+                    colour_for_grey += colour_count(pixels)
+                    pixels = luma(pixels)
+                # score_frame checks the images (their shape) first
+                frames.append(detector.score_frame(pixels, classes[start:stop]))
+                if start == 0:
+                    warn_unknown_classes(detector, classes)
+                if map_files is not None:
+                    maps = detector.anomaly_map(pixels, classes[start:stop])
+                    write_anomaly_maps(maps, map_files[start:stop])
+                count(len(pixels))
+        listing.log_colour()
+        warn_colour_for_grey_model(colour_for_grey, len(listing))
+        scores = pd.concat(frames, ignore_index=True)
+        scores.insert(0, "image", listing.names)
+        if len(listing.classes) > 1:
+            scores.insert(1, "class", classes)
+        if map_files is not None:
+            scores["map"] = [file.name for file in map_files]  # can differ from the image's
+        with writing(Path(output)):  # not blamed on the maps, whose context is inner
+            write_frame(scores, scores_file, Path(output))
     return scores
 
 
@@ -370,10 +384,10 @@ def map_names(names: list[str]) -> list[str]:
     return chosen
 
 
-def write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    """Write ``frame`` to ``path`` (Parquet for .parquet/.pq, else CSV) via rename."""
-    with atomic_output(path) as temporary:
-        if path.suffix.lower() in PARQUET_SUFFIXES:
-            frame.to_parquet(temporary, index=False)
-        else:
-            frame.to_csv(temporary, index=False)
+def write_frame(frame: pd.DataFrame, file: Path, path: Path) -> None:
+    """Write ``frame`` to ``file``, as Parquet when ``path`` (the output it becomes) ends
+    in .parquet or .pq, else as CSV."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        frame.to_parquet(file, index=False)
+    else:
+        frame.to_csv(file, index=False)

@@ -1,5 +1,6 @@
 """Images: reading folders and torchvision datasets, fitting and scoring image models."""
 
+import itertools
 import re
 import runpy
 from pathlib import Path
@@ -734,3 +735,81 @@ def test_a_folder_is_scored_a_chunk_at_a_time_as_if_read_whole(name, tmp_path, m
     ]
     assert sorted(whole_maps) == sorted(frame["map"])
     assert frame["class"].tolist() == ["bad"] * 3 + ["good"] * 5
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (hidden ones included), by its path in it, with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("failure", ["unreadable", "other size", "interrupted"])
+def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch):
+    """A folder is scored a chunk at a time; a file found unreadable (or of another size)
+    in a later chunk, or Ctrl-C there, failed the run after the earlier chunks' maps were
+    written into MAPS, with no scores: a rerun then left a mix of old and new maps. Now
+    MAPS is left as it was, and a run that succeeds replaces its maps whole."""
+    from anomaly_vae import scoring
+
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", 2)  # 3 chunks before the last
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(bars(6, seed=1)):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    last = folder / "zzz.png"  # sorts last: in the fourth chunk
+    if failure == "unreadable":
+        last.write_bytes(b"not a png")
+    else:
+        Image.fromarray(bars(1, seed=2, size=20 if failure == "other size" else 16)[0, 0]).save(
+            last
+        )
+    if failure == "interrupted":
+        anomaly_map = detector.anomaly_map
+        calls = itertools.cycle(range(4))  # the fourth chunk of each run
+
+        def interrupted(*args):
+            if next(calls) == 3:
+                raise KeyboardInterrupt
+            return anomaly_map(*args)
+
+        monkeypatch.setattr(detector, "anomaly_map", interrupted)
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "notes.txt").write_text("the user's own file")
+    (maps / "000.png").write_bytes(b"an earlier run's map of 000.png")
+    before = folder_contents(tmp_path)
+    for maps_dir in (maps, tmp_path / "new_maps"):
+        with pytest.raises(KeyboardInterrupt if failure == "interrupted" else DataError) as error:
+            scoring.score_images(folder, detector, tmp_path / "s.csv", maps_dir)
+        if failure == "unreadable":
+            assert "zzz.png" in str(error.value)  # the file is named
+        # No new map, no scores, no temporary file or folder left behind
+        assert folder_contents(tmp_path) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["maps", "new"]
+    # Fixed, the folder is scored: its maps replace those of their names; other files stay.
+    last.unlink()
+    monkeypatch.undo()
+    scores = scoring.score_images(folder, detector, tmp_path / "s.csv", maps)
+    written = folder_contents(maps)
+    assert sorted(written) == [*scores["map"], "notes.txt"] and len(scores) == 6
+    assert written["notes.txt"] == b"the user's own file"
+    assert written["000.png"] != before["maps/000.png"]
+    assert oct(maps.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
+    fresh = tmp_path / "fresh" / "maps"  # a new folder, and its parent, are made
+    scoring.score_images(folder, detector, tmp_path / "s2.csv", fresh)
+    assert folder_contents(fresh) == {name: written[name] for name in scores["map"]}
+    assert oct(fresh.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0o700
+    with pytest.raises(DataError, match=r"notes\.txt: it is a file, not a folder"):
+        scoring.score_images(folder, detector, tmp_path / "s3.csv", maps / "notes.txt")
+    assert not (tmp_path / "s3.csv").exists()
+
+
+def _umask() -> int:
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
