@@ -222,6 +222,17 @@ def test_reads_an_image_folder(tmp_path):
         read_images(tmp_path)
 
 
+def test_an_image_too_large_for_pil_is_a_data_error_naming_it(tmp_path, monkeypatch):
+    # PIL refuses images over twice Image.MAX_IMAGE_PIXELS (179 million pixels, a 23 kB
+    # PNG of 14,000 x 14,000) with DecompressionBombError, no OSError: a traceback that
+    # did not name the file, after the folder's earlier chunks were scored.
+    for i, image in enumerate(bars(2, seed=4)):
+        Image.fromarray(image[0]).save(tmp_path / f"{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16 x 16 = 256 pixels is over 200
+    with pytest.raises(DataError, match=r"0\.png is too large to read: Image size \(256 pixels\)"):
+        read_images(tmp_path)
+
+
 def test_hidden_files_and_folders_and_folders_without_images_are_no_images_or_classes(
     tmp_path, caplog
 ):

@@ -576,6 +576,10 @@ def _decoded(file: str) -> Image.Image:
             return to_8bit(ImageOps.exif_transpose(image))
     except OSError as exc:
         raise DataError(f"{file} is not a readable image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        # Not an OSError: PIL's refusal of an image over twice MAX_IMAGE_PIXELS was a
+        # traceback that did not name the file.
+        raise DataError(f"{file} is too large to read: {exc}") from exc
     except DataError as exc:
         raise DataError(f"{file}: {exc}") from exc
 
