@@ -200,8 +200,8 @@ class ImageListing:
     ``classes``; their pixels are decoded by :meth:`read`, a range at a time.
 
     A folder is read as a whole would be: colour when any of its images is colour, one
-    size for all (unless resized to ``size``). ``read`` checks the sizes over every
-    image read so far, and records the colour files for :meth:`log_colour`.
+    size for all (unless resized to ``size``). ``read`` checks each image's size against
+    the first image read, and records the colour files for :meth:`log_colour`.
     """
 
     names: list[str]  # file paths, or "test/123" indices
@@ -210,7 +210,7 @@ class ImageListing:
     path: Path  # the folder or source, for messages
     size: int | None  # data.image_size: every image resized to size x size
     pixels: np.ndarray | None = None  # a torchvision split's (n, 1, H, W) uint8, in memory
-    sizes: set[tuple[int, int]] = field(default_factory=set)  # (H, W) of those read
+    first: tuple[str, tuple[int, int]] | None = None  # the first image read, its (H, W)
     colour: list[str] = field(default_factory=list)  # colour files among those read
     grey: int = 0  # grey images among those read
 
@@ -240,16 +240,26 @@ class ImageListing:
         self.grey += len(images) - len(colour)
         mode = "RGB" if colour else "L"
         pixels = [_pixels(image.convert(mode), self.size) for image in images]
-        self.sizes |= {p.shape[:2] for p in pixels}
-        if len(self.sizes) > 1:
-            raise DataError(
-                f"images in {self.path} have different sizes {sorted(self.sizes)[:4]}; resize "
-                "them when read with data.image_size (at fit, e.g. --set data.image_size=64; "
-                "the model then resizes what it scores)"
-            )
+        for file, image_pixels in zip(names, pixels, strict=True):
+            self._check_size(file, image_pixels.shape[:2])
         array = np.stack(pixels)
         array = array[:, None] if mode == "L" else array.transpose(0, 3, 1, 2)
         return ImageSet(array, labels, self.classes, names)
+
+    def _check_size(self, file: str, size: tuple[int, int]) -> None:
+        """DataError naming ``file`` and the first image read when their sizes ``(H, W)``
+        differ: in a folder scored a part at a time, the sizes seen in one message had
+        named neither file."""
+        if self.first is None:
+            self.first = file, size
+        elif size != self.first[1]:
+            first, first_size = self.first
+            raise DataError(
+                f"images in {self.path} have different sizes ({file}: {size[0]} x {size[1]}, "
+                f"{first}: {first_size[0]} x {first_size[1]}); resize them when read with "
+                "data.image_size (at fit, e.g. --set data.image_size=64; the model then "
+                "resizes what it scores)"
+            )
 
     def log_colour(self) -> None:
         """Warn when some, not all, of the images read are colour, so all were read in
