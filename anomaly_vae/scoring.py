@@ -200,6 +200,7 @@ def score_images(
     line a minute unless ``progress_lines`` is false, as in a batch run's log).
     """
     listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
+    listing.check()  # a bad file among the last is found before the first is scored
     classes = listing.label_names()
     grey_model = _image_channels(detector) == 1
     frames, colour_for_grey = [], 0

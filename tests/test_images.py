@@ -393,6 +393,10 @@ def test_photos_with_an_exif_orientation_read_upright_as_a_viewer_shows_them(tmp
         picture.save(tmp_path / f"o{orientation}{suffix}", exif=exif, quality=95)
     images = read_images(tmp_path)
     assert images.images.shape == (8, 3, 16, 24)
+    # score checks sizes from the headers first; PIL turns a TIFF's size itself there too
+    from anomaly_vae.data.images import _header_size
+
+    assert {_header_size(name) for name in images.names} == {(16, 24)}
     for name, image in zip(images.names, images.images, strict=True):
         pixels = image.transpose(1, 2, 0).astype(int)
         assert np.abs(pixels - upright).mean() < 5, name  # JPEG is lossy at edges
@@ -758,12 +762,13 @@ def folder_contents(folder: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.mark.parametrize("failure", ["unreadable", "other size", "interrupted"])
+@pytest.mark.parametrize("failure", ["unreadable", "truncated", "other size", "interrupted"])
 def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch):
     """A folder is scored a chunk at a time; a file found unreadable (or of another size)
     in a later chunk, or Ctrl-C there, failed the run after the earlier chunks' maps were
     written into MAPS, with no scores: a rerun then left a mix of old and new maps. Now
-    MAPS is left as it was, and a run that succeeds replaces its maps whole."""
+    MAPS is left as it was, and a run that succeeds replaces its maps whole. (A file cut
+    short is found only as it is decoded, in its chunk; the others before scoring.)"""
     from anomaly_vae import scoring
 
     config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
@@ -776,6 +781,8 @@ def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch)
     last = folder / "zzz.png"  # sorts last: in the fourth chunk
     if failure == "unreadable":
         last.write_bytes(b"not a png")
+    elif failure == "truncated":  # its header whole, its pixels not
+        last.write_bytes((folder / "000.png").read_bytes()[:60])
     else:
         Image.fromarray(bars(1, seed=2, size=20 if failure == "other size" else 16)[0, 0]).save(
             last
@@ -827,3 +834,41 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+@pytest.mark.parametrize("bad", ["unreadable", "other size", "too large"])
+def test_a_bad_image_sorting_last_is_refused_before_any_image_is_scored(bad, tmp_path, monkeypatch):
+    # Found in the folder's last chunk, after every other chunk was decoded and scored
+    # (20,000 PNGs: 19 s, then the error); the headers, read first, tell in 0.6 s.
+    from anomaly_vae import scoring
+
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", 2)
+    for i, image in enumerate(bars(6, seed=1)):
+        Image.fromarray(image[0]).save(tmp_path / f"{i:03d}.png")
+    if bad == "unreadable":
+        (tmp_path / "zzz.png").write_bytes(b"not a png")
+    else:
+        side = 40 if bad == "too large" else 20
+        Image.fromarray(bars(1, seed=2, size=side)[0, 0]).save(tmp_path / "zzz.png")
+    if bad == "too large":  # 1,600 pixels, over twice PIL's MAX_IMAGE_PIXELS; 256 are not
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)
+    scored = []
+    monkeypatch.setattr(detector, "score_frame", lambda *args: scored.append(args))
+    with pytest.raises(DataError) as error:
+        scoring.score_images(tmp_path, detector, tmp_path.parent / "s.csv")
+    reason = {
+        "unreadable": " is not a readable image",
+        "other size": ": 20 x 20",
+        "too large": " is too large to read",
+    }
+    assert f"zzz.png{reason[bad]}" in str(error.value).replace(str(tmp_path) + "/", "")
+    assert scored == []
+    # A header giving another size than the pixels (an orientation after a PNG's pixels)
+    # is not taken at its word: the image is decoded to confirm it.
+    (tmp_path / "zzz.png").unlink()
+    monkeypatch.undo()
+    monkeypatch.setattr("anomaly_vae.data.images._header_size", lambda file: (16, 20))
+    scores = scoring.score_images(tmp_path, detector, tmp_path.parent / "s.csv")
+    assert len(scores) == 6
