@@ -570,7 +570,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, root: type | None = Non
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]}; valid keys: "
             + ", ".join(prefix + k for k in known)
-            + _suggestion(str(unknown[0]), list(known), prefix, root)
+            + _suggestion(str(unknown[0]), data[unknown[0]], list(known), prefix, root)
         )
     kwargs = {}
     for name, value in data.items():
@@ -584,20 +584,44 @@ def _build(cls: type, data: dict[str, Any], prefix: str, root: type | None = Non
     return cls(**kwargs)
 
 
-def _suggestion(name: str, known: list[str], prefix: str, root: type) -> str:
-    """``"; did you mean KEY?"`` for the unknown key ``prefix + name``, or "" when no key
-    is likely meant: the same name in another section of ``root`` (``model.epochs``:
-    training.epochs), else the closest spelling in this section (``model.latnet_dim``).
-    The full list of valid keys runs to 20 names, too many to spot the one meant."""
+def _suggestion(name: str, value: Any, known: list[str], prefix: str, root: type) -> str:
+    """``"; did you mean KEY?"`` for the unknown key ``prefix + name`` set to ``value``, or
+    "" when no key is likely meant. The full list of valid keys runs to 20 names, too
+    many to spot the one meant.
+
+    First a key of that name in another section of ``root`` that takes ``value``
+    (``model.epochs=5``: training.epochs; ``model.batch_size=64`` names training's and
+    scoring's). A key of that name that refuses the value is not suggested: the name is
+    then a common word the sections share, not the key meant (``tracking.name=x`` is no
+    ``model.name``, as x is no model). Else the closest spelling in this section
+    (``model.latnet_dim``), else nothing.
+    """
     if prefix:
-        for section, hint in typing.get_type_hints(root).items():
-            names = (
-                {f.name for f in dataclasses.fields(hint)} if dataclasses.is_dataclass(hint) else ()
-            )
-            if name in names:
-                return f"; did you mean {section}.{name}?"
+        moved = [
+            f"{section}.{name}"
+            for section, hint in typing.get_type_hints(root).items()
+            if dataclasses.is_dataclass(hint)
+            and name in {f.name for f in dataclasses.fields(hint)}
+            and _takes(root, section, name, value)
+        ]
+        if moved:
+            return f"; did you mean {' or '.join(moved)}?"
     close = difflib.get_close_matches(name, known, n=1)
     return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
+def _takes(root: type, section: str, name: str, value: Any) -> bool:
+    """Whether ``section.name`` of a ``root`` config takes ``value`` (its other keys
+    at their defaults), a model name only when it is a variant's."""
+    from anomaly_vae.models import check_model_name  # the names only: no torch
+
+    try:
+        from_dict({section: {name: value}}, root)
+        if (section, name) == ("model", "name"):
+            check_model_name(value)
+    except ConfigError:
+        return False
+    return True
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

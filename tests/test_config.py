@@ -35,6 +35,10 @@ def test_unknown_key_names_the_valid_ones():
         ("model.epochs=3", "did you mean training.epochs?"),  # a key of another section
         ("scoring.target_fpr=0.05", "did you mean calibration.target_fpr?"),
         ("traning.epochs=3", "did you mean training?"),  # a section's typo
+        # a model name set in the wrong section
+        ("training.name=conv-vae", "did you mean model.name?"),
+        # a name two sections share: both are named
+        ("model.batch_size=64", "did you mean training.batch_size or scoring.batch_size?"),
     ],
 )
 def test_unknown_key_suggests_the_key_meant(override, suggestion):
@@ -45,10 +49,30 @@ def test_unknown_key_suggests_the_key_meant(override, suggestion):
     assert str(raised.value).endswith(f"; {suggestion}")
 
 
-def test_unknown_key_without_a_likely_meaning_gets_no_suggestion():
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.zzzzzz=3",
+        # "name" is a word every section could use: model.name takes no "x" (no variant
+        # is called so), and no key of tracking is spelled like it
+        "tracking.name=x",
+    ],
+)
+def test_unknown_key_without_a_likely_meaning_gets_no_suggestion(override):
     with pytest.raises(ConfigError) as raised:
-        load_config(overrides=["model.zzzzzz=3"])
+        load_config(overrides=[override])
     assert "did you mean" not in str(raised.value)
+
+
+def test_a_config_file_key_is_suggested_as_an_override_is(tmp_path):
+    # The value a file gives decides as a --set value does.
+    (tmp_path / "a.yaml").write_text("tracking:\n  name: my-runs\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path / "a.yaml")
+    assert "did you mean" not in str(raised.value)
+    (tmp_path / "a.yaml").write_text("model:\n  epochs: 5\n")
+    with pytest.raises(ConfigError, match=r"; did you mean training\.epochs\?$"):
+        load_config(tmp_path / "a.yaml")
 
 
 @pytest.mark.parametrize("override", [".epochs=3", "training.=3", " . =3"])
