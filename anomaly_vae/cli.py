@@ -24,7 +24,7 @@ from anomaly_vae.config import (
     load_config,
 )
 from anomaly_vae.data.images import TORCHVISION_SETS
-from anomaly_vae.errors import AnomalyVAEError
+from anomaly_vae.errors import AnomalyVAEError, ConfigError
 
 DEFAULTS = Config()
 # calibrate (f1, recall) asks for a check when the new threshold flags more than this many
@@ -721,7 +721,9 @@ def calibrate(
         item for item in overrides if item.partition("=")[0].strip() not in CALIBRATE_SETTINGS
     ]
     if others:
-        raise click.UsageError(
+        # A ConfigError, as a bad --set key is in fit, config and benchmark: the same exit
+        # code (1) for a bad configuration in every command.
+        raise ConfigError(
             f"--set {others[0]}: calibrate takes {' and '.join(CALIBRATE_SETTINGS)} only; "
             "the model's other settings are those it was fit with"
         )

@@ -317,12 +317,13 @@ def test_evaluation_settings_set_the_interval_and_other_settings_are_refused(tmp
     assert none.exit_code == 0, none.output
     assert "AUROC" in none.output and "interval" not in none.output
     saved = latest_model_dir(tmp_path)
+    # A configuration error, exit code 1, as a bad --set key is in fit (not click's 2)
     refused = _calibrate("source", "--no-tracking", "--set", "model.latent_dim=4")
-    assert refused.exit_code == 2
+    assert refused.exit_code == 1
     assert "calibrate takes evaluation.interval_level and" in refused.output
     # It splits a fit's own data: calibrate would ignore it.
     fraction = _calibrate("source", "--no-tracking", "--set", "evaluation.fraction=0.5")
-    assert fraction.exit_code == 2 and "--set evaluation.fraction=0.5" in fraction.output
+    assert fraction.exit_code == 1 and "--set evaluation.fraction=0.5" in fraction.output
     too_few = _calibrate("source", "--no-tracking", "--set", "evaluation.interval_resamples=5")
     assert too_few.exit_code == 1
     assert "evaluation.interval_resamples must be 0" in too_few.output
