@@ -686,6 +686,19 @@ def test_cli_names_the_valid_methods_and_datasets(table_dir, tmp_path):
     assert result.exit_code == 1 and "FashionMNIST" in result.output
 
 
+def test_an_unknown_model_name_is_refused_before_any_row_runs(table_dir, tmp_path):
+    # It failed our detector's rows one by one (recorded in failures.csv) while the other
+    # methods ran on; fit and config refuse it at once.
+    out = tmp_path / "out"
+    base = ["benchmark", "--protocol", "t-clean", "--data-dir", str(table_dir), "--out", str(out)]
+    result = CliRunner().invoke(
+        main, [*base, "--methods", "anomaly-vae,knn", "--set", "model.name=nope"]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: unknown model 'nope'; available: beta-vae")
+    assert not out.exists()
+
+
 def test_cli_protocols_are_the_runners():
     choices = next(p for p in main.commands["benchmark"].params if p.name == "protocol")
     assert tuple(choices.type.choices) == PROTOCOLS

@@ -57,6 +57,7 @@ from anomaly_vae.benchmark.tasks import (
 )
 from anomaly_vae.config import Config, flatten, load_config
 from anomaly_vae.errors import ConfigError
+from anomaly_vae.models import check_model_name
 
 # Imported on first use, inside the first timed fit of a process: the forkserver imports
 # them for every worker (building a torch optimizer imports torch._dynamo: seconds).
@@ -171,6 +172,9 @@ def run_benchmark(
     config_path = Path(config_path) if config_path is not None else None
     overrides = list(overrides)
     planning_config = detector_config(config_path, overrides, seeds[0], threads)
+    # As fit and config refuse it: an unknown model.name would otherwise fail our
+    # detector's every row, one by one, while the rest of the run goes on.
+    check_model_name(planning_config.model.name)
     found = find_datasets(protocol, Path(data_dir), datasets)
     chosen, skipped = plan_methods(methods, planning_config, kind)
     if not chosen:  # only when methods were named: the baselines suit any data
