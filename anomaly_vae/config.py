@@ -40,6 +40,10 @@ AUTO = {"auto": True}
 TABLE_TRIM_FRACTION = 0.05  # what model.trim_fraction=None (auto) means for tables
 TABLE_MIN_LOG_VARIANCE = -6.0  # what model.min_log_variance=None (auto) means for tables
 IMAGE_MIN_LOG_VARIANCE = -4.0  # and for images
+MAX_MIN_LOG_VARIANCE = 0.0  # highest model.min_log_variance: features are scaled to
+# variance 1 or less (standard scaling; minmax and pixels in [0, 1]), so a floor above
+# log 1 only drowns the reconstruction error in the variance (at 50 every row's
+# negative ELBO was the same within 0.2 nats); 0 is the fixed unit-variance decoder
 IMAGE_POOL = 2  # what data.image_pool=None (auto) means where the pooled images fit the model
 MIN_IMAGE_SIDE = 4  # smallest data.image_size: below it no shape is left to model
 MIN_POOLED_SIDE = 7  # auto pooling never makes an image side shorter than this
@@ -103,7 +107,7 @@ class ModelConfig:
     # auto: -6 for tables, -4 for images, where pixels that are dark in almost every
     # training image would otherwise get so small a variance that a faint stroke there
     # outweighs the shape (I-oneclass, MLP VAE at 14x14 against -6: MNIST 94.86 -> 97.23
-    # AUROC, Fashion-MNIST 93.55 -> 93.88; docs/tuning.md)
+    # AUROC, Fashion-MNIST 93.55 -> 93.88; docs/tuning.md). At most 0: MAX_MIN_LOG_VARIANCE
     quantisation_floor: bool = True  # tables: no feature's decoder variance below
     # step^2 / 12, the variance of a uniform spread over one quantisation step of the
     # feature (data.ColumnSchema.step). A Gaussian on integer-coded or rarely non-zero
@@ -352,6 +356,13 @@ def validate(cfg: DetectorConfig) -> None:
         (cfg.model.latent_dim >= 1, "model.latent_dim must be >= 1"),
         (all(h >= 1 for h in cfg.model.hidden_dims), "model.hidden_dims must be positive"),
         (cfg.model.beta >= 0, "model.beta must be >= 0"),
+        (
+            cfg.model.min_log_variance is None
+            or cfg.model.min_log_variance <= MAX_MIN_LOG_VARIANCE,
+            f"model.min_log_variance must be <= {MAX_MIN_LOG_VARIANCE:g} (or auto): the "
+            "features are scaled to variance 1 or less, and a higher floor on the decoder's "
+            "log-variance leaves their reconstruction out of the score",
+        ),
         (
             cfg.model.likelihood in ("auto", "gaussian", "bernoulli"),
             "model.likelihood must be auto, gaussian or bernoulli",

@@ -106,6 +106,10 @@ def test_an_override_without_a_section_or_key_name_says_the_form(override):
         ("evaluation.fraction=1.5", r"evaluation.fraction must be in \(0, 1\)"),
         ("evaluation.fraction=0", r"evaluation.fraction must be in \(0, 1\)"),
         ("tracking.view_rows=0", "tracking.view_rows must be >= 1"),
+        # 50 fitted, and every row then scored the same within 0.2 nats
+        ("model.min_log_variance=50", r"model.min_log_variance must be <= 0 \(or auto\)"),
+        # 1e38 made the loss infinite: "training diverged", lower the learning rate
+        ("model.min_log_variance=1e38", r"model.min_log_variance must be <= 0 \(or auto\)"),
         ("family.variants=[vae, vae]", "family.variants names a variant twice"),
         ("epochs=3", "must look like section.key=value"),
     ],
@@ -113,6 +117,12 @@ def test_an_override_without_a_section_or_key_name_says_the_form(override):
 def test_bad_values_are_rejected_with_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+def test_min_log_variance_takes_zero_and_below():
+    # 0: the fixed unit-variance decoder docs/tuning.md compares against
+    for value in ("0", "-20", "auto"):
+        load_config(overrides=[f"model.min_log_variance={value}"])
 
 
 def test_yes_and_no_stay_words_where_text_is_expected():
