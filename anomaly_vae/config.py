@@ -380,6 +380,9 @@ def validate(cfg: DetectorConfig) -> None:
         (cfg.model.commitment_cost >= 0, "model.commitment_cost must be >= 0"),
         (cfg.training.weight_decay >= 0, "training.weight_decay must be >= 0"),
         (cfg.training.seed >= 0, "training.seed must be >= 0"),
+        # torch takes 64-bit seeds: 2**64 failed fit with a ValueError traceback ("Overflow
+        # when unpacking long long")
+        (cfg.training.seed < 2**64, "training.seed must be below 2**64"),
         (cfg.training.num_threads >= 0, "training.num_threads must be >= 0 (0: one per core)"),
         (cfg.model.kl_warmup_epochs >= 0, "model.kl_warmup_epochs must be >= 0"),
         (cfg.model.capacity >= 0, "model.capacity must be >= 0"),

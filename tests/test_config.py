@@ -101,6 +101,7 @@ def test_an_override_without_a_section_or_key_name_says_the_form(override):
         ("model.conv_channels=[]", "model.conv_channels must be one or more"),
         ("training.weight_decay=-1", "training.weight_decay must be >= 0"),
         ("training.seed=-1", "training.seed must be >= 0"),
+        ("training.seed=18446744073709551616", r"training.seed must be below 2\*\*64"),
         ("training.num_threads=-3", "training.num_threads must be >= 0"),
         ("model.commitment_cost=-1", "model.commitment_cost must be >= 0"),
         ("evaluation.fraction=1.5", r"evaluation.fraction must be in \(0, 1\)"),
