@@ -526,6 +526,15 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         features, conditions = self._model_input(X, condition)
 
         train_rows, val_rows, cal_rows = self._split(len(features), config)
+        k = config.scoring.latent_neighbours
+        if score in LATENT_SCORES and len(train_rows) < k:
+            # Before training: the reference of the latent scores is drawn from the
+            # training rows, and LatentNeighbours refused it with a ValueError traceback.
+            raise ConfigError(
+                f"scoring.latent_neighbours={k} is more than the "
+                f"{len(train_rows):,} training {self.score_item}s "
+                f"that {score} finds neighbours among: lower it, or use another scoring.score"
+            )
         torch.manual_seed(config.training.seed)  # weight initialisation
         self.model_ = self._build_model(config, features.shape[1:], _width(conditions))
 

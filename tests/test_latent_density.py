@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import NearestNeighbors
 
 from anomaly_vae import VAEDetector, latent_density
-from anomaly_vae.errors import ModelNotFoundError
+from anomaly_vae.errors import ConfigError, ModelNotFoundError
 from anomaly_vae.latent_density import LatentNeighbours, RobustScale
 from tests.conftest import tiny_config
 
@@ -93,6 +93,19 @@ def test_tables_score_by_the_elbo_unless_told_otherwise(normal_rows):
     assert detector.score_name == "negative_elbo"
     assert detector.latent_neighbours_ is None
     assert "latent_knn_distance" not in detector.score_frame(normal_rows[:5])
+
+
+def test_more_neighbours_than_training_rows_is_a_config_error_before_training(normal_rows):
+    # 600 rows: 450 train. It failed after training with LatentNeighbours' ValueError.
+    config = tiny_config(
+        *LATENT_SCORE, "scoring.latent_neighbours=1000", "scoring.latent_reference_rows=1000"
+    )
+    epochs = []
+    with pytest.raises(ConfigError, match=r"scoring.latent_neighbours=1000 is more than the 450 "):
+        VAEDetector(config.detector_config()).fit(
+            normal_rows, on_epoch=lambda epoch, losses: epochs.append(epoch)
+        )
+    assert epochs == []
 
 
 def test_the_reference_is_a_bounded_sample_of_training_rows(normal_rows):
