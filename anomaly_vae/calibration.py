@@ -33,16 +33,17 @@ METHOD_DESCRIPTIONS = {
 }
 
 
-def quantile_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
+def quantile_threshold(normal_scores: np.ndarray, target_fpr: float, warn: bool = True) -> float:
     """The (1 - target_fpr) quantile of held-out normal scores.
 
     On fresh normal data from the same distribution, about ``target_fpr`` of rows
     score above it. ``normal_scores (n,)``. The quantile is taken conservatively
     (the next observed score up, not an interpolation), so at most ``target_fpr``
-    of the calibration rows lie above it even when they are few.
+    of the calibration rows lie above it even when they are few, which is warned
+    about unless ``warn`` is False (a threshold that labelled rows replace next).
     """
     scores = np.asarray(normal_scores, dtype=np.float64)
-    if scores.size * target_fpr < 1:
+    if warn and scores.size * target_fpr < 1:
         logger.warning(
             "%d calibration rows cannot resolve a %.2g%% false-positive rate (need %d); "
             "a quantile threshold on them is their highest score",

@@ -286,10 +286,16 @@ class ThresholdedScores:
         return self.threshold_from_scores(labels.astype(bool), scores, method, target_recall)
 
     def threshold_from_normal_scores(
-        self: _Scores, normal_scores: np.ndarray, target_fpr: float | None = None
+        self: _Scores,
+        normal_scores: np.ndarray,
+        target_fpr: float | None = None,
+        *,
+        provisional: bool = False,
     ) -> _Scores:
         """:meth:`calibrate_threshold` by quantile, for normal rows already scored:
-        ``normal_scores (n,)`` from :meth:`anomaly_score`; returns ``self``."""
+        ``normal_scores (n,)`` from :meth:`anomaly_score`; returns ``self``.
+        ``provisional``: a labelled ``calibration.method`` replaces this threshold next,
+        so too few rows for ``target_fpr`` are not warned about."""
         if target_fpr is None:
             target_fpr = self.calibration_["target_fpr"]
         if not 0 < target_fpr < 1:
@@ -302,7 +308,7 @@ class ThresholdedScores:
                 f"{int((~np.isfinite(scores)).sum())} of {scores.size} normal rows score "
                 "NaN or infinity: the model cannot set a threshold on them"
             )
-        self.threshold_ = quantile_threshold(scores, target_fpr)
+        self.threshold_ = quantile_threshold(scores, target_fpr, warn=not provisional)
         self.offset_ = -self.threshold_
         self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr) | {
             "score": self.score_name
@@ -575,7 +581,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             calibration |= neighbours.scores(calibration["negative_elbo"], cal_distance)
             self.latent_neighbours_ = neighbours
         self.score_name_ = score
-        return self.threshold_from_normal_scores(calibration[score], config.calibration.target_fpr)
+        # A labelled calibration.method (fit --label-col, or calibrate_threshold) moves
+        # the threshold on; these held-out scores stay, for the false-positive rate it
+        # reports at the labelled threshold.
+        return self.threshold_from_normal_scores(
+            calibration[score],
+            config.calibration.target_fpr,
+            provisional=config.calibration.method != QUANTILE_THRESHOLD,
+        )
 
     def _set_image_classes(self, model_name: str, condition: Any, n: int) -> None:
         """The classes of a conditional image model, from the training images' ``condition``."""

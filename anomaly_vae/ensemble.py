@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.config import DetectorConfig
+from anomaly_vae.config import QUANTILE_THRESHOLD, DetectorConfig
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import (
     ENSEMBLE_FILE,
@@ -66,8 +66,12 @@ class EnsembleDetector(ThresholdedScores):
         }
         ensemble = cls(members, references)
         calibration_scores = ensemble.anomaly_score(*part(calibration))
-        target = first.effective_config.calibration.target_fpr
-        ensemble.threshold_from_normal_scores(calibration_scores, target)
+        settings = first.effective_config.calibration
+        ensemble.threshold_from_normal_scores(
+            calibration_scores,
+            settings.target_fpr,
+            provisional=settings.method != QUANTILE_THRESHOLD,  # as its members' (detector.py)
+        )
         ensemble.n_training_rows_ = dict(first.n_training_rows_)
         return ensemble
 

@@ -269,3 +269,18 @@ def test_file_level_checks_name_file_rows_and_respect_categories(
         tmp_path / "train.csv", config, eval_source=tmp_path / "e.csv", project_dir=tmp_path
     )
     assert result.evaluation["n_normal"] > 0
+
+
+@pytest.mark.parametrize(("method", "warned"), [("quantile", True), ("f1", False)])
+def test_few_calibration_rows_are_warned_about_only_for_a_quantile_threshold(
+    tmp_path, labelled_config, caplog, method, warned
+):
+    # 280 normal rows, 224 fitted: 34 calibration rows cannot resolve a 1% false-positive
+    # rate. With f1 the threshold is chosen on the labelled rows instead, yet the warning
+    # said "a quantile threshold on them is their highest score".
+    mixed_table(300, seed=0, anomalies=20).to_csv(tmp_path / "train.csv", index=False)
+    labelled_config.calibration.method = method
+    with caplog.at_level("WARNING"):
+        result = fit_table(tmp_path / "train.csv", labelled_config, project_dir=tmp_path)
+    assert result.detector.calibration_["method"] == method
+    assert ("34 calibration rows cannot resolve" in caplog.text) is warned
