@@ -470,6 +470,37 @@ def from_dict(data: dict[str, Any], cls: type = Config) -> Any:
     return _build(cls, data or {}, prefix="")
 
 
+# Settings that moved, as a model saved before the move names them: {old key: new key}.
+RENAMED_KEYS = {
+    # 0bdcdb9 (2026-11-30): the trimmed loss became a model setting when it came to trim
+    # the calibrated decoder variance too. Neither is used in scoring (the variance is in
+    # the saved weights), so an older model scores as it did.
+    "training.trim_fraction": "model.trim_fraction",
+}
+
+
+def renamed_to_current(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved model's config (nested dicts) with each key of :data:`RENAMED_KEYS` under
+    its current name, unless that name is given too; a copy, ``data`` is unchanged.
+
+    >>> renamed_to_current({"training": {"trim_fraction": 0.05, "epochs": 5}})
+    {'training': {'epochs': 5}, 'model': {'trim_fraction': 0.05}}
+    """
+    upgraded = {
+        section: dict(values) if isinstance(values, dict) else values
+        for section, values in data.items()
+    }
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_name), (new_section, new_name) = old.split("."), new.split(".")
+        values = upgraded.get(old_section)
+        if not isinstance(values, dict) or old_name not in values:
+            continue
+        target = upgraded.setdefault(new_section, {})
+        if isinstance(target, dict) and new_name not in target:
+            target[new_name] = values.pop(old_name)
+    return upgraded
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),

@@ -33,6 +33,7 @@ from anomaly_vae.config import (
     Config,
     DetectorConfig,
     from_dict,
+    renamed_to_current,
     resolve_patience,
     resolve_score,
     to_dict,
@@ -1094,7 +1095,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # Saved before scoring noise was shared by all rows (noise.py); no longer a setting,
         # but its threshold was set on scores drawn so, which it goes on drawing.
         bank_size = document["config"].get("scoring", {}).pop("noise_bank_size", None)
-        config = from_dict(document["config"], DetectorConfig)
+        try:
+            config = from_dict(renamed_to_current(document["config"]), DetectorConfig)
+        except ConfigError as exc:
+            # Alone, "unknown config key ..." did not say that it is the model's own.
+            raise ModelNotFoundError(
+                f"{path} holds a config this anomaly-vae does not read (saved by another "
+                f"version, or edited): {exc}"
+            ) from exc
         detector = cls(config)
         detector.noise_bank_size_ = None if bank_size is None else int(bank_size)
         detector.data_kind_ = document["data_kind"]

@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
 from anomaly_vae import VAEDetector, load_config
+from anomaly_vae.config import to_dict
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import available_models
 from tests.conftest import correlated_normal, mixed_table, planted_anomalies, tiny_config
@@ -808,3 +809,28 @@ def test_any_array_like_fits_as_its_array():
     assert images.data_kind_ == "image"
     with pytest.raises(DataError, match="not a table or images of one shape"):
         VAEDetector(config).fit([[1.0, 2.0], [3.0]] * 20)
+
+
+def test_a_model_saved_before_trim_fraction_moved_to_model_loads(fitted, test_rows, tmp_path):
+    """Models saved between 537c51e and 0bdcdb9 name training.trim_fraction, now
+    model.trim_fraction: they failed to load ('unknown config key training.trim_fraction')."""
+    import json
+
+    from anomaly_vae.errors import ModelNotFoundError
+
+    X, _ = test_rows
+    folder = fitted.save(tmp_path / "model")
+    document = json.loads((folder / "detector.json").read_text())
+    # As the code of the time saved it: no model.trim_fraction, a training one
+    del document["config"]["model"]["trim_fraction"]
+    document["config"]["training"]["trim_fraction"] = 0.05
+    (folder / "detector.json").write_text(json.dumps(document))
+    old = VAEDetector.load(folder)
+    assert old.effective_config.model.trim_fraction == 0.05
+    assert "trim_fraction" not in to_dict(old.effective_config)["training"]
+    pd.testing.assert_frame_equal(old.score_frame(X), fitted.score_frame(X))
+    # A key no version knows names the model folder, not only the key
+    document["config"]["training"]["warp_factor"] = 9
+    (folder / "detector.json").write_text(json.dumps(document))
+    with pytest.raises(ModelNotFoundError, match=r"model holds a config this anomaly-vae does"):
+        VAEDetector.load(folder)
