@@ -328,6 +328,8 @@ def test_seeds_and_classes_are_checked_before_anything_runs(table_dir, tmp_path)
         run_benchmark("t-clean", table_dir, out, seeds=[0, -1], methods=["knn"])
     with pytest.raises(ConfigError, match="classes must be 0 or more, got -2"):
         run_benchmark("i-oneclass", table_dir, out, classes=[-2], methods=["knn"])
+    with pytest.raises(ConfigError, match=r"seeds must be below 2\*\*32, got 4294967296"):
+        run_benchmark("t-clean", table_dir, out, seeds=[2**32], methods=["knn"])
     assert not out.exists()
     outcome = run_benchmark("t-clean", table_dir, out, seeds=[0, 0], methods=["knn"])
     assert outcome.rows_new == 2 and len(read_rows(out)) == 2  # a repeated seed runs once

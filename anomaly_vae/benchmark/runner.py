@@ -59,6 +59,8 @@ from anomaly_vae.config import Config, flatten, load_config
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.models import check_model_name
 
+MAX_SEED = 2**32  # a benchmark seed is also scikit-learn's random_state, below 2**32
+
 # Imported on first use, inside the first timed fit of a process: the forkserver imports
 # them for every worker (building a torch optimizer imports torch._dynamo: seconds).
 WORKER_PRELOAD = ("torch._dynamo", "sklearn.ensemble", "sklearn.neighbors", "sklearn.decomposition")
@@ -169,6 +171,11 @@ def run_benchmark(
         negative = [n for n in numbers if n is not None and n < 0]
         if negative:
             raise ConfigError(f"{what} must be 0 or more, got {negative[0]}")
+    # and scikit-learn's random_state (the splits, IsolationForest, PCA) none of 2**32 or
+    # more: every unit failed, one by one, with its InvalidParameterError.
+    too_large = [seed for seed in seeds if seed >= MAX_SEED]
+    if too_large:
+        raise ConfigError(f"seeds must be below 2**32, got {too_large[0]}")
     config_path = Path(config_path) if config_path is not None else None
     overrides = list(overrides)
     planning_config = detector_config(config_path, overrides, seeds[0], threads)
