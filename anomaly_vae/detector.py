@@ -62,7 +62,7 @@ from anomaly_vae.outputs import (
     make_folder,
     refuse_id_named_like_outputs,
 )
-from anomaly_vae.training import EpochCallback, TrainingHistory, train
+from anomaly_vae.training import EpochCallback, TrainingHistory, phase_line, shows_phases, train
 
 logger = logging.getLogger(__name__)
 
@@ -506,6 +506,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if len(X) < MIN_TRAINING_ROWS:
             raise DataError(f"need at least {MIN_TRAINING_ROWS} training rows, got {len(X)}")
         self._set_threads(config)
+        phases = shows_phases(config.training, len(X))
+        if phases:
+            phase_line(f"preparing the features of {len(X):,} {self.score_item}s")
         if self.data_kind_ == "image":
             self.preprocessor_ = ImagePreprocessor(config.data.image_pool).fit(
                 X, model_class.image_side_multiple(config.model)
@@ -573,6 +576,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         self.noise_bank_size_ = None
         self.latent_neighbours_: LatentNeighbours | None = None
         cal_conditions = None if conditions is None else conditions[cal_rows]
+        if phases:
+            phase_line(
+                f"calibrating the threshold on {len(cal_rows):,} held-out {self.score_item}s"
+            )
         calibration = self._scores_of_features(features[cal_rows], cal_conditions)
         if score in LATENT_SCORES:
             neighbours = self._latent_reference(features, conditions, train_rows)

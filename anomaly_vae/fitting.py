@@ -23,7 +23,7 @@ from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
-from anomaly_vae.training import EpochCallback
+from anomaly_vae.training import EpochCallback, phase_line, shows_phases
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ def load_training_data(
         raise DataError(
             f"{config.data.label_column!r} is named as both the label and the id column"
         )
+    _say_reading(source, config)
     frame = read_table(source, _id_columns(config), config.data.categorical_columns)
     check_cells(frame, config.data)
     data = _split_table(frame, config, source)
@@ -103,6 +104,7 @@ def load_training_data(
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
+        _say_reading(eval_source, config)
         extra = read_table(eval_source, _id_columns(config), config.data.categorical_columns)
         try:
             extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
@@ -118,6 +120,15 @@ def load_training_data(
             data.evaluation = pd.concat([data.evaluation, extra], ignore_index=True)
             data.evaluation_labels = np.concatenate([data.evaluation_labels, extra_labels])
     return data
+
+
+def _say_reading(source: str | Path, config: Config) -> None:
+    """With progress on, a phase line as a table file of ``PHASE_LINE_BYTES`` or more
+    starts to be read (2 to 7 s for 285 MB); its row count is not known before."""
+    path = Path(source)
+    size = path.stat().st_size if path.is_file() else 0
+    if size and shows_phases(config.training, file_bytes=size):
+        phase_line(f"reading {path.name} ({size / 1e6:,.0f} MB)")
 
 
 IMAGE_LABELS = "--normal-class names the normal classes and the others are the anomalies"
@@ -275,6 +286,8 @@ def calibrate_and_evaluate(
     assert data.evaluation_labels is not None  # has_evaluation() checked
     config = detector.effective_config
     chosen_here = config.calibration.method in LABELLED_THRESHOLD_METHODS
+    if shows_phases(config.training, len(data.evaluation)):
+        phase_line(f"evaluating on {len(data.evaluation):,} labelled {detector.score_item}s")
     scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
     if chosen_here:
         detector.threshold_from_scores(
@@ -339,6 +352,8 @@ def fit_source(
     model_dir = save_model(detector, project_dir, model_dir)
     result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
     if config.tracking.enabled:
+        if shows_phases(config.training, len(data.train)):
+            phase_line("logging the run to MLflow")
         with tracking.logging_after(f"the model is saved in {model_dir}"):
             tracking.use_tracking(config.tracking.experiment, project_dir)
             result.run = tracking.log_fit_run(

@@ -284,3 +284,44 @@ def test_few_calibration_rows_are_warned_about_only_for_a_quantile_threshold(
         result = fit_table(tmp_path / "train.csv", labelled_config, project_dir=tmp_path)
     assert result.detector.calibration_["method"] == method
     assert ("34 calibration rows cannot resolve" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_large_fit_says_which_step_it_is_in(progress, tmp_path, monkeypatch, capsys):
+    """Before the training bar and after it, a fit of 1,000,000 rows spent seconds in
+    steps that said nothing (11 s and 7 s); from PHASE_LINE_ROWS rows (or a file of
+    PHASE_LINE_BYTES) a line on stderr names each as it starts: here both are 0, so
+    that a small fit is large. --quiet (progress off) keeps them off."""
+    from anomaly_vae import training
+
+    monkeypatch.setattr(training, "PHASE_LINE_ROWS", 0, raising=False)
+    monkeypatch.setattr(training, "PHASE_LINE_BYTES", 0, raising=False)
+    mixed_table(500, seed=0, anomalies=40).to_csv(tmp_path / "train.csv", index=False)
+    mixed_table(100, seed=3, anomalies=10).to_csv(tmp_path / "extra.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id", "data.label_column=is_fault", "tracking.enabled=false"
+    )
+    config.training.progress = progress
+    result = fit_table(
+        tmp_path / "train.csv", config, eval_source=tmp_path / "extra.csv", project_dir=tmp_path
+    )
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.endswith(" ...")]
+    rows = result.detector.n_training_rows_
+    expected = [
+        "reading train.csv (0 MB) ...",
+        "reading extra.csv (0 MB) ...",
+        f"preparing the features of {sum(rows.values())} rows ...",
+        f"calibrating the decoder variance on {rows['train']} training rows ...",
+        f"calibrating the threshold on {rows['calibration']} held-out rows ...",
+        f"evaluating on {result.rows['evaluation']} labelled rows ...",
+    ]
+    assert lines == (expected if progress else [])
+
+
+def test_a_small_fit_names_no_steps(tmp_path, capsys):
+    """Below PHASE_LINE_ROWS rows, as in the tests and `make demo`, the output is as before."""
+    mixed_table(300, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config("data.id_column=reading_id", "tracking.enabled=false")
+    config.training.progress = True
+    fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    assert " ..." not in capsys.readouterr().err
