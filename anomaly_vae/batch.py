@@ -30,11 +30,11 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
     quoted_names,
-    read_csv_chunks,
+    read_csv_parts,
     refuse_repeated_names,
     table_errors,
 )
@@ -293,8 +293,9 @@ def read_chunks(
     chunk_rows: int,
     text_columns: Sequence[str] = (),
     categorical_columns: Sequence[str] = (),
-) -> Iterator[pd.DataFrame]:
-    """The rows of a CSV or Parquet file, ``chunk_rows`` at a time; a CSV file's
+) -> Iterator[tuple[pd.DataFrame, int]]:
+    """The rows of a CSV or Parquet file, ``chunk_rows`` at a time, each chunk with how
+    far the file is read (:func:`reading_total` says in what); a CSV file's
     ``text_columns`` are read as written, its ``categorical_columns`` in no number
     format (see :func:`read_csv_chunks`).
 
@@ -314,9 +315,24 @@ def read_chunks(
                 # file rows.
                 chunk.index = pd.RangeIndex(start, start + len(chunk))
                 start += len(chunk)
-                yield chunk
+                yield chunk, start
         else:
-            yield from read_csv_chunks(path, chunk_rows, text_columns, categorical_columns)
+            yield from read_csv_parts(path, chunk_rows, text_columns, categorical_columns)
+
+
+def reading_total(path: Path) -> tuple[int, bool] | None:
+    """How much of ``path`` :func:`read_chunks` reads in all: ``(size, True)``, its bytes,
+    for a CSV file, whose rows are not known before it is read; ``(rows, False)`` for a
+    Parquet file, whose metadata counts them. None when it cannot be told (no such file,
+    a Parquet file that does not open), for reading to report."""
+    try:
+        if path.suffix.lower() not in PARQUET_SUFFIXES:
+            return path.stat().st_size, True
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows, False
+    except Exception:  # read_chunks names what is wrong (pyarrow raises its own types)
+        return None
 
 
 def drift_sample(scores: np.ndarray) -> np.ndarray:
@@ -346,12 +362,16 @@ def score_file(
     data_config = detector.effective_config.data
     id_column = data_config.id_column
     rows, flagged, sample, writer = 0, 0, [], None
-    counter = scoring_progress(source.name, "rows", progress, progress_lines)
+    total, in_bytes = reading_total(source) or (None, False)
+    counter = scoring_progress(
+        source.name, "rows", progress, progress_lines, total, bytes_total=in_bytes
+    )
     # Warnings once per file, judged over all its rows, not once per chunk.
     with counter as count, atomic_output(output) as temporary, warnings_per_file() as gathered:
         # The ids as written: read as numbers, "007" would come out as 7.
         ids = [] if id_column is None else [id_column]
-        for chunk in read_chunks(source, chunk_rows, ids, data_config.categorical_columns):
+        parts = read_chunks(source, chunk_rows, ids, data_config.categorical_columns)
+        for chunk, read in parts:
             frame = detector.score_frame(chunk)
             identify_rows(frame, id_column, first_row=rows)
             if output.suffix.lower() in PARQUET_SUFFIXES:
@@ -364,7 +384,7 @@ def score_file(
             else:
                 frame.to_csv(temporary, mode="a", header=rows == 0, index=False)
             rows += len(frame)
-            count(len(frame))
+            count(len(frame), read)
             flagged += int(frame["is_anomaly"].sum())
             sample.append(drift_sample(frame["score"].to_numpy()))
         if writer is not None:
@@ -375,28 +395,61 @@ def score_file(
     return rows, flagged, np.concatenate(sample)
 
 
+class Count(Protocol):
+    """``count(n, read=None)`` of :func:`scoring_progress`."""
+
+    def __call__(self, n: int, read: int | None = None) -> None: ...
+
+
 @contextlib.contextmanager
 def scoring_progress(
-    name: str, unit: str, progress: bool, progress_lines: bool = False
-) -> Iterator[Callable[[int], None]]:
-    """Within it, ``count(n)`` after each part scored: with ``progress``, a bar counts
-    the ``unit`` (rows, images) of ``name`` on a terminal, and off one, with
-    ``progress_lines`` too (``anomaly-vae score``), a line on stderr every
-    ``PROGRESS_LINE_SECONDS`` says how many are scored."""
+    name: str,
+    unit: str,
+    progress: bool,
+    progress_lines: bool = False,
+    total: int | None = None,
+    bytes_total: bool = False,
+) -> Iterator[Count]:
+    """Within it, ``count(n)`` after each part scored (``count(n, read)`` with
+    ``bytes_total``): with ``progress``, a bar counts the ``unit`` (rows, images) of
+    ``name`` on a terminal, and off one, with ``progress_lines`` too (``anomaly-vae
+    score``), a line on stderr every ``PROGRESS_LINE_SECONDS`` says how many are scored.
+
+    ``total``: the ``unit`` to be scored, or with ``bytes_total`` the bytes of the file
+    (a CSV file's rows are not known before it is read), of which ``read`` are read
+    after a part: the bar then shows a share done and the time left, and the count of
+    ``unit`` beside them."""
     from anomaly_vae.training import PROGRESS_LINE_SECONDS  # as fit does; torch is loaded
 
     # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
-    bar = tqdm(desc=name, unit=f" {unit}", leave=False, disable=None if progress else True)
+    disable = None if progress else True
+    if bytes_total:
+        bar = tqdm(
+            desc=name,
+            total=total,
+            unit="B",
+            unit_scale=True,  # 285M of a 285 MB file, as fit's phase line says its size
+            leave=False,
+            disable=disable,
+            postfix=f"0 {unit}",
+        )
+    else:
+        bar = tqdm(desc=name, total=total, unit=f" {unit}", leave=False, disable=disable)
     # Off a terminal (a log, a container) a file of millions of rows would say nothing for
     # minutes; a batch run's log keeps to its lines per input (--verbose).
     lines_every = PROGRESS_LINE_SECONDS if progress and progress_lines and bar.disable else None
     start = last_line = time.perf_counter()
     done = 0
 
-    def count(n: int) -> None:
+    def count(n: int, read: int | None = None) -> None:
         nonlocal done, last_line
         done += n
-        bar.update(n)
+        if bytes_total and read is not None:
+            # The count of rows moves with the bytes: both are drawn at update's interval.
+            bar.set_postfix_str(f"{done:,} {unit}", refresh=False)
+            bar.update(read - bar.n)
+        else:
+            bar.update(n)
         if lines_every is not None and time.perf_counter() - last_line >= lines_every:
             last_line = time.perf_counter()
             print(

@@ -164,8 +164,9 @@ def score_table(
     The file is read and scored ``PROGRESS_CHUNK_ROWS`` rows at a time, so memory does
     not grow with it (as ``anomaly-vae batch`` does). The output appears whole or not at
     all: it is written to a temporary file in the same folder and renamed into place.
-    Returns ``(rows scored, rows flagged)``. ``progress`` counts the rows on a terminal,
-    and off one in a line every minute, as fit does its epochs.
+    Returns ``(rows scored, rows flagged)``. ``progress``: on a terminal, a bar over the
+    bytes of a CSV file read (the rows of a Parquet file) with the rows scored beside, and
+    off one the rows scored in a line every minute, as fit does its epochs.
     """
     path = Path(data)
     refuse_overwriting_input(Path(output), path)

@@ -94,7 +94,8 @@ def test_progress_bars_on_a_terminal_only_and_not_when_quiet(model_dir, tmp_path
         assert report.rows == 200
         drawn[run] = terminal.getvalue()
     assert "2/2" in drawn["terminal"] and "file" in drawn["terminal"]  # files done
-    assert "a.csv: 0 rows" in drawn["terminal"]  # a row counter per file
+    # A row counter per file, beside the share of its bytes read
+    assert "a.csv:   0%" in drawn["terminal"] and "B/s, 0 rows]" in drawn["terminal"]
     assert drawn["quiet"] == ""
     pd.testing.assert_frame_equal(
         pd.read_csv(tmp_path / "terminal" / "a.csv"), pd.read_csv(tmp_path / "quiet" / "a.csv")

@@ -155,6 +155,39 @@ def test_a_score_off_a_terminal_says_how_far_it_is_in_lines(
     assert "scoring" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_score_on_a_terminal_shows_how_much_is_left(suffix, tmp_path, monkeypatch):
+    """The bar of `score` had no total, so no share done and no time left: it counts the
+    bytes of a CSV file read (its rows are not known before) and a Parquet file's rows,
+    which its metadata counts, with the rows scored beside."""
+    import io
+    import sys
+
+    from tqdm import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    table = mixed_table(300, seed=0).drop(columns=["reading_id", "is_fault"])
+    table.to_csv(tmp_path / "train.csv", index=False)
+    table.to_parquet(tmp_path / "train.parquet")
+    fit_table(tmp_path / "train.csv", tiny_config("tracking.enabled=false"), project_dir=tmp_path)
+    detector = load_detector(None, project_dir=tmp_path)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 100)
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    score_table(tmp_path / f"train{suffix}", detector, tmp_path / "out.csv", progress=True)
+    monkeypatch.undo()
+    first = terminal.getvalue().split("\r")[1]  # the bar as drawn when scoring starts
+    if suffix == ".csv":
+        size = tqdm.format_sizeof((tmp_path / "train.csv").stat().st_size)
+        assert first.startswith("train.csv:   0%") and f"0.00/{size} [" in first, first
+        assert first.endswith("B/s, 0 rows]"), first
+    else:
+        assert first.startswith("train.parquet:   0%") and " 0/300 [" in first, first
+
+
 def _refused_before_training(tmp_path, config, monkeypatch, **sources):
     """The DataError of fitting ``train.csv``; training must not have started."""
     from anomaly_vae import detector

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from anomaly_vae.data import label_vector, read_table, tables
-from anomaly_vae.data.tables import _first_undecodable, read_csv_chunks
+from anomaly_vae.data.tables import _first_undecodable, read_csv_chunks, read_csv_parts
 from anomaly_vae.errors import DataError
 
 
@@ -468,3 +468,20 @@ def test_a_pipe_or_standard_input_is_refused_rather_than_read_as_empty(tmp_path)
         read_table(pipe)
     with pytest.raises(DataError, match="standard input is not supported"):
         read_table("-")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252"])
+def test_a_csv_file_read_in_parts_says_how_many_of_its_bytes_are_read(tmp_path, encoding):
+    """`score` draws its bar over a CSV file's bytes: each part comes with the bytes read
+    so far, rising to the file's size with the last part; the rows are those of the
+    file read whole, whatever the encoding."""
+    path = tmp_path / "t.csv"
+    # 1.2 MB: pandas reads a file in blocks of 256 KiB, and a part's bytes run ahead of
+    # its rows by at most one
+    frame = pd.DataFrame({"x": np.arange(60_000) / 7, "unit": ["°C", "kg", "m"] * 20_000})
+    frame.to_csv(path, index=False, encoding=encoding)
+    parts = list(read_csv_parts(path, chunk_rows=10_000))
+    read = [position for _, position in parts]
+    assert len(parts) == 6 and read == sorted(read) and read[-1] == path.stat().st_size
+    assert read[0] < path.stat().st_size / 2
+    pd.testing.assert_frame_equal(pd.concat([p for p, _ in parts]), read_table(path))

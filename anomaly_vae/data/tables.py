@@ -285,25 +285,41 @@ def read_csv_chunks(
     categorical_columns: Sequence[str] = (),
 ) -> Iterator[pd.DataFrame]:
     """:func:`read_csv`, ``chunk_rows`` rows at a time."""
+    for chunk, _ in read_csv_parts(path, chunk_rows, text_columns, categorical_columns):
+        yield chunk
+
+
+def read_csv_parts(
+    path: str | Path,
+    chunk_rows: int,
+    text_columns: Sequence[str] = (),
+    categorical_columns: Sequence[str] = (),
+) -> Iterator[tuple[pd.DataFrame, int]]:
+    """:func:`read_csv_chunks`, each chunk with the bytes of the file read so far: up to
+    the file's size, which the last chunk reaches; a chunk's count runs ahead of its rows
+    by what pandas has read but not yet parsed (a block of 256 KiB at most)."""
     unformatted = [*text_columns, *categorical_columns]
     separator, encoding, formats = _checked_csv_format(path, unformatted)
-    with _reading(path, encoding):
-        reader = pd.read_csv(
-            path,
-            sep=separator,
-            encoding=encoding,
-            dtype=_as_read(formats, text_columns),
-            chunksize=chunk_rows,
-        )
-    with reader:
-        while True:
-            # Only around pandas' own work: a filter held across a yield would reach the
-            # caller's code too.
-            with _reading(path, encoding):
-                chunk = next(reader, None)
-            if chunk is None:
-                return
-            yield _numbers_of(chunk, formats, unformatted)
+    # pandas is given the open file, not its path, so that its position says how far
+    # the reading has got; it reads and decodes the bytes as it would from the path.
+    with open(path, "rb") as handle:
+        with _reading(path, encoding):
+            reader = pd.read_csv(
+                handle,
+                sep=separator,
+                encoding=encoding,
+                dtype=_as_read(formats, text_columns),
+                chunksize=chunk_rows,
+            )
+        with reader:
+            while True:
+                # Only around pandas' own work: a filter held across a yield would reach
+                # the caller's code too.
+                with _reading(path, encoding):
+                    chunk = next(reader, None)
+                if chunk is None:
+                    return
+                yield _numbers_of(chunk, formats, unformatted), handle.tell()
 
 
 @contextlib.contextmanager
