@@ -197,8 +197,9 @@ def score_images(
     The images are decoded and scored about ``PROGRESS_CHUNK_IMAGES`` at a time
     (:func:`image_chunk`), so memory does not grow with the folder (only the scores do,
     a row per image); the scores and maps are those of the folder read whole.
-    ``progress`` counts the images as :func:`score_table` counts rows (off a terminal, a
-    line a minute unless ``progress_lines`` is false, as in a batch run's log).
+    ``progress``: on a terminal, a bar over the images listed, with a share done and the
+    time left; off one, the images scored in a line a minute unless ``progress_lines`` is
+    false (as in a batch run's log), as :func:`score_table` counts rows.
     """
     listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
     listing.check()  # a bad file among the last is found before the first is scored
@@ -218,7 +219,10 @@ def score_images(
         # Map names are chosen over the whole folder: two 001.png in different class
         # folders are told apart even when they fall in different chunks.
         map_files = None if maps_folder is None else anomaly_map_files(listing.names, maps_folder)
-        with scoring_progress(name, "images", progress, progress_lines) as count:
+        # The listing counts the images: on a terminal the bar shows a share done and
+        # the time left, as a table's does.
+        counting = scoring_progress(name, "images", progress, progress_lines, len(listing))
+        with counting as count:
             chunk = image_chunk(detector)
             for start in range(0, len(listing), chunk):
                 stop = start + chunk

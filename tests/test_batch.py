@@ -519,7 +519,8 @@ def test_run_batch_scores_image_folders_as_the_command_does(image_model_dir, tmp
 def test_image_folders_in_a_batch_run_are_counted_as_they_are_scored(
     image_model_dir, tmp_path, monkeypatch
 ):
-    # A folder of images was scored with no bar, as a table file's rows are counted.
+    # A folder of images was scored with no bar, as a table file's rows are counted; then
+    # with a bar without a total, though the folder's listing counts its images.
     from anomaly_vae import scoring
     from tests.test_images import bars
 
@@ -527,15 +528,16 @@ def test_image_folders_in_a_batch_run_are_counted_as_they_are_scored(
     asked = []
     counting = scoring.scoring_progress
 
-    def recorded(name, unit, progress, progress_lines=False):
-        asked.append((name, unit, progress, progress_lines))
-        return counting(name, unit, progress, progress_lines)
+    def recorded(name, unit, progress, progress_lines=False, total=None, bytes_total=False):
+        asked.append((name, unit, progress, progress_lines, total, bytes_total))
+        return counting(name, unit, progress, progress_lines, total, bytes_total)
 
     monkeypatch.setattr(scoring, "scoring_progress", recorded)
     detector = VAEDetector.load(image_model_dir)
     run_batch(tmp_path / "in", tmp_path / "out", detector, "m1", progress=True)
-    # A bar on a terminal; no lines a minute in the run's log, as for tables
-    assert asked == [("day1", "images", True, False)]
+    # A bar on a terminal, over the folder's 4 images; no lines a minute in the run's
+    # log, as for tables
+    assert asked == [("day1", "images", True, False, 4, False)]
 
 
 def test_ids_are_written_as_they_were_read(model_dir, tmp_path):

@@ -755,6 +755,36 @@ def test_a_folder_is_scored_a_chunk_at_a_time_as_if_read_whole(name, tmp_path, m
     assert frame["class"].tolist() == ["bad"] * 3 + ["good"] * 5
 
 
+def test_an_image_folder_scored_on_a_terminal_shows_how_much_is_left(tmp_path, monkeypatch):
+    """The bar of `score FOLDER` counted the images with no total ('new: 4 images [...]'),
+    so no share done and no time left, though the listing counts them before the first
+    is scored; a table's bar has its total (the bytes read, or a Parquet file's rows)."""
+    import io
+    import sys
+
+    from anomaly_vae import scoring
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", 2)  # 3 parts
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(bars(6, seed=1)):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    scoring.score_images(folder, detector, tmp_path / "s.csv", progress=True)
+    monkeypatch.undo()
+    frames = terminal.getvalue().split("\r")
+    first = frames[1]  # the bar as drawn when scoring starts
+    assert first.startswith("new:   0%") and " 0/6 [" in first, first
+    assert first.endswith(" images/s]"), first
+
+
 def folder_contents(folder: Path) -> dict[str, bytes]:
     """Every file under ``folder`` (hidden ones included), by its path in it, with its bytes."""
     return {
