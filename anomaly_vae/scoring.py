@@ -201,6 +201,8 @@ def score_images(
     time left; off one, the images scored in a line a minute unless ``progress_lines`` is
     false (as in a batch run's log), as :func:`score_table` counts rows.
     """
+    if maps_dir is not None:
+        refuse_maps_in_source(Path(maps_dir), source)
     listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
     listing.check()  # a bad file among the last is found before the first is scored
     classes = listing.label_names()
@@ -252,6 +254,32 @@ def score_images(
         with writing(Path(output)):  # not blamed on the maps, whose context is inner
             write_frame(scores, scores_file, Path(output))
     return scores
+
+
+def refuse_maps_in_source(maps_dir: Path, source: str | Path) -> None:
+    """DataError when ``maps_dir`` is the image folder ``source`` or lies inside it, but
+    not in a hidden folder there (``source/.maps``), which the listing never reads.
+
+    Its maps, PNGs named after the images, could replace the images of their names, and
+    the next run would score them as images (a class of their own in a folder of class
+    subfolders, or within the class whose folder they are in). Refused, as ``batch``
+    refuses an output folder inside an input folder, rather than skipped: a maps folder
+    skipped by its name would leave the folder read differently by ``fit`` and by
+    ``batch``, which know nothing of it."""
+    if torchvision_source(source) is not None:  # its idx files are never maps
+        return
+    folder, maps = Path(source).resolve(), maps_dir.resolve()  # symlinks, "..", "."
+    if not maps.is_relative_to(folder) or any(
+        part.startswith(".") for part in maps.relative_to(folder).parts
+    ):
+        return
+    where = "is the image folder" if maps == folder else "is inside the image folder"
+    raise DataError(
+        f"the maps folder {maps_dir} {where} {source} being scored: a map could replace "
+        "an image of its name, and a later run would score the maps as images; write "
+        f"them outside it, or into a hidden folder in it ({Path(source) / '.maps'}), "
+        "which is never read as images"
+    )
 
 
 def image_chunk(detector: VAEDetector | EnsembleDetector) -> int:

@@ -858,6 +858,35 @@ def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch)
     assert not (tmp_path / "s3.csv").exists()
 
 
+def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(tmp_path):
+    """``score imgs --maps imgs/maps`` wrote the maps where the next run scored them as
+    images (a class "maps", doubling the rows); ``--maps imgs`` replaced a flat folder's
+    images by their maps, and ``--maps imgs/good`` a class's. Now refused before
+    anything is read or written; a hidden folder in it is never read, so it is taken."""
+    from anomaly_vae import scoring
+
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    folder = tmp_path / "imgs"
+    for label, vertical in (("good", False), ("bad", True)):
+        (folder / label).mkdir(parents=True)
+        for i, image in enumerate(bars(2, seed=3, vertical=vertical)):
+            Image.fromarray(image[0]).save(folder / label / f"{i:03d}.png")
+    before = folder_contents(tmp_path)
+    inside = [folder / "maps", folder / "good", folder, folder / "good" / "deep", folder / "."]
+    for maps_dir in [*inside, tmp_path / "elsewhere" / ".." / "imgs" / "maps"]:
+        with pytest.raises(DataError) as error:
+            scoring.score_images(folder, detector, tmp_path / "s.csv", maps_dir)
+        message = str(error.value)
+        assert "\n" not in message and f"the maps folder {maps_dir} is " in message, message
+        assert "a later run would score the maps as images" in message
+        assert folder_contents(tmp_path) == before  # no scores, no maps, images untouched
+    scores = scoring.score_images(folder, detector, tmp_path / "s.csv", folder / ".maps")
+    assert sorted(p.name for p in (folder / ".maps").iterdir()) == sorted(scores["map"])
+    again = scoring.score_images(folder, detector, tmp_path / "s2.csv", tmp_path / "maps")
+    assert len(again) == len(scores) == 4 and again["class"].tolist() == scores["class"].tolist()
+
+
 def _umask() -> int:
     import os
 
