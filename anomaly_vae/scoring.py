@@ -219,8 +219,9 @@ def score_images(
     # that scores, which name their maps, never come without them.
     with atomic_output(Path(output)) as scores_file, maps_output as maps_folder:
         # Map names are chosen over the whole folder: two 001.png in different class
-        # folders are told apart even when they fall in different chunks.
-        map_files = None if maps_folder is None else anomaly_map_files(listing.names, maps_folder)
+        # folders are told apart even when they fall in different chunks. They are the
+        # files the user asked for, written into the temporary folder under their names.
+        map_files = None if maps_dir is None else anomaly_map_files(listing.names, Path(maps_dir))
         # The listing counts the images: on a terminal the bar shows a share done and
         # the time left, as a table's does.
         counting = scoring_progress(name, "images", progress, progress_lines, len(listing))
@@ -241,7 +242,7 @@ def score_images(
                     warn_unknown_classes(detector, classes)
                 if map_files is not None:
                     maps = detector.anomaly_map(pixels, classes[start:stop])
-                    write_anomaly_maps(maps, map_files[start:stop])
+                    write_anomaly_maps(maps, map_files[start:stop], maps_folder)
                 count(len(pixels))
         listing.log_colour()
         warn_colour_for_grey_model(colour_for_grey, len(listing))
@@ -365,19 +366,23 @@ def anomaly_map_files(names: list[str], folder: Path) -> list[Path]:
     return [folder / f"{stem}.png" for stem in map_names(names)]
 
 
-def write_anomaly_maps(maps: np.ndarray, files: list[Path]) -> None:
+def write_anomaly_maps(maps: np.ndarray, files: list[Path], temporary: Path | None = None) -> None:
     """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs, one per file of ``files``
     (:func:`anomaly_map_files` of all the images scored, so that the names are decided
-    over all of them when they are written a part at a time)."""
+    over all of them when they are written a part at a time). With ``temporary`` (the
+    folder of :func:`~anomaly_vae.outputs.atomic_output` that becomes theirs), each is
+    written there under its name; an error still names the file of ``files``, not a
+    hidden ``.maps.XXXX.tmp/001.png`` the user never asked for."""
     from PIL import Image
 
-    for folder in {file.parent for file in files}:
-        make_folder(folder)
+    if temporary is None:
+        for folder in {file.parent for file in files}:
+            make_folder(folder)
     # Channels averaged; rounded to the nearest level (a cast alone cut 100.7 to 100)
     pixels = np.rint(np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)
     for file, image in zip(files, pixels, strict=True):
         with writing(file):
-            Image.fromarray(image).save(file)
+            Image.fromarray(image).save(file if temporary is None else temporary / file.name)
 
 
 def map_names(names: list[str]) -> list[str]:

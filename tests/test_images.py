@@ -887,6 +887,39 @@ def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(tmp
     assert len(again) == len(scores) == 4 and again["class"].tolist() == scores["class"].tolist()
 
 
+def test_a_map_that_cannot_be_written_is_named_as_asked_not_by_its_temporary_path(
+    tmp_path, monkeypatch
+):
+    """A disk full (or a name too long) while writing a map said 'cannot write
+    maps/.maps.k2j1x0qz.tmp/001.png': the hidden temporary folder the maps are written
+    to before they are moved into place, a path the user never gave nor will find."""
+    import errno
+
+    from anomaly_vae import scoring
+
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(bars(3, seed=1)):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    save = Image.Image.save
+
+    def disk_full(image, file, *args, **kwargs):
+        if Path(file).name == "001.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save(image, file, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", disk_full)
+    for maps in (tmp_path / "maps", tmp_path / "existing"):  # temporary beside it, in it
+        if maps.name == "existing":
+            maps.mkdir()
+        with pytest.raises(DataError) as error:
+            scoring.score_images(folder, detector, tmp_path / "s.csv", maps)
+        assert str(error.value) == f"cannot write {maps / '001.png'}: No space left on device"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", "new"]
+
+
 def _umask() -> int:
     import os
 
