@@ -233,6 +233,43 @@ def test_an_image_too_large_for_pil_is_a_data_error_naming_it(tmp_path, monkeypa
         read_images(tmp_path)
 
 
+def test_an_image_over_pils_warning_limit_is_read_with_a_line_naming_it(
+    tmp_path, monkeypatch, caplog
+):
+    # Between Image.MAX_IMAGE_PIXELS and twice it (89 to 179 million pixels) PIL reads an
+    # image with a DecompressionBombWarning, printed as a Python warning that named no
+    # file, and once a run at most for one size: the file could not be found.
+    import warnings
+
+    from anomaly_vae import scoring
+
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    detector = VAEDetector(config).fit(bars(100, seed=0))
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(bars(3, seed=1)):
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 200)  # 16 x 16 = 256 pixels: over, not twice
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        scores = scoring.score_images(folder, detector, tmp_path / "s.csv")
+    assert len(scores) == 3  # read, as PIL reads them
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    lines = [r.getMessage() for r in caplog.records if "decompression-bomb" in r.getMessage()]
+    assert [line.split(":")[0] for line in lines] == [str(folder / f"{i}.png") for i in range(3)]
+    assert lines[0].endswith(
+        ": 256 pixels, over Pillow's decompression-bomb warning limit of 200 "
+        "(PIL.Image.MAX_IMAGE_PIXELS); read, as Pillow reads images up to "
+        "twice the limit"
+    )
+    # Made an error (python -W error::PIL.Image.DecompressionBombWarning), it still is
+    # one, naming the file, not a traceback.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(DataError, match=r"0\.png is too large to read: Image size"):
+            read_images(folder)
+
+
 def test_hidden_files_and_folders_and_folders_without_images_are_no_images_or_classes(
     tmp_path, caplog
 ):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,7 @@ class ImageListing:
     first: tuple[str, tuple[int, int]] | None = None  # the first image read, its (H, W)
     colour: list[str] = field(default_factory=list)  # colour files among those read
     grey: int = 0  # grey images among those read
+    large: set[str] = field(default_factory=set)  # files over PIL's warning limit, named
 
     def __len__(self) -> int:
         return len(self.names)
@@ -239,6 +241,8 @@ class ImageListing:
                 array = np.stack(resized)[:, None]
             return ImageSet(array, labels, self.classes, names)
         images = [_decoded(file) for file in names]
+        for file, image in zip(names, images, strict=True):
+            self._log_large(file, image.size)
         colour = [file for file, image in zip(names, images, strict=True) if image.mode != "L"]
         self.colour += colour
         self.grey += len(images) - len(colour)
@@ -261,9 +265,28 @@ class ImageListing:
             return
         for file in self.names:
             size = _header_size(file)
+            self._log_large(file, size)
             if self.size is None and (self.first is None or size != self.first[1]):
                 width, height = _decoded(file).size
                 self._check_size(file, (height, width))
+
+    def _log_large(self, file: str, size: tuple[int, int]) -> None:
+        """Log, once per file, that ``file`` of ``size`` (either order) has more pixels
+        than ``PIL.Image.MAX_IMAGE_PIXELS``: PIL reads it with a DecompressionBombWarning
+        that names no file (and shows it once a run for one size), which ``_reading``
+        keeps from being shown. Over twice the limit PIL refuses the file, as before."""
+        limit = Image.MAX_IMAGE_PIXELS
+        pixels = size[0] * size[1]
+        if limit is None or pixels <= limit or file in self.large:
+            return
+        self.large.add(file)
+        logger.warning(
+            "%s: %s pixels, over Pillow's decompression-bomb warning limit of %s "
+            "(PIL.Image.MAX_IMAGE_PIXELS); read, as Pillow reads images up to twice the limit",
+            file,
+            f"{pixels:,}",
+            f"{limit:,}",
+        )
 
     def _check_size(self, file: str, size: tuple[int, int]) -> None:
         """DataError naming ``file`` and the first image read when their sizes ``(H, W)``
@@ -620,17 +643,32 @@ def _header_size(file: str) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _reading(file: str) -> Iterator[None]:
-    """Around reading the image ``file``: its errors become a DataError naming it."""
+    """Around reading the image ``file``: its errors become a DataError naming it.
+
+    PIL's DecompressionBombWarning (an image over ``Image.MAX_IMAGE_PIXELS``, read) is
+    not shown: it names no file, and :class:`ImageListing` logs a line that does. The
+    warnings' filters are left as they are (``catch_warnings`` would reset which
+    warnings were shown, so that another warning of PIL's came once per file, not once);
+    one that makes it an error still refuses the file."""
+    shown = warnings.showwarning
+
+    def show(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if not issubclass(category, Image.DecompressionBombWarning):
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
     try:
         yield
     except OSError as exc:
         raise DataError(f"{file} is not a readable image: {exc}") from exc
-    except Image.DecompressionBombError as exc:
-        # Not an OSError: PIL's refusal of an image over twice MAX_IMAGE_PIXELS was a
-        # traceback that did not name the file.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Not an OSError: PIL's refusal of an image over twice MAX_IMAGE_PIXELS (or over
+        # it, with the warning made an error) was a traceback that did not name the file.
         raise DataError(f"{file} is too large to read: {exc}") from exc
     except DataError as exc:
         raise DataError(f"{file}: {exc}") from exc
+    finally:
+        warnings.showwarning = shown
 
 
 def auto_pool(shape: tuple[int, ...], side_multiple: int) -> int:
