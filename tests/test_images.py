@@ -294,6 +294,27 @@ def test_hidden_files_and_folders_and_folders_without_images_are_no_images_or_cl
     assert read_images(flat).names == [str(flat / "0.png"), str(flat / "1.png")]
 
 
+def test_a_folder_without_images_or_subfolders_is_said_to_hold_no_images(tmp_path, caplog):
+    # An empty folder, or one of other files only (notes, CSV files), failed `score` and
+    # `fit` with torchvision's "ValueError: 'class_to_index' must have at least one entry
+    # to collect any samples" traceback; a folder with empty subfolders was already
+    # refused in words.
+    folders = {
+        "empty": [],
+        "notes": ["readme.txt"],
+        "tables": ["a.csv", "b.parquet"],
+        "hidden": [".DS_Store", ".thumbnails/0.png"],
+    }
+    for name, files in folders.items():
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).parent.mkdir(exist_ok=True)
+            (tmp_path / name / file).write_bytes(b"no image")
+        with pytest.raises(DataError, match=r"^\S+ holds no images and no class subfolders"):
+            read_images(tmp_path / name)
+    assert "2 files are not read" in caplog.text and "a.csv, b.parquet" in caplog.text
+
+
 def test_files_not_named_as_images_are_named_and_jfif_files_read_as_jpeg(tmp_path, caplog):
     # A folder's files of other suffixes were left out without a word: a JPEG saved as
     # .jfif (as Windows names them) was not scored, and nothing said so.

@@ -437,6 +437,9 @@ def _list_folder(path: Path, size: int | None) -> ImageListing:
         return ImageListing(
             names, np.zeros(len(names), np.int64), [path.resolve().name], path, size
         )
+    no_images = DataError(f"{path} holds no images and no class subfolders with images")
+    if not subfolders:  # torchvision's make_dataset raises a ValueError without classes
+        raise no_images
     samples = make_dataset(
         path,
         {name: index for index, name in enumerate(subfolders)},
@@ -444,7 +447,7 @@ def _list_folder(path: Path, size: int | None) -> ImageListing:
         allow_empty=True,
     )
     if not samples:
-        raise DataError(f"{path} holds no images and no class subfolders with images")
+        raise no_images
     filled = sorted({index for _, index in samples})
     empty = [name for index, name in enumerate(subfolders) if index not in filled]
     if empty:  # not classes: no image says what they look like
