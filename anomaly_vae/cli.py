@@ -222,7 +222,7 @@ def main(verbose: bool) -> None:
 @click.option(
     "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar, nor the step lines of a large fit.")
 @_user_errors
 @_help_names_torchvision_sources
 def fit(
@@ -243,8 +243,9 @@ def fit(
     """Fit a detector on the normal part of DATA, calibrate its threshold, save it and
     log the run to MLflow.
 
-    DATA is a CSV or Parquet table, a folder of images (one subfolder per class), or
-    a torchvision dataset under a local root: {torchvision}.
+    DATA is a CSV or Parquet table, a folder of images (flat, every image normal; or
+    one subfolder per class, with --normal-class), or a torchvision dataset under a
+    local root: {torchvision}.
     """
     from anomaly_vae.fitting import FitResult, fit_source
 

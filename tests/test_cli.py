@@ -427,6 +427,10 @@ def test_help_documents_options_with_defaults(command):
     if command == ["fit"]:
         assert "--label-col" in text and "--set KEY=VALUE" in text
         assert "default: tracking.register_champion = False" in text
+        # fit trains on a flat folder (every image normal) as well as on class folders;
+        # the help named class folders only. And --quiet hides a large fit's step lines.
+        assert "a folder of images (flat, every image normal; or one subfolder" in text
+        assert "No progress bar, nor the step lines of a large fit" in text
     if command == ["score"]:
         assert "default: the model saved last in this project folder, by fit or" in text
     if command == ["ui"]:
