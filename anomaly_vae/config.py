@@ -107,7 +107,9 @@ class ModelConfig:
     # auto: -6 for tables, -4 for images, where pixels that are dark in almost every
     # training image would otherwise get so small a variance that a faint stroke there
     # outweighs the shape (I-oneclass, MLP VAE at 14x14 against -6: MNIST 94.86 -> 97.23
-    # AUROC, Fashion-MNIST 93.55 -> 93.88; docs/tuning.md). At most 0: MAX_MIN_LOG_VARIANCE
+    # AUROC, Fashion-MNIST 93.55 -> 93.88; docs/tuning.md). At most 0, the log of the
+    # scaled features' largest variance (MAX_MIN_LOG_VARIANCE): a higher floor drowns
+    # their reconstruction error
     quantisation_floor: bool = True  # tables: no feature's decoder variance below
     # step^2 / 12, the variance of a uniform spread over one quantisation step of the
     # feature (data.ColumnSchema.step). A Gaussian on integer-coded or rarely non-zero
