@@ -289,22 +289,36 @@ def fit(
     _print_fit_summary(result, config)
 
 
-def _print_schedule_notes(history: Any, config: Config) -> None:
-    """Say when training.min_steps stretched the schedule, and when the epoch limit (not
-    early stopping) ended training."""
+def _print_schedule_notes(history: Any, config: Config, train_rows: int, unit: str) -> None:
+    """Say when training.min_steps stretched the schedule, and why an epoch had so few
+    batches (``train_rows`` training ``unit``, e.g. "rows", in batches, or the
+    training.max_epoch_batches cap), and when the epoch limit (not early stopping) ended
+    training."""
+    from anomaly_vae.training import full_pass_batches
+
     training = config.training
     stretched = history.epoch_limit and history.epoch_limit != training.epochs
     if stretched:
         factor = history.epoch_limit // training.epochs
-        batches = (
-            f"{history.batches_per_epoch} batch{'es' if history.batches_per_epoch > 1 else ''}"
-        )
+        batches = history.batches_per_epoch
+        full_pass = full_pass_batches(train_rows, training.batch_size)
+        # Two causes: a table of millions of rows with training.epochs=2 hits the cap
+        # (200 batches an epoch), which "small data" misdescribed; else the rows are few.
+        if full_pass > batches:
+            why = (
+                f"at most training.max_epoch_batches={training.max_epoch_batches}; a full pass "
+                f"over the {train_rows:,} training {unit} is {full_pass:,}"
+            )
+        else:
+            why = f"the {train_rows:,} training {unit} in batches of {training.batch_size}"
         click.echo(
-            f"Small data, {batches} an epoch: the epoch limit and "
-            f"patience were stretched from {training.epochs} and {history.patience // factor} "
-            f"to {history.epoch_limit} and {history.patience} epochs, so that training can "
-            f"take training.min_steps={training.min_steps} optimizer steps "
-            "(--set training.min_steps=0 keeps them as given)."
+            f"Stretched the epoch limit and patience from {training.epochs} and "
+            f"{history.patience // factor} to {history.epoch_limit} and {history.patience} "
+            f"epochs: {training.epochs} epoch{'s' if training.epochs != 1 else ''} of "
+            f"{batches} batch{'es' if batches != 1 else ''} ({why}) are "
+            f"{training.epochs * batches:,} optimizer steps, fewer than "
+            f"training.min_steps={training.min_steps} (--set training.min_steps=0 keeps "
+            "them as given)."
         )
     if not history.stopped_early:
         limit = history.epoch_limit or training.epochs
@@ -335,7 +349,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         f"validation {rows['validation']:,} / calibration {rows['calibration']:,}){epochs}"
     )
     if history is not None:
-        _print_schedule_notes(history, config)
+        _print_schedule_notes(history, config, rows["train"], unit)
     if rows["labelled_anomalies_excluded"]:
         click.echo(
             f"Kept {rows['labelled_anomalies_excluded']:,} labelled "

@@ -73,6 +73,17 @@ def phase_line(step: str) -> None:
     print(f"{step} ...", file=sys.stderr, flush=True)
 
 
+def full_pass_batches(rows: int, batch_size: int) -> int:
+    """The batches of one pass over ``rows`` training rows (or images) in batches of
+    ``batch_size``, a last batch smaller than half a batch dropped (tiny batches give
+    noisy steps); ``training.max_epoch_batches`` may cap an epoch below it.
+
+    >>> full_pass_batches(300, 128), full_pass_batches(350, 128), full_pass_batches(50, 128)
+    (2, 3, 1)
+    """
+    return max(1, round(rows / min(batch_size, rows)))
+
+
 def stretched_schedule(config: TrainingConfig, batches_per_epoch: int) -> tuple[int, int]:
     """``(epochs, patience)``, both multiplied by the smallest whole factor that gives at
     least ``config.min_steps`` optimizer steps (factor 1 when there are enough already).
@@ -126,8 +137,7 @@ def train(
     history = TrainingHistory()
     best_loss, best_state, stale = float("inf"), copy.deepcopy(model.state_dict()), 0
     batch_size = min(config.batch_size, x_train.shape[0])
-    # Drop a last batch smaller than half a batch: tiny batches give noisy steps.
-    n_batches = max(1, round(x_train.shape[0] / batch_size))
+    n_batches = full_pass_batches(x_train.shape[0], config.batch_size)
     if config.max_epoch_batches > 0:
         n_batches = min(n_batches, config.max_epoch_batches)
     epochs, patience = stretched_schedule(config, n_batches)

@@ -89,15 +89,36 @@ def test_fit_says_when_min_steps_stretched_the_epochs(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, [*arguments, "--set", "training.min_steps=60"])
     assert result.exit_code == 0, result.output
     found = re.search(
-        r"Small data, (\d+) batch(?:es)? an epoch: the epoch limit and patience were stretched "
-        r"from 3 and 10 to (\d+) and (\d+) epochs",
+        r"Stretched the epoch limit and patience from 3 and 10 to (\d+) and (\d+) epochs: "
+        r"3 epochs of (\d+) batch(?:es)? \(the (\d+) training rows in batches of 64\) are "
+        r"(\d+) optimizer steps, fewer than training.min_steps=60",
         result.output,
     )
     assert found, result.output
-    batches, limit, patience = map(int, found.groups())
+    limit, patience, batches, rows, steps = map(int, found.groups())
+    assert steps == 3 * batches and batches == round(rows / 64)
     assert limit * batches >= 60 > (limit - 3) * batches and patience == 10 * limit // 3
     assert f": {limit} epochs, best" in result.output  # the stretched limit ended it
     assert f"N above {limit}" in result.output
+
+
+def test_fit_says_when_the_epoch_cap_not_small_data_stretched_the_epochs(tmp_path, monkeypatch):
+    # A table of 1,000,000 rows fit with training.epochs=2 has 200 batches an epoch (the
+    # training.max_epoch_batches cap), 400 steps: stretched by min_steps, and it was
+    # called "Small data". The same branch here with a cap of 2 batches.
+    monkeypatch.chdir(tmp_path)
+    mixed_table(600, seed=0).to_csv("train.csv", index=False)
+    arguments = ["fit", "train.csv", "--id-col", "reading_id", "--quiet", *FAST]
+    arguments += ["--set", "tracking.enabled=false", "--set", "training.epochs=2"]
+    arguments += ["--set", "training.max_epoch_batches=2", "--set", "training.min_steps=10"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "Small data" not in result.output
+    assert (
+        "Stretched the epoch limit and patience from 2 and 10 to 6 and 30 epochs: 2 epochs of "
+        "2 batches (at most training.max_epoch_batches=2; a full pass over the 450 training "
+        "rows is 7) are 4 optimizer steps, fewer than training.min_steps=10"
+    ) in result.output
 
 
 def test_fit_can_choose_the_threshold_on_labelled_rows(tmp_path, monkeypatch):
