@@ -42,7 +42,7 @@ from anomaly_vae.fitting import (
 )
 from anomaly_vae.models import available_models, get_model
 from anomaly_vae.outputs import refuse_id_named_like_outputs
-from anomaly_vae.training import warm_up_optimizer
+from anomaly_vae.training import phase_line, shows_phases, warm_up_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,10 @@ def fit_family(
     with _each_message_once():  # every variant meets the same data, and the same warnings
         candidates = [_fit_variant(name, config, data, progress) for name in names]
         if config.family.ensemble and len(candidates) > 1:
+            if shows_phases(config.training, len(data.train)):
+                # Its members score the validation and calibration rows (and it, the
+                # evaluation rows): its lines would read as the last variant's.
+                phase_line(f"building the ensemble of {len(candidates)} variants")
             candidates.append(_ensemble(candidates, data))
     chosen = _choose(candidates, select_by)
     comparison = _comparison_table(candidates, chosen.name)
@@ -160,6 +164,8 @@ def fit_family(
         seconds=time.perf_counter() - start,
     )
     if config.tracking.enabled:
+        if shows_phases(config.training, len(data.train)):  # as a single fit says it
+            phase_line(f"logging the family to MLflow ({len(candidates) + 1} runs)")
         with tracking.logging_after(f"the model is saved in {saved}"):
             result.run = _track(result, candidates, config, register, project_dir)
         record_run(result.model_dir, result.run.run_id)

@@ -399,3 +399,28 @@ def test_an_ensemble_save_cut_short_leaves_no_ensemble_that_loads(
     monkeypatch.setattr(VAEDetector, "save", original)
     loaded = load_saved(second.save(tmp_path / "model"))
     np.testing.assert_allclose(loaded.anomaly_score(train), second.anomaly_score(train))
+
+
+def test_a_large_tracked_family_says_each_step_as_a_fit_does(tmp_path, monkeypatch, capsys):
+    """A family fit of a large table named each variant's steps but not the ensemble's
+    nor the seconds of MLflow logging that follow (a single fit says 'logging the run to
+    MLflow ...'): from PHASE_LINE_ROWS rows (here 0) lines say so too."""
+    from anomaly_vae import training
+
+    monkeypatch.setattr(training, "PHASE_LINE_ROWS", 0, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mixed_table(300, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id", "family.variants=[vae,beta-vae]", "training.epochs=3"
+    )
+    config.training.progress = True
+    result = fit_family(tmp_path / "train.csv", config, project_dir=tmp_path)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.endswith(" ...")]
+    assert result.run is not None
+    calibrating = f"calibrating the threshold on {result.rows['calibration']} held-out rows ..."
+    assert lines[-3:] == [
+        calibrating,  # the last variant's
+        "building the ensemble of 2 variants ...",
+        "logging the family to MLflow (4 runs) ...",  # its own, 2 variants, the ensemble
+    ]
+    assert lines.count(calibrating) == 2  # one a variant
