@@ -15,6 +15,7 @@ baselines ``iforest``, ``knn``, ``pca``, ``pyod-vae``, ``pyod-ae``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib
 import inspect
@@ -386,6 +387,31 @@ def plan_methods(
             continue
         chosen.append(name)
     return chosen, skipped
+
+
+def _every_variant(config: Config) -> Config:
+    """``config`` with ``family.variants`` empty: every variant is a candidate."""
+    every = copy.deepcopy(config)
+    every.family.variants = []
+    return every
+
+
+def variants_suiting(config: Config, kind: str) -> list[str]:
+    """Every variant that suits ``kind`` data with ``config``, whatever its
+    ``family.variants`` names (see :func:`~anomaly_vae.family.suitable_variants`)."""
+    return suitable_variants(_every_variant(config), kind)
+
+
+def unsuitable_detector(config: Config, kind: str) -> str | None:
+    """Why our detector (``DEFAULT_DETECTOR``, the variant ``config.model.name``) cannot
+    run on ``kind`` data, as :func:`plan_methods` says of a variant, or None when it can.
+    Its ``suits`` is always true, so this is checked before a run: an image-only variant
+    on a table protocol, or a conditional one without a condition, failed every row of
+    our detector one by one."""
+    every = _every_variant(config)
+    if config.model.name in suitable_variants(every, kind):
+        return None
+    return _unsuitable_reason(config.model.name, every, kind)
 
 
 def _unsuitable_reason(name: str, config: Config, kind: str) -> str:

@@ -40,10 +40,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from anomaly_vae.benchmark.methods import (
     BASELINES,
+    DEFAULT_DETECTOR,
     Context,
     FitCache,
     plan_methods,
     registry,
+    unsuitable_detector,
+    variants_suiting,
 )
 from anomaly_vae.benchmark.report import RunInfo, write_summary
 from anomaly_vae.benchmark.results import Key, RunDescription, RunFiles, row_key
@@ -187,6 +190,17 @@ def run_benchmark(
     if not chosen:  # only when methods were named: the baselines suit any data
         reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
         raise ConfigError(f"none of the requested methods can run on {kind} data ({reasons})")
+    # Likewise a variant that cannot run on this protocol's data (conv-vae on tables:
+    # "accepts image data, not tables"), which plan_methods cannot skip: our detector
+    # is the one the config makes.
+    unsuitable = unsuitable_detector(planning_config, kind) if DEFAULT_DETECTOR in chosen else None
+    if unsuitable is not None:
+        raise ConfigError(
+            f"model.name={planning_config.model.name} cannot run on {protocol} "
+            f"({unsuitable}): set model.name to a variant that suits {kind} data "
+            f"({', '.join(variants_suiting(planning_config, kind))}), or leave "
+            f"{DEFAULT_DETECTOR} out of --methods"
+        )
     for name, reason in skipped.items():
         _note(f"skipping {name}: {reason}")
 
