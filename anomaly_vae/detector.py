@@ -71,6 +71,12 @@ CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.pt"
 LATENT_FILE = "latent_reference.pt"  # training latent means of the latent scores
 ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble's folder (ensemble.py)
+MEMBERS_FOLDER = "members"  # an ensemble's members, each a saved detector (ensemble.py)
+# Every name a detector's or an ensemble's save writes into a model folder, the two
+# descriptions first: a save removes them all before it writes its own, so that a folder
+# holds only the model saved last (an ensemble saved over a detector left its
+# detector.json, which VAEDetector.load read). Nothing else there is touched.
+SAVED_MODEL_NAMES = (CONFIG_FILE, ENSEMBLE_FILE, WEIGHTS_FILE, LATENT_FILE, MEMBERS_FOLDER)
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
 
 
@@ -94,13 +100,20 @@ def saving_model_folder(path: Path, description: str) -> Iterator[None]:
     The description of a model saved there before is removed first: a save that
     fails or is interrupted half-way (an error, Ctrl-C) then leaves a folder that
     does not load, never the earlier description beside some of the new files (an
-    ensemble's new members under its old references and threshold). A folder this
-    save created is removed again, so nothing half-written is left behind.
+    ensemble's new members under its old references and threshold). Then every other
+    file of an earlier model (``SAVED_MODEL_NAMES``: a detector's beside an ensemble, the
+    members of an earlier ensemble), so that the folder holds only what this save
+    writes, besides files that are not a model's. A folder this save created is
+    removed again, so nothing half-written is left behind.
     """
     created = not path.exists()
     make_folder(path)
     try:
-        (path / description).unlink(missing_ok=True)
+        for name in dict.fromkeys((description, *SAVED_MODEL_NAMES)):
+            if (path / name).is_dir() and not (path / name).is_symlink():
+                shutil.rmtree(path / name)
+            else:
+                (path / name).unlink(missing_ok=True)
         yield
     except BaseException:
         if created:
@@ -1067,11 +1080,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             if neighbours is not None:
                 reference = {"reference": neighbours.reference}
                 save_atomic(path / LATENT_FILE, lambda f: torch.save(reference, f))
-            else:
-                (path / LATENT_FILE).unlink(missing_ok=True)
             save_atomic(path / CONFIG_FILE, lambda f: f.write_text(text))
-        # An ensemble saved here before would still be what its marker makes loaders read.
-        (path / ENSEMBLE_FILE).unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -1083,6 +1092,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         path = Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"model folder {path} does not exist")
+        # Checked first: a folder saved over before this version held a detector's files
+        # beside a later ensemble, which is the model there (load_saved reads it).
+        if (path / ENSEMBLE_FILE).is_file():
+            raise ModelNotFoundError(
+                f"{path} holds a family ensemble ({ENSEMBLE_FILE}), not one detector: load "
+                "it with anomaly_vae.ensemble.load_saved (either kind) or EnsembleDetector.load"
+            )
         if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
             raise ModelNotFoundError(
                 f"{path} is not a saved anomaly-vae model "

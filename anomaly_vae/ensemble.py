@@ -19,7 +19,9 @@ import pandas as pd
 from anomaly_vae.config import QUANTILE_THRESHOLD, DetectorConfig
 from anomaly_vae.data import take_rows
 from anomaly_vae.detector import (
+    CONFIG_FILE,
     ENSEMBLE_FILE,
+    MEMBERS_FOLDER,
     ThresholdedScores,
     VAEDetector,
     save_atomic,
@@ -128,7 +130,8 @@ class EnsembleDetector(ThresholdedScores):
         """Write the ensemble to the folder ``path``: each member saved as a detector in
         ``members/<name>/``, then ``ensemble.json`` (references, threshold), as the
         detector saves (:func:`~anomaly_vae.detector.saving_model_folder`): a save
-        that fails half-way leaves no ensemble that loads, and no folder it created."""
+        that fails half-way leaves no ensemble that loads, and no folder it created; a
+        detector or the members of an ensemble saved there before are removed."""
         path = Path(path)
         document = {
             "kind": "ensemble",
@@ -143,7 +146,7 @@ class EnsembleDetector(ThresholdedScores):
         text = json.dumps(document, indent=2, allow_nan=False)
         with saving_model_folder(path, ENSEMBLE_FILE):
             for name, member in self.members.items():
-                member.save(path / "members" / name)
+                member.save(path / MEMBERS_FOLDER / name)
             save_atomic(path / ENSEMBLE_FILE, lambda f: f.write_text(text))
         return path
 
@@ -151,11 +154,15 @@ class EnsembleDetector(ThresholdedScores):
     def load(cls, path: str | Path) -> EnsembleDetector:
         path = Path(path)
         if not (path / ENSEMBLE_FILE).is_file():
-            raise ModelNotFoundError(f"{path} is not a saved anomaly-vae ensemble")
+            single = (path / CONFIG_FILE).is_file()
+            raise ModelNotFoundError(
+                f"{path} is not a saved anomaly-vae ensemble"
+                + (": it holds one detector (load_saved or VAEDetector.load)" if single else "")
+            )
         with reading_model(path):
             document = json.loads((path / ENSEMBLE_FILE).read_text())
             members = {
-                name: VAEDetector.load(path / "members" / name) for name in document["members"]
+                name: VAEDetector.load(path / MEMBERS_FOLDER / name) for name in document["members"]
             }
             ensemble = cls(members, {k: np.asarray(v) for k, v in document["references"].items()})
             ensemble.threshold_ = float(document["threshold"])

@@ -401,6 +401,31 @@ def test_an_ensemble_save_cut_short_leaves_no_ensemble_that_loads(
     np.testing.assert_allclose(loaded.anomaly_score(train), second.anomaly_score(train))
 
 
+def test_a_save_leaves_in_its_folder_only_the_model_it_wrote(two_ensembles, tmp_path):
+    """An ensemble saved over a detector left detector.json and weights.pt, which
+    VAEDetector.load read (load_saved, the ensemble); over an ensemble of other members,
+    the old members' folders. A save now removes an earlier model's files, not others."""
+    from anomaly_vae import VAEDetector
+    from anomaly_vae.errors import ModelNotFoundError
+
+    train, first, _ = two_ensembles
+    folder = tmp_path / "model"
+    first.members["vae"].save(folder)
+    (folder / "notes.txt").write_text("a user's file\n")
+    first.save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["ensemble.json", "members", "notes.txt"]
+    with pytest.raises(ModelNotFoundError, match=r"holds a family ensemble.*load_saved"):
+        VAEDetector.load(folder)
+    np.testing.assert_allclose(load_saved(folder).anomaly_score(train), first.anomaly_score(train))
+    EnsembleDetector.from_members({"beta-vae": first.members["beta-vae"]}, train).save(folder)
+    assert [p.name for p in (folder / "members").iterdir()] == ["beta-vae"]
+    first.members["vae"].save(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["detector.json", "notes.txt", "weights.pt"]
+    with pytest.raises(ModelNotFoundError, match=r"ensemble: it holds one detector"):
+        EnsembleDetector.load(folder)
+    assert (folder / "notes.txt").read_text() == "a user's file\n"
+
+
 def test_a_large_tracked_family_says_each_step_as_a_fit_does(tmp_path, monkeypatch, capsys):
     """A family fit of a large table named each variant's steps but not the ensemble's
     nor the seconds of MLflow logging that follow (a single fit says 'logging the run to
