@@ -329,6 +329,12 @@ def _print_schedule_notes(history: Any, config: Config, train_rows: int, unit: s
         )
 
 
+def target_percent(share: float) -> str:
+    """A target given as a share (calibration.target_recall, target_fpr) in percent, as
+    written: 0.0001 is "0.01%" (".0f" said "0%", and 0.995 "100%"), 0.8 is "80%"."""
+    return f"{100 * share:g}%"
+
+
 def _print_fit_summary(result: Any, config: Config) -> None:
     from anomaly_vae.intervals import shown_metric
 
@@ -366,11 +372,11 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         f"held-out normal {unit} above it"
     )
     if calibration.get("method", "quantile") == "quantile":
-        how = f"target false-positive rate {100 * calibration['target_fpr']:.2f}%"
+        how = f"target false-positive rate {target_percent(calibration['target_fpr'])}"
     else:
         how = f"{calibration['description']} of {calibration['n_labelled']:,} labelled {unit}"
         if "target_recall" in calibration:
-            how += f", target recall {100 * calibration['target_recall']:.0f}%"
+            how += f", target recall {target_percent(calibration['target_recall'])}"
     click.echo(
         f"Threshold: {calibration['score']} > {detector.threshold_:.6g} ({how}; {held_out_fpr})"
     )
@@ -781,7 +787,7 @@ def calibrate(
     else:
         target = ""
         if method == "recall":
-            target = f", target recall {100 * calibration['target_recall']:.0f}%"
+            target = f", target recall {target_percent(calibration['target_recall'])}"
         click.echo(
             f"{threshold} ({previous}; {calibration['description']} of "
             f"{calibration['n_labelled']:,} labelled {unit}{target})"

@@ -66,6 +66,26 @@ def test_recall_without_a_target_takes_the_models_target_recall(tmp_path, monkey
     assert saved["calibration"]["target_recall"] == 0.5
 
 
+def test_small_and_near_whole_targets_print_as_given(tmp_path, monkeypatch):
+    # A target recall printed with no decimals: 0.0001 read "target recall 0%" and 0.995
+    # "100%"; fit's target false-positive rate of 0.00001 read "0.00%".
+    monkeypatch.chdir(tmp_path)
+    mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
+    arguments = ["fit", "labelled.csv", "--id-col", "reading_id", "--label-col", "is_fault"]
+    arguments += ["--quiet", "--no-tracking", *FAST, "--set", "training.epochs=3"]
+    arguments += ["--set", "calibration.target_fpr=0.00001", "--model-dir", "quantile"]
+    fit = CliRunner().invoke(main, arguments)
+    assert fit.exit_code == 0, fit.output
+    assert "(target false-positive rate 0.001%;" in fit.output
+    recall = ["--set", "calibration.method=recall", "--set", "calibration.target_recall=0.0001"]
+    fit = CliRunner().invoke(main, [*arguments[:-1], "recall", *recall])
+    assert fit.exit_code == 0, fit.output
+    assert ", target recall 0.01%;" in fit.output
+    result = _calibrate("recall", "--method", "recall", "--target-recall", "0.995", "--no-tracking")
+    assert result.exit_code == 0, result.output
+    assert ", target recall 99.5%)" in result.output
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
