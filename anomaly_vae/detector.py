@@ -72,11 +72,23 @@ WEIGHTS_FILE = "weights.pt"
 LATENT_FILE = "latent_reference.pt"  # training latent means of the latent scores
 ENSEMBLE_FILE = "ensemble.json"  # marks an ensemble's folder (ensemble.py)
 MEMBERS_FOLDER = "members"  # an ensemble's members, each a saved detector (ensemble.py)
-# Every name a detector's or an ensemble's save writes into a model folder, the two
-# descriptions first: a save removes them all before it writes its own, so that a folder
-# holds only the model saved last (an ensemble saved over a detector left its
-# detector.json, which VAEDetector.load read). Nothing else there is touched.
-SAVED_MODEL_NAMES = (CONFIG_FILE, ENSEMBLE_FILE, WEIGHTS_FILE, LATENT_FILE, MEMBERS_FOLDER)
+# The MLflow run that logged the model saved in a folder, written after the save by a
+# tracked fit or calibrate (fitting.record_run); `view --log` and calibrate read it.
+RUN_FILE = "mlflow_run_id"
+# Every name a detector's or an ensemble's save (and the run note after it) writes into
+# a model folder, the two descriptions first: a save removes them all before it writes
+# its own, so that a folder holds only the model saved last (an ensemble saved over a
+# detector left its detector.json, which VAEDetector.load read; a fit with --no-tracking
+# the run note of the fit before, whose run `view --log` then logged to). Nothing else
+# there is touched.
+SAVED_MODEL_NAMES = (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    WEIGHTS_FILE,
+    LATENT_FILE,
+    MEMBERS_FOLDER,
+    RUN_FILE,
+)
 MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
 
 

@@ -20,7 +20,7 @@ from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationCon
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
-from anomaly_vae.detector import VAEDetector
+from anomaly_vae.detector import RUN_FILE, VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
 from anomaly_vae.training import EpochCallback, phase_line, shows_phases
@@ -363,11 +363,9 @@ def fit_source(
     return result
 
 
-RUN_FILE = "mlflow_run_id"  # in a saved model folder: the MLflow run that logged it
-
-
 def record_run(model_dir: Path, run_id: str) -> None:
-    """Note in the model folder which MLflow run logged it (for `view --log`)."""
+    """Note in the model folder which MLflow run logged it (``RUN_FILE``, for `view
+    --log`); the next save into the folder removes it."""
     (Path(model_dir) / RUN_FILE).write_text(run_id + "\n")
 
 

@@ -688,8 +688,9 @@ def source_of_model(reference: str | None, project_dir: Path | None = None) -> M
     """The MLflow origin of a model: from a models:/ or runs:/ URI, or the
     ``mlflow_run_id`` note in a local model folder (default: the latest fit); aliases
     are resolved to the version they point at now."""
+    from anomaly_vae.detector import RUN_FILE
     from anomaly_vae.errors import ModelNotFoundError
-    from anomaly_vae.fitting import RUN_FILE, latest_model_dir
+    from anomaly_vae.fitting import latest_model_dir
 
     use_tracking(project_dir=project_dir)
     client = MlflowClient()

@@ -530,3 +530,26 @@ def test_a_large_tracked_fit_says_when_it_logs_the_run(
     result = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.endswith(" ...")]
     assert result.run is not None and lines[-1] == "logging the run to MLflow ..."
+
+
+def test_a_model_saved_over_a_tracked_one_is_not_taken_for_its_run(tracking_store, tmp_path):
+    """A fit with --no-tracking into the folder of a tracked fit kept that fit's
+    mlflow_run_id, so `view --log` logged the new model's views to the old model's run
+    (and calibrate named it as the source); a save now removes the note."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+    from tests.conftest import tiny_fit
+
+    mixed_table(300, seed=0).to_csv(tmp_path / "train.csv", index=False)
+    tracked = tiny_fit("train.csv", "--id-col", "reading_id", "--model-dir", "model")
+    assert tracked.exit_code == 0, tracked.output
+    assert (tmp_path / "model" / "mlflow_run_id").is_file()
+    untracked = tiny_fit(
+        "train.csv", "--id-col", "reading_id", "--model-dir", "model", "--no-tracking"
+    )
+    assert untracked.exit_code == 0, untracked.output
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["detector.json", "weights.pt"]
+    result = CliRunner().invoke(main, ["view", "generate", "--model", "model", "--log"])
+    assert result.exit_code == 1
+    assert "no MLflow run is recorded for model model" in result.output
