@@ -39,6 +39,14 @@ def bars(n: int, seed: int, vertical: bool = False, size: int = 16) -> np.ndarra
     return images
 
 
+@pytest.fixture(scope="module")
+def bars_detector() -> VAEDetector:
+    """A tiny vae fit on 100 horizontal-bar images, scoring 2 images a batch (so a
+    folder of a few images is several batches); tests only score with it."""
+    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
+    return VAEDetector(config).fit(bars(100, seed=0))
+
+
 IMAGE_MODEL = ["model.conv_channels=[8, 16]", "model.latent_dim=4", "model.hidden_dims=[64]"]
 
 
@@ -234,7 +242,7 @@ def test_an_image_too_large_for_pil_is_a_data_error_naming_it(tmp_path, monkeypa
 
 
 def test_an_image_over_pils_warning_limit_is_read_with_a_line_naming_it(
-    tmp_path, monkeypatch, caplog
+    bars_detector, tmp_path, monkeypatch, caplog
 ):
     # Between Image.MAX_IMAGE_PIXELS and twice it (89 to 179 million pixels) PIL reads an
     # image with a DecompressionBombWarning, printed as a Python warning that named no
@@ -243,8 +251,7 @@ def test_an_image_over_pils_warning_limit_is_read_with_a_line_naming_it(
 
     from anomaly_vae import scoring
 
-    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector = bars_detector
     folder = tmp_path / "new"
     folder.mkdir()
     for i, image in enumerate(bars(3, seed=1)):
@@ -813,7 +820,9 @@ def test_a_folder_is_scored_a_chunk_at_a_time_as_if_read_whole(name, tmp_path, m
     assert frame["class"].tolist() == ["bad"] * 3 + ["good"] * 5
 
 
-def test_an_image_folder_scored_on_a_terminal_shows_how_much_is_left(tmp_path, monkeypatch):
+def test_an_image_folder_scored_on_a_terminal_shows_how_much_is_left(
+    bars_detector, tmp_path, monkeypatch
+):
     """The bar of `score FOLDER` counted the images with no total ('new: 4 images [...]'),
     so no share done and no time left, though the listing counts them before the first
     is scored; a table's bar has its total (the bytes read, or a Parquet file's rows)."""
@@ -826,8 +835,7 @@ def test_an_image_folder_scored_on_a_terminal_shows_how_much_is_left(tmp_path, m
         def isatty(self) -> bool:
             return True
 
-    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector = bars_detector
     monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", 2)  # 3 parts
     folder = tmp_path / "new"
     folder.mkdir()
@@ -851,7 +859,7 @@ def folder_contents(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("failure", ["unreadable", "truncated", "other size", "interrupted"])
-def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch):
+def test_anomaly_maps_are_written_all_or_nothing(bars_detector, failure, tmp_path, monkeypatch):
     """A folder is scored a chunk at a time; a file found unreadable (or of another size)
     in a later chunk, or Ctrl-C there, failed the run after the earlier chunks' maps were
     written into MAPS, with no scores: a rerun then left a mix of old and new maps. Now
@@ -859,8 +867,7 @@ def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch)
     short is found only as it is decoded, in its chunk; the others before scoring.)"""
     from anomaly_vae import scoring
 
-    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector = bars_detector
     monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", 2)  # 3 chunks before the last
     folder = tmp_path / "new"
     folder.mkdir()
@@ -916,15 +923,16 @@ def test_anomaly_maps_are_written_all_or_nothing(failure, tmp_path, monkeypatch)
     assert not (tmp_path / "s3.csv").exists()
 
 
-def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(tmp_path):
+def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(
+    bars_detector, tmp_path
+):
     """``score imgs --maps imgs/maps`` wrote the maps where the next run scored them as
     images (a class "maps", doubling the rows); ``--maps imgs`` replaced a flat folder's
     images by their maps, and ``--maps imgs/good`` a class's. Now refused before
     anything is read or written; a hidden folder in it is never read, so it is taken."""
     from anomaly_vae import scoring
 
-    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector = bars_detector
     folder = tmp_path / "imgs"
     for label, vertical in (("good", False), ("bad", True)):
         (folder / label).mkdir(parents=True)
@@ -946,7 +954,7 @@ def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(tmp
 
 
 def test_a_map_that_cannot_be_written_is_named_as_asked_not_by_its_temporary_path(
-    tmp_path, monkeypatch
+    bars_detector, tmp_path, monkeypatch
 ):
     """A disk full (or a name too long) while writing a map said 'cannot write
     maps/.maps.k2j1x0qz.tmp/001.png': the hidden temporary folder the maps are written
@@ -955,8 +963,7 @@ def test_a_map_that_cannot_be_written_is_named_as_asked_not_by_its_temporary_pat
 
     from anomaly_vae import scoring
 
-    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector = bars_detector
     folder = tmp_path / "new"
     folder.mkdir()
     for i, image in enumerate(bars(3, seed=1)):
@@ -987,13 +994,14 @@ def _umask() -> int:
 
 
 @pytest.mark.parametrize("bad", ["unreadable", "other size", "too large"])
-def test_a_bad_image_sorting_last_is_refused_before_any_image_is_scored(bad, tmp_path, monkeypatch):
+def test_a_bad_image_sorting_last_is_refused_before_any_image_is_scored(
+    bars_detector, bad, tmp_path, monkeypatch
+):
     # Found in the folder's last chunk, after every other chunk was decoded and scored
     # (20,000 PNGs: 19 s, then the error); the headers, read first, tell in 0.6 s.
     from anomaly_vae import scoring
 
-    config = tiny_config("training.epochs=5", "scoring.batch_size=2").detector_config()
-    detector = VAEDetector(config).fit(bars(100, seed=0))
+    detector = bars_detector
     monkeypatch.setattr(scoring, "PROGRESS_CHUNK_IMAGES", 2)
     for i, image in enumerate(bars(6, seed=1)):
         Image.fromarray(image[0]).save(tmp_path / f"{i:03d}.png")

@@ -28,6 +28,14 @@ def _calibrate(model: str, *extra: str):
     return CliRunner().invoke(main, [*arguments, *extra])
 
 
+def _fit_on_labelled_file(folder: str) -> None:
+    """``labelled.csv`` (400 rows, 30 anomalies) written and fit, labels given, into ``folder``."""
+    mixed_table(400, seed=0, anomalies=30).to_csv("labelled.csv", index=False)
+    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", folder])
+    assert fitted.exit_code == 0, fitted.output
+
+
 def test_threshold_reaches_the_target_recall_and_the_source_model_is_untouched(
     tmp_path, monkeypatch, caplog
 ):
@@ -362,10 +370,7 @@ def test_normal_class_is_refused_for_a_table(tmp_path, monkeypatch):
 
 def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
-    mixed_table(400, seed=0, anomalies=30).to_csv("labelled.csv", index=False)
-    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
-    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
-    assert fitted.exit_code == 0, fitted.output
+    _fit_on_labelled_file("m")
     said = "labelled.csv is the file this model was fit on"
     with caplog.at_level("WARNING"):
         same = _calibrate("m", "--no-tracking")
@@ -396,10 +401,7 @@ def test_calibrating_on_a_copy_of_the_training_file_warns(tmp_path, monkeypatch,
     import shutil
 
     monkeypatch.chdir(tmp_path)
-    mixed_table(400, seed=0, anomalies=30).to_csv("labelled.csv", index=False)
-    arguments = ["fit", "labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
-    fitted = CliRunner().invoke(main, [*arguments, "--no-tracking", *FAST, "--model-dir", "m"])
-    assert fitted.exit_code == 0, fitted.output
+    _fit_on_labelled_file("m")
     # A copy (another folder, another name) was not caught: the check was by path.
     Path("exports").mkdir()
     shutil.copy("labelled.csv", "exports/reviewed.csv")
