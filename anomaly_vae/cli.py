@@ -700,6 +700,7 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     help="Set the AUROC and AUCPR intervals, e.g. --set evaluation.interval_resamples=0 "
     "(repeatable; the model's other settings are its own).",
 )
+@click.option("--quiet", is_flag=True, help="No progress bar, nor the step lines of a large table.")
 @_user_errors
 @_help_names_torchvision_sources
 def calibrate(
@@ -715,6 +716,7 @@ def calibrate(
     register: bool,
     no_tracking: bool,
     overrides: tuple[str, ...],
+    quiet: bool,
 ) -> None:
     """Choose a fitted model's threshold again on new DATA, without retraining, and save
     the result as a new model (the source model is not changed).
@@ -762,6 +764,7 @@ def calibrate(
         register=register,
         target_fpr=target_fpr,
         evaluation_settings=evaluation_settings,
+        progress=not quiet,
     )
     detector, calibration = result.detector, result.detector.calibration_
     unit = f"{detector.score_item}s"

@@ -16,7 +16,13 @@ import pandas as pd
 
 from anomaly_vae.batch import file_digest
 from anomaly_vae.calibration import evaluate
-from anomaly_vae.config import LABELLED_THRESHOLD_METHODS, Config, EvaluationConfig, ModelConfig
+from anomaly_vae.config import (
+    LABELLED_THRESHOLD_METHODS,
+    Config,
+    EvaluationConfig,
+    ModelConfig,
+    TrainingConfig,
+)
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
@@ -96,7 +102,7 @@ def load_training_data(
         raise DataError(
             f"{config.data.label_column!r} is named as both the label and the id column"
         )
-    _say_reading(source, config)
+    say_reading(source, config.training)
     frame = read_table(source, _id_columns(config), config.data.categorical_columns)
     check_cells(frame, config.data)
     data = _split_table(frame, config, source)
@@ -104,7 +110,7 @@ def load_training_data(
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
-        _say_reading(eval_source, config)
+        say_reading(eval_source, config.training)
         extra = read_table(eval_source, _id_columns(config), config.data.categorical_columns)
         try:
             extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
@@ -122,12 +128,12 @@ def load_training_data(
     return data
 
 
-def _say_reading(source: str | Path, config: Config) -> None:
-    """With progress on, a phase line as a table file of ``PHASE_LINE_BYTES`` or more
-    starts to be read (2 to 7 s for 285 MB); its row count is not known before."""
+def say_reading(source: str | Path, training: TrainingConfig) -> None:
+    """With ``training.progress`` on, a phase line as a table file of ``PHASE_LINE_BYTES``
+    or more starts to be read (2 to 7 s for 285 MB); its row count is not known before."""
     path = Path(source)
     size = path.stat().st_size if path.is_file() else 0
-    if size and shows_phases(config.training, file_bytes=size):
+    if size and shows_phases(training, file_bytes=size):
         phase_line(f"reading {path.name} ({size / 1e6:,.0f} MB)")
 
 
@@ -273,11 +279,19 @@ def check_threshold_labels(config: Config, data: TrainingData) -> None:
 
 
 def calibrate_and_evaluate(
-    detector: Any, data: TrainingData, settings: EvaluationConfig
+    detector: Any,
+    data: TrainingData,
+    settings: EvaluationConfig,
+    scores: np.ndarray | None = None,
+    phases: TrainingConfig | None = None,
 ) -> dict[str, Any] | None:
     """Move the threshold to the labelled evaluation rows when ``calibration.method``
     asks for it, then report AUROC, AUCPR (with the intervals ``settings`` asks for),
-    curves and the confusion matrix on them."""
+    curves and the confusion matrix on them.
+
+    ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` when already computed
+    (else they are computed here); ``phases``: whether to name the step (its
+    ``progress``), by default the detector's ``training`` settings, as a fit does."""
     if data.evaluation is None:
         return None
     if not data.has_evaluation():
@@ -286,9 +300,10 @@ def calibrate_and_evaluate(
     assert data.evaluation_labels is not None  # has_evaluation() checked
     config = detector.effective_config
     chosen_here = config.calibration.method in LABELLED_THRESHOLD_METHODS
-    if shows_phases(config.training, len(data.evaluation)):
+    if shows_phases(phases or config.training, len(data.evaluation)):
         phase_line(f"evaluating on {len(data.evaluation):,} labelled {detector.score_item}s")
-    scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
+    if scores is None:
+        scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
     if chosen_here:
         detector.threshold_from_scores(
             data.evaluation_labels,

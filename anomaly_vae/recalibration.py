@@ -7,6 +7,7 @@ operation (method ``quantile``: their ``1 - target_fpr`` quantile, as at fit).""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,21 @@ from typing import Any
 import numpy as np
 
 from anomaly_vae.calibration import evaluate
-from anomaly_vae.config import QUANTILE_THRESHOLD, Config, EvaluationConfig, load_config
+from anomaly_vae.config import (
+    QUANTILE_THRESHOLD,
+    Config,
+    EvaluationConfig,
+    TrainingConfig,
+    load_config,
+)
 from anomaly_vae.data import label_vector, read_table
-from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
+from anomaly_vae.data.images import (
+    class_list,
+    is_image_source,
+    read_images,
+    source_location,
+    torchvision_source,
+)
 from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
@@ -27,8 +40,15 @@ from anomaly_vae.fitting import (
     record_run,
     same_training_file,
     save_model,
+    say_reading,
 )
-from anomaly_vae.scoring import check_data_kind, load_detector, warn_unknown_classes
+from anomaly_vae.scoring import (
+    check_data_kind,
+    load_detector,
+    scores_in_parts,
+    warn_unknown_classes,
+)
+from anomaly_vae.training import phase_line, shows_phases
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +71,7 @@ def labelled_data(
     normal_class: str | None,
     anomaly_label: str | None = None,
     method: str = "f1",
+    phases: TrainingConfig | None = None,
 ) -> TrainingData:
     """Every row of a table, or every image of a folder or torchvision test split, as the
     evaluation part of a :class:`TrainingData`, with its labels (True = anomaly).
@@ -59,7 +80,8 @@ def labelled_data(
     default the model's ``data.anomaly_label``). Images: classes other than
     ``normal_class`` (one, or several separated by commas) are anomalies. For ``method``
     quantile a table without ``label_column``, or a flat folder of images, is all normal
-    rows; the other methods need labels.
+    rows; the other methods need labels. ``phases``: whether a large table file's reading
+    is named (its ``progress``; default: not named).
     """
     labels_required = method != QUANTILE_THRESHOLD
     check_data_kind(detector, source, is_image_source(source))
@@ -97,6 +119,8 @@ def labelled_data(
             "column with --label-col (0 = normal, 1 = anomaly), or use --method quantile "
             "on rows of normal operation"
         )
+    if phases is not None:
+        say_reading(source, phases)
     frame = read_table(
         source, categorical_columns=detector.effective_config.data.categorical_columns
     )
@@ -135,6 +159,7 @@ def calibrate_model(
     register: bool = False,
     target_fpr: float | None = None,
     evaluation_settings: EvaluationConfig | None = None,
+    progress: bool = False,
 ) -> CalibrationResult:
     """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
     threshold on ``source`` by ``method``, save it as a new model and, with ``track``,
@@ -150,12 +175,19 @@ def calibrate_model(
     calibration rows.
     ``evaluation_settings`` sets the bootstrap intervals of the figures on ``source``
     (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
+    ``progress``: a bar (off a terminal, a line a minute) over the rows scored, and from
+    ``PHASE_LINE_ROWS`` rows (a table file of ``PHASE_LINE_BYTES``) a line on stderr as
+    each step around it starts, as in a fit.
     """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
     origin = _origin(model_ref, project_dir) if track else None  # before any alias moves
     by_quantile = method == QUANTILE_THRESHOLD
-    data = labelled_data(source, detector, label_column, normal_class, anomaly_label, method)
+    # This run's progress, not the one saved with the model (its fit's --quiet or not).
+    phases = dataclasses.replace(detector.effective_config.training, progress=progress)
+    data = labelled_data(
+        source, detector, label_column, normal_class, anomaly_label, method, phases
+    )
     _warn_training_file(source, detector)
     unit = f"{detector.score_item}s"
     if not by_quantile and not data.has_evaluation():
@@ -168,24 +200,28 @@ def calibrate_model(
     seed = detector.effective_config.training.seed
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
     settings.method = method
+    labels = data.evaluation_labels
+    assert data.evaluation is not None and labels is not None  # labelled_data labels every row
+    if by_quantile and labels.all():
+        raise DataError(f"{source} has no normal {unit} to take the quantile of")
+    torchvision = torchvision_source(source)
+    name = torchvision[0] if torchvision else Path(source).name
+    scores = scores_in_parts(detector, data.evaluation, data.evaluation_condition, name, progress)
     if by_quantile:
-        labels = data.evaluation_labels
-        assert labels is not None  # labelled_data labels every row
-        if labels.all():
-            raise DataError(f"{source} has no normal {unit} to take the quantile of")
-        scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr)
         settings.target_fpr = detector.calibration_["target_fpr"]
         evaluation = None
         if data.has_evaluation():
+            if shows_phases(phases, len(labels)):
+                phase_line(f"evaluating on {len(labels):,} labelled {unit}")
             evaluation = evaluate(labels, scores, detector.threshold_, intervals, seed)
             # Its normal rows chose the threshold: the false-positive rate there flatters.
             evaluation["threshold_chosen_on_these_rows"] = True
     else:
         if target_recall is not None:
             settings.target_recall = target_recall
-        evaluation = calibrate_and_evaluate(detector, data, intervals)
+        evaluation = calibrate_and_evaluate(detector, data, intervals, scores, phases)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if by_quantile:
@@ -194,8 +230,10 @@ def calibrate_model(
         from anomaly_vae import tracking
 
         assert origin is not None  # resolved above when track
+        if shows_phases(phases, len(scores)):
+            phase_line("logging the run to MLflow")
         with tracking.logging_after(f"the model is saved in {saved}"):
-            result.run = _track(result, data, source, origin, project_dir, register)
+            result.run = _track(result, data, scores, source, origin, project_dir, register)
         record_run(saved, result.run.run_id)
     return result
 
@@ -259,14 +297,16 @@ def _origin(model_ref: str | None, project_dir: Path) -> _Origin:
 def _track(
     result: CalibrationResult,
     data: TrainingData,
+    scores: np.ndarray,
     source: str | Path,
     origin: _Origin,
     project_dir: Path,
     register: bool,
 ) -> Any:
     """One MLflow run, in the source model's experiment: the source model, the data, the
-    old and new threshold, the evaluation and its plots, and the recalibrated model as a
-    new version of the source's registered model."""
+    old and new threshold, the evaluation and its plots (``scores``: those of
+    ``data.evaluation``, not computed again), and the recalibrated model as a new version
+    of the source's registered model."""
     import tempfile
 
     import mlflow
@@ -292,6 +332,6 @@ def _track(
         )
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)
-            tracking.log_calibration(result.detector, data, result.evaluation, out)
+            tracking.log_calibration(result.detector, data, result.evaluation, out, scores)
             mlflow.log_artifacts(str(out))
         return tracking.log_model(result.detector, config, result.model_dir, data, run, register)

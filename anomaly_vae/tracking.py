@@ -418,9 +418,15 @@ def dataset_sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
 
 
 def log_calibration(
-    detector: Any, data: TrainingData, evaluation: dict[str, Any] | None, out: Path
+    detector: Any,
+    data: TrainingData,
+    evaluation: dict[str, Any] | None,
+    out: Path,
+    scores: np.ndarray | None = None,
 ) -> None:
-    """Threshold and evaluation metrics; calibration/evaluation JSON and plots into ``out``."""
+    """Threshold and evaluation metrics; calibration/evaluation JSON and plots into ``out``.
+    ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` when already computed;
+    else its anomalies are scored again for the score histogram."""
     item = detector.score_item
     mlflow.log_metrics(
         {
@@ -442,7 +448,11 @@ def log_calibration(
         (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
         _save(plots.roc_curve(evaluation, item), out / "plots" / "roc_curve.png")
         _save(plots.pr_curve(evaluation, item), out / "plots" / "pr_curve.png")
-        anomalous_scores = detector.anomaly_score(take_rows(*_labelled(data)))
+        if scores is None:
+            anomalous_scores = detector.anomaly_score(take_rows(*_labelled(data)))
+        else:
+            assert data.evaluation_labels is not None  # an evaluation had labels
+            anomalous_scores = scores[data.evaluation_labels]
     histogram = plots.score_histogram(
         detector.calibration_scores_,
         detector.threshold_,
