@@ -247,8 +247,8 @@ def _labelled(data: TrainingData) -> tuple[Data, np.ndarray]:
 
 
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer"  # start of an MLflow warning
-# Training rows logged as the run's dataset input; a larger table is logged as a sample of
-# about this many (dataset_sample), as MLflow infers the schema and digest with a Python
+# Normal rows fit on logged as the run's dataset input; a larger table is logged as a sample
+# of about this many (dataset_sample), as MLflow infers the schema and digest with a Python
 # pass over every cell: 25 s for the 1,000,000 rows of 31 columns of a table fit on 2 CPU
 # cores (47 s on a busy machine), 0.3 to 0.5 s for a 10,000-row sample.
 DATASET_ROWS = 10_000
@@ -381,22 +381,25 @@ def write_config(config: Config, out: Path) -> None:
 
 def log_sources(data: TrainingData) -> None:
     """Which files the run read (tags ``data``, ``eval_data``; ``normal_classes`` for
-    images), and for a table the
-    training rows as an MLflow dataset input (schema, digest, source; the UI's Datasets):
-    all of them up to ``DATASET_ROWS``, else a sample that its name says is one
-    (:func:`dataset_sample`)."""
+    images), and for a table the normal rows fit on (``data.train``: the training,
+    validation and calibration rows, not the training split alone that the run's
+    description counts) as an MLflow dataset input (schema, digest, source; the UI's
+    Datasets): all of them up to ``DATASET_ROWS``, else a sample that its name says is
+    one (:func:`dataset_sample`)."""
     mlflow.set_tags(data.sources)
     source = data.sources.get("data")
     if isinstance(data.train, pd.DataFrame) and source is not None:
         frame, name = data.train, Path(source).name
         if len(frame) > DATASET_ROWS:
             frame = dataset_sample(frame, DATASET_ROWS)
-            name = f"{name} (sample of {len(frame):,} of {len(data.train):,} training rows)"
+            # "normal rows", as the fit's summary counts them ("Trained 'vae' on 15,839
+            # normal rows (train 11,879 / ...)"); "training rows" are the train split.
+            name = f"{name} (sample of {len(frame):,} of {len(data.train):,} normal rows)"
         with warnings.catch_warnings():
             # MLflow registers two equivalent source kinds for a local path and says so.
             warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
             # Its hint that integer columns cannot hold NaN is about model signatures;
-            # this schema only describes the training rows.
+            # this schema only describes the normal rows.
             warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
             # mlflow.data adds its from_* constructors at import, unseen by mypy.
             dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
@@ -532,7 +535,8 @@ NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 
 def model_description(detector: Any, run: Any) -> str:
     """One line on what the model of ``run`` (an MLflow ``Run``, its tags and metrics
-    logged) is and does: variant, data, training rows, threshold and how it was chosen,
+    logged) is and does: variant, data, training rows (the train split, without the
+    validation and calibration rows), threshold and how it was chosen,
     and the run's AUROC when it had labelled rows."""
     tags, metrics = run.data.tags, run.data.metrics
     calibration = detector.calibration_

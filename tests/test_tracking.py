@@ -508,12 +508,38 @@ def test_a_large_table_is_logged_as_a_labelled_sample_with_the_whole_schema(
     dataset = logged.dataset
     rows = json.loads(dataset.profile)["num_rows"]
     assert 40 <= rows < 300
-    assert dataset.name == f"train.csv (sample of {rows} of 300 training rows)"
+    assert dataset.name == f"train.csv (sample of {rows} of 300 normal rows)"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Hint: Inferred schema", UserWarning)
         whole = mlflow.data.from_pandas(frame)
         assert json.loads(dataset.schema)["mlflow_colspec"] == whole.schema.to_dict()
     assert {"name": "humidity", "type": "double", "required": False} in whole.schema.to_dict()
+
+
+def test_the_dataset_counts_the_normal_rows_and_the_description_the_training_rows(
+    tracking_store, tmp_path, monkeypatch
+):
+    """One fit called two counts "training rows": the description the training split
+    ('174 training rows'), the dataset input's name every normal row given to fit,
+    validation and calibration rows too ('sample of 10,000 of 15,839 training rows' for
+    11,879 training rows). The dataset's count is now of normal rows, as the summary's
+    'Trained ... on 15,839 normal rows (train 11,879 / ...)' says."""
+    from anomaly_vae import tracking
+
+    monkeypatch.setattr(tracking, "DATASET_ROWS", 40, raising=False)
+    mixed_table(300, seed=0, anomalies=25).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault")
+    config.tracking.log_views = False
+    result = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    rows = result.rows
+    normal = rows["train"] + rows["validation"] + rows["calibration"]
+    assert len(result.data.train) == normal != rows["train"]
+    run = MlflowClient().get_run(result.run.run_id)
+    (logged,) = run.inputs.dataset_inputs
+    sampled = json.loads(logged.dataset.profile)["num_rows"]
+    assert logged.dataset.name == f"train.csv (sample of {sampled} of {normal} normal rows)"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith(f"vae on train.csv ({rows['train']} training rows): ")
 
 
 def test_a_large_tracked_fit_says_when_it_logs_the_run(
