@@ -70,9 +70,17 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
     """A one-line error when DATA is images for a table model, or the other way round.
 
     For an image model, DATA that is not an image source (:func:`is_image_source`) is
-    said to be missing, or one image file, when it is: not a table.
+    said to be missing, or one image file, when it is: not a table. A folder of table
+    files and no images is said to be one, for either kind of model.
     """
     given = "image" if is_images else "table"
+    if detector.data_kind_ == "image" and is_images and _holds_only_tables(Path(data)):
+        # Read as images it would be "no images", which does not say what the files are.
+        raise DataError(
+            f"{data} is a folder of table files, and this model was fit on images: name one "
+            "file and a model fit on tables with --model (`anomaly-vae batch` scores every "
+            "CSV/Parquet file of a folder)"
+        )
     if detector.data_kind_ == "image" and not is_images:
         path = Path(data)
         if not path.exists():

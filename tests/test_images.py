@@ -23,7 +23,7 @@ from anomaly_vae.data.images import (
 )
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.scoring import map_names, save_anomaly_maps
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, mixed_table, tiny_config
 
 
 def bars(n: int, seed: int, vertical: bool = False, size: int = 16) -> np.ndarray:
@@ -186,6 +186,32 @@ def test_an_image_model_says_when_data_is_missing_or_one_image_file(tmp_path):
         check_data_kind(image_model, tmp_path / "t.csv", is_images=False)
     with pytest.raises(DataError, match=r"one.png is a file; an image model scores folders"):
         image_folders(tmp_path / "one.png", tmp_path / "out")
+
+
+def test_an_image_model_given_a_folder_of_tables_says_they_are_tables(bars_detector, tmp_path):
+    """An image model given a folder of CSV/Parquet files said only 'days holds no images
+    and no class subfolders with images' (after a warning that the files are not read),
+    where a table model given it is told it is a folder of table files. Both are now."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    bars_detector.save(tmp_path / "model")
+    (tmp_path / "days" / "old").mkdir(parents=True)
+    mixed_table(20, seed=3).to_csv(tmp_path / "days" / "day1.csv", index=False)
+    mixed_table(20, seed=4).to_parquet(tmp_path / "days" / "old" / "day0.parquet")
+    days, model = str(tmp_path / "days"), str(tmp_path / "model")
+    scored = ["score", days, "--model", model, "-o", str(tmp_path / "s.csv")]
+    for command in (scored, ["calibrate", days, "--model", model, "--no-tracking"]):
+        result = CliRunner().invoke(main, command)
+        assert result.exit_code == 1, result.output
+        assert f"Error: {days} is a folder of table files, and this model was fit on images: " in (
+            result.output
+        )
+        assert "a model fit on tables with --model" in result.output
+        assert "`anomaly-vae batch`" in result.output
+        assert "holds no images" not in result.output and "not read" not in result.output
+    assert not (tmp_path / "s.csv").exists()
 
 
 def test_a_model_folder_that_does_not_exist_is_named_so(tmp_path):
