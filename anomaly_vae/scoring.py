@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import tempfile
@@ -42,6 +43,11 @@ PROGRESS_CHUNK_ROWS = 50_000  # rows read and scored at a time: bounds memory; a
 # Images decoded and scored at a time: bounds memory (512 colour images of 128 x 128 are
 # 100 MB as the model's float32 input, held a few times over while scored); a progress step
 PROGRESS_CHUNK_IMAGES = 512
+MAP_SUFFIX = ".png"  # anomaly maps are 8-bit PNGs
+# The longest file name most file systems take (NAME_MAX of ext4, XFS, Btrfs, APFS): a map
+# name past it failed the whole run. Longer names are cut to it (map_names).
+MAX_FILE_NAME_BYTES = 255
+MAP_NAME_HASH_DIGITS = 8  # hex digits of a cut name's hash: 32 bits between names cut alike
 
 
 def load_detector(
@@ -409,7 +415,7 @@ def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[
 
 def anomaly_map_files(names: list[str], folder: Path) -> list[Path]:
     """The anomaly map file in ``folder`` of each image of ``names`` (see ``map_names``)."""
-    return [folder / f"{stem}.png" for stem in map_names(names)]
+    return [folder / f"{stem}{MAP_SUFFIX}" for stem in map_names(names)]
 
 
 def write_anomaly_maps(maps: np.ndarray, files: list[Path], temporary: Path | None = None) -> None:
@@ -439,7 +445,11 @@ def map_names(names: list[str]) -> list[str]:
     - else its folder (the class) before it: ``good/001.png`` and ``bad/001.png`` ->
       ``good_001`` and ``bad_001``;
     - a name still taken (``001.png`` and ``001.jpg`` in one folder) gets ``-2``, ``-3``,
-      ... in the images' order, the first keeping it.
+      ... in the images' order, the first keeping it;
+    - a name whose file (with ``.png``) would be longer than ``MAX_FILE_NAME_BYTES`` in
+      UTF-8 is cut to fit, and ``~`` and the first hex digits of the SHA-256 of the whole
+      name end it (``good_xxx...x~1a2b3c4d``): the same name in every run, and apart from
+      the names of the other images.
 
     Names are compared ignoring case, as some file systems do.
     """
@@ -466,6 +476,35 @@ def map_names(names: list[str]) -> list[str]:
             unique = f"{stem}-{number}"
         used.add(unique.casefold())
         chosen.append(unique)
+    return _cut_to_fit(chosen)
+
+
+def _fits(stem: str) -> bool:
+    return len(f"{stem}{MAP_SUFFIX}".encode()) <= MAX_FILE_NAME_BYTES
+
+
+def _cut_to_fit(stems: list[str]) -> list[str]:
+    """``stems`` (distinct, ignoring case) with each one too long for a file name (see
+    :func:`map_names`) cut to fit; the names that fit are kept, and no cut name takes one
+    of them or another cut name (a hash that does is salted again)."""
+    taken = {stem.casefold() for stem in stems if _fits(stem)}
+    chosen = []
+    for stem in stems:
+        if _fits(stem):
+            chosen.append(stem)
+            continue
+        salt = 0
+        while True:
+            text = stem if salt == 0 else f"{stem}\0{salt}"
+            tail = "~" + hashlib.sha256(text.encode()).hexdigest()[:MAP_NAME_HASH_DIGITS]
+            room = MAX_FILE_NAME_BYTES - len(MAP_SUFFIX) - len(tail)
+            # Cut between characters: a multi-byte one cut in two is dropped whole.
+            cut = stem.encode()[:room].decode(errors="ignore") + tail
+            if cut.casefold() not in taken:
+                break
+            salt += 1
+        taken.add(cut.casefold())
+        chosen.append(cut)
     return chosen
 
 

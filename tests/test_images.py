@@ -559,6 +559,43 @@ def test_images_sharing_a_file_name_in_different_classes_get_a_map_each(tmp_path
     ]
 
 
+def test_a_map_name_too_long_for_the_file_system_is_cut_with_a_hash_of_it(bars_detector, tmp_path):
+    """A long image stem with its class before it ('good_' + 247 bytes + '.png') made a
+    map name over 255 bytes, and the whole run failed ('cannot write maps/good_xxx...png:
+    File name too long'). Such a name is now cut to fit, and a hash of the whole name
+    (the same in every run) keeps it apart from the others; names that fit are kept."""
+    from anomaly_vae import scoring
+
+    stem = "x" * 246
+    folder = tmp_path / "imgs"
+    for label in ("good", "bad"):
+        (folder / label).mkdir(parents=True)
+        for i, image in enumerate(bars(2, seed=5)):
+            Image.fromarray(image[0]).save(folder / label / f"{stem}{i}.png")
+    Image.fromarray(bars(1, seed=6)[0, 0]).save(folder / "good" / f"{'y' * 251}.png")
+    scores = scoring.score_images(folder, bars_detector, tmp_path / "s.csv", tmp_path / "maps")
+    written = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert written == sorted(scores["map"]) and len(written) == 5
+    assert all(len(name.encode()) <= 255 for name in written)
+    # 255 bytes: they fit, unchanged; good_ is a byte longer than bad_, one too many.
+    assert {f"{'y' * 251}.png", f"bad_{stem}0.png", f"bad_{stem}1.png"} < set(written)
+    cut = [name for name in written if name.startswith("good_")]
+    assert len(cut) == 2 and all(re.fullmatch(r"good_x+~[0-9a-f]{8}\.png", n) for n in cut)
+    # The name of a map depends on its image's name alone, not on the other images.
+    wanted = f"good_{stem}0"
+    assert (
+        map_names([f"good/{stem}0.png", f"bad/{stem}0.png"])[0]
+        == map_names([f"bad/{stem}0.png", f"good/{stem}0.png", "good/other.png"])[1]
+    )
+    (short,) = [n for n in map_names([f"good/{stem}0.png", f"bad/{stem}0.png"]) if "good" in n]
+    assert len(f"{short}.png".encode()) == 255 and short.startswith(wanted[:200])
+    # A multi-byte name is cut between characters, and "-2" names are cut as well.
+    cut = map_names(["a/" + "é" * 130 + ".png", "a/" + "é" * 130 + ".jpg"])
+    assert len(set(cut)) == 2 and all(len(f"{n}.png".encode()) <= 255 for n in cut)
+    assert all(n.startswith("a_" + "é" * 100) and "\ufffd" not in n for n in cut)
+    assert map_names(["f/a.png", "f/a.jpg"]) == ["f_a", "f_a-2"]  # short names as before
+
+
 def test_cli_resizes_images_with_the_size_saved_in_the_model(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
