@@ -216,6 +216,7 @@ def score_images(
     time left; off one, the images scored in a line a minute unless ``progress_lines`` is
     false (as in a batch run's log), as :func:`score_table` counts rows.
     """
+    refuse_scores_in_source(Path(output), source)
     if maps_dir is not None:
         refuse_maps_in_source(Path(maps_dir), source)
     listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
@@ -282,19 +283,45 @@ def refuse_maps_in_source(maps_dir: Path, source: str | Path) -> None:
     refuses an output folder inside an input folder, rather than skipped: a maps folder
     skipped by its name would leave the folder read differently by ``fit`` and by
     ``batch``, which know nothing of it."""
-    if torchvision_source(source) is not None:  # its idx files are never maps
+    if not _read_with_images(maps_dir, source):
         return
-    folder, maps = Path(source).resolve(), maps_dir.resolve()  # symlinks, "..", "."
-    if not maps.is_relative_to(folder) or any(
-        part.startswith(".") for part in maps.relative_to(folder).parts
-    ):
-        return
-    where = "is the image folder" if maps == folder else "is inside the image folder"
+    same = maps_dir.resolve() == Path(source).resolve()
+    where = "is the image folder" if same else "is inside the image folder"
     raise DataError(
         f"the maps folder {maps_dir} {where} {source} being scored: a map could replace "
         "an image of its name, and a later run would score the maps as images; write "
         f"them outside it, or into a hidden folder in it ({Path(source) / '.maps'}), "
         "which is never read as images"
+    )
+
+
+def refuse_scores_in_source(output: Path, source: str | Path) -> None:
+    """DataError when the scores file ``output`` lies in the image folder ``source``, but
+    not when it, or a folder it is in there, is hidden (``source/.scores.csv``).
+
+    Not an image, it is never scored, but every later read of the folder (score, fit,
+    calibrate, batch) would warn of it as a file not read; refused, as ``--maps`` there
+    is (:func:`refuse_maps_in_source`) and as ``batch`` refuses an output folder inside
+    an input folder."""
+    if not _read_with_images(output, source):
+        return
+    raise DataError(
+        f"the scores file {output} is inside the image folder {source} being scored, where "
+        "every later run on the folder would warn of it as a file that is not an image; "
+        f"write it outside, or as a hidden file in it ({Path(source) / ('.' + output.name)}), "
+        "which is never read"
+    )
+
+
+def _read_with_images(path: Path, source: str | Path) -> bool:
+    """Whether ``path`` is the image folder ``source`` or lies inside it, where a listing
+    of the folder reaches it: not in a hidden folder there, nor hidden itself. Never for a
+    torchvision source (``mnist:ROOT``), whose idx files are all it reads."""
+    if torchvision_source(source) is not None:
+        return False
+    folder, resolved = Path(source).resolve(), path.resolve()  # symlinks, "..", "."
+    return resolved.is_relative_to(folder) and not any(
+        part.startswith(".") for part in resolved.relative_to(folder).parts
     )
 
 

@@ -1016,6 +1016,35 @@ def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(
     assert len(again) == len(scores) == 4 and again["class"].tolist() == scores["class"].tolist()
 
 
+def test_scores_inside_the_folder_scored_are_refused_unless_hidden(bars_detector, tmp_path, caplog):
+    """``score imgs -o imgs/scores.csv`` wrote the scores into the image folder, and every
+    later run on it warned 'imgs: 1 file is not read, as it is not named as an image file
+    (scores.csv)'. Now refused before anything is read or written, as ``--maps`` there
+    is and as ``batch`` refuses an output folder inside an input folder; a hidden file
+    there is never read, so it is taken."""
+    from anomaly_vae import scoring
+
+    folder = tmp_path / "imgs"
+    for label, vertical in (("good", False), ("bad", True)):
+        (folder / label).mkdir(parents=True)
+        for i, image in enumerate(bars(2, seed=3, vertical=vertical)):
+            Image.fromarray(image[0]).save(folder / label / f"{i:03d}.png")
+    before = folder_contents(tmp_path)
+    inside = [folder / "scores.csv", folder / "good" / "s.parquet"]
+    for output in [*inside, tmp_path / "elsewhere" / ".." / "imgs" / "scores.csv"]:
+        with pytest.raises(DataError) as error:
+            scoring.score_images(folder, bars_detector, output)
+        message = str(error.value)
+        assert "\n" not in message
+        assert f"the scores file {output} is inside the image folder {folder} " in message
+        assert f"or as a hidden file in it ({folder / ('.' + output.name)})" in message
+        assert folder_contents(tmp_path) == before  # nothing read into scores, nothing written
+    hidden = scoring.score_images(folder, bars_detector, folder / ".scores.csv")
+    caplog.clear()
+    again = scoring.score_images(folder, bars_detector, tmp_path / "s.csv")
+    assert "not read" not in caplog.text and len(again) == len(hidden) == 4
+
+
 def test_a_map_that_cannot_be_written_is_named_as_asked_not_by_its_temporary_path(
     bars_detector, tmp_path, monkeypatch
 ):
