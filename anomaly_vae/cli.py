@@ -453,7 +453,15 @@ def score(
     if output is None:
         # NAME:ROOT is named after the set: ROOT's folder (often data/) says nothing.
         torchvision = torchvision_source(data)
-        output = Path(f"{torchvision[0] if torchvision else Path(data).stem}_scores.csv")
+        # The folder's own name for "." or "imgs/" (whose stem is empty or the same).
+        stem = torchvision[0] if torchvision else Path(data).resolve().stem
+        output = Path(f"{stem}_scores.csv")
+        if Path.cwd().resolve().is_relative_to(Path(data).resolve()) and not torchvision:
+            # Scored from inside the image folder: the default would be written into it.
+            raise click.UsageError(
+                f"scoring {data}, the folder you are in: the default output {output} "
+                f"would be written into it; give --output outside it ({'..' / output})"
+            )
         if output.exists():
             # Inputs can share a stem (new.csv, new.parquet): a default name must not
             # silently replace scores written before, perhaps of another file.

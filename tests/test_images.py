@@ -1122,3 +1122,30 @@ def test_a_bad_image_sorting_last_is_refused_before_any_image_is_scored(
     monkeypatch.setattr("anomaly_vae.data.images._header_size", lambda file: (16, 20))
     scores = scoring.score_images(tmp_path, detector, tmp_path.parent / "s.csv")
     assert len(scores) == 6
+
+
+def test_scoring_the_folder_one_is_in_asks_for_an_output_outside_it(
+    bars_detector, tmp_path, monkeypatch
+):
+    """``cd imgs && anomaly-vae score .`` defaulted to ``_scores.csv`` (the stem of ".")
+    in the folder scored, then refused it, suggesting the hidden name ``._scores.csv``;
+    the default is named after the folder and the message asks for --output outside."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate(bars(3, seed=3)):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    bars_detector.save(tmp_path / "model")
+    monkeypatch.chdir(folder)
+    inside = CliRunner().invoke(main, ["score", ".", "--model", "../model", "--quiet"])
+    assert inside.exit_code == 2
+    assert "the default output imgs_scores.csv would be written into it" in inside.output
+    assert "give --output outside it (../imgs_scores.csv)" in inside.output
+    assert sorted(p.name for p in folder.iterdir()) == ["000.png", "001.png", "002.png"]
+    monkeypatch.chdir(tmp_path)
+    outside = CliRunner().invoke(main, ["score", "imgs", "--model", "model", "--quiet"])
+    assert outside.exit_code == 0, outside.output
+    assert len(pd.read_csv(tmp_path / "imgs_scores.csv")) == 3
