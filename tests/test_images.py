@@ -39,6 +39,16 @@ def bars(n: int, seed: int, vertical: bool = False, size: int = 16) -> np.ndarra
     return images
 
 
+def good_and_bad_folder(folder: Path) -> Path:
+    """``folder`` with class subfolders ``good`` (2 horizontal bars) and ``bad`` (2
+    vertical), PNGs named ``000.png``, ``001.png``."""
+    for label, vertical in (("good", False), ("bad", True)):
+        (folder / label).mkdir(parents=True)
+        for i, image in enumerate(bars(2, seed=3, vertical=vertical)):
+            Image.fromarray(image[0]).save(folder / label / f"{i:03d}.png")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def bars_detector() -> VAEDetector:
     """A tiny vae fit on 100 horizontal-bar images, scoring 2 images a batch (so a
@@ -996,11 +1006,7 @@ def test_maps_inside_the_folder_scored_are_refused_unless_in_a_hidden_folder(
     from anomaly_vae import scoring
 
     detector = bars_detector
-    folder = tmp_path / "imgs"
-    for label, vertical in (("good", False), ("bad", True)):
-        (folder / label).mkdir(parents=True)
-        for i, image in enumerate(bars(2, seed=3, vertical=vertical)):
-            Image.fromarray(image[0]).save(folder / label / f"{i:03d}.png")
+    folder = good_and_bad_folder(tmp_path / "imgs")
     before = folder_contents(tmp_path)
     inside = [folder / "maps", folder / "good", folder, folder / "good" / "deep", folder / "."]
     for maps_dir in [*inside, tmp_path / "elsewhere" / ".." / "imgs" / "maps"]:
@@ -1024,11 +1030,7 @@ def test_scores_inside_the_folder_scored_are_refused_unless_hidden(bars_detector
     there is never read, so it is taken."""
     from anomaly_vae import scoring
 
-    folder = tmp_path / "imgs"
-    for label, vertical in (("good", False), ("bad", True)):
-        (folder / label).mkdir(parents=True)
-        for i, image in enumerate(bars(2, seed=3, vertical=vertical)):
-            Image.fromarray(image[0]).save(folder / label / f"{i:03d}.png")
+    folder = good_and_bad_folder(tmp_path / "imgs")
     before = folder_contents(tmp_path)
     inside = [folder / "scores.csv", folder / "good" / "s.parquet"]
     for output in [*inside, tmp_path / "elsewhere" / ".." / "imgs" / "scores.csv"]:
