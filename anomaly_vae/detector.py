@@ -123,7 +123,8 @@ def saving_model_folder(path: Path, description: str) -> Iterator[None]:
     try:
         for name in dict.fromkeys((description, *SAVED_MODEL_NAMES)):
             if (path / name).is_dir() and not (path / name).is_symlink():
-                shutil.rmtree(path / name)
+                if _holds_saved_members(path / name):
+                    shutil.rmtree(path / name)
             else:
                 (path / name).unlink(missing_ok=True)
         yield
@@ -131,6 +132,16 @@ def saving_model_folder(path: Path, description: str) -> Iterator[None]:
         if created:
             shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def _holds_saved_members(folder: Path) -> bool:
+    """Whether ``folder`` (a ``members/`` beside a model) holds only an ensemble's saved
+    members, folders of a detector's files: a user's own ``members/`` folder in a folder
+    a model is saved into is left alone."""
+    return all(
+        member.is_dir() and {p.name for p in member.iterdir()} <= set(SAVED_MODEL_NAMES)
+        for member in folder.iterdir()
+    )
 
 
 def available_scores(model_name: str) -> tuple[str, ...]:

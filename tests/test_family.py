@@ -424,6 +424,11 @@ def test_a_save_leaves_in_its_folder_only_the_model_it_wrote(two_ensembles, tmp_
     with pytest.raises(ModelNotFoundError, match=r"ensemble: it holds one detector"):
         EnsembleDetector.load(folder)
     assert (folder / "notes.txt").read_text() == "a user's file\n"
+    # A user's own members/ folder, holding other files, is no ensemble's: left alone.
+    (folder / "members").mkdir()
+    (folder / "members" / "team.csv").write_text("name\nada\n")
+    first.members["vae"].save(folder)
+    assert (folder / "members" / "team.csv").read_text() == "name\nada\n"
 
 
 def test_a_large_tracked_family_says_each_step_as_a_fit_does(tmp_path, monkeypatch, capsys):
