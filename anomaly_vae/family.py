@@ -57,6 +57,7 @@ class Candidate:
     evaluation: dict[str, Any] | None
     seconds: float
     criterion: float = math.nan  # mean validation -ELBO, nats per row (nan: not comparable)
+    scores: np.ndarray | None = None  # (m,) its scores of the evaluation rows, if any
 
 
 CRITERION_METRIC = "validation_neg_elbo_nats"  # comparison column and child-run metric
@@ -158,6 +159,7 @@ def fit_family(
         rows=fit_rows(chosen.detector, data),
         evaluation=chosen.evaluation,
         data=data,
+        evaluation_scores=chosen.scores,
         chosen=chosen.name,
         comparison=comparison,
         select_by=select_by,
@@ -227,9 +229,9 @@ def _fit_variant(name: str, config: Config, data: TrainingData, progress: Any) -
     if not get_model(name).uses_condition:
         validation = take_rows(data.train, detector.split_rows_["validation"])
         criterion = float(np.mean(detector.all_scores(validation)["negative_elbo"]))
-    evaluation = calibrate_and_evaluate(detector, data, config.evaluation)
+    evaluation, scores = calibrate_and_evaluate(detector, data, config.evaluation)
     logger.info("%s: %.1f s, validation -ELBO %.4g", name, seconds, criterion)
-    return Candidate(name, detector, config, evaluation, seconds, criterion)
+    return Candidate(name, detector, config, evaluation, seconds, criterion, scores)
 
 
 def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
@@ -239,8 +241,8 @@ def _ensemble(candidates: list[Candidate], data: TrainingData) -> Candidate:
     seconds = time.perf_counter() - start + sum(c.seconds for c in candidates)
     config = copy.deepcopy(candidates[0].config)
     config.model.name = ENSEMBLE
-    evaluation = calibrate_and_evaluate(ensemble, data, config.evaluation)
-    return Candidate(ENSEMBLE, ensemble, config, evaluation, seconds)
+    evaluation, scores = calibrate_and_evaluate(ensemble, data, config.evaluation)
+    return Candidate(ENSEMBLE, ensemble, config, evaluation, seconds, scores=scores)
 
 
 def _choose(candidates: list[Candidate], select_by: str) -> Candidate:
@@ -307,7 +309,11 @@ def _track(
         for candidate in candidates:
             with mlflow.start_run(run_name=candidate.name, nested=True):
                 tracking.log_detector(
-                    candidate.detector, candidate.config, result.data, candidate.evaluation
+                    candidate.detector,
+                    candidate.config,
+                    result.data,
+                    candidate.evaluation,
+                    candidate.scores,
                 )
                 mlflow.log_metric("fit_seconds", candidate.seconds)
                 if math.isfinite(candidate.criterion):  # the label-free selection criterion
@@ -334,7 +340,9 @@ def _track(
             tracking.write_config(chosen_config, out)
             result.comparison.to_csv(out / "comparison.csv", index=False)
             (out / "comparison.md").write_text(format_comparison(result) + "\n")
-            tracking.log_calibration(result.detector, result.data, result.evaluation, out)
+            tracking.log_calibration(
+                result.detector, result.data, result.evaluation, out, result.evaluation_scores
+            )
             mlflow.log_artifacts(str(out))
         return tracking.log_model(
             result.detector, chosen_config, result.model_dir, result.data, parent, register

@@ -73,6 +73,9 @@ class FitResult:
     evaluation: dict[str, Any] | None
     data: TrainingData | None = None
     run: Any = None  # tracking.TrackedRun when the fit was logged to MLflow
+    # (m,) anomaly scores of data.evaluation that `evaluation` was computed from (None
+    # without one): the run's score histogram draws its anomalies' scores from them
+    evaluation_scores: np.ndarray | None = None
 
 
 def load_training_data(
@@ -284,19 +287,22 @@ def calibrate_and_evaluate(
     settings: EvaluationConfig,
     scores: np.ndarray | None = None,
     phases: TrainingConfig | None = None,
-) -> dict[str, Any] | None:
+) -> tuple[dict[str, Any] | None, np.ndarray | None]:
     """Move the threshold to the labelled evaluation rows when ``calibration.method``
     asks for it, then report AUROC, AUCPR (with the intervals ``settings`` asks for),
     curves and the confusion matrix on them.
 
     ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` when already computed
     (else they are computed here); ``phases``: whether to name the step (its
-    ``progress``), by default the detector's ``training`` settings, as a fit does."""
+    ``progress``), by default the detector's ``training`` settings, as a fit does.
+    Returns ``(evaluation, scores)``, the scores it was computed from kept for the run's
+    score histogram (scoring them again cost a second pass over the anomalies); both
+    None without labelled rows of both classes."""
     if data.evaluation is None:
-        return None
+        return None, None
     if not data.has_evaluation():
         logger.warning("no evaluation: the labelled evaluation rows are all of one class")
-        return None
+        return None, None
     assert data.evaluation_labels is not None  # has_evaluation() checked
     config = detector.effective_config
     chosen_here = config.calibration.method in LABELLED_THRESHOLD_METHODS
@@ -316,7 +322,7 @@ def calibrate_and_evaluate(
     )
     # A threshold chosen on these rows flatters the confusion matrix at it (not AUROC/AUCPR).
     evaluation["threshold_chosen_on_these_rows"] = chosen_here
-    return evaluation
+    return evaluation, scores
 
 
 def unread_model_settings(config: Config) -> list[str]:
@@ -362,17 +368,18 @@ def fit_source(
     detector = VAEDetector(config.detector_config()).fit(
         data.train, condition=data.train_condition, on_epoch=on_epoch
     )
-    evaluation = calibrate_and_evaluate(detector, data, config.evaluation)
+    evaluation, scores = calibrate_and_evaluate(detector, data, config.evaluation)
     mark_training_file(detector, source)
     model_dir = save_model(detector, project_dir, model_dir)
-    result = FitResult(detector, model_dir, fit_rows(detector, data), evaluation, data)
+    rows = fit_rows(detector, data)
+    result = FitResult(detector, model_dir, rows, evaluation, data, evaluation_scores=scores)
     if config.tracking.enabled:
         if shows_phases(config.training, len(data.train)):
             phase_line("logging the run to MLflow")
         with tracking.logging_after(f"the model is saved in {model_dir}"):
             tracking.use_tracking(config.tracking.experiment, project_dir)
             result.run = tracking.log_fit_run(
-                detector, config, model_dir, data, evaluation, register
+                detector, config, model_dir, data, evaluation, register, scores
             )
         record_run(model_dir, result.run.run_id)
     return result

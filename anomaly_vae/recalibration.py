@@ -221,7 +221,7 @@ def calibrate_model(
     else:
         if target_recall is not None:
             settings.target_recall = target_recall
-        evaluation = calibrate_and_evaluate(detector, data, intervals, scores, phases)
+        evaluation, _ = calibrate_and_evaluate(detector, data, intervals, scores, phases)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if by_quantile:

@@ -309,15 +309,16 @@ def log_fit_run(
     data: TrainingData,
     evaluation: dict[str, Any] | None = None,
     register: bool | None = None,
+    scores: np.ndarray | None = None,
 ) -> TrackedRun:
     """Log one fit as one MLflow run in the current experiment; register the model.
 
     ``register`` moves the ``champion`` alias to the new version (default:
-    ``config.tracking.register_champion``).
+    ``config.tracking.register_champion``); ``scores``: as :func:`log_calibration`.
     """
     config = with_register(config, register)
     with mlflow.start_run(run_name=f"fit {config.model.name}") as run:
-        log_detector(detector, config, data, evaluation)
+        log_detector(detector, config, data, evaluation, scores)
         return log_model(detector, config, model_dir, data, run, register)
 
 
@@ -337,8 +338,10 @@ def log_detector(
     config: Config,
     data: TrainingData,
     evaluation: dict[str, Any] | None,
+    scores: np.ndarray | None = None,
 ) -> None:
-    """Into the active run: config, losses per epoch, calibration, evaluation, plots."""
+    """Into the active run: config, losses per epoch, calibration, evaluation, plots.
+    ``scores``: as :func:`log_calibration`."""
     # Callers start the run; without one this fails as before, on None.
     run_id = cast(mlflow.ActiveRun, mlflow.active_run()).info.run_id
     mlflow.log_params(run_params(config, variants_of(detector)))
@@ -350,7 +353,7 @@ def log_detector(
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
         write_config(config, out)
-        log_calibration(detector, data, evaluation, out)
+        log_calibration(detector, data, evaluation, out, scores)
         if isinstance(detector, VAEDetector):
             _log_history(MlflowClient(), run_id, detector)
             history = detector.history_
@@ -428,8 +431,9 @@ def log_calibration(
     scores: np.ndarray | None = None,
 ) -> None:
     """Threshold and evaluation metrics; calibration/evaluation JSON and plots into ``out``.
-    ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` when already computed;
-    else its anomalies are scored again for the score histogram."""
+    ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` that ``evaluation`` was
+    computed from (:func:`anomaly_vae.fitting.calibrate_and_evaluate` returns them);
+    without them its anomalies are scored again for the score histogram."""
     item = detector.score_item
     mlflow.log_metrics(
         {

@@ -579,3 +579,48 @@ def test_a_model_saved_over_a_tracked_one_is_not_taken_for_its_run(tracking_stor
     result = CliRunner().invoke(main, ["view", "generate", "--model", "model", "--log"])
     assert result.exit_code == 1
     assert "no MLflow run is recorded for model model" in result.output
+
+
+@pytest.mark.parametrize("family", [False, True])
+def test_a_tracked_fit_scores_its_evaluation_rows_once(
+    tracking_store, tmp_path, monkeypatch, family
+):
+    """The run's score histogram scored the labelled anomalies again after the evaluation
+    had scored them (49,951 rows twice in a fit on 500,000 labelled rows; in a family, in
+    every candidate's run and the parent's). It draws the evaluation's scores now."""
+    from anomaly_vae import plots
+    from anomaly_vae.detector import VAEDetector
+    from anomaly_vae.family import fit_family
+
+    mixed_table(300, seed=0, anomalies=20).to_csv(tmp_path / "train.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "training.epochs=3",
+        "tracking.log_views=false",
+        "family.variants=[vae,beta-vae]",
+    )
+    scored, histograms = [], []
+    score, histogram = VAEDetector.anomaly_score, plots.score_histogram
+
+    def counted(self, X, *args, **kwargs):
+        scored.append(len(X))
+        return score(self, X, *args, **kwargs)
+
+    def kept(normal, threshold, name, anomalous=None, *args, **kwargs):
+        histograms.append(anomalous)
+        return histogram(normal, threshold, name, anomalous, *args, **kwargs)
+
+    monkeypatch.setattr(VAEDetector, "anomaly_score", counted)
+    monkeypatch.setattr(plots, "score_histogram", kept)
+    fit = fit_family if family else fit_table
+    result = fit(tmp_path / "train.csv", config, project_dir=tmp_path)
+    evaluation_rows = result.rows["evaluation"]
+    # Every member scores the evaluation rows once (an ensemble's members again, for it).
+    members = 2 * 2 if family else 1
+    assert scored.count(evaluation_rows) == members
+    assert 20 not in scored  # the anomalies alone, for the histogram
+    labels = result.data.evaluation_labels
+    assert labels.sum() == 20
+    np.testing.assert_array_equal(histograms[-1], result.evaluation_scores[labels])
+    assert len(histograms) == (4 if family else 1)  # the family: 3 candidates and the parent
