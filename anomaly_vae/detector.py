@@ -89,7 +89,9 @@ SAVED_MODEL_NAMES = (
     MEMBERS_FOLDER,
     RUN_FILE,
 )
-MIN_TRAINING_ROWS = 20  # below this the train/validation/calibration split is meaningless
+# Normal rows (images) fit takes at least: it splits them into training, validation and
+# calibration rows, a split that is meaningless below this.
+MIN_TRAINING_ROWS = 20
 
 
 def save_atomic(target: Path, write: Any) -> None:
@@ -540,7 +542,12 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"data, not {self.data_kind_}s"
             )
         if len(X) < MIN_TRAINING_ROWS:
-            raise DataError(f"need at least {MIN_TRAINING_ROWS} training rows, got {len(X)}")
+            # Not "training rows": the summary's and the run's are the training split.
+            item = self.score_item
+            raise DataError(
+                f"need at least {MIN_TRAINING_ROWS} normal {item}s to fit on (split into "
+                f"training, validation and calibration {item}s), got {len(X)}"
+            )
         self._set_threads(config)
         phases = shows_phases(config.training, len(X))
         if phases:

@@ -26,7 +26,7 @@ from anomaly_vae.config import (
 from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import class_list, is_image_source, read_images, source_location
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
-from anomaly_vae.detector import RUN_FILE, VAEDetector
+from anomaly_vae.detector import MIN_TRAINING_ROWS, RUN_FILE, VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
 from anomaly_vae.training import EpochCallback, phase_line, shows_phases
@@ -193,13 +193,13 @@ def _split_table(frame: pd.DataFrame, config: Config, source: str | Path) -> Tra
     labels = label_vector(frame, column, anomaly_label)
     if not labels.any():
         return TrainingData(frame)
-    if labels.all():  # else "need at least 20 training rows, got 0", after the hold-out
+    if labels.all():  # else "need at least 20 normal rows to fit on, got 0", after the hold-out
         marks = "1" if anomaly_label is None else f"the anomaly label {anomaly_label!r}"
         raise DataError(
             f"no row of {source} is labelled normal: label column {column!r} holds {marks} "
             "in every row, and fit trains on normal rows"
         )
-    train_rows, eval_rows = _hold_out(labels, config)
+    train_rows, eval_rows = _hold_out(labels, config, "row")
     return TrainingData(
         frame.iloc[train_rows],
         frame.iloc[eval_rows],
@@ -236,7 +236,7 @@ def _load_images(source: str, config: Config, normal_class: str | None) -> Train
         )
     if not is_anomaly.any():
         return TrainingData(images.images, train_condition=classes, train_names=images.names)
-    train_rows, eval_rows = _hold_out(is_anomaly, config)
+    train_rows, eval_rows = _hold_out(is_anomaly, config, "image")
     return TrainingData(
         images.images[train_rows],
         images.images[eval_rows],
@@ -259,13 +259,22 @@ def _check_conditional_classes(config: Config, normal_classes: list[str]) -> Non
         )
 
 
-def _hold_out(is_anomaly: np.ndarray, config: Config) -> tuple[np.ndarray, np.ndarray]:
+def _hold_out(is_anomaly: np.ndarray, config: Config, item: str) -> tuple[np.ndarray, np.ndarray]:
     """(training rows: normal minus a held-out fraction; evaluation rows: held-out normal
-    rows then every anomaly)."""
+    rows then every anomaly). DataError when fewer normal rows (``item``: "row" or
+    "image") than a fit needs are left, saying how many the hold-out took: the
+    detector's error counts only those it is given."""
     normal = np.flatnonzero(~is_anomaly)
     rng = np.random.default_rng(config.training.seed)
     held_out = rng.permutation(normal)[: round(config.evaluation.fraction * len(normal))]
     train_rows = np.setdiff1d(normal, held_out)
+    if len(train_rows) < MIN_TRAINING_ROWS:
+        raise DataError(
+            f"need at least {MIN_TRAINING_ROWS} normal {item}s to fit on, got "
+            f"{len(train_rows)}: {len(held_out)} of the {len(normal)} normal {item}s are "
+            f"held out for evaluation (evaluation.fraction={config.evaluation.fraction:g}); "
+            f"give more normal {item}s, or lower evaluation.fraction"
+        )
     return train_rows, np.concatenate([held_out, np.flatnonzero(is_anomaly)])
 
 

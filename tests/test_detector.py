@@ -317,8 +317,10 @@ def test_an_unseen_category_scores_above_the_known_one_and_is_warned_about(caplo
 
 
 def test_too_few_rows_and_wrong_width_are_clear_errors(fitted):
-    with pytest.raises(DataError, match="at least 20 training rows"):
+    with pytest.raises(DataError, match=r"at least 20 normal rows to fit on .*, got 5$"):
         VAEDetector().fit(np.zeros((5, 3)))
+    with pytest.raises(DataError, match=r"at least 20 normal images to fit on .*, got 5$"):
+        VAEDetector().fit(np.zeros((5, 1, 8, 8)))
     with pytest.raises(DataError, match="expected 6 columns, got 4"):
         fitted.score_samples(np.zeros((3, 4)))
 

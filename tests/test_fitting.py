@@ -84,6 +84,30 @@ def test_a_table_labelled_all_anomalous_says_no_row_is_normal(
     assert str(refused.value) == message
 
 
+def test_too_few_normal_rows_are_counted_as_what_they_are(tmp_path, labelled_config):
+    """'need at least 20 training rows, got 16' counted the normal rows left after the
+    evaluation's hold-out, which fit splits again into training (the summary's and the
+    run's "training rows"), validation and calibration rows; of a file with 20 normal
+    rows. The error now says what it counts, and what the hold-out took."""
+    table = mixed_table(30, seed=0, anomalies=10)
+    table.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError) as refused:
+        fit_table(tmp_path / "t.csv", labelled_config, project_dir=tmp_path)
+    assert str(refused.value) == (
+        "need at least 20 normal rows to fit on, got 16: 4 of the 20 normal rows are held "
+        "out for evaluation (evaluation.fraction=0.2); give more normal rows, or lower "
+        "evaluation.fraction"
+    )
+    labelled_config.data.label_column = None
+    table.head(12).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataError) as refused:
+        fit_table(tmp_path / "t.csv", labelled_config, project_dir=tmp_path)
+    assert str(refused.value) == (
+        "need at least 20 normal rows to fit on (split into training, validation and "
+        "calibration rows), got 12"
+    )
+
+
 def test_unknown_id_column_is_an_error(tmp_path):
     mixed_table(100, seed=0).to_csv(tmp_path / "train.csv", index=False)
     config = tiny_config("tracking.enabled=false", "data.id_column=serial")
