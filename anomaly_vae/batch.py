@@ -94,6 +94,17 @@ class BatchReport:
         return self.flagged / self.rows if self.rows else 0.0
 
 
+def holds_only_tables(path: Path) -> bool:
+    """True for a folder holding CSV/Parquet files and no image files (in it or below):
+    the inputs of a table model's `batch`, which `fit`, `score` and the like would read
+    as an image folder with no images."""
+    if not path.is_dir():
+        return False
+    files = [p for p in path.rglob("*") if p.is_file()]
+    tables = any(p.suffix.lower() in INPUT_SUFFIXES for p in files)
+    return tables and not any(is_image_file(p) for p in files)
+
+
 def input_files(source: str | Path, report_others: bool = True) -> list[Path]:
     """A folder's CSV/Parquet files, or the files a glob pattern matches, sorted; the
     other files are named in an INFO line when ``report_others``.

@@ -14,7 +14,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.batch import file_digest
+from anomaly_vae.batch import file_digest, holds_only_tables
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
     LABELLED_THRESHOLD_METHODS,
@@ -94,6 +94,14 @@ def load_training_data(
     trained on and the whole test split evaluates (other classes = anomalies); for a
     folder, the other classes and a held-out fraction of the normal classes evaluate.
     """
+    if holds_only_tables(Path(source)):
+        # Read as images it would be "no images" (or, with --label-col, "--label-col is
+        # for tables"), which does not say what the files are; as `score` says it.
+        raise DataError(
+            f"{source} is a folder of table files, which would be read as images: fit on "
+            "one file (a fit reads one table: put the rows of several in one CSV or "
+            "Parquet file)"
+        )
     check_label_options(is_image_source(source), config.data.label_column, normal_class)
     if is_image_source(source):
         data = _load_images(str(source), config, normal_class)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.batch import INPUT_SUFFIXES, drift_sample, score_file, scoring_progress
+from anomaly_vae.batch import drift_sample, holds_only_tables, score_file, scoring_progress
 from anomaly_vae.data.images import (
     COLOUR_CHANNELS,
     ImagePreprocessor,
@@ -80,7 +80,7 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
     files and no images is said to be one, for either kind of model.
     """
     given = "image" if is_images else "table"
-    if detector.data_kind_ == "image" and is_images and _holds_only_tables(Path(data)):
+    if detector.data_kind_ == "image" and is_images and holds_only_tables(Path(data)):
         # Read as images it would be "no images", which does not say what the files are.
         raise DataError(
             f"{data} is a folder of table files, and this model was fit on images: name one "
@@ -98,7 +98,7 @@ def check_data_kind(detector: Any, data: str | Path, is_images: bool) -> None:
                 f"{data} is one image file; an image model takes a folder of images (to "
                 "score this one alone, put it in a folder of its own)"
             )
-    if detector.data_kind_ == "table" and is_images and _holds_only_tables(Path(data)):
+    if detector.data_kind_ == "table" and is_images and holds_only_tables(Path(data)):
         raise DataError(
             f"{data} is a folder of table files, which would be read as images: name one "
             "file (`anomaly-vae batch` scores every CSV/Parquet file of a folder)"
@@ -138,15 +138,6 @@ def model_not_found(uri: str, exc: MlflowException) -> ModelNotFoundError:
             "or name a version, models:/NAME/1)"
         )
     return ModelNotFoundError(f"cannot load model {uri}: {exc.message.splitlines()[0]}{hint}")
-
-
-def _holds_only_tables(path: Path) -> bool:
-    """True for a folder holding CSV/Parquet files and no image files."""
-    if not path.is_dir():
-        return False
-    files = [p for p in path.rglob("*") if p.is_file()]
-    tables = any(p.suffix.lower() in INPUT_SUFFIXES for p in files)
-    return tables and not any(is_image_file(p) for p in files)
 
 
 def _download_mlflow_model(uri: str, project_dir: Path | None, destination: Path) -> Path:

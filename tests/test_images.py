@@ -224,6 +224,30 @@ def test_an_image_model_given_a_folder_of_tables_says_they_are_tables(bars_detec
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.parametrize("options", [[], ["--set", "model.name=conv-vae"], ["--label-col", "y"]])
+def test_fit_given_a_folder_of_tables_says_they_are_tables(tmp_path, options):
+    """fit on a folder of CSV/Parquet files said 'days holds no images and no class
+    subfolders with images' after a warning that they are not read (with --label-col,
+    '--label-col is for tables'), where score names it a folder of table files. So does
+    fit now, with what to do instead."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    (tmp_path / "days" / "old").mkdir(parents=True)
+    mixed_table(20, seed=3).to_csv(tmp_path / "days" / "day1.csv", index=False)
+    mixed_table(20, seed=4).to_parquet(tmp_path / "days" / "old" / "day0.parquet")
+    days = str(tmp_path / "days")
+    result = CliRunner().invoke(main, ["fit", days, "--no-tracking", "--quiet", *options])
+    assert result.exit_code == 1, result.output
+    assert f"Error: {days} is a folder of table files, which would be read as images: " in (
+        result.output
+    )
+    assert "fit on one file" in result.output
+    assert "holds no images" not in result.output and "not read" not in result.output
+    assert "--label-col is for tables" not in result.output
+
+
 def test_a_model_folder_that_does_not_exist_is_named_so(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match=r"^model folder .*nothing does not exist$"):
