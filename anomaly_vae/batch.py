@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from anomaly_vae.data.images import hidden_below, is_image_file
+from anomaly_vae.data.images import hidden_below, is_image_file, read_with_images
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
@@ -136,7 +136,9 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
     one a day). Folders being filled (a name starting with "." or ending in ".tmp") and
     folders without images (such as ``output_dir`` beside them) are not inputs (yet).
     DataError as :func:`input_files`, and when ``output_dir`` is or lies inside an input
-    folder: its files would be written among that input's images."""
+    folder, but not in a hidden folder there, nor hidden itself (``day1/.scores``), which
+    no listing of images reads (:func:`read_with_images`, as ``score`` places its scores
+    and maps): its files would be written among that input's images."""
     path = Path(source)
     if glob.has_magic(str(source)):
         found = _glob_matches(source)
@@ -146,7 +148,6 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         raise DataError(f"{source} is a file; an image model scores folders of images")
     else:
         raise DataError(f"{source}: no such folder (an image model scores folders of images)")
-    output = output_dir.resolve()
     folders = sorted(
         p
         for p in found
@@ -156,10 +157,11 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
         and any(_image_files(p))
     )
     for folder in folders:
-        if output.is_relative_to(folder.resolve()):
+        if read_with_images(output_dir, folder):
             raise DataError(
                 f"the output folder {output_dir} is inside the input folder {folder}: choose "
-                "an --output-dir outside it (e.g. beside the folders scored)"
+                "an --output-dir outside it (e.g. beside the folders scored), or a hidden "
+                f"folder in it ({folder / '.scores'}), which is never read as images"
             )
     return folders
 

@@ -23,6 +23,7 @@ from anomaly_vae.data.images import (
     is_image_file,
     list_images,
     luma,
+    read_with_images,
     torchvision_source,
     warn_colour_for_grey_model,
 )
@@ -271,10 +272,10 @@ def refuse_maps_in_source(maps_dir: Path, source: str | Path) -> None:
     Its maps, PNGs named after the images, could replace the images of their names, and
     the next run would score them as images (a class of their own in a folder of class
     subfolders, or within the class whose folder they are in). Refused, as ``batch``
-    refuses an output folder inside an input folder, rather than skipped: a maps folder
-    skipped by its name would leave the folder read differently by ``fit`` and by
-    ``batch``, which know nothing of it."""
-    if not _read_with_images(maps_dir, source):
+    refuses an output folder there (the same rule, :func:`read_with_images`), rather
+    than skipped: a maps folder skipped by its name would leave the folder read
+    differently by ``fit`` and by ``batch``, which know nothing of it."""
+    if not read_with_images(maps_dir, source):
         return
     same = maps_dir.resolve() == Path(source).resolve()
     where = "is the image folder" if same else "is inside the image folder"
@@ -292,27 +293,15 @@ def refuse_scores_in_source(output: Path, source: str | Path) -> None:
 
     Not an image, it is never scored, but every later read of the folder (score, fit,
     calibrate, batch) would warn of it as a file not read; refused, as ``--maps`` there
-    is (:func:`refuse_maps_in_source`) and as ``batch`` refuses an output folder inside
-    an input folder."""
-    if not _read_with_images(output, source):
+    is (:func:`refuse_maps_in_source`) and as ``batch`` refuses an output folder there
+    (:func:`read_with_images`)."""
+    if not read_with_images(output, source):
         return
     raise DataError(
         f"the scores file {output} is inside the image folder {source} being scored, where "
         "every later run on the folder would warn of it as a file that is not an image; "
         f"write it outside, or as a hidden file in it ({Path(source) / ('.' + output.name)}), "
         "which is never read"
-    )
-
-
-def _read_with_images(path: Path, source: str | Path) -> bool:
-    """Whether ``path`` is the image folder ``source`` or lies inside it, where a listing
-    of the folder reaches it: not in a hidden folder there, nor hidden itself. Never for a
-    torchvision source (``mnist:ROOT``), whose idx files are all it reads."""
-    if torchvision_source(source) is not None:
-        return False
-    folder, resolved = Path(source).resolve(), path.resolve()  # symlinks, "..", "."
-    return resolved.is_relative_to(folder) and not any(
-        part.startswith(".") for part in resolved.relative_to(folder).parts
     )
 
 

@@ -471,6 +471,39 @@ def test_image_batch_inputs_are_complete_folders_of_images_outside_the_output(
     assert len(pd.read_csv(out / "day1.csv")) == 3
 
 
+def test_a_hidden_output_folder_in_an_image_input_is_taken_as_score_takes_one(
+    image_model_dir, tmp_path
+):
+    """batch refused --output-dir day1/.scores inside the image folder day1, where score
+    takes -o day1/.scores.csv and --maps day1/.maps: no read of the folder sees a hidden
+    folder. One rule for both now (read_with_images); a hidden output folder leaves the
+    input as it was, so a rerun skips it."""
+    from tests.test_images import bars
+
+    day1 = tmp_path / "incoming" / "day1"
+    _images(day1, bars(3, seed=11))
+    for source in (day1, day1.parent):  # day1 itself, or the folder of days
+        out = day1 / ".scores" / source.name
+        first = batch(image_model_dir, source, out)
+        assert first.exit_code == 0, first.output
+        assert "scored 1 folder (3 images" in first.output
+        assert len(pd.read_csv(out / "day1.csv")) == 3
+        again = batch(image_model_dir, source, out)
+        assert "skipped 1 already scored" in again.output and "0 failed" in again.output
+    refused = batch(image_model_dir, day1, day1 / "scores")
+    assert refused.exit_code == 1
+    assert (
+        f"the output folder {day1 / 'scores'} is inside the input folder {day1}: choose an "
+        f"--output-dir outside it (e.g. beside the folders scored), or a hidden folder in "
+        f"it ({day1 / '.scores'}), which is never read as images"
+    ) in refused.output
+    scored = CliRunner().invoke(
+        main,
+        ["score", str(day1), "--model", str(image_model_dir), "-o", str(day1 / ".s.csv")],
+    )
+    assert scored.exit_code == 0, scored.output
+
+
 def test_a_model_of_the_other_kind_is_refused_not_run_on_nothing(
     image_model_dir, model_dir, tmp_path
 ):

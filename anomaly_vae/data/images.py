@@ -502,6 +502,20 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def read_with_images(path: Path, source: str | Path) -> bool:
+    """Whether ``path`` is the image folder ``source`` or lies inside it, where a listing
+    of the folder reaches it: not in a hidden folder there, nor hidden itself. Never for a
+    torchvision source (``mnist:ROOT``), whose idx files are all it reads. The rule for
+    what a command writes (``score``'s scores and maps, ``batch``'s output folder): not
+    where it would be read with the images."""
+    if torchvision_source(source) is not None:
+        return False
+    folder, resolved = Path(source).resolve(), path.resolve()  # symlinks, "..", "."
+    return resolved.is_relative_to(folder) and not any(
+        _hidden(part) for part in resolved.relative_to(folder).parts
+    )
+
+
 def hidden_below(file: str | Path, root: Path) -> bool:
     """Whether a folder between ``root`` and ``file`` is hidden (``.thumbnails/``)."""
     return any(_hidden(part) for part in Path(file).relative_to(root).parts[:-1])
