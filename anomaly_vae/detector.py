@@ -162,12 +162,14 @@ def output_columns(model_name: str) -> tuple[str, ...]:
     return (*available_scores(model_name), SCORE_COLUMN, FLAG_COLUMN, ROW_COLUMN)
 
 
-def _as_table_or_images(X: Any) -> pd.DataFrame | np.ndarray:
-    """``X`` as fit takes it: a DataFrame or array as it is; any other array-like (a list
-    of rows or of images, a torch tensor, an object with ``__array__`` and no ``__len__``)
-    as its numpy array, as scikit-learn's ``check_array`` converts it. Without this, such an
+def as_table_or_images(X: Any) -> pd.DataFrame | np.ndarray:
+    """``X`` as fit takes it (and an ensemble built on fitted members): a DataFrame or
+    array as it is; any other array-like (a list of rows or of images, a torch tensor, an
+    object with ``__array__`` and no ``__len__``) as its numpy array, as scikit-learn's
+    ``check_array`` converts it; DataError for a sparse matrix. Without this, such an
     object failed with ``TypeError: object ... has no len()``, and a tensor of images was
     taken for a table."""
+    refuse_sparse(X)
     if isinstance(X, (pd.DataFrame, np.ndarray)):
         return X
     try:
@@ -485,8 +487,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # config would leave the earlier model beside this config (saved so, it does not
         # load), and a refit would keep the earlier training file (training_source_).
         self._forget_fit()
-        refuse_sparse(X)
-        X = _as_table_or_images(X)
+        X = as_table_or_images(X)
         config = self.effective_config
         if isinstance(config, Config):
             # A whole Config would fit, and then not load: its saved sections differ.

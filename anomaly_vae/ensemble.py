@@ -24,6 +24,7 @@ from anomaly_vae.detector import (
     MEMBERS_FOLDER,
     ThresholdedScores,
     VAEDetector,
+    as_table_or_images,
     save_atomic,
     saving_model_folder,
 )
@@ -56,7 +57,12 @@ class EnsembleDetector(ThresholdedScores):
         condition: np.ndarray | None = None,
     ) -> EnsembleDetector:
         """Build from members fit on the same ``train`` data (``condition``: the images'
-        classes, as the members were given them) with the same split."""
+        classes, as the members were given them) with the same split. ``train`` is any
+        array-like the members' fit takes (:func:`anomaly_vae.detector.as_table_or_images`),
+        ``condition`` any ``(n,)`` array-like: its rows are taken by position."""
+        train = as_table_or_images(train)
+        if condition is not None:
+            condition = np.asarray(condition)
         first = next(iter(members.values()))
         validation, calibration = (first.split_rows_[k] for k in ("validation", "calibration"))
 

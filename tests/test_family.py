@@ -187,6 +187,43 @@ def test_ensemble_ranks_and_round_trips(tmp_path):
     assert load_saved(tmp_path / "e2").threshold_ == ensemble.threshold_
 
 
+class _ArrayOnly:
+    """An array-like known by ``__array__`` alone (no ``__len__``, no indexing), as
+    scikit-learn's ``check_array`` and VAEDetector.fit take."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self.array if dtype is None else self.array.astype(dtype)
+
+
+def test_an_ensemble_takes_the_array_likes_its_members_fit_on():
+    """from_members failed on a training object with only __array__ ('object is not
+    subscriptable') or a list of rows, which its members' fit took; it converts them as
+    fit does, and builds the ensemble it builds on the array."""
+    from anomaly_vae import VAEDetector
+    from tests.test_images import bars
+
+    table, images = correlated_normal(300, seed=0), bars(100, seed=0)
+    for array, others in [
+        (table, [_ArrayOnly(table), table.tolist()]),
+        (images, [_ArrayOnly(images)]),
+    ]:
+        members = {
+            name: VAEDetector(
+                tiny_config("training.epochs=3", f"model.name={name}").detector_config()
+            ).fit(_ArrayOnly(array))
+            for name in ("vae", "beta-vae")
+        }
+        expected = EnsembleDetector.from_members(members, array)
+        for train in others:
+            ensemble = EnsembleDetector.from_members(members, train)
+            assert ensemble.threshold_ == expected.threshold_
+            for name, reference in expected.references.items():
+                np.testing.assert_array_equal(ensemble.references[name], reference)
+
+
 def test_reference_percentile_keeps_ranking_beyond_the_reference():
     reference = np.array([1.0, 2.0, 3.0, 4.0])
     got = reference_percentile(reference, np.array([0.5, 2.0, 4.0, 6.0, 10.0]))
