@@ -88,6 +88,16 @@ def _decode(detector: Any, z: torch.Tensor, condition: torch.Tensor | None = Non
         return model.mean_output(model.decode(z, condition)).numpy()
 
 
+def _latent_prior(detector: Any) -> tuple[np.ndarray, np.ndarray, str]:
+    """Mean ``(k,)`` and covariance ``(k, k)`` of the prior of the latent the decoder
+    takes, and what a step of 1 along the views' latent axes is: a standard deviation of
+    that prior (N(0, I) for most variants; hvae's decoder takes z1, whose prior is not)."""
+    model = detector.model_
+    model.eval()  # a prior network's dropout (hvae's p(z1 | z2)) off
+    mean, covariance = model.latent_prior_moments()
+    return mean.numpy(), covariance.numpy(), model.latent_prior_unit
+
+
 def require_continuous(detector: Any, view: str) -> None:
     """DataError naming ``view`` when the detector's latent is discrete (vq-vae)."""
     if not getattr(detector.model_, "continuous_latent", True):
@@ -444,11 +454,14 @@ def manifold(
     condition: np.ndarray | None = None,
 ) -> View:
     """Decoded grid over [-extent, extent]^2 of the latent (or its two leading directions);
-    one line of ``steps`` points along z[0] for a 1-D latent. The table starts with the
-    grid coordinates: ``z0, z1`` on the latent axes, ``pc1, pc2`` on principal directions.
-    ``condition``: one condition ``(c,)`` for a conditional model (default: the first row's)."""
+    one line of ``steps`` points along z[0] for a 1-D latent. The grid is in standard
+    deviations of the latent's prior around its mean, along each direction (for N(0, I):
+    the latent's own values; hvae's z1 has another prior, see ``latent_prior_moments``).
+    The table starts with the grid coordinates, in those units: ``z0, z1`` on the latent
+    axes, ``pc1, pc2`` on principal directions. ``condition``: one condition ``(c,)``
+    for a conditional model (default: the first row's)."""
     require_continuous(detector, "manifold")
-    directions = _leading_directions(detector, X)
+    directions = _leading_directions(detector, X).astype(np.float32)
     principal = detector.model_.latent_dim > 2 and X is not None
     names = ["pc1", "pc2"] if principal else ["z0", "z1"][: len(directions)]
     values = np.linspace(-extent, extent, steps)
@@ -456,7 +469,10 @@ def manifold(
         grid = values[:, None].astype(np.float32)
     else:
         grid = np.array([(a, b) for b in values[::-1] for a in values], dtype=np.float32)
-    z = torch.from_numpy(grid @ directions.astype(np.float32))
+    prior_mean, covariance, unit = _latent_prior(detector)
+    # The prior's standard deviation along each direction d: sqrt(d' Cov d).
+    spread = np.sqrt(np.einsum("ik,kl,il->i", directions, covariance, directions))
+    z = torch.from_numpy((prior_mean + (grid * spread) @ directions).astype(np.float32))
     cond = None
     if detector.model_.condition_dim:
         if condition is None and X is None:
@@ -466,7 +482,7 @@ def manifold(
             condition = cast(np.ndarray, _row_conditions(detector, X, np.array([0])))[0]
         cond = np.repeat(np.asarray(condition, np.float32).reshape(1, -1), len(grid), axis=0)
     decoded = _decode(detector, z, None if cond is None else torch.from_numpy(cond))
-    # What runs along each side of the grid, in prior standard deviations (z ~ N(0, I)).
+    # What runs along each side of the grid, in standard deviations of the prior (`unit`).
     if principal:
         axes_named = ("principal direction 1", "principal direction 2")
         span = f"[-{extent:g}, {extent:g}]^2 along the two leading principal directions"
@@ -479,13 +495,14 @@ def manifold(
         title += " of the latent means"
     elif detector.model_.latent_dim > 2:
         others = detector.model_.latent_dim - 2
-        title += f" of z[0] and z[1], the other {others} dimension{'s' if others > 1 else ''} at 0"
+        at = "at 0" if not prior_mean.any() else "at their prior mean"
+        title += f" of z[0] and z[1], the other {others} dimension{'s' if others > 1 else ''} {at}"
     if cond is not None:
         title += _condition_note(detector, cond[0])
     if _is_image(detector):
         figure = _image_grid(
             np.clip(decoded, 0, 1),
-            f"{title} (prior standard deviations)",
+            f"{title} ({unit})",
             steps,
             row_labels=_ends_labelled(values[::-1]) if len(directions) > 1 else None,
             column_labels=_ends_labelled(values),
@@ -511,7 +528,9 @@ def manifold(
         )
         ax.set(title=column, xlabel=axes_named[0], ylabel=axes_named[1])
         fig.colorbar(image, ax=ax, shrink=0.8, label="decoded (original units)")
-    _suptitle(fig, f"{title}: decoded value of each column{_columns_note(detector)}")
+    _suptitle(
+        fig, f"{title}: decoded value of each column, grid in {unit}{_columns_note(detector)}"
+    )
     return View("04_manifold", fig, rows)
 
 
@@ -519,15 +538,20 @@ def traversal(
     detector: Any, X: Any, steps: int = 9, extent: float = 3.0, dimensions: int = 8
 ) -> View:
     """Vary one latent dimension at a time around the first row's latent mean (a
-    conditional model decodes for the first row's condition)."""
+    conditional model decodes for the first row's condition). The values are standard
+    deviations of the dimension's prior from its mean (for N(0, I): the values set)."""
     require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
     first = _row_conditions(detector, X, np.array([0]))
     base = detector.encode(_take(X, np.array([0])))[0]
     k = min(dimensions, len(base))
     values = np.linspace(-extent, extent, steps, dtype=np.float32)
+    prior_mean, covariance, unit = _latent_prior(detector)
+    spread = np.sqrt(np.diag(covariance))
     z = np.repeat(base[None], k * steps, axis=0).reshape(k, steps, -1)
-    z[np.arange(k), :, np.arange(k)] = values
+    z[np.arange(k), :, np.arange(k)] = (prior_mean[:k, None] + values * spread[:k, None]).astype(
+        np.float32
+    )
     cond = None if first is None else np.repeat(first, k * steps, axis=0)
     decoded = _decode(
         detector,
@@ -543,7 +567,7 @@ def traversal(
             steps,
             row_labels=[f"z[{dim}]" for dim in range(k)],
             column_labels=[f"{value:g}" for value in values],
-            axis_labels=("value of the dimension (prior standard deviations)", ""),
+            axis_labels=(f"value of the dimension ({unit})", ""),
         )
         return View("05_traversal", figure)
     rows = _to_rows(detector, decoded, cond)
@@ -558,7 +582,8 @@ def traversal(
         ax.set(title=column, xlabel="latent value", ylabel="decoded (original units)")
     # One legend beside the panels: inside the first one it hid that panel's lines.
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", fontsize=8)
-    _suptitle(fig, f"{title} (one line per dimension){_columns_note(detector)}")
+    # The values' unit once, in the title: hvae's is too long for a panel's axis.
+    _suptitle(fig, f"{title} (one line per dimension; values in {unit}){_columns_note(detector)}")
     return View("05_traversal", fig, rows)
 
 

@@ -7,11 +7,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from anomaly_vae import VAEDetector, views
 from anomaly_vae.errors import DataError
-from tests.conftest import mixed_table, tiny_config
+from tests.conftest import correlated_normal, mixed_table, tiny_config
 from tests.test_images import IMAGE_MODEL, bars
 
 
@@ -440,3 +441,39 @@ def test_a_numeric_condition_is_shown_to_four_significant_digits():
     # Decoded in float32: without the rounding the title showed 60.12345504760742.
     assert "given machine=drill, setpoint=60.12 " in drawn.figure.get_suptitle().replace("\n", " ")
     views.plots.close(drawn.figure)
+
+
+def test_hvae_views_span_the_prior_of_z1_the_latent_they_decode():
+    # hvae's decoder takes z1, whose prior is p(z1 | z2), not N(0, I): the manifold spanned
+    # z1 = -3..3 itself under a label of prior standard deviations, while z1's prior spread
+    # about 3 in each dimension, so the grid showed one of its standard deviations.
+    config = tiny_config("model.name=hvae", "model.top_latent_dim=2", "training.epochs=60")
+    detector = VAEDetector(config.detector_config()).fit(correlated_normal(600, seed=0))
+    model = detector.model_.eval()
+    with torch.no_grad():  # z1's prior, drawn apart from the model's own estimate
+        generator = torch.Generator().manual_seed(7)
+        mu, logvar = model.prior_z1(torch.randn(50_000, 2, generator=generator))
+        z1 = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator)
+    mean, spread = z1.mean(0).numpy(), z1.std(0).numpy()
+    assert (spread > 1.5).all()  # else this test would not tell the two grids apart
+    manifold = views.manifold(detector, steps=3)
+    title = manifold.figure.get_suptitle().replace("\n", " ")
+    assert "grid in z1 prior standard deviations from its mean (z1 ~ p(z1 | z2)" in title
+    assert set(manifold.table["z0"]) == {-3.0, 0.0, 3.0}  # in those units
+    # Each grid point decodes z1 at the prior's mean plus its value in standard deviations.
+    grid = manifold.table[["z0", "z1"]].to_numpy(np.float32)
+    expected = detector.preprocessor_.inverse_transform(
+        model.mean_output(model.decode(torch.from_numpy(mean + grid * spread))).detach().numpy()
+    )
+    np.testing.assert_allclose(manifold.table["x0"], expected["x0"], rtol=0.05, atol=0.05)
+    traversal = views.traversal(detector, correlated_normal(2, seed=1), steps=3)
+    assert "values in z1 prior standard deviations" in traversal.figure.get_suptitle().replace(
+        "\n", " "
+    )
+    first = traversal.table.iloc[0]  # z[0] at -3 standard deviations, z[1] the row's own
+    assert (first["dimension"], first["value"]) == (0, -3.0)
+    latent = detector.encode(correlated_normal(2, seed=1)[:1])[0]
+    latent[0] = mean[0] - 3 * spread[0]
+    decoded = model.mean_output(model.decode(torch.from_numpy(latent[None]))).detach().numpy()
+    row = detector.preprocessor_.inverse_transform(decoded).iloc[0]
+    assert first["x0"] == pytest.approx(row["x0"], rel=0.05, abs=0.05)

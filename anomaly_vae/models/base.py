@@ -136,6 +136,10 @@ class BaseVAE(nn.Module):
     data_kinds: ClassVar[tuple[str, ...]] = ()  # "table" and/or "image"
     uses_condition: ClassVar[bool] = False  # True: encode/decode take a condition vector
     continuous_latent: ClassVar[bool] = True  # False: no manifold, traversal or interpolation
+    # What a step of 1 along a latent axis of the views is (latent_prior_moments): here a
+    # standard deviation of the N(0, I) prior; a variant whose decoder latent has another
+    # prior says what its steps are.
+    latent_prior_unit: ClassVar[str] = "prior standard deviations"
     # The ModelConfig fields this variant reads; a run logs only these model.* settings as
     # MLflow parameters, so a reviewer comparing runs sees no setting that had no effect.
     # A variant adds what its own code reads; "beta" is read by kl_weight below.
@@ -303,6 +307,12 @@ class BaseVAE(nn.Module):
     def latent_mean(self, x: Tensor, condition: Tensor | None = None) -> Tensor:
         """The posterior mean of the latent the decoder takes, ``(n, latent_dim)``."""
         return self.encode(x, condition)[0]
+
+    def latent_prior_moments(self) -> tuple[Tensor, Tensor]:
+        """Mean ``(latent_dim,)`` and covariance ``(latent_dim, latent_dim)`` of the prior
+        of the latent the decoder takes: N(0, I), exactly. The views lay their grids out
+        in its standard deviations around its mean (:attr:`latent_prior_unit`)."""
+        return torch.zeros(self.latent_dim), torch.eye(self.latent_dim)
 
     def log_variance(self) -> Tensor:
         """Decoder log-variance ``(*input_shape)``, floored per feature (at

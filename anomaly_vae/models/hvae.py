@@ -36,6 +36,11 @@ from anomaly_vae.models.base import (
 )
 from anomaly_vae.nn import mlp
 
+# z1's prior is a mixture over z2, with no closed-form moments: the views' grids are laid
+# out in moments estimated from this many seeded draws of z2 (the same every call, so a
+# view drawn twice is the same picture).
+PRIOR_MOMENT_DRAWS = 4096
+
 
 def precision_weighted(
     mu_a: Tensor, logvar_a: Tensor, mu_b: Tensor, logvar_b: Tensor
@@ -89,6 +94,8 @@ class HierarchicalVAE(BaseVAE):
     """
 
     description = "Hierarchical VAE: two stochastic layers, ladder (top-down) inference"
+    # The views' latent axes run over z1, whose prior is p(z1 | z2) with z2 ~ N(0, I).
+    latent_prior_unit = "z1 prior standard deviations from its mean (z1 ~ p(z1 | z2))"
     data_kinds = ("table", "image")
     config_fields = (*BaseVAE.config_fields, "hidden_dims", "dropout", "top_latent_dim")
 
@@ -180,6 +187,19 @@ class HierarchicalVAE(BaseVAE):
         """Per-layer KLs ``(kl1, kl2)``, each ``(n,)`` nats, for logging: the bottom layer's
         averaged over the L samples of z2 in ``noise (n, L, noise_dim)``."""
         return self.posterior(x, noise).layer_kls()
+
+    @torch.no_grad()
+    def latent_prior_moments(self) -> tuple[Tensor, Tensor]:
+        """Mean ``(latent_dim,)`` and covariance ``(latent_dim, latent_dim)`` of z1's prior
+        p(z1) = E_z2 p(z1 | z2): the decoder takes z1, whose prior is not N(0, I) (its
+        spread is what training made of p(z1 | z2)). Cov = Cov(mu_p) + E[diag(var_p)],
+        both over :data:`PRIOR_MOMENT_DRAWS` seeded draws of z2 ~ N(0, I)."""
+        generator = torch.Generator().manual_seed(0)
+        z2 = torch.randn(PRIOR_MOMENT_DRAWS, self.top_latent_dim, generator=generator)
+        mu, logvar = self.prior_z1(z2)
+        return mu.mean(0), torch.cov(mu.T).reshape(self.latent_dim, -1) + torch.diag(
+            logvar.exp().mean(0)
+        )
 
     @torch.no_grad()
     def generate(
