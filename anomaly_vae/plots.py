@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import ticker
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 from matplotlib.figure import Figure
 from matplotlib.scale import SymmetricalLogTransform
 from sklearn.decomposition import PCA
@@ -337,12 +337,25 @@ def latent_scatter_by_score(
     latents: np.ndarray, scores: np.ndarray, score_name: str, title: str, item: str = "row"
 ) -> Figure:
     """2-D scatter of latent means ``(n, k)`` coloured by score ``(n,)`` (higher = more
-    anomalous); a log colour scale for positive scores with a long tail. ``item``: what
-    a score is of, ``"row"`` or ``"image"``, for the colour bar's unit."""
+    anomalous). The colour scale follows the score histogram's rule, with the scores
+    below the 90th percentile as the bulk: log for positive scores with a long tail
+    (:func:`long_tailed`), symmetric-log where a linear one would give the bulk's middle
+    80% a few colours (:func:`symlog_threshold`), else linear. ``item``: what a score is
+    of, ``"row"`` or ``"image"``, for the colour bar's unit."""
     projected, axes, note = project_latents(latents)
     low, high = float(scores.min()), float(scores.max())
-    log_scale = long_tailed(float(np.quantile(scores, BULK_QUANTILE)), low, high)
-    norm = LogNorm(low, high) if log_scale else Normalize(low, high)
+    bulk_high = float(np.quantile(scores, BULK_QUANTILE))
+    log_scale = long_tailed(bulk_high, low, high)
+    # A few extreme anomalies on a linear scale gave every other point one colour: the
+    # bulk is judged as the histogram judges the normal rows, over as many bins.
+    linear_within = None if log_scale else symlog_threshold(scores[scores <= bulk_high], low, high)
+    norm: Normalize
+    if log_scale:
+        norm = LogNorm(low, high)
+    elif linear_within is not None:
+        norm = SymLogNorm(linear_within, linscale=1.0, vmin=low, vmax=high, base=10)
+    else:
+        norm = Normalize(low, high)
     fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
     # The most anomalous on top, so that a few of them are not hidden under the rest.
     order = np.argsort(scores)
@@ -350,11 +363,16 @@ def latent_scatter_by_score(
         projected[order, 0], projected[order, 1], c=scores[order], cmap="viridis", norm=norm, s=10
     )
     scale = ", log scale" if log_scale else ""
+    if linear_within is not None:
+        scale = f", linear from -{linear_within:.3g} to {linear_within:.3g}, log scale beyond"
     bar = fig.colorbar(
         points, ax=ax, label=f"{score_label(score_name, item)}{scale}\nhigher = more anomalous"
     )
     if log_scale:
         _numbered_log_axis(bar.ax.yaxis)
+    elif linear_within is not None:
+        bar.set_ticks(symlog_ticks(low, high, linear_within))
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.4g}"))
     width = COLOUR_BAR_AXES_SHARE * FIGSIZE[0]
     ax.set(title=_titled(title, note, width), xlabel=axes[0], ylabel=axes[1])
     _no_ticks_on_a_missing_axis(ax, latents)

@@ -133,6 +133,30 @@ def test_latent_scatter_by_score_uses_a_log_colour_scale_for_a_long_tail():
     plots.close(fig)
 
 
+def test_latent_scatter_by_score_keeps_the_bulk_apart_beside_a_few_extreme_anomalies():
+    # Negative ELBOs of normal rows near 0 (some negative, so no log scale) and five
+    # anomalies up to 600,000, as a VAE scored a table with a few extreme rows: on a
+    # linear colour scale the middle 80% of the other rows took 0.0% of it, one colour.
+    rng = np.random.default_rng(6)
+    latents = rng.normal(size=(305, 2))
+    bulk = rng.normal(1.0, 2.0, 300)
+    scores = np.r_[bulk, [7e4, 1e5, 2.4e5, 4.2e5, 6.1e5]]
+    fig = plots.latent_scatter_by_score(latents, scores, "negative_elbo", "Latent means")
+    norm = fig.axes[0].collections[0].norm
+    low, high = np.quantile(bulk, [0.1, 0.9])
+    assert norm(high) - norm(low) > 0.15  # of the colour scale
+    assert norm(6.1e5) == 1.0 and norm(1e5) < 1.0  # the anomalies still ordered
+    label = fig.axes[1].get_ylabel()
+    assert "log scale beyond" in label and "nats per row" in label
+    ticks = [t for t in fig.axes[1].get_yticks() if scores.min() <= t <= scores.max()]
+    assert ticks == [0, 10, 100, 1000, 10000, 100000]  # as the histogram's symlog axis
+    plots.close(fig)
+    # Scores a linear scale shows well keep it.
+    fig = plots.latent_scatter_by_score(latents, bulk, "negative_elbo", "Latent means")
+    assert type(fig.axes[0].collections[0].norm).__name__ == "Normalize"
+    plots.close(fig)
+
+
 def test_image_scores_are_labelled_per_image_not_per_row():
     # An image model's histogram and scatter said "nats per row" and "calibration rows".
     rng = np.random.default_rng(4)
