@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 import pandas as pd
@@ -59,10 +59,34 @@ class TrainingData:
     # What the run read, as MLflow tags: "data"/"eval_data" (where), "normal_classes"
     # (images: the classes trained on)
     sources: dict[str, str] = field(default_factory=dict)
+    # Tables: the 1-based row of each row of `train` / `evaluation` in the file it was read
+    # from (train None: DATA's rows in order), the last `eval_file_rows` evaluation rows
+    # from the --eval file. Views logged at fit name rows by them: a position in the
+    # evaluation set, or in a sample of it, is no row a reader can look up.
+    train_rows: np.ndarray | None = None
+    evaluation_rows: np.ndarray | None = None
+    eval_file_rows: int = 0
 
     def has_evaluation(self) -> bool:
         labels = self.evaluation_labels
         return labels is not None and bool(labels.any()) and not bool(labels.all())
+
+    def row_origin(self, positions: np.ndarray, evaluation: bool) -> pd.DataFrame | None:
+        """``file`` (its name) and ``row`` (1-based) of the rows at ``positions (k,)`` of
+        ``evaluation`` (False: of ``train``) in the table file each was read from; None
+        for images, or for rows whose file rows were not recorded."""
+        if not isinstance(self.train, pd.DataFrame) or "data" not in self.sources:
+            return None
+        data_file = Path(self.sources["data"]).name
+        if not evaluation:
+            rows = positions + 1 if self.train_rows is None else self.train_rows[positions]
+            return pd.DataFrame({"file": data_file, "row": rows})
+        if self.evaluation_rows is None:
+            return None
+        first_of_eval_file = len(self.evaluation_rows) - self.eval_file_rows
+        eval_file = Path(self.sources.get("eval_data", "")).name
+        files = np.where(positions >= first_of_eval_file, eval_file, data_file)
+        return pd.DataFrame({"file": files, "row": self.evaluation_rows[positions]})
 
 
 @dataclass
@@ -131,11 +155,17 @@ def load_training_data(
             raise DataError(f"{eval_source}: {exc}") from exc
         _warn_training_ids(extra, frame, config, eval_source)
         data.sources["eval_data"] = source_location(eval_source)
+        extra_rows = np.arange(1, len(extra) + 1)
         if data.evaluation is None:
             data.evaluation, data.evaluation_labels = extra, extra_labels
+            data.evaluation_rows = extra_rows
         else:
             data.evaluation = pd.concat([data.evaluation, extra], ignore_index=True)
             data.evaluation_labels = np.concatenate([data.evaluation_labels, extra_labels])
+            data.evaluation_rows = np.concatenate(
+                [cast(np.ndarray, data.evaluation_rows), extra_rows]
+            )
+        data.eval_file_rows = len(extra)
     return data
 
 
@@ -213,6 +243,8 @@ def _split_table(frame: pd.DataFrame, config: Config, source: str | Path) -> Tra
         frame.iloc[eval_rows],
         labels[eval_rows],
         excluded_anomalies=int(labels.sum()),
+        train_rows=train_rows + 1,
+        evaluation_rows=eval_rows + 1,
     )
 
 

@@ -633,16 +633,22 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
     from anomaly_vae import views
 
     labels: np.ndarray | None
-    if data.has_evaluation():
+    evaluation = data.has_evaluation()
+    if evaluation:
         source, labels = _labelled(data)
+        positions = np.arange(len(source))
     else:
-        source = take_rows(data.train, detector.split_rows_["validation"])
+        positions = detector.split_rows_["validation"]
+        source = take_rows(data.train, positions)
         labels = None
     if len(source) > rows:
         chosen = np.sort(np.random.default_rng(0).choice(len(source), rows, replace=False))
         source = take_rows(source, chosen)
+        positions = positions[chosen]
         labels = None if labels is None else labels[chosen]
-    for view in views.standard_views(detector, source, labels):
+    # Rows named by their file and row there, not by their place among the rows drawn.
+    origin = data.row_origin(positions, evaluation)
+    for view in views.standard_views(detector, source, labels, origin):
         views.save_view(view, out / VIEWS_ARTIFACT_PATH)
 
 

@@ -328,11 +328,15 @@ def generation(
     return View("01_generated", fig, rows)
 
 
-def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
+def reconstructions(
+    detector: Any, X: Any, count: int = 16, origin: pd.DataFrame | None = None
+) -> View:
     """The ``count`` most anomalous inputs beside their reconstructions, worst first.
 
     Tables get, per feature, the surprise (its share of -log p(x|z) in nats beyond what
     every row pays) that made the row anomalous, and the reconstruction in original units.
+    A row is named by its id where it has one, else by its 1-based position in X, or,
+    given ``origin`` (:func:`row_name`), by its file and row there.
     """
     scores = detector.anomaly_score(X)
     order = np.argsort(-scores)[:count]
@@ -358,8 +362,11 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     ids = _row_ids(detector, X, order)
     # 1-based, as `score` writes and messages count rows
     rows_named = pd.DataFrame({"row": order + 1, "score": scores[order]})
+    if origin is not None:
+        rows_named["row"] = origin["row"].to_numpy()[order]
+        rows_named.insert(0, "file", origin["file"].to_numpy()[order])
     if ids is not None:
-        rows_named.insert(1, id_column, ids)
+        rows_named.insert(rows_named.columns.get_loc("row") + 1, id_column, ids)
     table = pd.concat(
         [
             rows_named,
@@ -378,9 +385,11 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     image = ax.imshow(surprise[:, shown], aspect="auto", cmap="magma", interpolation="nearest")
     shown_names = [name for name, keep in zip(names, shown, strict=True) if keep]
     ax.set_xticks(range(len(shown_names)), shown_names, rotation=60, ha="right", fontsize=8)
-    # A row is named by its id where the data has one: the position is that in DATA, or
-    # at fit in a sample of the evaluation rows, which a reader cannot look up.
-    named = [f"row {r + 1}" for r in order] if ids is None else [f"{id_column} {i}" for i in ids]
+    # A row is named by its id where the data has one, else by where it is: at fit the
+    # views see a sample of the evaluation rows, whose positions no reader can look up.
+    named = (
+        [row_name(origin, r) for r in order] if ids is None else [f"{id_column} {i}" for i in ids]
+    )
     ax.set_yticks(
         range(len(order)),
         [f"{name} (score {s:.3g})" for name, s in zip(named, scores[order], strict=True)],
@@ -397,6 +406,15 @@ def reconstructions(detector: Any, X: Any, count: int = 16) -> View:
     # not add up to its score; the labels say which is which.
     fig.colorbar(image, ax=ax, label="surprise at the posterior mean, nats per feature")
     return View("02_reconstructions", fig, table)
+
+
+def row_name(origin: pd.DataFrame | None, position: int, default: str = "") -> str:
+    """What to call row ``position`` of a view's data: ``"plant.csv row 141"`` from
+    ``origin`` (columns ``file`` and ``row``, 1-based, a row per row of the data: where
+    each was read), else ``default`` or ``"row N"``, N its 1-based position."""
+    if origin is None:
+        return default or f"row {position + 1}"
+    return f"{origin['file'].iloc[position]} row {origin['row'].iloc[position]}"
 
 
 def _row_ids(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
@@ -535,10 +553,16 @@ def manifold(
 
 
 def traversal(
-    detector: Any, X: Any, steps: int = 9, extent: float = 3.0, dimensions: int = 8
+    detector: Any,
+    X: Any,
+    steps: int = 9,
+    extent: float = 3.0,
+    dimensions: int = 8,
+    origin: pd.DataFrame | None = None,
 ) -> View:
     """Vary one latent dimension at a time around the first row's latent mean (a
-    conditional model decodes for the first row's condition). The values are standard
+    conditional model decodes for the first row's condition); ``origin`` names that row
+    by its file and row there (:func:`row_name`). The values are standard
     deviations of the dimension's prior from its mean (for N(0, I): the values set)."""
     require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
@@ -559,7 +583,8 @@ def traversal(
         None if cond is None else torch.from_numpy(cond),
     )
     dimensions_shown = "latent dimension 0" if k == 1 else f"latent dimensions 0..{k - 1}"
-    title = f"Traversal of {dimensions_shown} over [-{extent:g}, {extent:g}] around the first input"
+    first_row = row_name(origin, 0, "the first input")
+    title = f"Traversal of {dimensions_shown} over [-{extent:g}, {extent:g}] around {first_row}"
     if _is_image(detector):
         figure = _image_grid(
             np.clip(decoded, 0, 1),
@@ -587,10 +612,13 @@ def traversal(
     return View("05_traversal", fig, rows)
 
 
-def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
+def interpolation(
+    detector: Any, X: Any, steps: int = 10, origin: pd.DataFrame | None = None
+) -> View:
     """Decode the straight line between the latent means of the first two rows of X (a
     conditional model's condition moves along the line between the rows' own conditions,
-    so both ends decode as their row)."""
+    so both ends decode as their row); ``origin`` names the two rows by their file and
+    row there (:func:`row_name`)."""
     require_continuous(detector, "interpolation")
     _require_rows(X, "interpolation")
     pair = np.array([0, 1])
@@ -607,6 +635,10 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
     )
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
     position = "position (0 = first input, 1 = second; both decoded)"
+    if origin is not None:
+        first, second = row_name(origin, 0), row_name(origin, 1)
+        title = f"Interpolation between {first} and {second} in latent space ({steps} steps)"
+        position = f"position (0 = {first}, 1 = {second}; both decoded)"
     if _is_image(detector):
         figure = _image_grid(
             np.clip(decoded, 0, 1),
@@ -636,23 +668,34 @@ def interpolation(detector: Any, X: Any, steps: int = 10) -> View:
     return View("06_interpolation", fig, rows)
 
 
-def standard_views(detector: Any, X: Any, labels: np.ndarray | None = None) -> list[View]:
+def standard_views(
+    detector: Any,
+    X: Any,
+    labels: np.ndarray | None = None,
+    origin: pd.DataFrame | None = None,
+) -> list[View]:
     """The views logged with every fit: generation, reconstructions, latent scatter and,
     for continuous latents, manifold, traversal and interpolation (those that cannot be
-    drawn are left out; :func:`views_and_skips` says why)."""
-    made, skipped = views_and_skips(detector, X, labels)
+    drawn are left out; :func:`views_and_skips` says why). ``origin``: where each row of
+    a table X was read (:func:`row_name`), to name rows by."""
+    made, skipped = views_and_skips(detector, X, labels, origin=origin)
     for reason in skipped:
         logger.info("view not logged, %s", reason)
     return made
 
 
 def views_and_skips(
-    detector: Any, X: Any, labels: np.ndarray | None = None, condition: np.ndarray | None = None
+    detector: Any,
+    X: Any,
+    labels: np.ndarray | None = None,
+    condition: np.ndarray | None = None,
+    origin: pd.DataFrame | None = None,
 ) -> tuple[list[View], list[str]]:
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
     ``condition``: ``(c,)`` for a conditional model's generation (without it, none for
-    tables and a block of rows per class for images) and manifold (without it, the first row's)."""
+    tables and a block of rows per class for images) and manifold (without it, the first row's).
+    ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None and not _is_image(detector):
@@ -660,11 +703,11 @@ def views_and_skips(
     else:
         made.append(generation(detector, condition=condition))
     makers = [
-        ("reconstruct", lambda: reconstructions(detector, X)),
+        ("reconstruct", lambda: reconstructions(detector, X, origin=origin)),
         ("latents", lambda: latent_scatter(detector, X, labels)),
         ("manifold", lambda: manifold(detector, X, condition=condition)),
-        ("traversal", lambda: traversal(detector, X)),
-        ("interpolation", lambda: interpolation(detector, X)),
+        ("traversal", lambda: traversal(detector, X, origin=origin)),
+        ("interpolation", lambda: interpolation(detector, X, origin=origin)),
     ]
     for kind, make in makers:
         try:

@@ -624,3 +624,29 @@ def test_a_tracked_fit_scores_its_evaluation_rows_once(
     assert labels.sum() == 20
     np.testing.assert_array_equal(histograms[-1], result.evaluation_scores[labels])
     assert len(histograms) == (4 if family else 1)  # the family: 3 candidates and the parent
+
+
+def test_views_logged_at_fit_name_rows_by_their_file_and_row(tracking_store, tmp_path):
+    # Without an id column the reconstructions named a row by its place among the
+    # evaluation rows drawn: 'row 141' (score 117) was the 141st of them, while row 141
+    # of the file was a normal row scoring 3.7. Rows now name their file and row there,
+    # the training file's and the --eval file's alike.
+    train = mixed_table(400, seed=0, anomalies=20).drop(columns="reading_id")
+    extra = mixed_table(60, seed=3, anomalies=10).drop(columns="reading_id")
+    train.to_csv(tmp_path / "train.csv", index=False)
+    extra.to_csv(tmp_path / "extra.csv", index=False)
+    config = tiny_config("data.label_column=is_fault", "training.epochs=20")
+    config.tracking.view_rows = 50  # a sample of the 156 evaluation rows
+    result = fit_table(
+        tmp_path / "train.csv", config, eval_source=tmp_path / "extra.csv", project_dir=tmp_path
+    )
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run.run_id, artifact_path="views/02_reconstructions.csv"
+    )
+    shown = pd.read_csv(local)
+    assert list(shown.columns[:3]) == ["file", "row", "score"]
+    assert set(shown["file"]) == {"train.csv", "extra.csv"}
+    files = {"train.csv": train, "extra.csv": extra}
+    for file, row, score in shown[["file", "row", "score"]].itertuples(index=False):
+        expected = result.detector.anomaly_score(files[file].iloc[[row - 1]])[0]
+        assert score == pytest.approx(expected, rel=1e-4), (file, row)
