@@ -1201,7 +1201,7 @@ def ui(port: int) -> None:
         f"MLflow UI for {uri} on http://127.0.0.1:{port} (ready in some seconds; Ctrl-C stops it)"
     )
     # One reviewer needs one worker, not MLflow's 4: each one imports MLflow and its web
-    # stack, which took 20-30 s before the page answered on a busy 2-core machine.
+    # stack before the page answers, and four at once on a small machine keep it waiting.
     for name, value in UI_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     # This interpreter's mlflow, so that the UI starts without the environment on PATH.

@@ -171,7 +171,8 @@ def load_training_data(
 
 def say_reading(source: str | Path, training: TrainingConfig) -> None:
     """With ``training.progress`` on, a phase line as a table file of ``PHASE_LINE_BYTES``
-    or more starts to be read (2 to 7 s for 285 MB); its row count is not known before."""
+    or more starts to be read (a file that large is read with no other sign of progress);
+    its row count is not known before."""
     path = Path(source)
     size = path.stat().st_size if path.is_file() else 0
     if size and shows_phases(training, file_bytes=size):

@@ -110,7 +110,8 @@ def check_store(experiment: str | None = None, project_dir: Path | None = None) 
 def quick_requests() -> Iterator[None]:
     """MLflow's HTTP requests tried once, with a short timeout (PREFLIGHT_HTTP), unless
     the environment sets them: against a tracking server that is down, MLflow's own
-    retries take minutes (4 min 12 s for the few requests a batch run logs)."""
+    retries take minutes (by default MLFLOW_HTTP_REQUEST_MAX_RETRIES=7 retries with
+    exponentially growing waits, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=2)."""
     saved = {key: os.environ.get(key) for key in PREFLIGHT_HTTP}
     os.environ.update({k: v for k, v in PREFLIGHT_HTTP.items() if saved[k] is None})
     try:
@@ -249,8 +250,7 @@ def _labelled(data: TrainingData) -> tuple[Data, np.ndarray]:
 INTEGER_SCHEMA_HINT = "Hint: Inferred schema contains integer"  # start of an MLflow warning
 # Normal rows fit on logged as the run's dataset input; a larger table is logged as a sample
 # of about this many (dataset_sample), as MLflow infers the schema and digest with a Python
-# pass over every cell: 25 s for the 1,000,000 rows of 31 columns of a table fit on 2 CPU
-# cores (47 s on a busy machine), 0.3 to 0.5 s for a 10,000-row sample.
+# pass over every cell: a cost that grows with the table, bounded by the sample's size.
 DATASET_ROWS = 10_000
 IMAGE_CLASS_PARAM = "image_class"  # the served conditional image model's class parameter
 # A table model's parameter: false keeps its warnings about the data unlogged, for a

@@ -26,9 +26,9 @@ BatchInput = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 LOSS_TERMS = ("loss", "reconstruction", "kl")
 PROGRESS_LINE_SECONDS = 60.0  # off a terminal, with progress on: a line this often
 # With progress on, a fit of at least this many rows (or images) says on stderr, on a
-# terminal or off it, when each step around training starts (phase_line): at 1,000,000
-# rows of 30 columns each took 2 to 10 s, silent, on a busy 2-core machine; at 200,000
-# about a second. Below it no line: small fits (tests, `make demo`) print as before.
+# terminal or off it, when each step around training starts (phase_line): on large tables
+# each step takes long enough in silence to look like a hang. Below it no line: small
+# fits (tests, `make demo`), whose steps pass unnoticed, print as before.
 PHASE_LINE_ROWS = 200_000
 PHASE_LINE_BYTES = 50_000_000  # and reading a table file of this size (175,000 such rows)
 
@@ -55,8 +55,8 @@ class TrainingHistory:
 @functools.cache
 def warm_up_optimizer() -> None:
     """Build a throwaway Adam optimizer. Adam's first construction in a process imports
-    ``torch._dynamo`` (about 1 s on a 2-core machine, once); called before fits that are
-    timed against each other, so that the first of them is not charged for it."""
+    ``torch._dynamo`` (a one-off cost per process); called before fits that are timed
+    against each other, so that the first of them is not charged for it."""
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
@@ -127,8 +127,8 @@ def train(
     model.initialise_from_data(x_train)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout and the reparameterisation noise use the global RNG
-    # fused: one kernel for the whole update instead of a dozen per tensor; about 15% of
-    # a CPU training step on our MLPs (same algorithm, float rounding aside).
+    # fused: one kernel for the whole update instead of a dozen per tensor, whose overhead
+    # weighs on the small MLPs trained here (same algorithm, float rounding aside).
     optimizer = torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=True
     )

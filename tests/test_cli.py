@@ -531,8 +531,8 @@ def test_ui_refuses_a_folder_without_a_store_and_a_tracking_server(tmp_path, mon
 
 
 def test_ui_starts_one_mlflow_worker_without_the_job_runner(tmp_path, monkeypatch):
-    """A local review UI needs one worker; MLflow's 4 and its job runner took 20-35 s
-    to answer on a busy 2-core machine."""
+    """A local review UI needs one worker; MLflow's 4 and its job runner, each importing
+    MLflow's web stack, kept the first page waiting on a small machine."""
     import os
 
     monkeypatch.chdir(tmp_path)

@@ -349,7 +349,7 @@ def test_named_variants_that_do_not_suit_the_data_are_left_out_with_a_warning(tm
 
 def test_the_first_variant_is_not_charged_for_a_one_off_import(tmp_path):
     # In a fresh process, as a user's fit is: the first Adam optimizer imports
-    # torch._dynamo (about 1 s), which the first variant's fit time used to include.
+    # torch._dynamo (a one-off cost), which the first variant's fit time used to include.
     import subprocess
     import sys
 

@@ -346,7 +346,7 @@ def test_few_calibration_rows_are_warned_about_only_for_a_quantile_threshold(
 @pytest.mark.parametrize("progress", [True, False])
 def test_a_large_fit_says_which_step_it_is_in(progress, tmp_path, monkeypatch, capsys):
     """Before the training bar and after it, a fit of 1,000,000 rows spent seconds in
-    steps that said nothing (11 s and 7 s); from PHASE_LINE_ROWS rows (or a file of
+    steps that said nothing; from PHASE_LINE_ROWS rows (or a file of
     PHASE_LINE_BYTES) a line on stderr names each as it starts: here both are 0, so
     that a small fit is large. --quiet (progress off) keeps them off."""
     from anomaly_vae import training

@@ -444,7 +444,7 @@ def test_the_set_help_names_both_intervals():
 
 
 def test_a_large_calibrate_names_its_steps_and_scores_a_part_at_a_time(tracking_store, monkeypatch):
-    """calibrate on a 500,000-row labelled table said nothing for 19 s (reading, scoring,
+    """calibrate on a 500,000-row labelled table said nothing for seconds (reading, scoring,
     the threshold and its evaluation) when the model had been fit with --quiet, and only
     'evaluating on 500,000 labelled rows ...' when not: it took the saved model's progress
     setting, not the run's, and had no --quiet. It scored the table whole (1.42 GB peak

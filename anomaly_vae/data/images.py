@@ -258,7 +258,8 @@ class ImageListing:
         """Open every image file's header, decoding only the first image: a file that is
         no image (or too large for PIL), or whose size differs from the first's when
         they are not resized, is a DataError before anything is scored, not after the
-        folder's earlier parts were (20,000 PNGs: 0.6 s). A file whose header
+        folder's earlier parts were (a header is read without decoding the image, so
+        this pass costs little beside scoring). A file whose header
         gives another size is decoded to confirm it: an orientation can be stored after
         a PNG's pixels. A file cut short is found only when decoded, by :meth:`read`."""
         if self.pixels is not None:  # a torchvision split, in memory
