@@ -768,8 +768,8 @@ def drift_statistic(batch_scores: np.ndarray, calibration_scores: np.ndarray) ->
 def model_identity(reference: str | None, detector_dir: Path | None = None) -> str:
     """A stable name of the model version: ``name/version`` for registry URIs (aliases
     resolved, in the store the model is loaded from), else ``sha256:`` of the saved
-    detector's description. ModelNotFoundError when the registry has no such model,
-    alias or version."""
+    model's files (:func:`model_files`: description, weights and an ensemble's members).
+    ModelNotFoundError when the registry has no such model, alias or version."""
     if reference is not None and reference.startswith("models:/"):
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
@@ -794,10 +794,35 @@ def model_identity(reference: str | None, detector_dir: Path | None = None) -> s
             raise model_not_found(reference, exc) from exc
         return f"{name}/{version}"
     if detector_dir is not None:
-        files = sorted(detector_dir.glob("*.json"))
-        digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
-        return f"sha256:{digest[:16]}"
+        # Weights too: a weights file replaced under the same description (a copy of
+        # another fit's, or the same fit's members retrained) is another model, whose
+        # scores the ledger must not take for the old one's. Each file is hashed in blocks,
+        # as inputs are: a few reads of files of megabytes.
+        digest = hashlib.sha256()
+        for file in model_files(detector_dir):
+            name = file.relative_to(detector_dir).as_posix()
+            digest.update(f"{name}\0{file_digest(file)}\n".encode())
+        return f"sha256:{digest.hexdigest()[:16]}"
     return str(reference)
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files a model saved in ``folder`` is made of, in name order: its descriptions
+    (``*.json``) and torch files (weights, the latent reference) and, in an ensemble's
+    folder, those of each member under ``members/<name>/``. Other files there (the
+    MLflow run id, a user's notes) are no part of the model. None (an empty list) for a
+    folder that is not there: the loader, which comes next, says what is wrong with it."""
+    from anomaly_vae.detector import ENSEMBLE_FILE, MEMBERS_FOLDER
+
+    if not folder.is_dir():
+        return []
+    files = [f for f in folder.iterdir() if f.is_file() and f.suffix in (".json", ".pt")]
+    members = folder / MEMBERS_FOLDER
+    if (folder / ENSEMBLE_FILE).is_file() and members.is_dir():
+        for member in members.iterdir():
+            if member.is_dir():
+                files += model_files(member)
+    return sorted(files)
 
 
 def named_for_good(reference: str) -> bool:

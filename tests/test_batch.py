@@ -762,3 +762,49 @@ def test_a_tracking_server_that_is_down_costs_seconds_after_scoring(
     assert f"the scores are written to {tmp_path / 'out'}, but logging to MLflow" in result.output
     assert (tmp_path / "out" / "a.csv").is_file()
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # as it was
+
+
+def test_a_model_folder_with_other_weights_under_the_same_description_is_another_model(
+    model_dir, tmp_path
+):
+    # The identity hashed only the folder's JSON files: weights.pt replaced under the same
+    # detector.json kept it, and the next run skipped the input as already scored, its
+    # output the old weights' scores (5.2 where the model now gave 164). An ensemble's
+    # identity did not look into members/ at all.
+    import shutil
+
+    import torch
+
+    from anomaly_vae.ensemble import EnsembleDetector
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    (tmp_path / "in").mkdir()
+    table = mixed_table(40, seed=5)
+    table.to_csv(tmp_path / "in" / "a.csv", index=False)
+    assert "scored 1 file" in batch(folder, tmp_path / "in", tmp_path / "out").output
+    description = (folder / "detector.json").read_bytes()
+    changed = VAEDetector.load(folder)
+    with torch.no_grad():
+        for parameter in changed.model_.parameters():
+            parameter.add_(0.3)
+    changed.save(folder)
+    assert (folder / "detector.json").read_bytes() == description  # only the weights differ
+    second = batch(folder, tmp_path / "in", tmp_path / "out")
+    assert second.exit_code == 0 and "scored 1 file" in second.output, second.output
+    scores = pd.read_csv(tmp_path / "out" / "a.csv")["score"]
+    np.testing.assert_allclose(scores, changed.score_frame(table)["score"], rtol=1e-6)
+
+    members = {"a": VAEDetector.load(model_dir), "b": VAEDetector.load(model_dir)}
+    reference = members["a"].anomaly_score(mixed_table(100, seed=0))
+    ensemble = EnsembleDetector(members, {"a": reference, "b": reference})
+    ensemble.threshold_from_normal_scores(ensemble.anomaly_score(mixed_table(100, seed=1)), 0.01)
+    ensemble.n_training_rows_ = dict(members["a"].n_training_rows_)
+    before = batch_identity(ensemble.save(tmp_path / "e"))
+    changed.save(tmp_path / "e" / "members" / "b")  # a member's weights, nothing else
+    after = batch_identity(tmp_path / "e")
+    assert after != before
+    # Files that are no part of the model leave it as it was.
+    (tmp_path / "e" / "notes.txt").write_text("not part of the model")
+    (tmp_path / "e" / "mlflow_run_id").write_text("0123\n")
+    assert batch_identity(tmp_path / "e") == after
