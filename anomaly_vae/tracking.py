@@ -599,8 +599,9 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     index = None
     if isinstance(validation, pd.DataFrame):
         # The data row in the training file, 1 for the first, as `score` writes and
-        # messages count rows: the split keeps the file's 0-based index.
-        index = validation.index + 1
+        # messages count rows: as recorded when it was read, not the frame's index, which
+        # for a Parquet file can be an index stored with it that counts no rows.
+        index = rows + 1 if data.train_rows is None else data.train_rows[rows]
     table = pd.DataFrame(latents, columns=[f"z{i}" for i in range(latents.shape[1])], index=index)
     groups = np.full(len(latents), "normal", dtype=object)
     id_column = detector.effective_config.data.id_column

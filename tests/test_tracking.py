@@ -650,3 +650,24 @@ def test_views_logged_at_fit_name_rows_by_their_file_and_row(tracking_store, tmp
     for file, row, score in shown[["file", "row", "score"]].itertuples(index=False):
         expected = result.detector.anomaly_score(files[file].iloc[[row - 1]])[0]
         assert score == pytest.approx(expected, rel=1e-4), (file, row)
+
+
+def test_validation_latents_count_rows_of_a_parquet_file_that_stores_an_index(
+    tracking_store, tmp_path
+):
+    # The CSV's `row` was the frame's index + 1: a Parquet file written with a pandas
+    # index (here 1000, 1010, ...) read back with it, so reading r0-250, row 251 of the
+    # file, was called row 3501.
+    table = mixed_table(300, seed=0, anomalies=15)
+    table.index = table.index * 10 + 1000
+    table.to_parquet(tmp_path / "plant.parquet", index=True)
+    config = tiny_config(
+        "data.id_column=reading_id", "data.label_column=is_fault", "training.epochs=5"
+    )
+    config.tracking.log_views = False
+    result = fit_table(tmp_path / "plant.parquet", config, project_dir=tmp_path)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=result.run.run_id, artifact_path="latents/validation_latent_means.csv"
+    )
+    latents = pd.read_csv(local)
+    assert (latents["reading_id"] == [f"r0-{row - 1}" for row in latents["row"]]).all()
