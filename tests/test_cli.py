@@ -470,6 +470,27 @@ def test_help_documents_options_with_defaults(command):
         assert all(f"{prefix}:ROOT" in text for prefix in TORCHVISION_SETS), text
 
 
+# Each takes a second or more to import; a command that reads no data, runs no model and
+# logs nothing needs none of them.
+HEAVY_MODULES = ("pandas", "pyarrow", "torch", "torchvision", "sklearn", "mlflow", "matplotlib")
+
+
+@pytest.mark.parametrize("command", [["--help"], ["fit", "--help"], ["config"]])
+def test_commands_without_data_start_without_heavy_imports(command):
+    # A fresh interpreter: this one has imported them all for other tests.
+    script = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from anomaly_vae.cli import main\n"
+        f"result = CliRunner().invoke(main, {command!r})\n"
+        "assert result.exit_code == 0, result.output\n"
+        f"print(*[name for name in {HEAVY_MODULES!r} if name in sys.modules])\n"
+    )
+    checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.split() == []
+
+
 @pytest.mark.parametrize("verbose", [[], ["--verbose"]])
 def test_no_mlflow_progress_bar_off_a_terminal_even_when_verbose(verbose, monkeypatch):
     # `anomaly-vae --verbose batch ...` under cron: MLflow's "Downloading artifacts" bar
