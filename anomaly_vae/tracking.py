@@ -34,7 +34,6 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ParamSchema, ParamSpec
 
-from anomaly_vae import plots
 from anomaly_vae.config import QUANTILE_THRESHOLD, Config, flatten, to_dict
 from anomaly_vae.data import TablePreprocessor, take_rows
 from anomaly_vae.data.preprocessing import names_as_read_now
@@ -434,6 +433,10 @@ def log_calibration(
     ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` that ``evaluation`` was
     computed from (:func:`anomaly_vae.fitting.calibrate_and_evaluate` returns them);
     without them its anomalies are scored again for the score histogram."""
+    # Where a plot is made, not at import: what only loads a logged model (score --model
+    # models:/..., the pyfunc model, batch's run) plots nothing and need not import matplotlib.
+    from anomaly_vae import plots
+
     item = detector.score_item
     mlflow.log_metrics(
         {
@@ -593,6 +596,8 @@ def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> No
 
 def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
     """Latent means of the validation rows (table + plot), with labelled anomalies overlaid."""
+    from anomaly_vae import plots
+
     rows = detector.split_rows_["validation"]
     validation = take_rows(data.train, rows)
     latents = detector.encode(validation)
@@ -654,6 +659,8 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
 
 
 def _save(fig: Any, path: Path) -> None:
+    from anomaly_vae import plots
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=plots.DPI)
     plots.close(fig)
@@ -694,7 +701,7 @@ def _requirements() -> list[str]:
             "mlflow",
             "pyyaml",
             "tqdm",
-            "matplotlib",  # the pyfunc module's imports load the plots module
+            "matplotlib",  # the package's plots module; loading the model imports none
         )
     ]
 

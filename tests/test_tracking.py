@@ -3,6 +3,9 @@ pyfunc model scores exactly like the detector it wraps."""
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -153,6 +156,27 @@ def test_run_has_every_review_artifact(fitted_run):
     assert (
         calibration["target_fpr"] == 0.01 and calibration["threshold"] == result.detector.threshold_
     )
+
+
+def test_loading_a_logged_model_does_not_import_matplotlib(fitted_run):
+    # matplotlib takes 0.4 s to import; `score --model models:/...`, a served model and
+    # Spark's workers load a logged model and draw nothing. A fresh interpreter: this
+    # one has drawn plots for the fit.
+    root, result = fitted_run
+    script = (
+        "import sys\n"
+        "import mlflow\n"
+        "from anomaly_vae.scoring import load_detector\n"
+        f"load_detector({result.run.model_uri!r})\n"
+        f"mlflow.pyfunc.load_model({result.run.model_uri!r})\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'store' / 'mlflow.db'}"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.split()[-1] == "False"
 
 
 def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
