@@ -140,7 +140,9 @@ def fit_family(
     if config.tracking.enabled:
         from anomaly_vae import tracking  # MLflow import is slow; only when tracking
 
-        tracking.check_store(config.tracking.experiment, project_dir)
+        tracking.check_store(
+            config.tracking.experiment, project_dir, announce=config.training.progress
+        )
     with _each_message_once():  # every variant meets the same data, and the same warnings
         candidates = [_fit_variant(name, config, data, progress) for name in names]
         if config.family.ensemble and len(candidates) > 1:

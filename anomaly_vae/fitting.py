@@ -414,7 +414,9 @@ def fit_source(
     if config.tracking.enabled:
         from anomaly_vae import tracking  # MLflow import is slow; only when tracking
 
-        tracking.check_store(config.tracking.experiment, project_dir)
+        tracking.check_store(
+            config.tracking.experiment, project_dir, announce=config.training.progress
+        )
     detector = VAEDetector(config.detector_config()).fit(
         data.train, condition=data.train_condition, on_epoch=on_epoch
     )

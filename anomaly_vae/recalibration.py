@@ -181,7 +181,7 @@ def calibrate_model(
     """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
-    origin = _origin(model_ref, project_dir) if track else None  # before any alias moves
+    origin = _origin(model_ref, project_dir, progress) if track else None  # before any alias moves
     by_quantile = method == QUANTILE_THRESHOLD
     # This run's progress, not the one saved with the model (its fit's --quiet or not).
     phases = dataclasses.replace(detector.effective_config.training, progress=progress)
@@ -267,9 +267,10 @@ class _Origin:
     tags: dict[str, str]  # source run id and registered version, where known
 
 
-def _origin(model_ref: str | None, project_dir: Path) -> _Origin:
+def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) -> _Origin:
     """Resolve the source model in MLflow (aliases to the version they point at now), and
-    check the tracking store can be reached, before the threshold is chosen."""
+    check the tracking store can be reached, before the threshold is chosen (``progress``:
+    a store created now is named first, as its creation takes seconds)."""
     from mlflow import MlflowClient
 
     from anomaly_vae import tracking
@@ -277,7 +278,8 @@ def _origin(model_ref: str | None, project_dir: Path) -> _Origin:
     from anomaly_vae.fitting import latest_model_dir
 
     defaults = load_config().tracking
-    tracking.check_store(project_dir=project_dir)  # the experiment is the source's, if known
+    # No experiment: it is the source's, if known.
+    tracking.check_store(project_dir=project_dir, announce=progress)
     description = model_ref or f"latest local fit ({latest_model_dir(project_dir)})"
     origin = _Origin(description, defaults.experiment, defaults.registered_model_name, {})
     try:

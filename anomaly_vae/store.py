@@ -26,3 +26,19 @@ def embedded_store(project_dir: Path | None = None) -> Path | None:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
     return (project_dir or Path.cwd()) / STORE_DIR / STORE_FILE
+
+
+def new_sqlite_store(uri: str) -> Path | None:
+    """The file of the SQLite store ``uri`` names when it does not exist yet, else None
+    (another kind of store, or one in memory). MLflow creates such a store on first use
+    and runs its schema migrations on it, which take seconds.
+
+    >>> new_sqlite_store("sqlite:////nowhere/mlflow.db"), new_sqlite_store("http://host")
+    (PosixPath('/nowhere/mlflow.db'), None)
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").partition("?")[0]  # relative, or /absolute
+    if path in ("", ":memory:") or Path(path).exists():
+        return None
+    return Path(path)
