@@ -24,8 +24,8 @@ from anomaly_vae.intervals import MIN_CLASS_ROWS, metric_intervals
 logger = logging.getLogger(__name__)
 
 # Points kept of each curve in an evaluation (evaluation.json, the ROC and PR plots):
-# scikit-learn's have up to a point per labelled row (139,637 PR points for a fit's
-# 139,961 evaluation rows made evaluation.json 9 MB); 1,000 points along a curve draw it
+# scikit-learn's have up to a point per labelled row, megabytes of JSON for a large
+# evaluation; 1,000 points along a curve draw it
 # to within a thousandth of its length, finer than the plots' pixels. AUROC, AUCPR and
 # the F1-optimal threshold are computed from every score.
 CURVE_POINTS = 1_000

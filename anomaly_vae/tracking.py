@@ -95,8 +95,8 @@ def check_store(
     without one, list an experiment), once and with a short timeout (MLflow's own retries
     take minutes against a server that is down), so that a wrong ``MLFLOW_TRACKING_URI``
     costs seconds, not a fit. With ``announce``, a SQLite store not created yet is named
-    in a :func:`~anomaly_vae.training.phase_line` first: MLflow's schema migrations on it
-    took 4 to 5 s, in silence. Returns the tracking URI; raises TrackingError."""
+    in a :func:`~anomaly_vae.training.phase_line` first: MLflow runs every schema migration on
+    it, seconds that were silent. Returns the tracking URI; raises TrackingError."""
     uri = tracking_uri(project_dir)
     new_store = new_sqlite_store(uri)
     if announce and new_store is not None:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 __all__ = ["TablePreprocessor", "as_frame", "label_vector", "read_table", "take_rows"]
 
 # Where each public name lives. They are loaded on first use: the tables modules import
-# pandas and pyarrow (0.4 s), which importing a sibling such as data.images (the CLI does,
+# pandas and pyarrow, which importing a sibling such as data.images (the CLI does,
 # for its help text) must not pay for.
 _HOMES = {
     "TablePreprocessor": "preprocessing",
