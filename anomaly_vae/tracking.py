@@ -431,6 +431,28 @@ def dataset_sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
     return frame.iloc[np.union1d(chosen, first_missing)]
 
 
+def strict_json(document: Any) -> str:
+    """``document`` as JSON that strict parsers read: an infinite or NaN float (the ROC
+    curve's first threshold is +inf in scikit-learn) written as ``null``, where Python's
+    ``json`` would write ``Infinity`` or ``NaN``, tokens JSON (RFC 8259) does not have:
+    strict parsers, such as JavaScript's ``JSON.parse``, refuse the whole file.
+
+    >>> json.loads(strict_json({"thresholds": [float("inf"), 0.5]}))
+    {'thresholds': [None, 0.5]}
+    """
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float):
+            return value if np.isfinite(value) else None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(document), indent=2, allow_nan=False)
+
+
 def log_calibration(
     detector: Any,
     data: TrainingData,
@@ -455,7 +477,7 @@ def log_calibration(
         }
     )
     mlflow.set_tag("threshold_method", detector.calibration_.get("method", "quantile"))
-    (out / "calibration.json").write_text(json.dumps(detector.calibration_, indent=2))
+    (out / "calibration.json").write_text(strict_json(detector.calibration_))
     anomalous_scores = None
     if evaluation is not None:
         mlflow.log_metrics({k: evaluation[k] for k in EVALUATION_METRICS})
@@ -464,7 +486,7 @@ def log_calibration(
                 low, high = evaluation[f"{name}_interval"]
                 mlflow.log_metrics({f"{name}_interval_low": low, f"{name}_interval_high": high})
         mlflow.log_metrics({f"confusion_{k}": v for k, v in evaluation["confusion_matrix"].items()})
-        (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2))
+        (out / "evaluation.json").write_text(strict_json(evaluation))
         _save(plots.roc_curve(evaluation, item), out / "plots" / "roc_curve.png")
         _save(plots.pr_curve(evaluation, item), out / "plots" / "pr_curve.png")
         if scores is None:

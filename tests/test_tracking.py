@@ -119,6 +119,10 @@ def test_a_fit_run_raises_no_mlflow_schema_hints(fitted_run):
     assert not [message for message in result.warnings if "Inferred schema" in message]
 
 
+def refuse_token(token: str) -> None:
+    raise ValueError(f"{token} is no JSON")
+
+
 def test_run_has_every_review_artifact(fitted_run):
     root, result = fitted_run
     client = MlflowClient()
@@ -153,6 +157,14 @@ def test_run_has_every_review_artifact(fitted_run):
         run_id=result.run.run_id, artifact_path="calibration.json"
     )
     calibration = json.loads(Path(calibration_file).read_text())
+    # Strict JSON: scikit-learn's first ROC threshold is +inf, which Python's json wrote
+    # as `Infinity`, a token JSON does not have (JavaScript's JSON.parse refuses it).
+    evaluation_file = mlflow.artifacts.download_artifacts(
+        run_id=result.run.run_id, artifact_path="evaluation.json"
+    )
+    evaluation = json.loads(Path(evaluation_file).read_text(), parse_constant=refuse_token)
+    assert evaluation["curves"]["roc"]["thresholds"][0] is None
+    assert evaluation["auroc"] == pytest.approx(result.evaluation["auroc"])
     assert (
         calibration["target_fpr"] == 0.01 and calibration["threshold"] == result.detector.threshold_
     )
