@@ -3,6 +3,7 @@
 import itertools
 import re
 import runpy
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -526,6 +527,55 @@ def test_photos_with_an_exif_orientation_read_upright_as_a_viewer_shows_them(tmp
         pixels = image.transpose(1, 2, 0).astype(int)
         assert np.abs(pixels - upright).mean() < 5, name  # JPEG is lossy at edges
         assert (pixels[:4, :4, 0] > 180).all() and (pixels[:4, :4, 1] < 80).all(), name
+
+
+def traced_peak(function):
+    """``(function(), peak bytes numpy and Python allocated while it ran)``."""
+    tracemalloc.start()
+    try:
+        result = function()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+def test_a_folder_is_read_into_one_array_as_its_images_are_decoded(tmp_path):
+    """The decoded images and their pixels were listed, then stacked: twice the folder's
+    pixels as numpy arrays at the end of a read (and once more as PIL images)."""
+    images = bars(500, seed=0, size=64)
+    (tmp_path / "imgs").mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(tmp_path / "imgs" / f"{i:03d}.png")
+    read_images(tmp_path / "imgs")  # the modules a read imports are not its pixels
+    read, peak = traced_peak(lambda: read_images(tmp_path / "imgs"))
+    np.testing.assert_array_equal(read.images, images)
+    assert peak < 1.5 * images.nbytes
+
+
+@pytest.mark.parametrize("size", [None, 24])
+def test_grey_images_beside_colour_ones_read_as_pil_converts_them_to_rgb(tmp_path, size):
+    # Read one at a time, the grey images before the first colour one are made colour
+    # then: as before, when every image was converted once all were decoded.
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for name in ("a", "b", "d", "e"):
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(
+            tmp_path / "imgs" / f"{name}.png"
+        )
+    colour = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(colour, "RGB").save(tmp_path / "imgs" / "c.png")
+    files = sorted((tmp_path / "imgs").iterdir())
+    as_rgb = []
+    for file in files:
+        with Image.open(file) as image:
+            as_rgb.append(image.convert("RGB"))
+    if size is not None:
+        as_rgb = [image.resize((size, size), Image.Resampling.BILINEAR) for image in as_rgb]
+    expected = np.stack([np.asarray(image) for image in as_rgb]).transpose(0, 3, 1, 2)
+    read = read_images(tmp_path / "imgs", size=size).images
+    np.testing.assert_array_equal(read, expected)
+    assert read.strides == expected.strides  # channels last in memory, as PIL gives them
 
 
 def test_float_images_read_as_grey_levels_and_unscaled_ones_are_refused(tmp_path):

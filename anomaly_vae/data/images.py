@@ -234,24 +234,41 @@ class ImageListing:
         repeats itself)."""
         names = self.names[start:stop]
         labels = self.labels[start:stop]
+        # Each image goes into one array as it is decoded: a list of the decoded images
+        # and one of their pixels, stacked at the end, held the images three times over.
+        array: np.ndarray | None = None
         if self.pixels is not None:
             array = self.pixels[start:stop]
             if self.size is not None:  # one grayscale channel in the MNIST layout
-                resized = [_pixels(Image.fromarray(image[0]), self.size) for image in array]
-                array = np.stack(resized)[:, None]
+                resized = np.empty((len(array), self.size, self.size), np.uint8)
+                for index, image in enumerate(array):
+                    resized[index] = _pixels(Image.fromarray(image[0]), self.size)
+                array = resized[:, None]
             return ImageSet(array, labels, self.classes, names)
-        images = [_decoded(file) for file in names]
-        for file, image in zip(names, images, strict=True):
+        # (m, H, W) grey, or (m, H, W, 3) colour: channels last in memory, as PIL gives them
+        # (the model's float input keeps that layout, on which its float rounding depends).
+        for index, file in enumerate(names):
+            image = _decoded(file)
             self._log_large(file, image.size)
-        colour = [file for file, image in zip(names, images, strict=True) if image.mode != "L"]
-        self.colour += colour
-        self.grey += len(images) - len(colour)
-        mode = "RGB" if colour else "L"
-        pixels = [_pixels(image.convert(mode), self.size) for image in images]
-        for file, image_pixels in zip(names, pixels, strict=True):
-            self._check_size(file, image_pixels.shape[:2])
-        array = np.stack(pixels)
-        array = array[:, None] if mode == "L" else array.transpose(0, 3, 1, 2)
+            colour = image.mode != "L"
+            if colour:
+                self.colour.append(file)
+            else:
+                self.grey += 1
+            pixels = _pixels(image, self.size)  # (H, W) grey or (H, W, 3) colour
+            self._check_size(file, pixels.shape[:2])
+            if array is None:
+                shape = (len(names), *pixels.shape[:2])
+                array = np.empty((*shape, COLOUR_CHANNELS) if colour else shape, np.uint8)
+            elif colour and array.ndim == 3:
+                # The first colour image: the grey ones before it get their level in R, G
+                # and B, the pixels PIL gives for them converted to RGB (resized or not).
+                array = np.repeat(array[..., None], COLOUR_CHANNELS, axis=3)
+            # A grey image's (H, W, 1) fills every channel of a colour array.
+            array[index] = pixels[..., None] if array.ndim == 4 and pixels.ndim == 2 else pixels
+        if array is None:  # no images in the range
+            return ImageSet(np.empty((0, 1, 0, 0), np.uint8), labels, self.classes, names)
+        array = array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
         return ImageSet(array, labels, self.classes, names)
 
     def check(self) -> None:
