@@ -9,7 +9,7 @@ import logging
 import math
 import platform
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -577,9 +577,18 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 "data.condition_columns names none: name them (e.g. --set "
                 "'data.condition_columns=[machine]') or use model.name=vae"
             )
-        features, conditions = self._model_input(X, condition)
-
-        train_rows, val_rows, cal_rows = self._split(len(features), config)
+        train_rows, val_rows, cal_rows = self._split(len(X), config)
+        splits = (train_rows, val_rows, cal_rows)
+        if self.data_kind_ == "image":
+            # Each part pooled from the uint8 images, a block at a time: the model input
+            # of every image, beside copies of its parts, held the pooled images twice.
+            transform = self._image_preprocessor.transform
+            conditions = self._image_conditions(condition, len(X), lambda rows: transform(X, rows))
+            x_train, x_val, x_cal = (transform(X, rows) for rows in splits)
+        else:
+            features, conditions = self._model_input(X, condition)
+            x_train, x_val, x_cal = (features[rows] for rows in splits)
+            del features  # its parts are copies: not kept through training beside them
         k = config.scoring.latent_neighbours
         if score in LATENT_SCORES and len(train_rows) < k:
             # Before training: the reference of the latent scores is drawn from the
@@ -590,7 +599,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"that {score} finds neighbours among: lower it, or use another scoring.score"
             )
         torch.manual_seed(config.training.seed)  # weight initialisation
-        self.model_ = self._build_model(config, features.shape[1:], _width(conditions))
+        self.model_ = self._build_model(config, x_train.shape[1:], _width(conditions))
 
         def rows_of(array: np.ndarray | None, rows: np.ndarray) -> torch.Tensor | None:
             return None if array is None else torch.from_numpy(array[rows])
@@ -600,14 +609,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             side = min(self._image_preprocessor.shape[1:])
             shift = round(config.training.image_shift * side)
             if shift >= 1:
-                images = np.asarray(X)[train_rows]
-                batch_input = ShiftedImages(images, self._image_preprocessor, shift).batch
+                shifted = ShiftedImages(np.asarray(X), self._image_preprocessor, shift, train_rows)
+                batch_input = shifted.batch
 
         patience = resolve_patience(config.training.patience, self.data_kind_)
         self.history_: TrainingHistory = train(
             self.model_,
-            torch.from_numpy(features[train_rows]),
-            torch.from_numpy(features[val_rows]),
+            torch.from_numpy(x_train),
+            torch.from_numpy(x_val),
             dataclasses.replace(config.training, patience=patience),
             on_epoch=on_epoch,
             condition_train=rows_of(conditions, train_rows),
@@ -624,10 +633,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             phase_line(
                 f"calibrating the threshold on {len(cal_rows):,} held-out {self.score_item}s"
             )
-        calibration = self._scores_of_features(features[cal_rows], cal_conditions)
+        calibration = self._scores_of_features(x_cal, cal_conditions)
         if score in LATENT_SCORES:
-            neighbours = self._latent_reference(features, conditions, train_rows)
-            cal_latents = self._latent_means(features[cal_rows], cal_conditions)
+            neighbours = self._latent_reference(x_train, conditions, train_rows)
+            cal_latents = self._latent_means(x_cal, cal_conditions)
             cal_distance = neighbours.distance(torch.from_numpy(cal_latents))
             neighbours.calibrate(calibration["negative_elbo"], cal_distance)
             calibration |= neighbours.scores(calibration["negative_elbo"], cal_distance)
@@ -691,18 +700,22 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         names = pd.Series(values, dtype=object).map(str, na_action="ignore")
         return pd.Index(self.condition_names_).get_indexer(names).astype(np.int64)
 
-    def _image_conditions(self, features: np.ndarray, condition: Any) -> np.ndarray | None:
-        """``(n, K)`` one-hot class of every image for a conditional image model (None for
-        other models). An image of unknown class is given the class under which its
-        negative ELBO is lowest: it is as normal as the class that explains it best."""
+    def _image_conditions(
+        self, condition: Any, n: int, model_input: Callable[[np.ndarray], np.ndarray]
+    ) -> np.ndarray | None:
+        """``(n, K)`` one-hot class of each of ``n`` images for a conditional image model
+        (None for other models). An image of unknown class is given the class under which
+        its negative ELBO is lowest: it is as normal as the class that explains it best.
+        ``model_input(rows)``: the model input of those images, asked for only then."""
         if not self.condition_classes_:
             return None
         classes = np.eye(self.condition_classes_, dtype=np.float32)
-        indices = self._class_indices(condition, len(features))
+        indices = self._class_indices(condition, n)
         unknown = np.flatnonzero(indices < 0)
         if len(unknown):
+            features = model_input(unknown)
             elbos = [
-                self._model_scores(features[unknown], np.repeat(one_hot[None], len(unknown), 0))
+                self._model_scores(features, np.repeat(one_hot[None], len(unknown), 0))
                 for one_hot in classes
             ]
             stacked = np.stack([elbo["negative_elbo"] for elbo in elbos], axis=1)
@@ -710,16 +723,20 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         return classes[indices]
 
     def _latent_reference(
-        self, features: np.ndarray, conditions: np.ndarray | None, train_rows: np.ndarray
+        self, x_train: np.ndarray, conditions: np.ndarray | None, train_rows: np.ndarray
     ) -> LatentNeighbours:
         """The latent scores' reference: latent means of at most
-        ``scoring.latent_reference_rows`` training rows (a seeded sample), not yet calibrated."""
+        ``scoring.latent_reference_rows`` training rows (a seeded sample), not yet calibrated.
+        ``x_train``: the model input of ``train_rows``, in their order; ``conditions``: of
+        every row."""
         cfg = self.effective_config
-        rows = train_rows
+        rows, features = train_rows, x_train
         if len(train_rows) > cfg.scoring.latent_reference_rows:
             rng = np.random.default_rng(cfg.training.seed)
             rows = np.sort(rng.choice(train_rows, cfg.scoring.latent_reference_rows, replace=False))
-        means = self._latent_means(features[rows], None if conditions is None else conditions[rows])
+            order = np.argsort(train_rows)  # where each of the rows is in x_train
+            features = x_train[order[np.searchsorted(train_rows[order], rows)]]
+        means = self._latent_means(features, None if conditions is None else conditions[rows])
         return LatentNeighbours(torch.from_numpy(means), cfg.scoring.latent_neighbours)
 
     def _latent_means(self, features: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
@@ -774,7 +791,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """``(features (n, *input_shape) float32, condition (n, c) float32 or None)``."""
         if self.data_kind_ == "image":
             features = self.preprocessor_.transform(X)
-            return features, self._image_conditions(features, condition)
+            conditions = self._image_conditions(condition, len(features), features.__getitem__)
+            return features, conditions
         frame = as_frame(X)
         self._refuse_other_kind_of_table(X, frame)
         features = self.preprocessor_.transform(frame)

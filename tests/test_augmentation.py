@@ -83,9 +83,9 @@ def test_the_shift_is_a_share_of_the_image_side_and_off_when_under_a_pixel(monke
     shifts = []
     original = ShiftedImages.__init__
 
-    def recording_init(self, images, preprocessor, shift):
+    def recording_init(self, images, preprocessor, shift, *rows):
         shifts.append(shift)
-        original(self, images, preprocessor, shift)
+        original(self, images, preprocessor, shift, *rows)
 
     monkeypatch.setattr(ShiftedImages, "__init__", recording_init)
     config = tiny_config("training.epochs=1", "training.image_shift=0.04").detector_config()

@@ -28,17 +28,28 @@ class ShiftedImages:
     input image; the edge pixels are repeated into the strip a move uncovers.
     """
 
-    def __init__(self, images: np.ndarray, preprocessor: ImagePreprocessor, shift: int) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        preprocessor: ImagePreprocessor,
+        shift: int,
+        rows: np.ndarray | None = None,
+    ) -> None:
         if shift < 1:
             raise ValueError(f"shift must be at least 1 pixel, got {shift}")
         self.images = as_nchw(images)
         self.preprocessor = preprocessor
         self.shift = shift
+        # The training images are images[rows]: a batch picks from them, so that the
+        # training part of a set is not copied (at input resolution) beside the set.
+        self.rows = rows
 
     def batch(self, rows: Tensor, generator: torch.Generator) -> Tensor:
-        """``(len(rows), *preprocessor.model_shape)`` float32: images ``rows (b,)``, each
-        moved by one of ``MOVES`` drawn from ``generator``."""
-        picked = self.images[rows.numpy()]
+        """``(len(rows), *preprocessor.model_shape)`` float32: training images ``rows
+        (b,)`` (positions among ``images[self.rows]`` when it is set), each moved by one
+        of ``MOVES`` drawn from ``generator``."""
+        positions = rows.numpy()
+        picked = self.images[positions if self.rows is None else self.rows[positions]]
         shift = self.shift
         padded = np.pad(picked, ((0, 0), (0, 0), (shift, shift), (shift, shift)), mode="edge")
         height, width = picked.shape[2:]
