@@ -322,8 +322,8 @@ def read_chunks(
             parquet = pq.ParquetFile(path)
             refuse_repeated_names(parquet.schema_arrow.names, where=str(path))
             start = 0
-            for batch in parquet.iter_batches(batch_size=chunk_rows):
-                chunk = batch.to_pandas()
+            for part in _parquet_parts(parquet, chunk_rows):
+                chunk = part.to_pandas()
                 # The file's running row index, as pandas gives CSV chunks: errors name
                 # file rows.
                 chunk.index = pd.RangeIndex(start, start + len(chunk))
@@ -331,6 +331,24 @@ def read_chunks(
                 yield chunk, start
         else:
             yield from read_csv_parts(path, chunk_rows, text_columns, categorical_columns)
+
+
+def _parquet_parts(parquet: Any, rows: int) -> Iterator[Any]:
+    """The rows of ``parquet`` (a ``pyarrow.parquet.ParquetFile``) as pyarrow tables of
+    ``rows`` rows each, the last one fewer. Its batches alone end where its row groups
+    do: parts cut there would hold other rows than the file's ``rows`` at a time, and
+    a scoring part other than whole scoring batches (see ``scoring.whole_batches``)."""
+    import pyarrow as pa
+
+    pending = None
+    for batch in parquet.iter_batches(batch_size=rows):
+        table = pa.Table.from_batches([batch])
+        pending = table if pending is None else pa.concat_tables([pending, table])
+        while pending.num_rows >= rows:
+            yield pending.slice(0, rows)
+            pending = pending.slice(rows)
+    if pending is not None and pending.num_rows:
+        yield pending
 
 
 def reading_total(path: Path) -> tuple[int, bool] | None:

@@ -288,6 +288,22 @@ def test_a_missing_source_fails_and_row_numbers_count_from_the_file_start(model_
     assert batch(model_dir, empty, tmp_path / "out2").exit_code == 0  # nothing new: fine
 
 
+def test_a_parquet_file_is_read_chunk_rows_at_a_time_across_its_row_groups(tmp_path):
+    """With a categorical column (pandas saves it dictionary-encoded), its parts ended
+    where its row groups did (row groups of 300 read 256 at a time came as 256, 44, 212,
+    88, ... rows), so that a part held other rows than the chunk_rows asked for, and
+    scoring it other than whole scoring batches; every part but the last now holds
+    chunk_rows rows, in the file's order, numbered from its start."""
+    from anomaly_vae.batch import read_chunks
+
+    table = mixed_table(1000, seed=1).astype({"machine": "category"})
+    table.to_parquet(tmp_path / "a.parquet", row_group_size=300)
+    parts = list(read_chunks(tmp_path / "a.parquet", 256))
+    assert [len(part) for part, _ in parts] == [256, 256, 256, 232]
+    assert [read for _, read in parts] == [256, 512, 768, 1000]
+    pd.testing.assert_frame_equal(pd.concat([part for part, _ in parts]), table)
+
+
 def test_a_file_read_in_chunks_warns_once_judged_over_the_whole_file(model_dir, tmp_path, caplog):
     inputs = tmp_path / "in"
     inputs.mkdir()
