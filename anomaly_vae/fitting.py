@@ -37,6 +37,7 @@ MODELS_DIR = Path("mlruns") / "models"  # local saved models, relative to the pr
 LATEST_FILE = "LATEST"  # names the newest model folder in MODELS_DIR
 
 Data: TypeAlias = pd.DataFrame | np.ndarray  # a table, or images (n, C, H, W)
+INPUT_EXAMPLE_ROWS = 5  # a table's first rows logged as its model's input example
 
 
 @dataclass
@@ -354,25 +355,34 @@ def calibrate_and_evaluate(
         logger.warning("no evaluation: the labelled evaluation rows are all of one class")
         return None, None
     assert data.evaluation_labels is not None  # has_evaluation() checked
-    config = detector.effective_config
-    chosen_here = config.calibration.method in LABELLED_THRESHOLD_METHODS
-    if shows_phases(phases or config.training, len(data.evaluation)):
-        phase_line(f"evaluating on {len(data.evaluation):,} labelled {detector.score_item}s")
+    say_evaluating(detector, len(data.evaluation), phases)
     if scores is None:
         scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
+    return threshold_and_evaluation(detector, data.evaluation_labels, scores, settings), scores
+
+
+def say_evaluating(detector: Any, rows: int, phases: TrainingConfig | None = None) -> None:
+    """The phase line of the evaluation on ``rows`` labelled rows (or images), when
+    ``phases`` (by default the detector's ``training`` settings) shows it for so many."""
+    if shows_phases(phases or detector.effective_config.training, rows):
+        phase_line(f"evaluating on {rows:,} labelled {detector.score_item}s")
+
+
+def threshold_and_evaluation(
+    detector: Any, labels: np.ndarray, scores: np.ndarray, settings: EvaluationConfig
+) -> dict[str, Any]:
+    """:func:`calibrate_and_evaluate` of rows already scored: ``labels (m,)`` bool of both
+    classes, True = anomaly, and their anomaly ``scores (m,)``."""
+    config = detector.effective_config
+    chosen_here = config.calibration.method in LABELLED_THRESHOLD_METHODS
     if chosen_here:
         detector.threshold_from_scores(
-            data.evaluation_labels,
-            scores,
-            config.calibration.method,
-            config.calibration.target_recall,
+            labels, scores, config.calibration.method, config.calibration.target_recall
         )
-    evaluation = evaluate(
-        data.evaluation_labels, scores, detector.threshold_, settings, config.training.seed
-    )
+    evaluation = evaluate(labels, scores, detector.threshold_, settings, config.training.seed)
     # A threshold chosen on these rows flatters the confusion matrix at it (not AUROC/AUCPR).
     evaluation["threshold_chosen_on_these_rows"] = chosen_here
-    return evaluation, scores
+    return evaluation
 
 
 def unread_model_settings(config: Config) -> list[str]:

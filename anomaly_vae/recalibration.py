@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from anomaly_vae import scoring
+from anomaly_vae.batch import read_chunks, reading_total, scoring_progress
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
     QUANTILE_THRESHOLD,
@@ -23,7 +27,6 @@ from anomaly_vae.config import (
     TrainingConfig,
     load_config,
 )
-from anomaly_vae.data import label_vector, read_table
 from anomaly_vae.data.images import (
     class_list,
     is_image_source,
@@ -31,22 +34,27 @@ from anomaly_vae.data.images import (
     source_location,
     torchvision_source,
 )
-from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
+from anomaly_vae.data.preprocessing import warnings_per_file
+from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION, LabelColumn
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
+    INPUT_EXAMPLE_ROWS,
+    Data,
     TrainingData,
-    calibrate_and_evaluate,
     check_label_options,
     record_run,
     same_training_file,
     save_model,
+    say_evaluating,
     say_reading,
+    threshold_and_evaluation,
 )
 from anomaly_vae.scoring import (
     check_data_kind,
     load_detector,
     scores_in_parts,
     warn_unknown_classes,
+    whole_batches,
 )
 from anomaly_vae.training import phase_line, shows_phases
 
@@ -64,7 +72,19 @@ class CalibrationResult:
     # previous threshold (far above the target: drift, or anomalies among them)
 
 
-def labelled_data(
+@dataclass
+class LabelledRows:
+    """The rows (or images) a threshold is chosen on, as far as `calibrate` keeps them:
+    a table is read and scored a part at a time, and never held whole."""
+
+    labels: np.ndarray  # (n,) bool, True = anomaly; all False for rows of normal operation
+    example: Data  # a table's first rows, or the images: the logged model's input example
+    # () -> (n,) anomaly scores; for a table scored as read, also the error of a bad cell
+    # found meanwhile, raised only here, after the checks of the labels, as before
+    score: Callable[[], np.ndarray]
+
+
+def labelled_rows(
     source: str | Path,
     detector: Any,
     label_column: str | None,
@@ -72,77 +92,145 @@ def labelled_data(
     anomaly_label: str | None = None,
     method: str = "f1",
     phases: TrainingConfig | None = None,
-) -> TrainingData:
-    """Every row of a table, or every image of a folder or torchvision test split, as the
-    evaluation part of a :class:`TrainingData`, with its labels (True = anomaly).
+    progress: bool = False,
+) -> LabelledRows:
+    """Every row of a table, or every image of a folder or torchvision test split, with
+    its label (True = anomaly).
 
     Tables: ``label_column`` (1 = anomaly, or the rows holding ``anomaly_label``, by
     default the model's ``data.anomaly_label``). Images: classes other than
     ``normal_class`` (one, or several separated by commas) are anomalies. For ``method``
     quantile a table without ``label_column``, or a flat folder of images, is all normal
     rows; the other methods need labels. ``phases``: whether a large table file's reading
-    is named (its ``progress``; default: not named).
+    is named (its ``progress``; default: not named); ``progress``: a bar (off a terminal,
+    a line a minute) over the rows scored (see :func:`_scored_table`).
     """
     labels_required = method != QUANTILE_THRESHOLD
     check_data_kind(detector, source, is_image_source(source))
     check_label_options(is_image_source(source), label_column, normal_class)
-    if is_image_source(source):
-        size = detector.effective_config.data.image_size
-        images = read_images(str(source), train=False, size=size)
-        if normal_class is None and len(images.classes) > 1:
+    if not is_image_source(source):
+        if label_column is None and labels_required:
             raise DataError(
-                f"{source} has classes {class_list(images.classes)}: name the normal one "
-                "with --normal-class (several: --normal-class a,b)"
-                + ("" if labels_required else ", or give a flat folder of normal images")
+                f"--method {method} chooses the threshold on labelled rows: name their label "
+                "column with --label-col (0 = normal, 1 = anomaly), or use --method quantile "
+                "on rows of normal operation"
             )
-        if normal_class is None and labels_required:
-            raise DataError(
-                f"--method {method} chooses the threshold on labelled images: give a folder "
-                "with one subfolder per class and name the normal one with --normal-class, "
-                "or use --method quantile on a folder of normal images"
-            )
-        normal = [0] if normal_class is None else images.class_indices(str(normal_class))
-        labels = ~np.isin(images.labels, normal)
-        classes = images.label_names()
-        warn_unknown_classes(detector, classes)
-        return TrainingData(
-            images.images,
-            images.images,
-            labels,
-            names=images.names,
-            train_condition=classes,
-            evaluation_condition=classes,
-        )
-    if label_column is None and labels_required:
+        return _scored_table(Path(source), detector, label_column, anomaly_label, phases, progress)
+    size = detector.effective_config.data.image_size
+    images = read_images(str(source), train=False, size=size)
+    if normal_class is None and len(images.classes) > 1:
         raise DataError(
-            f"--method {method} chooses the threshold on labelled rows: name their label "
-            "column with --label-col (0 = normal, 1 = anomaly), or use --method quantile "
-            "on rows of normal operation"
+            f"{source} has classes {class_list(images.classes)}: name the normal one "
+            "with --normal-class (several: --normal-class a,b)"
+            + ("" if labels_required else ", or give a flat folder of normal images")
         )
-    if phases is not None:
-        say_reading(source, phases)
-    frame = read_table(
-        source, categorical_columns=detector.effective_config.data.categorical_columns
+    if normal_class is None and labels_required:
+        raise DataError(
+            f"--method {method} chooses the threshold on labelled images: give a folder "
+            "with one subfolder per class and name the normal one with --normal-class, "
+            "or use --method quantile on a folder of normal images"
+        )
+    normal = [0] if normal_class is None else images.class_indices(str(normal_class))
+    classes = images.label_names()
+    warn_unknown_classes(detector, classes)
+    torchvision = torchvision_source(source)
+    name = torchvision[0] if torchvision else Path(source).name
+    return LabelledRows(
+        ~np.isin(images.labels, normal),
+        images.images,
+        lambda: scores_in_parts(detector, images.images, classes, name, progress),
     )
-    fit_label = detector.effective_config.data.label_column
-    if label_column is None and fit_label is not None and fit_label in frame.columns:
+
+
+def _scored_table(
+    path: Path,
+    detector: Any,
+    label_column: str | None,
+    anomaly_label: str | None,
+    phases: TrainingConfig | None,
+    progress: bool,
+) -> LabelledRows:
+    """The rows of the table file ``path``, read and scored ``PROGRESS_CHUNK_ROWS`` at a
+    time (in whole scoring batches, as :func:`~anomaly_vae.scoring.scores_in_parts`
+    scores a table held whole, so the scores are the same), so that memory holds a part,
+    its labels and its scores, not the table: read whole, labelled tables of 30 columns
+    took `calibrate` 196 MiB above a 1,000-row one's peak for 500,000 rows, 955 MiB for
+    2,000,000 (README, `calibrate`).
+
+    Errors come as they did when the table was read whole first: a file that cannot be
+    read, or has no label column, at once; the labels' errors (empty or bad values,
+    never the anomaly label) once every part is read, which stops the scoring at the
+    first part that shows one; a bad cell found by the scoring (named by its row in the
+    file) from :attr:`LabelledRows.score`, once the caller has checked the labels. The
+    scoring's warnings about the data are logged there too, once, over all the rows."""
+    config = detector.effective_config.data
+    if phases is not None:
+        say_reading(path, phases)
+    model = getattr(detector, "first", detector)  # an ensemble's members share the columns
+    labels: LabelColumn | None = None
+    drop: list[str] = []  # the label column, when the model does not take it as a feature
+    example: pd.DataFrame | None = None
+    scores, rows, failure = [np.empty(0)], 0, None
+    total, in_bytes = reading_total(path) or (None, False)
+    unit = f"{detector.score_item}s"
+    # scoring's setting, read when called: tests set a small part
+    chunk = whole_batches(detector, scoring.PROGRESS_CHUNK_ROWS)
+    counting = scoring_progress(path.name, unit, progress, True, total, bytes_total=in_bytes)
+    with counting as count, warnings_per_file() as gathered:
+        for part, read in read_chunks(path, chunk, (), config.categorical_columns):
+            if part.empty:
+                continue  # a header alone reads as one part of no rows
+            first = example is None  # its columns are the file's
+            if first:
+                label_column = _label_column(label_column, config.label_column, part, path)
+                if label_column is not None:
+                    anomaly = anomaly_label or config.anomaly_label
+                    labels = LabelColumn(label_column, anomaly, ANOMALY_LABEL_VIA_OPTION)
+                    if label_column not in model.preprocessor_.input_columns:
+                        # Labels that came after the fit: not a column the model knows,
+                        # nor one to warn of.
+                        drop = [label_column]
+            if labels is not None:
+                labels.add(part)  # a file without the label column fails here, at once
+            if first:
+                # A copy: a slice would keep the whole part alive (copy-on-write)
+                example = part.head(INPUT_EXAMPLE_ROWS).drop(columns=drop).copy()
+            rows += len(part)
+            if failure is None and not (labels is not None and labels.failed):
+                try:
+                    scores.append(detector.anomaly_score(part.drop(columns=drop) if drop else part))
+                except DataError as exc:
+                    failure = exc  # the labels' errors come first: read on for them
+            count(len(part), read)
+    if example is None:  # as read_table says it
+        raise DataError(f"{path} has a header but no data rows")
+    label_values = np.zeros(rows, dtype=bool) if labels is None else labels.labels()
+
+    def score() -> np.ndarray:
+        if failure is not None:
+            raise failure
+        gathered.log(rows)
+        return np.concatenate(scores)
+
+    return LabelledRows(label_values, example, score)
+
+
+def _label_column(
+    given: str | None, fit_label: str | None, part: pd.DataFrame, path: Path
+) -> str | None:
+    """The label column of a table whose first part is ``part``: the one ``given``, else
+    the model's own (``fit_label``) when the table has it."""
+    if given is None and fit_label is not None and fit_label in part.columns:
         # The model's own label column, as at fit: left unread, its anomalies would count
         # as normal rows and lift a quantile threshold above them.
-        label_column = fit_label
         logger.warning(
             "%s holds the model's label column %r: its anomalies are kept out of the "
             "normal rows (--label-col names another)",
-            Path(source).name,
+            path.name,
             fit_label,
         )
-    if label_column is None:
-        return TrainingData(frame, frame, np.zeros(len(frame), dtype=bool))
-    anomaly_label = anomaly_label or detector.effective_config.data.anomaly_label
-    labels = label_vector(frame, label_column, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
-    if label_column not in getattr(detector, "first", detector).preprocessor_.input_columns:
-        # Labels that came after the fit: not a column the model knows, nor one to warn of.
-        frame = frame.drop(columns=label_column)
-    return TrainingData(frame, frame, labels)
+        return fit_label
+    return given
 
 
 def calibrate_model(
@@ -177,7 +265,8 @@ def calibrate_model(
     (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
     ``progress``: a bar (off a terminal, a line a minute) over the rows scored, and from
     ``PHASE_LINE_ROWS`` rows (a table file of ``PHASE_LINE_BYTES``) a line on stderr as
-    each step around it starts, as in a fit.
+    each step around it starts, as in a fit. A table file is read and scored a part at
+    a time (see :func:`_scored_table`): memory holds its labels and scores, not its rows.
     """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
@@ -185,12 +274,14 @@ def calibrate_model(
     by_quantile = method == QUANTILE_THRESHOLD
     # This run's progress, not the one saved with the model (its fit's --quiet or not).
     phases = dataclasses.replace(detector.effective_config.training, progress=progress)
-    data = labelled_data(
-        source, detector, label_column, normal_class, anomaly_label, method, phases
+    data = labelled_rows(
+        source, detector, label_column, normal_class, anomaly_label, method, phases, progress
     )
     _warn_training_file(source, detector)
     unit = f"{detector.score_item}s"
-    if not by_quantile and not data.has_evaluation():
+    labels = data.labels
+    both_classes = bool(labels.any()) and not bool(labels.all())
+    if not by_quantile and not both_classes:
         raise DataError(
             f"{source} needs labelled {unit} of both classes (normal and anomalous) for "
             f"--method {method}; {unit} of normal operation alone take --method quantile"
@@ -200,28 +291,24 @@ def calibrate_model(
     seed = detector.effective_config.training.seed
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
     settings.method = method
-    labels = data.evaluation_labels
-    assert data.evaluation is not None and labels is not None  # labelled_data labels every row
     if by_quantile and labels.all():
         raise DataError(f"{source} has no normal {unit} to take the quantile of")
-    torchvision = torchvision_source(source)
-    name = torchvision[0] if torchvision else Path(source).name
-    scores = scores_in_parts(detector, data.evaluation, data.evaluation_condition, name, progress)
+    scores = data.score()
     if by_quantile:
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr)
         settings.target_fpr = detector.calibration_["target_fpr"]
         evaluation = None
-        if data.has_evaluation():
-            if shows_phases(phases, len(labels)):
-                phase_line(f"evaluating on {len(labels):,} labelled {unit}")
+        if both_classes:
+            say_evaluating(detector, len(labels), phases)
             evaluation = evaluate(labels, scores, detector.threshold_, intervals, seed)
             # Its normal rows chose the threshold: the false-positive rate there flatters.
             evaluation["threshold_chosen_on_these_rows"] = True
     else:
         if target_recall is not None:
             settings.target_recall = target_recall
-        evaluation, _ = calibrate_and_evaluate(detector, data, intervals, scores, phases)
+        say_evaluating(detector, len(labels), phases)
+        evaluation = threshold_and_evaluation(detector, labels, scores, intervals)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if by_quantile:
@@ -298,7 +385,7 @@ def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) ->
 
 def _track(
     result: CalibrationResult,
-    data: TrainingData,
+    data: LabelledRows,
     scores: np.ndarray,
     source: str | Path,
     origin: _Origin,
@@ -306,16 +393,18 @@ def _track(
     register: bool,
 ) -> Any:
     """One MLflow run, in the source model's experiment: the source model, the data, the
-    old and new threshold, the evaluation and its plots (``scores``: those of
-    ``data.evaluation``, not computed again), and the recalibrated model as a new version
-    of the source's registered model."""
+    old and new threshold, the evaluation and its plots (``scores``: those of the rows of
+    ``data``, not computed again), and the recalibrated model as a new version of the
+    source's registered model."""
     import tempfile
 
     import mlflow
 
     from anomaly_vae import tracking
 
-    assert data.evaluation is not None  # labelled_data's rows are all evaluation rows
+    # What the logging reads of the rows: their labels (their scores are given) and the
+    # model's input example, the first rows; a table's other rows were never kept.
+    logged = TrainingData(data.example, evaluation_labels=data.labels)
     config: Config = load_config()
     config.tracking.registered_model_name = origin.registered_name
     tracking.use_tracking(origin.experiment, project_dir)
@@ -330,10 +419,10 @@ def _track(
         target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
         mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})
         mlflow.log_metrics(
-            {"previous_threshold": result.previous_threshold, "data_rows": len(data.evaluation)}
+            {"previous_threshold": result.previous_threshold, "data_rows": len(data.labels)}
         )
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)
-            tracking.log_calibration(result.detector, data, result.evaluation, out, scores)
+            tracking.log_calibration(result.detector, logged, result.evaluation, out, scores)
             mlflow.log_artifacts(str(out))
-        return tracking.log_model(result.detector, config, result.model_dir, data, run, register)
+        return tracking.log_model(result.detector, config, result.model_dir, logged, run, register)

@@ -41,7 +41,7 @@ from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import DataError, TrackingError
 from anomaly_vae.family import ENSEMBLE
-from anomaly_vae.fitting import Data, TrainingData
+from anomaly_vae.fitting import INPUT_EXAMPLE_ROWS, Data, TrainingData
 from anomaly_vae.models import get_model
 from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
 
@@ -296,7 +296,7 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
 
 
 def input_example(
-    detector: Any, data: pd.DataFrame | np.ndarray, rows: int = 5
+    detector: Any, data: pd.DataFrame | np.ndarray, rows: int = INPUT_EXAMPLE_ROWS
 ) -> pd.DataFrame | np.ndarray:
     """The first rows of the model's input columns (and the id column, if any), or
     the first images."""

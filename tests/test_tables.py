@@ -444,6 +444,34 @@ def test_label_vector_accepts_01_and_bool_and_rejects_others():
         label_vector(wide, "is_falt")
 
 
+def test_labels_read_in_parts_are_those_of_the_whole_column_errors_included():
+    from anomaly_vae.data.tables import LabelColumn
+
+    def in_parts(frame: pd.DataFrame, column: str, anomaly: str | None = None) -> np.ndarray:
+        labels = LabelColumn(column, anomaly)
+        for start in range(0, len(frame), 3):
+            labels.add(frame.iloc[start : start + 3])
+        return labels.labels()
+
+    numbers = pd.DataFrame({"y": [0, 1, 1, 0, 0, 1, 0], "s": list("ababcab")})
+    np.testing.assert_array_equal(in_parts(numbers, "y"), label_vector(numbers, "y"))
+    np.testing.assert_array_equal(in_parts(numbers, "s", "b"), label_vector(numbers, "s", "b"))
+    # The values held, when none is the anomaly label, are the first of the whole column.
+    text = pd.DataFrame({"s": list("kjihgfedcba")})
+    with pytest.raises(DataError) as whole:
+        label_vector(text, "s", "z")
+    with pytest.raises(DataError) as parted:
+        in_parts(text, "s", "z")
+    assert str(parted.value) == str(whole.value)
+    assert "it holds 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j':" in str(whole.value)
+    # Empty values counted in every part, and named before a bad value in an earlier one.
+    spoilt = pd.DataFrame({"y": [0, 1, "x", 0, None, 1, None]})
+    with pytest.raises(DataError, match=r"label column 'y' has 2 empty values$"):
+        in_parts(spoilt, "y")
+    with pytest.raises(DataError, match=r"found 'x'\."):
+        in_parts(spoilt.fillna(0), "y")
+
+
 def test_text_labels_need_the_value_that_marks_an_anomaly():
     frame = pd.DataFrame({"s": ["ok", "bad ", "ok", "yes"], "n": [2, 7, 2, 2]})
     with pytest.raises(DataError, match=r"--set data\.anomaly_label=VALUE"):

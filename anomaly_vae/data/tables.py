@@ -861,30 +861,82 @@ def label_vector(
     (compared as text) are anomalies, every other row is normal. ``anomaly_option``:
     how the calling command names the anomaly value, which the errors advise (commands
     differ: calibrate and view take ``--anomaly-label VALUE``)."""
-    if column not in frame.columns:
-        raise unknown_column("label", column, frame)
-    values = frame[column]
-    if values.isna().any():
-        raise DataError(f"label column {column!r} has {int(values.isna().sum())} empty values")
-    if anomaly_value is not None:
-        text = values.astype(str).str.strip()
-        if not (text == str(anomaly_value)).any():
-            seen = ", ".join(map(repr, sorted(text.unique())[:10]))
+    labels = LabelColumn(column, anomaly_value, anomaly_option)
+    labels.add(frame)
+    return labels.labels()
+
+
+LABEL_VALUES_SHOWN = 10  # values of a label column named when none is the anomaly label
+
+
+class LabelColumn:
+    """:func:`label_vector` of a table read in parts: :meth:`add` each part in the file's
+    order, then :meth:`labels` gives the ``(n,)`` labels of all of them, or raises the
+    DataError :func:`label_vector` raises on the whole table (the empty values counted
+    over every part, the first bad value in the file's order, the first values held when
+    none is ``anomaly_value``). Only the labels are kept, one bool a row."""
+
+    def __init__(
+        self,
+        column: str,
+        anomaly_value: str | None = None,
+        anomaly_option: str = ANOMALY_LABEL_VIA_SET,
+    ) -> None:
+        self.column = column
+        self.anomaly_value = anomaly_value
+        self.anomaly_option = anomaly_option
+        self.empty = 0  # empty values in the parts added
+        self.bad: Any = None  # the first value neither 0 nor 1 (without anomaly_value)
+        self.held: list[str] = []  # the first values held, sorted as text (anomaly_value)
+        self._parts: list[np.ndarray] = []
+
+    @property
+    def failed(self) -> bool:
+        """Whether the parts added already make :meth:`labels` fail, whatever follows."""
+        return self.empty > 0 or self.bad is not None
+
+    def add(self, frame: pd.DataFrame) -> None:
+        """Take the labels of ``frame``, the next part; DataError at once when it has no
+        label column (the other parts, of the same file, have none either)."""
+        if self.column not in frame.columns:
+            raise unknown_column("label", self.column, frame)
+        values = frame[self.column]
+        self.empty += int(values.isna().sum())
+        if self.failed:
+            return  # only the count of empty values can change the error now
+        if self.anomaly_value is not None:
+            text = values.astype(str).str.strip()
+            self.held = sorted({*self.held, *text.unique()})[:LABEL_VALUES_SHOWN]
+            self._parts.append((text == str(self.anomaly_value)).to_numpy())
+        elif pd.api.types.is_bool_dtype(values):
+            self._parts.append(values.to_numpy(dtype=bool))
+        else:
+            numeric = pd.to_numeric(values, errors="coerce")
+            wrong = numeric.isna() | ~numeric.isin([0, 1])
+            if wrong.any():
+                self.bad = values[wrong].iloc[0]
+                return
+            self._parts.append(numeric.to_numpy() == 1)
+
+    def labels(self) -> np.ndarray:
+        """``(n,)`` bool, True = anomaly, over every part added; DataError as above."""
+        column, option = self.column, self.anomaly_option
+        if self.empty:
+            raise DataError(f"label column {column!r} has {self.empty} empty values")
+        if self.bad is not None:
             raise DataError(
-                f"label column {column!r} never holds the anomaly label {anomaly_value!r}; "
-                f"it holds {seen}: name the value that marks an anomaly with {anomaly_option}"
+                f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found "
+                f"{str(self.bad)!r}. If it holds text, name the value that marks an anomaly: "
+                f"{option}"
             )
-        return (text == str(anomaly_value)).to_numpy()
-    if pd.api.types.is_bool_dtype(values):
-        return values.to_numpy(dtype=bool)
-    numeric = pd.to_numeric(values, errors="coerce")
-    if numeric.isna().any() or not numeric.isin([0, 1]).all():
-        bad = values[numeric.isna() | ~numeric.isin([0, 1])].iloc[0]
-        raise DataError(
-            f"label column {column!r} must hold 0 (normal) and 1 (anomaly); found {str(bad)!r}. "
-            f"If it holds text, name the value that marks an anomaly: {anomaly_option}"
-        )
-    return numeric.to_numpy() == 1
+        labels = np.concatenate(self._parts) if self._parts else np.zeros(0, dtype=bool)
+        if self.anomaly_value is not None and not labels.any():
+            seen = ", ".join(map(repr, self.held))
+            raise DataError(
+                f"label column {column!r} never holds the anomaly label {self.anomaly_value!r}; "
+                f"it holds {seen}: name the value that marks an anomaly with {option}"
+            )
+        return labels
 
 
 def similar_names_hint(missing: list[str], unknown: list[str]) -> str:
