@@ -44,6 +44,8 @@ from anomaly_vae.data.images import hidden_below, is_image_file, read_with_image
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
+    CsvFormat,
+    checked_csv_format,
     quoted_names,
     read_csv_parts,
     refuse_repeated_names,
@@ -306,11 +308,15 @@ def read_chunks(
     chunk_rows: int,
     text_columns: Sequence[str] = (),
     categorical_columns: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+    checked: CsvFormat | None = None,
 ) -> Iterator[tuple[pd.DataFrame, int]]:
     """The rows of a CSV or Parquet file, ``chunk_rows`` at a time, each chunk with how
     far the file is read (:func:`reading_total` says in what); a CSV file's
     ``text_columns`` are read as written, its ``categorical_columns`` in no number
-    format (see :func:`read_csv_chunks`).
+    format (see :func:`read_csv_chunks`). ``columns``: only these (names the file has,
+    see :func:`table_columns`) are read; ``checked``: a CSV file's format as
+    :func:`checked_table` gives it, for a file read more than once.
 
     DataError naming the file when it cannot be read (:func:`table_errors`); only the
     reading is covered, so that a failure to write the scores is not blamed on it.
@@ -322,7 +328,7 @@ def read_chunks(
             parquet = pq.ParquetFile(path)
             refuse_repeated_names(parquet.schema_arrow.names, where=str(path))
             start = 0
-            for part in _parquet_parts(parquet, chunk_rows):
+            for part in _parquet_parts(parquet, chunk_rows, columns):
                 chunk = part.to_pandas()
                 # The file's running row index, as pandas gives CSV chunks: errors name
                 # file rows.
@@ -330,18 +336,50 @@ def read_chunks(
                 start += len(chunk)
                 yield chunk, start
         else:
-            yield from read_csv_parts(path, chunk_rows, text_columns, categorical_columns)
+            yield from read_csv_parts(
+                path, chunk_rows, text_columns, categorical_columns, columns, checked
+            )
 
 
-def _parquet_parts(parquet: Any, rows: int) -> Iterator[Any]:
+def checked_table(
+    path: Path, text_columns: Sequence[str] = (), categorical_columns: Sequence[str] = ()
+) -> CsvFormat | None:
+    """What :func:`read_chunks` checks of the table file ``path`` before its first rows,
+    for a file read more than once (give it as ``checked``), so that the checks run and
+    warn once: a CSV file's format (:func:`~anomaly_vae.data.tables.checked_csv_format`,
+    which scans every row's fields); None for a Parquet file, whose checks are cheap.
+    DataError as :func:`read_chunks`."""
+    with table_errors(path):
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            return None
+        return checked_csv_format(path, [*text_columns, *categorical_columns])
+
+
+def table_columns(path: Path, checked: CsvFormat | None = None) -> list[str]:
+    """The column names of the parts :func:`read_chunks` gives of ``path`` (``checked``:
+    a CSV file's :func:`checked_table`), read from its header or Parquet schema alone."""
+    with table_errors(path):
+        if path.suffix.lower() in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            # Through pandas, as the parts are: an index saved with the file is no column.
+            return list(pq.ParquetFile(path).schema_arrow.empty_table().to_pandas().columns)
+        checked = checked or checked_table(path)
+        assert checked is not None  # a CSV file's
+        separator, encoding, _ = checked
+        return list(pd.read_csv(path, sep=separator, encoding=encoding, nrows=0).columns)
+
+
+def _parquet_parts(parquet: Any, rows: int, columns: Sequence[str] | None = None) -> Iterator[Any]:
     """The rows of ``parquet`` (a ``pyarrow.parquet.ParquetFile``) as pyarrow tables of
-    ``rows`` rows each, the last one fewer. Its batches alone end where its row groups
-    do: parts cut there would hold other rows than the file's ``rows`` at a time, and
-    a scoring part other than whole scoring batches (see ``scoring.whole_batches``)."""
+    ``rows`` rows each, the last one fewer (``columns``: only these). Its batches alone
+    end where its row groups do: parts cut there would hold other rows than the file's
+    ``rows`` at a time, and a scoring part other than whole scoring batches (see
+    ``scoring.whole_batches``)."""
     import pyarrow as pa
 
     pending = None
-    for batch in parquet.iter_batches(batch_size=rows):
+    for batch in parquet.iter_batches(batch_size=rows, columns=columns):
         table = pa.Table.from_batches([batch])
         pending = table if pending is None else pa.concat_tables([pending, table])
         while pending.num_rows >= rows:

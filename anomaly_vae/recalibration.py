@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
 
 from anomaly_vae import scoring
-from anomaly_vae.batch import read_chunks, reading_total, scoring_progress
+from anomaly_vae.batch import (
+    checked_table,
+    read_chunks,
+    reading_total,
+    scoring_progress,
+    table_columns,
+)
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
     QUANTILE_THRESHOLD,
@@ -35,7 +41,7 @@ from anomaly_vae.data.images import (
     torchvision_source,
 )
 from anomaly_vae.data.preprocessing import warnings_per_file
-from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION, LabelColumn
+from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION, LabelColumn, unknown_column
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
     INPUT_EXAMPLE_ROWS,
@@ -75,13 +81,19 @@ class CalibrationResult:
 @dataclass
 class LabelledRows:
     """The rows (or images) a threshold is chosen on, as far as `calibrate` keeps them:
-    a table is read and scored a part at a time, and never held whole."""
+    a table's labels are read first, alone, and its rows read and scored a part at a
+    time when :attr:`score` is called; the table is never held whole."""
 
-    labels: np.ndarray  # (n,) bool, True = anomaly; all False for rows of normal operation
-    example: Data  # a table's first rows, or the images: the logged model's input example
-    # () -> (n,) anomaly scores; for a table scored as read, also the error of a bad cell
-    # found meanwhile, raised only here, after the checks of the labels, as before
-    score: Callable[[], np.ndarray]
+    # (n,) bool, True = anomaly; None for a table without labels, every row normal
+    # (how many is known once the table is read)
+    labels: np.ndarray | None
+    # () -> ((n,) anomaly scores, the logged model's input example: a table's first rows,
+    # or the images); for a table, DataError when a part cannot be read or scored
+    score: Callable[[], tuple[np.ndarray, Data]]
+    # error -> raises the error the whole table's reading gives first, else ``error``:
+    # an error found on the labels alone (a table's checked before its rows are read)
+    # comes as it came when the table was read whole before it
+    refuse: Callable[[DataError], NoReturn]
 
 
 def labelled_rows(
@@ -103,7 +115,7 @@ def labelled_rows(
     quantile a table without ``label_column``, or a flat folder of images, is all normal
     rows; the other methods need labels. ``phases``: whether a large table file's reading
     is named (its ``progress``; default: not named); ``progress``: a bar (off a terminal,
-    a line a minute) over the rows scored (see :func:`_scored_table`).
+    a line a minute) over the rows scored (see :func:`_table_rows`).
     """
     labels_required = method != QUANTILE_THRESHOLD
     check_data_kind(detector, source, is_image_source(source))
@@ -115,7 +127,7 @@ def labelled_rows(
                 "column with --label-col (0 = normal, 1 = anomaly), or use --method quantile "
                 "on rows of normal operation"
             )
-        return _scored_table(Path(source), detector, label_column, anomaly_label, phases, progress)
+        return _table_rows(Path(source), detector, label_column, anomaly_label, phases, progress)
     size = detector.effective_config.data.image_size
     images = read_images(str(source), train=False, size=size)
     if normal_class is None and len(images.classes) > 1:
@@ -135,14 +147,19 @@ def labelled_rows(
     warn_unknown_classes(detector, classes)
     torchvision = torchvision_source(source)
     name = torchvision[0] if torchvision else Path(source).name
-    return LabelledRows(
-        ~np.isin(images.labels, normal),
-        images.images,
-        lambda: scores_in_parts(detector, images.images, classes, name, progress),
-    )
+
+    def score() -> tuple[np.ndarray, Data]:
+        return scores_in_parts(detector, images.images, classes, name, progress), images.images
+
+    return LabelledRows(~np.isin(images.labels, normal), score, _raise)
 
 
-def _scored_table(
+def _raise(error: DataError) -> NoReturn:
+    """:attr:`LabelledRows.refuse` of images, read whole already."""
+    raise error
+
+
+def _table_rows(
     path: Path,
     detector: Any,
     label_column: str | None,
@@ -150,77 +167,133 @@ def _scored_table(
     phases: TrainingConfig | None,
     progress: bool,
 ) -> LabelledRows:
-    """The rows of the table file ``path``, read and scored ``PROGRESS_CHUNK_ROWS`` at a
-    time (in whole scoring batches, as :func:`~anomaly_vae.scoring.scores_in_parts`
-    scores a table held whole, so the scores are the same), so that memory holds a part,
-    its labels and its scores, not the table: read whole, labelled tables of 30 columns
-    took `calibrate` 196 MiB above a 1,000-row one's peak for 500,000 rows, 955 MiB for
-    2,000,000 (README, `calibrate`).
+    """The rows of the table file ``path``: its labels read at once, its rows read and
+    scored when :attr:`LabelledRows.score` is called.
 
-    Errors come as they did when the table was read whole first: a file that cannot be
-    read, or has no label column, at once; the labels' errors (empty or bad values,
-    never the anomaly label) once every part is read, which stops the scoring at the
-    first part that shows one; a bad cell found by the scoring (named by its row in the
-    file) from :attr:`LabelledRows.score`, once the caller has checked the labels. The
-    scoring's warnings about the data are logged there too, once, over all the rows."""
+    The labels come from a first pass that reads the label column alone (the file's
+    header, format and the field count of every row checked once for both passes), so
+    that an error of the labels, or the lack of one class (the caller's check), comes
+    before the scoring, which takes far longer than reading one column (README,
+    `calibrate`). Such an error is raised through :attr:`LabelledRows.refuse`, which
+    reads the whole table first, without scoring, for a reading error (in any column)
+    that came first when the table was read whole.
+
+    The scoring pass reads ``PROGRESS_CHUNK_ROWS`` rows at a time (in whole scoring
+    batches, as :func:`~anomaly_vae.scoring.scores_in_parts` scores a table held whole,
+    so the scores are the same), so that memory holds a part, the labels and the
+    scores, not the table (README, `calibrate`). A bad cell found by the scoring is
+    named by its row in the file once the rest is read (a reading error comes first,
+    as when read whole); the scoring's warnings about the data are logged once, over
+    all the rows."""
     config = detector.effective_config.data
     if phases is not None:
         say_reading(path, phases)
-    model = getattr(detector, "first", detector)  # an ensemble's members share the columns
-    labels: LabelColumn | None = None
+    checked = checked_table(path, (), config.categorical_columns)
+    # scoring's setting, read when called: tests set a small part
+    chunk = whole_batches(detector, scoring.PROGRESS_CHUNK_ROWS)
+
+    def parts(columns: list[str] | None = None) -> Iterator[tuple[pd.DataFrame, int]]:
+        return read_chunks(path, chunk, (), config.categorical_columns, columns, checked)
+
+    def refuse(error: DataError) -> NoReturn:
+        rows = sum(len(part) for part, _ in parts())  # a reading error is raised here
+        if not rows:
+            raise DataError(f"{path} has a header but no data rows")  # as read_table says it
+        raise error
+
+    header = table_columns(path, checked)
+    label_column = _label_column(label_column, config.label_column, header, path)
     drop: list[str] = []  # the label column, when the model does not take it as a feature
+    labels = None
+    if label_column is not None:
+        if label_column not in getattr(detector, "first", detector).preprocessor_.input_columns:
+            # Labels that came after the fit: not a column the model knows, nor one to
+            # warn of.
+            drop = [label_column]
+        try:
+            anomaly = anomaly_label or config.anomaly_label
+            labels = _read_labels(path, parts, header, label_column, anomaly)
+        except DataError as error:
+            refuse(error)
+
+    def score() -> tuple[np.ndarray, Data]:
+        return _score_table(path, detector, parts, drop, labels, progress)
+
+    return LabelledRows(labels, score, refuse)
+
+
+def _read_labels(
+    path: Path,
+    parts: Callable[[list[str]], Iterator[tuple[pd.DataFrame, int]]],
+    header: list[str],
+    column: str,
+    anomaly_label: str | None,
+) -> np.ndarray:
+    """The ``(n,)`` labels (True = anomaly) of the label ``column`` of the table file
+    ``path`` (its columns: ``header``), read alone in the ``parts`` of the scoring pass
+    (each part's values as read with every column); DataError as
+    :func:`~anomaly_vae.data.tables.label_vector` on the whole table, or for a header
+    alone."""
+    if column not in header:
+        raise unknown_column("label", column, pd.DataFrame(columns=header))
+    labels = LabelColumn(column, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
+    rows = 0
+    for part, _ in parts([column]):
+        labels.add(part)
+        rows += len(part)
+    if not rows:
+        raise DataError(f"{path} has a header but no data rows")  # as read_table says it
+    return labels.labels()
+
+
+def _score_table(
+    path: Path,
+    detector: Any,
+    parts: Callable[[], Iterator[tuple[pd.DataFrame, int]]],
+    drop: list[str],
+    labels: np.ndarray | None,
+    progress: bool,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The scoring pass of :func:`_table_rows`: ``((n,) anomaly scores, the first
+    INPUT_EXAMPLE_ROWS rows without the ``drop`` columns)``."""
     example: pd.DataFrame | None = None
     scores, rows, failure = [np.empty(0)], 0, None
     total, in_bytes = reading_total(path) or (None, False)
     unit = f"{detector.score_item}s"
-    # scoring's setting, read when called: tests set a small part
-    chunk = whole_batches(detector, scoring.PROGRESS_CHUNK_ROWS)
     counting = scoring_progress(path.name, unit, progress, True, total, bytes_total=in_bytes)
     with counting as count, warnings_per_file() as gathered:
-        for part, read in read_chunks(path, chunk, (), config.categorical_columns):
+        for part, read in parts():
             if part.empty:
                 continue  # a header alone reads as one part of no rows
-            first = example is None  # its columns are the file's
-            if first:
-                label_column = _label_column(label_column, config.label_column, part, path)
-                if label_column is not None:
-                    anomaly = anomaly_label or config.anomaly_label
-                    labels = LabelColumn(label_column, anomaly, ANOMALY_LABEL_VIA_OPTION)
-                    if label_column not in model.preprocessor_.input_columns:
-                        # Labels that came after the fit: not a column the model knows,
-                        # nor one to warn of.
-                        drop = [label_column]
-            if labels is not None:
-                labels.add(part)  # a file without the label column fails here, at once
-            if first:
+            if example is None:
                 # A copy: a slice would keep the whole part alive (copy-on-write)
                 example = part.head(INPUT_EXAMPLE_ROWS).drop(columns=drop).copy()
             rows += len(part)
-            if failure is None and not (labels is not None and labels.failed):
+            if failure is None:
                 try:
                     scores.append(detector.anomaly_score(part.drop(columns=drop) if drop else part))
                 except DataError as exc:
-                    failure = exc  # the labels' errors come first: read on for them
+                    failure = exc  # a reading error further on came first: read on for it
             count(len(part), read)
     if example is None:  # as read_table says it
         raise DataError(f"{path} has a header but no data rows")
-    label_values = np.zeros(rows, dtype=bool) if labels is None else labels.labels()
-
-    def score() -> np.ndarray:
-        if failure is not None:
-            raise failure
-        gathered.log(rows)
-        return np.concatenate(scores)
-
-    return LabelledRows(label_values, example, score)
+    if labels is not None and rows != len(labels):
+        raise DataError(
+            f"{path} changed while it was read: {len(labels):,} labels, then {rows:,} rows "
+            "to score; calibrate on a file that is no longer being written"
+        )
+    if failure is not None:
+        raise failure
+    gathered.log(rows)
+    return np.concatenate(scores), example
 
 
 def _label_column(
-    given: str | None, fit_label: str | None, part: pd.DataFrame, path: Path
+    given: str | None, fit_label: str | None, header: list[str], path: Path
 ) -> str | None:
-    """The label column of a table whose first part is ``part``: the one ``given``, else
+    """The label column of a table of the columns ``header``: the one ``given``, else
     the model's own (``fit_label``) when the table has it."""
-    if given is None and fit_label is not None and fit_label in part.columns:
+    if given is None and fit_label is not None and fit_label in header:
         # The model's own label column, as at fit: left unread, its anomalies would count
         # as normal rows and lift a quantile threshold above them.
         logger.warning(
@@ -266,7 +339,7 @@ def calibrate_model(
     ``progress``: a bar (off a terminal, a line a minute) over the rows scored, and from
     ``PHASE_LINE_ROWS`` rows (a table file of ``PHASE_LINE_BYTES``) a line on stderr as
     each step around it starts, as in a fit. A table file is read and scored a part at
-    a time (see :func:`_scored_table`): memory holds its labels and scores, not its rows.
+    a time (see :func:`_table_rows`): memory holds its labels and scores, not its rows.
     """
     project_dir = project_dir or Path.cwd()
     detector = load_detector(model_ref, project_dir)
@@ -277,23 +350,29 @@ def calibrate_model(
     data = labelled_rows(
         source, detector, label_column, normal_class, anomaly_label, method, phases, progress
     )
+    # Before the scoring, as the labels' checks: the file's SHA-256 takes a pass over it,
+    # the scoring many.
     _warn_training_file(source, detector)
     unit = f"{detector.score_item}s"
     labels = data.labels
-    both_classes = bool(labels.any()) and not bool(labels.all())
+    both_classes = labels is not None and bool(labels.any()) and not bool(labels.all())
     if not by_quantile and not both_classes:
-        raise DataError(
-            f"{source} needs labelled {unit} of both classes (normal and anomalous) for "
-            f"--method {method}; {unit} of normal operation alone take --method quantile"
+        data.refuse(
+            DataError(
+                f"{source} needs labelled {unit} of both classes (normal and anomalous) for "
+                f"--method {method}; {unit} of normal operation alone take --method quantile"
+            )
         )
     previous = detector.threshold_
     intervals = evaluation_settings or EvaluationConfig()
     seed = detector.effective_config.training.seed
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
     settings.method = method
-    if by_quantile and labels.all():
-        raise DataError(f"{source} has no normal {unit} to take the quantile of")
-    scores = data.score()
+    if by_quantile and labels is not None and labels.all():
+        data.refuse(DataError(f"{source} has no normal {unit} to take the quantile of"))
+    scores, example = data.score()
+    if labels is None:  # a table of normal operation, as many rows as scores
+        labels = np.zeros(len(scores), dtype=bool)
     if by_quantile:
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr)
@@ -320,7 +399,9 @@ def calibrate_model(
         if shows_phases(phases, len(scores)):
             phase_line("logging the run to MLflow")
         with tracking.logging_after(f"the model is saved in {saved}"):
-            result.run = _track(result, data, scores, source, origin, project_dir, register)
+            result.run = _track(
+                result, labels, example, scores, source, origin, project_dir, register
+            )
         record_run(saved, result.run.run_id)
     return result
 
@@ -385,7 +466,8 @@ def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) ->
 
 def _track(
     result: CalibrationResult,
-    data: LabelledRows,
+    labels: np.ndarray,
+    example: Data,
     scores: np.ndarray,
     source: str | Path,
     origin: _Origin,
@@ -393,9 +475,10 @@ def _track(
     register: bool,
 ) -> Any:
     """One MLflow run, in the source model's experiment: the source model, the data, the
-    old and new threshold, the evaluation and its plots (``scores``: those of the rows of
-    ``data``, not computed again), and the recalibrated model as a new version of the
-    source's registered model."""
+    old and new threshold, the evaluation and its plots (``scores (n,)``: those of the
+    rows, not computed again, of ``labels (n,)``), and the recalibrated model (its input
+    ``example``: the first rows, or the images) as a new version of the source's
+    registered model."""
     import tempfile
 
     import mlflow
@@ -404,7 +487,7 @@ def _track(
 
     # What the logging reads of the rows: their labels (their scores are given) and the
     # model's input example, the first rows; a table's other rows were never kept.
-    logged = TrainingData(data.example, evaluation_labels=data.labels)
+    logged = TrainingData(example, evaluation_labels=labels)
     config: Config = load_config()
     config.tracking.registered_model_name = origin.registered_name
     tracking.use_tracking(origin.experiment, project_dir)
@@ -419,7 +502,7 @@ def _track(
         target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
         mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})
         mlflow.log_metrics(
-            {"previous_threshold": result.previous_threshold, "data_rows": len(data.labels)}
+            {"previous_threshold": result.previous_threshold, "data_rows": len(labels)}
         )
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)

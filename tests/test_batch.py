@@ -304,6 +304,32 @@ def test_a_parquet_file_is_read_chunk_rows_at_a_time_across_its_row_groups(tmp_p
     pd.testing.assert_frame_equal(pd.concat([part for part, _ in parts]), table)
 
 
+def test_one_column_read_in_chunks_is_that_column_of_the_chunks_of_every_column(tmp_path):
+    """calibrate reads its label column alone before it scores the rows: the same rows a
+    chunk, the same values (a CSV file's number formats and checks judged once, given as
+    ``checked``), and the header's names as the chunks name their columns (a Parquet
+    file's saved index is no column)."""
+    from anomaly_vae.batch import checked_table, read_chunks, table_columns
+
+    table = mixed_table(300, seed=1, anomalies=30).set_index("reading_id")
+    table["load"] = table["load"].map(lambda x: f"{x:.3f}".replace(".", ","))  # ';' file
+    table.to_csv(tmp_path / "a.csv", sep=";")
+    table.to_parquet(tmp_path / "a.parquet", row_group_size=70)
+    for name in ("a.csv", "a.parquet"):
+        path = tmp_path / name
+        checked = checked_table(path, (), ["machine"])
+        whole = list(read_chunks(path, 64, (), ["machine"], checked=checked))
+        for column in ("load", "is_fault"):
+            alone = list(read_chunks(path, 64, (), ["machine"], [column], checked))
+            assert [len(part) for part, _ in alone] == [len(part) for part, _ in whole]
+            for (one, _), (every, _) in zip(alone, whole, strict=True):
+                assert list(one.columns) == [column]
+                pd.testing.assert_series_equal(one[column], every[column])
+        assert table_columns(path, checked) == list(whole[0][0].columns)
+        if name == "a.csv":  # its decimal commas were read as such
+            assert whole[0][0]["load"].dtype == float
+
+
 def test_a_file_read_in_chunks_warns_once_judged_over_the_whole_file(model_dir, tmp_path, caplog):
     inputs = tmp_path / "in"
     inputs.mkdir()

@@ -635,3 +635,122 @@ def test_an_error_in_a_later_part_is_the_one_reading_the_table_whole_gives(
     assert result.exit_code == 1, result.output
     assert message in result.output
     assert latest_model_dir(tmp_path) is None and not Path("mlruns").exists()
+
+
+def _spy_on_scoring(monkeypatch, caplog=None, said: str = "") -> list[bool]:
+    """Each call of VAEDetector.anomaly_score, as whether ``caplog`` held ``said`` then."""
+    calls: list[bool] = []
+    score = VAEDetector.anomaly_score
+
+    def spied(self, *args, **kwargs):
+        calls.append(caplog is not None and said in caplog.text)
+        return score(self, *args, **kwargs)
+
+    monkeypatch.setattr(VAEDetector, "anomaly_score", spied)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("spoil", "extra", "suffix"),
+    [
+        (lambda t: t.assign(is_fault=0), [], ".csv"),
+        (lambda t: t.assign(is_fault=0), [], ".parquet"),
+        (lambda t: t.assign(is_fault=1), ["--method", "quantile"], ".csv"),
+        (lambda t: _label(t, 358, "maybe"), [], ".csv"),
+        (lambda t: _label(_label(t, 358, None), 399, None), [], ".csv"),
+        (lambda t: t.assign(is_fault="no"), ["--anomaly-label", "yes"], ".csv"),
+        (lambda t: t.rename(columns={"is_fault": "is_falt"}), [], ".parquet"),
+    ],
+    ids=[
+        "one-class",
+        "one-class-parquet",
+        "no-normal-row",
+        "bad-label-in-the-last-part",
+        "empty-labels",
+        "anomaly-label-nowhere",
+        "no-label-column-parquet",
+    ],
+)
+def test_the_labels_errors_come_before_any_scoring(
+    parted_model, tmp_path, monkeypatch, spoil, extra, suffix
+):
+    """Read a part at a time, the errors that need the whole label column (one class
+    only, none normal for the quantile, a bad or empty label in the last part, the
+    anomaly label never found) came once the whole table was scored (README,
+    `calibrate`); the label column is now read alone first, and they come before any
+    row is scored, in the words of the table read whole."""
+    from anomaly_vae import scoring
+    from anomaly_vae.data import label_vector, read_table
+    from anomaly_vae.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", PART_ROWS)
+    table = spoil(mixed_table(400, seed=1, anomalies=40))
+    path = f"labelled{suffix}"
+    if suffix == ".csv":
+        table.to_csv(path, index=False)
+    else:
+        table.to_parquet(path, row_group_size=150)
+    calls = _spy_on_scoring(monkeypatch)
+    arguments = ["calibrate", path, "--label-col", "is_fault", "--model", str(parted_model)]
+    result = CliRunner().invoke(main, [*arguments, "--no-tracking", *extra])
+    assert result.exit_code == 1, result.output
+    assert calls == []
+    if "--method" in extra:
+        expected = f"{path} has no normal rows to take the quantile of"
+    else:
+        try:  # the table read whole, as calibrate read it before it read in parts
+            anomaly = extra[-1] if extra else None
+            labels = label_vector(read_table(path), "is_fault", anomaly, "--anomaly-label VALUE")
+        except DataError as error:
+            expected = str(error)
+        else:
+            assert not labels.any()
+            expected = (
+                f"{path} needs labelled rows of both classes (normal and anomalous) for "
+                "--method f1; rows of normal operation alone take --method quantile"
+            )
+    assert result.output.splitlines()[-1] == f"Error: {expected}"
+    assert latest_model_dir(tmp_path) is None
+
+
+def test_a_reading_error_in_another_column_still_comes_before_the_labels_error(
+    parted_model, tmp_path, monkeypatch
+):
+    """The label column read alone cannot see a value of another column that does not
+    read (here a number without its decimal comma, past the rows that tell the file's
+    number format): as when the table was read whole, that error comes first."""
+    from anomaly_vae import scoring
+    from anomaly_vae.data import read_table, tables
+    from anomaly_vae.errors import DataError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", PART_ROWS)
+    monkeypatch.setattr(tables, "SAMPLE_ROWS", 100)
+    table = _bad_cell(mixed_table(400, seed=1).astype({"load": str}), 358)
+    table["load"] = table["load"].str.replace(".", ",", regex=False)
+    table.to_csv("labelled.csv", index=False, sep=";")
+    with pytest.raises(DataError) as whole:
+        read_table("labelled.csv")
+    assert "but for 'oops' (row 358)" in str(whole.value)
+    calls = _spy_on_scoring(monkeypatch)
+    result = _calibrate(str(parted_model), "--no-tracking")
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == f"Error: {whole.value}"
+    assert calls == []
+
+
+def test_the_training_file_warning_comes_before_the_scoring(tmp_path, monkeypatch, caplog):
+    """Its SHA-256 was compared once the whole table was scored; now before any row is."""
+    from anomaly_vae import scoring
+
+    monkeypatch.chdir(tmp_path)
+    _fit_on_labelled_file("m")
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", PART_ROWS)
+    said = "labelled.csv is the file this model was fit on"
+    calls = _spy_on_scoring(monkeypatch, caplog, said)
+    with caplog.at_level("WARNING"):
+        result = _calibrate("m", "--no-tracking")
+    assert result.exit_code == 0, result.output
+    assert said in caplog.text
+    assert calls and all(calls)

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -249,9 +249,7 @@ def _refuse_other_formats(path: str | Path, start: bytes) -> None:
         )
 
 
-def _checked_csv_format(
-    path: str | Path, unformatted: Sequence[str]
-) -> tuple[str, str, NumberFormats]:
+def checked_csv_format(path: str | Path, unformatted: Sequence[str]) -> CsvFormat:
     """``(separator, encoding, number formats)`` of a CSV file, once its header and the
     field count of every row are checked: what both readers below need first. The
     columns ``unformatted`` are never read in a number format (:func:`_number_formats`)."""
@@ -270,7 +268,7 @@ def read_csv(
     (declared so) as pandas reads them, never in a number format: codes such as "3,4"
     stay as written."""
     unformatted = [*text_columns, *categorical_columns]
-    separator, encoding, formats = _checked_csv_format(path, unformatted)
+    separator, encoding, formats = checked_csv_format(path, unformatted)
     with _reading(path, encoding):
         frame = pd.read_csv(
             path, sep=separator, encoding=encoding, dtype=_as_read(formats, text_columns)
@@ -294,12 +292,22 @@ def read_csv_parts(
     chunk_rows: int,
     text_columns: Sequence[str] = (),
     categorical_columns: Sequence[str] = (),
+    columns: Sequence[str] | None = None,
+    checked: CsvFormat | None = None,
 ) -> Iterator[tuple[pd.DataFrame, int]]:
     """:func:`read_csv_chunks`, each chunk with the bytes of the file read so far: up to
     the file's size, which the last chunk reaches; a chunk's count runs ahead of its rows
-    by what pandas has read but not yet parsed (a block of 256 KiB at most)."""
+    by what pandas has read but not yet parsed (a block of 256 KiB at most).
+
+    ``columns``: only these (names of the header) are read, each chunk holding the same
+    rows and values as in a chunk of every column; ``checked``: the file's
+    :func:`checked_csv_format`, for a file read more than once, so that its checks run
+    (and warn) once."""
     unformatted = [*text_columns, *categorical_columns]
-    separator, encoding, formats = _checked_csv_format(path, unformatted)
+    separator, encoding, formats = checked or checked_csv_format(path, unformatted)
+    if columns is not None:  # the formats of columns not read would name missing columns
+        kept = {name: form for name, form in formats.columns.items() if name in columns}
+        formats = NumberFormats(kept, formats.file)
     # pandas is given the open file, not its path, so that its position says how far
     # the reading has got; it reads and decodes the bytes as it would from the path.
     with open(path, "rb") as handle:
@@ -309,6 +317,7 @@ def read_csv_parts(
                 sep=separator,
                 encoding=encoding,
                 dtype=_as_read(formats, text_columns),
+                usecols=columns,
                 chunksize=chunk_rows,
             )
         with reader:
@@ -508,6 +517,9 @@ class NumberFormats:
     columns: dict[str, str] = dataclass_field(default_factory=dict)  # name -> DECIMAL_COMMA
     # or THOUSANDS_COMMA
     file: str | None = None  # the file's: what a later part's column of such numbers is read as
+
+
+CsvFormat: TypeAlias = tuple[str, str, NumberFormats]  # separator, encoding, number formats
 
 
 def _as_read(formats: NumberFormats, text_columns: Sequence[str]) -> dict[str, type]:
