@@ -330,9 +330,8 @@ def scores_in_parts(
     """``(n,)`` the anomaly scores of the rows (or images) of ``data`` (a table, or
     images ``(n, C, H, W)`` with their ``condition (n,)``), the same as of ``data`` scored
     whole, computed ``PROGRESS_CHUNK_ROWS`` rows (``PROGRESS_CHUNK_IMAGES`` images) at a
-    time, as ``score`` does: scored whole, with its features and their intermediates
-    held at once, a labelled table of 500,000 rows and 30 columns took `calibrate` to
-    1.46 GB at its peak, against 1.08 GB a part at a time.
+    time, as ``score`` does: scored whole, its features and their intermediates are held
+    at once, memory that grows with the rows.
 
     ``progress``: on a terminal a bar over them, named ``name``, with the time left; off
     one a line a minute (:func:`~anomaly_vae.batch.scoring_progress`). A table's warnings

@@ -478,8 +478,8 @@ def test_the_bar_is_closed_when_an_epoch_raises(monkeypatch):
 
 @pytest.mark.parametrize(("name", "shape"), SHAPES)
 def test_the_decoder_is_calibrated_a_batch_of_rows_at_a_time(name, shape, monkeypatch):
-    """calibrate_decoder decodes the training rows in batches: in one pass over 750,000
-    rows of 66 features its activations took 1.1 GB. The variance is that of one pass."""
+    """calibrate_decoder decodes the training rows in batches: in one pass its activations
+    grew with the rows. The variance is that of one pass."""
     torch.manual_seed(0)
     model = build(name, shape).eval()
     x, noise, condition = inputs(model, 50, samples=1)
