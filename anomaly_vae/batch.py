@@ -160,8 +160,9 @@ def image_folders(source: str | Path, output_dir: Path) -> list[Path]:
     )
     for folder in folders:
         if read_with_images(output_dir, folder):
+            where = "is" if output_dir.resolve() == folder.resolve() else "is inside"
             raise DataError(
-                f"the output folder {output_dir} is inside the input folder {folder}: choose "
+                f"the output folder {output_dir} {where} the input folder {folder}: choose "
                 "an --output-dir outside it (e.g. beside the folders scored), or a hidden "
                 f"folder in it ({folder / '.scores'}), which is never read as images"
             )
