@@ -754,3 +754,28 @@ def test_the_training_file_warning_comes_before_the_scoring(tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     assert said in caplog.text
     assert calls and all(calls)
+
+
+def test_a_table_that_grows_between_its_two_reads_is_refused(parted_model, tmp_path, monkeypatch):
+    """The labels come from a first read of the label column alone, the scores from a
+    second read of every column; rows appended between the two (a file still being
+    written) would pair labels with other rows' scores. calibrate stops, saving nothing."""
+    from anomaly_vae import recalibration, scoring
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", PART_ROWS)
+    table = mixed_table(400, seed=1, anomalies=40)
+    table.to_csv("labelled.csv", index=False)
+    read_labels = recalibration._read_labels
+
+    def read_then_append(*args, **kwargs):
+        labels = read_labels(*args, **kwargs)
+        table.head(10).to_csv("labelled.csv", mode="a", header=False, index=False)
+        return labels
+
+    monkeypatch.setattr(recalibration, "_read_labels", read_then_append)
+    arguments = ["calibrate", "labelled.csv", "--label-col", "is_fault"]
+    result = CliRunner().invoke(main, [*arguments, "--model", str(parted_model), "--no-tracking"])
+    assert result.exit_code == 1, result.output
+    assert "labelled.csv changed while it was read: 400 labels, then 410 rows" in result.output
+    assert latest_model_dir(tmp_path) is None
