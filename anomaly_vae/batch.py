@@ -102,9 +102,12 @@ def holds_only_tables(path: Path) -> bool:
     as an image folder with no images."""
     if not path.is_dir():
         return False
-    files = [p for p in path.rglob("*") if p.is_file()]
-    tables = any(p.suffix.lower() in INPUT_SUFFIXES for p in files)
-    return tables and not any(is_image_file(p) for p in files)
+    tables = False
+    for file in path.rglob("*"):  # an image folder stops at its first image
+        if is_image_file(file) and file.is_file():
+            return False
+        tables = tables or (file.suffix.lower() in INPUT_SUFFIXES and file.is_file())
+    return tables
 
 
 def input_files(source: str | Path, report_others: bool = True) -> list[Path]:

@@ -336,16 +336,10 @@ def calibrate_and_evaluate(
     detector: Any,
     data: TrainingData,
     settings: EvaluationConfig,
-    scores: np.ndarray | None = None,
-    phases: TrainingConfig | None = None,
 ) -> tuple[dict[str, Any] | None, np.ndarray | None]:
     """Move the threshold to the labelled evaluation rows when ``calibration.method``
     asks for it, then report AUROC, AUCPR (with the intervals ``settings`` asks for),
-    curves and the confusion matrix on them.
-
-    ``scores``: the ``(m,)`` anomaly scores of ``data.evaluation`` when already computed
-    (else they are computed here); ``phases``: whether to name the step (its
-    ``progress``), by default the detector's ``training`` settings, as a fit does.
+    curves and the confusion matrix on them; the step is named as a fit names its steps.
     Returns ``(evaluation, scores)``, the scores it was computed from kept for the run's
     score histogram (scoring them again cost a second pass over the anomalies); both
     None without labelled rows of both classes."""
@@ -355,9 +349,8 @@ def calibrate_and_evaluate(
         logger.warning("no evaluation: the labelled evaluation rows are all of one class")
         return None, None
     assert data.evaluation_labels is not None  # has_evaluation() checked
-    say_evaluating(detector, len(data.evaluation), phases)
-    if scores is None:
-        scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
+    say_evaluating(detector, len(data.evaluation))
+    scores = detector.anomaly_score(data.evaluation, data.evaluation_condition)
     return threshold_and_evaluation(detector, data.evaluation_labels, scores, settings), scores
 
 
