@@ -83,7 +83,7 @@ THREADS_OPTION = click.option(
     type=click.IntRange(min=0),
     default=0,
     help="torch CPU threads for scoring (0: one per core). On a host where other work "
-    "keeps a core busy, 1 can be twice as fast (README: CPU threads).",
+    "keeps a core busy, 1 can be twice as fast (docs/configuration.md: CPU threads).",
 )
 # calibrate's and view's (fit's is --set data.anomaly_label=VALUE, saved with the model).
 ANOMALY_LABEL_OPTION = click.option(
@@ -540,7 +540,7 @@ def batch(
     """Score every CSV/Parquet file in SOURCE (a folder or a glob) that this model version
     has not scored yet, or for an image model every folder of images (SOURCE itself when
     it holds images, else its subfolders, or the folders a glob matches); safe to run on
-    a schedule (see README: batch scoring)."""
+    a schedule (see docs/batch.md)."""
     from anomaly_vae.batch import (
         DRIFT_WARNING,
         check_source,

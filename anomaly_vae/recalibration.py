@@ -173,7 +173,7 @@ def _table_rows(
     The labels come from a first pass that reads the label column alone (the file's
     header, format and the field count of every row checked once for both passes), so
     that an error of the labels, or the lack of one class (the caller's check), comes
-    before the scoring, which takes far longer than reading one column (README,
+    before the scoring, which takes far longer than reading one column (docs/usage.md,
     `calibrate`). Such an error is raised through :attr:`LabelledRows.refuse`, which
     reads the whole table first, without scoring, for a reading error (in any column)
     that came first when the table was read whole.
@@ -181,7 +181,7 @@ def _table_rows(
     The scoring pass reads ``PROGRESS_CHUNK_ROWS`` rows at a time (in whole scoring
     batches, as :func:`~anomaly_vae.scoring.scores_in_parts` scores a table held whole,
     so the scores are the same), so that memory holds a part, the labels and the
-    scores, not the table (README, `calibrate`). A bad cell found by the scoring is
+    scores, not the table (docs/usage.md, `calibrate`). A bad cell found by the scoring is
     named by its row in the file once the rest is read (a reading error comes first,
     as when read whole); the scoring's warnings about the data are logged once, over
     all the rows."""

@@ -671,7 +671,7 @@ def test_only_visible_csv_and_parquet_files_are_inputs(model_dir, tmp_path, capl
 
 
 def test_a_registry_model_is_found_in_the_projects_own_store(tmp_path, monkeypatch):
-    # The README's command: no MLFLOW_TRACKING_URI, the champion of the store in mlruns/.
+    # docs/batch.md's command: no MLFLOW_TRACKING_URI, the champion of the store in mlruns/.
     # The alias was once resolved in MLflow's default store (an empty mlflow.db made in
     # the working folder), so every such run failed with a traceback.
     import mlflow.tracking._model_registry.utils as registry_uri

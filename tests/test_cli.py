@@ -494,7 +494,7 @@ def test_commands_without_data_start_without_heavy_imports(command):
 @pytest.mark.parametrize("verbose", [[], ["--verbose"]])
 def test_no_mlflow_progress_bar_off_a_terminal_even_when_verbose(verbose, monkeypatch):
     # `anomaly-vae --verbose batch ...` under cron: MLflow's "Downloading artifacts" bar
-    # filled the log although the README promises no bars there.
+    # filled the log although docs/batch.md promises no bars there.
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # restored after
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     result = CliRunner().invoke(main, [*verbose, "models"])  # its stderr is no terminal

@@ -1,5 +1,6 @@
 """The README's examples run as written: its quick start (`make demo`, which is
-pipelines/demo.py) and its Python snippet."""
+pipelines/demo.py) and its Python snippet; and the README, the reference pages in docs/
+and the commands' help point only to pages and sections that exist."""
 
 from __future__ import annotations
 
@@ -101,3 +102,59 @@ def test_every_command_the_readme_lists_exists():
         if line.startswith("anomaly-vae ")
     }
     assert commands and commands <= set(main.commands)
+
+
+DOC_POINTER = re.compile(r"\b(README|docs/[\w-]+\.md)(?::\s*([^)]+))?\)")
+MARKDOWN_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def headings(page: Path) -> list[str]:
+    """The headings of a Markdown page, as written (code blocks left out)."""
+    text = FENCE.sub("", page.read_text(encoding="utf-8"))
+    return [line.lstrip("#").strip() for line in text.splitlines() if re.match(r"#{1,6} ", line)]
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a heading: lowercase, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_the_help_points_to_documentation_that_exists():
+    # `--help` sends readers to a page and section, e.g. "(docs/configuration.md: CPU
+    # threads)"; when the README's detail moved to docs/, "(README: CPU threads)" was
+    # left naming a section the README no longer has.
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    pointers = []
+    for command in [[], *([name] for name in sorted(main.commands))]:
+        result = CliRunner().invoke(main, [*command, "--help"])
+        assert result.exit_code == 0, result.output
+        pointers += DOC_POINTER.findall(" ".join(result.output.split()))
+    assert pointers  # the search finds the help's pointers
+    for page, section in pointers:
+        path = ROOT / ("README.md" if page == "README" else page)
+        assert path.is_file(), page
+        if section:
+            names = [heading.lower() for heading in headings(path)]
+            assert section.strip().lower() in names, (page, section, names)
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    # The README and the reference pages link each other's sections; a heading renamed
+    # or moved to another page leaves a link that GitHub opens at the page's top.
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in MARKDOWN_LINK.findall(FENCE.sub("", page.read_text(encoding="utf-8"))):
+            if re.match(r"[a-z]+:", target):  # http:, mailto: and the like
+                continue
+            path, _, fragment = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target}")
+            elif fragment and fragment not in {anchor(h) for h in headings(linked)}:
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken

@@ -676,7 +676,7 @@ def test_the_labels_errors_come_before_any_scoring(
 ):
     """Read a part at a time, the errors that need the whole label column (one class
     only, none normal for the quantile, a bad or empty label in the last part, the
-    anomaly label never found) came once the whole table was scored (README,
+    anomaly label never found) came once the whole table was scored (docs/usage.md,
     `calibrate`); the label column is now read alone first, and they come before any
     row is scored, in the words of the table read whole."""
     from anomaly_vae import scoring
