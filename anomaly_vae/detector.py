@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -420,6 +421,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         refused at scoring, and the reverse).
     split_rows_ : dict[str, ndarray]
         Positions in ``X`` of the train / validation / calibration rows (not saved).
+    config_ : DetectorConfig
+        A copy of ``config`` taken by ``fit`` (after ``load``: the saved one), which the
+        model, its scores and :meth:`save` follow: ``config`` changed in place or by
+        ``set_params`` after ``fit`` takes effect at the next ``fit``, as in scikit-learn.
 
     Examples
     --------
@@ -455,7 +460,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
     @property
     def effective_config(self) -> DetectorConfig:
-        """``config``, or the defaults when it is None."""
+        """The configuration of the fitted model (``config_``) once fitted or loaded;
+        before that ``config``, or the defaults when it is None."""
+        fitted = self.__dict__.get("config_")
+        if fitted is not None:
+            return cast(DetectorConfig, fitted)
         return self.config if self.config is not None else DetectorConfig()
 
     def __sklearn_tags__(self) -> Any:
@@ -501,6 +510,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 "load_config(overrides=[...]).detector_config()"
             )
         validate(config)
+        # The fitted model's own copy: a config object shared by detectors (changed in
+        # place for the next experiment) or set_params after fit left this model's weights
+        # beside another architecture (saved so, it did not load) and changed its scoring.
+        config = copy.deepcopy(config)
         threads = torch.get_num_threads()
         # Seeding and thread settings stay inside the fit: a caller's own torch random
         # stream and thread count are as they were before.
@@ -529,6 +542,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         condition: np.ndarray | None,
         on_epoch: EpochCallback | None,
     ) -> VAEDetector:
+        self.config_ = config
         model_class = get_model(config.model.name)
         self.data_kind_ = "image" if _is_image_array(X) else "table"
         score = resolve_score(config.scoring.score, self.data_kind_, len(X))
@@ -1176,6 +1190,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"version, or edited): {exc}"
             ) from exc
         detector = cls(config)
+        detector.config_ = copy.deepcopy(config)  # as fit keeps it (see fit)
         detector.noise_bank_size_ = None if bank_size is None else int(bank_size)
         detector.data_kind_ = document["data_kind"]
         detector._uses_condition = get_model(config.model.name).uses_condition

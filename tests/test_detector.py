@@ -58,7 +58,7 @@ def test_scores_are_deterministic_in_any_batch_size_or_order(fitted, test_rows):
     shuffled = fitted.score_frame(X[order])
     small_batches = clone(fitted)
     small_batches.__dict__.update(fitted.__dict__)
-    small_batches.config = tiny_config("scoring.batch_size=7").detector_config()
+    small_batches.config_ = tiny_config("scoring.batch_size=7").detector_config()
     # Same noise per row whatever the batch; float32 matrix products may still round
     # differently with the batch shape, hence the float32-level tolerance.
     for name in fitted.model_.score_names:
@@ -352,7 +352,7 @@ def test_a_saved_model_whose_id_column_is_a_score_column_gives_a_data_error(fitt
     # A model fitted before fit refused such a name: a DataError, not pandas' ValueError.
     old = clone(fitted)
     old.__dict__.update(fitted.__dict__)
-    old.config = tiny_config("data.id_column=score").detector_config()
+    old.config_ = tiny_config("data.id_column=score").detector_config()
     rows = pd.DataFrame(correlated_normal(3, seed=6), columns=[f"x{i}" for i in range(6)])
     with pytest.raises(
         DataError, match=r"id column 'score' .* refit it with the id column renamed"
@@ -583,6 +583,29 @@ def test_a_refit_keeps_nothing_of_the_earlier_fit(tmp_path):
         detector.set_params(config=config).fit(X)
     with pytest.raises(NotFittedError):
         detector.predict(X)
+
+
+def test_a_config_changed_after_fit_changes_neither_the_model_nor_its_save(tmp_path):
+    """A notebook reuses one config object for its next experiment, changing it in place:
+    the detector fit on it kept a reference, so its scoring read the new data settings
+    (a torch shape error) and its save wrote the new architecture beside the old weights
+    (a folder that did not load). fit keeps a copy (config_); set_params takes effect at
+    the next fit."""
+    X = correlated_normal(300, seed=0)
+    config = tiny_config("training.epochs=3").detector_config()
+    detector = VAEDetector(config).fit(X)
+    scores = detector.score_samples(X)
+    config.model.latent_dim = 4
+    config.data.missing_indicators = False
+    np.testing.assert_array_equal(detector.score_samples(X), scores)
+    loaded = VAEDetector.load(detector.save(tmp_path / "m"))
+    assert loaded.effective_config.model.latent_dim == 2
+    np.testing.assert_array_equal(loaded.score_samples(X), scores)
+    detector.set_params(
+        config=tiny_config("training.epochs=3", "model.name=beta-vae").detector_config()
+    )
+    assert VAEDetector.load(detector.save(tmp_path / "m")).effective_config.model.name == "vae"
+    assert detector.fit(X).effective_config.model.name == "beta-vae"
 
 
 def test_every_scoring_method_of_an_unfitted_detector_says_not_fitted():

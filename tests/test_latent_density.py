@@ -75,7 +75,7 @@ def test_latent_scores_save_load_and_batch_the_same(gap_detector, tmp_path):
     assert loaded.threshold_ == gap_detector.threshold_
     small_batches = clone(gap_detector)
     small_batches.__dict__.update(gap_detector.__dict__)
-    small_batches.config = tiny_config(*LATENT_SCORE, "scoring.batch_size=7").detector_config()
+    small_batches.config_ = tiny_config(*LATENT_SCORE, "scoring.batch_size=7").detector_config()
     batched = small_batches.score_frame(X)
     np.testing.assert_allclose(
         batched["latent_knn_distance"], reference["latent_knn_distance"], rtol=1e-5, atol=1e-5
