@@ -513,3 +513,19 @@ def test_a_bad_cell_is_named_by_its_index_label_in_a_frame_indexed_by_ids():
     plain.iloc[3, 0] = np.inf
     with pytest.raises(DataError, match=re.escape("infinite values (row 4)")):
         schema.transform(plain)
+
+
+def test_a_duration_column_is_refused_as_a_duration_not_as_a_date():
+    # A timedelta column was refused as "dates or times" with a date's advice (a fresh
+    # timestamp would be unseen; add the hour or weekday): a duration is a number once
+    # given a unit, and the message says how.
+    durations = pd.to_timedelta(np.arange(30), unit="s")
+    frame = pd.DataFrame({"wait": durations, "x": np.arange(30.0)})
+    with pytest.raises(DataError, match=r"^column 'wait' holds durations .*total_seconds") as e:
+        TablePreprocessor(DataConfig()).fit(frame)
+    assert "hour" not in str(e.value) and "\n" not in str(e.value)
+    numbers = frame.assign(wait=durations.total_seconds())
+    pre = TablePreprocessor(DataConfig()).fit(numbers)
+    assert pre.columns[0].kind == "numeric"
+    with pytest.raises(DataError, match=r"'wait' should be numeric but holds durations"):
+        pre.transform(frame)

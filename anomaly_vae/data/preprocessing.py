@@ -228,6 +228,13 @@ class TablePreprocessor:
             step = _quantisation_step(distinct) / scale
             return ColumnSchema(name, "numeric", center=center, scale=scale, fill=fill, step=step)
         forced = name in self.config.categorical_columns
+        if pd.api.types.is_timedelta64_dtype(values):
+            # Not the dates' advice (a fresh timestamp unseen; hour, weekday): a duration
+            # is a number once its unit is chosen.
+            raise DataError(
+                f"column {name!r} holds durations (timedelta), which are not read as numbers: "
+                f"{DURATION_ADVICE}, or ignore it (data.ignore_columns, --ignore-col)"
+            )
         is_text = not _is_time(values)
         if not is_text or (not forced and _is_date_text(values)):
             codes = "; a code that only looks like a date: data.categorical_columns"
@@ -727,6 +734,10 @@ def _warn_counter_like(numbers: pd.Series, name: str) -> None:
         )
 
 
+# What to do with a column of durations (a pandas timedelta, a Parquet duration column)
+DURATION_ADVICE = "pass them as numbers in a unit (in pandas: .dt.total_seconds())"
+
+
 def _is_time(values: pd.Series) -> bool:
     """Whether a column holds dates or times: a datetime, timedelta or period dtype, or
     Python dates in an object column (a Parquet ``date32`` column, as Spark writes a
@@ -776,6 +787,11 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
     """A numeric column as ``(n,)`` float64 with NaN for missing; DataError for text."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype("float64").to_numpy()
+    if pd.api.types.is_timedelta64_dtype(values):
+        raise DataError(
+            f"column {name!r} should be numeric but holds durations (timedelta): "
+            f"{DURATION_ADVICE}, in the unit of the training data"
+        )
     if _is_time(values):
         # pd.to_numeric would turn them into nanoseconds since 1970, scored as huge numbers.
         raise DataError(f"column {name!r} should be numeric but holds dates or times")
