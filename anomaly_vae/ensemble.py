@@ -28,7 +28,7 @@ from anomaly_vae.detector import (
     save_atomic,
     saving_model_folder,
 )
-from anomaly_vae.errors import ModelNotFoundError, reading_model
+from anomaly_vae.errors import DataError, ModelNotFoundError, reading_model
 
 SCORE_NAME = "ensemble_rank"
 
@@ -59,10 +59,14 @@ class EnsembleDetector(ThresholdedScores):
         """Build from members fit on the same ``train`` data (``condition``: the images'
         classes, as the members were given them) with the same split. ``train`` is any
         array-like the members' fit takes (:func:`anomaly_vae.detector.as_table_or_images`),
-        ``condition`` any ``(n,)`` array-like: its rows are taken by position."""
+        ``condition`` any ``(n,)`` array-like: its rows are taken by position.
+
+        DataError for members not fit in this session (loaded ones keep no split), fit
+        with different splits, or fit on another number of rows than ``train`` has."""
         train = as_table_or_images(train)
         if condition is not None:
             condition = np.asarray(condition)
+        _refuse_other_splits(members, len(train))
         first = next(iter(members.values()))
         validation, calibration = (first.split_rows_[k] for k in ("validation", "calibration"))
 
@@ -177,6 +181,39 @@ class EnsembleDetector(ThresholdedScores):
             ensemble.calibration_scores_ = np.asarray(document["calibration_scores"])
             ensemble.n_training_rows_ = document["rows"]
         return ensemble
+
+
+def _refuse_other_splits(members: dict[str, VAEDetector], rows: int) -> None:
+    """DataError unless every member was fit in this session with one split of ``rows``
+    rows: the references are the first member's validation rows, which must be rows no
+    member trained on. Without this, a loaded member failed with an AttributeError, a
+    ``train`` shorter than the fit's with an IndexError, and members fit with other
+    seeds, or a longer ``train``, gave references and a threshold silently wrong."""
+    if not members:
+        raise DataError("an ensemble needs at least one member")
+    unsplit = [name for name, member in members.items() if not hasattr(member, "split_rows_")]
+    if unsplit:
+        raise DataError(
+            f"member {unsplit[0]!r} has no record of the rows it trained on (split_rows_, "
+            "set by fit and not saved): build the ensemble from detectors fit in this "
+            "session, or load a saved ensemble with load_saved"
+        )
+    splits = {name: member.split_rows_ for name, member in members.items()}
+    (first_name, first), *others = splits.items()
+    for name, split in others:
+        if any(not np.array_equal(split[part], first[part]) for part in first):
+            raise DataError(
+                f"members {first_name!r} and {name!r} were fit with different splits of "
+                "their rows: fit every member on the same rows with the same training.seed, "
+                "training.validation_fraction and calibration.fraction"
+            )
+    fitted = sum(len(rows) for rows in first.values())
+    if rows != fitted:
+        item = next(iter(members.values())).score_item
+        raise DataError(
+            f"train has {rows:,} {item}s and the members were fit on {fitted:,}: pass the "
+            "data they were fit on, in the same order"
+        )
 
 
 def reference_percentile(reference: np.ndarray, scores: np.ndarray) -> np.ndarray:

@@ -407,6 +407,28 @@ def test_an_ensemble_names_its_input_as_the_detector_does(two_ensembles, tmp_pat
     assert loaded.n_features_in_ == 6 and loaded.feature_names_in_.tolist() == list("abcdef")
 
 
+def test_an_ensemble_is_built_only_from_members_fit_on_one_split_of_its_rows(
+    two_ensembles, tmp_path
+):
+    """from_members takes the first member's held-out rows as every member's reference:
+    members fit with another seed (whose training rows are among them) or a train of
+    more rows gave a threshold silently wrong; fewer rows failed with an IndexError, a
+    loaded member (no split kept) with an AttributeError. Each is a DataError now."""
+    from anomaly_vae import VAEDetector
+
+    train, first, other = two_ensembles
+    mixed = {"vae": first.members["vae"], "beta-vae": other.members["beta-vae"]}
+    with pytest.raises(DataError, match="'vae' and 'beta-vae' were fit with different splits"):
+        EnsembleDetector.from_members(mixed, train)
+    for rows in (train.head(100), pd.concat([train, train.head(10)])):
+        with pytest.raises(DataError, match=f"train has {len(rows)} rows and the members were"):
+            EnsembleDetector.from_members(first.members, rows)
+    loaded = {"vae": VAEDetector.load(first.members["vae"].save(tmp_path / "m"))}
+    with pytest.raises(DataError, match="'vae' has no record of the rows it trained on"):
+        EnsembleDetector.from_members(loaded, train)
+    assert EnsembleDetector.from_members(first.members, train).threshold_ == first.threshold_
+
+
 def test_an_ensemble_save_cut_short_leaves_no_ensemble_that_loads(
     two_ensembles, tmp_path, monkeypatch
 ):
