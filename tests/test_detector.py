@@ -608,6 +608,17 @@ def test_a_config_changed_after_fit_changes_neither_the_model_nor_its_save(tmp_p
     assert detector.fit(X).effective_config.model.name == "beta-vae"
 
 
+def test_one_row_given_as_a_series_or_1d_array_is_refused_saying_how_to_pass_it(fitted):
+    # frame.iloc[i] is a Series: the refusal named only its shape ("got shape (6,)"),
+    # where scikit-learn says how to reshape.
+    frame = pd.DataFrame(correlated_normal(3, seed=6), columns=[f"x{i}" for i in range(6)])
+    with pytest.raises(DataError, match=r"got shape \(6,\): .*frame\.iloc\[\[i\]\]"):
+        fitted.predict(frame.iloc[0])
+    with pytest.raises(DataError, match=r"got shape \(6,\): one row is X\.reshape\(1, -1\)"):
+        fitted.score_samples(frame.to_numpy()[0])
+    assert fitted.predict(frame.iloc[[0]]).shape == (1,)
+
+
 def test_every_scoring_method_of_an_unfitted_detector_says_not_fitted():
     from sklearn.exceptions import NotFittedError
 

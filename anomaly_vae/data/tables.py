@@ -801,8 +801,15 @@ def as_frame(data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
     refuse_sparse(data)
     array = np.asarray(data)
     if array.ndim != 2:
+        # A notebook's frame.iloc[i] (a Series) is one row as a 1-D array: say how to keep
+        # it a table, as scikit-learn's "Reshape your data" does.
+        hint = ""
+        if isinstance(data, pd.Series):
+            hint = ": a DataFrame's row is a table as frame.iloc[[i]] (not frame.iloc[i])"
+        elif array.ndim == 1:
+            hint = ": one row is X.reshape(1, -1), one column X.reshape(-1, 1)"
         raise DataError(
-            f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}"
+            f"expected a 2-D table of shape (n_rows, n_columns), got shape {array.shape}{hint}"
         )
     return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])])
 
