@@ -267,17 +267,26 @@ class ThresholdedScores:
         """``(n,)`` the score in use, higher = more anomalous."""
         return self.all_scores(X, condition)[self.score_name]
 
-    def score_samples(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
-        """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal)."""
-        return -self.anomaly_score(X)
+    def score_samples(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``(n,)`` scikit-learn convention: the negated anomaly score (higher = more normal).
 
-    def decision_function(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        ``condition``: as for :meth:`anomaly_score` (an image model fit on several normal
+        classes: each image's class; None scores each under the class that fits it best)."""
+        return -self.anomaly_score(X, condition)
+
+    def decision_function(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(n,)`` ``score_samples - offset_``: negative for anomalies, positive otherwise."""
-        return self.score_samples(X) - self.offset_
+        return self.score_samples(X, condition) - self.offset_
 
-    def predict(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+    def predict(
+        self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(n,)`` int: -1 for anomalies (and rows whose score is NaN), +1 for normal rows."""
-        return np.where(self.decision_function(X) >= 0, 1, -1)
+        return np.where(self.decision_function(X, condition) >= 0, 1, -1)
 
     def calibrate_threshold(
         self: _Scores,
@@ -527,6 +536,19 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 raise
             finally:
                 torch.set_num_threads(threads)
+
+    def fit_predict(
+        self,
+        X: pd.DataFrame | np.ndarray,
+        y: Any = None,
+        condition: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        """``fit(X, condition=condition).predict(X, condition)``: ``(n,)`` -1 / +1.
+
+        scikit-learn's own passes ``condition`` to ``fit`` alone, so the images of a
+        model fit on several normal classes were predicted under their best class."""
+        return self.fit(X, y, condition=condition, **kwargs).predict(X, condition)
 
     def _forget_fit(self) -> None:
         """Drop every fitted attribute (trailing ``_``) and the fit's private state."""

@@ -304,3 +304,32 @@ def test_a_conditional_image_model_generates_a_block_per_class_without_a_conditi
     chosen = views.generation(cvae, 16, cvae.condition_vector("v"))
     assert chosen.figure.get_suptitle().replace("\n", " ") == "16 samples from the prior, class v"
     views.plots.close(chosen.figure)
+
+
+def test_the_scikit_learn_methods_take_each_images_class(cvae):
+    # score_samples, decision_function and predict took no class: an image of class h
+    # with a vertical bar, normal for class v, could not be judged for its own class.
+    images, classes = two_classes(40, seed=40)
+    swapped = np.where(classes == "h", "v", "h").astype(object)
+    for condition in (classes, swapped):
+        own = cvae.anomaly_score(images, condition)
+        np.testing.assert_array_equal(cvae.score_samples(images, condition), -own)
+        np.testing.assert_array_equal(
+            cvae.decision_function(images, condition), -own - cvae.offset_
+        )
+        np.testing.assert_array_equal(
+            cvae.predict(images, condition), np.where(own > cvae.threshold_, -1, 1)
+        )
+    assert (cvae.predict(images, swapped) == -1).mean() > 0.9  # misfiled: flagged
+    assert (cvae.predict(images, classes) == 1).mean() > 0.9
+    # fit_predict predicts under the classes it fit with, as fit(...).predict(..., classes).
+    config = tiny_config(*CVAE).detector_config()
+    train, train_classes = two_classes(100, seed=41)
+    train_classes[:5] = np.where(train_classes[:5] == "h", "v", "h")  # 5 misfiled images
+    fitted = VAEDetector(config).fit(train, condition=train_classes)
+    # (under each image's best class the misfiled ones would pass as normal)
+    assert (fitted.predict(train, train_classes) != fitted.predict(train)).any()
+    np.testing.assert_array_equal(
+        VAEDetector(config).fit_predict(train, condition=train_classes),
+        fitted.predict(train, train_classes),
+    )
