@@ -301,6 +301,30 @@ def test_a_numeric_column_with_stray_text_is_refused_not_made_categories():
     assert TablePreprocessor(DataConfig()).fit(codes).columns[0].kind == "categorical"
 
 
+def test_numbers_stored_as_text_are_categories_with_a_warning(caplog):
+    # A str column of readings (a frame built with dtype=str, a Parquet string column)
+    # became 28 categories in silence, where the same values as floats are one feature.
+    readings = pd.DataFrame({"reading": [f"{v:.1f}" for v in np.arange(40) % 28 / 10]})
+    readings["x"] = np.arange(40.0)
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
+        pre = TablePreprocessor(DataConfig()).fit(readings)
+    assert pre.columns[0].kind == "categorical"
+    assert re.search(
+        r"'reading' holds numbers stored as text, read as 28 categories.*pd\.to_numeric"
+        r".*data\.categorical_columns",
+        caplog.text,
+    )
+    # Named as categories, or 0/1 flags as text, or codes with letters: no warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
+        TablePreprocessor(DataConfig(categorical_columns=["reading"])).fit(readings)
+        flags = pd.DataFrame({"flag": ["0", "1"] * 20, "x": np.arange(40.0)})
+        TablePreprocessor(DataConfig()).fit(flags)
+        codes = pd.DataFrame({"grade": ["1", "2", "A", "B"] * 10, "x": np.arange(40.0)})
+        TablePreprocessor(DataConfig()).fit(codes)
+    assert "stored as text" not in caplog.text
+
+
 def test_a_datetime_column_is_refused_with_advice():
     frame = pd.DataFrame({"when": pd.date_range("2026-01-01", periods=5), "x": np.arange(5.0)})
     with pytest.raises(DataError, match=r"'when' holds dates or times.*--ignore-col"):

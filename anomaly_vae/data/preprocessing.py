@@ -261,6 +261,18 @@ class TablePreprocessor:
                 f"data.max_categories={self.config.max_categories}); pass it as the id column, "
                 "ignore it (data.ignore_columns, --ignore-col), or raise data.max_categories"
             )
+        if not forced and len(categories) > 2 and _all_numbers(values):
+            # A CSV's numbers are read as numbers; text of numbers comes from a frame or
+            # Parquet file that stored them as text, where a measurement read as
+            # categories makes every new value an unseen category.
+            logger.warning(
+                "column %r holds numbers stored as text, read as %d categories (a number "
+                "not seen in training is then an unseen category): if it is a measurement, "
+                "store it as numbers (pandas: pd.to_numeric); to keep it a category, name "
+                "it in data.categorical_columns",
+                name,
+                len(categories),
+            )
         return ColumnSchema(name, "categorical", categories=categories)
 
     # -- applying ------------------------------------------------------------------------
@@ -663,6 +675,14 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
         f"{shown_value(values.iloc[position])} ({row_named(values, position)}): correct "
         "or empty those cells, or list the column in data.categorical_columns if it is a category"
     )
+
+
+def _all_numbers(values: pd.Series) -> bool:
+    """Whether every non-empty cell of a text column ``(n,)`` reads as a number."""
+    distinct = pd.Series(values.dropna().unique())  # parsed once per value, not per cell
+    if distinct.empty or distinct.map(lambda value: isinstance(value, bool)).any():
+        return False
+    return bool(pd.to_numeric(distinct, errors="coerce").notna().all())
 
 
 def _refuse_overflowing_values(numbers: pd.Series, name: str) -> None:
