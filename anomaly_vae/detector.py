@@ -193,6 +193,26 @@ def _refuse_ambiguous_classes(values: np.ndarray) -> None:
         )
 
 
+def _refuse_other_labels(labels: np.ndarray) -> None:
+    """DataError naming what ``labels`` hold besides 0/1 and False/True: missing labels
+    (NaN, None, pd.NA), which are no class, apart from other codes."""
+    invalid = pd.Series(labels.ravel(), dtype=object)[~np.isin(labels, (0, 1)).ravel()]
+    if invalid.empty:
+        return
+    missing = int(invalid.isna().sum())
+    if missing:
+        raise DataError(
+            f"{missing:,} of {labels.size:,} labels are missing: a missing label is no "
+            "class; leave those rows out or label them 0/1 (1 = anomaly)"
+        )
+    others = invalid.unique()
+    shown = ", ".join(map(str, others[:3])) + (", ..." if len(others) > 3 else "")
+    raise DataError(
+        f"labels must be 0/1 or False/True (1 = anomaly), found {shown} in "
+        f"{len(invalid):,} of {labels.size:,} labels"
+    )
+
+
 def _width(conditions: np.ndarray | None) -> int:
     return 0 if conditions is None else conditions.shape[1]
 
@@ -321,8 +341,8 @@ class ThresholdedScores:
                 f"no threshold method {method!r}: use one of {', '.join(map(repr, methods))}"
             )
         labels = None if y is None else np.asarray(y)
-        if labels is not None and not np.isin(labels, (0, 1)).all():
-            raise DataError("labels must be 0/1 or False/True (1 = anomaly)")
+        if labels is not None:
+            _refuse_other_labels(labels)
         if labels is None and method != QUANTILE_THRESHOLD:
             raise DataError(f"method {method!r} chooses the threshold on labelled rows: pass y")
         scores = self.anomaly_score(X, condition)

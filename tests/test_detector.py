@@ -217,8 +217,15 @@ def test_threshold_chosen_on_labelled_rows_is_saved_and_honest_about_its_rows(tm
     loaded = VAEDetector.load(tmp_path / "model")
     assert loaded.threshold_ == detector.threshold_ and loaded.calibration_ == calibration
     np.testing.assert_array_equal(loaded.predict(X), detector.predict(X))
-    with pytest.raises(DataError, match="0/1"):
+    with pytest.raises(DataError, match=r"0/1 .*found 2 in 60 of 360 labels"):
         detector.calibrate_threshold(X, np.where(y == 1, 2, 0))
+    # A missing label (a notebook's nullable column) is named as such, not only refused.
+    missing = pd.array(y, dtype="Int64")
+    missing[[3, 7]] = pd.NA
+    with pytest.raises(
+        DataError, match=r"2 of 360 labels are missing: a missing label is no class"
+    ):
+        detector.calibrate_threshold(X, missing)
     # Without a target recall, the model's calibration.target_recall (it was 0.9 always)
     detector.effective_config.calibration.target_recall = 0.5
     detector.calibrate_threshold(X, y, method="recall")
