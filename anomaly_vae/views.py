@@ -17,7 +17,9 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import ticker
 from matplotlib.axes import Axes
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
@@ -36,6 +38,12 @@ PANEL_COLUMNS = 3
 # every row shown (missing-value indicators of complete columns, say): they are all dark
 # and crowd the ones that matter. The CSV keeps every feature.
 SURPRISE_SHOWN_MIN_NATS = 0.01
+# Its colours are linear up to this many nats (a feature about as expected) and on a log
+# scale beyond once the worst cell is over SURPRISE_LOG_DECADES decades above it: on a
+# linear scale one extreme row's cells (tens of thousands of nats) left every other cell
+# black, the features that make those rows anomalous unseen.
+SURPRISE_LINEAR_NATS = 1.0
+SURPRISE_LOG_DECADES = 2
 # Image grids: small images are blown up until the grid's longer side is at least this
 # many pixels (under twice as many), each image pixel a whole number of output pixels.
 IMAGE_GRID_PIXELS = 480
@@ -382,7 +390,15 @@ def reconstructions(
         figsize=(max(6, 0.5 * shown.sum() + 2), max(3, 0.35 * len(order) + 1.5)),
         layout="constrained",
     )
-    image = ax.imshow(surprise[:, shown], aspect="auto", cmap="magma", interpolation="nearest")
+    drawn = surprise[:, shown]
+    worst = float(drawn.max()) if drawn.size else 0.0
+    log_beyond = worst > SURPRISE_LINEAR_NATS * 10**SURPRISE_LOG_DECADES
+    norm = (
+        SymLogNorm(SURPRISE_LINEAR_NATS, linscale=1.0, vmin=0.0, vmax=worst, base=10)
+        if log_beyond
+        else None
+    )
+    image = ax.imshow(drawn, aspect="auto", cmap="magma", interpolation="nearest", norm=norm)
     shown_names = [name for name, keep in zip(names, shown, strict=True) if keep]
     ax.set_xticks(range(len(shown_names)), shown_names, rotation=60, ha="right", fontsize=8)
     # A row is named by its id where the data has one, else by where it is: at fit the
@@ -404,7 +420,13 @@ def reconstructions(
         )
     # The score also holds the KL term and the spread of z, so a row's surprises need
     # not add up to its score; the labels say which is which.
-    fig.colorbar(image, ax=ax, label="surprise at the posterior mean, nats per feature")
+    label = "surprise at the posterior mean, nats per feature"
+    if log_beyond:
+        label += f"\nlinear to {SURPRISE_LINEAR_NATS:g}, log scale beyond"
+    bar = fig.colorbar(image, ax=ax, label=label)
+    if log_beyond:
+        bar.set_ticks(plots.symlog_ticks(0.0, worst, SURPRISE_LINEAR_NATS))
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
     return View("02_reconstructions", fig, table)
 
 

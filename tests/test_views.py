@@ -68,6 +68,24 @@ def test_reconstruction_view_names_the_broken_columns(table_detector):
     assert "reconstructed:load" in table.columns
 
 
+def test_the_reconstruction_heat_map_shows_every_row_beside_an_extreme_one(table_detector):
+    # One row far off (load 1,000 standard deviations out) put thousands of nats in one
+    # cell: on a linear colour scale every other cell of the map was black.
+    test = mixed_table(200, seed=1, anomalies=20)
+    test.loc[test.index[0], "load"] = 5e3
+    view = views.reconstructions(table_detector, test, count=10)
+    image = view.figure.axes[0].images[0]
+    surprise = view.table.filter(like="surprise:").to_numpy()
+    assert surprise.max() > 1e3 * np.median(surprise[1:].max(axis=1))  # one row stands out
+    colours = image.norm(surprise[1:].max(axis=1))  # the others' worst cells, in [0, 1]
+    assert colours.min() > 0.1  # not black (linear: under 0.01)
+    assert "log scale beyond" in view.figure.axes[-1].get_ylabel()
+    # Without such a row the scale stays linear, as its label says.
+    calm = views.reconstructions(table_detector, mixed_table(200, seed=2), count=10)
+    assert calm.table.filter(like="surprise:").to_numpy().max() < 100
+    assert "log" not in calm.figure.axes[-1].get_ylabel()
+
+
 def test_table_views_name_their_axes_units_and_rows(table_detector):
     test = mixed_table(200, seed=1, anomalies=20)
     manifold = views.manifold(table_detector, test)  # a 2-D latent: the grid is on z
