@@ -440,22 +440,48 @@ def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) ->
     check the tracking store can be reached, before the threshold is chosen (``progress``:
     a store created now is named first, as its creation takes seconds)."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from anomaly_vae import tracking
+    from anomaly_vae.detector import RUN_FILE
     from anomaly_vae.errors import ModelNotFoundError
     from anomaly_vae.fitting import latest_model_dir
+    from anomaly_vae.store import embedded_store
 
     defaults = load_config().tracking
+    folder = latest_model_dir(project_dir) if model_ref is None else Path(model_ref)
+    description = model_ref or f"latest local fit ({folder})"
+    # A model whose run is recorded, but in another project's store (calibrate run in
+    # another folder, or MLFLOW_TRACKING_URI naming another store), cannot be logged
+    # beside its source: refused before the threshold is chosen, as `view --log` refuses.
+    advice = (
+        "run calibrate in the project folder where the model was fit, set "
+        "MLFLOW_TRACKING_URI to its tracking store, or pass --no-tracking"
+    )
+    store = embedded_store(project_dir)
+    if store is not None and not store.is_file() and folder and (folder / RUN_FILE).is_file():
+        # Checked before check_store, which would leave an empty store here.
+        raise ModelNotFoundError(
+            f"model {description} was logged to MLflow, and there is no MLflow tracking "
+            f"store at {store}: {advice}"
+        )
     # No experiment: it is the source's, if known.
-    tracking.check_store(project_dir=project_dir, announce=progress)
-    description = model_ref or f"latest local fit ({latest_model_dir(project_dir)})"
+    uri = tracking.check_store(project_dir=project_dir, announce=progress)
     origin = _Origin(description, defaults.experiment, defaults.registered_model_name, {})
     try:
         source = tracking.source_of_model(model_ref, project_dir)
     except (ModelNotFoundError, *tracking.STORE_FAILURES):
         return origin  # fit without tracking, or a reference MLflow cannot trace
     client = MlflowClient()
-    experiment_id = client.get_run(source.run_id).info.experiment_id
+    try:
+        experiment_id = client.get_run(source.run_id).info.experiment_id
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ModelNotFoundError(
+            f"the MLflow run {source.run_id} that logged model {description} is not in the "
+            f"tracking store {uri}: {advice}"
+        ) from exc
     origin.experiment = client.get_experiment(experiment_id).name
     origin.tags["source_run_id"] = source.run_id
     if source.registered_name is not None:

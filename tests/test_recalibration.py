@@ -276,6 +276,37 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     assert run.data.tags["source_model_version"] == "pumps/2"
 
 
+def test_a_source_model_whose_run_is_not_in_this_store_is_refused_in_one_line(
+    tracking_store, tmp_path, monkeypatch
+):
+    # A model folder fit with tracking, calibrated from another project folder or with
+    # MLFLOW_TRACKING_URI naming another store: the run its mlflow_run_id names is not
+    # there. calibrate ended in MLflow's traceback ("Run with id=... not found").
+    _fit("source", "--set", "tracking.log_views=false")
+    mixed_table(300, seed=1, anomalies=30).to_csv("labelled.csv", index=False)
+    source, labelled = str(tmp_path / "source"), str(tmp_path / "labelled.csv")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    arguments = ["calibrate", labelled, "--label-col", "is_fault", "--model", source]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{elsewhere / 'other.db'}")
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert "is not in the tracking store" in result.output
+    assert "set MLFLOW_TRACKING_URI to its tracking store, or pass --no-tracking" in result.output
+    assert not (elsewhere / "mlruns" / "models").exists()  # no model saved
+    # The embedded store of a folder where nothing was tracked: refused as the store is
+    # missing, before an empty one is created.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "no MLflow tracking store at" in result.output
+    assert not (elsewhere / "mlruns").exists()
+    untracked = CliRunner().invoke(main, [*arguments, "--no-tracking", "--model-dir", "new"])
+    assert untracked.exit_code == 0, untracked.output
+
+
 def test_one_labelled_anomaly_is_evaluated_without_an_interval(tmp_path, monkeypatch, caplog):
     # A bootstrap needs two rows of each class; with one anomaly fit and calibrate still
     # report AUROC (without an interval) and save their model.
