@@ -189,8 +189,9 @@ class ScoringConfig:
     )  # which score drives predict: negative_elbo, negative_iwae_bound
     # (Gaussian latents), reconstruction_error, code_distance (vq-vae), latent_knn_distance
     # or elbo_latent_knn (latent_density.py). None = auto: elbo_latent_knn for images with
-    # at least IMAGE_SCORE_MIN_ROWS (500) training images (docs/tuning.md), else
-    # negative_elbo (it ranked best on tables, docs/scores.md)
+    # at least IMAGE_SCORE_MIN_ROWS (500) normal images to fit on, before the validation
+    # and calibration split (docs/tuning.md), else negative_elbo (it ranked best on
+    # tables, docs/scores.md)
     mc_samples: int = 16  # L, Monte Carlo samples of z per row for the ELBO estimate
     batch_size: int = 8192  # rows per forward pass when scoring (memory only, not results)
     max_batch_values: int = 2**20  # and at most this many decoded values (rows x L x
