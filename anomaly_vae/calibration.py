@@ -32,8 +32,11 @@ CURVE_POINTS = 1_000
 FEW_LABELLED_ROWS = 10  # fewer labelled rows of a class than this get a warning: one
 # more row can move an F1- or recall-chosen threshold past many scores
 
+RECALIBRATED_QUANTILE = "recalibrated quantile"  # a key of METHOD_DESCRIPTIONS only
 METHOD_DESCRIPTIONS = {
     QUANTILE: "quantile of held-out normal scores",
+    # calibrate --method quantile: the rows are new normal ones, not the fit's held-out
+    RECALIBRATED_QUANTILE: "quantile of the normal scores it was recalibrated on",
     "f1": "F1-optimal on the precision-recall curve",
     "recall": "the highest reaching the target recall on the ROC curve",
 }

@@ -23,6 +23,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import (
+    METHOD_DESCRIPTIONS,
+    RECALIBRATED_QUANTILE,
     calibration_summary,
     labelled_summary,
     labelled_threshold,
@@ -350,7 +352,7 @@ class ThresholdedScores:
             raise DataError(f"y needs one label per row ({len(scores)}), got shape {labels.shape}")
         if method == QUANTILE_THRESHOLD:
             normal = scores if labels is None else scores[~labels.astype(bool)]
-            return self.threshold_from_normal_scores(normal, target_fpr)
+            return self.threshold_from_normal_scores(normal, target_fpr, recalibrated=True)
         assert labels is not None  # refused above for every method but the quantile
         if target_recall is None:
             target_recall = self.effective_config.calibration.target_recall
@@ -362,11 +364,13 @@ class ThresholdedScores:
         target_fpr: float | None = None,
         *,
         provisional: bool = False,
+        recalibrated: bool = False,
     ) -> _Scores:
         """:meth:`calibrate_threshold` by quantile, for normal rows already scored:
         ``normal_scores (n,)`` from :meth:`anomaly_score`; returns ``self``.
         ``provisional``: a labelled ``calibration.method`` replaces this threshold next,
-        so too few rows for ``target_fpr`` are not warned about."""
+        so too few rows for ``target_fpr`` are not warned about. ``recalibrated``: the
+        rows are new ones, not the fit's held-out rows, and ``calibration_`` says so."""
         if target_fpr is None:
             target_fpr = self.calibration_["target_fpr"]
         if not 0 < target_fpr < 1:
@@ -384,6 +388,8 @@ class ThresholdedScores:
         self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr) | {
             "score": self.score_name
         }
+        if recalibrated:
+            self.calibration_["description"] = METHOD_DESCRIPTIONS[RECALIBRATED_QUANTILE]
         self.calibration_scores_ = scores
         return self
 

@@ -375,7 +375,7 @@ def calibrate_model(
         labels = np.zeros(len(scores), dtype=bool)
     if by_quantile:
         above_previous = float(np.mean(scores[~labels] > previous))
-        detector.threshold_from_normal_scores(scores[~labels], target_fpr)
+        detector.threshold_from_normal_scores(scores[~labels], target_fpr, recalibrated=True)
         settings.target_fpr = detector.calibration_["target_fpr"]
         evaluation = None
         if both_classes:

@@ -246,6 +246,10 @@ def test_quantile_threshold_on_new_normal_rows_follows_drift_and_is_saved(tmp_pa
     assert 0.02 < (detector.predict(later) == -1).mean() < 0.09
     assert detector.calibration_["method"] == "quantile"
     assert detector.calibration_["target_fpr"] == 0.05
+    # Said of the rows it took (a fit's says "held-out"), as the MLflow run shows it.
+    assert detector.calibration_["description"] == (
+        "quantile of the normal scores it was recalibrated on"
+    )
     detector.save(tmp_path / "model")
     loaded = VAEDetector.load(tmp_path / "model")
     assert loaded.threshold_ == detector.threshold_

@@ -238,6 +238,11 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     mlflow.set_tracking_uri(tracking_store)
     run = MlflowClient().get_run(MlflowClient().get_model_version("anomaly-vae", "2").run_id)
     assert run.data.params == {"method": "quantile", "target_fpr": "0.01"}
+    # The run's description names the rows the quantile was taken of: not "held-out".
+    assert (
+        "(quantile of the normal scores it was recalibrated on, target"
+        in (run.data.tags["mlflow.note.content"])
+    )
     refused = _calibrate("source", "--method", "f1", "--target-fpr", "0.05")
     assert refused.exit_code != 0 and "--target-fpr is for --method quantile" in refused.output
     ignored = _calibrate("source", "--target-recall", "0.8")  # --method left at f1
