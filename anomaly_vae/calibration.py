@@ -42,21 +42,25 @@ METHOD_DESCRIPTIONS = {
 }
 
 
-def quantile_threshold(normal_scores: np.ndarray, target_fpr: float, warn: bool = True) -> float:
+def quantile_threshold(
+    normal_scores: np.ndarray, target_fpr: float, warn: bool = True, item: str = "row"
+) -> float:
     """The (1 - target_fpr) quantile of held-out normal scores.
 
     On fresh normal data from the same distribution, about ``target_fpr`` of rows
     score above it. ``normal_scores (n,)``. The quantile is taken conservatively
     (the next observed score up, not an interpolation), so at most ``target_fpr``
     of the calibration rows lie above it even when they are few, which is warned
-    about unless ``warn`` is False (a threshold that labelled rows replace next).
+    about unless ``warn`` is False (a threshold that labelled rows replace next);
+    ``item``: what a score is of, ``"row"`` or ``"image"``, for the warning.
     """
     scores = np.asarray(normal_scores, dtype=np.float64)
     if warn and scores.size * target_fpr < 1:
         logger.warning(
-            "%d calibration rows cannot resolve a %.2g%% false-positive rate (need %d); "
+            "%d calibration %ss cannot resolve a %.2g%% false-positive rate (need %d); "
             "a quantile threshold on them is their highest score",
             scores.size,
+            item,
             100 * target_fpr,
             int(np.ceil(1 / target_fpr)),
         )

@@ -383,7 +383,9 @@ class ThresholdedScores:
                 f"{int((~np.isfinite(scores)).sum())} of {scores.size} normal rows score "
                 "NaN or infinity: the model cannot set a threshold on them"
             )
-        self.threshold_ = quantile_threshold(scores, target_fpr, warn=not provisional)
+        self.threshold_ = quantile_threshold(
+            scores, target_fpr, warn=not provisional, item=self.score_item
+        )
         self.offset_ = -self.threshold_
         self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr) | {
             "score": self.score_name

@@ -1,6 +1,8 @@
 """Images: reading folders and torchvision datasets, fitting and scoring image models."""
 
+import copy
 import itertools
+import logging
 import re
 import runpy
 import tracemalloc
@@ -1269,3 +1271,12 @@ def test_scoring_the_folder_one_is_in_asks_for_an_output_outside_it(
     outside = CliRunner().invoke(main, ["score", "imgs", "--model", "model", "--quiet"])
     assert outside.exit_code == 0, outside.output
     assert len(pd.read_csv(tmp_path / "imgs_scores.csv")) == 3
+
+
+def test_too_few_calibration_images_are_called_images(bars_detector, caplog):
+    # The warning that a quantile cannot resolve the target rate said "calibration rows"
+    # of an image model's images too.
+    detector = copy.deepcopy(bars_detector)  # its threshold is the module's to keep
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
+        detector.threshold_from_normal_scores(np.arange(30.0), 0.01)
+    assert "30 calibration images cannot resolve a 1% false-positive rate" in caplog.text
