@@ -766,7 +766,7 @@ def _score_one(
         "%s: scored %s %s (%s flagged) in %.2f s into %s",
         path,
         f"{rows:,}",
-        f"{detector.score_item}s",
+        detector.score_item + ("" if rows == 1 else "s"),
         f"{flagged:,}",
         time.monotonic() - started,
         output,
