@@ -87,8 +87,24 @@ def resolve_patience(patience: int | None, data_kind: str) -> int:
     return IMAGE_PATIENCE if data_kind == "image" else TABLE_PATIENCE
 
 
-@dataclass
-class ModelConfig:
+class ChangedSettingsRepr:
+    """``repr`` naming only the settings that differ from their defaults, as
+    scikit-learn prints an estimator's changed parameters only: in full, every setting
+    of a detector filled a notebook cell. The result is Python that rebuilds the config:
+    ``DetectorConfig(model=ModelConfig(latent_dim=4))``."""
+
+    def __repr__(self) -> str:
+        defaults = type(self)()
+        changed = [
+            f"{item.name}={getattr(self, item.name)!r}"
+            for item in dataclasses.fields(self)  # type: ignore[arg-type]
+            if getattr(self, item.name) != getattr(defaults, item.name)
+        ]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+
+@dataclass(repr=False)
+class ModelConfig(ChangedSettingsRepr):
     """The VAE architecture and objective."""
 
     name: str = "vae"  # registry name, see `anomaly-vae models`
@@ -145,8 +161,8 @@ class ModelConfig:
     codebook_decay: float = 0.99  # vq-vae: EMA decay of codebook updates
 
 
-@dataclass
-class TrainingConfig:
+@dataclass(repr=False)
+class TrainingConfig(ChangedSettingsRepr):
     """The optimisation loop."""
 
     epochs: int = 200  # upper bound; early stopping usually ends training sooner
@@ -180,8 +196,8 @@ class TrainingConfig:
     num_threads: int = 0  # torch CPU threads; 0 = one per core
 
 
-@dataclass
-class ScoringConfig:
+@dataclass(repr=False)
+class ScoringConfig(ChangedSettingsRepr):
     """How samples are scored."""
 
     score: str | None = field(
@@ -206,8 +222,8 @@ QUANTILE_THRESHOLD = "quantile"
 LABELLED_THRESHOLD_METHODS = ("f1", "recall")  # calibration.method values that need labels
 
 
-@dataclass
-class CalibrationConfig:
+@dataclass(repr=False)
+class CalibrationConfig(ChangedSettingsRepr):
     """How the decision threshold is chosen."""
 
     fraction: float = 0.15  # share of normal rows held out to calibrate the threshold
@@ -220,8 +236,8 @@ class CalibrationConfig:
     target_recall: float = 0.9  # for method "recall": share of labelled anomalies to flag
 
 
-@dataclass
-class DataConfig:
+@dataclass(repr=False)
+class DataConfig(ChangedSettingsRepr):
     """How table columns and images are read."""
 
     id_column: str | None = None  # passed through to the output, never a feature
@@ -253,8 +269,8 @@ class DataConfig:
     # on Fashion-MNIST, docs/tuning.md); anomaly maps are repeated back to the input size
 
 
-@dataclass
-class DetectorConfig:
+@dataclass(repr=False)
+class DetectorConfig(ChangedSettingsRepr):
     """Everything a fitted detector needs to be rebuilt; saved with the model."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -267,8 +283,8 @@ class DetectorConfig:
         validate(self)
 
 
-@dataclass
-class EvaluationConfig:
+@dataclass(repr=False)
+class EvaluationConfig(ChangedSettingsRepr):
     """Labelled evaluation during `anomaly-vae fit`."""
 
     fraction: float = 0.2  # share of labelled-normal rows held out for evaluation when the
@@ -280,8 +296,8 @@ class EvaluationConfig:
     # pipelines/time_intervals.py)
 
 
-@dataclass
-class FamilyConfig:
+@dataclass(repr=False)
+class FamilyConfig(ChangedSettingsRepr):
     """`anomaly-vae fit --family`: train every suitable variant and pick one."""
 
     variants: list[str] = field(default_factory=list)  # registry names; empty = every
@@ -292,8 +308,8 @@ class FamilyConfig:
     # (labelled evaluation data), or "auto": auroc when labels exist, else criterion
 
 
-@dataclass
-class TrackingConfig:
+@dataclass(repr=False)
+class TrackingConfig(ChangedSettingsRepr):
     """MLflow tracking and registry."""
 
     enabled: bool = True  # log each fit to MLflow; false is fit --no-tracking (the model
@@ -307,7 +323,7 @@ class TrackingConfig:
     view_rows: int = 2000  # at most this many rows (or images) feed the logged views
 
 
-@dataclass
+@dataclass(repr=False)
 class Config(DetectorConfig):
     """A whole `fit` run: the detector plus evaluation and tracking."""
 

@@ -352,3 +352,19 @@ def test_python_none_reads_as_null_except_for_text_settings():
     assert load_config(overrides=["data.id_column=None"]).data.id_column == "None"
     with pytest.raises(ConfigError, match=r"model\.latent_dim must be of type int"):
         load_config(overrides=["model.latent_dim=None"])
+
+
+def test_a_config_prints_only_what_differs_from_the_defaults():
+    # In full, repr(VAEDetector(config)) printed every setting of every section: a
+    # notebook cell's worth for a one-setting change.
+    from anomaly_vae import VAEDetector
+    from anomaly_vae.config import ModelConfig, TrainingConfig  # noqa: F401 (eval below)
+
+    config = load_config(overrides=["model.latent_dim=4", "training.epochs=3"])
+    detector_config = config.detector_config()
+    assert repr(detector_config) == (
+        "DetectorConfig(model=ModelConfig(latent_dim=4), training=TrainingConfig(epochs=3))"
+    )
+    assert eval(repr(detector_config)) == detector_config  # Python that rebuilds it
+    assert repr(VAEDetector(detector_config)) == f"VAEDetector(config={detector_config!r})"
+    assert repr(load_config()) == "Config()"
