@@ -32,14 +32,13 @@ CURVE_POINTS = 1_000
 FEW_LABELLED_ROWS = 10  # fewer labelled rows of a class than this get a warning: one
 # more row can move an F1- or recall-chosen threshold past many scores
 
-RECALIBRATED_QUANTILE = "recalibrated quantile"  # a key of METHOD_DESCRIPTIONS only
 METHOD_DESCRIPTIONS = {
     QUANTILE: "quantile of held-out normal scores",
-    # calibrate --method quantile: the rows are new normal ones, not the fit's held-out
-    RECALIBRATED_QUANTILE: "quantile of the normal scores it was recalibrated on",
     "f1": "F1-optimal on the precision-recall curve",
     "recall": "the highest reaching the target recall on the ROC curve",
 }
+# calibrate --method quantile: its rows are new normal ones, not the fit's held-out rows
+RECALIBRATED_QUANTILE_DESCRIPTION = "quantile of the normal scores it was recalibrated on"
 
 
 def quantile_threshold(

@@ -23,8 +23,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import (
-    METHOD_DESCRIPTIONS,
-    RECALIBRATED_QUANTILE,
+    RECALIBRATED_QUANTILE_DESCRIPTION,
     calibration_summary,
     labelled_summary,
     labelled_threshold,
@@ -391,7 +390,7 @@ class ThresholdedScores:
             "score": self.score_name
         }
         if recalibrated:
-            self.calibration_["description"] = METHOD_DESCRIPTIONS[RECALIBRATED_QUANTILE]
+            self.calibration_["description"] = RECALIBRATED_QUANTILE_DESCRIPTION
         self.calibration_scores_ = scores
         return self
 

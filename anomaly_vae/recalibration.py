@@ -459,7 +459,8 @@ def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) ->
         "MLFLOW_TRACKING_URI to its tracking store, or pass --no-tracking"
     )
     store = embedded_store(project_dir)
-    if store is not None and not store.is_file() and folder and (folder / RUN_FILE).is_file():
+    logged = folder is not None and (folder / RUN_FILE).is_file()
+    if store is not None and not store.is_file() and logged:
         # Checked before check_store, which would leave an empty store here.
         raise ModelNotFoundError(
             f"model {description} was logged to MLflow, and there is no MLflow tracking "
