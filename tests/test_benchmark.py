@@ -507,6 +507,36 @@ def test_missing_values_in_a_table_run_every_method(tmp_path):
     assert min(aucroc[name] for name in ("anomaly-vae", "ensemble")) > 80, aucroc
 
 
+def test_our_detector_is_given_a_table_without_empty_columns_uncopied():
+    """Leaving out the columns empty in every training row took every column by index
+    when none was: a full copy of the training split at fit and of the test split at
+    scoring (0.6 GB each for ADBench's 299,285 x 500 census under T-clean), beside what
+    the detector itself holds (the features and their parts, 2.1 times X here)."""
+    import tracemalloc
+
+    from anomaly_vae.config import load_config
+
+    config = load_config(overrides=[*TINY, "training.epochs=1", "training.max_epoch_batches=1"])
+    X = np.random.default_rng(0).normal(size=(20_000, 20))
+    bench_methods.DetectorMethod(config, bench_methods.FitCache()).fit(X[:100])  # one-off imports
+    method = bench_methods.DetectorMethod(config, bench_methods.FitCache())
+    tracemalloc.start()
+    try:
+        method.fit(X)
+        _, fit_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        method.score(X)
+        _, score_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 2.1 and 1.3 times X here; before, 3.1 and 2.3
+    assert fit_peak < 2.5 * X.nbytes
+    assert score_peak < 1.8 * X.nbytes
+    with_gap = np.column_stack([X[:300], np.full(300, np.nan)])  # still left out
+    method = bench_methods.DetectorMethod(config, bench_methods.FitCache()).fit(with_gap)
+    assert method.detector_.n_features_in_ == 20 and method.score(with_gap).shape == (300,)
+
+
 def test_median_imputation_uses_the_training_medians_and_leaves_images_alone():
     seen = []
 

@@ -102,12 +102,16 @@ class Context:
 
 
 def observed_columns(X_train: np.ndarray) -> np.ndarray | None:
-    """A table's columns with a value in some training row (None for images): our
-    detectors refuse a column empty in every training row, which the imputed baselines
-    take as a constant; in a benchmark it is left out instead, as it says nothing."""
+    """A table's columns with a value in some training row, or None when that is every
+    column (and for images): our detectors refuse a column empty in every training row,
+    which the imputed baselines take as a constant; in a benchmark it is left out
+    instead, as it says nothing. None leaves the data as they are: taking every column
+    by index copied the whole split (0.6 GB for a T-clean half of a 299,285 x 500 table
+    such as ADBench's census) for nothing."""
     if X_train.ndim != 2:
         return None
-    return np.flatnonzero(~np.isnan(X_train).all(axis=0))
+    kept = np.flatnonzero(~np.isnan(X_train).all(axis=0))
+    return None if len(kept) == X_train.shape[1] else kept
 
 
 def _columns(X: np.ndarray, kept: np.ndarray | None) -> np.ndarray:
