@@ -36,7 +36,9 @@ def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                     f"{path} is not a valid ADBench .npz file: no array {missing[0]!r} "
                     f"(arrays there: {found}); expected {NPZ_FORMAT}"
                 )
-            X, y = data["X"].astype(np.float64), data["y"]  # read on access: in the block
+            # Read on access: in the block. copy=False: a float64 X (most ADBench files) is
+            # used as read; astype copied it, two of a 1.2 GB X at once while loading.
+            X, y = data["X"].astype(np.float64, copy=False), data["y"]
     except DataError:
         raise
     except Exception as exc:
