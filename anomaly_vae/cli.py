@@ -400,6 +400,16 @@ def _print_fit_summary(result: Any, config: Config) -> None:
             f"false-positive rate {100 * ev['false_positive_rate']:.2f}% "
             f"(TP {cm['tp']}, FP {cm['fp']}, FN {cm['fn']}, TN {cm['tn']})"
         )
+        target_recall = config.calibration.target_recall
+        if calibration.get("method", "quantile") == "quantile" and ev["recall"] < target_recall:
+            # The quantile threshold ignores the labels; a user who reads a low recall here
+            # should learn that the labels can choose the threshold instead.
+            click.echo(
+                f"  the threshold flags fewer than {target_percent(target_recall)} of the "
+                "labelled anomalies: to choose it on the labels instead, fit again with "
+                "--set calibration.method=f1 (or recall), or run calibrate on labelled "
+                f"{unit} (docs/thresholds.md)"
+            )
     click.echo(f"Model saved to {result.model_dir}")
     if result.run is not None:
         from anomaly_vae.tracking import CHAMPION_ALIAS, tracking_uri

@@ -66,6 +66,32 @@ def test_fit_prints_a_summary(project):
     assert "The epoch limit ended training" not in out  # early stopping ended this one
 
 
+def test_a_quantile_threshold_of_low_recall_says_how_to_choose_it_on_the_labels(
+    tmp_path, monkeypatch
+):
+    # The demo's data: at the 1% false-positive quantile of benign rows, about half the
+    # malignant rows are flagged; the summary should point to the labelled methods.
+    from sklearn.datasets import load_breast_cancer
+
+    monkeypatch.chdir(tmp_path)
+    frame = load_breast_cancer(as_frame=True).frame
+    frame["target"] = 1 - frame["target"]  # scikit-learn: 0 = malignant, the anomaly here
+    frame.to_csv("train.csv", index=False)
+    arguments = ["fit", "train.csv", "--label-col", "target", "--quiet", *FAST]
+    arguments += ["--set", "tracking.enabled=false", "--set", "training.epochs=30"]
+    quantile = CliRunner().invoke(main, arguments)
+    assert quantile.exit_code == 0, quantile.output
+    recall = float(
+        re.search(r"at the threshold: precision [\d.]+, recall ([\d.]+)", quantile.output)[1]
+    )
+    assert recall < 0.9
+    assert "the threshold flags fewer than 90% of the labelled anomalies" in quantile.output
+    assert "--set calibration.method=f1 (or recall)" in quantile.output
+    f1 = CliRunner().invoke(main, [*arguments, "--set", "calibration.method=f1"])
+    assert f1.exit_code == 0, f1.output
+    assert "labelled anomalies: to choose it" not in f1.output
+
+
 def test_fit_says_when_the_epoch_limit_ended_training(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mixed_table(300, seed=0).to_csv("train.csv", index=False)
