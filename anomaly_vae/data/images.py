@@ -243,11 +243,8 @@ class ImageListing:
         array: np.ndarray | None = None
         if self.pixels is not None:
             array = self.pixels[start:stop]
-            if self.size is not None:  # one grayscale channel in the MNIST layout
-                resized = np.empty((len(array), self.size, self.size), np.uint8)
-                for index, image in enumerate(array):
-                    resized[index] = _pixels(Image.fromarray(image[0]), self.size)
-                array = resized[:, None]
+            if self.size is not None:
+                array = resized_grey(array, self.size)
             return ImageSet(array, labels, self.classes, names)
         # (m, H, W) grey, or (m, H, W, 3) colour: channels last in memory, as PIL gives them
         # (the model's float input keeps that layout, on which its float rounding depends).
@@ -548,6 +545,16 @@ def _pixels(image: Image.Image, size: int | None) -> np.ndarray:
     if size is not None and image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image)
+
+
+def resized_grey(images: np.ndarray, size: int) -> np.ndarray:
+    """Grey images ``(n, 1, H, W)`` uint8 (the MNIST layout's) resized to ``(n, 1, size,
+    size)`` uint8 (bilinear), each on its own, so a subset resized is that subset of the
+    set resized."""
+    resized = np.empty((len(images), size, size), np.uint8)
+    for index, image in enumerate(images):
+        resized[index] = _pixels(Image.fromarray(image[0]), size)
+    return resized[:, None]
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
