@@ -294,6 +294,24 @@ def test_reads_an_image_folder(tmp_path):
         read_images(tmp_path)
 
 
+@pytest.mark.parametrize("layout", ["flat", "class folders"])
+def test_a_broken_link_named_as_an_image_is_refused_naming_it(tmp_path, layout):
+    # A flat folder left out a link whose target was gone (a data store moved, a drive
+    # not mounted) without a word, and scored the rest; a class folder refused it with
+    # "[Errno 2] No such file or directory" of a file `ls` lists. Both now name the link.
+    folder = tmp_path / "imgs"
+    images = folder if layout == "flat" else folder / "good"
+    images.mkdir(parents=True)
+    for i, image in enumerate(bars(3, seed=4)):
+        Image.fromarray(image[0]).save(images / f"{i}.png")
+    (images / "gone.png").symlink_to(tmp_path / "moved" / "gone.png")
+    refusal = r"gone\.png is a broken symbolic link: its target .*moved/gone\.png does not exist"
+    with pytest.raises(DataError, match=refusal):
+        read_images(folder)
+    with pytest.raises(DataError, match=r"gone\.png is a broken symbolic link"):
+        images_module.list_images(folder).check()
+
+
 def test_an_image_too_large_for_pil_is_a_data_error_naming_it(tmp_path, monkeypatch):
     # PIL refuses images over twice Image.MAX_IMAGE_PIXELS (179 million pixels, a 23 kB
     # PNG of 14,000 x 14,000) with DecompressionBombError, no OSError: a traceback that

@@ -439,7 +439,11 @@ def _list_folder(path: Path, size: int | None) -> ImageListing:
     copies, ``.ipynb_checkpoints``) are no images and no classes."""
     from torchvision.datasets.folder import make_dataset
 
-    flat = sorted(p for p in path.iterdir() if is_image_file(p) and p.is_file())
+    # A broken link named as an image is listed, to be refused naming it, as in a class
+    # folder (torchvision lists it there): left out, its image went unscored without a word.
+    flat = sorted(
+        p for p in path.iterdir() if is_image_file(p) and (p.is_file() or _broken_link(p))
+    )
     subfolders = sorted(p.name for p in path.iterdir() if p.is_dir() and not _hidden(p.name))
     _warn_not_images(path, path.iterdir() if flat else path.rglob("*"))
     if flat:
@@ -519,6 +523,11 @@ def is_image_file(path: str | Path) -> bool:
 
 def _hidden(name: str) -> bool:
     return name.startswith(".")
+
+
+def _broken_link(path: Path) -> bool:
+    """Whether ``path`` is a symbolic link whose target does not exist."""
+    return path.is_symlink() and not path.exists()
 
 
 def read_with_images(path: Path, source: str | Path) -> bool:
@@ -706,6 +715,11 @@ def _reading(file: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if _broken_link(Path(file)):
+            # "[Errno 2] No such file or directory" of a file `ls` lists puzzled.
+            raise DataError(
+                f"{file} is a broken symbolic link: its target {os.readlink(file)} does not exist"
+            ) from exc
         raise DataError(f"{file} is not a readable image: {exc}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Not an OSError: PIL's refusal of an image over twice MAX_IMAGE_PIXELS (or over
