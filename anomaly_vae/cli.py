@@ -938,13 +938,14 @@ def view(
                 f"--log: the model's MLflow run {run_id} is not in this tracking store: {advice}"
             ) from exc
     frame, labels = None, None
+    names: list[str] | None = None  # images: their names, as `score` writes them
     if data is not None:
         images_given = is_image_source(data)
         check_data_kind(detector, data, images_given)
         check_label_options(images_given, label_col, normal_class)
         if images_given:
             images = read_images(data, train=False, size=detector.effective_config.data.image_size)
-            frame = images.images
+            frame, names = images.images, images.names
             if normal_class is not None:
                 # As fit and calibrate label a folder's classes: the others are anomalies.
                 labels = ~np.isin(images.labels, images.class_indices(normal_class))
@@ -965,14 +966,14 @@ def view(
         condition = detector.condition_vector(_view_condition(conditions, detector.data_kind_))
     makers = {
         "generate": lambda: [views.generation(detector, count, condition)],
-        "reconstruct": lambda: [views.reconstructions(detector, frame)],
+        "reconstruct": lambda: [views.reconstructions(detector, frame, names=names)],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
         "manifold": lambda: [views.manifold(detector, frame, condition=condition)],
         "traversal": lambda: [views.traversal(detector, frame)],
         "interpolation": lambda: [views.interpolation(detector, frame)],
     }
     if kind == "all":
-        made, skipped = views.views_and_skips(detector, frame, labels, condition)
+        made, skipped = views.views_and_skips(detector, frame, labels, condition, names=names)
         for reason in skipped:
             click.echo(f"skipped {reason}")
     else:

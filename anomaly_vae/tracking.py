@@ -683,9 +683,12 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
         source = take_rows(source, chosen)
         positions = positions[chosen]
         labels = None if labels is None else labels[chosen]
-    # Rows named by their file and row there, not by their place among the rows drawn.
+    # Rows named by their file and row there, not by their place among the rows drawn;
+    # images by their names, as `score` writes them.
     origin = data.row_origin(positions, evaluation)
-    for view in views.standard_views(detector, source, labels, origin):
+    all_names = data.names if evaluation else data.train_names
+    names = None if all_names is None else [all_names[i] for i in positions]
+    for view in views.standard_views(detector, source, labels, origin, names):
         views.save_view(view, out / VIEWS_ARTIFACT_PATH)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -64,6 +65,7 @@ class View:
     name: str  # file stem, e.g. "02_reconstructions"
     figure: Figure
     table: pd.DataFrame | None = None
+    grid: bool = False  # an image grid, laid out to the inch (see save_view)
 
 
 def save_view(view: View, folder: Path) -> list[Path]:
@@ -72,7 +74,7 @@ def save_view(view: View, folder: Path) -> list[Path]:
     png.parent.mkdir(parents=True, exist_ok=True)
     # Table views are panels laid out by matplotlib, whose colour-bar labels can reach
     # past the figure's edge; image grids are laid out to the inch and kept as they are.
-    tight = "tight" if view.table is not None else None
+    tight = "tight" if view.table is not None and not view.grid else None
     view.figure.savefig(png, dpi=plots.DPI, bbox_inches=tight)
     plots.close(view.figure)
     paths = [png]
@@ -337,14 +339,21 @@ def generation(
 
 
 def reconstructions(
-    detector: Any, X: Any, count: int = 16, origin: pd.DataFrame | None = None
+    detector: Any,
+    X: Any,
+    count: int = 16,
+    origin: pd.DataFrame | None = None,
+    names: Sequence[str] | None = None,
 ) -> View:
     """The ``count`` most anomalous inputs beside their reconstructions, worst first.
 
     Tables get, per feature, the surprise (its share of -log p(x|z) in nats beyond what
     every row pays) that made the row anomalous, and the reconstruction in original units.
     A row is named by its id where it has one, else by its 1-based position in X, or,
-    given ``origin`` (:func:`row_name`), by its file and row there.
+    given ``origin`` (:func:`row_name`), by its file and row there. Images get a table of
+    the images shown, in the grid's reading order: ``rank``, ``image`` (``names (n,)``,
+    each image's name as `score` writes it, else ``image N``, its 1-based place in X) and
+    ``score``, as the grid has no room to name them.
     """
     scores = detector.anomaly_score(X)
     order = np.argsort(-scores)[:count]
@@ -357,14 +366,25 @@ def reconstructions(
         columns = min(8, 2 * len(order)) // 2 * 2
         figure = _image_grid(
             pairs,
-            "Most anomalous inputs, each beside its reconstruction, worst first",
+            "Most anomalous inputs, each beside its reconstruction, worst first "
+            "(in reading order; named in 02_reconstructions.csv)",
             columns,
             column_labels=["input", "recon."] * (columns // 2),
         )
-        return View("02_reconstructions", figure)
-    names = detector.preprocessor_.feature_names
-    mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(names), bool))()
-    names = [n for n, skip in zip(names, mask, strict=True) if not skip]
+        # Without names a reviewer saw which images looked wrong, not which files they were.
+        shown = pd.DataFrame(
+            {
+                "rank": np.arange(1, len(order) + 1),
+                "image": [names[i] for i in order]
+                if names is not None
+                else [f"image {i + 1}" for i in order],
+                "score": scores[order],
+            }
+        )
+        return View("02_reconstructions", figure, shown, grid=True)
+    feature_names = detector.preprocessor_.feature_names
+    mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(feature_names), bool))()
+    feature_names = [n for n, skip in zip(feature_names, mask, strict=True) if not skip]
     surprise = detector.feature_surprise(_take(X, order))
     id_column = detector.effective_config.data.id_column
     ids = _row_ids(detector, X, order)
@@ -378,7 +398,7 @@ def reconstructions(
     table = pd.concat(
         [
             rows_named,
-            pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in names]),
+            pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in feature_names]),
             _to_rows(detector, rebuilt, detector._model_input(_take(X, order))[1]).add_prefix(
                 "reconstructed:"
             ),
@@ -399,7 +419,7 @@ def reconstructions(
         else None
     )
     image = ax.imshow(drawn, aspect="auto", cmap="magma", interpolation="nearest", norm=norm)
-    shown_names = [name for name, keep in zip(names, shown, strict=True) if keep]
+    shown_names = [name for name, keep in zip(feature_names, shown, strict=True) if keep]
     ax.set_xticks(range(len(shown_names)), shown_names, rotation=60, ha="right", fontsize=8)
     # A row is named by its id where the data has one, else by where it is: at fit the
     # views see a sample of the evaluation rows, whose positions no reader can look up.
@@ -695,12 +715,13 @@ def standard_views(
     X: Any,
     labels: np.ndarray | None = None,
     origin: pd.DataFrame | None = None,
+    names: Sequence[str] | None = None,
 ) -> list[View]:
     """The views logged with every fit: generation, reconstructions, latent scatter and,
     for continuous latents, manifold, traversal and interpolation (those that cannot be
     drawn are left out; :func:`views_and_skips` says why). ``origin``: where each row of
-    a table X was read (:func:`row_name`), to name rows by."""
-    made, skipped = views_and_skips(detector, X, labels, origin=origin)
+    a table X was read (:func:`row_name`), to name rows by; ``names``: images' names."""
+    made, skipped = views_and_skips(detector, X, labels, origin=origin, names=names)
     for reason in skipped:
         logger.info("view not logged, %s", reason)
     return made
@@ -712,12 +733,14 @@ def views_and_skips(
     labels: np.ndarray | None = None,
     condition: np.ndarray | None = None,
     origin: pd.DataFrame | None = None,
+    names: Sequence[str] | None = None,
 ) -> tuple[list[View], list[str]]:
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
     ``condition``: ``(c,)`` for a conditional model's generation (without it, none for
     tables and a block of rows per class for images) and manifold (without it, the first row's).
-    ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by."""
+    ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by;
+    ``names``: ``(n,)`` the name of each image of X (:func:`reconstructions`)."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None and not _is_image(detector):
@@ -725,7 +748,7 @@ def views_and_skips(
     else:
         made.append(generation(detector, condition=condition))
     makers = [
-        ("reconstruct", lambda: reconstructions(detector, X, origin=origin)),
+        ("reconstruct", lambda: reconstructions(detector, X, origin=origin, names=names)),
         ("latents", lambda: latent_scatter(detector, X, labels)),
         ("manifold", lambda: manifold(detector, X, condition=condition)),
         ("traversal", lambda: traversal(detector, X, origin=origin)),

@@ -156,11 +156,57 @@ def test_image_grids_label_their_rows_and_columns_and_wrap_the_title(image_detec
         views.plots.close(view.figure)
 
 
+def test_the_most_anomalous_images_are_named_with_their_scores(image_detector, tmp_path):
+    """The reconstructions view of images showed the worst images and named none: a
+    reviewer saw that some looked wrong, not which files they were. Its CSV names them in
+    the grid's reading order, as `score` names images, from `view` and from a fit's run."""
+    from PIL import Image
+
+    from anomaly_vae.cli import main
+    from anomaly_vae.fitting import TrainingData
+    from anomaly_vae.tracking import _log_views
+
+    folder = tmp_path / "check"
+    folder.mkdir()
+    images = np.concatenate([bars(6, seed=1), bars(2, seed=2, vertical=True)])
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"{'odd' if i >= 6 else 'ok'}{i}.png")
+    image_detector.save(tmp_path / "model")
+    model, out = str(tmp_path / "model"), str(tmp_path / "v")
+    result = CliRunner().invoke(
+        main, ["view", "reconstruct", str(folder), "--model", model, "--out", out]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {tmp_path / 'v' / '02_reconstructions.csv'}" in result.output
+    table = pd.read_csv(tmp_path / "v" / "02_reconstructions.csv")
+    scores = image_detector.anomaly_score(images)
+    names = [str(folder / f"{'odd' if i >= 6 else 'ok'}{i}.png") for i in range(8)]
+    assert table["rank"].tolist() == list(range(1, 9))
+    assert table["image"].tolist() == [names[i] for i in np.argsort(-scores)]
+    np.testing.assert_allclose(table["score"], np.sort(scores)[::-1])
+    assert set(table["image"][:2]) == {names[6], names[7]}  # the vertical bars first
+    # Arrays, named by their place in X; a fit's logged view by the image files.
+    shown = views.reconstructions(image_detector, images, count=3).table
+    assert shown is not None and shown["image"].tolist() == [
+        f"image {i + 1}" for i in np.argsort(-scores)[:3]
+    ]
+    # The data the fixture was fit on, as a folder of files f0.png ... would give it.
+    data = TrainingData(bars(300, seed=0), train_names=[f"f{i}.png" for i in range(300)])
+    _log_views(image_detector, data, 300, tmp_path / "run")
+    logged = pd.read_csv(tmp_path / "run" / "views" / "02_reconstructions.csv")
+    validation = image_detector.split_rows_["validation"]
+    worst = validation[np.argsort(-image_detector.anomaly_score(data.train[validation]))]
+    assert logged["image"].tolist() == [f"f{i}.png" for i in worst[:16]]
+
+
 def test_image_views_and_discrete_latents(image_detector, tmp_path):
     test = np.concatenate([bars(30, seed=1), bars(5, seed=2, vertical=True)])
     for view in views.standard_views(image_detector, test):
-        (path,) = views.save_view(view, tmp_path)
+        # The reconstructions' CSV names the images shown; no other image view has one.
+        path, *table = views.save_view(view, tmp_path)
         assert path.stat().st_size > 1000
+        named = ["02_reconstructions.csv"] if view.name == "02_reconstructions" else []
+        assert [t.name for t in table] == named
     vq = VAEDetector(tiny_config("model.name=vq-vae", "training.epochs=2").detector_config())
     vq.fit(mixed_table(100, seed=0).drop(columns=["reading_id", "is_fault"]))
     with pytest.raises(DataError, match="discrete latent: no manifold"):
