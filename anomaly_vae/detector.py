@@ -617,9 +617,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if phases:
             phase_line(f"preparing the features of {len(X):,} {self.score_item}s")
         if self.data_kind_ == "image":
-            self.preprocessor_ = ImagePreprocessor(config.data.image_pool).fit(
-                X, model_class.image_side_multiple(config.model)
-            )
+            self.preprocessor_ = ImagePreprocessor(
+                config.data.image_pool, config.data.image_size
+            ).fit(X, model_class.image_side_multiple(config.model))
             self.condition_classes_ = 0
             self.condition_names_: list[str] = []
             if model_class.uses_condition:
@@ -1251,6 +1251,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         detector._uses_condition = get_model(config.model.name).uses_condition
         if detector.data_kind_ == "image":
             detector.preprocessor_ = ImagePreprocessor.from_dict(document["schema"])
+            detector._image_preprocessor.image_size = config.data.image_size
             detector.condition_classes_ = document["condition_classes"]
             detector.condition_names_ = document.get("condition_names") or [
                 str(i) for i in range(detector.condition_classes_)

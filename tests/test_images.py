@@ -675,6 +675,27 @@ def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(
     assert large.mean(axis=1).max() > 2 * large.mean(axis=0).max()
 
 
+def test_an_array_of_another_size_is_told_what_the_models_image_size_resizes(
+    bars_detector, tmp_path
+):
+    """A model fit with data.image_size resizes image files as it reads them, not arrays
+    (Python, a served model): an array of another size was told to "fit with --set
+    data.image_size=N", which this model had been."""
+    config = tiny_config("training.epochs=1", "data.image_size=16").detector_config()
+    resizing = VAEDetector(config).fit(bars(40, seed=0))
+    resizing.save(tmp_path / "model")
+    for detector in (resizing, VAEDetector.load(tmp_path / "model")):
+        with pytest.raises(DataError) as refused:
+            detector.score_frame(bars(2, seed=1, size=20))
+        assert str(refused.value).endswith(
+            "resize them to 16 x 16; this model resizes image files as it reads them "
+            "(data.image_size=16), not arrays"
+        )
+    # A model without it: resize, or fit with it.
+    with pytest.raises(DataError, match=r"resize them to 16 x 16, or fit with --set data\.image_s"):
+        bars_detector.score_frame(bars(2, seed=1, size=20))
+
+
 def test_map_levels_are_rounded_to_the_nearest(tmp_path):
     from PIL import Image
 

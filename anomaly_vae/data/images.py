@@ -763,9 +763,12 @@ class ImagePreprocessor:
 
     kind = "image"
 
-    def __init__(self, pool: int | None = 1) -> None:
+    def __init__(self, pool: int | None = 1, image_size: int | None = None) -> None:
         self.shape: tuple[int, ...] = ()  # (C, H, W) of the input images
         self.pool = pool  # None: chosen by fit with auto_pool
+        # data.image_size: image files are resized to it as they are read, arrays are not;
+        # only the advice of a refused size depends on it (not saved: the config holds it).
+        self.image_size = image_size
 
     def fit(self, images: np.ndarray, side_multiple: int = 1) -> ImagePreprocessor:
         """Record the image shape; ``side_multiple`` is the model's total stride, which
@@ -810,12 +813,21 @@ class ImagePreprocessor:
             array = _grey_for_grey_model(array)
         if tuple(array.shape[1:]) != self.shape:
             given = tuple(array.shape[1:])
-            fix = (
-                "convert them to " + ("grey" if self.shape[0] == 1 else "colour")
-                if given[0] != self.shape[0]
-                else f"resize them to {self.shape[1]} x {self.shape[2]}, or fit with "
-                "--set data.image_size=N, which resizes images at fit and when scoring"
-            )
+            resize = f"resize them to {self.shape[1]} x {self.shape[2]}"
+            if given[0] != self.shape[0]:
+                fix = "convert them to " + ("grey" if self.shape[0] == 1 else "colour")
+            elif self.image_size is not None:
+                # Advising a fit with data.image_size misled: this model has it, and arrays
+                # (Python, a served model) reach it at their own size.
+                fix = (
+                    f"{resize}; this model resizes image files as it reads them "
+                    f"(data.image_size={self.image_size}), not arrays"
+                )
+            else:
+                fix = (
+                    f"{resize}, or fit with --set data.image_size=N, which resizes images at "
+                    "fit and when scoring"
+                )
             raise DataError(
                 f"the model takes {_described(self.shape)} images, these are "
                 f"{_described(given)} (shape {given}): {fix}"
