@@ -3,9 +3,11 @@ training, fit and calibrate a detector, evaluate when labels allow, save, track.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,7 +148,8 @@ def load_training_data(
         )
     say_reading(source, config.training)
     frame = read_table(source, _id_columns(config), config.data.categorical_columns)
-    check_cells(frame, config.data)
+    with naming_file(source):
+        check_cells(frame, config.data)
     data = _split_table(frame, config, source)
     data.sources["data"] = source_location(source)
     if eval_source is not None:
@@ -154,12 +157,10 @@ def load_training_data(
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
         say_reading(eval_source, config.training)
         extra = read_table(eval_source, _id_columns(config), config.data.categorical_columns)
-        try:
+        with naming_file(eval_source):
             extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
             check_same_kinds(extra, frame, config.data)
             check_cells(extra, config.data)
-        except DataError as exc:
-            raise DataError(f"{eval_source}: {exc}") from exc
         _warn_training_ids(extra, frame, config, eval_source)
         data.sources["eval_data"] = source_location(eval_source)
         extra_rows = np.arange(1, len(extra) + 1)
@@ -174,6 +175,17 @@ def load_training_data(
             )
         data.eval_file_rows = len(extra)
     return data
+
+
+@contextlib.contextmanager
+def naming_file(source: str | Path) -> Iterator[None]:
+    """Around checks of the cells of the table file ``source``: their DataError, which
+    names a column and row, names the file first (``FILE: column 'x' ...``). A fit reads
+    two files with --eval, and a row number alone does not say which one it counts in."""
+    try:
+        yield
+    except DataError as exc:
+        raise DataError(f"{source}: {exc}") from exc
 
 
 def say_reading(source: str | Path, training: TrainingConfig) -> None:

@@ -247,6 +247,31 @@ def test_a_bad_cell_outside_the_training_rows_is_named_before_training(
     assert "column 'load' holds infinite values (row 8)" in message
 
 
+def test_a_bad_cell_of_the_training_file_is_named_with_the_file(tmp_path, monkeypatch):
+    # The message named the column and row but not the file, where the same cell in an
+    # --eval file was named with its file: with two files read, which one's row 8?
+    config = tiny_config("tracking.enabled=false")
+    table = mixed_table(100, seed=0)
+    table.loc[7, "load"] = float("inf")
+    for name in ("train.csv", "train.parquet"):
+        path = tmp_path / name
+        table.to_csv(path, index=False) if name.endswith(".csv") else table.to_parquet(path)
+        with pytest.raises(DataError) as refused:
+            fit_table(path, config, project_dir=tmp_path)
+        assert str(refused.value) == f"{path}: column 'load' holds infinite values (row 8)"
+    # The same wording as for a cell of the --eval file.
+    table.loc[7, "load"] = 1.0
+    table.to_csv(tmp_path / "train.csv", index=False)
+    bad_eval = mixed_table(60, seed=3, anomalies=6)
+    bad_eval.loc[2, "load"] = float("-inf")
+    bad_eval.to_csv(tmp_path / "eval.csv", index=False)
+    labelled = tiny_config("data.label_column=is_fault", "tracking.enabled=false")
+    message = _refused_before_training(
+        tmp_path, labelled, monkeypatch, eval_source=tmp_path / "eval.csv"
+    )
+    assert message == f"{tmp_path / 'eval.csv'}: column 'load' holds infinite values (row 3)"
+
+
 def test_an_eval_file_is_checked_against_the_training_file_before_training(
     tmp_path, labelled_config, monkeypatch, caplog
 ):
