@@ -553,3 +553,24 @@ def test_a_duration_column_is_refused_as_a_duration_not_as_a_date():
     assert pre.columns[0].kind == "numeric"
     with pytest.raises(DataError, match=r"'wait' should be numeric but holds durations"):
         pre.transform(frame)
+
+
+def test_a_column_of_too_many_intervals_is_refused_as_intervals_not_as_text():
+    # pd.cut / pd.qcut columns were refused as "a different text value in each row, like an
+    # id" or "distinct text values", with an id's advice (--id-col): intervals are bins
+    # of a number, which the message now says, and how to pass them as numbers.
+    values = np.random.default_rng(0).normal(size=400)
+    advice = r"pd\.IntervalIndex\(column\)\.mid, or its \.left and \.right"
+    each_row = pd.DataFrame({"x": values, "band": pd.qcut(values, 400)})
+    for band in (each_row["band"], each_row["band"].astype("interval")):
+        with pytest.raises(DataError, match=rf"^column 'band' holds intervals .*{advice}") as e:
+            TablePreprocessor(DataConfig()).fit(each_row.assign(band=band))
+        assert "text" not in str(e.value) and "--id-col" not in str(e.value)
+    many = pd.DataFrame({"x": values, "band": pd.qcut(values, 150)})
+    with pytest.raises(DataError, match=rf"^column 'band' holds 150 distinct intervals .*{advice}"):
+        TablePreprocessor(DataConfig()).fit(many)
+    # A few bins are categories, as before; their middles are numbers.
+    few = pd.DataFrame({"x": values, "band": pd.cut(values, [-np.inf, -1, 0, 1, np.inf])})
+    assert TablePreprocessor(DataConfig()).fit(few).columns[1].kind == "categorical"
+    middles = many.assign(band=pd.IntervalIndex(many["band"]).mid)
+    assert TablePreprocessor(DataConfig()).fit(middles).columns[1].kind == "numeric"

@@ -248,7 +248,16 @@ class TablePreprocessor:
         text = _as_text(values)
         categories = sorted(text.unique().tolist())
         given = int(text.notna().sum())
+        # A few bins (pd.cut with fixed edges) are categories like any other; too many are
+        # refused as text is, but as what they are: their advice is not an id column's.
         if not forced and given >= ID_LIKE_MIN_ROWS and len(categories) == given:
+            if _holds_intervals(values):
+                raise DataError(
+                    f"column {name!r} holds intervals (pandas Interval, as pd.cut or pd.qcut "
+                    f"makes them), a different one in each of its {given} rows: as a category "
+                    f"every new interval would be unseen: {INTERVAL_ADVICE}, or ignore it "
+                    "(data.ignore_columns, --ignore-col)"
+                )
             raise DataError(
                 f"column {name!r} has a different text value in each of its {given} rows, "
                 "like an id: as a category every new value would be unseen. Pass it as the "
@@ -256,6 +265,14 @@ class TablePreprocessor:
                 "to keep it a category, name it in data.categorical_columns"
             )
         if len(categories) > self.config.max_categories:
+            if _holds_intervals(values):
+                raise DataError(
+                    f"column {name!r} holds {len(categories)} distinct intervals (pandas "
+                    "Interval, as pd.cut or pd.qcut makes them), more than "
+                    f"data.max_categories={self.config.max_categories} as categories: "
+                    f"{INTERVAL_ADVICE}, use fewer bins, or ignore it (data.ignore_columns, "
+                    "--ignore-col)"
+                )
             raise DataError(
                 f"column {name!r} has {len(categories)} distinct text values (more than "
                 f"data.max_categories={self.config.max_categories}); pass it as the id column, "
@@ -756,6 +773,16 @@ def _warn_counter_like(numbers: pd.Series, name: str) -> None:
 
 # What to do with a column of durations (a pandas timedelta, a Parquet duration column)
 DURATION_ADVICE = "pass them as numbers in a unit (in pandas: .dt.total_seconds())"
+INTERVAL_ADVICE = (
+    "pass them as numbers (in pandas: pd.IntervalIndex(column).mid, or its .left and "
+    ".right as two columns)"
+)
+
+
+def _holds_intervals(values: pd.Series) -> bool:
+    """Whether a column holds pandas Intervals: an interval dtype, a categorical of
+    intervals (what ``pd.cut`` and ``pd.qcut`` return) or Intervals in an object column."""
+    return pd.api.types.infer_dtype(values.astype(object), skipna=True) == "interval"
 
 
 def _is_time(values: pd.Series) -> bool:
