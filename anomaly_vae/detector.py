@@ -94,6 +94,13 @@ SAVED_MODEL_NAMES = (
 # Normal rows (images) fit takes at least: it splits them into training, validation and
 # calibration rows, a split that is meaningless below this.
 MIN_TRAINING_ROWS = 20
+# Rows of the smallest scoring pass: a shorter one (a few rows scored, the last part of a
+# table, a small fit's calibration rows) is padded to it with copies of its last row.
+# torch's CPU matrix products take other kernels for a few rows (here: 1 row on one
+# thread, up to 11 on two), whose float32 sums round otherwise: a row scored alone got
+# another score than in a larger pass, and the top calibration row, whose score is the
+# threshold under 100 calibration rows, was flagged when scored alone again.
+MIN_PASS_ROWS = 32
 
 
 def save_atomic(target: Path, write: Any) -> None:
@@ -212,6 +219,14 @@ def _refuse_other_labels(labels: np.ndarray) -> None:
         f"labels must be 0/1 or False/True (1 = anomaly), found {shown} in "
         f"{len(invalid):,} of {labels.size:,} labels"
     )
+
+
+def _padded(rows: np.ndarray, size: int) -> np.ndarray:
+    """``rows (n, ...)`` with copies of its last row after it up to ``size`` rows (itself
+    when it has as many; ``n >= 1``)."""
+    if len(rows) >= size:
+        return rows
+    return np.concatenate([rows, np.repeat(rows[-1:], size - len(rows), axis=0)])
 
 
 def _width(conditions: np.ndarray | None) -> int:
@@ -950,11 +965,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # columns grew by 580 MB of RSS, 20 times the scores).
         out = {name: np.empty(len(features)) for name in self.model_.score_names}
         size = self._batch_rows()
+        smallest = min(MIN_PASS_ROWS, size)
         for start in range(0, len(features), size):
-            batch = features[start : start + size]
+            rows = len(features[start : start + size])
+            batch = _padded(features[start : start + size], smallest)
             condition = None
             if conditions is not None:
-                condition = torch.from_numpy(conditions[start : start + size])
+                condition = torch.from_numpy(_padded(conditions[start : start + size], smallest))
             noise = (
                 noise_for_rows(len(batch), shared_noise)
                 if bank_size is None
@@ -962,7 +979,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             )
             scores = self.model_.scores(torch.from_numpy(batch), noise, condition)
             for name in self.model_.score_names:
-                out[name][start : start + len(batch)] = scores[name].numpy()  # float32: exact
+                out[name][start : start + rows] = scores[name][:rows].numpy()  # float32: exact
         return out
 
     @property
@@ -1043,20 +1060,22 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     ) -> np.ndarray:
         """:meth:`_batched` on preprocessed rows."""
         size = self._batch_rows()
+        smallest = min(MIN_PASS_ROWS, size)  # as in _model_scores
         self.model_.eval()
         # Into one array made at the first batch, as _model_scores does: not a list of
         # the batches' outputs beside their concatenation (twice the output at the end).
         out: np.ndarray | None = None
         with torch.no_grad():
             for start in range(0, len(features), size):
-                batch = torch.from_numpy(features[start : start + size])
+                rows = len(features[start : start + size])
+                batch = torch.from_numpy(_padded(features[start : start + size], smallest))
                 cond = None
                 if conditions is not None:
-                    cond = torch.from_numpy(conditions[start : start + size])
-                output = function(batch, cond).numpy()
+                    cond = torch.from_numpy(_padded(conditions[start : start + size], smallest))
+                output = function(batch, cond)[:rows].numpy()
                 if out is None:
                     out = np.empty((len(features), *output.shape[1:]), output.dtype)
-                out[start : start + len(batch)] = output
+                out[start : start + rows] = output
         return np.empty((0,), np.float32) if out is None else out
 
     def encode(
