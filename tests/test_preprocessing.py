@@ -10,7 +10,7 @@ import pytest
 
 from anomaly_vae.config import DataConfig
 from anomaly_vae.data import TablePreprocessor
-from anomaly_vae.data.preprocessing import GatheredWarnings, warnings_per_file
+from anomaly_vae.data.preprocessing import GatheredWarnings, check_cells, warnings_per_file
 from anomaly_vae.errors import DataError
 
 
@@ -574,3 +574,37 @@ def test_a_column_of_too_many_intervals_is_refused_as_intervals_not_as_text():
     assert TablePreprocessor(DataConfig()).fit(few).columns[1].kind == "categorical"
     middles = many.assign(band=pd.IntervalIndex(many["band"]).mid)
     assert TablePreprocessor(DataConfig()).fit(middles).columns[1].kind == "numeric"
+
+
+def test_numbers_mixed_with_booleans_are_refused_at_fit_and_warned_of_at_scoring(caplog):
+    # An object column of 1.5, 2.0 and True was taken as categories, each number one of
+    # its own (a new number unseen at scoring, or refused as "N distinct text values");
+    # written to a CSV file, the same column was refused as stray text below 5% of its
+    # cells and taken as categories above. Neither numbers only (numeric) nor booleans
+    # only (categories), it is refused in every form, naming the column and a cell.
+    values = np.random.default_rng(0).choice([1.5, 2.0, 3.0], size=200).astype(object)
+    few, many = values.copy(), values.copy()
+    few[[3, 10]] = True
+    many[3::8] = True
+    many[4::8] = False
+    message = r"^column 'm' holds numbers and booleans, such as (True|'True') \(row 4\)"
+    for column in (few, many):
+        frame = pd.DataFrame({"x": np.arange(200.0), "m": column})
+        for form in (frame, frame.astype({"m": str})):  # a CSV file reads them as text
+            with pytest.raises(DataError, match=message + r".*data\.categorical_columns"):
+                check_cells(form, DataConfig())
+            with pytest.raises(DataError, match=message):
+                TablePreprocessor(DataConfig()).fit(form)
+    # Named a category, it stays one; booleans alone, or among words, are categories.
+    forced = TablePreprocessor(DataConfig(categorical_columns=["m"])).fit(frame)
+    assert forced.columns[1].categories == ["1.5", "2", "3", "False", "True"]
+    words = pd.DataFrame({"m": pd.Series(["a", "b", True] * 10, dtype=object)})
+    assert TablePreprocessor(DataConfig()).fit(words).columns[0].kind == "categorical"
+    # At scoring, True among a numeric column's numbers is read as 1 with the warning a
+    # column of True/False gets (it was read so without one).
+    pre = TablePreprocessor(DataConfig()).fit(pd.DataFrame({"m": np.arange(30.0)}))
+    mixed = pd.DataFrame({"m": pd.Series([0.0, True, 2.0], dtype=object)})
+    with caplog.at_level(logging.WARNING):
+        features = pre.transform(mixed)
+    np.testing.assert_array_equal(features, pre.transform(pd.DataFrame({"m": [0.0, 1.0, 2.0]})))
+    assert "column 'm' holds True/False, and the model was trained on numbers" in caplog.text

@@ -380,7 +380,7 @@ class TablePreprocessor:
     def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
         if column.kind == "numeric":
             numbers = _as_numbers(values, column.name)
-            if pd.api.types.is_bool_dtype(values):
+            if pd.api.types.is_bool_dtype(values) or _holds_python_booleans(values):
                 gathered = _GATHERED.get()
                 if gathered is None:
                     _warn_boolean_column(column.name)
@@ -680,6 +680,7 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
     _refuse_nested(values, name)
     if forced or pd.api.types.is_bool_dtype(values):
         return
+    _refuse_numbers_with_booleans(values, name)
     present = values.notna()
     distinct = pd.Series(values[present].unique())  # parsed once per value, not per cell
     words = distinct[pd.to_numeric(distinct, errors="coerce").isna()]
@@ -691,6 +692,51 @@ def _refuse_stray_text(values: pd.Series, name: str, forced: bool) -> None:
         f"column {name!r} holds numbers but for {int(stray.sum())} text cell(s) such as "
         f"{shown_value(values.iloc[position])} ({row_named(values, position)}): correct "
         "or empty those cells, or list the column in data.categorical_columns if it is a category"
+    )
+
+
+BOOLEAN_TEXT = ("True", "False", "true", "false", "TRUE", "FALSE")  # as pandas reads a CSV's
+
+
+def _holds_python_booleans(values: pd.Series) -> bool:
+    """Whether an object column holds True or False in some cell (with numbers, which
+    :func:`_as_numbers` reads them among as 1 and 0, as it does a bool column)."""
+    if values.dtype != object:
+        return False
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("mixed", "mixed-integer"):
+        return False
+    return any(isinstance(v, bool | np.bool_) for v in values)
+
+
+def _refuse_numbers_with_booleans(values: pd.Series, name: str) -> None:
+    """DataError when a column holds numbers and, in other cells, booleans (``True``, or
+    the text ``"True"`` of a CSV file), whatever their share.
+
+    Neither numbers alone (numeric) nor booleans alone (categories), such a column was
+    taken as categories, each number one of its own (so refused as too many text values,
+    or a new number unseen at scoring), and in a CSV file refused as stray text below 5%
+    of its cells; read as numbers, True would be 1, which is right only for 0/1 flags.
+    """
+    if not (values.dtype == object or pd.api.types.is_string_dtype(values)):
+        return
+    kind = pd.api.types.infer_dtype(values, skipna=True)
+    if kind == "string":  # text: booleans only as words, found without a Python loop
+        booleans = values.isin(BOOLEAN_TEXT).to_numpy()
+    elif kind in ("mixed", "mixed-integer"):  # what infer_dtype calls numbers and bools
+        booleans = np.array([isinstance(v, bool | np.bool_) for v in values], dtype=bool)
+    else:
+        return
+    others = values[~booleans & values.notna().to_numpy()]
+    if not booleans.any() or others.empty:
+        return
+    if pd.to_numeric(others, errors="coerce").isna().any():
+        return  # words among them: a text column, whose booleans are categories
+    position = int(np.flatnonzero(booleans)[0])
+    raise DataError(
+        f"column {name!r} holds numbers and booleans, such as "
+        f"{shown_value(values.iloc[position])} ({row_named(values, position)}): if True and "
+        "False stand for 1 and 0, write them so; to keep the column's values as categories, "
+        "list it in data.categorical_columns"
     )
 
 
