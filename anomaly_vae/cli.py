@@ -969,8 +969,8 @@ def view(
         "reconstruct": lambda: [views.reconstructions(detector, frame, names=names)],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
         "manifold": lambda: [views.manifold(detector, frame, condition=condition)],
-        "traversal": lambda: [views.traversal(detector, frame)],
-        "interpolation": lambda: [views.interpolation(detector, frame)],
+        "traversal": lambda: [views.traversal(detector, frame, names=names)],
+        "interpolation": lambda: [views.interpolation(detector, frame, names=names)],
     }
     if kind == "all":
         made, skipped = views.views_and_skips(detector, frame, labels, condition, names=names)

@@ -351,9 +351,8 @@ def reconstructions(
     every row pays) that made the row anomalous, and the reconstruction in original units.
     A row is named by its id where it has one, else by its 1-based position in X, or,
     given ``origin`` (:func:`row_name`), by its file and row there. Images get a table of
-    the images shown, in the grid's reading order: ``rank``, ``image`` (``names (n,)``,
-    each image's name as `score` writes it, else ``image N``, its 1-based place in X) and
-    ``score``, as the grid has no room to name them.
+    the images shown, in the grid's reading order: ``rank``, ``image`` (from ``names
+    (n,)``, :func:`image_names`) and ``score``, as the grid has no room to name them.
     """
     scores = detector.anomaly_score(X)
     order = np.argsort(-scores)[:count]
@@ -375,9 +374,7 @@ def reconstructions(
         shown = pd.DataFrame(
             {
                 "rank": np.arange(1, len(order) + 1),
-                "image": [names[i] for i in order]
-                if names is not None
-                else [f"image {i + 1}" for i in order],
+                "image": image_names(names, order),
                 "score": scores[order],
             }
         )
@@ -457,6 +454,14 @@ def row_name(origin: pd.DataFrame | None, position: int, default: str = "") -> s
     if origin is None:
         return default or f"row {position + 1}"
     return f"{origin['file'].iloc[position]} row {origin['row'].iloc[position]}"
+
+
+def image_names(names: Sequence[str] | None, positions: np.ndarray) -> list[str]:
+    """What to call the images at ``positions (m,)`` of a view's data: their ``names``
+    (``(n,)``, as `score` writes them), else ``"image N"``, N the 1-based place in X."""
+    if names is None:
+        return [f"image {position + 1}" for position in positions]
+    return [names[position] for position in positions]
 
 
 def _row_ids(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
@@ -601,11 +606,14 @@ def traversal(
     extent: float = 3.0,
     dimensions: int = 8,
     origin: pd.DataFrame | None = None,
+    names: Sequence[str] | None = None,
 ) -> View:
     """Vary one latent dimension at a time around the first row's latent mean (a
     conditional model decodes for the first row's condition); ``origin`` names that row
     by its file and row there (:func:`row_name`). The values are standard
-    deviations of the dimension's prior from its mean (for N(0, I): the values set)."""
+    deviations of the dimension's prior from its mean (for N(0, I): the values set).
+    Images: the title and a one-row table (``image``, as :func:`image_names` gives it
+    from ``names (n,)``) name the image the traversal starts from."""
     require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
     first = _row_conditions(detector, X, np.array([0]))
@@ -625,9 +633,14 @@ def traversal(
         None if cond is None else torch.from_numpy(cond),
     )
     dimensions_shown = "latent dimension 0" if k == 1 else f"latent dimensions 0..{k - 1}"
-    first_row = row_name(origin, 0, "the first input")
+    image = _is_image(detector)
+    # An image is named as `score` names it: "the first input" left a reader to find
+    # which file sorts first in the folder (or which image was sampled at fit).
+    first_row = (
+        image_names(names, np.array([0]))[0] if image else row_name(origin, 0, "the first input")
+    )
     title = f"Traversal of {dimensions_shown} over [-{extent:g}, {extent:g}] around {first_row}"
-    if _is_image(detector):
+    if image:
         figure = _image_grid(
             np.clip(decoded, 0, 1),
             f"{title} (one row per dimension)",
@@ -636,7 +649,7 @@ def traversal(
             column_labels=[f"{value:g}" for value in values],
             axis_labels=(f"value of the dimension ({unit})", ""),
         )
-        return View("05_traversal", figure)
+        return View("05_traversal", figure, pd.DataFrame({"image": [first_row]}), grid=True)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
@@ -655,12 +668,17 @@ def traversal(
 
 
 def interpolation(
-    detector: Any, X: Any, steps: int = 10, origin: pd.DataFrame | None = None
+    detector: Any,
+    X: Any,
+    steps: int = 10,
+    origin: pd.DataFrame | None = None,
+    names: Sequence[str] | None = None,
 ) -> View:
     """Decode the straight line between the latent means of the first two rows of X (a
     conditional model's condition moves along the line between the rows' own conditions,
     so both ends decode as their row); ``origin`` names the two rows by their file and
-    row there (:func:`row_name`)."""
+    row there (:func:`row_name`). Images: the title and a two-row table (``weight`` 0
+    and 1, ``image`` as :func:`image_names` gives it from ``names (n,)``) name them."""
     require_continuous(detector, "interpolation")
     _require_rows(X, "interpolation")
     pair = np.array([0, 1])
@@ -675,13 +693,19 @@ def interpolation(
         torch.from_numpy((1 - weights) * ends[0] + weights * ends[1]),
         None if cond is None else torch.from_numpy(cond),
     )
+    image = _is_image(detector)
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
     position = "position (0 = first input, 1 = second; both decoded)"
-    if origin is not None:
-        first, second = row_name(origin, 0), row_name(origin, 1)
+    ends_named = None
+    if image:
+        ends_named = image_names(names, pair)
+    elif origin is not None:
+        ends_named = [row_name(origin, 0), row_name(origin, 1)]
+    if ends_named is not None:
+        first, second = ends_named
         title = f"Interpolation between {first} and {second} in latent space ({steps} steps)"
         position = f"position (0 = {first}, 1 = {second}; both decoded)"
-    if _is_image(detector):
+    if image:
         figure = _image_grid(
             np.clip(decoded, 0, 1),
             title,
@@ -689,7 +713,8 @@ def interpolation(
             column_labels=[f"{weight:.2g}" for weight in weights[:, 0]],
             axis_labels=(position, ""),
         )
-        return View("06_interpolation", figure)
+        ends = pd.DataFrame({"weight": [0.0, 1.0], "image": ends_named})
+        return View("06_interpolation", figure, ends, grid=True)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "weight", weights[:, 0])
     columns = _numeric_columns(detector)
@@ -740,7 +765,7 @@ def views_and_skips(
     ``condition``: ``(c,)`` for a conditional model's generation (without it, none for
     tables and a block of rows per class for images) and manifold (without it, the first row's).
     ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by;
-    ``names``: ``(n,)`` the name of each image of X (:func:`reconstructions`)."""
+    ``names``: ``(n,)`` the name of each image of X (:func:`image_names`)."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None and not _is_image(detector):
@@ -751,8 +776,8 @@ def views_and_skips(
         ("reconstruct", lambda: reconstructions(detector, X, origin=origin, names=names)),
         ("latents", lambda: latent_scatter(detector, X, labels)),
         ("manifold", lambda: manifold(detector, X, condition=condition)),
-        ("traversal", lambda: traversal(detector, X, origin=origin)),
-        ("interpolation", lambda: interpolation(detector, X, origin=origin)),
+        ("traversal", lambda: traversal(detector, X, origin=origin, names=names)),
+        ("interpolation", lambda: interpolation(detector, X, origin=origin, names=names)),
     ]
     for kind, make in makers:
         try:

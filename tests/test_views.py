@@ -199,13 +199,77 @@ def test_the_most_anomalous_images_are_named_with_their_scores(image_detector, t
     assert logged["image"].tolist() == [f"f{i}.png" for i in worst[:16]]
 
 
+def test_traversal_and_interpolation_name_the_images_they_start_from(image_detector, tmp_path):
+    """The traversal and interpolation of an image model started from "the first input"
+    and "two inputs", named nowhere: a reader could not tell which files they were (the
+    first in sorted order from `view`, a seeded sample's at fit). Their titles and CSVs
+    name them as `score` does, from `view`, from Python and from a fit's run."""
+    from PIL import Image
+
+    from anomaly_vae.cli import main
+    from anomaly_vae.fitting import TrainingData
+    from anomaly_vae.tracking import _log_views
+
+    folder = tmp_path / "check"
+    folder.mkdir()
+    images = bars(3, seed=1)
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"shoe{i}.png")
+    image_detector.save(tmp_path / "model")
+    first, second = str(folder / "shoe0.png"), str(folder / "shoe1.png")
+    for kind in ("traversal", "interpolation"):
+        result = CliRunner().invoke(
+            main,
+            [
+                "view",
+                kind,
+                str(folder),
+                "--model",
+                str(tmp_path / "model"),
+                "--out",
+                str(tmp_path / "v"),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+    traversed = pd.read_csv(tmp_path / "v" / "05_traversal.csv")
+    assert traversed["image"].tolist() == [first]
+    ends = pd.read_csv(tmp_path / "v" / "06_interpolation.csv")
+    assert ends.to_dict("list") == {"weight": [0.0, 1.0], "image": [first, second]}
+    # Named in the figures too, where a reader of the PNG looks (titles are wrapped).
+    given = ["check/shoe0.png", "check/shoe1.png", "check/shoe2.png"]
+    traversal = views.traversal(image_detector, images, names=given)
+    assert "around check/shoe0.png (one row" in traversal.figure.get_suptitle().replace("\n", " ")
+    interpolation = views.interpolation(image_detector, images, names=given)
+    assert "between check/shoe0.png and check/shoe1.png in" in (
+        interpolation.figure.get_suptitle().replace("\n", " ")
+    )
+    # Arrays, by their place in X.
+    assert views.traversal(image_detector, images).table["image"].tolist() == ["image 1"]
+    assert views.interpolation(image_detector, images).table["image"].tolist() == [
+        "image 1",
+        "image 2",
+    ]
+    # A fit's logged views: the first two images of its (sorted) sample of validation images.
+    data = TrainingData(bars(300, seed=0), train_names=[f"f{i}.png" for i in range(300)])
+    _log_views(image_detector, data, 20, tmp_path / "run")
+    validation = image_detector.split_rows_["validation"]
+    assert len(validation) > 20  # so that the views see a sample of them, as at fit
+    chosen = np.sort(np.random.default_rng(0).choice(len(validation), 20, replace=False))
+    start = validation[chosen]
+    logged = pd.read_csv(tmp_path / "run" / "views" / "05_traversal.csv")
+    assert logged["image"].tolist() == [f"f{start[0]}.png"]
+    logged = pd.read_csv(tmp_path / "run" / "views" / "06_interpolation.csv")
+    assert logged["image"].tolist() == [f"f{start[0]}.png", f"f{start[1]}.png"]
+
+
 def test_image_views_and_discrete_latents(image_detector, tmp_path):
     test = np.concatenate([bars(30, seed=1), bars(5, seed=2, vertical=True)])
+    # The CSVs of image views name the images they show or start from; the others have none.
+    with_names = {"02_reconstructions", "05_traversal", "06_interpolation"}
     for view in views.standard_views(image_detector, test):
-        # The reconstructions' CSV names the images shown; no other image view has one.
         path, *table = views.save_view(view, tmp_path)
         assert path.stat().st_size > 1000
-        named = ["02_reconstructions.csv"] if view.name == "02_reconstructions" else []
+        named = [f"{view.name}.csv"] if view.name in with_names else []
         assert [t.name for t in table] == named
     vq = VAEDetector(tiny_config("model.name=vq-vae", "training.epochs=2").detector_config())
     vq.fit(mixed_table(100, seed=0).drop(columns=["reading_id", "is_fault"]))
