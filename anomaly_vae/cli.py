@@ -904,7 +904,7 @@ def view(
     from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
     from anomaly_vae.detector import VAEDetector
     from anomaly_vae.fitting import check_label_options
-    from anomaly_vae.scoring import check_data_kind, load_detector
+    from anomaly_vae.scoring import check_data_kind, image_channels, load_detector
 
     if anomaly_label is not None and label_col is None:
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
@@ -944,7 +944,12 @@ def view(
         check_data_kind(detector, data, images_given)
         check_label_options(images_given, label_col, normal_class)
         if images_given:
-            images = read_images(data, train=False, size=detector.effective_config.data.image_size)
+            images = read_images(
+                data,
+                train=False,
+                size=detector.effective_config.data.image_size,
+                grey_model=image_channels(detector) == 1,
+            )
             frame, names = images.images, images.names
             if normal_class is not None:
                 # As fit and calibrate label a folder's classes: the others are anomalies.

@@ -129,7 +129,8 @@ def labelled_rows(
             )
         return _table_rows(Path(source), detector, label_column, anomaly_label, phases, progress)
     size = detector.effective_config.data.image_size
-    images = read_images(str(source), train=False, size=size)
+    grey_model = scoring.image_channels(detector) == 1  # colour images read as grey, said once
+    images = read_images(str(source), train=False, size=size, grey_model=grey_model)
     if normal_class is None and len(images.classes) > 1:
         raise DataError(
             f"{source} has classes {class_list(images.classes)}: name the normal one "

@@ -16,16 +16,12 @@ import pandas as pd
 
 from anomaly_vae.batch import drift_sample, holds_only_tables, score_file, scoring_progress
 from anomaly_vae.data.images import (
-    COLOUR_CHANNELS,
     ImagePreprocessor,
     class_list,
-    colour_count,
     is_image_file,
     list_images,
-    luma,
     read_with_images,
     torchvision_source,
-    warn_colour_for_grey_model,
 )
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
@@ -211,11 +207,13 @@ def score_images(
     refuse_scores_in_source(Path(output), source)
     if maps_dir is not None:
         refuse_maps_in_source(Path(maps_dir), source)
-    listing = list_images(source, train=False, size=detector.effective_config.data.image_size)
+    # For a grey model colour images are read as grey, and said so once (log_colour).
+    grey_model = image_channels(detector) == 1
+    size = detector.effective_config.data.image_size
+    listing = list_images(source, train=False, size=size, grey_model=grey_model)
     listing.check()  # a bad file among the last is found before the first is scored
     classes = listing.label_names()
-    grey_model = _image_channels(detector) == 1
-    frames, colour_for_grey = [], 0
+    frames: list[pd.DataFrame] = []
     torchvision = torchvision_source(source)
     name = torchvision[0] if torchvision else Path(source).name  # not ROOT's folder (data/)
     maps_output = (
@@ -238,12 +236,6 @@ def score_images(
             for start in range(0, len(listing), chunk):
                 stop = start + chunk
                 pixels = listing.read(start, stop).images
-                if grey_model and pixels.shape[1] == COLOUR_CHANNELS:
-                    # Taken to grey here, as the model's preprocessing would, so that
-                    # the colour images are counted once over the folder, not warned of
-                    # per chunk.
-                    colour_for_grey += colour_count(pixels)
-                    pixels = luma(pixels)
                 # score_frame checks the images (their shape) first
                 frames.append(detector.score_frame(pixels, classes[start:stop]))
                 if start == 0:
@@ -253,7 +245,6 @@ def score_images(
                     write_anomaly_maps(maps, map_files[start:stop], maps_folder)
                 count(len(pixels))
         listing.log_colour()
-        warn_colour_for_grey_model(colour_for_grey, len(listing))
         scores = pd.concat(frames, ignore_index=True)
         scores.insert(0, "image", listing.names)
         if len(listing.classes) > 1:
@@ -351,7 +342,7 @@ def scores_in_parts(
     return np.concatenate(parts)
 
 
-def _image_channels(detector: VAEDetector | EnsembleDetector) -> int:
+def image_channels(detector: VAEDetector | EnsembleDetector) -> int:
     """The colour channels of the images an image model (or an ensemble's) was fit on."""
     member = detector.first if isinstance(detector, EnsembleDetector) else detector
     return int(cast(ImagePreprocessor, member.preprocessor_).shape[0])

@@ -1009,6 +1009,53 @@ def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeyp
     )
 
 
+# What a grey model says of colour images in a folder it reads (ImageListing.log_colour).
+GREY_MODEL_READS_COLOUR = (
+    "{} images are colour ({}); the model was trained on grey images, so they are scored "
+    "by their grey levels (luma): colour alone does not make them anomalous"
+)
+
+
+def test_colour_images_for_a_grey_model_are_one_warning(
+    bars_detector, tmp_path, monkeypatch, caplog
+):
+    """A folder of grey and colour images given to a grey model warned "2 of 5 images are
+    colour (...), so every image is read in colour" and then "... are scored by their grey
+    levels": read in colour, or scored in grey? `view` repeated the second once per view,
+    counting the images each drew ("1 of 1 images"). Now one warning says both, from
+    `score`, `view` and `calibrate`, with the scores they gave before."""
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    detector = bars_detector
+    detector.save(tmp_path / "grey")
+    test = bars(5, seed=1)
+    Path("mixed").mkdir()
+    for i, image in enumerate(test):
+        pixels = image[0] if i < 3 else np.stack([image[0], image[0] // 2, image[0] // 3], -1)
+        Image.fromarray(pixels).save(f"mixed/{'grey' if i < 3 else 'colour'}{i}.png")
+    message = f"mixed: {GREY_MODEL_READS_COLOUR.format('2 of 5', 'colour3.png, colour4.png')}"
+    commands = {
+        "score": ["score", "mixed", "-o", "s.csv", "--quiet"],
+        "view": ["view", "all", "mixed", "--out", "v"],
+        "calibrate": ["calibrate", "mixed", "--method", "quantile", "--no-tracking", "--quiet"],
+    }
+    for command, arguments in commands.items():
+        caplog.clear()
+        result = CliRunner().invoke(main, [*arguments, "--model", str(tmp_path / "grey")])
+        assert result.exit_code == 0, (command, result.output)
+        assert caplog.text.count("images are colour") == 1, (command, caplog.text)
+        assert message in caplog.text, (command, caplog.text)
+    # Scored as before: each colour image by its luma, as PIL converts it to grey.
+    grey = np.stack(
+        [np.asarray(Image.open(f).convert("L")) for f in sorted(Path("mixed").iterdir())]
+    )
+    scores = pd.read_csv("s.csv").sort_values("image")["score"].to_numpy()
+    np.testing.assert_allclose(scores, detector.anomaly_score(grey[:, None]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["vae", "cvae"])
 def test_a_folder_is_scored_a_chunk_at_a_time_as_if_read_whole(name, tmp_path, monkeypatch, caplog):
     """score_images decodes and scores PROGRESS_CHUNK_IMAGES images at a time (a folder of
@@ -1048,8 +1095,9 @@ def test_a_folder_is_scored_a_chunk_at_a_time_as_if_read_whole(name, tmp_path, m
         lengths.clear()
         caplog.clear()
         scoring.score_images(folder, detector, tmp_path / f"{out}.csv", tmp_path / out)
-        assert len(re.findall(r"images are colour", caplog.text)) == 2  # read; scored as grey
-        assert "1 of 8 images are colour and are scored by their grey levels" in caplog.text
+        # One warning, what was found and what is done with it, counted over the folder.
+        assert len(re.findall(r"images are colour", caplog.text)) == 1
+        assert f"new: {GREY_MODEL_READS_COLOUR.format('1 of 8', '004.png')}" in caplog.text
         maps = {p.name: p.read_bytes() for p in (tmp_path / out).iterdir()}
         return (tmp_path / f"{out}.csv").read_bytes(), maps, list(lengths)
 

@@ -174,17 +174,22 @@ def is_image_source(source: str | Path) -> bool:
     return text.split(":", 1)[0].lower() in TORCHVISION_SETS or Path(text).is_dir()
 
 
-def read_images(source: str | Path, train: bool = True, size: int | None = None) -> ImageSet:
+def read_images(
+    source: str | Path, train: bool = True, size: int | None = None, grey_model: bool = False
+) -> ImageSet:
     """Load an image source (see the module docstring); ``train`` picks the torchvision
-    split; ``size`` (``data.image_size``) resizes every image to ``size x size`` pixels."""
-    listing = list_images(source, train, size)
+    split; ``size`` (``data.image_size``) resizes every image to ``size x size`` pixels;
+    ``grey_model``: read for a model fit on grey images (:attr:`ImageListing.grey_model`)."""
+    listing = list_images(source, train, size, grey_model)
     try:
         return listing.read(0, len(listing))
     finally:
         listing.log_colour()
 
 
-def list_images(source: str | Path, train: bool = True, size: int | None = None) -> ImageListing:
+def list_images(
+    source: str | Path, train: bool = True, size: int | None = None, grey_model: bool = False
+) -> ImageListing:
     """The images of ``source`` as :func:`read_images` takes them (names, classes, the
     same warnings), their pixels not yet decoded: :meth:`ImageListing.read` decodes a
     range of them, so that a folder larger than memory can be scored a part at a time."""
@@ -200,7 +205,9 @@ def list_images(source: str | Path, train: bool = True, size: int | None = None)
     path = Path(text)
     if not path.is_dir():
         raise DataError(f"{path}: no such image folder")
-    return _list_folder(path, size)
+    listing = _list_folder(path, size)
+    listing.grey_model = grey_model
+    return listing
 
 
 @dataclass
@@ -210,7 +217,9 @@ class ImageListing:
 
     A folder is read as a whole would be: colour when any of its images is colour, one
     size for all (unless resized to ``size``). ``read`` checks each image's size against
-    the first image read, and records the colour files for :meth:`log_colour`.
+    the first image read, and records the colour files for :meth:`log_colour`. Read for
+    a model fit on grey images (``grey_model``), colour images are read as their luma,
+    as the model's preprocessing would take them (the same levels).
     """
 
     names: list[str]  # file paths, or "test/123" indices
@@ -223,6 +232,7 @@ class ImageListing:
     colour: list[str] = field(default_factory=list)  # colour files among those read
     grey: int = 0  # grey images among those read
     large: set[str] = field(default_factory=set)  # files over PIL's warning limit, named
+    grey_model: bool = False  # read for a model fit on grey images: colour ones as grey
 
     def __len__(self) -> int:
         return len(self.names)
@@ -233,9 +243,9 @@ class ImageListing:
 
     def read(self, start: int, stop: int) -> ImageSet:
         """Images ``start`` to ``stop`` (not included) as ``(m, C, H, W)`` uint8, ``C`` = 1
-        when every one of them is grey, else 3 (grey ones repeated in R, G and B: the same
-        values a grey model takes from them as from a grey read, and a colour model
-        repeats itself)."""
+        when every one of them is grey or ``grey_model`` (colour ones as their luma), else
+        3 (grey ones repeated in R, G and B: the same values a grey model takes from them
+        as from a grey read, and a colour model repeats itself)."""
         names = self.names[start:stop]
         labels = self.labels[start:stop]
         # Each image goes into one array as it is decoded: a list of the decoded images
@@ -270,6 +280,11 @@ class ImageListing:
         if array is None:  # no images in the range
             return ImageSet(np.empty((0, 1, 0, 0), np.uint8), labels, self.classes, names)
         array = array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
+        if self.grey_model and array.shape[1] == COLOUR_CHANNELS:
+            # Taken to grey here, as the model's preprocessing would take them, so that
+            # one warning (log_colour) says what was found and what is done with it: the
+            # preprocessing warned again, of each part read, after "read in colour".
+            array = luma(array)
         return ImageSet(array, labels, self.classes, names)
 
     def check(self) -> None:
@@ -322,17 +337,28 @@ class ImageListing:
             )
 
     def log_colour(self) -> None:
-        """Warn when some, not all, of the images read are colour, so all were read in
-        colour: a stray file is often the cause (and a model fit on them is colour)."""
-        if self.colour and self.grey:
-            logger.warning(
-                "%s: %d of %d images are colour (%s%s), so every image is read in colour",
-                self.path,
-                len(self.colour),
-                len(self.colour) + self.grey,
-                ", ".join(Path(file).name for file in self.colour[:COLOUR_FILES_SHOWN]),
-                " and more" if len(self.colour) > COLOUR_FILES_SHOWN else "",
+        """Warn, naming the colour files among those read, when some, not all, are colour,
+        so all were read in colour (a stray file is often the cause, and a model fit on
+        them is colour); or, read for a grey model, when any are colour: they are scored
+        by their grey levels, which one warning says beside what was found."""
+        if not self.colour or not (self.grey or self.grey_model):
+            return
+        found = "%s: %d of %d images are colour (%s%s)"
+        if self.grey_model:
+            done = (
+                "; the model was trained on grey images, so they are scored by their grey "
+                "levels (luma): colour alone does not make them anomalous"
             )
+        else:
+            done = ", so every image is read in colour"
+        logger.warning(
+            found + done,
+            self.path,
+            len(self.colour),
+            len(self.colour) + self.grey,
+            ", ".join(Path(file).name for file in self.colour[:COLOUR_FILES_SHOWN]),
+            " and more" if len(self.colour) > COLOUR_FILES_SHOWN else "",
+        )
 
 
 def _read_torchvision(name: str, root: Path, train: bool) -> ImageSet:
