@@ -609,7 +609,8 @@ def traversal(
     names: Sequence[str] | None = None,
 ) -> View:
     """Vary one latent dimension at a time around the first row's latent mean (a
-    conditional model decodes for the first row's condition); ``origin`` names that row
+    conditional model decodes for the first row's condition, named in the title as the
+    manifold names its condition); ``origin`` names that row
     by its file and row there (:func:`row_name`). The values are standard
     deviations of the dimension's prior from its mean (for N(0, I): the values set).
     Images: the title and a one-row table (``image``, as :func:`image_names` gives it
@@ -640,6 +641,9 @@ def traversal(
         image_names(names, np.array([0]))[0] if image else row_name(origin, 0, "the first input")
     )
     title = f"Traversal of {dimensions_shown} over [-{extent:g}, {extent:g}] around {first_row}"
+    # The condition decoded for, as the manifold's title gives it: an image's is the trained
+    # class that explains it best, which its name does not tell.
+    title += "" if first is None else _condition_note(detector, first[0])
     if image:
         figure = _image_grid(
             np.clip(decoded, 0, 1),

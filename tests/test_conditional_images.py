@@ -298,6 +298,11 @@ def test_a_conditional_image_model_generates_a_block_per_class_without_a_conditi
         .replace("\n", " ")
         .endswith(", class h (prior standard deviations)")
     )  # the first image's class
+    # The traversal decodes for that class too, and says so (it did not).
+    traversal = next(view for view in made if view.name == "05_traversal")
+    assert "around image 1, class h (one row per dimension)" in (
+        traversal.figure.get_suptitle().replace("\n", " ")
+    )
     assert not [reason for reason in skipped if reason.startswith("generate")]
     for view in made:
         views.plots.close(view.figure)
