@@ -611,7 +611,7 @@ def batch(
         )
         click.echo(f"Score drift against calibration (KS statistic): {drift:.3f}{note}")
     for path, reason in report.failed.items():
-        click.echo(f"failed: {path}: {reason}", err=True)
+        click.echo(f"failed: {failure_line(path, reason)}", err=True)
     if not no_tracking and (report.scored or report.failed):
         import mlflow
 
@@ -636,6 +636,16 @@ def batch(
                 )
     if report.failed:
         raise click.exceptions.Exit(1)
+
+
+def failure_line(path: str, reason: str) -> str:
+    """``PATH: REASON`` of an input batch could not score, or ``REASON`` alone when it
+    begins with the input's path already (a file with no data rows, or that cannot be
+    read, a bad cell: their errors name the file, as for `score`), so that the path is
+    not said twice."""
+    if reason.startswith((f"{path}:", f"{path} ")):
+        return reason
+    return f"{path}: {reason}"
 
 
 def _view_condition(items: tuple[str, ...], data_kind: str) -> dict[str, Any] | str:

@@ -851,3 +851,22 @@ def test_a_model_folder_with_other_weights_under_the_same_description_is_another
     (tmp_path / "e" / "notes.txt").write_text("not part of the model")
     (tmp_path / "e" / "mlflow_run_id").write_text("0123\n")
     assert batch_identity(tmp_path / "e") == after
+
+
+def test_a_failure_that_names_its_input_does_not_name_it_twice(model_dir, tmp_path):
+    # "failed: in/empty.csv: in/empty.csv has a header but no data rows": the reason,
+    # naming the file already, was prefixed with it again.
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(30, seed=1).to_csv(inputs / "a.csv", index=False)
+    mixed_table(30, seed=1).iloc[:0].to_csv(inputs / "empty.csv", index=False)
+    (inputs / "garbage.csv").write_bytes(b"\x00\xff\xfe\x81garbage\x00\n\x81\x82,\x00")
+    result = batch(model_dir, inputs, out)
+    assert result.exit_code == 1, result.output
+    empty, garbage = inputs / "empty.csv", inputs / "garbage.csv"
+    assert f"failed: {empty} has a header but no data rows\n" in result.output
+    assert f"failed: {garbage} is not a readable CSV file" in result.output
+    assert result.output.count(str(empty)) == 1 and result.output.count(str(garbage)) == 1
+    # The ledger keeps the reason as it was given.
+    reasons = Ledger(out / LEDGER_FILE).entries().set_index("input")["reason"]
+    assert reasons[str(empty.resolve())] == f"{empty} has a header but no data rows"
