@@ -425,13 +425,20 @@ def score_file(
     chunk_rows: int,
     progress: bool = False,
     progress_lines: bool = False,
+    naming: bool = False,
 ) -> tuple[int, int, np.ndarray]:
     """Score ``source`` chunk by chunk into ``output`` (atomically); ``progress`` counts
     the rows on a terminal, and off one, with ``progress_lines`` too (``anomaly-vae
     score``), a line on stderr every ``PROGRESS_LINE_SECONDS`` says how many are scored.
 
     Returns ``(rows, rows flagged, a subsample of the scores for the drift statistic)``.
+    DataError naming ``source`` when it cannot be read; with ``naming`` (``anomaly-vae
+    score``), also when a chunk cannot be scored (a bad cell: ``FILE: column 'x' holds
+    infinite values (row 58)``), as fit names it. A batch run gives each failure's reason
+    after its input's path, in its report and ledger.
     """
+    from anomaly_vae.fitting import naming_file  # fitting builds on this module
+
     data_config = detector.effective_config.data
     id_column = data_config.id_column
     rows, flagged, sample, writer = 0, 0, [], None
@@ -445,7 +452,10 @@ def score_file(
         ids = [] if id_column is None else [id_column]
         parts = read_chunks(source, chunk_rows, ids, data_config.categorical_columns)
         for chunk, read in parts:
-            frame = detector.score_frame(chunk)
+            # A bad cell or a missing column is named with the file, as fit names it;
+            # only the scoring: a reading error names the file already.
+            with naming_file(source) if naming else contextlib.nullcontext():
+                frame = detector.score_frame(chunk)
             identify_rows(frame, id_column, first_row=rows)
             if output.suffix.lower() in PARQUET_SUFFIXES:
                 import pyarrow as pa

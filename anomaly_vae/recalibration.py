@@ -48,6 +48,7 @@ from anomaly_vae.fitting import (
     Data,
     TrainingData,
     check_label_options,
+    naming_file,
     record_run,
     same_training_file,
     save_model,
@@ -272,7 +273,10 @@ def _score_table(
             rows += len(part)
             if failure is None:
                 try:
-                    scores.append(detector.anomaly_score(part.drop(columns=drop) if drop else part))
+                    with naming_file(path):  # as fit and score name a bad cell's file
+                        scores.append(
+                            detector.anomaly_score(part.drop(columns=drop) if drop else part)
+                        )
                 except DataError as exc:
                     failure = exc  # a reading error further on came first: read on for it
             count(len(part), read)

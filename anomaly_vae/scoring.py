@@ -174,7 +174,13 @@ def score_table(
     path = Path(data)
     refuse_overwriting_input(Path(output), path)
     rows, flagged, _ = score_file(
-        detector, path, Path(output), PROGRESS_CHUNK_ROWS, progress, progress_lines=True
+        detector,
+        path,
+        Path(output),
+        PROGRESS_CHUNK_ROWS,
+        progress,
+        progress_lines=True,
+        naming=True,  # a bad cell named with its file, as fit names it
     )
     return rows, flagged
 

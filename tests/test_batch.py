@@ -870,3 +870,34 @@ def test_a_failure_that_names_its_input_does_not_name_it_twice(model_dir, tmp_pa
     # The ledger keeps the reason as it was given.
     reasons = Ledger(out / LEDGER_FILE).entries().set_index("input")["reason"]
     assert reasons[str(empty.resolve())] == f"{empty} has a header but no data rows"
+
+
+def test_a_bad_cell_is_named_with_its_file_by_score_calibrate_and_batch(
+    model_dir, tmp_path, monkeypatch
+):
+    # fit said "train.csv: column 'load' holds infinite values (row 8)", score and
+    # calibrate "column 'load' holds infinite values (row 8)", without the file.
+    monkeypatch.chdir(tmp_path)
+    inputs = Path("in")
+    inputs.mkdir()
+    table = mixed_table(40, seed=1)
+    table.loc[7, "load"] = float("inf")
+    table.to_csv(inputs / "bad.csv", index=False)
+    table.drop(columns="is_fault").assign(load=1.0).drop(columns="temperature").to_csv(
+        inputs / "nocol.csv", index=False
+    )
+    cell = f"{inputs / 'bad.csv'}: column 'load' holds infinite values (row 8)"
+    for command in (
+        ["score", str(inputs / "bad.csv"), "-o", "scores.csv"],
+        ["calibrate", str(inputs / "bad.csv"), "--method", "quantile", "--no-tracking"],
+    ):
+        result = CliRunner().invoke(main, [*command, "--model", str(model_dir), "--quiet"])
+        assert result.exit_code == 1 and result.output == f"Error: {cell}\n", result.output
+    missing = CliRunner().invoke(
+        main, ["score", str(inputs / "nocol.csv"), "-o", "x.csv", "--model", str(model_dir)]
+    )
+    assert missing.output.startswith(f"Error: {inputs / 'nocol.csv'}: missing column")
+    # batch names each file once, as before.
+    result = batch(model_dir, inputs, Path("out"))
+    assert f"failed: {cell}\n" in result.output, result.output
+    assert f"failed: {inputs / 'nocol.csv'}: missing column 'temperature'" in result.output
