@@ -576,6 +576,26 @@ def test_a_column_of_too_many_intervals_is_refused_as_intervals_not_as_text():
     assert TablePreprocessor(DataConfig()).fit(middles).columns[1].kind == "numeric"
 
 
+def test_intervals_scored_in_a_numeric_column_get_the_advice_fit_gives():
+    # "column 'x' should be numeric but holds Interval(-0.1, 0.5, closed='right') (row 1)",
+    # with no advice, where fit says how to pass intervals as numbers.
+    values = np.random.default_rng(0).normal(size=100)
+    pre = TablePreprocessor(DataConfig()).fit(pd.DataFrame({"x": values}))
+    binned = pd.cut(values, 4)
+    advice = r"pd\.IntervalIndex\(column\)\.mid, or its \.left and \.right"
+    message = rf"^column 'x' should be numeric but holds intervals .*\(row 1\): .*{advice}"
+    one = pd.Series(values, dtype=object)
+    one[2] = pd.Interval(0.0, 1.0)
+    for column in (binned, pd.arrays.IntervalArray(binned), binned.astype(object)):
+        with pytest.raises(DataError, match=message):
+            pre.transform(pd.DataFrame({"x": column}))
+    with pytest.raises(DataError, match=r"holds intervals .*Interval\(0\.0, 1\.0.*\(row 3\)"):
+        pre.transform(pd.DataFrame({"x": one}))
+    # Other text keeps its message.
+    with pytest.raises(DataError, match=r"should be numeric but holds 'hot' \(row 1\)$"):
+        pre.transform(pd.DataFrame({"x": ["hot", *values[1:]]}))
+
+
 def test_numbers_mixed_with_booleans_are_refused_at_fit_and_warned_of_at_scoring(caplog):
     # An object column of 1.5, 2.0 and True was taken as categories, each number one of
     # its own (a new number unseen at scoring, or refused as "N distinct text values");

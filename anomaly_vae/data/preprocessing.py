@@ -896,9 +896,17 @@ def _as_numbers(values: pd.Series, name: str) -> np.ndarray:
         bad = coerced.isna() & values.notna()
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
+            value = values.iloc[position]
+            if isinstance(value, pd.Interval):
+                # pd.cut's bins of a measurement: fit gives this advice for such a column.
+                raise DataError(
+                    f"column {name!r} should be numeric but holds intervals (pandas "
+                    f"Interval, as pd.cut or pd.qcut makes them), such as {shown_value(value)} "
+                    f"({row_named(values, position)}): {INTERVAL_ADVICE}"
+                )
             raise DataError(
                 f"column {name!r} should be numeric but holds "
-                f"{shown_value(values.iloc[position])} ({row_named(values, position)})"
+                f"{shown_value(value)} ({row_named(values, position)})"
             )
         numbers = coerced.astype("float64").to_numpy()
     infinite = np.isinf(numbers)
