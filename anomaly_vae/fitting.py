@@ -32,6 +32,7 @@ from anomaly_vae.data.images import (
     read_images,
     resized_grey,
     source_location,
+    torchvision_source,
 )
 from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
 from anomaly_vae.detector import MIN_TRAINING_ROWS, RUN_FILE, VAEDetector
@@ -448,7 +449,7 @@ def fit_source(
         data.train, condition=data.train_condition, on_epoch=on_epoch
     )
     evaluation, scores = calibrate_and_evaluate(detector, data, config.evaluation)
-    mark_training_file(detector, source)
+    mark_training_file(detector, source, data.train_names)
     model_dir = save_model(detector, project_dir, model_dir)
     rows = fit_rows(detector, data)
     result = FitResult(detector, model_dir, rows, evaluation, data, evaluation_scores=scores)
@@ -484,8 +485,8 @@ def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
 def training_file(source: str | Path, digest: bool = True) -> dict[str, Any] | None:
     """The identity of a table file a model is fit on, saved with it so that
     `calibrate` can tell when it is given the same file or a copy of it: its real path,
-    its size in bytes and, with ``digest``, the SHA-256 of its bytes. None for images,
-    which `calibrate` reads from other folders or splits."""
+    its size in bytes and, with ``digest``, the SHA-256 of its bytes. None for images
+    (see :func:`training_images`)."""
     if is_image_source(source) or not Path(source).is_file():
         return None
     # The real path: a link to the training file is the training file.
@@ -501,7 +502,9 @@ def same_training_file(fitted_on: dict[str, Any] | None, source: str | Path) -> 
     file of the training file's size is hashed; a model saved before the digest was kept
     knows its training file by real path and size alone."""
     given = training_file(source, digest=False)
-    if fitted_on is None or given is None or given["bytes"] != fitted_on["bytes"]:
+    if fitted_on is None or "bytes" not in fitted_on:  # None, or an image folder's
+        return None
+    if given is None or given["bytes"] != fitted_on["bytes"]:
         return None
     if "sha256" not in fitted_on:
         return "same" if given["path"] == fitted_on["path"] else None
@@ -510,10 +513,60 @@ def same_training_file(fitted_on: dict[str, Any] | None, source: str | Path) -> 
     return "same" if given["path"] == fitted_on["path"] else "copy"
 
 
-def mark_training_file(detector: Any, source: str | Path) -> None:
+def training_images(source: str | Path, names: list[str] | None) -> dict[str, Any] | None:
+    """The identity of the images of the folder ``source`` named ``names`` (file paths
+    under it, as the reader lists them), saved with a model fit on them so that
+    `calibrate` can tell when its normal images include them: the real path of
+    ``source`` (``folder``) and of each folder they were read from (``image_folders``:
+    their class subfolders, or ``source`` itself when flat). Paths only, no digest: a
+    copy of the folder elsewhere is not recognised. None for a torchvision set, whose
+    training split `calibrate` never reads (it reads the test split)."""
+    root = Path(source)
+    if torchvision_source(source) is not None or not root.is_dir() or not names:
+        return None
+    folders = set()
+    for name in names:
+        try:
+            parts = Path(name).relative_to(root).parts
+            folder = root / parts[0] if len(parts) > 1 else root
+        except ValueError:  # not written under ``source`` (a home folder expanded)
+            folder = Path(name).parent
+        folders.add(os.path.realpath(folder))
+    return {"folder": os.path.realpath(root), "image_folders": sorted(folders)}
+
+
+def same_training_images(
+    fitted_on: dict[str, Any] | None, source: str | Path, names: list[str]
+) -> str | None:
+    """``"same"`` when the image folder ``source`` is the one :func:`training_images`
+    described as ``fitted_on``, ``"shared"`` when the folders of its images ``names`` (its
+    normal ones, say) are, hold or lie in a folder the model's training images were
+    read from (``good/`` of a fit on ``images/`` with --normal-class good, or the parent
+    of a flat folder fit on), else None."""
+    if fitted_on is None or "image_folders" not in fitted_on:
+        return None
+    given = training_images(source, names)
+    if given is None:
+        return None
+    trained = [Path(folder) for folder in fitted_on["image_folders"]]
+    overlap = any(
+        Path(folder).is_relative_to(other) or other.is_relative_to(folder)
+        for folder in given["image_folders"]
+        for other in trained
+    )
+    if not overlap:
+        return None
+    return "same" if given["folder"] == fitted_on["folder"] else "shared"
+
+
+def mark_training_file(
+    detector: Any, source: str | Path, image_names: list[str] | None = None
+) -> None:
     """Record :func:`training_file` of ``source`` on ``detector`` (each member of an
-    ensemble), as ``training_source_``."""
-    identity = training_file(source)  # hashed once, whatever the members
+    ensemble), as ``training_source_``; for an image folder, :func:`training_images` of
+    the images it was trained on, ``image_names``."""
+    # hashed once, whatever the members
+    identity = training_file(source) or training_images(source, image_names)
     for model in getattr(detector, "members", {"": detector}).values():
         model.training_source_ = None if identity is None else dict(identity)
 

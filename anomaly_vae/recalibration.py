@@ -51,6 +51,7 @@ from anomaly_vae.fitting import (
     naming_file,
     record_run,
     same_training_file,
+    same_training_images,
     save_model,
     say_evaluating,
     say_reading,
@@ -95,6 +96,8 @@ class LabelledRows:
     # an error found on the labels alone (a table's checked before its rows are read)
     # comes as it came when the table was read whole before it
     refuse: Callable[[DataError], NoReturn]
+    # Images: the file path (or "test/123") of each, as listed; None for a table
+    names: list[str] | None = None
 
 
 def labelled_rows(
@@ -153,7 +156,7 @@ def labelled_rows(
     def score() -> tuple[np.ndarray, Data]:
         return scores_in_parts(detector, images.images, classes, name, progress), images.images
 
-    return LabelledRows(~np.isin(images.labels, normal), score, _raise)
+    return LabelledRows(~np.isin(images.labels, normal), score, _raise, images.names)
 
 
 def _raise(error: DataError) -> NoReturn:
@@ -357,7 +360,7 @@ def calibrate_model(
     )
     # Before the scoring, as the labels' checks: the file's SHA-256 takes a pass over it,
     # the scoring many.
-    _warn_training_file(source, detector)
+    _warn_training_file(source, detector, data)
     unit = f"{detector.score_item}s"
     labels = data.labels
     both_classes = labels is not None and bool(labels.any()) and not bool(labels.all())
@@ -411,22 +414,35 @@ def calibrate_model(
     return result
 
 
-def _warn_training_file(source: str | Path, detector: Any) -> None:
+def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -> None:
     """Warn when ``source`` is the file ``detector`` was fit on, or a copy of it (see
-    :func:`~anomaly_vae.fitting.same_training_file`): its normal rows include training
-    rows, which score lower than new rows do."""
+    :func:`~anomaly_vae.fitting.same_training_file`), or for images when the normal
+    images of ``data`` are read from the folders it was trained on
+    (:func:`~anomaly_vae.fitting.same_training_images`): its normal rows include
+    training rows, which score lower than new rows do."""
     fitted_on = getattr(getattr(detector, "first", detector), "training_source_", None)
-    same = same_training_file(fitted_on, source)
+    if data.names is None:
+        same = same_training_file(fitted_on, source)
+        what = {"same": "is the file", "copy": "is a copy of {}, the file"}
+    else:
+        labels = np.zeros(len(data.names), bool) if data.labels is None else data.labels
+        normal = [name for name, anomaly in zip(data.names, labels, strict=True) if not anomaly]
+        same = same_training_images(fitted_on, source, normal)
+        what = {"same": "is the folder", "shared": "holds images of {}, the folder"}
     if same is None:
         return
-    assert fitted_on is not None  # same_training_file compared with it
-    what = "the file" if same == "same" else f"a copy of {fitted_on['path']}, the file"
+    assert fitted_on is not None  # compared with it
+    item = detector.score_item  # "row", "image"
     logger.warning(
-        "%s is %s this model was fit on: its normal rows include rows the model trained "
-        "on, which score lower than new rows, so the threshold and the figures on it are "
-        "optimistic; calibrate on rows the model did not train on",
+        "%s %s this model was fit on: its normal %ss include %ss the model trained on, "
+        "which score lower than new %ss, so the threshold and the figures on it are "
+        "optimistic; calibrate on %ss the model did not train on",
         Path(source).name,
-        what,
+        what[same].format(fitted_on.get("path") or fitted_on.get("folder")),
+        item,
+        item,
+        item,
+        item,
     )
 
 

@@ -461,6 +461,60 @@ def test_calibrating_on_a_copy_of_the_training_file_warns(tmp_path, monkeypatch,
     assert result.exit_code == 0 and "fit on" not in caplog.text
 
 
+def test_calibrating_on_the_image_folder_fit_on_warns(tmp_path, monkeypatch, caplog):
+    # A table's training file was warned of, an image model's training folder not: image
+    # models saved no source (training.source null), so the folder went unrecognised.
+    from PIL import Image
+
+    from tests.test_images import bars
+
+    monkeypatch.chdir(tmp_path)
+    for folder, images in (
+        ("flat", bars(40, seed=0)),
+        ("classes/good", bars(40, seed=0)),
+        ("classes/bad", bars(5, seed=2, vertical=True)),
+    ):
+        Path(folder).mkdir(parents=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image[0]).save(f"{folder}/{i:03d}.png")
+    settings = [*FAST, "--set", "training.epochs=2", "--no-tracking", "--quiet"]
+    for data, model, extra in (("flat", "m1", []), ("classes", "m2", ["--normal-class", "good"])):
+        fitted = CliRunner().invoke(main, ["fit", data, *extra, *settings, "--model-dir", model])
+        assert fitted.exit_code == 0, fitted.output
+    saved = json.loads(Path("m2/detector.json").read_text())["training"]["source"]
+    assert saved == {
+        "folder": str(Path("classes").resolve()),
+        "image_folders": [str(Path("classes/good").resolve())],
+    }
+    said = (
+        "{} this model was fit on: its normal images include images the model trained on, "
+        "which score lower than new images, so the threshold and the figures on it are "
+        "optimistic; calibrate on images the model did not train on"
+    )
+    cases = [
+        ("flat", "m1", [], said.format("flat is the folder")),
+        ("classes", "m2", ["--normal-class", "good"], said.format("classes is the folder")),
+        (
+            "classes/good",
+            "m2",
+            [],
+            said.format(f"good holds images of {Path('classes').resolve()}, the folder"),
+        ),
+        ("classes", "m2", ["--normal-class", "bad"], None),  # not the images trained on
+        ("classes/good", "m1", [], None),  # another folder
+    ]
+    for data, model, extra, warning in cases:
+        caplog.clear()
+        command = ["calibrate", data, *extra, "--method", "quantile", "--model", model]
+        with caplog.at_level("WARNING"):
+            result = CliRunner().invoke(main, [*command, "--no-tracking", "--quiet"])
+        assert result.exit_code == 0, result.output
+        if warning is None:
+            assert "this model was fit on" not in caplog.text, (data, model)
+        else:
+            assert warning in caplog.text, (data, model, caplog.text)
+
+
 def test_a_model_saved_without_the_digest_knows_its_training_file_by_path(tmp_path):
     from anomaly_vae.fitting import same_training_file, training_file
 
