@@ -249,7 +249,8 @@ def _split_table(frame: pd.DataFrame, config: Config, source: str | Path) -> Tra
     if config.data.label_column is None:
         return TrainingData(frame)
     column, anomaly_label = config.data.label_column, config.data.anomaly_label
-    labels = label_vector(frame, column, anomaly_label)
+    with naming_file(source):  # as an --eval file's label errors are named
+        labels = label_vector(frame, column, anomaly_label)
     if not labels.any():
         return TrainingData(frame)
     if labels.all():  # else "need at least 20 normal rows to fit on, got 0", after the hold-out

@@ -239,16 +239,20 @@ def _read_labels(
     (each part's values as read with every column); DataError as
     :func:`~anomaly_vae.data.tables.label_vector` on the whole table, or for a header
     alone."""
-    if column not in header:
-        raise unknown_column("label", column, pd.DataFrame(columns=header))
-    labels = LabelColumn(column, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
+    # A label's error names the file, as fit names its files' (a reading error does already).
+    with naming_file(path):
+        if column not in header:
+            raise unknown_column("label", column, pd.DataFrame(columns=header))
+        labels = LabelColumn(column, anomaly_label, ANOMALY_LABEL_VIA_OPTION)
     rows = 0
     for part, _ in parts([column]):
-        labels.add(part)
+        with naming_file(path):
+            labels.add(part)
         rows += len(part)
     if not rows:
         raise DataError(f"{path} has a header but no data rows")  # as read_table says it
-    return labels.labels()
+    with naming_file(path):
+        return labels.labels()
 
 
 def _score_table(

@@ -272,6 +272,28 @@ def test_a_bad_cell_of_the_training_file_is_named_with_the_file(tmp_path, monkey
     assert message == f"{tmp_path / 'eval.csv'}: column 'load' holds infinite values (row 3)"
 
 
+def test_a_bad_label_is_named_with_its_file_by_fit_and_calibrate(tmp_path):
+    # Only an --eval file's label errors named the file; fit's training file and
+    # calibrate's file said "label column 'is_fault' must hold ..." alone.
+    from anomaly_vae.recalibration import calibrate_model
+
+    config = tiny_config(
+        "data.label_column=is_fault", "data.id_column=reading_id", "tracking.enabled=false"
+    )
+    good = mixed_table(200, seed=0, anomalies=10)
+    good.to_csv(tmp_path / "train.csv", index=False)
+    model = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path).model_dir
+    bad = tmp_path / "reviewed.csv"
+    good.assign(is_fault=good["is_fault"].replace(1, 7)).to_csv(bad, index=False)
+    with pytest.raises(DataError, match=rf"^{bad}: label column 'is_fault' must hold 0"):
+        fit_table(bad, config, project_dir=tmp_path)
+    for column in ("is_fault", "no_such_column"):
+        with pytest.raises(DataError, match=rf"^{bad}: label column '{column}' "):
+            calibrate_model(
+                bad, str(model), "f1", label_column=column, project_dir=tmp_path, track=False
+            )
+
+
 def test_an_eval_file_is_checked_against_the_training_file_before_training(
     tmp_path, labelled_config, monkeypatch, caplog
 ):
