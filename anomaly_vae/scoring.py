@@ -332,18 +332,26 @@ def scores_in_parts(
 
     ``progress``: on a terminal a bar over them, named ``name``, with the time left; off
     one a line a minute (:func:`~anomaly_vae.batch.scoring_progress`). A table's warnings
-    (columns not seen in training, say) come once, judged over all its rows."""
+    (columns not seen in training, say) come once, judged over all its rows, and a
+    DataError is that of ``data`` scored whole."""
     images = detector.data_kind_ == "image"
     chunk = whole_batches(detector, PROGRESS_CHUNK_IMAGES if images else PROGRESS_CHUNK_ROWS)
     parts = [np.empty(0)]
     counting = scoring_progress(name, f"{detector.score_item}s", progress, True, len(data))
-    with counting as count, warnings_per_file() as gathered:
-        for start in range(0, len(data), chunk):
-            rows = slice(start, start + chunk)
-            part = data.iloc[rows] if isinstance(data, pd.DataFrame) else data[rows]
-            part_condition = None if condition is None else condition[rows]
-            parts.append(detector.anomaly_score(part, part_condition))
-            count(len(part))
+    try:
+        with counting as count, warnings_per_file() as gathered:
+            for start in range(0, len(data), chunk):
+                rows = slice(start, start + chunk)
+                part = data.iloc[rows] if isinstance(data, pd.DataFrame) else data[rows]
+                part_condition = None if condition is None else condition[rows]
+                parts.append(detector.anomaly_score(part, part_condition))
+                count(len(part))
+    except DataError:
+        # A part's error counts, and names by position, the rows of the part ("has 13
+        # missing values" of 42 in all): scored whole again, ``data`` raises the error
+        # of all its rows. Only this failing path holds every row at once.
+        detector.anomaly_score(data, condition)
+        raise
     gathered.log(len(data))
     return np.concatenate(parts)
 

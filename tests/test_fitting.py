@@ -429,3 +429,81 @@ def test_a_small_fit_names_no_steps(tmp_path, capsys):
     config.training.progress = True
     fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
     assert " ..." not in capsys.readouterr().err
+
+
+def test_the_evaluation_rows_are_scored_in_parts_with_the_scores_of_one_pass(tmp_path, monkeypatch):
+    """A large --eval file was scored in one pass: the model's float input of every row
+    and its intermediates held at once (500,000 rows of 30 columns: 150 MB more at the
+    peak). It is scored PROGRESS_CHUNK_ROWS rows at a time, in whole scoring
+    batches, and its scores, threshold and evaluation are those of one pass."""
+    import copy
+
+    from anomaly_vae.data.preprocessing import TablePreprocessor
+    from anomaly_vae.detector import VAEDetector
+    from anomaly_vae.fitting import (
+        calibrate_and_evaluate,
+        load_training_data,
+        threshold_and_evaluation,
+    )
+
+    config = tiny_config(
+        "data.label_column=is_fault",
+        "data.id_column=reading_id",
+        "tracking.enabled=false",
+        "training.epochs=5",
+        "calibration.method=f1",  # the threshold chosen on the evaluation's scores
+        "scoring.batch_size=32",
+    )
+    mixed_table(300, seed=0, anomalies=20).to_csv(tmp_path / "train.csv", index=False)
+    mixed_table(600, seed=3, anomalies=40).to_csv(tmp_path / "eval.csv", index=False)
+    data = load_training_data(tmp_path / "train.csv", config, tmp_path / "eval.csv")
+    assert data.evaluation is not None and data.evaluation_labels is not None
+    detector = VAEDetector(config.detector_config()).fit(data.train)
+    one_pass = copy.deepcopy(detector)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 100)  # parts of 128 rows: 4 batches
+    transformed: list[int] = []
+    transform = TablePreprocessor.transform
+
+    def recording(self: TablePreprocessor, frame: pd.DataFrame) -> object:
+        transformed.append(len(frame))
+        return transform(self, frame)
+
+    monkeypatch.setattr(TablePreprocessor, "transform", recording)
+    evaluation, scores = calibrate_and_evaluate(detector, data, config.evaluation)
+    monkeypatch.undo()
+    rows = len(data.evaluation)
+    assert rows > 600 and sum(transformed) == rows
+    assert max(transformed) == 128  # never every row at once
+    whole = one_pass.anomaly_score(data.evaluation)
+    assert scores is not None and scores.tobytes() == whole.tobytes()  # bit for bit
+    labels = data.evaluation_labels
+    assert evaluation == threshold_and_evaluation(one_pass, labels, whole, config.evaluation)
+    assert detector.threshold_ == one_pass.threshold_
+    assert detector.calibration_ == one_pass.calibration_
+
+
+def test_an_error_scoring_the_evaluation_in_parts_counts_all_its_rows(tmp_path, monkeypatch):
+    """Scored in parts, the evaluation's error is still that of all its rows: missing
+    values in a model trained without missing indicators are counted over every row,
+    not over the first part that holds some."""
+    import numpy as np
+
+    config = tiny_config(
+        "data.label_column=is_fault",
+        "tracking.enabled=false",
+        "training.epochs=2",
+        "data.missing_indicators=false",
+        "scoring.batch_size=32",
+    )
+    mixed_table(300, seed=0).drop(columns="reading_id").dropna().to_csv(
+        tmp_path / "train.csv", index=False
+    )
+    new = mixed_table(600, seed=3, anomalies=40).drop(columns="reading_id")
+    new["vibration"] = new["vibration"].fillna(0.0)
+    new.loc[::50, "vibration"] = np.nan  # 12 rows, in each of the 5 parts of 128 rows
+    new.to_csv(tmp_path / "eval.csv", index=False)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 100)
+    with pytest.raises(DataError, match="'vibration' has 12 missing values"):
+        fit_table(
+            tmp_path / "train.csv", config, eval_source=tmp_path / "eval.csv", project_dir=tmp_path
+        )
