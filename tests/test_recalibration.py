@@ -768,7 +768,7 @@ def test_the_labels_errors_come_before_any_scoring(
     only, none normal for the quantile, a bad or empty label in the last part, the
     anomaly label never found) came once the whole table was scored (docs/usage.md,
     `calibrate`); the label column is now read alone first, and they come before any
-    row is scored, in the words of the table read whole."""
+    row is scored, in the words of the table read whole (after the file's name)."""
     from anomaly_vae import scoring
     from anomaly_vae.data import label_vector, read_table
     from anomaly_vae.errors import DataError
@@ -793,7 +793,7 @@ def test_the_labels_errors_come_before_any_scoring(
             anomaly = extra[-1] if extra else None
             labels = label_vector(read_table(path), "is_fault", anomaly, "--anomaly-label VALUE")
         except DataError as error:
-            expected = str(error)
+            expected = f"{path}: {error}"  # named with its file, as fit names it
         else:
             assert not labels.any()
             expected = (
