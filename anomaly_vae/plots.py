@@ -94,9 +94,13 @@ def score_label(score_name: str, item: str = "row") -> str:
 
 
 def wrap_title(title: str, width_inches: float, fontsize: float) -> str:
-    """``title`` broken into lines that fit ``width_inches`` at ``fontsize`` points."""
+    """``title`` broken into lines that fit ``width_inches`` at ``fontsize`` points,
+    at spaces only: a path or class name is never split (``/tmp/pytest-of-`` over
+    ``root/...`` read as two names), and one longer than a line has a line of its own."""
     characters = max(20, int(width_inches * 72 / (fontsize * TITLE_CHARACTER_WIDTH)))
-    return "\n".join(textwrap.wrap(title, characters))
+    return "\n".join(
+        textwrap.wrap(title, characters, break_on_hyphens=False, break_long_words=False)
+    )
 
 
 def long_tailed(bulk_high: float, low: float, high: float) -> bool:

@@ -184,6 +184,16 @@ def test_long_titles_are_wrapped_to_the_figure():
     assert len(lines) == 2 and " ".join(lines) == title
 
 
+def test_titles_are_wrapped_at_spaces_only():
+    # textwrap broke at hyphens and inside words longer than a line: an image's path came
+    # out as "/tmp/pytest-of-" over "root/pytest-12/...", two names that are neither.
+    path = "/tmp/pytest-of-root/pytest-12/test_traversal_and_interp0/check/shoe0.png"
+    title = f"Interpolation between {path} and {path.replace('0.png', '1.png')} (10 steps)"
+    wrapped = plots.wrap_title(title, 4.8, 10)
+    assert len(wrapped.split("\n")) > 2 and wrapped.split() == title.split()
+    assert path in wrapped.split("\n")
+
+
 def test_a_discrete_latents_scatter_title_stays_inside_the_figure():
     # VQ-VAE's scatter titles carry a note on the quantised latent; coloured by score the
     # title ran past both sides of the figure, so the note was cut (the file is saved
