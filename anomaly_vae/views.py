@@ -266,9 +266,25 @@ def _condition_note(detector: Any, condition: np.ndarray | None) -> str:
     ", given COLUMN=VALUE, ..." for tables; "" without one."""
     if condition is None:
         return ""
+    kind, value = _condition_words(detector, condition)
+    return f", {kind} {value}"
+
+
+def _condition_path_note(detector: Any, start: np.ndarray, end: np.ndarray) -> str:
+    """An interpolation's conditions ``(c,)`` at its two ends for its title: ", class A to
+    B" for images, ", given COLUMN=A to COLUMN=B" for tables, as :func:`_condition_note`
+    names one (that alone when both ends share it)."""
+    kind, first = _condition_words(detector, start)
+    second = _condition_words(detector, end)[1]
+    return f", {kind} {first}" + ("" if second == first else f" to {second}")
+
+
+def _condition_words(detector: Any, condition: np.ndarray) -> tuple[str, str]:
+    """A condition ``(c,)`` as ("class", NAME) for images, ("given", "COLUMN=VALUE, ...")
+    for tables."""
     condition = np.asarray(condition, np.float32).reshape(1, -1)
     if _is_image(detector):
-        return f", class {detector.condition_names_[int(np.argmax(condition[0]))]}"
+        return "class", str(detector.condition_names_[int(np.argmax(condition[0]))])
     features = int((~detector._condition_mask()).sum())
     row = _to_rows(detector, np.zeros((1, features), np.float32), condition).iloc[0]
     values = [
@@ -278,7 +294,7 @@ def _condition_note(detector: Any, condition: np.ndarray | None) -> str:
         else f"{column}={row[column]}"
         for column in detector.effective_config.data.condition_columns
     ]
-    return f", given {', '.join(values)}"
+    return "given", ", ".join(values)
 
 
 # -- views ---------------------------------------------------------------------------------
@@ -709,6 +725,10 @@ def interpolation(
         first, second = ends_named
         title = f"Interpolation between {first} and {second} in latent space ({steps} steps)"
         position = f"position (0 = {first}, 1 = {second}; both decoded)"
+    # The conditions the path moves between, as the traversal names its one: an image's is
+    # the trained class that explains it best, which its name does not tell.
+    if conditions is not None:
+        title += _condition_path_note(detector, conditions[0], conditions[1])
     if image:
         figure = _image_grid(
             np.clip(decoded, 0, 1),

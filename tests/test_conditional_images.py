@@ -311,6 +311,18 @@ def test_a_conditional_image_model_generates_a_block_per_class_without_a_conditi
     views.plots.close(chosen.figure)
 
 
+def test_a_conditional_interpolation_names_the_classes_it_moves_between(cvae):
+    """The interpolation's condition moves from the first image's class to the second's,
+    which the title did not say (the traversal and manifold name their one class)."""
+    from anomaly_vae import views
+
+    images, _ = two_classes(2, seed=95)  # h, h, v, v
+    title = views.interpolation(cvae, images[[0, 2]]).figure.get_suptitle().replace("\n", " ")
+    assert title.endswith("in latent space (10 steps), class h to v")
+    title = views.interpolation(cvae, images[[0, 1]]).figure.get_suptitle().replace("\n", " ")
+    assert title.endswith("in latent space (10 steps), class h")  # one class, named once
+
+
 def test_the_scikit_learn_methods_take_each_images_class(cvae):
     # score_samples, decision_function and predict took no class: an image of class h
     # with a vertical bar, normal for class v, could not be judged for its own class.

@@ -452,6 +452,10 @@ def test_cvae_views_decode_for_the_datas_conditions(cvae_detector):
     assert set(tables["05_traversal"]["machine"]) == {first}
     ends = tables["06_interpolation"]["machine"]
     assert (ends.iloc[0], ends.iloc[-1]) == (first, second)  # each row's own condition
+    # The title names both ends' conditions, as the traversal's names its one.
+    interpolation = next(v for v in made if v.name == "06_interpolation")
+    title = interpolation.figure.axes[0].get_title().replace("\n", " ")
+    assert f", given machine={first} to machine={second}" in title
     with pytest.raises(DataError, match="needs a condition: pass DATA"):
         views.manifold(cvae_detector)
     chosen = cvae_detector.condition_vector({"machine": "drill"})
