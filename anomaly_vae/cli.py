@@ -949,6 +949,7 @@ def view(
             ) from exc
     frame, labels = None, None
     names: list[str] | None = None  # images: their names, as `score` writes them
+    classes: list[str] | None = None  # and their classes, for a source of several
     if data is not None:
         images_given = is_image_source(data)
         check_data_kind(detector, data, images_given)
@@ -961,6 +962,8 @@ def view(
                 grey_model=image_channels(detector) == 1,
             )
             frame, names = images.images, images.names
+            class_names = images.class_column()  # as `score` writes a `class` column
+            classes = None if class_names is None else class_names.tolist()
             if normal_class is not None:
                 # As fit and calibrate label a folder's classes: the others are anomalies.
                 labels = ~np.isin(images.labels, images.class_indices(normal_class))
@@ -981,14 +984,20 @@ def view(
         condition = detector.condition_vector(_view_condition(conditions, detector.data_kind_))
     makers = {
         "generate": lambda: [views.generation(detector, count, condition)],
-        "reconstruct": lambda: [views.reconstructions(detector, frame, names=names)],
+        "reconstruct": lambda: [
+            views.reconstructions(detector, frame, names=names, classes=classes)
+        ],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
         "manifold": lambda: [views.manifold(detector, frame, condition=condition)],
-        "traversal": lambda: [views.traversal(detector, frame, names=names)],
-        "interpolation": lambda: [views.interpolation(detector, frame, names=names)],
+        "traversal": lambda: [views.traversal(detector, frame, names=names, classes=classes)],
+        "interpolation": lambda: [
+            views.interpolation(detector, frame, names=names, classes=classes)
+        ],
     }
     if kind == "all":
-        made, skipped = views.views_and_skips(detector, frame, labels, condition, names=names)
+        made, skipped = views.views_and_skips(
+            detector, frame, labels, condition, names=names, classes=classes
+        )
         for reason in skipped:
             click.echo(f"skipped {reason}")
     else:

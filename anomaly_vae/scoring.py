@@ -253,8 +253,9 @@ def score_images(
         listing.log_colour()
         scores = pd.concat(frames, ignore_index=True)
         scores.insert(0, "image", listing.names)
-        if len(listing.classes) > 1:
-            scores.insert(1, "class", classes)
+        class_names = listing.class_column()  # the views' CSVs name images the same way
+        if class_names is not None:
+            scores.insert(1, "class", class_names)
         if map_files is not None:
             scores["map"] = [file.name for file in map_files]  # can differ from the image's
         with writing(Path(output)):  # not blamed on the maps, whose context is inner

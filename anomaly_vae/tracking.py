@@ -688,7 +688,14 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
     origin = data.row_origin(positions, evaluation)
     all_names = data.names if evaluation else data.train_names
     names = None if all_names is None else [all_names[i] for i in positions]
-    for view in views.standard_views(detector, source, labels, origin, names):
+    # Images of a source of several classes with their class, as `score` writes them; the
+    # images drawn on hold several classes just when their source does (a flat folder's
+    # are all of its one class; labelled evaluation images, of the normal and another).
+    all_classes = data.evaluation_condition if evaluation else data.train_condition
+    classes = None
+    if all_classes is not None and len(set(all_classes)) > 1:
+        classes = [str(all_classes[i]) for i in positions]
+    for view in views.standard_views(detector, source, labels, origin, names, classes):
         views.save_view(view, out / VIEWS_ARTIFACT_PATH)
 
 

@@ -360,6 +360,7 @@ def reconstructions(
     count: int = 16,
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> View:
     """The ``count`` most anomalous inputs beside their reconstructions, worst first.
 
@@ -368,7 +369,8 @@ def reconstructions(
     A row is named by its id where it has one, else by its 1-based position in X, or,
     given ``origin`` (:func:`row_name`), by its file and row there. Images get a table of
     the images shown, in the grid's reading order: ``rank``, ``image`` (from ``names
-    (n,)``, :func:`image_names`) and ``score``, as the grid has no room to name them.
+    (n,)``, :func:`image_names`), ``class`` (from ``classes (n,)``, when given) and
+    ``score``, as the grid has no room to name them.
     """
     scores = detector.anomaly_score(X)
     order = np.argsort(-scores)[:count]
@@ -387,13 +389,9 @@ def reconstructions(
             column_labels=["input", "recon."] * (columns // 2),
         )
         # Without names a reviewer saw which images looked wrong, not which files they were.
-        shown = pd.DataFrame(
-            {
-                "rank": np.arange(1, len(order) + 1),
-                "image": image_names(names, order),
-                "score": scores[order],
-            }
-        )
+        shown = _images_named(names, classes, order)
+        shown.insert(0, "rank", np.arange(1, len(order) + 1))
+        shown["score"] = scores[order]
         return View("02_reconstructions", figure, shown, grid=True)
     feature_names = detector.preprocessor_.feature_names
     mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(feature_names), bool))()
@@ -478,6 +476,19 @@ def image_names(names: Sequence[str] | None, positions: np.ndarray) -> list[str]
     if names is None:
         return [f"image {position + 1}" for position in positions]
     return [names[position] for position in positions]
+
+
+def _images_named(
+    names: Sequence[str] | None, classes: Sequence[str] | None, positions: np.ndarray
+) -> pd.DataFrame:
+    """The images at ``positions (m,)`` as `score`'s CSV names them: ``image``
+    (:func:`image_names`) and, given each image's ``classes (n,)`` (a source of several
+    classes, :func:`~anomaly_vae.data.images.class_column`), ``class``; a
+    ``test/1686`` of a torchvision set tells no reader what it shows."""
+    named = pd.DataFrame({"image": image_names(names, positions)})
+    if classes is not None:
+        named["class"] = [classes[position] for position in positions]
+    return named
 
 
 def _row_ids(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
@@ -623,6 +634,7 @@ def traversal(
     dimensions: int = 8,
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> View:
     """Vary one latent dimension at a time around the first row's latent mean (a
     conditional model decodes for the first row's condition, named in the title as the
@@ -630,7 +642,8 @@ def traversal(
     by its file and row there (:func:`row_name`). The values are standard
     deviations of the dimension's prior from its mean (for N(0, I): the values set).
     Images: the title and a one-row table (``image``, as :func:`image_names` gives it
-    from ``names (n,)``) name the image the traversal starts from."""
+    from ``names (n,)``, and ``class`` from ``classes (n,)`` when given) name the image
+    the traversal starts from."""
     require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
     first = _row_conditions(detector, X, np.array([0]))
@@ -669,7 +682,8 @@ def traversal(
             column_labels=[f"{value:g}" for value in values],
             axis_labels=(f"value of the dimension ({unit})", ""),
         )
-        return View("05_traversal", figure, pd.DataFrame({"image": [first_row]}), grid=True)
+        started = _images_named(names, classes, np.array([0]))
+        return View("05_traversal", figure, started, grid=True)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "value", np.tile(values, k))
     rows.insert(0, "dimension", np.repeat(np.arange(k), steps))
@@ -693,12 +707,14 @@ def interpolation(
     steps: int = 10,
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> View:
     """Decode the straight line between the latent means of the first two rows of X (a
     conditional model's condition moves along the line between the rows' own conditions,
     so both ends decode as their row); ``origin`` names the two rows by their file and
     row there (:func:`row_name`). Images: the title and a two-row table (``weight`` 0
-    and 1, ``image`` as :func:`image_names` gives it from ``names (n,)``) name them."""
+    and 1, ``image`` as :func:`image_names` gives it from ``names (n,)``, ``class`` from
+    ``classes (n,)`` when given) name them."""
     require_continuous(detector, "interpolation")
     _require_rows(X, "interpolation")
     pair = np.array([0, 1])
@@ -737,7 +753,8 @@ def interpolation(
             column_labels=[f"{weight:.2g}" for weight in weights[:, 0]],
             axis_labels=(position, ""),
         )
-        ends = pd.DataFrame({"weight": [0.0, 1.0], "image": ends_named})
+        ends = _images_named(names, classes, pair)
+        ends.insert(0, "weight", [0.0, 1.0])
         return View("06_interpolation", figure, ends, grid=True)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "weight", weights[:, 0])
@@ -765,12 +782,16 @@ def standard_views(
     labels: np.ndarray | None = None,
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[View]:
     """The views logged with every fit: generation, reconstructions, latent scatter and,
     for continuous latents, manifold, traversal and interpolation (those that cannot be
     drawn are left out; :func:`views_and_skips` says why). ``origin``: where each row of
-    a table X was read (:func:`row_name`), to name rows by; ``names``: images' names."""
-    made, skipped = views_and_skips(detector, X, labels, origin=origin, names=names)
+    a table X was read (:func:`row_name`), to name rows by; ``names``: images' names;
+    ``classes``: their classes, for a source of several."""
+    made, skipped = views_and_skips(
+        detector, X, labels, origin=origin, names=names, classes=classes
+    )
     for reason in skipped:
         logger.info("view not logged, %s", reason)
     return made
@@ -783,13 +804,15 @@ def views_and_skips(
     condition: np.ndarray | None = None,
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> tuple[list[View], list[str]]:
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
     ``condition``: ``(c,)`` for a conditional model's generation (without it, none for
     tables and a block of rows per class for images) and manifold (without it, the first row's).
     ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by;
-    ``names``: ``(n,)`` the name of each image of X (:func:`image_names`)."""
+    ``names``: ``(n,)`` the name of each image of X (:func:`image_names`); ``classes``:
+    ``(n,)`` the class of each, for a source of several (their CSVs' ``class``)."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None and not _is_image(detector):
@@ -797,11 +820,17 @@ def views_and_skips(
     else:
         made.append(generation(detector, condition=condition))
     makers = [
-        ("reconstruct", lambda: reconstructions(detector, X, origin=origin, names=names)),
+        (
+            "reconstruct",
+            lambda: reconstructions(detector, X, origin=origin, names=names, classes=classes),
+        ),
         ("latents", lambda: latent_scatter(detector, X, labels)),
         ("manifold", lambda: manifold(detector, X, condition=condition)),
-        ("traversal", lambda: traversal(detector, X, origin=origin, names=names)),
-        ("interpolation", lambda: interpolation(detector, X, origin=origin, names=names)),
+        ("traversal", lambda: traversal(detector, X, origin=origin, names=names, classes=classes)),
+        (
+            "interpolation",
+            lambda: interpolation(detector, X, origin=origin, names=names, classes=classes),
+        ),
     ]
     for kind, make in makers:
         try:

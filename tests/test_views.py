@@ -262,6 +262,46 @@ def test_traversal_and_interpolation_name_the_images_they_start_from(image_detec
     assert logged["image"].tolist() == [f"f{start[0]}.png", f"f{start[1]}.png"]
 
 
+def test_image_views_name_each_images_class_as_score_does(image_detector, tmp_path):
+    """The views' CSVs named a torchvision image "test/1686" and no class, where `score`'s
+    CSV gives each image's class for a source of several classes; they now do the same,
+    from `view` and from a fit's run (a flat folder's, one class, have no such column)."""
+    from anomaly_vae.cli import main
+    from anomaly_vae.fitting import TrainingData
+    from anomaly_vae.tracking import _log_views
+
+    folder = class_folders(tmp_path / "imgs", normal=3, odd=2)
+    model, out = str(image_detector.save(tmp_path / "m")), tmp_path / "v"
+    scored = CliRunner().invoke(
+        main, ["score", folder, "--model", model, "--output", str(tmp_path / "s.csv")]
+    )
+    assert scored.exit_code == 0, scored.output
+    class_of = pd.read_csv(tmp_path / "s.csv").set_index("image")["class"]
+    for kind in ("reconstruct", "traversal", "interpolation"):
+        result = CliRunner().invoke(main, ["view", kind, folder, "--model", model, "--out", out])
+        assert result.exit_code == 0, result.output
+    shown = pd.read_csv(out / "02_reconstructions.csv")
+    assert list(shown.columns) == ["rank", "image", "class", "score"]
+    assert shown["class"].tolist() == class_of[shown["image"]].tolist()
+    assert set(shown["class"]) == {"normal", "odd"}
+    started = pd.read_csv(out / "05_traversal.csv")
+    assert started.to_dict("list") == {"image": [class_of.index[0]], "class": ["normal"]}
+    ends = pd.read_csv(out / "06_interpolation.csv")
+    assert list(ends.columns) == ["weight", "image", "class"]
+    assert ends["class"].tolist() == class_of[ends["image"]].tolist()
+    # A fit's run: its images' classes, when they are of several.
+    data = TrainingData(
+        bars(300, seed=0),
+        train_names=[f"f{i}.png" for i in range(300)],
+        train_condition=np.array(["a", "b"] * 150, dtype=object),
+    )
+    _log_views(image_detector, data, 20, tmp_path / "run")
+    logged = pd.read_csv(tmp_path / "run" / "views" / "06_interpolation.csv")
+    assert [int(name[1:-4]) % 2 for name in logged["image"]] == [
+        "ab".index(c) for c in logged["class"]
+    ]
+
+
 def test_image_views_and_discrete_latents(image_detector, tmp_path):
     test = np.concatenate([bars(30, seed=1), bars(5, seed=2, vertical=True)])
     # The CSVs of image views name the images they show or start from; the others have none.

@@ -127,6 +127,20 @@ class ImageSet:
         """``(n,)`` the class name of every image (object array of str)."""
         return np.asarray(self.classes, dtype=object)[self.labels]
 
+    def class_column(self) -> np.ndarray | None:
+        """``(n,)`` every image's class as `score`'s ``class`` column gives it
+        (:func:`class_column`); None for a source of one class."""
+        return class_column(self.classes, self.labels)
+
+
+def class_column(classes: list[str], labels: np.ndarray) -> np.ndarray | None:
+    """The ``class`` column of a table naming images (`score`'s, the views' CSVs): the
+    class name of each image, from its index ``labels (n,)`` into ``classes``; None when
+    the source has one class (a flat folder), where the column would say nothing."""
+    if len(classes) < 2:
+        return None
+    return np.asarray(classes, dtype=object)[labels]
+
 
 def class_list(names: list[str]) -> str:
     """Class names for a message, comma-separated; a name holding a comma is quoted.
@@ -240,6 +254,11 @@ class ImageListing:
     def label_names(self) -> np.ndarray:
         """``(n,)`` the class name of every image (object array of str)."""
         return np.asarray(self.classes, dtype=object)[self.labels]
+
+    def class_column(self) -> np.ndarray | None:
+        """``(n,)`` every image's class for `score`'s ``class`` column
+        (:func:`class_column`); None for a source of one class."""
+        return class_column(self.classes, self.labels)
 
     def read(self, start: int, stop: int) -> ImageSet:
         """Images ``start`` to ``stop`` (not included) as ``(m, C, H, W)`` uint8, ``C`` = 1
