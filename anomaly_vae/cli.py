@@ -989,9 +989,11 @@ def view(
         ],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
         "manifold": lambda: [views.manifold(detector, frame, condition=condition)],
-        "traversal": lambda: [views.traversal(detector, frame, names=names, classes=classes)],
+        "traversal": lambda: [
+            views.traversal(detector, frame, names=names, classes=classes, labels=labels)
+        ],
         "interpolation": lambda: [
-            views.interpolation(detector, frame, names=names, classes=classes)
+            views.interpolation(detector, frame, names=names, classes=classes, labels=labels)
         ],
     }
     if kind == "all":

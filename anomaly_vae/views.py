@@ -216,6 +216,19 @@ def _require_rows(X: Any, view: str, needed: int = 2) -> None:
         )
 
 
+def _start_rows(X: Any, labels: np.ndarray | None, needed: int) -> np.ndarray:
+    """The positions ``(needed,)`` of the rows a traversal or interpolation starts from:
+    the first rows of X, or with ``labels (n,)`` (True = anomaly) the first normal rows,
+    anomalies after them only when too few are normal. A labelled set often starts with
+    an anomaly (Fashion-MNIST's test/0 for a model of sneakers), whose latent mean a
+    model of the normal rows places badly: its traversal says little about what the
+    model learned."""
+    if labels is None:
+        return np.arange(needed)
+    # A stable sort keeps each group in X's order: normal (False) rows first.
+    return np.argsort(np.asarray(labels, bool), kind="stable")[:needed]
+
+
 def _row_conditions(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
     """The conditions ``(len(rows), c)`` of the chosen rows of X for a conditional model
     (None for other models): the views of a conditional model decode for the data's own
@@ -635,9 +648,11 @@ def traversal(
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    labels: np.ndarray | None = None,
 ) -> View:
-    """Vary one latent dimension at a time around the first row's latent mean (a
-    conditional model decodes for the first row's condition, named in the title as the
+    """Vary one latent dimension at a time around the first row's latent mean, or with
+    ``labels (n,)`` (True = anomaly) the first normal row's (:func:`_start_rows`; a
+    conditional model decodes for that row's condition, named in the title as the
     manifold names its condition); ``origin`` names that row
     by its file and row there (:func:`row_name`). The values are standard
     deviations of the dimension's prior from its mean (for N(0, I): the values set).
@@ -646,8 +661,9 @@ def traversal(
     the traversal starts from."""
     require_continuous(detector, "traversal")
     _require_rows(X, "traversal", needed=1)
-    first = _row_conditions(detector, X, np.array([0]))
-    base = detector.encode(_take(X, np.array([0])))[0]
+    start = _start_rows(X, labels, 1)
+    first = _row_conditions(detector, X, start)
+    base = detector.encode(_take(X, start))[0]
     k = min(dimensions, len(base))
     values = np.linspace(-extent, extent, steps, dtype=np.float32)
     prior_mean, covariance, unit = _latent_prior(detector)
@@ -666,8 +682,11 @@ def traversal(
     image = _is_image(detector)
     # An image is named as `score` names it: "the first input" left a reader to find
     # which file sorts first in the folder (or which image was sampled at fit).
+    # A table row is "the first input" when it is, else named by its 1-based place.
     first_row = (
-        image_names(names, np.array([0]))[0] if image else row_name(origin, 0, "the first input")
+        image_names(names, start)[0]
+        if image
+        else row_name(origin, int(start[0]), "" if start[0] else "the first input")
     )
     title = f"Traversal of {dimensions_shown} over [-{extent:g}, {extent:g}] around {first_row}"
     # The condition decoded for, as the manifold's title gives it: an image's is the trained
@@ -682,7 +701,7 @@ def traversal(
             column_labels=[f"{value:g}" for value in values],
             axis_labels=(f"value of the dimension ({unit})", ""),
         )
-        started = _images_named(names, classes, np.array([0]))
+        started = _images_named(names, classes, start)
         return View("05_traversal", figure, started, grid=True)
     rows = _to_rows(detector, decoded, cond)
     rows.insert(0, "value", np.tile(values, k))
@@ -708,8 +727,10 @@ def interpolation(
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    labels: np.ndarray | None = None,
 ) -> View:
-    """Decode the straight line between the latent means of the first two rows of X (a
+    """Decode the straight line between the latent means of the first two rows of X, or
+    with ``labels (n,)`` (True = anomaly) of the first two normal rows (:func:`_start_rows`; a
     conditional model's condition moves along the line between the rows' own conditions,
     so both ends decode as their row); ``origin`` names the two rows by their file and
     row there (:func:`row_name`). Images: the title and a two-row table (``weight`` 0
@@ -717,7 +738,7 @@ def interpolation(
     ``classes (n,)`` when given) name them."""
     require_continuous(detector, "interpolation")
     _require_rows(X, "interpolation")
-    pair = np.array([0, 1])
+    pair = _start_rows(X, labels, 2)
     conditions = _row_conditions(detector, X, pair)
     ends = detector.encode(_take(X, pair))
     weights = np.linspace(0, 1, steps, dtype=np.float32)[:, None]
@@ -732,15 +753,17 @@ def interpolation(
     image = _is_image(detector)
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
     position = "position (0 = first input, 1 = second; both decoded)"
+    start = "the first input"
     ends_named = None
     if image:
         ends_named = image_names(names, pair)
-    elif origin is not None:
-        ends_named = [row_name(origin, 0), row_name(origin, 1)]
+    elif origin is not None or pair.tolist() != [0, 1]:
+        ends_named = [row_name(origin, int(place)) for place in pair]
     if ends_named is not None:
         first, second = ends_named
         title = f"Interpolation between {first} and {second} in latent space ({steps} steps)"
         position = f"position (0 = {first}, 1 = {second}; both decoded)"
+        start = first
     # The conditions the path moves between, as the traversal names its one: an image's is
     # the trained class that explains it best, which its name does not tell.
     if conditions is not None:
@@ -770,7 +793,7 @@ def interpolation(
     ax.set(
         title=plots.wrap_title(f"{title}{_columns_note(detector)}", plots.FIGSIZE[0], TITLE_POINTS),
         xlabel=position,
-        ylabel=f"change from the first input (training {unit})",
+        ylabel=f"change from {start} (training {unit})",
     )
     ax.legend(fontsize=8)
     return View("06_interpolation", fig, rows)
@@ -826,10 +849,17 @@ def views_and_skips(
         ),
         ("latents", lambda: latent_scatter(detector, X, labels)),
         ("manifold", lambda: manifold(detector, X, condition=condition)),
-        ("traversal", lambda: traversal(detector, X, origin=origin, names=names, classes=classes)),
+        (
+            "traversal",
+            lambda: traversal(
+                detector, X, origin=origin, names=names, classes=classes, labels=labels
+            ),
+        ),
         (
             "interpolation",
-            lambda: interpolation(detector, X, origin=origin, names=names, classes=classes),
+            lambda: interpolation(
+                detector, X, origin=origin, names=names, classes=classes, labels=labels
+            ),
         ),
     ]
     for kind, make in makers:

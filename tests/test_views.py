@@ -302,6 +302,44 @@ def test_image_views_name_each_images_class_as_score_does(image_detector, tmp_pa
     ]
 
 
+def test_traversal_and_interpolation_start_from_normal_rows_when_labels_are_known(
+    image_detector, table_detector, tmp_path
+):
+    """With --normal-class 7 on Fashion-MNIST the traversal and interpolation started
+    from test/0 and test/1, anomalies for that model; given labels they now start from
+    the first normal images (rows), and from the first ones without labels."""
+    from anomaly_vae.cli import main
+
+    folder = class_folders(tmp_path / "imgs", normal=3, odd=3)  # normal/ sorts first
+    model, out = str(image_detector.save(tmp_path / "m")), tmp_path / "v"
+    for kind in ("traversal", "interpolation"):
+        args = ["view", kind, folder, "--model", model, "--out", str(out)]
+        result = CliRunner().invoke(main, [*args, "--normal-class", "odd"])
+        assert result.exit_code == 0, result.output
+    odd = [str(tmp_path / "imgs" / "odd" / f"{i}.png") for i in range(2)]
+    assert pd.read_csv(out / "05_traversal.csv")["image"].tolist() == odd[:1]
+    assert pd.read_csv(out / "06_interpolation.csv")["image"].tolist() == odd
+    unlabelled = CliRunner().invoke(
+        main, ["view", "traversal", folder, "--model", model, "--out", str(tmp_path / "u")]
+    )
+    assert unlabelled.exit_code == 0, unlabelled.output
+    started = pd.read_csv(tmp_path / "u" / "05_traversal.csv")["image"]
+    assert started.tolist() == [str(tmp_path / "imgs" / "normal" / "0.png")]
+    # Tables: a first row labelled anomalous is passed over, and the rows are named.
+    test = mixed_table(20, seed=1)
+    labels = np.zeros(len(test), bool)
+    labels[[0, 2]] = True
+    traversal = views.traversal(table_detector, test, labels=labels)
+    assert " around row 2 (one line" in traversal.figure.get_suptitle().replace("\n", " ")
+    ax = views.interpolation(table_detector, test, labels=labels).figure.axes[0]
+    assert "between row 2 and row 4 in" in ax.get_title().replace("\n", " ")
+    assert ax.get_ylabel() == "change from row 2 (training standard deviations)"
+    # Too few normal rows: the anomalies follow them.
+    assert views.interpolation(
+        image_detector, bars(3, seed=1), labels=np.array([1, 0, 1], bool)
+    ).table["image"].tolist() == ["image 2", "image 1"]
+
+
 def test_image_views_and_discrete_latents(image_detector, tmp_path):
     test = np.concatenate([bars(30, seed=1), bars(5, seed=2, vertical=True)])
     # The CSVs of image views name the images they show or start from; the others have none.
