@@ -34,7 +34,7 @@ from anomaly_vae.data.images import (
     source_location,
     torchvision_source,
 )
-from anomaly_vae.data.preprocessing import check_cells, check_same_kinds
+from anomaly_vae.data.preprocessing import check_cells, check_same_kinds, refuse_missing_values
 from anomaly_vae.detector import MIN_TRAINING_ROWS, RUN_FILE, VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
@@ -151,6 +151,8 @@ def load_training_data(
     frame = read_table(source, _id_columns(config), config.data.categorical_columns)
     with naming_file(source):
         check_cells(frame, config.data)
+        # Its held-out and anomalous rows too, scored only after training
+        refuse_missing_values(frame, frame, config.data)
     data = _split_table(frame, config, source)
     data.sources["data"] = source_location(source)
     if eval_source is not None:
@@ -162,6 +164,7 @@ def load_training_data(
             extra_labels = label_vector(extra, config.data.label_column, config.data.anomaly_label)
             check_same_kinds(extra, frame, config.data)
             check_cells(extra, config.data)
+            refuse_missing_values(extra, frame, config.data)  # before training, not after
         _warn_training_ids(extra, frame, config, eval_source)
         data.sources["eval_data"] = source_location(eval_source)
         extra_rows = np.arange(1, len(extra) + 1)

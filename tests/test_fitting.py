@@ -313,6 +313,39 @@ def test_an_eval_file_is_checked_against_the_training_file_before_training(
     assert "bad.csv: column 'load' should be numeric but holds '1217.0x' (row 5)" in message
 
 
+def test_missing_values_outside_the_training_rows_are_refused_before_training(
+    tmp_path, monkeypatch
+):
+    # Without missing indicators, the evaluation rows' missing values (an --eval file's,
+    # or those of the training file's anomalous rows) were refused by the model only
+    # after it had trained; and without the file's name.
+    config = tiny_config(
+        "data.label_column=is_fault", "tracking.enabled=false", "data.missing_indicators=false"
+    )
+    table = mixed_table(300, seed=0, anomalies=20).drop(columns="reading_id")
+    table["vibration"] = table["vibration"].fillna(1.0)
+    table.to_csv(tmp_path / "train.csv", index=False)
+    extra = mixed_table(60, seed=3, anomalies=6).drop(columns="reading_id")
+    extra["vibration"] = extra["vibration"].fillna(1.0)
+    extra.loc[[4, 9, 30], "vibration"] = float("nan")
+    extra.to_csv(tmp_path / "eval.csv", index=False)
+    message = _refused_before_training(
+        tmp_path, config, monkeypatch, eval_source=tmp_path / "eval.csv"
+    )
+    assert message == (
+        f"{tmp_path / 'eval.csv'}: column 'vibration' has 3 missing values (the first in "
+        "row 5); set data.missing_indicators=true"
+    )
+    anomalous = table.index[table["is_fault"] == 1][:2]
+    table.loc[anomalous, "vibration"] = float("nan")
+    table.to_csv(tmp_path / "train.csv", index=False)
+    message = _refused_before_training(tmp_path, config, monkeypatch)
+    assert message == (
+        f"{tmp_path / 'train.csv'}: column 'vibration' has 2 missing values (the first in "
+        f"row {anomalous[0] + 1}); set data.missing_indicators=true"
+    )
+
+
 def test_eval_rows_with_the_ids_of_training_rows_are_warned_about(
     tmp_path, labelled_config, caplog
 ):

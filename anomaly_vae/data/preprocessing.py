@@ -208,10 +208,8 @@ class TablePreprocessor:
                     "to learn from it: ignore it (data.ignore_columns, --ignore-col)"
                 )
             _warn_counter_like(numbers, name)
-            if numbers.isna().any() and not self.config.missing_indicators:
-                raise DataError(
-                    f"column {name!r} has missing values; set data.missing_indicators=true"
-                )
+            if not self.config.missing_indicators:
+                _refuse_missing_at_fit(numbers, name)
             # A huge finite value (a sentinel such as 9.99e307) overflows the sum or the
             # squares: refused below, without numpy's overflow warning first.
             with np.errstate(over="ignore", invalid="ignore"):
@@ -954,6 +952,38 @@ def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
                 _refuse_overflowing_values(pd.Series(numbers, index=values.index), str(name))
         else:
             _refuse_stray_text(values, str(name), str(name) in config.categorical_columns)
+
+
+def refuse_missing_values(frame: pd.DataFrame, reference: pd.DataFrame, config: DataConfig) -> None:
+    """Without ``config.missing_indicators``, DataError naming the first row for a missing
+    value in ``frame`` in a column of numbers of ``reference`` (the training file; it may
+    be ``frame``), as fitting its training rows raises it.
+
+    Fit runs it before training on the whole training file and on an --eval file, whose
+    rows it scores after training: the evaluation rows' missing values were found only
+    then, when the model refused them. A column empty in every row of ``reference`` is
+    left to the fit, which refuses it as empty."""
+    if config.missing_indicators:
+        return
+    skipped = not_features(config) | set(config.categorical_columns)
+    present = set(map(str, frame.columns))  # a column missing is check_same_kinds' error
+    for name in reference.columns:
+        if str(name) in skipped or str(name) not in present:
+            continue
+        if _holds_numbers(reference[name]) and not reference[name].isna().all():
+            # check_cells and check_same_kinds ran first: no text, no infinite values
+            _refuse_missing_at_fit(pd.to_numeric(frame[name], errors="coerce"), str(name))
+
+
+def _refuse_missing_at_fit(numbers: pd.Series, name: str) -> None:
+    """DataError for the missing values of the column of numbers ``name`` (``numbers``,
+    NaN = missing, indexed as its rows) in a fit without missing indicators."""
+    missing = np.flatnonzero(numbers.isna().to_numpy())
+    if len(missing):
+        raise DataError(
+            f"column {name!r} has {len(missing)} missing values (the first in "
+            f"{row_named(numbers, int(missing[0]))}); set data.missing_indicators=true"
+        )
 
 
 def check_same_kinds(frame: pd.DataFrame, reference: pd.DataFrame, config: DataConfig) -> None:
