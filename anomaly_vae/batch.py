@@ -41,7 +41,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from anomaly_vae.data.images import hidden_below, is_image_file, read_with_images
-from anomaly_vae.data.preprocessing import warnings_per_file
+from anomaly_vae.data.preprocessing import MissingValuesError, warnings_per_file
 from anomaly_vae.data.tables import (
     PARQUET_SUFFIXES,
     CsvFormat,
@@ -455,7 +455,12 @@ def score_file(
             # A bad cell or a missing column is named with the file, as fit names it;
             # only the scoring: a reading error names the file already.
             with naming_file(source) if naming else contextlib.nullcontext():
-                frame = detector.score_frame(chunk)
+                try:
+                    frame = detector.score_frame(chunk)
+                except MissingValuesError as exc:
+                    # The file's count, not this part's: the rest read on, a part at a time
+                    exc.count_parts(part for part, _ in parts)
+                    raise
             identify_rows(frame, id_column, first_row=rows)
             if output.suffix.lower() in PARQUET_SUFFIXES:
                 import pyarrow as pa

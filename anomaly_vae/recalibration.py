@@ -40,7 +40,7 @@ from anomaly_vae.data.images import (
     source_location,
     torchvision_source,
 )
-from anomaly_vae.data.preprocessing import warnings_per_file
+from anomaly_vae.data.preprocessing import MissingValuesError, warnings_per_file
 from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION, LabelColumn, unknown_column
 from anomaly_vae.errors import DataError
 from anomaly_vae.fitting import (
@@ -280,12 +280,11 @@ def _score_table(
             rows += len(part)
             if failure is None:
                 try:
-                    with naming_file(path):  # as fit and score name a bad cell's file
-                        scores.append(
-                            detector.anomaly_score(part.drop(columns=drop) if drop else part)
-                        )
+                    scores.append(detector.anomaly_score(part.drop(columns=drop) if drop else part))
                 except DataError as exc:
                     failure = exc  # a reading error further on came first: read on for it
+            elif isinstance(failure, MissingValuesError):
+                failure.count_parts([part])  # the file's count, not its first part's
             count(len(part), read)
     if example is None:  # as read_table says it
         raise DataError(f"{path} has a header but no data rows")
@@ -295,7 +294,8 @@ def _score_table(
             "to score; calibrate on a file that is no longer being written"
         )
     if failure is not None:
-        raise failure
+        with naming_file(path):  # as fit and score name a bad cell's file
+            raise failure
     gathered.log(rows)
     return np.concatenate(scores), example
 

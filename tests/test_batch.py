@@ -901,3 +901,41 @@ def test_a_bad_cell_is_named_with_its_file_by_score_calibrate_and_batch(
     result = batch(model_dir, inputs, Path("out"))
     assert f"failed: {cell}\n" in result.output, result.output
     assert f"failed: {inputs / 'nocol.csv'}: missing column 'temperature'" in result.output
+
+
+def test_missing_values_are_counted_over_the_file_scored_in_parts(tmp_path, monkeypatch):
+    """A file read and scored a part at a time (score, batch, calibrate) said the first
+    failing part's count of missing values for a model without missing indicators ("has
+    13 missing values", of 42 in the file); the count is now the file's."""
+    from anomaly_vae import scoring
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "data.missing_indicators=false",
+        "scoring.batch_size=50",  # parts of 100 rows are whole scoring batches
+        "training.epochs=2",
+    )
+    training = mixed_table(300, seed=0).drop(columns="is_fault").dropna()
+    VAEDetector(config.detector_config()).fit(training).save(tmp_path / "model")
+    table = mixed_table(400, seed=1).drop(columns="is_fault")
+    table["vibration"] = table["vibration"].fillna(1.0)
+    table.loc[list(range(120, 133)) + list(range(250, 279)), "vibration"] = np.nan  # 13 + 29
+    table.to_csv(tmp_path / "new.csv", index=False)
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 100)  # 4 parts of 100 rows
+    said = "column 'vibration' has 42 missing values and the model was trained without missing"
+    model = str(tmp_path / "model")
+    for command in (
+        ["score", "new.csv", "-o", "scores.csv"],
+        ["calibrate", "new.csv", "--method", "quantile", "--no-tracking", "--model-dir", "c"],
+    ):
+        result = CliRunner().invoke(main, [*command, "--model", model])
+        assert result.exit_code == 1 and f"new.csv: {said}" in result.output, result.output
+    report = run_batch(tmp_path / "new.csv", tmp_path / "out", VAEDetector.load(model), "m", 100)
+    assert list(report.failed.values()) == [f"{said} indicators"]
+    # A part after the first failing one whose cell is no number ends the count: at least.
+    table["vibration"] = table["vibration"].astype(object)
+    table.loc[260, "vibration"] = "?"
+    table.to_csv(tmp_path / "new.csv", index=False)
+    result = CliRunner().invoke(main, ["score", "new.csv", "-o", "s.csv", "--model", model])
+    assert "'vibration' has at least 13 missing values" in result.output, result.output

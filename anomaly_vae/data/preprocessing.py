@@ -386,10 +386,7 @@ class TablePreprocessor:
                     gathered.boolean_columns.setdefault(column.name, None)
             missing = np.isnan(numbers)
             if missing.any() and not self.config.missing_indicators:
-                raise DataError(
-                    f"column {column.name!r} has {int(missing.sum())} missing values and the "
-                    "model was trained without missing indicators"
-                )
+                raise MissingValuesError(column.name, int(missing.sum()))
             gathered = _GATHERED.get()
             if gathered is not None:
                 gathered.numeric_columns.setdefault(column.name, None)
@@ -497,6 +494,39 @@ def names_as_read_now(names: Iterable[Any], known: Sequence[str]) -> dict[str, s
         for name in names
         if isinstance(name, str) and name not in wanted and as_windows_1252(name) in wanted
     }
+
+
+class MissingValuesError(DataError):
+    """Missing values in the column of numbers ``column`` of a model trained without
+    missing indicators, which has no feature to give them: ``count`` of the rows scored.
+
+    A file scored a part at a time adds those of its later parts (:meth:`count_parts`):
+    the first failing part's count alone ("has 13 missing values", of 42 in the file)
+    was taken for the file's. No row is named: a row number within a part (a Spark
+    batch's, say) is no row of the file."""
+
+    def __init__(self, column: str, count: int) -> None:
+        super().__init__(column, count)
+        self.column, self.count = column, count
+        self.at_least = False  # counting stopped at a part that could not be read
+
+    def __str__(self) -> str:
+        count = f"at least {self.count}" if self.at_least else str(self.count)
+        return (
+            f"column {self.column!r} has {count} missing values and the model was trained "
+            "without missing indicators"
+        )
+
+    def count_parts(self, parts: Iterable[pd.DataFrame]) -> None:
+        """Add the missing values in ``column`` of ``parts``, the rest of the file (read a
+        part at a time: memory holds one). A part that cannot be read, or a cell that is
+        no number, ends the count, which is then "at least"."""
+        try:
+            for part in parts:
+                numbers = _as_numbers(part[self.column], self.column)
+                self.count += int(np.isnan(numbers).sum())
+        except DataError:
+            self.at_least = True
 
 
 @dataclass
