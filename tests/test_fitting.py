@@ -313,6 +313,32 @@ def test_an_eval_file_is_checked_against_the_training_file_before_training(
     assert "bad.csv: column 'load' should be numeric but holds '1217.0x' (row 5)" in message
 
 
+def test_an_eval_files_missing_column_is_worded_as_score_words_it(
+    tmp_path, labelled_config, monkeypatch
+):
+    # fit --eval said "missing column 'load' of the training data", where score,
+    # calibrate and batch say "... that the model was trained on", with a hint at a
+    # column spelled otherwise.
+    from anomaly_vae.data.preprocessing import TablePreprocessor
+
+    table = mixed_table(300, seed=0, anomalies=20)
+    table.to_csv(tmp_path / "train.csv", index=False)
+    extra = mixed_table(60, seed=3, anomalies=6).rename(columns={"load": "Load"})
+    extra.to_csv(tmp_path / "eval.csv", index=False)
+    message = _refused_before_training(
+        tmp_path, labelled_config, monkeypatch, eval_source=tmp_path / "eval.csv"
+    )
+    expected = (
+        "missing column 'load' that the model was trained on (the data has 'Load': names "
+        "are case- and space-sensitive)"
+    )
+    assert message == f"{tmp_path / 'eval.csv'}: {expected}"
+    scoring_check = TablePreprocessor(labelled_config.data).fit(table)
+    with pytest.raises(DataError) as refused:
+        scoring_check.check_columns(extra)
+    assert str(refused.value) == expected
+
+
 def test_missing_values_outside_the_training_rows_are_refused_before_training(
     tmp_path, monkeypatch
 ):

@@ -365,10 +365,7 @@ class TablePreprocessor:
         extra = [str(c) for c in frame.columns if str(c) not in expected]
         missing = [c.name for c in self.columns if c.name not in present]
         if missing:
-            raise DataError(
-                f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
-                f"that the model was trained on{similar_names_hint(missing, extra)}"
-            )
+            raise missing_columns(missing, extra)
         gathered = _GATHERED.get()
         if gathered is not None:
             gathered.extra_columns.update(dict.fromkeys(extra))
@@ -984,6 +981,16 @@ def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
             _refuse_stray_text(values, str(name), str(name) in config.categorical_columns)
 
 
+def missing_columns(missing: list[str], extra: list[str]) -> DataError:
+    """The error for a file read for a model (scored, calibrated on, an --eval file) that
+    lacks its feature columns ``missing``, in one wording wherever it is read; ``extra``,
+    the file's columns the model does not know, may hold them spelled otherwise."""
+    return DataError(
+        f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
+        f"that the model was trained on{similar_names_hint(missing, extra)}"
+    )
+
+
 def refuse_missing_values(frame: pd.DataFrame, reference: pd.DataFrame, config: DataConfig) -> None:
     """Without ``config.missing_indicators``, DataError naming the first row for a missing
     value in ``frame`` in a column of numbers of ``reference`` (the training file; it may
@@ -1023,10 +1030,8 @@ def check_same_kinds(frame: pd.DataFrame, reference: pd.DataFrame, config: DataC
     features = [str(name) for name in reference.columns if str(name) not in skipped]
     missing = [name for name in features if name not in set(map(str, frame.columns))]
     if missing:
-        raise DataError(
-            f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} of the "
-            "training data"
-        )
+        known = set(map(str, reference.columns)) | skipped
+        raise missing_columns(missing, [str(c) for c in frame.columns if str(c) not in known])
     for name in features:
         if name in config.categorical_columns:  # categories, whatever they are written as
             continue
