@@ -479,7 +479,9 @@ def score_file(
             writer.close()
         if rows == 0:
             raise DataError(f"{source} has a header but no data rows")
-    gathered.log(rows)
+    # Named as its errors are (a batch run names each input's warnings itself)
+    with warnings_named(str(source)) if naming else contextlib.nullcontext():
+        gathered.log(rows)
     return rows, flagged, np.concatenate(sample)
 
 
@@ -681,7 +683,7 @@ def score_inputs(
                 )
                 _record_failure(path, model_id, reason, ledger, report)
                 continue
-            with _warnings_named(path.name):
+            with warnings_named(path.name):
                 _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
     finally:
         ledger.close()
@@ -689,10 +691,11 @@ def score_inputs(
 
 
 @contextlib.contextmanager
-def _warnings_named(name: str) -> Iterator[None]:
-    """Begin the package's warnings made meanwhile with ``name``, an input among many, so
-    that a reader of a run's log knows which input each is about (those that name it
-    already are left alone)."""
+def warnings_named(name: str) -> Iterator[None]:
+    """Begin the package's warnings made meanwhile with ``name``, an input among many (a
+    batch's; fit's training or --eval file; the file score or calibrate reads, named
+    as their errors name it), so that a reader of a run's log knows which input each is
+    about (those that name it already are left alone)."""
     previous = logging.getLogRecordFactory()
 
     def named(*args: Any, **kwargs: Any) -> logging.LogRecord:

@@ -16,7 +16,7 @@ from typing import Any, TypeAlias, cast
 import numpy as np
 import pandas as pd
 
-from anomaly_vae.batch import file_digest, holds_only_tables
+from anomaly_vae.batch import file_digest, holds_only_tables, warnings_named
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
     LABELLED_THRESHOLD_METHODS,
@@ -34,7 +34,13 @@ from anomaly_vae.data.images import (
     source_location,
     torchvision_source,
 )
-from anomaly_vae.data.preprocessing import check_cells, check_same_kinds, refuse_missing_values
+from anomaly_vae.data.preprocessing import (
+    check_cells,
+    check_same_kinds,
+    refuse_missing_values,
+    unseen_columns,
+    warn_extra_columns,
+)
 from anomaly_vae.detector import MIN_TRAINING_ROWS, RUN_FILE, VAEDetector
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
@@ -166,6 +172,13 @@ def load_training_data(
             check_cells(extra, config.data)
             refuse_missing_values(extra, frame, config.data)  # before training, not after
         _warn_training_ids(extra, frame, config, eval_source)
+        unseen = unseen_columns(extra, frame, config.data)
+        if unseen:
+            with warnings_named(str(eval_source)):  # as its errors are named
+                warn_extra_columns(unseen)
+            # Scored among the held-out rows of the training file, they would be warned of
+            # again, as of no file
+            extra = extra.drop(columns=unseen)
         data.sources["eval_data"] = source_location(eval_source)
         extra_rows = np.arange(1, len(extra) + 1)
         if data.evaluation is None:

@@ -24,6 +24,7 @@ from anomaly_vae.batch import (
     reading_total,
     scoring_progress,
     table_columns,
+    warnings_named,
 )
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
@@ -296,7 +297,8 @@ def _score_table(
     if failure is not None:
         with naming_file(path):  # as fit and score name a bad cell's file
             raise failure
-    gathered.log(rows)
+    with warnings_named(str(path)):  # as its errors are named
+        gathered.log(rows)
     return np.concatenate(scores), example
 
 

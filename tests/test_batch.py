@@ -939,3 +939,24 @@ def test_missing_values_are_counted_over_the_file_scored_in_parts(tmp_path, monk
     table.to_csv(tmp_path / "new.csv", index=False)
     result = CliRunner().invoke(main, ["score", "new.csv", "-o", "s.csv", "--model", model])
     assert "'vibration' has at least 13 missing values" in result.output, result.output
+
+
+def test_a_column_not_seen_in_training_is_warned_of_with_its_file(model_dir, tmp_path, caplog):
+    """Only batch named the file of "ignoring column not seen in training"; score and
+    calibrate name it now too, as their errors name it."""
+    new = mixed_table(200, seed=4).assign(comment="x")
+    new.to_csv(tmp_path / "new.csv", index=False)
+    commands = [
+        ["score", str(tmp_path / "new.csv"), "-o", str(tmp_path / "scores.csv")],
+        ["calibrate", str(tmp_path / "new.csv"), "--method", "quantile", "--no-tracking"],
+    ]
+    for command in commands:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            extra = (
+                ["--model-dir", str(tmp_path / "recalibrated")] if "calibrate" in command else []
+            )
+            result = CliRunner().invoke(main, [*command, "--model", str(model_dir), *extra])
+        assert result.exit_code == 0, result.output
+        said = f"{tmp_path / 'new.csv'}: ignoring column not seen in training: comment"
+        assert said in caplog.text, command

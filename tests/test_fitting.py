@@ -339,6 +339,27 @@ def test_an_eval_files_missing_column_is_worded_as_score_words_it(
     assert str(refused.value) == expected
 
 
+def test_an_eval_files_column_not_seen_in_training_is_warned_of_with_its_file(
+    tmp_path, labelled_config, monkeypatch, caplog
+):
+    # The warning named no file, and came after training, when the evaluation rows (the
+    # training file's held-out rows and the --eval file's together) were scored.
+    mixed_table(300, seed=0, anomalies=20).to_csv(tmp_path / "train.csv", index=False)
+    extra = mixed_table(60, seed=3, anomalies=6).assign(comment="x")
+    extra.to_csv(tmp_path / "eval.csv", index=False)
+    with caplog.at_level("WARNING"):
+        result = fit_table(
+            tmp_path / "train.csv",
+            labelled_config,
+            eval_source=tmp_path / "eval.csv",
+            project_dir=tmp_path,
+        )
+    said = "ignoring column not seen in training: comment"
+    assert caplog.text.count(said) == 1
+    assert f"{tmp_path / 'eval.csv'}: {said}" in caplog.text
+    assert result.evaluation["n_anomalous"] == 20 + 6
+
+
 def test_missing_values_outside_the_training_rows_are_refused_before_training(
     tmp_path, monkeypatch
 ):

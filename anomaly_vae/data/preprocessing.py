@@ -370,7 +370,7 @@ class TablePreprocessor:
         if gathered is not None:
             gathered.extra_columns.update(dict.fromkeys(extra))
         elif extra:
-            _warn_extra_columns(extra)
+            warn_extra_columns(extra)
 
     def _transform_column(self, values: pd.Series, column: ColumnSchema) -> np.ndarray:
         if column.kind == "numeric":
@@ -570,7 +570,7 @@ class GatheredWarnings:
     def log(self, rows: int) -> None:
         """Log each warning once, for a file of ``rows`` rows."""
         if self.extra_columns:
-            _warn_extra_columns(list(self.extra_columns))
+            warn_extra_columns(list(self.extra_columns))
         for name in self.numeric_columns:
             if name not in self.filled_columns and rows > 1:
                 _warn_empty_column(name, rows)
@@ -613,7 +613,8 @@ def gathered_warnings() -> GatheredWarnings | None:
     return _GATHERED.get()
 
 
-def _warn_extra_columns(names: list[str]) -> None:
+def warn_extra_columns(names: list[str]) -> None:
+    """Warn that the columns ``names`` of the data, not seen in training, are ignored."""
     logger.warning(
         "ignoring column%s not seen in training: %s",
         "s" if len(names) > 1 else "",
@@ -981,6 +982,14 @@ def check_cells(frame: pd.DataFrame, config: DataConfig) -> None:
             _refuse_stray_text(values, str(name), str(name) in config.categorical_columns)
 
 
+def unseen_columns(frame: pd.DataFrame, reference: pd.DataFrame, config: DataConfig) -> list[str]:
+    """The columns of ``frame`` that a model fit on ``reference`` ignores: neither one of
+    its columns nor an id, label or ignored column (as :meth:`TablePreprocessor.check_columns`
+    finds them)."""
+    known = set(map(str, reference.columns)) | not_features(config)
+    return [str(name) for name in frame.columns if str(name) not in known]
+
+
 def missing_columns(missing: list[str], extra: list[str]) -> DataError:
     """The error for a file read for a model (scored, calibrated on, an --eval file) that
     lacks its feature columns ``missing``, in one wording wherever it is read; ``extra``,
@@ -1030,8 +1039,7 @@ def check_same_kinds(frame: pd.DataFrame, reference: pd.DataFrame, config: DataC
     features = [str(name) for name in reference.columns if str(name) not in skipped]
     missing = [name for name in features if name not in set(map(str, frame.columns))]
     if missing:
-        known = set(map(str, reference.columns)) | skipped
-        raise missing_columns(missing, [str(c) for c in frame.columns if str(c) not in known])
+        raise missing_columns(missing, unseen_columns(frame, reference, config))
     for name in features:
         if name in config.categorical_columns:  # categories, whatever they are written as
             continue
