@@ -587,3 +587,28 @@ def test_an_error_scoring_the_evaluation_in_parts_counts_all_its_rows(tmp_path, 
         fit_table(
             tmp_path / "train.csv", config, eval_source=tmp_path / "eval.csv", project_dir=tmp_path
         )
+
+
+def test_scores_in_parts_raises_the_error_of_all_its_rows(monkeypatch):
+    """fit now refuses an --eval file's missing values before training (the test above
+    passes through that check), so scores_in_parts' own count over all the rows of a
+    frame is tested here, on the frame itself."""
+    import numpy as np
+
+    from anomaly_vae.detector import VAEDetector
+
+    config = tiny_config(
+        "training.epochs=2", "data.missing_indicators=false", "scoring.batch_size=32"
+    )
+    training = mixed_table(300, seed=0).drop(columns=["reading_id", "is_fault"]).dropna()
+    detector = VAEDetector(config.detector_config()).fit(training)
+    new = mixed_table(600, seed=3).drop(columns=["reading_id", "is_fault"])
+    new["vibration"] = new["vibration"].fillna(0.0)
+    new.loc[::50, "vibration"] = np.nan  # 12 rows, in each of the 5 parts of 128 rows
+    monkeypatch.setattr(scoring, "PROGRESS_CHUNK_ROWS", 100)
+    with pytest.raises(DataError) as refused:
+        scoring.scores_in_parts(detector, new, None, "new")
+    assert str(refused.value) == (
+        "column 'vibration' has 12 missing values and the model was trained without missing "
+        "indicators"
+    )
