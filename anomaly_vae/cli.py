@@ -988,7 +988,7 @@ def view(
             views.reconstructions(detector, frame, names=names, classes=classes)
         ],
         "latents": lambda: [views.latent_scatter(detector, frame, labels)],
-        "manifold": lambda: [views.manifold(detector, frame, condition=condition)],
+        "manifold": lambda: [views.manifold(detector, frame, condition=condition, labels=labels)],
         "traversal": lambda: [
             views.traversal(detector, frame, names=names, classes=classes, labels=labels)
         ],

@@ -557,6 +557,7 @@ def manifold(
     steps: int = 15,
     extent: float = 3.0,
     condition: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
 ) -> View:
     """Decoded grid over [-extent, extent]^2 of the latent (or its two leading directions);
     one line of ``steps`` points along z[0] for a 1-D latent. The grid is in standard
@@ -564,7 +565,8 @@ def manifold(
     the latent's own values; hvae's z1 has another prior, see ``latent_prior_moments``).
     The table starts with the grid coordinates, in those units: ``z0, z1`` on the latent
     axes, ``pc1, pc2`` on principal directions. ``condition``: one condition ``(c,)``
-    for a conditional model (default: the first row's)."""
+    for a conditional model (default: the first row's, or with ``labels (n,)``, True =
+    anomaly, the first normal row's, as the traversal starts from it)."""
     require_continuous(detector, "manifold")
     directions = _leading_directions(detector, X).astype(np.float32)
     principal = detector.model_.latent_dim > 2 and X is not None
@@ -584,7 +586,8 @@ def manifold(
             raise DataError("a conditional model's manifold needs a condition: pass DATA")
         if condition is None:
             # A conditional model's rows have conditions (None is for other models).
-            condition = cast(np.ndarray, _row_conditions(detector, X, np.array([0])))[0]
+            start = _start_rows(X, labels, 1)
+            condition = cast(np.ndarray, _row_conditions(detector, X, start))[0]
         cond = np.repeat(np.asarray(condition, np.float32).reshape(1, -1), len(grid), axis=0)
     decoded = _decode(detector, z, None if cond is None else torch.from_numpy(cond))
     # What runs along each side of the grid, in standard deviations of the prior (`unit`).
@@ -848,7 +851,7 @@ def views_and_skips(
             lambda: reconstructions(detector, X, origin=origin, names=names, classes=classes),
         ),
         ("latents", lambda: latent_scatter(detector, X, labels)),
-        ("manifold", lambda: manifold(detector, X, condition=condition)),
+        ("manifold", lambda: manifold(detector, X, condition=condition, labels=labels)),
         (
             "traversal",
             lambda: traversal(

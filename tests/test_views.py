@@ -543,6 +543,23 @@ def test_cvae_views_decode_for_the_datas_conditions(cvae_detector):
     views.plots.close(drawn.figure)
 
 
+def test_a_cvae_manifold_decodes_for_the_first_normal_rows_condition(cvae_detector):
+    # With labels, the traversal starts from the first normal row; the manifold took the
+    # first row's condition all the same, an anomaly's when the data began with one.
+    test = mixed_table(50, seed=1)
+    other = int(np.argmax(test["machine"] != test["machine"].iloc[0]))
+    test = test.iloc[[0, other, *range(1, other), *range(other + 1, len(test))]]
+    labels = np.r_[True, np.zeros(len(test) - 1, bool)]  # the first row an anomaly
+    normal_machine = test["machine"].iloc[1]
+    assert normal_machine != test["machine"].iloc[0]
+    made, _ = views.views_and_skips(cvae_detector, test, labels)
+    tables = {v.name: v.table for v in made}
+    assert set(tables["04_manifold"]["machine"]) == {normal_machine}
+    assert set(tables["05_traversal"]["machine"]) == {normal_machine}
+    for view in made:
+        views.plots.close(view.figure)
+
+
 def test_views_of_one_row_say_they_need_two(table_detector):
     one = mixed_table(5, seed=1).iloc[:1]
     for view in (views.interpolation, views.latent_scatter):
