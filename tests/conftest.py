@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import runpy
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,29 @@ def tiny_fit(*args: str):
 
     settings = [arg for key in TINY for arg in ("--set", key)]
     return CliRunner().invoke(main, ["fit", *args, "--quiet", *settings])
+
+
+def traced_peaks(first, *then) -> tuple[object, list[int]]:
+    """Run ``first()``, then each of ``then`` on the result before it, under one
+    tracemalloc trace: ``(the last result, the peak bytes numpy and Python allocated
+    during each step)``, each peak counting what was held when its step began."""
+    tracemalloc.start()
+    try:
+        result = first()
+        peaks = [tracemalloc.get_traced_memory()[1]]
+        for step in then:
+            tracemalloc.reset_peak()
+            result = step(result)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+    return result, peaks
+
+
+def traced_peak(function):
+    """``(function(), peak bytes numpy and Python allocated while it ran)``."""
+    result, (peak,) = traced_peaks(function)
+    return result, peak
 
 
 def tiny_config(*overrides: str) -> Config:

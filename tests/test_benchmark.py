@@ -35,7 +35,14 @@ from anomaly_vae.protocols import (
     t_clean_split,
     t_contaminated_split,
 )
-from tests.conftest import TINY, correlated_normal, planted_anomalies, run_pipeline_script
+from tests.conftest import (
+    TINY,
+    correlated_normal,
+    planted_anomalies,
+    run_pipeline_script,
+    traced_peak,
+    traced_peaks,
+)
 
 FAST = [*TINY, "training.epochs=5"]  # our detector: seconds, not minutes
 BASELINES = ["iforest", "knn", "pca"]
@@ -136,18 +143,11 @@ def test_a_float64_file_loads_without_a_second_copy_of_x(tmp_path):
     once while loading (1.2 GB each for a census-sized 299,285 x 500 file: the peak
     resident memory of a T-contaminated run, 3.1 GB against 2.1 GB now). Other dtypes
     are still cast."""
-    import tracemalloc
-
     X = np.random.default_rng(0).normal(size=(100_000, 20))
     y = np.r_[np.zeros(99_000), np.ones(1_000)].astype(np.int64)
     np.savez(tmp_path / "wide.npz", X=X, y=y)
     np.savez(tmp_path / "small.npz", X=np.ones((4, 2), dtype=np.uint8), y=[0, 0, 1, 0])
-    tracemalloc.start()
-    try:
-        loaded, _ = load_npz(tmp_path / "wide.npz")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    (loaded, _), peak = traced_peak(lambda: load_npz(tmp_path / "wide.npz"))
     np.testing.assert_array_equal(loaded, X)
     assert peak < 1.5 * X.nbytes  # before: 2 times
     small, _ = load_npz(tmp_path / "small.npz")
@@ -535,23 +535,13 @@ def test_our_detector_is_given_a_table_without_empty_columns_uncopied():
     when none was: a full copy of the training split at fit and of the test split at
     scoring (0.6 GB each for ADBench's 299,285 x 500 census under T-clean), beside what
     the detector itself holds (the features and their parts, 2.1 times X here)."""
-    import tracemalloc
-
     from anomaly_vae.config import load_config
 
     config = load_config(overrides=[*TINY, "training.epochs=1", "training.max_epoch_batches=1"])
     X = np.random.default_rng(0).normal(size=(20_000, 20))
     bench_methods.DetectorMethod(config, bench_methods.FitCache()).fit(X[:100])  # one-off imports
     method = bench_methods.DetectorMethod(config, bench_methods.FitCache())
-    tracemalloc.start()
-    try:
-        method.fit(X)
-        _, fit_peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        method.score(X)
-        _, score_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, (fit_peak, score_peak) = traced_peaks(lambda: method.fit(X), lambda _: method.score(X))
     # 2.1 and 1.3 times X here; before, 3.1 and 2.3
     assert fit_peak < 2.5 * X.nbytes
     assert score_peak < 1.8 * X.nbytes

@@ -12,7 +12,13 @@ from anomaly_vae import VAEDetector, load_config
 from anomaly_vae.config import to_dict
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import available_models
-from tests.conftest import correlated_normal, mixed_table, planted_anomalies, tiny_config
+from tests.conftest import (
+    correlated_normal,
+    mixed_table,
+    planted_anomalies,
+    tiny_config,
+    traced_peaks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -911,20 +917,12 @@ def test_an_array_is_fit_and_scored_without_a_copy_of_it():
     census) is 1.2 GB as float64. The features (float32, with a missing indicator per
     column: as many bytes as X) and their training, validation and calibration parts
     are what fit holds; scoring, the features."""
-    import tracemalloc
-
     config = tiny_config("training.epochs=1", "training.max_epoch_batches=1").detector_config()
     X = np.random.default_rng(0).normal(size=(20_000, 20))
     VAEDetector(config).fit(X[:100])  # torch's one-off imports, not this fit's memory
-    tracemalloc.start()
-    try:
-        detector = VAEDetector(config).fit(X)
-        _, fit_peak = tracemalloc.get_traced_memory()
-        tracemalloc.reset_peak()
-        detector.anomaly_score(X)
-        _, score_peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, (fit_peak, score_peak) = traced_peaks(
+        lambda: VAEDetector(config).fit(X), lambda detector: detector.anomaly_score(X)
+    )
     # 2.1 and 1.3 times X here; before, 3.4 and 2.3
     assert fit_peak < 2.5 * X.nbytes
     assert score_peak < 1.8 * X.nbytes

@@ -5,7 +5,6 @@ import itertools
 import logging
 import re
 import runpy
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from anomaly_vae.data.images import (
 )
 from anomaly_vae.errors import DataError, ModelNotFoundError
 from anomaly_vae.scoring import map_names, save_anomaly_maps
-from tests.conftest import TINY, mixed_table, tiny_config
+from tests.conftest import TINY, mixed_table, tiny_config, traced_peak
 
 
 def bars(n: int, seed: int, vertical: bool = False, size: int = 16) -> np.ndarray:
@@ -548,17 +547,6 @@ def test_photos_with_an_exif_orientation_read_upright_as_a_viewer_shows_them(tmp
         pixels = image.transpose(1, 2, 0).astype(int)
         assert np.abs(pixels - upright).mean() < 5, name  # JPEG is lossy at edges
         assert (pixels[:4, :4, 0] > 180).all() and (pixels[:4, :4, 1] < 80).all(), name
-
-
-def traced_peak(function):
-    """``(function(), peak bytes numpy and Python allocated while it ran)``."""
-    tracemalloc.start()
-    try:
-        result = function()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return result, peak
 
 
 def test_a_folder_is_read_into_one_array_as_its_images_are_decoded(tmp_path):
