@@ -280,7 +280,7 @@ def fit(
         def announce(name: str) -> None:
             click.echo(f"Training {name} ...", err=True)
 
-        result = fit_family(data, config, progress=announce, **arguments)
+        result = fit_family(data, config, progress=None if quiet else announce, **arguments)
         click.echo(format_comparison(result))
         click.echo(f"Family trained in {result.seconds:.1f} s.\n")
         config.model.name = result.chosen

@@ -317,7 +317,7 @@ def test_an_eval_files_missing_column_is_worded_as_score_words_it(
     tmp_path, labelled_config, monkeypatch
 ):
     # fit --eval said "missing column 'load' of the training data", where score,
-    # calibrate and batch say "... that the model was trained on", with a hint at a
+    # calibrate and batch say "... that the training data has", with a hint at a
     # column spelled otherwise.
     from anomaly_vae.data.preprocessing import TablePreprocessor
 
@@ -329,7 +329,7 @@ def test_an_eval_files_missing_column_is_worded_as_score_words_it(
         tmp_path, labelled_config, monkeypatch, eval_source=tmp_path / "eval.csv"
     )
     expected = (
-        "missing column 'load' that the model was trained on (the data has 'Load': names "
+        "missing column 'load' that the training data has (the data has 'Load': names "
         "are case- and space-sensitive)"
     )
     assert message == f"{tmp_path / 'eval.csv'}: {expected}"

@@ -163,7 +163,7 @@ def test_spark_engine_fails_bad_files_alone_with_the_local_engines_reasons(both_
     reasons = "\n".join(failures["spark"])
     assert len(failures["spark"]) == 5, reasons
     assert "column 'load' should be numeric but holds 'oops' (row 3)" in reasons
-    assert "missing column 'vibration' that the model was trained on" in reasons
+    assert "missing column 'vibration' that the training data has" in reasons
     assert "empty.csv is empty" in reasons
     assert "header.csv has a header but no data rows" in reasons
     assert "corrupt.parquet is not a readable Parquet file: Parquet file size is" in reasons

@@ -996,7 +996,7 @@ def missing_columns(missing: list[str], extra: list[str]) -> DataError:
     the file's columns the model does not know, may hold them spelled otherwise."""
     return DataError(
         f"missing column{'s' if len(missing) > 1 else ''} {quoted_names(missing)} "
-        f"that the model was trained on{similar_names_hint(missing, extra)}"
+        f"that the training data has{similar_names_hint(missing, extra)}"
     )
 
 
