@@ -52,6 +52,12 @@ from anomaly_vae.data.preprocessing import (
 )
 from anomaly_vae.data.tables import quoted_names, refuse_sparse, shown_value
 from anomaly_vae.errors import ConfigError, DataError, ModelNotFoundError, reading_model
+from anomaly_vae.explanation import (
+    EXPLAINED_COLUMNS,
+    IMAGES_NOT_EXPLAINED,
+    column_contributions,
+    top_columns,
+)
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
 from anomaly_vae.models import get_model
 from anomaly_vae.models.base import BaseVAE
@@ -1150,6 +1156,32 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Per-feature surprise in nats, ``(n, *input_shape)`` (see BaseVAE.feature_surprise)."""
         check_is_fitted(self, "model_")
         return self._batched(self.model_.feature_surprise, X, condition)
+
+    def explain(self, X: pd.DataFrame | np.ndarray, top: int = EXPLAINED_COLUMNS) -> pd.DataFrame:
+        """Which original columns made each row of the table ``X`` anomalous, and how much.
+
+        One row per row of ``X`` (same index for a DataFrame): ``why_1`` (the column that
+        added most to the row's score), ``why_1_nats`` (what it added, nats), up to
+        ``why_{top}``; ``top`` is capped at the columns scored. A column's contribution is
+        its features' surprise at the posterior mean (:meth:`feature_surprise`): beyond
+        what a perfect reconstruction would cost, (x - mean)^2 / (2 var) for a numeric
+        value and the cross-entropy of a one-hot category or missing indicator, summed
+        into their column; not the raw per-feature NLL, whose log-normaliser differs
+        from feature to feature (anomaly_vae/explanation.py says why). A conditional
+        model's condition columns are never named. DataError for an image model: its
+        anomaly maps (:meth:`anomaly_map`, ``score --maps``) show where an image is wrong.
+        """
+        check_is_fitted(self, "model_")
+        if self.data_kind_ == "image":
+            raise DataError(IMAGES_NOT_EXPLAINED)
+        if top < 1:  # before the scoring pass
+            raise ValueError(f"top must be at least 1, not {top}")
+        table = self._table_preprocessor
+        feature_columns = table.feature_columns[~self._condition_mask()]
+        names = [table.columns[i].name for i in dict.fromkeys(feature_columns.tolist())]
+        contributions = column_contributions(self.feature_surprise(X), feature_columns)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        return top_columns(contributions, names, top, index)
 
     def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
         """Per-pixel ``|x - x_hat|`` of images, ``(n, C, H, W)`` (the input size) float32

@@ -296,6 +296,14 @@ class TablePreprocessor:
         return [n for c in self.columns for n in c.feature_names(self.config.missing_indicators)]
 
     @property
+    def feature_columns(self) -> np.ndarray:
+        """``(d,)`` int: for each feature, the position in ``columns`` of the input column
+        it comes from (a one-hot category and a missing indicator: their column's). A
+        column's features are contiguous, in column order."""
+        widths = [len(c.feature_names(self.config.missing_indicators)) for c in self.columns]
+        return np.repeat(np.arange(len(self.columns)), widths)
+
+    @property
     def binary_features(self) -> np.ndarray:
         """``(d,)`` bool: which features are 0/1 (indicators, one-hot categories)."""
         flags: list[bool] = []

@@ -1,0 +1,82 @@
+"""Why a table row is anomalous: the original columns that moved its score most.
+
+A row's reconstruction term, -log p(x | z), sums over the model's features. Each
+feature's term is a part that every row pays, whatever its value (a Gaussian feature's
+log-normaliser, 0.5 log(2 pi sigma_j^2)), plus what the row's own value adds. Only the
+second moves one row's score above another's, so a column is ranked by it:
+:meth:`BaseVAE.feature_surprise`, at the posterior mean z = mu, in nats:
+
+- a Gaussian feature: (x_j - mean_j)^2 / (2 sigma_j^2), half its squared standardised
+  residual, which is 0 at a perfect reconstruction;
+- a 0/1 feature (a one-hot category, a missing-value indicator): its whole
+  cross-entropy, which is also 0 at a perfect reconstruction.
+
+Raw per-feature negative log-likelihoods are not comparable: the log-normaliser differs
+from feature to feature with its calibrated variance: 3 nats between a feature predicted
+to the tables' variance floor (log-variance -6) and a standardised one not predicted at
+all (log-variance about 0). Ranked by them, a column the model predicts closely, several
+of its standard deviations off, came after a loosely predicted column in its usual range.
+
+The features of one original column are summed into it: a categorical column's one-hot
+categories, a numeric column's missing-value indicator. A conditional model's condition
+columns are given, not scored, and are never named. The contributions need not add up
+to the score: it also holds the KL term (and, for the negative ELBO, the spread of z).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+# What `VAEDetector.explain` names per row by default: the few columns a reviewer reads
+# for a flagged row (`score --explain` has none by default: the score file stays as it was).
+EXPLAINED_COLUMNS = 3
+WHY_COLUMN = "why_{rank}"  # the rank-th column that most made the row anomalous (1 = most)
+WHY_NATS_COLUMN = "why_{rank}_nats"  # its contribution, nats
+IMAGES_NOT_EXPLAINED = (
+    "explanations name table columns; an image model shows where an image is wrong in its "
+    "anomaly map: `anomaly-vae score IMAGES --maps DIR` (in Python, VAEDetector.anomaly_map)"
+)
+
+
+def explanation_columns(top: int) -> list[str]:
+    """The columns :func:`top_columns` writes for ``top`` columns per row, in order.
+
+    >>> explanation_columns(2)
+    ['why_1', 'why_1_nats', 'why_2', 'why_2_nats']
+    """
+    return [
+        name.format(rank=rank)
+        for rank in range(1, top + 1)
+        for name in (WHY_COLUMN, WHY_NATS_COLUMN)
+    ]
+
+
+def column_contributions(surprise: np.ndarray, feature_columns: np.ndarray) -> np.ndarray:
+    """Per-feature surprise ``(n, d)`` nats summed per original column: ``(n, k)`` float64
+    nats, one per distinct value of ``feature_columns (d,)``, the column of each feature,
+    whose features are contiguous (as the preprocessor lays them out), in their order.
+
+    >>> column_contributions(np.array([[1.0, 0.5, 0.25]]), np.array([0, 1, 1])).tolist()
+    [[1.0, 0.75]]
+    """
+    starts = np.flatnonzero(np.r_[True, feature_columns[1:] != feature_columns[:-1]])
+    return np.add.reduceat(surprise.astype(np.float64), starts, axis=1)
+
+
+def top_columns(
+    contributions: np.ndarray, names: list[str], top: int, index: pd.Index | None = None
+) -> pd.DataFrame:
+    """The ``top`` columns of largest contribution in each row of ``contributions (n, k)``
+    (nats; ``names (k,)`` their columns), largest first, at most ``k``; ties keep the
+    columns' order. One row per row (``index``), columns :func:`explanation_columns`:
+    ``why_R`` the name, ``why_R_nats`` its contribution."""
+    if top < 1:
+        raise ValueError(f"top must be at least 1, not {top}")
+    top = min(top, contributions.shape[1])
+    # -NaN is NaN, which argsort puts last: a column that cannot be scored is named last.
+    order = np.argsort(-contributions, axis=1, kind="stable")[:, :top]
+    chosen = np.asarray(names, dtype=object)[order]
+    nats = np.take_along_axis(contributions, order, axis=1)
+    values = [column for rank in range(top) for column in (chosen[:, rank], nats[:, rank])]
+    return pd.DataFrame(dict(zip(explanation_columns(top), values, strict=True)), index=index)

@@ -1,0 +1,112 @@
+"""VAEDetector.explain: the original columns that made a row anomalous."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae import VAEDetector
+from anomaly_vae.errors import DataError
+from anomaly_vae.explanation import explanation_columns
+from tests.conftest import mixed_table, tiny_config
+from tests.test_images import bars
+
+# Eight columns on a 2-D plane: each is predicted by the others (a column moved off the
+# plane moves the posterior mean little, so the others stay well reconstructed)
+MIXING = np.array(
+    [[1.0, 0.0, 1.0, 1.0, 0.5, -0.5, 0.8, 0.3], [0.0, 1.0, 1.0, -1.0, 0.8, 0.6, -0.3, 1.0]]
+)
+TIGHT = [f"c{i}" for i in range(MIXING.shape[1])]  # 0.05 noise off the plane
+# How far each column is moved, in the model's standard deviations for it: far enough that
+# the column stands out, near enough that ranking by raw -log p(x | z) would not say so
+SHIFT_SDS = 3
+LOOSE_VALUE = 1.5  # `loose` in the rows explained: in its usual range (13% of rows are beyond)
+
+
+def plane_rows(n: int, seed: int) -> pd.DataFrame:
+    """Columns c0..c7 on a 2-D plane with little noise, the model predicts them closely
+    (small decoder variance); ``loose``, independent of them, it cannot predict at all."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        rng.normal(size=(n, 2)) @ MIXING + 0.05 * rng.normal(size=(n, len(TIGHT))), columns=TIGHT
+    )
+    frame["loose"] = rng.normal(size=n)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def plane_detector() -> VAEDetector:
+    return VAEDetector(tiny_config().detector_config()).fit(plane_rows(600, seed=0))
+
+
+@pytest.fixture(scope="module")
+def mixed_detector() -> VAEDetector:
+    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault")
+    return VAEDetector(config.detector_config()).fit(mixed_table(400, seed=0))
+
+
+def test_a_column_moved_off_what_the_model_predicts_is_named_first(plane_detector):
+    """Each column in turn moved by SHIFT_SDS of the model's standard deviations for it,
+    in an otherwise normal row."""
+    detector = plane_detector
+    scaled_sd = np.exp(0.5 * detector.model_.log_variance().numpy())
+    names = detector.preprocessor_.feature_names
+    base = pd.DataFrame(np.array([[0.4, -0.7]]) @ MIXING, columns=TIGHT).assign(loose=LOOSE_VALUE)
+    rows = pd.concat([base] * len(base.columns), ignore_index=True)
+    for i, column in enumerate(base.columns):
+        sd = scaled_sd[names.index(column)] * detector.preprocessor_.columns[i].scale
+        rows.loc[i, column] += SHIFT_SDS * sd
+    why = detector.explain(rows)
+    assert why["why_1"].tolist() == list(base.columns)
+    assert (why["why_1_nats"] > why["why_2_nats"]).all()
+    # The test can fail: ranked by raw per-feature -log p(x | z), whose log-normaliser
+    # is 3 nats higher for `loose` than for the closely predicted columns, `loose` came
+    # first in rows where a c column is the one moved.
+    log_variance = detector.model_.log_variance().numpy()
+    raw = detector.feature_surprise(rows) + 0.5 * (math.log(2 * math.pi) + log_variance)
+    raw_first = base.columns[raw[:, [names.index(c) for c in base.columns]].argmax(axis=1)]
+    assert (raw_first[:-1] == "loose").sum() >= len(TIGHT) // 2
+
+
+def test_an_unseen_category_or_a_missing_value_names_its_column(mixed_detector):
+    rows = mixed_table(20, seed=1)
+    rows.loc[:9, "machine"] = "mill"  # not seen in training: all its one-hots at once
+    rows.loc[10:, "vibration"] = np.nan  # its missing indicator, which training rarely set
+    why = mixed_detector.explain(rows, top=10)
+    assert why.columns.tolist() == explanation_columns(4)  # capped at the 4 scored columns
+    assert why["why_1"].tolist() == ["machine"] * 10 + ["vibration"] * 10
+    named = set(why[[f"why_{rank}" for rank in range(1, 5)]].to_numpy().ravel())
+    assert named == {"machine", "temperature", "load", "vibration"}  # never machine=press
+    assert why.index.equals(rows.index)
+
+
+def test_a_conditional_model_never_names_its_condition_columns():
+    config = tiny_config(
+        "model.name=cvae",
+        "data.condition_columns=[machine]",
+        "data.id_column=reading_id",
+        "data.label_column=is_fault",
+        "training.epochs=20",
+    )
+    detector = VAEDetector(config.detector_config()).fit(mixed_table(300, seed=0))
+    why = detector.explain(mixed_table(40, seed=1, anomalies=5), top=5)
+    assert why.columns.tolist() == explanation_columns(3)
+    named = set(why[["why_1", "why_2", "why_3"]].to_numpy().ravel())
+    assert named == {"temperature", "load", "vibration"}
+
+
+def test_a_row_is_explained_alike_alone_and_among_others(mixed_detector):
+    rows = mixed_table(300, seed=2, anomalies=10)
+    whole = mixed_detector.explain(rows)
+    for position in (0, 137, 299):
+        alone = mixed_detector.explain(rows.iloc[[position]])
+        assert alone.index.tolist() == [position]
+        pd.testing.assert_frame_equal(alone, whole.iloc[[position]], rtol=1e-6)
+
+
+def test_explanations_are_refused_for_images_with_a_pointer_to_maps():
+    config = tiny_config("training.epochs=2").detector_config()
+    detector = VAEDetector(config).fit(bars(40, seed=0))
+    with pytest.raises(DataError, match="--maps"):
+        detector.explain(bars(2, seed=1))
