@@ -57,6 +57,7 @@ from anomaly_vae.outputs import (
     atomic_output,
     identify_rows,
     make_folder,
+    refuse_id_named_like_outputs,
     writing,
 )
 
@@ -426,6 +427,7 @@ def score_file(
     progress: bool = False,
     progress_lines: bool = False,
     naming: bool = False,
+    explain: int = 0,
 ) -> tuple[int, int, np.ndarray]:
     """Score ``source`` chunk by chunk into ``output`` (atomically); ``progress`` counts
     the rows on a terminal, and off one, with ``progress_lines`` too (``anomaly-vae
@@ -435,7 +437,9 @@ def score_file(
     DataError naming ``source`` when it cannot be read; with ``naming`` (``anomaly-vae
     score``), also when a chunk cannot be scored (a bad cell: ``FILE: column 'x' holds
     infinite values (row 58)``), as fit names it. A batch run gives each failure's reason
-    after its input's path, in its report and ledger.
+    after its input's path, in its report and ledger. ``explain`` > 0: each row's
+    ``explain`` columns that added most to its score follow its scores
+    (:meth:`~anomaly_vae.detector.VAEDetector.explain`).
     """
     from anomaly_vae.fitting import naming_file  # fitting builds on this module
 
@@ -457,6 +461,10 @@ def score_file(
             with naming_file(source) if naming else contextlib.nullcontext():
                 try:
                     frame = detector.score_frame(chunk)
+                    if explain:
+                        why = detector.explain(chunk, explain)
+                        refuse_id_named_like_outputs(id_column, why.columns)
+                        frame = frame.join(why)
                 except MissingValuesError as exc:
                     # The file's count, not this part's: the rest read on, a part at a time
                     exc.count_parts(part for part, _ in parts)

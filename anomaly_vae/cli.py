@@ -436,6 +436,15 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Images: also write one anomaly-map PNG per image (|x - x_hat|) into this folder.",
 )
+@click.option(
+    "--explain",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="K",
+    help="Tables: also write, per row, the K columns that added most to its score "
+    "(why_1, why_1_nats, ..., why_K, why_K_nats; K above the columns scored writes them "
+    "all) [default: 0, none].",
+)
 @THREADS_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
@@ -445,6 +454,7 @@ def score(
     model_ref: str | None,
     output: Path | None,
     maps: Path | None,
+    explain: int,
     threads: int,
     quiet: bool,
 ) -> None:
@@ -456,6 +466,8 @@ def score(
     class), or {torchvision} (its test split); images get one row each.
     """
     from anomaly_vae.data.images import is_image_source, torchvision_source
+    from anomaly_vae.detector import MEMBERS_FOLDER, VAEDetector
+    from anomaly_vae.explanation import IMAGES_NOT_EXPLAINED
     from anomaly_vae.outputs import OUTPUT_SUFFIXES
     from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
 
@@ -487,12 +499,20 @@ def score(
     images_given = is_image_source(data)
     check_data_kind(detector, data, images_given)
     if images_given:
+        if explain:
+            raise click.UsageError(f"--explain is for tables: {IMAGES_NOT_EXPLAINED}")
         scores = score_images(data, detector, output, maps, progress=not quiet)
         rows, flagged = len(scores), int(scores["is_anomaly"].sum())
     else:
         if maps is not None:
             raise click.UsageError("--maps is for image data")
-        rows, flagged = score_table(data, detector, output, progress=not quiet)
+        if explain and not isinstance(detector, VAEDetector):
+            # Its score is a mean of its members' ranks, which no column's nats add up to.
+            raise click.UsageError(
+                "--explain needs one model, and this is a family ensemble: explain with "
+                f"one of its members, --model <its folder>/{MEMBERS_FOLDER}/<variant>"
+            )
+        rows, flagged = score_table(data, detector, output, progress=not quiet, explain=explain)
     share = 100 * flagged / max(rows, 1)
     unit = "images" if images_given else "rows"
     click.echo(

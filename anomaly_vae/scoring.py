@@ -161,8 +161,11 @@ def score_table(
     detector: VAEDetector | EnsembleDetector,
     output: str | Path,
     progress: bool = False,
+    explain: int = 0,
 ) -> tuple[int, int]:
     """Score every row of the file ``data``; write the result to ``output`` (CSV or Parquet).
+    ``explain`` > 0 (a :class:`VAEDetector`): each row's ``explain`` columns that added
+    most to its score follow, as :meth:`VAEDetector.explain` names them.
 
     The file is read and scored ``PROGRESS_CHUNK_ROWS`` rows at a time, so memory does
     not grow with it (as ``anomaly-vae batch`` does). The output appears whole or not at
@@ -181,6 +184,7 @@ def score_table(
         progress,
         progress_lines=True,
         naming=True,  # a bad cell named with its file, as fit names it
+        explain=explain,
     )
     return rows, flagged
 

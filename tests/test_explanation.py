@@ -1,16 +1,18 @@
-"""VAEDetector.explain: the original columns that made a row anomalous."""
+"""VAEDetector.explain and `score --explain`: the original columns that made a row anomalous."""
 
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 from anomaly_vae import VAEDetector
+from anomaly_vae.cli import main
 from anomaly_vae.errors import DataError
 from anomaly_vae.explanation import explanation_columns
 from tests.conftest import mixed_table, tiny_config
-from tests.test_images import bars
+from tests.test_images import bars, good_and_bad_folder
 
 # Eight columns on a 2-D plane: each is predicted by the others (a column moved off the
 # plane moves the posterior mean little, so the others stay well reconstructed)
@@ -33,6 +35,12 @@ def plane_rows(n: int, seed: int) -> pd.DataFrame:
     )
     frame["loose"] = rng.normal(size=n)
     return frame
+
+
+def run_score(data, model, output, *extra):
+    """``anomaly-vae score DATA --model MODEL -o OUTPUT EXTRA --quiet``: the CliRunner result."""
+    arguments = ["score", str(data), "--model", str(model), "-o", str(output), *extra]
+    return CliRunner().invoke(main, [*arguments, "--quiet"])
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +113,53 @@ def test_a_row_is_explained_alike_alone_and_among_others(mixed_detector):
         pd.testing.assert_frame_equal(alone, whole.iloc[[position]], rtol=1e-6)
 
 
-def test_explanations_are_refused_for_images_with_a_pointer_to_maps():
+def test_explanations_are_refused_for_images_with_a_pointer_to_maps(tmp_path):
     config = tiny_config("training.epochs=2").detector_config()
     detector = VAEDetector(config).fit(bars(40, seed=0))
     with pytest.raises(DataError, match="--maps"):
         detector.explain(bars(2, seed=1))
+    detector.save(tmp_path / "model")
+    folder = good_and_bad_folder(tmp_path / "images")
+    result = run_score(folder, tmp_path / "model", tmp_path / "s.csv", "--explain", "2")
+    assert result.exit_code == 2
+    assert "--explain is for tables" in result.output and "--maps DIR" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_score_explain_writes_the_columns_also_when_reading_in_parts(
+    mixed_detector, tmp_path, monkeypatch, suffix
+):
+    monkeypatch.setattr("anomaly_vae.scoring.PROGRESS_CHUNK_ROWS", 100)  # 3 parts of 300 rows
+    mixed_detector.save(tmp_path / "model")
+    rows = mixed_table(300, seed=3, anomalies=10)
+    data = tmp_path / f"new{suffix}"
+    rows.to_csv(data, index=False) if suffix == ".csv" else rows.to_parquet(data)
+    output = tmp_path / f"scores{suffix}"
+    result = run_score(data, tmp_path / "model", output, "--explain", "2")
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(output) if suffix == ".csv" else pd.read_parquet(output)
+    expected = ["reading_id", "reconstruction_error", "negative_elbo", "negative_iwae_bound"]
+    assert scores.columns.tolist() == [*expected, "score", "is_anomaly", *explanation_columns(2)]
+    why = mixed_detector.explain(rows.drop(columns="is_fault"), top=2)
+    assert scores["why_1"].tolist() == why["why_1"].tolist()
+    assert scores["why_2"].tolist() == why["why_2"].tolist()
+    np.testing.assert_allclose(scores["why_1_nats"], why["why_1_nats"], rtol=1e-5)
+    # Off by default: the score file keeps its columns.
+    plain = run_score(data, tmp_path / "model", output)
+    assert plain.exit_code == 0, plain.output
+    scores = pd.read_csv(output) if suffix == ".csv" else pd.read_parquet(output)
+    assert scores.columns.tolist() == [*expected, "score", "is_anomaly"]
+
+
+def test_score_explain_refuses_a_family_ensemble_naming_its_members(mixed_detector, tmp_path):
+    from anomaly_vae.ensemble import EnsembleDetector
+
+    train = mixed_table(400, seed=0)
+    EnsembleDetector.from_members({"vae": mixed_detector}, train).save(tmp_path / "family")
+    mixed_table(50, seed=1).to_csv(tmp_path / "new.csv", index=False)
+    result = run_score(
+        tmp_path / "new.csv", tmp_path / "family", tmp_path / "s.csv", "--explain", "1"
+    )
+    assert result.exit_code == 2
+    assert "family ensemble" in result.output and "members/<variant>" in result.output
+    assert not (tmp_path / "s.csv").exists()
