@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from anomaly_vae.errors import DataError
+
 # What `VAEDetector.explain` names per row by default: the few columns a reviewer reads
 # for a flagged row (`score --explain` has none by default: the score file stays as it was).
 EXPLAINED_COLUMNS = 3
@@ -80,3 +82,19 @@ def top_columns(
     nats = np.take_along_axis(contributions, order, axis=1)
     values = [column for rank in range(top) for column in (chosen[:, rank], nats[:, rank])]
     return pd.DataFrame(dict(zip(explanation_columns(top), values, strict=True)), index=index)
+
+
+def refuse_unexplained(detector: object) -> None:
+    """DataError when ``detector`` cannot explain rows, saying what to use instead: an
+    image model (its anomaly maps) or a family ensemble (one of its members). The one
+    check of ``score --explain`` and ``batch --explain``, made before anything is scored."""
+    if getattr(detector, "data_kind_", None) == "image":
+        raise DataError(f"--explain is for tables: {IMAGES_NOT_EXPLAINED}")
+    if not hasattr(detector, "explain"):
+        from anomaly_vae.detector import MEMBERS_FOLDER  # the detector builds on this module
+
+        # Its score is a mean of its members' ranks, which no column's nats add up to.
+        raise DataError(
+            "--explain needs one model, and this is a family ensemble: explain with "
+            f"one of its members, --model <its folder>/{MEMBERS_FOLDER}/<variant>"
+        )

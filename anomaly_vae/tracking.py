@@ -40,9 +40,11 @@ from anomaly_vae.data.preprocessing import names_as_read_now
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import DataError, TrackingError
+from anomaly_vae.explanation import refuse_unexplained
 from anomaly_vae.family import ENSEMBLE
 from anomaly_vae.fitting import INPUT_EXAMPLE_ROWS, Data, TrainingData
 from anomaly_vae.models import get_model
+from anomaly_vae.outputs import refuse_id_named_like_outputs
 from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
 
 # Where runs go, also importable from here as before (store.py keeps `ui` light).
@@ -173,7 +175,10 @@ class AnomalyVAEPyfunc(PythonModel):
     the scores, ``score`` (higher = more anomalous) and the boolean ``is_anomaly``. A
     conditional image model takes the images' class as the parameter ``image_class``
     (one class per request); without it, or with a class it was not trained on, each
-    image is scored under the trained class that explains it best, with a warning.
+    image is scored under the trained class that explains it best, with a warning. A
+    table model takes the parameter ``explain`` (K, default 0): each row's K columns that
+    added most to its score follow ``is_anomaly`` (``VAEDetector.explain``), as
+    ``score --explain K`` writes them.
     """
 
     # We log an explicit signature; skip MLflow's type-hint validation of predict.
@@ -202,6 +207,9 @@ class AnomalyVAEPyfunc(PythonModel):
             frame = frame.rename(columns=names_as_read_now(frame.columns, table.input_columns))
             with _package_warnings_off() if quiet else contextlib.nullcontext():
                 scores = self.detector.score_frame(frame)
+                top = int((params or {}).get(EXPLAIN_PARAM) or 0)
+                if top:
+                    scores = scores.join(self._explained(frame, top))
             # A missing id as None (JSON null): the scoring server writes NaN as a bare
             # NaN, which JSON parsers refuse. Scores are never missing.
             id_column = _base_detector(self.detector).effective_config.data.id_column
@@ -212,6 +220,16 @@ class AnomalyVAEPyfunc(PythonModel):
         except DataError as exc:
             # A served model answers 400 with this message, not a 500 with a stack trace.
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
+
+    def _explained(self, frame: pd.DataFrame, top: int) -> pd.DataFrame:
+        """``VAEDetector.explain(frame, top)``; DataError for a family ensemble, or an id
+        column named like an explanation column, as `score --explain` refuses them."""
+        refuse_unexplained(self.detector)
+        why = cast(VAEDetector, self.detector).explain(frame, top)
+        refuse_id_named_like_outputs(
+            _base_detector(self.detector).effective_config.data.id_column, why.columns
+        )
+        return why
 
 
 def _refuse_cast_unit_floats(images: np.ndarray) -> None:
@@ -264,6 +282,9 @@ IMAGE_CLASS_PARAM = "image_class"  # the served conditional image model's class 
 # A table model's parameter: false keeps its warnings about the data unlogged, for a
 # caller that has logged them already (the Spark engine's driver, once per file)
 LOG_WARNINGS_PARAM = "log_warnings"
+# A table model's parameter: K > 0 adds each row's K columns that added most to its score
+# (the Spark engine's `batch --explain K`, in the same job as the scores)
+EXPLAIN_PARAM = "explain"
 
 
 def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelSignature:
@@ -291,7 +312,9 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
         inputs = infer_signature(example).inputs
         # MLflow annotates params as ParamSchema, though None (its default) means none.
         return ModelSignature(inputs=inputs, outputs=outputs, params=params)  # type: ignore[arg-type]
-    params = ParamSchema([ParamSpec(LOG_WARNINGS_PARAM, "boolean", True)])
+    params = ParamSchema(
+        [ParamSpec(LOG_WARNINGS_PARAM, "boolean", True), ParamSpec(EXPLAIN_PARAM, "long", 0)]
+    )
     return ModelSignature(inputs=None, outputs=outputs, params=params)
 
 

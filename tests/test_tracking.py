@@ -235,6 +235,11 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
             caplog.clear()
             model.predict(unseen, params=params)
         assert ("not seen in training" in caplog.text) is logged, params
+    # The parameter explain (the Spark engine's batch --explain): the columns that
+    # score --explain writes, after the scores
+    explained = model.predict(fresh, params={"explain": 2})
+    expected = result.detector.score_frame(fresh).join(result.detector.explain(fresh, 2))
+    pd.testing.assert_frame_equal(explained, expected)
     # The model's own message on bad input, as an MLflow error a server answers 400 with.
     from mlflow.exceptions import MlflowException
 
