@@ -7,7 +7,8 @@ of images (each read as `anomaly-vae score` reads a folder), scored into one CSV
   place, so a file is there whole or not at all.
 - A ledger (SQLite, ``.anomaly-vae-ledger.sqlite`` in the output folder) records which
   input (path, size, SHA-256 of its bytes) was scored by which model, when, with how
-  many rows. It is written after the rename: a run killed in between scores that
+  many rows (and, with ``explain``, how many columns each row's explanation names:
+  :func:`ledger_model`). It is written after the rename: a run killed in between scores that
   input again on the next run and replaces the output with identical content, so no
   row is lost or duplicated. A changed input (new hash) is scored again.
 - A lock file (``.anomaly-vae.lock``, ``flock``) lets one run at a time work on an
@@ -587,6 +588,7 @@ def run_batch(
     chunk_rows: int = CHUNK_ROWS,
     scorer: Any = None,
     progress: bool = False,
+    explain: int = 0,
 ) -> BatchReport:
     """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``,
     holding the folder's lock (:func:`output_lock`) meanwhile.
@@ -594,12 +596,20 @@ def run_batch(
     ``scorer.score_file(source, output, chunk_rows)`` does the scoring when given (the
     Spark engine); by default :func:`score_file` with ``detector`` (the local engine).
     ``progress``: a bar over the input files (and, locally, one over each file's rows)
-    on a terminal.
+    on a terminal. ``explain`` > 0: each row's ``explain`` columns that added most to its
+    score follow its scores (see :func:`score_inputs`).
     """
     paths, image_scorer = model_inputs(source, output_dir, detector, progress)
     with output_lock(output_dir):
         return score_inputs(
-            paths, output_dir, detector, model_id, chunk_rows, scorer or image_scorer, progress
+            paths,
+            output_dir,
+            detector,
+            model_id,
+            chunk_rows,
+            scorer or image_scorer,
+            progress,
+            explain,
         )
 
 
@@ -668,11 +678,29 @@ def score_inputs(
     chunk_rows: int = CHUNK_ROWS,
     scorer: Any = None,
     progress: bool = False,
+    explain: int = 0,
 ) -> BatchReport:
     """:func:`run_batch` of the files ``paths`` (from :func:`batch_inputs`), for a caller
-    that already holds the output folder's lock."""
+    that already holds the output folder's lock.
+
+    ``explain`` > 0: each table row's ``explain`` columns that added most to its score
+    follow its scores (``why_1``, ``why_1_nats``, ...), written by ``scorer`` (made with
+    the same ``explain_top``; by default the local engine's); an input is skipped only
+    when its output was written with the same ``explain`` (:func:`ledger_model`).
+    DataError before anything is scored when ``detector`` cannot explain rows (an image
+    model, a family ensemble)."""
+    from anomaly_vae.explanation import refuse_unexplained
+
+    if explain:
+        refuse_unexplained(detector)
     if scorer is None:
-        scorer = LocalScorer(detector, progress)
+        scorer = LocalScorer(detector, progress, explain)
+    if getattr(scorer, "explain_top", 0) != explain:
+        # The ledger would record columns that the outputs do not have, or the other way.
+        raise ValueError(
+            f"the scorer explains {getattr(scorer, 'explain_top', 0)} columns a row, not {explain}"
+        )
+    model_id = ledger_model(model_id, explain)
     report = BatchReport()
     # Under the lock no other run writes here: temporary files are from a killed run.
     for stale in output_dir.glob(".*.tmp"):
@@ -722,16 +750,41 @@ def warnings_named(name: str) -> Iterator[None]:
 
 
 class LocalScorer:
-    """The local engine: pandas chunks through the detector in this process."""
+    """The local engine: pandas chunks through the detector in this process;
+    ``explain_top`` > 0: each row's columns that added most to its score, that many."""
 
-    def __init__(self, detector: Any, progress: bool = False) -> None:
+    def __init__(self, detector: Any, progress: bool = False, explain_top: int = 0) -> None:
         self.detector = detector
         self.progress = progress
+        self.explain_top = explain_top
 
     def score_file(
         self, source: Path, output: Path, chunk_rows: int
     ) -> tuple[int, int, np.ndarray]:
-        return score_file(self.detector, source, output, chunk_rows, self.progress)
+        return score_file(
+            self.detector, source, output, chunk_rows, self.progress, explain=self.explain_top
+        )
+
+
+EXPLAIN_MARK = " --explain "  # between the model and K in the ledger's model column
+
+
+def ledger_model(model_id: str, explain: int = 0) -> str:
+    """What the ledger records as the model of an output scored by ``model_id`` with
+    ``explain`` columns named per row: ``model_id`` alone for none, else
+    ``"<model_id> --explain K"``.
+
+    An output's columns differ with K, so K belongs with what a rerun compares: a run with
+    another K scores the input again, one with the same K skips it. In the model column,
+    not a column of its own, so that the ledger's table keeps its columns (no migration):
+    a row written before ``--explain`` existed reads as K = 0, which is what was written,
+    and a version that knows no ``--explain`` takes a row with K > 0 for another model
+    and scores the input again, without explanations, rather than skip it.
+
+    >>> ledger_model("anomaly-vae/3"), ledger_model("anomaly-vae/3", 2)
+    ('anomaly-vae/3', 'anomaly-vae/3 --explain 2')
+    """
+    return f"{model_id}{EXPLAIN_MARK}{explain}" if explain else model_id
 
 
 def _score_one(

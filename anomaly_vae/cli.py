@@ -24,7 +24,7 @@ from anomaly_vae.config import (
     load_config,
 )
 from anomaly_vae.data.images import TORCHVISION_SETS
-from anomaly_vae.errors import AnomalyVAEError, ConfigError
+from anomaly_vae.errors import AnomalyVAEError, ConfigError, DataError
 
 DEFAULTS = Config()
 # calibrate (f1, recall) asks for a check when the new threshold flags more than this many
@@ -84,6 +84,16 @@ THREADS_OPTION = click.option(
     default=0,
     help="torch CPU threads for scoring (0: one per core). On a host where other work "
     "keeps a core busy, 1 can be twice as fast (docs/configuration.md: CPU threads).",
+)
+# score's and batch's: the same columns whichever writes them.
+EXPLAIN_OPTION = click.option(
+    "--explain",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="K",
+    help="Tables: also write, per row, the K columns that added most to its score "
+    "(why_1, why_1_nats, ..., why_K, why_K_nats; K above the columns scored writes them "
+    "all) [default: 0, none].",
 )
 # calibrate's and view's (fit's is --set data.anomaly_label=VALUE, saved with the model).
 ANOMALY_LABEL_OPTION = click.option(
@@ -436,15 +446,7 @@ def _print_fit_summary(result: Any, config: Config) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Images: also write one anomaly-map PNG per image (|x - x_hat|) into this folder.",
 )
-@click.option(
-    "--explain",
-    type=click.IntRange(min=0),
-    default=0,
-    metavar="K",
-    help="Tables: also write, per row, the K columns that added most to its score "
-    "(why_1, why_1_nats, ..., why_K, why_K_nats; K above the columns scored writes them "
-    "all) [default: 0, none].",
-)
+@EXPLAIN_OPTION
 @THREADS_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
@@ -466,8 +468,6 @@ def score(
     class), or {torchvision} (its test split); images get one row each.
     """
     from anomaly_vae.data.images import is_image_source, torchvision_source
-    from anomaly_vae.detector import MEMBERS_FOLDER, VAEDetector
-    from anomaly_vae.explanation import IMAGES_NOT_EXPLAINED
     from anomaly_vae.outputs import OUTPUT_SUFFIXES
     from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
 
@@ -498,20 +498,14 @@ def score(
         )
     images_given = is_image_source(data)
     check_data_kind(detector, data, images_given)
+    if explain:
+        _refuse_unexplained(detector)
     if images_given:
-        if explain:
-            raise click.UsageError(f"--explain is for tables: {IMAGES_NOT_EXPLAINED}")
         scores = score_images(data, detector, output, maps, progress=not quiet)
         rows, flagged = len(scores), int(scores["is_anomaly"].sum())
     else:
         if maps is not None:
             raise click.UsageError("--maps is for image data")
-        if explain and not isinstance(detector, VAEDetector):
-            # Its score is a mean of its members' ranks, which no column's nats add up to.
-            raise click.UsageError(
-                "--explain needs one model, and this is a family ensemble: explain with "
-                f"one of its members, --model <its folder>/{MEMBERS_FOLDER}/<variant>"
-            )
         rows, flagged = score_table(data, detector, output, progress=not quiet, explain=explain)
     share = 100 * flagged / max(rows, 1)
     unit = "images" if images_given else "rows"
@@ -553,6 +547,7 @@ def score(
     help="local: this process; spark: a Spark UDF of the registered model (needs the "
     "spark extra and Java 17+; local[2] unless run through spark-submit).",
 )
+@EXPLAIN_OPTION
 @click.option("--no-tracking", is_flag=True, help="Do not log the batch run to MLflow.")
 @THREADS_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars (none are drawn off a terminal).")
@@ -563,6 +558,7 @@ def batch(
     model_ref: str,
     chunk_rows: int,
     engine: str,
+    explain: int,
     no_tracking: bool,
     threads: int,
     quiet: bool,
@@ -606,13 +602,15 @@ def batch(
             model_id = detector_identity(detector)
         if detector.data_kind_ == "image" and engine == "spark":
             raise click.UsageError("the Spark engine scores tables; use the local engine")
+        if explain:
+            _refuse_unexplained(detector)
         paths, scorer = model_inputs(source, output_dir, detector, progress=not quiet)
         if engine == "spark":
             from anomaly_vae.spark_engine import SparkScorer
 
-            scorer = SparkScorer(model_ref, detector, progress=not quiet)
+            scorer = SparkScorer(model_ref, detector, progress=not quiet, explain_top=explain)
         report = score_inputs(
-            paths, output_dir, detector, model_id, chunk_rows, scorer, progress=not quiet
+            paths, output_dir, detector, model_id, chunk_rows, scorer, not quiet, explain
         )
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
@@ -656,6 +654,17 @@ def batch(
                 )
     if report.failed:
         raise click.exceptions.Exit(1)
+
+
+def _refuse_unexplained(detector: Any) -> None:
+    """A usage error when ``detector`` cannot explain rows (an image model, a family
+    ensemble), before anything is scored."""
+    from anomaly_vae.explanation import refuse_unexplained
+
+    try:
+        refuse_unexplained(detector)
+    except DataError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def failure_line(path: str, reason: str) -> str:

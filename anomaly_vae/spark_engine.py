@@ -30,9 +30,17 @@ import pandas as pd
 
 from anomaly_vae.batch import score_file
 from anomaly_vae.errors import ConfigError, DataError
-from anomaly_vae.outputs import insert_id_column
+from anomaly_vae.explanation import refuse_unexplained
+from anomaly_vae.outputs import insert_id_column, refuse_id_named_like_outputs
 
-SPARK_TYPES = {"float64": "double", "float32": "float", "bool": "boolean", "int64": "bigint"}
+SPARK_TYPES = {
+    "float64": "double",
+    "float32": "float",
+    "bool": "boolean",
+    "int64": "bigint",
+    "str": "string",  # an explanation's column names (pandas 3's text dtype)
+    "object": "string",  # the same under pandas 2
+}
 # the Spark SQL type of each pandas dtype the model's output columns can have
 POSITION = "__position"  # row position within a chunk, carried through Spark
 WORKER_MODULES = ("pandas", "pyarrow", "mlflow", "torch", "anomaly_vae")  # the workers
@@ -158,24 +166,40 @@ class SparkScorer:
     contract as :func:`anomaly_vae.batch.score_file` (rows, scores; atomic output).
 
     It stands in for the detector there: :meth:`score_frame` gives the detector's
-    ``score_frame`` of a chunk, computed by the model's UDF on the executors.
+    ``score_frame`` of a chunk, computed by the model's UDF on the executors, followed,
+    with ``explain_top`` K > 0, by the detector's ``explain(chunk, K)`` columns, computed
+    in the same job (the model's parameter ``explain``). ConfigError when the model was
+    logged without that parameter; DataError when ``detector`` cannot explain rows.
     """
 
     def __init__(
-        self, model_uri: str, detector: Any, spark: Any = None, progress: bool = False
+        self,
+        model_uri: str,
+        detector: Any,
+        spark: Any = None,
+        progress: bool = False,
+        explain_top: int = 0,
     ) -> None:
         import mlflow.models
         import mlflow.pyfunc
 
-        from anomaly_vae.tracking import LOG_WARNINGS_PARAM
+        from anomaly_vae.tracking import EXPLAIN_PARAM, LOG_WARNINGS_PARAM
 
+        if explain_top:
+            refuse_unexplained(detector)  # before a Spark session is started
         self.spark = spark or spark_session()
         with _without_pandas_3_warning():
             check_workers(self.spark)
         self.detector = detector
         self.progress = progress
+        self.explain_top = explain_top
         self.base = getattr(detector, "first", detector)  # an ensemble's input schema
         example = detector.score_frame(_example(detector))
+        self.explained: list[str] = []  # the explanation's columns, K capped as explain caps it
+        if explain_top:
+            why = detector.explain(_example(detector), explain_top)
+            self.explained = list(why.columns)
+            example = example.join(why)
         id_column = self.effective_config.data.id_column
         self.output_types = example.drop(columns=[id_column], errors="ignore").dtypes
         types = ", ".join(
@@ -199,12 +223,26 @@ class SparkScorer:
                     if signature and signature.params
                     else []
                 )
+                if explain_top and EXPLAIN_PARAM not in known:
+                    # MLflow would drop the parameter with a warning, and every file
+                    # would fail for the columns its UDF does not return.
+                    raise ConfigError(
+                        f"{model_uri} was logged before models took the parameter "
+                        f"{EXPLAIN_PARAM!r}, which --explain needs with the Spark engine: "
+                        "score with --engine local, or register a newer version of the "
+                        "model (fit, or calibrate it)"
+                    )
+                params: dict[str, Any] = {}
+                if LOG_WARNINGS_PARAM in known:
+                    params[LOG_WARNINGS_PARAM] = False
+                if explain_top:
+                    params[EXPLAIN_PARAM] = explain_top
                 self.udf = mlflow.pyfunc.spark_udf(
                     self.spark,
                     model_uri,
                     result_type=types,
                     env_manager="local",
-                    params={LOG_WARNINGS_PARAM: False} if LOG_WARNINGS_PARAM in known else None,
+                    params=params or None,
                 )
         finally:
             mlflow_log.removeFilter(drop)
@@ -222,14 +260,17 @@ class SparkScorer:
 
     def score_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The detector's ``score_frame(frame)``, computed on the Spark executors: one row
-        per row of ``frame`` (same index), the id column when present, every score and
-        ``is_anomaly``, with the local engine's dtypes.
+        per row of ``frame`` (same index), the id column when present, every score,
+        ``is_anomaly`` and, with ``explain_top``, the explanation's columns, with the local
+        engine's dtypes.
 
         Raises DataError for data the model refuses, with the local engine's message.
         """
         # Checked here first: a bad cell is reported as the local engine reports it, with
         # its row number in the chunk (a worker's message would count within its batch).
         self.base.transform_features(frame)
+        id_column = self.effective_config.data.id_column
+        refuse_id_named_like_outputs(id_column, self.explained)  # as the local engine does
         if len(frame):
             scores = self._spark_scores(frame)
         else:
@@ -237,7 +278,6 @@ class SparkScorer:
                 {name: pd.Series(dtype=kind) for name, kind in self.output_types.items()}
             )
         scores.index = frame.index
-        id_column = self.effective_config.data.id_column
         if id_column is not None and id_column in frame.columns:
             insert_id_column(scores, id_column, frame[id_column])
         return scores

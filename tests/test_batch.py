@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from anomaly_vae import VAEDetector
 from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock, run_batch
 from anomaly_vae.cli import main
+from anomaly_vae.errors import DataError
 from tests.conftest import mixed_table, tiny_config, tiny_fit
 
 
@@ -960,3 +961,121 @@ def test_a_column_not_seen_in_training_is_warned_of_with_its_file(model_dir, tmp
         assert result.exit_code == 0, result.output
         said = f"{tmp_path / 'new.csv'}: ignoring column not seen in training: comment"
         assert said in caplog.text, command
+
+
+def _explained(out: Path, name: str) -> list[str]:
+    """The explanation columns of the output ``name`` in ``out``."""
+    path = out / name
+    scores = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return [c for c in scores.columns if c.startswith("why_")]
+
+
+def test_batch_explain_writes_the_columns_and_a_rerun_with_another_k_scores_again(
+    model_dir, tmp_path
+):
+    from anomaly_vae.explanation import explanation_columns
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    rows = mixed_table(120, seed=1, anomalies=5)
+    rows.to_csv(inputs / "a.csv", index=False)
+    mixed_table(80, seed=2).to_parquet(inputs / "b.parquet")
+    first = batch(model_dir, inputs, out, "--chunk-rows", "50", "--explain", "2")
+    assert first.exit_code == 0, first.output
+    assert "scored 2 files (200 rows" in first.output
+    scores = pd.read_csv(out / "a.csv")
+    expected = ["reading_id", "reconstruction_error", "negative_elbo", "negative_iwae_bound"]
+    assert scores.columns.tolist() == [*expected, "score", "is_anomaly", *explanation_columns(2)]
+    # In parts of 50 rows, as explain gives them for the whole file
+    why = VAEDetector.load(model_dir).explain(rows, top=2)
+    assert scores["why_1"].tolist() == why["why_1"].tolist()
+    assert scores["why_2"].tolist() == why["why_2"].tolist()
+    np.testing.assert_allclose(scores["why_2_nats"], why["why_2_nats"], rtol=1e-5)
+    assert _explained(out, "b.parquet") == explanation_columns(2)
+    # The same K: nothing to do. Another K, or none: the outputs' columns differ, so every
+    # input is scored again.
+    same = batch(model_dir, inputs, out, "--explain", "2")
+    assert "scored 0 files" in same.output and "skipped 2 already scored" in same.output
+    more = batch(model_dir, inputs, out, "--explain", "3")
+    assert "scored 2 files (200 rows" in more.output, more.output
+    assert _explained(out, "a.csv") == _explained(out, "b.parquet") == explanation_columns(3)
+    plain = batch(model_dir, inputs, out)
+    assert "scored 2 files (200 rows" in plain.output, plain.output
+    assert _explained(out, "a.csv") == _explained(out, "b.parquet") == []
+    assert "skipped 2 already scored" in batch(model_dir, inputs, out).output
+    models = Ledger(out / LEDGER_FILE).entries()["model"].tolist()
+    assert [m.partition(" --explain ")[2] for m in models] == ["2"] * 2 + ["3"] * 2 + [""] * 2
+
+
+def test_a_ledger_row_written_before_explain_counts_as_no_explanation(model_dir, tmp_path):
+    import sqlite3
+
+    from anomaly_vae.batch import file_digest, model_identity
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(40, seed=1).to_csv(inputs / "a.csv", index=False)
+    assert batch(model_dir, inputs, out).exit_code == 0
+    # The ledger as a version without --explain wrote it: its table and its row.
+    (out / LEDGER_FILE).unlink()
+    with contextlib.closing(sqlite3.connect(out / LEDGER_FILE)) as old:
+        old.execute(
+            "CREATE TABLE scored (input TEXT, size INTEGER, sha256 TEXT, model TEXT, "
+            "status TEXT, rows INTEGER, output TEXT, reason TEXT, at TEXT)"
+        )
+        old.execute(
+            "INSERT INTO scored VALUES (?, ?, ?, ?, 'done', 40, ?, NULL, '2026-12-01T00:00:00')",
+            (
+                str((inputs / "a.csv").resolve()),
+                (inputs / "a.csv").stat().st_size,
+                file_digest(inputs / "a.csv"),
+                model_identity(str(model_dir), model_dir),
+                str((out / "a.csv").resolve()),
+            ),
+        )
+        old.commit()
+    plain = batch(model_dir, inputs, out)
+    assert plain.exit_code == 0 and "skipped 1 already scored" in plain.output, plain.output
+    explained = batch(model_dir, inputs, out, "--explain", "1")
+    assert explained.exit_code == 0 and "scored 1 file (40 rows" in explained.output
+    assert _explained(out, "a.csv") == ["why_1", "why_1_nats"]
+
+
+def test_batch_explain_refuses_images_and_ensembles_before_scoring(image_model_dir, tmp_path):
+    from anomaly_vae.ensemble import EnsembleDetector
+    from tests.test_images import bars
+
+    _images(tmp_path / "images" / "day1", bars(4, seed=1))
+    images = batch(image_model_dir, tmp_path / "images", tmp_path / "out", "--explain", "2")
+    assert images.exit_code == 2, images.output
+    assert "--explain is for tables" in images.output and "--maps DIR" in images.output
+    assert not (tmp_path / "out").exists()  # nothing scored, no folder left behind
+    family = tmp_path / "family"
+    train = mixed_table(500, seed=0)
+    config = tiny_config("data.id_column=reading_id", "data.label_column=is_fault")
+    member = VAEDetector(config.detector_config()).fit(train)  # its training rows known
+    EnsembleDetector.from_members({"vae": member}, train).save(family)
+    (tmp_path / "in").mkdir()
+    mixed_table(30, seed=1).to_csv(tmp_path / "in" / "a.csv", index=False)
+    ensemble = batch(family, tmp_path / "in", tmp_path / "out", "--explain", "1")
+    assert ensemble.exit_code == 2, ensemble.output
+    assert "family ensemble" in ensemble.output and "members/<variant>" in ensemble.output
+    assert not (tmp_path / "out").exists()
+    # In Python too, before anything is scored
+    with pytest.raises(DataError, match="--explain is for tables"):
+        run_batch(
+            tmp_path / "images", tmp_path / "out", VAEDetector.load(image_model_dir), "m", explain=1
+        )
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_pipeline_script_passes_explain_to_batch(model_dir, tmp_path, monkeypatch):
+    script = Path(__file__).parents[1] / "pipelines" / "batch_score.py"
+    (tmp_path / "in").mkdir()
+    mixed_table(30, seed=1).to_csv(tmp_path / "in" / "a.csv", index=False)
+    args = [str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"), "--model", str(model_dir)]
+    monkeypatch.setattr(sys, "argv", [str(script), *args, "--explain", "1", "--no-tracking"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_info.value.code == 0
+    assert _explained(tmp_path / "out", "a.csv") == ["why_1", "why_1_nats"]

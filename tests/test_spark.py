@@ -77,7 +77,7 @@ def project(tmp_path_factory):
         yield folder
 
 
-def batch(source: Path, output_dir: str, model: str, engine: str):
+def batch(source: Path, output_dir: str, model: str, engine: str, *extra: str):
     return CliRunner().invoke(
         main,
         [
@@ -90,6 +90,7 @@ def batch(source: Path, output_dir: str, model: str, engine: str):
             "--engine",
             engine,
             "--no-tracking",
+            *extra,
         ],
     )
 
@@ -180,6 +181,36 @@ def test_spark_engine_scores_for_a_model_without_an_id_column(project):
         outputs[engine] = pd.read_csv(project / f"plain_{engine}" / "iris-like.csv")
     pd.testing.assert_frame_equal(outputs["spark"], outputs["local"], rtol=1e-5, atol=1e-5)
     assert list(outputs["spark"]["row"]) == list(range(1, 71))
+
+
+def test_spark_engine_writes_the_local_engines_explanations(project):
+    inputs = project / "explain_in"
+    inputs.mkdir()
+    accented(60, seed=11).to_csv(inputs / "a.csv", index=False)
+    accented(40, seed=12).to_parquet(inputs / "b.parquet", index=False)
+    outputs = {}
+    for engine in ("local", "spark"):
+        result = batch(inputs, f"explain_{engine}", WITH_IDS, engine, "--explain", "2")
+        assert result.exit_code == 0, result.output
+        folder = project / f"explain_{engine}"
+        outputs[engine] = {name: read(folder / name) for name in ("a.csv", "b.parquet")}
+    for name, local in outputs["local"].items():
+        assert local.columns[-4:].tolist() == ["why_1", "why_1_nats", "why_2", "why_2_nats"]
+        pd.testing.assert_frame_equal(outputs["spark"][name], local, rtol=1e-5, atol=1e-5)
+    # The ledger tells K apart with either engine: the same K skips, none scores again.
+    same = batch(inputs, "explain_spark", WITH_IDS, "spark", "--explain", "2")
+    assert "skipped 2 already scored" in same.output, same.output
+    plain = batch(inputs, "explain_spark", WITH_IDS, "spark")
+    assert "scored 2 files" in plain.output, plain.output
+    assert "why_1" not in read(project / "explain_spark" / "a.csv").columns
+
+
+def test_spark_explain_refuses_a_model_logged_without_the_parameter(project, monkeypatch):
+    # A model logged before it took `explain`: MLflow would drop the parameter, and every
+    # file would fail for the columns the UDF does not return.
+    monkeypatch.setattr("anomaly_vae.tracking.EXPLAIN_PARAM", "not_logged")
+    with pytest.raises(ConfigError, match="--explain needs with the Spark engine"):
+        SparkScorer(WITH_IDS, load_detector(WITH_IDS), explain_top=1)
 
 
 def test_the_model_runs_once_per_chunk_in_one_spark_job(project):
