@@ -182,13 +182,13 @@ def test_a_value_too_large_to_scale_by_is_refused_at_fit_naming_the_row(scaling,
         (["x", "Colour"], r"\(the data has 'Colour': names are case- and space-sensitive\)$"),
         ([" x", " colour"], r"\(the data has ' x', ' colour': names are case- and space-"),
         (["x", "color"], r"\(similar names in the data: 'color'\)$"),
-        (["x", "weight"], r"trained on$"),
+        (["x", "weight"], r"that the training data has$"),
     ],
 )
 def test_a_missing_column_names_a_near_identical_one_the_data_has(fitted, columns, hint):
     frame = pd.DataFrame([[1.0, "red"]], columns=columns)
     with pytest.raises(
-        DataError, match=r"^missing columns? .*'colour' that the model was "
+        DataError, match=r"^missing columns? .*'colour' that the training data has"
     ) as info:
         fitted.transform(frame)
     assert re.search(hint, str(info.value)), str(info.value)
