@@ -33,6 +33,16 @@ from anomaly_vae.errors import DataError
 # What `VAEDetector.explain` names per row by default: the few columns a reviewer reads
 # for a flagged row (`score --explain` has none by default: the score file stays as it was).
 EXPLAINED_COLUMNS = 3
+# How a column's contribution is computed (`VAEDetector.explain`'s method; the module
+# docstring says more): "repair", the drop in the row's surprise when the column is
+# replaced by what the other columns predict of it; "posterior", the column's surprise at
+# the row's own posterior mean (the method before 2026-12-07).
+# (pipelines/explain_check.py --method measures either.)
+EXPLAIN_METHODS = ("repair", "posterior")
+EXPLAIN_METHOD = "posterior"
+# "repair" tries only each row's this many columns of largest "posterior" contribution:
+# each column tried costs two passes of the row through the model
+REPAIR_CANDIDATES = 8
 WHY_COLUMN = "why_{rank}"  # the rank-th column that most made the row anomalous (1 = most)
 WHY_NATS_COLUMN = "why_{rank}_nats"  # its contribution, nats
 IMAGES_NOT_EXPLAINED = (

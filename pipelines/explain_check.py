@@ -49,6 +49,7 @@ from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from anomaly_vae import VAEDetector, load_config
 from anomaly_vae.benchmark.runner import worker_context
+from anomaly_vae.explanation import EXPLAIN_METHOD, EXPLAIN_METHODS
 from anomaly_vae.protocols import load_npz
 
 TRAIN_FRACTION = 0.7  # of a table's normal rows, to fit on; the rest get the planted anomalies
@@ -167,6 +168,7 @@ class Unit:
     name: str
     seed: int
     overrides: tuple[str, ...] = ()
+    method: str = EXPLAIN_METHOD
 
 
 def run_unit(unit: Unit) -> tuple[list[dict], dict]:
@@ -199,7 +201,7 @@ def run_unit(unit: Unit) -> tuple[list[dict], dict]:
         rows_planted = planted(test, plan, kind, sd)
         kept = test.index.get_indexer(rows_planted.index)
         truth = plan.column[kept]
-        why = detector.explain(rows_planted, top=TOP)
+        why = detector.explain(rows_planted, top=TOP, method=unit.method)
         named = why[[f"why_{r}" for r in range(1, TOP + 1)]]
         # A name that is no column would count as a miss, silently: refuse it.
         assert named.isin(names).all(axis=None), "explain named a column not in the table"
@@ -357,6 +359,12 @@ def main() -> None:
     )
     parser.add_argument("--datasets", help="only these .npz file stems of --data-dir")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--method",
+        default=EXPLAIN_METHOD,
+        choices=EXPLAIN_METHODS,
+        help="how explain ranks the columns (VAEDetector.explain's method)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="worker processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument(
@@ -375,7 +383,7 @@ def main() -> None:
                 sources[path.stem] = str(path)
     seeds = [int(s) for s in args.seeds.split(",")]
     units = [
-        Unit(source, name, seed, tuple(args.overrides))
+        Unit(source, name, seed, tuple(args.overrides), args.method)
         for name, source in sources.items()
         for seed in seeds
     ]
@@ -398,7 +406,8 @@ def main() -> None:
     results.to_csv(args.out / "results.csv", index=False)
     eligible.to_csv(args.out / "eligible.csv", index=False)
     header = (
-        f"# Explanation check (seeds {args.seeds}, overrides {args.overrides or 'none'})\n\n"
+        f"# Explanation check (method {args.method}, seeds {args.seeds}, overrides "
+        f"{args.overrides or 'none'})\n\n"
         f"{len(units)} fits, {args.jobs} processes x {args.threads} torch threads, wall "
         f"{wall:.0f} s; {os.cpu_count()} CPUs, Python {platform.python_version()}, torch "
         f"{torch.__version__}, scikit-learn {sklearn.__version__}, pandas {pd.__version__}."

@@ -163,3 +163,8 @@ def test_score_explain_refuses_a_family_ensemble_naming_its_members(mixed_detect
     assert result.exit_code == 2
     assert "family ensemble" in result.output and "members/<variant>" in result.output
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_an_unknown_method_is_refused_naming_the_methods(mixed_detector):
+    with pytest.raises(ValueError, match="available: repair, posterior"):
+        mixed_detector.explain(mixed_table(5, seed=1), method="shapley")

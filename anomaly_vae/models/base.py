@@ -465,9 +465,42 @@ class BaseVAE(nn.Module):
         nats, without the part that is the same for every row: (x - mean)^2 / (2 var) for
         Gaussian features, the cross-entropy for Bernoulli ones. Shows which features
         make a row anomalous under the ELBO."""
-        output = self.decode(self.latent_mean(x, condition), condition)
+        return self._surprise(x, self.decode(self.latent_mean(x, condition), condition))
+
+    def _surprise(self, x: Tensor, output: Tensor) -> Tensor:
+        """Per-feature surprise of ``x`` under decoder outputs ``output`` (both
+        ``(..., *input_shape)``), nats: see :meth:`feature_surprise`."""
         gaussian = 0.5 * (x - output).pow(2) * torch.exp(-self.log_variance())
         return self._with_bernoulli_features(gaussian, output, x)
+
+    @torch.no_grad()
+    def repair_gain(
+        self, x: Tensor, groups: Tensor, neutral: Tensor, condition: Tensor | None = None
+    ) -> Tensor:
+        """How much each column of table rows ``x (n, d)`` adds to their surprise, ``(n, c)``
+        nats: the drop in a row's surprise (:meth:`feature_surprise` summed over its
+        features) when the column is repaired, its features replaced by what the row's
+        other columns predict of them. ``groups (c, d)`` bool: the features of each column
+        (``(n, c, d)``: each row's own c columns).
+
+        The prediction of column j: j's features replaced by ``neutral (d,)`` (values the
+        model knows, standing for "not seen"), the row encoded and decoded at the
+        posterior mean, the decoder's expected value of j's features. A large value in one
+        column pulls the row's own posterior mean towards itself, so at that mean it is
+        reconstructed nearly right and the columns related to it are not; left out, it
+        cannot, and repairing it, not them, makes the row normal again.
+
+        Two passes of ``n * c`` rows through the encoder and decoder: the caller bounds
+        ``n * c``.
+        """
+        n, c = x.shape[0], groups.shape[-2]
+        repeated = None if condition is None else condition.repeat_interleave(c, dim=0)
+        left_out = torch.where(groups, neutral, x.unsqueeze(1)).reshape(n * c, -1)  # (n c, d)
+        predicted = self.mean_output(self.decode(self.latent_mean(left_out, repeated), repeated))
+        repaired = torch.where(groups, predicted.reshape(n, c, -1), x.unsqueeze(1))
+        repaired = repaired.reshape(n * c, *self.input_shape)
+        after = self.feature_surprise(repaired, repeated).sum(-1).reshape(n, c)
+        return self.feature_surprise(x, condition).sum(-1, keepdim=True) - after
 
     @torch.no_grad()
     def scores(
