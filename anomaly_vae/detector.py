@@ -58,6 +58,7 @@ from anomaly_vae.explanation import (
     EXPLAINED_COLUMNS,
     IMAGES_NOT_EXPLAINED,
     REPAIR_CANDIDATES,
+    REPAIR_STEPS,
     column_contributions,
     top_columns,
 )
@@ -1242,7 +1243,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             if conditions is not None:
                 condition = torch.from_numpy(_padded(conditions[part], smallest))
             chosen = torch.from_numpy(groups[_padded(candidates[part], smallest)])  # (r, m, d)
-            gain = self.model_.repair_gain(batch, chosen, neutral, condition)[:rows]
+            gain = self.model_.repair_gain(batch, chosen, neutral, condition, REPAIR_STEPS)[:rows]
             np.put_along_axis(out[part], candidates[part], gain.numpy(), axis=1)
         return out
 

@@ -39,10 +39,14 @@ EXPLAINED_COLUMNS = 3
 # the row's own posterior mean (the method before 2026-12-07).
 # (pipelines/explain_check.py --method measures either.)
 EXPLAIN_METHODS = ("repair", "posterior")
-EXPLAIN_METHOD = "posterior"
+EXPLAIN_METHOD = "repair"
 # "repair" tries only each row's this many columns of largest "posterior" contribution:
 # each column tried costs two passes of the row through the model
 REPAIR_CANDIDATES = 8
+# ... and predicts each of them from the others in this many steps, each feeding the last
+# prediction back in (1 step named a column of the tests' 2-D plane moved by 3 of its
+# decoder sds only in half the rows, tests/test_explanation.py; 3 and 6 in all)
+REPAIR_STEPS = 3
 WHY_COLUMN = "why_{rank}"  # the rank-th column that most made the row anomalous (1 = most)
 WHY_NATS_COLUMN = "why_{rank}_nats"  # its contribution, nats
 IMAGES_NOT_EXPLAINED = (
