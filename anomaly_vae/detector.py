@@ -1225,9 +1225,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         widths = np.diff(np.r_[starts, len(feature_columns)])
         groups = np.repeat(np.eye(len(starts), dtype=bool), widths, axis=1)  # (c, d)
         neutral = torch.from_numpy(self._neutral_features(groups))
-        # Each column tried costs two passes of the row: trying all of a wide table's
-        # columns took 44 times as long as "posterior" on 25_musk (166 columns), and
-        # trying 8 named the planted column as often, within 0.3 points (docs/scores.md).
+        # Each column tried costs REPAIR_STEPS + 1 passes of the row: trying all of a wide
+        # table's columns (in one step) took 44 times as long as "posterior" on 25_musk
+        # (166 columns), and trying 8 named the planted column as often, within 0.3
+        # points (docs/scores.md).
         candidates = np.argsort(-surprise, axis=1, kind="stable")[:, :REPAIR_CANDIDATES]
         cfg = self.effective_config.scoring
         tried = candidates.shape[1] * groups.shape[1]

@@ -21,6 +21,16 @@ The features of one original column are summed into it: a categorical column's o
 categories, a numeric column's missing-value indicator. A conditional model's condition
 columns are given, not scored, and are never named. The contributions need not add up
 to the score: it also holds the KL term (and, for the negative ELBO, the spread of z).
+
+That surprise at the row's own posterior mean is the method "posterior". The default,
+"repair", ranks a column by how much the row's summed surprise drops when the column is
+replaced by what the row's other columns predict of it (:meth:`BaseVAE.repair_gain`):
+one large value pulls the row's posterior mean towards itself, so at that mean it is
+reconstructed nearly right and the columns related to it take the blame; predicted from
+the others, it cannot. On planted anomalies in 14 real tables (docs/scores.md) it named
+the planted column first in 78.1% of rows (mean over four kinds) against 69.0% for
+"posterior", better in each kind. Its gains are surprises too, free of the log-normaliser;
+one can be negative (repairing the column made the row no more normal).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ EXPLAINED_COLUMNS = 3
 EXPLAIN_METHODS = ("repair", "posterior")
 EXPLAIN_METHOD = "repair"
 # "repair" tries only each row's this many columns of largest "posterior" contribution:
-# each column tried costs two passes of the row through the model
+# each column tried costs REPAIR_STEPS + 1 passes of the row through the model
 REPAIR_CANDIDATES = 8
 # ... and predicts each of them from the others in this many steps, each feeding the last
 # prediction back in (1 step named a column of the tests' 2-D plane moved by 3 of its

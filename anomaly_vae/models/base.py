@@ -499,8 +499,8 @@ class BaseVAE(nn.Module):
         related to it are not; left out, it cannot, and repairing it, not them, makes the
         row normal again.
 
-        ``steps + 2`` passes of ``n * c`` rows through the encoder and decoder: the
-        caller bounds ``n * c``.
+        ``steps + 1`` passes of ``n * c`` rows through the encoder and decoder (and one of
+        the ``n`` rows): the caller bounds ``n * c``.
         """
         n, c = x.shape[0], groups.shape[-2]
         repeated = None if condition is None else condition.repeat_interleave(c, dim=0)
