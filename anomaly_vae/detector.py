@@ -1176,8 +1176,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
         - ``"repair"``: how much the row's surprise drops when the column is replaced by
           what the row's other columns predict of it (:meth:`BaseVAE.repair_gain`),
-          tried for each row's ``REPAIR_CANDIDATES`` columns of largest ``"posterior"``
-          contribution; the others are named after them, in column order, with NaN nats;
+          tried for each row's ``max(top, REPAIR_CANDIDATES)`` columns of largest
+          ``"posterior"`` contribution; the others are named after them, in column order,
+          with NaN nats;
         - ``"posterior"``: the column's surprise at the row's own posterior mean
           (:meth:`feature_surprise`): (x - mean)^2 / (2 var) for a numeric value and the
           cross-entropy of a one-hot category or missing indicator, summed into their
@@ -1202,7 +1203,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         surprise = self._batched_features(self.model_.feature_surprise, features, conditions)
         contributions = column_contributions(surprise, feature_columns)
         if method == "repair":
-            contributions = self._repair_gains(features, conditions, feature_columns, contributions)
+            contributions = self._repair_gains(
+                features, conditions, feature_columns, contributions, max(top, REPAIR_CANDIDATES)
+            )
         index = X.index if isinstance(X, pd.DataFrame) else None
         return top_columns(contributions, names, top, index)
 
@@ -1212,9 +1215,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         conditions: np.ndarray | None,
         feature_columns: np.ndarray,
         surprise: np.ndarray,
+        tried: int = REPAIR_CANDIDATES,
     ) -> np.ndarray:
         """:meth:`BaseVAE.repair_gain` of the preprocessed rows ``features (n, d)``, ``(n,
-        c)`` float64 nats, for each row's ``REPAIR_CANDIDATES`` columns of largest
+        c)`` float64 nats, for each row's ``tried`` columns of largest
         ``surprise (n, c)`` (their posterior contributions), NaN for its other columns
         (``feature_columns (d,)``: each model feature's column). Rows go through in passes
         of at most ``scoring.max_batch_values`` values (``scoring.batch_size`` rows at
@@ -1229,10 +1233,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # table's columns (in one step) took 44 times as long as "posterior" on 25_musk
         # (166 columns), and trying 8 named the planted column as often, within 0.3
         # points (docs/scores.md).
-        candidates = np.argsort(-surprise, axis=1, kind="stable")[:, :REPAIR_CANDIDATES]
+        candidates = np.argsort(-surprise, axis=1, kind="stable")[:, :tried]
         cfg = self.effective_config.scoring
-        tried = candidates.shape[1] * groups.shape[1]
-        size = max(1, min(cfg.batch_size, cfg.max_batch_values // tried))
+        values_per_row = candidates.shape[1] * groups.shape[1]
+        size = max(1, min(cfg.batch_size, cfg.max_batch_values // values_per_row))
         smallest = min(MIN_PASS_ROWS, size)
         out = np.full(surprise.shape, np.nan)
         self.model_.eval()
@@ -1252,10 +1256,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """What stands in for a left-out column, ``(d,)`` float32 in the model's feature
         layout (``groups (c, d)``: the features of each scored column): a numeric column's
         training median (what a missing value is filled with) marked not missing; a
-        categorical column's category the model expects most at its prior mean latent
-        (with no condition, for a conditional model), the nearest the saved model has to
-        its most frequent category (an unseen category, every one-hot at once, is a
-        pattern no training row has)."""
+        categorical column's category the model expects most for the row of those
+        medians with no category set (and no condition, for a conditional model), the
+        nearest the saved model has to its most frequent category (no category set, as
+        for an unseen one, is a pattern no training row has)."""
         table = self._table_preprocessor
         indicators = table.config.missing_indicators
         values: list[float] = []
@@ -1267,11 +1271,14 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         neutral = np.array(values, dtype=np.float32)[~self._condition_mask()]
         categorical = np.isnan(neutral)
         if categorical.any():
+            # Decoded from the row of medians with no category set, through the encoder
+            # every variant has (VQ-VAE's latent has no prior mean to decode).
             model = self.model_
-            mean = model.latent_prior_moments()[0].unsqueeze(0)
+            start = torch.from_numpy(np.where(categorical, 0.0, neutral)[None])
             condition = torch.zeros(1, model.condition_dim) if model.condition_dim else None
             with torch.no_grad():
-                expected = model.mean_output(model.decode(mean, condition))[0].numpy()
+                latent = model.latent_mean(start, condition)
+                expected = model.mean_output(model.decode(latent, condition))[0].numpy()
             for group in groups:
                 if categorical[group].any():
                     chosen = np.flatnonzero(group)[np.argmax(expected[group])]

@@ -114,6 +114,28 @@ def test_a_wide_row_is_explained_alike_alone_and_among_others(plane_detector):
         pd.testing.assert_frame_equal(alone, whole.iloc[[position]], rtol=1e-6)
 
 
+def test_a_top_above_the_candidates_gets_every_contribution(plane_detector):
+    """explain(top=K) with K above REPAIR_CANDIDATES tries K columns: the K-th has nats
+    (it had NaN, the columns past the candidates named in column order)."""
+    columns = len(plane_detector.preprocessor_.columns)
+    why = plane_detector.explain(plane_rows(40, seed=4), top=columns)
+    nats = why[[f"why_{rank}_nats" for rank in range(1, columns + 1)]].to_numpy()
+    assert np.isfinite(nats).all()
+
+
+@pytest.mark.parametrize("variant", ["vae", "beta-vae", "hvae", "vq-vae"])
+def test_every_table_variant_explains_rows_with_a_category(variant):
+    """A categorical column's stand-in is decoded from the row of medians: VQ-VAE, whose
+    latent has no prior mean, failed with a shape error when it was decoded from that."""
+    config = tiny_config(
+        "data.id_column=reading_id", "data.label_column=is_fault", f"model.name={variant}"
+    )
+    detector = VAEDetector(config.detector_config()).fit(mixed_table(300, seed=0))
+    why = detector.explain(mixed_table(40, seed=1), top=4)
+    assert set(why["why_1"]) <= {"machine", "temperature", "load", "vibration"}
+    assert np.isfinite(why["why_1_nats"]).all()
+
+
 def test_an_unseen_category_or_a_missing_value_names_its_column(mixed_detector):
     rows = mixed_table(20, seed=1)
     rows.loc[:9, "machine"] = "mill"  # not seen in training: all its one-hots at once
