@@ -92,8 +92,8 @@ EXPLAIN_OPTION = click.option(
     default=0,
     metavar="K",
     help="Tables: also write, per row, the K columns that added most to its score "
-    "(why_1, why_1_nats, ..., why_K, why_K_nats; K above the columns scored writes them "
-    "all) [default: 0, none].",
+    "(why_1, why_1_nats, ..., why_K, why_K_nats; 0: none; K above the columns scored "
+    "writes them all).",
 )
 # calibrate's and view's (fit's is --set data.anomaly_label=VALUE, saved with the model).
 ANOMALY_LABEL_OPTION = click.option(

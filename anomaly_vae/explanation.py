@@ -46,7 +46,7 @@ EXPLAINED_COLUMNS = 3
 # How a column's contribution is computed (`VAEDetector.explain`'s method; the module
 # docstring says more): "repair", the drop in the row's surprise when the column is
 # replaced by what the other columns predict of it; "posterior", the column's surprise at
-# the row's own posterior mean (the method before 2026-12-07).
+# the row's own posterior mean (the first method, kept to compare with).
 # (pipelines/explain_check.py --method measures either.)
 EXPLAIN_METHODS = ("repair", "posterior")
 EXPLAIN_METHOD = "repair"
