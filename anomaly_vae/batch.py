@@ -442,6 +442,7 @@ def score_file(
     ``explain`` columns that added most to its score follow its scores
     (:meth:`~anomaly_vae.detector.VAEDetector.explain`).
     """
+    from anomaly_vae.explanation import explain_scored
     from anomaly_vae.fitting import naming_file  # fitting builds on this module
 
     data_config = detector.effective_config.data
@@ -463,7 +464,7 @@ def score_file(
                 try:
                     frame = detector.score_frame(chunk)
                     if explain:
-                        why = detector.explain(chunk, explain)
+                        why = explain_scored(detector, chunk, explain)
                         refuse_id_named_like_outputs(id_column, why.columns)
                         frame = frame.join(why)
                 except MissingValuesError as exc:

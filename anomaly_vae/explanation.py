@@ -35,9 +35,12 @@ one can be negative (repairing the column made the row no more normal).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
+from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.errors import DataError
 
 # What `VAEDetector.explain` names per row by default: the few columns a reviewer reads
@@ -106,6 +109,16 @@ def top_columns(
     nats = np.take_along_axis(contributions, order, axis=1)
     values = [column for rank in range(top) for column in (chosen[:, rank], nats[:, rank])]
     return pd.DataFrame(dict(zip(explanation_columns(top), values, strict=True)), index=index)
+
+
+def explain_scored(detector: Any, frame: pd.DataFrame, top: int) -> pd.DataFrame:
+    """``detector.explain(frame, top)`` of rows that ``detector.score_frame`` has just
+    scored, without its warnings about the data (an unseen category, an ignored column):
+    scoring gave them already. Explaining reads the rows again, so they were given twice,
+    and within a file's warnings (``warnings_per_file``) an unseen category's or
+    condition's rows were counted twice ("(2 rows)" for one)."""
+    with warnings_per_file():  # gathered here and dropped
+        return detector.explain(frame, top)
 
 
 def refuse_unexplained(detector: object) -> None:

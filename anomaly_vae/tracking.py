@@ -40,7 +40,7 @@ from anomaly_vae.data.preprocessing import names_as_read_now
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import DataError, TrackingError
-from anomaly_vae.explanation import refuse_unexplained
+from anomaly_vae.explanation import explain_scored, refuse_unexplained
 from anomaly_vae.family import ENSEMBLE
 from anomaly_vae.fitting import INPUT_EXAMPLE_ROWS, Data, TrainingData
 from anomaly_vae.models import get_model
@@ -225,7 +225,7 @@ class AnomalyVAEPyfunc(PythonModel):
         """``VAEDetector.explain(frame, top)``; DataError for a family ensemble, or an id
         column named like an explanation column, as `score --explain` refuses them."""
         refuse_unexplained(self.detector)
-        why = cast(VAEDetector, self.detector).explain(frame, top)
+        why = explain_scored(self.detector, frame, top)
         refuse_id_named_like_outputs(
             _base_detector(self.detector).effective_config.data.id_column, why.columns
         )

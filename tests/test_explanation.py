@@ -1,5 +1,6 @@
 """VAEDetector.explain and `score --explain`: the original columns that made a row anomalous."""
 
+import logging
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from anomaly_vae import VAEDetector
 from anomaly_vae.cli import main
 from anomaly_vae.errors import DataError
 from anomaly_vae.explanation import REPAIR_CANDIDATES, explanation_columns
+from anomaly_vae.tracking import AnomalyVAEPyfunc
 from tests.conftest import mixed_table, tiny_config
 from tests.test_images import bars, good_and_bad_folder
 
@@ -208,6 +210,31 @@ def test_score_explain_writes_the_columns_also_when_reading_in_parts(
     assert plain.exit_code == 0, plain.output
     scores = pd.read_csv(output) if suffix == ".csv" else pd.read_parquet(output)
     assert scores.columns.tolist() == [*expected, "score", "is_anomaly"]
+
+
+def test_explaining_scored_rows_warns_of_their_data_once(mixed_detector, tmp_path, caplog):
+    """score --explain and the logged model's explain read each row a second time: their
+    warnings (an unseen category, an ignored column) came twice, and a file's count of
+    the unseen category's rows doubled ("(6 rows)" for 3)."""
+    mixed_detector.save(tmp_path / "model")
+    rows = mixed_table(50, seed=1).assign(comment="x")
+    rows.loc[:2, "machine"] = "mill"
+    rows.to_csv(tmp_path / "new.csv", index=False)
+    unseen = "column 'machine' holds 'mill' not seen in training (3 rows)"
+    with caplog.at_level(logging.WARNING):
+        result = run_score(
+            tmp_path / "new.csv", tmp_path / "model", tmp_path / "s.csv", "--explain", "2"
+        )
+    assert result.exit_code == 0, result.output
+    assert caplog.text.count(unseen) == 1, caplog.text
+    assert caplog.text.count("ignoring column not seen in training: comment") == 1
+    model = AnomalyVAEPyfunc()
+    model.detector = mixed_detector  # as load_context sets it
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
+        explained = model.predict(None, rows, params={"explain": 2})
+    assert explained.columns[-4:].tolist() == explanation_columns(2)
+    assert caplog.text.count(unseen) == 1, caplog.text
 
 
 def test_score_explain_refuses_a_family_ensemble_naming_its_members(mixed_detector, tmp_path):
