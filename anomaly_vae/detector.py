@@ -1200,13 +1200,15 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         feature_columns = table.feature_columns[~self._condition_mask()]
         names = [table.columns[i].name for i in dict.fromkeys(feature_columns.tolist())]
         features, conditions = self._model_input(X)
+        index = X.index if isinstance(X, pd.DataFrame) else None
+        if not len(features):  # no rows, as score_frame answers them (no pass to shape it)
+            return top_columns(np.empty((0, len(names))), names, top, index)
         surprise = self._batched_features(self.model_.feature_surprise, features, conditions)
         contributions = column_contributions(surprise, feature_columns)
         if method == "repair":
             contributions = self._repair_gains(
                 features, conditions, feature_columns, contributions, max(top, REPAIR_CANDIDATES)
             )
-        index = X.index if isinstance(X, pd.DataFrame) else None
         return top_columns(contributions, names, top, index)
 
     def _repair_gains(

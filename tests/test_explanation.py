@@ -251,6 +251,20 @@ def test_score_explain_refuses_a_family_ensemble_naming_its_members(mixed_detect
     assert not (tmp_path / "s.csv").exists()
 
 
+@pytest.mark.parametrize("method", ["repair", "posterior"])
+def test_no_rows_are_explained_as_no_rows_as_they_are_scored(mixed_detector, method):
+    """A request of no rows (the served model's explain): score_frame answers it with its
+    columns and no rows; explain raised numpy's AxisError."""
+    rows = mixed_table(5, seed=1).iloc[:0]
+    why = mixed_detector.explain(rows, top=2, method=method)
+    assert why.columns.tolist() == explanation_columns(2) and why.empty
+    assert why.index.equals(rows.index)
+    model = AnomalyVAEPyfunc()
+    model.detector = mixed_detector
+    answer = model.predict(None, rows, params={"explain": 2})
+    assert answer.empty and answer.columns[-4:].tolist() == explanation_columns(2)
+
+
 def test_an_unknown_method_is_refused_naming_the_methods(mixed_detector):
     with pytest.raises(ValueError, match="available: repair, posterior"):
         mixed_detector.explain(mixed_table(5, seed=1), method="shapley")
