@@ -201,13 +201,19 @@ class AnomalyVAEPyfunc(PythonModel):
                 warn_unknown_classes(self.detector, classes)
                 return scores
             quiet = (params or {}).get(LOG_WARNINGS_PARAM) is False
+            top = int((params or {}).get(EXPLAIN_PARAM) or 0)
+            if top < 0:  # explain's own ValueError ("at least 1") is served as MLflow's
+                # "unexpected error", without it; 0 is allowed here
+                raise DataError(
+                    f"the parameter {EXPLAIN_PARAM!r} is how many columns to name per row, "
+                    f"0 (none) or more, not {top}"
+                )
             frame = pd.DataFrame(model_input)
             # The names the signature of a model logged before Windows-1252 requires
             table = cast(TablePreprocessor, _base_detector(self.detector).preprocessor_)
             frame = frame.rename(columns=names_as_read_now(frame.columns, table.input_columns))
             with _package_warnings_off() if quiet else contextlib.nullcontext():
                 scores = self.detector.score_frame(frame)
-                top = int((params or {}).get(EXPLAIN_PARAM) or 0)
                 if top:
                     scores = scores.join(self._explained(frame, top))
             # A missing id as None (JSON null): the scoring server writes NaN as a bare

@@ -265,6 +265,17 @@ def test_no_rows_are_explained_as_no_rows_as_they_are_scored(mixed_detector, met
     assert answer.empty and answer.columns[-4:].tolist() == explanation_columns(2)
 
 
+def test_the_logged_models_explain_refuses_a_negative_count_in_its_own_words(mixed_detector):
+    """A served model answers a DataError's message as a 400 error; explain's ValueError
+    ("top must be at least 1", though 0 is allowed) came as MLflow's "unexpected error"."""
+    from mlflow.exceptions import MlflowException
+
+    model = AnomalyVAEPyfunc()
+    model.detector = mixed_detector
+    with pytest.raises(MlflowException, match=r"'explain' is how many columns.*not -1"):
+        model.predict(None, mixed_table(5, seed=1), params={"explain": -1})
+
+
 def test_an_unknown_method_is_refused_naming_the_methods(mixed_detector):
     with pytest.raises(ValueError, match="available: repair, posterior"):
         mixed_detector.explain(mixed_table(5, seed=1), method="shapley")
