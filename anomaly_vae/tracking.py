@@ -215,7 +215,11 @@ class AnomalyVAEPyfunc(PythonModel):
             with _package_warnings_off() if quiet else contextlib.nullcontext():
                 scores = self.detector.score_frame(frame)
                 if top:
-                    scores = scores.join(self._explained(frame, top))
+                    why = self._explained(frame, top)
+                    # By position: both are in the frame's order with its index, which can
+                    # repeat a label (frames concatenated), and a join on it multiplies rows.
+                    for name in why.columns:
+                        scores[name] = why[name].to_numpy()
             # A missing id as None (JSON null): the scoring server writes NaN as a bare
             # NaN, which JSON parsers refuse. Scores are never missing.
             id_column = _base_detector(self.detector).effective_config.data.id_column

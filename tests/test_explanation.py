@@ -276,6 +276,21 @@ def test_the_logged_models_explain_refuses_a_negative_count_in_its_own_words(mix
         model.predict(None, mixed_table(5, seed=1), params={"explain": -1})
 
 
+def test_the_logged_models_explain_keeps_a_row_per_row_of_a_repeated_index(mixed_detector):
+    """Frames concatenated keep their indexes (0, 1, 2, 0, 1, 2): the explanation was
+    joined on the index, and each of the 6 rows came back twice."""
+    model = AnomalyVAEPyfunc()
+    model.detector = mixed_detector
+    part = mixed_table(3, seed=1, anomalies=1)
+    frame = pd.concat([part, part])
+    answer = model.predict(None, frame, params={"explain": 2})
+    assert answer.index.tolist() == frame.index.tolist()
+    assert answer["reading_id"].tolist() == frame["reading_id"].tolist()
+    why = mixed_detector.explain(frame, top=2)
+    assert answer["why_1"].tolist() == why["why_1"].tolist()
+    np.testing.assert_allclose(answer["why_2_nats"], why["why_2_nats"])
+
+
 def test_an_unknown_method_is_refused_naming_the_methods(mixed_detector):
     with pytest.raises(ValueError, match="available: repair, posterior"):
         mixed_detector.explain(mixed_table(5, seed=1), method="shapley")
