@@ -1177,8 +1177,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         - ``"repair"``: how much the row's surprise drops when the column is replaced by
           what the row's other columns predict of it (:meth:`BaseVAE.repair_gain`),
           tried for each row's ``max(top, REPAIR_CANDIDATES)`` columns of largest
-          ``"posterior"`` contribution; the others are named after them, in column order,
-          with NaN nats;
+          ``"posterior"`` contribution (so the ``top`` named were all tried);
         - ``"posterior"``: the column's surprise at the row's own posterior mean
           (:meth:`feature_surprise`): (x - mean)^2 / (2 var) for a numeric value and the
           cross-entropy of a one-hot category or missing indicator, summed into their
