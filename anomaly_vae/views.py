@@ -27,6 +27,7 @@ from sklearn.decomposition import PCA
 from anomaly_vae import plots
 from anomaly_vae.data.images import class_list
 from anomaly_vae.errors import DataError
+from anomaly_vae.explanation import EXPLAINED_COLUMNS, WHY_COLUMN, explain_scored
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +379,10 @@ def reconstructions(
     """The ``count`` most anomalous inputs beside their reconstructions, worst first.
 
     Tables get, per feature, the surprise (its share of -log p(x|z) in nats beyond what
-    every row pays) that made the row anomalous, and the reconstruction in original units.
+    every row pays) at the row's posterior mean, drawn as a heat map, and the
+    reconstruction in original units; and each row's explanation
+    (:meth:`VAEDetector.explain`, its default method), ``why_1``, ``why_1_nats`` ... up to
+    ``EXPLAINED_COLUMNS``, in the CSV after ``score`` and ``why_1`` in the row's label.
     A row is named by its id where it has one, else by its 1-based position in X, or,
     given ``origin`` (:func:`row_name`), by its file and row there. Images get a table of
     the images shown, in the grid's reading order: ``rank``, ``image`` (from ``names
@@ -410,6 +414,11 @@ def reconstructions(
     mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(feature_names), bool))()
     feature_names = [n for n, skip in zip(feature_names, mask, strict=True) if not skip]
     surprise = detector.feature_surprise(_take(X, order))
+    # The explanation `score --explain` gives of these rows, beside the heat map: the heat
+    # map's surprise at a row's own posterior mean blames, for one large value, the
+    # columns related to it, which its posterior mean was pulled away from (explanation.py).
+    # The rows were just scored: their data warnings were given then.
+    why = explain_scored(detector, _take(X, order), EXPLAINED_COLUMNS).reset_index(drop=True)
     id_column = detector.effective_config.data.id_column
     ids = _row_ids(detector, X, order)
     # 1-based, as `score` writes and messages count rows
@@ -422,6 +431,7 @@ def reconstructions(
     table = pd.concat(
         [
             rows_named,
+            why,
             pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in feature_names]),
             _to_rows(detector, rebuilt, detector._model_input(_take(X, order))[1]).add_prefix(
                 "reconstructed:"
@@ -450,12 +460,22 @@ def reconstructions(
     named = (
         [row_name(origin, r) for r in order] if ids is None else [f"{id_column} {i}" for i in ids]
     )
+    first = why[WHY_COLUMN.format(rank=1)]
     ax.set_yticks(
         range(len(order)),
-        [f"{name} (score {s:.3g})" for name, s in zip(named, scores[order], strict=True)],
+        [
+            f"{name} (why: {column}; score {s:.3g})"
+            for name, column, s in zip(named, first, scores[order], strict=True)
+        ],
         fontsize=8,
     )
-    ax.set_title("What makes the most anomalous rows anomalous (worst on top)")
+    # The heat map's brightest cell and the named column can differ: say which is which.
+    title = (
+        "What makes the most anomalous rows anomalous (worst on top). why: the column the "
+        "row's explanation names first (as score --explain); colours: each feature's "
+        "surprise at the row's posterior mean"
+    )
+    ax.set_title(plots.wrap_title(title, fig.get_figwidth(), TITLE_POINTS))
     if not shown.all():
         ax.set_xlabel(
             f"{(~shown).sum()} features under {SURPRISE_SHOWN_MIN_NATS:g} nats in every row "

@@ -704,3 +704,32 @@ def test_hvae_views_span_the_prior_of_z1_the_latent_they_decode():
     decoded = model.mean_output(model.decode(torch.from_numpy(latent[None]))).detach().numpy()
     row = detector.preprocessor_.inverse_transform(decoded).iloc[0]
     assert first["x0"] == pytest.approx(row["x0"], rel=0.05, abs=0.05)
+
+
+def test_the_reconstructions_name_each_rows_explanation(table_detector, cvae_detector):
+    # The heat map is the surprise at a row's own posterior mean, which for one large
+    # value blames the columns related to it; `score --explain` ranks by repair. The view
+    # gave no explanation, so a reviewer of a run read the heat map's brightest column as
+    # the reason. Now each row's explanation is in the CSV, and its why_1 in its label.
+    test = mixed_table(200, seed=1, anomalies=20)
+    test.loc[test.index[3], "load"] = 500.0  # one large value
+    for detector in (table_detector, cvae_detector):
+        view = views.reconstructions(detector, test, count=6)
+        table = view.table
+        why = [f"why_{rank}{part}" for rank in (1, 2, 3) for part in ("", "_nats")]
+        assert list(table.columns[: 3 + len(why)]) == ["row", "reading_id", "score", *why]
+        rows = test.iloc[table["row"] - 1]
+        expected = detector.explain(rows).reset_index(drop=True)
+        pd.testing.assert_frame_equal(table[why], expected)
+        assert set(table["why_1"]) <= {"machine", "temperature", "load", "vibration"}
+        assert (table["row"].iloc[0], table["why_1"].iloc[0]) == (4, "load")
+        labels = [t.get_text() for t in view.figure.axes[0].get_yticklabels()]
+        assert all(
+            f"(why: {column};" in label
+            for label, column in zip(labels, table["why_1"], strict=True)
+        )
+        assert "why: the column the row's explanation names first" in (
+            view.figure.axes[0].get_title().replace("\n", " ")
+        )
+    # A condition column is given, not explained: the cvae never names machine.
+    assert "machine" not in set(table[["why_1", "why_2", "why_3"]].to_numpy().ravel())
