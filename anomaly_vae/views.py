@@ -26,8 +26,9 @@ from sklearn.decomposition import PCA
 
 from anomaly_vae import plots
 from anomaly_vae.data.images import class_list
+from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.errors import DataError
-from anomaly_vae.explanation import EXPLAINED_COLUMNS, WHY_COLUMN, explain_scored
+from anomaly_vae.explanation import EXPLAINED_COLUMNS, WHY_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -391,8 +392,20 @@ def reconstructions(
     """
     scores = detector.anomaly_score(X)
     order = np.argsort(-scores)[:count]
-    features = detector.transform_features(X)[order]
-    rebuilt = detector.reconstruct(_take(X, order))
+    shown_rows = _take(X, order)
+    # Scoring X gave its data's warnings (an ignored column, an unseen category); each
+    # read below would give them again, an ignored column five times: gathered, dropped.
+    with warnings_per_file():
+        features = detector.transform_features(X)[order]
+        rebuilt = detector.reconstruct(shown_rows)
+        if not _is_image(detector):
+            surprise = detector.feature_surprise(shown_rows)
+            # The explanation `score --explain` gives of these rows, beside the heat map:
+            # the heat map's surprise at a row's own posterior mean blames, for one large
+            # value, the columns related to it, which its posterior mean was pulled away
+            # from (explanation.py).
+            why = detector.explain(shown_rows, EXPLAINED_COLUMNS).reset_index(drop=True)
+            conditions = detector._model_input(shown_rows)[1]
     if _is_image(detector):
         pairs = np.stack([features, np.clip(rebuilt, 0, 1)], axis=1).reshape(
             -1, *features.shape[1:]
@@ -413,12 +426,6 @@ def reconstructions(
     feature_names = detector.preprocessor_.feature_names
     mask = getattr(detector, "_condition_mask", lambda: np.zeros(len(feature_names), bool))()
     feature_names = [n for n, skip in zip(feature_names, mask, strict=True) if not skip]
-    surprise = detector.feature_surprise(_take(X, order))
-    # The explanation `score --explain` gives of these rows, beside the heat map: the heat
-    # map's surprise at a row's own posterior mean blames, for one large value, the
-    # columns related to it, which its posterior mean was pulled away from (explanation.py).
-    # The rows were just scored: their data warnings were given then.
-    why = explain_scored(detector, _take(X, order), EXPLAINED_COLUMNS).reset_index(drop=True)
     id_column = detector.effective_config.data.id_column
     ids = _row_ids(detector, X, order)
     # 1-based, as `score` writes and messages count rows
@@ -433,9 +440,7 @@ def reconstructions(
             rows_named,
             why,
             pd.DataFrame(surprise, columns=[f"surprise:{n}" for n in feature_names]),
-            _to_rows(detector, rebuilt, detector._model_input(_take(X, order))[1]).add_prefix(
-                "reconstructed:"
-            ),
+            _to_rows(detector, rebuilt, conditions).add_prefix("reconstructed:"),
         ],
         axis=1,
     )

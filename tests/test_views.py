@@ -733,3 +733,20 @@ def test_the_reconstructions_name_each_rows_explanation(table_detector, cvae_det
         )
     # A condition column is given, not explained: the cvae never names machine.
     assert "machine" not in set(table[["why_1", "why_2", "why_3"]].to_numpy().ravel())
+
+
+def test_the_reconstructions_warn_of_the_data_once(table_detector, cvae_detector, caplog):
+    # Scoring the data warned of it, and then each read of the rows shown warned again:
+    # `view reconstruct` of a file with a column the model ignores gave its warning five
+    # times, and an unseen category's twice.
+    test = mixed_table(200, seed=1, anomalies=20)
+    test["note"] = "checked"
+    test.loc[test.index[0], "machine"] = "saw"
+    for detector in (table_detector, cvae_detector):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="anomaly_vae"):
+            views.reconstructions(detector, test, count=5)
+        messages = [record.getMessage() for record in caplog.records]
+        assert sum("not seen in training: note" in m for m in messages) == 1, messages
+        (saw,) = [m for m in messages if "'saw'" in m]  # once, with its one row
+        assert "(1 row)" in saw or "1 row(s)" in saw, saw  # a cvae's condition words it so
