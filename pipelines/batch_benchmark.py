@@ -3,9 +3,13 @@
 1. Throughput: a 1,000,000-row, 20-column CSV scored end to end by `anomaly-vae batch`
    with the default tabular model, beside the time pandas alone needs to read that CSV
    and write a CSV of the same row count (the I/O floor).
-2. Memory: the peak resident memory of `anomaly-vae batch` on a CSV of 5,000,000 rows.
+2. Memory: the peak resident memory of `anomaly-vae batch` on a CSV of 5,000,000 rows
+   (``--memory-rows 0``: not measured; the throughput run's own peak is then recorded).
 
     python pipelines/batch_benchmark.py --out results/batch
+
+``--explain K`` times ``anomaly-vae batch --explain K`` (each row's K columns that added
+most to its score); 0, the default, times scoring alone, as the figures of docs/batch.md.
 
 Writes ``results.json`` in the output folder (with the model, inputs and outputs it
 made) and prints it.
@@ -49,8 +53,9 @@ def write_big(path: Path, rows: int, columns: int) -> None:
         )
 
 
-def batch(model: Path, inputs: Path, out: Path) -> tuple[float, int]:
-    """(seconds, peak RSS in MiB) of one `anomaly-vae batch` run in a child process."""
+def batch(model: Path, inputs: Path, out: Path, explain: int = 0) -> tuple[float, int]:
+    """(seconds, peak RSS in MiB) of one `anomaly-vae batch --explain explain` run in a
+    child process; the peak is the largest of all children so far (getrusage's)."""
     start = time.perf_counter()
     subprocess.run(
         [
@@ -64,6 +69,8 @@ def batch(model: Path, inputs: Path, out: Path) -> tuple[float, int]:
             "--model",
             str(model),
             "--no-tracking",
+            "--explain",
+            str(explain),
         ],
         check=True,
         capture_output=True,
@@ -79,6 +86,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--memory-rows", type=int, default=5_000_000)
     parser.add_argument("--columns", type=int, default=20)
+    parser.add_argument("--explain", type=int, default=0, metavar="K")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -87,10 +95,12 @@ def main() -> None:
     VAEDetector(config).fit(table(20_000, args.columns, seed=0)).save(model)
 
     # Memory first: the peak RSS of children is a running maximum.
-    memory_in = args.out / "memory_in"
-    memory_in.mkdir(exist_ok=True)
-    write_big(memory_in / "rows.csv", args.memory_rows, args.columns)
-    memory_seconds, peak_mib = batch(model, memory_in, args.out / "memory_out")
+    memory_seconds, peak_mib = None, None
+    if args.memory_rows:
+        memory_in = args.out / "memory_in"
+        memory_in.mkdir(exist_ok=True)
+        write_big(memory_in / "rows.csv", args.memory_rows, args.columns)
+        memory_seconds, peak_mib = batch(model, memory_in, args.out / "memory_out", args.explain)
 
     throughput_in = args.out / "throughput_in"
     throughput_in.mkdir(exist_ok=True)
@@ -102,18 +112,23 @@ def main() -> None:
     io_seconds = time.perf_counter() - start
     del frame
     (args.out / "io_floor.csv").unlink()
-    batch_seconds, _ = batch(model, throughput_in, args.out / "throughput_out")
+    batch_seconds, batch_peak_mib = batch(
+        model, throughput_in, args.out / "throughput_out", args.explain
+    )
 
     results = {
         "rows": args.rows,
         "columns": args.columns,
+        "explain": args.explain,
         "pandas_read_write_seconds": round(io_seconds, 1),
         "batch_seconds": round(batch_seconds, 1),
         "batch_rows_per_second": round(args.rows / batch_seconds),
         "batch_over_io_floor": round(batch_seconds / io_seconds, 2),
         "memory_rows": args.memory_rows,
-        "memory_run_seconds": round(memory_seconds, 1),
+        "memory_run_seconds": None if memory_seconds is None else round(memory_seconds, 1),
         "peak_rss_mib": peak_mib,
+        # Its own only when no memory run came before it (the peak is a running maximum).
+        "batch_peak_rss_mib": None if args.memory_rows else batch_peak_mib,
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
