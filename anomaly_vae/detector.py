@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import math
+import operator
 import platform
 import shutil
 from collections.abc import Callable, Iterator
@@ -1191,6 +1192,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         if self.data_kind_ == "image":
             raise DataError(IMAGES_NOT_EXPLAINED)
+        top = operator.index(top)  # a TypeError naming the type for 2.0, not numpy's later
         if top < 1:  # before the scoring pass
             raise ValueError(f"top must be at least 1, not {top}")
         if method not in EXPLAIN_METHODS:

@@ -136,6 +136,14 @@ class EnsembleDetector(ThresholdedScores):
         maps = [member.anomaly_map(X, condition) for member in self.members.values()]
         return np.stack(maps).mean(axis=0, dtype=np.float32)
 
+    def explain(self, X: pd.DataFrame | np.ndarray, top: int = 3) -> pd.DataFrame:
+        """Always DataError: an ensemble's score is a mean of its members' ranks, which no
+        column's nats add up to; each member explains its own rows
+        (``ensemble.members[name].explain(X)``), as ``score --explain`` says."""
+        from anomaly_vae.explanation import ensemble_not_explained
+
+        raise ensemble_not_explained()
+
     def save(self, path: str | Path) -> Path:
         """Write the ensemble to the folder ``path``: each member saved as a detector in
         ``members/<name>/``, then ``ensemble.json`` (references, threshold), as the

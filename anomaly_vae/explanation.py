@@ -121,17 +121,25 @@ def explain_scored(detector: Any, frame: pd.DataFrame, top: int) -> pd.DataFrame
         return detector.explain(frame, top)
 
 
+def ensemble_not_explained() -> DataError:
+    """The error for explaining a family ensemble's rows: its score is a mean of its
+    members' ranks, which no column's nats add up to; each member explains its own."""
+    from anomaly_vae.detector import MEMBERS_FOLDER  # the detector builds on this module
+
+    return DataError(
+        "--explain needs one model, and this is a family ensemble: explain with one of its "
+        f"members, --model <its folder>/{MEMBERS_FOLDER}/<variant> (in Python, "
+        "ensemble.members[variant].explain)"
+    )
+
+
 def refuse_unexplained(detector: object) -> None:
     """DataError when ``detector`` cannot explain rows, saying what to use instead: an
     image model (its anomaly maps) or a family ensemble (one of its members). The one
     check of ``score --explain`` and ``batch --explain``, made before anything is scored."""
+    from anomaly_vae.detector import VAEDetector  # the detector builds on this module
+
     if getattr(detector, "data_kind_", None) == "image":
         raise DataError(f"--explain is for tables: {IMAGES_NOT_EXPLAINED}")
-    if not hasattr(detector, "explain"):
-        from anomaly_vae.detector import MEMBERS_FOLDER  # the detector builds on this module
-
-        # Its score is a mean of its members' ranks, which no column's nats add up to.
-        raise DataError(
-            "--explain needs one model, and this is a family ensemble: explain with "
-            f"one of its members, --model <its folder>/{MEMBERS_FOLDER}/<variant>"
-        )
+    if not isinstance(detector, VAEDetector):
+        raise ensemble_not_explained()

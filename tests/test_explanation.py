@@ -249,6 +249,16 @@ def test_score_explain_refuses_a_family_ensemble_naming_its_members(mixed_detect
     assert result.exit_code == 2
     assert "family ensemble" in result.output and "members/<variant>" in result.output
     assert not (tmp_path / "s.csv").exists()
+    # In Python too, with the same pointer (it was an AttributeError: no explain)
+    ensemble = EnsembleDetector.from_members({"vae": mixed_detector}, train)
+    with pytest.raises(DataError, match=r"family ensemble.*members\[variant\]\.explain"):
+        ensemble.explain(mixed_table(5, seed=1))
+
+
+def test_a_top_that_is_no_whole_number_is_refused_naming_its_type(mixed_detector):
+    # It failed deep in numpy ("slice indices must be integers or None")
+    with pytest.raises(TypeError, match="'float' object cannot be interpreted as an integer"):
+        mixed_detector.explain(mixed_table(5, seed=1), top=2.0)
 
 
 @pytest.mark.parametrize("method", ["repair", "posterior"])
