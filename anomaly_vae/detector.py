@@ -61,6 +61,7 @@ from anomaly_vae.explanation import (
     REPAIR_CANDIDATES,
     REPAIR_STEPS,
     column_contributions,
+    column_starts,
     top_columns,
 )
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
@@ -1228,14 +1229,13 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         most) once multiplied by the columns tried, padded to ``MIN_PASS_ROWS`` rows as
         the scores are: a row's contributions do not depend on the rows explained with it.
         """
-        starts = np.flatnonzero(np.r_[True, feature_columns[1:] != feature_columns[:-1]])
+        starts = column_starts(feature_columns)
         widths = np.diff(np.r_[starts, len(feature_columns)])
         groups = np.repeat(np.eye(len(starts), dtype=bool), widths, axis=1)  # (c, d)
         neutral = torch.from_numpy(self._neutral_features(groups))
-        # Each column tried costs REPAIR_STEPS + 1 passes of the row: trying all of a wide
-        # table's columns (in one step) took 44 times as long as "posterior" on 25_musk
-        # (166 columns), and trying 8 named the planted column as often, within 0.3
-        # points (docs/scores.md).
+        # Each column tried costs REPAIR_STEPS + 1 passes of the row, so a wide table's
+        # columns are not all tried: trying 8 named the planted column as often as trying
+        # all, within 0.3 points on the 14 tables of docs/scores.md (25_musk: 166 columns).
         candidates = np.argsort(-surprise, axis=1, kind="stable")[:, :tried]
         cfg = self.effective_config.scoring
         values_per_row = candidates.shape[1] * groups.shape[1]

@@ -29,6 +29,7 @@ from anomaly_vae.detector import (
     saving_model_folder,
 )
 from anomaly_vae.errors import DataError, ModelNotFoundError, reading_model
+from anomaly_vae.explanation import EXPLAINED_COLUMNS, ensemble_not_explained
 
 SCORE_NAME = "ensemble_rank"
 
@@ -136,12 +137,10 @@ class EnsembleDetector(ThresholdedScores):
         maps = [member.anomaly_map(X, condition) for member in self.members.values()]
         return np.stack(maps).mean(axis=0, dtype=np.float32)
 
-    def explain(self, X: pd.DataFrame | np.ndarray, top: int = 3) -> pd.DataFrame:
+    def explain(self, X: pd.DataFrame | np.ndarray, top: int = EXPLAINED_COLUMNS) -> pd.DataFrame:
         """Always DataError: an ensemble's score is a mean of its members' ranks, which no
         column's nats add up to; each member explains its own rows
         (``ensemble.members[name].explain(X)``), as ``score --explain`` says."""
-        from anomaly_vae.explanation import ensemble_not_explained
-
         raise ensemble_not_explained()
 
     def save(self, path: str | Path) -> Path:

@@ -81,6 +81,16 @@ def explanation_columns(top: int) -> list[str]:
     ]
 
 
+def column_starts(feature_columns: np.ndarray) -> np.ndarray:
+    """Where each original column's features begin, ``(k,)`` int, given the column of each
+    feature ``(d,)``, whose features are contiguous (as the preprocessor lays them out).
+
+    >>> column_starts(np.array([0, 1, 1, 2])).tolist()
+    [0, 1, 3]
+    """
+    return np.flatnonzero(np.r_[True, feature_columns[1:] != feature_columns[:-1]])
+
+
 def column_contributions(surprise: np.ndarray, feature_columns: np.ndarray) -> np.ndarray:
     """Per-feature surprise ``(n, d)`` nats summed per original column: ``(n, k)`` float64
     nats, one per distinct value of ``feature_columns (d,)``, the column of each feature,
@@ -89,8 +99,7 @@ def column_contributions(surprise: np.ndarray, feature_columns: np.ndarray) -> n
     >>> column_contributions(np.array([[1.0, 0.5, 0.25]]), np.array([0, 1, 1])).tolist()
     [[1.0, 0.75]]
     """
-    starts = np.flatnonzero(np.r_[True, feature_columns[1:] != feature_columns[:-1]])
-    return np.add.reduceat(surprise.astype(np.float64), starts, axis=1)
+    return np.add.reduceat(surprise.astype(np.float64), column_starts(feature_columns), axis=1)
 
 
 def top_columns(
