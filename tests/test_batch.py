@@ -213,6 +213,41 @@ def test_each_batch_run_is_logged_to_mlflow_with_drift(model_dir, tmp_path, monk
     assert run["metrics.files_scored"] == 2 and run["metrics.rows_scored"] == 400
     assert 0.4 < run["metrics.anomaly_rate"] <= 0.6  # the shifted half is flagged
     assert run["metrics.drift_ks"] > 0.1
+    assert run["metrics.drift_p_value"] < 0.01  # and so large a gap is no chance
+
+
+def test_a_small_batch_of_normal_rows_is_no_drift(model_dir, tmp_path, monkeypatch):
+    """Few scores differ from the calibration scores by chance: 8 fresh normal rows put the
+    KS statistic above 0.1, which alone warned of drift on every small scheduled run."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(8, seed=3).to_csv(inputs / "few.csv", index=False)
+    result = CliRunner().invoke(
+        main, ["batch", str(inputs), "--output-dir", "out", "--model", str(model_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "above the warning level" not in result.output
+    run = mlflow.search_runs(experiment_names=["anomaly-vae-batch"]).iloc[0]
+    assert run["metrics.drift_ks"] > 0.1  # what warned before
+    assert run["metrics.drift_p_value"] > 0.01
+    assert "a gap this size is common by chance" in result.output
+    assert "for 8 scores against " in result.output
+
+
+def test_drift_warns_when_the_gap_is_large_and_unlikely_by_chance():
+    from anomaly_vae.batch import drift_statistic
+
+    rng = np.random.default_rng(0)
+    calibration = rng.normal(size=500)
+    assert not drift_statistic(rng.normal(size=10), calibration).warns  # few: noisy
+    assert drift_statistic(rng.normal(1.0, size=200), calibration).warns  # shifted
+    assert not drift_statistic(rng.normal(size=5_000), calibration).warns  # same
+    empty = drift_statistic(np.empty(0), calibration)
+    assert np.isnan(empty.statistic) and not empty.warns
 
 
 def test_inputs_with_the_same_name_fail_instead_of_overwriting(model_dir, tmp_path):
