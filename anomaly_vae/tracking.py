@@ -502,11 +502,15 @@ def log_calibration(
     from anomaly_vae import plots
 
     item = detector.score_item
+    rows = dict(detector.n_training_rows_)
+    # The rows calibration_fpr and the histogram count: after `calibrate --method quantile`
+    # the rows it was given, which replaced the fit's held-out part as calibration rows.
+    rows["calibration"] = len(detector.calibration_scores_)
     mlflow.log_metrics(
         {
             "threshold": detector.threshold_,
             "calibration_fpr": detector.calibration_["calibration_fpr"],
-            **{f"rows_{k}": v for k, v in detector.n_training_rows_.items()},
+            **{f"rows_{k}": v for k, v in rows.items()},
         }
     )
     mlflow.set_tag("threshold_method", detector.calibration_.get("method", "quantile"))

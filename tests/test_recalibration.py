@@ -238,6 +238,12 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     mlflow.set_tracking_uri(tracking_store)
     run = MlflowClient().get_run(MlflowClient().get_model_version("anomaly-vae", "2").run_id)
     assert run.data.params == {"method": "quantile", "target_fpr": "0.01"}
+    # Its calibration rows are the 360 normal rows, which calibration_fpr counts; the
+    # fit's held-out 75 were logged as rows_calibration beside it.
+    assert run.data.metrics["rows_calibration"] == 360
+    assert run.data.metrics["rows_train"] == 375  # the fit's split, which the model keeps
+    above = round(run.data.metrics["calibration_fpr"] * 360)
+    assert above == pytest.approx(run.data.metrics["calibration_fpr"] * 360)
     # The run's description names the rows the quantile was taken of: not "held-out".
     assert (
         "(quantile of the normal scores it was recalibrated on, target"
