@@ -134,11 +134,37 @@ def symlog_threshold(normal_scores: np.ndarray, low: float, high: float) -> floa
 def symlog_ticks(low: float, high: float, linear_within: float) -> list[float]:
     """Major ticks of a symmetric-log axis from ``low`` to ``high``: 0, and the powers of
     ten beyond the linear part on either side (symlog's own locator also ticks the
-    powers inside it, whose labels then overlap near 0)."""
+    powers inside it, whose labels then overlap near 0). When the linear part in view
+    holds none of them (scores all above 0, as a table's negative ELBO often is), a round
+    value or two within it: else the bulk of the normal rows, drawn there and in the
+    decade beyond, had no number under it.
+
+    >>> symlog_ticks(-3.0, 5000.0, 4.0)
+    [0.0, 10.0, 100.0, 1000.0]
+    >>> symlog_ticks(9.97, 12000.0, 15.3)
+    [10.0, 15.0, 100.0, 1000.0, 10000.0]
+    """
     top = math.ceil(math.log10(max(abs(low), abs(high), linear_within)))
     powers = [10.0**k for k in range(math.floor(math.log10(linear_within)), top + 1)]
     ticks = [0.0, *(p for p in powers if p >= linear_within), *(-p for p in powers)]
-    return sorted(t for t in ticks if low <= t <= high and (t == 0 or abs(t) >= linear_within))
+    ticks = [t for t in ticks if low <= t <= high and (t == 0 or abs(t) >= linear_within)]
+    inside = (max(low, -linear_within), min(high, linear_within))
+    if inside[0] < inside[1] and not any(inside[0] <= t <= inside[1] for t in ticks):
+        locator = ticker.MaxNLocator(nbins=2, steps=[1, 2, 5, 10])
+        ticks += [float(t) for t in locator.tick_values(*inside) if inside[0] <= t <= inside[1]]
+    return sorted(ticks)
+
+
+def tick_label(value: float) -> str:
+    """A tick's number as a reader writes it: thousands separated, never in e-notation
+    (``:,.4g`` wrote ten thousand as ``1e+04`` beside ``1,000``).
+
+    >>> [tick_label(v) for v in (-10000.0, 0.0, 0.01, 15.0, 1000.0, 10000.0)]
+    ['-10,000', '0', '0.01', '15', '1,000', '10,000']
+    """
+    if abs(value) >= 1:
+        return f"{value:,.0f}" if value == round(value) else f"{value:,.4g}"
+    return f"{value:.4g}"
 
 
 def _numbered_log_axis(axis: Any) -> None:
@@ -213,7 +239,7 @@ def score_histogram(
         # The bins' span: autoscaling's margin would open decades of empty axis below 0.
         ax.set_xlim(float(bins[0]), float(bins[-1]))
         ax.xaxis.set_major_locator(ticker.FixedLocator(symlog_ticks(low, high, linear_within)))
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.4g}"))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: tick_label(value)))
         scale = f", linear from -{linear_within:.3g} to {linear_within:.3g}, log scale beyond"
     ax.set_ylim(0, HISTOGRAM_HEADROOM * tallest)
     ax.set_title(f"Anomaly scores: {score_name} (higher = more anomalous)")
@@ -376,7 +402,7 @@ def latent_scatter_by_score(
         _numbered_log_axis(bar.ax.yaxis)
     elif linear_within is not None:
         bar.set_ticks(symlog_ticks(low, high, linear_within))
-        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.4g}"))
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: tick_label(value)))
     width = COLOUR_BAR_AXES_SHARE * FIGSIZE[0]
     ax.set(title=_titled(title, note, width), xlabel=axes[0], ylabel=axes[1])
     _no_ticks_on_a_missing_axis(ax, latents)

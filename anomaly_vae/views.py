@@ -495,7 +495,7 @@ def reconstructions(
     bar = fig.colorbar(image, ax=ax, label=label)
     if log_beyond:
         bar.set_ticks(plots.symlog_ticks(0.0, worst, SURPRISE_LINEAR_NATS))
-        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.4g}"))
+        bar.ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: plots.tick_label(v)))
     return View("02_reconstructions", fig, table)
 
 

@@ -133,6 +133,25 @@ def test_latent_scatter_by_score_uses_a_log_colour_scale_for_a_long_tail():
     plots.close(fig)
 
 
+def test_a_symlog_axis_of_positive_scores_numbers_the_bulk_in_plain_numbers():
+    # As a 6_cardio model's 400 held-out normal rows: negative ELBOs of 10 to 3,567 nats,
+    # median 20, a long tail. Its axis was ticked at 100 and 1,000 only, none under the
+    # bulk (10 to 100), and labelled ten thousand "1e+04".
+    rng = np.random.default_rng(7)
+    normal = np.r_[10 + rng.lognormal(np.log(10), 0.5, 380), np.geomspace(100, 3567, 20)]
+    anomalous = np.geomspace(30, 15000, 100)
+    fig = plots.score_histogram(normal, 3521.8, "negative_elbo", anomalous)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "symlog"
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [tick for tick in ax.get_xticks() if low <= tick <= high]
+    assert min(ticks) <= np.median(normal)  # a number under the bulk of the normal rows
+    labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert "10,000" in labels and not any("e+" in label for label in labels)
+    plots.close(fig)
+
+
 def test_latent_scatter_by_score_keeps_the_bulk_apart_beside_a_few_extreme_anomalies():
     # Negative ELBOs of normal rows near 0 (some negative, so no log scale) and five
     # anomalies up to 600,000, as a VAE scored a table with a few extreme rows: on a
