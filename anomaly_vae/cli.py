@@ -1042,7 +1042,10 @@ def view(
         for reason in skipped:
             click.echo(f"skipped {reason}")
     else:
-        made = makers[kind]()
+        # A single view can read DATA more than once (latents: for the latents and the
+        # scores); the generated rows read none.
+        with views.data_warned_once(detector, None if kind == "generate" else frame):
+            made = makers[kind]()
     written = [path for item in made for path in views.save_view(item, out_dir)]
     for path in written:
         click.echo(f"wrote {path}")

@@ -36,7 +36,7 @@ from mlflow.types.schema import ParamSchema, ParamSpec
 
 from anomaly_vae.config import QUANTILE_THRESHOLD, Config, flatten, to_dict
 from anomaly_vae.data import TablePreprocessor, take_rows
-from anomaly_vae.data.preprocessing import names_as_read_now
+from anomaly_vae.data.preprocessing import names_as_read_now, warnings_per_file
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.ensemble import EnsembleDetector
 from anomaly_vae.errors import DataError, TrackingError
@@ -732,7 +732,11 @@ def _log_views(detector: VAEDetector, data: TrainingData, rows: int, out: Path) 
     classes = None
     if all_classes is not None and len(set(all_classes)) > 1:
         classes = [str(all_classes[i]) for i in positions]
-    for view in views.standard_views(detector, source, labels, origin, names, classes):
+    # Fit scored these rows and gave their data's warnings (an unseen category of an
+    # --eval file); the views read them again: gathered and dropped.
+    with warnings_per_file():
+        made = views.standard_views(detector, source, labels, origin, names, classes)
+    for view in made:
         views.save_view(view, out / VIEWS_ARTIFACT_PATH)
 
 

@@ -8,9 +8,10 @@ the MLflow UI. Images are drawn pixel for pixel (nearest-neighbour upscaling, no
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -864,6 +865,33 @@ def views_and_skips(
     ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by;
     ``names``: ``(n,)`` the name of each image of X (:func:`image_names`); ``classes``:
     ``(n,)`` the class of each, for a source of several (their CSVs' ``class``)."""
+    with data_warned_once(detector, X):
+        return _views_and_skips(detector, X, labels, condition, origin, names, classes)
+
+
+@contextlib.contextmanager
+def data_warned_once(detector: Any, X: Any) -> Iterator[None]:
+    """Give a table X's warnings about its data (a column the model ignores, an unseen
+    category) once, from one read of X, and gather and drop those of the reads within:
+    each view reads X again, and `view all` gave an ignored column's warning six times.
+    A table X the model cannot read (a missing column) raises its DataError here, before
+    anything is drawn. Images warn as they are read, not here."""
+    if X is not None and not _is_image(detector):
+        detector.transform_features(X)
+    with warnings_per_file():  # gathered here and dropped
+        yield
+
+
+def _views_and_skips(
+    detector: Any,
+    X: Any,
+    labels: np.ndarray | None,
+    condition: np.ndarray | None,
+    origin: pd.DataFrame | None,
+    names: Sequence[str] | None,
+    classes: Sequence[str] | None,
+) -> tuple[list[View], list[str]]:
+    """:func:`views_and_skips`, its warnings about X not yet dealt with."""
     made: list[View] = []
     skipped: list[str] = []
     if detector.model_.condition_dim and condition is None and not _is_image(detector):

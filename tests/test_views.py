@@ -735,18 +735,50 @@ def test_the_reconstructions_name_each_rows_explanation(table_detector, cvae_det
     assert "machine" not in set(table[["why_1", "why_2", "why_3"]].to_numpy().ravel())
 
 
-def test_the_reconstructions_warn_of_the_data_once(table_detector, cvae_detector, caplog):
+def test_the_views_warn_of_the_data_once(table_detector, cvae_detector, tmp_path, caplog):
     # Scoring the data warned of it, and then each read of the rows shown warned again:
     # `view reconstruct` of a file with a column the model ignores gave its warning five
-    # times, and an unseen category's twice.
+    # times, and an unseen category's twice; `view all` gave both six times (a read per
+    # view), `view latents` twice, and the views fit logs (tracking.log_views) gave an
+    # --eval file's unseen category six times more after fit's scoring had given it.
+    from anomaly_vae.cli import main
+    from anomaly_vae.fitting import TrainingData
+    from anomaly_vae.tracking import _log_views
+
     test = mixed_table(200, seed=1, anomalies=20)
     test["note"] = "checked"
     test.loc[test.index[0], "machine"] = "saw"
-    for detector in (table_detector, cvae_detector):
+    labels = test["is_fault"].to_numpy() == 1
+
+    def warnings_of(draw, *args, **options) -> list[str]:
         caplog.clear()
         with caplog.at_level("WARNING", logger="anomaly_vae"):
-            views.reconstructions(detector, test, count=5)
-        messages = [record.getMessage() for record in caplog.records]
-        assert sum("not seen in training: note" in m for m in messages) == 1, messages
-        (saw,) = [m for m in messages if "'saw'" in m]  # once, with its one row
-        assert "(1 row)" in saw or "1 row(s)" in saw, saw  # a cvae's condition words it so
+            draw(*args, **options)
+        return [r.getMessage() for r in caplog.records if "not seen in training" in r.message]
+
+    for detector in (table_detector, cvae_detector):
+        for messages in (
+            warnings_of(views.reconstructions, detector, test, count=5),
+            warnings_of(views.views_and_skips, detector, test, labels),
+        ):
+            assert sum("not seen in training: note" in m for m in messages) == 1, messages
+            (saw,) = [m for m in messages if "'saw'" in m]  # once, with its one row
+            assert "(1 row)" in saw or "1 row(s)" in saw, saw  # a cvae's condition words it so
+    # The one read checks the data first: a missing column was "skipped KIND: missing
+    # column" for each view and the generated rows written; now one error, nothing drawn.
+    with pytest.raises(DataError, match="missing column 'load'"):
+        views.views_and_skips(table_detector, test.drop(columns="load"))
+    # At fit: none, as fit's scoring of its evaluation rows gave them.
+    data = TrainingData(mixed_table(20, seed=2), evaluation=test, evaluation_labels=labels)
+    assert warnings_of(_log_views, table_detector, data, 50, tmp_path / "run") == []
+    # The command, a single view: once each.
+    test.to_csv(tmp_path / "new.csv", index=False)
+    model = str(table_detector.save(tmp_path / "model"))
+    args = ["view", "latents", str(tmp_path / "new.csv"), "--model", model]
+    runner = CliRunner()
+    messages = warnings_of(runner.invoke, main, [*args, "--out", str(tmp_path / "v")])
+    assert (tmp_path / "v" / "03_latent_scatter.png").is_file()
+    assert [m.split(":")[0][:22] for m in messages] == [
+        "ignoring column not se",
+        "column 'machine' holds",
+    ], messages
