@@ -573,6 +573,7 @@ def batch(
         check_source,
         detector_identity,
         drift_statistic,
+        ledger_model,
         model_identity,
         model_inputs,
         named_for_good,
@@ -616,8 +617,10 @@ def batch(
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
     inputs, unit = ("folders", "images") if detector.data_kind_ == "image" else ("files", "rows")
+    # The model as the ledger names it, with --explain's K: a run with another K scores
+    # every input again, which the summary should explain.
     click.echo(
-        f"Model {model_id}: scored {_counted(len(report.scored), inputs)} "
+        f"Model {ledger_model(model_id, explain)}: scored {_counted(len(report.scored), inputs)} "
         f"({_counted(report.rows, unit)}, "
         f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
         f"already scored, {len(report.failed)} failed."
@@ -647,7 +650,11 @@ def batch(
         with logging_after(f"the scores are written to {output_dir}"), quick_requests():
             use_tracking("anomaly-vae-batch")
             with mlflow.start_run(run_name="batch"):
-                mlflow.set_tags({"model": model_id, "source": source_location(source)})
+                # K apart from the model (0 for none): runs stay found by their model
+                # version, and those that explained by tags.explain.
+                mlflow.set_tags(
+                    {"model": model_id, "explain": explain, "source": source_location(source)}
+                )
                 mlflow.log_metrics(
                     {
                         "files_scored": len(report.scored),

@@ -214,6 +214,16 @@ def test_each_batch_run_is_logged_to_mlflow_with_drift(model_dir, tmp_path, monk
     assert 0.4 < run["metrics.anomaly_rate"] <= 0.6  # the shifted half is flagged
     assert run["metrics.drift_ks"] > 0.1
     assert run["metrics.drift_p_value"] < 0.01  # and so large a gap is no chance
+    # K of --explain is a tag beside the model (0: none), for either engine; the ledger
+    # alone recorded it.
+    assert run["tags.model"] == batch_identity(model_dir) and run["tags.explain"] == "0"
+    explained = CliRunner().invoke(
+        main,
+        ["batch", str(inputs), "--output-dir", "out", "--model", str(model_dir), "--explain", "1"],
+    )
+    assert explained.exit_code == 0 and "scored 2 files" in explained.output, explained.output
+    latest = mlflow.search_runs(experiment_names=["anomaly-vae-batch"]).iloc[0]
+    assert latest["tags.model"] == run["tags.model"] and latest["tags.explain"] == "1"
 
 
 def test_a_small_batch_of_normal_rows_is_no_drift(model_dir, tmp_path, monkeypatch):
@@ -1017,7 +1027,10 @@ def test_batch_explain_writes_the_columns_and_a_rerun_with_another_k_scores_agai
     mixed_table(80, seed=2).to_parquet(inputs / "b.parquet")
     first = batch(model_dir, inputs, out, "--chunk-rows", "50", "--explain", "2")
     assert first.exit_code == 0, first.output
-    assert "scored 2 files (200 rows" in first.output
+    # The summary names the model as the ledger does, with K: a rerun with another K
+    # scores every input again, and the summary said nothing of K.
+    model = batch_identity(model_dir)
+    assert f"Model {model} --explain 2: scored 2 files (200 rows" in first.output
     scores = pd.read_csv(out / "a.csv")
     expected = ["reading_id", "reconstruction_error", "negative_elbo", "negative_iwae_bound"]
     assert scores.columns.tolist() == [*expected, "score", "is_anomaly", *explanation_columns(2)]
@@ -1035,7 +1048,7 @@ def test_batch_explain_writes_the_columns_and_a_rerun_with_another_k_scores_agai
     assert "scored 2 files (200 rows" in more.output, more.output
     assert _explained(out, "a.csv") == _explained(out, "b.parquet") == explanation_columns(3)
     plain = batch(model_dir, inputs, out)
-    assert "scored 2 files (200 rows" in plain.output, plain.output
+    assert f"Model {model}: scored 2 files (200 rows" in plain.output, plain.output
     assert _explained(out, "a.csv") == _explained(out, "b.parquet") == []
     assert "skipped 2 already scored" in batch(model_dir, inputs, out).output
     models = Ledger(out / LEDGER_FILE).entries()["model"].tolist()

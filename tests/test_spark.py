@@ -192,6 +192,8 @@ def test_spark_engine_writes_the_local_engines_explanations(project):
     for engine in ("local", "spark"):
         result = batch(inputs, f"explain_{engine}", WITH_IDS, engine, "--explain", "2")
         assert result.exit_code == 0, result.output
+        # Either engine's summary names the model with K, as the ledger does.
+        assert "Model anomaly-vae/1 --explain 2: scored 2 files" in result.output, result.output
         folder = project / f"explain_{engine}"
         outputs[engine] = {name: read(folder / name) for name in ("a.csv", "b.parquet")}
     for name, local in outputs["local"].items():
