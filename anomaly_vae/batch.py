@@ -58,7 +58,6 @@ from anomaly_vae.outputs import (
     atomic_output,
     identify_rows,
     make_folder,
-    refuse_id_named_like_outputs,
     writing,
 )
 
@@ -442,9 +441,11 @@ def score_file(
     ``explain`` columns that added most to its score follow its scores
     (:meth:`~anomaly_vae.detector.VAEDetector.explain`).
     """
-    from anomaly_vae.explanation import explain_scored
+    from anomaly_vae.explanation import explain_scored, refuse_unexplained
     from anomaly_vae.fitting import naming_file  # fitting builds on this module
 
+    if explain:
+        refuse_unexplained(detector)  # before the output is begun
     data_config = detector.effective_config.data
     id_column = data_config.id_column
     rows, flagged, sample, writer = 0, 0, [], None
@@ -464,9 +465,7 @@ def score_file(
                 try:
                     frame = detector.score_frame(chunk)
                     if explain:
-                        why = explain_scored(detector, chunk, explain)
-                        refuse_id_named_like_outputs(id_column, why.columns)
-                        frame = frame.join(why)
+                        frame = frame.join(explain_scored(detector, chunk, explain))
                 except MissingValuesError as exc:
                     # The file's count, not this part's: the rest read on, a part at a time
                     exc.count_parts(part for part, _ in parts)

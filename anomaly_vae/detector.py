@@ -62,6 +62,8 @@ from anomaly_vae.explanation import (
     REPAIR_STEPS,
     column_contributions,
     column_starts,
+    explanation_columns,
+    named_like_explanation,
     top_columns,
 )
 from anomaly_vae.latent_density import LATENT_SCORES, LatentNeighbours
@@ -181,6 +183,21 @@ def output_columns(model_name: str) -> tuple[str, ...]:
     every score, the score in use and the flag (``score_frame``), and the row numbers
     written for rows without an id (``outputs.identify_rows``)."""
     return (*available_scores(model_name), SCORE_COLUMN, FLAG_COLUMN, ROW_COLUMN)
+
+
+def refuse_id_named_like_scores(id_column: str | None, model_name: str) -> None:
+    """DataError, before a table model ``model_name`` is fit, when its ``id_column``
+    (passed through to the scores) has the name of a column its scores can add: one of
+    :func:`output_columns`, or one that ``score --explain K`` adds for some K (``why_1``,
+    ``why_1_nats``, ...): a model fit so could not explain its rows, its id sharing a
+    name with an explanation column or passing for one."""
+    refuse_id_named_like_outputs(id_column, output_columns(model_name))
+    if named_like_explanation(id_column):
+        raise DataError(
+            f"the id column {id_column!r} is named as score --explain names its columns "
+            f"({', '.join(explanation_columns(2))}, ...); rename it in the data and give "
+            "the new name as the id column (--id-col, data.id_column)"
+        )
 
 
 def as_table_or_images(X: Any) -> pd.DataFrame | np.ndarray:
@@ -652,7 +669,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             if model_class.uses_condition:
                 self._set_image_classes(config.model.name, condition, len(X))
         else:
-            refuse_id_named_like_outputs(config.data.id_column, output_columns(config.model.name))
+            refuse_id_named_like_scores(config.data.id_column, config.model.name)
             frame = as_frame(X)
             table = TablePreprocessor(config.data).fit(frame)
             self.preprocessor_ = table

@@ -35,6 +35,7 @@ one can be negative (repairing the column made the row no more normal).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -79,6 +80,23 @@ def explanation_columns(top: int) -> list[str]:
         for rank in range(1, top + 1)
         for name in (WHY_COLUMN, WHY_NATS_COLUMN)
     ]
+
+
+# Every name explanation_columns(K) gives a column, for any K
+EXPLANATION_NAME = re.compile(r"why_[1-9][0-9]*(_nats)?")
+
+
+def named_like_explanation(name: object) -> bool:
+    """True for a name that ``--explain K`` gives a column of the scores, for some K: an id
+    column so named, passed through to the scores, would clash with that column, or
+    pass for one where K is smaller.
+
+    >>> [named_like_explanation(n) for n in ("why_1", "why_12_nats", "why", "why_0")]
+    [True, True, False, False]
+    >>> all(named_like_explanation(name) for name in explanation_columns(12))
+    True
+    """
+    return isinstance(name, str) and EXPLANATION_NAME.fullmatch(name) is not None
 
 
 def column_starts(feature_columns: np.ndarray) -> np.ndarray:
@@ -144,11 +162,21 @@ def ensemble_not_explained() -> DataError:
 
 def refuse_unexplained(detector: object) -> None:
     """DataError when ``detector`` cannot explain rows, saying what to use instead: an
-    image model (its anomaly maps) or a family ensemble (one of its members). The one
-    check of ``score --explain`` and ``batch --explain``, made before anything is scored."""
+    image model (its anomaly maps) or a family ensemble (one of its members); or when
+    its id column, passed through to the scores, is named as the explanation's columns
+    are (:func:`named_like_explanation`; fit refuses such a name, a model fit by an
+    earlier version may have one). The one check of ``score --explain``, ``batch --explain`` (either
+    engine) and the logged model's ``explain``, made before anything is scored."""
     from anomaly_vae.detector import VAEDetector  # the detector builds on this module
 
     if getattr(detector, "data_kind_", None) == "image":
         raise DataError(f"--explain is for tables: {IMAGES_NOT_EXPLAINED}")
     if not isinstance(detector, VAEDetector):
         raise ensemble_not_explained()
+    id_column = detector.effective_config.data.id_column
+    if named_like_explanation(id_column):
+        raise DataError(
+            f"this model's id column {id_column!r} is named as --explain names its columns "
+            f"({', '.join(explanation_columns(2))}, ...): score without --explain, or refit "
+            "the model with the id column renamed in the data (--id-col)"
+        )

@@ -41,7 +41,12 @@ from anomaly_vae.data.preprocessing import (
     unseen_columns,
     warn_extra_columns,
 )
-from anomaly_vae.detector import MIN_TRAINING_ROWS, RUN_FILE, VAEDetector
+from anomaly_vae.detector import (
+    MIN_TRAINING_ROWS,
+    RUN_FILE,
+    VAEDetector,
+    refuse_id_named_like_scores,
+)
 from anomaly_vae.errors import DataError
 from anomaly_vae.models import get_model
 from anomaly_vae.training import EpochCallback, phase_line, shows_phases
@@ -153,6 +158,8 @@ def load_training_data(
         raise DataError(
             f"{config.data.label_column!r} is named as both the label and the id column"
         )
+    # As the detector's fit does, before a large file is read
+    refuse_id_named_like_scores(config.data.id_column, config.model.name)
     say_reading(source, config.training)
     frame = read_table(source, _id_columns(config), config.data.categorical_columns)
     with naming_file(source):

@@ -31,7 +31,7 @@ import pandas as pd
 from anomaly_vae.batch import score_file
 from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.explanation import refuse_unexplained
-from anomaly_vae.outputs import insert_id_column, refuse_id_named_like_outputs
+from anomaly_vae.outputs import insert_id_column
 
 SPARK_TYPES = {
     "float64": "double",
@@ -270,7 +270,6 @@ class SparkScorer:
         # its row number in the chunk (a worker's message would count within its batch).
         self.base.transform_features(frame)
         id_column = self.effective_config.data.id_column
-        refuse_id_named_like_outputs(id_column, self.explained)  # as the local engine does
         if len(frame):
             scores = self._spark_scores(frame)
         else:

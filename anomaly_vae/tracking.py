@@ -44,7 +44,6 @@ from anomaly_vae.explanation import explain_scored, refuse_unexplained
 from anomaly_vae.family import ENSEMBLE
 from anomaly_vae.fitting import INPUT_EXAMPLE_ROWS, Data, TrainingData
 from anomaly_vae.models import get_model
-from anomaly_vae.outputs import refuse_id_named_like_outputs
 from anomaly_vae.scoring import conditional_classes, warn_unknown_classes
 
 # Where runs go, also importable from here as before (store.py keeps `ui` light).
@@ -208,6 +207,8 @@ class AnomalyVAEPyfunc(PythonModel):
                     f"the parameter {EXPLAIN_PARAM!r} is how many columns to name per row, "
                     f"0 (none) or more, not {top}"
                 )
+            if top:
+                refuse_unexplained(self.detector)  # before anything is scored
             frame = pd.DataFrame(model_input)
             # The names the signature of a model logged before Windows-1252 requires
             table = cast(TablePreprocessor, _base_detector(self.detector).preprocessor_)
@@ -215,7 +216,7 @@ class AnomalyVAEPyfunc(PythonModel):
             with _package_warnings_off() if quiet else contextlib.nullcontext():
                 scores = self.detector.score_frame(frame)
                 if top:
-                    why = self._explained(frame, top)
+                    why = explain_scored(self.detector, frame, top)
                     # By position: both are in the frame's order with its index, which can
                     # repeat a label (frames concatenated), and a join on it multiplies rows.
                     for name in why.columns:
@@ -230,16 +231,6 @@ class AnomalyVAEPyfunc(PythonModel):
         except DataError as exc:
             # A served model answers 400 with this message, not a 500 with a stack trace.
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from exc
-
-    def _explained(self, frame: pd.DataFrame, top: int) -> pd.DataFrame:
-        """``VAEDetector.explain(frame, top)``; DataError for a family ensemble, or an id
-        column named like an explanation column, as `score --explain` refuses them."""
-        refuse_unexplained(self.detector)
-        why = explain_scored(self.detector, frame, top)
-        refuse_id_named_like_outputs(
-            _base_detector(self.detector).effective_config.data.id_column, why.columns
-        )
-        return why
 
 
 def _refuse_cast_unit_floats(images: np.ndarray) -> None:

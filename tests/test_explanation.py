@@ -304,3 +304,58 @@ def test_the_logged_models_explain_keeps_a_row_per_row_of_a_repeated_index(mixed
 def test_an_unknown_method_is_refused_naming_the_methods(mixed_detector):
     with pytest.raises(ValueError, match="available: repair, posterior"):
         mixed_detector.explain(mixed_table(5, seed=1), method="shapley")
+
+
+def test_an_id_column_named_like_an_explanation_column_is_refused_before_anything_is_scored(
+    tmp_path, monkeypatch
+):
+    """An id column `why_1` was accepted at fit and refused by `score --explain` only
+    after a part of the file was scored ("the scores add ... give the new name as the id
+    column (--id-col)", an option score does not take); `batch --explain` failed every
+    input in turn, each recorded as failed in the ledger. Fit now refuses any name
+    --explain gives a column, before it reads the data; a model fit before is refused
+    with --explain, by score, batch and the logged model, before anything is scored."""
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_vae.batch import LEDGER_FILE
+    from anomaly_vae.scoring import score_table
+
+    monkeypatch.chdir(tmp_path)
+    table = mixed_table(300, seed=0).rename(columns={"reading_id": "why_1"})
+    table.to_csv("train.csv", index=False)
+    for name in ("why_1", "why_2_nats"):
+        config = tiny_config(f"data.id_column={name}").detector_config()
+        with pytest.raises(DataError, match=f"id column '{name}' is named as score --explain"):
+            VAEDetector(config).fit(table.rename(columns={"why_1": name}))
+    fit = CliRunner().invoke(
+        main, ["fit", "missing.csv", "--id-col", "why_1", "--no-tracking", "--model-dir", "m"]
+    )
+    assert fit.exit_code == 1, fit.output  # before the file is read: it is not there
+    assert "Error: the id column 'why_1' is named as score --explain names its columns" in (
+        fit.output
+    )
+    # A model fit before fit refused the name.
+    monkeypatch.setattr("anomaly_vae.detector.refuse_id_named_like_scores", lambda *_: None)
+    config = tiny_config("data.id_column=why_1", "training.epochs=2").detector_config()
+    VAEDetector(config).fit(table).save(tmp_path / "old")
+    (tmp_path / "in").mkdir()
+    table.head(40).to_csv(tmp_path / "in" / "new.csv", index=False)
+    data, said = tmp_path / "in" / "new.csv", "this model's id column 'why_1' is named as"
+    refused = run_score(data, tmp_path / "old", tmp_path / "s.csv", "--explain", "2")
+    assert refused.exit_code == 2 and said in refused.output, refused.output
+    assert "score without --explain, or refit the model" in refused.output
+    assert not (tmp_path / "s.csv").exists()
+    plain = run_score(data, tmp_path / "old", tmp_path / "s.csv")  # scores as before
+    assert plain.exit_code == 0 and pd.read_csv(tmp_path / "s.csv").columns[0] == "why_1"
+    batch = ["batch", "in", "--output-dir", "out", "--model", "old", "--no-tracking"]
+    refused = CliRunner().invoke(main, [*batch, "--explain", "1"])
+    assert refused.exit_code == 2 and said in refused.output, refused.output
+    assert not (tmp_path / "out" / LEDGER_FILE).exists()  # no input recorded as failed
+    old = VAEDetector.load(tmp_path / "old")
+    with pytest.raises(DataError, match=said):  # in Python too
+        score_table(data, old, tmp_path / "s.parquet", explain=1)
+    model = AnomalyVAEPyfunc()
+    model.detector = old
+    monkeypatch.setattr(old, "score_frame", None)  # refused before it is called
+    with pytest.raises(MlflowException, match=said):
+        model.predict(None, table.head(3), params={"explain": 1})
