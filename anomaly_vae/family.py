@@ -322,6 +322,7 @@ def _track(
                     mlflow.log_metric(CRITERION_METRIC, candidate.criterion)
         mlflow.set_tags(
             {
+                "kind": "fit",  # as every fit run is tagged (calibrate runs: "calibrate")
                 "chosen_variant": result.chosen,
                 "selected_by": result.select_by,
                 "model": result.chosen,  # as a fit run tags its model, for the runs table

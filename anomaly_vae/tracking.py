@@ -380,7 +380,9 @@ def log_detector(
     if isinstance(detector, VAEDetector):
         # The config logs auto settings as None; a reviewer needs the values used.
         mlflow.log_params({f"auto.{k}": v for k, v in detector.auto_settings.items()})
-    mlflow.set_tags({"model": config.model.name, "score": detector.calibration_["score"]})
+    mlflow.set_tags(
+        {"kind": "fit", "model": config.model.name, "score": detector.calibration_["score"]}
+    )
     log_sources(data)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch)
@@ -576,13 +578,19 @@ def log_model(
     champion = config.tracking.register_champion if register is None else register
     # The runs table and the registry list runs and versions by name and number alone
     # ("fit vae", version 7): a line saying what each is tells them apart at a glance.
-    description = model_description(detector, MlflowClient().get_run(run.info.run_id))
+    logged = MlflowClient().get_run(run.info.run_id)
+    description = model_description(detector, logged)
     mlflow.set_tag(NOTE_TAG, description)
     if version is not None:
         model_uri = f"models:/{config.tracking.registered_model_name}/{version}"
         MlflowClient().update_model_version(
             config.tracking.registered_model_name, version, description=description
         )
+        # A reviewer of the Models page sees the version's tags, not its run's.
+        for key, value in version_tags(logged.data.tags).items():
+            MlflowClient().set_model_version_tag(
+                config.tracking.registered_model_name, version, key, value
+            )
         if champion:
             MlflowClient().set_registered_model_alias(
                 config.tracking.registered_model_name, CHAMPION_ALIAS, version
@@ -597,6 +605,31 @@ def log_model(
 
 
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+# Run tags copied to the model version the run registers, where the run has them: what
+# the model is (variant, score, how its threshold was chosen), the data it was fit or
+# recalibrated on, and for a calibrate run the model it came from.
+VERSION_TAGS = (
+    "kind",
+    "model",
+    "score",
+    "threshold_method",
+    "data",
+    "eval_data",
+    "normal_classes",
+    "source_model",
+    "source_run_id",
+    "source_model_version",
+)
+
+
+def version_tags(run_tags: dict[str, str]) -> dict[str, str]:
+    """The tags of a registered model version: those of ``VERSION_TAGS`` that its run
+    (``run_tags``: the run's tags) has, in that order.
+
+    >>> version_tags({"data": "/d/a.csv", "training_ended_by": "early stopping", "kind": "fit"})
+    {'kind': 'fit', 'data': '/d/a.csv'}
+    """
+    return {key: run_tags[key] for key in VERSION_TAGS if key in run_tags}
 
 
 def model_description(detector: Any, run: Any) -> str:

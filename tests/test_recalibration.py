@@ -278,6 +278,19 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     assert run.data.tags["source_model_version"] == "pumps/1"
     # Absolute: a reviewer of the run cannot resolve a path relative to where it ran.
     assert run.data.tags["data"] == str(Path.cwd() / "labelled.csv")
+    # The same on the registered version, which a reviewer of the Models page sees (its
+    # tags were empty); the fit's version has its data and no source.
+    assert client.get_model_version("pumps", "2").tags == {
+        "kind": "calibrate",
+        "threshold_method": "f1",
+        "data": str(Path.cwd() / "labelled.csv"),
+        "source_model": f"latest local fit ({Path.cwd() / 'source'})",
+        "source_run_id": source_run,
+        "source_model_version": "pumps/1",
+    }
+    fit_tags = client.get_model_version("pumps", "1").tags
+    assert fit_tags["data"] == str(Path.cwd() / "train.csv") and fit_tags["kind"] == "fit"
+    assert "source_run_id" not in fit_tags
     assert client.search_registered_models(filter_string="name = 'anomaly-vae'") == []
     assert client.get_experiment_by_name("anomaly-vae") is None  # nothing logged there
     # An alias is recorded as the version it pointed at before it moved.

@@ -63,6 +63,22 @@ def test_run_and_version_say_what_the_model_is(fitted_run):
     )
 
 
+def test_a_fit_version_carries_its_runs_tags_on_data_and_model(fitted_run):
+    # The registry's Models page shows the version's tags, which were empty ({}).
+    root, result = fitted_run
+    client = MlflowClient()
+    version = client.get_model_version("anomaly-vae", result.run.model_version)
+    assert version.tags == {
+        "kind": "fit",
+        "model": "vae",
+        "score": "negative_elbo",
+        "threshold_method": "quantile",
+        "data": str(root / "train.csv"),
+    }
+    run_tags = client.get_run(result.run.run_id).data.tags
+    assert all(run_tags[key] == value for key, value in version.tags.items())
+
+
 def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     _, result = fitted_run
     client = MlflowClient()
