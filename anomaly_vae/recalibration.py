@@ -7,6 +7,7 @@ operation (method ``quantile``: their ``1 - target_fpr`` quantile, as at fit).""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from anomaly_vae.config import (
     QUANTILE_THRESHOLD,
     Config,
     EvaluationConfig,
+    TrackingConfig,
     TrainingConfig,
     load_config,
 )
@@ -414,7 +416,7 @@ def calibrate_model(
             phase_line("logging the run to MLflow")
         with tracking.logging_after(f"the model is saved in {saved}"):
             result.run = _track(
-                result, labels, example, scores, source, origin, project_dir, register
+                result, labels, example, scores, source, origin, project_dir, register, intervals
             )
         record_run(saved, result.run.run_id)
     return result
@@ -527,12 +529,14 @@ def _track(
     origin: _Origin,
     project_dir: Path,
     register: bool,
+    intervals: EvaluationConfig,
 ) -> Any:
-    """One MLflow run, in the source model's experiment: the source model, the data, the
-    old and new threshold, the evaluation and its plots (``scores (n,)``: those of the
-    rows, not computed again, of ``labels (n,)``), and the recalibrated model (its input
-    ``example``: the first rows, or the images) as a new version of the source's
-    registered model."""
+    """One MLflow run, in the source model's experiment: the source model, the data (a
+    table file by path, SHA-256 and row counts), the recalibrated model's settings as a
+    fit logs its own, the old and new threshold, the evaluation (with the bootstrap
+    ``intervals``) and its plots (``scores (n,)``: those of the rows, not computed again,
+    of ``labels (n,)``), and the recalibrated model (its input ``example``: the first
+    rows, or the images) as a new version of the source's registered model."""
     import tempfile
 
     import mlflow
@@ -542,8 +546,7 @@ def _track(
     # What the logging reads of the rows: their labels (their scores are given) and the
     # model's input example, the first rows; a table's other rows were never kept.
     logged = TrainingData(example, evaluation_labels=labels)
-    config: Config = load_config()
-    config.tracking.registered_model_name = origin.registered_name
+    config = _run_config(result.detector, origin, intervals, register)
     tracking.use_tracking(origin.experiment, project_dir)
     calibration = result.detector.calibration_
     with mlflow.start_run(run_name="calibrate") as run:
@@ -555,11 +558,39 @@ def _track(
         mlflow.set_tags(tags | origin.tags)
         target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
         mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})
-        mlflow.log_metrics(
-            {"previous_threshold": result.previous_threshold, "data_rows": len(labels)}
-        )
+        tracking.log_config(result.detector, config)
+        tracking.log_data_file(source, labels, context="calibration")
+        mlflow.log_metric("previous_threshold", result.previous_threshold)
         with tempfile.TemporaryDirectory() as scratch:
             out = Path(scratch)
+            tracking.write_config(config, out)
             tracking.log_calibration(result.detector, logged, result.evaluation, out, scores)
             mlflow.log_artifacts(str(out))
         return tracking.log_model(result.detector, config, result.model_dir, logged, run, register)
+
+
+def _run_config(
+    detector: Any, origin: _Origin, intervals: EvaluationConfig, register: bool
+) -> Config:
+    """The calibrate run's configuration, logged as a fit logs its own: the recalibrated
+    model's settings (its calibration section the new threshold's), the ``intervals`` of
+    its figures, and where it is tracked (the source's experiment and registered model;
+    ``register``: whether the champion alias moves)."""
+    from anomaly_vae.ensemble import EnsembleDetector
+    from anomaly_vae.family import ENSEMBLE
+
+    # A copy: the detector's own is saved with it, and an ensemble's is its first member's.
+    settings = copy.deepcopy(detector.effective_config)
+    config = Config(
+        **{field.name: getattr(settings, field.name) for field in dataclasses.fields(settings)},
+        evaluation=copy.deepcopy(intervals),
+        tracking=TrackingConfig(
+            experiment=origin.experiment,
+            registered_model_name=origin.registered_name,
+            register_champion=register,
+            log_views=False,  # a calibrate run logs none
+        ),
+    )
+    if isinstance(detector, EnsembleDetector):
+        config.model.name = ENSEMBLE  # as the family's run of the ensemble names it
+    return config

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import requests
 import yaml
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
@@ -376,10 +377,7 @@ def log_detector(
     ``scores``: as :func:`log_calibration`."""
     # Callers start the run; without one this fails as before, on None.
     run_id = cast(mlflow.ActiveRun, mlflow.active_run()).info.run_id
-    mlflow.log_params(run_params(config, variants_of(detector)))
-    if isinstance(detector, VAEDetector):
-        # The config logs auto settings as None; a reviewer needs the values used.
-        mlflow.log_params({f"auto.{k}": v for k, v in detector.auto_settings.items()})
+    log_config(detector, config)
     mlflow.set_tags(
         {"kind": "fit", "model": config.model.name, "score": detector.calibration_["score"]}
     )
@@ -411,6 +409,16 @@ def log_detector(
         mlflow.log_artifacts(str(out))
 
 
+def log_config(detector: Any, config: Config) -> None:
+    """Into the active run: ``config`` as parameters (:func:`run_params`, the ``model.*``
+    settings that ``detector``'s variants read) and, for a ``VAEDetector``, the value each
+    auto setting took for its data as ``auto.<key>``; a fit's and a calibrate run's alike."""
+    mlflow.log_params(run_params(config, variants_of(detector)))
+    if isinstance(detector, VAEDetector):
+        # The config logs auto settings as None; a reviewer needs the values used.
+        mlflow.log_params({f"auto.{k}": v for k, v in detector.auto_settings.items()})
+
+
 def write_config(config: Config, out: Path) -> None:
     """``out/config.yaml``: the resolved config as YAML (it loads back with --config)."""
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
@@ -432,17 +440,74 @@ def log_sources(data: TrainingData) -> None:
             # "normal rows", as the fit's summary counts them ("Trained 'vae' on 15,839
             # normal rows (train 11,879 / ...)"); "training rows" are the train split.
             name = f"{name} (sample of {len(frame):,} of {len(data.train):,} normal rows)"
-        with warnings.catch_warnings():
-            # MLflow registers two equivalent source kinds for a local path and says so.
-            warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
-            # Its hint that integer columns cannot hold NaN is about model signatures;
-            # this schema only describes the normal rows.
-            warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
+        with _dataset_warnings_off():
             # mlflow.data adds its from_* constructors at import, unseen by mypy.
             dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
                 frame, source=source, name=name
             )
             mlflow.log_input(dataset, context="training")
+
+
+@contextlib.contextmanager
+def _dataset_warnings_off() -> Iterator[None]:
+    """MLflow's warnings on logging a dataset that say nothing of this one."""
+    with warnings.catch_warnings():
+        # MLflow registers two equivalent source kinds for a local path and says so.
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        # Its hint that integer columns cannot hold NaN is about model signatures; a
+        # dataset's schema only describes its rows.
+        warnings.filterwarnings("ignore", INTEGER_SCHEMA_HINT, UserWarning)
+        yield
+
+
+class _FileDataset(MetaDataset):
+    """A data file logged by reference (a run that never held it whole): its source,
+    name and digest, and as its profile its row counts, which MLflow's metadata-only
+    dataset has no place for."""
+
+    def __init__(self, source: Any, name: str, digest: str, profile: dict[str, int]) -> None:
+        self._profile = profile
+        super().__init__(source, name=name, digest=digest)
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        config = super().to_dict()
+        config["profile"] = json.dumps(self._profile)
+        return config
+
+
+def log_data_file(source: str | Path, labels: np.ndarray, context: str) -> None:
+    """Into the active run, what it read of ``source`` (every row or image, with
+    ``labels`` ``(n,)``, True = anomaly): metrics ``data_rows``, ``data_normal_rows`` and
+    ``data_anomalous_rows`` (images, for an image source); for a table file also the tag
+    ``data_sha256`` (of its bytes) and a dataset input (``context``; under Datasets in the
+    UI) by reference: its path, name, digest (the SHA-256's first 8 hex digits, as long
+    as MLflow's own) and the row counts as profile, no schema (the run read it a part at
+    a time, and a schema of some rows could misstate the rest)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+
+    from anomaly_vae.batch import file_digest
+    from anomaly_vae.data.images import source_location
+
+    counts = {
+        "data_rows": len(labels),
+        "data_normal_rows": int(np.count_nonzero(~labels)),
+        "data_anomalous_rows": int(np.count_nonzero(labels)),
+    }
+    mlflow.log_metrics({key: float(value) for key, value in counts.items()})
+    path = Path(source)
+    if not path.is_file():  # a folder of images or a torchvision set: no one file to hash
+        return
+    sha256 = file_digest(path)
+    mlflow.set_tag("data_sha256", sha256)
+    with _dataset_warnings_off():
+        location = source_location(path)  # as the tag "data" names it
+        profile = {f"num_{key.removeprefix('data_')}": value for key, value in counts.items()}
+        dataset = _FileDataset(resolve_dataset_source(location), path.name, sha256[:8], profile)
+        mlflow.log_input(dataset, context=context)
 
 
 def dataset_sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:

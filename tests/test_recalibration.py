@@ -1,5 +1,6 @@
 """`anomaly-vae calibrate`: a fitted model's threshold chosen again on labelled data."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from anomaly_vae.cli import main
@@ -236,8 +238,35 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     assert "quantile of 360 normal rows" in result.output
     assert "On the labelled rows (optimistic)" in result.output
     mlflow.set_tracking_uri(tracking_store)
-    run = MlflowClient().get_run(MlflowClient().get_model_version("anomaly-vae", "2").run_id)
-    assert run.data.params == {"method": "quantile", "target_fpr": "0.01"}
+    client = MlflowClient()
+    run = client.get_run(client.get_model_version("anomaly-vae", "2").run_id)
+    params = run.data.params
+    assert params["method"] == "quantile" and params["target_fpr"] == "0.01"
+    # The recalibrated model's settings as the fit logged its own (they were missing):
+    # every parameter of the fit run, auto settings included, with its value, as this
+    # quantile at the fit's target changed none.
+    fit_params = client.get_run(client.get_model_version("anomaly-vae", "1").run_id).data.params
+    assert "model.latent_dim" in fit_params and "auto.scoring.score" in fit_params
+    assert {key: params.get(key) for key in fit_params} == fit_params
+    logged = yaml.safe_load(
+        Path(client.download_artifacts(run.info.run_id, "config.yaml")).read_text()
+    )
+    assert logged["calibration"]["method"] == "quantile" and logged["model"]["latent_dim"] == 2
+    # The data, by path, SHA-256 and row counts (a table file read a part at a time is
+    # never held whole, so a dataset input by reference, without a schema).
+    sha256 = hashlib.sha256(Path("labelled.csv").read_bytes()).hexdigest()
+    assert run.data.tags["data_sha256"] == sha256
+    counts = {"data_rows": 400, "data_normal_rows": 360, "data_anomalous_rows": 40}
+    assert {key: run.data.metrics[key] for key in counts} == counts
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.tags[0].value == "calibration"
+    assert (dataset.dataset.name, dataset.dataset.digest) == ("labelled.csv", sha256[:8])
+    assert json.loads(dataset.dataset.source)["uri"] == str(Path.cwd() / "labelled.csv")
+    assert json.loads(dataset.dataset.profile) == {
+        "num_rows": 400,
+        "num_normal_rows": 360,
+        "num_anomalous_rows": 40,
+    }
     # Its calibration rows are the 360 normal rows, which calibration_fpr counts; the
     # fit's held-out 75 were logged as rows_calibration beside it.
     assert run.data.metrics["rows_calibration"] == 360
