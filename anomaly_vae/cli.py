@@ -643,7 +643,12 @@ def batch(
         import mlflow
 
         from anomaly_vae.data.images import source_location
-        from anomaly_vae.tracking import logging_after, quick_requests, use_tracking
+        from anomaly_vae.tracking import (
+            log_failed_inputs,
+            logging_after,
+            quick_requests,
+            use_tracking,
+        )
 
         # Quick: the scores are kept either way; a tracking server that is down must not
         # hold a scheduled run (and its Spark session) for minutes of MLflow's retries.
@@ -669,6 +674,8 @@ def batch(
                         ),
                     }
                 )
+                # What failed and why, which only the ledger and stderr said.
+                log_failed_inputs(report.failed)
     if report.failed:
         raise click.exceptions.Exit(1)
 

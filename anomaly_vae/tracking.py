@@ -731,6 +731,31 @@ def model_description(detector: Any, run: Any) -> str:
     return text
 
 
+FAILED_ARTIFACT = "failed.csv"  # a batch run's inputs that failed, with their reasons
+FAILED_TAG_CHARS = 500  # the tag naming them is cut here: the artifact has them all
+
+
+def log_failed_inputs(failed: dict[str, str]) -> None:
+    """Into the active (batch) run, the inputs that failed (``failed``: ``{path: reason}``,
+    as ``BatchReport.failed``), when any did: the artifact ``failed.csv`` (columns
+    ``input``, the absolute path as the ledger records it, and ``reason``) and the tag
+    ``failed_inputs``, their file names in a line that the runs table can show."""
+    if not failed:
+        return
+    paths = [Path(path) for path in failed]
+    table = pd.DataFrame(
+        {"input": [str(path.resolve()) for path in paths], "reason": list(failed.values())}
+    )
+    names = ", ".join(path.name for path in paths)
+    if len(names) > FAILED_TAG_CHARS:
+        names = f"{names[:FAILED_TAG_CHARS].rsplit(', ', 1)[0]}, ... ({len(paths)} in all)"
+    mlflow.set_tag("failed_inputs", names)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / FAILED_ARTIFACT
+        table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
 def _log_history(client: MlflowClient, run_id: str, detector: VAEDetector) -> None:
     """Per-epoch losses as metric series (step = epoch), in one batched call per 1000."""
     history = detector.history_

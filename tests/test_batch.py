@@ -224,6 +224,49 @@ def test_each_batch_run_is_logged_to_mlflow_with_drift(model_dir, tmp_path, monk
     assert explained.exit_code == 0 and "scored 2 files" in explained.output, explained.output
     latest = mlflow.search_runs(experiment_names=["anomaly-vae-batch"]).iloc[0]
     assert latest["tags.model"] == run["tags.model"] and latest["tags.explain"] == "1"
+    # Nothing failed: no list of failures
+    assert "tags.failed_inputs" not in runs.columns
+    assert not mlflow.MlflowClient().list_artifacts(run["run_id"])
+
+
+def test_a_batch_run_in_mlflow_names_the_inputs_that_failed_and_why(
+    model_dir, tmp_path, monkeypatch
+):
+    # The reasons were only in the ledger and on stderr; the run counted the failures.
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(50, seed=1).to_csv(inputs / "good.csv", index=False)
+    mixed_table(50, seed=1).drop(columns="load").to_csv(inputs / "bad.csv", index=False)
+    mixed_table(5, seed=1).head(0).to_csv(inputs / "empty.csv", index=False)
+    result = CliRunner().invoke(
+        main, ["batch", "in", "--output-dir", "out", "--model", str(model_dir), "--quiet"]
+    )
+    assert result.exit_code == 1 and "2 failed" in result.output
+    (run,) = mlflow.search_runs(experiment_names=["anomaly-vae-batch"], output_format="list")
+    assert run.data.tags["failed_inputs"] == "bad.csv, empty.csv"
+    failed = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/failed.csv"))
+    ledger = Ledger(tmp_path / "out" / LEDGER_FILE).entries()
+    ledger = ledger[ledger["status"] == "failed"][["input", "reason"]]
+    # The ledger's absolute paths and its reasons, which the run's own stderr listed
+    pd.testing.assert_frame_equal(
+        failed.sort_values("input", ignore_index=True),
+        ledger.sort_values("input", ignore_index=True),
+    )
+    assert failed["input"].tolist() == [str(inputs / "bad.csv"), str(inputs / "empty.csv")]
+    assert "missing column 'load'" in failed["reason"][0]
+    assert "has a header but no data rows" in failed["reason"][1]
+    # Many failures: the tag is cut short, and says how many there were; the file has all.
+    from anomaly_vae.tracking import log_failed_inputs
+
+    many = {f"in/input-{i:03d}-with-a-long-name.csv": "unreadable" for i in range(100)}
+    with mlflow.start_run() as many_run:
+        log_failed_inputs(many)
+    tag = mlflow.get_run(many_run.info.run_id).data.tags["failed_inputs"]
+    assert len(tag) < 550 and tag.startswith("input-000-") and tag.endswith(", ... (100 in all)")
 
 
 def test_a_small_batch_of_normal_rows_is_no_drift(model_dir, tmp_path, monkeypatch):
