@@ -33,7 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ParamSchema, ParamSpec
+from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
 from anomaly_vae.config import QUANTILE_THRESHOLD, Config, flatten, to_dict
 from anomaly_vae.data import TablePreprocessor, take_rows
@@ -317,7 +317,22 @@ def model_signature(detector: Any, example: pd.DataFrame | np.ndarray) -> ModelS
     params = ParamSchema(
         [ParamSpec(LOG_WARNINGS_PARAM, "boolean", True), ParamSpec(EXPLAIN_PARAM, "long", 0)]
     )
-    return ModelSignature(inputs=None, outputs=outputs, params=params)
+    return ModelSignature(inputs=None, outputs=_ids_as_given(outputs, detector), params=params)
+
+
+def _ids_as_given(outputs: Schema, detector: Any) -> Schema:
+    """``outputs`` with the id column declared ``Any`` and optional: the model returns
+    the ids as it was given them (integers for integers, as pandas reads a CSV request or
+    JSON numbers; text for text; a missing one as None), and no id column for a request
+    without one. Inferred from the input example, which reads ids as text, it was
+    declared ``string`` and required, whatever the request held."""
+    id_column = _base_detector(detector).effective_config.data.id_column
+    return Schema(
+        [
+            ColSpec(AnyType(), name=spec.name, required=False) if spec.name == id_column else spec
+            for spec in cast(list[ColSpec], outputs.inputs)
+        ]
+    )
 
 
 def input_example(

@@ -266,6 +266,39 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
     assert error.value.error_code == "INVALID_PARAMETER_VALUE"
 
 
+def test_the_signature_declares_the_ids_as_the_model_returns_them(fitted_run):
+    """Integer ids came back as int64 (and as JSON numbers from the scoring server) from a
+    model whose signature declared the id column ``string`` (its input example reads ids
+    as text): the id is passed through as given, so the signature says ``Any``, optional
+    (a request without ids gets none back), and every other column as predict returns it."""
+    from mlflow.pyfunc.scoring_server import invocations
+    from mlflow.types.schema import AnyType
+
+    _, result = fitted_run
+    model = mlflow.pyfunc.load_model(result.run.model_uri)
+    outputs = model.metadata.get_output_schema()
+    (id_spec,) = [spec for spec in outputs.inputs if spec.name == "reading_id"]
+    assert isinstance(id_spec.type, AnyType) and not id_spec.required
+    fresh = mixed_table(6, seed=8).drop(columns="is_fault")
+    for ids in (np.arange(100, 106), fresh["reading_id"], None):
+        request = fresh.drop(columns="reading_id") if ids is None else fresh.assign(reading_id=ids)
+        scores = model.predict(request)
+        for spec in outputs.inputs:
+            if spec.name not in scores.columns:
+                assert not spec.required, spec.name
+            elif not isinstance(spec.type, AnyType):
+                assert scores[spec.name].dtype == spec.type.to_pandas(), spec.name
+        if ids is not None:
+            assert scores["reading_id"].tolist() == list(ids)  # as given, numbers or text
+            # The scoring server answers JSON with the ids as they were posted.
+            split = json.loads(request.to_json(orient="split", index=False))
+            answer = invocations(
+                json.dumps({"dataframe_split": split}), "application/json", model, None
+            )
+            served = [row["reading_id"] for row in json.loads(answer.response)["predictions"]]
+            assert served == [row[0] for row in split["data"]] == scores["reading_id"].tolist()
+
+
 def test_the_served_table_model_takes_json_csv_and_parquet(fitted_run):
     """`mlflow models serve` answers JSON, CSV and Parquet requests alike, with the
     scores of the detector; bad input is the model's own 400 error. (CSV was refused
