@@ -27,9 +27,6 @@ from anomaly_vae.data.images import TORCHVISION_SETS
 from anomaly_vae.errors import AnomalyVAEError, ConfigError, DataError
 
 DEFAULTS = Config()
-# calibrate (f1, recall) asks for a check when the new threshold flags more than this many
-# times the fit's target share of held-out normal rows
-ALARMING_FPR_FACTOR = 5
 # The torchvision sources DATA may name, as the help texts list them ("mnist:ROOT, ...
 # or kmnist:ROOT"), from the reader's own list so that --help names every one it accepts.
 _SOURCES = [f"{prefix}:ROOT" for prefix in TORCHVISION_SETS]
@@ -768,7 +765,10 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     help="Where to save the recalibrated model [default: mlruns/models/<timestamp>/].",
 )
 @click.option(
-    "--register", is_flag=True, help="Move the MLflow alias 'champion' to the new version."
+    "--register",
+    is_flag=True,
+    help="Move the MLflow alias 'champion' to the new version, unless its threshold asks "
+    "for a check (the summary says so, and how to move the alias once checked).",
 )
 @click.option(
     "--no-tracking", is_flag=True, help="Do not log to MLflow (the model is still saved)."
@@ -811,7 +811,7 @@ def calibrate(
     on the rows that chose the threshold are optimistic; the false-positive rate on the
     fit's held-out normal rows (f1, recall) is not.
     """
-    from anomaly_vae.recalibration import calibrate_model
+    from anomaly_vae.recalibration import ALARMING_FPR_FACTOR, calibrate_model
 
     if target_fpr is not None and method != QUANTILE_THRESHOLD:
         raise click.UsageError("--target-fpr is for --method quantile")
@@ -893,7 +893,7 @@ def calibrate(
             f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
         )
         fit_target = detector.effective_config.calibration.target_fpr
-        if calibration["calibration_fpr"] > ALARMING_FPR_FACTOR * fit_target:
+        if result.check is not None:
             click.echo(
                 f"Check before you use it: it flags more than {ALARMING_FPR_FACTOR} times "
                 f"the {100 * fit_target:g}% of normal {unit} the model was fit to flag; "
@@ -907,6 +907,14 @@ def calibrate(
         run = result.run
         alias = f" (alias '{CHAMPION_ALIAS}' moved to it)" if run.champion else ""
         click.echo(f"MLflow run {run.run_id}; registered model {run.model_uri}{alias}")
+        if result.move_champion is not None:
+            kept = result.champion_kept_on
+            where = "left unset" if kept is None else f"left on version {kept}"
+            click.echo(
+                f"Alias '{CHAMPION_ALIAS}' {where}, as the threshold asks for a check; to "
+                f"move it to version {run.model_version} once checked: {result.move_champion}",
+                err=True,
+            )
 
 
 @main.command()

@@ -13,6 +13,8 @@ import datetime
 import json
 import logging
 import os
+import shlex
+import sys
 import tempfile
 import time
 import warnings
@@ -684,10 +686,32 @@ def log_model(
     )
 
 
+def alias_version(name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+    """The version of the registered model ``name`` that ``alias`` names now, or None."""
+    aliases = MlflowClient().get_registered_model(name).aliases
+    return str(aliases[alias]) if alias in aliases else None
+
+
+def move_alias_command(name: str, version: str, alias: str = CHAMPION_ALIAS) -> str:
+    """A shell command that moves ``alias`` of the registered model ``name`` to
+    ``version`` in the tracking store in use: MLflow's client, run by this Python (the
+    ``mlflow`` command has no alias command), the store named as MLflow would not find
+    the project's embedded one by itself."""
+    arguments = ", ".join(json.dumps(value) for value in (name, alias, version))
+    code = (
+        f"from mlflow import MlflowClient; MlflowClient().set_registered_model_alias({arguments})"
+    )
+    return (
+        f"MLFLOW_TRACKING_URI={shlex.quote(mlflow.get_tracking_uri())} "
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
+    )
+
+
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 # Run tags copied to the model version the run registers, where the run has them: what
 # the model is (variant, score, how its threshold was chosen), the data it was fit or
-# recalibrated on, and for a calibrate run the model it came from.
+# recalibrated on, and for a calibrate run the model it came from and why its threshold
+# asks for a check (when it does).
 VERSION_TAGS = (
     "kind",
     "model",
@@ -699,6 +723,7 @@ VERSION_TAGS = (
     "source_model",
     "source_run_id",
     "source_model_version",
+    "needs_check",
 )
 
 

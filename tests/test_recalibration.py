@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -415,6 +416,46 @@ def test_a_threshold_that_flags_much_of_normal_operation_asks_for_a_check(tmp_pa
     mixed_table(400, seed=1, anomalies=40).to_csv("labelled.csv", index=False)
     sound = _calibrate("source", "--method", "f1", "--no-tracking")
     assert sound.exit_code == 0 and "Check before you use it" not in sound.output
+
+
+def test_register_keeps_the_champion_on_its_version_when_the_threshold_asks_for_a_check(
+    tracking_store,
+):
+    # The alias moved to the new version even after the warning, and scheduled batch
+    # scoring follows models:/anomaly-vae@champion: a suspect threshold went live at once.
+    import subprocess
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    _fit("source", "--set", "tracking.log_views=false", "--register")
+    mislabelled = mixed_table(400, seed=1)  # normal rows, 30 labelled anomalous by mistake
+    mislabelled["is_fault"] = 0
+    mislabelled.loc[mislabelled.index[:30], "is_fault"] = 1
+    mislabelled.to_csv("labelled.csv", index=False)
+    result = _calibrate("source", "--method", "recall", "--target-recall", "0.9", "--register")
+    assert result.exit_code == 0, result.output
+    assert "Check before you use it" in result.output
+    assert result.output.count("registered model models:/anomaly-vae/2\n") == 1  # not moved
+    said = "Alias 'champion' left on version 1, as the threshold asks for a check; to move "
+    said += "it to version 2 once checked: "
+    (line,) = [line for line in result.output.splitlines() if line.startswith(said)]
+    mlflow.set_tracking_uri(tracking_store)
+    client = MlflowClient()
+    assert client.get_registered_model("anomaly-vae").aliases == {"champion": 1}
+    version = client.get_model_version("anomaly-vae", "2")
+    assert version.tags["needs_check"].startswith("it flags ")
+    assert version.tags["needs_check"].endswith(
+        "times the 1% the model was fit to flag; --register did not move the champion alias to it"
+    )
+    params = client.get_run(version.run_id).data.params
+    assert params["tracking.register_champion"] == "False"  # as the run did
+    # The command it names moves the alias, from anywhere (the store is named in it).
+    command = line.removeprefix(said)
+    unset = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    moved = subprocess.run(command, shell=True, cwd="/", env=unset, capture_output=True, text=True)
+    assert moved.returncode == 0, moved.stderr
+    assert client.get_registered_model("anomaly-vae").aliases == {"champion": 2}
 
 
 def test_evaluation_settings_set_the_interval_and_other_settings_are_refused(tmp_path, monkeypatch):
