@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from scipy import stats
 from sklearn import metrics
 
 from anomaly_vae.config import LABELLED_THRESHOLD_METHODS as LABELLED_METHODS
@@ -31,6 +32,12 @@ logger = logging.getLogger(__name__)
 CURVE_POINTS = 1_000
 FEW_LABELLED_ROWS = 10  # fewer labelled rows of a class than this get a warning: one
 # more row can move an F1- or recall-chosen threshold past many scores
+SCORE_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)  # of the calibration scores, in calibration.json
+EXPECTED_FPR_LEVEL = 0.9  # the interval of the false-positive rate to expect on new normal
+# rows of a quantile threshold: 90% of calibration sets give a threshold whose rate is in it
+FEW_ROWS_ABOVE = 5  # fewer calibration rows above a quantile threshold than this: its rate
+# on new rows is uncertain by a factor of 4.6 (90% interval of 4 above: 2.0/n to 9.2/n) or
+# more (1 above: 0.36/n to 4.7/n), and the summary says how many rows would pin it down
 
 METHOD_DESCRIPTIONS = {
     QUANTILE: "quantile of held-out normal scores",
@@ -66,11 +73,59 @@ def quantile_threshold(
     return float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
 
 
+def expected_fpr(n: int, above: int, level: float = EXPECTED_FPR_LEVEL) -> dict[str, float]:
+    """The false-positive rate to expect on new normal rows of a threshold taken at one of
+    ``n`` calibration scores, with ``above`` of them strictly above it: its mean and a
+    central ``level`` interval, shares in [0, 1] (keys ``expected_fpr_mean``,
+    ``expected_fpr_low``, ``expected_fpr_high``, ``expected_fpr_level``).
+
+    For exchangeable rows (calibration rows and new rows from the same distribution), the
+    share of new rows above the ``k``-th largest of ``n`` scores (the coverage of an
+    order statistic) follows ``Beta(k, n + 1 - k)``, whatever the scores' distribution;
+    here ``k = above + 1``. Scores tied with the threshold are not flagged, and only make
+    the rate lower than this says (the interval is then conservative). A rate in the
+    interval is what a share ``level`` of calibration sets would give; the calibration
+    rows' own rate, ``above / n``, is lower on average.
+
+    >>> rate = expected_fpr(150, 1)  # 1% of 150 scores: the 2nd largest
+    >>> [round(100 * rate[f"expected_fpr_{k}"], 2) for k in ("low", "mean", "high")]
+    [0.24, 1.32, 3.12]
+    """
+    if not 0 <= above < n:
+        raise ValueError(f"{above} of {n} calibration scores above the threshold")
+    k = above + 1
+    low, high = stats.beta.ppf([(1 - level) / 2, (1 + level) / 2], k, n + 1 - k)
+    return {
+        "expected_fpr_mean": k / (n + 1),
+        "expected_fpr_low": float(low),
+        "expected_fpr_high": float(high),
+        "expected_fpr_level": level,
+    }
+
+
+def rows_to_pin_down(target_fpr: float, above: int = FEW_ROWS_ABOVE) -> int:
+    """About the fewest calibration rows whose quantile threshold (:func:`quantile_threshold`)
+    has ``above`` of them above it, for distinct scores: ``(n - 1) target_fpr`` of them are.
+
+    >>> rows_to_pin_down(0.01)
+    501
+    """
+    return int(np.ceil(above / target_fpr)) + 1
+
+
 def calibration_summary(
     normal_scores: np.ndarray, threshold: float, target_fpr: float
 ) -> dict[str, Any]:
-    """How the threshold was chosen, as saved with the model and logged to MLflow."""
+    """How a quantile threshold was chosen on the calibration scores ``normal_scores (n,)``,
+    as saved with the model and logged to MLflow: with the false-positive rate to expect
+    on new normal rows (:func:`expected_fpr`), as the threshold is one of these scores."""
     scores = np.asarray(normal_scores, dtype=np.float64)
+    above = int(np.count_nonzero(scores > threshold))
+    return _held_out_summary(scores, threshold, target_fpr) | expected_fpr(scores.size, above)
+
+
+def _held_out_summary(scores: np.ndarray, threshold: float, target_fpr: float) -> dict[str, Any]:
+    """The calibration rows' figures at ``threshold``, whichever method chose it."""
     return {
         "method": QUANTILE,
         "description": METHOD_DESCRIPTIONS[QUANTILE],
@@ -79,7 +134,10 @@ def calibration_summary(
         "n_calibration": int(scores.size),
         "calibration_fpr": float(np.mean(scores > threshold)),
         "calibration_score_quantiles": {
-            f"q{q:g}": float(np.quantile(scores, q / 100)) for q in (1, 5, 25, 50, 75, 95, 99)
+            f"q{q:g}": float(value)
+            for q, value in zip(
+                SCORE_PERCENTILES, np.percentile(scores, SCORE_PERCENTILES), strict=True
+            )
         },
     }
 
@@ -151,7 +209,9 @@ def labelled_summary(
     false-positive rate on the held-out normal ``normal_scores``, which took no part."""
     labels, scores = _checked(labels, scores)
     flagged = scores > threshold
-    summary = calibration_summary(normal_scores, threshold, target_fpr)
+    # Not calibration_summary: its expected rate holds for a threshold that is one of the
+    # calibration scores, and these scores took no part in choosing this one.
+    summary = _held_out_summary(np.asarray(normal_scores, dtype=np.float64), threshold, target_fpr)
     summary |= {
         "method": method,
         "description": METHOD_DESCRIPTIONS[method],

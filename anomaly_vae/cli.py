@@ -342,6 +342,49 @@ def target_percent(share: float) -> str:
     return f"{100 * share:g}%"
 
 
+def percent_2(share: float) -> str:
+    """A measured share in percent to 2 significant digits, never in e-notation:
+    0.002374 is "0.24%", 0.1050 "11%"."""
+    return f"{np.format_float_positional(100 * share, precision=2, fractional=False, trim='-')}%"
+
+
+def expected_fpr_text(calibration: dict[str, Any], unit: str) -> str | None:
+    """The false-positive rate to expect on new normal ``unit`` ("rows", "images") of a
+    quantile threshold, from its ``calibration`` record; None for a threshold chosen on
+    labelled rows, or a model saved before the record held it."""
+    if "expected_fpr_low" not in calibration:
+        return None
+    return (
+        f"{percent_2(calibration['expected_fpr_low'])} to "
+        f"{percent_2(calibration['expected_fpr_high'])} of new normal {unit} expected above "
+        f"it, {100 * calibration['expected_fpr_level']:g}% interval"
+    )
+
+
+def few_above_hint(
+    calibration: dict[str, Any], rows_name: str, advice: Callable[[int], str]
+) -> str | None:
+    """A line when fewer than FEW_ROWS_ABOVE of the calibration ``rows_name`` ("held-out
+    normal rows") are above a quantile threshold, which leaves its false-positive rate on
+    new rows uncertain by a factor of 5 or more: how many would pin it down, and
+    ``advice(that many)`` on how to get them. None otherwise."""
+    from anomaly_vae.calibration import FEW_ROWS_ABOVE, rows_to_pin_down
+
+    if "expected_fpr_low" not in calibration:
+        return None
+    n = calibration["n_calibration"]
+    above = round(calibration["calibration_fpr"] * n)
+    if above >= FEW_ROWS_ABOVE:
+        return None
+    needed = rows_to_pin_down(calibration["target_fpr"])
+    some = f"Only {above} of" if above else "None of the"
+    return (
+        f"{some} {n:,} {rows_name} {'is' if above == 1 else 'are'} above the threshold, too "
+        f"few to pin its false-positive rate down: about {needed:,} would put "
+        f"{FEW_ROWS_ABOVE} above it ({advice(needed)})."
+    )
+
+
 def _print_fit_summary(result: Any, config: Config) -> None:
     from anomaly_vae.intervals import shown_metric
 
@@ -384,9 +427,22 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         how = f"{calibration['description']} of {calibration['n_labelled']:,} labelled {unit}"
         if "target_recall" in calibration:
             how += f", target recall {target_percent(calibration['target_recall'])}"
+    expected = expected_fpr_text(calibration, unit)
     click.echo(
-        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} ({how}; {held_out_fpr})"
+        f"Threshold: {calibration['score']} > {detector.threshold_:.6g} ({how}; {held_out_fpr}"
+        f"{'; ' + expected if expected else ''})"
     )
+    fraction = config.calibration.fraction
+    hint = few_above_hint(
+        calibration,
+        f"held-out normal {unit}",
+        lambda rows: (
+            f"fit on about {rows / fraction:,.0f} normal {unit} at calibration."
+            f"fraction={fraction:g}, or raise calibration.fraction"
+        ),
+    )
+    if hint:
+        click.echo(hint)
     if result.evaluation is not None:
         ev = result.evaluation
         cm = ev["confusion_matrix"]
@@ -858,11 +914,17 @@ def calibrate(
             f"{threshold} ({previous}; the {100 - target:g}% quantile of "
             f"{calibration['n_calibration']:,} normal {unit})"
         )
+        expected = expected_fpr_text(calibration, unit)
         click.echo(
             f"On those {unit}: {100 * calibration['calibration_fpr']:.2f}% above the "
-            f"threshold (target {target:g}%); {100 * result.above_previous:.2f}% were above "
-            "the previous one"
+            f"threshold (target {target:g}%; {expected}); {100 * result.above_previous:.2f}% "
+            "were above the previous one"
         )
+        hint = few_above_hint(
+            calibration, f"normal {unit}", lambda rows: f"calibrate on more normal {unit}"
+        )
+        if hint:
+            click.echo(hint)
         if result.above_previous > 2 * calibration["target_fpr"]:
             click.echo(
                 f"Check that these {unit} are all normal: an anomaly among them raises the "

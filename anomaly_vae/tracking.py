@@ -588,6 +588,11 @@ def log_calibration(
             **{f"rows_{k}": v for k, v in rows.items()},
         }
     )
+    # A quantile threshold's false-positive rate to expect on new normal rows (its mean and
+    # 90% interval, calibration.expected_fpr); a threshold chosen on labelled rows has none.
+    expected = ("expected_fpr_low", "expected_fpr_mean", "expected_fpr_high")
+    calibration = detector.calibration_
+    mlflow.log_metrics({k: calibration[k] for k in expected if k in calibration})
     mlflow.set_tag("threshold_method", detector.calibration_.get("method", "quantile"))
     (out / "calibration.json").write_text(strict_json(detector.calibration_))
     anomalous_scores = None

@@ -1,10 +1,20 @@
-"""Thresholds chosen on labelled rows: the F1-optimal one and the one of a target recall."""
+"""Thresholds chosen on labelled rows: the F1-optimal one and the one of a target recall;
+the false-positive rate to expect on new rows of a quantile threshold."""
 
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.metrics import f1_score, recall_score
 
-from anomaly_vae.calibration import labelled_summary, labelled_threshold
+from anomaly_vae.calibration import (
+    EXPECTED_FPR_LEVEL,
+    calibration_summary,
+    expected_fpr,
+    labelled_summary,
+    labelled_threshold,
+    quantile_threshold,
+    rows_to_pin_down,
+)
 
 
 def _overlapping(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -128,3 +138,90 @@ def test_evaluation_curves_are_thinned_to_their_shape_and_the_figures_use_every_
         assert max(gaps) <= step
     # The thinned ROC curve's area is the AUROC to within a hair.
     assert np.trapezoid(roc["tpr"], roc["fpr"]) == pytest.approx(report["auroc"], abs=1e-3)
+
+
+CALIBRATION_SETS = 2000  # per case: the share of sets whose rate lies in the interval is
+# then known to within 0.0067 (one sd of a binomial share at 0.9), the tails to 0.0049
+
+
+def _rates_and_intervals(
+    n: int, target_fpr: float, seed: int, step: float | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rate, low, high)``, each ``(CALIBRATION_SETS,)``: for calibration sets of ``n``
+    standard normal scores (rounded down to multiples of ``step``, which makes ties, when
+    given), the quantile threshold as a fit takes it, the share of all new scores above
+    it (exact, from the normal distribution: a fresh sample of infinitely many rows) and
+    the interval its calibration summary gives."""
+    rng = np.random.default_rng(seed)
+    rates, lows, highs = (np.empty(CALIBRATION_SETS) for _ in range(3))
+    for i in range(CALIBRATION_SETS):
+        scores = rng.standard_normal(n)
+        if step is not None:
+            scores = np.floor(scores / step) * step
+        threshold = quantile_threshold(scores, target_fpr, warn=False)
+        summary = calibration_summary(scores, threshold, target_fpr)
+        # A new score is above the threshold when its normal draw is, or (rounded) when
+        # it reaches the next multiple of step.
+        rates[i] = stats.norm.sf(threshold if step is None else threshold + step)
+        lows[i], highs[i] = summary["expected_fpr_low"], summary["expected_fpr_high"]
+    return rates, lows, highs
+
+
+@pytest.mark.parametrize(
+    "n, target_fpr",
+    # 60 rows: the threshold is the highest score, 150 the 2nd highest, 1,000 the 10th;
+    # the 5% quantile of 150 scores the 8th.
+    [(60, 0.01), (150, 0.01), (1000, 0.01), (150, 0.05)],
+)
+def test_the_expected_rate_interval_holds_the_rate_on_new_rows_90_percent_of_the_time(
+    n, target_fpr
+):
+    """The interval is that of the order statistic the threshold is: with k off by one
+    either way (the interval of the next score up or down), the share inside falls to
+    about 0.8 at 150 rows, and at 1,000 rows a tail doubles to about 0.1."""
+    rates, lows, highs = _rates_and_intervals(n, target_fpr, seed=n)
+    assert EXPECTED_FPR_LEVEL == 0.9
+    inside = np.mean((lows <= rates) & (rates <= highs))
+    assert inside == pytest.approx(0.9, abs=0.025)
+    assert np.mean(rates < lows) == pytest.approx(0.05, abs=0.02)
+    assert np.mean(rates > highs) == pytest.approx(0.05, abs=0.02)
+
+
+def test_tied_scores_at_the_threshold_only_lower_the_rate():
+    """Scores in steps of 0.25 standard deviations: rows tied with the threshold are not
+    flagged, so the rate is above the interval no more often than for distinct scores."""
+    rates, _, highs = _rates_and_intervals(150, 0.01, seed=7, step=0.25)
+    assert np.mean(rates > highs) < 0.05 + 0.015
+
+
+def test_the_expected_rate_is_the_order_statistic_coverage():
+    # 1 of 150 scores above: the 2nd largest, whose coverage is Beta(2, 149).
+    rate = expected_fpr(150, 1)
+    assert rate["expected_fpr_mean"] == pytest.approx(2 / 151)
+    assert rate["expected_fpr_low"] == pytest.approx(stats.beta(2, 149).ppf(0.05))
+    assert rate["expected_fpr_high"] == pytest.approx(stats.beta(2, 149).ppf(0.95))
+    # The summary counts the scores above the threshold; ties with it are not above.
+    scores = np.r_[np.arange(147.0), 147.0, 147.0, 148.0]
+    summary = calibration_summary(scores, 147.0, 0.01)
+    assert summary["expected_fpr_mean"] == pytest.approx(2 / 151)
+    with pytest.raises(ValueError, match="150 of 150"):
+        expected_fpr(150, 150)
+
+
+@pytest.mark.parametrize("target_fpr", [0.01, 0.05, 0.003, 0.001, 0.25])
+def test_rows_to_pin_down_is_the_fewest_rows_with_5_above_the_threshold(target_fpr):
+    def above(n: int) -> int:
+        scores = np.arange(float(n))
+        return int(np.sum(scores > quantile_threshold(scores, target_fpr, warn=False)))
+
+    n = rows_to_pin_down(target_fpr)
+    assert above(n) == 5 and above(n - 1) == 4
+
+
+def test_a_labelled_threshold_has_no_order_statistic_interval():
+    """The held-out normal rows took no part in choosing a labelled threshold, so the
+    coverage of an order statistic says nothing of its rate on new rows."""
+    labels = np.r_[np.zeros(5, bool), np.ones(3, bool)]
+    scores = np.array([0.0, 1, 2, 8, 4, 10, 11, 6])
+    summary = labelled_summary(labels, scores, 5.0, "f1", 0.9, np.arange(10.0), 0.01)
+    assert not [key for key in summary if key.startswith("expected_fpr")]

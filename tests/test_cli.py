@@ -66,6 +66,34 @@ def test_fit_prints_a_summary(project):
     assert "The epoch limit ended training" not in out  # early stopping ended this one
 
 
+def test_fit_states_the_false_positive_rate_to_expect_and_how_to_pin_it_down(tmp_path, monkeypatch):
+    """300 normal rows hold out 45 for calibration. At a 1% target the threshold is their
+    highest score, whose rate on new rows is Beta(1, 45): 0.11% to 6.4% (90%); a line
+    says how many rows would put 5 above it. At 20%, 8 are above it: no such line."""
+    monkeypatch.chdir(tmp_path)
+    mixed_table(300, seed=0).to_csv("train.csv", index=False)
+    arguments = ["train.csv", "--id-col", "reading_id", "--no-tracking"]
+    few = tiny_fit(*arguments)
+    assert few.exit_code == 0, few.output
+    (line,) = [line for line in few.output.splitlines() if line.startswith("Threshold:")]
+    assert line.endswith(
+        "(target false-positive rate 1%; 0.00% of 45 held-out normal rows above it; 0.11% to "
+        "6.4% of new normal rows expected above it, 90% interval)"
+    )
+    assert (
+        "None of the 45 held-out normal rows are above the threshold, too few to pin its "
+        "false-positive rate down: about 501 would put 5 above it (fit on about 3,340 normal "
+        "rows at calibration.fraction=0.15, or raise calibration.fraction)." in few.output
+    )
+    saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
+    assert saved["calibration"]["expected_fpr_low"] == pytest.approx(1 - 0.95 ** (1 / 45))
+    assert saved["calibration"]["expected_fpr_high"] == pytest.approx(1 - 0.05 ** (1 / 45))
+    enough = tiny_fit(*arguments, "--set", "calibration.target_fpr=0.2")
+    assert enough.exit_code == 0, enough.output
+    assert "20%; 17.78% of 45 held-out normal rows above it; 11% to 30% of new" in enough.output
+    assert "too few to pin" not in enough.output
+
+
 def test_a_quantile_threshold_of_low_recall_says_how_to_choose_it_on_the_labels(
     tmp_path, monkeypatch
 ):

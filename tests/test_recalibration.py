@@ -226,6 +226,11 @@ def test_quantile_on_recent_normal_rows_sets_the_false_positive_rate_again(tmp_p
     saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
     assert saved["config"]["calibration"]["target_fpr"] == 0.05
     assert saved["calibration"]["n_calibration"] == 800
+    # 39 of the 800 are above the threshold (the 40th largest score): Beta(40, 761) of
+    # new rows above it, enough rows to pin it down.
+    assert saved["calibration"]["expected_fpr_mean"] == pytest.approx(40 / 801)
+    assert "3.8% to 6.3% of new normal rows expected above it, 90% interval" in result.output
+    assert "too few to pin" not in result.output
 
 
 def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tracking_store):
@@ -271,6 +276,13 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     # Its calibration rows are the 360 normal rows, which calibration_fpr counts; the
     # fit's held-out 75 were logged as rows_calibration beside it.
     assert run.data.metrics["rows_calibration"] == 360
+    # 3 of the 360 above the threshold: its rate on new rows is Beta(4, 357), too wide.
+    assert run.data.metrics["expected_fpr_mean"] == pytest.approx(4 / 361)
+    assert "(target 1%; 0.38% to 2.1% of new normal rows expected above it" in result.output
+    assert (
+        "Only 3 of 360 normal rows are above the threshold, too few to pin its false-positive "
+        "rate down: about 501 would put 5 above it (calibrate on more normal rows)."
+    ) in result.output
     assert run.data.metrics["rows_train"] == 375  # the fit's split, which the model keeps
     above = round(run.data.metrics["calibration_fpr"] * 360)
     assert above == pytest.approx(run.data.metrics["calibration_fpr"] * 360)
@@ -304,6 +316,9 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     source_run = client.get_model_version("pumps", "1").run_id
     run = client.get_run(client.get_model_version("pumps", "2").run_id)
     assert client.get_experiment(run.info.experiment_id).name == "plant"
+    # An F1 threshold is none of the held-out scores: no order-statistic rate to expect.
+    assert not [key for key in run.data.metrics if key.startswith("expected_fpr")]
+    assert "of new normal rows expected" not in result.output
     assert run.data.tags["source_run_id"] == source_run
     assert run.data.tags["source_model_version"] == "pumps/1"
     # Absolute: a reviewer of the run cannot resolve a path relative to where it ran.

@@ -115,6 +115,15 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     ended_by = "early stopping" if result.detector.history_.stopped_early else "epoch limit"
     assert run.data.tags["training_ended_by"] == ended_by
     assert metrics["threshold"] == pytest.approx(result.detector.threshold_)
+    # The rate to expect on new normal rows, as the calibration record has it: 460 normal
+    # rows fit on, 69 of them held out for calibration, none above the threshold (their
+    # highest score), so Beta(1, 69).
+    calibration = result.detector.calibration_
+    assert calibration["n_calibration"] == metrics["rows_calibration"] == 69
+    for key in ("expected_fpr_low", "expected_fpr_mean", "expected_fpr_high"):
+        assert metrics[key] == pytest.approx(calibration[key])
+    assert metrics["expected_fpr_mean"] == pytest.approx(1 / 70)
+    assert metrics["expected_fpr_high"] == pytest.approx(1 - 0.05 ** (1 / 69))
     assert 0.9 < metrics["auroc"] <= 1.0 + 1e-9 and 0 < metrics["aucpr"] <= 1.0 + 1e-9
     for name in ("auroc", "aucpr"):  # scikit-learn's AUCPR of a perfect ranking: 1 + 2e-16
         low, high = metrics[f"{name}_interval_low"], metrics[f"{name}_interval_high"]
