@@ -32,9 +32,15 @@ DEFAULTS = Config()
 _SOURCES = [f"{prefix}:ROOT" for prefix in TORCHVISION_SETS]
 TORCHVISION_SOURCES = f"{', '.join(_SOURCES[:-1])} or {_SOURCES[-1]}"
 
-# What `calibrate --set` takes: the intervals of its figures. evaluation.fraction splits
-# a fit's own data and would be ignored; the model's other settings are its own.
-CALIBRATE_SETTINGS = ("evaluation.interval_level", "evaluation.interval_resamples")
+# What `calibrate --set` takes: the intervals of its figures, and the logged model's input
+# example (by default its source fit's). evaluation.fraction splits a fit's own data and
+# would be ignored; the model's other settings are its own.
+INPUT_EXAMPLE_SETTING = "tracking.input_example"
+CALIBRATE_SETTINGS = (
+    "evaluation.interval_level",
+    "evaluation.interval_resamples",
+    INPUT_EXAMPLE_SETTING,
+)
 
 
 def _help_names_torchvision_sources(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -834,8 +840,9 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Set the AUROC and AUCPR intervals, e.g. --set evaluation.interval_resamples=0 "
-    "(repeatable; the model's other settings are its own).",
+    help="Set the AUROC and AUCPR intervals, e.g. --set evaluation.interval_resamples=0, "
+    "or the logged model's input example, --set tracking.input_example=synthetic [default: "
+    "the source fit's] (repeatable; the model's other settings are its own).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar, nor the step lines of a large table.")
 @_user_errors
@@ -884,10 +891,15 @@ def calibrate(
         # A ConfigError, as a bad --set key is in fit, config and benchmark: the same exit
         # code (1) for a bad configuration in every command.
         raise ConfigError(
-            f"--set {others[0]}: calibrate takes {' and '.join(CALIBRATE_SETTINGS)} only; "
-            "the model's other settings are those it was fit with"
+            f"--set {others[0]}: calibrate takes {', '.join(CALIBRATE_SETTINGS[:-1])} and "
+            f"{CALIBRATE_SETTINGS[-1]} only; the model's other settings are those it was fit "
+            "with"
         )
-    evaluation_settings = load_config(None, overrides).evaluation
+    settings = load_config(None, overrides)
+    # Given, or None: the source fit's (recorded with its MLflow run)
+    input_example = None
+    if any(item.partition("=")[0].strip() == INPUT_EXAMPLE_SETTING for item in overrides):
+        input_example = settings.tracking.input_example
     result = calibrate_model(
         data,
         model_ref,
@@ -900,8 +912,9 @@ def calibrate(
         track=not no_tracking,
         register=register,
         target_fpr=target_fpr,
-        evaluation_settings=evaluation_settings,
+        evaluation_settings=settings.evaluation,
         progress=not quiet,
+        input_example=input_example,
     )
     detector, calibration = result.detector, result.detector.calibration_
     unit = f"{detector.score_item}s"

@@ -308,6 +308,11 @@ class FamilyConfig(ChangedSettingsRepr):
     # (labelled evaluation data), or "auto": auroc when labels exist, else criterion
 
 
+FIRST_ROWS_EXAMPLE = "rows"  # tracking.input_example: the first rows of the data fit on
+SYNTHETIC_EXAMPLE = "synthetic"  # and one made from the model's schema, no real row
+INPUT_EXAMPLES = (FIRST_ROWS_EXAMPLE, SYNTHETIC_EXAMPLE)
+
+
 @dataclass(repr=False)
 class TrackingConfig(ChangedSettingsRepr):
     """MLflow tracking and registry."""
@@ -321,6 +326,11 @@ class TrackingConfig(ChangedSettingsRepr):
     log_views: bool = True  # log the standard views (generation, reconstructions, latents,
     # manifold, traversal, interpolation) with every fit
     view_rows: int = 2000  # at most this many rows (or images) feed the logged views
+    input_example: str = FIRST_ROWS_EXAMPLE  # the logged model's input example (MLflow shows
+    # it and serves it as serving_input_example.json): "rows", the first 5 rows of the data
+    # fit on, id column included (2 images); "synthetic", no real row, for data that may not
+    # be stored: a row of each numeric column's training median and each text column's most
+    # common value, no id column (a mid-grey image). calibrate keeps its source fit's choice
 
 
 @dataclass(repr=False)
@@ -354,6 +364,10 @@ class Config(DetectorConfig):
                 f"{MIN_INTERVAL_RESAMPLES}",
             ),
             (self.tracking.view_rows >= 1, "tracking.view_rows must be >= 1"),
+            (
+                self.tracking.input_example in INPUT_EXAMPLES,
+                f"tracking.input_example must be {' or '.join(INPUT_EXAMPLES)}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -29,6 +29,7 @@ from anomaly_vae.batch import (
 )
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
+    FIRST_ROWS_EXAMPLE,
     QUANTILE_THRESHOLD,
     Config,
     EvaluationConfig,
@@ -347,6 +348,7 @@ def calibrate_model(
     target_fpr: float | None = None,
     evaluation_settings: EvaluationConfig | None = None,
     progress: bool = False,
+    input_example: str | None = None,
 ) -> CalibrationResult:
     """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
     threshold on ``source`` by ``method``, save it as a new model and, with ``track``,
@@ -364,6 +366,8 @@ def calibrate_model(
     calibration rows.
     ``evaluation_settings`` sets the bootstrap intervals of the figures on ``source``
     (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
+    ``input_example``: the logged model's (``tracking.input_example``); None: the one the
+    source's run logged with (its parameter ``tracking.input_example``), else the default.
     ``progress``: a bar (off a terminal, a line a minute) over the rows scored, and from
     ``PHASE_LINE_ROWS`` rows (a table file of ``PHASE_LINE_BYTES``) a line on stderr as
     each step around it starts, as in a fit. A table file is read and scored a part at
@@ -431,6 +435,8 @@ def calibrate_model(
         # registered, and goes live only when someone moves the alias to it.
         held = register and result.check is not None
         with tracking.logging_after(f"the model is saved in {saved}"):
+            if input_example is not None:
+                origin.input_example = input_example
             result.run = _track(
                 result,
                 labels,
@@ -503,6 +509,9 @@ def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -
     )
 
 
+INPUT_EXAMPLE_PARAM = "tracking.input_example"  # the run parameter that records it
+
+
 @dataclass
 class _Origin:
     """What the calibrate run records of its source model, and where it logs."""
@@ -511,6 +520,9 @@ class _Origin:
     experiment: str  # the source run's experiment, else tracking.experiment
     registered_name: str  # the source's registered model, else tracking.registered_model_name
     tags: dict[str, str]  # source run id and registered version, where known
+    # The source run's tracking.input_example, else the default: a fit that logged no real
+    # rows is calibrated into a model that logs none either
+    input_example: str = FIRST_ROWS_EXAMPLE
 
 
 def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) -> _Origin:
@@ -546,14 +558,20 @@ def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) ->
         )
     # No experiment: it is the source's, if known.
     uri = tracking.check_store(project_dir=project_dir, announce=progress)
-    origin = _Origin(description, defaults.experiment, defaults.registered_model_name, {})
+    origin = _Origin(
+        description,
+        defaults.experiment,
+        defaults.registered_model_name,
+        {},
+        defaults.input_example,
+    )
     try:
         source = tracking.source_of_model(model_ref, project_dir)
     except (ModelNotFoundError, *tracking.STORE_FAILURES):
         return origin  # fit without tracking, or a reference MLflow cannot trace
     client = MlflowClient()
     try:
-        experiment_id = client.get_run(source.run_id).info.experiment_id
+        run = client.get_run(source.run_id)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
@@ -561,7 +579,8 @@ def _origin(model_ref: str | None, project_dir: Path, progress: bool = False) ->
             f"the MLflow run {source.run_id} that logged model {description} is not in the "
             f"tracking store {uri}: {advice}"
         ) from exc
-    origin.experiment = client.get_experiment(experiment_id).name
+    origin.experiment = client.get_experiment(run.info.experiment_id).name
+    origin.input_example = run.data.params.get(INPUT_EXAMPLE_PARAM, origin.input_example)
     origin.tags["source_run_id"] = source.run_id
     if source.registered_name is not None:
         origin.registered_name = source.registered_name
@@ -645,6 +664,7 @@ def _run_config(
             registered_model_name=origin.registered_name,
             register_champion=register,
             log_views=False,  # a calibrate run logs none
+            input_example=origin.input_example,  # given, or the source fit's
         ),
     )
     if isinstance(detector, EnsembleDetector):

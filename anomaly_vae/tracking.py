@@ -37,7 +37,14 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
-from anomaly_vae.config import QUANTILE_THRESHOLD, Config, flatten, to_dict
+from anomaly_vae.config import (
+    FIRST_ROWS_EXAMPLE,
+    QUANTILE_THRESHOLD,
+    SYNTHETIC_EXAMPLE,
+    Config,
+    flatten,
+    to_dict,
+)
 from anomaly_vae.data import TablePreprocessor, take_rows
 from anomaly_vae.data.preprocessing import names_as_read_now, warnings_per_file
 from anomaly_vae.detector import VAEDetector
@@ -338,10 +345,24 @@ def _ids_as_given(outputs: Schema, detector: Any) -> Schema:
 
 
 def input_example(
-    detector: Any, data: pd.DataFrame | np.ndarray, rows: int = INPUT_EXAMPLE_ROWS
+    detector: Any,
+    data: pd.DataFrame | np.ndarray,
+    rows: int = INPUT_EXAMPLE_ROWS,
+    kind: str = FIRST_ROWS_EXAMPLE,
 ) -> pd.DataFrame | np.ndarray:
-    """The first rows of the model's input columns (and the id column, if any), or
-    the first images."""
+    """The logged model's input example of ``kind`` (``tracking.input_example``).
+
+    ``"rows"``: the first ``rows`` rows of ``data``'s model input columns (and the id
+    column, if any), or its first 2 images ``(2, C, H, W)``. ``"synthetic"``: no row or
+    pixel of ``data``, for data that may not be stored: one row made from the model's
+    fitted schema (:meth:`~anomaly_vae.data.TablePreprocessor.typical_row`: medians and
+    most common values, no id column), or one mid-grey image of ``data``'s shape and type.
+    """
+    if kind == SYNTHETIC_EXAMPLE:
+        if isinstance(data, np.ndarray):  # mid-grey: pixel levels 0 to 255, or floats 0 to 1
+            return np.full_like(data[:1], 128 if data.dtype == np.uint8 else 0.5)
+        preprocessor = _base_detector(detector).preprocessor_
+        return cast(TablePreprocessor, preprocessor).typical_row()
     if isinstance(data, np.ndarray):
         return data[:2]
     base = _base_detector(detector)
@@ -645,9 +666,10 @@ def log_model(
     run: Any,
     register: bool | None = None,
 ) -> TrackedRun:
-    """Log the saved model in ``model_dir`` as a pyfunc model of the active run;
+    """Log the saved model in ``model_dir`` as a pyfunc model of the active run, with the
+    input example ``config.tracking.input_example`` asks for (:func:`input_example`);
     register it, and move the champion alias when asked."""
-    example = input_example(detector, data.train)
+    example = input_example(detector, data.train, kind=config.tracking.input_example)
     # MLflow scores the input example to check it; a conditional image model would warn
     # that its example images have no class, about images no user gave.
     with _registration_messages_off(), _package_warnings_off():

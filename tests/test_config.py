@@ -107,6 +107,7 @@ def test_an_override_without_a_section_or_key_name_says_the_form(override):
         ("evaluation.fraction=1.5", r"evaluation.fraction must be in \(0, 1\)"),
         ("evaluation.fraction=0", r"evaluation.fraction must be in \(0, 1\)"),
         ("tracking.view_rows=0", "tracking.view_rows must be >= 1"),
+        ("tracking.input_example=none", "tracking.input_example must be rows or synthetic"),
         # 50 fitted, and every row then scored the same within 0.2 nats
         ("model.min_log_variance=50", r"model.min_log_variance must be <= 0 \(or auto\)"),
         # 1e38 made the loss infinite: "training diverged", lower the learning rate

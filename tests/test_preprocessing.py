@@ -208,6 +208,34 @@ def test_round_trip_through_dict(fitted):
     np.testing.assert_array_equal(rebuilt.transform(frame), fitted.transform(frame))
 
 
+def test_a_typical_row_is_made_of_medians_and_most_common_values_not_of_rows(caplog):
+    """The synthetic input example of tracking.input_example=synthetic: no training row."""
+    frame = pd.DataFrame(
+        {
+            "id": ["a", "b", "c", "d", "e"],
+            "x": [1.0, 2.0, np.nan, 5.0, 10.0],
+            "count": [3, 1, 4, 1, 5],  # integers: the median, as a float
+            "colour": ["red", "blue", None, None, "blue"],  # missing is no value to show
+            "on": [True, False, True, True, False],
+            "empty": [None] * 5,  # only missing values: the missing one
+        }
+    )
+    fitted = TablePreprocessor(DataConfig(id_column="id")).fit(frame)
+    row = fitted.typical_row()
+    assert row.columns.tolist() == ["x", "count", "colour", "on", "empty"]  # no id
+    assert row.iloc[0].tolist() == [pytest.approx(3.5), pytest.approx(3.0), "blue", "True", None]
+    # A model saved before the most common value was kept shows its first category.
+    saved = fitted.to_dict()
+    for column in saved["columns"]:
+        column.pop("most_common")
+    old = TablePreprocessor.from_dict(saved, fitted.config).typical_row()
+    assert old.loc[0, "colour"] is None and old.loc[0, "on"] == "False"  # "<missing>", "False"
+    # Every value it holds is one the model takes without a warning (an unseen category).
+    with caplog.at_level(logging.WARNING):
+        fitted.transform(row)
+    assert not caplog.records
+
+
 def test_free_text_column_is_refused_with_advice():
     names = [f"n{i // 2}" for i in range(300)]  # 150 values, each twice
     frame = pd.DataFrame({"name": names, "x": np.arange(300.0)})

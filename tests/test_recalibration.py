@@ -297,6 +297,31 @@ def test_quantile_with_labels_takes_the_normal_rows_and_reports_the_labelled(tra
     assert ignored.exit_code != 0 and "--target-recall is for --method recall" in ignored.output
 
 
+def test_calibrate_logs_the_input_example_its_source_fit_logged(tracking_store):
+    """A fit with tracking.input_example=synthetic logged no row of its data; a calibrate
+    of it (and of that calibrated model) logs none of its rows either, unless told to."""
+    import mlflow
+
+    _fit("source", "--set", "tracking.log_views=false", "--set", "tracking.input_example=synthetic")
+    mixed_table(200, seed=1).drop(columns="is_fault").to_csv("recent.csv", index=False)
+    mlflow.set_tracking_uri(tracking_store)
+
+    def calibrated(model: str, *extra: str) -> pd.DataFrame:
+        """The input example of the model `calibrate recent.csv --model MODEL` logs."""
+        arguments = ["calibrate", "recent.csv", "--model", model, "--method", "quantile"]
+        result = CliRunner().invoke(main, [*arguments, "--quiet", *extra])
+        assert result.exit_code == 0, result.output
+        uri = result.output.split("registered model ")[-1].split()[0]
+        return mlflow.pyfunc.load_model(uri).metadata.load_input_example()
+
+    columns = ["machine", "temperature", "load", "vibration"]
+    assert calibrated("source").columns.tolist() == columns  # one typical row, no id
+    assert len(calibrated("models:/anomaly-vae/2")) == 1  # a calibrate of a calibrate
+    rows = calibrated("models:/anomaly-vae/3", "--set", "tracking.input_example=rows")
+    recent = pd.read_csv("recent.csv")
+    pd.testing.assert_frame_equal(rows.reset_index(drop=True), recent.head(5))
+
+
 def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(tracking_store):
     import mlflow
     from mlflow import MlflowClient
@@ -387,7 +412,9 @@ def test_one_labelled_anomaly_is_evaluated_without_an_interval(tmp_path, monkeyp
     calibrated = _calibrate("m", "--method", "f1", "--no-tracking")
     for result in (fitted, calibrated):
         assert result.exit_code == 0, result.output
-        assert "AUROC" in result.output and "interval" not in result.output
+        # No AUROC interval ("AUROC 98.21% (95% interval 96.79 to 99.31)"); the fit's
+        # threshold line gives its own, of the false-positive rate on new normal rows.
+        assert "AUROC" in result.output and "(95% interval" not in result.output
     said = [r.getMessage() for r in caplog.records if "no bootstrap interval" in r.getMessage()]
     assert len(said) == 2 and all("1 anomalous (it needs 2 of each)" in text for text in said)
 
@@ -490,7 +517,10 @@ def test_evaluation_settings_set_the_interval_and_other_settings_are_refused(tmp
     # A configuration error, exit code 1, as a bad --set key is in fit (not click's 2)
     refused = _calibrate("source", "--no-tracking", "--set", "model.latent_dim=4")
     assert refused.exit_code == 1
-    assert "calibrate takes evaluation.interval_level and" in refused.output
+    assert (
+        "calibrate takes evaluation.interval_level, evaluation.interval_resamples and "
+        "tracking.input_example only" in refused.output
+    )
     # It splits a fit's own data: calibrate would ignore it.
     fraction = _calibrate("source", "--no-tracking", "--set", "evaluation.fraction=0.5")
     assert fraction.exit_code == 1 and "--set evaluation.fraction=0.5" in fraction.output

@@ -137,6 +137,17 @@ def test_run_has_params_per_epoch_losses_and_calibration(fitted_run):
     } <= set(metrics)
 
 
+@pytest.mark.parametrize("dtype, grey", [(np.uint8, 128), (np.float32, 0.5)])
+def test_a_synthetic_image_example_is_one_mid_grey_image(dtype, grey):
+    from anomaly_vae.tracking import input_example
+
+    images = np.random.default_rng(0).integers(0, 256, size=(3, 1, 8, 8)).astype(dtype)
+    example = input_example(None, images, kind="synthetic")
+    assert example.shape == (1, 1, 8, 8) and example.dtype == dtype
+    assert (example == grey).all()
+    assert input_example(None, images).tolist() == images[:2].tolist()  # the default
+
+
 def test_a_fit_run_raises_no_mlflow_schema_hints(fitted_run):
     # MLflow's advice about integer columns in inferred schemas does not apply to the
     # logged dataset or to the signature (its inputs are not declared): it is noise.
@@ -237,7 +248,12 @@ def test_pyfunc_model_scores_like_the_detector(fitted_run, caplog):
     # No input schema (see test_the_served_table_model_takes_json_csv_and_parquet); the
     # input example names the columns, the id first.
     assert model.metadata.get_input_schema() is None
-    assert model.metadata.load_input_example().columns[0] == "reading_id"
+    # By default (tracking.input_example: rows) the example is the first 5 normal rows
+    # fit on, their ids first, as read from the file.
+    example = model.metadata.load_input_example()
+    train = pd.read_csv(fitted_run[0] / "train.csv")
+    first = train[train["is_fault"] == 0].head(5).drop(columns="is_fault")
+    pd.testing.assert_frame_equal(example.reset_index(drop=True), first.reset_index(drop=True))
     # A missing id comes back as JSON null from the scoring server, not a bare NaN.
     import io
 
@@ -783,3 +799,35 @@ def test_validation_latents_count_rows_of_a_parquet_file_that_stores_an_index(
     )
     latents = pd.read_csv(local)
     assert (latents["reading_id"] == [f"r0-{row - 1}" for row in latents["row"]]).all()
+
+
+def test_a_synthetic_input_example_logs_no_row_of_the_data(tracking_store, tmp_path):
+    """tracking.input_example=synthetic: the logged model's example, and the serving example
+    MLflow makes of it, are one row of medians and most common values, without ids."""
+    table = mixed_table(300, seed=0).drop(columns="is_fault")
+    table.to_csv("train.csv", index=False)
+    config = tiny_config(
+        "data.id_column=reading_id",
+        "tracking.input_example=synthetic",
+        "tracking.log_views=false",
+        "training.epochs=5",
+    )
+    result = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    model = mlflow.pyfunc.load_model(result.run.model_uri)
+    example = model.metadata.load_input_example()
+    # The schema is fit on every normal row (training, validation and calibration).
+    assert example.to_dict("records") == [
+        {
+            "machine": table["machine"].mode()[0],
+            "temperature": pytest.approx(table["temperature"].median()),
+            "load": pytest.approx(table["load"].median()),
+            "vibration": pytest.approx(table["vibration"].median()),
+        }
+    ]
+    folder = Path(mlflow.artifacts.download_artifacts(result.run.model_uri))
+    served = (folder / "serving_input_example.json").read_text()
+    assert "reading_id" not in served and "r0-" not in served  # no id, nor any id's value
+    rows = table[["machine", "temperature", "load", "vibration"]].astype(str)
+    assert not (rows == example.astype(str).iloc[0]).all(axis=1).any()  # no row of the data
+    scored = model.predict(example)
+    assert len(scored) == 1 and not scored["is_anomaly"].iloc[0]  # a typical row

@@ -84,6 +84,9 @@ class ColumnSchema:
     # quantisation step of integer-coded data); a constant column has no gap: 1 raw unit
     # (the integer grid) when its value is a whole number, else 0 (no step known)
     categories: list[str] = field(default_factory=list)  # categorical: in feature order
+    most_common: str | None = None  # categorical: the training rows' most common value, the
+    # missing one only when no row has another (ties: the first in order); None in models
+    # saved before it was kept
 
     def is_known(self, value: Any) -> bool:
         """Whether ``value`` is a category seen in training (always True for numbers).
@@ -288,7 +291,9 @@ class TablePreprocessor:
                 name,
                 len(categories),
             )
-        return ColumnSchema(name, "categorical", categories=categories)
+        return ColumnSchema(
+            name, "categorical", categories=categories, most_common=_most_common(text)
+        )
 
     # -- applying ------------------------------------------------------------------------
     @property
@@ -443,6 +448,21 @@ class TablePreprocessor:
                 chosen = np.asarray(column.categories, dtype=object)[block.argmax(axis=1)]
                 out[column.name] = np.where(chosen == MISSING_CATEGORY, None, chosen)
         return pd.DataFrame(out)
+
+    def typical_row(self) -> pd.DataFrame:
+        """One row of the input columns that holds no training row, from the fitted schema
+        alone: each numeric column's training median (float) and each categorical column's
+        most common training value (text; None for the missing one; the first category
+        in a model saved before the most common was kept). No id, label or ignored column.
+        """
+        row: dict[str, Any] = {}
+        for column in self.columns:
+            if column.kind == "numeric":
+                row[column.name] = column.center + column.fill * column.scale  # the median
+            else:
+                value = column.most_common or column.categories[0]
+                row[column.name] = None if value == MISSING_CATEGORY else value
+        return pd.DataFrame([row], columns=self.input_columns)
 
     # -- persistence ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -686,6 +706,20 @@ def _holds_numbers(values: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(values):
         return not pd.api.types.is_bool_dtype(values)
     return values.dtype == object and pd.api.types.infer_dtype(values) in NUMBER_OBJECTS
+
+
+def _most_common(text: pd.Series) -> str:
+    """The most common value of a categorical column's ``text`` (as :func:`_as_text` gives
+    it), other than the missing one unless every value is missing; ties: the first in
+    sorted order.
+
+    >>> _most_common(pd.Series(["b", "a", "b", "a", MISSING_CATEGORY, MISSING_CATEGORY, "c"]))
+    'a'
+    """
+    counts = text[text != MISSING_CATEGORY].value_counts()
+    if counts.empty:
+        return MISSING_CATEGORY
+    return str(min(counts.index[counts == counts.max()]))
 
 
 def _as_text(values: pd.Series) -> pd.Series:
