@@ -372,7 +372,7 @@ def few_above_hint(
 ) -> str | None:
     """A line when fewer than FEW_ROWS_ABOVE of the calibration ``rows_name`` ("held-out
     normal rows") are above a quantile threshold, which leaves its false-positive rate on
-    new rows uncertain by a factor of 5 or more: how many would pin it down, and
+    new rows uncertain by a factor of about 5 or more: how many would pin it down, and
     ``advice(that many)`` on how to get them. None otherwise."""
     from anomaly_vae.calibration import FEW_ROWS_ABOVE, rows_to_pin_down
 
