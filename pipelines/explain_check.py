@@ -37,7 +37,6 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +47,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
 from anomaly_vae import VAEDetector, load_config
-from anomaly_vae.benchmark.runner import worker_context
+from anomaly_vae.benchmark.runner import map_in_workers
 from anomaly_vae.explanation import EXPLAIN_METHOD, EXPLAIN_METHODS
 from anomaly_vae.protocols import load_npz
 
@@ -235,14 +234,6 @@ def run_unit(unit: Unit) -> tuple[list[dict], dict]:
     return rows, eligible_row
 
 
-def _start_worker(threads: int) -> None:
-    """Cap torch and BLAS/OpenMP threads for the worker's life."""
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
-
-
 def percent(hits: pd.Series, rows: pd.Series) -> pd.Series:
     """``100 hits / rows``; NaN where there are no rows."""
     return 100 * hits / rows.where(rows > 0)
@@ -402,17 +393,7 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(
-            args.jobs,
-            mp_context=worker_context(),
-            initializer=_start_worker,
-            initargs=(args.threads,),
-        ) as executor:
-            outcomes = list(executor.map(run_unit, units))
-    else:
-        _start_worker(args.threads)
-        outcomes = [run_unit(unit) for unit in units]
+    outcomes = map_in_workers(run_unit, units, args.jobs, args.threads)
     wall = time.perf_counter() - start
     results = pd.DataFrame([row for rows, _ in outcomes for row in rows])
     eligible = pd.DataFrame([row for _, row in outcomes])

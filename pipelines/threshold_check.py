@@ -26,7 +26,6 @@ import argparse
 import os
 import platform
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import torch
 from scipy import stats
 
 from anomaly_vae import VAEDetector, load_config
-from anomaly_vae.benchmark.runner import worker_context
+from anomaly_vae.benchmark.runner import map_in_workers
 from anomaly_vae.protocols import load_npz, t_clean_split
 
 
@@ -98,14 +97,6 @@ def run_unit(unit: Unit) -> dict:
         "threshold": detector.threshold_,
         "fit_s": round(fit_s, 1),
     }
-
-
-def _start_worker(threads: int) -> None:
-    """Cap torch and BLAS/OpenMP threads for the worker's life."""
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(threads)
-    threadpool_limits(threads)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -206,17 +197,7 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(
-            args.jobs,
-            mp_context=worker_context(),
-            initializer=_start_worker,
-            initargs=(args.threads,),
-        ) as executor:
-            rows = list(executor.map(run_unit, units))
-    else:
-        _start_worker(args.threads)
-        rows = [run_unit(unit) for unit in units]
+    rows = map_in_workers(run_unit, units, args.jobs, args.threads)
     wall = time.perf_counter() - start
     results = pd.DataFrame(rows)
     results.to_csv(args.out / "results.csv", index=False)

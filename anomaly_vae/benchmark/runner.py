@@ -525,6 +525,22 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+def map_in_workers(
+    function: Callable[[Any], Any], units: list[Any], jobs: int, threads: int
+) -> list[Any]:
+    """``[function(unit) for unit in units]``, in order, in ``jobs`` worker processes
+    (:func:`worker_context`) of ``threads`` torch and BLAS threads each, or in this process
+    with its threads so capped when ``jobs`` is 1. For the pipelines' checks, whose units
+    run no benchmark bookkeeping; ``function`` and the units must pickle."""
+    if jobs <= 1:
+        _start_worker(threads)
+        return [function(unit) for unit in units]
+    with ProcessPoolExecutor(
+        jobs, mp_context=worker_context(), initializer=_start_worker, initargs=(threads,)
+    ) as executor:
+        return list(executor.map(function, units))
+
+
 def _start_worker(threads: int) -> None:
     """Cap torch and BLAS/OpenMP threads for the worker's life; warm torch up."""
     import torch
