@@ -468,9 +468,15 @@ def log_sources(data: TrainingData) -> None:
     validation and calibration rows, not the training split alone that the run's
     description counts) as an MLflow dataset input (schema, digest, source; the UI's
     Datasets): all of them up to ``DATASET_ROWS``, else a sample that its name says is
-    one (:func:`dataset_sample`)."""
+    one (:func:`dataset_sample`). A table file's SHA-256 is the tag ``data_sha256``, as a
+    calibrate run records its file's: which bytes the model was fit on, where the path
+    alone says nothing once the file is replaced."""
+    from anomaly_vae.batch import file_digest
+
     mlflow.set_tags(data.sources)
     source = data.sources.get("data")
+    if source is not None and Path(source).is_file():
+        mlflow.set_tag("data_sha256", file_digest(Path(source)))
     if isinstance(data.train, pd.DataFrame) and source is not None:
         frame, name = data.train, Path(source).name
         if len(frame) > DATASET_ROWS:
@@ -745,6 +751,7 @@ VERSION_TAGS = (
     "score",
     "threshold_method",
     "data",
+    "data_sha256",
     "eval_data",
     "normal_classes",
     "source_model",

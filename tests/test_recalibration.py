@@ -354,12 +354,14 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
         "kind": "calibrate",
         "threshold_method": "f1",
         "data": str(Path.cwd() / "labelled.csv"),
+        "data_sha256": hashlib.sha256(Path("labelled.csv").read_bytes()).hexdigest(),
         "source_model": f"latest local fit ({Path.cwd() / 'source'})",
         "source_run_id": source_run,
         "source_model_version": "pumps/1",
     }
     fit_tags = client.get_model_version("pumps", "1").tags
     assert fit_tags["data"] == str(Path.cwd() / "train.csv") and fit_tags["kind"] == "fit"
+    assert fit_tags["data_sha256"] == hashlib.sha256(Path("train.csv").read_bytes()).hexdigest()
     assert "source_run_id" not in fit_tags
     assert client.search_registered_models(filter_string="name = 'anomaly-vae'") == []
     assert client.get_experiment_by_name("anomaly-vae") is None  # nothing logged there

@@ -1,6 +1,7 @@
 """An MLflow run in a temporary store holds what a reviewer needs, and the logged
 pyfunc model scores exactly like the detector it wraps."""
 
+import hashlib
 import json
 import logging
 import os
@@ -74,6 +75,8 @@ def test_a_fit_version_carries_its_runs_tags_on_data_and_model(fitted_run):
         "score": "negative_elbo",
         "threshold_method": "quantile",
         "data": str(root / "train.csv"),
+        # which bytes: the path alone says nothing once the file is replaced
+        "data_sha256": hashlib.sha256((root / "train.csv").read_bytes()).hexdigest(),
     }
     run_tags = client.get_run(result.run.run_id).data.tags
     assert all(run_tags[key] == value for key, value in version.tags.items())
