@@ -153,7 +153,7 @@ def fit_family(
             candidates.append(_ensemble(candidates, data))
     chosen = _choose(candidates, select_by)
     comparison = _comparison_table(candidates, chosen.name)
-    mark_training_file(chosen.detector, source, data.train_names)
+    mark_training_file(chosen.detector, source, data)
     saved = save_model(chosen.detector, project_dir, model_dir)
     result = FamilyResult(
         detector=chosen.detector,

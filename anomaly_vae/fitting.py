@@ -77,8 +77,8 @@ class TrainingData:
     # of a conditional model; None for tables, whose conditions are columns.
     train_condition: np.ndarray | None = None
     evaluation_condition: np.ndarray | None = None
-    # What the run read, as MLflow tags: "data"/"eval_data" (where), "normal_classes"
-    # (images: the classes trained on)
+    # What the run read, as MLflow tags: "data"/"eval_data" (where), "data_sha256" (a table
+    # file's bytes), "normal_classes" (images: the classes trained on)
     sources: dict[str, str] = field(default_factory=dict)
     # Tables: the 1-based row of each row of `train` / `evaluation` in the file it was read
     # from (train None: DATA's rows in order), the last `eval_file_rows` evaluation rows
@@ -168,6 +168,8 @@ def load_training_data(
         refuse_missing_values(frame, frame, config.data)
     data = _split_table(frame, config, source)
     data.sources["data"] = source_location(source)
+    if Path(source).is_file():  # hashed once: the run's tag and the saved model's identity
+        data.sources["data_sha256"] = file_digest(Path(source))
     if eval_source is not None:
         if config.data.label_column is None:
             raise DataError("--eval needs --label-col: the evaluation file must be labelled")
@@ -481,7 +483,7 @@ def fit_source(
         data.train, condition=data.train_condition, on_epoch=on_epoch
     )
     evaluation, scores = calibrate_and_evaluate(detector, data, config.evaluation)
-    mark_training_file(detector, source, data.train_names)
+    mark_training_file(detector, source, data)
     model_dir = save_model(detector, project_dir, model_dir)
     rows = fit_rows(detector, data)
     result = FitResult(detector, model_dir, rows, evaluation, data, evaluation_scores=scores)
@@ -514,17 +516,19 @@ def fit_rows(detector: Any, data: TrainingData) -> dict[str, int]:
     return rows
 
 
-def training_file(source: str | Path, digest: bool = True) -> dict[str, Any] | None:
+def training_file(
+    source: str | Path, digest: bool = True, sha256: str | None = None
+) -> dict[str, Any] | None:
     """The identity of a table file a model is fit on, saved with it so that
     `calibrate` can tell when it is given the same file or a copy of it: its real path,
-    its size in bytes and, with ``digest``, the SHA-256 of its bytes. None for images
-    (see :func:`training_images`)."""
+    its size in bytes and, with ``digest``, the SHA-256 of its bytes (``sha256`` when the
+    caller has it already, else read). None for images (see :func:`training_images`)."""
     if is_image_source(source) or not Path(source).is_file():
         return None
     # The real path: a link to the training file is the training file.
     identity = {"path": os.path.realpath(source), "bytes": Path(source).stat().st_size}
     if digest:
-        identity["sha256"] = file_digest(Path(source))
+        identity["sha256"] = sha256 or file_digest(Path(source))
     return identity
 
 
@@ -591,14 +595,15 @@ def same_training_images(
     return "same" if given["folder"] == fitted_on["folder"] else "shared"
 
 
-def mark_training_file(
-    detector: Any, source: str | Path, image_names: list[str] | None = None
-) -> None:
+def mark_training_file(detector: Any, source: str | Path, data: TrainingData) -> None:
     """Record :func:`training_file` of ``source`` on ``detector`` (each member of an
-    ensemble), as ``training_source_``; for an image folder, :func:`training_images` of
-    the images it was trained on, ``image_names``."""
+    ensemble), as ``training_source_``, with the SHA-256 ``data`` was read with; for an
+    image folder, :func:`training_images` of the images it was trained on
+    (``data.train_names``)."""
     # hashed once, whatever the members
-    identity = training_file(source) or training_images(source, image_names)
+    identity = training_file(source, sha256=data.sources.get("data_sha256")) or (
+        training_images(source, data.train_names)
+    )
     for model in getattr(detector, "members", {"": detector}).values():
         model.training_source_ = None if identity is None else dict(identity)
 

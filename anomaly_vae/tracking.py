@@ -471,12 +471,8 @@ def log_sources(data: TrainingData) -> None:
     one (:func:`dataset_sample`). A table file's SHA-256 is the tag ``data_sha256``, as a
     calibrate run records its file's: which bytes the model was fit on, where the path
     alone says nothing once the file is replaced."""
-    from anomaly_vae.batch import file_digest
-
     mlflow.set_tags(data.sources)
     source = data.sources.get("data")
-    if source is not None and Path(source).is_file():
-        mlflow.set_tag("data_sha256", file_digest(Path(source)))
     if isinstance(data.train, pd.DataFrame) and source is not None:
         frame, name = data.train, Path(source).name
         if len(frame) > DATASET_ROWS:
