@@ -36,6 +36,7 @@ import torch
 from scipy import stats
 
 from anomaly_vae import VAEDetector, load_config
+from anomaly_vae.benchmark.report import markdown_frame
 from anomaly_vae.benchmark.runner import map_in_workers
 from anomaly_vae.protocols import load_npz, t_clean_split
 
@@ -99,23 +100,6 @@ def run_unit(unit: Unit) -> dict:
     }
 
 
-def markdown(table: pd.DataFrame) -> str:
-    """``table`` of text cells as a Markdown table: the first column left-aligned, the
-    others right-aligned."""
-    cells = [list(map(str, table.columns)), *(list(map(str, row)) for row in table.values)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(table.columns))]
-
-    def line(row: list[str]) -> str:
-        padded = [
-            row[0].ljust(widths[0]),
-            *(c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)),
-        ]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]])
-    return "\n".join([line(cells[0]), rule + "|", *(line(row) for row in cells[1:])])
-
-
 def summarise(results: pd.DataFrame, header: str) -> str:
     """The Markdown summary: a line per file and seed (rates in percent), then how often
     the realised rate lies in the stated interval, and the count in its predictive one."""
@@ -154,7 +138,7 @@ def summarise(results: pd.DataFrame, header: str) -> str:
     above = int((results["realised_fpr"] > results["expected_high"]).sum())
     below = int((results["realised_fpr"] < results["expected_low"]).sum())
     return (
-        f"{header}\n\n{markdown(shown)}\n\n"
+        f"{header}\n\n{markdown_frame(shown)}\n\n"
         f"Realised rate in the stated interval: {int(results['in_interval'].sum())} of "
         f"{units} fits ({above} above it, {below} below); flagged count in its predictive "
         f"interval: {int(results['in_predictive'].sum())} of {units}. Mean stated rate "

@@ -135,10 +135,12 @@ def format_table(table: pd.DataFrame, row_label: str) -> str:
             # rounded_complete: a partial mean tied with the best is still not bold.
             cells.append(f"**{text}**" if rounded_complete[column] == best else text)
         lines.append([label, *cells])
-    return _markdown([header, *lines])
+    return markdown_rows([header, *lines])
 
 
-def _markdown(rows: list[list[str]]) -> str:
+def markdown_rows(rows: list[list[str]]) -> str:
+    """A padded Markdown table of text ``rows``, the first the header: the first column
+    left-aligned, the others right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
 
     def line(row: list[str]) -> str:
@@ -149,6 +151,13 @@ def _markdown(rows: list[list[str]]) -> str:
 
     rule = "|" + "|".join(["-" * (widths[0] + 2)] + ["-" * (w + 1) + ":" for w in widths[1:]])
     return "\n".join([line(rows[0]), rule + "|", *(line(row) for row in rows[1:])])
+
+
+def markdown_frame(table: pd.DataFrame) -> str:
+    """:func:`markdown_rows` of ``table``: its column names, then its cells as text."""
+    return markdown_rows(
+        [list(map(str, table.columns)), *(list(map(str, row)) for row in table.to_numpy())]
+    )
 
 
 def time_table(results: pd.DataFrame) -> str:
@@ -168,7 +177,7 @@ def time_table(results: pd.DataFrame) -> str:
                 f"{item['fit_s'] / item['fits']:.2f}",
             ]
         )
-    return _markdown(rows)
+    return markdown_rows(rows)
 
 
 def _read(path: Path) -> pd.DataFrame:
