@@ -14,7 +14,11 @@ of images (each read as `anomaly-vae score` reads a folder), scored into one CSV
 - A lock file (``.anomaly-vae.lock``, ``flock``) lets one run at a time work on an
   output folder; a second run started meanwhile exits with a clear message.
 - A bad input (unreadable, wrong schema) is recorded as failed with its reason and left
-  untouched; the other inputs are still scored, and the run reports the failure.
+  untouched; the other inputs are still scored, and the run reports the failure. The
+  ledger numbers the failed attempts at the same bytes with the same model; after
+  ``max_attempts`` of them (:class:`~anomaly_vae.config.BatchConfig`) the input is
+  quarantined: later runs pass it over, and name it, until it changes or a run is told
+  to retry it (``retry_quarantined``).
 - Large files are read in chunks of ``chunk_rows`` rows, so memory stays bounded.
 """
 
@@ -35,12 +39,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from anomaly_vae.config import BatchConfig
 from anomaly_vae.data.images import hidden_below, is_image_file, read_with_images
 from anomaly_vae.data.preprocessing import MissingValuesError, warnings_per_file
 from anomaly_vae.data.tables import (
@@ -83,11 +88,26 @@ class BatchLockedError(AnomalyVAEError):
     exit_code = 75
 
 
+class Failures(NamedTuple):
+    """The failed attempts in a row at scoring an input's bytes with a model: how many,
+    and the latest one's reason."""
+
+    attempts: int
+    reason: str
+
+
 @dataclass
 class BatchReport:
+    """What a run did with each input, in one of four ways: scored, skipped, failed
+    (tried in this run) or quarantined (not tried)."""
+
     scored: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # already scored by this model
     failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    # failed path -> its attempt number at these bytes with this model; none for a
+    # conflict between inputs (two of one name), which is no failure of the input's bytes
+    attempts: dict[str, int] = field(default_factory=dict)
+    quarantined: dict[str, Failures] = field(default_factory=dict)  # path -> its failures
     rows: int = 0
     flagged: int = 0
     scores: list[np.ndarray] = field(default_factory=list)  # per file, a sample for drift
@@ -243,15 +263,41 @@ def output_path(output_dir: Path, source: Path) -> Path:
     return output_dir / (f"{source.name}.csv" if source.is_dir() else source.name)
 
 
+LEDGER_COLUMNS = (
+    "input",  # the input's absolute path
+    "size",  # its bytes (a folder's: its images')
+    "sha256",  # :func:`input_fingerprint`; NULL where the input could not be read
+    "model",  # :func:`ledger_model`
+    "status",  # "done" or "failed"
+    "rows",  # rows (images) scored
+    "output",  # the output's absolute path
+    "reason",  # why it failed
+    "at",  # when, UTC
+    "attempt",  # a failure's number among the failed attempts in a row at these bytes with
+    # this model (:meth:`Ledger.failed_attempts`); NULL when done, for a conflict between
+    # inputs, and in the rows of a ledger written before attempts were counted
+)
+
+
 class Ledger:
-    """What was scored, by which model, in one SQLite file."""
+    """What was scored, by which model, in one SQLite file: a row per input tried, each
+    written in a transaction of its own (one INSERT, committed), so a run killed at any
+    point leaves every row whole or absent."""
 
     def __init__(self, path: Path) -> None:
         self.connection = sqlite3.connect(path)
         self.connection.execute(
             "CREATE TABLE IF NOT EXISTS scored (input TEXT, size INTEGER, sha256 TEXT, "
-            "model TEXT, status TEXT, rows INTEGER, output TEXT, reason TEXT, at TEXT)"
+            "model TEXT, status TEXT, rows INTEGER, output TEXT, reason TEXT, at TEXT, "
+            "attempt INTEGER)"
         )
+        known = {row[1] for row in self.connection.execute("PRAGMA table_info(scored)")}
+        if "attempt" not in known:
+            # A ledger written before failed attempts were counted: one statement, which
+            # SQLite applies whole or not at all. Its failed rows stay uncounted (NULL),
+            # since a conflict between inputs, never counted, cannot be told from them.
+            # An older version still reads and writes the table: it names its columns.
+            self.connection.execute("ALTER TABLE scored ADD COLUMN attempt INTEGER")
         self.connection.commit()
 
     def last_written(self, output: str) -> tuple[str, str, str] | None:
@@ -262,9 +308,26 @@ class Ledger:
             (output,),
         ).fetchone()
 
+    def failed_attempts(self, input_path: str, sha256: str | None, model: str) -> Failures:
+        """The failed attempts at scoring ``input_path`` with these bytes (``sha256``; None: it
+        could not be read) and ``model`` since the input was last scored (by any model, of
+        any bytes): how many, and the latest one's reason ("" for none). Conflicts between
+        inputs and failures recorded before attempts were counted are none of them."""
+        attempts = (
+            "FROM scored WHERE input = ? AND sha256 IS ? AND model = ? AND status = 'failed' "
+            "AND attempt IS NOT NULL AND rowid > (SELECT COALESCE(MAX(rowid), 0) FROM scored "
+            "WHERE input = ? AND status = 'done')"
+        )
+        where = (input_path, sha256, model, input_path)
+        count, reason = self.connection.execute(
+            f"SELECT COUNT(*), (SELECT reason {attempts} ORDER BY rowid DESC LIMIT 1) {attempts}",
+            where + where,
+        ).fetchone()
+        return Failures(count, reason or "")
+
     def record(self, **values: Any) -> None:
         values["at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        columns = ("input", "size", "sha256", "model", "status", "rows", "output", "reason", "at")
+        columns = LEDGER_COLUMNS
         self.connection.execute(
             f"INSERT INTO scored ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
             tuple(values.get(c) for c in columns),
@@ -272,7 +335,9 @@ class Ledger:
         self.connection.commit()
 
     def entries(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM scored ORDER BY at", self.connection)
+        """Every row, oldest first; ``attempt`` as integers, missing where there is none."""
+        entries = pd.read_sql_query("SELECT * FROM scored ORDER BY at, rowid", self.connection)
+        return entries.astype({"attempt": "Int64"})
 
     def close(self) -> None:
         self.connection.close()
@@ -589,6 +654,8 @@ def run_batch(
     scorer: Any = None,
     progress: bool = False,
     explain: int = 0,
+    max_attempts: int = BatchConfig.max_attempts,
+    retry_quarantined: bool = False,
 ) -> BatchReport:
     """Score every input of ``source`` not yet scored by ``model_id`` into ``output_dir``,
     holding the folder's lock (:func:`output_lock`) meanwhile.
@@ -597,7 +664,8 @@ def run_batch(
     Spark engine); by default :func:`score_file` with ``detector`` (the local engine).
     ``progress``: a bar over the input files (and, locally, one over each file's rows)
     on a terminal. ``explain`` > 0: each row's ``explain`` columns that added most to its
-    score follow its scores (see :func:`score_inputs`).
+    score follow its scores; ``max_attempts``, ``retry_quarantined``: which inputs that
+    failed before are tried (see :func:`score_inputs`).
     """
     paths, image_scorer = model_inputs(source, output_dir, detector, progress)
     with output_lock(output_dir):
@@ -610,6 +678,8 @@ def run_batch(
             scorer or image_scorer,
             progress,
             explain,
+            max_attempts,
+            retry_quarantined,
         )
 
 
@@ -679,6 +749,8 @@ def score_inputs(
     scorer: Any = None,
     progress: bool = False,
     explain: int = 0,
+    max_attempts: int = BatchConfig.max_attempts,
+    retry_quarantined: bool = False,
 ) -> BatchReport:
     """:func:`run_batch` of the files ``paths`` (from :func:`batch_inputs`), for a caller
     that already holds the output folder's lock.
@@ -688,7 +760,12 @@ def score_inputs(
     the same ``explain_top``; by default the local engine's); an input is skipped only
     when its output was written with the same ``explain`` (:func:`ledger_model`).
     DataError before anything is scored when ``detector`` cannot explain rows (an image
-    model, a family ensemble)."""
+    model, a family ensemble).
+
+    An input whose bytes failed ``max_attempts`` times in a row with this model (and
+    ``explain``; :meth:`Ledger.failed_attempts`) is quarantined: not tried, and listed
+    in the report's ``quarantined``; 0: none is. ``retry_quarantined``: they are tried
+    once more (failing again, each stays quarantined)."""
     from anomaly_vae.explanation import refuse_unexplained
 
     if explain:
@@ -720,7 +797,17 @@ def score_inputs(
                 _record_failure(path, model_id, reason, ledger, report)
                 continue
             with warnings_named(path.name):
-                _score_one(path, output_dir, scorer, detector, model_id, chunk_rows, ledger, report)
+                _score_one(
+                    path,
+                    output_dir,
+                    scorer,
+                    detector,
+                    model_id,
+                    chunk_rows,
+                    ledger,
+                    report,
+                    0 if retry_quarantined else max_attempts,
+                )
     finally:
         ledger.close()
     return report
@@ -796,13 +883,23 @@ def _score_one(
     chunk_rows: int,
     ledger: Ledger,
     report: BatchReport,
+    max_attempts: int,
 ) -> None:
+    """Score ``path`` unless its output is up to date or it is quarantined (after
+    ``max_attempts`` failed attempts; 0: never), and note in the ledger and the report
+    what came of it."""
     key = str(path.resolve())
     output = output_path(output_dir, path)
     try:
         size, digest = input_fingerprint(path)
     except OSError as exc:  # removed or made unreadable since the folder was listed
-        _record_failure(path, model_id, f"cannot read it: {exc.strerror}", ledger, report)
+        # Its bytes unknown, the attempts are counted at "unreadable" (sha256 NULL): a file
+        # that cannot be read turns as many runs red as a bad one, and once readable it is
+        # another input, tried at once.
+        failures = ledger.failed_attempts(key, None, model_id)
+        if not _quarantines(path, failures, max_attempts, report):
+            reason = f"cannot read it: {exc.strerror}"
+            _record_failure(path, model_id, reason, ledger, report, attempt=failures.attempts + 1)
         return
     last = ledger.last_written(str(output.resolve()))
     # Only the latest write counts: an input changed back, or a model rolled back, is
@@ -817,6 +914,11 @@ def _score_one(
         )
         _record_failure(path, model_id, reason, ledger, report, size, digest)
         return
+    # Checked after the conflicts above: those fail every run until they are resolved, and
+    # then the input's own attempts, if any, decide.
+    failures = ledger.failed_attempts(key, digest, model_id)
+    if _quarantines(path, failures, max_attempts, report):
+        return
     # --verbose: a line per input as it starts and ends, for a scheduler's log, where no
     # progress bar is drawn and a large file takes minutes.
     logger.info("%s: scoring (%s bytes)", path, f"{size:,}")
@@ -829,7 +931,8 @@ def _score_one(
             reason += _set_aside(
                 output, "the file as it was" if last[1] != digest else f"model {last[2]}"
             )
-        _record_failure(path, model_id, reason, ledger, report, size, digest)
+        attempt = failures.attempts + 1
+        _record_failure(path, model_id, reason, ledger, report, size, digest, attempt)
         return
     output.with_name(output.name + STALE_SUFFIX).unlink(missing_ok=True)  # now superseded
     ledger.record(
@@ -868,6 +971,22 @@ def _set_aside(output: Path, scored_from: str) -> str:
     return f"; the scores of {scored_from} were moved to {stale.name}"
 
 
+def _quarantines(path: Path, failures: Failures, max_attempts: int, report: BatchReport) -> bool:
+    """True, noted in the report, when ``failures`` (of ``path``'s bytes with this run's
+    model) reach ``max_attempts`` (0: never): the input is not tried in this run."""
+    if not max_attempts or failures.attempts < max_attempts:
+        return False
+    report.quarantined[str(path)] = failures
+    # INFO: the caller names the quarantined inputs in a line at the end of the run.
+    logger.info(
+        "%s: quarantined after %d failed attempts (the latest: %s); not tried",
+        path,
+        failures.attempts,
+        failures.reason,
+    )
+    return True
+
+
 def _record_failure(
     path: Path,
     model_id: str,
@@ -876,8 +995,12 @@ def _record_failure(
     report: BatchReport,
     size: int | None = None,
     digest: str | None = None,
+    attempt: int | None = None,
 ) -> None:
-    """Note in the ledger and the report that ``path`` was not scored, and why."""
+    """Note in the ledger and the report that ``path`` was not scored, and why:
+    ``attempt``, the failure's number among the attempts at these bytes with this model
+    (:meth:`Ledger.failed_attempts`); None for a conflict between inputs, which is no
+    attempt at the input's bytes and never quarantines it."""
     ledger.record(
         input=str(path.resolve()),
         size=size,
@@ -885,10 +1008,31 @@ def _record_failure(
         model=model_id,
         status="failed",
         reason=reason,
+        attempt=attempt,
     )
     report.failed[str(path)] = reason
+    if attempt is not None:
+        report.attempts[str(path)] = attempt
     # INFO: the caller lists every failure at the end of the run; --verbose shows them live.
     logger.info("%s failed: %s", path, reason)
+
+
+NAMES_CHARS = 500  # a line or MLflow tag naming inputs is cut here (each is in the ledger)
+
+
+def input_names(paths: Sequence[str], limit: int = NAMES_CHARS) -> str:
+    """The base names of ``paths`` in one line, cut after about ``limit`` characters at a
+    name's end, then saying how many there are in all (the line a run's table shows).
+
+    >>> input_names(["in/a.csv", "in/b.csv"])
+    'a.csv, b.csv'
+    >>> input_names(["in/a.csv", "in/b.csv", "in/c.csv"], limit=8)
+    'a.csv, ... (3 in all)'
+    """
+    names = ", ".join(Path(path).name for path in paths)
+    if len(names) <= limit:
+        return names
+    return f"{names[:limit].rsplit(', ', 1)[0]}, ... ({len(paths)} in all)"
 
 
 DRIFT_WARNING = 0.1  # KS statistic above which the batch's scores are reported as drifted:

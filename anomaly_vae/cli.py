@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 import numpy as np
@@ -20,11 +20,15 @@ from anomaly_vae import __version__
 from anomaly_vae.config import (
     LABELLED_THRESHOLD_METHODS,
     QUANTILE_THRESHOLD,
+    BatchConfig,
     Config,
     load_config,
 )
 from anomaly_vae.data.images import TORCHVISION_SETS
 from anomaly_vae.errors import AnomalyVAEError, ConfigError, DataError
+
+if TYPE_CHECKING:  # the command imports it when run: it loads pandas
+    from anomaly_vae.batch import Failures
 
 DEFAULTS = Config()
 # The torchvision sources DATA may name, as the help texts list them ("mnist:ROOT, ...
@@ -607,6 +611,19 @@ def score(
     "spark extra and Java 17+; local[2] unless run through spark-submit).",
 )
 @EXPLAIN_OPTION
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(min=0),
+    default=BatchConfig.max_attempts,
+    metavar="N",
+    help="Quarantine an input after N failed attempts at the same bytes with this model: "
+    "later runs pass it over, and it no longer fails them (0: never; docs/batch.md).",
+)
+@click.option(
+    "--retry-quarantined",
+    is_flag=True,
+    help="Try the quarantined inputs once more (each that fails again stays quarantined).",
+)
 @click.option("--no-tracking", is_flag=True, help="Do not log the batch run to MLflow.")
 @THREADS_OPTION
 @click.option("--quiet", is_flag=True, help="No progress bars (none are drawn off a terminal).")
@@ -618,6 +635,8 @@ def batch(
     chunk_rows: int,
     engine: str,
     explain: int,
+    max_attempts: int,
+    retry_quarantined: bool,
     no_tracking: bool,
     threads: int,
     quiet: bool,
@@ -671,7 +690,16 @@ def batch(
 
             scorer = SparkScorer(model_ref, detector, progress=not quiet, explain_top=explain)
         report = score_inputs(
-            paths, output_dir, detector, model_id, chunk_rows, scorer, not quiet, explain
+            paths,
+            output_dir,
+            detector,
+            model_id,
+            chunk_rows,
+            scorer,
+            not quiet,
+            explain,
+            max_attempts,
+            retry_quarantined,
         )
     scores = np.concatenate(report.scores) if report.scores else np.empty(0)
     drift = drift_statistic(scores, detector.calibration_scores_)
@@ -682,7 +710,8 @@ def batch(
         f"Model {ledger_model(model_id, explain)}: scored {_counted(len(report.scored), inputs)} "
         f"({_counted(report.rows, unit)}, "
         f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
-        f"already scored, {len(report.failed)} failed."
+        f"already scored, {len(report.failed)} failed"
+        + (f", {len(report.quarantined)} quarantined." if report.quarantined else ".")
     )
     if report.rows:
         note = ""
@@ -697,7 +726,12 @@ def batch(
             )
         click.echo(f"Score drift against calibration (KS statistic): {drift.statistic:.3f}{note}")
     for path, reason in report.failed.items():
-        click.echo(f"failed: {failure_line(path, reason)}", err=True)
+        note = attempt_note(report.attempts.get(path), max_attempts)
+        click.echo(f"failed: {failure_line(path, reason)}{note}", err=True)
+    if report.quarantined:
+        click.echo(quarantine_line(report.quarantined), err=True)
+    # A run that scored nothing and tried nothing (every input skipped or quarantined) is
+    # not logged: on a schedule it would add a run an hour that says nothing new.
     if not no_tracking and (report.scored or report.failed):
         import mlflow
 
@@ -735,6 +769,8 @@ def batch(
                 )
                 # What failed and why, which only the ledger and stderr said.
                 log_failed_inputs(report.failed)
+    # Exit 1 when an input tried in this run failed, whatever its attempt; one passed over
+    # in quarantine failed runs before, and fails none after (its line above names it).
     if report.failed:
         raise click.exceptions.Exit(1)
 
@@ -748,6 +784,50 @@ def _refuse_unexplained(detector: Any) -> None:
         refuse_unexplained(detector)
     except DataError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def attempt_note(attempt: int | None, max_attempts: int) -> str:
+    """What the failure line of an input adds about its ``attempt`` (its number among the
+    failed attempts at these bytes with this model; None for a conflict between inputs,
+    which is none) given ``--max-attempts``.
+
+    >>> attempt_note(1, 3), attempt_note(None, 3), attempt_note(2, 0)
+    (' (attempt 1 of 3)', '', ' (attempt 2)')
+    >>> attempt_note(3, 3)
+    ' (attempt 3 of 3: quarantined; fix or replace it, or rerun with --retry-quarantined)'
+    >>> attempt_note(4, 3)  # a run with --retry-quarantined tried it again
+    ' (attempt 4, retried: still quarantined; fix or replace it)'
+    """
+    if attempt is None:
+        return ""
+    if not max_attempts:
+        return f" (attempt {attempt})"
+    if attempt < max_attempts:
+        return f" (attempt {attempt} of {max_attempts})"
+    if attempt == max_attempts:
+        return (
+            f" (attempt {attempt} of {max_attempts}: quarantined; fix or replace it, or "
+            "rerun with --retry-quarantined)"
+        )
+    # Tried beyond the limit only by a run told to retry the quarantined inputs
+    return f" (attempt {attempt}, retried: still quarantined; fix or replace it)"
+
+
+def quarantine_line(quarantined: dict[str, Failures]) -> str:
+    """The line naming the inputs a run passed over in quarantine (``BatchReport.
+    quarantined``: ``{path: Failures}``), after how many failed attempts, and what to do
+    about them (``2 inputs quarantined after 3 failed attempts: a.csv, b.csv; fix or
+    replace them, or rerun with --retry-quarantined``)."""
+    from anomaly_vae.batch import input_names
+
+    counts = sorted({failures.attempts for failures in quarantined.values()})
+    after = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+    return (
+        f"{_counted(len(quarantined), 'inputs')} quarantined after {after} failed "
+        f"attempt{'' if after == '1' else 's'}: {input_names(list(quarantined))}; fix or "
+        f"replace {'it' if len(quarantined) == 1 else 'them'}, or rerun with "
+        "--retry-quarantined"
+    )
 
 
 def failure_line(path: str, reason: str) -> str:

@@ -334,6 +334,21 @@ class TrackingConfig(ChangedSettingsRepr):
 
 
 @dataclass(repr=False)
+class BatchConfig(ChangedSettingsRepr):
+    """`anomaly-vae batch` on a schedule: settings of the command (its options take their
+    defaults from here), no part of a fit's :class:`Config`."""
+
+    max_attempts: int = 3  # failed attempts at scoring the same bytes of an input with the
+    # same model before later runs pass it over (quarantine, docs/batch.md): a failure that
+    # passes (a full disk, a lost Spark executor) gets two more runs, and a bad file turns
+    # three runs red, not every run; 0: never quarantine, every run tries again
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 0:
+            raise ConfigError("batch.max_attempts must be >= 0 (0: never quarantine)")
+
+
+@dataclass(repr=False)
 class Config(DetectorConfig):
     """A whole `fit` run: the detector plus evaluation and tracking."""
 

@@ -953,7 +953,7 @@ def test_a_failure_that_names_its_input_does_not_name_it_twice(model_dir, tmp_pa
     result = batch(model_dir, inputs, out)
     assert result.exit_code == 1, result.output
     empty, garbage = inputs / "empty.csv", inputs / "garbage.csv"
-    assert f"failed: {empty} has a header but no data rows\n" in result.output
+    assert f"failed: {empty} has a header but no data rows (attempt 1 of 3)\n" in result.output
     assert f"failed: {garbage} is not a readable CSV file" in result.output
     assert result.output.count(str(empty)) == 1 and result.output.count(str(garbage)) == 1
     # The ledger keeps the reason as it was given.
@@ -988,7 +988,7 @@ def test_a_bad_cell_is_named_with_its_file_by_score_calibrate_and_batch(
     assert missing.output.startswith(f"Error: {inputs / 'nocol.csv'}: missing column")
     # batch names each file once, as before.
     result = batch(model_dir, inputs, Path("out"))
-    assert f"failed: {cell}\n" in result.output, result.output
+    assert f"failed: {cell} (attempt 1 of 3)\n" in result.output, result.output
     assert f"failed: {inputs / 'nocol.csv'}: missing column 'temperature'" in result.output
 
 
@@ -1170,3 +1170,173 @@ def test_the_pipeline_script_passes_explain_to_batch(model_dir, tmp_path, monkey
         runpy.run_path(str(script), run_name="__main__")
     assert exit_info.value.code == 0
     assert _explained(tmp_path / "out", "a.csv") == ["why_1", "why_1_nats"]
+
+
+# Quarantine: an input that fails run after run stops failing the runs.
+
+
+def test_a_bad_input_is_quarantined_after_three_failed_attempts_and_fails_no_more_runs(
+    model_dir, tmp_path
+):
+    # Before, a file that could never be scored failed every scheduled run (exit 1), so a
+    # scheduler's alerts could not tell a new bad input from the same old one.
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(50, seed=1).drop(columns="load").to_csv(inputs / "bad.csv", index=False)
+    mixed_table(40, seed=2).to_csv(inputs / "good.csv", index=False)
+    failed = f"failed: {inputs / 'bad.csv'}: missing column 'load'"
+    for attempt in (1, 2, 3):  # batch.max_attempts, by default
+        result = batch(model_dir, inputs, out)
+        assert result.exit_code == 1, result.output
+        assert failed in result.output and f"(attempt {attempt} of 3" in result.output
+    said = "(attempt 3 of 3: quarantined; fix or replace it, or rerun with --retry-quarantined)\n"
+    assert said in result.output
+    passed_over = batch(model_dir, inputs, out)
+    assert passed_over.exit_code == 0, passed_over.output
+    assert "skipped 1 already scored, 0 failed, 1 quarantined." in passed_over.output
+    assert failed not in passed_over.output
+    assert (
+        "1 input quarantined after 3 failed attempts: bad.csv; fix or replace it, or rerun "
+        "with --retry-quarantined\n"
+    ) in passed_over.output
+    ledger = Ledger(out / LEDGER_FILE).entries()
+    attempts = ledger.groupby("status")["attempt"].agg(list)  # no row for the run passing over
+    assert attempts["failed"] == [1, 2, 3] and attempts["done"] == [pd.NA]
+    # A new bad input still fails the run; the quarantined one is named apart.
+    mixed_table(10, seed=3).drop(columns="load").to_csv(inputs / "new.csv", index=False)
+    new = batch(model_dir, inputs, out)
+    assert new.exit_code == 1, new.output
+    assert f"failed: {inputs / 'new.csv'}: missing column 'load'" in new.output
+    assert "(attempt 1 of 3)\n" in new.output and "1 failed, 1 quarantined." in new.output
+    assert "1 input quarantined after 3 failed attempts: bad.csv;" in new.output
+
+
+def test_a_quarantined_input_is_tried_again_when_changed_retried_or_scored_otherwise(
+    model_dir, tmp_path
+):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    bad = inputs / "a.csv"
+    mixed_table(20, seed=1).drop(columns="load").to_csv(bad, index=False)
+    once = ("--max-attempts", "1")
+    first = batch(model_dir, inputs, out, *once)
+    assert first.exit_code == 1 and "(attempt 1 of 1: quarantined;" in first.output
+    passed_over = batch(model_dir, inputs, out, *once)
+    assert passed_over.exit_code == 0 and "after 1 failed attempt: a.csv;" in passed_over.output
+    # Other bytes are another input: tried at once, its attempts counted from 1.
+    mixed_table(25, seed=2).drop(columns="load").to_csv(bad, index=False)
+    changed = batch(model_dir, inputs, out, *once)
+    assert changed.exit_code == 1 and "(attempt 1 of 1: quarantined;" in changed.output
+    # Told to, a run tries it once more; failing again, it stays quarantined.
+    retried = batch(model_dir, inputs, out, *once, "--retry-quarantined")
+    assert retried.exit_code == 1, retried.output
+    assert "(attempt 2, retried: still quarantined; fix or replace it)\n" in retried.output
+    assert batch(model_dir, inputs, out, *once).exit_code == 0
+    # Another model (here the same one with --explain) is a new attempt, as it scores
+    # every input again.
+    explained = batch(model_dir, inputs, out, *once, "--explain", "1")
+    assert explained.exit_code == 1 and "(attempt 1 of 1: quarantined;" in explained.output
+    # A higher limit tries it until it is reached; 0 never quarantines.
+    more = batch(model_dir, inputs, out, "--max-attempts", "3")
+    assert more.exit_code == 1 and "(attempt 3 of 3: quarantined;" in more.output
+    never = batch(model_dir, inputs, out, "--max-attempts", "0")
+    assert never.exit_code == 1 and "(attempt 4)\n" in never.output
+    # Fixed, it is scored; its old bad bytes back, their attempts count from 1 again.
+    mixed_table(25, seed=2).to_csv(bad, index=False)
+    fixed = batch(model_dir, inputs, out, *once)
+    assert fixed.exit_code == 0 and "scored 1 file (25 rows" in fixed.output
+    mixed_table(25, seed=2).drop(columns="load").to_csv(bad, index=False)
+    again = batch(model_dir, inputs, out, *once)
+    assert again.exit_code == 1 and "(attempt 1 of 1: quarantined;" in again.output
+
+
+def test_inputs_of_one_name_fail_every_run_and_are_never_quarantined(model_dir, tmp_path):
+    # Their conflict is no failure of their bytes: resolved, the one left is scored.
+    out = tmp_path / "out"
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+        mixed_table(20, seed=1).to_csv(tmp_path / folder / "x.csv", index=False)
+    for _ in range(2):
+        result = batch(model_dir, tmp_path / "[AB]" / "*.csv", out, "--max-attempts", "1")
+        assert result.exit_code == 1 and "2 inputs are named x.csv" in result.output
+        assert "quarantined" not in result.output and "attempt" not in result.output
+    (tmp_path / "B" / "x.csv").unlink()
+    resolved = batch(model_dir, tmp_path / "[AB]" / "*.csv", out, "--max-attempts", "1")
+    assert resolved.exit_code == 0 and "scored 1 file (20 rows" in resolved.output
+
+
+def test_an_input_that_cannot_be_read_is_quarantined_until_it_can_be(
+    model_dir, tmp_path, monkeypatch
+):
+    from anomaly_vae import batch as batch_module
+    from anomaly_vae.batch import Failures
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(20, seed=1).to_csv(inputs / "a.csv", index=False)
+    path, detector = str(inputs / "a.csv"), VAEDetector.load(model_dir)
+
+    def unreadable(source: Path) -> tuple[int, str]:  # as for root, chmod cannot make it so
+        raise PermissionError(13, "Permission denied", str(source))
+
+    monkeypatch.setattr(batch_module, "input_fingerprint", unreadable)
+    reason = "cannot read it: Permission denied"
+    for attempt in (1, 2):
+        report = run_batch(inputs, out, detector, "m", max_attempts=2)
+        assert report.failed == {path: reason} and report.attempts == {path: attempt}
+    report = run_batch(inputs, out, detector, "m", max_attempts=2)
+    assert not report.failed and report.quarantined == {path: Failures(2, reason)}
+    monkeypatch.undo()  # readable: its bytes are another input than "unreadable"
+    assert run_batch(inputs, out, detector, "m", max_attempts=2).scored == [path]
+
+
+def test_a_ledger_written_before_attempts_were_counted_keeps_working(model_dir, tmp_path):
+    import sqlite3
+
+    from anomaly_vae.batch import file_digest, model_identity
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    mixed_table(40, seed=1).to_csv(inputs / "a.csv", index=False)
+    assert batch(model_dir, inputs, out).exit_code == 0
+    mixed_table(30, seed=2).drop(columns="load").to_csv(inputs / "bad.csv", index=False)
+    # The ledger as the version before wrote it: its table, a.csv scored, bad.csv failed
+    # three times.
+    (out / LEDGER_FILE).unlink()
+    model = model_identity(str(model_dir), model_dir)
+    columns = "input, size, sha256, model, status, rows, output, reason, at"
+
+    def old_row(name: str, status: str) -> tuple:
+        source = inputs / name
+        rows, output = (40, str((out / name).resolve())) if status == "done" else (None, None)
+        reason = None if status == "done" else "missing column 'load'"
+        size, digest = source.stat().st_size, file_digest(source)
+        return (str(source.resolve()), size, digest, model, status, rows, output, reason)
+
+    with contextlib.closing(sqlite3.connect(out / LEDGER_FILE)) as old:
+        old.execute(
+            "CREATE TABLE scored (input TEXT, size INTEGER, sha256 TEXT, model TEXT, "
+            "status TEXT, rows INTEGER, output TEXT, reason TEXT, at TEXT)"
+        )
+        at = "2026-12-01T00:00:00"
+        for row in [old_row("a.csv", "done")] + [old_row("bad.csv", "failed")] * 3:
+            old.execute(
+                f"INSERT INTO scored ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, at)
+            )
+        old.commit()
+    result = batch(model_dir, inputs, out, "--max-attempts", "2")
+    assert result.exit_code == 1 and "skipped 1 already scored" in result.output, result.output
+    # Its failures were not counted (a conflict between inputs cannot be told from them):
+    # this is the first counted attempt.
+    assert "(attempt 1 of 2)\n" in result.output
+    assert Ledger(out / LEDGER_FILE).entries()["attempt"].fillna(0).tolist() == [0] * 4 + [1]
+    # The version before still writes to it (it names its columns), and its rows count not.
+    with contextlib.closing(sqlite3.connect(out / LEDGER_FILE)) as older:
+        older.execute(
+            f"INSERT INTO scored ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (*old_row("bad.csv", "failed"), "2026-12-01T01:00:00"),
+        )
+        older.commit()
+    again = batch(model_dir, inputs, out, "--max-attempts", "2")
+    assert again.exit_code == 1 and "(attempt 2 of 2: quarantined;" in again.output
+    assert batch(model_dir, inputs, out, "--max-attempts", "2").exit_code == 0

@@ -15,7 +15,7 @@ pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'an
 if shutil.which("java") is None:
     pytest.skip("Java is missing: the Spark engine needs Java 17+", allow_module_level=True)
 
-from anomaly_vae.batch import run_batch
+from anomaly_vae.batch import LEDGER_FILE, Ledger, run_batch
 from anomaly_vae.cli import main
 from anomaly_vae.errors import ConfigError
 from anomaly_vae.fitting import fit_source
@@ -168,6 +168,39 @@ def test_spark_engine_fails_bad_files_alone_with_the_local_engines_reasons(both_
     assert "empty.csv is empty" in reasons
     assert "header.csv has a header but no data rows" in reasons
     assert "corrupt.parquet is not a readable Parquet file: Parquet file size is" in reasons
+
+
+def test_spark_engine_counts_failed_attempts_and_quarantines_as_the_local_engine(
+    both_engines, project
+):
+    # The bad files of both_engines failed once with each engine; with a limit of one
+    # attempt, both pass them over alike, and retry them alike.
+    results = {}
+    for engine in both_engines:
+        ledger = Ledger(project / f"out_{engine}" / LEDGER_FILE).entries()
+        assert ledger.loc[ledger["status"] == "failed", "attempt"].tolist() == [1] * 5, engine
+        once = ("--max-attempts", "1")
+        passed_over = batch(project / "in", f"out_{engine}", WITH_IDS, engine, *once)
+        retried = batch(
+            project / "in", f"out_{engine}", WITH_IDS, engine, *once, "--retry-quarantined"
+        )
+        results[engine] = passed_over, retried
+    for engine, (passed_over, retried) in results.items():
+        assert passed_over.exit_code == 0, (engine, passed_over.output)
+        assert "skipped 6 already scored, 0 failed, 5 quarantined." in passed_over.stdout
+        assert (
+            "5 inputs quarantined after 1 failed attempt: corrupt.parquet, empty.csv, "
+            "header.csv, short.csv, text.csv; fix or replace them, or rerun with "
+            "--retry-quarantined"
+        ) in passed_over.stderr.splitlines(), engine
+        assert "failed:" not in passed_over.stderr, engine
+        assert retried.exit_code == 1, (engine, retried.output)
+        assert retried.stderr.count("(attempt 2, retried: still quarantined") == 5, engine
+    failures = {
+        engine: sorted(line for line in retried.stderr.splitlines() if line.startswith("failed:"))
+        for engine, (_, retried) in results.items()
+    }
+    assert failures["spark"] == failures["local"] and len(failures["spark"]) == 5
 
 
 def test_spark_engine_scores_for_a_model_without_an_id_column(project):
