@@ -738,6 +738,7 @@ def batch(
         from anomaly_vae.data.images import source_location
         from anomaly_vae.tracking import (
             log_failed_inputs,
+            log_quarantined_inputs,
             logging_after,
             quick_requests,
             use_tracking,
@@ -758,6 +759,7 @@ def batch(
                         "files_scored": len(report.scored),
                         "files_failed": len(report.failed),
                         "files_skipped": len(report.skipped),
+                        "files_quarantined": len(report.quarantined),
                         "rows_scored": report.rows,
                         "anomaly_rate": report.anomaly_rate,
                         **(
@@ -768,7 +770,8 @@ def batch(
                     }
                 )
                 # What failed and why, which only the ledger and stderr said.
-                log_failed_inputs(report.failed)
+                log_failed_inputs(report.failed, report.attempts)
+                log_quarantined_inputs(report.quarantined)
     # Exit 1 when an input tried in this run failed, whatever its attempt; one passed over
     # in quarantine failed runs before, and fails none after (its line above names it).
     if report.failed:

@@ -37,6 +37,7 @@ from mlflow.pyfunc import PythonModel
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
 
+from anomaly_vae.batch import Failures, input_names
 from anomaly_vae.config import (
     FIRST_ROWS_EXAMPLE,
     QUANTILE_THRESHOLD,
@@ -802,26 +803,52 @@ def model_description(detector: Any, run: Any) -> str:
 
 
 FAILED_ARTIFACT = "failed.csv"  # a batch run's inputs that failed, with their reasons
-FAILED_TAG_CHARS = 500  # the tag naming them is cut here: the artifact has them all
+QUARANTINED_ARTIFACT = "quarantined.csv"  # and those it passed over for their failures
 
 
-def log_failed_inputs(failed: dict[str, str]) -> None:
+def log_failed_inputs(failed: dict[str, str], attempts: dict[str, int] | None = None) -> None:
     """Into the active (batch) run, the inputs that failed (``failed``: ``{path: reason}``,
     as ``BatchReport.failed``), when any did: the artifact ``failed.csv`` (columns
-    ``input``, the absolute path as the ledger records it, and ``reason``) and the tag
-    ``failed_inputs``, their file names in a line that the runs table can show."""
-    if not failed:
-        return
-    paths = [Path(path) for path in failed]
+    ``input``, the absolute path as the ledger records it, ``reason`` and ``attempt``,
+    its number among the failed attempts at those bytes, ``BatchReport.attempts``, empty
+    for a conflict between inputs) and the tag ``failed_inputs``, their file names in a
+    line that the runs table can show."""
+    attempts = attempts or {}
     table = pd.DataFrame(
-        {"input": [str(path.resolve()) for path in paths], "reason": list(failed.values())}
+        {
+            "input": [str(Path(path).resolve()) for path in failed],
+            "reason": list(failed.values()),
+            "attempt": pd.array([attempts.get(path) for path in failed], dtype="Int64"),
+        }
     )
-    names = ", ".join(path.name for path in paths)
-    if len(names) > FAILED_TAG_CHARS:
-        names = f"{names[:FAILED_TAG_CHARS].rsplit(', ', 1)[0]}, ... ({len(paths)} in all)"
-    mlflow.set_tag("failed_inputs", names)
+    _log_inputs("failed_inputs", FAILED_ARTIFACT, table)
+
+
+def log_quarantined_inputs(quarantined: dict[str, Failures]) -> None:
+    """Into the active (batch) run, the inputs it passed over for their failed attempts
+    (``BatchReport.quarantined``), when there are any: the artifact ``quarantined.csv``
+    (``input``, its absolute path, ``attempts``, the failed attempts at its bytes with
+    this model, and ``reason``, the latest one's) and the tag ``quarantined_inputs``,
+    their file names."""
+    table = pd.DataFrame(
+        {
+            "input": [str(Path(path).resolve()) for path in quarantined],
+            "attempts": [failures.attempts for failures in quarantined.values()],
+            "reason": [failures.reason for failures in quarantined.values()],
+        }
+    )
+    _log_inputs("quarantined_inputs", QUARANTINED_ARTIFACT, table)
+
+
+def _log_inputs(tag: str, artifact: str, table: pd.DataFrame) -> None:
+    """``table`` (a row per input, its path in ``input``) as the active run's artifact
+    ``artifact`` and their names as its tag ``tag`` (:func:`input_names`, cut short);
+    nothing for no rows."""
+    if table.empty:
+        return
+    mlflow.set_tag(tag, input_names(table["input"].tolist()))
     with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / FAILED_ARTIFACT
+        path = Path(scratch) / artifact
         table.to_csv(path, index=False)
         mlflow.log_artifact(str(path))
 

@@ -250,8 +250,9 @@ def test_a_batch_run_in_mlflow_names_the_inputs_that_failed_and_why(
     assert run.data.tags["failed_inputs"] == "bad.csv, empty.csv"
     failed = pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/failed.csv"))
     ledger = Ledger(tmp_path / "out" / LEDGER_FILE).entries()
-    ledger = ledger[ledger["status"] == "failed"][["input", "reason"]]
-    # The ledger's absolute paths and its reasons, which the run's own stderr listed
+    ledger = ledger[ledger["status"] == "failed"][["input", "reason", "attempt"]]
+    ledger = ledger.astype({"attempt": "int64"})  # the first failed attempt of each
+    # The ledger's absolute paths, its reasons and attempts, which the run's stderr listed
     pd.testing.assert_frame_equal(
         failed.sort_values("input", ignore_index=True),
         ledger.sort_values("input", ignore_index=True),
@@ -1340,3 +1341,45 @@ def test_a_ledger_written_before_attempts_were_counted_keeps_working(model_dir, 
     again = batch(model_dir, inputs, out, "--max-attempts", "2")
     assert again.exit_code == 1 and "(attempt 2 of 2: quarantined;" in again.output
     assert batch(model_dir, inputs, out, "--max-attempts", "2").exit_code == 0
+
+
+def test_a_batch_run_in_mlflow_records_the_quarantined_inputs(model_dir, tmp_path, monkeypatch):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    mixed_table(50, seed=1).drop(columns="load").to_csv(inputs / "bad.csv", index=False)
+    mixed_table(30, seed=2).to_csv(inputs / "a.csv", index=False)
+
+    def run(*extra: str):
+        arguments = ["--model", str(model_dir), "--quiet", "--max-attempts", "1", *extra]
+        return CliRunner().invoke(main, ["batch", "in", "--output-dir", "out", *arguments])
+
+    def runs() -> list:
+        return mlflow.search_runs(experiment_names=["anomaly-vae-batch"], output_format="list")
+
+    def artifact(run, name: str) -> pd.DataFrame:
+        return pd.read_csv(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/{name}"))
+
+    assert run().exit_code == 1
+    (first,) = runs()
+    assert first.data.metrics["files_quarantined"] == 0
+    assert "quarantined_inputs" not in first.data.tags
+    assert artifact(first, "failed.csv")["attempt"].tolist() == [1]  # the one that quarantines
+    # Nothing new, nothing tried: no run, as for a run that only skipped.
+    assert run().exit_code == 0 and len(runs()) == 1
+    mixed_table(20, seed=3).to_csv(inputs / "b.csv", index=False)
+    assert run().exit_code == 0
+    latest = runs()[0]
+    assert latest.data.metrics["files_scored"] == 1 and latest.data.metrics["files_failed"] == 0
+    assert latest.data.metrics["files_quarantined"] == 1
+    assert latest.data.tags["quarantined_inputs"] == "bad.csv"
+    quarantined = artifact(latest, "quarantined.csv")
+    assert quarantined.columns.tolist() == ["input", "attempts", "reason"]
+    assert quarantined["input"].tolist() == [str(inputs / "bad.csv")]
+    assert quarantined["attempts"].tolist() == [1]
+    assert quarantined["reason"][0].startswith("missing column 'load'")
+    names = [a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id)]
+    assert names == ["quarantined.csv"]
