@@ -222,7 +222,8 @@ def main(verbose: bool) -> None:
 @click.option(
     "--register/--no-register",
     default=None,
-    help="Move the MLflow alias 'champion' to the new model version "
+    help="Move the MLflow alias 'champion' to the new model version, unless its threshold "
+    "asks for a check (the summary says so, and how to move the alias once checked) "
     f"[default: tracking.register_champion = {DEFAULTS.tracking.register_champion}].",
 )
 @click.option(
@@ -483,6 +484,8 @@ def _print_fit_summary(result: Any, config: Config) -> None:
                 "--set calibration.method=f1 (or recall), or run calibrate on labelled "
                 f"{unit} (docs/thresholds.md)"
             )
+    if result.check is not None:
+        _print_check(detector)
     click.echo(f"Model saved to {result.model_dir}")
     if result.run is not None:
         from anomaly_vae.tracking import CHAMPION_ALIAS, tracking_uri
@@ -492,6 +495,39 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         click.echo(f"Plots and tables: {run.artifact_uri}")
         alias = f" (alias '{CHAMPION_ALIAS}' moved to it)" if run.champion else ""
         click.echo(f"Registered model {run.model_uri}{alias}")
+        _print_champion_held(run)
+
+
+def _print_check(detector: Any) -> None:
+    """On stderr, that ``detector``'s threshold, chosen on labelled rows at fit or by
+    `calibrate`, asks for a check before use (:func:`~anomaly_vae.fitting.check_reason`)."""
+    from anomaly_vae.fitting import ALARMING_FPR_FACTOR
+
+    unit = f"{detector.score_item}s"
+    target = detector.effective_config.calibration.target_fpr
+    click.echo(
+        f"Check before you use it: it flags more than {ALARMING_FPR_FACTOR} times "
+        f"the {100 * target:g}% of normal {unit} the model was fit to flag; "
+        f"the labelled normal {unit} may be too few or unlike normal operation",
+        err=True,
+    )
+
+
+def _print_champion_held(run: Any) -> None:
+    """On stderr, when the check kept the champion alias off the version ``run`` (a
+    ``tracking.TrackedRun``) registered: where the alias stayed, and the command that
+    moves it once the threshold is checked."""
+    from anomaly_vae.tracking import CHAMPION_ALIAS
+
+    if run.move_champion is None:
+        return
+    kept = run.champion_kept_on
+    where = "left unset" if kept is None else f"left on version {kept}"
+    click.echo(
+        f"Alias '{CHAMPION_ALIAS}' {where}, as the threshold asks for a check; to "
+        f"move it to version {run.model_version} once checked: {run.move_champion}",
+        err=True,
+    )
 
 
 @main.command()
@@ -957,7 +993,7 @@ def calibrate(
     on the rows that chose the threshold are optimistic; the false-positive rate on the
     fit's held-out normal rows (f1, recall) is not.
     """
-    from anomaly_vae.recalibration import ALARMING_FPR_FACTOR, calibrate_model
+    from anomaly_vae.recalibration import calibrate_model
 
     if target_fpr is not None and method != QUANTILE_THRESHOLD:
         raise click.UsageError("--target-fpr is for --method quantile")
@@ -1050,14 +1086,8 @@ def calibrate(
             f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
             f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
         )
-        fit_target = detector.effective_config.calibration.target_fpr
         if result.check is not None:
-            click.echo(
-                f"Check before you use it: it flags more than {ALARMING_FPR_FACTOR} times "
-                f"the {100 * fit_target:g}% of normal {unit} the model was fit to flag; "
-                f"the labelled normal {unit} may be too few or unlike normal operation",
-                err=True,
-            )
+            _print_check(detector)
     click.echo(f"Model saved to {result.model_dir}")
     if result.run is not None:
         from anomaly_vae.tracking import CHAMPION_ALIAS
@@ -1065,14 +1095,7 @@ def calibrate(
         run = result.run
         alias = f" (alias '{CHAMPION_ALIAS}' moved to it)" if run.champion else ""
         click.echo(f"MLflow run {run.run_id}; registered model {run.model_uri}{alias}")
-        if result.move_champion is not None:
-            kept = result.champion_kept_on
-            where = "left unset" if kept is None else f"left on version {kept}"
-            click.echo(
-                f"Alias '{CHAMPION_ALIAS}' {where}, as the threshold asks for a check; to "
-                f"move it to version {run.model_version} once checked: {result.move_champion}",
-                err=True,
-            )
+        _print_champion_held(run)
 
 
 @main.command()

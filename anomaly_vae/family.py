@@ -33,6 +33,7 @@ from anomaly_vae.fitting import (
     FitResult,
     TrainingData,
     calibrate_and_evaluate,
+    check_reason,
     check_threshold_labels,
     fit_rows,
     load_training_data,
@@ -166,6 +167,8 @@ def fit_family(
         comparison=comparison,
         select_by=select_by,
         seconds=time.perf_counter() - start,
+        # The chosen candidate's threshold is the one registered
+        check=check_reason(chosen.detector, config.calibration.method),
     )
     if config.tracking.enabled:
         if shows_phases(config.training, len(data.train)):  # as a single fit says it
@@ -294,7 +297,9 @@ def _track(
     register: bool | None,
     project_dir: Path,
 ) -> Any:
-    """One parent run (comparison table, chosen model) with a child run per candidate."""
+    """One parent run (comparison table, chosen model) with a child run per candidate;
+    ``register`` moves the champion alias to the chosen model's version, unless its
+    threshold asks for a check (``result.check``, see :func:`~anomaly_vae.tracking.log_model`)."""
     import tempfile
 
     import mlflow
@@ -303,10 +308,12 @@ def _track(
 
     assert result.data is not None  # fit_family's result carries the data it read
     tracking.use_tracking(config.tracking.experiment, project_dir)
-    config = tracking.with_register(config, register)
+    asked = tracking.champion_asked(config, register)
+    moves = tracking.moves_champion(asked, result.check)  # as the run's parameters say
+    config = tracking.with_register(config, moves)
     # The chosen candidate's config: the family settings, with the model it kept.
     chosen_config = next(c.config for c in candidates if c.name == result.chosen)
-    chosen_config = tracking.with_register(chosen_config, register)
+    chosen_config = tracking.with_register(chosen_config, moves)
     with mlflow.start_run(run_name="family") as parent:
         for candidate in candidates:
             with mlflow.start_run(run_name=candidate.name, nested=True):
@@ -348,7 +355,13 @@ def _track(
             )
             mlflow.log_artifacts(str(out))
         return tracking.log_model(
-            result.detector, chosen_config, result.model_dir, result.data, parent, register
+            result.detector,
+            chosen_config,
+            result.model_dir,
+            result.data,
+            parent,
+            asked,
+            result.check,
         )
 
 

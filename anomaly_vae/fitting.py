@@ -20,6 +20,7 @@ from anomaly_vae.batch import file_digest, holds_only_tables, warnings_named
 from anomaly_vae.calibration import evaluate
 from anomaly_vae.config import (
     LABELLED_THRESHOLD_METHODS,
+    QUANTILE_THRESHOLD,
     Config,
     EvaluationConfig,
     ModelConfig,
@@ -121,6 +122,9 @@ class FitResult:
     # (m,) anomaly scores of data.evaluation that `evaluation` was computed from (None
     # without one): the run's score histogram draws its anomalies' scores from them
     evaluation_scores: np.ndarray | None = None
+    # Why the threshold asks for a check before use (check_reason), or None: then
+    # registering does not move the champion alias to the model
+    check: str | None = None
 
 
 def load_training_data(
@@ -437,6 +441,32 @@ def threshold_and_evaluation(
     return evaluation
 
 
+# A threshold chosen on labelled rows (f1, recall), at fit or by `calibrate`, asks for a
+# check, and `--register` does not move the champion alias to it, when it flags more than
+# this many times the model's target share of the fit's held-out normal rows
+ALARMING_FPR_FACTOR = 5
+
+
+def check_reason(detector: Any, method: str) -> str | None:
+    """Why ``detector``'s threshold, just chosen by ``method`` (at fit, or by
+    `calibrate`), asks for a check before use, or None: chosen on labelled rows (f1,
+    recall), it flags more than ``ALARMING_FPR_FACTOR`` times the model's
+    ``calibration.target_fpr`` of the fit's held-out normal rows (few or mislabelled
+    normal rows can put a threshold inside normal operation). A quantile threshold flags
+    its target share of the rows given, by construction."""
+    if method == QUANTILE_THRESHOLD:
+        return None
+    calibration = detector.calibration_
+    target = detector.effective_config.calibration.target_fpr
+    if calibration["calibration_fpr"] <= ALARMING_FPR_FACTOR * target:
+        return None
+    return (
+        f"it flags {100 * calibration['calibration_fpr']:.2f}% of the fit's "
+        f"{calibration['n_calibration']:,} held-out normal {detector.score_item}s, more than "
+        f"{ALARMING_FPR_FACTOR} times the {100 * target:g}% the model was fit to flag"
+    )
+
+
 def unread_model_settings(config: Config) -> list[str]:
     """``model.KEY=VALUE`` of each model setting changed from its default that the
     variant ``model.name`` does not read (its ``config_fields``): ``model.codebook_size``
@@ -487,13 +517,14 @@ def fit_source(
     model_dir = save_model(detector, project_dir, model_dir)
     rows = fit_rows(detector, data)
     result = FitResult(detector, model_dir, rows, evaluation, data, evaluation_scores=scores)
+    result.check = check_reason(detector, config.calibration.method)
     if config.tracking.enabled:
         if shows_phases(config.training, len(data.train)):
             phase_line("logging the run to MLflow")
         with tracking.logging_after(f"the model is saved in {model_dir}"):
             tracking.use_tracking(config.tracking.experiment, project_dir)
             result.run = tracking.log_fit_run(
-                detector, config, model_dir, data, evaluation, register, scores
+                detector, config, model_dir, data, evaluation, register, scores, result.check
             )
         record_run(model_dir, result.run.run_id)
     return result

@@ -52,6 +52,7 @@ from anomaly_vae.fitting import (
     Data,
     TrainingData,
     check_label_options,
+    check_reason,
     naming_file,
     record_run,
     same_training_file,
@@ -72,11 +73,6 @@ from anomaly_vae.training import phase_line, shows_phases
 
 logger = logging.getLogger(__name__)
 
-# A threshold chosen on labelled rows (f1, recall) asks for a check, and `--register` does
-# not move the champion alias to it, when it flags more than this many times the fit's
-# target share of the fit's held-out normal rows
-ALARMING_FPR_FACTOR = 5
-
 
 @dataclass
 class CalibrationResult:
@@ -88,10 +84,6 @@ class CalibrationResult:
     above_previous: float | None = None  # quantile: share of the normal rows above the
     # previous threshold (far above the target: drift, or anomalies among them)
     check: str | None = None  # why the threshold asks for a check before use (check_reason)
-    # --register asked, and the check kept the champion alias where it was: the version
-    # it names (None: no version), and the shell command that moves it to the new one
-    champion_kept_on: str | None = None
-    move_champion: str | None = None
 
 
 @dataclass
@@ -355,9 +347,9 @@ def calibrate_model(
     log it in the source's experiment and register it as a new version of the source's
     registered model (both traced through the run that logged the source; else
     ``tracking.experiment`` and ``tracking.registered_model_name``); ``register`` moves
-    the champion alias to it, unless its threshold asks for a check (:func:`check_reason`;
-    then ``champion_kept_on`` and ``move_champion`` of the result say where the alias
-    stayed and how to move it).
+    the champion alias to it, unless its threshold asks for a check
+    (:func:`~anomaly_vae.fitting.check_reason`; then ``champion_kept_on`` and
+    ``move_champion`` of the result's run say where the alias stayed and how to move it).
 
     ``f1`` and ``recall`` choose on labelled rows of both classes; ``recall`` flags
     ``target_recall`` of the anomalies (default: the model's ``calibration.target_recall``).
@@ -431,50 +423,14 @@ def calibrate_model(
         assert origin is not None  # resolved above when track
         if shows_phases(phases, len(scores)):
             phase_line("logging the run to MLflow")
-        # Scheduled scoring follows the champion: a threshold that asks for a check is
-        # registered, and goes live only when someone moves the alias to it.
-        held = register and result.check is not None
         with tracking.logging_after(f"the model is saved in {saved}"):
             if input_example is not None:
                 origin.input_example = input_example
             result.run = _track(
-                result,
-                labels,
-                example,
-                scores,
-                source,
-                origin,
-                project_dir,
-                register and not held,
-                intervals,
-                held,
+                result, labels, example, scores, source, origin, project_dir, register, intervals
             )
-            if held and result.run.model_version is not None:
-                name = origin.registered_name
-                result.champion_kept_on = tracking.alias_version(name)
-                result.move_champion = tracking.move_alias_command(name, result.run.model_version)
         record_run(saved, result.run.run_id)
     return result
-
-
-def check_reason(detector: Any, method: str) -> str | None:
-    """Why ``detector``'s threshold, just chosen by ``method``, asks for a check before
-    use, or None: chosen on labelled rows (f1, recall), it flags more than
-    ``ALARMING_FPR_FACTOR`` times the model's ``calibration.target_fpr`` of the fit's
-    held-out normal rows (few or mislabelled normal rows can put a threshold inside normal
-    operation). A quantile threshold flags its target share of the rows given, by
-    construction."""
-    if method == QUANTILE_THRESHOLD:
-        return None
-    calibration = detector.calibration_
-    target = detector.effective_config.calibration.target_fpr
-    if calibration["calibration_fpr"] <= ALARMING_FPR_FACTOR * target:
-        return None
-    return (
-        f"it flags {100 * calibration['calibration_fpr']:.2f}% of the fit's "
-        f"{calibration['n_calibration']:,} held-out normal {detector.score_item}s, more than "
-        f"{ALARMING_FPR_FACTOR} times the {100 * target:g}% the model was fit to flag"
-    )
 
 
 def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -> None:
@@ -598,7 +554,6 @@ def _track(
     project_dir: Path,
     register: bool,
     intervals: EvaluationConfig,
-    held: bool = False,
 ) -> Any:
     """One MLflow run, in the source model's experiment: the source model, the data (a
     table file by path, SHA-256 and row counts), the recalibrated model's settings as a
@@ -606,9 +561,9 @@ def _track(
     ``intervals``) and its plots (``scores (n,)``: those of the rows, not computed again,
     of ``labels (n,)``), and the recalibrated model (its input ``example``: the first
     rows, or the images) as a new version of the source's registered model; ``register``
-    moves the champion alias to it. The tag ``needs_check`` (on the version too) says why
-    the threshold asks for a check (``result.check``), and with ``held`` that the alias
-    was not moved for it."""
+    moves the champion alias to it, unless the threshold asks for a check
+    (``result.check``: then :func:`~anomaly_vae.tracking.log_model` tags the run and the
+    version ``needs_check`` and leaves the alias where it was)."""
     import tempfile
 
     import mlflow
@@ -618,7 +573,8 @@ def _track(
     # What the logging reads of the rows: their labels (their scores are given) and the
     # model's input example, the first rows; a table's other rows were never kept.
     logged = TrainingData(example, evaluation_labels=labels)
-    config = _run_config(result.detector, origin, intervals, register)
+    moves = tracking.moves_champion(register, result.check)
+    config = _run_config(result.detector, origin, intervals, moves)
     tracking.use_tracking(origin.experiment, project_dir)
     calibration = result.detector.calibration_
     with mlflow.start_run(run_name="calibrate") as run:
@@ -627,9 +583,6 @@ def _track(
             "kind": "calibrate",
             "data": source_location(source),
         }
-        if result.check is not None:
-            held_note = "; --register did not move the champion alias to it" if held else ""
-            tags["needs_check"] = result.check + held_note
         mlflow.set_tags(tags | origin.tags)
         target = "target_fpr" if calibration["method"] == QUANTILE_THRESHOLD else "target_recall"
         mlflow.log_params({k: calibration[k] for k in ("method", target) if k in calibration})
@@ -641,7 +594,9 @@ def _track(
             tracking.write_config(config, out)
             tracking.log_calibration(result.detector, logged, result.evaluation, out, scores)
             mlflow.log_artifacts(str(out))
-        return tracking.log_model(result.detector, config, result.model_dir, logged, run, register)
+        return tracking.log_model(
+            result.detector, config, result.model_dir, logged, run, register, result.check
+        )
 
 
 def _run_config(

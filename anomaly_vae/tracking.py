@@ -66,6 +66,9 @@ from anomaly_vae.store import tracking_uri as tracking_uri
 from anomaly_vae.training import phase_line
 
 CHAMPION_ALIAS = "champion"
+# Run and version tag: why the threshold asks for a check before use (fitting.check_reason)
+NEEDS_CHECK_TAG = "needs_check"
+CHAMPION_HELD_NOTE = "; --register did not move the champion alias to it"  # ends the tag, held
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 DETECTOR_ARTIFACT = "detector"  # key of the saved detector among the pyfunc model's artifacts
 VIEWS_ARTIFACT_PATH = "views"  # run artifact folder of the classic VAE views
@@ -175,6 +178,11 @@ class TrackedRun:
     model_version: str | None
     artifact_uri: str  # where the run's plots and tables are
     champion: bool  # whether the champion alias now points at this version
+    # Asked to move the champion alias, and kept it where it was, as the threshold asks
+    # for a check (moves_champion): the version the alias names (None: no version), and
+    # the shell command that moves it to this one (None when the alias was not held)
+    champion_kept_on: str | None = None
+    move_champion: str | None = None
 
 
 class AnomalyVAEPyfunc(PythonModel):
@@ -382,16 +390,34 @@ def log_fit_run(
     evaluation: dict[str, Any] | None = None,
     register: bool | None = None,
     scores: np.ndarray | None = None,
+    check: str | None = None,
 ) -> TrackedRun:
     """Log one fit as one MLflow run in the current experiment; register the model.
 
     ``register`` moves the ``champion`` alias to the new version (default:
-    ``config.tracking.register_champion``); ``scores``: as :func:`log_calibration`.
+    ``config.tracking.register_champion``), unless the threshold asks for a ``check``
+    (see :func:`log_model`); ``scores``: as :func:`log_calibration`.
     """
-    config = with_register(config, register)
+    asked = champion_asked(config, register)
+    config = with_register(config, moves_champion(asked, check))
     with mlflow.start_run(run_name=f"fit {config.model.name}") as run:
         log_detector(detector, config, data, evaluation, scores)
-        return log_model(detector, config, model_dir, data, run, register)
+        return log_model(detector, config, model_dir, data, run, asked, check)
+
+
+def champion_asked(config: Config, register: bool | None) -> bool:
+    """Whether a run is asked to move the champion alias: ``register`` (``--register``/
+    ``--no-register``) when given, else ``config.tracking.register_champion``."""
+    return config.tracking.register_champion if register is None else register
+
+
+def moves_champion(register: bool, check: str | None) -> bool:
+    """Whether a run asked to move the champion alias (``register``) moves it to the
+    version it registers: not when the version's threshold asks for a ``check`` (why, or
+    None: :func:`~anomaly_vae.fitting.check_reason`). Scheduled scoring (``batch --model
+    models:/NAME@champion``) follows the alias, so such a version is registered, and goes
+    live only when someone moves the alias to it; a fit's and a calibrate run's alike."""
+    return register and check is None
 
 
 def with_register(config: Config, register: bool | None) -> Config:
@@ -668,10 +694,19 @@ def log_model(
     data: TrainingData,
     run: Any,
     register: bool | None = None,
+    check: str | None = None,
 ) -> TrackedRun:
     """Log the saved model in ``model_dir`` as a pyfunc model of the active run, with the
     input example ``config.tracking.input_example`` asks for (:func:`input_example`);
-    register it, and move the champion alias when asked."""
+    register it, and move the champion alias when asked (``register``, default
+    ``config.tracking.register_champion``) unless its threshold asks for a ``check``
+    (:func:`moves_champion`). The run and the version then have the tag ``needs_check``
+    saying why (and that the alias was not moved, when asked), and the result names the
+    version the alias stayed on and the command that moves it."""
+    asked = champion_asked(config, register)
+    champion = moves_champion(asked, check)
+    if check is not None:  # before the version copies the run's tags
+        mlflow.set_tag(NEEDS_CHECK_TAG, check + (CHAMPION_HELD_NOTE if asked else ""))
     example = input_example(detector, data.train, kind=config.tracking.input_example)
     # MLflow scores the input example to check it; a conditional image model would warn
     # that its example images have no class, about images no user gave.
@@ -687,32 +722,31 @@ def log_model(
         )
     version = str(info.registered_model_version) if info.registered_model_version else None
     model_uri = info.model_uri
-    champion = config.tracking.register_champion if register is None else register
+    kept_on = move = None
     # The runs table and the registry list runs and versions by name and number alone
     # ("fit vae", version 7): a line saying what each is tells them apart at a glance.
     logged = MlflowClient().get_run(run.info.run_id)
     description = model_description(detector, logged)
     mlflow.set_tag(NOTE_TAG, description)
     if version is not None:
-        model_uri = f"models:/{config.tracking.registered_model_name}/{version}"
-        MlflowClient().update_model_version(
-            config.tracking.registered_model_name, version, description=description
-        )
+        name = config.tracking.registered_model_name
+        model_uri = f"models:/{name}/{version}"
+        MlflowClient().update_model_version(name, version, description=description)
         # A reviewer of the Models page sees the version's tags, not its run's.
         for key, value in version_tags(logged.data.tags).items():
-            MlflowClient().set_model_version_tag(
-                config.tracking.registered_model_name, version, key, value
-            )
+            MlflowClient().set_model_version_tag(name, version, key, value)
         if champion:
-            MlflowClient().set_registered_model_alias(
-                config.tracking.registered_model_name, CHAMPION_ALIAS, version
-            )
+            MlflowClient().set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        elif asked:  # held for the check
+            kept_on, move = alias_version(name), move_alias_command(name, version)
     return TrackedRun(
         run_id=run.info.run_id,
         model_uri=model_uri,
         model_version=version,
         artifact_uri=run.info.artifact_uri,
         champion=bool(champion and version),
+        champion_kept_on=kept_on,
+        move_champion=move,
     )
 
 
@@ -740,8 +774,8 @@ def move_alias_command(name: str, version: str, alias: str = CHAMPION_ALIAS) -> 
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 # Run tags copied to the model version the run registers, where the run has them: what
 # the model is (variant, score, how its threshold was chosen), the data it was fit or
-# recalibrated on, and for a calibrate run the model it came from and why its threshold
-# asks for a check (when it does).
+# recalibrated on, for a calibrate run the model it came from, and why its threshold asks
+# for a check (when it does).
 VERSION_TAGS = (
     "kind",
     "model",
@@ -754,7 +788,7 @@ VERSION_TAGS = (
     "source_model",
     "source_run_id",
     "source_model_version",
-    "needs_check",
+    NEEDS_CHECK_TAG,
 )
 
 

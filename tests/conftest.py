@@ -122,6 +122,15 @@ def mixed_table(n: int, seed: int, anomalies: int = 0) -> pd.DataFrame:
     )
 
 
+def mislabelled_table(n: int, seed: int, wrong: int = 30) -> pd.DataFrame:
+    """:func:`mixed_table` of normal rows only, the first ``wrong`` of them labelled
+    anomalous by mistake: a threshold chosen on these labels (f1, recall) lands inside
+    normal operation."""
+    table = mixed_table(n, seed)
+    table.loc[table.index[:wrong], "is_fault"] = 1
+    return table
+
+
 @pytest.fixture
 def tracking_store(tmp_path, monkeypatch):
     """A temporary MLflow SQLite store; the working directory is tmp_path too."""

@@ -13,7 +13,14 @@ from anomaly_vae.ensemble import EnsembleDetector, load_saved, reference_percent
 from anomaly_vae.errors import ConfigError, DataError
 from anomaly_vae.family import fit_family, format_comparison, suitable_variants
 from anomaly_vae.models import available_models, get_model
-from tests.conftest import correlated_normal, mixed_table, run_pipeline_script, tiny_config
+from tests.conftest import (
+    TINY,
+    correlated_normal,
+    mislabelled_table,
+    mixed_table,
+    run_pipeline_script,
+    tiny_config,
+)
 
 
 def test_suitable_variants_follow_what_models_declare():
@@ -521,3 +528,44 @@ def test_a_large_tracked_family_says_each_step_as_a_fit_does(tmp_path, monkeypat
         "logging the family to MLflow (4 runs) ...",  # its own, 2 variants, the ensemble
     ]
     assert lines.count(calibrating) == 2  # one a variant
+
+
+def test_family_register_keeps_the_champion_off_a_threshold_that_asks_for_a_check(
+    tmp_path, monkeypatch
+):
+    # fit --family --register moved the alias to the chosen model whatever its threshold,
+    # as a single fit did: an F1 threshold chosen on mislabelled rows went live at once.
+    import mlflow
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from anomaly_vae.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    mislabelled_table(300, seed=1).to_csv("mislabelled.csv", index=False)
+    arguments = ["fit", "mislabelled.csv", "--family", "--label-col", "is_fault"]
+    arguments += ["--id-col", "reading_id", "--quiet", "--register"]
+    settings = [*TINY, "training.epochs=3", "tracking.log_views=false"]
+    settings += ["calibration.method=f1", "family.variants=[vae,beta-vae]"]
+    try:
+        result = CliRunner().invoke(
+            main, [*arguments, *(a for s in settings for a in ("--set", s))]
+        )
+    finally:
+        mlflow.set_tracking_uri(None)  # as other tests expect it
+    assert result.exit_code == 0, result.output
+    assert "Check before you use it: it flags more than 5 times" in result.output
+    assert "Alias 'champion' left unset, as the threshold asks for a check; to move it to " in (
+        result.output
+    )
+    client = MlflowClient(store)
+    assert client.get_registered_model("anomaly-vae").aliases == {}
+    version = client.get_model_version("anomaly-vae", "1")
+    assert version.tags["needs_check"].endswith(
+        "; --register did not move the champion alias to it"
+    )
+    parent = client.get_run(version.run_id)
+    assert parent.info.run_name == "family"
+    assert parent.data.params["tracking.register_champion"] == "False"

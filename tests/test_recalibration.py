@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from anomaly_vae.cli import main
 from anomaly_vae.detector import VAEDetector
 from anomaly_vae.fitting import latest_model_dir
-from tests.conftest import TINY, mixed_table, tiny_config
+from tests.conftest import TINY, mislabelled_table, mixed_table, tiny_config
 
 FAST = [arg for item in TINY for arg in ("--set", item)]
 
@@ -447,10 +447,7 @@ def test_a_threshold_that_flags_much_of_normal_operation_asks_for_a_check(tmp_pa
     _fit("source", "--no-tracking")
     # Normal rows, 30 of them labelled anomalous by mistake: to reach 90% recall on them
     # the threshold must flag most normal rows.
-    mislabelled = mixed_table(400, seed=1)
-    mislabelled["is_fault"] = 0
-    mislabelled.loc[mislabelled.index[:30], "is_fault"] = 1
-    mislabelled.to_csv("labelled.csv", index=False)
+    mislabelled_table(400, seed=1).to_csv("labelled.csv", index=False)
     arguments = ("--method", "recall", "--target-recall", "0.9", "--no-tracking")
     result = _calibrate("source", *arguments)
     assert result.exit_code == 0, result.output
@@ -473,10 +470,8 @@ def test_register_keeps_the_champion_on_its_version_when_the_threshold_asks_for_
     from mlflow import MlflowClient
 
     _fit("source", "--set", "tracking.log_views=false", "--register")
-    mislabelled = mixed_table(400, seed=1)  # normal rows, 30 labelled anomalous by mistake
-    mislabelled["is_fault"] = 0
-    mislabelled.loc[mislabelled.index[:30], "is_fault"] = 1
-    mislabelled.to_csv("labelled.csv", index=False)
+    # normal rows, 30 labelled anomalous by mistake
+    mislabelled_table(400, seed=1).to_csv("labelled.csv", index=False)
     result = _calibrate("source", "--method", "recall", "--target-recall", "0.9", "--register")
     assert result.exit_code == 0, result.output
     assert "Check before you use it" in result.output

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -20,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from anomaly_vae.fitting import fit_table, latest_model_dir
 from anomaly_vae.scoring import load_detector
 from anomaly_vae.tracking import CHAMPION_ALIAS, tracking_uri, use_tracking
-from tests.conftest import mixed_table, tiny_config
+from tests.conftest import TINY, mislabelled_table, mixed_table, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +416,52 @@ def test_a_run_logs_the_register_flag_it_was_given(fitted_run):
     assert result.run.champion
     assert params["tracking.register_champion"] == "True"
     assert logged["tracking"]["register_champion"] is True
+
+
+def test_fit_register_keeps_the_champion_on_its_version_when_the_threshold_asks_for_a_check(
+    tracking_store,
+):
+    # fit --register moved the alias whatever the threshold, as calibrate --register did
+    # before: an F1 threshold chosen on mislabelled rows, flagging most normal rows, went
+    # live at once for scheduled scoring (batch --model models:/anomaly-vae@champion).
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+
+    client = MlflowClient(tracking_store)
+    # The champion in service: any version will do (fitting one costs a tracked fit)
+    client.create_registered_model("anomaly-vae")
+    client.create_model_version("anomaly-vae", source=Path.cwd().as_uri())
+    client.set_registered_model_alias("anomaly-vae", CHAMPION_ALIAS, "1")
+    mislabelled_table(400, seed=1).to_csv("mislabelled.csv", index=False)
+    arguments = ["fit", "mislabelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    arguments += ["--quiet", "--register"]
+    settings = [*TINY, "training.epochs=5", "tracking.log_views=false", "calibration.method=f1"]
+    try:
+        result = CliRunner().invoke(
+            main, [*arguments, *(a for s in settings for a in ("--set", s))]
+        )
+    finally:
+        mlflow.set_tracking_uri(None)  # the module's other tests use fitted_run's store
+    assert result.exit_code == 0, result.output
+    assert "Check before you use it: it flags more than 5 times the 1% of normal rows" in (
+        result.output
+    )
+    assert "Registered model models:/anomaly-vae/2\n" in result.output  # not moved
+    said = "Alias 'champion' left on version 1, as the threshold asks for a check; to move "
+    said += "it to version 2 once checked: "
+    (line,) = [line for line in result.output.splitlines() if line.startswith(said)]
+    assert line.endswith("""set_registered_model_alias("anomaly-vae", "champion", "2")'""")
+    assert client.get_registered_model("anomaly-vae").aliases == {CHAMPION_ALIAS: 1}
+    version = client.get_model_version("anomaly-vae", "2")
+    assert re.fullmatch(
+        r"it flags \d+\.\d\d% of the fit's \d+ held-out normal rows, more than 5 times the "
+        "1% the model was fit to flag; --register did not move the champion alias to it",
+        version.tags["needs_check"],
+    )
+    run = client.get_run(version.run_id)
+    assert run.data.tags["needs_check"] == version.tags["needs_check"]
+    assert run.data.params["tracking.register_champion"] == "False"  # as the run did
 
 
 def test_a_run_logs_only_the_model_settings_its_variant_reads(fitted_run, tmp_path, monkeypatch):
