@@ -61,6 +61,7 @@ GRID_EDGE_INCHES = 0.1
 GRID_TITLE_LINE_INCHES = 0.2
 GRID_TICK_LABEL_INCHES = 0.2
 GRID_AXIS_LABEL_INCHES = 0.25
+GRID_LABEL_LINE_INCHES = 0.15  # each further line of a wrapped axis label (8 points)
 
 
 @dataclass
@@ -129,7 +130,8 @@ def _image_grid(
 
     ``row_labels`` and ``column_labels`` name the grid's rows and columns ("" leaves a
     place unnamed); ``axis_labels`` (x, y) say what runs along them. The title is
-    wrapped to the figure's width.
+    wrapped to the figure's width, the x label to the grid's; the figure is widened
+    where a line of either is still wider (a long path is never split).
     """
     from torchvision.utils import make_grid
 
@@ -144,10 +146,24 @@ def _image_grid(
     label_width = max((len(label) for label in row_labels or []), default=0)
     left = GRID_EDGE_INCHES + label_width * GRID_LABEL_POINTS * plots.TITLE_CHARACTER_WIDTH / 72
     left += GRID_AXIS_LABEL_INCHES if axis_labels[1] else 0
-    bottom = GRID_EDGE_INCHES + (GRID_TICK_LABEL_INCHES if column_labels else 0)
-    bottom += GRID_AXIS_LABEL_INCHES if axis_labels[0] else 0
     fig_width = left + image_width + GRID_EDGE_INCHES
     wrapped = plots.wrap_title(title, fig_width, GRID_TITLE_POINTS)
+    # The x label is centred under the images, so it wraps to their width.
+    x_label = plots.wrap_title(axis_labels[0], image_width, GRID_LABEL_POINTS)
+    # A path is never split (wrap_title), and an image's file named in the traversal's or
+    # the interpolation's title and label is often wider than the grid: its ends were cut
+    # off at the figure's edges. The figure widens to hold the widest line, the images
+    # centred in the width added.
+    widen = max(
+        0.0,
+        _text_inches(wrapped, GRID_TITLE_POINTS) + 2 * GRID_EDGE_INCHES - fig_width,
+        _text_inches(x_label, GRID_LABEL_POINTS) - image_width,
+    )
+    left += widen / 2
+    fig_width += widen
+    bottom = GRID_EDGE_INCHES + (GRID_TICK_LABEL_INCHES if column_labels else 0)
+    if x_label:
+        bottom += GRID_AXIS_LABEL_INCHES + GRID_LABEL_LINE_INCHES * x_label.count("\n")
     top = 2 * GRID_EDGE_INCHES + GRID_TITLE_LINE_INCHES * (wrapped.count("\n") + 1)
     fig_height = bottom + image_height + top
     fig = plt.figure(figsize=(fig_width, fig_height), dpi=plots.DPI)
@@ -165,10 +181,22 @@ def _image_grid(
     ax.tick_params(length=0, labelsize=GRID_LABEL_POINTS)
     ax.set_xticks(*_grid_ticks(column_labels, images.shape[3]))
     ax.set_yticks(*_grid_ticks(row_labels, images.shape[2]))
-    ax.set_xlabel(axis_labels[0], fontsize=GRID_LABEL_POINTS)
+    ax.set_xlabel(x_label, fontsize=GRID_LABEL_POINTS)
     ax.set_ylabel(axis_labels[1], fontsize=GRID_LABEL_POINTS)
     fig.suptitle(wrapped, fontsize=GRID_TITLE_POINTS, y=1 - GRID_EDGE_INCHES / fig_height, va="top")
     return fig
+
+
+def _text_inches(text: str, points: float) -> float:
+    """The width in inches of the widest line of ``text`` in matplotlib's default font
+    at ``points``, as drawn (measured, where wrap_title estimates by characters)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    measure = TextToPath().get_text_width_height_descent
+    font = FontProperties(size=points)
+    lines = text.split("\n") if text else []
+    return max((measure(line, font, ismath=False)[0] for line in lines), default=0.0) / 72
 
 
 def _grid_ticks(labels: list[str] | None, side: int) -> tuple[list[float], list[str]]:

@@ -302,6 +302,32 @@ def test_image_views_name_each_images_class_as_score_does(image_detector, tmp_pa
     ]
 
 
+def test_image_grids_hold_long_image_names_within_the_figure(image_detector):
+    """The traversal and interpolation name their images by path in the title and the x
+    label; a path is never split, and one wider than the grid (a camera's folder of
+    images) ran off both sides of the figure, the file names cut off."""
+    images = bars(3, seed=1)
+    folder = "/data/production_line_3_camera_2_inspection_images_2026-12-07_shift_morning"
+    names = [f"{folder}/img{i:04d}.png" for i in range(3)]
+    for view in (
+        views.traversal(image_detector, images, names=names),
+        views.interpolation(image_detector, images, names=names),
+    ):
+        figure = view.figure
+        figure.canvas.draw()  # lays out the axis label under the tick labels
+        renderer = figure.canvas.get_renderer()
+        texts = [figure._suptitle, figure.axes[0].xaxis.label]
+        for text in texts:
+            assert text is not None and text.get_text()
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.x1 <= figure.bbox.width, (text.get_text(), box)
+            assert box.y0 >= 0 and box.y1 <= figure.bbox.height, (text.get_text(), box)
+        assert names[0] in figure.get_suptitle().replace("\n", " ")
+    # The interpolation's label wraps to lines of its own, each within the figure.
+    label = views.interpolation(image_detector, images, names=names).figure.axes[0].get_xlabel()
+    assert label.count("\n") >= 2
+
+
 def test_traversal_and_interpolation_start_from_normal_rows_when_labels_are_known(
     image_detector, table_detector, tmp_path
 ):
