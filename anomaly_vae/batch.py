@@ -573,11 +573,13 @@ def scoring_progress(
     progress_lines: bool = False,
     total: int | None = None,
     bytes_total: bool = False,
+    verb: str | None = None,
 ) -> Iterator[Count]:
     """Within it, ``count(n)`` after each part scored (``count(n, read)`` with
     ``bytes_total``): with ``progress``, a bar counts the ``unit`` (rows, images) of
     ``name`` on a terminal, and off one, with ``progress_lines`` too (``anomaly-vae
     score``), a line on stderr every ``PROGRESS_LINE_SECONDS`` says how many are scored.
+    ``verb`` names other work than scoring (``"reading"``), in the bar and the lines.
 
     ``total``: the ``unit`` to be scored, or with ``bytes_total`` the bytes of the file
     (a CSV file's rows are not known before it is read), of which ``read`` are read
@@ -587,9 +589,10 @@ def scoring_progress(
 
     # disable=None: tqdm draws only on a terminal, so scheduled runs' logs stay clean.
     disable = None if progress else True
+    desc = name if verb is None else f"{verb} {name}"
     if bytes_total:
         bar = tqdm(
-            desc=name,
+            desc=desc,
             total=total,
             unit="B",
             unit_scale=True,  # 285M of a 285 MB file, as fit's phase line says its size
@@ -598,7 +601,7 @@ def scoring_progress(
             postfix=f"0 {unit}",
         )
     else:
-        bar = tqdm(desc=name, total=total, unit=f" {unit}", leave=False, disable=disable)
+        bar = tqdm(desc=desc, total=total, unit=f" {unit}", leave=False, disable=disable)
     # Off a terminal (a log, a container) a file of millions of rows would say nothing for
     # minutes; a batch run's log keeps to its lines per input (--verbose).
     lines_every = PROGRESS_LINE_SECONDS if progress and progress_lines and bar.disable else None
@@ -617,7 +620,7 @@ def scoring_progress(
         if lines_every is not None and time.perf_counter() - last_line >= lines_every:
             last_line = time.perf_counter()
             print(
-                f"scoring {name}: {done:,} {unit} ({last_line - start:.0f} s)",
+                f"{verb or 'scoring'} {name}: {done:,} {unit} ({last_line - start:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )

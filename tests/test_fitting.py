@@ -212,6 +212,46 @@ def test_a_score_on_a_terminal_shows_how_much_is_left(suffix, tmp_path, monkeypa
         assert first.startswith("train.parquet:   0%") and " 0/300 [" in first, first
 
 
+def test_a_fit_on_an_image_folder_counts_the_images_it_reads(tmp_path, monkeypatch, capsys):
+    """A fit decodes an image folder whole before training, with no sign of progress:
+    2,000 JPEGs of 256 x 256 (resized to 64) took 8 s in silence before the training
+    bar, and the time grows with the folder. The read is counted as `score` counts the
+    images it scores: a bar with the share read and the time left on a terminal, a line
+    every PROGRESS_LINE_SECONDS off one; none with --quiet."""
+    import io
+    import sys
+
+    from PIL import Image
+
+    from anomaly_vae import training
+    from anomaly_vae.fitting import load_training_data
+    from tests.test_images import bars
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    folder = tmp_path / "shoes"
+    folder.mkdir()
+    for i, image in enumerate(bars(30, seed=0)):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    data = load_training_data(folder, tiny_config("training.progress=true"))
+    assert data.train.shape == (30, 1, 16, 16)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reading")]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"reading shoes: {n} images" for n in range(1, 31)
+    ]
+    load_training_data(folder, tiny_config("training.progress=false"))
+    assert capsys.readouterr().err == ""
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    load_training_data(folder, tiny_config("training.progress=true"))
+    monkeypatch.undo()
+    first = terminal.getvalue().split("\r")[1]  # the bar as drawn when the read starts
+    assert first.startswith("reading shoes:   0%") and " 0/30 [" in first, first
+
+
 def _refused_before_training(tmp_path, config, monkeypatch, **sources):
     """The DataError of fitting ``train.csv``; training must not have started."""
     from anomaly_vae import detector

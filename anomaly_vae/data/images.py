@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,11 +260,12 @@ class ImageListing:
         (:func:`class_column`); None for a source of one class."""
         return class_column(self.classes, self.labels)
 
-    def read(self, start: int, stop: int) -> ImageSet:
+    def read(self, start: int, stop: int, advance: Callable[[int], None] | None = None) -> ImageSet:
         """Images ``start`` to ``stop`` (not included) as ``(m, C, H, W)`` uint8, ``C`` = 1
         when every one of them is grey or ``grey_model`` (colour ones as their luma), else
         3 (grey ones repeated in R, G and B: the same values a grey model takes from them
-        as from a grey read, and a colour model repeats itself)."""
+        as from a grey read, and a colour model repeats itself). ``advance(1)`` is called
+        as each image file is decoded (a progress bar's count)."""
         names = self.names[start:stop]
         labels = self.labels[start:stop]
         # Each image goes into one array as it is decoded: a list of the decoded images
@@ -296,6 +297,8 @@ class ImageListing:
                 array = np.repeat(array[..., None], COLOUR_CHANNELS, axis=3)
             # A grey image's (H, W, 1) fills every channel of a colour array.
             array[index] = pixels[..., None] if array.ndim == 4 and pixels.ndim == 2 else pixels
+            if advance is not None:
+                advance(1)
         if array is None:  # no images in the range
             return ImageSet(np.empty((0, 1, 0, 0), np.uint8), labels, self.classes, names)
         array = array[:, None] if array.ndim == 3 else array.transpose(0, 3, 1, 2)
