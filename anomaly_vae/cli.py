@@ -1107,7 +1107,8 @@ def calibrate(
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("views"),
-    help="Folder for the PNG files (and, for table models, CSV files).",
+    help="Folder for the PNG files and CSV files (a table model's rows behind each plot; "
+    "an image model's names of the images shown).",
 )
 @click.option(
     "--label-col",

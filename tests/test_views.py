@@ -199,6 +199,18 @@ def test_the_most_anomalous_images_are_named_with_their_scores(image_detector, t
     assert logged["image"].tolist() == [f"f{i}.png" for i in worst[:16]]
 
 
+def test_view_help_says_image_models_write_csv_files_too():
+    """`view --help` said CSV files were written for table models only, but an image
+    model's reconstructions, traversal and interpolation write CSVs naming the images."""
+    from anomaly_vae.cli import main
+
+    result = CliRunner().invoke(main, ["view", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    out = " ".join(result.output.split())
+    assert "for table models, CSV files" not in out
+    assert "an image model's names of the images shown" in out
+
+
 def test_traversal_and_interpolation_name_the_images_they_start_from(image_detector, tmp_path):
     """The traversal and interpolation of an image model started from "the first input"
     and "two inputs", named nowhere: a reader could not tell which files they were (the
