@@ -143,10 +143,11 @@ def _held_out_summary(scores: np.ndarray, threshold: float, target_fpr: float) -
 
 
 def labelled_threshold(
-    labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float
+    labels: np.ndarray, scores: np.ndarray, method: str, target_recall: float, item: str = "row"
 ) -> float:
     """A threshold chosen on labelled rows. ``labels (n,)`` bool, True = anomaly, both
-    classes present; ``scores (n,)``.
+    classes present; ``scores (n,)``; ``item``: what a score is of, ``"row"`` or
+    ``"image"``, for the warning that few are labelled.
 
     ``f1``: the threshold of highest F1 on the precision-recall curve. ``recall``: the
     highest threshold that flags at least ``target_recall`` of the anomalies (the ROC
@@ -158,12 +159,14 @@ def labelled_threshold(
     counts = {"anomalous": int(labels.sum()), "normal": int((~labels).sum())}
     if min(counts.values()) < FEW_LABELLED_ROWS:
         logger.warning(
-            "the %s threshold is chosen on %d anomalous and %d normal labelled rows; with "
-            "fewer than %d of a class it can move far with one more row",
+            "the %s threshold is chosen on %d anomalous and %d normal labelled %ss; with "
+            "fewer than %d of a class it can move far with one more %s",
             method,
             counts["anomalous"],
             counts["normal"],
+            item,
             FEW_LABELLED_ROWS,
+            item,
         )
     if method == "f1":
         flag_from, _ = _best_f1_cut(*metrics.precision_recall_curve(labels, scores))

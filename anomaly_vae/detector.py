@@ -445,7 +445,7 @@ class ThresholdedScores:
         ``scores (n,)`` from :meth:`anomaly_score`; returns ``self``."""
         if not 0 < target_recall <= 1:
             raise ValueError(f"target_recall must be in (0, 1], not {target_recall}")
-        threshold = labelled_threshold(labels, scores, method, target_recall)
+        threshold = labelled_threshold(labels, scores, method, target_recall, self.score_item)
         self.threshold_ = threshold
         self.offset_ = -threshold
         self.calibration_ = labelled_summary(

@@ -938,7 +938,7 @@ def _log_latents(detector: VAEDetector, data: TrainingData, out: Path) -> None:
         anomalies = take_rows(*_labelled(data))
         latents = np.vstack([latents, detector.encode(anomalies)])
         groups = np.concatenate([groups, np.full(len(anomalies), "anomalous", dtype=object)])
-    title = "Latent means of validation rows" + (
+    title = f"Latent means of validation {detector.score_item}s" + (
         " and labelled anomalies" if "anomalous" in groups else ""
     )
     if not getattr(detector.model_, "continuous_latent", True):

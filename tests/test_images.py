@@ -908,6 +908,7 @@ def test_validation_latents_of_images_are_named_by_their_image(tmp_path):
     """The fit run's latents/validation_latent_means.csv names each image as `score`
     does; it numbered them 0, 1, ... among the validation images, which said nothing of
     which image a row was."""
+    from anomaly_vae import plots
     from anomaly_vae.fitting import load_training_data
     from anomaly_vae.tracking import _log_latents
 
@@ -919,13 +920,36 @@ def test_validation_latents_of_images_are_named_by_their_image(tmp_path):
     data = load_training_data(tmp_path / "imgs", config, normal_class="good")
     detector = VAEDetector(config.detector_config()).fit(data.train)
     (tmp_path / "out").mkdir()
-    _log_latents(detector, data, tmp_path / "out")
+    titles = []
+    scatter = plots.latent_scatter
+
+    def recorded(latents, groups, title, *args, **kwargs):
+        titles.append(title)
+        return scatter(latents, groups, title, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "latent_scatter", recorded)
+        _log_latents(detector, data, tmp_path / "out")
+    # Of images, as the run's histogram says: the plot's title said "validation rows".
+    assert titles == ["Latent means of validation images and labelled anomalies"]
     table = pd.read_csv(tmp_path / "out" / "latents" / "validation_latent_means.csv")
     validation = data.train[detector.split_rows_["validation"]]
     assert list(table.columns[:2]) == ["image", "z0"] and len(table) == len(validation) > 1
     for name, pixels in zip(table["image"], validation, strict=True):
         assert Path(name).parent.name == "good"
         np.testing.assert_array_equal(np.asarray(Image.open(name))[None], pixels)
+
+
+def test_few_labelled_images_are_warned_about_as_images(bars_detector, caplog):
+    """A threshold chosen on few labelled images (calibrate on a reviewed folder) warned
+    of "labelled rows", where every other message of an image model says images."""
+    images = np.concatenate([bars(20, seed=4), bars(3, seed=5, vertical=True)])
+    labels = np.r_[np.zeros(20), np.ones(3)]
+    detector = copy.deepcopy(bars_detector)
+    with caplog.at_level(logging.WARNING):
+        detector.calibrate_threshold(images, labels, method="f1")
+    assert "chosen on 3 anomalous and 20 normal labelled images" in caplog.text
+    assert "far with one more image" in caplog.text and "rows" not in caplog.text
 
 
 def test_cli_fits_an_image_folder_and_scores_with_anomaly_maps(tmp_path, monkeypatch):
