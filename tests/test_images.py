@@ -291,6 +291,10 @@ def test_reads_an_image_folder(tmp_path):
     (tmp_path / "good" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"broken\.png is not a readable image"):
         read_images(tmp_path)
+    # An empty file (a copy cut short) says so: PIL's "cannot identify image file" did not.
+    (tmp_path / "good" / "broken.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"broken\.png is not a readable image: the file is empty"):
+        read_images(tmp_path)
 
 
 @pytest.mark.parametrize("layout", ["flat", "class folders"])

@@ -573,6 +573,14 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _empty(path: Path) -> bool:
+    """Whether ``path`` is a file of 0 bytes."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _broken_link(path: Path) -> bool:
     """Whether ``path`` is a symbolic link whose target does not exist."""
     return path.is_symlink() and not path.exists()
@@ -768,6 +776,10 @@ def _reading(file: str) -> Iterator[None]:
             raise DataError(
                 f"{file} is a broken symbolic link: its target {os.readlink(file)} does not exist"
             ) from exc
+        if _empty(Path(file)):
+            # PIL's "cannot identify image file" did not say why: an empty file is a copy
+            # or an upload cut short, found at once.
+            raise DataError(f"{file} is not a readable image: the file is empty (0 bytes)") from exc
         raise DataError(f"{file} is not a readable image: {exc}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Not an OSError: PIL's refusal of an image over twice MAX_IMAGE_PIXELS (or over
