@@ -35,6 +35,7 @@ from anomaly_vae.data.images import (
     read_images,
     resized_grey,
     source_location,
+    source_name,
     torchvision_source,
 )
 from anomaly_vae.data.preprocessing import (
@@ -365,7 +366,7 @@ def read_images_with_progress(
     try:
         if not progress or listing.pixels is not None:
             return listing.read(0, len(listing))
-        name = Path(source).resolve().name or str(source)  # "." is its folder's name
+        name = source_name(source)
         with scoring_progress(name, "images", True, True, len(listing), verb="reading") as count:
             return listing.read(0, len(listing), count)
     finally:

@@ -42,7 +42,7 @@ from anomaly_vae.data.images import (
     is_image_source,
     read_images,
     source_location,
-    torchvision_source,
+    source_name,
 )
 from anomaly_vae.data.preprocessing import MissingValuesError, warnings_per_file
 from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION, LabelColumn, unknown_column
@@ -156,8 +156,7 @@ def labelled_rows(
     normal = [0] if normal_class is None else images.class_indices(str(normal_class))
     classes = images.label_names()
     warn_unknown_classes(detector, classes)
-    torchvision = torchvision_source(source)
-    name = torchvision[0] if torchvision else Path(source).name
+    name = source_name(source)
 
     def score() -> tuple[np.ndarray, Data]:
         return scores_in_parts(detector, images.images, classes, name, progress), images.images
@@ -456,7 +455,7 @@ def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -
         "%s %s this model was fit on: its normal %ss include %ss the model trained on, "
         "which score lower than new %ss, so the threshold and the figures on it are "
         "optimistic; calibrate on %ss the model did not train on",
-        Path(source).name,
+        source_name(source),
         what[same].format(fitted_on.get("path") or fitted_on.get("folder")),
         item,
         item,

@@ -21,7 +21,7 @@ from anomaly_vae.data.images import (
     is_image_file,
     list_images,
     read_with_images,
-    torchvision_source,
+    source_name,
 )
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.data.tables import PARQUET_SUFFIXES
@@ -224,8 +224,7 @@ def score_images(
     listing.check()  # a bad file among the last is found before the first is scored
     classes = listing.label_names()
     frames: list[pd.DataFrame] = []
-    torchvision = torchvision_source(source)
-    name = torchvision[0] if torchvision else Path(source).name  # not ROOT's folder (data/)
+    name = source_name(source)  # not ROOT's folder (data/) for a torchvision set
     maps_output = (
         contextlib.nullcontext(None)
         if maps_dir is None

@@ -1395,6 +1395,15 @@ def test_scoring_the_folder_one_is_in_asks_for_an_output_outside_it(
     outside = CliRunner().invoke(main, ["score", "imgs", "--model", "model", "--quiet"])
     assert outside.exit_code == 0, outside.output
     assert len(pd.read_csv(tmp_path / "imgs_scores.csv")) == 3
+    # Scored from inside it, its progress names it: "." has no name, and its bar and
+    # lines read ":  33%|" and "scoring : 1 images".
+    from anomaly_vae import training
+
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    monkeypatch.chdir(folder)
+    here = CliRunner().invoke(main, ["score", ".", "--model", "../model", "-o", "../here.csv"])
+    assert here.exit_code == 0, here.output
+    assert "scoring imgs: 3 images" in here.output, here.output
 
 
 def test_too_few_calibration_images_are_called_images(bars_detector, caplog):

@@ -644,6 +644,17 @@ def test_calibrating_on_the_image_folder_fit_on_warns(tmp_path, monkeypatch, cap
             assert "this model was fit on" not in caplog.text, (data, model)
         else:
             assert warning in caplog.text, (data, model, caplog.text)
+    # From inside the folder (`calibrate .`), named by the folder: the name of "." is
+    # empty, and the warning read "WARNING:  is the folder this model was fit on".
+    monkeypatch.chdir("flat")
+    caplog.clear()
+    command = ["calibrate", ".", "--method", "quantile", "--model", "../m1"]
+    with caplog.at_level("WARNING"):
+        result = CliRunner().invoke(
+            main, [*command, "--model-dir", "../m3", "--no-tracking", "--quiet"]
+        )
+    assert result.exit_code == 0, result.output
+    assert said.format("flat is the folder") in caplog.text, caplog.text
 
 
 def test_a_model_saved_without_the_digest_knows_its_training_file_by_path(tmp_path):

@@ -165,6 +165,24 @@ def torchvision_source(source: str | Path) -> tuple[str, Path] | None:
     return None
 
 
+def source_name(source: str | Path) -> str:
+    """A source's short name for messages and progress bars: a torchvision set's
+    (``fashionmnist``), else the file's or folder's own; ``.`` and ``..`` by the folder
+    they are, as their own names (``""``, ``".."``) said nothing (``WARNING:  is the
+    folder this model was fit on``).
+
+    >>> source_name("fashionmnist:../data"), source_name("data/imgs/"), source_name("a.csv")
+    ('fashionmnist', 'imgs', 'a.csv')
+    """
+    torchvision = torchvision_source(source)
+    if torchvision is not None:
+        return torchvision[0]
+    path = Path(source)
+    if path.name in ("", ".."):
+        return path.resolve().name or str(path)  # the root folder has no name either
+    return path.name
+
+
 def source_location(source: str | Path) -> str:
     """Where ``source`` is, as a run records it: a local path (or glob pattern) made
     absolute, since a reviewer of the run cannot resolve one relative to the folder it
