@@ -216,7 +216,8 @@ def main(verbose: bool) -> None:
     "eval_file",
     metavar="FILE",
     type=click.Path(path_type=Path),
-    help="Extra labelled evaluation file (needs --label-col).",
+    help="Extra labelled evaluation file (tables; needs --label-col). Images evaluate on "
+    "the class folders of DATA that --normal-class does not name.",
 )
 @SET_OPTION
 @click.option(

@@ -156,6 +156,13 @@ def load_training_data(
         )
     check_label_options(is_image_source(source), config.data.label_column, normal_class)
     if is_image_source(source):
+        if eval_source is not None:
+            # It was read by no one: the fit reported its own evaluation as if on it.
+            raise DataError(
+                "--eval adds a labelled table file; for images, the labelled images are "
+                "class subfolders of DATA (--normal-class names the normal ones, the others "
+                "and a held-out share of the normal ones evaluate)"
+            )
         data = _load_images(str(source), config, normal_class)
         data.sources["data"] = source_location(source)
         if data.train_condition is not None:

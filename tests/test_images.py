@@ -944,6 +944,33 @@ def test_validation_latents_of_images_are_named_by_their_image(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(name))[None], pixels)
 
 
+def test_fit_on_images_refuses_an_eval_file(tmp_path):
+    """`fit FOLDER --eval OTHER` was run without a word about --eval, which nothing read
+    for images: the summary's evaluation looked as if it covered OTHER."""
+    from tests.conftest import tiny_fit
+
+    for label, vertical, count in (("good", False, 40), ("bad", True, 3)):
+        (tmp_path / "imgs" / label).mkdir(parents=True)
+        for i, image in enumerate(bars(count, seed=6, vertical=vertical)):
+            Image.fromarray(image[0]).save(tmp_path / "imgs" / label / f"{i:03d}.png")
+    good_and_bad_folder(tmp_path / "reviewed")
+    result = tiny_fit(
+        str(tmp_path / "imgs"),
+        "--normal-class",
+        "good",
+        "--set",
+        "training.epochs=2",
+        "--eval",
+        str(tmp_path / "reviewed"),
+        "--no-tracking",
+        "--model-dir",
+        str(tmp_path / "model"),
+    )
+    assert result.exit_code == 1, result.output
+    assert "--eval adds a labelled table file; for images" in result.output
+    assert not (tmp_path / "model").exists()
+
+
 def test_few_labelled_images_are_warned_about_as_images(bars_detector, caplog):
     """A threshold chosen on few labelled images (calibrate on a reviewed folder) warned
     of "labelled rows", where every other message of an image model says images."""
