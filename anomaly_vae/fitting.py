@@ -163,6 +163,7 @@ def load_training_data(
                 "class subfolders of DATA (--normal-class names the normal ones, the others "
                 "and a held-out share of the normal ones evaluate)"
             )
+        _refuse_table_columns(config)
         data = _load_images(str(source), config, normal_class)
         data.sources["data"] = source_location(source)
         if data.train_condition is not None:
@@ -239,6 +240,21 @@ def say_reading(source: str | Path, training: TrainingConfig) -> None:
 
 
 IMAGE_LABELS = "--normal-class names the normal classes and the others are the anomalies"
+
+
+def _refuse_table_columns(config: Config) -> None:
+    """DataError for table columns named to a fit on images, which has none: they were
+    ignored without a word, as data.label_column is not."""
+    named = {
+        "--id-col (data.id_column)": config.data.id_column is not None,
+        "--ignore-col (data.ignore_columns)": bool(config.data.ignore_columns),
+    }
+    given = [option for option, set_ in named.items() if set_]
+    if given:
+        raise DataError(
+            f"{' and '.join(given)} name{'s' if len(given) == 1 else ''} table columns; "
+            "images have none: `score` names each image by its file, in its image column"
+        )
 
 
 def check_label_options(

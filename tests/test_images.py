@@ -944,7 +944,7 @@ def test_validation_latents_of_images_are_named_by_their_image(tmp_path):
         np.testing.assert_array_equal(np.asarray(Image.open(name))[None], pixels)
 
 
-def test_fit_on_images_refuses_an_eval_file(tmp_path):
+def test_fit_on_images_refuses_an_eval_file_and_table_columns(tmp_path):
     """`fit FOLDER --eval OTHER` was run without a word about --eval, which nothing read
     for images: the summary's evaluation looked as if it covered OTHER."""
     from tests.conftest import tiny_fit
@@ -969,6 +969,24 @@ def test_fit_on_images_refuses_an_eval_file(tmp_path):
     assert result.exit_code == 1, result.output
     assert "--eval adds a labelled table file; for images" in result.output
     assert not (tmp_path / "model").exists()
+    # So are the table columns --id-col and --ignore-col name, ignored as well.
+    for option in ("--id-col", "--ignore-col"):
+        result = tiny_fit(
+            str(tmp_path / "imgs"),
+            "--normal-class",
+            "good",
+            "--set",
+            "training.epochs=2",
+            option,
+            "name",
+            "--no-tracking",
+            "--model-dir",
+            str(tmp_path / "model"),
+        )
+        assert result.exit_code == 1, result.output
+        assert f"Error: {option} (data." in result.output
+        assert "table columns; images have none" in result.output
+        assert not (tmp_path / "model").exists()
 
 
 def test_few_labelled_images_are_warned_about_as_images(bars_detector, caplog):
