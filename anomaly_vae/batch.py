@@ -71,7 +71,6 @@ logger = logging.getLogger(__name__)
 LEDGER_FILE = ".anomaly-vae-ledger.sqlite"
 LOCK_FILE = ".anomaly-vae.lock"
 INPUT_SUFFIXES = OUTPUT_SUFFIXES  # each input is scored into a file of its own kind
-CHUNK_ROWS = 100_000  # rows read and scored at a time: bounds memory whatever the file size
 DRIFT_SAMPLE_PER_CHUNK = 2_000  # scores kept per chunk for the drift statistic (a random
 # subsample): the statistic needs a sample, and keeping every score would grow with the file
 HASH_BLOCK = 1 << 20  # bytes read at a time when hashing an input
@@ -653,7 +652,7 @@ def run_batch(
     output_dir: Path,
     detector: Any,
     model_id: str,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int = BatchConfig.chunk_rows,
     scorer: Any = None,
     progress: bool = False,
     explain: int = 0,
@@ -748,7 +747,7 @@ def score_inputs(
     output_dir: Path,
     detector: Any,
     model_id: str,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int = BatchConfig.chunk_rows,
     scorer: Any = None,
     progress: bool = False,
     explain: int = 0,

@@ -637,7 +637,7 @@ def score(
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
-    default=100_000,
+    default=BatchConfig.chunk_rows,
     help="Rows read and scored at a time (memory bound).",
 )
 @click.option(

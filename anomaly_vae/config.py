@@ -343,9 +343,14 @@ class BatchConfig(ChangedSettingsRepr):
     # passes (a full disk, a lost Spark executor) gets two more runs, and a bad file turns
     # three runs red, not every run; 0: never quarantine, every run tries again
 
+    chunk_rows: int = 100_000  # rows read and scored at a time (--chunk-rows): bounds memory
+    # whatever the file size (docs/batch.md, "Speed and memory")
+
     def __post_init__(self) -> None:
         if self.max_attempts < 0:
             raise ConfigError("batch.max_attempts must be >= 0 (0: never quarantine)")
+        if self.chunk_rows < 1:
+            raise ConfigError("batch.chunk_rows must be >= 1")
 
 
 @dataclass(repr=False)
