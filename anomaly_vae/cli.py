@@ -569,7 +569,13 @@ def score(
     """
     from anomaly_vae.data.images import is_image_source, torchvision_source
     from anomaly_vae.outputs import OUTPUT_SUFFIXES
-    from anomaly_vae.scoring import check_data_kind, load_detector, score_images, score_table
+    from anomaly_vae.scoring import (
+        check_data_kind,
+        load_detector,
+        map_scale,
+        score_images,
+        score_table,
+    )
 
     _set_threads(threads)
     if output is None:
@@ -615,7 +621,10 @@ def score(
     )
     click.echo(f"Scores written to {output}")
     if maps is not None:
-        click.echo(f"Anomaly maps (|x - x_hat|, brighter = worse) written to {maps}/")
+        click.echo(
+            f"Anomaly maps (|x - x_hat|, brighter = worse; white = an error of "
+            f"{map_scale(detector):.3g} or more, the same for every image) written to {maps}/"
+        )
 
 
 @main.command()

@@ -115,6 +115,27 @@ MIN_TRAINING_ROWS = 20
 # another score than in a larger pass, and the top calibration row, whose score is the
 # threshold under 100 calibration rows, was flagged when scored alone again.
 MIN_PASS_ROWS = 32
+# An anomaly map's grey level is its pixel error over a fixed scale, the same for every
+# image a model scores, so that maps compare: white is an error that at most 1 in 100 of
+# the fit's held-out normal images reach anywhere (each image's largest error; their 0.99
+# quantile). Scaled by 1 (error 1 = white), held-out Fashion-MNIST sneakers' maps under
+# a model of sneakers peaked at a median 85/255 (now 133; boots' 134, now 208); scaled
+# per image, every map's peak is white, a normal image's as an anomaly's
+# (pipelines/map_check.py, docs/images.md).
+MAP_SCALE_QUANTILE = 0.99
+
+
+def map_scale_of(maps: np.ndarray) -> float | None:
+    """The error shown white in anomaly maps, from the maps ``(n, C, H, W)`` (pixel error,
+    0-1) of normal images: the ``MAP_SCALE_QUANTILE`` quantile of each image's largest
+    value, channels averaged as the map files are. None when it is 0 (every normal image
+    reconstructed exactly): no scale can be read off them, and maps are then shown
+    unscaled."""
+    if not len(maps):
+        return None
+    peaks = maps.mean(axis=1).reshape(len(maps), -1).max(axis=1)
+    scale = float(np.quantile(peaks, MAP_SCALE_QUANTILE))
+    return scale if scale > 0 else None
 
 
 def save_atomic(target: Path, write: Any) -> None:
@@ -741,6 +762,11 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 f"calibrating the threshold on {len(cal_rows):,} held-out {self.score_item}s"
             )
         calibration = self._scores_of_features(x_cal, cal_conditions)
+        # From the held-out normal images, as the threshold is: the training images' own
+        # errors are smaller than a new normal image's.
+        self.map_scale_: float | None = None
+        if self.data_kind_ == "image":
+            self.map_scale_ = map_scale_of(self._pixel_error(x_cal, cal_conditions))
         if score in LATENT_SCORES:
             neighbours = self._latent_reference(x_train, conditions, train_rows)
             cal_latents = self._latent_means(x_cal, cal_conditions)
@@ -1308,12 +1334,24 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
 
     def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
         """Per-pixel ``|x - x_hat|`` of images, ``(n, C, H, W)`` (the input size) float32
-        in [0, 1]; with ``data.image_pool`` p each value covers a p x p block."""
+        in [0, 1], pixel levels (1 = black against white), ``x_hat`` the expected
+        reconstruction clipped to [0, 1]; with ``data.image_pool`` p each value covers a
+        p x p block. ``map_scale_`` is the error the map files show white."""
         check_is_fitted(self, "model_")
         if self.data_kind_ != "image":
             raise DataError("anomaly maps are for image models")
-        error = np.abs(self.transform_features(X) - self.reconstruct(X, condition))
-        return self._image_preprocessor.upsample(error)
+        features, conditions = self._model_input(X, condition)
+        return self._image_preprocessor.upsample(self._pixel_error(features, conditions))
+
+    def _pixel_error(self, features: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
+        """``|x - x_hat|`` of preprocessed images ``features (n, *input_shape)`` in [0, 1].
+
+        The decoder mean is unbounded and overshoots the pixel range (on a boot scored by
+        a model of sneakers it ran from -0.29 to 1.29): unclipped, a black background
+        pixel showed an error where the reconstruction was black too, only "blacker".
+        Clipped, the map shows only errors a picture can have."""
+        reconstruction = self._batched_features(self.model_.reconstruct, features, conditions)
+        return np.abs(features - np.clip(reconstruction, 0.0, 1.0))
 
     # -- persistence ------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -1343,6 +1381,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             "threshold": self.threshold_,
             "calibration": self.calibration_,
             "calibration_scores": [float(s) for s in self.calibration_scores_],
+            "map_scale": getattr(self, "map_scale_", None),
             "latent_neighbours": None if neighbours is None else neighbours.to_dict(),
             "training": {
                 "rows": self.n_training_rows_,
@@ -1450,6 +1489,8 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         detector.calibration_ = document["calibration"]
         detector.score_name_ = detector.calibration_["score"]
         detector.calibration_scores_ = np.asarray(document["calibration_scores"])
+        # Absent from models saved before maps had a scale: their maps stay unscaled.
+        detector.map_scale_ = document.get("map_scale")
         detector.latent_neighbours_ = None
         if document.get("latent_neighbours") is not None:
             if not (path / LATENT_FILE).is_file():

@@ -25,6 +25,7 @@ from anomaly_vae.detector import (
     ThresholdedScores,
     VAEDetector,
     as_table_or_images,
+    map_scale_of,
     save_atomic,
     saving_model_folder,
 )
@@ -45,6 +46,8 @@ class EnsembleDetector(ThresholdedScores):
     ``score_samples`` negates; ``predict`` gives -1 for anomalies."""
 
     score_name = SCORE_NAME
+
+    map_scale_: float | None  # the error its anomaly map files show white (images)
 
     def __init__(self, members: dict[str, VAEDetector], references: dict[str, np.ndarray]) -> None:
         self.members = members
@@ -86,6 +89,11 @@ class EnsembleDetector(ThresholdedScores):
             provisional=settings.method != QUANTILE_THRESHOLD,  # as its members' (detector.py)
         )
         ensemble.n_training_rows_ = dict(first.n_training_rows_)
+        # Its own maps' scale (see VAEDetector.map_scale_), from the calibration images.
+        ensemble.map_scale_ = None
+        if ensemble.data_kind_ == "image":
+            images, classes = part(calibration)
+            ensemble.map_scale_ = map_scale_of(ensemble.anomaly_map(np.asarray(images), classes))
         return ensemble
 
     @property
@@ -157,6 +165,7 @@ class EnsembleDetector(ThresholdedScores):
             "threshold": self.threshold_,
             "calibration": self.calibration_,
             "calibration_scores": self.calibration_scores_.tolist(),
+            "map_scale": getattr(self, "map_scale_", None),
             "rows": self.n_training_rows_,
         }
         # Serialised before any file is written, as the detector's save does.
@@ -187,6 +196,7 @@ class EnsembleDetector(ThresholdedScores):
             ensemble.calibration_ = document["calibration"]
             ensemble.calibration_scores_ = np.asarray(document["calibration_scores"])
             ensemble.n_training_rows_ = document["rows"]
+            ensemble.map_scale_ = document.get("map_scale")  # absent: saved before scales
         return ensemble
 
 

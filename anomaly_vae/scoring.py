@@ -41,6 +41,7 @@ PROGRESS_CHUNK_ROWS = 50_000  # rows read and scored at a time: bounds memory; a
 # 100 MB as the model's float32 input, held a few times over while scored); a progress step
 PROGRESS_CHUNK_IMAGES = 512
 MAP_SUFFIX = ".png"  # anomaly maps are 8-bit PNGs
+MAP_SCALE_KEY = "anomaly-vae map scale"  # PNG text chunk: the error each map shows white
 # The longest file name most file systems take (NAME_MAX of ext4, XFS, Btrfs, APFS): a map
 # name past it failed the whole run. Longer names are cut to it (map_names).
 MAX_FILE_NAME_BYTES = 255
@@ -201,8 +202,9 @@ def score_images(
     whose test split is scored); one output row per image, with its name and class.
 
     ``maps_dir`` receives one PNG per image: the per-pixel anomaly map |x - x_hat|,
-    brighter = worse reconstructed (an ensemble's: its members' mean), named in the
-    scores' ``map`` column. Like the scores, the maps appear all together or not at all
+    brighter = worse reconstructed (an ensemble's: its members' mean), divided by the
+    model's :func:`map_scale` (white: that error or more), named in the scores' ``map``
+    column. Like the scores, the maps appear all together or not at all
     (:func:`~anomaly_vae.outputs.atomic_output`): a file that cannot be read, found in a
     later part of the folder, leaves ``maps_dir`` as it was, not with the maps of the
     images before it, which a run after the file is fixed would mix with its own.
@@ -251,7 +253,8 @@ def score_images(
                     warn_unknown_classes(detector, classes)
                 if map_files is not None:
                     maps = detector.anomaly_map(pixels, classes[start:stop])
-                    write_anomaly_maps(maps, map_files[start:stop], maps_folder)
+                    scale = map_scale(detector)
+                    write_anomaly_maps(maps, map_files[start:stop], maps_folder, scale)
                 count(len(pixels))
         listing.log_colour()
         scores = pd.concat(frames, ignore_index=True)
@@ -420,11 +423,21 @@ def warn_unknown_classes(detector: VAEDetector | EnsembleDetector, classes: np.n
         )
 
 
-def save_anomaly_maps(maps: np.ndarray, names: list[str], folder: Path) -> list[Path]:
-    """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs named after the images (see
-    ``map_names``), one per image; returns the ``n`` files written, in the images' order."""
+def map_scale(detector: VAEDetector | EnsembleDetector) -> float:
+    """The pixel error (0-1) a map file of ``detector`` shows white (255): its
+    ``map_scale_``, set at fit from its held-out normal images; 1 (unscaled) for a model
+    saved before maps had a scale, or whose normal images it reconstructed exactly."""
+    return getattr(detector, "map_scale_", None) or 1.0
+
+
+def save_anomaly_maps(
+    maps: np.ndarray, names: list[str], folder: Path, scale: float = 1.0
+) -> list[Path]:
+    """Write ``maps (n, C, H, W)`` as 8-bit PNGs named after the images (see
+    ``map_names``), one per image, ``scale`` and above white (see
+    :func:`write_anomaly_maps`); returns the ``n`` files written, in the images' order."""
     files = anomaly_map_files(names, folder)
-    write_anomaly_maps(maps, files)
+    write_anomaly_maps(maps, files, scale=scale)
     return files
 
 
@@ -433,23 +446,34 @@ def anomaly_map_files(names: list[str], folder: Path) -> list[Path]:
     return [folder / f"{stem}{MAP_SUFFIX}" for stem in map_names(names)]
 
 
-def write_anomaly_maps(maps: np.ndarray, files: list[Path], temporary: Path | None = None) -> None:
-    """Write ``maps (n, C, H, W)`` in [0, 1] as 8-bit PNGs, one per file of ``files``
-    (:func:`anomaly_map_files` of all the images scored, so that the names are decided
-    over all of them when they are written a part at a time). With ``temporary`` (the
+def write_anomaly_maps(
+    maps: np.ndarray, files: list[Path], temporary: Path | None = None, scale: float = 1.0
+) -> None:
+    """Write ``maps (n, C, H, W)`` (pixel error, 0-1) as 8-bit PNGs, one per file of
+    ``files``, channels averaged: level ``255 * min(error / scale, 1)``, the same ``scale``
+    for every image so that their maps compare, and written in each file as the text
+    chunk ``MAP_SCALE_KEY`` (a map read alone says what its white is). ``files`` are
+    :func:`anomaly_map_files` of all the images scored, so that the names are decided
+    over all of them when they are written a part at a time. With ``temporary`` (the
     folder of :func:`~anomaly_vae.outputs.atomic_output` that becomes theirs), each is
     written there under its name; an error still names the file of ``files``, not a
     hidden ``.maps.XXXX.tmp/001.png`` the user never asked for."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
+    if not scale > 0:  # NaN too
+        raise ValueError(f"scale must be positive, not {scale}")
     if temporary is None:
         for folder in {file.parent for file in files}:
             make_folder(folder)
     # Channels averaged; rounded to the nearest level (a cast alone cut 100.7 to 100)
-    pixels = np.rint(np.clip(maps.mean(axis=1), 0, 1) * 255).astype(np.uint8)
+    pixels = np.rint(np.clip(maps.mean(axis=1) / scale, 0, 1) * 255).astype(np.uint8)
+    legend = PngInfo()
+    legend.add_text(MAP_SCALE_KEY, f"{scale:.6g}")
     for file, image in zip(files, pixels, strict=True):
         with writing(file):
-            Image.fromarray(image).save(file if temporary is None else temporary / file.name)
+            target = file if temporary is None else temporary / file.name
+            Image.fromarray(image).save(target, pnginfo=legend)
 
 
 def map_names(names: list[str]) -> list[str]:

@@ -1448,3 +1448,57 @@ def test_too_few_calibration_images_are_called_images(bars_detector, caplog):
     with caplog.at_level(logging.WARNING, logger="anomaly_vae"):
         detector.threshold_from_normal_scores(np.arange(30.0), 0.01)
     assert "30 calibration images cannot resolve a 1% false-positive rate" in caplog.text
+
+
+def test_anomaly_maps_clip_the_reconstruction_to_the_pixel_range(bars_detector):
+    """The decoder mean overshoots [0, 1] (on a boot under a model of sneakers: -0.29 to
+    1.29): the map showed error on black background reconstructed "blacker than black"."""
+    import torch
+
+    detector = copy.deepcopy(bars_detector)
+    detector.model_.reconstruct = lambda x, condition=None: torch.full_like(x, -0.3)  # type: ignore[method-assign]
+    images = bars(3, seed=1)
+    maps = detector.anomaly_map(images)
+    x = detector._image_preprocessor.upsample(detector.transform_features(images))
+    np.testing.assert_allclose(maps, x, atol=1e-6)  # |x - 0|: black pixels show no error
+    assert (maps[x == 0] == 0).all()  # the old map showed 0.3 on every black pixel
+
+
+def test_anomaly_maps_share_one_scale_saved_with_the_model(bars_detector, tmp_path):
+    """Maps were written with error 1 as white: normal images' maps looked black. Now
+    every map of a model is divided by its map_scale_ (from the fit's held-out normal
+    images), written in each PNG, kept by save/load; a model saved before has none and
+    writes unscaled maps."""
+    import json
+
+    from anomaly_vae.detector import MAP_SCALE_QUANTILE
+    from anomaly_vae.scoring import MAP_SCALE_KEY, map_scale, score_images
+
+    detector = bars_detector
+    scale = detector.map_scale_
+    calibration = bars(100, seed=0)[detector.split_rows_["calibration"]]
+    peaks = detector.anomaly_map(calibration).reshape(len(calibration), -1).max(axis=1)
+    assert scale == pytest.approx(np.quantile(peaks, MAP_SCALE_QUANTILE), rel=1e-6)
+    assert 0 < scale < 1
+    folder = tmp_path / "new"
+    folder.mkdir()
+    test = np.concatenate([bars(3, seed=1), bars(2, seed=2, vertical=True)])
+    for i, image in enumerate(test):
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
+    score_images(folder, detector, tmp_path / "s.csv", maps_dir=tmp_path / "maps")
+    expected = np.rint(np.clip(detector.anomaly_map(test)[:, 0] / scale, 0, 1) * 255)
+    for i in range(len(test)):
+        written = Image.open(tmp_path / "maps" / f"{i}.png")
+        np.testing.assert_array_equal(np.asarray(written), expected[i])  # one scale for all
+        assert float(written.text[MAP_SCALE_KEY]) == pytest.approx(scale, rel=1e-5)
+    assert expected.max() > 255 * detector.anomaly_map(test).max()  # brighter than x1
+    saved = detector.save(tmp_path / "model")
+    assert VAEDetector.load(saved).map_scale_ == scale
+    document = json.loads((saved / "detector.json").read_text())
+    del document["map_scale"]  # as a model saved before map scales
+    (saved / "detector.json").write_text(json.dumps(document))
+    old = VAEDetector.load(saved)
+    assert old.map_scale_ is None and map_scale(old) == 1.0
+    score_images(folder, old, tmp_path / "s2.csv", maps_dir=tmp_path / "old_maps")
+    unscaled = np.asarray(Image.open(tmp_path / "old_maps" / "0.png"))
+    np.testing.assert_array_equal(unscaled, np.rint(detector.anomaly_map(test[:1])[0, 0] * 255))
