@@ -21,9 +21,9 @@ map's brightest grey level, 0-255, as written) and ``peak AUROC`` (how well a ma
 brightest level tells the class's anomalies from the normal images; 0.5 when all are
 white). Also the decoder mean's range over the images.
 
-    python pipelines/map_check.py --data-dir ../shared/data/FashionMNIST
+    python pipelines/map_check.py --data-dir ../shared/data/FashionMNIST --out results/map-check.md
 
-Prints a markdown table.
+Prints a markdown table and writes it to ``--out``.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--normal", type=int, default=7, help="normal class (7: sneaker)")
     parser.add_argument("--train", type=int, default=3000, help="normal images to fit on")
     parser.add_argument("--per-class", type=int, default=300, help="test images per class")
+    parser.add_argument("--out", required=True, type=Path, help="markdown file to write")
     args = parser.parse_args()
     train, test = read_idx_set(args.data_dir, True), read_idx_set(args.data_dir, False)
     config = load_config(Path(__file__).parents[1] / "configs" / "fast.yaml").detector_config()
@@ -76,10 +77,10 @@ def main() -> None:
     seconds = time.perf_counter() - started
     scale = detector.map_scale_
     assert scale is not None
-    print(
+    lines = [
         f"fit on {args.train} {FASHION[args.normal]} images in {seconds:.0f} s; "
         f"map_scale_ = {scale:.3f}\n"
-    )
+    ]
     # Normal images, boots (the reviewer's case for sneakers) and all other classes.
     anomalous = [c for c in range(len(FASHION)) if c != args.normal]
     groups = {f"{FASHION[args.normal]} (normal)": [args.normal]}
@@ -98,10 +99,9 @@ def main() -> None:
         np.testing.assert_allclose(upsampled, detector.anomaly_map(images), atol=1e-6)
         shown[name] = ways(np.abs(x - reconstruction), clipped, scale)
         background[name] = x == 0
-    print(f"decoder mean over all images: {low:.2f} to {high:.2f}\n")
+    lines.append(f"decoder mean over all images: {low:.2f} to {high:.2f}\n")
     normal = next(iter(groups))
-    print("| way | images | bg mass | peak (0-255) | peak AUROC |")
-    print("|---|---|---:|---:|---:|")
+    lines += ["| way | images | bg mass | peak (0-255) | peak AUROC |", "|---|---|---:|---:|---:|"]
     for way in shown[normal]:
         for name in groups:
             maps = np.clip(shown[name][way], 0, 1)  # as written: white is the most shown
@@ -112,7 +112,13 @@ def main() -> None:
                 reference = peaks(shown[normal][way])
                 labels = np.r_[np.zeros(len(reference)), np.ones(len(peak))]
                 auroc = f"{roc_auc_score(labels, np.r_[reference, peak]):.3f}"
-            print(f"| {way} | {name} | {100 * mass:.1f}% | {np.median(peak):.0f} | {auroc} |")
+            lines.append(
+                f"| {way} | {name} | {100 * mass:.1f}% | {np.median(peak):.0f} | {auroc} |"
+            )
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
 
 
 if __name__ == "__main__":
