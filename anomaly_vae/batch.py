@@ -65,6 +65,7 @@ from anomaly_vae.outputs import (
     make_folder,
     writing,
 )
+from anomaly_vae.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -612,14 +613,14 @@ def scoring_progress(
         done += n
         if bytes_total and read is not None:
             # The count of rows moves with the bytes: both are drawn at update's interval.
-            bar.set_postfix_str(f"{done:,} {unit}", refresh=False)
+            bar.set_postfix_str(counted(done, unit), refresh=False)
             bar.update(read - bar.n)
         else:
             bar.update(n)
         if lines_every is not None and time.perf_counter() - last_line >= lines_every:
             last_line = time.perf_counter()
             print(
-                f"{verb or 'scoring'} {name}: {done:,} {unit} ({last_line - start:.0f} s)",
+                f"{verb or 'scoring'} {name}: {counted(done, unit)} ({last_line - start:.0f} s)",
                 file=sys.stderr,
                 flush=True,
             )
@@ -947,10 +948,9 @@ def _score_one(
         output=str(output.resolve()),
     )
     logger.info(
-        "%s: scored %s %s (%s flagged) in %.2f s into %s",
+        "%s: scored %s (%s flagged) in %.2f s into %s",
         path,
-        f"{rows:,}",
-        detector.score_item + ("" if rows == 1 else "s"),
+        counted(rows, f"{detector.score_item}s"),
         f"{flagged:,}",
         time.monotonic() - started,
         output,

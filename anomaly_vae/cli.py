@@ -26,6 +26,7 @@ from anomaly_vae.config import (
 )
 from anomaly_vae.data.images import TORCHVISION_SETS
 from anomaly_vae.errors import AnomalyVAEError, ConfigError, DataError
+from anomaly_vae.wording import counted
 
 if TYPE_CHECKING:  # the command imports it when run: it loads pandas
     from anomaly_vae.batch import Failures
@@ -51,11 +52,6 @@ def _help_names_torchvision_sources(command: Callable[..., Any]) -> Callable[...
     """Put :data:`TORCHVISION_SOURCES` where the command's docstring says {torchvision}."""
     command.__doc__ = (command.__doc__ or "").replace("{torchvision}", TORCHVISION_SOURCES)
     return command
-
-
-def _counted(count: int, noun: str) -> str:
-    """``1 row``, ``2 rows``, ``1,000 images``: ``noun`` is the plural."""
-    return f"{count:,} {noun if count != 1 else noun.removesuffix('s')}"
 
 
 def _one_config_file(
@@ -616,7 +612,7 @@ def score(
     share = 100 * flagged / max(rows, 1)
     unit = "images" if images_given else "rows"
     click.echo(
-        f"Scored {_counted(rows, unit)}; flagged {flagged:,} ({share:.2f}%) as anomalous "
+        f"Scored {counted(rows, unit)}; flagged {flagged:,} ({share:.2f}%) as anomalous "
         f"({detector.calibration_['score']} > {detector.threshold_:.6g})."
     )
     click.echo(f"Scores written to {output}")
@@ -753,8 +749,8 @@ def batch(
     # The model as the ledger names it, with --explain's K: a run with another K scores
     # every input again, which the summary should explain.
     click.echo(
-        f"Model {ledger_model(model_id, explain)}: scored {_counted(len(report.scored), inputs)} "
-        f"({_counted(report.rows, unit)}, "
+        f"Model {ledger_model(model_id, explain)}: scored {counted(len(report.scored), inputs)} "
+        f"({counted(report.rows, unit)}, "
         f"{100 * report.anomaly_rate:.2f}% flagged), skipped {len(report.skipped)} "
         f"already scored, {len(report.failed)} failed"
         + (f", {len(report.quarantined)} quarantined." if report.quarantined else ".")
@@ -872,7 +868,7 @@ def quarantine_line(quarantined: dict[str, Failures]) -> str:
     counts = sorted({failures.attempts for failures in quarantined.values()})
     after = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
     return (
-        f"{_counted(len(quarantined), 'inputs')} quarantined after {after} failed "
+        f"{counted(len(quarantined), 'inputs')} quarantined after {after} failed "
         f"attempt{'' if after == '1' else 's'}: {input_names(list(quarantined))}; fix or "
         f"replace {'it' if len(quarantined) == 1 else 'them'}, or rerun with "
         "--retry-quarantined"

@@ -240,7 +240,7 @@ def test_a_fit_on_an_image_folder_counts_the_images_it_reads(tmp_path, monkeypat
     assert data.train.shape == (30, 1, 16, 16)
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("reading")]
     assert [line.split(" (")[0] for line in lines] == [
-        f"reading shoes: {n} images" for n in range(1, 31)
+        f"reading shoes: {n} image{'s' if n > 1 else ''}" for n in range(1, 31)
     ]
     load_training_data(folder, tiny_config("training.progress=false"))
     assert capsys.readouterr().err == ""
@@ -250,6 +250,35 @@ def test_a_fit_on_an_image_folder_counts_the_images_it_reads(tmp_path, monkeypat
     monkeypatch.undo()
     first = terminal.getvalue().split("\r")[1]  # the bar as drawn when the read starts
     assert first.startswith("reading shoes:   0%") and " 0/30 [" in first, first
+
+
+def test_progress_counts_one_image_or_row_in_the_singular(monkeypatch, capsys):
+    """Progress lines said "reading shoes: 1 images" and "scoring new: 1 images", and a
+    table's bar "1 rows" beside the bytes read."""
+    import io
+    import sys
+    import time
+
+    from anomaly_vae import training
+    from anomaly_vae.batch import scoring_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    with scoring_progress("new", "images", True, True, 3) as count:
+        count(1)
+        count(2)
+    lines = [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()]
+    assert lines == ["scoring new: 1 image", "scoring new: 3 images"]
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with scoring_progress("a.csv", "rows", True, False, 100, bytes_total=True) as count:
+        time.sleep(0.15)  # past tqdm's 0.1 s between redraws
+        count(1, 50)
+    monkeypatch.setattr(sys, "stderr", sys.__stderr__)
+    assert "1 row]" in terminal.getvalue() and "1 rows" not in terminal.getvalue()
 
 
 def _refused_before_training(tmp_path, config, monkeypatch, **sources):
