@@ -1163,7 +1163,7 @@ def view(
     from anomaly_vae.data.tables import ANOMALY_LABEL_VIA_OPTION
     from anomaly_vae.detector import VAEDetector
     from anomaly_vae.fitting import check_label_options
-    from anomaly_vae.scoring import check_data_kind, image_channels, load_detector
+    from anomaly_vae.scoring import check_data_kind, image_channels, image_size, load_detector
 
     if anomaly_label is not None and label_col is None:
         raise click.UsageError("--anomaly-label names a value of the --label-col column")
@@ -1209,6 +1209,8 @@ def view(
                 train=False,
                 size=detector.effective_config.data.image_size,
                 grey_model=image_channels(detector) == 1,
+                # The model's size, not the folder's first image's: that may be the odd one.
+                model_size=image_size(detector),
             )
             frame, names = images.images, images.names
             class_names = images.class_column()  # as `score` writes a `class` column

@@ -140,7 +140,7 @@ def labelled_rows(
         return _table_rows(Path(source), detector, label_column, anomaly_label, phases, progress)
     size = detector.effective_config.data.image_size
     grey_model = scoring.image_channels(detector) == 1  # colour images read as grey, said once
-    images = read_images(str(source), train=False, size=size, grey_model=grey_model)
+    images = read_images(str(source), False, size, grey_model, scoring.image_size(detector))
     if normal_class is None and len(images.classes) > 1:
         raise DataError(
             f"{source} has classes {class_list(images.classes)}: name the normal one "

@@ -222,7 +222,8 @@ def score_images(
     # For a grey model colour images are read as grey, and said so once (log_colour).
     grey_model = image_channels(detector) == 1
     size = detector.effective_config.data.image_size
-    listing = list_images(source, train=False, size=size, grey_model=grey_model)
+    # Checked against the model's size: the folder's first image may be the odd one.
+    listing = list_images(source, False, size, grey_model, image_size(detector))
     listing.check()  # a bad file among the last is found before the first is scored
     classes = listing.label_names()
     frames: list[pd.DataFrame] = []
@@ -365,8 +366,20 @@ def scores_in_parts(
 
 def image_channels(detector: VAEDetector | EnsembleDetector) -> int:
     """The colour channels of the images an image model (or an ensemble's) was fit on."""
+    return int(_image_shape(detector)[0])
+
+
+def image_size(detector: VAEDetector | EnsembleDetector) -> tuple[int, int]:
+    """``(H, W)`` in pixels of the images an image model (or an ensemble's) takes, before
+    its pool: after ``data.image_size`` when it was fit with it."""
+    _, height, width = _image_shape(detector)
+    return int(height), int(width)
+
+
+def _image_shape(detector: VAEDetector | EnsembleDetector) -> tuple[int, ...]:
+    """``(C, H, W)`` of the images an image model (or an ensemble's) was fit on."""
     member = detector.first if isinstance(detector, EnsembleDetector) else detector
-    return int(cast(ImagePreprocessor, member.preprocessor_).shape[0])
+    return cast(ImagePreprocessor, member.preprocessor_).shape
 
 
 class ImageFolderScorer:

@@ -667,6 +667,44 @@ def test_images_of_different_sizes_are_resized_when_asked_and_refused_otherwise(
     assert large.mean(axis=1).max() > 2 * large.mean(axis=0).max()
 
 
+def test_a_folder_is_checked_against_the_models_image_size_not_its_first_image(
+    bars_detector, tmp_path
+):
+    """Scoring with a model fit at 16 x 16 without data.image_size, a folder whose first
+    image (in sorted order) is 40 x 40 named the one image of the model's size as the odd
+    one (``photo01.JPG: 16 x 16, photo00.jpg: 40 x 40``) and advised data.image_size as if
+    the folder's sizes were the trouble. Every image not of the model's size is named,
+    with the size the model takes, by `score` before anything is written, and by the
+    reads of `view` and `calibrate`."""
+    from anomaly_vae import scoring
+
+    folder = tmp_path / "new"
+    folder.mkdir()
+    Image.fromarray(bars(1, seed=1, size=40)[0, 0]).save(folder / "photo00.jpg")
+    Image.fromarray(bars(1, seed=2)[0, 0]).save(folder / "photo01.JPG")
+    Image.fromarray(bars(1, seed=3, size=24)[0, 0, :20]).save(folder / "photo02.png")
+    expected = (
+        r"new: 2 images are not 16 x 16, the size the model takes: \S*photo00\.jpg \(40 x 40\), "
+        r"\S*photo02\.png \(20 x 24\); resize them to 16 x 16, or fit with --set data\.image_size"
+    )
+    with pytest.raises(DataError, match=expected) as refused:
+        scoring.score_images(folder, bars_detector, tmp_path / "s.csv")
+    assert "photo01" not in str(refused.value) and not (tmp_path / "s.csv").exists()
+    assert scoring.image_size(bars_detector) == (16, 16)
+    with pytest.raises(DataError, match=expected):
+        read_images(folder, False, model_size=(16, 16))
+    # One odd image, among others of the model's size, is named alone; past three, counted.
+    (folder / "photo02.png").unlink()
+    with pytest.raises(
+        DataError, match=r"1 image is not 16 x 16.*photo00\.jpg \(40 x 40\); resize it"
+    ):
+        read_images(folder, False, model_size=(16, 16))
+    for i in range(4):
+        Image.fromarray(bars(1, seed=i, size=20)[0, 0]).save(folder / f"z{i}.png")
+    with pytest.raises(DataError, match=r"5 images are not .*z1\.png \(20 x 20\) and 2 more;"):
+        read_images(folder, False, model_size=(16, 16))
+
+
 def test_an_array_of_another_size_is_told_what_the_models_image_size_resizes(
     bars_detector, tmp_path
 ):
@@ -1391,7 +1429,7 @@ def test_a_bad_image_sorting_last_is_refused_before_any_image_is_scored(
         scoring.score_images(tmp_path, detector, tmp_path.parent / "s.csv")
     reason = {
         "unreadable": " is not a readable image",
-        "other size": ": 20 x 20",
+        "other size": " (20 x 20)",
         "too large": " is too large to read",
     }
     assert f"zzz.png{reason[bad]}" in str(error.value).replace(str(tmp_path) + "/", "")

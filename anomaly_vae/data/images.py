@@ -207,12 +207,20 @@ def is_image_source(source: str | Path) -> bool:
 
 
 def read_images(
-    source: str | Path, train: bool = True, size: int | None = None, grey_model: bool = False
+    source: str | Path,
+    train: bool = True,
+    size: int | None = None,
+    grey_model: bool = False,
+    model_size: tuple[int, int] | None = None,
 ) -> ImageSet:
     """Load an image source (see the module docstring); ``train`` picks the torchvision
     split; ``size`` (``data.image_size``) resizes every image to ``size x size`` pixels;
-    ``grey_model``: read for a model fit on grey images (:attr:`ImageListing.grey_model`)."""
-    listing = list_images(source, train, size, grey_model)
+    ``grey_model``: read for a model fit on grey images (:attr:`ImageListing.grey_model`);
+    ``model_size``: the ``(H, W)`` a model takes, which every image must have when not
+    resized (:attr:`ImageListing.model_size`)."""
+    listing = list_images(source, train, size, grey_model, model_size)
+    if model_size is not None:
+        listing.check()  # names every file not of the model's size, not only the first
     try:
         return listing.read(0, len(listing))
     finally:
@@ -220,7 +228,11 @@ def read_images(
 
 
 def list_images(
-    source: str | Path, train: bool = True, size: int | None = None, grey_model: bool = False
+    source: str | Path,
+    train: bool = True,
+    size: int | None = None,
+    grey_model: bool = False,
+    model_size: tuple[int, int] | None = None,
 ) -> ImageListing:
     """The images of ``source`` as :func:`read_images` takes them (names, classes, the
     same warnings), their pixels not yet decoded: :meth:`ImageListing.read` decodes a
@@ -239,6 +251,7 @@ def list_images(
         raise DataError(f"{path}: no such image folder")
     listing = _list_folder(path, size)
     listing.grey_model = grey_model
+    listing.model_size = model_size
     return listing
 
 
@@ -249,7 +262,9 @@ class ImageListing:
 
     A folder is read as a whole would be: colour when any of its images is colour, one
     size for all (unless resized to ``size``). ``read`` checks each image's size against
-    the first image read, and records the colour files for :meth:`log_colour`. Read for
+    ``model_size``, the size a model takes, when it is read for one (``score``, ``view``,
+    ``calibrate``), else against the first image read (``fit``), and records the colour
+    files for :meth:`log_colour`. Read for
     a model fit on grey images (``grey_model``), colour images are read as their luma,
     as the model's preprocessing would take them (the same levels).
     """
@@ -265,6 +280,9 @@ class ImageListing:
     grey: int = 0  # grey images among those read
     large: set[str] = field(default_factory=set)  # files over PIL's warning limit, named
     grey_model: bool = False  # read for a model fit on grey images: colour ones as grey
+    # (H, W) of the images a model takes (before its pool), when read for one and not
+    # resized: checked against it, not the first image, which may be the odd one.
+    model_size: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -329,20 +347,31 @@ class ImageListing:
 
     def check(self) -> None:
         """Open every image file's header, decoding only the first image: a file that is
-        no image (or too large for PIL), or whose size differs from the first's when
-        they are not resized, is a DataError before anything is scored, not after the
-        folder's earlier parts were (a header is read without decoding the image, so
-        this pass costs little beside scoring). A file whose header
+        no image (or too large for PIL), or whose size differs from ``model_size`` (else
+        from the first's) when they are not resized, is a DataError before anything is
+        scored, not after the folder's earlier parts were (a header is read without
+        decoding the image, so this pass costs little beside scoring); against
+        ``model_size`` it names every file of another size. A file whose header
         gives another size is decoded to confirm it: an orientation can be stored after
         a PNG's pixels. A file cut short is found only when decoded, by :meth:`read`."""
         if self.pixels is not None:  # a torchvision split, in memory
             return
+        odd: list[tuple[str, tuple[int, int]]] = []  # files not of the model's size
         for file in self.names:
             size = _header_size(file)
             self._log_large(file, size)
-            if self.size is None and (self.first is None or size != self.first[1]):
+            if self.size is not None:
+                continue
+            if self.model_size is not None:
+                if size != self.model_size:
+                    width, height = _decoded(file).size
+                    if (height, width) != self.model_size:
+                        odd.append((file, (height, width)))
+            elif self.first is None or size != self.first[1]:
                 width, height = _decoded(file).size
                 self._check_size(file, (height, width))
+        if odd:
+            raise self._not_model_size(odd)
 
     def _log_large(self, file: str, size: tuple[int, int]) -> None:
         """Log, once per file, that ``file`` of ``size`` (either order) has more pixels
@@ -363,9 +392,13 @@ class ImageListing:
         )
 
     def _check_size(self, file: str, size: tuple[int, int]) -> None:
-        """DataError naming ``file`` and the first image read when their sizes ``(H, W)``
-        differ (the sizes alone left the odd file to be found among thousands)."""
-        if self.first is None:
+        """DataError naming ``file`` when its size ``(H, W)`` is not ``model_size``, or,
+        read for no model, differs from the first image read's, which it names too (the
+        sizes alone left the odd file to be found among thousands)."""
+        if self.model_size is not None:
+            if size != self.model_size:
+                raise self._not_model_size([(file, size)])
+        elif self.first is None:
             self.first = file, size
         elif size != self.first[1]:
             first, first_size = self.first
@@ -375,6 +408,22 @@ class ImageListing:
                 "data.image_size (at fit, e.g. --set data.image_size=64; the model then "
                 "resizes what it scores)"
             )
+
+    def _not_model_size(self, odd: list[tuple[str, tuple[int, int]]]) -> DataError:
+        """The DataError naming the files of ``odd`` (``(file, (H, W))``, the first
+        ``SKIPPED_FILES_SHOWN`` of them), whose size is not ``model_size``: the folder's
+        first image is no guide, as it may be the odd one."""
+        assert self.model_size is not None
+        height, width = self.model_size
+        shown = ", ".join(f"{file} ({h} x {w})" for file, (h, w) in odd[:SKIPPED_FILES_SHOWN])
+        hidden = len(odd) - SKIPPED_FILES_SHOWN
+        more = f" and {hidden} more" if hidden > 0 else ""
+        which = "1 image is" if len(odd) == 1 else f"{len(odd)} images are"
+        return DataError(
+            f"{self.path}: {which} not {height} x {width}, the size the model takes: "
+            f"{shown}{more}; resize {'it' if len(odd) == 1 else 'them'} to {height} x {width}, "
+            "or fit with --set data.image_size=N, which resizes images at fit and when scoring"
+        )
 
     def log_colour(self) -> None:
         """Warn, naming the colour files among those read, when some, not all, are colour,
