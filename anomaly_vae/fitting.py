@@ -380,12 +380,17 @@ def read_images_with_progress(
     size: int | None = None,
     grey_model: bool = False,
     progress: bool = False,
+    model_size: tuple[int, int] | None = None,
 ) -> ImageSet:
     """:func:`~anomaly_vae.data.images.read_images`, with ``progress`` a bar counting the
     images decoded on a terminal (off one, a line a minute), as `score` counts those it
     scores: a folder is decoded whole before training starts (2,000 JPEGs of 256 x 256,
-    resized to 64, took 8 s in silence). A torchvision split is in memory already."""
-    listing = list_images(source, train, size, grey_model)
+    resized to 64, took 8 s in silence), and before `view` draws. A torchvision split is
+    in memory already. ``model_size``: the ``(H, W)`` of a model's images, which every
+    file's header is checked against before any is decoded, naming each odd file."""
+    listing = list_images(source, train, size, grey_model, model_size)
+    if model_size is not None:
+        listing.check()
     try:
         if not progress or listing.pixels is not None:
             return listing.read(0, len(listing))

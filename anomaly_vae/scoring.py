@@ -331,6 +331,7 @@ def scores_in_parts(
     condition: np.ndarray | None,
     name: str,
     progress: bool = False,
+    log_warnings: bool = True,
 ) -> np.ndarray:
     """``(n,)`` the anomaly scores of the rows (or images) of ``data`` (a table, or
     images ``(n, C, H, W)`` with their ``condition (n,)``), the same as of ``data`` scored
@@ -340,8 +341,9 @@ def scores_in_parts(
 
     ``progress``: on a terminal a bar over them, named ``name``, with the time left; off
     one a line a minute (:func:`~anomaly_vae.batch.scoring_progress`). A table's warnings
-    (columns not seen in training, say) come once, judged over all its rows, and a
-    DataError is that of ``data`` scored whole."""
+    (columns not seen in training, say) come once, judged over all its rows (none with
+    ``log_warnings`` false, for a caller that gives them itself), and a DataError is
+    that of ``data`` scored whole."""
     images = detector.data_kind_ == "image"
     chunk = whole_batches(detector, PROGRESS_CHUNK_IMAGES if images else PROGRESS_CHUNK_ROWS)
     parts = [np.empty(0)]
@@ -360,7 +362,8 @@ def scores_in_parts(
         # of all its rows. Only this failing path holds every row at once.
         detector.anomaly_score(data, condition)
         raise
-    gathered.log(len(data))
+    if log_warnings:
+        gathered.log(len(data))
     return np.concatenate(parts)
 
 

@@ -405,6 +405,7 @@ def reconstructions(
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
 ) -> View:
     """The ``count`` most anomalous inputs beside their reconstructions, worst first.
 
@@ -417,9 +418,12 @@ def reconstructions(
     given ``origin`` (:func:`row_name`), by its file and row there. Images get a table of
     the images shown, in the grid's reading order: ``rank``, ``image`` (from ``names
     (n,)``, :func:`image_names`), ``class`` (from ``classes (n,)``, when given) and
-    ``score``, as the grid has no room to name them.
+    ``score``, as the grid has no room to name them. ``scores``: ``(n,)`` X's anomaly
+    scores when scored already (`anomaly-vae view` scores with a progress bar), else
+    they are computed here.
     """
-    scores = detector.anomaly_score(X)
+    if scores is None:
+        scores = detector.anomaly_score(X)
     order = np.argsort(-scores)[:count]
     shown_rows = _take(X, order)
     # Scoring X gave its data's warnings (an ignored column, an unseen category); each
@@ -567,9 +571,11 @@ def _row_ids(detector: Any, X: Any, rows: np.ndarray) -> np.ndarray | None:
     return X[id_column].to_numpy()[rows]
 
 
-def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> View:
+def latent_scatter(
+    detector: Any, X: Any, labels: np.ndarray | None = None, scores: np.ndarray | None = None
+) -> View:
     """Latent means in 2-D (PCA above 2 dimensions), coloured by label when known,
-    otherwise by anomaly score."""
+    otherwise by anomaly score (``scores (n,)`` of X when scored already)."""
     _require_rows(X, "latents")  # PCA and a scatter need two points
     latents = detector.encode(X)
     title = latent_title(detector, "Latent means")
@@ -578,7 +584,7 @@ def latent_scatter(detector: Any, X: Any, labels: np.ndarray | None = None) -> V
         return View("03_latent_scatter", plots.latent_scatter(latents, groups, title))
     figure = plots.latent_scatter_by_score(
         latents,
-        detector.anomaly_score(X),
+        detector.anomaly_score(X) if scores is None else scores,
         detector.calibration_["score"],
         f"{title} coloured by anomaly score",
         item=detector.score_item,
@@ -885,6 +891,7 @@ def views_and_skips(
     origin: pd.DataFrame | None = None,
     names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
+    scores: np.ndarray | None = None,
 ) -> tuple[list[View], list[str]]:
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
@@ -892,9 +899,10 @@ def views_and_skips(
     tables and a block of rows per class for images) and manifold (without it, the first row's).
     ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by;
     ``names``: ``(n,)`` the name of each image of X (:func:`image_names`); ``classes``:
-    ``(n,)`` the class of each, for a source of several (their CSVs' ``class``)."""
+    ``(n,)`` the class of each, for a source of several (their CSVs' ``class``);
+    ``scores``: ``(n,)`` X's anomaly scores when scored already."""
     with data_warned_once(detector, X):
-        return _views_and_skips(detector, X, labels, condition, origin, names, classes)
+        return _views_and_skips(detector, X, labels, condition, origin, names, classes, scores)
 
 
 @contextlib.contextmanager
@@ -918,6 +926,7 @@ def _views_and_skips(
     origin: pd.DataFrame | None,
     names: Sequence[str] | None,
     classes: Sequence[str] | None,
+    scores: np.ndarray | None = None,
 ) -> tuple[list[View], list[str]]:
     """:func:`views_and_skips`, its warnings about X not yet dealt with."""
     made: list[View] = []
@@ -929,9 +938,11 @@ def _views_and_skips(
     makers = [
         (
             "reconstruct",
-            lambda: reconstructions(detector, X, origin=origin, names=names, classes=classes),
+            lambda: reconstructions(
+                detector, X, origin=origin, names=names, classes=classes, scores=scores
+            ),
         ),
-        ("latents", lambda: latent_scatter(detector, X, labels)),
+        ("latents", lambda: latent_scatter(detector, X, labels, scores)),
         ("manifold", lambda: manifold(detector, X, condition=condition, labels=labels)),
         (
             "traversal",

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from anomaly_vae import VAEDetector, views
 from anomaly_vae.errors import DataError
@@ -672,8 +673,8 @@ def test_view_colours_images_by_class_with_normal_class(image_detector, tmp_path
     monkeypatch.setattr(
         views,
         "latent_scatter",
-        lambda detector, X, labels=None: (
-            drawn_with.append(labels) or latent_scatter(detector, X, labels)
+        lambda detector, X, labels=None, scores=None: (
+            drawn_with.append(labels) or latent_scatter(detector, X, labels, scores)
         ),
     )
     out = tmp_path / "v"
@@ -688,6 +689,72 @@ def test_view_colours_images_by_class_with_normal_class(image_detector, tmp_path
         main, ["view", "generate", "--model", model, "--normal-class", "normal"]
     )
     assert without_data.exit_code == 2 and "give DATA" in without_data.output
+
+
+def _progress_lines(stderr: str) -> list[str]:
+    """The progress lines of ``stderr`` (``reading new: 2 images (0 s)``), without the time."""
+    return [
+        line.split(" (")[0]
+        for line in stderr.splitlines()
+        if line.startswith(("reading", "scoring"))
+    ]
+
+
+def test_view_counts_the_images_it_reads_and_scores_unless_quiet(
+    image_detector, tmp_path, monkeypatch
+):
+    """`view` on a folder of 6,300 images printed nothing (8 s for `view all`) until its
+    files were written, and took no --quiet. It counts the images it
+    reads, as fit does, and those it scores (once, for every view that shows scores), as
+    `score` does: a bar on a terminal, off one a line every PROGRESS_LINE_SECONDS (here,
+    every image read and every part scored); none with --quiet."""
+    from anomaly_vae import training
+    from anomaly_vae.cli import main
+
+    model = str(image_detector.save(tmp_path / "m"))
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for i, image in enumerate(bars(3, seed=1)):
+        Image.fromarray(image[0]).save(folder / f"{i}.png")
+    monkeypatch.setattr(training, "PROGRESS_LINE_SECONDS", 0.0)
+    scored = []
+    anomaly_score = VAEDetector.anomaly_score
+    monkeypatch.setattr(
+        VAEDetector,
+        "anomaly_score",
+        lambda self, X, condition=None: scored.append(len(X)) or anomaly_score(self, X, condition),
+    )
+    args = ["view", "all", str(folder), "--model", model, "--out", str(tmp_path / "v")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert _progress_lines(result.stderr) == [
+        "reading new: 1 image",
+        "reading new: 2 images",
+        "reading new: 3 images",
+        "scoring new: 3 images",
+    ]
+    assert scored == [3]  # the reconstructions and the latent scatter share the scores
+    assert (tmp_path / "v" / "02_reconstructions.csv").is_file()
+    quiet = CliRunner().invoke(main, [*args, "--quiet"])
+    assert quiet.exit_code == 0, quiet.output
+    assert _progress_lines(quiet.stderr) == []
+    # The scores shown are those of the images scored whole.
+    shown = pd.read_csv(tmp_path / "v" / "02_reconstructions.csv")
+    expected = np.sort(anomaly_score(image_detector, bars(3, seed=1)))[::-1]
+    np.testing.assert_allclose(shown["score"], expected, rtol=1e-5)
+    table = tmp_path / "readings.csv"
+    mixed_table(150, seed=1).to_csv(table, index=False)
+    table_model = str(_table_model(tmp_path))
+    args = ["view", "reconstruct", str(table), "--model", table_model, "--out", str(tmp_path / "t")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert _progress_lines(result.stderr) == ["scoring readings.csv: 150 rows"]
+    assert _progress_lines(CliRunner().invoke(main, [*args, "--quiet"]).stderr) == []
+
+
+def _table_model(tmp_path):
+    config = tiny_config("data.id_column=reading_id", "training.epochs=2")
+    return VAEDetector(config.detector_config()).fit(mixed_table(200, seed=0)).save(tmp_path / "tm")
 
 
 def test_a_numeric_condition_is_shown_to_four_significant_digits():
