@@ -151,9 +151,9 @@ def _image_grid(
     # The x label is centred under the images, so it wraps to their width.
     x_label = plots.wrap_title(axis_labels[0], image_width, GRID_LABEL_POINTS)
     # A path is never split (wrap_title), and an image's file named in the traversal's or
-    # the interpolation's title and label is often wider than the grid: its ends were cut
-    # off at the figure's edges. The figure widens to hold the widest line, the images
-    # centred in the width added.
+    # the interpolation's title is often wider than the grid: its ends were cut off at the
+    # figure's edges. The figure widens to hold the widest line, the images centred in the
+    # width added.
     widen = max(
         0.0,
         _text_inches(wrapped, GRID_TITLE_POINTS) + 2 * GRID_EDGE_INCHES - fig_width,
@@ -796,7 +796,8 @@ def interpolation(
     with ``labels (n,)`` (True = anomaly) of the first two normal rows (:func:`_start_rows`; a
     conditional model's condition moves along the line between the rows' own conditions,
     so both ends decode as their row); ``origin`` names the two rows by their file and
-    row there (:func:`row_name`). Images: the title and a two-row table (``weight`` 0
+    row there (:func:`row_name`), once, in the title (the x label says which end is
+    which by their order there). Images: the title and a two-row table (``weight`` 0
     and 1, ``image`` as :func:`image_names` gives it from ``names (n,)``, ``class`` from
     ``classes (n,)`` when given) name them."""
     require_continuous(detector, "interpolation")
@@ -825,7 +826,11 @@ def interpolation(
     if ends_named is not None:
         first, second = ends_named
         title = f"Interpolation between {first} and {second} in latent space ({steps} steps)"
-        position = f"position (0 = {first}, 1 = {second}; both decoded)"
+        # Named once, in the title, as the traversal names its start: the x label repeated
+        # both (two paths under a grid made it wrap to lines of its own and widen the
+        # figure); it says which end is which by their order there.
+        kind = "image" if image else "row"
+        position = f"position (0 = the first {kind}, 1 = the second; both decoded)"
         start = first
     # The conditions the path moves between, as the traversal names its one: an image's is
     # the trained class that explains it best, which its name does not tell.

@@ -316,9 +316,9 @@ def test_image_views_name_each_images_class_as_score_does(image_detector, tmp_pa
 
 
 def test_image_grids_hold_long_image_names_within_the_figure(image_detector):
-    """The traversal and interpolation name their images by path in the title and the x
-    label; a path is never split, and one wider than the grid (a camera's folder of
-    images) ran off both sides of the figure, the file names cut off."""
+    """The traversal and interpolation name their images by path in the title; a path is
+    never split, and one wider than the grid (a camera's folder of images) ran off both
+    sides of the figure, the file names cut off."""
     images = bars(3, seed=1)
     folder = "/data/production_line_3_camera_2_inspection_images_2026-12-07_shift_morning"
     names = [f"{folder}/img{i:04d}.png" for i in range(3)]
@@ -336,9 +336,19 @@ def test_image_grids_hold_long_image_names_within_the_figure(image_detector):
             assert box.x0 >= 0 and box.x1 <= figure.bbox.width, (text.get_text(), box)
             assert box.y0 >= 0 and box.y1 <= figure.bbox.height, (text.get_text(), box)
         assert names[0] in figure.get_suptitle().replace("\n", " ")
-    # The interpolation's label wraps to lines of its own, each within the figure.
-    label = views.interpolation(image_detector, images, names=names).figure.axes[0].get_xlabel()
-    assert label.count("\n") >= 2
+    # The interpolation named both paths in its title and again in its x label, which
+    # wrapped to lines of its own under the grid: each is named once, in the title, and
+    # the label says which end is which by their order there.
+    figure = views.interpolation(image_detector, images, names=names).figure
+    texts = [figure.get_suptitle(), figure.axes[0].get_xlabel()]
+    for name in names[:2]:
+        assert sum(text.replace("\n", " ").count(name) for text in texts) == 1, texts
+    assert (
+        figure.get_suptitle()
+        .replace("\n", " ")
+        .startswith(f"Interpolation between {names[0]} and {names[1]} in latent space")
+    )
+    assert texts[1] == "position (0 = the first image, 1 = the second; both decoded)"
 
 
 def test_traversal_and_interpolation_start_from_normal_rows_when_labels_are_known(
@@ -372,6 +382,8 @@ def test_traversal_and_interpolation_start_from_normal_rows_when_labels_are_know
     assert " around row 2 (one line" in traversal.figure.get_suptitle().replace("\n", " ")
     ax = views.interpolation(table_detector, test, labels=labels).figure.axes[0]
     assert "between row 2 and row 4 in" in ax.get_title().replace("\n", " ")
+    # Named in the title, not again along the x axis.
+    assert ax.get_xlabel() == "position (0 = the first row, 1 = the second; both decoded)"
     assert ax.get_ylabel() == "change from row 2 (training standard deviations)"
     # Too few normal rows: the anomalies follow them.
     assert views.interpolation(
