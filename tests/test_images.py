@@ -1540,3 +1540,66 @@ def test_anomaly_maps_share_one_scale_saved_with_the_model(bars_detector, tmp_pa
     score_images(folder, old, tmp_path / "s2.csv", maps_dir=tmp_path / "old_maps")
     unscaled = np.asarray(Image.open(tmp_path / "old_maps" / "0.png"))
     np.testing.assert_array_equal(unscaled, np.rint(detector.anomaly_map(test[:1])[0, 0] * 255))
+
+
+def test_the_served_image_model_scores_the_request_docs_mlflow_shows(
+    tracking_store, tmp_path, monkeypatch
+):
+    """docs/mlflow.md showed how to post a table to a served model, not images: its
+    Python example for an image model runs as written, its body posted to MLflow's
+    scoring server, which answers with the detector's scores."""
+    import json
+
+    import mlflow
+    import requests
+    from mlflow.pyfunc.scoring_server import invocations
+
+    from anomaly_vae.fitting import fit_source
+
+    page = (Path(__file__).parents[1] / "docs" / "mlflow.md").read_text(encoding="utf-8")
+    start = page.index("Post the array as MLflow's tensor input")
+    example = re.compile(r"```python\n(.*?)```", re.S).search(page, start)
+    assert example is not None
+    (tmp_path / "train").mkdir()
+    for i, image in enumerate(bars(120, seed=60)):
+        Image.fromarray(image[0]).save(tmp_path / "train" / f"{i:03d}.png")
+    config = tiny_config("training.epochs=3", "tracking.log_views=false")
+    result = fit_source(tmp_path / "train", config, project_dir=tmp_path)
+    model = mlflow.pyfunc.load_model(result.run.model_uri)
+    # The two pictures the example reads: a normal bar and a vertical one.
+    new = np.concatenate([bars(1, seed=61), bars(1, seed=62, vertical=True)])
+    (tmp_path / "new").mkdir()
+    for i, image in enumerate(new, start=1):
+        Image.fromarray(image[0]).save(tmp_path / "new" / f"part{i}.png")
+    posted = []
+
+    def post(url, **request):  # what `mlflow models serve` does with the body posted
+        posted.append((url, request["json"]))
+        served = invocations(
+            json.dumps(request["json"]),
+            "application/json",
+            model,
+            model.metadata.get_input_schema(),
+        )
+        answer = requests.Response()
+        answer.status_code, answer._content = served.status, served.response.encode()
+        return answer
+
+    monkeypatch.setattr(requests, "post", post)
+    namespace: dict = {}
+    exec(compile(example.group(1), "docs/mlflow.md", "exec"), namespace)
+    ((url, body),) = posted
+    assert url == "http://127.0.0.1:5001/invocations" and list(body) == ["inputs"]
+    assert np.array(body["inputs"]).shape == (2, 1, 16, 16)
+    scores = pd.DataFrame(namespace["scores"])
+    expected = result.detector.score_frame(new)
+    assert list(scores.columns) == list(expected.columns)  # the scores, score, is_anomaly
+    assert list(scores.columns[-2:]) == ["score", "is_anomaly"], list(scores.columns)
+    numbers = expected.columns.drop("is_anomaly")
+    np.testing.assert_allclose(scores[numbers], expected[numbers], rtol=1e-5)
+    assert scores["is_anomaly"].tolist() == expected["is_anomaly"].tolist()
+    # The same nested lists as "instances", which the page says is read alike.
+    instances = json.dumps({"instances": body["inputs"]})
+    served = invocations(instances, "application/json", model, model.metadata.get_input_schema())
+    pd.testing.assert_frame_equal(pd.DataFrame(json.loads(served.response)["predictions"]), scores)
+    assert scores["score"][1] > scores["score"][0]  # the vertical bar, as the detector says
