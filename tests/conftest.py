@@ -3,9 +3,12 @@ and MLflow pointed at a temporary store so tests never touch ./mlruns."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import runpy
 import sys
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +132,80 @@ def mislabelled_table(n: int, seed: int, wrong: int = 30) -> pd.DataFrame:
     table = mixed_table(n, seed)
     table.loc[table.index[:wrong], "is_fault"] = 1
     return table
+
+
+# What MLflow keeps for the whole process: mlflow.set_tracking_uri and set_experiment
+# write these environment variables as well as module globals (so that subprocesses
+# inherit them), and start_run sets MLFLOW_RUN_ID. A test's monkeypatch.setenv restores
+# only a variable it set itself.
+MLFLOW_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
+# (module, global) pairs behind mlflow.get_tracking_uri, get_registry_uri and the active
+# experiment: None until set.
+MLFLOW_GLOBALS = (
+    ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
+    ("mlflow.tracking._model_registry.utils", "_registry_uri"),
+    ("mlflow.tracking.fluent", "_active_experiment_id"),
+)
+
+
+def mlflow_state() -> dict[str, str | None]:
+    """MLflow's process-global state: each of MLFLOW_VARIABLES, each of MLFLOW_GLOBALS
+    (None while MLflow is not imported) and the active run's id, by name."""
+    state = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}
+    for module, name in MLFLOW_GLOBALS:
+        state[name] = getattr(sys.modules.get(module), name, None)
+    fluent = sys.modules.get("mlflow.tracking.fluent")
+    run = fluent.active_run() if fluent is not None else None
+    state["active_run"] = run.info.run_id if run is not None else None
+    return state
+
+
+@contextlib.contextmanager
+def mlflow_state_kept() -> Iterator[None]:
+    """Undo on exit what the block left of MLflow's process-global state (mlflow_state):
+    end any run it left active, then put back the tracking and registry URIs, the active
+    experiment and their environment variables, so that a later test cannot log into this
+    one's store. MLflow is not imported here (1.5 s): what a block that imported it set is
+    put back to MLflow's own start (None, no variable)."""
+    saved = mlflow_state()
+    try:
+        yield
+    finally:
+        fluent = sys.modules.get("mlflow.tracking.fluent")
+        while fluent is not None and fluent.active_run() is not None:
+            # end_run pops the run before it reaches the store: an unreachable one ends it too
+            with contextlib.suppress(Exception):
+                fluent.end_run()
+        for module, name in MLFLOW_GLOBALS:
+            if module in sys.modules:
+                setattr(sys.modules[module], name, saved[name])
+        for name in MLFLOW_VARIABLES:
+            if saved[name] is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = saved[name]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _mlflow_state_kept_per_module() -> Iterator[None]:
+    """What a module-scoped fixture (fitted_run, family_run, ...) left of MLflow's global
+    state, undone after the module; set up before the module's other module fixtures."""
+    with mlflow_state_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_state_kept_per_test() -> Iterator[None]:
+    """What a test and its function fixtures left of MLflow's global state, undone after
+    it: the state its module's fixtures set stays for the module's next test."""
+    with mlflow_state_kept():
+        yield
 
 
 @pytest.fixture
