@@ -277,6 +277,10 @@ LEDGER_COLUMNS = (
     # this model (:meth:`Ledger.failed_attempts`); NULL when done, for a conflict between
     # inputs, and in the rows of a ledger written before attempts were counted
 )
+LEDGER_INDEXES = {  # name: columns, of the ledger's lookups (see Ledger.__init__)
+    "scored_by_output": "output, status",  # Ledger.last_written
+    "scored_by_input": "input, status",  # Ledger.failed_attempts
+}
 
 
 class Ledger:
@@ -298,6 +302,13 @@ class Ledger:
             # since a conflict between inputs, never counted, cannot be told from them.
             # An older version still reads and writes the table: it names its columns.
             self.connection.execute("ALTER TABLE scored ADD COLUMN attempt INTEGER")
+        # Each input looks itself up by output (last_written) and by input
+        # (failed_attempts) in a table that grows by a row per input per run: without
+        # these, each lookup reads every row. Created on open, so an older ledger gets
+        # them too; a version from before ignores them and SQLite keeps them up to date
+        # as it inserts. The trailing rowid of each entry serves ORDER BY rowid / MAX.
+        for name, columns in LEDGER_INDEXES.items():
+            self.connection.execute(f"CREATE INDEX IF NOT EXISTS {name} ON scored ({columns})")
         self.connection.commit()
 
     def last_written(self, output: str) -> tuple[str, str, str] | None:

@@ -1383,3 +1383,40 @@ def test_a_batch_run_in_mlflow_records_the_quarantined_inputs(model_dir, tmp_pat
     assert quarantined["reason"][0].startswith("missing column 'load'")
     names = [a.path for a in mlflow.MlflowClient().list_artifacts(latest.info.run_id)]
     assert names == ["quarantined.csv"]
+
+
+def test_the_ledgers_lookups_search_its_indexes_and_an_older_ledger_gets_them(tmp_path):
+    # Each input looked itself up by output and by input with a scan of the whole ledger,
+    # which grows by a row per input per run (timed in docs/batch.md).
+    import sqlite3
+
+    path = tmp_path / LEDGER_FILE
+    with contextlib.closing(sqlite3.connect(path)) as old:  # as a version before wrote it
+        old.execute(
+            "CREATE TABLE scored (input TEXT, size INTEGER, sha256 TEXT, model TEXT, "
+            "status TEXT, rows INTEGER, output TEXT, reason TEXT, at TEXT, attempt INTEGER)"
+        )
+        old.commit()
+    ledger = Ledger(path)
+    statements: list[str] = []
+    ledger.connection.set_trace_callback(statements.append)  # the SQL as run, values bound
+    ledger.last_written("/out/a.csv")
+    ledger.failed_attempts("/in/a.csv", "ab12", "anomaly-vae/1")
+    ledger.failed_attempts("/in/a.csv", None, "anomaly-vae/1")  # unreadable: sha256 IS NULL
+    ledger.connection.set_trace_callback(None)
+    assert len(statements) == 3
+    for statement in statements:
+        plan = [row[3] for row in ledger.connection.execute(f"EXPLAIN QUERY PLAN {statement}")]
+        searches = [step for step in plan if "scored" in step]
+        assert searches and all(" USING " in step and "INDEX" in step for step in searches), (
+            statement,
+            plan,
+        )
+        assert not any(step.startswith("SCAN") for step in plan), (statement, plan)
+    ledger.close()
+    # Opening it again (each run does) keeps the table's rows and the indexes as they are.
+    Ledger(path).record(input="/in/a.csv", status="done", output="/out/a.csv")
+    with contextlib.closing(sqlite3.connect(path)) as reopened:
+        names = {row[1] for row in reopened.execute("PRAGMA index_list(scored)")}
+        assert names == {"scored_by_output", "scored_by_input"}
+        assert reopened.execute("SELECT COUNT(*) FROM scored").fetchone() == (1,)
