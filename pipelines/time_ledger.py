@@ -1,7 +1,7 @@
 """How long do the batch ledger's per-input lookups take on a ledger grown by a schedule,
 with its indexes and without them (a ledger as versions before them kept it)?
 
-    python pipelines/time_ledger.py
+    python pipelines/time_ledger.py [--out results/time-ledger.json]
 
 Writes a ledger of ``--inputs`` inputs scored ``--runs`` times each (a row per input
 per run, as a scheduled ``anomaly-vae batch`` adds them; 1 row in 50 a failure), opens
@@ -9,13 +9,15 @@ it with :class:`~anomaly_vae.batch.Ledger` (which creates the indexes on an olde
 ledger: timed), then times the two lookups each input costs a run
 (:meth:`~anomaly_vae.batch.Ledger.last_written` by its output,
 :meth:`~anomaly_vae.batch.Ledger.failed_attempts` by the input) for ``--sample`` inputs,
-with the indexes and once they are dropped. Prints milliseconds per input.
+with the indexes and once they are dropped. Prints milliseconds per input, and with
+``--out`` writes them as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sqlite3
 import tempfile
 import time
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=2_000, help="inputs a run")
     parser.add_argument("--runs", type=int, default=100, help="runs recorded")
     parser.add_argument("--sample", type=int, default=200, help="inputs looked up")
+    parser.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / LEDGER_FILE
@@ -91,6 +94,17 @@ def main() -> None:
     print(f"lookups per input, without (before): {scanned:.3f} ms")
     per_run = f"{indexed * args.inputs / 1000:.2f} s ({scanned * args.inputs / 1000:.1f} s without)"
     print(f"lookups of a run of {args.inputs:,} inputs: {per_run}")
+    if args.out is not None:
+        figures = {
+            "rows": rows,
+            "inputs": args.inputs,
+            "runs": args.runs,
+            "index_creation_s": round(opened, 3),
+            "lookup_ms_indexed": round(indexed, 4),
+            "lookup_ms_without": round(scanned, 4),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
