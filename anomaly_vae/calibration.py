@@ -33,8 +33,6 @@ CURVE_POINTS = 1_000
 FEW_LABELLED_ROWS = 10  # fewer labelled rows of a class than this get a warning: one
 # more row can move an F1- or recall-chosen threshold past many scores
 SCORE_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)  # of the calibration scores, in calibration.json
-EXPECTED_FPR_LEVEL = 0.9  # the interval of the false-positive rate to expect on new normal
-# rows of a quantile threshold: 90% of calibration sets give a threshold whose rate is in it
 FEW_ROWS_ABOVE = 5  # fewer calibration rows above a quantile threshold than this: its rate
 # on new rows is uncertain by a factor of 4.6 (90% interval of 4 above: 2.0/n to 9.2/n) or
 # more (1 above: 0.36/n to 4.7/n), and the summary says how many rows would pin it down
@@ -73,11 +71,12 @@ def quantile_threshold(
     return float(np.quantile(scores, 1.0 - target_fpr, method="higher"))
 
 
-def expected_fpr(n: int, above: int, level: float = EXPECTED_FPR_LEVEL) -> dict[str, float]:
+def expected_fpr(n: int, above: int, level: float) -> dict[str, float]:
     """The false-positive rate to expect on new normal rows of a threshold taken at one of
     ``n`` calibration scores, with ``above`` of them strictly above it: its mean and a
-    central ``level`` interval, shares in [0, 1] (keys ``expected_fpr_mean``,
-    ``expected_fpr_low``, ``expected_fpr_high``, ``expected_fpr_level``).
+    central ``level`` interval (``calibration.expected_fpr_level``), shares in [0, 1] (keys
+    ``expected_fpr_mean``, ``expected_fpr_low``, ``expected_fpr_high``,
+    ``expected_fpr_level``).
 
     For exchangeable rows (calibration rows and new rows from the same distribution), the
     share of new rows above the ``k``-th largest of ``n`` scores (the coverage of an
@@ -87,12 +86,13 @@ def expected_fpr(n: int, above: int, level: float = EXPECTED_FPR_LEVEL) -> dict[
     interval is what a share ``level`` of calibration sets would give; the calibration
     rows' own rate, ``above / n``, is lower on average.
 
-    >>> rate = expected_fpr(150, 1)  # 1% of 150 scores: the 2nd largest
+    >>> rate = expected_fpr(150, 1, 0.9)  # 1% of 150 scores: the 2nd largest
     >>> [round(100 * rate[f"expected_fpr_{k}"], 2) for k in ("low", "mean", "high")]
     [0.24, 1.32, 3.12]
     """
     if not 0 <= above < n:
         raise ValueError(f"{above} of {n} calibration scores above the threshold")
+    _check_level(level)
     k = above + 1
     low, high = stats.beta.ppf([(1 - level) / 2, (1 + level) / 2], k, n + 1 - k)
     return {
@@ -101,6 +101,46 @@ def expected_fpr(n: int, above: int, level: float = EXPECTED_FPR_LEVEL) -> dict[
         "expected_fpr_high": float(high),
         "expected_fpr_level": level,
     }
+
+
+def fixed_threshold_fpr(n: int, above: int, level: float) -> dict[str, float]:
+    """The false-positive rate to expect on new normal rows of a threshold chosen without
+    ``n`` held-out normal scores (on other rows, labelled ones), ``above`` of which lie
+    strictly above it: an estimate and a ``level`` interval (``calibration.
+    expected_fpr_level``), shares in [0, 1], under the keys of :func:`expected_fpr`.
+
+    The threshold is fixed with respect to these rows, so the count above it is
+    binomial, ``Binomial(n, p)`` for the threshold's rate ``p`` on new rows, whatever the
+    scores' distribution and ties (a tied score is not above). The interval is the exact
+    (Clopper-Pearson) one, the order-statistic argument of :func:`expected_fpr` on both
+    sides: the threshold lies between the ``above``-th and the ``above + 1``-th largest
+    score, whose coverages follow ``Beta(above, n + 1 - above)`` and ``Beta(above + 1, n -
+    above)``, and the interval runs from the ``(1 - level) / 2`` quantile of the first to
+    the ``(1 + level) / 2`` quantile of the second (0 when none is above, 1 when all are).
+    It holds ``p`` for at least a share ``level`` of held-out sets, whatever ``p``; the
+    estimate, ``above / n``, is unbiased.
+
+    >>> rate = fixed_threshold_fpr(150, 1, 0.9)
+    >>> [round(100 * rate[f"expected_fpr_{k}"], 2) for k in ("low", "mean", "high")]
+    [0.03, 0.67, 3.12]
+    """
+    if not 0 <= above <= n or n < 1:
+        raise ValueError(f"{above} of {n} held-out scores above the threshold")
+    _check_level(level)
+    tail = (1 - level) / 2
+    low = stats.beta.ppf(tail, above, n + 1 - above) if above > 0 else 0.0
+    high = stats.beta.ppf(1 - tail, above + 1, n - above) if above < n else 1.0
+    return {
+        "expected_fpr_mean": above / n,
+        "expected_fpr_low": float(low),
+        "expected_fpr_high": float(high),
+        "expected_fpr_level": level,
+    }
+
+
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"the interval's level must be in (0, 1), not {level}")
 
 
 def rows_to_pin_down(target_fpr: float, above: int = FEW_ROWS_ABOVE) -> int:
@@ -114,14 +154,17 @@ def rows_to_pin_down(target_fpr: float, above: int = FEW_ROWS_ABOVE) -> int:
 
 
 def calibration_summary(
-    normal_scores: np.ndarray, threshold: float, target_fpr: float
+    normal_scores: np.ndarray, threshold: float, target_fpr: float, level: float
 ) -> dict[str, Any]:
     """How a quantile threshold was chosen on the calibration scores ``normal_scores (n,)``,
     as saved with the model and logged to MLflow: with the false-positive rate to expect
-    on new normal rows (:func:`expected_fpr`), as the threshold is one of these scores."""
+    on new normal rows and its ``level`` interval (:func:`expected_fpr`), as the threshold
+    is one of these scores."""
     scores = np.asarray(normal_scores, dtype=np.float64)
     above = int(np.count_nonzero(scores > threshold))
-    return _held_out_summary(scores, threshold, target_fpr) | expected_fpr(scores.size, above)
+    return _held_out_summary(scores, threshold, target_fpr) | expected_fpr(
+        scores.size, above, level
+    )
 
 
 def _held_out_summary(scores: np.ndarray, threshold: float, target_fpr: float) -> dict[str, Any]:
@@ -206,15 +249,23 @@ def labelled_summary(
     target_recall: float,
     normal_scores: np.ndarray,
     target_fpr: float,
+    level: float,
 ) -> dict[str, Any]:
     """How a labelled threshold was chosen, and what it gives: precision, recall and
     false-positive rate on the labelled rows that chose it (optimistic), and the
-    false-positive rate on the held-out normal ``normal_scores``, which took no part."""
+    false-positive rate on the held-out normal ``normal_scores``, which took no part,
+    with the rate to expect on new normal rows and its ``level`` interval
+    (:func:`fixed_threshold_fpr`)."""
     labels, scores = _checked(labels, scores)
     flagged = scores > threshold
-    # Not calibration_summary: its expected rate holds for a threshold that is one of the
-    # calibration scores, and these scores took no part in choosing this one.
-    summary = _held_out_summary(np.asarray(normal_scores, dtype=np.float64), threshold, target_fpr)
+    held_out = np.asarray(normal_scores, dtype=np.float64)
+    # Not calibration_summary: its interval is that of a threshold that is one of the
+    # calibration scores; this one was fixed without them, so their count above it is
+    # binomial.
+    summary = _held_out_summary(held_out, threshold, target_fpr)
+    summary |= fixed_threshold_fpr(
+        held_out.size, int(np.count_nonzero(held_out > threshold)), level
+    )
     summary |= {
         "method": method,
         "description": METHOD_DESCRIPTIONS[method],
@@ -227,6 +278,19 @@ def labelled_summary(
     if method == "recall":
         summary["target_recall"] = target_recall
     return summary
+
+
+EXPECTED_FPR_KEYS = ("expected_fpr_mean", "expected_fpr_low", "expected_fpr_high")
+
+
+def withhold_expected_fpr(summary: dict[str, Any], reason: str) -> None:
+    """Drop the expected false-positive rate of a labelled threshold's ``summary`` (in
+    place) when its held-out normal rows may have been among the rows that chose it, and
+    say why under ``expected_fpr_withheld``: :func:`fixed_threshold_fpr` needs a threshold
+    fixed without them."""
+    for key in (*EXPECTED_FPR_KEYS, "expected_fpr_level"):
+        summary.pop(key, None)
+    summary["expected_fpr_withheld"] = reason
 
 
 def _checked(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

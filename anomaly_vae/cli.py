@@ -37,13 +37,16 @@ DEFAULTS = Config()
 _SOURCES = [f"{prefix}:ROOT" for prefix in TORCHVISION_SETS]
 TORCHVISION_SOURCES = f"{', '.join(_SOURCES[:-1])} or {_SOURCES[-1]}"
 
-# What `calibrate --set` takes: the intervals of its figures, and the logged model's input
+# What `calibrate --set` takes: the intervals of its figures and of the new threshold's
+# expected false-positive rate (by default the model's), and the logged model's input
 # example (by default its source fit's). evaluation.fraction splits a fit's own data and
 # would be ignored; the model's other settings are its own.
 INPUT_EXAMPLE_SETTING = "tracking.input_example"
+EXPECTED_FPR_LEVEL_SETTING = "calibration.expected_fpr_level"
 CALIBRATE_SETTINGS = (
     "evaluation.interval_level",
     "evaluation.interval_resamples",
+    EXPECTED_FPR_LEVEL_SETTING,
     INPUT_EXAMPLE_SETTING,
 )
 
@@ -357,9 +360,9 @@ def percent_2(share: float) -> str:
 
 
 def expected_fpr_text(calibration: dict[str, Any], unit: str) -> str | None:
-    """The false-positive rate to expect on new normal ``unit`` ("rows", "images") of a
-    quantile threshold, from its ``calibration`` record; None for a threshold chosen on
-    labelled rows, or a model saved before the record held it."""
+    """The false-positive rate to expect on new normal ``unit`` ("rows", "images") of the
+    threshold, from its ``calibration`` record; None for a model saved before the record
+    held it (and, before that, for a threshold chosen on labelled rows)."""
     if "expected_fpr_low" not in calibration:
         return None
     return (
@@ -966,8 +969,10 @@ VIEW_KINDS = ("generate", "reconstruct", "latents", "manifold", "traversal", "in
     multiple=True,
     metavar="KEY=VALUE",
     help="Set the AUROC and AUCPR intervals, e.g. --set evaluation.interval_resamples=0, "
-    "or the logged model's input example, --set tracking.input_example=synthetic [default: "
-    "the source fit's] (repeatable; the model's other settings are its own).",
+    "the level of the expected false-positive rate's interval, --set "
+    "calibration.expected_fpr_level=0.95 [default: the model's], or the logged model's "
+    "input example, --set tracking.input_example=synthetic [default: the source fit's] "
+    "(repeatable; the model's other settings are its own).",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar, nor the step lines of a large table.")
 @_user_errors
@@ -1022,9 +1027,14 @@ def calibrate(
         )
     settings = load_config(None, overrides)
     # Given, or None: the source fit's (recorded with its MLflow run)
+    given = {item.partition("=")[0].strip() for item in overrides}
     input_example = None
-    if any(item.partition("=")[0].strip() == INPUT_EXAMPLE_SETTING for item in overrides):
+    if INPUT_EXAMPLE_SETTING in given:
         input_example = settings.tracking.input_example
+    # Given, or None: the model's own (saved with its calibration settings)
+    expected_fpr_level = None
+    if EXPECTED_FPR_LEVEL_SETTING in given:
+        expected_fpr_level = settings.calibration.expected_fpr_level
     result = calibrate_model(
         data,
         model_ref,
@@ -1040,6 +1050,7 @@ def calibrate(
         evaluation_settings=settings.evaluation,
         progress=not quiet,
         input_example=input_example,
+        expected_fpr_level=expected_fpr_level,
     )
     detector, calibration = result.detector, result.detector.calibration_
     unit = f"{detector.score_item}s"
@@ -1088,10 +1099,17 @@ def calibrate(
             f"{shown_metric(ev, 'auroc')}"
         )
     if method != QUANTILE_THRESHOLD:
+        expected = expected_fpr_text(calibration, unit)
         click.echo(
             f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
             f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
+            f"{'; ' + expected if expected else ''}"
         )
+        if "expected_fpr_withheld" in calibration:
+            click.echo(
+                "No false-positive rate to expect on new normal "
+                f"{unit}: {calibration['expected_fpr_withheld']}."
+            )
         if result.check is not None:
             _print_check(detector)
     click.echo(f"Model saved to {result.model_dir}")

@@ -234,6 +234,9 @@ class CalibrationConfig(ChangedSettingsRepr):
     # curve), or "recall", the highest threshold that flags target_recall of the labelled
     # anomalies (ROC curve)
     target_recall: float = 0.9  # for method "recall": share of labelled anomalies to flag
+    expected_fpr_level: float = 0.9  # level of the interval of the false-positive rate to
+    # expect on new normal rows, stated at fit and calibrate: at least that share of
+    # calibration sets give a threshold whose rate lies in it (docs/thresholds.md)
 
 
 @dataclass(repr=False)
@@ -494,6 +497,10 @@ def validate(cfg: DetectorConfig) -> None:
             + ", ".join((QUANTILE_THRESHOLD, *LABELLED_THRESHOLD_METHODS)),
         ),
         (0 < cfg.calibration.target_recall <= 1, "calibration.target_recall must be in (0, 1]"),
+        (
+            0 < cfg.calibration.expected_fpr_level < 1,
+            "calibration.expected_fpr_level must be in (0, 1)",
+        ),
         (
             cfg.training.validation_fraction + cfg.calibration.fraction < 0.9,
             "training.validation_fraction + calibration.fraction leave too little to train on",

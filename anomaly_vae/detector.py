@@ -451,7 +451,8 @@ class ThresholdedScores:
             scores, target_fpr, warn=not provisional, item=self.score_item
         )
         self.offset_ = -self.threshold_
-        self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr) | {
+        level = self.effective_config.calibration.expected_fpr_level
+        self.calibration_ = calibration_summary(scores, self.threshold_, target_fpr, level) | {
             "score": self.score_name
         }
         if recalibrated:
@@ -477,6 +478,7 @@ class ThresholdedScores:
             target_recall,
             self.calibration_scores_,
             self.calibration_["target_fpr"],
+            self.effective_config.calibration.expected_fpr_level,
         ) | {"score": self.calibration_["score"]}
         return self
 

@@ -27,7 +27,7 @@ from anomaly_vae.batch import (
     table_columns,
     warnings_named,
 )
-from anomaly_vae.calibration import evaluate
+from anomaly_vae.calibration import evaluate, withhold_expected_fpr
 from anomaly_vae.config import (
     FIRST_ROWS_EXAMPLE,
     QUANTILE_THRESHOLD,
@@ -340,6 +340,7 @@ def calibrate_model(
     evaluation_settings: EvaluationConfig | None = None,
     progress: bool = False,
     input_example: str | None = None,
+    expected_fpr_level: float | None = None,
 ) -> CalibrationResult:
     """Load ``model_ref`` (see :func:`~anomaly_vae.scoring.load_detector`), choose its
     threshold on ``source`` by ``method``, save it as a new model and, with ``track``,
@@ -359,6 +360,9 @@ def calibrate_model(
     (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
     ``input_example``: the logged model's (``tracking.input_example``); None: the one the
     source's run logged with (its parameter ``tracking.input_example``), else the default.
+    ``expected_fpr_level``: the level of the interval of the false-positive rate to expect
+    on new normal rows (default: the model's ``calibration.expected_fpr_level``), saved
+    with the new model.
     ``progress``: a bar (off a terminal, a line a minute) over the rows scored, and from
     ``PHASE_LINE_ROWS`` rows (a table file of ``PHASE_LINE_BYTES``) a line on stderr as
     each step around it starts, as in a fit. A table file is read and scored a part at
@@ -375,7 +379,7 @@ def calibrate_model(
     )
     # Before the scoring, as the labels' checks: the file's SHA-256 takes a pass over it,
     # the scoring many.
-    _warn_training_file(source, detector, data)
+    training_rows_in_source = _warn_training_file(source, detector, data)
     unit = f"{detector.score_item}s"
     labels = data.labels
     both_classes = labels is not None and bool(labels.any()) and not bool(labels.all())
@@ -391,6 +395,8 @@ def calibrate_model(
     seed = detector.effective_config.training.seed
     settings = detector.effective_config.calibration  # saved with the model: how it was chosen
     settings.method = method
+    if expected_fpr_level is not None:
+        settings.expected_fpr_level = expected_fpr_level
     if by_quantile and labels is not None and labels.all():
         data.refuse(DataError(f"{source} has no normal {unit} to take the quantile of"))
     scores, example = data.score()
@@ -411,6 +417,15 @@ def calibrate_model(
             settings.target_recall = target_recall
         say_evaluating(detector, len(labels), phases)
         evaluation = threshold_and_evaluation(detector, labels, scores, intervals)
+        if training_rows_in_source:
+            # The fit's held-out rows came from that file too: some may be among the normal
+            # rows that chose the threshold, and its rate on them is then no longer binomial.
+            withhold_expected_fpr(
+                detector.calibration_,
+                f"{source_name(source)} holds {unit} the model was fit on, so the fit's "
+                f"held-out normal {unit} may be among the labelled {unit} that chose the "
+                "threshold",
+            )
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if by_quantile:
@@ -432,9 +447,9 @@ def calibrate_model(
     return result
 
 
-def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -> None:
-    """Warn when ``source`` is the file ``detector`` was fit on, or a copy of it (see
-    :func:`~anomaly_vae.fitting.same_training_file`), or for images when the normal
+def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -> bool:
+    """Warn, and return True, when ``source`` is the file ``detector`` was fit on, or a
+    copy of it (see :func:`~anomaly_vae.fitting.same_training_file`), or for images when the normal
     images of ``data`` are read from the folders it was trained on
     (:func:`~anomaly_vae.fitting.same_training_images`): its normal rows include
     training rows, which score lower than new rows do."""
@@ -448,7 +463,7 @@ def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -
         same = same_training_images(fitted_on, source, normal)
         what = {"same": "is the folder", "shared": "holds images of {}, the folder"}
     if same is None:
-        return
+        return False
     assert fitted_on is not None  # compared with it
     item = detector.score_item  # "row", "image"
     logger.warning(
@@ -462,6 +477,7 @@ def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -
         item,
         item,
     )
+    return True
 
 
 INPUT_EXAMPLE_PARAM = "tracking.input_example"  # the run parameter that records it

@@ -638,8 +638,9 @@ def log_calibration(
             **{f"rows_{k}": v for k, v in rows.items()},
         }
     )
-    # A quantile threshold's false-positive rate to expect on new normal rows (its mean and
-    # 90% interval, calibration.expected_fpr); a threshold chosen on labelled rows has none.
+    # The false-positive rate to expect on new normal rows (its estimate and the interval of
+    # calibration.expected_fpr_level: calibration.expected_fpr for a quantile threshold,
+    # fixed_threshold_fpr for one chosen on labelled rows); absent from older models.
     expected = ("expected_fpr_low", "expected_fpr_mean", "expected_fpr_high")
     calibration = detector.calibration_
     mlflow.log_metrics({k: calibration[k] for k in expected if k in calibration})

@@ -94,6 +94,51 @@ def test_fit_states_the_false_positive_rate_to_expect_and_how_to_pin_it_down(tmp
     assert "too few to pin" not in enough.output
 
 
+def test_fit_states_the_expected_rate_at_the_configured_level(tmp_path, monkeypatch):
+    """calibration.expected_fpr_level sets the interval: 45 held-out rows, none above the
+    threshold, give Beta(1, 45), whose central 50% is 0.64% to 3.0%."""
+    monkeypatch.chdir(tmp_path)
+    mixed_table(300, seed=0).to_csv("train.csv", index=False)
+    level = "calibration.expected_fpr_level=0.5"
+    fitted = tiny_fit("train.csv", "--id-col", "reading_id", "--no-tracking", "--set", level)
+    assert fitted.exit_code == 0, fitted.output
+    assert "0.64% to 3% of new normal rows expected above it, 50% interval)" in fitted.output
+    saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
+    assert saved["calibration"]["expected_fpr_level"] == 0.5
+    assert saved["calibration"]["expected_fpr_low"] == pytest.approx(1 - 0.75 ** (1 / 45))
+    assert saved["calibration"]["expected_fpr_high"] == pytest.approx(1 - 0.25 ** (1 / 45))
+    assert saved["config"]["calibration"]["expected_fpr_level"] == 0.5
+
+
+def test_a_labelled_threshold_states_the_rate_to_expect_from_the_held_out_rows(
+    tmp_path, monkeypatch
+):
+    """An F1 threshold is chosen on the evaluation rows (held-out normal rows and the
+    labelled anomalies); the calibration rows are others, so their count above it gives
+    the exact binomial interval."""
+    from scipy import stats
+
+    monkeypatch.chdir(tmp_path)
+    mixed_table(400, seed=0, anomalies=30).to_csv("labelled.csv", index=False)
+    arguments = ["labelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
+    fitted = tiny_fit(*arguments, "--no-tracking", "--set", "calibration.method=f1")
+    assert fitted.exit_code == 0, fitted.output
+    calibration = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())[
+        "calibration"
+    ]
+    assert calibration["method"] == "f1"
+    n = calibration["n_calibration"]
+    above = round(calibration["calibration_fpr"] * n)
+    assert calibration["expected_fpr_mean"] == pytest.approx(above / n)
+    low = stats.beta(above, n + 1 - above).ppf(0.05) if above else 0.0
+    assert calibration["expected_fpr_low"] == pytest.approx(low)
+    assert calibration["expected_fpr_high"] == pytest.approx(
+        stats.beta(above + 1, n - above).ppf(0.95)
+    )
+    (line,) = [line for line in fitted.output.splitlines() if line.startswith("Threshold:")]
+    assert "of new normal rows expected above it, 90% interval)" in line
+
+
 def test_a_quantile_threshold_of_low_recall_says_how_to_choose_it_on_the_labels(
     tmp_path, monkeypatch
 ):

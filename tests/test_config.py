@@ -91,6 +91,7 @@ def test_an_override_without_a_section_or_key_name_says_the_form(override):
         ("calibration.target_fpr=1.5", r"calibration.target_fpr must be in \(0, 1\)"),
         ("calibration.method=youden", "calibration.method must be one of quantile, f1, recall"),
         ("calibration.target_recall=0", r"calibration.target_recall must be in \(0, 1\]"),
+        ("calibration.expected_fpr_level=1", r"calibration.expected_fpr_level must be in \(0, 1\)"),
         ("model.trim_fraction=0.5", r"model.trim_fraction must be in \[0, 0.5\)"),
         ("data.image_pool=0", "data.image_pool must be >= 1"),
         ("scoring.latent_neighbours=0", "scoring.latent_neighbours must be >= 1"),

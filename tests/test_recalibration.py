@@ -341,9 +341,14 @@ def test_calibrate_logs_beside_its_source_and_records_where_it_came_from(trackin
     source_run = client.get_model_version("pumps", "1").run_id
     run = client.get_run(client.get_model_version("pumps", "2").run_id)
     assert client.get_experiment(run.info.experiment_id).name == "plant"
-    # An F1 threshold is none of the held-out scores: no order-statistic rate to expect.
-    assert not [key for key in run.data.metrics if key.startswith("expected_fpr")]
-    assert "of new normal rows expected" not in result.output
+    # An F1 threshold was chosen without the fit's held-out rows: their count above it gives
+    # the rate to expect (its estimate, the share above, and the exact binomial interval).
+    metrics = run.data.metrics
+    assert metrics["expected_fpr_mean"] == pytest.approx(metrics["calibration_fpr"])
+    assert (
+        metrics["expected_fpr_low"] <= metrics["expected_fpr_mean"] < metrics["expected_fpr_high"]
+    )
+    assert "of new normal rows expected above it, 90% interval" in result.output
     assert run.data.tags["source_run_id"] == source_run
     assert run.data.tags["source_model_version"] == "pumps/1"
     # Absolute: a reviewer of the run cannot resolve a path relative to where it ran.
@@ -509,14 +514,22 @@ def test_evaluation_settings_set_the_interval_and_other_settings_are_refused(tmp
     assert "80% interval" in narrower.output
     none = _calibrate("source", "--no-tracking", "--set", "evaluation.interval_resamples=0")
     assert none.exit_code == 0, none.output
-    assert "AUROC" in none.output and "interval" not in none.output
+    (auroc,) = [line for line in none.output.splitlines() if "AUROC" in line]
+    assert "interval" not in auroc
+    # The level of the new threshold's expected false-positive rate, saved with it.
+    assert "of new normal rows expected above it, 90% interval" in default.output
+    level = _calibrate("source", "--no-tracking", "--set", "calibration.expected_fpr_level=0.5")
+    assert level.exit_code == 0, level.output
+    assert "of new normal rows expected above it, 50% interval" in level.output
+    calibration = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
+    assert calibration["calibration"]["expected_fpr_level"] == 0.5
     saved = latest_model_dir(tmp_path)
     # A configuration error, exit code 1, as a bad --set key is in fit (not click's 2)
     refused = _calibrate("source", "--no-tracking", "--set", "model.latent_dim=4")
     assert refused.exit_code == 1
     assert (
-        "calibrate takes evaluation.interval_level, evaluation.interval_resamples and "
-        "tracking.input_example only" in refused.output
+        "calibrate takes evaluation.interval_level, evaluation.interval_resamples, "
+        "calibration.expected_fpr_level and tracking.input_example only" in refused.output
     )
     # It splits a fit's own data: calibrate would ignore it.
     fraction = _calibrate("source", "--no-tracking", "--set", "evaluation.fraction=0.5")
@@ -545,6 +558,15 @@ def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
         same = _calibrate("m", "--no-tracking")
     assert same.exit_code == 0, same.output
     assert said in caplog.text
+    # The fit's held-out rows are rows of that file: some may have chosen the threshold.
+    assert (
+        "No false-positive rate to expect on new normal rows: labelled.csv holds rows the "
+        "model was fit on" in same.output
+    )
+    assert "of new normal rows expected" not in same.output
+    saved = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())
+    assert "expected_fpr_high" not in saved["calibration"]
+    assert "expected_fpr_withheld" in saved["calibration"]
     caplog.clear()
     mixed_table(400, seed=1, anomalies=30).to_csv("reviewed.csv", index=False)
     other = CliRunner().invoke(
@@ -553,6 +575,7 @@ def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
     )
     assert other.exit_code == 0, other.output
     assert "the file this model was fit on" not in caplog.text
+    assert "of new normal rows expected above it" in other.output
     # A link to the training file is the training file.
     Path("link.csv").symlink_to(Path("labelled.csv").resolve())
     linking = ["calibrate", "link.csv", "--label-col", "is_fault", "--model", "m", "--no-tracking"]
