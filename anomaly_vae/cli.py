@@ -1112,6 +1112,18 @@ def calibrate(
             )
         if result.check is not None:
             _print_check(detector)
+    if result.map_scale_images is not None:
+        from anomaly_vae.detector import MAP_SCALE_QUANTILE
+        from anomaly_vae.scoring import map_scale
+
+        # Worded as `score --maps` words it (a scale of None: maps unscaled, white = 1)
+        previous_scale = result.previous_map_scale
+        was = "unscaled" if previous_scale is None else f"{previous_scale:.3g}"
+        click.echo(
+            f"Anomaly maps: white = an error of {map_scale(detector):.3g} or more (was {was}; "
+            f"the {100 * MAP_SCALE_QUANTILE:g}% quantile of the largest pixel error of each of "
+            f"the {result.map_scale_images:,} normal {unit})"
+        )
     click.echo(f"Model saved to {result.model_dir}")
     if result.run is not None:
         from anomaly_vae.tracking import CHAMPION_ALIAS

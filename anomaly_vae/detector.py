@@ -322,6 +322,19 @@ class ThresholdedScores:
     ) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def anomaly_map(self, X: np.ndarray, condition: np.ndarray | None = None) -> np.ndarray:
+        """Per-pixel error of images, ``(n, C, H, W)`` float32 in [0, 1] (image models)."""
+        raise NotImplementedError
+
+    def normal_map_scale(self, X: np.ndarray, condition: np.ndarray | None = None) -> float | None:
+        """The error this model's anomaly maps should show white, read off normal images
+        ``X (n, C, H, W)`` (``condition (n,)``: their classes, for a conditional model):
+        :func:`map_scale_of` their :meth:`anomaly_map`. What ``map_scale_`` is set from:
+        at fit the held-out normal images (a detector's fit takes the same maps before
+        they are upsampled, whose peaks are the same), in `calibrate` the normal images
+        given."""
+        return map_scale_of(self.anomaly_map(X, condition))
+
     def score_frame(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
     ) -> pd.DataFrame:

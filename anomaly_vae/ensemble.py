@@ -25,7 +25,6 @@ from anomaly_vae.detector import (
     ThresholdedScores,
     VAEDetector,
     as_table_or_images,
-    map_scale_of,
     save_atomic,
     saving_model_folder,
 )
@@ -93,7 +92,7 @@ class EnsembleDetector(ThresholdedScores):
         ensemble.map_scale_ = None
         if ensemble.data_kind_ == "image":
             images, classes = part(calibration)
-            ensemble.map_scale_ = map_scale_of(ensemble.anomaly_map(np.asarray(images), classes))
+            ensemble.map_scale_ = ensemble.normal_map_scale(np.asarray(images), classes)
         return ensemble
 
     @property

@@ -84,6 +84,10 @@ class CalibrationResult:
     above_previous: float | None = None  # quantile: share of the normal rows above the
     # previous threshold (far above the target: drift, or anomalies among them)
     check: str | None = None  # why the threshold asks for a check before use (check_reason)
+    # Images: the map scale before (the fit's, or an earlier calibrate's; None: unscaled)
+    # and how many normal images the new one (detector.map_scale_) was read off
+    previous_map_scale: float | None = None
+    map_scale_images: int | None = None
 
 
 @dataclass
@@ -104,6 +108,10 @@ class LabelledRows:
     refuse: Callable[[DataError], NoReturn]
     # Images: the file path (or "test/123") of each, as listed; None for a table
     names: list[str] | None = None
+    # Images: () -> the error the model's anomaly maps should show white, read off the
+    # normal images as fit reads it off its held-out ones (normal_map_scale); None for a
+    # table
+    map_scale: Callable[[], float | None] | None = None
 
 
 def labelled_rows(
@@ -158,10 +166,15 @@ def labelled_rows(
     warn_unknown_classes(detector, classes)
     name = source_name(source)
 
+    labels = ~np.isin(images.labels, normal)
+
     def score() -> tuple[np.ndarray, Data]:
         return scores_in_parts(detector, images.images, classes, name, progress), images.images
 
-    return LabelledRows(~np.isin(images.labels, normal), score, _raise, images.names)
+    def map_scale() -> float | None:
+        return detector.normal_map_scale(images.images[~labels], classes[~labels])
+
+    return LabelledRows(labels, score, _raise, images.names, map_scale)
 
 
 def _raise(error: DataError) -> NoReturn:
@@ -356,6 +369,8 @@ def calibrate_model(
     ``quantile`` takes the ``1 - target_fpr`` quantile (default: the model's) of the
     normal rows of ``source`` (every row when it has no labels), which become the model's
     calibration rows.
+    Images, by any method: the model's anomaly map scale (``map_scale_``) is read again
+    off the normal images of ``source``, as fit reads it off its held-out ones.
     ``evaluation_settings`` sets the bootstrap intervals of the figures on ``source``
     (default: the defaults of :class:`~anomaly_vae.config.EvaluationConfig`).
     ``input_example``: the logged model's (``tracking.input_example``); None: the one the
@@ -402,6 +417,16 @@ def calibrate_model(
     scores, example = data.score()
     if labels is None:  # a table of normal operation, as many rows as scores
         labels = np.zeros(len(scores), dtype=bool)
+    previous_map_scale = getattr(detector, "map_scale_", None)
+    map_scale_images = None
+    if data.map_scale is not None:
+        # The maps' white level is set on normal images, as the threshold: new normal
+        # images whose errors are larger (another camera, more noise) would otherwise show
+        # bright, normal images as anomalies, under the fit's scale.
+        map_scale_images = int((~labels).sum())
+        if shows_phases(phases, len(scores)):
+            phase_line(f"reading the anomaly maps' scale off {map_scale_images:,} normal {unit}")
+        detector.map_scale_ = data.map_scale()
     if by_quantile:
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr, recalibrated=True)
@@ -431,6 +456,9 @@ def calibrate_model(
     if by_quantile:
         result.above_previous = above_previous
     result.check = check_reason(detector, method)
+    if map_scale_images is not None:
+        result.previous_map_scale = previous_map_scale
+        result.map_scale_images = map_scale_images
     if track:
         from anomaly_vae import tracking
 

@@ -1542,6 +1542,95 @@ def test_anomaly_maps_share_one_scale_saved_with_the_model(bars_detector, tmp_pa
     np.testing.assert_array_equal(unscaled, np.rint(detector.anomaly_map(test[:1])[0, 0] * 255))
 
 
+def noisy_bars(n: int, seed: int, vertical: bool = False) -> np.ndarray:
+    """:func:`bars` under more background noise (levels 0-229 against 0-29): normal
+    images whose pixel errors are larger, as from another camera."""
+    images = bars(n, seed, vertical)
+    noise = np.random.default_rng(seed + 100).integers(0, 200, size=images.shape)
+    return np.clip(images.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def save_pngs(images: np.ndarray, folder: Path) -> None:
+    """``images (n, 1, H, W)`` uint8 as ``folder/000.png``, ``001.png``, ..."""
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image[0]).save(folder / f"{i:03d}.png")
+
+
+@pytest.mark.parametrize("method", ["quantile", "f1"])
+def test_calibrate_reads_the_map_scale_off_its_normal_images(bars_detector, method, tmp_path):
+    """calibrate kept the fit's map scale: on noisier normal images every map came out
+    brighter, normal or not. It reads it again off the normal images it is given (the
+    flat folder for the quantile; with labels, only the normal class), as fit does."""
+    import json
+
+    from click.testing import CliRunner
+
+    from anomaly_vae.cli import main
+    from anomaly_vae.detector import MAP_SCALE_QUANTILE
+
+    source = bars_detector.save(tmp_path / "source")
+    normal = noisy_bars(60, seed=5)
+    if method == "quantile":
+        data, extra = tmp_path / "normal", []
+        save_pngs(normal, data)
+    else:
+        data, extra = tmp_path / "labelled", ["--normal-class", "good"]
+        save_pngs(normal, data / "good")
+        # Their maps peak higher (a vertical bar): read off them too, the scale would be
+        # larger
+        save_pngs(noisy_bars(20, seed=6, vertical=True), data / "bad")
+    command = ["calibrate", str(data), *extra, "--method", method, "--model", str(source)]
+    out = tmp_path / "recalibrated"
+    result = CliRunner().invoke(main, [*command, "--model-dir", str(out), "--no-tracking"])
+    assert result.exit_code == 0, result.output
+    peaks = bars_detector.anomaly_map(normal).reshape(len(normal), -1).max(axis=1)
+    expected = float(np.quantile(peaks, MAP_SCALE_QUANTILE))
+    saved = json.loads((out / "detector.json").read_text())["map_scale"]
+    assert saved == pytest.approx(expected, rel=1e-5)
+    assert saved > 1.5 * bars_detector.map_scale_  # the fit's, on its quieter images
+    assert VAEDetector.load(out).map_scale_ == saved
+    assert json.loads((source / "detector.json").read_text())["map_scale"] == (
+        bars_detector.map_scale_
+    )  # the source model is left as it was
+    said = (
+        f"Anomaly maps: white = an error of {saved:.3g} or more (was "
+        f"{bars_detector.map_scale_:.3g}; the 99% quantile of the largest pixel error of each "
+        "of the 60 normal images)"
+    )
+    assert said in " ".join(result.output.split())
+
+
+def test_calibrating_a_family_ensemble_reads_its_own_map_scale_off_its_maps(tmp_path):
+    """An ensemble's scale is read off its own maps (the mean of its members'), as at
+    fit; its members keep theirs, as they keep their thresholds."""
+    from anomaly_vae.detector import MAP_SCALE_QUANTILE
+    from anomaly_vae.ensemble import EnsembleDetector
+    from anomaly_vae.recalibration import calibrate_model
+
+    train = bars(100, seed=0)
+    settings = ("training.epochs=2", *IMAGE_MODEL)
+    members = {
+        name: VAEDetector(tiny_config(f"model.name={name}", *settings).detector_config()).fit(train)
+        for name in ("conv-vae", "vae")
+    }
+    ensemble = EnsembleDetector.from_members(members, train)
+    source = ensemble.save(tmp_path / "source")
+    normal = noisy_bars(40, seed=5)
+    save_pngs(normal, tmp_path / "normal")
+    result = calibrate_model(
+        tmp_path / "normal", str(source), "quantile", model_dir=tmp_path / "new", track=False
+    )
+    peaks = ensemble.anomaly_map(normal).reshape(len(normal), -1).max(axis=1)
+    expected = float(np.quantile(peaks, MAP_SCALE_QUANTILE))
+    assert ensemble.map_scale_ is not None and expected > 1.5 * ensemble.map_scale_
+    loaded = EnsembleDetector.load(result.model_dir)
+    assert loaded.map_scale_ == pytest.approx(expected, rel=1e-5)
+    assert result.previous_map_scale == ensemble.map_scale_ and result.map_scale_images == 40
+    for name, member in loaded.members.items():
+        assert member.map_scale_ == members[name].map_scale_
+
+
 def test_the_served_image_model_scores_the_request_docs_mlflow_shows(
     tracking_store, tmp_path, monkeypatch
 ):
