@@ -817,7 +817,6 @@ def interpolation(
     image = _is_image(detector)
     title = f"Interpolation between two inputs in latent space ({steps} steps)"
     position = "position (0 = first input, 1 = second; both decoded)"
-    start = "the first input"
     ends_named = None
     if image:
         ends_named = image_names(names, pair)
@@ -831,7 +830,6 @@ def interpolation(
         # figure); it says which end is which by their order there.
         kind = "image" if image else "row"
         position = f"position (0 = the first {kind}, 1 = the second; both decoded)"
-        start = first
     # The conditions the path moves between, as the traversal names its one: an image's is
     # the trained class that explains it best, which its name does not tell.
     if conditions is not None:
@@ -861,7 +859,9 @@ def interpolation(
     ax.set(
         title=plots.wrap_title(f"{title}{_columns_note(detector)}", plots.FIGSIZE[0], TITLE_POINTS),
         xlabel=position,
-        ylabel=f"change from {start} (training {unit})",
+        # From the start of the path, which the x label places: the row's name there
+        # repeated the title's.
+        ylabel=f"change from position 0 (training {unit})",
     )
     ax.legend(fontsize=8)
     return View("06_interpolation", fig, rows)

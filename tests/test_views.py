@@ -104,7 +104,7 @@ def test_table_views_name_their_axes_units_and_rows(table_detector):
     # each column's own change along the path would take every line to +-1.
     interpolation = views.interpolation(table_detector, test)
     ax = interpolation.figure.axes[0]
-    assert ax.get_ylabel() == "change from the first input (training standard deviations)"
+    assert ax.get_ylabel() == "change from position 0 (training standard deviations)"
     scale = {c.name: c.scale for c in table_detector.preprocessor_.columns}["load"]
     load = interpolation.table["load"].to_numpy()
     line = next(line for line in ax.get_lines() if line.get_label() == "load")
@@ -349,6 +349,27 @@ def test_image_grids_hold_long_image_names_within_the_figure(image_detector):
         .startswith(f"Interpolation between {names[0]} and {names[1]} in latent space")
     )
     assert texts[1] == "position (0 = the first image, 1 = the second; both decoded)"
+
+
+def test_a_table_interpolation_names_its_rows_once_in_the_title(table_detector):
+    """The table interpolation named its first row in the title and again in its y label
+    (`change from plant.csv row 4 (...)`), as the image one named both ends twice: the
+    rows are named once, in the title, and the labels say what the axes are."""
+    test = mixed_table(6, seed=1)
+    origin = pd.DataFrame({"file": ["plant.csv"] * 6, "row": [4, 9, 12, 15, 20, 31]})
+    figure = views.interpolation(table_detector, test, origin=origin).figure
+    ax = figure.axes[0]
+    texts = [ax.get_title().replace("\n", " "), ax.get_xlabel(), ax.get_ylabel()]
+    assert texts[0].startswith(
+        "Interpolation between plant.csv row 4 and plant.csv row 9 in latent space"
+    )
+    for name in ("plant.csv row 4", "plant.csv row 9"):
+        assert sum(text.count(name) for text in texts) == 1, texts
+    assert texts[1:] == [
+        "position (0 = the first row, 1 = the second; both decoded)",
+        "change from position 0 (training standard deviations)",
+    ]
+    views.plots.close(figure)
 
 
 def test_traversal_and_interpolation_start_from_normal_rows_when_labels_are_known(
