@@ -1318,8 +1318,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         layout (``groups (c, d)``: the features of each scored column): a numeric column's
         training median (what a missing value is filled with) marked not missing; a
         categorical column's category the model expects most for the row of those
-        medians with no category set (and no condition, for a conditional model), the
-        nearest the saved model has to its most frequent category (no category set, as
+        medians with no category set (and no condition, for a conditional model): the
+        category that goes with the other columns' stand-ins in the model's eyes, which
+        the column's most frequent training category need not be (no category set, as
         for an unseen one, is a pattern no training row has)."""
         table = self._table_preprocessor
         indicators = table.config.missing_indicators
