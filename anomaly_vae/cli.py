@@ -125,6 +125,21 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def say_starting(step: str, quiet: bool) -> None:
+    """``step ...`` on stderr as a data command starts, on a terminal and without
+    ``--quiet``: before the command imports torch, pandas and (with tracking) MLflow,
+    which kept a terminal silent for 3 to 6 s (``pipelines/time_startup.py``). Off a
+    terminal (a log, cron) no one waits on it, and the output stays as it was."""
+    if not quiet and sys.stderr.isatty():
+        click.echo(f"{step} ...", err=True)
+
+
+def model_named(model_ref: str | None) -> str:
+    """The model ``--model`` names, as the starting line says it; without ``--model``, the
+    model saved last here (its folder is found by a module that imports torch)."""
+    return "the model saved last in this folder" if model_ref is None else f"the model {model_ref}"
+
+
 def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the errors a user can fix into a one-line message and the error's exit code
     (1, or 75 for a batch run that found another at work)."""
@@ -265,8 +280,6 @@ def fit(
     one subfolder per class, with --normal-class), or a torchvision dataset under a
     local root: {torchvision}.
     """
-    from anomaly_vae.fitting import FitResult, fit_source
-
     if no_tracking and register:
         raise click.UsageError("--register needs tracking: the alias lives in MLflow")
     cli_overrides = [*overrides]
@@ -285,6 +298,10 @@ def fit(
             "--register needs tracking: the alias lives in MLflow, and tracking.enabled is false"
         )
     config.training.progress = not quiet
+    what = "the VAE family" if family else f"'{config.model.name}'"
+    say_starting(f"Fitting {what} on {data}", quiet)
+    from anomaly_vae.fitting import FitResult, fit_source
+
     arguments: dict[str, Any] = {
         "eval_source": eval_file,
         "normal_class": normal_class,
@@ -567,16 +584,7 @@ def score(
     class), or {torchvision} (its test split); images get one row each.
     """
     from anomaly_vae.data.images import is_image_source, torchvision_source
-    from anomaly_vae.outputs import OUTPUT_SUFFIXES
-    from anomaly_vae.scoring import (
-        check_data_kind,
-        load_detector,
-        map_scale,
-        score_images,
-        score_table,
-    )
 
-    _set_threads(threads)
     if output is None:
         # NAME:ROOT is named after the set: ROOT's folder (often data/) says nothing.
         torchvision = torchvision_source(data)
@@ -596,6 +604,17 @@ def score(
                 f"{output}, the default output, exists: give --output {output} to replace "
                 "it, or another name"
             )
+    say_starting(f"Loading {model_named(model_ref)}", quiet)
+    from anomaly_vae.outputs import OUTPUT_SUFFIXES
+    from anomaly_vae.scoring import (
+        check_data_kind,
+        load_detector,
+        map_scale,
+        score_images,
+        score_table,
+    )
+
+    _set_threads(threads)
     detector = load_detector(model_ref)
     if output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise click.UsageError(
@@ -690,6 +709,7 @@ def batch(
     has not scored yet, or for an image model every folder of images (SOURCE itself when
     it holds images, else its subfolders, or the folders a glob matches); safe to run on
     a schedule (see docs/batch.md)."""
+    say_starting(f"Scoring {source} with the model {model_ref}", quiet)
     from anomaly_vae.batch import (
         DRIFT_P_VALUE,
         DRIFT_WARNING,
@@ -1004,8 +1024,6 @@ def calibrate(
     on the rows that chose the threshold are optimistic; the false-positive rate on the
     fit's held-out normal rows (f1, recall) is not.
     """
-    from anomaly_vae.recalibration import calibrate_model
-
     if target_fpr is not None and method != QUANTILE_THRESHOLD:
         raise click.UsageError("--target-fpr is for --method quantile")
     if target_recall is not None and method != "recall":
@@ -1035,6 +1053,9 @@ def calibrate(
     expected_fpr_level = None
     if EXPECTED_FPR_LEVEL_SETTING in given:
         expected_fpr_level = settings.calibration.expected_fpr_level
+    say_starting(f"Loading {model_named(model_ref)}", quiet)
+    from anomaly_vae.recalibration import calibrate_model
+
     result = calibrate_model(
         data,
         model_ref,
@@ -1189,6 +1210,11 @@ def view(
     anomalous inputs of DATA beside their reconstructions (reconstruct), latent means
     (latents), the decoded latent grid (manifold), single-dimension traversals and an
     interpolation between the first two rows of DATA. DATA: as for `score`."""
+    if anomaly_label is not None and label_col is None:
+        raise click.UsageError("--anomaly-label names a value of the --label-col column")
+    if data is None and (label_col is not None or normal_class is not None):
+        raise click.UsageError("--label-col and --normal-class label the rows of DATA: give DATA")
+    say_starting(f"Loading {model_named(model_ref)}", quiet)
     from dataclasses import replace
 
     from anomaly_vae import views
@@ -1205,10 +1231,6 @@ def view(
         scores_in_parts,
     )
 
-    if anomaly_label is not None and label_col is None:
-        raise click.UsageError("--anomaly-label names a value of the --label-col column")
-    if data is None and (label_col is not None or normal_class is not None):
-        raise click.UsageError("--label-col and --normal-class label the rows of DATA: give DATA")
     detector = load_detector(model_ref)
     if not hasattr(detector, "model_"):
         raise click.UsageError("views need a single model, not a family ensemble")
