@@ -4,12 +4,14 @@ and MLflow pointed at a temporary store so tests never touch ./mlruns."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import runpy
 import sys
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -146,7 +148,11 @@ MLFLOW_VARIABLES = (
     "MLFLOW_RUN_ID",
 )
 # (module, global) pairs behind mlflow.get_tracking_uri, get_registry_uri and the active
-# experiment: None until set.
+# experiment: None until set. Private, but MLflow 3.18 has no public way to do without
+# them: get_tracking_uri and is_tracking_uri_set do not tell a URI set_tracking_uri set
+# (which outranks a later test's MLFLOW_TRACKING_URI) from the variable, get_registry_uri
+# falls back to the tracking URI, and set_experiment cannot clear the active experiment
+# (it wants one that exists in the current store). So mlflow_globals checks they are there.
 MLFLOW_GLOBALS = (
     ("mlflow.tracking._tracking_service.utils", "_tracking_uri"),
     ("mlflow.tracking._model_registry.utils", "_registry_uri"),
@@ -154,12 +160,37 @@ MLFLOW_GLOBALS = (
 )
 
 
+def mlflow_globals() -> list[tuple[ModuleType, str]]:
+    """Each of MLFLOW_GLOBALS as (its module, its name) while MLflow is imported; none
+    before. Raises RuntimeError if MLflow no longer has one (an upgrade that moved it):
+    reading None and setting a name MLflow no longer reads would stop putting back its
+    state, silently, and every later test would run in the store an earlier one left."""
+    if "mlflow" not in sys.modules:
+        return []
+    found = []
+    for module_name, name in MLFLOW_GLOBALS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise RuntimeError(
+                f"MLflow has no module {module_name} (MLFLOW_GLOBALS in tests/conftest.py): "
+                "find where this MLflow version keeps its state"
+            ) from error
+        if not hasattr(module, name):
+            raise RuntimeError(
+                f"MLflow's {module_name} has no {name} (MLFLOW_GLOBALS in tests/conftest.py): "
+                "find where this MLflow version keeps its state"
+            )
+        found.append((module, name))
+    return found
+
+
 def mlflow_state() -> dict[str, str | None]:
     """MLflow's process-global state: each of MLFLOW_VARIABLES, each of MLFLOW_GLOBALS
     (None while MLflow is not imported) and the active run's id, by name."""
-    state = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}
-    for module, name in MLFLOW_GLOBALS:
-        state[name] = getattr(sys.modules.get(module), name, None)
+    state: dict[str, str | None] = {name: os.environ.get(name) for name in MLFLOW_VARIABLES}
+    state.update({name: None for _, name in MLFLOW_GLOBALS})
+    state.update({name: getattr(module, name) for module, name in mlflow_globals()})
     fluent = sys.modules.get("mlflow.tracking.fluent")
     run = fluent.active_run() if fluent is not None else None
     state["active_run"] = run.info.run_id if run is not None else None
@@ -182,9 +213,8 @@ def mlflow_state_kept() -> Iterator[None]:
             # end_run pops the run before it reaches the store: an unreachable one ends it too
             with contextlib.suppress(Exception):
                 fluent.end_run()
-        for module, name in MLFLOW_GLOBALS:
-            if module in sys.modules:
-                setattr(sys.modules[module], name, saved[name])
+        for module, name in mlflow_globals():
+            setattr(module, name, saved[name])
         for name in MLFLOW_VARIABLES:
             if saved[name] is None:
                 os.environ.pop(name, None)

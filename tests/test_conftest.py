@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import MLFLOW_GLOBALS, mlflow_state, mlflow_state_kept
 
 pytest_plugins = ["pytester"]
 
@@ -46,3 +52,25 @@ def test_mlflow_state_a_test_leaves_is_undone_before_the_next(pytester):
     pytester.makepyfile(test_leaks=LEAKING_TESTS)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize(("module", "name"), MLFLOW_GLOBALS, ids=[n for _, n in MLFLOW_GLOBALS])
+def test_the_fixtures_fail_loudly_if_mlflow_moves_the_state_they_put_back(
+    monkeypatch, module, name
+):
+    # They read these private globals as None, and set them back, whether MLflow still
+    # had them or not: after an upgrade that moved one, they would have stopped putting
+    # MLflow's state back without a word.
+    kept = mlflow_state_kept()  # entered while MLflow has the name, left without it
+    with pytest.raises(RuntimeError, match=f"MLflow's {module} has no {name} "), kept:
+        monkeypatch.delattr(importlib.import_module(module), name)  # as an upgrade would
+    with pytest.raises(RuntimeError, match=f"MLflow's {module} has no {name} "):
+        mlflow_state()
+
+
+def test_the_fixtures_fail_loudly_if_mlflow_moves_a_module_they_read(monkeypatch):
+    importlib.import_module("mlflow")
+    module = MLFLOW_GLOBALS[0][0]
+    monkeypatch.setitem(sys.modules, module, None)  # its import fails, as if it were gone
+    with pytest.raises(RuntimeError, match=f"MLflow has no module {module} "):
+        mlflow_state()
