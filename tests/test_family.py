@@ -553,7 +553,6 @@ def test_family_register_keeps_the_champion_off_a_threshold_that_asks_for_a_chec
 ):
     # fit --family --register moved the alias to the chosen model whatever its threshold,
     # as a single fit did: an F1 threshold chosen on mislabelled rows went live at once.
-    import mlflow
     from click.testing import CliRunner
     from mlflow import MlflowClient
 
@@ -567,12 +566,7 @@ def test_family_register_keeps_the_champion_off_a_threshold_that_asks_for_a_chec
     arguments += ["--id-col", "reading_id", "--quiet", "--register"]
     settings = [*TINY, "training.epochs=3", "tracking.log_views=false"]
     settings += ["calibration.method=f1", "family.variants=[vae,beta-vae]"]
-    try:
-        result = CliRunner().invoke(
-            main, [*arguments, *(a for s in settings for a in ("--set", s))]
-        )
-    finally:
-        mlflow.set_tracking_uri(None)  # as other tests expect it
+    result = CliRunner().invoke(main, [*arguments, *(a for s in settings for a in ("--set", s))])
     assert result.exit_code == 0, result.output
     assert "Check before you use it: it flags more than 5 times" in result.output
     assert "Alias 'champion' left unset, as the threshold asks for a check; to move it to " in (

@@ -39,7 +39,6 @@ def fitted_run(tmp_path_factory):
         result.warnings = [str(warning.message) for warning in caught]
         use_tracking(project_dir=root)
         yield root, result
-    mlflow.set_tracking_uri(None)
 
 
 def artifact_paths(client, run_id, path=None):
@@ -437,12 +436,7 @@ def test_fit_register_keeps_the_champion_on_its_version_when_the_threshold_asks_
     arguments = ["fit", "mislabelled.csv", "--label-col", "is_fault", "--id-col", "reading_id"]
     arguments += ["--quiet", "--register"]
     settings = [*TINY, "training.epochs=5", "tracking.log_views=false", "calibration.method=f1"]
-    try:
-        result = CliRunner().invoke(
-            main, [*arguments, *(a for s in settings for a in ("--set", s))]
-        )
-    finally:
-        mlflow.set_tracking_uri(None)  # the module's other tests use fitted_run's store
+    result = CliRunner().invoke(main, [*arguments, *(a for s in settings for a in ("--set", s))])
     assert result.exit_code == 0, result.output
     assert "Check before you use it: it flags more than 5 times the 1% of normal rows" in (
         result.output
@@ -476,16 +470,11 @@ def test_a_run_logs_only_the_model_settings_its_variant_reads(fitted_run, tmp_pa
         "training.epochs=2",
         "tracking.log_views=false",
     )
-    try:
-        vq = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
-        vq_params = MlflowClient().get_run(vq.run.run_id).data.params
-        logged = yaml.safe_load(
-            Path(
-                mlflow.artifacts.download_artifacts(vq.run.artifact_uri + "/config.yaml")
-            ).read_text()
-        )
-    finally:
-        mlflow.set_tracking_uri(None)
+    vq = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    vq_params = MlflowClient().get_run(vq.run.run_id).data.params
+    logged = yaml.safe_load(
+        Path(mlflow.artifacts.download_artifacts(vq.run.artifact_uri + "/config.yaml")).read_text()
+    )
     assert "model.codebook_size" not in vae_params and "model.top_latent_dim" not in vae_params
     assert "model.conv_channels" not in vae_params and "model.capacity" not in vae_params
     assert vae_params["model.hidden_dims"] == "[32]" and vae_params["model.beta"] == "1.0"
@@ -512,12 +501,9 @@ def test_pyfunc_model_carries_the_latent_scores_reference(tmp_path, monkeypatch)
         "training.epochs=5",
         "scoring.score=elbo_latent_knn",
     )
-    try:
-        result = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
-        fresh = mixed_table(50, seed=5, anomalies=5).drop(columns="is_fault")
-        got = mlflow.pyfunc.load_model(result.run.model_uri).predict(fresh)
-    finally:
-        mlflow.set_tracking_uri(None)
+    result = fit_table(tmp_path / "train.csv", config, project_dir=tmp_path)
+    fresh = mixed_table(50, seed=5, anomalies=5).drop(columns="is_fault")
+    got = mlflow.pyfunc.load_model(result.run.model_uri).predict(fresh)
     expected = result.detector.score_frame(fresh)
     assert "elbo_latent_knn" in got
     pd.testing.assert_frame_equal(got.reset_index(drop=True), expected.reset_index(drop=True))
