@@ -405,7 +405,7 @@ def test_traversal_and_interpolation_start_from_normal_rows_when_labels_are_know
     assert "between row 2 and row 4 in" in ax.get_title().replace("\n", " ")
     # Named in the title, not again along the x axis.
     assert ax.get_xlabel() == "position (0 = the first row, 1 = the second; both decoded)"
-    assert ax.get_ylabel() == "change from row 2 (training standard deviations)"
+    assert ax.get_ylabel() == "change from position 0 (training standard deviations)"
     # Too few normal rows: the anomalies follow them.
     assert views.interpolation(
         image_detector, bars(3, seed=1), labels=np.array([1, 0, 1], bool)
