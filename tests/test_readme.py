@@ -1,6 +1,7 @@
 """The README's examples run as written: its quick start (`make demo`, which is
-pipelines/demo.py) and its Python snippet; and the README, the reference pages in docs/
-and the commands' help point only to pages and sections that exist."""
+pipelines/demo.py) and its Python snippet; and the README, the reference pages in docs/,
+the commands' help and the code's comments point only to pages, sections (by link or by
+name) and project files that exist."""
 
 from __future__ import annotations
 
@@ -120,6 +121,28 @@ def anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
 
 
+def anchors(page: Path) -> set[str]:
+    """Every anchor GitHub gives a page's headings: a repeated heading's second and later
+    copies get -1, -2, ... (benchmarks.md repeats "i-oneclass: time per method"), which a
+    link may need to reach the copy it means."""
+    seen: dict[str, int] = {}
+    found = set()
+    for heading in headings(page):
+        base = anchor(heading)
+        copies = seen.get(base, 0)
+        found.add(f"{base}-{copies}" if copies else base)
+        seen[base] = copies + 1
+    return found
+
+
+def test_a_repeated_headings_copies_get_numbered_anchors(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        "# Time (s)\n\n## Time (s)\n\n```\n# Time (s)\n```\n\n### Time (s)\n", encoding="utf-8"
+    )
+    assert anchors(page) == {"time-s", "time-s-1", "time-s-2"}  # the fenced line is no heading
+
+
 def test_the_help_points_to_documentation_that_exists():
     # `--help` sends readers to a page and section, e.g. "(docs/configuration.md: CPU
     # threads)"; when the README's detail moved to docs/, "(README: CPU threads)" was
@@ -155,6 +178,60 @@ def test_every_relative_link_of_the_docs_resolves():
             linked = (page.parent / path).resolve() if path else page
             if not linked.exists():
                 broken.append(f"{page.name}: {target}")
-            elif fragment and fragment not in {anchor(h) for h in headings(linked)}:
+            elif fragment and fragment not in anchors(linked):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, broken
+
+
+# A section named in prose or a comment, not linked: (tuning.md, "How high the T-clean bar
+# is"), (docs/batch.md, "Speed and memory"). The name may be a heading's start or a
+# paragraph's bold lead (**How high the T-clean bar is.**).
+QUOTED_POINTER = re.compile(r'\b((?:docs/)?[\w-]+\.md), "([^"]+)"')
+BOLD_LEAD = re.compile(r"^\*\*([^*]+)\*\*", re.M)
+# A file of the project named in the docs: a pipelines/ script that produced a figure, a
+# test that checks a claim, a module that holds a default.
+PROJECT_PATH = re.compile(r"(?<![\w./-])((?:anomaly_vae|pipelines|tests|configs)/[\w./-]*\w)")
+
+
+def _prose(path: Path) -> str:
+    """The text of a page or module with its lines joined: a pointer wrapped over two
+    comment lines (``# ... (docs/batch.md,\n    # "Speed and memory")``) reads as one."""
+    return re.sub(r"\s*\n\s*(?:#\s*)?", " ", path.read_text(encoding="utf-8"))
+
+
+def test_sections_named_in_prose_and_comments_exist():
+    sources = [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted((ROOT / "anomaly_vae").rglob("*.py")),
+        *sorted((ROOT / "pipelines").glob("*.py")),
+    ]
+    pointers = [
+        (source, page, section)
+        for source in sources
+        for page, section in QUOTED_POINTER.findall(_prose(source))
+    ]
+    assert pointers  # the search finds the pointers
+    broken = []
+    for source, page, section in pointers:
+        path = ROOT / page if page.startswith("docs/") else ROOT / "docs" / page
+        if page == "README.md":
+            path = ROOT / "README.md"
+        text = FENCE.sub("", path.read_text(encoding="utf-8")) if path.is_file() else ""
+        names = [*headings(path), *BOLD_LEAD.findall(text)] if text else []
+        if not any(name.lower().startswith(section.lower()) for name in names):
+            broken.append(f"{source.relative_to(ROOT)}: {page}, {section!r}")
+    assert not broken, broken
+
+
+def test_the_files_the_docs_name_exist():
+    # The docs name the scripts behind their figures (python pipelines/time_family.py
+    # ...), the tests behind their claims and the modules of the defaults; a script
+    # renamed or removed leaves a figure whose command no longer exists.
+    missing = [
+        f"{page.name}: {name}"
+        for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+        for name in PROJECT_PATH.findall(page.read_text(encoding="utf-8"))
+        if not (ROOT / name).exists()
+    ]
+    assert not missing, missing
