@@ -661,7 +661,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         """Drop every fitted attribute (trailing ``_``) and the fit's private state."""
         for name in list(self.__dict__):
             fitted = name.endswith("_") and not name.startswith("__")
-            if fitted or name in ("_noise", "_uses_condition"):
+            if fitted or name in ("_noise", "_uses_condition", "_array_width"):
                 del self.__dict__[name]
 
     def _fit(
@@ -712,6 +712,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             self.n_features_in_ = len(table.columns)
             if isinstance(X, pd.DataFrame):
                 self.feature_names_in_ = np.array(table.input_columns, dtype=object)
+            else:
+                # An array's id and ignored columns (x3, ...) are among its columns but not
+                # n_features_in_: arrays scored must have this width, not the features'.
+                self._array_width = frame.shape[1]
         self._uses_condition = model_class.uses_condition
         needs_context = model_class.uses_condition and self.data_kind_ == "table"
         if needs_context and not config.data.condition_columns:
@@ -955,24 +959,26 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         without the names ``x0, x1, ...`` given to a model fit on an array (``frame`` is
         ``as_frame(X)``): the schema check would list every column as missing."""
         expected = self._table_preprocessor.input_columns
-        array_names = [f"x{i}" for i in range(len(expected))]
+        width = self.__dict__.get("_array_width") or len(expected)
+        array_names = [f"x{i}" for i in range(width)]
+        named_as_array = set(expected) <= set(array_names)
         has_all = set(expected) <= set(map(str, frame.columns))
         if isinstance(X, pd.DataFrame):
             fit_on_array = getattr(self, "feature_names_in_", None) is None
-            if fit_on_array and expected == array_names and not has_all:
+            if fit_on_array and named_as_array and not has_all:
                 raise DataError(
                     f"the model was fit on an array, whose columns are named "
-                    f"{quoted_names(expected)}: a DataFrame must have exactly these names; "
-                    "or pass an array"
+                    f"{quoted_names(array_names)}: a DataFrame must have exactly these "
+                    "names; or pass an array"
                 )
             return
-        if not has_all and expected != array_names:
+        if not has_all and not named_as_array:
             raise DataError(
                 f"the model was fit on a table with named columns ({quoted_names(expected)}) "
                 "and an array has none: pass a DataFrame with these columns"
             )
-        if frame.shape[1] != self.n_features_in_:
-            raise DataError(f"expected {self.n_features_in_} columns, got {frame.shape[1]}")
+        if frame.shape[1] != width:
+            raise DataError(f"expected {width} columns, got {frame.shape[1]}")
 
     def _warn_unseen_conditions(self, frame: pd.DataFrame) -> None:
         """Warn about condition values not seen in training: such a row is scored given an
@@ -1394,6 +1400,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 if getattr(self, "feature_names_in_", None) is None
                 else [str(name) for name in self.feature_names_in_]
             ),
+            "array_width": self.__dict__.get("_array_width"),
             "threshold": self.threshold_,
             "calibration": self.calibration_,
             "calibration_scores": [float(s) for s in self.calibration_scores_],
@@ -1494,6 +1501,10 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
                 if read_as_latin_1(document["schema"]):  # as the schema's (see from_dict)
                     names = latin_1_names_as_read_now(names)
                 detector.feature_names_in_ = np.array(names, dtype=object)
+            # Absent before 2026-12 (None: a frame's fit): an array fit then had no
+            # id or ignored columns, and its width was its features'.
+            if document.get("array_width") is not None:
+                detector._array_width = int(document["array_width"])
         detector.model_ = detector._build_model(
             config, tuple(document["input_shape"]), document["condition_dim"]
         )

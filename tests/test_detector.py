@@ -145,6 +145,30 @@ def test_an_array_for_a_frame_model_and_the_reverse_say_what_to_pass(fitted, tmp
     np.testing.assert_array_equal(fitted.score_samples(as_array), fitted.score_samples(X[:5]))
 
 
+def test_an_array_with_an_ignored_or_id_column_fits_and_scores_at_its_own_width(tmp_path):
+    # Its width was taken for its features' (5): the fit itself failed, "expected 5
+    # columns, got 6", and so did every array of the width it was fit on.
+    X = correlated_normal(300, seed=0)
+    noise = np.random.default_rng(1).normal(size=300) * 100  # scored, it would dominate
+    wide = np.insert(X, 3, noise, axis=1)
+    for key in ("data.ignore_columns=[x3]", "data.id_column=x3"):
+        detector = VAEDetector(tiny_config("training.epochs=3", key).detector_config())
+        detector.fit(wide)
+        assert detector.n_features_in_ == 6  # the features, as for a DataFrame
+        loaded = VAEDetector.load(detector.save(tmp_path / "model"))
+        for model in (detector, loaded):
+            scores = model.anomaly_score(wide[:20])
+            np.testing.assert_array_equal(
+                model.anomaly_score(np.insert(X[:20], 3, 0.0, axis=1)), scores
+            )
+            as_frame = pd.DataFrame(wide[:20], columns=[f"x{i}" for i in range(7)])
+            np.testing.assert_array_equal(model.anomaly_score(as_frame), scores)
+            with pytest.raises(DataError, match=r"^expected 7 columns, got 6$"):
+                model.anomaly_score(X[:20])
+            with pytest.raises(DataError, match=r"columns are named 'x0', .* \(7 in all\)"):
+                model.anomaly_score(pd.DataFrame(wide[:20], columns=[*"abcdefg"]))
+
+
 def test_a_second_fit_leaves_nothing_of_the_first():
     detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
     detector.fit(pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef")))
