@@ -564,6 +564,23 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config
 
+    def set_params(self, **params: Any) -> VAEDetector:
+        """scikit-learn's ``set_params``; ``config`` is set whole.
+
+        A nested key (``config__model__latent_dim``, as a grid search's parameter grid
+        names one) is a ConfigError saying what to pass instead: scikit-learn's own
+        error was an AttributeError that ``DetectorConfig`` has no ``set_params``."""
+        nested = [key for key in params if key.startswith("config__")]
+        if nested:
+            setting = nested[0].removeprefix("config__").replace("__", ".")
+            raise ConfigError(
+                f"{nested[0]!r} is not a parameter: the config is set whole, e.g. "
+                f"set_params(config=load_config(overrides=['{setting}=...'])"
+                ".detector_config()); a grid search varies whole configs, "
+                "{'config': [config_a, config_b]} (docs/python.md)"
+            )
+        return cast(VAEDetector, super().set_params(**params))
+
     @property
     def _table_preprocessor(self) -> TablePreprocessor:
         """``preprocessor_`` where only a table model's code reaches."""

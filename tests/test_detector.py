@@ -610,6 +610,27 @@ def test_a_conditional_model_on_images_needs_the_classes():
         VAEDetector(config).fit(images)
 
 
+def test_a_nested_config_key_in_set_params_says_to_pass_whole_configs():
+    from sklearn.model_selection import GridSearchCV
+
+    from anomaly_vae.errors import ConfigError
+
+    detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
+    expected = (
+        r"^'config__model__latent_dim' is not a parameter: the config is set whole, e\.g\. "
+        r"set_params\(config=load_config\(overrides=\['model\.latent_dim=\.\.\.'\]\)"
+    )
+    with pytest.raises(ConfigError, match=expected):
+        detector.set_params(config__model__latent_dim=2)
+    # What a grid search over a nested key meets: scikit-learn's AttributeError before.
+    grid = {"config__model__latent_dim": [2]}
+    search = GridSearchCV(detector, grid, scoring=lambda *_: 0.0, cv=2, error_score="raise")
+    with pytest.raises(ConfigError, match="a grid search varies whole configs"):
+        search.fit(correlated_normal(40, seed=0))
+    config = tiny_config("model.latent_dim=3").detector_config()
+    assert detector.set_params(config=config).config is config  # a whole config as before
+
+
 def test_a_failed_refit_leaves_the_detector_unfitted_not_half_refit():
     from sklearn.exceptions import NotFittedError
 
