@@ -460,6 +460,11 @@ def _print_fit_summary(result: Any, config: Config) -> None:
         f"Threshold: {calibration['score']} > {detector.threshold_:.6g} ({how}; {held_out_fpr}"
         f"{'; ' + expected if expected else ''})"
     )
+    if "expected_fpr_withheld" in calibration:  # as `calibrate` says it
+        click.echo(
+            f"No false-positive rate to expect on new normal {unit}: "
+            f"{calibration['expected_fpr_withheld']}."
+        )
     fraction = config.calibration.fraction
     hint = few_above_hint(
         calibration,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.batch import file_digest, holds_only_tables, scoring_progress, warnings_named
-from anomaly_vae.calibration import evaluate
+from anomaly_vae.calibration import evaluate, withhold_expected_fpr
 from anomaly_vae.config import (
     LABELLED_THRESHOLD_METHODS,
     QUANTILE_THRESHOLD,
@@ -91,6 +91,13 @@ class TrainingData:
     train_rows: np.ndarray | None = None
     evaluation_rows: np.ndarray | None = None
     eval_file_rows: int = 0
+    # What the fit knows of the --eval file holding rows of `train`, whose held-out
+    # calibration rows are then among the rows a labelled threshold is chosen on:
+    # "same" / "copy" when it is the training file or a copy of it
+    # (same_training_file), and the positions in `train` (k,) of the rows whose ids
+    # (--id-col) it holds (None without an id column)
+    eval_is_training_file: str | None = None
+    train_ids_in_eval: np.ndarray | None = None
 
     def has_evaluation(self) -> bool:
         labels = self.evaluation_labels
@@ -195,7 +202,10 @@ def load_training_data(
             check_same_kinds(extra, frame, config.data)
             check_cells(extra, config.data)
             refuse_missing_values(extra, frame, config.data)  # before training, not after
-        _warn_training_ids(extra, frame, config, eval_source)
+        data.eval_is_training_file = _warn_eval_is_training_file(source, eval_source, data)
+        if data.eval_is_training_file is None:  # else every id is shared, and that is said
+            _warn_training_ids(extra, frame, config, eval_source)
+        data.train_ids_in_eval = _rows_with_ids_in(data.train, extra, config)
         unseen = unseen_columns(extra, frame, config.data)
         if unseen:
             with warnings_named(str(eval_source)):  # as its errors are named
@@ -296,6 +306,67 @@ def _warn_training_ids(
             eval_source,
             ids[shared].iloc[0],
         )
+
+
+def _rows_with_ids_in(train: Data, extra: pd.DataFrame, config: Config) -> np.ndarray | None:
+    """Positions (k,) of the rows of ``train`` whose id (``data.id_column``, as text, as
+    :func:`_warn_training_ids` compares them) is one of the rows of ``extra``; None
+    without an id column in both."""
+    id_column = config.data.id_column
+    if id_column is None or not isinstance(train, pd.DataFrame):
+        return None
+    if id_column not in train.columns or id_column not in extra.columns:
+        return None
+    ids = set(extra[id_column].dropna().astype(str))
+    train_ids = train[id_column]
+    return np.flatnonzero(train_ids.notna().to_numpy() & train_ids.astype(str).isin(ids))
+
+
+def _warn_eval_is_training_file(
+    source: str | Path, eval_source: str | Path, data: TrainingData
+) -> str | None:
+    """Warn, and return :func:`same_training_file`'s ``"same"`` or ``"copy"``, when the
+    --eval file ``eval_source`` is the training file ``source`` or a copy of it (its
+    SHA-256, taken only when the sizes match); None otherwise. With or without ids, its
+    rows are then rows the model trained on, as evaluation rows."""
+    fitted_on = training_file(source, sha256=data.sources.get("data_sha256"))
+    same = same_training_file(fitted_on, eval_source)
+    if same is not None:
+        logger.warning(
+            "%s is %sthe training file: the evaluation counts rows the model trained on "
+            "as held out, so its figures are optimistic; evaluate on rows the model did "
+            "not train on",
+            eval_source,
+            "" if same == "same" else f"a copy of {source}, ",
+        )
+    return same
+
+
+def calibration_rows_evaluated(detector: Any, data: TrainingData) -> str | None:
+    """Why the fit's held-out calibration rows of ``detector`` (an ensemble: its first
+    member's, which all share) may be among ``data``'s labelled evaluation rows, which
+    a labelled threshold (f1, recall) is chosen on, or None when the fit knows of no
+    such rows: the --eval file is the training file or a copy of it, or holds the ids
+    of calibration rows. The interval of its false-positive rate on new normal rows
+    (:func:`~anomaly_vae.calibration.fixed_threshold_fpr`) then does not hold."""
+    eval_file = Path(data.sources.get("eval_data", "")).name
+    if data.eval_is_training_file is not None:
+        data_file = Path(data.sources.get("data", "")).name
+        what = "is" if data.eval_is_training_file == "same" else f"is a copy of {data_file},"
+        return (
+            f"{eval_file} {what} the file the model was fit on, so the fit's held-out "
+            "normal rows are among the labelled rows that chose the threshold"
+        )
+    if data.train_ids_in_eval is None or not data.train_ids_in_eval.size:
+        return None
+    calibration = getattr(detector, "first", detector).split_rows_["calibration"]
+    shared = int(np.isin(calibration, data.train_ids_in_eval).sum())
+    if not shared:  # ids of training or validation rows only: not the interval's rows
+        return None
+    return (
+        f"{shared:,} of the fit's {len(calibration):,} held-out normal rows have the ids of "
+        f"rows of {eval_file}, so they may be among the labelled rows that chose the threshold"
+    )
 
 
 def _split_table(frame: pd.DataFrame, config: Config, source: str | Path) -> TrainingData:
@@ -469,7 +540,14 @@ def calibrate_and_evaluate(
     assert data.evaluation_labels is not None  # has_evaluation() checked
     say_evaluating(detector, len(data.evaluation))
     scores = scores_in_parts(detector, data.evaluation, data.evaluation_condition, "evaluation")
-    return threshold_and_evaluation(detector, data.evaluation_labels, scores, settings), scores
+    evaluation = threshold_and_evaluation(detector, data.evaluation_labels, scores, settings)
+    if evaluation["threshold_chosen_on_these_rows"]:
+        # As `calibrate` on the training file: the count of calibration rows above a
+        # threshold some of them chose is no longer binomial.
+        reason = calibration_rows_evaluated(detector, data)
+        if reason is not None:
+            withhold_expected_fpr(detector.calibration_, reason)
+    return evaluation, scores
 
 
 def say_evaluating(detector: Any, rows: int, phases: TrainingConfig | None = None) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -137,6 +138,46 @@ def test_a_labelled_threshold_states_the_rate_to_expect_from_the_held_out_rows(
     )
     (line,) = [line for line in fitted.output.splitlines() if line.startswith("Threshold:")]
     assert "of new normal rows expected above it, 90% interval)" in line
+
+
+def test_a_labelled_threshold_chosen_on_the_training_file_given_as_eval_has_no_interval(
+    tmp_path, monkeypatch, caplog
+):
+    """--eval of the training file (or a copy) puts the fit's calibration rows among the
+    rows that choose an F1 threshold: no interval on them, as `calibrate` on that file."""
+    monkeypatch.chdir(tmp_path)
+    # No ids: the file itself is what the fit knows it by.
+    table = mixed_table(400, seed=0, anomalies=30).drop(columns="reading_id")
+    table.to_csv("labelled.csv", index=False)
+    shutil.copy("labelled.csv", "copy.csv")
+    for eval_file, what in [
+        ("labelled.csv", "labelled.csv is the file"),
+        ("copy.csv", "copy.csv is a copy of labelled.csv, the file"),
+    ]:
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            fitted = CliRunner().invoke(
+                main,
+                [
+                    *("fit", "labelled.csv", "--label-col", "is_fault", "--eval", eval_file),
+                    *("--no-tracking", "--quiet", "--set", "calibration.method=f1"),
+                    # The threshold's record is the point, not the model: a few epochs
+                    *[arg for key in [*TINY, "training.epochs=5"] for arg in ("--set", key)],
+                ],
+            )
+        assert fitted.exit_code == 0, fitted.output
+        assert "the training file: the evaluation counts rows the model trained on" in caplog.text
+        assert (
+            f"No false-positive rate to expect on new normal rows: {what} the model was fit "
+            "on, so the fit's held-out normal rows are among the labelled rows that chose "
+            "the threshold." in fitted.output
+        )
+        assert "of new normal rows expected" not in fitted.output
+        calibration = json.loads((latest_model_dir(tmp_path) / "detector.json").read_text())[
+            "calibration"
+        ]
+        assert "expected_fpr_high" not in calibration
+        assert calibration["expected_fpr_withheld"].startswith(what)
 
 
 def test_a_quantile_threshold_of_low_recall_says_how_to_choose_it_on_the_labels(

@@ -1,5 +1,6 @@
 """The fit workflow's handling of labels and evaluation files (tracking off: fast)."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -475,6 +476,48 @@ def test_eval_rows_with_the_ids_of_training_rows_are_warned_about(
         project_dir=tmp_path,
     )
     assert "50 rows of" in caplog.text and "have ids of rows in the training file" in caplog.text
+
+
+def test_eval_ids_of_calibration_rows_withhold_a_labelled_threshold_s_interval(
+    tmp_path, labelled_config
+):
+    """An F1 threshold chosen on --eval rows with the ids of the fit's calibration rows
+    has no interval of its false-positive rate; ids of other training rows leave it."""
+    labelled_config.calibration.method = "f1"
+    labelled_config.training.epochs = 5  # the threshold's record is the point, not the model
+    table = mixed_table(300, seed=0, anomalies=20)
+    table.to_csv(tmp_path / "train.csv", index=False)
+    table.iloc[250:].to_csv(tmp_path / "again.csv", index=False)
+
+    def fit(eval_file: str):
+        return fit_table(
+            tmp_path / "train.csv",
+            labelled_config,
+            eval_source=tmp_path / eval_file,
+            project_dir=tmp_path,
+        )
+
+    shared = fit("again.csv")
+    train = shared.data.train
+    calibration_ids = set(train["reading_id"].iloc[shared.detector.split_rows_["calibration"]])
+    evaluated = calibration_ids & set(table["reading_id"].iloc[250:])
+    assert evaluated  # else the file would test nothing
+    assert "expected_fpr_high" not in shared.detector.calibration_
+    assert shared.detector.calibration_["expected_fpr_withheld"] == (
+        f"{len(evaluated)} of the fit's {len(calibration_ids)} held-out normal rows have the "
+        "ids of rows of again.csv, so they may be among the labelled rows that chose the "
+        "threshold"
+    )
+    trained_on = train.iloc[shared.detector.split_rows_["train"]]
+    pd.concat([trained_on.iloc[:40], table[table["is_fault"] == 1]]).to_csv(
+        tmp_path / "trained.csv", index=False
+    )
+    other = fit("trained.csv")
+    assert np.array_equal(  # the same split: the rows' ids are still training rows' only
+        other.detector.split_rows_["calibration"], shared.detector.split_rows_["calibration"]
+    )
+    assert "expected_fpr_withheld" not in other.detector.calibration_
+    assert "expected_fpr_high" in other.detector.calibration_
 
 
 def test_a_label_column_is_for_tables_and_is_not_the_id(tmp_path):
