@@ -20,7 +20,7 @@ from anomaly_vae import VAEDetector
 from anomaly_vae.batch import LEDGER_FILE, Ledger, output_lock, run_batch
 from anomaly_vae.cli import main
 from anomaly_vae.errors import DataError
-from tests.conftest import mixed_table, tiny_config, tiny_fit
+from tests.conftest import MLFLOW_GLOBALS, mixed_table, mlflow_globals, tiny_config, tiny_fit
 
 
 @pytest.fixture(scope="module")
@@ -764,12 +764,18 @@ def test_a_registry_model_is_found_in_the_projects_own_store(tmp_path, monkeypat
     # docs/batch.md's command: no MLFLOW_TRACKING_URI, the champion of the store in mlruns/.
     # The alias was once resolved in MLflow's default store (an empty mlflow.db made in
     # the working folder), so every such run failed with a traceback.
-    import mlflow.tracking._model_registry.utils as registry_uri
-    import mlflow.tracking._tracking_service.utils as tracking_uri
+    import mlflow
+
+    # conftest's list of MLflow's private state (tracking and registry URIs, active
+    # experiment), each checked to exist: an MLflow that moved one fails here, loudly,
+    # rather than this test setting a name MLflow no longer reads and passing on the store
+    # an earlier test left. Found only once MLflow is imported, as it is above.
+    state = mlflow_globals()
+    assert [name for _, name in state] == [name for _, name in MLFLOW_GLOBALS], mlflow.__version__
 
     def as_in_a_new_process():  # MLflow keeps the store it was pointed at, also in os.environ
-        monkeypatch.setattr(tracking_uri, "_tracking_uri", None)
-        monkeypatch.setattr(registry_uri, "_registry_uri", None)
+        for module, name in state:
+            monkeypatch.setattr(module, name, None)
         for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
             monkeypatch.delenv(variable, raising=False)
 
