@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -118,6 +119,25 @@ def timed(function: Any, *args: Any, **kwargs: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     result = function(*args, **kwargs)
     return time.perf_counter() - start, result
+
+
+def commit() -> str | None:
+    """The checkout's commit (short hash, ``+`` when it has changes), None outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode:
+        return None
+    return head.stdout.strip() + ("+" if changed.stdout.strip() else "")
 
 
 def compare(local: Path, spark: Path) -> dict[str, Any]:
@@ -257,6 +277,7 @@ def measure(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "repeats": args.repeats,
         "warm_up_rows": args.warm_up_rows,
         "config": str(args.config),
+        "commit": commit(),
         "model_uri": uri,
         "started_utc": started.isoformat(timespec="seconds"),
         "cpu_count": os.cpu_count(),
