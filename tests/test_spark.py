@@ -1,6 +1,8 @@
 """The Spark engine scores like the local engine, through a local[2] Spark session."""
 
+import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -407,3 +409,29 @@ def test_a_termination_signal_mid_job_stops_the_run(project, monkeypatch):
         ".anomaly-vae-ledger.sqlite",
         ".anomaly-vae.lock",
     ]
+
+
+@pytest.mark.slow  # fits and starts (or reuses) a Spark session
+def test_the_timing_script_times_both_engines_and_checks_they_agree(project, tmp_path):
+    # docs/batch.md's Spark figures come from this script: each engine for each K, and
+    # whether their outputs agree.
+    from tests.test_time_engines import QUICK_YAML, SCRIPT
+
+    config = tmp_path / "quick.yaml"
+    config.write_text(QUICK_YAML)
+    out = tmp_path / "timing.json"
+    main = runpy.run_path(str(SCRIPT))["main"]
+    args = ["--rows", "200", "--warm-up-rows", "20", "--repeats", "1", "--explain", "0", "2"]
+    assert main([*args, "--config", str(config), "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert [(r["engine"], r["explain"]) for r in results["runs"]] == [
+        ("local", 0),
+        ("spark", 0),
+        ("local", 2),
+        ("spark", 2),
+    ]
+    assert set(results["spark_scorer_setup_seconds"]) == {"K=0", "K=2"}
+    assert results["spark_session_start_seconds"] is not None
+    for k in ("K=0", "K=2"):
+        assert results["comparisons"][k]["agree"], results["comparisons"][k]
+        assert results["comparisons"][k]["rows"] == 200
