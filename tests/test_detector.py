@@ -198,6 +198,18 @@ def test_saved_model_holds_no_pickle(fitted, tmp_path):
     assert all(isinstance(v, torch.Tensor) for v in state.values())
 
 
+def test_a_fitted_detector_pickles_for_scikit_learns_parallel_tools(fitted, test_rows):
+    # joblib (GridSearchCV(n_jobs=2), cross_val_score) ships estimators to worker
+    # processes by pickling them; a fitted detector must come back scoring the same.
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(fitted))
+    X = test_rows[0]
+    np.testing.assert_array_equal(copy.score_samples(X), fitted.score_samples(X))
+    np.testing.assert_array_equal(copy.predict(X), fitted.predict(X))
+    assert copy.threshold_ == fitted.threshold_
+
+
 class _Planted:
     """Unpickling this would run code: a damaged or malicious weights file."""
 
