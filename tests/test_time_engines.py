@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import mixed_table, run_pipeline_script
+from tests.conftest import run_pipeline_script
 
 SCRIPT = Path(__file__).parents[1] / "pipelines" / "time_engines.py"
 
@@ -23,11 +23,6 @@ scoring: {mc_samples: 2}
 def script() -> dict:
     """The script's functions (run as a module, not as __main__)."""
     return runpy.run_path(str(SCRIPT))
-
-
-def test_the_timed_table_is_the_tests_mixed_table():
-    # docs/batch.md quotes the figures as the tests' 6-column table.
-    pd.testing.assert_frame_equal(script()["table"](500, 3), mixed_table(500, 3))
 
 
 def test_compare_tells_scores_within_float32_tolerance_from_others(tmp_path):
