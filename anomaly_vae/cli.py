@@ -398,7 +398,10 @@ def few_above_hint(
     ``advice(that many)`` on how to get them. None otherwise."""
     from anomaly_vae.calibration import FEW_ROWS_ABOVE, rows_to_pin_down
 
-    if "expected_fpr_low" not in calibration:
+    # Not a labelled threshold: its rate need not be near the target_fpr that
+    # rows_to_pin_down counts rows for, and its binomial interval says how sure it is.
+    quantile = calibration.get("method", QUANTILE_THRESHOLD) == QUANTILE_THRESHOLD
+    if not quantile or "expected_fpr_low" not in calibration:
         return None
     n = calibration["n_calibration"]
     above = round(calibration["calibration_fpr"] * n)

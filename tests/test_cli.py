@@ -95,6 +95,24 @@ def test_fit_states_the_false_positive_rate_to_expect_and_how_to_pin_it_down(tmp
     assert "too few to pin" not in enough.output
 
 
+def test_the_hint_of_rows_to_pin_a_rate_down_is_for_quantile_thresholds_only():
+    """A labelled (f1) threshold with 3 of 30 held-out normal rows above it has its own
+    binomial interval: no line saying 501 rows would pin down a rate that
+    rows_to_pin_down counts for the 1% target, which this threshold is not near (10%)."""
+    from anomaly_vae.calibration import calibration_summary, labelled_summary
+    from anomaly_vae.cli import few_above_hint
+
+    held_out = np.arange(30.0)
+    labels = np.r_[np.zeros(5, bool), np.ones(5, bool)]
+    scores = np.r_[np.arange(5.0), np.arange(30.0, 35.0)]
+    labelled = labelled_summary(labels, scores, 26.5, "f1", 0.9, held_out, 0.01, 0.9)
+    assert labelled["calibration_fpr"] == pytest.approx(0.1)
+    assert few_above_hint(labelled, "held-out normal rows", str) is None
+    quantile = calibration_summary(held_out, 26.5, 0.01, 0.9)
+    hint = few_above_hint(quantile, "held-out normal rows", str)
+    assert hint is not None and hint.startswith("Only 3 of 30 held-out normal rows are above")
+
+
 def test_fit_states_the_expected_rate_at_the_configured_level(tmp_path, monkeypatch):
     """calibration.expected_fpr_level sets the interval: 45 held-out rows, none above the
     threshold, give Beta(1, 45), whose central 50% is 0.64% to 3.0%."""
