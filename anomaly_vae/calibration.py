@@ -11,7 +11,7 @@ labelled rows, from the precision-recall and the ROC curve.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 from scipy import stats
@@ -281,6 +281,24 @@ def labelled_summary(
 
 
 EXPECTED_FPR_KEYS = ("expected_fpr_mean", "expected_fpr_low", "expected_fpr_high")
+# The key of a calibration record whose calibration rows are not the fit's held-out ones
+# but the normal rows of a `calibrate --method quantile` (kept by later labelled
+# thresholds, which are counted on them): what `calibrate` read them from, the identity
+# of a table file or of image folders (anomaly_vae.fitting.training_file,
+# training_images), or None when not known (Python's calibrate_threshold)
+CALIBRATION_ROWS_FROM = "calibration_rows_from"
+
+
+def calibration_rows_from(summary: dict[str, Any]) -> dict[str, Any] | Literal[False] | None:
+    """What the calibration rows of the threshold ``summary`` describes were read from:
+    False when they are the fit's held-out rows, else the record under
+    :data:`CALIBRATION_ROWS_FROM` (None: not known, as for a model saved before it was
+    kept whose rows a quantile calibration replaced)."""
+    if CALIBRATION_ROWS_FROM in summary:
+        return cast("dict[str, Any] | None", summary[CALIBRATION_ROWS_FROM])
+    if summary.get("description") == RECALIBRATED_QUANTILE_DESCRIPTION:
+        return None
+    return False
 
 
 def withhold_expected_fpr(summary: dict[str, Any], reason: str) -> None:

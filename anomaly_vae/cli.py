@@ -1128,9 +1128,19 @@ def calibrate(
             f"{shown_metric(ev, 'auroc')}"
         )
     if method != QUANTILE_THRESHOLD:
+        from anomaly_vae.calibration import calibration_rows_from
+
         expected = expected_fpr_text(calibration, unit)
+        # The rows the threshold's rate is counted on: an earlier quantile calibration's
+        # replaced the fit's
+        rows = f"the fit's {calibration['n_calibration']:,} held-out normal {unit}"
+        if calibration_rows_from(calibration) is not False:
+            rows = (
+                f"the {calibration['n_calibration']:,} normal {unit} of the earlier "
+                "calibrate --method quantile"
+            )
         click.echo(
-            f"On the fit's {calibration['n_calibration']:,} held-out normal {unit}: "
+            f"On {rows}: "
             f"{100 * calibration['calibration_fpr']:.2f}% above the threshold"
             f"{'; ' + expected if expected else ''}"
         )

@@ -24,7 +24,9 @@ from sklearn.utils.validation import check_is_fitted
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import (
+    CALIBRATION_ROWS_FROM,
     RECALIBRATED_QUANTILE_DESCRIPTION,
+    calibration_rows_from,
     calibration_summary,
     labelled_summary,
     labelled_threshold,
@@ -470,6 +472,8 @@ class ThresholdedScores:
         }
         if recalibrated:
             self.calibration_["description"] = RECALIBRATED_QUANTILE_DESCRIPTION
+            # Where they came from: `calibrate` records its file (or folder); unknown here
+            self.calibration_[CALIBRATION_ROWS_FROM] = None
         self.calibration_scores_ = scores
         return self
 
@@ -483,6 +487,7 @@ class ThresholdedScores:
         threshold = labelled_threshold(labels, scores, method, target_recall, self.score_item)
         self.threshold_ = threshold
         self.offset_ = -threshold
+        rows_from = calibration_rows_from(self.calibration_)
         self.calibration_ = labelled_summary(
             labels,
             scores,
@@ -493,6 +498,8 @@ class ThresholdedScores:
             self.calibration_["target_fpr"],
             self.effective_config.calibration.expected_fpr_level,
         ) | {"score": self.calibration_["score"]}
+        if rows_from is not False:  # the calibration rows stay those of `calibrate`
+            self.calibration_[CALIBRATION_ROWS_FROM] = rows_from
         return self
 
 

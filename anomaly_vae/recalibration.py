@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,12 @@ from anomaly_vae.batch import (
     table_columns,
     warnings_named,
 )
-from anomaly_vae.calibration import evaluate, withhold_expected_fpr
+from anomaly_vae.calibration import (
+    CALIBRATION_ROWS_FROM,
+    calibration_rows_from,
+    evaluate,
+    withhold_expected_fpr,
+)
 from anomaly_vae.config import (
     FIRST_ROWS_EXAMPLE,
     QUANTILE_THRESHOLD,
@@ -61,6 +66,8 @@ from anomaly_vae.fitting import (
     say_evaluating,
     say_reading,
     threshold_and_evaluation,
+    training_file,
+    training_images,
 )
 from anomaly_vae.scoring import (
     check_data_kind,
@@ -427,9 +434,15 @@ def calibrate_model(
         if shows_phases(phases, len(scores)):
             phase_line(f"reading the anomaly maps' scale off {map_scale_images:,} normal {unit}")
         detector.map_scale_ = data.map_scale()
+    # Whose rows a labelled threshold's false-positive rate is counted on: the fit's
+    # held-out ones (False), or an earlier quantile calibration's (see below)
+    rows_from = calibration_rows_from(detector.calibration_)
     if by_quantile:
         above_previous = float(np.mean(scores[~labels] > previous))
         detector.threshold_from_normal_scores(scores[~labels], target_fpr, recalibrated=True)
+        # So that a later labelled calibrate on this file knows its normal rows are the
+        # calibration rows (a table file's SHA-256 takes one more pass over it)
+        detector.calibration_[CALIBRATION_ROWS_FROM] = _rows_identity(source, data, labels)
         settings.target_fpr = detector.calibration_["target_fpr"]
         evaluation = None
         if both_classes:
@@ -442,15 +455,11 @@ def calibrate_model(
             settings.target_recall = target_recall
         say_evaluating(detector, len(labels), phases)
         evaluation = threshold_and_evaluation(detector, labels, scores, intervals)
-        if training_rows_in_source:
-            # The fit's held-out rows came from that file too: some may be among the normal
-            # rows that chose the threshold, and its rate on them is then no longer binomial.
-            withhold_expected_fpr(
-                detector.calibration_,
-                f"{source_name(source)} holds {unit} the model was fit on, so the fit's "
-                f"held-out normal {unit} may be among the labelled {unit} that chose the "
-                "threshold",
-            )
+        # When the calibration rows may be among the normal rows that chose the threshold,
+        # its rate on them is no longer binomial.
+        reason = _calibration_rows_chose(source, data, labels, rows_from, training_rows_in_source)
+        if reason is not None:
+            withhold_expected_fpr(detector.calibration_, reason)
     saved = save_model(detector, project_dir, model_dir)
     result = CalibrationResult(detector, saved, previous, evaluation)
     if by_quantile:
@@ -506,6 +515,61 @@ def _warn_training_file(source: str | Path, detector: Any, data: LabelledRows) -
         item,
     )
     return True
+
+
+def _normal_names(data: LabelledRows, labels: np.ndarray) -> list[str]:
+    assert data.names is not None  # images
+    return [name for name, anomaly in zip(data.names, labels, strict=True) if not anomaly]
+
+
+def _rows_identity(
+    source: str | Path, data: LabelledRows, labels: np.ndarray
+) -> dict[str, Any] | None:
+    """What the normal rows of ``data`` (``labels (n,)``, True = anomaly) were read from:
+    :func:`~anomaly_vae.fitting.training_file` of a table file, or
+    :func:`~anomaly_vae.fitting.training_images` of the normal images' folders; None for
+    a torchvision set or a folder of table files (not recognised later)."""
+    if data.names is None:
+        return training_file(source)
+    return training_images(source, _normal_names(data, labels))
+
+
+def _calibration_rows_chose(
+    source: str | Path,
+    data: LabelledRows,
+    labels: np.ndarray,
+    rows_from: dict[str, Any] | Literal[False] | None,
+    training_rows_in_source: bool,
+) -> str | None:
+    """Why the calibration rows a labelled threshold's false-positive rate is counted on
+    may be among the labelled rows of ``source`` that chose it, or None when they are
+    not known to be: ``rows_from`` is
+    :func:`~anomaly_vae.calibration.calibration_rows_from` of the model's threshold before,
+    False for the fit's held-out rows (in ``source`` when it holds training rows,
+    ``training_rows_in_source``)."""
+    name, unit = source_name(source), "images" if data.names is not None else "rows"
+    chose = f"so they may be among the labelled {unit} that chose the threshold"
+    if rows_from is False:
+        if not training_rows_in_source:
+            return None
+        return (
+            f"{name} holds {unit} the model was fit on, so the fit's held-out normal {unit} "
+            f"may be among the labelled {unit} that chose the threshold"
+        )
+    earlier = (
+        f"the calibration {unit} are the normal {unit} of an earlier calibrate --method quantile"
+    )
+    if rows_from is None:
+        return f"{earlier}, and the model does not record where they were read from, {chose}"
+    if data.names is None:
+        same = same_training_file(rows_from, source) is not None
+    else:
+        same = same_training_images(rows_from, source, _normal_names(data, labels)) is not None
+    if not same:
+        return None
+    origin = Path(rows_from.get("path") or rows_from["folder"]).name
+    held = "" if origin == name else f" ({name} holds them)"
+    return f"{earlier} on {origin}{held}, {chose}"
 
 
 INPUT_EXAMPLE_PARAM = "tracking.input_example"  # the run parameter that records it

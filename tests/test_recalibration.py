@@ -588,6 +588,45 @@ def test_calibrating_on_the_training_file_warns(tmp_path, monkeypatch, caplog):
     assert again.exit_code == 0 and said in caplog.text
 
 
+def test_a_labelled_threshold_on_the_rows_of_an_earlier_quantile_calibration_has_no_rate(
+    tmp_path, monkeypatch
+):
+    """After `calibrate --method quantile` on reviewed.csv, the model's calibration rows
+    are that file's normal rows: an f1 threshold chosen on reviewed.csv (or a copy) is
+    chosen on them too, and gets no interval; on another file it does, and the lines
+    name the rows the rate is counted on, which are no longer the fit's."""
+    monkeypatch.chdir(tmp_path)
+    _fit("source", "--no-tracking")
+    mixed_table(400, seed=1, anomalies=30).to_csv("reviewed.csv", index=False)
+    mixed_table(400, seed=2, anomalies=30).to_csv("other.csv", index=False)
+    Path("copy.csv").write_bytes(Path("reviewed.csv").read_bytes())
+
+    def calibrate(data: str, model: str, into: str, *method: str) -> tuple[str, dict]:
+        arguments = ["calibrate", data, "--label-col", "is_fault", "--model", model, *method]
+        result = CliRunner().invoke(main, [*arguments, "--model-dir", into, "--no-tracking"])
+        assert result.exit_code == 0, result.output
+        return result.output, json.loads(Path(into, "detector.json").read_text())["calibration"]
+
+    calibrate("reviewed.csv", "source", "quantile", "--method", "quantile")
+    withheld = (
+        "No false-positive rate to expect on new normal rows: the calibration rows are the "
+        "normal rows of an earlier calibrate --method quantile on reviewed.csv{}, so they may "
+        "be among the labelled rows that chose the threshold."
+    )
+    counted_on = "On the 370 normal rows of the earlier calibrate --method quantile: "
+    for data, held in (("reviewed.csv", ""), ("copy.csv", " (copy.csv holds them)")):
+        output, calibration = calibrate(data, "quantile", f"f1-{data}")
+        assert counted_on in output and withheld.format(held) in output
+        assert "of new normal rows expected" not in output
+        assert "expected_fpr_high" not in calibration and "expected_fpr_withheld" in calibration
+    # Other rows choose a threshold fixed with respect to them: an interval. The record of
+    # where they came from is kept with it, for the next labelled threshold.
+    output, calibration = calibrate("other.csv", "quantile", "f1-other")
+    assert counted_on in output and "of new normal rows expected above it" in output
+    output, calibration = calibrate("reviewed.csv", "f1-other", "f1-other-reviewed")
+    assert withheld.format("") in output and "expected_fpr_withheld" in calibration
+
+
 def test_calibrating_on_a_copy_of_the_training_file_warns(tmp_path, monkeypatch, caplog):
     import hashlib
     import shutil
@@ -827,8 +866,12 @@ def test_a_table_is_read_a_part_at_a_time_with_the_results_of_the_whole(
         assert result.evaluation is not None
         assert result.evaluation["n_anomalous"] == 40
     first, *others = results
+
+    def same_rows(calibration: dict) -> dict:  # but for the file a quantile's rows came from
+        return {k: v for k, v in calibration.items() if k != "calibration_rows_from"}
+
     for other in others:
-        assert other.detector.calibration_ == first.detector.calibration_
+        assert same_rows(other.detector.calibration_) == same_rows(first.detector.calibration_)
         assert other.evaluation == first.evaluation
     if method == "quantile":  # the normal rows' scores, kept with the model
         np.testing.assert_array_equal(first.detector.calibration_scores_, whole_scores[~labels])
