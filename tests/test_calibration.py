@@ -7,6 +7,9 @@ from scipy import stats
 from sklearn.metrics import f1_score, recall_score
 
 from anomaly_vae.calibration import (
+    CALIBRATION_ROWS_FROM,
+    RECALIBRATED_QUANTILE_DESCRIPTION,
+    calibration_rows_from,
     calibration_summary,
     expected_fpr,
     fixed_threshold_fpr,
@@ -308,3 +311,15 @@ def test_a_withheld_rate_says_why_and_keeps_no_interval():
     assert not [key for key in summary if key.startswith("expected_fpr_") and "withheld" not in key]
     assert summary["expected_fpr_withheld"] == "the held-out rows chose it"
     assert summary["calibration_fpr"] == pytest.approx(4 / 10)
+
+
+def test_calibration_rows_are_the_fits_unless_a_quantile_calibration_replaced_them():
+    """False: the fit's held-out rows; a record: where `calibrate` read them; None: a
+    quantile calibration replaced them and where from is not known (a model saved before
+    the record was kept says so only by its description)."""
+    fit = calibration_summary(np.arange(30.0), 26.5, 0.01, LEVEL)
+    assert calibration_rows_from(fit) is False
+    old = fit | {"description": RECALIBRATED_QUANTILE_DESCRIPTION}
+    assert calibration_rows_from(old) is None
+    recorded = fit | {CALIBRATION_ROWS_FROM: {"path": "/data/reviewed.csv", "bytes": 10}}
+    assert calibration_rows_from(recorded) == {"path": "/data/reviewed.csv", "bytes": 10}
