@@ -127,15 +127,20 @@ MIN_PASS_ROWS = 32
 MAP_SCALE_QUANTILE = 0.99
 
 
-def map_scale_of(maps: np.ndarray) -> float | None:
-    """The error shown white in anomaly maps, from the maps ``(n, C, H, W)`` (pixel error,
-    0-1) of normal images: the ``MAP_SCALE_QUANTILE`` quantile of each image's largest
-    value, channels averaged as the map files are. None when it is 0 (every normal image
-    reconstructed exactly): no scale can be read off them, and maps are then shown
-    unscaled."""
-    if not len(maps):
+def map_peaks(maps: np.ndarray) -> np.ndarray:
+    """``(n,)`` each map's largest value, channels averaged as the map files are, from
+    maps ``(n, C, H, W)`` (pixel error, 0-1). The same before and after a pooled model's
+    maps are upsampled, which only repeats each value over its block."""
+    return maps.mean(axis=1).reshape(len(maps), -1).max(axis=1)
+
+
+def map_scale_of_peaks(peaks: np.ndarray) -> float | None:
+    """The error shown white in anomaly maps, from the :func:`map_peaks` ``(n,)`` of
+    normal images' maps: their ``MAP_SCALE_QUANTILE`` quantile. None when it is 0 (every
+    normal image reconstructed exactly): no scale can be read off them, and maps are then
+    shown unscaled."""
+    if not len(peaks):
         return None
-    peaks = maps.mean(axis=1).reshape(len(maps), -1).max(axis=1)
     scale = float(np.quantile(peaks, MAP_SCALE_QUANTILE))
     return scale if scale > 0 else None
 
@@ -331,11 +336,28 @@ class ThresholdedScores:
     def normal_map_scale(self, X: np.ndarray, condition: np.ndarray | None = None) -> float | None:
         """The error this model's anomaly maps should show white, read off normal images
         ``X (n, C, H, W)`` (``condition (n,)``: their classes, for a conditional model):
-        :func:`map_scale_of` their :meth:`anomaly_map`. What ``map_scale_`` is set from:
-        at fit the held-out normal images (a detector's fit takes the same maps before
-        they are upsampled, whose peaks are the same), in `calibrate` the normal images
-        given."""
-        return map_scale_of(self.anomaly_map(X, condition))
+        :func:`map_scale_of_peaks` of their :meth:`anomaly_map`'s peaks. What
+        ``map_scale_`` is set from: at fit the held-out normal images, in `calibrate` the
+        normal images given (a detector takes its maps before they are upsampled, whose
+        peaks are the same, at fit as here).
+
+        A batch of images at a time, keeping only each map's peak: the float32 maps of
+        every image at once, with the errors they are upsampled from beside them, took
+        over twice the maps' size."""
+        size = self._map_batch_rows()
+        peaks = np.empty(len(X), np.float32)
+        for start in range(0, len(X), size):
+            part = slice(start, start + size)
+            peaks[part] = self._map_peaks(X[part], None if condition is None else condition[part])
+        return map_scale_of_peaks(peaks)
+
+    def _map_batch_rows(self) -> int:
+        """Images per pass of :meth:`normal_map_scale`."""
+        raise NotImplementedError
+
+    def _map_peaks(self, X: np.ndarray, condition: np.ndarray | None) -> np.ndarray:
+        """``(n,)`` :func:`map_peaks` of the :meth:`anomaly_map` of images ``X``."""
+        return map_peaks(self.anomaly_map(X, condition))
 
     def score_frame(
         self, X: pd.DataFrame | np.ndarray, condition: np.ndarray | None = None
@@ -809,7 +831,9 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         # errors are smaller than a new normal image's.
         self.map_scale_: float | None = None
         if self.data_kind_ == "image":
-            self.map_scale_ = map_scale_of(self._pixel_error(x_cal, cal_conditions))
+            self.map_scale_ = map_scale_of_peaks(
+                map_peaks(self._pixel_error(x_cal, cal_conditions))
+            )
         if score in LATENT_SCORES:
             neighbours = self._latent_reference(x_train, conditions, train_rows)
             cal_latents = self._latent_means(x_cal, cal_conditions)
@@ -1383,11 +1407,25 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         in [0, 1], pixel levels (1 = black against white), ``x_hat`` the expected
         reconstruction clipped to [0, 1]; with ``data.image_pool`` p each value covers a
         p x p block. ``map_scale_`` is the error the map files show white."""
+        self._check_image_model()
+        features, conditions = self._model_input(X, condition)
+        return self._image_preprocessor.upsample(self._pixel_error(features, conditions))
+
+    def _check_image_model(self) -> None:
         check_is_fitted(self, "model_")
         if self.data_kind_ != "image":
             raise DataError("anomaly maps are for image models")
-        features, conditions = self._model_input(X, condition)
-        return self._image_preprocessor.upsample(self._pixel_error(features, conditions))
+
+    def _map_batch_rows(self) -> int:
+        # As scoring passes are sized, and so the same batches as one anomaly_map call:
+        # the peaks come out as they did from the maps of every image at once.
+        return self._batch_rows()
+
+    def _map_peaks(self, X: np.ndarray, condition: np.ndarray | None) -> np.ndarray:
+        # The pixel error before it is upsampled, as fit reads it: the same peaks, from a
+        # p x p times smaller array for a pooled model.
+        self._check_image_model()
+        return map_peaks(self._pixel_error(*self._model_input(X, condition)))
 
     def _pixel_error(self, features: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
         """``|x - x_hat|`` of preprocessed images ``features (n, *input_shape)`` in [0, 1].

@@ -144,6 +144,11 @@ class EnsembleDetector(ThresholdedScores):
         maps = [member.anomaly_map(X, condition) for member in self.members.values()]
         return np.stack(maps).mean(axis=0, dtype=np.float32)
 
+    def _map_batch_rows(self) -> int:
+        # Its normal_map_scale averages the members' upsampled maps of a batch: as few
+        # images as the member with the smallest scoring passes takes.
+        return min(member._map_batch_rows() for member in self.members.values())
+
     def explain(self, X: pd.DataFrame | np.ndarray, top: int = EXPLAINED_COLUMNS) -> pd.DataFrame:
         """Always DataError: an ensemble's score is a mean of its members' ranks, which no
         column's nats add up to; each member explains its own rows

@@ -1631,6 +1631,35 @@ def test_calibrating_a_family_ensemble_reads_its_own_map_scale_off_its_maps(tmp_
         assert member.map_scale_ == members[name].map_scale_
 
 
+def test_the_map_scale_is_read_a_batch_of_peaks_at_a_time(bars_detector):
+    """normal_map_scale (what calibrate reads the maps' scale with) built the upsampled
+    anomaly map of every normal image at once, twice their float32 size with the error
+    beside it. It keeps each map's peak a batch at a time (a detector's before they are
+    upsampled, as fit reads them): the same scale, a detector's and an ensemble's (off
+    its members' averaged maps), in a fraction of the maps' memory."""
+    import torch
+
+    from anomaly_vae.detector import MAP_SCALE_QUANTILE
+    from anomaly_vae.ensemble import EnsembleDetector
+
+    assert bars_detector.model_.input_shape == (1, 8, 8)  # pooled: maps are upsampled
+    halved = copy.deepcopy(bars_detector)  # a second member, whose maps differ
+    halved.model_.reconstruct = lambda x, condition=None: torch.clamp(0.5 * x, 0, 1)  # type: ignore[method-assign]
+    members = {"vae": bars_detector, "halved": halved}
+    ensemble = EnsembleDetector.from_members(members, bars(100, seed=0))
+    images = noisy_bars(400, seed=5)
+    scales = {}
+    for model in (bars_detector, ensemble):
+        maps = model.anomaly_map(images)
+        peaks = maps.mean(axis=1).reshape(len(maps), -1).max(axis=1)
+        expected = float(np.quantile(peaks, MAP_SCALE_QUANTILE))
+        scale, peak = traced_peak(lambda model=model: model.normal_map_scale(images))
+        assert scale == expected  # the same batches of images through the models
+        assert peak < maps.nbytes / 4  # it held them all: more than maps.nbytes
+        scales[model] = scale
+    assert scales[ensemble] != pytest.approx(scales[bars_detector], rel=1e-3)  # averaged maps
+
+
 def test_the_served_image_model_scores_the_request_docs_mlflow_shows(
     tracking_store, tmp_path, monkeypatch
 ):
