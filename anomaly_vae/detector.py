@@ -1014,11 +1014,7 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
         if isinstance(X, pd.DataFrame):
             fit_on_array = getattr(self, "feature_names_in_", None) is None
             if fit_on_array and named_as_array and not has_all:
-                raise DataError(
-                    f"the model was fit on an array, whose columns are named "
-                    f"{quoted_names(array_names)}: a DataFrame must have exactly these "
-                    "names; or pass an array"
-                )
+                raise self._frame_for_array_model_error(expected, array_names, frame)
             return
         if not has_all and not named_as_array:
             raise DataError(
@@ -1027,6 +1023,27 @@ class VAEDetector(ThresholdedScores, OutlierMixin, BaseEstimator):
             )
         if frame.shape[1] != width:
             raise DataError(f"expected {width} columns, got {frame.shape[1]}")
+
+    def _frame_for_array_model_error(
+        self, expected: list[str], array_names: list[str], frame: pd.DataFrame
+    ) -> DataError:
+        """What a DataFrame lacking some of the ``expected`` input columns needs, for a
+        model fit on an array (columns ``array_names``). It said the frame must have
+        exactly ``x0, x1, ...``, when an ignored or id column may be left out (and other
+        columns are ignored, with a warning)."""
+        present = set(map(str, frame.columns))
+        missing = [name for name in expected if name not in present]
+        message = (
+            f"the model was fit on an array, whose columns are named "
+            f"{quoted_names(array_names)}: a DataFrame needs its input columns by these "
+            f"names, {quoted_names(expected)}, and lacks {quoted_names(missing)}"
+        )
+        left_out = [name for name in array_names if name not in expected]
+        if left_out:
+            id_column = self.effective_config.data.id_column
+            kinds = sorted({"the id column" if n == id_column else "ignored" for n in left_out})
+            message += f" ({quoted_names(left_out)}, {' or '.join(kinds)}, may be left out)"
+        return DataError(f"{message}; or pass an array")
 
     def _warn_unseen_conditions(self, frame: pd.DataFrame) -> None:
         """Warn about condition values not seen in training: such a row is scored given an

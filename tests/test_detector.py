@@ -169,6 +169,29 @@ def test_an_array_with_an_ignored_or_id_column_fits_and_scores_at_its_own_width(
                 model.anomaly_score(pd.DataFrame(wide[:20], columns=[*"abcdefg"]))
 
 
+def test_a_frame_for_an_array_model_is_told_which_columns_it_needs_and_lacks():
+    # It said the frame must have "exactly" x0 ... x5, when a frame without the ignored
+    # or id column x3 scores fine: only the input columns are needed.
+    X = correlated_normal(300, seed=0)
+    columns = [f"x{i}" for i in range(6)]
+    for key, kind in (
+        ("data.ignore_columns=[x3]", "ignored"),
+        ("data.id_column=x3", "the id column"),
+    ):
+        detector = VAEDetector(tiny_config("training.epochs=3", key).detector_config()).fit(X)
+        frame = pd.DataFrame(X[:5], columns=columns)
+        scores = detector.anomaly_score(frame)
+        np.testing.assert_array_equal(detector.anomaly_score(frame.drop(columns="x3")), scores)
+        needs = (
+            r"^the model was fit on an array, whose columns are named 'x0', 'x1', 'x2', 'x3', "
+            r"\.\.\. \(6 in all\): a DataFrame needs its input columns by these names, "
+            r"'x0', 'x1', 'x2', 'x4', \.\.\. \(5 in all\), and lacks 'x4' "
+            rf"\('x3', {kind}, may be left out\); or pass an array$"
+        )
+        with pytest.raises(DataError, match=needs):
+            detector.anomaly_score(frame.drop(columns=["x3", "x4"]))
+
+
 def test_a_second_fit_leaves_nothing_of_the_first():
     detector = VAEDetector(tiny_config("training.epochs=3").detector_config())
     detector.fit(pd.DataFrame(correlated_normal(300, seed=0), columns=list("abcdef")))
