@@ -22,6 +22,7 @@ from anomaly_vae.config import (
     QUANTILE_THRESHOLD,
     BatchConfig,
     Config,
+    ViewConfig,
     load_config,
 )
 from anomaly_vae.data.images import TORCHVISION_SETS
@@ -1195,7 +1196,12 @@ def calibrate(
     help="Images of several classes (class subfolders, or a torchvision test split): colour "
     "the latent scatter by label; this class is normal (several: a,b), the others anomalous.",
 )
-@click.option("--count", default=64, type=click.IntRange(min=1), help="generate: how many samples.")
+@click.option(
+    "--count",
+    default=ViewConfig.count,
+    type=click.IntRange(min=1),
+    help="generate: how many samples.",
+)
 @click.option(
     "--condition",
     "conditions",

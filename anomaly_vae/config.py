@@ -357,6 +357,19 @@ class BatchConfig(ChangedSettingsRepr):
 
 
 @dataclass(repr=False)
+class ViewConfig(ChangedSettingsRepr):
+    """`anomaly-vae view`: settings of the command (its options take their defaults from
+    here), no part of a fit's :class:`Config`."""
+
+    count: int = 64  # generate (--count): samples drawn from the prior, an 8 x 8 grid of
+    # images (the grid is ceil(sqrt(count)) a row)
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ConfigError("view.count must be >= 1")
+
+
+@dataclass(repr=False)
 class Config(DetectorConfig):
     """A whole `fit` run: the detector plus evaluation and tracking."""
 

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 from anomaly_vae import plots
+from anomaly_vae.config import ViewConfig
 from anomaly_vae.data.images import class_list
 from anomaly_vae.data.preprocessing import warnings_per_file
 from anomaly_vae.errors import DataError
@@ -343,7 +344,10 @@ def _condition_words(detector: Any, condition: np.ndarray) -> tuple[str, str]:
 
 # -- views ---------------------------------------------------------------------------------
 def generation(
-    detector: Any, count: int = 64, condition: np.ndarray | None = None, seed: int = 0
+    detector: Any,
+    count: int = ViewConfig.count,
+    condition: np.ndarray | None = None,
+    seed: int = 0,
 ) -> View:
     """Samples from the prior, decoded: an image grid, or table rows (a CSV in the
     original units, and histograms of them). ``condition``: one condition vector

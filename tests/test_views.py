@@ -436,6 +436,24 @@ def test_image_views_and_discrete_latents(image_detector, tmp_path):
     assert result.exit_code == 1 and "discrete latent: no traversal" in result.output, result.output
 
 
+def test_view_count_defaults_to_the_view_config_as_help_shows():
+    """--count's default (64) was the one CLI default written in its option, and again
+    in views.generation: both take ViewConfig.count, which --help shows."""
+    import inspect
+
+    from anomaly_vae.cli import main
+    from anomaly_vae.config import ViewConfig
+    from anomaly_vae.errors import ConfigError
+
+    option = next(param for param in main.commands["view"].params if param.name == "count")
+    assert option.default == ViewConfig.count == 64
+    assert inspect.signature(views.generation).parameters["count"].default == ViewConfig.count
+    shown = CliRunner().invoke(main, ["view", "--help"], terminal_width=200).output
+    assert "generate: how many samples. [default: 64; x>=1]" in " ".join(shown.split())
+    with pytest.raises(ConfigError, match=r"^view\.count must be >= 1$"):
+        ViewConfig(count=0)
+
+
 def test_view_cli_writes_and_logs_to_the_models_run(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
