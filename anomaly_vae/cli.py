@@ -1200,7 +1200,7 @@ def calibrate(
     "--count",
     default=ViewConfig.count,
     type=click.IntRange(min=1),
-    help="generate: how many samples.",
+    help="generate (and all): how many samples.",
 )
 @click.option(
     "--condition",
@@ -1348,7 +1348,14 @@ def view(
     }
     if kind == "all":
         made, skipped = views.views_and_skips(
-            detector, frame, labels, condition, names=names, classes=classes, scores=scores
+            detector,
+            frame,
+            labels,
+            condition,
+            names=names,
+            classes=classes,
+            scores=scores,
+            count=count,
         )
         for reason in skipped:
             click.echo(f"skipped {reason}")

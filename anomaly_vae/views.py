@@ -901,6 +901,7 @@ def views_and_skips(
     names: Sequence[str] | None = None,
     classes: Sequence[str] | None = None,
     scores: np.ndarray | None = None,
+    count: int = ViewConfig.count,
 ) -> tuple[list[View], list[str]]:
     """The standard views that can be drawn, and ``"<kind>: <why not>"`` for the others
     (the kind as `anomaly-vae view KIND` names it, e.g. ``"manifold: ..."``).
@@ -909,9 +910,12 @@ def views_and_skips(
     ``origin``: where each row of a table X was read (:func:`row_name`), to name rows by;
     ``names``: ``(n,)`` the name of each image of X (:func:`image_names`); ``classes``:
     ``(n,)`` the class of each, for a source of several (their CSVs' ``class``);
-    ``scores``: ``(n,)`` X's anomaly scores when scored already."""
+    ``scores``: ``(n,)`` X's anomaly scores when scored already; ``count``: how many
+    samples the generation draws."""
     with data_warned_once(detector, X):
-        return _views_and_skips(detector, X, labels, condition, origin, names, classes, scores)
+        return _views_and_skips(
+            detector, X, labels, condition, origin, names, classes, scores, count
+        )
 
 
 @contextlib.contextmanager
@@ -936,6 +940,7 @@ def _views_and_skips(
     names: Sequence[str] | None,
     classes: Sequence[str] | None,
     scores: np.ndarray | None = None,
+    count: int = ViewConfig.count,
 ) -> tuple[list[View], list[str]]:
     """:func:`views_and_skips`, its warnings about X not yet dealt with."""
     made: list[View] = []
@@ -943,7 +948,7 @@ def _views_and_skips(
     if detector.model_.condition_dim and condition is None and not _is_image(detector):
         skipped.append("generate: a conditional model generates for a condition (--condition)")
     else:
-        made.append(generation(detector, condition=condition))
+        made.append(generation(detector, count, condition))
     makers = [
         (
             "reconstruct",
