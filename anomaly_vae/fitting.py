@@ -295,31 +295,34 @@ def _warn_training_ids(
     id_column = config.data.id_column
     if id_column is None or id_column not in extra.columns or id_column not in frame.columns:
         return
-    # As text: a Parquet file's integer ids are a CSV file's text ids.
-    ids = extra[id_column].dropna().astype(str)
-    shared = ids.isin(set(frame[id_column].dropna().astype(str)))
+    shared = _ids_among(extra[id_column], frame[id_column])
     if shared.any():
         logger.warning(
             "%d rows of %s have ids of rows in the training file (e.g. %r): if they are the "
             "same rows, the evaluation counts rows the model may have trained on",
             int(shared.sum()),
             eval_source,
-            ids[shared].iloc[0],
+            str(extra[id_column][shared].iloc[0]),
         )
 
 
+def _ids_among(ids: pd.Series, others: pd.Series) -> np.ndarray:
+    """``(len(ids),)`` bool: which of ``ids`` (not missing) is one of ``others``, both
+    compared as text: a Parquet file's integer ids are a CSV file's text ids."""
+    known = set(others.dropna().astype(str))
+    return (ids.notna() & ids.astype(str).isin(known)).to_numpy()
+
+
 def _rows_with_ids_in(train: Data, extra: pd.DataFrame, config: Config) -> np.ndarray | None:
-    """Positions (k,) of the rows of ``train`` whose id (``data.id_column``, as text, as
-    :func:`_warn_training_ids` compares them) is one of the rows of ``extra``; None
-    without an id column in both."""
+    """Positions (k,) of the rows of ``train`` whose id (``data.id_column``, compared as
+    :func:`_ids_among` does) is one of the rows of ``extra``; None without an id column
+    in both."""
     id_column = config.data.id_column
     if id_column is None or not isinstance(train, pd.DataFrame):
         return None
     if id_column not in train.columns or id_column not in extra.columns:
         return None
-    ids = set(extra[id_column].dropna().astype(str))
-    train_ids = train[id_column]
-    return np.flatnonzero(train_ids.notna().to_numpy() & train_ids.astype(str).isin(ids))
+    return np.flatnonzero(_ids_among(train[id_column], extra[id_column]))
 
 
 def _warn_eval_is_training_file(
