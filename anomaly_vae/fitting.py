@@ -95,7 +95,7 @@ class TrainingData:
     # calibration rows are then among the rows a labelled threshold is chosen on:
     # "same" / "copy" when it is the training file or a copy of it
     # (same_training_file), and the positions in `train` (k,) of the rows whose ids
-    # (--id-col) it holds (None without an id column)
+    # (--id-col) it holds (None without an id column, or for a quantile threshold)
     eval_is_training_file: str | None = None
     train_ids_in_eval: np.ndarray | None = None
 
@@ -205,7 +205,8 @@ def load_training_data(
         data.eval_is_training_file = _warn_eval_is_training_file(source, eval_source, data)
         if data.eval_is_training_file is None:  # else every id is shared, and that is said
             _warn_training_ids(extra, frame, config, eval_source)
-        data.train_ids_in_eval = _rows_with_ids_in(data.train, extra, config)
+        if config.calibration.method in LABELLED_THRESHOLD_METHODS:  # the rows it is for
+            data.train_ids_in_eval = _rows_with_ids_in(data.train, extra, config)
         unseen = unseen_columns(extra, frame, config.data)
         if unseen:
             with warnings_named(str(eval_source)):  # as its errors are named
